@@ -1,0 +1,127 @@
+# libldm - GNU Makefile. `make` builds the libraries and the tool, `make check` runs every test,
+# `make run` generates a demo image, `make install PREFIX=...` installs.
+# Sources are discovered: every lib/*/*.c is part of the library, every tests/test_*.c is a Check
+# suite, src/*.c is the `ldm` tool.
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+
+VERSION_MAJOR := 0
+VERSION := 0.1.0
+SONAME := libldm.so.$(VERSION_MAJOR)
+
+# BLAS back end: openblas (default) or blis.
+BLAS ?= openblas
+ifeq ($(BLAS),blis)
+BLAS_CFLAGS := -I/usr/include/blis -DLDM_BLAS_BLIS
+BLAS_LIBS := -lblis
+else
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+endif
+
+DEP_PKGS := libpng zlib yaml-0.1
+DEP_CFLAGS := $(shell pkg-config --cflags $(DEP_PKGS) 2>/dev/null)
+DEP_LIBS := $(shell pkg-config --libs $(DEP_PKGS) 2>/dev/null || echo -lpng16 -lz -lyaml)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
+
+CC ?= cc
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -pthread $(WARN) -Iinclude $(BLAS_CFLAGS) $(DEP_CFLAGS) $(CFLAGS)
+LIBS := $(BLAS_LIBS) $(DEP_LIBS) -lm -pthread
+
+BUILD ?= build
+LIB_SRC := $(sort $(wildcard lib/*/*.c))
+LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC))
+TOOL_SRC := $(sort $(wildcard src/*.c))
+TOOL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TOOL_SRC))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+TEST_SUPPORT_SRC := $(sort $(wildcard tests/support/*.c))
+TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TEST_SUPPORT_SRC))
+CONFORMANCE := $(BUILD)/tests/conformance
+
+STATIC_LIB := $(BUILD)/libldm.a
+SHARED_LIB := $(BUILD)/libldm.so.$(VERSION)
+TOOL := $(BUILD)/ldm
+
+.PHONY: all check run install uninstall clean format tests deps do-check do-run
+all: $(STATIC_LIB) $(SHARED_LIB) $(TOOL)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(STATIC_LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED_LIB): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+	ln -sf libldm.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $(BUILD)/libldm.so
+
+$(TOOL): $(TOOL_OBJ) $(STATIC_LIB)
+	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(LIBS)
+
+# Tests link the static library so they can reach internal functions (hidden symbols are still
+# visible inside a static link).
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT_OBJ) $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ilib $(CHECK_CFLAGS) -o $@ $< $(TEST_SUPPORT_OBJ) $(STATIC_LIB) $(CHECK_LIBS) $(LIBS)
+
+$(CONFORMANCE): tests/conformance.c $(TEST_SUPPORT_OBJ) $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(TEST_SUPPORT_OBJ) $(STATIC_LIB) $(LIBS)
+
+tests: $(TEST_BIN) $(CONFORMANCE)
+
+# The shared fixtures live beside the checkout (../shared); LDM_SHARED overrides.
+LDM_SHARED ?= $(abspath ../shared)
+export LDM_SHARED
+
+# `make check` and `make run` are the README's two commands: they first install any missing
+# Debian package (as root), then re-enter make so pkg-config sees what was just installed.
+deps:
+	@sh .ci/install-deps.sh
+
+check: deps
+	@$(MAKE) --no-print-directory do-check
+
+run: deps
+	@$(MAKE) --no-print-directory do-run
+
+do-check: all tests
+	@LDM_BUILD=$(BUILD) sh tests/run-all.sh $(TEST_BIN)
+
+do-run: all
+	./$(TOOL) generate -o demo.png
+
+install: all
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 644 include/ldm.h $(DESTDIR)$(INCLUDEDIR)/ldm.h
+	install -m 644 $(STATIC_LIB) $(DESTDIR)$(LIBDIR)/libldm.a
+	install -m 755 $(SHARED_LIB) $(DESTDIR)$(LIBDIR)/libldm.so.$(VERSION)
+	ln -sf libldm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libldm.so
+	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/ldm
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@BLAS_LIBS@|$(BLAS_LIBS)|g' pkgconfig/ldm.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/ldm.h $(DESTDIR)$(LIBDIR)/libldm.a $(DESTDIR)$(LIBDIR)/libldm.so* \
+	      $(DESTDIR)$(BINDIR)/ldm $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
+
+format:
+	clang-format -i include/*.h lib/*/*.[ch] src/*.c tests/*.c
+
+clean:
+	rm -rf $(BUILD) demo.png
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,402 @@
+/*
+ * ldm.h - libldm public API: Latent Diffusion Models (CompVis LDM zoo, Stable Diffusion 1.x/2.x)
+ * on a plain CPU, behind opaque handles.
+ *
+ * Conventions
+ * - Every call that can fail returns an ldm_status. On failure a human-readable message naming
+ *   what failed (file, tensor, expected vs found) is available from ldm_last_error(), which is
+ *   thread-local: it describes the last failed call made by the calling thread.
+ * - Handles are opaque. Objects obtained with *_create / *_load are released with the matching
+ *   *_free. Handles obtained from a model (ldm_model_autoencoder, ...) are owned by the model and
+ *   live as long as it does.
+ * - Tensors (ldm_tensor) are dense, row-major, float32 or int64, NCHW for images and latents,
+ *   [B,T,D] for sequences. A tensor returned through an `ldm_tensor **out` parameter is owned by
+ *   the caller and released with ldm_tensor_free(). ldm_tensor_wrap() views caller memory
+ *   without copying; the caller keeps ownership of that memory.
+ * - Parameter structs carry their own size (struct_size). Always fill them with the matching
+ *   *_params_init() function, then change the fields you need: new fields are only ever appended,
+ *   so a program built against an older header keeps working with a newer library.
+ * - The library never prints, never calls abort() or exit(). Logging goes to the per-model log
+ *   callback if one is set.
+ * - Thread safety: different handles may be used from different threads at the same time. One
+ *   model handle (and the handles obtained from it) must be used by one thread at a time, except
+ *   ldm_model_interrupt(), which may be called from any thread at any time.
+ */
+#ifndef LDM_H
+#define LDM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(LDM_BUILD_SHARED)
+#define LDM_API __declspec(dllexport)
+#elif defined(_WIN32) && defined(LDM_SHARED)
+#define LDM_API __declspec(dllimport)
+#elif defined(__GNUC__)
+#define LDM_API __attribute__((visibility("default")))
+#else
+#define LDM_API
+#endif
+
+#define LDM_VERSION_MAJOR 0
+#define LDM_VERSION_MINOR 1
+#define LDM_VERSION_PATCH 0
+#define LDM_VERSION_STRING "0.1.0"
+/* MAJOR*10000 + MINOR*100 + PATCH */
+#define LDM_VERSION_NUMBER (LDM_VERSION_MAJOR * 10000 + LDM_VERSION_MINOR * 100 + LDM_VERSION_PATCH)
+
+LDM_API const char *ldm_version(void);
+LDM_API int ldm_version_number(void);
+
+/* ---------------------------------------------------------------- status and errors */
+
+typedef enum ldm_status {
+    LDM_OK = 0,
+    LDM_ERR_INVALID_ARGUMENT = 1, /* a NULL handle, a bad parameter value, a wrong tensor shape */
+    LDM_ERR_IO = 2,               /* a file could not be opened, read or written */
+    LDM_ERR_FORMAT = 3,           /* a file is truncated, corrupt or not what it claims to be */
+    LDM_ERR_UNSUPPORTED = 4,      /* valid input that this version cannot handle */
+    LDM_ERR_NOT_FOUND = 5,        /* a tensor, key or vocabulary that is needed is missing */
+    LDM_ERR_OUT_OF_MEMORY = 6,    /* an allocation failed */
+    LDM_ERR_LIMIT = 7,            /* a size limit was exceeded (see max_alloc_bytes) */
+    LDM_ERR_SECURITY = 8,         /* a checkpoint asked for something forbidden (pickle global) */
+    LDM_ERR_NUMERIC = 9,          /* NaN or Inf found in weights, inputs or results */
+    LDM_CANCELLED = 10,           /* stopped by ldm_model_interrupt() or a progress callback */
+    LDM_ERR_INTERNAL = 11
+} ldm_status;
+
+/* A static English name for a status, e.g. "format error". Never NULL. */
+LDM_API const char *ldm_status_string(ldm_status status);
+/* Message of the last failed call on this thread ("" if none). Valid until the next failing
+ * call on the same thread. */
+LDM_API const char *ldm_last_error(void);
+/* Clears this thread's last error message. */
+LDM_API void ldm_clear_error(void);
+
+/* ---------------------------------------------------------------- tensors */
+
+typedef enum ldm_dtype { LDM_F32 = 0, LDM_I64 = 1 } ldm_dtype;
+
+#define LDM_MAX_DIMS 6
+
+typedef struct ldm_tensor ldm_tensor;
+
+/* A new zero-filled tensor owned by the caller. */
+LDM_API ldm_status ldm_tensor_create(ldm_dtype dtype, int ndim, const int64_t *shape,
+                                     ldm_tensor **out);
+/* A tensor viewing caller memory (no copy, no ownership taken). `data` must stay valid and be
+ * suitably aligned for dtype while the tensor is used. Free the view with ldm_tensor_free(). */
+LDM_API ldm_status ldm_tensor_wrap(ldm_dtype dtype, int ndim, const int64_t *shape, void *data,
+                                   ldm_tensor **out);
+LDM_API void ldm_tensor_free(ldm_tensor *t);
+LDM_API ldm_dtype ldm_tensor_dtype(const ldm_tensor *t);
+LDM_API int ldm_tensor_ndim(const ldm_tensor *t);
+/* Size of dimension i, or 0 when i is out of range. */
+LDM_API int64_t ldm_tensor_dim(const ldm_tensor *t, int i);
+LDM_API int64_t ldm_tensor_numel(const ldm_tensor *t);
+LDM_API void *ldm_tensor_data(ldm_tensor *t);
+
+/* ---------------------------------------------------------------- callbacks */
+
+typedef enum ldm_log_level { LDM_LOG_ERROR = 0, LDM_LOG_WARN = 1, LDM_LOG_INFO = 2, LDM_LOG_DEBUG = 3 } ldm_log_level;
+
+typedef void (*ldm_log_callback)(ldm_log_level level, const char *message, void *user_data);
+/* Called after each unit of long work (a sampler step, a decoder tile). Return non-zero to
+ * stop: the running call then returns LDM_CANCELLED. */
+typedef int (*ldm_progress_callback)(int step, int total_steps, void *user_data);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct ldm_model ldm_model;
+typedef struct ldm_autoencoder ldm_autoencoder;
+typedef struct ldm_unet ldm_unet;
+typedef struct ldm_conditioner ldm_conditioner;
+
+typedef enum ldm_weights_choice {
+    LDM_WEIGHTS_AUTO = 0, /* EMA weights when the checkpoint has them (as the reference samples) */
+    LDM_WEIGHTS_EMA = 1,  /* EMA weights; an error if the checkpoint has none */
+    LDM_WEIGHTS_RAW = 2   /* the trained (non-EMA) model.diffusion_model.* weights */
+} ldm_weights_choice;
+
+typedef struct ldm_model_params {
+    size_t struct_size;         /* set by ldm_model_params_init() */
+    const char *config_path;    /* CompVis/Stability YAML config; NULL: detect from tensor names */
+    const char *vocab_path;     /* CLIP BPE file (bpe_simple_vocab_16e6.txt.gz) or BERT vocab.txt;
+                                   NULL: $LDM_VOCAB, then a file of the usual name next to the
+                                   checkpoint */
+    int n_threads;              /* 0: all online CPUs */
+    ldm_weights_choice weights; /* which diffusion weights to use */
+    size_t max_alloc_bytes;     /* refuse single allocations above this; 0: no cap */
+    ldm_log_callback log_callback;
+    void *log_user_data;
+} ldm_model_params;
+
+LDM_API void ldm_model_params_init(ldm_model_params *params);
+
+/* Loads a checkpoint (.safetensors or PyTorch .ckpt, detected from the bytes). The model may be a
+ * whole latent diffusion model or a standalone first stage (autoencoder). */
+LDM_API ldm_status ldm_model_load(const char *path, const ldm_model_params *params,
+                                  ldm_model **out);
+LDM_API void ldm_model_free(ldm_model *model);
+
+/* Requests that the model's running call stop as soon as possible (it then returns
+ * LDM_CANCELLED). Safe to call from any thread or a signal handler. The flag is cleared when the
+ * next call on the model starts. */
+LDM_API void ldm_model_interrupt(ldm_model *model);
+LDM_API ldm_status ldm_model_set_threads(ldm_model *model, int n_threads);
+
+/* A one-paragraph description of the loaded architecture (static for the model's lifetime). */
+LDM_API const char *ldm_model_describe(ldm_model *model);
+
+/* Components. Each returns LDM_ERR_NOT_FOUND when the checkpoint has no such part. The handles
+ * are owned by the model. */
+LDM_API ldm_status ldm_model_autoencoder(ldm_model *model, ldm_autoencoder **out);
+LDM_API ldm_status ldm_model_unet(ldm_model *model, ldm_unet **out);
+LDM_API ldm_status ldm_model_conditioner(ldm_model *model, ldm_conditioner **out);
+
+/* ---------------------------------------------------------------- autoencoder (first stage) */
+
+typedef enum ldm_autoencoder_kind { LDM_AUTOENCODER_KL = 0, LDM_AUTOENCODER_VQ = 1 } ldm_autoencoder_kind;
+
+LDM_API ldm_autoencoder_kind ldm_autoencoder_get_kind(const ldm_autoencoder *ae);
+/* Spatial downsampling factor (8 for kl-f8) and latent channel count. */
+LDM_API int ldm_autoencoder_factor(const ldm_autoencoder *ae);
+LDM_API int ldm_autoencoder_latent_channels(const ldm_autoencoder *ae);
+
+/* x [B,in,H,W] in [-1,1] -> KL: moments [B,2E,h,w] (mean ‖ logvar, unclamped);
+ * VQ: the pre-quantisation latent h [B,E,h,w]. */
+LDM_API ldm_status ldm_autoencoder_encode(ldm_autoencoder *ae, const ldm_tensor *x,
+                                          ldm_tensor **out);
+/* KL only: splits moments into mean, logvar (clamped to [-30,20]) and std = exp(logvar/2).
+ * Any output pointer may be NULL. */
+LDM_API ldm_status ldm_posterior_split(const ldm_tensor *moments, ldm_tensor **mean,
+                                       ldm_tensor **logvar, ldm_tensor **std);
+/* VQ only: nearest-codebook quantisation of h -> quant [B,E,h,w] and indices [B,h,w] (I64).
+ * Either output may be NULL. */
+LDM_API ldm_status ldm_autoencoder_quantize(ldm_autoencoder *ae, const ldm_tensor *h,
+                                            ldm_tensor **quant, ldm_tensor **indices);
+/* z [B,E,h,w] -> image [B,out,H,W]. VQ models quantise z first (as the reference does). No
+ * scale_factor is applied here: that is the diffusion model's business. */
+LDM_API ldm_status ldm_autoencoder_decode(ldm_autoencoder *ae, const ldm_tensor *z,
+                                          ldm_tensor **image);
+/* VQ only: decode without quantising. */
+LDM_API ldm_status ldm_autoencoder_decode_unquantized(ldm_autoencoder *ae, const ldm_tensor *z,
+                                                      ldm_tensor **image);
+
+/* ---------------------------------------------------------------- UNet */
+
+/* eps (or v) = UNet(x [B,C,H,W], timesteps [B] I64, context [B,T,D] or NULL,
+ * class labels y [B] I64 or NULL for num_classes models). */
+LDM_API ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x,
+                                    const ldm_tensor *timesteps, const ldm_tensor *context,
+                                    const ldm_tensor *y, ldm_tensor **out);
+
+/* ---------------------------------------------------------------- conditioners */
+
+typedef enum ldm_conditioner_kind {
+    LDM_COND_NONE = 0,             /* unconditional model */
+    LDM_COND_CLASS = 1,            /* ClassEmbedder: labels [B] -> [B,1,D] */
+    LDM_COND_CLIP_TEXT = 2,        /* SD 1.x FrozenCLIPEmbedder */
+    LDM_COND_OPENCLIP_TEXT = 3,    /* SD 2.x FrozenOpenCLIPEmbedder */
+    LDM_COND_BERT = 4,             /* LDM BERTEmbedder (text2img, layout2img) */
+    LDM_COND_SPATIAL_RESCALER = 5, /* semantic maps */
+    LDM_COND_FIRST_STAGE = 6,      /* the first stage encodes the condition (inpainting) */
+    LDM_COND_IDENTITY = 7          /* the condition is used as is (super-resolution) */
+} ldm_conditioner_kind;
+
+LDM_API ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond);
+/* Token ids [B,T] I64 -> embeddings [B,T,D] (text and BERT conditioners). */
+LDM_API ldm_status ldm_conditioner_encode_tokens(ldm_conditioner *cond, const ldm_tensor *tokens,
+                                                 ldm_tensor **out);
+/* Prompts -> tokens -> embeddings (needs the vocabulary, see ldm_model_params.vocab_path). */
+LDM_API ldm_status ldm_conditioner_encode_text(ldm_conditioner *cond, const char *const *prompts,
+                                               int n_prompts, ldm_tensor **out);
+/* Class labels [B] I64 -> [B,1,D]. */
+LDM_API ldm_status ldm_conditioner_encode_labels(ldm_conditioner *cond, const ldm_tensor *labels,
+                                                 ldm_tensor **out);
+/* Spatial inputs (one-hot semantic maps [B,C,H,W], masked images, LR images) -> conditioning. */
+LDM_API ldm_status ldm_conditioner_encode_image(ldm_conditioner *cond, const ldm_tensor *x,
+                                                ldm_tensor **out);
+
+/* ---------------------------------------------------------------- tokenizers */
+
+typedef struct ldm_tokenizer ldm_tokenizer;
+
+typedef enum ldm_tokenizer_kind {
+    LDM_TOKENIZER_CLIP = 0,     /* SD 1.x (HF CLIPTokenizer): pad with end-of-text 49407 */
+    LDM_TOKENIZER_OPENCLIP = 1, /* SD 2.x (open_clip.tokenize): pad with 0 */
+    LDM_TOKENIZER_BERT = 2      /* bert-base-uncased WordPiece (LDM text2img) */
+} ldm_tokenizer_kind;
+
+/* vocab_path: bpe_simple_vocab_16e6.txt.gz (CLIP kinds) or vocab.txt (BERT). */
+LDM_API ldm_status ldm_tokenizer_load(ldm_tokenizer_kind kind, const char *vocab_path,
+                                      ldm_tokenizer **out);
+LDM_API void ldm_tokenizer_free(ldm_tokenizer *tok);
+/* prompts -> ids [n_prompts, context_length] I64 (context_length 77 for every family). */
+LDM_API ldm_status ldm_tokenizer_encode(ldm_tokenizer *tok, const char *const *prompts,
+                                        int n_prompts, int context_length, ldm_tensor **out);
+
+/* ---------------------------------------------------------------- sampler */
+
+/* Samplers as host-driven state machines: the library never calls the network itself here. The
+ * host runs the loop, evaluates the UNet (with classifier-free guidance, conditioning, ...) where
+ * the sampler asks, and hands the raw output back:
+ *
+ *     ldm_sampler_begin(s, x_T);
+ *     while ((r = ldm_sampler_next(s, &x_in, &t)) == 1) {
+ *         out = UNet(x_in, t)               // e.g. uncond + scale*(cond - uncond)
+ *         ldm_sampler_give(s, out);
+ *     }                                     // r == 0: done, r < 0: error
+ *     x0 = ldm_sampler_current(s);          // final latent
+ *
+ * Kinds (reference code in brackets):
+ * - DDIM  [CompVis latent-diffusion / Stability-AI stablediffusion ddim.py]: timesteps
+ *   range(0, T, T//steps) + 1 ('uniform'; MORE than `steps` steps when T % steps != 0, e.g.
+ *   steps 6 -> 7) or 'quad'; eta > 0 adds sigma_i * noise. v-prediction handled as Stability does.
+ * - PLMS  [latent-diffusion plms.py]: the DDIM timesteps; the first step evaluates the model twice
+ *   (pseudo improved Euler), later steps use Adams-Bashforth 2/3/4 on the history of raw outputs.
+ *   eta must be 0. (The reference PLMS has no v branch; here v outputs are converted to eps first.)
+ * - DDPM  [LatentDiffusion.p_sample, clip_denoised False]: ancestral sampling over the consecutive
+ *   training timesteps steps-1, ..., 1, 0 (steps <= 0 or > T: all T). One evaluation per step.
+ * - EULER, EULER_ANCESTRAL (eta 1), HEUN, DPMPP_2M, DPMPP_2M_KARRAS [crowsonkb/k-diffusion
+ *   sampling.py with external.CompVisDenoiser / CompVisVDenoiser]: sigma_t = sqrt((1-ac_t)/ac_t);
+ *   `steps` sigmas from t = linspace(T-1, 0, steps) by log-sigma interpolation (Karras: rho 7
+ *   between the model's sigma_min and sigma_max), then 0. The model is evaluated at
+ *   x/sqrt(sigma^2+1) with the FRACTIONAL timestep sigma_to_t(sigma) (log-sigma interpolation), so
+ *   the host's UNet must accept non-integer timesteps (the sinusoidal embedding is continuous).
+ *   Heun evaluates twice per step except on the last one (to sigma 0): 2*steps - 1 evaluations.
+ *
+ * Guidance combines raw outputs (eps or v) linearly; that is exact for both parameterizations.
+ * Noise: by default drawn with ldm_randn(seed, 1 + k, ...) for step k (stream 0 is left for the
+ * host's x_T); ldm_sampler_set_noise() supplies it instead. */
+typedef struct ldm_sampler ldm_sampler;
+
+typedef enum ldm_sampler_kind {
+    LDM_SAMPLER_DDIM = 0,
+    LDM_SAMPLER_PLMS = 1,
+    LDM_SAMPLER_DDPM = 2,
+    LDM_SAMPLER_EULER = 3,
+    LDM_SAMPLER_EULER_ANCESTRAL = 4,
+    LDM_SAMPLER_HEUN = 5,
+    LDM_SAMPLER_DPMPP_2M = 6,
+    LDM_SAMPLER_DPMPP_2M_KARRAS = 7
+} ldm_sampler_kind;
+
+/* What the network predicts: the noise (eps, LDM and SD 1.x/2.x-base) or v = sqrt(ac)*eps -
+ * sqrt(1-ac)*x0 (SD 2.x 768-v models; `parameterization: "v"` in the config, not in checkpoints). */
+typedef enum ldm_parameterization { LDM_PARAM_EPS = 0, LDM_PARAM_V = 1 } ldm_parameterization;
+
+typedef struct ldm_sampler_params {
+    size_t struct_size;    /* set by ldm_sampler_params_init() */
+    ldm_sampler_kind kind; /* default DDIM */
+    int steps;             /* requested steps, default 50 (DDIM/PLMS may run more, see above) */
+    float eta;             /* DDIM only (default 0); PLMS requires 0; EULER_ANCESTRAL always uses 1 */
+    int ddim_quad;         /* DDIM/PLMS timestep spacing: 0 'uniform' (default), 1 'quad' */
+    uint64_t seed;         /* seed of the default noise (ldm_randn); default 0 */
+} ldm_sampler_params;
+
+LDM_API void ldm_sampler_params_init(ldm_sampler_params *p);
+
+/* A sampler over a model's training schedule: `alphas_cumprod` [n_train_steps] float32 as stored
+ * in the checkpoint (key "alphas_cumprod"), copied. LDM_ERR_INVALID_ARGUMENT for values that are
+ * not finite, outside (0,1) or increasing with t, and for bad parameters (steps < 1 or, except
+ * for DDPM, > n_train_steps; eta < 0; PLMS with eta != 0; an unknown kind). */
+LDM_API ldm_status ldm_sampler_create(const float *alphas_cumprod, int n_train_steps,
+                                      ldm_parameterization param, const ldm_sampler_params *p,
+                                      ldm_sampler **out);
+LDM_API void ldm_sampler_free(ldm_sampler *s);
+
+/* Starts (or restarts) a run from x_T, F32 of any shape [B,...], copied. x_T is UNIT-variance
+ * noise for every kind: the k-samplers multiply it by their first sigma (sigma_max) as
+ * k-diffusion's scripts do. A noise tensor given earlier with ldm_sampler_set_noise is kept. */
+LDM_API ldm_status ldm_sampler_begin(ldm_sampler *s, const ldm_tensor *x_T);
+
+/* Model evaluations a full run needs (DDIM: steps run; PLMS: that + 1; Heun: 2*steps - 1 ...) and
+ * the number of steps (= rows of noise consumed, = step_x entries). -1 on a NULL handle. */
+LDM_API int ldm_sampler_total_evaluations(const ldm_sampler *s);
+LDM_API int ldm_sampler_total_steps(const ldm_sampler *s);
+/* Steps completed in the current run (for progress reporting). */
+LDM_API int ldm_sampler_steps_done(const ldm_sampler *s);
+
+/* Asks what to evaluate next. Returns 1: evaluate the model on *x_in (owned by the sampler, same
+ * shape as x_T, valid until the next ldm_sampler_give/begin/free) at model timestep *timestep
+ * (the same for the whole batch; an integer value for DDIM/PLMS/DDPM, fractional for the
+ * k-samplers) and pass the output to ldm_sampler_give(). Returns 0 when the run is finished and
+ * -1 on error (no run begun, NULL arguments; message in ldm_last_error()). Calling it twice
+ * without give returns the same request. */
+LDM_API int ldm_sampler_next(ldm_sampler *s, const ldm_tensor **x_in, double *timestep);
+
+/* The (guided) raw model output for the last request: eps or v per the parameterization, F32 of
+ * the shape of x_T. Advances the state machine; when it completes a step, ldm_sampler_current and
+ * ldm_sampler_pred_x0 are updated. LDM_ERR_INVALID_ARGUMENT when nothing was requested or the
+ * shape is wrong; LDM_ERR_NUMERIC when the output holds NaN/Inf (the state is left unchanged). */
+LDM_API ldm_status ldm_sampler_give(ldm_sampler *s, const ldm_tensor *model_output);
+
+/* Optional fixed noise: F32 [n_rows, <shape of x_T>]; row k is the standard-normal noise of step
+ * k (DDIM: times sigma_k, even when that is 0; DDPM: times the posterior std, unused at t = 0;
+ * EULER_ANCESTRAL: times sigma_up; other kinds use none). n_rows must be >= the total steps of a
+ * noise-using kind (checked at begin). Copied. NULL returns to the seeded generator. */
+LDM_API ldm_status ldm_sampler_set_noise(ldm_sampler *s, const ldm_tensor *noise);
+
+/* The current x (x_T scaled as documented before the first step, then x after the last completed
+ * step; the final sample once next() returned 0) and the x0 prediction of the last completed step
+ * (k-samplers: the denoised estimate of the step's first evaluation). NULL before begin / before
+ * the first step completes (pred_x0). Owned by the sampler. */
+LDM_API const ldm_tensor *ldm_sampler_current(const ldm_sampler *s);
+LDM_API const ldm_tensor *ldm_sampler_pred_x0(const ldm_sampler *s);
+
+/* Reproducible standard-normal noise, identical for any thread count and platform:
+ * element i (row-major) of `out` (an F32 tensor, filled in place) is
+ *     block = floor(i / 2);  key = (lo32(seed), hi32(seed));
+ *     ctr   = (lo32(block), hi32(block), lo32(stream), hi32(stream));
+ *     (w0, w1, w2, w3) = Philox4x32-10(ctr, key)        (Random123 constants and round order)
+ *     u1 = ((((w1 << 32) | w0) >> 11) + 1) * 2^-53     in (0, 1]
+ *     u2 =  (((w3 << 32) | w2) >> 11)      * 2^-53     in [0, 1)
+ *     r  = sqrt(-2 ln u1),  th = 2 pi u2                (Box-Muller, all in double)
+ *     out[i] = (float)(i even ? r cos th : r sin th)
+ * so any element can be computed on its own. Only libm's log/cos/sin can differ between platforms
+ * (by an ulp of a double), which is invisible after the rounding to float in all but the rarest
+ * cases. `stream` separates independent draws under one seed (the samplers use 1 + step). */
+LDM_API ldm_status ldm_randn(uint64_t seed, uint64_t stream, ldm_tensor *out);
+
+
+/* ---------------------------------------------------------------- latent diffusion calls */
+
+/* The diffusion model's network output (eps, or v for v-parameterised models) for a batch:
+ * x [B,C,h,w], timesteps [B] or [1] (I64, or F32 holding integers). `cond` is the learned
+ * conditioning, routed as the model's config says: cross-attention context [B,T,D]
+ * (crossattn models) or channels concatenated to x (concat models: inpainting, super-resolution,
+ * semantic synthesis); NULL for unconditional models. */
+LDM_API ldm_status ldm_model_apply(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                   const ldm_tensor *cond, ldm_tensor **out);
+/* Classifier-free guidance: out = u + scale (c - u) from ONE batched network call on
+ * cat[x,x], cat[t,t], cat[uncond,cond] (uncond first, as the reference). With uncond NULL or
+ * scale 1 it is ldm_model_apply(cond). */
+LDM_API ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                          const ldm_tensor *cond, const ldm_tensor *uncond, float scale,
+                                          ldm_tensor **out);
+/* decode_first_stage: image = decoder(z / scale_factor) (VQ first stages quantise first). */
+LDM_API ldm_status ldm_model_decode_latent(ldm_model *model, const ldm_tensor *z, ldm_tensor **image);
+/* The LDM inpainting model's conditioning: cat(first_stage.encode(masked_image),
+ * nearest-resize(mask)) with masked_image [B,3,H,W] and mask [B,1,H,W] both in the model's input
+ * range (the reference maps image, mask and masked image to [-1,1]). */
+LDM_API ldm_status ldm_model_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, const ldm_tensor *mask,
+                                          ldm_tensor **out);
+/* One DDPM ancestral step (LatentDiffusion.p_sample, clip_denoised false) at integer timesteps
+ * [B]: x_prev = posterior mean + [t != 0] exp(logvar/2) * noise. noise: same shape as x, or NULL
+ * for none (the posterior mean). */
+LDM_API ldm_status ldm_model_p_sample(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                      const ldm_tensor *cond, const ldm_tensor *noise, ldm_tensor **x_prev);
+
+/* A sampler over the model's own training schedule (its stored alphas_cumprod) and
+ * parameterization (eps or v, from the config). Free with ldm_sampler_free(). */
+LDM_API ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params *params, ldm_sampler **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LDM_H */

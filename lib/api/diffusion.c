@@ -1,0 +1,245 @@
+/* diffusion.c - LatentDiffusion-level calls: apply_model with the conditioning routed as the
+ * config says, classifier-free guidance, the first stage with scale_factor, inpainting
+ * conditioning and the DDPM ancestral step. */
+#include "model_internal.h"
+
+#include "../kernels/kernels.h"
+#include "../models/autoencoder.h"
+#include "../models/unet.h"
+
+#include <math.h>
+
+#include "../sampling/sampling.h"
+#include <string.h>
+
+/* ---------------------------------------------------------------- tensor helpers */
+
+/* cat along dim 0 (batch) or 1 (channels) of two tensors that agree elsewhere. */
+static ldm_status cat2(const ldm_tensor *a, const ldm_tensor *b, int dim, ldm_tensor **out)
+{
+    char sa[96], sb[96];
+    int ok = a->dtype == b->dtype && a->ndim == b->ndim && dim < a->ndim;
+    for (int i = 0; ok && i < a->ndim; i++) ok = (i == dim) || a->shape[i] == b->shape[i];
+    if (!ok)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "cannot concatenate %s and %s along dimension %d",
+                        lt_shape_str(a, sa, sizeof sa), lt_shape_str(b, sb, sizeof sb), dim);
+    int64_t shape[LDM_MAX_DIMS];
+    memcpy(shape, a->shape, sizeof shape);
+    shape[dim] = a->shape[dim] + b->shape[dim];
+    LDM_TRY(ldm_tensor_create(a->dtype, a->ndim, shape, out));
+    size_t esz = a->dtype == LDM_I64 ? 8 : 4;
+    int64_t outer = 1, inner_a = esz, inner_b = esz;
+    for (int i = 0; i < dim; i++) outer *= a->shape[i];
+    for (int i = dim; i < a->ndim; i++) {
+        inner_a *= a->shape[i];
+        inner_b *= b->shape[i];
+    }
+    char *dst = (*out)->data;
+    for (int64_t o = 0; o < outer; o++) {
+        memcpy(dst, (const char *)a->data + o * inner_a, (size_t)inner_a);
+        dst += inner_a;
+        memcpy(dst, (const char *)b->data + o * inner_b, (size_t)inner_b);
+        dst += inner_b;
+    }
+    return LDM_OK;
+}
+
+/* Timesteps as an I64 [B] tensor: accepts I64 or integral F32 values, [B] or [1] (broadcast). */
+static ldm_status timesteps_for(const ldm_tensor *t, int64_t B, ldm_tensor **out)
+{
+    if (!t || t->ndim > 1 || (lt_numel(t) != B && lt_numel(t) != 1))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timesteps: expected [%lld] or [1] values", (long long)B);
+    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &B, out));
+    for (int64_t i = 0; i < B; i++) {
+        int64_t k = lt_numel(t) == 1 ? 0 : i;
+        if (t->dtype == LDM_I64) {
+            lt_i64(*out)[i] = lt_i64(t)[k];
+            continue;
+        }
+        float v = lt_f32(t)[k];
+        if (v != floorf(v)) {
+            ldm_tensor_free(*out);
+            *out = NULL;
+            return ldm_fail(LDM_ERR_UNSUPPORTED, "timesteps: fractional timestep %g is not supported by this UNet", v);
+        }
+        lt_i64(*out)[i] = (int64_t)v;
+    }
+    return LDM_OK;
+}
+
+/* ---------------------------------------------------------------- apply_model */
+
+ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out)
+{
+    struct ldm_unet *unet;
+    ldm_tensor *ts = NULL, *xin = NULL;
+    LDM_TRY(lt_check(x, "apply_model: x", LDM_F32, 4));
+    LDM_TRY(lm_unet(m, &unet));
+    LDM_TRY(timesteps_for(t, x->shape[0], &ts));
+    ldm_status st = LDM_OK;
+    switch (m->desc.conditioning_key) {
+    case LD_CONDKEY_NONE: st = lunet_forward(unet->net, &m->ctx, x, ts, NULL, NULL, out); break;
+    case LD_CONDKEY_CROSSATTN:
+        if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (cross-attention context)");
+        else st = lunet_forward(unet->net, &m->ctx, x, ts, cond, NULL, out);
+        break;
+    case LD_CONDKEY_CONCAT:
+        if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (concatenated channels)");
+        else if ((st = cat2(x, cond, 1, &xin)) == LDM_OK) st = lunet_forward(unet->net, &m->ctx, xin, ts, NULL, NULL, out);
+        break;
+    default: st = ldm_fail(LDM_ERR_UNSUPPORTED, "apply_model: conditioning key %d is not supported", (int)m->desc.conditioning_key);
+    }
+    ldm_tensor_free(ts);
+    ldm_tensor_free(xin);
+    return st;
+}
+
+ldm_status ldm_model_apply(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps, const ldm_tensor *cond,
+                           ldm_tensor **out)
+{
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply: out is NULL");
+    *out = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_apply"));
+    return lm_apply(model, x, timesteps, cond, out);
+}
+
+/* e = e_u + scale (e_c - e_u) with one batched UNet call on cat[x,x], cat[t,t], cat[uc,c]
+ * (uncond first, as the reference samplers do). */
+ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                  const ldm_tensor *cond, const ldm_tensor *uncond, float scale, ldm_tensor **out)
+{
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply_guided: out is NULL");
+    *out = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_apply_guided"));
+    if (!uncond || scale == 1.0f) return lm_apply(model, x, timesteps, cond, out);
+    LDM_TRY(lt_check(x, "apply_guided: x", LDM_F32, 4));
+    ldm_tensor *xx = NULL, *tt = NULL, *ts = NULL, *cc = NULL, *both = NULL;
+    ldm_status st = timesteps_for(timesteps, x->shape[0], &ts);
+    if (st == LDM_OK) st = cat2(x, x, 0, &xx);
+    if (st == LDM_OK) st = cat2(ts, ts, 0, &tt);
+    if (st == LDM_OK) st = cat2(uncond, cond, 0, &cc);
+    if (st == LDM_OK) st = lm_apply(model, xx, tt, cc, &both);
+    if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) {
+        int64_t n = lt_numel(x);
+        const float *eu = lt_f32(both), *ec = eu + n;
+        float *e = lt_f32(*out);
+        for (int64_t i = 0; i < n; i++) e[i] = eu[i] + scale * (ec[i] - eu[i]);
+    }
+    ldm_tensor_free(xx);
+    ldm_tensor_free(tt);
+    ldm_tensor_free(ts);
+    ldm_tensor_free(cc);
+    ldm_tensor_free(both);
+    return st;
+}
+
+/* ---------------------------------------------------------------- first stage with scale_factor */
+
+ldm_status ldm_model_decode_latent(ldm_model *model, const ldm_tensor *z, ldm_tensor **image)
+{
+    struct ldm_autoencoder *ae;
+    if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_decode_latent: image is NULL");
+    *image = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_decode_latent"));
+    LDM_TRY(lt_check(z, "ldm_model_decode_latent: z", LDM_F32, 4));
+    LDM_TRY(lm_autoencoder(model, &ae));
+    ldm_tensor *scaled = lt_clone(z);
+    if (!scaled) return LDM_ERR_OUT_OF_MEMORY;
+    /* decode_first_stage: z = 1/scale_factor * z (fact 13) */
+    float inv = (float)(1.0 / model->desc.scale_factor);
+    for (int64_t i = 0, n = lt_numel(scaled); i < n; i++) lt_f32(scaled)[i] *= inv;
+    ldm_status st = lae_decode(ae->net, &model->ctx, scaled, image);
+    ldm_tensor_free(scaled);
+    return st;
+}
+
+/* ---------------------------------------------------------------- inpainting conditioning */
+
+ldm_status ldm_model_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, const ldm_tensor *mask,
+                                  ldm_tensor **out)
+{
+    ldm_conditioner *cond;
+    ldm_tensor *c = NULL, *m_small = NULL;
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: out is NULL");
+    *out = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_inpaint_cond"));
+    LDM_TRY(lt_check(mask, "ldm_model_inpaint_cond: mask", LDM_F32, 4));
+    if (mask->shape[1] != 1) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: mask must have 1 channel");
+    LDM_TRY(lm_conditioner(model, &cond));
+    LDM_TRY(ldm_conditioner_encode_image(cond, masked_image, &c));
+    if (c->shape[0] != mask->shape[0]) {
+        ldm_tensor_free(c);
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: mask batch differs from the image batch");
+    }
+    /* F.interpolate(mask, size=c.shape[-2:]) (nearest) */
+    m_small = lt_new_f32_4d(mask->shape[0], 1, c->shape[2], c->shape[3]);
+    ldm_status st = m_small ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) {
+        lk_resize_nearest(lt_f32(mask), (int)mask->shape[0], (int)mask->shape[2], (int)mask->shape[3], (int)c->shape[2],
+                          (int)c->shape[3], lt_f32(m_small));
+        st = cat2(c, m_small, 1, out);
+    }
+    ldm_tensor_free(c);
+    ldm_tensor_free(m_small);
+    return st;
+}
+
+/* ---------------------------------------------------------------- DDPM ancestral step */
+
+static ldm_status check_timesteps(const ldm_model *m, const ldm_tensor *ts)
+{
+    for (int64_t b = 0; b < ts->shape[0]; b++)
+        if (lt_i64(ts)[b] < 0 || lt_i64(ts)[b] >= m->desc.timesteps)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timestep %lld outside [0,%d)", (long long)lt_i64(ts)[b],
+                            m->desc.timesteps);
+    return LDM_OK;
+}
+
+ldm_status ldm_model_p_sample(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                              const ldm_tensor *cond, const ldm_tensor *noise, ldm_tensor **x_prev)
+{
+    ldm_tensor *out = NULL, *ts = NULL;
+    if (!x_prev) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_p_sample: x_prev is NULL");
+    *x_prev = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_p_sample"));
+    if (!model->schedule) return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: not a diffusion model", model->path);
+    if (model->desc.parameterization == LD_PARAM_X0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_p_sample: x0-parameterised models are not supported");
+    LDM_TRY(lt_check(x, "ldm_model_p_sample: x", LDM_F32, 4));
+    if (noise && (noise->dtype != LDM_F32 || lt_numel(noise) != lt_numel(x)))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_p_sample: noise must be F32 with the shape of x");
+    LDM_TRY(timesteps_for(timesteps, x->shape[0], &ts));
+    ldm_status st = check_timesteps(model, ts);
+    if (st == LDM_OK) st = lm_apply(model, x, ts, cond, &out);
+    if (st == LDM_OK && !(*x_prev = lt_new_f32(x->ndim, x->shape))) st = LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK)
+        st = ls_ddpm_p_sample(model->schedule, (int)x->shape[0], (size_t)(lt_numel(x) / x->shape[0]), lt_i64(ts),
+                              lt_f32(x), lt_f32(out), model->desc.parameterization == LD_PARAM_V,
+                              noise ? lt_f32(noise) : NULL, lt_f32(*x_prev), NULL);
+    if (st != LDM_OK) {
+        ldm_tensor_free(*x_prev);
+        *x_prev = NULL;
+    }
+    ldm_tensor_free(out);
+    ldm_tensor_free(ts);
+    return st;
+}
+
+/* ---------------------------------------------------------------- samplers */
+
+ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params *params, ldm_sampler **out)
+{
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_sampler: out is NULL");
+    *out = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_sampler"));
+    if (!model->schedule)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: not a diffusion model (no noise schedule)", model->path);
+    ldm_parameterization param;
+    switch (model->desc.parameterization) {
+    case LD_PARAM_EPS: param = LDM_PARAM_EPS; break;
+    case LD_PARAM_V: param = LDM_PARAM_V; break;
+    default: return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models have no sampler", model->path);
+    }
+    return ls_sampler_create(model->schedule, param, params, out);
+}

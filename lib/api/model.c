@@ -1,0 +1,176 @@
+/* model.c - ldm_model: loading a checkpoint + config, threads, cancellation, logging. */
+#include "model_internal.h"
+
+#include "../models/config.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+void ldm_model_params_init(ldm_model_params *params)
+{
+    if (!params) return;
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->weights = LDM_WEIGHTS_AUTO;
+}
+
+/* Copies a caller's params struct that may come from an older (smaller) header. */
+static ldm_status read_params(const ldm_model_params *in, ldm_model_params *out)
+{
+    ldm_model_params_init(out);
+    if (!in) return LDM_OK;
+    if (in->struct_size < offsetof(ldm_model_params, n_threads) || in->struct_size > 4096)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "ldm_model_params.struct_size is %zu: fill the struct with ldm_model_params_init()",
+                        in->struct_size);
+    memcpy(out, in, LDM_MIN(in->struct_size, sizeof *out));
+    out->struct_size = sizeof *out;
+    return LDM_OK;
+}
+
+void lm_log(const ldm_model *m, ldm_log_level level, const char *fmt, ...)
+{
+    if (!m || !m->log) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    m->log(level, buf, m->log_user);
+}
+
+ldm_status lm_begin(ldm_model *m, const char *fn)
+{
+    if (!m) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    atomic_store(&m->cancel, 0);
+    ldm_alloc_set_cap(m->max_alloc);
+    return LDM_OK;
+}
+
+static int default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)LDM_MIN(n, 256) : 1;
+}
+
+static ldm_status pick_weights(ldm_model *m, ldm_weights_choice choice)
+{
+    int has_ema = lw_has_prefix(m->store, "model_ema.");
+    switch (choice) {
+    case LDM_WEIGHTS_AUTO: m->use_ema = has_ema && m->desc.use_ema; break;
+    case LDM_WEIGHTS_EMA:
+        if (!has_ema) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: EMA weights requested but the checkpoint has no model_ema.* tensors", m->path);
+        m->use_ema = 1;
+        break;
+    case LDM_WEIGHTS_RAW: m->use_ema = 0; break;
+    default: return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_params.weights: unknown value %d", (int)choice);
+    }
+    return LDM_OK;
+}
+
+/* The DDPM schedule: computed from the config (beta_schedule, linear_start/end), then every
+ * buffer the checkpoint stores replaces the computed one, since the reference samples with the
+ * stored float32 values. */
+static ldm_status load_schedule(ldm_model *m)
+{
+    const ld_model *d = &m->desc;
+    if (!d->is_diffusion) return LDM_OK;
+    if (d->timesteps <= 0 || d->timesteps > 100000)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: timesteps %d out of range", m->path, d->timesteps);
+    static const ls_beta_kind kinds[] = {[LD_SCHED_LINEAR] = LS_BETA_LINEAR, [LD_SCHED_COSINE] = LS_BETA_COSINE,
+                                         [LD_SCHED_SQRT_LINEAR] = LS_BETA_SQRT_LINEAR, [LD_SCHED_SQRT] = LS_BETA_SQRT};
+    LDM_TRY(ls_schedule_make(kinds[d->beta_schedule], d->timesteps, d->linear_start, d->linear_end, d->cosine_s,
+                             &m->schedule));
+    int replaced = 0;
+    LDM_TRY(ls_schedule_apply_store(m->schedule, m->store, "", &replaced));
+    lm_log(m, LDM_LOG_DEBUG, "noise schedule: %d of %d buffers from the checkpoint", replaced, (int)LS_N_BUFFERS);
+    return LDM_OK;
+}
+
+static ldm_status load_description(ldm_model *m, const char *config_path)
+{
+    if (config_path) LDM_TRY(ld_config_load(config_path, &m->desc));
+    else LDM_TRY(ld_detect(m->store, &m->desc));
+    LDM_TRY(ld_config_complete(&m->desc, m->store));
+    m->first_stage_prefix = lw_find(m->store, "encoder.conv_in.weight") ? "" : "first_stage_model.";
+    char buf[8192];
+    if (ld_describe(&m->desc, m->store, buf, sizeof buf) != LDM_OK) snprintf(buf, sizeof buf, "(no description)");
+    m->description = ldm_strdup(buf);
+    return m->description ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+}
+
+static ldm_status load(ldm_model *m, const char *path, const ldm_model_params *p)
+{
+    m->path = ldm_strdup(path);
+    if (!m->path) return LDM_ERR_OUT_OF_MEMORY;
+    if (p->vocab_path && !(m->vocab_path = ldm_strdup(p->vocab_path))) return LDM_ERR_OUT_OF_MEMORY;
+    LDM_TRY(lw_open(path, m->max_alloc, &m->store));
+    LDM_TRY(load_description(m, p->config_path));
+    LDM_TRY(pick_weights(m, p->weights));
+    LDM_TRY(load_schedule(m));
+    m->pool = lpool_create(p->n_threads > 0 ? p->n_threads : default_threads());
+    if (!m->pool) return LDM_ERR_OUT_OF_MEMORY;
+    m->ctx.pool = m->pool;
+    m->ctx.cancel = &m->cancel;
+    lm_log(m, LDM_LOG_INFO, "loaded %s (%zu tensors%s)", path, lw_count(m->store), m->use_ema ? ", EMA weights" : "");
+    return LDM_OK;
+}
+
+ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_model **out)
+{
+    ldm_model_params p;
+    if (!path || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_load: path and out must not be NULL");
+    *out = NULL;
+    LDM_TRY(read_params(params, &p));
+    ldm_alloc_set_cap(p.max_alloc_bytes);
+    ldm_model *m = ldm_calloc(1, sizeof *m);
+    if (!m) return LDM_ERR_OUT_OF_MEMORY;
+    m->max_alloc = p.max_alloc_bytes;
+    m->log = p.log_callback;
+    m->log_user = p.log_user_data;
+    ldm_status st = load(m, path, &p);
+    if (st != LDM_OK) {
+        if (m->log) m->log(LDM_LOG_ERROR, ldm_last_error(), m->log_user);
+        ldm_model_free(m);
+        return st;
+    }
+    *out = m;
+    return LDM_OK;
+}
+
+void lm_free_components(ldm_model *m);
+
+void ldm_model_free(ldm_model *model)
+{
+    if (!model) return;
+    lm_free_components(model);
+    lpool_free(model->pool);
+    lw_close(model->store);
+    ls_schedule_free(model->schedule);
+    ldm_free(model->description);
+    ldm_free(model->vocab_path);
+    ldm_free(model->path);
+    ldm_free(model);
+}
+
+void ldm_model_interrupt(ldm_model *model)
+{
+    if (model) atomic_store(&model->cancel, 1);
+}
+
+ldm_status ldm_model_set_threads(ldm_model *model, int n_threads)
+{
+    LDM_TRY(lm_begin(model, "ldm_model_set_threads"));
+    lpool *pool = lpool_create(n_threads > 0 ? n_threads : default_threads());
+    if (!pool) return LDM_ERR_OUT_OF_MEMORY;
+    lpool_free(model->pool);
+    model->pool = pool;
+    model->ctx.pool = pool;
+    return LDM_OK;
+}
+
+const char *ldm_model_describe(ldm_model *model)
+{
+    return (model && model->description) ? model->description : "";
+}

@@ -1,0 +1,77 @@
+/* model_internal.h - what a loaded ldm_model holds, shared by the lib/api/ files. */
+#ifndef LDM_API_MODEL_INTERNAL_H
+#define LDM_API_MODEL_INTERNAL_H
+
+#include "../core/common.h"
+#include "../core/ctx.h"
+#include "../core/tensor.h"
+#include "../io/weights.h"
+#include "../models/desc.h"
+#include "../sampling/sampling.h"
+
+#include <stdatomic.h>
+
+struct lae;
+struct lunet;
+struct lclip;
+struct lbert;
+struct lclass;
+struct lrescaler;
+
+struct ldm_autoencoder {
+    ldm_model *model;
+    struct lae *net;
+};
+
+struct ldm_unet {
+    ldm_model *model;
+    struct lunet *net;
+};
+
+struct ldm_conditioner {
+    ldm_model *model;
+    ld_cond_kind kind;
+    struct lclip *clip;
+    struct lbert *bert;
+    struct lclass *cls;
+    struct lrescaler *rescaler;
+    ldm_tokenizer *tokenizer; /* text kinds, loaded on first encode_text */
+};
+
+struct ldm_model {
+    char *path;
+    lw_store *store;
+    ld_model desc;
+    const char *first_stage_prefix; /* "first_stage_model." or "" for a standalone autoencoder */
+    int use_ema;
+    char *vocab_path;               /* as given (file or directory), NULL: search */
+    char *description;
+    lpool *pool;
+    atomic_int cancel;
+    lctx ctx;
+    size_t max_alloc;
+    ldm_log_callback log;
+    void *log_user;
+    ls_schedule *schedule;          /* DDPM buffers: computed from the config, replaced by the
+                                       checkpoint's stored ones (what the reference samples with) */
+    /* components, created on first use */
+    struct ldm_autoencoder *ae;
+    struct ldm_unet *unet;
+    struct ldm_conditioner *cond;
+};
+
+/* Starts a top-level call on the model: clears a stale interrupt and applies the allocation cap.
+ * Returns LDM_ERR_INVALID_ARGUMENT for a NULL model. */
+ldm_status lm_begin(ldm_model *m, const char *fn);
+void lm_log(const ldm_model *m, ldm_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Components, created on first use. */
+ldm_status lm_autoencoder(ldm_model *m, struct ldm_autoencoder **out);
+ldm_status lm_unet(ldm_model *m, struct ldm_unet **out);
+ldm_status lm_conditioner(ldm_model *m, struct ldm_conditioner **out);
+
+/* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
+ * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */
+ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out);
+
+#endif

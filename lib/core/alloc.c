@@ -1,0 +1,79 @@
+/* alloc.c - the library's only door to the heap: per-allocation cap (hostile files must not
+ * make us allocate without bound) and failure injection for tests. */
+#include "common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local size_t alloc_cap;
+static _Thread_local long alloc_fail_countdown;
+
+void ldm_alloc_set_cap(size_t max_bytes) { alloc_cap = max_bytes; }
+size_t ldm_alloc_get_cap(void) { return alloc_cap; }
+void ldm_alloc_fail_after(long n) { alloc_fail_countdown = n; }
+
+/* Returns non-zero (and sets the error) when an allocation of `size` must be refused. */
+static int refuse(size_t size)
+{
+    if (alloc_fail_countdown > 0 && --alloc_fail_countdown == 0) {
+        ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes (injected failure)", size);
+        return 1;
+    }
+    if (alloc_cap && size > alloc_cap) {
+        ldm_fail(LDM_ERR_LIMIT, "allocation of %zu bytes exceeds the limit of %zu bytes", size, alloc_cap);
+        return 1;
+    }
+    return 0;
+}
+
+void *ldm_malloc(size_t size)
+{
+    if (refuse(size)) return NULL;
+    void *p = malloc(size ? size : 1);
+    if (!p) ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes", size);
+    return p;
+}
+
+void *ldm_calloc(size_t count, size_t size)
+{
+    size_t total;
+    if (ldm_mul_size(count, size, &total)) {
+        ldm_fail(LDM_ERR_LIMIT, "allocation size overflow (%zu x %zu)", count, size);
+        return NULL;
+    }
+    if (refuse(total)) return NULL;
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes", total);
+    return p;
+}
+
+void *ldm_realloc(void *ptr, size_t size)
+{
+    if (refuse(size)) return NULL;
+    void *p = realloc(ptr, size ? size : 1);
+    if (!p) ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes", size);
+    return p;
+}
+
+void *ldm_malloc_aligned(size_t size)
+{
+    if (refuse(size)) return NULL;
+    size_t rounded = (size + 63) & ~(size_t)63;
+    if (rounded < size) {
+        ldm_fail(LDM_ERR_LIMIT, "allocation size overflow (%zu bytes)", size);
+        return NULL;
+    }
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p) ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes", size);
+    return p;
+}
+
+void ldm_free(void *ptr) { free(ptr); }
+
+char *ldm_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = ldm_malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}

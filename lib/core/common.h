@@ -1,0 +1,53 @@
+/* common.h - internal helpers shared by every part of libldm: error reporting, checked
+ * allocation, overflow-safe size arithmetic. Never exported. */
+#ifndef LDM_CORE_COMMON_H
+#define LDM_CORE_COMMON_H
+
+#include "ldm.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LDM_INTERNAL __attribute__((visibility("hidden")))
+
+/* Records `status` and a printf-style message as this thread's last error; returns `status` so
+ * callers can write `return ldm_fail(LDM_ERR_FORMAT, "...")`. */
+ldm_status ldm_fail(ldm_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prepends context ("loading model.ckpt: ") to the current error message; returns `status`. */
+ldm_status ldm_fail_context(ldm_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Allocation with a process-wide per-allocation cap and failure injection for tests. Every
+ * allocation in the library goes through these. They set the error message on failure. */
+void *ldm_malloc(size_t size);
+void *ldm_calloc(size_t count, size_t size);
+void *ldm_realloc(void *ptr, size_t size);
+/* Aligned to 64 bytes; release with ldm_free as well. */
+void *ldm_malloc_aligned(size_t size);
+void ldm_free(void *ptr);
+char *ldm_strdup(const char *s);
+
+/* The largest single allocation allowed (0 = unlimited). Thread-local so that two models with
+ * different caps can load in parallel; loaders set it from ldm_model_params.max_alloc_bytes. */
+void ldm_alloc_set_cap(size_t max_bytes);
+size_t ldm_alloc_get_cap(void);
+/* Test hook: make the n-th allocation from now on fail (n >= 1), 0 disables. */
+void ldm_alloc_fail_after(long n);
+
+/* Overflow-checked arithmetic: return 0 on success, non-zero on overflow. */
+static inline int ldm_mul_size(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
+static inline int ldm_add_size(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }
+
+#define LDM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define LDM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LDM_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Propagate a failing status. */
+#define LDM_TRY(expr)                                                                              \
+    do {                                                                                           \
+        ldm_status ldm_try_status_ = (expr);                                                       \
+        if (ldm_try_status_ != LDM_OK) return ldm_try_status_;                                     \
+    } while (0)
+
+#endif

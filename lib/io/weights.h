@@ -1,0 +1,79 @@
+/* weights.h - a loaded checkpoint as a flat table of named tensors, whatever the file format.
+ *
+ * Both loaders (safetensors.c, ckpt.c) produce an lw_store. Tensor bytes stay where the file
+ * put them (memory-mapped, or inflated once for compressed zip entries) in their stored dtype;
+ * models ask for float32 copies with lw_get_f32(), which converts F16/BF16 once and checks the
+ * shape, so a wrong checkpoint gives "tensor X: expected [a,b], found [c,d]" rather than garbage. */
+#ifndef LDM_IO_WEIGHTS_H
+#define LDM_IO_WEIGHTS_H
+
+#include "../core/common.h"
+
+typedef enum { LW_F32, LW_F16, LW_BF16, LW_F64, LW_I64, LW_I32, LW_I16, LW_I8, LW_U8, LW_BOOL } lw_dtype;
+
+typedef struct lw_tensor {
+    char *name;
+    lw_dtype dtype;
+    int ndim;
+    int64_t shape[LDM_MAX_DIMS];
+    const void *data;   /* stored bytes (little-endian), never NULL when nbytes > 0 */
+    size_t nbytes;      /* = numel * lw_dtype_size(dtype), validated by the loader */
+} lw_tensor;
+
+typedef struct lw_store lw_store;
+
+/* Opens a checkpoint, detecting the format from its first bytes (safetensors: u64 header length
+ * + '{'; PyTorch zip: "PK\x03\x04"). `max_alloc` caps any single allocation (0 = none). */
+ldm_status lw_open(const char *path, size_t max_alloc, lw_store **out);
+void lw_close(lw_store *store);
+
+/* Loader back ends (called by lw_open). */
+ldm_status lw_open_safetensors(const char *path, lw_store **out);
+ldm_status lw_open_ckpt(const char *path, lw_store **out);
+
+/* Maps a whole regular file read-only (release with munmap). Files shorter than `min_size`
+ * bytes fail with LDM_ERR_FORMAT naming `what_format`. */
+ldm_status lw_map_file(const char *path, size_t min_size, const char *what_format, void **map, size_t *size);
+
+/* Store construction, used by the loaders. lw_store_new takes the path for messages; `mapping`
+ * /`mapping_size` (may be NULL/0) is munmap'ed on close; `owned` blocks are ldm_free'd on close. */
+lw_store *lw_store_new(const char *path);
+void lw_store_set_mapping(lw_store *s, void *mapping, size_t size);
+ldm_status lw_store_keep(lw_store *s, void *owned_block);
+/* Adds a tensor (the name is copied). Rejects duplicates. */
+ldm_status lw_store_add(lw_store *s, const char *name, lw_dtype dtype, int ndim, const int64_t *shape,
+                        const void *data, size_t nbytes);
+/* Call once after the last add: sorts for binary search. */
+void lw_store_finish(lw_store *s);
+/* lw_store_finish, then rejects duplicate names (LDM_ERR_FORMAT naming the tensor). The loaders
+ * call this instead of lw_store_finish. */
+ldm_status lw_store_seal(lw_store *s);
+
+size_t lw_count(const lw_store *s);
+const lw_tensor *lw_at(const lw_store *s, size_t i);        /* sorted by name */
+const lw_tensor *lw_find(const lw_store *s, const char *name); /* NULL when absent */
+const char *lw_path(const lw_store *s);
+/* True if any tensor name starts with prefix. */
+int lw_has_prefix(const lw_store *s, const char *prefix);
+
+size_t lw_dtype_size(lw_dtype d);
+const char *lw_dtype_name(lw_dtype d);
+
+/* A float32 copy of tensor `name` (ldm_malloc_aligned; caller frees with ldm_free). `ndim` /
+ * `shape` give the expected shape (ndim < 0: accept any); on mismatch or absence the error names
+ * the file, the tensor, expected and found. Accepts F32/F16/BF16/F64 storage. */
+ldm_status lw_get_f32(const lw_store *s, const char *name, int ndim, const int64_t *shape, float **out);
+/* Same with the name built printf-style, e.g. lw_get_f32f(s, 2, (int64_t[]){64,32}, &w, "%s.weight", p). */
+ldm_status lw_get_f32f(const lw_store *s, int ndim, const int64_t *shape, float **out, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* EMA name of a diffusion-model parameter: "model.diffusion_model.input_blocks.0.0.weight" ->
+ * "model_ema.diffusion_modelinput_blocks00weight" (the part after "model." with every dot removed). */
+void lw_ema_name(const char *param_name, char *out, size_t cap);
+
+/* IEEE half / bfloat16 to float. */
+float lw_f16_to_f32(uint16_t h);
+float lw_bf16_to_f32(uint16_t h);
+uint16_t lw_f32_to_f16(float f);
+
+#endif

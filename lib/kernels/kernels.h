@@ -1,0 +1,101 @@
+/* kernels.h - the numerical kernels the networks are built from.
+ *
+ * All data is dense float32, row-major, NCHW for images. Every kernel has a naive reference
+ * implementation (lk_ref_*) kept for tests; the lk_* entry points may use faster paths (BLAS,
+ * blocking, threads) and must agree with the reference to float rounding. Results must not depend
+ * on the number of threads in ctx beyond float rounding (each output element is reduced in a
+ * fixed order whatever the split). Kernels never allocate unless stated; the ones that need
+ * scratch memory return an ldm_status. */
+#ifndef LDM_KERNELS_H
+#define LDM_KERNELS_H
+
+#include "../core/common.h"
+#include "../core/ctx.h"
+
+/* ---- matrix products (row-major) */
+/* C[M,N] = alpha * op(A) op(B) + beta * C;  op(A) is [M,K] (A^T when transA), op(B) is [K,N]. */
+void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+             const float *B, int ldb, float beta, float *C, int ldc);
+/* Makes BLAS single-threaded (we split work over our own pool); called by lk_gemm itself, idempotent. */
+void lk_blas_init(void);
+/* y[rows,out] = x[rows,in] W^T + b;  W is [out,in] as in torch.nn.Linear; b may be NULL. */
+void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, const float *b, int out, float *y);
+
+/* ---- convolution */
+typedef struct lk_conv2d_shape {
+    int batch, in_ch, in_h, in_w;
+    int out_ch, k_h, k_w;
+    int stride;
+    int pad_top, pad_left, pad_bottom, pad_right; /* zero padding */
+} lk_conv2d_shape;
+int lk_conv2d_out_h(const lk_conv2d_shape *s);
+int lk_conv2d_out_w(const lk_conv2d_shape *s);
+/* y[B,OC,OH,OW] = conv(x[B,IC,H,W], w[OC,IC,KH,KW]) + bias[OC] (bias may be NULL). */
+ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
+                     float *y);
+
+/* ---- normalisation (in place allowed: y may equal x) */
+/* GroupNorm over [B,C,HW] with `groups` groups, eps, per-channel affine gamma/beta (may be NULL);
+ * statistics accumulated in double then used in float (matches float32 PyTorch to rounding). */
+void lk_group_norm(const lctx *c, const float *x, int B, int C, int HW, int groups, float eps, const float *gamma,
+                   const float *beta, float *y);
+/* Same followed by SiLU (fused). */
+void lk_group_norm_silu(const lctx *c, const float *x, int B, int C, int HW, int groups, float eps,
+                        const float *gamma, const float *beta, float *y);
+/* LayerNorm over the last dimension of [rows,dim]. */
+void lk_layer_norm(const lctx *c, const float *x, int rows, int dim, float eps, const float *gamma, const float *beta,
+                   float *y);
+
+/* ---- activations (in place) */
+void lk_silu(float *x, size_t n);
+void lk_gelu(float *x, size_t n);       /* exact: x * 0.5 * (1 + erf(x / sqrt 2)) */
+void lk_quick_gelu(float *x, size_t n); /* x * sigmoid(1.702 x) */
+/* GEGLU on rows of [rows, 2*dim]: out[r,i] = a[r,i] * gelu(a[r,dim+i]) -> out [rows,dim]. */
+void lk_geglu(const float *x, int rows, int dim, float *out);
+/* Softmax over each row of [rows, cols] in place. */
+void lk_softmax_rows(float *x, int rows, int cols);
+/* The same, split over the pool of c (c may be NULL). Results are identical to the serial ones. */
+void lk_silu_ctx(const lctx *c, float *x, size_t n);
+void lk_gelu_ctx(const lctx *c, float *x, size_t n);
+void lk_quick_gelu_ctx(const lctx *c, float *x, size_t n);
+void lk_geglu_ctx(const lctx *c, const float *x, int rows, int dim, float *out);
+void lk_softmax_rows_ctx(const lctx *c, float *x, int rows, int cols);
+
+/* ---- attention
+ * A strided view of a 4-D tensor indexed (batch b, head h, position t, channel d):
+ * element = p[b*sb + h*sh + t*st + d*sd]. Lets one kernel serve the UNet's channels-first legacy
+ * layout, the transformers' [B,T,heads*dim] layout and CLIP's fused in_proj layout. */
+typedef struct lk_view {
+    float *p;
+    long sb, sh, st, sd;
+} lk_view;
+/* out(b,h,t,:) = softmax(scale * q(b,h,t,:) . k(b,h,s,:) over s) @ v(b,h,s,:);
+ * causal: position t only sees s <= t. q,k,v,out views may use any strides; out must not alias
+ * q/k/v. Needs scratch: returns LDM_ERR_OUT_OF_MEMORY on allocation failure. */
+ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                        lk_view out, float scale, int causal);
+
+/* ---- resampling (NCHW, y must not alias x) */
+/* PyTorch F.interpolate(mode='nearest'): src = floor(dst * in / out). */
+void lk_resize_nearest(const float *x, int BC, int H, int W, int OH, int OW, float *y);
+/* PyTorch F.interpolate(mode='bilinear', align_corners=False, scale_factor=s) with the scale
+ * factor used for the source coordinate: src = (dst + 0.5) / s - 0.5, clamped at 0. */
+void lk_resize_bilinear(const float *x, int BC, int H, int W, int OH, int OW, double scale_h, double scale_w, float *y);
+/* 2x2 average pool, stride 2, floor (odd last row/column ignored). */
+void lk_avg_pool2(const float *x, int BC, int H, int W, float *y);
+
+/* ---- elementwise */
+void lk_add(float *y, const float *x, size_t n);              /* y += x */
+void lk_add_bias_channels(float *y, int B, int C, int HW, const float *bias); /* y[b,c,:] += bias[c] */
+
+/* ---- naive references (tests compare the fast paths to these) */
+void lk_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc);
+void lk_ref_conv2d(const lk_conv2d_shape *s, const float *x, const float *w, const float *bias, float *y);
+void lk_ref_group_norm(const float *x, int B, int C, int HW, int groups, float eps, const float *gamma,
+                       const float *beta, float *y);
+void lk_ref_layer_norm(const float *x, int rows, int dim, float eps, const float *gamma, const float *beta, float *y);
+void lk_ref_attention(int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v, lk_view out, float scale,
+                      int causal);
+
+#endif

@@ -1,0 +1,483 @@
+/* conformance.c - runs fixture directories in the shared format through libldm's public API and
+ * compares every output with the reference at the fixture's tolerance.
+ *
+ *   conformance DIR...     (each DIR holds case.json, io.safetensors, [config.yaml], [model.*])
+ *
+ * For each call of case.json, inputs are taken from the outputs of earlier calls (by tensor name)
+ * or from io.safetensors; the op runs through the public API; each output is compared with the
+ * tensor of the same name in io.safetensors: pass if |got-ref| <= atol + rtol*|ref| everywhere
+ * (integers: exact). Prints max abs/rel error per output and a closing "N passed, N failed" line;
+ * exits non-zero when anything fails. Works on fixture directories it has never seen: nothing here
+ * knows a fixture by name. Reading case.json and io.safetensors uses the library's internal JSON
+ * and safetensors readers (test data, not model data). */
+#include "ldm.h"
+
+#include "core/json.h"
+#include "core/tensor.h"
+#include "io/weights.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support/fixture.h"
+
+typedef struct runner {
+    const char *dir;
+    lj_value *cas;
+    lw_store *io;
+    ldm_model *model;
+    fx_env env; /* tensors produced by earlier calls */
+    int passed, failed;
+} runner;
+
+/* ---------------------------------------------------------------- comparison */
+
+static void compare(runner *r, const char *result, const char *ref_name, const ldm_tensor *got)
+{
+    ldm_tensor *ref = fx_io_tensor(r->io, ref_name);
+    fx_tolerance tol = fx_tolerance_for(r->cas, ref_name);
+    fx_compare_result cr;
+    if (!ref) {
+        printf("  %-22s FAIL  reference tensor '%s' missing from io.safetensors\n", result, ref_name);
+        r->failed++;
+        return;
+    }
+    int ok = fx_compare(got, ref, tol, &cr);
+    printf("  %-22s %s  max_abs=%.3g max_rel=%.3g atol=%.3g rtol=%.3g%s%s\n", ref_name, ok ? "ok  " : "FAIL", cr.max_abs,
+           cr.max_rel, tol.atol, tol.rtol, cr.note[0] ? "  " : "", cr.note);
+    if (ok) r->passed++;
+    else r->failed++;
+    ldm_tensor_free(ref);
+}
+
+/* Records `t` as the output `result` of the current call: compared, then kept for later calls. */
+static void emit(runner *r, const lj_value *outputs, const char *result, ldm_tensor *t)
+{
+    const char *name = lj_string(lj_get(outputs, result), NULL);
+    if (!name) {
+        ldm_tensor_free(t);
+        return; /* the fixture does not check this result */
+    }
+    compare(r, result, name, t);
+    fx_env_put(&r->env, name, t);
+}
+
+/* An input tensor: an earlier output, else io.safetensors. Borrowed from the env. */
+static const ldm_tensor *input(runner *r, const lj_value *inputs, const char *arg)
+{
+    const char *name = lj_string(lj_get(inputs, arg), NULL);
+    if (!name) return NULL;
+    const ldm_tensor *t = fx_env_get(&r->env, name);
+    if (t) return t;
+    ldm_tensor *loaded = fx_io_tensor(r->io, name);
+    if (!loaded) return NULL;
+    fx_env_put(&r->env, name, loaded);
+    return loaded;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+typedef ldm_status (*op_fn)(runner *r, const lj_value *call);
+
+static ldm_status need_model(runner *r)
+{
+    if (!r->model) return ldm_fail(LDM_ERR_NOT_FOUND, "this op needs model weights and the fixture has none");
+    return LDM_OK;
+}
+
+static ldm_status get_ae(runner *r, ldm_autoencoder **ae)
+{
+    LDM_TRY(need_model(r));
+    return ldm_model_autoencoder(r->model, ae);
+}
+
+static ldm_status op_kl_encode(runner *r, const lj_value *call)
+{
+    ldm_autoencoder *ae;
+    ldm_tensor *moments = NULL, *mean = NULL, *logvar = NULL, *std = NULL;
+    const lj_value *in = lj_get(call, "inputs"), *out = lj_get(call, "outputs");
+    LDM_TRY(get_ae(r, &ae));
+    LDM_TRY(ldm_autoencoder_encode(ae, input(r, in, "x"), &moments));
+    ldm_status st = ldm_posterior_split(moments, &mean, &logvar, &std);
+    if (st != LDM_OK) {
+        ldm_tensor_free(moments);
+        return st;
+    }
+    emit(r, out, "moments", moments);
+    emit(r, out, "mean", mean);
+    emit(r, out, "logvar", logvar);
+    emit(r, out, "std", std);
+    return LDM_OK;
+}
+
+static ldm_status op_ae_decode(runner *r, const lj_value *call)
+{
+    ldm_autoencoder *ae;
+    ldm_tensor *image = NULL;
+    const lj_value *in = lj_get(call, "inputs");
+    const ldm_tensor *z = input(r, in, "z");
+    if (!z) z = input(r, in, "h");
+    LDM_TRY(get_ae(r, &ae));
+    LDM_TRY(ldm_autoencoder_decode(ae, z, &image));
+    emit(r, lj_get(call, "outputs"), "image", image);
+    return LDM_OK;
+}
+
+static ldm_status op_vq_encode(runner *r, const lj_value *call)
+{
+    ldm_autoencoder *ae;
+    ldm_tensor *h = NULL;
+    LDM_TRY(get_ae(r, &ae));
+    LDM_TRY(ldm_autoencoder_encode(ae, input(r, lj_get(call, "inputs"), "x"), &h));
+    emit(r, lj_get(call, "outputs"), "h", h);
+    return LDM_OK;
+}
+
+static ldm_status op_vq_quantize(runner *r, const lj_value *call)
+{
+    ldm_autoencoder *ae;
+    ldm_tensor *quant = NULL, *indices = NULL;
+    LDM_TRY(get_ae(r, &ae));
+    LDM_TRY(ldm_autoencoder_quantize(ae, input(r, lj_get(call, "inputs"), "h"), &quant, &indices));
+    emit(r, lj_get(call, "outputs"), "quant", quant);
+    emit(r, lj_get(call, "outputs"), "indices", indices);
+    return LDM_OK;
+}
+
+static ldm_status op_vq_decode_noquant(runner *r, const lj_value *call)
+{
+    ldm_autoencoder *ae;
+    ldm_tensor *image = NULL;
+    LDM_TRY(get_ae(r, &ae));
+    LDM_TRY(ldm_autoencoder_decode_unquantized(ae, input(r, lj_get(call, "inputs"), "h"), &image));
+    emit(r, lj_get(call, "outputs"), "image", image);
+    return LDM_OK;
+}
+
+static ldm_status op_unet_forward(runner *r, const lj_value *call)
+{
+    ldm_unet *unet;
+    ldm_tensor *out = NULL;
+    const lj_value *in = lj_get(call, "inputs");
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_unet(r->model, &unet));
+    LDM_TRY(ldm_unet_forward(unet, input(r, in, "x"), input(r, in, "timesteps"), input(r, in, "context"),
+                             input(r, in, "y"), &out));
+    emit(r, lj_get(call, "outputs"), "out", out);
+    return LDM_OK;
+}
+
+/* The conditioning tensor named by a params cond/uncond spec: class labels go through the class
+ * embedder, prompts through the text conditioner, tensors are used as they are. *owned says
+ * whether the caller must free the result. NULL spec -> NULL. */
+static ldm_status cond_from_spec(runner *r, const lj_value *spec, const lj_value *inputs, ldm_tensor **out)
+{
+    *out = NULL;
+    if (!spec || spec->type != LJ_OBJECT) return LDM_OK;
+    const char *type = lj_string(lj_get(spec, "type"), "");
+    const char *name = lj_string(lj_get(spec, "name"), NULL);
+    ldm_conditioner *cond;
+    if (strcmp(type, "tensor") == 0) {
+        const ldm_tensor *t = name ? fx_env_get(&r->env, name) : NULL;
+        if (!t && name) t = input(r, inputs, name);
+        if (!t && name) {
+            ldm_tensor *loaded = fx_io_tensor(r->io, name);
+            if (loaded) fx_env_put(&r->env, name, loaded);
+            t = loaded;
+        }
+        if (!t) return ldm_fail(LDM_ERR_NOT_FOUND, "cond tensor '%s' not found", name ? name : "?");
+        *out = lt_clone(t);
+        return *out ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    }
+    LDM_TRY(ldm_model_conditioner(r->model, &cond));
+    if (strcmp(type, "class_label") == 0) {
+        const ldm_tensor *labels = input(r, inputs, name ? name : "");
+        if (!labels) return ldm_fail(LDM_ERR_NOT_FOUND, "class labels '%s' not found", name ? name : "?");
+        return ldm_conditioner_encode_labels(cond, labels, out);
+    }
+    if (strcmp(type, "text") == 0) {
+        const lj_value *prompts = lj_get(spec, "prompts");
+        if (!prompts || prompts->type != LJ_ARRAY) return ldm_fail(LDM_ERR_FORMAT, "text cond without prompts");
+        const char **p = calloc(prompts->count ? prompts->count : 1, sizeof *p);
+        if (!p) return LDM_ERR_OUT_OF_MEMORY;
+        for (size_t i = 0; i < prompts->count; i++) p[i] = lj_string(prompts->items[i], "");
+        ldm_status st = ldm_conditioner_encode_text(cond, p, (int)prompts->count, out);
+        free(p);
+        return st;
+    }
+    return ldm_fail(LDM_ERR_UNSUPPORTED, "cond spec type '%s'", type);
+}
+
+static ldm_status op_apply_model(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs"), *params = lj_get(call, "params");
+    ldm_tensor *c = NULL, *out = NULL;
+    LDM_TRY(need_model(r));
+    if (lj_get(params, "cond")) LDM_TRY(cond_from_spec(r, lj_get(params, "cond"), in, &c));
+    else {
+        const ldm_tensor *t = input(r, in, "c_concat");
+        if (!t) t = input(r, in, "c");
+        if (!t) t = input(r, in, "context");
+        if (t && !(c = lt_clone(t))) return LDM_ERR_OUT_OF_MEMORY;
+    }
+    ldm_status st = ldm_model_apply(r->model, input(r, in, "x"), input(r, in, "timesteps"), c, &out);
+    ldm_tensor_free(c);
+    LDM_TRY(st);
+    emit(r, lj_get(call, "outputs"), "out", out);
+    return LDM_OK;
+}
+
+static ldm_status op_cond_tokens(runner *r, const lj_value *call)
+{
+    ldm_conditioner *cond;
+    ldm_tensor *c = NULL;
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_conditioner(r->model, &cond));
+    LDM_TRY(ldm_conditioner_encode_tokens(cond, input(r, lj_get(call, "inputs"), "tokens"), &c));
+    emit(r, lj_get(call, "outputs"), "c", c);
+    return LDM_OK;
+}
+
+static ldm_status op_class_embed(runner *r, const lj_value *call)
+{
+    ldm_conditioner *cond;
+    ldm_tensor *c = NULL;
+    const lj_value *in = lj_get(call, "inputs");
+    const ldm_tensor *labels = input(r, in, "class_label");
+    if (!labels) labels = input(r, in, "labels");
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_conditioner(r->model, &cond));
+    LDM_TRY(ldm_conditioner_encode_labels(cond, labels, &c));
+    emit(r, lj_get(call, "outputs"), "c", c);
+    return LDM_OK;
+}
+
+static ldm_status op_spatial_rescaler(runner *r, const lj_value *call)
+{
+    ldm_conditioner *cond;
+    ldm_tensor *c = NULL;
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_conditioner(r->model, &cond));
+    LDM_TRY(ldm_conditioner_encode_image(cond, input(r, lj_get(call, "inputs"), "seg"), &c));
+    emit(r, lj_get(call, "outputs"), "c", c);
+    return LDM_OK;
+}
+
+static ldm_status op_inpaint_cond(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs");
+    ldm_tensor *c = NULL;
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_inpaint_cond(r->model, input(r, in, "masked_image"), input(r, in, "mask"), &c));
+    emit(r, lj_get(call, "outputs"), "c", c);
+    return LDM_OK;
+}
+
+static ldm_status op_p_sample(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs");
+    ldm_tensor *x_prev = NULL;
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_p_sample(r->model, input(r, in, "x"), input(r, in, "timesteps"), NULL, input(r, in, "noise"),
+                               &x_prev));
+    emit(r, lj_get(call, "outputs"), "x_prev", x_prev);
+    return LDM_OK;
+}
+
+static char *vocab_for(runner *r, const lj_value *params, const char *default_file)
+{
+    const char *rel = lj_string(lj_get(params, "vocab"), NULL);
+    char buf[4096];
+    if (rel) snprintf(buf, sizeof buf, "%s/%s", r->dir, rel);
+    else snprintf(buf, sizeof buf, "%s/../../vocab/%s", r->dir, default_file);
+    return strdup(buf);
+}
+
+static ldm_status run_tokenizer(runner *r, const lj_value *call, ldm_tokenizer_kind kind, const char *vocab_file)
+{
+    const lj_value *params = lj_get(call, "params");
+    const lj_value *prompts = lj_get(params, "prompts");
+    int ctx = (int)lj_number(lj_get(params, "max_length"), 77);
+    ldm_tokenizer *tok = NULL;
+    ldm_tensor *ids = NULL;
+    if (!prompts || prompts->type != LJ_ARRAY) return ldm_fail(LDM_ERR_FORMAT, "tokenizer call without prompts");
+    char *vocab = vocab_for(r, params, vocab_file);
+    ldm_status st = ldm_tokenizer_load(kind, vocab, &tok);
+    free(vocab);
+    LDM_TRY(st);
+    const char **p = calloc(prompts->count ? prompts->count : 1, sizeof *p);
+    for (size_t i = 0; p && i < prompts->count; i++) p[i] = lj_string(prompts->items[i], "");
+    st = p ? ldm_tokenizer_encode(tok, p, (int)prompts->count, ctx, &ids) : LDM_ERR_OUT_OF_MEMORY;
+    free(p);
+    ldm_tokenizer_free(tok);
+    LDM_TRY(st);
+    emit(r, lj_get(call, "outputs"), "tokens", ids);
+    return LDM_OK;
+}
+
+static ldm_status op_tok_clip(runner *r, const lj_value *call)
+{
+    return run_tokenizer(r, call, LDM_TOKENIZER_CLIP, "bpe_simple_vocab_16e6.txt.gz");
+}
+static ldm_status op_tok_openclip(runner *r, const lj_value *call)
+{
+    return run_tokenizer(r, call, LDM_TOKENIZER_OPENCLIP, "bpe_simple_vocab_16e6.txt.gz");
+}
+static ldm_status op_tok_bert(runner *r, const lj_value *call)
+{
+    return run_tokenizer(r, call, LDM_TOKENIZER_BERT, "bert-base-uncased-vocab.txt");
+}
+
+static ldm_status op_layout_tokens(runner *r, const lj_value *call)
+{
+    ldm_tensor *ids = NULL;
+    LDM_TRY(fx_layout_tokens(lj_get(call, "params"), &ids));
+    emit(r, lj_get(call, "outputs"), "tokens", ids);
+    return LDM_OK;
+}
+
+static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind kind)
+{
+    LDM_TRY(need_model(r));
+    fx_sample_spec spec = {0};
+    const lj_value *in = lj_get(call, "inputs"), *params = lj_get(call, "params");
+    spec.kind = kind;
+    spec.steps = (int)lj_number(lj_get(params, "steps"), 50);
+    spec.eta = (float)lj_number(lj_get(params, "eta"), 0.0);
+    spec.guidance_scale = (float)lj_number(lj_get(params, "guidance_scale"), 1.0);
+    spec.x_T = input(r, in, "x_T");
+    spec.noise = input(r, in, "noise");
+    ldm_status st = cond_from_spec(r, lj_get(params, "cond"), in, &spec.cond);
+    if (st == LDM_OK) st = cond_from_spec(r, lj_get(params, "uncond"), in, &spec.uncond);
+    fx_sample_result res = {0};
+    if (st == LDM_OK) st = fx_sample(r->model, &spec, &res);
+    if (st == LDM_OK) {
+        const lj_value *out = lj_get(call, "outputs");
+        emit(r, out, "ddim_timesteps", res.ddim_timesteps);
+        emit(r, out, "ddim_alphas", res.ddim_alphas);
+        emit(r, out, "ddim_alphas_prev", res.ddim_alphas_prev);
+        emit(r, out, "ddim_sigmas", res.ddim_sigmas);
+        emit(r, out, "step_timesteps", res.step_timesteps);
+        emit(r, out, "step_x", res.step_x);
+        emit(r, out, "step_pred_x0", res.step_pred_x0);
+        emit(r, out, "samples", res.samples);
+        emit(r, out, "image", res.image);
+        emit(r, out, "model_output_step0", res.model_output_step0);
+        emit(r, out, "c", spec.cond);
+        emit(r, out, "uc", spec.uncond);
+        return LDM_OK;
+    }
+    ldm_tensor_free(spec.cond);
+    ldm_tensor_free(spec.uncond);
+    fx_sample_result_free(&res);
+    return st;
+}
+
+static ldm_status op_ddim(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_DDIM); }
+static ldm_status op_plms(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_PLMS); }
+
+static const struct {
+    const char *name;
+    op_fn fn;
+} ops[] = {
+    {"autoencoder_kl.encode", op_kl_encode},
+    {"autoencoder_kl.decode", op_ae_decode},
+    {"vq.encode", op_vq_encode},
+    {"vq.quantize", op_vq_quantize},
+    {"vq.decode", op_ae_decode},
+    {"vq.decode_no_quantize", op_vq_decode_noquant},
+    {"unet.forward", op_unet_forward},
+    {"ldm.apply_model", op_apply_model},
+    {"ldm.inpaint_cond", op_inpaint_cond},
+    {"ldm.p_sample", op_p_sample},
+    {"cond.class_embed", op_class_embed},
+    {"cond.bert", op_cond_tokens},
+    {"cond.clip_text", op_cond_tokens},
+    {"cond.openclip_text", op_cond_tokens},
+    {"cond.spatial_rescaler", op_spatial_rescaler},
+    {"cond.layout_tokens", op_layout_tokens},
+    {"tokenizer.clip_sd1", op_tok_clip},
+    {"tokenizer.openclip_sd2", op_tok_openclip},
+    {"tokenizer.bert", op_tok_bert},
+    {"sampler.ddim", op_ddim},
+    {"sampler.plms", op_plms},
+};
+
+/* ---------------------------------------------------------------- fixture */
+
+static ldm_status open_fixture(runner *r)
+{
+    char path[4096], config[4096];
+    LDM_TRY(fx_load_case(r->dir, &r->cas));
+    snprintf(path, sizeof path, "%s/io.safetensors", r->dir);
+    LDM_TRY(lw_open(path, 0, &r->io));
+    if (!fx_pick_weights(r->dir, r->cas, path, sizeof path)) return LDM_OK; /* tokenizer-only fixture */
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    snprintf(config, sizeof config, "%s/config.yaml", r->dir);
+    if (fx_file_exists(config)) mp.config_path = config;
+    mp.n_threads = fx_threads();
+    return ldm_model_load(path, &mp, &r->model);
+}
+
+static void run_fixture(runner *r)
+{
+    printf("%s\n", r->dir);
+    ldm_status st = open_fixture(r);
+    if (st != LDM_OK) {
+        printf("  FAIL  cannot open fixture: %s\n", ldm_last_error());
+        r->failed++;
+        return;
+    }
+    const lj_value *calls = lj_get(r->cas, "calls");
+    for (size_t i = 0; calls && i < calls->count; i++) {
+        const lj_value *call = calls->items[i];
+        const char *op = lj_string(lj_get(call, "op"), "?");
+        op_fn fn = NULL;
+        for (size_t k = 0; k < LDM_ARRAY_LEN(ops); k++)
+            if (strcmp(ops[k].name, op) == 0) fn = ops[k].fn;
+        if (!fn) {
+            printf("  FAIL  call %zu: unknown op '%s'\n", i, op);
+            r->failed++;
+            continue;
+        }
+        st = fn(r, call);
+        if (st != LDM_OK) {
+            printf("  FAIL  call %zu (%s): %s: %s\n", i, op, ldm_status_string(st), ldm_last_error());
+            r->failed++;
+        }
+    }
+}
+
+static void close_fixture(runner *r)
+{
+    ldm_model_free(r->model);
+    lw_close(r->io);
+    lj_free(r->cas);
+    fx_env_clear(&r->env);
+    r->model = NULL;
+    r->io = NULL;
+    r->cas = NULL;
+}
+
+int main(int argc, char **argv)
+{
+    int passed = 0, failed = 0;
+    if (argc < 2) {
+        fprintf(stderr, "usage: conformance FIXTURE_DIR...\n");
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        runner r = {0};
+        r.dir = argv[i];
+        fx_strip_slash((char *)r.dir);
+        run_fixture(&r);
+        close_fixture(&r);
+        passed += r.passed;
+        failed += r.failed;
+    }
+    printf("conformance: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
