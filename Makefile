@@ -51,7 +51,7 @@ STATIC_LIB := $(BUILD)/libldm.a
 SHARED_LIB := $(BUILD)/libldm.so.$(VERSION)
 TOOL := $(BUILD)/ldm
 
-.PHONY: all check run install uninstall clean format tests deps do-check do-run
+.PHONY: all check run install uninstall clean format tests deps do-check do-run bench
 all: $(STATIC_LIB) $(SHARED_LIB) $(TOOL)
 
 $(BUILD)/%.o: %.c
@@ -70,6 +70,11 @@ $(SHARED_LIB): $(LIB_OBJ)
 $(TOOL): $(TOOL_OBJ) $(STATIC_LIB)
 	$(CC) $(ALL_CFLAGS) -o $@ $(TOOL_OBJ) $(STATIC_LIB) $(LIBS)
 
+# Test support code reaches internal headers, like the tests.
+$(BUILD)/tests/support/%.o: tests/support/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ilib -MMD -MP -c $< -o $@
+
 # Tests link the static library so they can reach internal functions (hidden symbols are still
 # visible inside a static link).
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT_OBJ) $(STATIC_LIB)
@@ -81,6 +86,13 @@ $(CONFORMANCE): tests/conformance.c $(TEST_SUPPORT_OBJ) $(STATIC_LIB)
 	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(TEST_SUPPORT_OBJ) $(STATIC_LIB) $(LIBS)
 
 tests: $(TEST_BIN) $(CONFORMANCE)
+
+# Benchmarks live apart from the tests: `make bench` builds them, bench/README.md says how to run.
+BENCH := $(BUILD)/bench/bench
+$(BENCH): bench/bench.c $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC_LIB) $(LIBS)
+bench: $(BENCH)
 
 # The shared fixtures live beside the checkout (../shared); LDM_SHARED overrides.
 LDM_SHARED ?= $(abspath ../shared)

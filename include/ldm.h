@@ -142,6 +142,15 @@ LDM_API void ldm_model_params_init(ldm_model_params *params);
 LDM_API ldm_status ldm_model_load(const char *path, const ldm_model_params *params,
                                   ldm_model **out);
 LDM_API void ldm_model_free(ldm_model *model);
+/* A model of a named architecture with seeded random weights, for demos, tests and benchmarks
+ * (no file, no download; the weights are untrained, so images are noise-like):
+ *   "demo"       tiny class-conditional LDM (KL-f4 first stage), 64x64 images, seconds on a CPU;
+ *   "sd15"       Stable Diffusion 1.5 (UNet 860M, CLIP ViT-L/14 text, KL-f8), 512x512;
+ *   "sd21-v"     Stable Diffusion 2.1 768-v (OpenCLIP ViT-H/14 text, v-prediction);
+ *   "cin256-v2"  the LDM class-conditional ImageNet model (VQ-f4).
+ * The same seed gives the same weights on every platform. */
+LDM_API ldm_status ldm_model_load_builtin(const char *name, uint64_t seed, const ldm_model_params *params,
+                                          ldm_model **out);
 
 /* Requests that the model's running call stop as soon as possible (it then returns
  * LDM_CANCELLED). Safe to call from any thread or a signal handler. The flag is cleared when the
@@ -303,8 +312,10 @@ LDM_API void ldm_sampler_params_init(ldm_sampler_params *p);
 
 /* A sampler over a model's training schedule: `alphas_cumprod` [n_train_steps] float32 as stored
  * in the checkpoint (key "alphas_cumprod"), copied. LDM_ERR_INVALID_ARGUMENT for values that are
- * not finite, outside (0,1) or increasing with t, and for bad parameters (steps < 1 or, except
- * for DDPM, > n_train_steps; eta < 0; PLMS with eta != 0; an unknown kind). */
+ * not finite, outside (0,1) or increasing with t, and for bad parameters (steps outside
+ * 1..n_train_steps, except DDPM where steps <= 0 or > n_train_steps mean all of them; a DDIM/PLMS
+ * spacing that reaches timestep n_train_steps ('uniform' with steps > n_train_steps/2, which the
+ * reference rejects too); eta < 0; PLMS with eta != 0; an unknown kind). */
 LDM_API ldm_status ldm_sampler_create(const float *alphas_cumprod, int n_train_steps,
                                       ldm_parameterization param, const ldm_sampler_params *p,
                                       ldm_sampler **out);
@@ -395,6 +406,84 @@ LDM_API ldm_status ldm_model_p_sample(ldm_model *model, const ldm_tensor *x, con
 /* A sampler over the model's own training schedule (its stored alphas_cumprod) and
  * parameterization (eps or v, from the config). Free with ldm_sampler_free(). */
 LDM_API ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params *params, ldm_sampler **out);
+
+
+/* ---------------------------------------------------------------- pipelines */
+
+/* One call from conditioning to pixels. Which inputs matter depends on the model:
+ * - text models (SD 1.x/2.x, LDM BERT text2img): prompt, negative_prompt;
+ * - class-conditional models: class_label (cin256-v2's extra class n_classes-1 is the
+ *   unconditional one used for guidance);
+ * - super-resolution (LDM-BSR): cond_image = the low-resolution image [B,3,h,w] in [-1,1];
+ * - semantic synthesis: cond_image = a label map [B,1,H,W] (F32 holding class ids) or a one-hot
+ *   map [B,n_classes,H,W];
+ * - layout-to-image: layout_tokens [B,T] I64 (see ldm_layout_tokens_from_json);
+ * - the LDM inpainting model: init_image + mask;
+ * - any other model: init_image + strength (image-to-image), and init_image + mask + strength for
+ *   mask-blended inpainting (the known region is re-noised and pasted back at every step).
+ * Images are F32 [B,3,H,W] in [-1,1]; masks F32 [B,1,H,W] in [0,1], 1 = to be generated. */
+typedef struct ldm_generate_params {
+    size_t struct_size;           /* set by ldm_generate_params_init() */
+    const char *prompt;           /* NULL = "" */
+    const char *negative_prompt;  /* the unconditional prompt for guidance; NULL = "" */
+    int class_label;              /* -1: none */
+    int width, height;            /* output pixels; 0: the model's training size */
+    int batch;                    /* images per call, default 1 */
+    ldm_sampler_kind sampler;     /* default DDIM */
+    int steps;                    /* default 50 */
+    float eta;                    /* DDIM eta, default 0 */
+    float guidance_scale;         /* classifier-free guidance scale, default 7.5 (1: off) */
+    uint64_t seed;                /* x_T = ldm_randn(seed, 0); sampler noise from the same seed */
+    const ldm_tensor *init_image; /* image-to-image / inpainting source */
+    float strength;               /* image-to-image: fraction of the schedule re-run, default 0.75 */
+    const ldm_tensor *mask;       /* inpainting mask (1 = generate) */
+    const ldm_tensor *cond_image; /* super-resolution input or semantic label map */
+    const ldm_tensor *layout_tokens;
+    int vae_tile;                 /* decode in tiles of this many latent pixels (0: automatic) */
+    ldm_progress_callback progress;
+    void *progress_user_data;
+} ldm_generate_params;
+
+LDM_API void ldm_generate_params_init(ldm_generate_params *params);
+/* Runs the whole pipeline; *image receives F32 [B,3,H,W] in [-1,1]. Cancellable through the
+ * progress callback or ldm_model_interrupt(). */
+LDM_API ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm_tensor **image);
+
+/* ---------------------------------------------------------------- images */
+
+/* Reads a PNG (8- or 16-bit; gray, gray+alpha, RGB, RGBA or palette) as F32 [1,3,H,W] in [-1,1],
+ * computed as the CompVis scripts do: 2*(v/255) - 1. Alpha is dropped, gray is replicated to the
+ * three channels and 16-bit samples keep their high byte (as PIL's convert("RGB")). Sides above
+ * 16384 pixels are refused (LDM_ERR_LIMIT); corrupt files give LDM_ERR_FORMAT. */
+LDM_API ldm_status ldm_image_read_png(const char *path, ldm_tensor **out);
+/* Reads a single-channel PNG (mask or label map) as F32 [1,1,H,W].
+ * normalize = 1: values in [0,1] (v/255) after converting colour images to luminance like PIL's
+ * convert("L"); normalize = 0: raw values 0..255 as floats (palette images give their palette
+ * indices, as np.array(Image.open(path)) does; use this for label maps). */
+LDM_API ldm_status ldm_image_read_png_gray(const char *path, int normalize, ldm_tensor **out);
+/* Writes the first image of `image` (F32 [B,3,H,W] or [3,H,W], values in [-1,1]) as an 8-bit RGB
+ * PNG, each sample = (uint8)(255 * clamp((x+1)/2, 0, 1)) (truncated, as the CompVis scripts'
+ * astype(np.uint8)). n_text key/value pairs are stored as tEXt chunks (iTXt when a value is not
+ * ASCII); keys are 1..79 printable Latin-1 characters. Either array may be NULL when n_text = 0. */
+LDM_API ldm_status ldm_image_write_png(const char *path, const ldm_tensor *image, const char *const *text_keys,
+                                       const char *const *text_values, int n_text);
+
+/* ---------------------------------------------------------------- layout */
+
+/* Layout-to-image conditioning ids (layout2img-openimages256: taming's
+ * ObjectsBoundingBoxConditionalBuilder with no_tokens 8192, at most 30 objects, crop, group and
+ * additional parameters encoded; the objects keep their order instead of being shuffled).
+ * json_text (len bytes, UTF-8) is one layout or an array of layouts, each
+ *   {"objects": [[category_no, x0, y0, w, h, flags], ...], "crop": null | [x0, y0, w, h],
+ *    "flip": false}
+ * with coordinates relative to the image ((x0, y0) = top-left; boxes reaching outside are
+ * clamped, boxes not overlapping the crop dropped), flags = 1 group-of | 2 occluded |
+ * 4 depiction | 8 inside (optional), "crop" / "flip" optional. no_object_classes is the
+ * category count the model was trained with (category_no < no_object_classes).
+ * out: I64 [n_layouts, 92] = 30 (class, top-left, bottom-right) triples padded with 8191, then
+ * the 2 crop tokens; feed it to the BERT conditioner with ldm_conditioner_encode_tokens(). */
+LDM_API ldm_status ldm_layout_tokens_from_json(const char *json_text, size_t len, int no_object_classes,
+                                               ldm_tensor **out);
 
 #ifdef __cplusplus
 }

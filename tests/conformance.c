@@ -29,6 +29,9 @@ typedef struct runner {
     lw_store *io;
     ldm_model *model;
     fx_env env; /* tensors produced by earlier calls */
+    /* inputs of the last ldm.inpaint_cond call (borrowed from env): sampling after it reports the
+     * inpainting script's final composite as `image` (fixtures README, fact 16) */
+    const ldm_tensor *inpaint_masked, *inpaint_mask;
     int passed, failed;
 } runner;
 
@@ -202,7 +205,7 @@ static ldm_status cond_from_spec(runner *r, const lj_value *spec, const lj_value
         if (!prompts || prompts->type != LJ_ARRAY) return ldm_fail(LDM_ERR_FORMAT, "text cond without prompts");
         const char **p = calloc(prompts->count ? prompts->count : 1, sizeof *p);
         if (!p) return LDM_ERR_OUT_OF_MEMORY;
-        for (size_t i = 0; i < prompts->count; i++) p[i] = lj_string(prompts->items[i], "");
+        for (size_t i = 0; i < prompts->count; i++) p[i] = fx_prompt(prompts->items[i]);
         ldm_status st = ldm_conditioner_encode_text(cond, p, (int)prompts->count, out);
         free(p);
         return st;
@@ -270,7 +273,9 @@ static ldm_status op_inpaint_cond(runner *r, const lj_value *call)
     const lj_value *in = lj_get(call, "inputs");
     ldm_tensor *c = NULL;
     LDM_TRY(need_model(r));
-    LDM_TRY(ldm_model_inpaint_cond(r->model, input(r, in, "masked_image"), input(r, in, "mask"), &c));
+    r->inpaint_masked = input(r, in, "masked_image");
+    r->inpaint_mask = input(r, in, "mask");
+    LDM_TRY(ldm_model_inpaint_cond(r->model, r->inpaint_masked, r->inpaint_mask, &c));
     emit(r, lj_get(call, "outputs"), "c", c);
     return LDM_OK;
 }
@@ -308,7 +313,7 @@ static ldm_status run_tokenizer(runner *r, const lj_value *call, ldm_tokenizer_k
     free(vocab);
     LDM_TRY(st);
     const char **p = calloc(prompts->count ? prompts->count : 1, sizeof *p);
-    for (size_t i = 0; p && i < prompts->count; i++) p[i] = lj_string(prompts->items[i], "");
+    for (size_t i = 0; p && i < prompts->count; i++) p[i] = fx_prompt(prompts->items[i]);
     st = p ? ldm_tokenizer_encode(tok, p, (int)prompts->count, ctx, &ids) : LDM_ERR_OUT_OF_MEMORY;
     free(p);
     ldm_tokenizer_free(tok);
@@ -353,6 +358,7 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
     if (st == LDM_OK) st = cond_from_spec(r, lj_get(params, "uncond"), in, &spec.uncond);
     fx_sample_result res = {0};
     if (st == LDM_OK) st = fx_sample(r->model, &spec, &res);
+    if (st == LDM_OK && r->inpaint_mask) st = fx_inpaint_composite(r->inpaint_masked, r->inpaint_mask, res.image);
     if (st == LDM_OK) {
         const lj_value *out = lj_get(call, "outputs");
         emit(r, out, "ddim_timesteps", res.ddim_timesteps);
@@ -409,7 +415,7 @@ static const struct {
 
 static ldm_status open_fixture(runner *r)
 {
-    char path[4096], config[4096];
+    char path[4096], config[4096], vocab[4096];
     LDM_TRY(fx_load_case(r->dir, &r->cas));
     snprintf(path, sizeof path, "%s/io.safetensors", r->dir);
     LDM_TRY(lw_open(path, 0, &r->io));
@@ -419,6 +425,10 @@ static ldm_status open_fixture(runner *r)
     snprintf(config, sizeof config, "%s/config.yaml", r->dir);
     if (fx_file_exists(config)) mp.config_path = config;
     mp.n_threads = fx_threads();
+    /* Text models find their vocabulary where the shared layout keeps it: <fixtures>/../vocab
+     * (the same place the tokenizer fixtures' params.vocab point to). */
+    snprintf(vocab, sizeof vocab, "%s/../../vocab", r->dir);
+    if (!getenv("LDM_VOCAB")) mp.vocab_path = vocab;
     return ldm_model_load(path, &mp, &r->model);
 }
 

@@ -6,6 +6,7 @@
 #include "../kernels/kernels.h"
 #include "../models/autoencoder.h"
 #include "../models/unet.h"
+#include "pipeline_internal.h"
 
 #include <math.h>
 
@@ -44,25 +45,17 @@ static ldm_status cat2(const ldm_tensor *a, const ldm_tensor *b, int dim, ldm_te
     return LDM_OK;
 }
 
-/* Timesteps as an I64 [B] tensor: accepts I64 or integral F32 values, [B] or [1] (broadcast). */
+/* Timesteps as a [B] tensor for the UNet: I64 values, or F32 ones (fractional for the k-diffusion
+ * samplers); [1] is broadcast to the batch. */
 static ldm_status timesteps_for(const ldm_tensor *t, int64_t B, ldm_tensor **out)
 {
-    if (!t || t->ndim > 1 || (lt_numel(t) != B && lt_numel(t) != 1))
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timesteps: expected [%lld] or [1] values", (long long)B);
-    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &B, out));
+    if (!t || t->ndim > 1 || (t->dtype != LDM_I64 && t->dtype != LDM_F32) || (lt_numel(t) != B && lt_numel(t) != 1))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timesteps: expected [%lld] or [1] I64 or F32 values", (long long)B);
+    LDM_TRY(ldm_tensor_create(t->dtype, 1, &B, out));
     for (int64_t i = 0; i < B; i++) {
         int64_t k = lt_numel(t) == 1 ? 0 : i;
-        if (t->dtype == LDM_I64) {
-            lt_i64(*out)[i] = lt_i64(t)[k];
-            continue;
-        }
-        float v = lt_f32(t)[k];
-        if (v != floorf(v)) {
-            ldm_tensor_free(*out);
-            *out = NULL;
-            return ldm_fail(LDM_ERR_UNSUPPORTED, "timesteps: fractional timestep %g is not supported by this UNet", v);
-        }
-        lt_i64(*out)[i] = (int64_t)v;
+        if (t->dtype == LDM_I64) lt_i64(*out)[i] = lt_i64(t)[k];
+        else lt_f32(*out)[i] = lt_f32(t)[k];
     }
     return LDM_OK;
 }
@@ -138,39 +131,25 @@ ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const l
 
 ldm_status ldm_model_decode_latent(ldm_model *model, const ldm_tensor *z, ldm_tensor **image)
 {
-    struct ldm_autoencoder *ae;
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_decode_latent: image is NULL");
     *image = NULL;
     LDM_TRY(lm_begin(model, "ldm_model_decode_latent"));
-    LDM_TRY(lt_check(z, "ldm_model_decode_latent: z", LDM_F32, 4));
-    LDM_TRY(lm_autoencoder(model, &ae));
-    ldm_tensor *scaled = lt_clone(z);
-    if (!scaled) return LDM_ERR_OUT_OF_MEMORY;
-    /* decode_first_stage: z = 1/scale_factor * z (fact 13) */
-    float inv = (float)(1.0 / model->desc.scale_factor);
-    for (int64_t i = 0, n = lt_numel(scaled); i < n; i++) lt_f32(scaled)[i] *= inv;
-    ldm_status st = lae_decode(ae->net, &model->ctx, scaled, image);
-    ldm_tensor_free(scaled);
-    return st;
+    return lp_decode(model, z, -1, image); /* tile < 0: always whole, as the reference decodes */
 }
 
 /* ---------------------------------------------------------------- inpainting conditioning */
 
-ldm_status ldm_model_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, const ldm_tensor *mask,
-                                  ldm_tensor **out)
+ldm_status lp_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, const ldm_tensor *mask, ldm_tensor **out)
 {
     ldm_conditioner *cond;
     ldm_tensor *c = NULL, *m_small = NULL;
-    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: out is NULL");
-    *out = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_inpaint_cond"));
-    LDM_TRY(lt_check(mask, "ldm_model_inpaint_cond: mask", LDM_F32, 4));
-    if (mask->shape[1] != 1) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: mask must have 1 channel");
+    LDM_TRY(lt_check(mask, "inpainting mask", LDM_F32, 4));
+    if (mask->shape[1] != 1) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "inpainting mask must have 1 channel");
     LDM_TRY(lm_conditioner(model, &cond));
     LDM_TRY(ldm_conditioner_encode_image(cond, masked_image, &c));
     if (c->shape[0] != mask->shape[0]) {
         ldm_tensor_free(c);
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: mask batch differs from the image batch");
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "inpainting mask batch differs from the image batch");
     }
     /* F.interpolate(mask, size=c.shape[-2:]) (nearest) */
     m_small = lt_new_f32_4d(mask->shape[0], 1, c->shape[2], c->shape[3]);
@@ -185,10 +164,20 @@ ldm_status ldm_model_inpaint_cond(ldm_model *model, const ldm_tensor *masked_ima
     return st;
 }
 
+ldm_status ldm_model_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, const ldm_tensor *mask,
+                                  ldm_tensor **out)
+{
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: out is NULL");
+    *out = NULL;
+    LDM_TRY(lm_begin(model, "ldm_model_inpaint_cond"));
+    return lp_inpaint_cond(model, masked_image, mask, out);
+}
+
 /* ---------------------------------------------------------------- DDPM ancestral step */
 
 static ldm_status check_timesteps(const ldm_model *m, const ldm_tensor *ts)
 {
+    if (ts->dtype != LDM_I64) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_p_sample: timesteps must be I64");
     for (int64_t b = 0; b < ts->shape[0]; b++)
         if (lt_i64(ts)[b] < 0 || lt_i64(ts)[b] >= m->desc.timesteps)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timestep %lld outside [0,%d)", (long long)lt_i64(ts)[b],

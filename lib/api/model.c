@@ -88,58 +88,75 @@ static ldm_status load_schedule(ldm_model *m)
     return LDM_OK;
 }
 
+/* The architecture from the YAML config when given, else detected from the tensors; then
+ * completed and checked against the checkpoint's shapes. */
 static ldm_status load_description(ldm_model *m, const char *config_path)
 {
     if (config_path) LDM_TRY(ld_config_load(config_path, &m->desc));
     else LDM_TRY(ld_detect(m->store, &m->desc));
-    LDM_TRY(ld_config_complete(&m->desc, m->store));
+    return ld_config_complete(&m->desc, m->store);
+}
+
+/* Everything after the store and the description are known (files and built-in models alike). */
+ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p)
+{
     m->first_stage_prefix = lw_find(m->store, "encoder.conv_in.weight") ? "" : "first_stage_model.";
     char buf[8192];
     if (ld_describe(&m->desc, m->store, buf, sizeof buf) != LDM_OK) snprintf(buf, sizeof buf, "(no description)");
-    m->description = ldm_strdup(buf);
-    return m->description ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
-}
-
-static ldm_status load(ldm_model *m, const char *path, const ldm_model_params *p)
-{
-    m->path = ldm_strdup(path);
-    if (!m->path) return LDM_ERR_OUT_OF_MEMORY;
-    if (p->vocab_path && !(m->vocab_path = ldm_strdup(p->vocab_path))) return LDM_ERR_OUT_OF_MEMORY;
-    LDM_TRY(lw_open(path, m->max_alloc, &m->store));
-    LDM_TRY(load_description(m, p->config_path));
+    if (!(m->description = ldm_strdup(buf))) return LDM_ERR_OUT_OF_MEMORY;
     LDM_TRY(pick_weights(m, p->weights));
     LDM_TRY(load_schedule(m));
     m->pool = lpool_create(p->n_threads > 0 ? p->n_threads : default_threads());
     if (!m->pool) return LDM_ERR_OUT_OF_MEMORY;
     m->ctx.pool = m->pool;
     m->ctx.cancel = &m->cancel;
-    lm_log(m, LDM_LOG_INFO, "loaded %s (%zu tensors%s)", path, lw_count(m->store), m->use_ema ? ", EMA weights" : "");
+    lm_log(m, LDM_LOG_INFO, "loaded %s (%zu tensors%s)", m->path, lw_count(m->store), m->use_ema ? ", EMA weights" : "");
     return LDM_OK;
 }
 
-ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_model **out)
+/* A model object with its parameters read; `label` names it in messages. */
+ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_model **out, ldm_model_params *p)
 {
-    ldm_model_params p;
-    if (!path || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_load: path and out must not be NULL");
     *out = NULL;
-    LDM_TRY(read_params(params, &p));
-    ldm_alloc_set_cap(p.max_alloc_bytes);
+    LDM_TRY(read_params(params, p));
+    ldm_alloc_set_cap(p->max_alloc_bytes);
     ldm_model *m = ldm_calloc(1, sizeof *m);
     if (!m) return LDM_ERR_OUT_OF_MEMORY;
-    m->max_alloc = p.max_alloc_bytes;
-    m->log = p.log_callback;
-    m->log_user = p.log_user_data;
-    ldm_status st = load(m, path, &p);
-    if (st != LDM_OK) {
-        if (m->log) m->log(LDM_LOG_ERROR, ldm_last_error(), m->log_user);
+    m->max_alloc = p->max_alloc_bytes;
+    m->log = p->log_callback;
+    m->log_user = p->log_user_data;
+    if (!(m->path = ldm_strdup(label)) || (p->vocab_path && !(m->vocab_path = ldm_strdup(p->vocab_path)))) {
         ldm_model_free(m);
-        return st;
+        return LDM_ERR_OUT_OF_MEMORY;
     }
     *out = m;
     return LDM_OK;
 }
 
-void lm_free_components(ldm_model *m);
+/* Frees a model that failed to load, telling the log callback why. */
+void lm_model_discard(ldm_model *m)
+{
+    if (m && m->log) m->log(LDM_LOG_ERROR, ldm_last_error(), m->log_user);
+    ldm_model_free(m);
+}
+
+ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_model **out)
+{
+    ldm_model_params p;
+    ldm_model *m = NULL;
+    if (!path || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_load: path and out must not be NULL");
+    *out = NULL;
+    LDM_TRY(lm_model_new(path, params, &m, &p));
+    ldm_status st = lw_open(path, m->max_alloc, &m->store);
+    if (st == LDM_OK) st = load_description(m, p.config_path);
+    if (st == LDM_OK) st = lm_load_from(m, &p);
+    if (st != LDM_OK) {
+        lm_model_discard(m);
+        return st;
+    }
+    *out = m;
+    return LDM_OK;
+}
 
 void ldm_model_free(ldm_model *model)
 {

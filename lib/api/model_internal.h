@@ -60,6 +60,13 @@ struct ldm_model {
     struct ldm_conditioner *cond;
 };
 
+/* Loading steps shared by files and built-in models: a new model with its params read, the rest
+ * once m->store and m->desc are set, and the cleanup of a failed load. */
+ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_model **out, ldm_model_params *p);
+ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
+void lm_model_discard(ldm_model *m);
+void lm_free_components(ldm_model *m);
+
 /* Starts a top-level call on the model: clears a stale interrupt and applies the allocation cap.
  * Returns LDM_ERR_INVALID_ARGUMENT for a NULL model. */
 ldm_status lm_begin(ldm_model *m, const char *fn);

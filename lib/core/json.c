@@ -118,7 +118,6 @@ static char *parse_string(lj_parser *p, size_t *out_len)
                 ldm_free(out);
                 return perr(p, "unpaired surrogate");
             }
-            if (cp == 0) { ldm_free(out); return perr(p, "NUL character in string"); }
             n += put_utf8(out + n, cp);
             break;
         default: ldm_free(out); return perr(p, "bad escape");

@@ -14,7 +14,7 @@ struct lj_value {
     double number;
     int is_integer;        /* number written without fraction/exponent and within int64 */
     int64_t integer;       /* its exact value (doubles lose precision above 2^53) */
-    char *string;          /* LJ_STRING: NUL-terminated UTF-8 (embedded NULs rejected) */
+    char *string;          /* LJ_STRING: UTF-8, NUL-terminated; may hold \u0000 (see string_len) */
     size_t string_len;
     size_t count;          /* LJ_ARRAY / LJ_OBJECT: number of items */
     lj_value **items;      /* children */

@@ -21,7 +21,7 @@ static size_t dtype_size(ldm_dtype d) { return d == LDM_I64 ? 8 : 4; }
 
 static ldm_tensor *new_tensor(ldm_dtype dtype, int ndim, const int64_t *shape)
 {
-    size_t bytes;
+    size_t bytes = 0;
     if (numel_of(ndim, shape, dtype_size(dtype), &bytes) != LDM_OK) return NULL;
     ldm_tensor *t = ldm_calloc(1, sizeof *t);
     if (!t) return NULL;
@@ -96,7 +96,7 @@ ldm_status ldm_tensor_create(ldm_dtype dtype, int ndim, const int64_t *shape, ld
 
 ldm_status ldm_tensor_wrap(ldm_dtype dtype, int ndim, const int64_t *shape, void *data, ldm_tensor **out)
 {
-    size_t bytes;
+    size_t bytes = 0;
     if (!out || !data || (ndim > 0 && !shape)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_tensor_wrap: NULL argument");
     if (dtype != LDM_F32 && dtype != LDM_I64) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_tensor_wrap: bad dtype %d", (int)dtype);
     LDM_TRY(numel_of(ndim, shape, dtype_size(dtype), &bytes));

@@ -22,6 +22,14 @@ typedef struct lw_tensor {
 
 typedef struct lw_store lw_store;
 
+/* The status for a failed ldm_malloc of `size` bytes: LDM_ERR_LIMIT when the allocation cap
+ * refused it, LDM_ERR_OUT_OF_MEMORY otherwise (ldm_malloc has already set the message). */
+static inline ldm_status lw_alloc_status(size_t size)
+{
+    size_t cap = ldm_alloc_get_cap();
+    return (cap && size > cap) ? LDM_ERR_LIMIT : LDM_ERR_OUT_OF_MEMORY;
+}
+
 /* Opens a checkpoint, detecting the format from its first bytes (safetensors: u64 header length
  * + '{'; PyTorch zip: "PK\x03\x04"). `max_alloc` caps any single allocation (0 = none). */
 ldm_status lw_open(const char *path, size_t max_alloc, lw_store **out);
@@ -38,9 +46,12 @@ ldm_status lw_map_file(const char *path, size_t min_size, const char *what_forma
 /* Store construction, used by the loaders. lw_store_new takes the path for messages; `mapping`
  * /`mapping_size` (may be NULL/0) is munmap'ed on close; `owned` blocks are ldm_free'd on close. */
 lw_store *lw_store_new(const char *path);
+/* The same, returning the status (LDM_ERR_LIMIT when the allocation cap refused it). */
+ldm_status lw_store_create(const char *path, lw_store **out);
 void lw_store_set_mapping(lw_store *s, void *mapping, size_t size);
 ldm_status lw_store_keep(lw_store *s, void *owned_block);
-/* Adds a tensor (the name is copied). Rejects duplicates. */
+/* Adds a tensor (the name is copied; `data` is not). Duplicate names are rejected by
+ * lw_store_seal. `data` may be unaligned: read it with memcpy. */
 ldm_status lw_store_add(lw_store *s, const char *name, lw_dtype dtype, int ndim, const int64_t *shape,
                         const void *data, size_t nbytes);
 /* Call once after the last add: sorts for binary search. */
@@ -61,7 +72,9 @@ const char *lw_dtype_name(lw_dtype d);
 
 /* A float32 copy of tensor `name` (ldm_malloc_aligned; caller frees with ldm_free). `ndim` /
  * `shape` give the expected shape (ndim < 0: accept any); on mismatch or absence the error names
- * the file, the tensor, expected and found. Accepts F32/F16/BF16/F64 storage. */
+ * the file, the tensor, expected and found. Accepts F32/F16/BF16/F64 storage. A 0-dim scalar
+ * and a [1] tensor match each other (a .ckpt stores model_ema.decay as 0-dim, converted
+ * safetensors often as [1]). */
 ldm_status lw_get_f32(const lw_store *s, const char *name, int ndim, const int64_t *shape, float **out);
 /* Same with the name built printf-style, e.g. lw_get_f32f(s, 2, (int64_t[]){64,32}, &w, "%s.weight", p). */
 ldm_status lw_get_f32f(const lw_store *s, int ndim, const int64_t *shape, float **out, const char *fmt, ...)
@@ -70,6 +83,12 @@ ldm_status lw_get_f32f(const lw_store *s, int ndim, const int64_t *shape, float 
 /* EMA name of a diffusion-model parameter: "model.diffusion_model.input_blocks.0.0.weight" ->
  * "model_ema.diffusion_modelinput_blocks00weight" (the part after "model." with every dot removed). */
 void lw_ema_name(const char *param_name, char *out, size_t cap);
+
+/* Synthetic stores (models built without a file): after lw_store_set_synthetic, lw_get_f32 of a
+ * tensor the store does not hold, asked with a fully known shape, returns deterministic
+ * pseudo-random values (lw_synth_fill) instead of failing. Tensors added explicitly still win. */
+void lw_store_set_synthetic(lw_store *s, uint64_t seed);
+void lw_synth_fill(const char *name, uint64_t seed, int ndim, const int64_t *shape, float *out);
 
 /* IEEE half / bfloat16 to float. */
 float lw_f16_to_f32(uint16_t h);

@@ -48,7 +48,7 @@ void lk_layer_norm(const lctx *c, const float *x, int rows, int dim, float eps, 
 
 /* ---- activations (in place) */
 void lk_silu(float *x, size_t n);
-void lk_gelu(float *x, size_t n);       /* exact: x * 0.5 * (1 + erf(x / sqrt 2)) */
+void lk_gelu(float *x, size_t n);       /* exact: x * 0.5 * (1 + erf(x / sqrt 2)); erf to 1.5e-7 like PyTorch CPU */
 void lk_quick_gelu(float *x, size_t n); /* x * sigmoid(1.702 x) */
 /* GEGLU on rows of [rows, 2*dim]: out[r,i] = a[r,i] * gelu(a[r,dim+i]) -> out [rows,dim]. */
 void lk_geglu(const float *x, int rows, int dim, float *out);
@@ -76,7 +76,8 @@ ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_v
                         lk_view out, float scale, int causal);
 
 /* ---- resampling (NCHW, y must not alias x) */
-/* PyTorch F.interpolate(mode='nearest'): src = floor(dst * in / out). */
+/* PyTorch F.interpolate(mode='nearest'): src = min(floor(dst * (float)in / out), in - 1), as PyTorch
+ * computes it in float (dst >> 1 for exact 2x, identity for equal sizes). */
 void lk_resize_nearest(const float *x, int BC, int H, int W, int OH, int OW, float *y);
 /* PyTorch F.interpolate(mode='bilinear', align_corners=False, scale_factor=s) with the scale
  * factor used for the source coordinate: src = (dst + 0.5) / s - 0.5, clamped at 0. */
@@ -87,6 +88,13 @@ void lk_avg_pool2(const float *x, int BC, int H, int W, float *y);
 /* ---- elementwise */
 void lk_add(float *y, const float *x, size_t n);              /* y += x */
 void lk_add_bias_channels(float *y, int B, int C, int HW, const float *bias); /* y[b,c,:] += bias[c] */
+
+/* ---- vector helpers (vexp.c): exp with about 2 ulp error, arguments clamped to [-87.3, 88.3] */
+void lk_vexp(float *x, size_t n);                           /* x = exp(x) */
+float lk_vmax(const float *x, size_t n);                    /* max of x (-inf when n == 0) */
+float lk_vexp_shift_sum(float *x, size_t n, float shift);   /* x = exp(x - shift); returns the sum */
+void lk_vsilu(float *x, size_t n, float k);                 /* x = x * sigmoid(k x) */
+void lk_vgelu(float *x, size_t n);                          /* erf GELU, erf to 1.5e-7 absolute */
 
 /* ---- naive references (tests compare the fast paths to these) */
 void lk_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

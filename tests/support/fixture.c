@@ -172,3 +172,15 @@ int fx_compare(const ldm_tensor *got, const ldm_tensor *ref, fx_tolerance tol, f
                  (long long)first_bad, element(got, first_bad), element(ref, first_bad));
     return first_bad < 0;
 }
+
+const char *fx_prompt(const lj_value *v)
+{
+    if (!v || v->type != LJ_STRING) return "";
+    lj_value *w = (lj_value *)v; /* our own parse tree */
+    size_t k = 0;
+    for (size_t i = 0; i < w->string_len; i++)
+        if (w->string[i] != '\0') w->string[k++] = w->string[i];
+    w->string[k] = '\0';
+    w->string_len = k;
+    return w->string;
+}

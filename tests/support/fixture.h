@@ -44,6 +44,10 @@ typedef struct fx_compare_result {
 /* 1 if every element satisfies |got-ref| <= atol + rtol*|ref| (exact for integers). */
 int fx_compare(const ldm_tensor *got, const ldm_tensor *ref, fx_tolerance tol, fx_compare_result *res);
 
+/* A prompt string of case.json as a C string: a C API cannot carry U+0000, so embedded NULs are
+ * removed (in place; every tokenizer that sees them, BERT's, deletes them anyway). */
+const char *fx_prompt(const lj_value *v);
+
 /* ---- ops that need more than one public call */
 
 /* cond.layout_tokens: builder settings and layouts from a call's params -> ids [N, 3*max+2]. */
@@ -66,5 +70,10 @@ typedef struct fx_sample_result {
  * classifier-free guidance), recording every step as the reference's sampler outputs do. */
 ldm_status fx_sample(ldm_model *model, const fx_sample_spec *spec, fx_sample_result *res);
 void fx_sample_result_free(fx_sample_result *res);
+
+/* scripts/inpaint.py's final image (fact 16) in [-1,1]: (1-m)*image + m*clamp(decoded, -1, 1),
+ * with the mapped mask m in {-1,+1} -> {0,1} and the known pixels taken from masked_image (equal
+ * to the image where m = 0). Overwrites `image`. */
+ldm_status fx_inpaint_composite(const ldm_tensor *masked_image, const ldm_tensor *mask, ldm_tensor *image);
 
 #endif

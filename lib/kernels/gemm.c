@@ -1,0 +1,121 @@
+/* gemm.c - matrix products on top of BLAS sgemm, parallelised over our own thread pool.
+ *
+ * OpenBLAS would happily start its own threads; we pin it to one thread (once, process-wide) so
+ * that the only threads are the model's pool and the machine is never oversubscribed. A large
+ * product is cut into a grid of C tiles (row blocks x column blocks) and each tile is one
+ * single-threaded sgemm call run as a pool task. The grid depends only on the matrix shape, never
+ * on the number of threads, and each tile sums over the whole K in one call, so every element of
+ * C is computed by exactly the same instruction sequence whatever the thread count: results are
+ * bitwise independent of it. Small products go to BLAS in one call (a pool round trip costs more
+ * than they do). */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <pthread.h>
+
+#ifndef LDM_BLAS_BLIS
+void openblas_set_num_threads(int num_threads);
+#endif
+
+/* Products with fewer multiply-adds than this run as one call on the calling thread. */
+#define GEMM_SPLIT_WORK (1 << 20)
+/* Each tile should carry at least this much work, and there are at most GEMM_MAX_TILES tiles:
+ * enough to balance a few threads, few enough that re-packing A or B per tile stays cheap. */
+#define GEMM_TILE_WORK (1 << 19)
+#define GEMM_MAX_TILES 32
+#define GEMM_MIN_EDGE 64 /* never cut a tile edge shorter than this */
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_single_thread(void)
+{
+#ifndef LDM_BLAS_BLIS
+    openblas_set_num_threads(1);
+#endif
+}
+
+void lk_blas_init(void) { pthread_once(&blas_once, blas_single_thread); }
+
+static void sgemm_call(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                A, lda, B, ldb, beta, C, ldc);
+}
+
+/* C = beta * C for an empty inner dimension (BLAS would reject lda = 0 and print). */
+static void scale_c(int M, int N, float beta, float *C, int ldc)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+}
+
+typedef struct gemm_job {
+    int transA, transB, M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    int lda, ldb, ldc;
+    int mb, nb;     /* tile edge */
+    int tiles_n;    /* column blocks */
+} gemm_job;
+
+static void gemm_tile(void *arg, int task)
+{
+    const gemm_job *j = arg;
+    int i0 = (task / j->tiles_n) * j->mb, j0 = (task % j->tiles_n) * j->nb;
+    int m = LDM_MIN(j->mb, j->M - i0), n = LDM_MIN(j->nb, j->N - j0);
+    const float *a = j->transA ? j->A + i0 : j->A + (size_t)i0 * j->lda;
+    const float *b = j->transB ? j->B + (size_t)j0 * j->ldb : j->B + j0;
+    sgemm_call(j->transA, j->transB, m, n, j->K, j->alpha, a, j->lda, b, j->ldb, j->beta,
+               j->C + (size_t)i0 * j->ldc + j0, j->ldc);
+}
+
+static int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+static int round_up16(int v) { return (v + 15) & ~15; }
+
+/* Chooses the tile grid from the shape alone (see the file comment). */
+static void plan_tiles(gemm_job *j)
+{
+    double work = (double)j->M * j->N * j->K;
+    int want = (int)LDM_MIN((double)GEMM_MAX_TILES, work / GEMM_TILE_WORK);
+    if (want < 1) want = 1;
+    int tn = LDM_MIN(want, ceil_div(j->N, GEMM_MIN_EDGE));
+    if (tn < 1) tn = 1;
+    int tm = LDM_MIN(want / tn, ceil_div(j->M, GEMM_MIN_EDGE));
+    if (tm < 1) tm = 1;
+    j->nb = round_up16(ceil_div(j->N, tn));
+    j->mb = round_up16(ceil_div(j->M, tm));
+    j->tiles_n = ceil_div(j->N, j->nb);
+}
+
+void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+             const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    lk_blas_init();
+    if ((double)M * N * K < GEMM_SPLIT_WORK) {
+        sgemm_call(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    gemm_job j = {transA, transB, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc, 0, 0, 0};
+    plan_tiles(&j);
+    int tiles = j.tiles_n * ceil_div(M, j.mb);
+    lpool_run(c ? c->pool : NULL, tiles, gemm_tile, &j);
+}
+
+void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, const float *b, int out, float *y)
+{
+    if (rows <= 0 || out <= 0) return;
+    float beta = 0.0f;
+    if (b) {
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < out; o++) y[(size_t)r * out + o] = b[o];
+        beta = 1.0f;
+    }
+    lk_gemm(c, 0, 1, rows, out, in, 1.0f, x, in, W, in, beta, y, out);
+}

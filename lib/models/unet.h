@@ -1,0 +1,50 @@
+/* unet.h - ldm.modules.diffusionmodules.openaimodel.UNetModel (CompVis latent-diffusion and
+ * Stability-AI stablediffusion, incl. use_linear_in_transformer) on float32 weights.
+ *
+ * forward(x [B,C,H,W], timesteps I64 [B], context [B,T,D] or NULL, y I64 [B] or NULL)
+ *   emb = time_embed(timestep_embedding(t)) (+ label_emb(y)); h runs through input_blocks
+ *   (every output kept as a skip), middle_block, output_blocks (each concatenating the latest
+ *   skip), then out = conv(SiLU(GN(h))). H and W must be divisible by 2^(levels-1). */
+#ifndef LDM_MODELS_UNET_H
+#define LDM_MODELS_UNET_H
+
+#include "../core/ctx.h"
+#include "../core/tensor.h"
+#include "../io/weights.h"
+#include "desc.h"
+
+typedef struct lunet lunet;
+
+/* UNetModel switches that ld_unet does not carry (all default off / -1 in the reference and in
+ * every released LDM / SD config). */
+typedef struct lunet_opts {
+    int use_new_attention_order; /* AttentionBlock uses QKVAttention instead of QKVAttentionLegacy */
+    int num_heads_upsample;      /* -1: num_heads (output blocks' AttentionBlocks, num_heads mode) */
+} lunet_opts;
+
+void lunet_opts_init(lunet_opts *o);
+
+/* Loads every parameter prefix+<name> ("model.diffusion_model." in an LDM checkpoint) as float32,
+ * shape-checked. use_ema: read the EMA copies instead (lw_ema_name of each full name, i.e.
+ * "model_ema.diffusion_model<name without dots>"), which is what the reference samples with
+ * (ema_scope); a missing EMA buffer is an error naming it. */
+ldm_status lunet_create(const ld_unet *d, const lw_store *s, const char *prefix, int use_ema, lunet **out);
+/* Same with the extra switches (opts may be NULL). */
+ldm_status lunet_create_opts(const ld_unet *d, const lw_store *s, const char *prefix, int use_ema,
+                             const lunet_opts *opts, lunet **out);
+void lunet_free(lunet *n);
+
+/* out: new [B, out_channels, H, W] owned by the caller. context is required by SpatialTransformer
+ * models (its batch must equal B, its width context_dim; its length may change between calls)
+ * and ignored by the others, as the reference does. y is required iff num_classes > 0. Checks
+ * cancellation between blocks (LDM_CANCELLED). Not reentrant: one call at a time per lunet. */
+ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
+                         const ldm_tensor *context, const ldm_tensor *y, ldm_tensor **out);
+
+int lunet_in_channels(const lunet *n);
+int lunet_out_channels(const lunet *n);
+int lunet_context_dim(const lunet *n);  /* 0 when the model takes no context */
+int lunet_num_classes(const lunet *n);  /* 0 when not class-conditional */
+int lunet_size_multiple(const lunet *n); /* H and W must be multiples of this: 2^(levels-1) */
+
+#endif

@@ -1,0 +1,771 @@
+/* test_kernels.c - the thread pool and every lk_* kernel against its naive reference (lk_ref_*)
+ * or hand-checked values. Fast paths are run with no pool, a 2-thread and a 3-thread pool; the
+ * results must match the reference to float rounding and each other bit for bit. */
+#include <check.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/ctx.h"
+#include "kernels/kernels.h"
+
+/* ---- helpers */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+static float *rand_buf(size_t n, float scale)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    ck_assert_ptr_nonnull(p);
+    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
+    return p;
+}
+
+static float *copy_buf(const float *x, size_t n)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    ck_assert_ptr_nonnull(p);
+    memcpy(p, x, sizeof(float) * n);
+    return p;
+}
+
+/* max |got - ref| <= tol * max(1, max |ref|) */
+static void expect_close(const float *got, const float *ref, size_t n, double tol, const char *what)
+{
+    double mx = 1.0, err = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]);
+        if (!(e <= err)) { /* also catches NaN */
+            err = isnan(e) ? INFINITY : e;
+            worst = i;
+        }
+    }
+    ck_assert_msg(err <= tol * mx, "%s: max error %.3g at %zu (got %.9g, ref %.9g), allowed %.3g", what, err, worst,
+                  n ? got[worst] : 0.0, n ? ref[worst] : 0.0, tol * mx);
+}
+
+static void expect_same(const float *a, const float *b, size_t n, const char *what)
+{
+    ck_assert_msg(memcmp(a, b, sizeof(float) * n) == 0, "%s: results differ between thread counts", what);
+}
+
+/* Contexts under test: serial, 2 threads, 3 threads. */
+#define N_CTX 3
+static lctx ctxs[N_CTX];
+
+static void setup_pools(void)
+{
+    ctxs[0].pool = NULL;
+    ctxs[1].pool = lpool_create(2);
+    ctxs[2].pool = lpool_create(3);
+    ck_assert_ptr_nonnull(ctxs[1].pool);
+    ck_assert_ptr_nonnull(ctxs[2].pool);
+}
+
+static void teardown_pools(void)
+{
+    lpool_free(ctxs[1].pool);
+    lpool_free(ctxs[2].pool);
+}
+
+/* ---- thread pool */
+
+typedef struct count_job {
+    atomic_int *hits;
+    lpool *pool;
+    atomic_int nested;
+} count_job;
+
+static void count_task(void *arg, int i)
+{
+    count_job *j = arg;
+    atomic_fetch_add(&j->hits[i], 1);
+}
+
+START_TEST(pool_runs_every_task_once)
+{
+    static const int sizes[] = {0, 1, 2, 3, 7, 64, 1000};
+    atomic_int hits[1000];
+    for (int c = 0; c < N_CTX; c++)
+        for (size_t s = 0; s < LDM_ARRAY_LEN(sizes); s++)
+            for (int rep = 0; rep < 50; rep++) {
+                for (int i = 0; i < 1000; i++) atomic_init(&hits[i], 0);
+                count_job j = {.hits = hits};
+                lpool_run(ctxs[c].pool, sizes[s], count_task, &j);
+                for (int i = 0; i < 1000; i++) ck_assert_int_eq(atomic_load(&hits[i]), i < sizes[s] ? 1 : 0);
+            }
+    ck_assert_int_eq(lpool_threads(NULL), 1);
+    ck_assert_int_eq(lpool_threads(ctxs[1].pool), 2);
+    ck_assert_int_eq(lctx_threads(&ctxs[2]), 3);
+}
+END_TEST
+
+static void nested_task(void *arg, int i)
+{
+    count_job *j = arg;
+    atomic_int inner[4];
+    for (int k = 0; k < 4; k++) atomic_init(&inner[k], 0);
+    count_job ij = {.hits = inner};
+    lpool_run(j->pool, 4, count_task, &ij); /* must run serially, not deadlock */
+    int ok = 1;
+    for (int k = 0; k < 4; k++) ok &= atomic_load(&inner[k]) == 1;
+    if (ok) atomic_fetch_add(&j->nested, 1);
+    atomic_fetch_add(&j->hits[i], 1);
+}
+
+START_TEST(pool_nested_run_is_serial)
+{
+    atomic_int hits[16];
+    for (int i = 0; i < 16; i++) atomic_init(&hits[i], 0);
+    count_job j = {.hits = hits, .pool = ctxs[1].pool};
+    atomic_init(&j.nested, 0);
+    lpool_run(ctxs[1].pool, 16, nested_task, &j);
+    ck_assert_int_eq(atomic_load(&j.nested), 16);
+}
+END_TEST
+
+typedef struct caller_arg {
+    lpool *pool;
+    int ok;
+} caller_arg;
+
+static void *concurrent_caller(void *p)
+{
+    caller_arg *c = p;
+    atomic_int hits[37];
+    c->ok = 1;
+    for (int rep = 0; rep < 300; rep++) {
+        for (int i = 0; i < 37; i++) atomic_init(&hits[i], 0);
+        count_job j = {.hits = hits};
+        lpool_run(c->pool, 37, count_task, &j);
+        for (int i = 0; i < 37; i++) c->ok &= atomic_load(&hits[i]) == 1;
+    }
+    return NULL;
+}
+
+START_TEST(pool_concurrent_callers)
+{
+    /* Two application threads sharing one pool: their jobs are serialised, none is lost. */
+    pthread_t th[2];
+    caller_arg args[2] = {{ctxs[2].pool, 0}, {ctxs[2].pool, 0}};
+    for (int i = 0; i < 2; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, concurrent_caller, &args[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    ck_assert(args[0].ok && args[1].ok);
+}
+END_TEST
+
+START_TEST(pool_single_thread_and_free)
+{
+    lpool *p = lpool_create(1);
+    ck_assert_ptr_nonnull(p);
+    atomic_int hits[5];
+    for (int i = 0; i < 5; i++) atomic_init(&hits[i], 0);
+    count_job j = {.hits = hits};
+    lpool_run(p, 5, count_task, &j);
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(atomic_load(&hits[i]), 1);
+    lpool_free(p);
+    lpool_free(NULL);
+    p = lpool_create(0); /* treated as 1 */
+    ck_assert_int_eq(lpool_threads(p), 1);
+    lpool_free(p);
+}
+END_TEST
+
+/* ---- gemm / linear */
+
+static void check_gemm(int tA, int tB, int M, int N, int K, int pad, float alpha, float beta)
+{
+    int lda = (tA ? M : K) + pad, ldb = (tB ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(tA ? K : M) * lda, nb = (size_t)(tB ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *A = rand_buf(na, 1), *B = rand_buf(nb, 1), *C0 = rand_buf(nc, 1);
+    float *ref = copy_buf(C0, nc), *first = NULL;
+    lk_ref_gemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, ref, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm tA=%d tB=%d %dx%dx%d pad %d", tA, tB, M, N, K, pad);
+    for (int c = 0; c < N_CTX; c++) {
+        float *C = copy_buf(C0, nc);
+        lk_gemm(&ctxs[c], tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        expect_close(C, ref, nc, 2e-6 * sqrt(K + 1.0), what);
+        if (first) {
+            expect_same(C, first, nc, what);
+            free(C);
+        } else
+            first = C;
+    }
+    free(first);
+    free(A), free(B), free(C0), free(ref);
+}
+
+START_TEST(gemm_matches_reference)
+{
+    static const int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {65, 130, 33}, {200, 300, 70}, {37, 1000, 64}, {513, 17, 300}};
+    for (size_t s = 0; s < LDM_ARRAY_LEN(shapes); s++)
+        for (int t = 0; t < 4; t++) {
+            check_gemm(t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], 0, 1.0f, 0.0f);
+            check_gemm(t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], 3, 0.5f, 1.0f);
+        }
+    check_gemm(0, 0, 5, 6, 0, 0, 1.0f, 0.5f); /* empty inner dimension: C = beta*C */
+}
+END_TEST
+
+START_TEST(linear_matches_reference)
+{
+    static const int shapes[][3] = {{3, 5, 7}, {77, 48, 96}, {300, 320, 640}};
+    for (size_t s = 0; s < LDM_ARRAY_LEN(shapes); s++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+            float *x = rand_buf((size_t)rows * in, 1), *W = rand_buf((size_t)out * in, 1);
+            float *b = with_bias ? rand_buf((size_t)out, 1) : NULL;
+            float *ref = malloc(sizeof(float) * rows * out);
+            lk_ref_gemm(0, 1, rows, out, in, 1.0f, x, in, W, in, 0.0f, ref, out);
+            if (b)
+                for (int r = 0; r < rows; r++)
+                    for (int o = 0; o < out; o++) ref[(size_t)r * out + o] += b[o];
+            float *first = NULL;
+            for (int c = 0; c < N_CTX; c++) {
+                float *y = malloc(sizeof(float) * rows * out);
+                lk_linear(&ctxs[c], x, rows, in, W, b, out, y);
+                expect_close(y, ref, (size_t)rows * out, 2e-6 * sqrt(in + 1.0), "linear");
+                if (first) {
+                    expect_same(y, first, (size_t)rows * out, "linear");
+                    free(y);
+                } else
+                    first = y;
+            }
+            free(first), free(x), free(W), free(b), free(ref);
+        }
+}
+END_TEST
+
+/* ---- conv2d */
+
+static void check_conv(lk_conv2d_shape s, int with_bias)
+{
+    int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
+    size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * s.k_h * s.k_w;
+    size_t ny = (size_t)s.batch * s.out_ch * oh * ow;
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = with_bias ? rand_buf((size_t)s.out_ch, 1) : NULL;
+    float *ref = malloc(sizeof(float) * ny), *first = NULL;
+    lk_ref_conv2d(&s, x, w, bias, ref);
+    char what[160];
+    snprintf(what, sizeof what, "conv2d B%d IC%d %dx%d OC%d k%dx%d s%d pad(%d,%d,%d,%d)", s.batch, s.in_ch, s.in_h,
+             s.in_w, s.out_ch, s.k_h, s.k_w, s.stride, s.pad_top, s.pad_left, s.pad_bottom, s.pad_right);
+    for (int c = 0; c < N_CTX; c++) {
+        float *y = malloc(sizeof(float) * ny);
+        for (size_t i = 0; i < ny; i++) y[i] = NAN; /* every output must be written */
+        ck_assert_int_eq(lk_conv2d(&ctxs[c], &s, x, w, bias, y), LDM_OK);
+        expect_close(y, ref, ny, 2e-6 * sqrt((double)s.in_ch * s.k_h * s.k_w + 1), what);
+        if (first) {
+            expect_same(y, first, ny, what);
+            free(y);
+        } else
+            first = y;
+    }
+    free(first), free(x), free(w), free(bias), free(ref);
+}
+
+START_TEST(conv2d_matches_reference)
+{
+    /* batch, in_ch, in_h, in_w, out_ch, k_h, k_w, stride, pad top/left/bottom/right */
+    static const lk_conv2d_shape shapes[] = {
+        {2, 5, 7, 9, 3, 1, 1, 1, 0, 0, 0, 0},     /* 1x1: direct gemm */
+        {1, 64, 32, 32, 48, 1, 1, 1, 0, 0, 0, 0}, /* 1x1 large enough to split */
+        {2, 4, 9, 11, 6, 3, 3, 1, 1, 1, 1, 1},    /* 3x3 same, odd sizes, batch 2 */
+        {1, 3, 8, 8, 4, 3, 3, 2, 0, 0, 1, 1},     /* autoencoder downsample pad (0,1,0,1) */
+        {2, 3, 9, 7, 5, 3, 3, 2, 0, 0, 1, 1},     /* ... on odd sizes */
+        {1, 6, 10, 13, 4, 3, 3, 2, 1, 1, 1, 1},   /* UNet downsample */
+        {1, 5, 6, 7, 3, 1, 1, 2, 0, 0, 0, 0},     /* 1x1 stride 2 */
+        {1, 3, 5, 6, 2, 1, 1, 1, 1, 0, 0, 2},     /* 1x1 with padding */
+        {1, 2, 3, 3, 3, 3, 3, 1, 0, 0, 0, 0},     /* single output pixel */
+        {1, 2, 4, 5, 3, 5, 3, 1, 2, 1, 2, 1},     /* non-square kernel */
+        {2, 32, 24, 20, 64, 3, 3, 1, 1, 1, 1, 1}, /* gemm big enough to tile */
+    };
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        check_conv(shapes[i], 1);
+        check_conv(shapes[i], 0);
+    }
+}
+END_TEST
+
+START_TEST(conv2d_row_blocks)
+{
+    /* im2col of 64ch 3x3 over 128 columns is 73728 floats per output row: the 8 MiB budget makes
+     * this run in several row blocks, the last one partial. */
+    lk_conv2d_shape s = {1, 64, 100, 128, 4, 3, 3, 1, 1, 1, 1, 1};
+    check_conv(s, 1);
+}
+END_TEST
+
+START_TEST(conv2d_reports_oom)
+{
+    lk_conv2d_shape s = {1, 2, 5, 5, 2, 3, 3, 1, 1, 1, 1, 1};
+    float x[50] = {0}, w[36] = {0}, y[50];
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(lk_conv2d(&ctxs[1], &s, x, w, NULL, y), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(0);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "conv2d"));
+}
+END_TEST
+
+/* ---- normalisation */
+
+static void check_group_norm(int B, int C, int HW, int groups, float offset, int affine, float eps)
+{
+    size_t n = (size_t)B * C * HW;
+    float *x = rand_buf(n, 2), *g = affine ? rand_buf((size_t)C, 1) : NULL, *be = affine ? rand_buf((size_t)C, 1) : NULL;
+    for (size_t i = 0; i < n; i++) x[i] += offset;
+    float *ref = malloc(sizeof(float) * n), *ref_silu = malloc(sizeof(float) * n);
+    lk_ref_group_norm(x, B, C, HW, groups, eps, g, be, ref);
+    for (size_t i = 0; i < n; i++) ref_silu[i] = (float)(ref[i] / (1.0 + exp(-(double)ref[i])));
+    char what[128];
+    snprintf(what, sizeof what, "group_norm B%d C%d HW%d G%d offset %g", B, C, HW, groups, offset);
+    float *first = NULL, *first_silu = NULL;
+    for (int c = 0; c < N_CTX; c++) {
+        float *y = malloc(sizeof(float) * n), *ys = copy_buf(x, n);
+        lk_group_norm(&ctxs[c], x, B, C, HW, groups, eps, g, be, y);
+        lk_group_norm_silu(&ctxs[c], ys, B, C, HW, groups, eps, g, be, ys); /* in place */
+        expect_close(y, ref, n, 4e-6, what);
+        expect_close(ys, ref_silu, n, 4e-6, what);
+        if (first) {
+            expect_same(y, first, n, what);
+            expect_same(ys, first_silu, n, what);
+            free(y), free(ys);
+        } else
+            first = y, first_silu = ys;
+    }
+    free(first), free(first_silu), free(x), free(g), free(be), free(ref), free(ref_silu);
+}
+
+START_TEST(group_norm_matches_reference)
+{
+    check_group_norm(2, 64, 37, 32, 0.0f, 1, 1e-5f);
+    check_group_norm(1, 96, 64, 32, 0.5f, 1, 1e-6f);  /* 3 channels per group */
+    check_group_norm(2, 64, 1024, 32, 0.0f, 1, 1e-6f); /* big enough to go parallel */
+    check_group_norm(1, 32, 300, 32, 100.0f, 1, 1e-5f); /* large mean: variance precision */
+    check_group_norm(3, 6, 5, 3, 0.0f, 0, 1e-5f);       /* no affine */
+    check_group_norm(1, 32, 1, 32, 0.0f, 1, 1e-5f);     /* one value per group: var 0 */
+}
+END_TEST
+
+START_TEST(group_norm_known_values)
+{
+    /* One group of 4 values 1,2,3,4: mean 2.5, biased var 1.25. */
+    float x[4] = {1, 2, 3, 4}, y[4];
+    lk_group_norm(NULL, x, 1, 1, 4, 1, 0.0f, NULL, NULL, y);
+    for (int i = 0; i < 4; i++) ck_assert_float_eq_tol(y[i], (float)((x[i] - 2.5) / sqrt(1.25)), 1e-6);
+    float gamma = 2.0f, beta = -1.0f;
+    lk_group_norm(NULL, x, 1, 1, 4, 1, 0.75f, &gamma, &beta, y); /* eps added to the variance */
+    for (int i = 0; i < 4; i++) ck_assert_float_eq_tol(y[i], (float)((x[i] - 2.5) / sqrt(2.0) * 2 - 1), 1e-6);
+}
+END_TEST
+
+static void check_layer_norm(int rows, int dim, int affine)
+{
+    size_t n = (size_t)rows * dim;
+    float *x = rand_buf(n, 3), *g = affine ? rand_buf((size_t)dim, 1) : NULL, *b = affine ? rand_buf((size_t)dim, 1) : NULL;
+    float *ref = malloc(sizeof(float) * n), *first = NULL;
+    lk_ref_layer_norm(x, rows, dim, 1e-5f, g, b, ref);
+    for (int c = 0; c < N_CTX; c++) {
+        float *y = copy_buf(x, n);
+        lk_layer_norm(&ctxs[c], y, rows, dim, 1e-5f, g, b, y); /* in place */
+        expect_close(y, ref, n, 4e-6, "layer_norm");
+        if (first) {
+            expect_same(y, first, n, "layer_norm");
+            free(y);
+        } else
+            first = y;
+    }
+    free(first), free(x), free(g), free(b), free(ref);
+}
+
+START_TEST(layer_norm_matches_reference)
+{
+    check_layer_norm(1, 1, 1);
+    check_layer_norm(33, 77, 1);
+    check_layer_norm(300, 128, 1);
+    check_layer_norm(5, 16, 0);
+    float x[3] = {1, 2, 6}, y[3]; /* mean 3, var 14/3 */
+    lk_layer_norm(NULL, x, 1, 3, 0.0f, NULL, NULL, y);
+    for (int i = 0; i < 3; i++) ck_assert_float_eq_tol(y[i], (float)((x[i] - 3) / sqrt(14.0 / 3)), 1e-6);
+}
+END_TEST
+
+/* ---- activations */
+
+START_TEST(activation_known_values)
+{
+    float g[3] = {1, -1, 0};
+    lk_gelu(g, 3);
+    ck_assert_float_eq_tol(g[0], 0.8413447460685429f, 1e-6);
+    ck_assert_float_eq_tol(g[1], -0.15865525393145707f, 1e-6);
+    ck_assert_float_eq(g[2], 0.0f);
+    float q[2] = {1, -1};
+    lk_quick_gelu(q, 2);
+    ck_assert_float_eq_tol(q[0], 0.8457957659328212f, 1e-6);
+    ck_assert_float_eq_tol(q[1], -0.1542042340671787f, 1e-6);
+    float s[3] = {1, -2, 0};
+    lk_silu(s, 3);
+    ck_assert_float_eq_tol(s[0], 0.7310585786300049f, 1e-6);
+    ck_assert_float_eq_tol(s[1], -0.2384058440442351f, 1e-6);
+    ck_assert_float_eq(s[2], 0.0f);
+    float big[2] = {-200, 200}; /* no overflow to NaN at the extremes */
+    lk_silu(big, 2);
+    ck_assert_float_eq_tol(big[0], 0.0f, 1e-30);
+    ck_assert_float_eq(big[1], 200.0f);
+
+    float sm[6] = {1, 2, 3, 1000, 1001, 1000};
+    lk_softmax_rows(sm, 2, 3);
+    ck_assert_float_eq_tol(sm[0], 0.09003057317038046f, 1e-7);
+    ck_assert_float_eq_tol(sm[1], 0.24472847105479767f, 1e-7);
+    ck_assert_float_eq_tol(sm[2], 0.6652409557748219f, 1e-7);
+    ck_assert_float_eq_tol(sm[3], 0.2119415576170854f, 1e-7); /* e/(2+e)... shifted by the max */
+    ck_assert_float_eq_tol(sm[4], 0.5761168847658291f, 1e-7);
+
+    /* GEGLU: first half is the value, second half the gate. */
+    float gx[4] = {2, 3, 1, -1}, go[2];
+    lk_geglu(gx, 1, 2, go);
+    ck_assert_float_eq_tol(go[0], 2 * 0.8413447460685429f, 2e-6);
+    ck_assert_float_eq_tol(go[1], 3 * -0.15865525393145707f, 2e-6);
+}
+END_TEST
+
+START_TEST(vexp_accuracy)
+{
+    /* relative error against double exp over the useful range, every length 0..40 for tails */
+    float x[41], y[41];
+    double worst = 0;
+    for (int i = -8700; i <= 8830; i += 7) {
+        float v = i / 100.0f;
+        double want = exp((double)v);
+        lk_vexp(&v, 1);
+        double rel = fabs(v - want) / want;
+        worst = fmax(worst, rel);
+    }
+    ck_assert_msg(worst < 3e-7, "vexp max relative error %.3g", worst);
+    for (int n = 0; n <= 40; n++) {
+        for (int i = 0; i < n; i++) x[i] = y[i] = frand() * 10;
+        lk_vexp(x, (size_t)n);
+        for (int i = 0; i < n; i++) { /* the same value gives the same result at any position */
+            float one = y[i];
+            lk_vexp(&one, 1);
+            ck_assert_float_eq(one, x[i]);
+        }
+        for (int i = 0; i < n; i++) x[i] = y[i];
+        float mx = lk_vmax(x, (size_t)n), want_mx = -INFINITY;
+        for (int i = 0; i < n; i++) want_mx = fmaxf(want_mx, y[i]);
+        ck_assert_float_eq(mx, want_mx);
+        double want_sum = 0;
+        for (int i = 0; i < n; i++) want_sum += exp((double)y[i] - 1.5);
+        float sum = lk_vexp_shift_sum(x, (size_t)n, 1.5f);
+        ck_assert_double_eq_tol(sum, want_sum, 1e-6 * fmax(1.0, want_sum));
+        for (int i = 0; i < n; i++) ck_assert_double_eq_tol(x[i], exp((double)y[i] - 1.5), 1e-6 * exp((double)y[i] - 1.5));
+    }
+    float v[3] = {-INFINITY, -1000, 1000};
+    lk_vexp(v, 3);
+    ck_assert(v[0] >= 0 && v[0] < 1e-37f && v[1] >= 0 && v[1] < 1e-37f && isfinite(v[2]) && v[2] > 1e38f);
+}
+END_TEST
+
+START_TEST(activation_ctx_variants_match_serial)
+{
+    size_t n = 100003;
+    float *x = rand_buf(n, 6);
+    void (*serial[3])(float *, size_t) = {lk_silu, lk_gelu, lk_quick_gelu};
+    void (*par[3])(const lctx *, float *, size_t) = {lk_silu_ctx, lk_gelu_ctx, lk_quick_gelu_ctx};
+    for (int f = 0; f < 3; f++) {
+        float *a = copy_buf(x, n);
+        serial[f](a, n);
+        for (int c = 0; c < N_CTX; c++) {
+            float *b = copy_buf(x, n);
+            par[f](&ctxs[c], b, n);
+            expect_same(a, b, n, "activation _ctx");
+            free(b);
+        }
+        free(a);
+    }
+    int rows = 333, dim = 160;
+    float *in = rand_buf((size_t)rows * 2 * dim, 4), *ga = malloc(sizeof(float) * rows * dim);
+    lk_geglu(in, rows, dim, ga);
+    float *sa = copy_buf(in, (size_t)rows * 2 * dim);
+    lk_softmax_rows(sa, rows, 2 * dim);
+    for (int c = 0; c < N_CTX; c++) {
+        float *gb = malloc(sizeof(float) * rows * dim), *sb = copy_buf(in, (size_t)rows * 2 * dim);
+        lk_geglu_ctx(&ctxs[c], in, rows, dim, gb);
+        lk_softmax_rows_ctx(&ctxs[c], sb, rows, 2 * dim);
+        expect_same(ga, gb, (size_t)rows * dim, "geglu_ctx");
+        expect_same(sa, sb, (size_t)rows * 2 * dim, "softmax_rows_ctx");
+        free(gb), free(sb);
+    }
+    /* softmax rows sum to one and agree with a double computation */
+    for (int r = 0; r < rows; r++) {
+        double sum = 0, mx = -INFINITY, z = 0;
+        const float *row = in + (size_t)r * 2 * dim;
+        for (int i = 0; i < 2 * dim; i++) mx = fmax(mx, row[i]);
+        for (int i = 0; i < 2 * dim; i++) z += exp(row[i] - mx);
+        for (int i = 0; i < 2 * dim; i++) {
+            sum += sa[(size_t)r * 2 * dim + i];
+            ck_assert_double_eq_tol(sa[(size_t)r * 2 * dim + i], exp(row[i] - mx) / z, 1e-6);
+        }
+        ck_assert_double_eq_tol(sum, 1.0, 1e-5);
+    }
+    free(in), free(ga), free(sa), free(x);
+}
+END_TEST
+
+/* ---- attention */
+
+/* Storage layouts of q, k, v, out for a (B, H, T, D) problem. */
+enum { LAY_BTHD, LAY_LEGACY, LAY_FUSED, LAY_STRIDED };
+
+typedef struct att_bufs {
+    float *qkv, *kv, *out;
+    size_t n_qkv, n_kv, n_out;
+    lk_view q, k, v, o;
+} att_bufs;
+
+/* Builds views. LAY_BTHD: q [B,Tq,H*D], k/v [B,Tk,H*D] (CrossAttention). LAY_LEGACY: one qkv
+ * buffer [B*H, 3*D, T] channels-first (QKVAttentionLegacy), out [B, H*D, T]. LAY_FUSED: CLIP's
+ * in_proj output [B, T, 3*H*D]. LAY_STRIDED: every element two floats apart and rows padded, so
+ * BLAS cannot take it directly. */
+static att_bufs make_attention(int layout, int B, int H, int Tq, int Tk, int D, float scale_in)
+{
+    att_bufs a = {0};
+    long HD = (long)H * D;
+    switch (layout) {
+    case LAY_BTHD:
+        a.n_qkv = (size_t)B * Tq * HD, a.n_kv = (size_t)2 * B * Tk * HD, a.n_out = (size_t)B * Tq * HD;
+        a.qkv = rand_buf(a.n_qkv, scale_in), a.kv = rand_buf(a.n_kv, 1), a.out = calloc(a.n_out, sizeof(float));
+        a.q = (lk_view){a.qkv, Tq * HD, D, HD, 1};
+        a.k = (lk_view){a.kv, Tk * HD, D, HD, 1};
+        a.v = (lk_view){a.kv + (size_t)B * Tk * HD, Tk * HD, D, HD, 1};
+        a.o = (lk_view){a.out, Tq * HD, D, HD, 1};
+        break;
+    case LAY_LEGACY: /* Tq == Tk */
+        a.n_qkv = (size_t)B * H * 3 * D * Tq, a.n_out = (size_t)B * HD * Tq;
+        a.qkv = rand_buf(a.n_qkv, scale_in), a.out = calloc(a.n_out, sizeof(float));
+        a.q = (lk_view){a.qkv, H * 3L * D * Tq, 3L * D * Tq, 1, Tq};
+        a.k = a.q, a.k.p += (size_t)D * Tq;
+        a.v = a.q, a.v.p += (size_t)2 * D * Tq;
+        a.o = (lk_view){a.out, HD * Tq, (long)D * Tq, 1, Tq};
+        break;
+    case LAY_FUSED: /* Tq == Tk */
+        a.n_qkv = (size_t)B * Tq * 3 * HD, a.n_out = (size_t)B * Tq * HD;
+        a.qkv = rand_buf(a.n_qkv, scale_in), a.out = calloc(a.n_out, sizeof(float));
+        a.q = (lk_view){a.qkv, 3 * HD * Tq, D, 3 * HD, 1};
+        a.k = a.q, a.k.p += HD;
+        a.v = a.q, a.v.p += 2 * HD;
+        a.o = (lk_view){a.out, Tq * HD, D, HD, 1};
+        break;
+    default: { /* LAY_STRIDED */
+        long st_q = 2L * D + 3, st_k = 2L * D + 5;
+        a.n_qkv = (size_t)B * H * Tq * st_q, a.n_kv = (size_t)2 * B * H * Tk * st_k;
+        a.n_out = (size_t)B * H * Tq * st_q;
+        a.qkv = rand_buf(a.n_qkv, scale_in), a.kv = rand_buf(a.n_kv, 1), a.out = calloc(a.n_out, sizeof(float));
+        a.q = (lk_view){a.qkv, H * Tq * st_q, Tq * st_q, st_q, 2};
+        a.k = (lk_view){a.kv, H * Tk * st_k, Tk * st_k, st_k, 2};
+        a.v = a.k, a.v.p += (size_t)B * H * Tk * st_k;
+        a.o = (lk_view){a.out, H * Tq * st_q, Tq * st_q, st_q, 2};
+    }
+    }
+    return a;
+}
+
+static void gather_out(lk_view o, int B, int H, int T, int D, float *dst)
+{
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++)
+                for (int d = 0; d < D; d++)
+                    *dst++ = o.p[(long)b * o.sb + (long)h * o.sh + (long)t * o.st + (long)d * o.sd];
+}
+
+static void check_attention(int layout, int B, int H, int Tq, int Tk, int D, int causal, float scale_in)
+{
+    att_bufs a = make_attention(layout, B, H, Tq, Tk, D, scale_in);
+    size_t n = (size_t)B * H * Tq * D;
+    float scale = 1.0f / sqrtf((float)D);
+    float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n), *first = NULL;
+    lk_ref_attention(B, H, Tq, Tk, D, a.q, a.k, a.v, a.o, scale, causal);
+    gather_out(a.o, B, H, Tq, D, ref);
+    char what[128];
+    snprintf(what, sizeof what, "attention layout %d B%d H%d Tq%d Tk%d D%d causal %d", layout, B, H, Tq, Tk, D, causal);
+    for (int c = 0; c < N_CTX; c++) {
+        for (size_t i = 0; i < a.n_out; i++) a.out[i] = NAN; /* out must be fully written */
+        ck_assert_int_eq(lk_attention(&ctxs[c], B, H, Tq, Tk, D, a.q, a.k, a.v, a.o, scale, causal), LDM_OK);
+        gather_out(a.o, B, H, Tq, D, got);
+        expect_close(got, ref, n, 3e-6 * sqrt(D + 1.0), what);
+        if (first)
+            expect_same(got, first, n, what);
+        else
+            first = copy_buf(got, n);
+    }
+    free(first), free(ref), free(got), free(a.qkv), free(a.kv), free(a.out);
+}
+
+START_TEST(attention_layouts)
+{
+    for (int causal = 0; causal < 2; causal++) {
+        check_attention(LAY_BTHD, 2, 3, 37, 37, 16, causal, 1);
+        check_attention(LAY_BTHD, 2, 4, 50, 7, 12, causal, 1); /* cross-attention, Tq > Tk */
+        check_attention(LAY_BTHD, 1, 2, 5, 90, 8, causal, 1);  /* Tq < Tk */
+        check_attention(LAY_LEGACY, 2, 2, 64, 64, 16, causal, 1);
+        check_attention(LAY_LEGACY, 1, 1, 65, 65, 32, causal, 1); /* AE AttnBlock: one head, odd T */
+        check_attention(LAY_FUSED, 2, 2, 77, 77, 16, causal, 1);  /* CLIP */
+        check_attention(LAY_STRIDED, 2, 2, 33, 20, 6, causal, 1); /* packed path */
+        check_attention(LAY_BTHD, 1, 1, 1, 1, 1, causal, 1);
+    }
+}
+END_TEST
+
+START_TEST(attention_long_sequence_tiles)
+{
+    /* Several query and key tiles; scaled-up queries make the row maximum move between key
+     * tiles, exercising the online-softmax rescaling. */
+    for (int causal = 0; causal < 2; causal++) {
+        check_attention(LAY_BTHD, 1, 2, 700, 1100, 8, causal, 4);
+        check_attention(LAY_LEGACY, 1, 2, 1030, 1030, 8, causal, 4);
+        check_attention(LAY_STRIDED, 1, 1, 600, 520, 4, causal, 3);
+    }
+}
+END_TEST
+
+START_TEST(attention_reports_oom)
+{
+    att_bufs a = make_attention(LAY_BTHD, 1, 1, 4, 4, 4, 1);
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(lk_attention(&ctxs[1], 1, 1, 4, 4, 4, a.q, a.k, a.v, a.o, 0.5f, 0), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(0);
+    free(a.qkv), free(a.kv), free(a.out);
+}
+END_TEST
+
+/* ---- resampling */
+
+START_TEST(resize_nearest_values)
+{
+    float x[5] = {10, 11, 12, 13, 14}, y[8];
+    lk_resize_nearest(x, 1, 1, 2, 1, 4, y); /* exact 2x: src = dst >> 1 */
+    ck_assert(y[0] == 10 && y[1] == 10 && y[2] == 11 && y[3] == 11);
+    lk_resize_nearest(x, 1, 1, 3, 1, 2, y); /* scale 1.5: 0, 1 */
+    ck_assert(y[0] == 10 && y[1] == 11);
+    lk_resize_nearest(x, 1, 1, 4, 1, 3, y); /* scale 1.333: 0, 1, 2 */
+    ck_assert(y[0] == 10 && y[1] == 11 && y[2] == 12);
+    lk_resize_nearest(x, 1, 1, 5, 1, 3, y); /* scale 1.667: 0, 1, 3 */
+    ck_assert(y[0] == 10 && y[1] == 11 && y[2] == 13);
+    lk_resize_nearest(x, 1, 1, 3, 1, 7, y); /* scale 0.4286: 0,0,0,1,1,2,2 */
+    static const float want7[7] = {10, 10, 10, 11, 11, 12, 12};
+    for (int i = 0; i < 7; i++) ck_assert_float_eq(y[i], want7[i]);
+    /* 2-D, 2 planes, 4x4 -> 2x2 picks the even rows/columns */
+    float img[32], out[8];
+    for (int i = 0; i < 32; i++) img[i] = (float)i;
+    lk_resize_nearest(img, 2, 4, 4, 2, 2, out);
+    static const float want[8] = {0, 2, 8, 10, 16, 18, 24, 26};
+    for (int i = 0; i < 8; i++) ck_assert_float_eq(out[i], want[i]);
+}
+END_TEST
+
+START_TEST(resize_bilinear_values)
+{
+    /* Upscale x2 of [0, 1]: src = (dst+0.5)/2 - 0.5 = -0.25 (clamped), 0.25, 0.75, 1.25 (tap clamped). */
+    float x[2] = {0, 1}, y[4];
+    lk_resize_bilinear(x, 1, 1, 2, 1, 4, 2.0, 2.0, y);
+    ck_assert_float_eq_tol(y[0], 0.0f, 1e-7);
+    ck_assert_float_eq_tol(y[1], 0.25f, 1e-7);
+    ck_assert_float_eq_tol(y[2], 0.75f, 1e-7);
+    ck_assert_float_eq_tol(y[3], 1.0f, 1e-7);
+    /* Scale 0.5 equals a 2x2 average pool with floor, also on odd sizes (the SpatialRescaler). */
+    static const int sizes[][2] = {{4, 6}, {5, 7}, {11, 19}, {22, 38}};
+    for (size_t s = 0; s < LDM_ARRAY_LEN(sizes); s++) {
+        int H = sizes[s][0], W = sizes[s][1], OH = H / 2, OW = W / 2;
+        float *in = rand_buf((size_t)3 * H * W, 1), *a = malloc(sizeof(float) * 3 * OH * OW),
+              *b = malloc(sizeof(float) * 3 * OH * OW);
+        lk_resize_bilinear(in, 3, H, W, OH, OW, 0.5, 0.5, a);
+        lk_avg_pool2(in, 3, H, W, b);
+        expect_close(a, b, (size_t)3 * OH * OW, 2e-7, "bilinear 0.5 vs avg_pool2");
+        free(in), free(a), free(b);
+    }
+    /* A 2-D value by hand: 2x2 -> 3x3 with scale 1.5: src = (dst+0.5)/1.5 - 0.5 = 0 (clamped), 0.5, 1.1667 */
+    float sq[4] = {0, 1, 2, 3}, o[9];
+    lk_resize_bilinear(sq, 1, 2, 2, 3, 3, 1.5, 1.5, o);
+    ck_assert_float_eq_tol(o[0], 0.0f, 1e-6);
+    ck_assert_float_eq_tol(o[1], 0.5f, 1e-6);
+    ck_assert_float_eq_tol(o[2], 1.0f, 1e-6);
+    ck_assert_float_eq_tol(o[4], 1.5f, 1e-6); /* 0.5 row, 0.5 column */
+    ck_assert_float_eq_tol(o[8], 3.0f, 1e-6);
+}
+END_TEST
+
+START_TEST(avg_pool2_values)
+{
+    float x[15], y[2];
+    for (int i = 0; i < 15; i++) x[i] = (float)i; /* 3x5 -> 1x2 */
+    lk_avg_pool2(x, 1, 3, 5, y);
+    ck_assert_float_eq(y[0], (0 + 1 + 5 + 6) / 4.0f);
+    ck_assert_float_eq(y[1], (2 + 3 + 7 + 8) / 4.0f);
+}
+END_TEST
+
+START_TEST(elementwise_values)
+{
+    float y[6] = {1, 2, 3, 4, 5, 6}, x[6] = {1, 1, 1, 1, 1, 1}, bias[3] = {10, 20, 30};
+    lk_add(y, x, 6);
+    ck_assert_float_eq(y[5], 7.0f);
+    lk_add_bias_channels(y, 2, 3, 1, bias); /* [2,3,1] */
+    static const float want[6] = {12, 23, 34, 15, 26, 37};
+    for (int i = 0; i < 6; i++) ck_assert_float_eq(y[i], want[i]);
+}
+END_TEST
+
+static Suite *kernels_suite(void)
+{
+    Suite *s = suite_create("kernels");
+    TCase *tc = tcase_create("kernels");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup_pools, teardown_pools);
+    tcase_add_test(tc, pool_runs_every_task_once);
+    tcase_add_test(tc, pool_nested_run_is_serial);
+    tcase_add_test(tc, pool_concurrent_callers);
+    tcase_add_test(tc, pool_single_thread_and_free);
+    tcase_add_test(tc, gemm_matches_reference);
+    tcase_add_test(tc, linear_matches_reference);
+    tcase_add_test(tc, conv2d_matches_reference);
+    tcase_add_test(tc, conv2d_row_blocks);
+    tcase_add_test(tc, conv2d_reports_oom);
+    tcase_add_test(tc, group_norm_matches_reference);
+    tcase_add_test(tc, group_norm_known_values);
+    tcase_add_test(tc, layer_norm_matches_reference);
+    tcase_add_test(tc, activation_known_values);
+    tcase_add_test(tc, vexp_accuracy);
+    tcase_add_test(tc, activation_ctx_variants_match_serial);
+    tcase_add_test(tc, attention_layouts);
+    tcase_add_test(tc, attention_long_sequence_tiles);
+    tcase_add_test(tc, attention_reports_oom);
+    tcase_add_test(tc, resize_nearest_values);
+    tcase_add_test(tc, resize_bilinear_values);
+    tcase_add_test(tc, avg_pool2_values);
+    tcase_add_test(tc, elementwise_values);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(kernels_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
