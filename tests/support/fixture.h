@@ -71,9 +71,5 @@ typedef struct fx_sample_result {
 ldm_status fx_sample(ldm_model *model, const fx_sample_spec *spec, fx_sample_result *res);
 void fx_sample_result_free(fx_sample_result *res);
 
-/* scripts/inpaint.py's final image (fact 16) in [-1,1]: (1-m)*image + m*clamp(decoded, -1, 1),
- * with the mapped mask m in {-1,+1} -> {0,1} and the known pixels taken from masked_image (equal
- * to the image where m = 0). Overwrites `image`. */
-ldm_status fx_inpaint_composite(const ldm_tensor *masked_image, const ldm_tensor *mask, ldm_tensor *image);
 
 #endif

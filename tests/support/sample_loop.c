@@ -153,22 +153,3 @@ void fx_sample_result_free(fx_sample_result *res)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ldm_tensor_free(all[i]);
     memset(res, 0, sizeof *res);
 }
-
-ldm_status fx_inpaint_composite(const ldm_tensor *masked_image, const ldm_tensor *mask, ldm_tensor *image)
-{
-    if (!masked_image || !mask || !image || lt_numel(masked_image) != lt_numel(image) ||
-        lt_numel(mask) * image->shape[1] != lt_numel(image))
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "inpainting composite: shapes of image, masked_image and mask disagree");
-    int64_t B = image->shape[0], C = image->shape[1], HW = image->shape[2] * image->shape[3];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < HW; i++) {
-            float m = lt_f32(mask)[b * HW + i] > 0.0f ? 1.0f : 0.0f;
-            for (int64_t c = 0; c < C; c++) {
-                int64_t k = (b * C + c) * HW + i;
-                float x = lt_f32(image)[k];
-                x = x < -1.0f ? -1.0f : x > 1.0f ? 1.0f : x;
-                lt_f32(image)[k] = (1.0f - m) * lt_f32(masked_image)[k] + m * x;
-            }
-        }
-    return LDM_OK;
-}
