@@ -157,6 +157,11 @@ LDM_API ldm_status ldm_model_load_builtin(const char *name, uint64_t seed, const
  * next call on the model starts. */
 LDM_API void ldm_model_interrupt(ldm_model *model);
 LDM_API ldm_status ldm_model_set_threads(ldm_model *model, int n_threads);
+/* A host callback polled between network blocks and sampler steps of every call on this model
+ * (like ldm_model_interrupt, but pulled rather than pushed); returning non-zero stops the running
+ * call with LDM_CANCELLED. NULL removes it. Called on the thread running the model. */
+typedef int (*ldm_abort_callback)(void *user_data);
+LDM_API ldm_status ldm_model_set_abort_callback(ldm_model *model, ldm_abort_callback callback, void *user_data);
 
 /* A one-paragraph description of the loaded architecture (static for the model's lifetime). */
 LDM_API const char *ldm_model_describe(ldm_model *model);
@@ -413,15 +418,23 @@ LDM_API ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params 
 /* One call from conditioning to pixels. Which inputs matter depends on the model:
  * - text models (SD 1.x/2.x, LDM BERT text2img): prompt, negative_prompt;
  * - class-conditional models: class_label (cin256-v2's extra class n_classes-1 is the
- *   unconditional one used for guidance);
+ *   unconditional one used for guidance, and for unconditional samples when class_label is -1);
  * - super-resolution (LDM-BSR): cond_image = the low-resolution image [B,3,h,w] in [-1,1];
  * - semantic synthesis: cond_image = a label map [B,1,H,W] (F32 holding class ids) or a one-hot
  *   map [B,n_classes,H,W];
  * - layout-to-image: layout_tokens [B,T] I64 (see ldm_layout_tokens_from_json);
- * - the LDM inpainting model: init_image + mask;
+ * - the LDM inpainting model: init_image + mask (the result keeps the known pixels exactly);
+ * - SD inpainting models (hybrid conditioning, e.g. sd-v1-5-inpainting): prompt + init_image +
+ *   mask; both inpainting models start from pure noise (strength is not used);
  * - any other model: init_image + strength (image-to-image), and init_image + mask + strength for
  *   mask-blended inpainting (the known region is re-noised and pasted back at every step).
- * Images are F32 [B,3,H,W] in [-1,1]; masks F32 [B,1,H,W] in [0,1], 1 = to be generated. */
+ * Images are F32 [B,3,H,W] in [-1,1]; masks F32 [B,1,H,W] in [0,1], 1 = to be generated.
+ * Image, mask, label-map and layout inputs with a batch of 1 are repeated to `batch`. The output
+ * size follows the conditioning image (super-resolution: the LR size times the first stage's
+ * factor; semantic maps: the map's size after the rescaler, times the factor) or init_image;
+ * width/height apply only when neither is given. Image-to-image re-runs the last
+ * max(1, int(strength * n)) of the n steps the sampler runs, starting from the init latent noised
+ * to the level of the first step run. Progress reports count the steps run. */
 typedef struct ldm_generate_params {
     size_t struct_size;           /* set by ldm_generate_params_init() */
     const char *prompt;           /* NULL = "" */
@@ -439,9 +452,11 @@ typedef struct ldm_generate_params {
     const ldm_tensor *mask;       /* inpainting mask (1 = generate) */
     const ldm_tensor *cond_image; /* super-resolution input or semantic label map */
     const ldm_tensor *layout_tokens;
-    int vae_tile;                 /* decode in tiles of this many latent pixels (0: automatic) */
+    int vae_tile;                 /* decode in tiles of this many latent pixels (0: automatic, < 0: never) */
     ldm_progress_callback progress;
     void *progress_user_data;
+    const ldm_tensor *x_T;        /* initial noise [B,C,h,w] (latent shape) instead of the seeded one;
+                                     NULL: ldm_randn(seed, 0). Image-to-image re-noises with it. */
 } ldm_generate_params;
 
 LDM_API void ldm_generate_params_init(ldm_generate_params *params);

@@ -195,7 +195,7 @@ static lctx make_ctx(int n, lpool **pool)
 {
     *pool = lpool_create(n);
     ck_assert_msg(*pool != NULL, "lpool_create: %s", ldm_last_error());
-    lctx c = {*pool, NULL};
+    lctx c = {.pool = *pool, .cancel = NULL};
     return c;
 }
 
@@ -707,7 +707,7 @@ START_TEST(test_cancel)
     opened o;
     if (!open_fixture(fixture_kl_f8(), "model.safetensors", &o)) return;
     atomic_int flag = 1;
-    lctx c = {NULL, &flag};
+    lctx c = {.pool = NULL, .cancel = &flag};
     ldm_tensor *x = io_tensor(o.io, "x"), *z = io_tensor(o.io, "z"), *out = NULL;
     expect_fail(lae_encode(o.ae, &c, x, &out), LDM_CANCELLED, "cancelled", "encode");
     ck_assert_ptr_null(out);

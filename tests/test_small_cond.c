@@ -250,7 +250,7 @@ START_TEST(test_rescaler_fixture)
     for (int t = 0; t < 2; t++) {
         lpool *pool = lpool_create(t + 1);
         ck_assert_ptr_nonnull(pool);
-        lctx ctx = {pool, NULL};
+        lctx ctx = {.pool = pool, .cancel = NULL};
         expect_ok(lrescaler_encode(n, &ctx, t ? seg : seg_ref, &c[t]), "cond.spatial_rescaler");
         expect_match("cond_spatial_rescaler", &o, "c", c[t]);
         lpool_free(pool);
@@ -288,7 +288,7 @@ START_TEST(test_rescaler_bad)
     expect_fail(lrescaler_one_hot(lab, 0, &out), LDM_ERR_INVALID_ARGUMENT, "n_classes", "0 classes");
 
     atomic_int flag = 1;
-    lctx c = {NULL, &flag};
+    lctx c = {.pool = NULL, .cancel = &flag};
     ldm_tensor *x = lt_new_f32_4d(1, 182, 8, 8);
     expect_fail(lrescaler_encode(n, &c, x, &out), LDM_CANCELLED, "cancelled", "cancel");
     ck_assert_ptr_null(out);

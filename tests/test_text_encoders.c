@@ -149,7 +149,7 @@ static void check_encoding(const char *fixture, const char *what, encoder *e, co
     ldm_tensor *outs[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++) {
         ck_assert_msg(pools[i] != NULL, "lpool_create: %s", ldm_last_error());
-        lctx c = {pools[i], NULL};
+        lctx c = {.pool = pools[i], .cancel = NULL};
         ldm_status st = encoder_run(e, &c, tokens, &outs[i]);
         ck_assert_msg(st == LDM_OK, "%s %s (%d threads): %s", fixture, what, i + 1, ldm_last_error());
         expect_match(fixture, what, outs[i], ref, tol);
@@ -332,7 +332,7 @@ static void expect_fail(ldm_status st, ldm_status want, const char *needle, cons
 
 static void check_bad_tokens(encoder *e, const char *name)
 {
-    lctx c = {NULL, NULL};
+    lctx c = {.pool = NULL, .cancel = NULL};
     ldm_tensor *out = NULL;
     int V = encoder_vocab(e), T = encoder_ctx(e);
     int64_t shape[2] = {2, 5};
@@ -524,7 +524,7 @@ START_TEST(test_cancel)
     ldm_tensor *tok = lt_new_i64(2, shape);
     atomic_int flag;
     atomic_init(&flag, 1);
-    lctx c = {NULL, &flag};
+    lctx c = {.pool = NULL, .cancel = &flag};
     ldm_tensor *out = NULL;
     expect_fail(encoder_run(&e, &c, tok, &out), LDM_CANCELLED, "cancelled", f.name);
     ck_assert_ptr_null(out);
@@ -544,7 +544,7 @@ START_TEST(test_alloc_failures)
     lw_store *w = open_file(dir, "model.safetensors");
     int64_t shape[2] = {2, 6};
     ldm_tensor *tok = lt_new_i64(2, shape);
-    lctx c = {NULL, NULL};
+    lctx c = {.pool = NULL, .cancel = NULL};
     int succeeded = 0;
     for (long n = 1; n < 1000 && !succeeded; n++) {
         encoder e;

@@ -143,8 +143,7 @@ static void runner_init(runner *r, int threads)
 {
     r->pool = lpool_create(threads);
     ck_assert_msg(r->pool != NULL, "lpool_create: %s", ldm_last_error());
-    r->ctx.pool = r->pool;
-    r->ctx.cancel = NULL;
+    r->ctx = (lctx){.pool = r->pool};
 }
 
 static void runner_done(runner *r) { lpool_free(r->pool); }
@@ -514,7 +513,7 @@ START_TEST(test_bad_inputs)
     lunet *n = make_unet(&d, s, 0);
     ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
     ldm_tensor *out = NULL;
-    lctx c = {NULL, NULL};
+    lctx c = {.pool = NULL, .cancel = NULL};
 
     ldm_tensor *x4 = lt_new_f32_4d(2, 4, 16, 16), *x_odd = lt_new_f32_4d(2, 3, 15, 16);
     expect_error(lunet_forward(n, &c, x4, t, ctx, NULL, &out), LDM_ERR_INVALID_ARGUMENT, "[B,3,H,W]");
@@ -532,7 +531,7 @@ START_TEST(test_bad_inputs)
 
     /* cancellation between blocks */
     atomic_int flag = 1;
-    lctx cc = {NULL, &flag};
+    lctx cc = {.pool = NULL, .cancel = &flag};
     expect_error(lunet_forward(n, &cc, x, t, ctx, NULL, &out), LDM_CANCELLED, "cancelled");
     ck_assert_ptr_null(out);
 
@@ -607,7 +606,7 @@ START_TEST(test_class_labels)
     ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN), dc = d;
     dc.num_classes = CLASSES;
     lunet *plain = make_unet(&d, s, 0), *cond = make_unet(&dc, sv, 0);
-    lctx c = {NULL, NULL};
+    lctx c = {.pool = NULL, .cancel = NULL};
     ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
     int64_t yshape[1] = {2};
     ldm_tensor *y = lt_new_i64(1, yshape);
@@ -649,7 +648,7 @@ START_TEST(test_alloc_failures)
     lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
     ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN);
     ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
-    lctx c = {NULL, NULL};
+    lctx c = {.pool = NULL, .cancel = NULL};
     int create_ok = 0, forward_ok_at = 0;
     for (long k = 1; k < 5000 && !create_ok; k++) {
         lunet *n = NULL;

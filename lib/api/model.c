@@ -191,3 +191,11 @@ const char *ldm_model_describe(ldm_model *model)
 {
     return (model && model->description) ? model->description : "";
 }
+
+ldm_status ldm_model_set_abort_callback(ldm_model *model, ldm_abort_callback callback, void *user_data)
+{
+    LDM_TRY(lm_begin(model, "ldm_model_set_abort_callback"));
+    model->ctx.abort_callback = callback;
+    model->ctx.abort_user_data = user_data;
+    return LDM_OK;
+}

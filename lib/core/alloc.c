@@ -7,6 +7,7 @@
 
 static _Thread_local size_t alloc_cap;
 static _Thread_local long alloc_fail_countdown;
+static _Thread_local ldm_status last_alloc_failure = LDM_ERR_OUT_OF_MEMORY;
 
 void ldm_alloc_set_cap(size_t max_bytes) { alloc_cap = max_bytes; }
 size_t ldm_alloc_get_cap(void) { return alloc_cap; }
@@ -16,15 +17,18 @@ void ldm_alloc_fail_after(long n) { alloc_fail_countdown = n; }
 static int refuse(size_t size)
 {
     if (alloc_fail_countdown > 0 && --alloc_fail_countdown == 0) {
-        ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes (injected failure)", size);
+        last_alloc_failure = ldm_fail(LDM_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes (injected failure)", size);
         return 1;
     }
     if (alloc_cap && size > alloc_cap) {
-        ldm_fail(LDM_ERR_LIMIT, "allocation of %zu bytes exceeds the limit of %zu bytes", size, alloc_cap);
+        last_alloc_failure = ldm_fail(LDM_ERR_LIMIT, "allocation of %zu bytes exceeds the limit of %zu bytes", size, alloc_cap);
         return 1;
     }
+    last_alloc_failure = LDM_ERR_OUT_OF_MEMORY;
     return 0;
 }
+
+ldm_status ldm_alloc_failure_status(void) { return last_alloc_failure; }
 
 void *ldm_malloc(size_t size)
 {
@@ -38,7 +42,7 @@ void *ldm_calloc(size_t count, size_t size)
 {
     size_t total;
     if (ldm_mul_size(count, size, &total)) {
-        ldm_fail(LDM_ERR_LIMIT, "allocation size overflow (%zu x %zu)", count, size);
+        last_alloc_failure = ldm_fail(LDM_ERR_LIMIT, "allocation size overflow (%zu x %zu)", count, size);
         return NULL;
     }
     if (refuse(total)) return NULL;
@@ -60,7 +64,7 @@ void *ldm_malloc_aligned(size_t size)
     if (refuse(size)) return NULL;
     size_t rounded = (size + 63) & ~(size_t)63;
     if (rounded < size) {
-        ldm_fail(LDM_ERR_LIMIT, "allocation size overflow (%zu bytes)", size);
+        last_alloc_failure = ldm_fail(LDM_ERR_LIMIT, "allocation size overflow (%zu bytes)", size);
         return NULL;
     }
     void *p = aligned_alloc(64, rounded ? rounded : 64);

@@ -35,6 +35,10 @@ size_t ldm_alloc_get_cap(void);
 /* Test hook: make the n-th allocation from now on fail (n >= 1), 0 disables. */
 void ldm_alloc_fail_after(long n);
 
+/* The status of the allocation that just failed: LDM_ERR_LIMIT when the cap refused it, else
+ * LDM_ERR_OUT_OF_MEMORY (the message was already set by the allocator). */
+ldm_status ldm_alloc_failure_status(void);
+
 /* Overflow-checked arithmetic: return 0 on success, non-zero on overflow. */
 static inline int ldm_mul_size(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
 static inline int ldm_add_size(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }

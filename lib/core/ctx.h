@@ -19,11 +19,21 @@ void lpool_run(lpool *pool, int n_tasks, void (*fn)(void *arg, int task), void *
 typedef struct lctx {
     lpool *pool;          /* may be NULL: single-threaded */
     atomic_int *cancel;   /* may be NULL; non-zero asks the running call to stop */
+    int (*abort_callback)(void *user_data); /* may be NULL; polled like `cancel` */
+    void *abort_user_data;
 } lctx;
 
+/* Polled between network blocks and sampler steps: the interrupt flag, then the host's abort
+ * callback (which latches the flag so the rest of the call stops without asking again). */
 static inline int lctx_cancelled(const lctx *c)
 {
-    return c && c->cancel && atomic_load_explicit(c->cancel, memory_order_relaxed);
+    if (!c) return 0;
+    if (c->cancel && atomic_load_explicit(c->cancel, memory_order_relaxed)) return 1;
+    if (c->abort_callback && c->abort_callback(c->abort_user_data)) {
+        if (c->cancel) atomic_store_explicit(c->cancel, 1, memory_order_relaxed);
+        return 1;
+    }
+    return 0;
 }
 
 static inline int lctx_threads(const lctx *c) { return (c && c->pool) ? lpool_threads(c->pool) : 1; }

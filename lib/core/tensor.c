@@ -19,27 +19,36 @@ static ldm_status numel_of(int ndim, const int64_t *shape, size_t elem, size_t *
 
 static size_t dtype_size(ldm_dtype d) { return d == LDM_I64 ? 8 : 4; }
 
-static ldm_tensor *new_tensor(ldm_dtype dtype, int ndim, const int64_t *shape)
+static ldm_status new_tensor(ldm_dtype dtype, int ndim, const int64_t *shape, ldm_tensor **out)
 {
     size_t bytes = 0;
-    if (numel_of(ndim, shape, dtype_size(dtype), &bytes) != LDM_OK) return NULL;
+    *out = NULL;
+    LDM_TRY(numel_of(ndim, shape, dtype_size(dtype), &bytes));
     ldm_tensor *t = ldm_calloc(1, sizeof *t);
-    if (!t) return NULL;
+    if (!t) return ldm_alloc_failure_status();
     t->data = ldm_malloc_aligned(bytes);
     if (!t->data) {
         ldm_free(t);
-        return NULL;
+        return ldm_alloc_failure_status();
     }
     memset(t->data, 0, bytes);
     t->dtype = dtype;
     t->ndim = ndim;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->owned = 1;
+    *out = t;
+    return LDM_OK;
+}
+
+static ldm_tensor *new_or_null(ldm_dtype dtype, int ndim, const int64_t *shape)
+{
+    ldm_tensor *t = NULL;
+    new_tensor(dtype, ndim, shape, &t);
     return t;
 }
 
-ldm_tensor *lt_new_f32(int ndim, const int64_t *shape) { return new_tensor(LDM_F32, ndim, shape); }
-ldm_tensor *lt_new_i64(int ndim, const int64_t *shape) { return new_tensor(LDM_I64, ndim, shape); }
+ldm_tensor *lt_new_f32(int ndim, const int64_t *shape) { return new_or_null(LDM_F32, ndim, shape); }
+ldm_tensor *lt_new_i64(int ndim, const int64_t *shape) { return new_or_null(LDM_I64, ndim, shape); }
 
 ldm_tensor *lt_new_f32_4d(int64_t n, int64_t c, int64_t h, int64_t w)
 {
@@ -49,7 +58,7 @@ ldm_tensor *lt_new_f32_4d(int64_t n, int64_t c, int64_t h, int64_t w)
 
 ldm_tensor *lt_clone(const ldm_tensor *t)
 {
-    ldm_tensor *c = new_tensor(t->dtype, t->ndim, t->shape);
+    ldm_tensor *c = new_or_null(t->dtype, t->ndim, t->shape);
     if (c) memcpy(c->data, t->data, (size_t)lt_numel(t) * dtype_size(t->dtype));
     return c;
 }
@@ -90,8 +99,7 @@ ldm_status ldm_tensor_create(ldm_dtype dtype, int ndim, const int64_t *shape, ld
 {
     if (!out || (ndim > 0 && !shape)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_tensor_create: NULL argument");
     if (dtype != LDM_F32 && dtype != LDM_I64) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_tensor_create: bad dtype %d", (int)dtype);
-    *out = new_tensor(dtype, ndim, shape);
-    return *out ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    return new_tensor(dtype, ndim, shape, out);
 }
 
 ldm_status ldm_tensor_wrap(ldm_dtype dtype, int ndim, const int64_t *shape, void *data, ldm_tensor **out)
