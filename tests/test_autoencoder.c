@@ -9,7 +9,7 @@
 #include "io/weights.h"
 #include "models/autoencoder.h"
 #include "models/config.h"
-#include "support/fixture.h"
+#include "support/ck_fixture.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,40 +18,6 @@
 #include <sys/stat.h>
 
 /* ---------------------------------------------------------------- fixture access */
-
-static int fixture_dir(const char *name, char *dir, size_t cap)
-{
-    struct stat st;
-    snprintf(dir, cap, "%s/fixtures/%s", fx_shared_dir(), name);
-    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
-    printf("SKIPPED: fixture %s not found at %s (set LDM_SHARED)\n", name, dir);
-    return 0;
-}
-
-static lw_store *open_file(const char *dir, const char *file)
-{
-    char path[4096];
-    lw_store *s = NULL;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    ldm_status st = lw_open(path, 0, &s);
-    ck_assert_msg(st == LDM_OK, "lw_open %s: %s", path, ldm_last_error());
-    return s;
-}
-
-static ldm_tensor *io_tensor(const lw_store *io, const char *name)
-{
-    ldm_tensor *t = fx_io_tensor(io, name);
-    ck_assert_msg(t != NULL, "io tensor %s missing in %s", name, lw_path(io));
-    return t;
-}
-
-static lj_value *load_case(const char *dir)
-{
-    lj_value *cas = NULL;
-    ldm_status st = fx_load_case(dir, &cas);
-    ck_assert_msg(st == LDM_OK, "case.json: %s", ldm_last_error());
-    return cas;
-}
 
 /* Compares `got` with io tensor `ref_name` at the case's tolerance for `tol_name`. */
 static void expect_match(const char *fixture, const lj_value *cas, const lw_store *io, const char *ref_name,

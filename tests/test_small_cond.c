@@ -10,7 +10,7 @@
 #include "models/class_embed.h"
 #include "models/config.h"
 #include "models/spatial_rescaler.h"
-#include "support/fixture.h"
+#include "support/ck_fixture.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,32 +21,6 @@
 #define PREFIX "cond_stage_model."
 
 /* ---------------------------------------------------------------- fixture access */
-
-static int fixture_dir(const char *name, char *dir, size_t cap)
-{
-    struct stat st;
-    snprintf(dir, cap, "%s/fixtures/%s", fx_shared_dir(), name);
-    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
-    printf("SKIPPED: fixture %s not found at %s (set LDM_SHARED)\n", name, dir);
-    return 0;
-}
-
-static lw_store *open_file(const char *dir, const char *file)
-{
-    char path[4096];
-    lw_store *s = NULL;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    ldm_status st = lw_open(path, 0, &s);
-    ck_assert_msg(st == LDM_OK, "lw_open %s: %s", path, ldm_last_error());
-    return s;
-}
-
-static ldm_tensor *io_tensor(const lw_store *io, const char *name)
-{
-    ldm_tensor *t = fx_io_tensor(io, name);
-    ck_assert_msg(t != NULL, "io tensor %s missing in %s", name, lw_path(io));
-    return t;
-}
 
 static void expect_ok(ldm_status st, const char *what)
 {

@@ -10,7 +10,7 @@
 #include "models/bert.h"
 #include "models/clip_text.h"
 #include "models/config.h"
-#include "support/fixture.h"
+#include "support/ck_fixture.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -19,32 +19,6 @@
 #include <sys/stat.h>
 
 /* ---- fixture access */
-
-static int fixture_dir(const char *name, char *dir, size_t cap)
-{
-    struct stat st;
-    snprintf(dir, cap, "%s/fixtures/%s", fx_shared_dir(), name);
-    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
-    printf("SKIPPED: fixture %s not found at %s (set LDM_SHARED)\n", name, dir);
-    return 0;
-}
-
-static lw_store *open_file(const char *dir, const char *file)
-{
-    char path[4096];
-    lw_store *s = NULL;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    ldm_status st = lw_open(path, 0, &s);
-    ck_assert_msg(st == LDM_OK, "lw_open %s: %s", path, ldm_last_error());
-    return s;
-}
-
-static ldm_tensor *io_tensor(const lw_store *io, const char *name)
-{
-    ldm_tensor *t = fx_io_tensor(io, name);
-    ck_assert_msg(t != NULL, "io tensor %s missing in %s", name, lw_path(io));
-    return t;
-}
 
 /* The cond-stage description of a fixture: from its config.yaml through ld_config_load, checked
  * against what the fixture's config says (so a config-reader regression shows up here too). */

@@ -12,7 +12,7 @@
 #include "models/config.h"
 #include "models/desc.h"
 #include "models/unet.h"
-#include "support/fixture.h"
+#include "support/ck_fixture.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -23,39 +23,6 @@
 #define PREFIX "model.diffusion_model."
 
 /* ---------------------------------------------------------------- fixture access */
-
-static int fixture_dir(const char *name, char *dir, size_t cap)
-{
-    struct stat st;
-    snprintf(dir, cap, "%s/fixtures/%s", fx_shared_dir(), name);
-    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
-    printf("SKIPPED: fixture %s not found at %s (set LDM_SHARED)\n", name, dir);
-    return 0;
-}
-
-static lw_store *open_file(const char *dir, const char *file)
-{
-    char path[4096];
-    lw_store *s = NULL;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    ldm_status st = lw_open(path, 0, &s);
-    ck_assert_msg(st == LDM_OK, "lw_open %s: %s", path, ldm_last_error());
-    return s;
-}
-
-static lj_value *open_case(const char *dir)
-{
-    lj_value *cas = NULL;
-    ck_assert_msg(fx_load_case(dir, &cas) == LDM_OK, "case.json of %s: %s", dir, ldm_last_error());
-    return cas;
-}
-
-static ldm_tensor *io_tensor(const lw_store *io, const char *name)
-{
-    ldm_tensor *t = fx_io_tensor(io, name);
-    ck_assert_msg(t != NULL, "io tensor %s missing in %s", name, lw_path(io));
-    return t;
-}
 
 /* ---------------------------------------------------------------- descriptions */
 
@@ -222,7 +189,7 @@ static void run_forward_fixture(const char *name, const unet_spec *spec, const c
 {
     char dir[4096];
     if (!fixture_dir(name, dir, sizeof dir)) return;
-    lj_value *cas = open_case(dir);
+    lj_value *cas = load_case(dir);
     lw_store *s = open_file(dir, weights_file), *io = open_file(dir, "io.safetensors");
     ld_unet d = fixture_desc(dir, spec);
     lunet *n = make_unet(&d, s, 0);
@@ -265,7 +232,7 @@ START_TEST(test_concat_resupdown)
     char dir[4096];
     if (!fixture_dir("unet_concat_resupdown", dir, sizeof dir)) return;
     run_forward_fixture("unet_concat_resupdown", &SPEC_CONCAT, "model.safetensors");
-    lj_value *cas = open_case(dir);
+    lj_value *cas = load_case(dir);
     lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
     ld_unet d = fixture_desc(dir, &SPEC_CONCAT);
     lunet *n = make_unet(&d, s, 0);
@@ -295,7 +262,7 @@ START_TEST(test_spatial_rescaler_apply)
 {
     char dir[4096];
     if (!fixture_dir("cond_spatial_rescaler", dir, sizeof dir)) return;
-    lj_value *cas = open_case(dir);
+    lj_value *cas = load_case(dir);
     lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
     ck_assert(lw_find(s, PREFIX "input_blocks.0.0.weight")->dtype == LW_F16);
     ld_unet d = fixture_desc(dir, &SPEC_RESCALER);
@@ -356,7 +323,7 @@ START_TEST(test_ema_weights)
 {
     char dir[4096];
     if (!fixture_dir("ldm_uncond_plms", dir, sizeof dir)) return;
-    lj_value *cas = open_case(dir);
+    lj_value *cas = load_case(dir);
     lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
     ld_unet d = fixture_desc(dir, &SPEC_UNCOND);
     lunet *ema = make_unet(&d, s, 1), *raw = make_unet(&d, s, 0);
@@ -421,7 +388,7 @@ START_TEST(test_context_length)
 {
     char dir[4096];
     if (!fixture_dir("unet_crossattn", dir, sizeof dir)) return;
-    lj_value *cas = open_case(dir);
+    lj_value *cas = load_case(dir);
     lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
     ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN);
     lunet *n = make_unet(&d, s, 0);
