@@ -14,13 +14,28 @@ VERSION := 0.1.0
 SONAME := libldm.so.$(VERSION_MAJOR)
 
 # BLAS back end: openblas (default) or blis.
+comma := ,
 BLAS ?= openblas
+# BLIS: Debian installs each threading flavour in its own directory; we thread ourselves, so the
+# serial one (libblis-serial-dev) is used when present, else whatever -lblis finds.
+BLIS_DIR ?= /usr/lib/x86_64-linux-gnu/blis-serial
+BLIS_INC ?= /usr/include/x86_64-linux-gnu/blis-serial
 ifeq ($(BLAS),blis)
-BLAS_CFLAGS := -I/usr/include/blis -DLDM_BLAS_BLIS
-BLAS_LIBS := -lblis
+BLAS_CFLAGS := $(if $(wildcard $(BLIS_INC)/cblas.h),-isystem $(BLIS_INC)) -DLDM_BLAS_BLIS
+BLAS_LIBS := $(if $(wildcard $(BLIS_DIR)/libblis.so),-L$(BLIS_DIR) -Wl$(comma)-rpath$(comma)$(BLIS_DIR)) -lblis
 else
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+endif
+# BLAS in the installed ldm.pc: OpenBLAS has a pkg-config file (`openblas`), so it goes in
+# Requires.private and `pkg-config --static` follows it to OpenBLAS's own private libraries
+# (gfortran, ...); BLIS (or an OpenBLAS without a .pc) goes in Libs.private instead.
+ifeq ($(BLAS),blis)
+PC_BLAS_REQUIRES :=
+PC_BLAS_LIBS := $(BLAS_LIBS)
+else
+PC_BLAS_REQUIRES := $(shell pkg-config --exists openblas 2>/dev/null && echo openblas)
+PC_BLAS_LIBS := $(if $(PC_BLAS_REQUIRES),,-lopenblas)
 endif
 
 DEP_PKGS := libpng zlib yaml-0.1
@@ -91,8 +106,35 @@ tests: $(TEST_BIN) $(CONFORMANCE)
 BENCH := $(BUILD)/bench/bench
 $(BENCH): bench/bench.c $(STATIC_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC_LIB) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(STATIC_LIB) $(LIBS)
 bench: $(BENCH)
+
+# Lua 5.4 module (bindings/lua/README.md): $(BUILD)/ldm.so for `require "ldm"` through LUA_CPATH.
+# It links the shared library, found next to the module ($ORIGIN) or on the loader's path.
+LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_MODULE := $(BUILD)/ldm.so
+LUA_SRC := $(sort $(wildcard bindings/lua/*.c))
+$(LUA_MODULE): $(LUA_SRC) bindings/lua/lbind.h include/ldm.h $(SHARED_LIB)
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -shared -o $@ $(LUA_SRC) -L$(BUILD) -lldm -Wl,-rpath,'$$ORIGIN'
+lua: $(LUA_MODULE)
+.PHONY: lua
+
+# libFuzzer harnesses (docs/fuzzing.md): `make fuzz` builds every tests/fuzz/fuzz_*.c into
+# $(BUILD)/fuzz with clang, ASan and UBSan; the library is compiled again for them (instrumented).
+FUZZ_CC ?= clang
+FUZZ_SAN ?= -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread $(WARN) -Iinclude -Ilib $(BLAS_CFLAGS) $(DEP_CFLAGS) -O1 -g $(FUZZ_SAN)
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+FUZZ_LIB_OBJ := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(LIB_SRC))
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/*.h $(FUZZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_OBJ) $(LIBS)
+fuzz: $(FUZZ_BIN)
+.PHONY: fuzz
 
 # The shared fixtures live beside the checkout (../shared); LDM_SHARED overrides.
 LDM_SHARED ?= $(abspath ../shared)
@@ -109,7 +151,7 @@ check: deps
 run: deps
 	@$(MAKE) --no-print-directory do-run
 
-do-check: all tests
+do-check: all tests lua
 	@LDM_BUILD=$(BUILD) sh tests/run-all.sh $(TEST_BIN)
 
 do-run: all
@@ -124,7 +166,8 @@ install: all
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libldm.so
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/ldm
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
-	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@BLAS_LIBS@|$(BLAS_LIBS)|g' pkgconfig/ldm.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
+	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@BLAS_LIBS@|$(PC_BLAS_LIBS)|g' \
+	    -e 's|@BLAS_REQUIRES@|$(PC_BLAS_REQUIRES)|g' pkgconfig/ldm.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ldm.h $(DESTDIR)$(LIBDIR)/libldm.a $(DESTDIR)$(LIBDIR)/libldm.so* \

@@ -136,6 +136,13 @@ typedef struct ldm_model_params {
 } ldm_model_params;
 
 LDM_API void ldm_model_params_init(ldm_model_params *params);
+/* Fills the first `struct_size` bytes of *params with the defaults and stores struct_size in it
+ * (bytes past what this library knows are zeroed). Safe for a struct from any header version. */
+LDM_API void ldm_model_params_init_size(ldm_model_params *params, size_t struct_size);
+/* C callers: the macro passes the caller's own sizeof, so a program built against an older or
+ * newer header never has bytes written past its struct. (The function form remains exported for
+ * callers of this exact header version, e.g. FFI bindings that size their structs alike.) */
+#define ldm_model_params_init(params) ldm_model_params_init_size((params), sizeof *(params))
 
 /* Loads a checkpoint (.safetensors or PyTorch .ckpt, detected from the bytes). The model may be a
  * whole latent diffusion model or a standalone first stage (autoencoder). */
@@ -314,6 +321,13 @@ typedef struct ldm_sampler_params {
 } ldm_sampler_params;
 
 LDM_API void ldm_sampler_params_init(ldm_sampler_params *p);
+/* Fills the first `struct_size` bytes of *params with the defaults and stores struct_size in it
+ * (bytes past what this library knows are zeroed). Safe for a struct from any header version. */
+LDM_API void ldm_sampler_params_init_size(ldm_sampler_params *params, size_t struct_size);
+/* C callers: the macro passes the caller's own sizeof, so a program built against an older or
+ * newer header never has bytes written past its struct. (The function form remains exported for
+ * callers of this exact header version, e.g. FFI bindings that size their structs alike.) */
+#define ldm_sampler_params_init(params) ldm_sampler_params_init_size((params), sizeof *(params))
 
 /* A sampler over a model's training schedule: `alphas_cumprod` [n_train_steps] float32 as stored
  * in the checkpoint (key "alphas_cumprod"), copied. LDM_ERR_INVALID_ARGUMENT for values that are
@@ -460,6 +474,13 @@ typedef struct ldm_generate_params {
 } ldm_generate_params;
 
 LDM_API void ldm_generate_params_init(ldm_generate_params *params);
+/* Fills the first `struct_size` bytes of *params with the defaults and stores struct_size in it
+ * (bytes past what this library knows are zeroed). Safe for a struct from any header version. */
+LDM_API void ldm_generate_params_init_size(ldm_generate_params *params, size_t struct_size);
+/* C callers: the macro passes the caller's own sizeof, so a program built against an older or
+ * newer header never has bytes written past its struct. (The function form remains exported for
+ * callers of this exact header version, e.g. FFI bindings that size their structs alike.) */
+#define ldm_generate_params_init(params) ldm_generate_params_init_size((params), sizeof *(params))
 /* Runs the whole pipeline; *image receives F32 [B,3,H,W] in [-1,1]. Cancellable through the
  * progress callback or ldm_model_interrupt(). */
 LDM_API ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm_tensor **image);

@@ -10,12 +10,12 @@ typedef struct cli_options {
     const char *command;
     const char *model, *config, *vocab, *output;
     const char *prompt, *negative_prompt;
-    const char *init, *mask, *seg, *layout, *lr_image;
+    const char *init, *mask, *seg, *layout;
     const char *sampler_name, *weights;
     int class_label, steps, width, height, batch, threads, vae_tile, layout_classes;
     float cfg_scale, eta, strength;
     uint64_t seed;
-    int seed_given, quiet;
+    int seed_given, strength_given, quiet;
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2. */

@@ -18,16 +18,22 @@ static void on_sigint(int sig)
     signal(SIGINT, SIG_DFL);
 }
 
+/* Prints the library's message, prefixed with `what` unless it already names it. */
 static int fail(const char *what)
 {
-    fprintf(stderr, "ldm: %s: %s\n", what, ldm_last_error());
+    const char *msg = ldm_last_error();
+    if (strstr(msg, what))
+        fprintf(stderr, "ldm: %s\n", msg);
+    else
+        fprintf(stderr, "ldm: %s: %s\n", what, msg);
     return 1;
 }
 
+/* Warnings only: errors come back as status codes and are printed once by fail(). */
 static void log_to_stderr(ldm_log_level level, const char *message, void *user)
 {
     (void)user;
-    if (level <= LDM_LOG_WARN) fprintf(stderr, "ldm: %s\n", message);
+    if (level == LDM_LOG_WARN) fprintf(stderr, "ldm: warning: %s\n", message);
 }
 
 static ldm_status load_model(const cli_options *o, ldm_model **m)
@@ -37,7 +43,9 @@ static ldm_status load_model(const cli_options *o, ldm_model **m)
     mp.config_path = o->config;
     mp.vocab_path = o->vocab;
     mp.n_threads = o->threads;
-    mp.weights = !strcmp(o->weights, "ema") ? LDM_WEIGHTS_EMA : !strcmp(o->weights, "raw") ? LDM_WEIGHTS_RAW : LDM_WEIGHTS_AUTO;
+    mp.weights = !strcmp(o->weights, "ema")   ? LDM_WEIGHTS_EMA
+                 : !strcmp(o->weights, "raw") ? LDM_WEIGHTS_RAW
+                                              : LDM_WEIGHTS_AUTO;
     mp.log_callback = log_to_stderr;
     if (o->model) return ldm_model_load(o->model, &mp, m);
     fprintf(stderr, "ldm: no --model given: using the built-in demo model. It is UNTRAINED (seeded random\n"
@@ -71,8 +79,10 @@ static int load_inputs(const cli_options *o, ldm_generate_params *p, ldm_tensor 
         ldm_tensor *img = NULL;
         if (ldm_image_read_png(o->init, &img) != LDM_OK) return fail(o->init);
         owned[0] = img;
-        if (upscale) p->cond_image = img;
-        else p->init_image = img;
+        if (upscale)
+            p->cond_image = img;
+        else
+            p->init_image = img;
     }
     if (o->mask) {
         if (ldm_image_read_png_gray(o->mask, 1, &owned[1]) != LDM_OK) return fail(o->mask);
@@ -111,7 +121,8 @@ static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progre
     p->eta = o->eta;
     p->guidance_scale = o->cfg_scale;
     p->seed = o->seed;
-    p->strength = !strcmp(o->command, "inpaint") && o->strength == 0.75f ? 1.0f : o->strength;
+    /* inpainting regenerates the hole from pure noise unless --strength says otherwise */
+    p->strength = !strcmp(o->command, "inpaint") && !o->strength_given ? 1.0f : o->strength;
     p->vae_tile = o->vae_tile;
     p->progress = cli_progress_callback;
     p->progress_user_data = bar;
@@ -129,6 +140,9 @@ static void describe_params(const cli_options *o, const ldm_tensor *image, char 
                       (long long)ldm_tensor_dim(image, 3), (long long)ldm_tensor_dim(image, 2));
     if (o->class_label >= 0 && n >= 0 && (size_t)n < cap)
         n += snprintf(buf + n, cap - (size_t)n, ", Class: %d", o->class_label);
+    if (o->eta != 0.0f && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", Eta: %g", o->eta);
+    if (o->init && strcmp(o->command, "upscale") && n >= 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n, ", Denoising strength: %g", o->strength);
     if (n >= 0 && (size_t)n < cap)
         snprintf(buf + n, cap - (size_t)n, ", Model: %s", o->model ? o->model : "built-in demo (untrained)");
 }
@@ -144,7 +158,8 @@ static int write_images(const cli_options *o, ldm_tensor *image)
     for (int64_t b = 0; b < B; b++) {
         int64_t shape[4] = {1, C, H, W};
         ldm_tensor *one = NULL;
-        if (b == 0) snprintf(path, sizeof path, "%s", o->output);
+        if (b == 0)
+            snprintf(path, sizeof path, "%s", o->output);
         else {
             const char *dot = strrchr(o->output, '.');
             int stem = dot ? (int)(dot - o->output) : (int)strlen(o->output);
@@ -173,9 +188,9 @@ static int run_generate(cli_options *o)
     fill_params(o, &p, &bar);
     if (load_model(o, &m) != LDM_OK) return fail(o->model ? o->model : "demo model");
     if (load_inputs(o, &p, owned)) goto done;
-    fprintf(stderr, "ldm: seed %llu\n", (unsigned long long)o->seed);
     running_model = m;
     signal(SIGINT, on_sigint);
+    fprintf(stderr, "ldm: seed %llu\n", (unsigned long long)o->seed);
     ldm_status st = ldm_generate(m, &p, &image);
     running_model = NULL;
     signal(SIGINT, SIG_DFL);

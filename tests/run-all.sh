@@ -12,6 +12,9 @@ for t in "$@"; do
     echo "== $t"
     if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
 done
+# The `ldm` command-line tool end to end (prints its own "cli: N passed, N failed" line).
+echo "== tests/test_cli.sh"
+if LDM_SHARED="$SHARED" sh tests/test_cli.sh "$BUILD/ldm"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: cli"; fi
 if [ -d "$SHARED/fixtures" ]; then
     # Twice: results must not depend on the thread count beyond float rounding.
     for threads in 2 1; do
@@ -22,5 +25,32 @@ else
     echo "SKIPPED: conformance: fixtures not found at $SHARED/fixtures (set LDM_SHARED)"
     skipped=$((skipped + 1))
 fi
+# The installed package (pkg-config, examples), the Python and Lua bindings. For a sanitizer
+# build the interpreters get the sanitizer runtimes preloaded (they must be loaded first), without
+# leak checking (the interpreters' own exit-time memory, libldm's scratch cache once the Lua
+# module is unloaded); the install test is skipped (the examples would need the sanitizer flags).
+lib="$BUILD/libldm.so.0"
+libdir=$(cd "$BUILD" && pwd)
+preload=""
+for rt in libasan libubsan; do
+    if objdump -p "$lib" 2>/dev/null | grep -q "NEEDED.*$rt\.so"; then preload="$preload $(${CC:-cc} -print-file-name=$rt.so)"; fi
+done
+py=python3 # one with NumPy when there is one: its paths then run too (the no-NumPy ones always do)
+for candidate in python3 /usr/bin/python3; do
+    if "$candidate" -c 'import numpy' >/dev/null 2>&1; then py=$candidate; break; fi
+done
+for suite in install python lua; do
+    echo "== $suite"
+    case $suite in
+    install) set -- sh tests/test_install.sh ;;
+    python) set -- env LDM_LIBRARY="$libdir/libldm.so.0" "$py" bindings/python/tests/run.py ;;
+    lua) set -- env LUA_CPATH="$libdir/?.so" lua5.4 bindings/lua/test.lua ;;
+    esac
+    if [ -n "$preload" ]; then
+        [ "$suite" = install ] && { echo "SKIPPED: install: $lib is built with a sanitizer"; skipped=$((skipped + 1)); continue; }
+        set -- env LD_PRELOAD="${preload# }" ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" "$@"
+    fi
+    if LDM_BUILD="$BUILD" LDM_SHARED="$SHARED" "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $suite"; fi
+done
 echo "suites: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

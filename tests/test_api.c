@@ -67,6 +67,27 @@ START_TEST(params_struct_size)
 }
 END_TEST
 
+/* An old caller's smaller struct is filled only up to its own size. */
+START_TEST(params_init_respects_caller_size)
+{
+    size_t small = offsetof(ldm_model_params, weights);
+    unsigned char buf[1024];
+    memset(buf, 0xAB, sizeof buf);
+    ldm_model_params_init_size((ldm_model_params *)(void *)buf, small);
+    for (size_t i = small; i < sizeof buf; i++) ck_assert_uint_eq(buf[i], 0xAB);
+    ldm_model_params p;
+    memcpy(&p, buf, small);
+    ck_assert_uint_eq(p.struct_size, small);
+    ldm_model *m = NULL;
+    ck_assert_int_eq(ldm_model_load_builtin("demo", 0, &p, &m), LDM_OK);
+    ldm_model_free(m);
+    /* A newer caller's larger struct: the bytes past what this library knows are zeroed. */
+    memset(buf, 0xAB, sizeof buf);
+    ldm_generate_params_init_size((ldm_generate_params *)(void *)buf, sizeof(ldm_generate_params) + 8);
+    for (size_t i = sizeof(ldm_generate_params); i < sizeof(ldm_generate_params) + 8; i++) ck_assert_uint_eq(buf[i], 0);
+}
+END_TEST
+
 START_TEST(tensors_create_wrap)
 {
     int64_t shape[3] = {2, 3, 4};
@@ -189,6 +210,7 @@ int main(void)
     tcase_add_test(tc, null_arguments_are_errors);
     tcase_add_test(tc, missing_file_names_the_path);
     tcase_add_test(tc, params_struct_size);
+    tcase_add_test(tc, params_init_respects_caller_size);
     tcase_add_test(tc, tensors_create_wrap);
     tcase_add_test(tc, abort_callback_cancels_and_model_stays_usable);
     tcase_add_test(tc, progress_callback_cancels_generation);

@@ -182,50 +182,49 @@ END_TEST
 
 /* ---------------------------------------------------------------- config semantics */
 
+/* mini(param, unet, cond) must fail to parse with `want` and a message containing `needle`. */
+static void mini_fails(const char *param, const char *unet, const char *cond, ldm_status want, const char *needle)
+{
+    ld_model m;
+    char *y = mini(param, unet, cond);
+    ASSERT_ERR(parse_str(y, &m), want, needle);
+    free(y);
+}
+
+typedef struct mini_error {
+    const char *param, *unet, *cond;
+    ldm_status want;
+    const char *needle;
+} mini_error;
+
+static const mini_error mini_errors[] = {
+    {NULL, "num_head_channels: 32\n        channel_mult: [1, x]", NULL, LDM_ERR_FORMAT, "channel_mult"},
+    {"timesteps: lots", NULL, NULL, LDM_ERR_FORMAT, "model.params.timesteps: expected an integer"},
+    {"timesteps: -5", NULL, NULL, LDM_ERR_FORMAT, "out of the range"},
+    {"use_ema: maybe", NULL, NULL, LDM_ERR_FORMAT, "use_ema: expected a boolean"},
+    {"parameterization: mu", NULL, NULL, LDM_ERR_FORMAT, "parameterization"},
+    /* neither num_heads nor num_head_channels */
+    {NULL, "channel_mult: [1, 1]", NULL, LDM_ERR_FORMAT, "num_head_channels"},
+    {NULL, "num_heads: 3\n        channel_mult: [1, 1]", NULL, LDM_ERR_UNSUPPORTED, "heads"},
+    {NULL, NULL, "{target: ldm.modules.encoders.modules.NoSuchEncoder}", LDM_ERR_UNSUPPORTED, "NoSuchEncoder"},
+    {NULL, NULL, "{target: ldm.modules.encoders.modules.FrozenT5Embedder}", LDM_ERR_UNSUPPORTED, "not supported"},
+    {NULL, NULL, "__is_something__", LDM_ERR_FORMAT, "cond_stage_config"},
+    {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_spatial_transformer: true", NULL, LDM_ERR_FORMAT,
+     "context_dim"},
+    {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_new_attention_order: true", NULL,
+     LDM_ERR_UNSUPPORTED, "use_new_attention_order"},
+};
+
 START_TEST(config_errors_name_the_key)
 {
     ld_model m;
-    char *y;
-    y = mini(NULL, "num_head_channels: 32\n        channel_mult: \"abc\"", NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "unet_config.params.channel_mult: expected a sequence of integers");
+    mini_fails(NULL, "num_head_channels: 32\n        channel_mult: \"abc\"", NULL, LDM_ERR_FORMAT,
+               "unet_config.params.channel_mult: expected a sequence of integers");
     ck_assert(strstr(ldm_last_error(), "\"abc\""));
-    free(y);
-    y = mini(NULL, "num_head_channels: 32\n        channel_mult: [1, x]", NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "channel_mult");
-    free(y);
-    y = mini("timesteps: lots", NULL, NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "model.params.timesteps: expected an integer");
-    free(y);
-    y = mini("timesteps: -5", NULL, NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "out of the range");
-    free(y);
-    y = mini("use_ema: maybe", NULL, NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "use_ema: expected a boolean");
-    free(y);
-    y = mini("parameterization: mu", NULL, NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "parameterization");
-    free(y);
-    y = mini(NULL, "channel_mult: [1, 1]", NULL); /* neither num_heads nor num_head_channels */
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "num_head_channels");
-    free(y);
-    y = mini(NULL, "num_heads: 3\n        channel_mult: [1, 1]", NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_UNSUPPORTED, "heads");
-    free(y);
-    y = mini(NULL, NULL, "{target: ldm.modules.encoders.modules.NoSuchEncoder}");
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_UNSUPPORTED, "NoSuchEncoder");
-    free(y);
-    y = mini(NULL, NULL, "{target: ldm.modules.encoders.modules.FrozenT5Embedder}");
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_UNSUPPORTED, "not supported");
-    free(y);
-    y = mini(NULL, NULL, "__is_something__");
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "cond_stage_config");
-    free(y);
-    y = mini(NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_spatial_transformer: true", NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "context_dim");
-    free(y);
-    y = mini(NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_new_attention_order: true", NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_UNSUPPORTED, "use_new_attention_order");
-    free(y);
+    for (size_t i = 0; i < LDM_ARRAY_LEN(mini_errors); i++) {
+        const mini_error *e = &mini_errors[i];
+        mini_fails(e->param, e->unet, e->cond, e->want, e->needle);
+    }
 
     ASSERT_ERR(parse_str("model:\n  target: foo.Bar\n", &m), LDM_ERR_UNSUPPORTED, "foo.Bar");
     ASSERT_ERR(parse_str("model:\n  target: ldm.models.diffusion.ddpm.LatentUpscaleDiffusion\n", &m),
@@ -268,12 +267,8 @@ START_TEST(config_conditioning_key_rules)
     ck_assert_int_eq(m.use_ema, 1); /* DDPM default */
     ck_assert_int_eq(m.unet.legacy, 1);
     free(y);
-    y = mini("conditioning_key: sideways", NULL, NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_FORMAT, "conditioning_key");
-    free(y);
-    y = mini("conditioning_key: crossattn-adm", NULL, NULL);
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_UNSUPPORTED, "crossattn-adm");
-    free(y);
+    mini_fails("conditioning_key: sideways", NULL, NULL, LDM_ERR_FORMAT, "conditioning_key");
+    mini_fails("conditioning_key: crossattn-adm", NULL, NULL, LDM_ERR_UNSUPPORTED, "crossattn-adm");
     /* BERTEmbedder defaults and the layout tokens. */
     y = mini("cond_stage_key: coordinates_bbox", NULL,
              "{target: ldm.modules.encoders.modules.BERTEmbedder, params: {n_embed: 32, n_layer: 2, vocab_size: 8192, "
@@ -293,13 +288,37 @@ START_TEST(config_conditioning_key_rules)
     ck_assert_int_eq(m.cond.use_tokenizer, 1);
     ck_assert_int_eq(m.variant, LD_VARIANT_LDM);
     free(y);
-    y = mini(NULL, NULL, "{target: ldm.modules.encoders.modules.SpatialRescaler, params: {method: bicubic}}");
-    ASSERT_ERR(parse_str(y, &m), LDM_ERR_UNSUPPORTED, "bicubic");
-    free(y);
+    mini_fails(NULL, NULL, "{target: ldm.modules.encoders.modules.SpatialRescaler, params: {method: bicubic}}",
+               LDM_ERR_UNSUPPORTED, "bicubic");
 }
 END_TEST
 
 /* ---------------------------------------------------------------- official configs */
+
+/* The KL-f8 first stage (AutoencoderKL, embed_dim 4) as the official SD 1.x, SD 2.x and LDM configs
+ * spell it; SD 2.x has one more (comment) line at the top of ddconfig. */
+#define KL_F8_FIRST_STAGE(DDCONFIG_EXTRA)                                                                         \
+    "    first_stage_config:\n"                                                                                  \
+    "      target: ldm.models.autoencoder.AutoencoderKL\n"                                                       \
+    "      params:\n"                                                                                            \
+    "        embed_dim: 4\n"                                                                                     \
+    "        monitor: val/rec_loss\n"                                                                            \
+    "        ddconfig:\n" DDCONFIG_EXTRA "          double_z: true\n"                                            \
+    "          z_channels: 4\n"                                                                                  \
+    "          resolution: 256\n"                                                                                \
+    "          in_channels: 3\n"                                                                                 \
+    "          out_ch: 3\n"                                                                                      \
+    "          ch: 128\n"                                                                                        \
+    "          ch_mult:\n"                                                                                       \
+    "          - 1\n"                                                                                            \
+    "          - 2\n"                                                                                            \
+    "          - 4\n"                                                                                            \
+    "          - 4\n"                                                                                            \
+    "          num_res_blocks: 2\n"                                                                              \
+    "          attn_resolutions: []\n"                                                                           \
+    "          dropout: 0.0\n"                                                                                   \
+    "        lossconfig:\n"                                                                                      \
+    "          target: torch.nn.Identity\n"
 
 static const char sd1_yaml[] =
     "model:\n"
@@ -347,28 +366,7 @@ static const char sd1_yaml[] =
     "        use_checkpoint: True\n"
     "        legacy: False\n"
     "\n"
-    "    first_stage_config:\n"
-    "      target: ldm.models.autoencoder.AutoencoderKL\n"
-    "      params:\n"
-    "        embed_dim: 4\n"
-    "        monitor: val/rec_loss\n"
-    "        ddconfig:\n"
-    "          double_z: true\n"
-    "          z_channels: 4\n"
-    "          resolution: 256\n"
-    "          in_channels: 3\n"
-    "          out_ch: 3\n"
-    "          ch: 128\n"
-    "          ch_mult:\n"
-    "          - 1\n"
-    "          - 2\n"
-    "          - 4\n"
-    "          - 4\n"
-    "          num_res_blocks: 2\n"
-    "          attn_resolutions: []\n"
-    "          dropout: 0.0\n"
-    "        lossconfig:\n"
-    "          target: torch.nn.Identity\n"
+    KL_F8_FIRST_STAGE("")
     "\n"
     "    cond_stage_config:\n"
     "      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder\n";
@@ -413,29 +411,7 @@ static const char sd1_yaml[] =
     "        context_dim: 1024\n"                                                                                  \
     "        legacy: False\n"                                                                                      \
     "\n"                                                                                                           \
-    "    first_stage_config:\n"                                                                                    \
-    "      target: ldm.models.autoencoder.AutoencoderKL\n"                                                         \
-    "      params:\n"                                                                                              \
-    "        embed_dim: 4\n"                                                                                       \
-    "        monitor: val/rec_loss\n"                                                                              \
-    "        ddconfig:\n"                                                                                          \
-    "          #attn_type: \"vanilla-xformers\"\n"                                                                 \
-    "          double_z: true\n"                                                                                   \
-    "          z_channels: 4\n"                                                                                    \
-    "          resolution: 256\n"                                                                                  \
-    "          in_channels: 3\n"                                                                                   \
-    "          out_ch: 3\n"                                                                                        \
-    "          ch: 128\n"                                                                                          \
-    "          ch_mult:\n"                                                                                         \
-    "          - 1\n"                                                                                              \
-    "          - 2\n"                                                                                              \
-    "          - 4\n"                                                                                              \
-    "          - 4\n"                                                                                              \
-    "          num_res_blocks: 2\n"                                                                                \
-    "          attn_resolutions: []\n"                                                                             \
-    "          dropout: 0.0\n"                                                                                     \
-    "        lossconfig:\n"                                                                                        \
-    "          target: torch.nn.Identity\n"                                                                        \
+    KL_F8_FIRST_STAGE("          #attn_type: \"vanilla-xformers\"\n")                                                   \
     "\n"                                                                                                           \
     "    cond_stage_config:\n"                                                                                     \
     "      target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder\n"                                          \
@@ -510,28 +486,7 @@ static const char churches_yaml[] =
     "        num_heads: 8\n"
     "        use_scale_shift_norm: true\n"
     "        resblock_updown: true\n"
-    "    first_stage_config:\n"
-    "      target: ldm.models.autoencoder.AutoencoderKL\n"
-    "      params:\n"
-    "        embed_dim: 4\n"
-    "        monitor: val/rec_loss\n"
-    "        ddconfig:\n"
-    "          double_z: true\n"
-    "          z_channels: 4\n"
-    "          resolution: 256\n"
-    "          in_channels: 3\n"
-    "          out_ch: 3\n"
-    "          ch: 128\n"
-    "          ch_mult:\n"
-    "          - 1\n"
-    "          - 2\n"
-    "          - 4\n"
-    "          - 4\n"
-    "          num_res_blocks: 2\n"
-    "          attn_resolutions: []\n"
-    "          dropout: 0.0\n"
-    "        lossconfig:\n"
-    "          target: torch.nn.Identity\n"
+    KL_F8_FIRST_STAGE("")
     "\n"
     "    cond_stage_config: '__is_unconditional__'\n";
 
@@ -824,21 +779,33 @@ static void compare_schedule(const char *fx, const ld_model *c, const ld_model *
 
 /* ---------------------------------------------------------------- synthetic SD / LDM */
 
+/* det = what ld_detect reads from s; cfg = `yaml` completed against s. */
+static void detect_and_complete(const lw_store *s, const char *yaml, ld_model *det, ld_model *cfg)
+{
+    ck_assert_msg(ld_detect(s, det) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(parse_str(yaml, cfg), LDM_OK);
+    ck_assert_msg(ld_config_complete(cfg, s) == LDM_OK, "%s", ldm_last_error());
+}
+
+/* A full-size checkpoint: detection must agree with the official config on everything, heads
+ * included (real widths make the 64-channel head rule exact). */
+static void compare_full_size(const char *fx, const ld_model *cfg, const ld_model *det, const lw_store *s)
+{
+    compare_first_stage(fx, &cfg->first_stage, &det->first_stage);
+    compare_unet(fx, &cfg->unet, &det->unet);
+    compare_cond(fx, cfg, det);
+    compare_schedule(fx, cfg, det, s);
+    SAME("num_heads", cfg->unet.num_heads, det->unet.num_heads);
+    SAME("num_head_channels", cfg->unet.num_head_channels, det->unet.num_head_channels);
+    SAME("text heads", cfg->cond.heads, det->cond.heads);
+}
+
 START_TEST(sd1_detect_matches_official_config)
 {
     synth *y = synth_sd(1, 4);
     ld_model det, cfg;
-    ck_assert_msg(ld_detect(y->s, &det) == LDM_OK, "%s", ldm_last_error());
-    ck_assert_int_eq(parse_str(sd1_yaml, &cfg), LDM_OK);
-    ck_assert_msg(ld_config_complete(&cfg, y->s) == LDM_OK, "%s", ldm_last_error());
-    const char *fx = "SD1";
-    compare_first_stage(fx, &cfg.first_stage, &det.first_stage);
-    compare_unet(fx, &cfg.unet, &det.unet);
-    compare_cond(fx, &cfg, &det);
-    compare_schedule(fx, &cfg, &det, y->s);
-    SAME("num_heads", cfg.unet.num_heads, det.unet.num_heads);
-    SAME("num_head_channels", cfg.unet.num_head_channels, det.unet.num_head_channels);
-    SAME("text heads", cfg.cond.heads, det.cond.heads);
+    detect_and_complete(y->s, sd1_yaml, &det, &cfg);
+    compare_full_size("SD1", &cfg, &det, y->s);
     ck_assert(det.scale_factor == 0.18215 && cfg.scale_factor == 0.18215);
     ck_assert_int_eq(det.parameterization, LD_PARAM_EPS);
     ck_assert_int_eq(cfg.cond.width, 768);
@@ -859,17 +826,8 @@ START_TEST(sd2_detect_matches_official_configs)
 {
     synth *y = synth_sd(2, 4);
     ld_model det, cfg;
-    ck_assert_msg(ld_detect(y->s, &det) == LDM_OK, "%s", ldm_last_error());
-    ck_assert_int_eq(parse_str(sd2v_yaml, &cfg), LDM_OK);
-    ck_assert_msg(ld_config_complete(&cfg, y->s) == LDM_OK, "%s", ldm_last_error());
-    const char *fx = "SD2";
-    compare_first_stage(fx, &cfg.first_stage, &det.first_stage);
-    compare_unet(fx, &cfg.unet, &det.unet);
-    compare_cond(fx, &cfg, &det);
-    compare_schedule(fx, &cfg, &det, y->s);
-    SAME("num_heads", cfg.unet.num_heads, det.unet.num_heads);
-    SAME("num_head_channels", cfg.unet.num_head_channels, det.unet.num_head_channels);
-    SAME("text heads", cfg.cond.heads, det.cond.heads);
+    detect_and_complete(y->s, sd2v_yaml, &det, &cfg);
+    compare_full_size("SD2", &cfg, &det, y->s);
     ck_assert_int_eq(cfg.cond.heads, 16);
     ck_assert_int_eq(cfg.parameterization, LD_PARAM_V);
     /* v cannot be told from the weights: eps, and said so. */
@@ -878,9 +836,7 @@ START_TEST(sd2_detect_matches_official_configs)
     synth_free(y);
 
     y = synth_sd(2, 9);
-    ck_assert_msg(ld_detect(y->s, &det) == LDM_OK, "%s", ldm_last_error());
-    ck_assert_int_eq(parse_str(sd2_inpaint_yaml, &cfg), LDM_OK);
-    ck_assert_msg(ld_config_complete(&cfg, y->s) == LDM_OK, "%s", ldm_last_error());
+    detect_and_complete(y->s, sd2_inpaint_yaml, &det, &cfg);
     ck_assert_int_eq(cfg.variant, LD_VARIANT_INPAINT_HYBRID);
     ck_assert_int_eq(cfg.conditioning_key, LD_CONDKEY_HYBRID);
     compare_cond("SD2 inpainting", &cfg, &det);
@@ -905,12 +861,7 @@ START_TEST(churches_scale_factor_from_buffer)
     ck_assert_int_eq(parse_str(churches_yaml, &cfg), LDM_OK);
     ck_assert(cfg.scale_factor == 1.0); /* scale_by_std: the buffer decides */
     ck_assert_msg(ld_config_complete(&cfg, y->s) == LDM_OK, "%s", ldm_last_error());
-    const char *fx = "lsun_churches";
-    compare_first_stage(fx, &cfg.first_stage, &det.first_stage);
-    compare_unet(fx, &cfg.unet, &det.unet);
-    compare_cond(fx, &cfg, &det);
-    compare_schedule(fx, &cfg, &det, y->s);
-    SAME("num_heads", cfg.unet.num_heads, det.unet.num_heads);
+    compare_full_size("lsun_churches", &cfg, &det, y->s);
     ck_assert(cfg.scale_factor == (double)0.22765929f && det.scale_factor == cfg.scale_factor);
     ck_assert_int_eq(cfg.unet.use_scale_shift_norm, 1);
     ck_assert_int_eq(cfg.conditioning_key, LD_CONDKEY_NONE);

@@ -309,10 +309,98 @@ START_TEST(conv2d_row_blocks)
 }
 END_TEST
 
+/* The Winograd path on its own (lk_conv2d only takes it for large shapes): against the double
+ * reference and bit for bit across thread counts. F(4x4,3x3) rounds more than a direct sum (its
+ * transforms mix 36 inputs with coefficients up to 25): measured about 3e-7 * sqrt(K) relative to
+ * the largest output, so the bound is 2e-6 * sqrt(K) as for the direct path. */
+static void check_winograd(lk_conv2d_shape s)
+{
+    ck_assert(lk_winograd_applies(&s));
+    int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
+    size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * 9;
+    size_t ny = (size_t)s.batch * s.out_ch * oh * ow;
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
+    float *ref = malloc(sizeof(float) * ny), *first = NULL;
+    lk_ref_conv2d(&s, x, w, bias, ref);
+    char what[160];
+    snprintf(what, sizeof what, "winograd B%d IC%d %dx%d OC%d pad(%d,%d,%d,%d)", s.batch, s.in_ch, s.in_h, s.in_w,
+             s.out_ch, s.pad_top, s.pad_left, s.pad_bottom, s.pad_right);
+    for (int c = 0; c < N_CTX; c++) {
+        float *y = malloc(sizeof(float) * ny);
+        for (size_t i = 0; i < ny; i++) y[i] = NAN;
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[c], &s, x, w, bias, y), LDM_OK);
+        expect_close(y, ref, ny, 2e-6 * sqrt(9.0 * s.in_ch + 1), what);
+        if (first) {
+            expect_same(y, first, ny, what);
+            free(y);
+        } else
+            first = y;
+    }
+    free(first), free(x), free(w), free(bias), free(ref);
+}
+
+START_TEST(conv2d_winograd_matches_reference)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 1, 1},       /* one pixel: one partial tile */
+        {2, 3, 5, 7, 2, 3, 3, 1, 1, 1, 1, 1},       /* partial tiles right and bottom, batch 2 */
+        {1, 4, 10, 9, 5, 3, 3, 1, 0, 0, 0, 0},      /* no padding */
+        {1, 6, 9, 12, 3, 3, 3, 1, 0, 1, 2, 0},      /* asymmetric padding */
+        {2, 40, 16, 16, 70, 3, 3, 1, 1, 1, 1, 1},   /* several output-channel blocks, last partial */
+        {1, 256, 68, 60, 8, 3, 3, 1, 1, 1, 1, 1},   /* several tile blocks, last partial */
+        {1, 512, 5, 6, 480, 3, 3, 1, 1, 1, 1, 1},   /* transformed weights in several groups */
+    };
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) check_winograd(shapes[i]);
+    lk_conv2d_shape strided = {1, 4, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1}, k5 = {1, 4, 8, 8, 4, 5, 5, 1, 2, 2, 2, 2};
+    ck_assert(!lk_winograd_applies(&strided));
+    ck_assert(!lk_winograd_applies(&k5));
+}
+END_TEST
+
+START_TEST(scratch_reuses_and_trims)
+{
+    lk_scratch_trim();
+    char *a = lk_scratch_get(1000);
+    ck_assert_ptr_nonnull(a);
+    memset(a, 1, 1000); /* usable */
+    lk_scratch_put(a, 1000);
+    ck_assert_ptr_eq(lk_scratch_get(800), a); /* fits: the cached buffer comes back */
+    char *b = lk_scratch_get(800);             /* the cache is empty now: a new one */
+    ck_assert_ptr_nonnull(b);
+    ck_assert_ptr_ne(a, b);
+    lk_scratch_put(a, 1000);
+    lk_scratch_put(b, 800);
+    ck_assert_ptr_eq(lk_scratch_get(900), a); /* the smallest that fits */
+    lk_scratch_put(a, 1000);
+    void *huge = lk_scratch_get((size_t)300 << 20);
+    ck_assert_ptr_nonnull(huge);
+    lk_scratch_put(huge, (size_t)300 << 20); /* over the cache budget: freed, not kept */
+    lk_scratch_trim();
+    ldm_alloc_fail_after(1); /* after a trim every request allocates */
+    ck_assert_ptr_null(lk_scratch_get(16));
+    ldm_alloc_fail_after(0);
+}
+END_TEST
+
+START_TEST(conv2d_winograd_reports_oom)
+{
+    lk_conv2d_shape s = {1, 2, 5, 5, 2, 3, 3, 1, 1, 1, 1, 1};
+    float x[50] = {0}, w[36] = {0}, y[50];
+    for (int n = 1; n <= 3; n++) { /* each of its three scratch buffers */
+        lk_scratch_trim(); /* a cached buffer would not allocate */
+        ldm_alloc_fail_after(n);
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[1], &s, x, w, NULL, y), LDM_ERR_OUT_OF_MEMORY);
+        ldm_alloc_fail_after(0);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "winograd"));
+    }
+}
+END_TEST
+
 START_TEST(conv2d_reports_oom)
 {
     lk_conv2d_shape s = {1, 2, 5, 5, 2, 3, 3, 1, 1, 1, 1, 1};
     float x[50] = {0}, w[36] = {0}, y[50];
+    lk_scratch_trim(); /* a cached buffer would not allocate */
     ldm_alloc_fail_after(1);
     ck_assert_int_eq(lk_conv2d(&ctxs[1], &s, x, w, NULL, y), LDM_ERR_OUT_OF_MEMORY);
     ldm_alloc_fail_after(0);
@@ -592,27 +680,40 @@ static void gather_out(lk_view o, int B, int H, int T, int D, float *dst)
                     *dst++ = o.p[(long)b * o.sb + (long)h * o.sh + (long)t * o.st + (long)d * o.sd];
 }
 
+typedef ldm_status (*attention_fn)(const lctx *, int, int, int, int, int, lk_view, lk_view, lk_view, lk_view, float,
+                                   int);
+
+/* lk_attention and both implementations behind it (the fused one where the CPU has it) against
+ * the reference, each bit for bit across thread counts. */
 static void check_attention(int layout, int B, int H, int Tq, int Tk, int D, int causal, float scale_in)
 {
     att_bufs a = make_attention(layout, B, H, Tq, Tk, D, scale_in);
     size_t n = (size_t)B * H * Tq * D;
     float scale = 1.0f / sqrtf((float)D);
-    float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n), *first = NULL;
+    float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
     lk_ref_attention(B, H, Tq, Tk, D, a.q, a.k, a.v, a.o, scale, causal);
     gather_out(a.o, B, H, Tq, D, ref);
-    char what[128];
-    snprintf(what, sizeof what, "attention layout %d B%d H%d Tq%d Tk%d D%d causal %d", layout, B, H, Tq, Tk, D, causal);
-    for (int c = 0; c < N_CTX; c++) {
-        for (size_t i = 0; i < a.n_out; i++) a.out[i] = NAN; /* out must be fully written */
-        ck_assert_int_eq(lk_attention(&ctxs[c], B, H, Tq, Tk, D, a.q, a.k, a.v, a.o, scale, causal), LDM_OK);
-        gather_out(a.o, B, H, Tq, D, got);
-        expect_close(got, ref, n, 3e-6 * sqrt(D + 1.0), what);
-        if (first)
-            expect_same(got, first, n, what);
-        else
-            first = copy_buf(got, n);
+    static const attention_fn fns[] = {lk_attention, lk_attention_blas, lk_attention_fused};
+    static const char *const names[] = {"lk_attention", "blas", "fused"};
+    for (int f = 0; f < 3; f++) {
+        if (fns[f] == lk_attention_fused && !lk_attention_fused_available()) continue;
+        char what[160];
+        snprintf(what, sizeof what, "attention (%s) layout %d B%d H%d Tq%d Tk%d D%d causal %d", names[f], layout, B, H,
+                 Tq, Tk, D, causal);
+        float *first = NULL;
+        for (int c = 0; c < N_CTX; c++) {
+            for (size_t i = 0; i < a.n_out; i++) a.out[i] = NAN; /* out must be fully written */
+            ck_assert_int_eq(fns[f](&ctxs[c], B, H, Tq, Tk, D, a.q, a.k, a.v, a.o, scale, causal), LDM_OK);
+            gather_out(a.o, B, H, Tq, D, got);
+            expect_close(got, ref, n, 3e-6 * sqrt(D + 1.0), what);
+            if (first)
+                expect_same(got, first, n, what);
+            else
+                first = copy_buf(got, n);
+        }
+        free(first);
     }
-    free(first), free(ref), free(got), free(a.qkv), free(a.kv), free(a.out);
+    free(ref), free(got), free(a.qkv), free(a.kv), free(a.out);
 }
 
 START_TEST(attention_layouts)
@@ -626,6 +727,9 @@ START_TEST(attention_layouts)
         check_attention(LAY_FUSED, 2, 2, 77, 77, 16, causal, 1);  /* CLIP */
         check_attention(LAY_STRIDED, 2, 2, 33, 20, 6, causal, 1); /* packed path */
         check_attention(LAY_BTHD, 1, 1, 1, 1, 1, causal, 1);
+        check_attention(LAY_BTHD, 2, 2, 60, 77, 40, causal, 1);  /* SD head sizes: 40, 80, 160 */
+        check_attention(LAY_BTHD, 1, 2, 50, 50, 80, causal, 1);
+        check_attention(LAY_BTHD, 1, 1, 20, 30, 160, causal, 1);
     }
 }
 END_TEST
@@ -645,6 +749,7 @@ END_TEST
 START_TEST(attention_reports_oom)
 {
     att_bufs a = make_attention(LAY_BTHD, 1, 1, 4, 4, 4, 1);
+    lk_scratch_trim();
     ldm_alloc_fail_after(1);
     ck_assert_int_eq(lk_attention(&ctxs[1], 1, 1, 4, 4, 4, a.q, a.k, a.v, a.o, 0.5f, 0), LDM_ERR_OUT_OF_MEMORY);
     ldm_alloc_fail_after(0);
@@ -743,6 +848,9 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, linear_matches_reference);
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);
+    tcase_add_test(tc, conv2d_winograd_matches_reference);
+    tcase_add_test(tc, conv2d_winograd_reports_oom);
+    tcase_add_test(tc, scratch_reuses_and_trims);
     tcase_add_test(tc, conv2d_reports_oom);
     tcase_add_test(tc, group_norm_matches_reference);
     tcase_add_test(tc, group_norm_known_values);

@@ -13,6 +13,7 @@
 #include "support/ck_fixture.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,6 +297,23 @@ static small_fixture small_fixtures(int i)
     return f[i];
 }
 
+/* Small fixture i and its weights; NULL (after a SKIPPED line) when the fixtures are absent. */
+static lw_store *open_small(int i, small_fixture *f)
+{
+    char dir[4096];
+    *f = small_fixtures(i);
+    if (!fixture_dir(f->name, dir, sizeof dir)) return NULL;
+    return open_file(dir, "model.safetensors");
+}
+
+/* open_small, then the encoder its description builds (which must succeed). */
+static lw_store *open_small_encoder(int i, small_fixture *f, encoder *e)
+{
+    lw_store *w = open_small(i, f);
+    if (w) ck_assert_msg(encoder_create(&f->d, w, e) == LDM_OK, "%s: %s", f->name, ldm_last_error());
+    return w;
+}
+
 static void expect_fail(ldm_status st, ldm_status want, const char *needle, const char *what)
 {
     ck_assert_msg(st == want, "%s: expected status %d, got %d (%s)", what, (int)want, (int)st, ldm_last_error());
@@ -304,60 +322,56 @@ static void expect_fail(ldm_status st, ldm_status want, const char *needle, cons
     printf("%s -> %s\n", what, ldm_last_error());
 }
 
-static void check_bad_tokens(encoder *e, const char *name)
+/* `tok` is refused as an argument, with a message naming `needle`, and nothing is returned. */
+static void expect_bad_tokens(encoder *e, const ldm_tensor *tok, const char *needle, const char *name)
 {
     lctx c = {.pool = NULL, .cancel = NULL};
     ldm_tensor *out = NULL;
-    int V = encoder_vocab(e), T = encoder_ctx(e);
-    int64_t shape[2] = {2, 5};
-    ldm_tensor *tok = lt_new_i64(2, shape);
+    expect_fail(encoder_run(e, &c, tok, &out), LDM_ERR_INVALID_ARGUMENT, needle, name);
+    ck_assert_ptr_null(out);
+}
+
+/* Zero ids of the given shape are refused (see expect_bad_tokens). */
+static void expect_bad_shape(encoder *e, int ndim, int64_t d0, int64_t d1, const char *needle, const char *name)
+{
+    int64_t shape[2] = {d0, d1};
+    ldm_tensor *tok = lt_new_i64(ndim, shape);
     ck_assert(tok != NULL);
-
-    lt_i64(tok)[7] = V;
-    expect_fail(encoder_run(e, &c, tok, &out), LDM_ERR_INVALID_ARGUMENT, "outside", name);
-    ck_assert_ptr_null(out);
-    lt_i64(tok)[7] = -1;
-    expect_fail(encoder_run(e, &c, tok, &out), LDM_ERR_INVALID_ARGUMENT, "[1,2]", name);
-    lt_i64(tok)[7] = V - 1;
-    ck_assert_msg(encoder_run(e, &c, tok, &out) == LDM_OK, "%s: %s", name, ldm_last_error());
-    ck_assert_int_eq(out->ndim, 3);
-    ck_assert_int_eq(out->shape[0], 2);
-    ck_assert_int_eq(out->shape[1], 5);
-    ldm_tensor_free(out);
-    out = NULL;
+    expect_bad_tokens(e, tok, needle, name);
     ldm_tensor_free(tok);
-
-    int64_t too_long[2] = {1, T + 1};
-    tok = lt_new_i64(2, too_long);
-    expect_fail(encoder_run(e, &c, tok, &out), LDM_ERR_INVALID_ARGUMENT, "T <=", name);
-    ldm_tensor_free(tok);
-
-    int64_t empty[2] = {1, 0};
-    tok = lt_new_i64(2, empty);
-    expect_fail(encoder_run(e, &c, tok, &out), LDM_ERR_INVALID_ARGUMENT, "[1,0]", name);
-    ldm_tensor_free(tok);
-
-    int64_t flat[1] = {5};
-    tok = lt_new_i64(1, flat);
-    expect_fail(encoder_run(e, &c, tok, &out), LDM_ERR_INVALID_ARGUMENT, "dimensions", name);
-    ldm_tensor_free(tok);
-
-    ldm_tensor *f32 = lt_new_f32(2, shape);
-    expect_fail(encoder_run(e, &c, f32, &out), LDM_ERR_INVALID_ARGUMENT, "dtype", name);
-    ldm_tensor_free(f32);
-    expect_fail(encoder_run(e, &c, NULL, &out), LDM_ERR_INVALID_ARGUMENT, "NULL", name);
-    ck_assert_ptr_null(out);
 }
 
 START_TEST(test_bad_tokens)
 {
-    small_fixture f = small_fixtures(_i);
-    char dir[4096];
-    if (!fixture_dir(f.name, dir, sizeof dir)) return;
-    lw_store *w = open_file(dir, "model.safetensors");
+    small_fixture f;
     encoder e;
-    ck_assert_msg(encoder_create(&f.d, w, &e) == LDM_OK, "%s", ldm_last_error());
-    check_bad_tokens(&e, f.name);
+    lw_store *w = open_small_encoder(_i, &f, &e);
+    if (!w) return;
+    int V = encoder_vocab(&e), T = encoder_ctx(&e);
+    int64_t shape[2] = {2, 5};
+    ldm_tensor *tok = lt_new_i64(2, shape);
+    ck_assert(tok != NULL);
+    lt_i64(tok)[7] = V;
+    expect_bad_tokens(&e, tok, "outside", f.name);
+    lt_i64(tok)[7] = -1;
+    expect_bad_tokens(&e, tok, "[1,2]", f.name);
+    lt_i64(tok)[7] = V - 1;
+    lctx c = {.pool = NULL, .cancel = NULL};
+    ldm_tensor *out = NULL;
+    ck_assert_msg(encoder_run(&e, &c, tok, &out) == LDM_OK, "%s: %s", f.name, ldm_last_error());
+    ck_assert_int_eq(out->ndim, 3);
+    ck_assert_int_eq(out->shape[0], 2);
+    ck_assert_int_eq(out->shape[1], 5);
+    ldm_tensor_free(out);
+    ldm_tensor_free(tok);
+
+    expect_bad_shape(&e, 2, 1, T + 1, "T <=", f.name);
+    expect_bad_shape(&e, 2, 1, 0, "[1,0]", f.name);
+    expect_bad_shape(&e, 1, 5, 0, "dimensions", f.name);
+    ldm_tensor *f32 = lt_new_f32(2, shape);
+    expect_bad_tokens(&e, f32, "dtype", f.name);
+    ldm_tensor_free(f32);
+    expect_bad_tokens(&e, NULL, "NULL", f.name);
     encoder_free(&e);
     lw_close(w);
 }
@@ -395,10 +409,9 @@ static const char *const missing_tensor[3] = {
 
 START_TEST(test_missing_tensor)
 {
-    small_fixture f = small_fixtures(_i);
-    char dir[4096];
-    if (!fixture_dir(f.name, dir, sizeof dir)) return;
-    lw_store *w = open_file(dir, "model.safetensors");
+    small_fixture f;
+    lw_store *w = open_small(_i, &f);
+    if (!w) return;
     lw_store *cut = store_without(w, missing_tensor[_i]);
     expect_create_fail(&f.d, cut, LDM_ERR_NOT_FOUND, missing_tensor[_i], f.name);
     lw_close(cut);
@@ -412,41 +425,56 @@ START_TEST(test_missing_tensor)
 }
 END_TEST
 
+/* One wrong value in the description: ld_cond field (an int) at `offset` set to `value`. */
+typedef struct desc_change {
+    size_t offset;
+    int value;
+    ldm_status want;
+    const char *needle;
+} desc_change;
+
+#define CHANGE(field, value, want, needle) {offsetof(ld_cond, field), value, want, needle}
+
+static const desc_change bert_changes[] = {
+    CHANGE(n_embed, 64, LDM_ERR_FORMAT, "n_embed 64"),
+    CHANGE(n_layer, 3, LDM_ERR_FORMAT, "n_layer 3"),
+    CHANGE(vocab_size, 30522, LDM_ERR_FORMAT, "vocab_size 30522"),
+    CHANGE(max_seq_len, 92, LDM_ERR_FORMAT, "max_seq_len 92"),
+    CHANGE(bert_heads, 4, LDM_ERR_FORMAT, "inner dimension 512"),
+};
+
+static const desc_change clip_changes[] = {
+    CHANGE(width, 768, LDM_ERR_FORMAT, "width 768"),
+    CHANGE(layers, 12, LDM_ERR_FORMAT, "layers 12"),
+    CHANGE(vocab, 1000, LDM_ERR_FORMAT, "vocab 1000"),
+    CHANGE(ctx, 64, LDM_ERR_FORMAT, "ctx 64"),
+    CHANGE(heads, 0, LDM_ERR_INVALID_ARGUMENT, "heads"),
+    CHANGE(heads, 3, LDM_ERR_INVALID_ARGUMENT, "divisible"),
+};
+
+static void expect_changes_fail(const small_fixture *f, const lw_store *w, const desc_change *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ld_cond d = f->d;
+        *(int *)((char *)&d + c[i].offset) = c[i].value;
+        expect_create_fail(&d, w, c[i].want, c[i].needle, f->name);
+    }
+}
+
 /* The description disagrees with the checkpoint: each wrong value is reported by name. */
 START_TEST(test_desc_mismatch)
 {
-    small_fixture f = small_fixtures(_i);
-    char dir[4096];
-    if (!fixture_dir(f.name, dir, sizeof dir)) return;
-    lw_store *w = open_file(dir, "model.safetensors");
+    small_fixture f;
+    lw_store *w = open_small(_i, &f);
+    if (!w) return;
     ld_cond d = f.d;
     if (d.kind == LD_COND_BERT) {
-        d.n_embed = 64;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "n_embed 64", f.name);
-        d = f.d, d.n_layer = 3;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "n_layer 3", f.name);
-        d = f.d, d.vocab_size = 30522;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "vocab_size 30522", f.name);
-        d = f.d, d.max_seq_len = 92;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "max_seq_len 92", f.name);
-        d = f.d, d.bert_heads = 4;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "inner dimension 512", f.name);
-        d = f.d, d.kind = LD_COND_CLIP, d.heads = 2;
+        expect_changes_fail(&f, w, bert_changes, LDM_ARRAY_LEN(bert_changes));
+        d.kind = LD_COND_CLIP, d.heads = 2;
         expect_create_fail(&d, w, LDM_ERR_NOT_FOUND, "not found", f.name);
     } else {
-        d.width = 768;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "width 768", f.name);
-        d = f.d, d.layers = 12;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "layers 12", f.name);
-        d = f.d, d.vocab = 1000;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "vocab 1000", f.name);
-        d = f.d, d.ctx = 64;
-        expect_create_fail(&d, w, LDM_ERR_FORMAT, "ctx 64", f.name);
-        d = f.d, d.heads = 0;
-        expect_create_fail(&d, w, LDM_ERR_INVALID_ARGUMENT, "heads", f.name);
-        d = f.d, d.heads = 3;
-        expect_create_fail(&d, w, LDM_ERR_INVALID_ARGUMENT, "divisible", f.name);
-        d = f.d, d.layer_skip = d.layers + 1;
+        expect_changes_fail(&f, w, clip_changes, LDM_ARRAY_LEN(clip_changes));
+        d.layer_skip = d.layers + 1;
         expect_create_fail(&d, w, LDM_ERR_INVALID_ARGUMENT, "layer_skip", f.name);
         /* The other key layout: SD1 weights read as OpenCLIP and vice versa. */
         d = f.d, d.kind = d.kind == LD_COND_CLIP ? LD_COND_OPENCLIP : LD_COND_CLIP;
@@ -463,10 +491,9 @@ END_TEST
 /* Zeros in the description are completed from the weights (heads excepted). */
 START_TEST(test_dims_from_weights)
 {
-    small_fixture f = small_fixtures(_i);
-    char dir[4096];
-    if (!fixture_dir(f.name, dir, sizeof dir)) return;
-    lw_store *w = open_file(dir, "model.safetensors");
+    small_fixture f;
+    lw_store *w = open_small(_i, &f);
+    if (!w) return;
     ld_cond d = f.d;
     d.width = d.layers = d.vocab = d.ctx = 0;
     d.n_embed = d.n_layer = d.vocab_size = d.max_seq_len = d.bert_heads = d.bert_dim_head = 0;
@@ -488,12 +515,10 @@ END_TEST
 
 START_TEST(test_cancel)
 {
-    small_fixture f = small_fixtures(_i);
-    char dir[4096];
-    if (!fixture_dir(f.name, dir, sizeof dir)) return;
-    lw_store *w = open_file(dir, "model.safetensors");
+    small_fixture f;
     encoder e;
-    ck_assert_msg(encoder_create(&f.d, w, &e) == LDM_OK, "%s", ldm_last_error());
+    lw_store *w = open_small_encoder(_i, &f, &e);
+    if (!w) return;
     int64_t shape[2] = {1, 8};
     ldm_tensor *tok = lt_new_i64(2, shape);
     atomic_int flag;
@@ -512,10 +537,9 @@ END_TEST
  * (the suite runs under ASan/LSan in CI). */
 START_TEST(test_alloc_failures)
 {
-    small_fixture f = small_fixtures(_i);
-    char dir[4096];
-    if (!fixture_dir(f.name, dir, sizeof dir)) return;
-    lw_store *w = open_file(dir, "model.safetensors");
+    small_fixture f;
+    lw_store *w = open_small(_i, &f);
+    if (!w) return;
     int64_t shape[2] = {2, 6};
     ldm_tensor *tok = lt_new_i64(2, shape);
     lctx c = {.pool = NULL, .cancel = NULL};

@@ -22,8 +22,6 @@
 
 #define PREFIX "model.diffusion_model."
 
-/* ---------------------------------------------------------------- fixture access */
-
 /* ---------------------------------------------------------------- descriptions */
 
 typedef struct unet_spec {
@@ -182,35 +180,66 @@ static lw_store *store_view(const lw_store *src, const char *drop_prefix, const 
     return s;
 }
 
+/* ---------------------------------------------------------------- fixture access */
+
+/* A fixture opened for a test: its case, weights, io, checked UNet description, the network on
+ * the non-EMA weights, a pool of fx_threads() threads and, when asked for, the forward inputs x /
+ * timesteps (and context for a SpatialTransformer UNet) from its io. */
+typedef struct ufx {
+    char dir[4096];
+    lj_value *cas;
+    lw_store *s, *io;
+    ld_unet d;
+    lunet *n;
+    runner r;
+    ldm_tensor *x, *t, *ctx;
+} ufx;
+
+/* 0 (after a SKIPPED line) when the fixture is absent. */
+static int ufx_open(ufx *f, const char *name, const unet_spec *spec, const char *weights_file, int inputs)
+{
+    memset(f, 0, sizeof *f);
+    if (!fixture_dir(name, f->dir, sizeof f->dir)) return 0;
+    f->cas = load_case(f->dir);
+    f->s = open_file(f->dir, weights_file);
+    f->io = open_file(f->dir, "io.safetensors");
+    f->d = fixture_desc(f->dir, spec);
+    f->n = make_unet(&f->d, f->s, 0);
+    runner_init(&f->r, fx_threads());
+    if (!inputs) return 1;
+    f->x = io_tensor(f->io, "x");
+    f->t = io_tensor(f->io, "timesteps");
+    if (f->d.use_spatial_transformer) f->ctx = io_tensor(f->io, "context");
+    return 1;
+}
+
+static void ufx_close(ufx *f)
+{
+    ldm_tensor_free(f->x);
+    ldm_tensor_free(f->t);
+    ldm_tensor_free(f->ctx);
+    runner_done(&f->r);
+    lunet_free(f->n);
+    lw_close(f->s);
+    lw_close(f->io);
+    lj_free(f->cas);
+}
+
 /* ---------------------------------------------------------------- fixtures */
 
 /* One unet.forward call of a fixture: inputs x / timesteps / context? -> out. */
 static void run_forward_fixture(const char *name, const unet_spec *spec, const char *weights_file)
 {
-    char dir[4096];
-    if (!fixture_dir(name, dir, sizeof dir)) return;
-    lj_value *cas = load_case(dir);
-    lw_store *s = open_file(dir, weights_file), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, spec);
-    lunet *n = make_unet(&d, s, 0);
-    runner r;
-    runner_init(&r, fx_threads());
-    ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ref = io_tensor(io, "out");
-    ldm_tensor *context = d.use_spatial_transformer ? io_tensor(io, "context") : NULL;
-    ldm_tensor *out = forward_ok(n, &r.ctx, x, t, context, NULL);
+    ufx f;
+    if (!ufx_open(&f, name, spec, weights_file, 1)) return;
+    ldm_tensor *ref = io_tensor(f.io, "out");
+    ldm_tensor *out = forward_ok(f.n, &f.r.ctx, f.x, f.t, f.ctx, NULL);
     char what[256];
     snprintf(what, sizeof what, "%s[%s]", name, weights_file);
-    expect_match(what, cas, "out", out, ref);
+    expect_match(what, f.cas, "out", out, ref);
     ldm_tensor_free(out);
-    ldm_tensor_free(x);
-    ldm_tensor_free(t);
     ldm_tensor_free(ref);
-    ldm_tensor_free(context);
-    runner_done(&r);
-    lunet_free(n);
-    lw_close(s);
-    lw_close(io);
-    lj_free(cas);
+    ufx_close(&f);
 }
 
 START_TEST(test_attnblock)
@@ -226,33 +255,28 @@ END_TEST
 START_TEST(test_sd2_linear) { run_forward_fixture("unet_sd2_linear", &SPEC_SD2, "model.safetensors"); }
 END_TEST
 
+/* A concat model's apply_model: unet(cat[<x_name>, <c_name>], timesteps) -> out_apply_model. */
+static void check_concat_apply(ufx *f, const char *name, const char *x_name, const char *c_name)
+{
+    ldm_tensor *x = io_tensor(f->io, x_name), *c = io_tensor(f->io, c_name);
+    ldm_tensor *ref = io_tensor(f->io, "out_apply_model"), *cat = concat_channels(x, c);
+    ldm_tensor *out = forward_ok(f->n, &f->r.ctx, cat, f->t, NULL, NULL);
+    expect_match(name, f->cas, "out_apply_model", out, ref);
+    ldm_tensor_free(out);
+    ldm_tensor_free(cat);
+    ldm_tensor_free(x);
+    ldm_tensor_free(c);
+    ldm_tensor_free(ref);
+}
+
 /* Both calls: unet.forward on the given 7-channel x, and apply_model = unet(cat[x_noisy, c]). */
 START_TEST(test_concat_resupdown)
 {
-    char dir[4096];
-    if (!fixture_dir("unet_concat_resupdown", dir, sizeof dir)) return;
     run_forward_fixture("unet_concat_resupdown", &SPEC_CONCAT, "model.safetensors");
-    lj_value *cas = load_case(dir);
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, &SPEC_CONCAT);
-    lunet *n = make_unet(&d, s, 0);
-    runner r;
-    runner_init(&r, fx_threads());
-    ldm_tensor *xn = io_tensor(io, "x_noisy"), *cc = io_tensor(io, "c_concat"), *t = io_tensor(io, "timesteps");
-    ldm_tensor *ref = io_tensor(io, "out_apply_model"), *cat = concat_channels(xn, cc);
-    ldm_tensor *out = forward_ok(n, &r.ctx, cat, t, NULL, NULL);
-    expect_match("unet_concat_resupdown", cas, "out_apply_model", out, ref);
-    ldm_tensor_free(out);
-    ldm_tensor_free(cat);
-    ldm_tensor_free(xn);
-    ldm_tensor_free(cc);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ref);
-    runner_done(&r);
-    lunet_free(n);
-    lw_close(s);
-    lw_close(io);
-    lj_free(cas);
+    ufx f;
+    if (!ufx_open(&f, "unet_concat_resupdown", &SPEC_CONCAT, "model.safetensors", 1)) return;
+    check_concat_apply(&f, "unet_concat_resupdown", "x_noisy", "c_concat");
+    ufx_close(&f);
 }
 END_TEST
 
@@ -260,30 +284,11 @@ END_TEST
  * latents (a one-level UNet, so any size goes); c is the fixture's expected rescaler output. */
 START_TEST(test_spatial_rescaler_apply)
 {
-    char dir[4096];
-    if (!fixture_dir("cond_spatial_rescaler", dir, sizeof dir)) return;
-    lj_value *cas = load_case(dir);
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ck_assert(lw_find(s, PREFIX "input_blocks.0.0.weight")->dtype == LW_F16);
-    ld_unet d = fixture_desc(dir, &SPEC_RESCALER);
-    lunet *n = make_unet(&d, s, 0);
-    runner r;
-    runner_init(&r, fx_threads());
-    ldm_tensor *x = io_tensor(io, "x"), *c = io_tensor(io, "c"), *t = io_tensor(io, "timesteps");
-    ldm_tensor *ref = io_tensor(io, "out_apply_model"), *cat = concat_channels(x, c);
-    ldm_tensor *out = forward_ok(n, &r.ctx, cat, t, NULL, NULL);
-    expect_match("cond_spatial_rescaler", cas, "out_apply_model", out, ref);
-    ldm_tensor_free(out);
-    ldm_tensor_free(cat);
-    ldm_tensor_free(x);
-    ldm_tensor_free(c);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ref);
-    runner_done(&r);
-    lunet_free(n);
-    lw_close(s);
-    lw_close(io);
-    lj_free(cas);
+    ufx f;
+    if (!ufx_open(&f, "cond_spatial_rescaler", &SPEC_RESCALER, "model.safetensors", 1)) return;
+    ck_assert(lw_find(f.s, PREFIX "input_blocks.0.0.weight")->dtype == LW_F16);
+    check_concat_apply(&f, "cond_spatial_rescaler", "x", "c");
+    ufx_close(&f);
 }
 END_TEST
 
@@ -321,29 +326,26 @@ static ldm_tensor *p_sample(const lw_store *s, const ldm_tensor *x, int64_t t, c
  * weights (randomised independently of model.diffusion_model.*). */
 START_TEST(test_ema_weights)
 {
-    char dir[4096];
-    if (!fixture_dir("ldm_uncond_plms", dir, sizeof dir)) return;
-    lj_value *cas = load_case(dir);
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, &SPEC_UNCOND);
-    lunet *ema = make_unet(&d, s, 1), *raw = make_unet(&d, s, 0);
-    runner r;
-    runner_init(&r, fx_threads());
+    ufx f;
+    if (!ufx_open(&f, "ldm_uncond_plms", &SPEC_UNCOND, "model.safetensors", 0)) return;
+    lunet *ema = make_unet(&f.d, f.s, 1), *raw = f.n;
     for (int k = 0; k < 3; k++) {
         char nx[32], nt[32], nn[32], no[32];
         snprintf(nx, sizeof nx, "ps%d_x", k);
         snprintf(nt, sizeof nt, "ps%d_t", k);
         snprintf(nn, sizeof nn, "ps%d_noise", k);
         snprintf(no, sizeof no, "ps%d_x_prev", k);
-        ldm_tensor *x = io_tensor(io, nx), *t = io_tensor(io, nt), *noise = io_tensor(io, nn), *ref = io_tensor(io, no);
-        ldm_tensor *e_ema = forward_ok(ema, &r.ctx, x, t, NULL, NULL), *e_raw = forward_ok(raw, &r.ctx, x, t, NULL, NULL);
+        ldm_tensor *x = io_tensor(f.io, nx), *t = io_tensor(f.io, nt), *noise = io_tensor(f.io, nn);
+        ldm_tensor *ref = io_tensor(f.io, no);
+        ldm_tensor *e_ema = forward_ok(ema, &f.r.ctx, x, t, NULL, NULL), *e_raw = forward_ok(raw, &f.r.ctx, x, t, NULL, NULL);
         double diff = max_abs_diff(e_ema, e_raw);
         printf("ldm_uncond_plms t=%lld: EMA vs raw eps differ by %.3g\n", (long long)lt_i64(t)[0], diff);
         ck_assert_msg(diff > 1e-2, "EMA and raw weights give the same eps");
-        ldm_tensor *xp = p_sample(s, x, lt_i64(t)[0], e_ema, noise), *xp_raw = p_sample(s, x, lt_i64(t)[0], e_raw, noise);
-        expect_match("ldm_uncond_plms p_sample(EMA)", cas, no, xp, ref);
+        ldm_tensor *xp = p_sample(f.s, x, lt_i64(t)[0], e_ema, noise);
+        ldm_tensor *xp_raw = p_sample(f.s, x, lt_i64(t)[0], e_raw, noise);
+        expect_match("ldm_uncond_plms p_sample(EMA)", f.cas, no, xp, ref);
         fx_compare_result cr;
-        ck_assert_msg(!fx_compare(xp_raw, ref, fx_tolerance_for(cas, no), &cr),
+        ck_assert_msg(!fx_compare(xp_raw, ref, fx_tolerance_for(f.cas, no), &cr),
                       "the raw weights should NOT reproduce %s", no);
         ldm_tensor_free(xp);
         ldm_tensor_free(xp_raw);
@@ -354,28 +356,23 @@ START_TEST(test_ema_weights)
         ldm_tensor_free(noise);
         ldm_tensor_free(ref);
     }
-    runner_done(&r);
     lunet_free(ema);
-    lunet_free(raw);
 
     /* The EMA path reads model_ema.* only: without them it fails naming the missing key, and it
      * does not need model.diffusion_model.* at all. */
-    lw_store *no_ema = store_view(s, "model_ema.", NULL, 0, NULL, NULL);
+    lw_store *no_ema = store_view(f.s, "model_ema.", NULL, 0, NULL, NULL);
     lunet *n = NULL;
-    ck_assert_int_ne(lunet_create(&d, no_ema, PREFIX, 1, &n), LDM_OK);
+    ck_assert_int_ne(lunet_create(&f.d, no_ema, PREFIX, 1, &n), LDM_OK);
     ck_assert_ptr_null(n);
     printf("no EMA buffers: %s\n", ldm_last_error());
     ck_assert_msg(strstr(ldm_last_error(), "model_ema.diffusion_model") != NULL, "%s", ldm_last_error());
     lw_close(no_ema);
-    lw_store *only_ema = store_view(s, PREFIX, NULL, 0, NULL, NULL);
-    n = make_unet(&d, only_ema, 1);
+    lw_store *only_ema = store_view(f.s, PREFIX, NULL, 0, NULL, NULL);
+    n = make_unet(&f.d, only_ema, 1);
     lunet_free(n);
-    ck_assert_int_ne(lunet_create(&d, only_ema, PREFIX, 0, &n), LDM_OK);
+    ck_assert_int_ne(lunet_create(&f.d, only_ema, PREFIX, 0, &n), LDM_OK);
     lw_close(only_ema);
-
-    lw_close(s);
-    lw_close(io);
-    lj_free(cas);
+    ufx_close(&f);
 }
 END_TEST
 
@@ -386,16 +383,10 @@ END_TEST
  * fixture (the context length may change between calls). */
 START_TEST(test_context_length)
 {
-    char dir[4096];
-    if (!fixture_dir("unet_crossattn", dir, sizeof dir)) return;
-    lj_value *cas = load_case(dir);
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN);
-    lunet *n = make_unet(&d, s, 0);
-    runner r;
-    runner_init(&r, fx_threads());
-    ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
-    ldm_tensor *ref = io_tensor(io, "out");
+    ufx f;
+    if (!ufx_open(&f, "unet_crossattn", &SPEC_CROSSATTN, "model.safetensors", 1)) return;
+    const ldm_tensor *ctx = f.ctx;
+    ldm_tensor *ref = io_tensor(f.io, "out");
     int64_t B = ctx->shape[0], T = ctx->shape[1], D = ctx->shape[2];
     int64_t dshape[3] = {B, 2 * T, D};
     ldm_tensor *dup = lt_new_f32(3, dshape), *rev = lt_clone(ctx);
@@ -407,52 +398,35 @@ START_TEST(test_context_length)
             memcpy(lt_f32(dup) + (b * 2 * T + 2 * i + 1) * D, src, D * sizeof(float));
             memcpy(lt_f32(rev) + (b * T + (T - 1 - i)) * D, src, D * sizeof(float));
         }
-    ldm_tensor *o1 = forward_ok(n, &r.ctx, x, t, dup, NULL);
-    expect_match("unet_crossattn (duplicated context tokens)", cas, "out", o1, ref);
-    ldm_tensor *o2 = forward_ok(n, &r.ctx, x, t, rev, NULL);
-    expect_match("unet_crossattn (reversed context)", cas, "out", o2, ref);
+    ldm_tensor *o1 = forward_ok(f.n, &f.r.ctx, f.x, f.t, dup, NULL);
+    expect_match("unet_crossattn (duplicated context tokens)", f.cas, "out", o1, ref);
+    ldm_tensor *o2 = forward_ok(f.n, &f.r.ctx, f.x, f.t, rev, NULL);
+    expect_match("unet_crossattn (reversed context)", f.cas, "out", o2, ref);
     ldm_tensor_free(o1);
     ldm_tensor_free(o2);
     ldm_tensor_free(dup);
     ldm_tensor_free(rev);
-    ldm_tensor_free(x);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ctx);
     ldm_tensor_free(ref);
-    runner_done(&r);
-    lunet_free(n);
-    lw_close(s);
-    lw_close(io);
-    lj_free(cas);
+    ufx_close(&f);
 }
 END_TEST
 
 static void threads_check(const char *name, const unet_spec *spec)
 {
-    char dir[4096];
-    if (!fixture_dir(name, dir, sizeof dir)) return;
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, spec);
-    lunet *n = make_unet(&d, s, 0);
-    ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps");
-    ldm_tensor *ctx = d.use_spatial_transformer ? io_tensor(io, "context") : NULL;
+    ufx f;
+    if (!ufx_open(&f, name, spec, "model.safetensors", 1)) return;
     runner r1, r2;
     runner_init(&r1, 1);
     runner_init(&r2, 2);
-    ldm_tensor *a = forward_ok(n, &r1.ctx, x, t, ctx, NULL), *b = forward_ok(n, &r2.ctx, x, t, ctx, NULL);
+    ldm_tensor *a = forward_ok(f.n, &r1.ctx, f.x, f.t, f.ctx, NULL), *b = forward_ok(f.n, &r2.ctx, f.x, f.t, f.ctx, NULL);
     double diff = max_abs_diff(a, b);
     printf("%s: 1 vs 2 threads max abs diff %.3g\n", name, diff);
     ck_assert_msg(diff <= 1e-5, "%s: results depend on the thread count (%g)", name, diff);
     ldm_tensor_free(a);
     ldm_tensor_free(b);
-    ldm_tensor_free(x);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ctx);
     runner_done(&r1);
     runner_done(&r2);
-    lunet_free(n);
-    lw_close(s);
-    lw_close(io);
+    ufx_close(&f);
 }
 
 START_TEST(test_threads)
@@ -473,12 +447,10 @@ static void expect_error(ldm_status st, ldm_status want, const char *needle)
 
 START_TEST(test_bad_inputs)
 {
-    char dir[4096];
-    if (!fixture_dir("unet_crossattn", dir, sizeof dir)) return;
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN);
-    lunet *n = make_unet(&d, s, 0);
-    ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
+    ufx f;
+    if (!ufx_open(&f, "unet_crossattn", &SPEC_CROSSATTN, "model.safetensors", 1)) return;
+    lunet *n = f.n;
+    ldm_tensor *x = f.x, *t = f.t, *ctx = f.ctx;
     ldm_tensor *out = NULL;
     lctx c = {.pool = NULL, .cancel = NULL};
 
@@ -507,12 +479,7 @@ START_TEST(test_bad_inputs)
     ldm_tensor_free(bad_ctx);
     ldm_tensor_free(t3);
     ldm_tensor_free(ctx1);
-    ldm_tensor_free(x);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ctx);
-    lunet_free(n);
-    lw_close(s);
-    lw_close(io);
+    ufx_close(&f);
 }
 END_TEST
 
@@ -562,19 +529,18 @@ END_TEST
  * as in unet_attnblock) the out_layers GroupNorm removes the per-channel emb shift entirely. */
 START_TEST(test_class_labels)
 {
-    char dir[4096];
-    if (!fixture_dir("unet_crossattn", dir, sizeof dir)) return;
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
+    ufx f;
+    if (!ufx_open(&f, "unet_crossattn", &SPEC_CROSSATTN, "model.safetensors", 1)) return;
     enum { CLASSES = 3, E = 128 };
     static float table[CLASSES * E];
     for (int i = 0; i < E; i++) table[E + i] = 0.5f * (float)((i % 7) - 3); /* row 1; rows 0, 2 zero */
     int64_t shape[2] = {CLASSES, E};
-    lw_store *sv = store_view(s, NULL, PREFIX "label_emb.weight", 2, shape, table);
-    ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN), dc = d;
+    lw_store *sv = store_view(f.s, NULL, PREFIX "label_emb.weight", 2, shape, table);
+    ld_unet dc = f.d;
     dc.num_classes = CLASSES;
-    lunet *plain = make_unet(&d, s, 0), *cond = make_unet(&dc, sv, 0);
+    lunet *plain = f.n, *cond = make_unet(&dc, sv, 0);
     lctx c = {.pool = NULL, .cancel = NULL};
-    ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
+    ldm_tensor *x = f.x, *t = f.t, *ctx = f.ctx;
     int64_t yshape[1] = {2};
     ldm_tensor *y = lt_new_i64(1, yshape);
     lt_i64(y)[0] = 0, lt_i64(y)[1] = 2;
@@ -595,32 +561,24 @@ START_TEST(test_class_labels)
     ldm_tensor_free(a);
     ldm_tensor_free(b);
     ldm_tensor_free(b2);
-    ldm_tensor_free(x);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ctx);
     ldm_tensor_free(y);
-    lunet_free(plain);
     lunet_free(cond);
     lw_close(sv);
-    lw_close(s);
-    lw_close(io);
+    ufx_close(&f);
 }
 END_TEST
 
 /* Every allocation of create and forward failing in turn: an error, never a crash or a leak. */
 START_TEST(test_alloc_failures)
 {
-    char dir[4096];
-    if (!fixture_dir("unet_crossattn", dir, sizeof dir)) return;
-    lw_store *s = open_file(dir, "model.safetensors"), *io = open_file(dir, "io.safetensors");
-    ld_unet d = fixture_desc(dir, &SPEC_CROSSATTN);
-    ldm_tensor *x = io_tensor(io, "x"), *t = io_tensor(io, "timesteps"), *ctx = io_tensor(io, "context");
+    ufx f;
+    if (!ufx_open(&f, "unet_crossattn", &SPEC_CROSSATTN, "model.safetensors", 1)) return;
     lctx c = {.pool = NULL, .cancel = NULL};
     int create_ok = 0, forward_ok_at = 0;
     for (long k = 1; k < 5000 && !create_ok; k++) {
         lunet *n = NULL;
         ldm_alloc_fail_after(k);
-        ldm_status st = lunet_create(&d, s, PREFIX, 0, &n);
+        ldm_status st = lunet_create(&f.d, f.s, PREFIX, 0, &n);
         ldm_alloc_fail_after(0);
         if (st == LDM_OK) {
             create_ok = (int)k;
@@ -630,12 +588,11 @@ START_TEST(test_alloc_failures)
         }
     }
     ck_assert_msg(create_ok, "lunet_create never succeeded");
-    lunet *n = make_unet(&d, s, 0);
     for (long k = 1; k < 5000 && !forward_ok_at; k++) {
         ldm_tensor *out = NULL;
-        lunet *fresh = make_unet(&d, s, 0); /* fresh workspace: its buffers are allocated in forward */
+        lunet *fresh = make_unet(&f.d, f.s, 0); /* fresh workspace: its buffers are allocated in forward */
         ldm_alloc_fail_after(k);
-        ldm_status st = lunet_forward(fresh, &c, x, t, ctx, NULL, &out);
+        ldm_status st = lunet_forward(fresh, &c, f.x, f.t, f.ctx, NULL, &out);
         ldm_alloc_fail_after(0);
         if (st == LDM_OK) forward_ok_at = (int)k;
         else ck_assert_ptr_null(out);
@@ -644,12 +601,7 @@ START_TEST(test_alloc_failures)
     }
     printf("allocation failures: create succeeds from the %d-th, forward from the %d-th\n", create_ok, forward_ok_at);
     ck_assert(forward_ok_at);
-    lunet_free(n);
-    ldm_tensor_free(x);
-    ldm_tensor_free(t);
-    ldm_tensor_free(ctx);
-    lw_close(s);
-    lw_close(io);
+    ufx_close(&f);
 }
 END_TEST
 

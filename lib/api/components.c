@@ -126,6 +126,20 @@ ldm_status ldm_model_conditioner(ldm_model *model, ldm_conditioner **out)
     return lm_conditioner(model, out);
 }
 
+/* ---------------------------------------------------------------- numeric faults */
+
+/* A network call's result, refused (and released) when it holds NaN or Inf: faults are reported
+ * by the call that produced them, not by whatever later consumes the values. */
+static ldm_status finite_result(ldm_status st, ldm_tensor **out, const char *what)
+{
+    if (st == LDM_OK) st = lt_check_finite(*out, what);
+    if (st != LDM_OK) {
+        ldm_tensor_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
 /* ---------------------------------------------------------------- autoencoder */
 
 #define AE_BEGIN(ae, fn, out)                                                                      \
@@ -147,7 +161,8 @@ int ldm_autoencoder_latent_channels(const ldm_autoencoder *ae) { return ae ? lae
 ldm_status ldm_autoencoder_encode(ldm_autoencoder *ae, const ldm_tensor *x, ldm_tensor **out)
 {
     AE_BEGIN(ae, "ldm_autoencoder_encode", out);
-    return lae_encode(ae->net, &ae->model->ctx, x, out);
+    LDM_TRY(lt_check_finite(x, "ldm_autoencoder_encode: x"));
+    return finite_result(lae_encode(ae->net, &ae->model->ctx, x, out), out, "ldm_autoencoder_encode: the moments");
 }
 
 ldm_status ldm_autoencoder_quantize(ldm_autoencoder *ae, const ldm_tensor *h, ldm_tensor **quant, ldm_tensor **indices)
@@ -161,7 +176,8 @@ ldm_status ldm_autoencoder_quantize(ldm_autoencoder *ae, const ldm_tensor *h, ld
 ldm_status ldm_autoencoder_decode(ldm_autoencoder *ae, const ldm_tensor *z, ldm_tensor **image)
 {
     AE_BEGIN(ae, "ldm_autoencoder_decode", image);
-    return lae_decode(ae->net, &ae->model->ctx, z, image);
+    LDM_TRY(lt_check_finite(z, "ldm_autoencoder_decode: z"));
+    return finite_result(lae_decode(ae->net, &ae->model->ctx, z, image), image, "ldm_autoencoder_decode: the image");
 }
 
 ldm_status ldm_autoencoder_decode_unquantized(ldm_autoencoder *ae, const ldm_tensor *z, ldm_tensor **image)
@@ -169,7 +185,9 @@ ldm_status ldm_autoencoder_decode_unquantized(ldm_autoencoder *ae, const ldm_ten
     AE_BEGIN(ae, "ldm_autoencoder_decode_unquantized", image);
     if (!lae_is_vq(ae->net))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_autoencoder_decode_unquantized: not a VQ autoencoder");
-    return lae_decode_unquantized(ae->net, &ae->model->ctx, z, image);
+    LDM_TRY(lt_check_finite(z, "ldm_autoencoder_decode_unquantized: z"));
+    return finite_result(lae_decode_unquantized(ae->net, &ae->model->ctx, z, image), image,
+                         "ldm_autoencoder_decode_unquantized: the image");
 }
 
 ldm_status ldm_posterior_split(const ldm_tensor *moments, ldm_tensor **mean, ldm_tensor **logvar, ldm_tensor **std)
@@ -185,7 +203,11 @@ ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x, const ldm_tenso
     if (!unet || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_unet_forward: NULL argument");
     *out = NULL;
     LDM_TRY(lm_begin(unet->model, "ldm_unet_forward"));
-    return lunet_forward(unet->net, &unet->model->ctx, x, timesteps, context, y, out);
+    LDM_TRY(lt_check_finite(x, "ldm_unet_forward: x"));
+    LDM_TRY(lt_check_finite(timesteps, "ldm_unet_forward: timesteps"));
+    LDM_TRY(lt_check_finite(context, "ldm_unet_forward: context"));
+    return finite_result(lunet_forward(unet->net, &unet->model->ctx, x, timesteps, context, y, out), out,
+                         "ldm_unet_forward: the output");
 }
 
 /* ---------------------------------------------------------------- conditioner */
@@ -213,26 +235,26 @@ ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond)
         LDM_TRY(lm_begin((cond)->model, fn));                                                      \
     } while (0)
 
-ldm_status ldm_conditioner_encode_tokens(ldm_conditioner *cond, const ldm_tensor *tokens, ldm_tensor **out)
+/* The internal lm_cond_* run inside a call that already began (lm_begin clears a pending
+ * interrupt, so calls made from inside the library must not go through the public entry points);
+ * the public ldm_conditioner_* wrappers begin a call and delegate. */
+ldm_status lm_cond_encode_tokens(struct ldm_conditioner *cond, const ldm_tensor *tokens, ldm_tensor **out)
 {
-    COND_BEGIN(cond, "ldm_conditioner_encode_tokens", out);
     const lctx *c = &cond->model->ctx;
     if (cond->clip) return lclip_encode(cond->clip, c, tokens, out);
     if (cond->bert) return lbert_encode(cond->bert, c, tokens, out);
     return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_conditioner_encode_tokens: this model's conditioner does not take tokens");
 }
 
-ldm_status ldm_conditioner_encode_labels(ldm_conditioner *cond, const ldm_tensor *labels, ldm_tensor **out)
+ldm_status lm_cond_encode_labels(struct ldm_conditioner *cond, const ldm_tensor *labels, ldm_tensor **out)
 {
-    COND_BEGIN(cond, "ldm_conditioner_encode_labels", out);
     if (!cond->cls)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_conditioner_encode_labels: the model is not class-conditional");
     return lclass_encode(cond->cls, labels, out);
 }
 
-ldm_status ldm_conditioner_encode_image(ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out)
+ldm_status lm_cond_encode_image(struct ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out)
 {
-    COND_BEGIN(cond, "ldm_conditioner_encode_image", out);
     ldm_model *m = cond->model;
     switch (cond->kind) {
     case LD_COND_SPATIAL_RESCALER: return lrescaler_encode(cond->rescaler, &m->ctx, x, out);
@@ -255,4 +277,22 @@ ldm_status ldm_conditioner_encode_image(ldm_conditioner *cond, const ldm_tensor 
     default: break;
     }
     return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_conditioner_encode_image: this model's conditioner does not take images");
+}
+
+ldm_status ldm_conditioner_encode_tokens(ldm_conditioner *cond, const ldm_tensor *tokens, ldm_tensor **out)
+{
+    COND_BEGIN(cond, "ldm_conditioner_encode_tokens", out);
+    return lm_cond_encode_tokens(cond, tokens, out);
+}
+
+ldm_status ldm_conditioner_encode_labels(ldm_conditioner *cond, const ldm_tensor *labels, ldm_tensor **out)
+{
+    COND_BEGIN(cond, "ldm_conditioner_encode_labels", out);
+    return lm_cond_encode_labels(cond, labels, out);
+}
+
+ldm_status ldm_conditioner_encode_image(ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out)
+{
+    COND_BEGIN(cond, "ldm_conditioner_encode_image", out);
+    return lm_cond_encode_image(cond, x, out);
 }

@@ -93,7 +93,16 @@ ldm_status ldm_model_apply(ldm_model *model, const ldm_tensor *x, const ldm_tens
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply: out is NULL");
     *out = NULL;
     LDM_TRY(lm_begin(model, "ldm_model_apply"));
-    return lm_apply(model, x, timesteps, cond, out);
+    LDM_TRY(lt_check_finite(x, "ldm_model_apply: x"));
+    LDM_TRY(lt_check_finite(cond, "ldm_model_apply: cond"));
+    LDM_TRY(lt_check_finite(timesteps, "ldm_model_apply: timesteps"));
+    ldm_status st = lm_apply(model, x, timesteps, cond, out);
+    if (st == LDM_OK) st = lt_check_finite(*out, "ldm_model_apply: the UNet output");
+    if (st != LDM_OK) {
+        ldm_tensor_free(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 /* e = e_u + scale (e_c - e_u) with one batched UNet call on cat[x,x], cat[t,t], cat[uc,c]
@@ -104,10 +113,24 @@ ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const l
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply_guided: out is NULL");
     *out = NULL;
     LDM_TRY(lm_begin(model, "ldm_model_apply_guided"));
-    if (!uncond || scale == 1.0f) return lm_apply(model, x, timesteps, cond, out);
+    LDM_TRY(lt_check_finite(x, "ldm_model_apply_guided: x"));
+    LDM_TRY(lt_check_finite(cond, "ldm_model_apply_guided: cond"));
+    LDM_TRY(lt_check_finite(uncond, "ldm_model_apply_guided: uncond"));
+    LDM_TRY(lt_check_finite(timesteps, "ldm_model_apply_guided: timesteps"));
+    if (!isfinite(scale)) return ldm_fail(LDM_ERR_NUMERIC, "ldm_model_apply_guided: scale is %g", (double)scale);
+    ldm_status st = LDM_OK;
+    if (!uncond || scale == 1.0f) {
+        st = lm_apply(model, x, timesteps, cond, out);
+        if (st == LDM_OK) st = lt_check_finite(*out, "ldm_model_apply_guided: the UNet output");
+        if (st != LDM_OK) {
+            ldm_tensor_free(*out);
+            *out = NULL;
+        }
+        return st;
+    }
     LDM_TRY(lt_check(x, "apply_guided: x", LDM_F32, 4));
     ldm_tensor *xx = NULL, *tt = NULL, *ts = NULL, *cc = NULL, *both = NULL;
-    ldm_status st = timesteps_for(timesteps, x->shape[0], &ts);
+    st = timesteps_for(timesteps, x->shape[0], &ts);
     if (st == LDM_OK) st = cat2(x, x, 0, &xx);
     if (st == LDM_OK) st = cat2(ts, ts, 0, &tt);
     if (st == LDM_OK) st = cat2(uncond, cond, 0, &cc);
@@ -118,6 +141,11 @@ ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const l
         const float *eu = lt_f32(both), *ec = eu + n;
         float *e = lt_f32(*out);
         for (int64_t i = 0; i < n; i++) e[i] = eu[i] + scale * (ec[i] - eu[i]);
+        st = lt_check_finite(*out, "ldm_model_apply_guided: the guided UNet output");
+        if (st != LDM_OK) {
+            ldm_tensor_free(*out);
+            *out = NULL;
+        }
     }
     ldm_tensor_free(xx);
     ldm_tensor_free(tt);
@@ -134,7 +162,14 @@ ldm_status ldm_model_decode_latent(ldm_model *model, const ldm_tensor *z, ldm_te
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_decode_latent: image is NULL");
     *image = NULL;
     LDM_TRY(lm_begin(model, "ldm_model_decode_latent"));
-    return lp_decode(model, z, -1, image); /* tile < 0: always whole, as the reference decodes */
+    LDM_TRY(lt_check_finite(z, "ldm_model_decode_latent: z"));
+    ldm_status st = lp_decode(model, z, -1, image); /* tile < 0: always whole, as the reference decodes */
+    if (st == LDM_OK) st = lt_check_finite(*image, "ldm_model_decode_latent: the decoded image");
+    if (st != LDM_OK) {
+        ldm_tensor_free(*image);
+        *image = NULL;
+    }
+    return st;
 }
 
 /* ---------------------------------------------------------------- inpainting conditioning */
@@ -146,7 +181,7 @@ ldm_status lp_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, con
     LDM_TRY(lt_check(mask, "inpainting mask", LDM_F32, 4));
     if (mask->shape[1] != 1) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "inpainting mask must have 1 channel");
     LDM_TRY(lm_conditioner(model, &cond));
-    LDM_TRY(ldm_conditioner_encode_image(cond, masked_image, &c));
+    LDM_TRY(lm_cond_encode_image(cond, masked_image, &c));
     if (c->shape[0] != mask->shape[0]) {
         ldm_tensor_free(c);
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "inpainting mask batch differs from the image batch");

@@ -1,5 +1,5 @@
 /* img2img.c - image-to-image (strength) and mask-blended inpainting for any model, and the
- * input mapping of the LDM inpainting model.
+ * input mappings of the LDM inpainting model and of SD's inpainting (hybrid) models.
  *
  * Image-to-image follows SD's img2img.py: the init image is encoded (KL: a posterior sample,
  * seeded), scaled by scale_factor, noised to the level of the first step that remains when
@@ -17,12 +17,7 @@
 #include <math.h>
 #include <string.h>
 
-/* Noise streams of ldm_randn under the generation seed: 0 is x_T, 1+k the sampler's step k. */
-#define LP_STREAM_POSTERIOR 0x100000000ull
-#define LP_STREAM_RENOISE 0x100000001ull
-
-/* scale_factor * first_stage(x): KL -> mean + std * seeded noise (posterior sample), VQ -> h. */
-static ldm_status encode_latent(ldm_model *m, const ldm_tensor *x, uint64_t seed, ldm_tensor **out)
+ldm_status lp_encode_latent(ldm_model *m, const ldm_tensor *x, uint64_t seed, ldm_tensor **out)
 {
     struct ldm_autoencoder *ae;
     ldm_tensor *moments = NULL, *mean = NULL, *std = NULL, *eps = NULL;
@@ -64,6 +59,15 @@ static ldm_status latent_mask(const ldm_tensor *mask, const ldm_tensor *z0, ldm_
     return LDM_OK;
 }
 
+/* img2img.py: t_enc = int(strength * ddim_steps) steps are re-run (here of the steps the sampler
+ * really runs, which for DDIM 'uniform' can be one more than requested); at least one. The small
+ * epsilon keeps decimal strengths whole where Python's double product is (0.7f * 50 -> 35). */
+int lp_img2img_first_step(float strength, int total_steps)
+{
+    int run = (int)(strength * (float)total_steps + 1e-4f);
+    return total_steps - LDM_MAX(run, 1);
+}
+
 ldm_status lp_img2img_begin(ldm_model *m, ldm_sampler *s, const ldm_generate_params *p, const ldm_tensor *x_T,
                             lp_blend *blend)
 {
@@ -72,12 +76,8 @@ ldm_status lp_img2img_begin(ldm_model *m, ldm_sampler *s, const ldm_generate_par
     if (p->init_image->shape[0] != x_T->shape[0])
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "init_image batch %lld differs from batch %lld",
                         (long long)p->init_image->shape[0], (long long)x_T->shape[0]);
-    LDM_TRY(encode_latent(m, p->init_image, p->seed, &z0));
-    int total = ldm_sampler_total_steps(s);
-    /* t_enc = int(strength * steps) steps are re-run */
-    int run = (int)(p->strength * (float)total);
-    if (run < 1) run = 1;
-    int first = total - run;
+    LDM_TRY(lp_encode_latent(m, p->init_image, p->seed, &z0));
+    int first = lp_img2img_first_step(p->strength, ldm_sampler_total_steps(s));
     ldm_status st = ls_sampler_begin_from(s, z0, x_T, first);
     if (st == LDM_OK && p->mask) {
         blend->active = 1;
@@ -113,16 +113,18 @@ ldm_status lp_blend_apply(ldm_model *m, ldm_sampler *s, const lp_blend *b, int d
 ldm_status lp_composite(const ldm_generate_params *p, ldm_tensor *image)
 {
     const ldm_tensor *init = p->init_image, *mask = p->mask;
-    if (image->shape[2] != mask->shape[2] || image->shape[3] != mask->shape[3] || init->shape[2] != image->shape[2])
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "mask and init_image must have the output's size for the composite");
+    for (int i = 0; i < 4; i++)
+        if (init->shape[i] != image->shape[i] || (i != 1 && mask->shape[i] != image->shape[i]))
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "mask and init_image must have the output's size for the composite");
     int64_t B = image->shape[0], C = image->shape[1], HW = image->shape[2] * image->shape[3];
     for (int64_t bi = 0; bi < B; bi++)
         for (int64_t i = 0; i < HW; i++) {
-            float mv = lt_f32(mask)[bi * HW + i] >= 0.5f ? 1.0f : 0.0f;
+            int generate = lt_f32(mask)[bi * HW + i] >= 0.5f;
             for (int64_t c = 0; c < C; c++) {
                 int64_t k = (bi * C + c) * HW + i;
                 float gen = LDM_MAX(-1.0f, LDM_MIN(1.0f, lt_f32(image)[k]));
-                lt_f32(image)[k] = (1.0f - mv) * lt_f32(init)[k] + mv * gen;
+                lt_f32(image)[k] = generate ? gen : lt_f32(init)[k];
             }
         }
     return LDM_OK;
@@ -161,5 +163,35 @@ ldm_status lp_ldm_inpaint_cond(ldm_model *m, const ldm_tensor *image, const ldm_
     if (st == LDM_OK) st = lp_inpaint_cond(m, masked, mm, out);
     ldm_tensor_free(masked);
     ldm_tensor_free(mm);
+    return st;
+}
+
+/* make_batch_sd (SD inpainting scripts): image in [-1,1], mask binarised at 0.5 in {0,1},
+ * masked_image = image * (mask < 0.5); c_concat = cat(interpolate(mask, latent size) (nearest),
+ * get_first_stage_encoding(encode(masked_image))). */
+ldm_status lp_hybrid_inpaint_concat(ldm_model *m, const ldm_tensor *image, const ldm_tensor *mask, uint64_t seed,
+                                    ldm_tensor **out)
+{
+    ldm_tensor *masked = lt_clone(image), *z = NULL, *m_small = NULL;
+    if (!masked) return LDM_ERR_OUT_OF_MEMORY;
+    int64_t B = image->shape[0], C = image->shape[1], HW = image->shape[2] * image->shape[3];
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < HW; i++)
+            if (lt_f32(mask)[b * HW + i] >= 0.5f)
+                for (int64_t c = 0; c < C; c++) lt_f32(masked)[(b * C + c) * HW + i] = 0.0f;
+    ldm_status st = lp_encode_latent(m, masked, seed, &z);
+    if (st == LDM_OK) st = latent_mask(mask, z, &m_small);
+    if (st == LDM_OK)
+        st = (*out = lt_new_f32_4d(B, 1 + z->shape[1], z->shape[2], z->shape[3])) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) {
+        int64_t hw = z->shape[2] * z->shape[3], zc = z->shape[1] * hw;
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(lt_f32(*out) + b * (hw + zc), lt_f32(m_small) + b * hw, (size_t)hw * sizeof(float));
+            memcpy(lt_f32(*out) + b * (hw + zc) + hw, lt_f32(z) + b * zc, (size_t)zc * sizeof(float));
+        }
+    }
+    ldm_tensor_free(masked);
+    ldm_tensor_free(z);
+    ldm_tensor_free(m_small);
     return st;
 }

@@ -7,13 +7,22 @@
 #include <string.h>
 #include <unistd.h>
 
-void ldm_model_params_init(ldm_model_params *params)
+static void model_params_defaults(ldm_model_params *params)
 {
     if (!params) return;
     memset(params, 0, sizeof *params);
     params->struct_size = sizeof *params;
     params->weights = LDM_WEIGHTS_AUTO;
 }
+
+void ldm_model_params_init_size(ldm_model_params *params, size_t struct_size)
+{
+    ldm_model_params defaults;
+    model_params_defaults(&defaults);
+    ldm_params_fill(params, struct_size, &defaults, sizeof defaults);
+}
+
+void(ldm_model_params_init)(ldm_model_params *params) { ldm_model_params_init_size(params, sizeof *params); }
 
 /* Copies a caller's params struct that may come from an older (smaller) header. */
 static ldm_status read_params(const ldm_model_params *in, ldm_model_params *out)
@@ -103,7 +112,7 @@ ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p)
     m->first_stage_prefix = lw_find(m->store, "encoder.conv_in.weight") ? "" : "first_stage_model.";
     char buf[8192];
     if (ld_describe(&m->desc, m->store, buf, sizeof buf) != LDM_OK) snprintf(buf, sizeof buf, "(no description)");
-    if (!(m->description = ldm_strdup(buf))) return LDM_ERR_OUT_OF_MEMORY;
+    if (!(m->description = ldm_strdup(buf))) return lw_alloc_status(strlen(buf) + 1);
     LDM_TRY(pick_weights(m, p->weights));
     LDM_TRY(load_schedule(m));
     m->pool = lpool_create(p->n_threads > 0 ? p->n_threads : default_threads());
@@ -121,7 +130,7 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
     LDM_TRY(read_params(params, p));
     ldm_alloc_set_cap(p->max_alloc_bytes);
     ldm_model *m = ldm_calloc(1, sizeof *m);
-    if (!m) return LDM_ERR_OUT_OF_MEMORY;
+    if (!m) return lw_alloc_status(sizeof *m); /* LDM_ERR_LIMIT when the caller's cap refused it */
     m->max_alloc = p->max_alloc_bytes;
     m->log = p->log_callback;
     m->log_user = p->log_user_data;
@@ -146,10 +155,14 @@ ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_
     ldm_model *m = NULL;
     if (!path || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_load: path and out must not be NULL");
     *out = NULL;
-    LDM_TRY(lm_model_new(path, params, &m, &p));
-    ldm_status st = lw_open(path, m->max_alloc, &m->store);
+    /* The model's cap applies while loading only: the calling thread's own cap is restored, so a
+     * failed or capped load does not limit the caller's later, unrelated calls. */
+    size_t saved_cap = ldm_alloc_get_cap();
+    ldm_status st = lm_model_new(path, params, &m, &p);
+    if (st == LDM_OK) st = lw_open(path, m->max_alloc, &m->store);
     if (st == LDM_OK) st = load_description(m, p.config_path);
     if (st == LDM_OK) st = lm_load_from(m, &p);
+    ldm_alloc_set_cap(saved_cap);
     if (st != LDM_OK) {
         lm_model_discard(m);
         return st;

@@ -77,6 +77,14 @@ ldm_status lm_autoencoder(ldm_model *m, struct ldm_autoencoder **out);
 ldm_status lm_unet(ldm_model *m, struct ldm_unet **out);
 ldm_status lm_conditioner(ldm_model *m, struct ldm_conditioner **out);
 
+/* Conditioner calls for use inside the library (no lm_begin: a running call's interrupt must not
+ * be cleared by the calls it makes). */
+ldm_status lm_cond_encode_tokens(struct ldm_conditioner *cond, const ldm_tensor *tokens, ldm_tensor **out);
+ldm_status lm_cond_encode_labels(struct ldm_conditioner *cond, const ldm_tensor *labels, ldm_tensor **out);
+ldm_status lm_cond_encode_image(struct ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out);
+ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
+                               ldm_tensor **out);
+
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out);

@@ -1,16 +1,20 @@
-/* pipeline.c - ldm_generate: conditioning -> seeded noise -> sampler loop with guidance ->
- * first-stage decode, for every task of the latent-diffusion family. Built only from the
- * component calls a host could make itself. */
+/* pipeline.c - ldm_generate: inputs checked and broadcast to the batch -> conditioning -> seeded
+ * noise -> sampler loop with guidance -> first-stage decode (-> inpainting composite), for every
+ * task of the latent-diffusion family. Conditioning is built in pipeline_cond.c.
+ *
+ * The loop calls the model through the internal lm_apply, not the public ldm_model_apply*: every
+ * public call starts by clearing the interrupt flag (lm_begin), so an ldm_model_interrupt()
+ * landing between two steps would otherwise be forgotten. The conditioning still goes through the
+ * public conditioner calls, so the flag is checked after each of them (lp_check_cancel). */
 #include "model_internal.h"
 
-#include "../kernels/kernels.h"
-#include "../models/spatial_rescaler.h"
+#include "../models/autoencoder.h"
+#include "../models/unet.h"
 #include "pipeline_internal.h"
 
-#include <math.h>
 #include <string.h>
 
-void ldm_generate_params_init(ldm_generate_params *p)
+static void generate_params_defaults(ldm_generate_params *p)
 {
     if (!p) return;
     memset(p, 0, sizeof *p);
@@ -23,6 +27,15 @@ void ldm_generate_params_init(ldm_generate_params *p)
     p->strength = 0.75f;
 }
 
+void ldm_generate_params_init_size(ldm_generate_params *params, size_t struct_size)
+{
+    ldm_generate_params defaults;
+    generate_params_defaults(&defaults);
+    ldm_params_fill(params, struct_size, &defaults, sizeof defaults);
+}
+
+void(ldm_generate_params_init)(ldm_generate_params *params) { ldm_generate_params_init_size(params, sizeof *params); }
+
 static ldm_status read_params(const ldm_generate_params *in, ldm_generate_params *out)
 {
     ldm_generate_params_init(out);
@@ -33,156 +46,225 @@ static ldm_status read_params(const ldm_generate_params *in, ldm_generate_params
                         in->struct_size);
     memcpy(out, in, LDM_MIN(in->struct_size, sizeof *out));
     out->struct_size = sizeof *out;
-    if (out->batch < 1 || out->batch > 64) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "batch %d outside 1..64", out->batch);
-    if (out->steps < 1 || out->steps > 10000) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "steps %d outside 1..10000", out->steps);
+    if (out->batch < 1 || out->batch > 64)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "batch %d outside 1..64", out->batch);
+    if (out->steps < 1 || out->steps > 10000)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "steps %d outside 1..10000", out->steps);
     if (!(out->strength > 0.0f && out->strength <= 1.0f))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "strength %g outside (0,1]", out->strength);
+    if (out->guidance_scale != out->guidance_scale || out->eta != out->eta)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "guidance_scale and eta must be numbers");
     return LDM_OK;
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+/* The caller's tensors with a batch of 1 repeated to the requested batch (owned copies). */
+typedef struct lp_inputs {
+    ldm_tensor *owned[4];
+} lp_inputs;
+
+static ldm_status broadcast(const ldm_tensor **t, int batch, const char *what, ldm_tensor **owned)
+{
+    const ldm_tensor *in = *t;
+    if (!in) return LDM_OK;
+    if (in->ndim < 2) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s must have a batch dimension", what);
+    if (in->shape[0] == batch) return LDM_OK;
+    if (in->shape[0] != 1)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s has a batch of %lld, the generation a batch of %d (give 1 or %d)",
+                        what, (long long)in->shape[0], batch, batch);
+    int64_t shape[LDM_MAX_DIMS];
+    memcpy(shape, in->shape, sizeof shape);
+    shape[0] = batch;
+    LDM_TRY(ldm_tensor_create(in->dtype, in->ndim, shape, owned));
+    size_t bytes = (size_t)lt_numel(in) * (in->dtype == LDM_I64 ? 8 : 4);
+    for (int b = 0; b < batch; b++) memcpy((char *)(*owned)->data + (size_t)b * bytes, in->data, bytes);
+    *t = *owned;
+    return LDM_OK;
+}
+
+/* Pixel inputs must be a whole number of latent pixels that the UNet can halve. */
+static ldm_status check_image(ldm_model *m, const ldm_tensor *img, const char *what, int channels)
+{
+    struct ldm_autoencoder *ae;
+    LDM_TRY(lt_check(img, what, LDM_F32, 4));
+    LDM_TRY(lm_autoencoder(m, &ae));
+    int mult = ldm_autoencoder_factor(ae) << (m->desc.unet.n_levels > 0 ? m->desc.unet.n_levels - 1 : 0);
+    if (channels > 0 && img->shape[1] != channels)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s has %lld channels, expected %d", what, (long long)img->shape[1],
+                        channels);
+    if (img->shape[2] % mult || img->shape[3] % mult || img->shape[2] <= 0 || img->shape[3] <= 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s is %lldx%lld: width and height must be positive multiples of %d",
+                        what, (long long)img->shape[3], (long long)img->shape[2], mult);
+    return LDM_OK;
+}
+
+static ldm_status prepare_inputs(ldm_model *m, ldm_generate_params *p, lp_inputs *in)
+{
+    memset(in, 0, sizeof *in);
+    LDM_TRY(broadcast(&p->init_image, p->batch, "init_image", &in->owned[0]));
+    LDM_TRY(broadcast(&p->mask, p->batch, "mask", &in->owned[1]));
+    LDM_TRY(broadcast(&p->cond_image, p->batch, "cond_image", &in->owned[2]));
+    LDM_TRY(broadcast(&p->layout_tokens, p->batch, "layout_tokens", &in->owned[3]));
+    if (p->init_image) LDM_TRY(check_image(m, p->init_image, "init_image", 3));
+    if (p->mask) {
+        if (!p->init_image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "a mask needs an init_image");
+        LDM_TRY(lt_check(p->mask, "mask", LDM_F32, 4));
+        if (p->mask->shape[1] != 1 || p->mask->shape[2] != p->init_image->shape[2] ||
+            p->mask->shape[3] != p->init_image->shape[3])
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "mask must be [B,1,H,W] with the init_image's height and width");
+    }
+    return LDM_OK;
+}
+
+static void release_inputs(lp_inputs *in)
+{
+    for (int i = 0; i < 4; i++) ldm_tensor_free(in->owned[i]);
 }
 
 /* ---------------------------------------------------------------- geometry */
 
-/* Latent [B,C,h,w] for the requested pixel size; the UNet needs h,w divisible by 2^(levels-1). */
-static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, int64_t shape[4])
+/* Latent [B,C,h,w]: the size of the concatenated conditioning for concat models (it has to
+ * match), else that of init_image, else width x height when given, else that of the caller's
+ * x_T, else the training size. */
+static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, const lp_cond *c, int64_t shape[4])
 {
     struct ldm_autoencoder *ae;
     LDM_TRY(lm_autoencoder(m, &ae));
     int f = ldm_autoencoder_factor(ae);
-    int unet_mult = 1 << (m->desc.unet.n_levels > 0 ? m->desc.unet.n_levels - 1 : 0);
+    int mult = 1 << (m->desc.unet.n_levels > 0 ? m->desc.unet.n_levels - 1 : 0);
     int size = m->desc.image_size > 0 ? m->desc.image_size : 64;
-    int w = p->width > 0 ? p->width : size * f, h = p->height > 0 ? p->height : size * f;
-    if (p->cond_image && m->desc.conditioning_key == LD_CONDKEY_CONCAT && m->desc.cond.kind == LD_COND_IDENTITY) {
-        /* super-resolution: the latent has the LR image's size */
-        h = (int)p->cond_image->shape[2] * f;
-        w = (int)p->cond_image->shape[3] * f;
+    const ldm_tensor *spatial = c->concat ? c->concat : m->desc.conditioning_key == LD_CONDKEY_CONCAT ? c->cond : NULL;
+    int64_t h, w;
+    if (spatial) {
+        h = spatial->shape[2];
+        w = spatial->shape[3];
+    } else if (p->init_image) {
+        h = p->init_image->shape[2] / f;
+        w = p->init_image->shape[3] / f;
+    } else if (p->x_T && p->x_T->ndim == 4 && p->width <= 0 && p->height <= 0) {
+        h = p->x_T->shape[2];
+        w = p->x_T->shape[3];
+    } else {
+        int W = p->width > 0 ? p->width : size * f, H = p->height > 0 ? p->height : size * f;
+        if (W % (f * mult) || H % (f * mult) || W > 16384 || H > 16384)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "image size %dx%d: width and height must be positive multiples of %d up to 16384", W, H,
+                            f * mult);
+        h = H / f;
+        w = W / f;
     }
-    if (p->init_image) {
-        h = (int)p->init_image->shape[2];
-        w = (int)p->init_image->shape[3];
-    }
-    if (w % (f * unet_mult) || h % (f * unet_mult) || w <= 0 || h <= 0 || w > 16384 || h > 16384)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "image size %dx%d: width and height must be positive multiples of %d",
-                        w, h, f * unet_mult);
+    if (h <= 0 || w <= 0 || h % mult || w % mult)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "latent size %lldx%lld: must be a positive multiple of %d for this UNet", (long long)w,
+                        (long long)h, mult);
     shape[0] = p->batch;
     shape[1] = m->desc.unet.out_channels > 0 ? m->desc.unet.out_channels : ldm_autoencoder_latent_channels(ae);
-    shape[2] = h / f;
-    shape[3] = w / f;
+    shape[2] = h;
+    shape[3] = w;
     return LDM_OK;
 }
 
-/* ---------------------------------------------------------------- conditioning */
-
-static ldm_status repeat_text(ldm_conditioner *cond, const char *text, int batch, ldm_tensor **out)
+/* x_T: the caller's (exactly the latent shape) or ldm_randn(seed, 0). */
+static ldm_status initial_noise(const ldm_generate_params *p, const int64_t shape[4], ldm_tensor **out)
 {
-    const char *prompts[64];
-    for (int i = 0; i < batch; i++) prompts[i] = text ? text : "";
-    return ldm_conditioner_encode_text(cond, prompts, batch, out);
-}
-
-static ldm_status class_labels(int label, int batch, ldm_tensor **out)
-{
-    int64_t n = batch;
-    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &n, out));
-    for (int i = 0; i < batch; i++) lt_i64(*out)[i] = label;
-    return LDM_OK;
-}
-
-static ldm_status class_cond(ldm_model *m, ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
-{
-    ldm_tensor *labels = NULL;
-    int n = m->desc.cond.n_classes;
-    if (p->class_label < 0 || p->class_label >= n)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "this class-conditional model needs a class label in [0,%d)", n);
-    LDM_TRY(class_labels(p->class_label, p->batch, &labels));
-    ldm_status st = ldm_conditioner_encode_labels(cond, labels, &out->cond);
-    ldm_tensor_free(labels);
-    LDM_TRY(st);
-    /* cin256-v2 was trained with label dropout to an extra class n-1 = 1000: the unconditional one. */
-    if (n == 1001 && p->guidance_scale != 1.0f) {
-        LDM_TRY(class_labels(n - 1, p->batch, &labels));
-        st = ldm_conditioner_encode_labels(cond, labels, &out->uncond);
-        ldm_tensor_free(labels);
+    if (p->x_T) {
+        LDM_TRY(lt_check(p->x_T, "x_T", LDM_F32, 4));
+        for (int i = 0; i < 4; i++)
+            if (p->x_T->shape[i] != shape[i])
+                return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "x_T must be [%lld,%lld,%lld,%lld] for these settings",
+                                (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)shape[3]);
+        *out = lt_clone(p->x_T);
+        return *out ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
     }
-    return st;
-}
-
-/* Label map [B,1,H,W] (class ids as floats) or one-hot [B,C,H,W] -> the rescaler's input. */
-static ldm_status semantic_cond(ldm_model *m, ldm_conditioner *cond, const ldm_tensor *map, lp_cond *out)
-{
-    LDM_TRY(lt_check(map, "semantic map", LDM_F32, 4));
-    if (map->shape[1] != 1) return ldm_conditioner_encode_image(cond, map, &out->cond);
-    int n = m->desc.cond.in_channels;
-    int64_t shape[3] = {map->shape[0], map->shape[2], map->shape[3]};
-    ldm_tensor *labels = NULL, *onehot = NULL;
-    LDM_TRY(ldm_tensor_create(LDM_I64, 3, shape, &labels));
-    for (int64_t i = 0, k = lt_numel(labels); i < k; i++) lt_i64(labels)[i] = (int64_t)lrintf(lt_f32(map)[i]);
-    ldm_status st = lrescaler_one_hot(labels, n, &onehot);
-    if (st == LDM_OK) st = ldm_conditioner_encode_image(cond, onehot, &out->cond);
-    ldm_tensor_free(labels);
-    ldm_tensor_free(onehot);
-    return st;
-}
-
-static ldm_status concat_cond(ldm_model *m, ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
-{
-    switch (m->desc.cond.kind) {
-    case LD_COND_FIRST_STAGE:
-        if (!p->init_image || !p->mask)
-            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");
-        return lp_ldm_inpaint_cond(m, p->init_image, p->mask, &out->cond);
-    case LD_COND_SPATIAL_RESCALER:
-        if (!p->cond_image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "semantic synthesis needs a label map (cond_image)");
-        return semantic_cond(m, cond, p->cond_image, out);
-    default:
-        if (!p->cond_image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "this model is conditioned on an image (cond_image)");
-        return ldm_conditioner_encode_image(cond, p->cond_image, &out->cond);
-    }
-}
-
-ldm_status lp_build_cond(ldm_model *m, const ldm_generate_params *p, lp_cond *out)
-{
-    ldm_conditioner *cond;
-    memset(out, 0, sizeof *out);
-    if (m->desc.conditioning_key == LD_CONDKEY_NONE) return LDM_OK;
-    LDM_TRY(lm_conditioner(m, &cond));
-    if (m->desc.conditioning_key == LD_CONDKEY_CONCAT) return concat_cond(m, cond, p, out);
-    switch (m->desc.cond.kind) {
-    case LD_COND_CLIP:
-    case LD_COND_OPENCLIP:
-    case LD_COND_BERT:
-        if (m->desc.layout_no_tokens > 0) {
-            if (!p->layout_tokens) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the layout-to-image model needs layout tokens");
-            return ldm_conditioner_encode_tokens(cond, p->layout_tokens, &out->cond);
-        }
-        LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
-        if (p->guidance_scale != 1.0f) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
-        return LDM_OK;
-    case LD_COND_CLASS: return class_cond(m, cond, p, out);
-    default: break;
-    }
-    return ldm_fail(LDM_ERR_UNSUPPORTED, "cross-attention conditioning of kind %d", (int)m->desc.cond.kind);
-}
-
-void lp_cond_release(lp_cond *c)
-{
-    ldm_tensor_free(c->cond);
-    ldm_tensor_free(c->uncond);
-    memset(c, 0, sizeof *c);
+    LDM_TRY(ldm_tensor_create(LDM_F32, 4, shape, out));
+    return ldm_randn(p->seed, 0, *out);
 }
 
 /* ---------------------------------------------------------------- the loop */
 
-/* Evaluates the model for one sampler request with guidance; timestep as F32 [1] so fractional
- * k-sampler timesteps pass through. */
-static ldm_status evaluate(ldm_model *m, const lp_cond *c, float scale, const ldm_tensor *x, double t, ldm_tensor **out)
+/* Concatenation along `dim` of two F32 tensors that agree in every other dimension. */
+static ldm_status cat_dim(const ldm_tensor *a, const ldm_tensor *b, int dim, const char *what, ldm_tensor **out)
 {
-    int64_t one = 1;
-    ldm_tensor *tt = NULL;
-    LDM_TRY(ldm_tensor_create(LDM_F32, 1, &one, &tt));
-    lt_f32(tt)[0] = (float)t;
-    ldm_status st = ldm_model_apply_guided(m, x, tt, c->cond, c->uncond, scale, out);
+    int ok = a->ndim == b->ndim && dim < a->ndim;
+    for (int i = 0; ok && i < a->ndim; i++) ok = i == dim || a->shape[i] == b->shape[i];
+    if (!ok) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: the tensors to concatenate differ in shape", what);
+    int64_t shape[LDM_MAX_DIMS], outer = 1;
+    memcpy(shape, a->shape, sizeof shape);
+    shape[dim] += b->shape[dim];
+    for (int i = 0; i < dim; i++) outer *= a->shape[i];
+    if (!(*out = lt_new_f32(a->ndim, shape))) return LDM_ERR_OUT_OF_MEMORY;
+    size_t na = (size_t)(lt_numel(a) / outer), nb = (size_t)(lt_numel(b) / outer);
+    float *dst = lt_f32(*out);
+    for (int64_t o = 0; o < outer; o++, dst += na + nb) {
+        memcpy(dst, lt_f32(a) + (size_t)o * na, na * sizeof(float));
+        memcpy(dst + na, lt_f32(b) + (size_t)o * nb, nb * sizeof(float));
+    }
+    return LDM_OK;
+}
+
+/* The network on a batch: lm_apply, or for hybrid models UNet(cat[x, concat], t, context). */
+static ldm_status apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *ctx,
+                        const ldm_tensor *concat, ldm_tensor **out)
+{
+    if (!concat) return lm_apply(m, x, t, ctx, out);
+    struct ldm_unet *unet;
+    ldm_tensor *xin = NULL;
+    LDM_TRY(lm_unet(m, &unet));
+    LDM_TRY(cat_dim(x, concat, 1, "hybrid c_concat", &xin));
+    ldm_status st = lunet_forward(unet->net, &m->ctx, xin, t, ctx, NULL, out);
+    ldm_tensor_free(xin);
+    return st;
+}
+
+/* out = u + scale (c - u) from one batched call on cat[x,x], cat[uncond,cond] (uncond first, as
+ * the reference samplers and ldm_model_apply_guided do). */
+static ldm_status apply_guided(ldm_model *m, const lp_cond *c, float scale, const ldm_tensor *x, const ldm_tensor *t1,
+                               ldm_tensor **out)
+{
+    if (!c->uncond || scale == 1.0f) return apply(m, x, t1, c->cond, c->concat, out);
+    ldm_tensor *xx = NULL, *cc = NULL, *kk = NULL, *both = NULL, *tt = NULL;
+    int64_t B2 = 2 * x->shape[0];
+    ldm_status st = ldm_tensor_create(LDM_F32, 1, &B2, &tt);
+    for (int64_t i = 0; st == LDM_OK && i < B2; i++) lt_f32(tt)[i] = lt_f32(t1)[0];
+    if (st == LDM_OK) st = cat_dim(x, x, 0, "guidance", &xx);
+    if (st == LDM_OK) st = cat_dim(c->uncond, c->cond, 0, "guidance (uncond, cond)", &cc);
+    if (st == LDM_OK && c->concat) st = cat_dim(c->concat, c->concat, 0, "guidance", &kk);
+    if (st == LDM_OK) st = apply(m, xx, tt, cc, kk, &both);
+    if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) {
+        int64_t n = lt_numel(x);
+        const float *eu = lt_f32(both), *ec = eu + n;
+        for (int64_t i = 0; i < n; i++) lt_f32(*out)[i] = eu[i] + scale * (ec[i] - eu[i]);
+    }
+    ldm_tensor_free(xx);
+    ldm_tensor_free(cc);
+    ldm_tensor_free(kk);
+    ldm_tensor_free(both);
     ldm_tensor_free(tt);
     return st;
+}
+
+/* One sampler request; the timestep goes as F32 so fractional k-sampler timesteps pass through. */
+static ldm_status evaluate(ldm_model *m, const lp_cond *c, float scale, const ldm_tensor *x, double t, ldm_tensor **out)
+{
+    int64_t B = x->shape[0];
+    ldm_tensor *tt = NULL;
+    LDM_TRY(ldm_tensor_create(LDM_F32, 1, &B, &tt));
+    for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+    ldm_status st = apply_guided(m, c, scale, x, tt, out);
+    ldm_tensor_free(tt);
+    return st;
+}
+
+static ldm_status cancelled(int done, int total)
+{
+    return ldm_fail(LDM_CANCELLED, "cancelled by ldm_model_interrupt at step %d of %d", done, total);
+}
+
+ldm_status lp_check_cancel(ldm_model *m, const char *where)
+{
+    return atomic_load(&m->cancel) ? ldm_fail(LDM_CANCELLED, "cancelled by ldm_model_interrupt %s", where) : LDM_OK;
 }
 
 ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const ldm_generate_params *p,
@@ -190,10 +272,11 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
 {
     const ldm_tensor *xin;
     double t;
-    int r, total = ldm_sampler_total_steps(s);
+    int r, first = ldm_sampler_steps_done(s), total = ldm_sampler_total_steps(s) - first;
     while ((r = ldm_sampler_next(s, &xin, &t)) == 1) {
         ldm_tensor *out = NULL;
         int before = ldm_sampler_steps_done(s);
+        if (atomic_load(&m->cancel)) return cancelled(before - first, total);
         LDM_TRY(evaluate(m, c, p->guidance_scale, xin, t, &out));
         ldm_status st = ldm_sampler_give(s, out);
         ldm_tensor_free(out);
@@ -201,49 +284,117 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
         int done = ldm_sampler_steps_done(s);
         if (done > before) {
             if (blend) LDM_TRY(lp_blend_apply(m, s, blend, done));
-            if (p->progress && p->progress(done, total, p->progress_user_data))
-                return ldm_fail(LDM_CANCELLED, "cancelled by the progress callback at step %d of %d", done, total);
+            if (p->progress && p->progress(done - first, total, p->progress_user_data))
+                return ldm_fail(LDM_CANCELLED, "cancelled by the progress callback at step %d of %d", done - first,
+                                total);
         }
-        if (atomic_load(&m->cancel)) return ldm_fail(LDM_CANCELLED, "cancelled at step %d of %d", done, total);
     }
+    if (atomic_load(&m->cancel)) return cancelled(total, total);
     return r == 0 ? LDM_OK : LDM_ERR_INVALID_ARGUMENT;
 }
 
+/* The model's sampler (as ldm_model_sampler, without the public call's interrupt reset). */
 static ldm_status sampler_for(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
 {
+    if (m->desc.parameterization == LD_PARAM_X0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models have no sampler", m->path);
     ldm_sampler_params sp;
     ldm_sampler_params_init(&sp);
     sp.kind = p->sampler;
     sp.steps = p->steps;
     sp.eta = p->eta;
     sp.seed = p->seed;
-    return ldm_model_sampler(m, &sp, out);
+    return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
+                             out);
 }
 
-static ldm_status generate(ldm_model *m, const ldm_generate_params *p, ldm_tensor **image)
+/* Image-to-image applies to models whose init_image is not their conditioning (the LDM and SD
+ * inpainting models start from pure noise, as their reference scripts do). */
+static int is_img2img(const ldm_model *m, const ldm_generate_params *p)
+{
+    return p->init_image && m->desc.cond.kind != LD_COND_FIRST_STAGE && m->desc.variant != LD_VARIANT_INPAINT_HYBRID;
+}
+
+static ldm_status sample(ldm_model *m, const ldm_generate_params *p, const lp_cond *c, ldm_tensor **z)
 {
     int64_t shape[4];
-    lp_cond c;
-    ldm_tensor *x_T = NULL, *z = NULL;
+    ldm_tensor *x_T = NULL;
     ldm_sampler *s = NULL;
     lp_blend blend = {0};
-    LDM_TRY(latent_shape(m, p, shape));
-    LDM_TRY(lp_build_cond(m, p, &c));
-    ldm_status st = ldm_tensor_create(LDM_F32, 4, shape, &x_T);
-    if (st == LDM_OK) st = ldm_randn(p->seed, 0, x_T);
+    LDM_TRY(latent_shape(m, p, c, shape));
+    ldm_status st = initial_noise(p, shape, &x_T);
     if (st == LDM_OK) st = sampler_for(m, p, &s);
-    int img2img = p->init_image && m->desc.cond.kind != LD_COND_FIRST_STAGE;
-    if (st == LDM_OK && img2img) st = lp_img2img_begin(m, s, p, x_T, &blend);
-    else if (st == LDM_OK) st = ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK) st = lp_run_sampler(m, s, &c, p, blend.active ? &blend : NULL);
-    if (st == LDM_OK) st = (z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
-    if (st == LDM_OK) st = lp_decode(m, z, p->vae_tile, image);
-    if (st == LDM_OK && p->init_image && p->mask) st = lp_composite(p, *image);
+    if (st == LDM_OK) st = lp_check_cancel(m, "before sampling");
+    if (st == LDM_OK) st = is_img2img(m, p) ? lp_img2img_begin(m, s, p, x_T, &blend) : ldm_sampler_begin(s, x_T);
+    if (st == LDM_OK) st = lp_run_sampler(m, s, c, p, blend.active ? &blend : NULL);
+    if (st == LDM_OK) st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
     lp_blend_release(&blend);
-    ldm_tensor_free(z);
     ldm_tensor_free(x_T);
     ldm_sampler_free(s);
+    return st;
+}
+
+/* p: already read; its tensors are broadcast here. */
+static ldm_status latent_for(ldm_model *m, ldm_generate_params *p, lp_inputs *in, ldm_tensor **z)
+{
+    lp_cond c;
+    LDM_TRY(prepare_inputs(m, p, in));
+    LDM_TRY(lp_build_cond(m, p, &c));
+    ldm_status st = sample(m, p, &c, z);
     lp_cond_release(&c);
+    return st;
+}
+
+static ldm_status begin(ldm_model *m, const ldm_generate_params *params, ldm_generate_params *p, const char *fn)
+{
+    LDM_TRY(lm_begin(m, fn));
+    LDM_TRY(read_params(params, p));
+    if (!m->desc.is_diffusion)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", m->path);
+    return LDM_OK;
+}
+
+ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *params, ldm_tensor **z)
+{
+    ldm_generate_params p;
+    lp_inputs in = {0};
+    if (!z) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lp_generate_latent: z is NULL");
+    *z = NULL;
+    LDM_TRY(begin(m, params, &p, "lp_generate_latent"));
+    ldm_status st = latent_for(m, &p, &in, z);
+    release_inputs(&in);
+    return st;
+}
+
+/* The reference composites the LDM inpainting model's output with the known pixels (fact 16);
+ * mask-blended inpainting with an ordinary model does the same. SD's inpainting script does not. */
+static int composites(const ldm_model *m, const ldm_generate_params *p)
+{
+    return p->init_image && p->mask && m->desc.variant != LD_VARIANT_INPAINT_HYBRID;
+}
+
+static ldm_status generate(ldm_model *m, ldm_generate_params *p, ldm_tensor **image)
+{
+    lp_inputs in = {0};
+    ldm_tensor *z = NULL;
+    /* NaN/Inf in an input image would spread through every step: refuse it up front. The
+     * sampler refuses a non-finite model output at the step that produced it (naming the step),
+     * and the decoded image is checked last. */
+    ldm_status st = lt_check_finite(p->init_image, "ldm_generate: init_image");
+    if (st == LDM_OK) st = lt_check_finite(p->mask, "ldm_generate: mask");
+    if (st == LDM_OK) st = lt_check_finite(p->cond_image, "ldm_generate: cond_image");
+    if (st == LDM_OK) st = latent_for(m, p, &in, &z);
+    if (st == LDM_OK) st = lp_check_cancel(m, "before decoding");
+    if (st == LDM_OK) st = lp_decode(m, z, p->vae_tile, image);
+    if (st == LDM_OK) st = lt_check_finite(*image, "ldm_generate: the decoded image");
+    if (st == LDM_OK) st = lt_check_finite(*image, "ldm_generate: the decoded image");
+    if (st == LDM_OK && composites(m, p)) st = lp_composite(p, *image);
+    if (st != LDM_OK) {
+        ldm_tensor_free(*image);
+        *image = NULL;
+    }
+    ldm_tensor_free(z);
+    release_inputs(&in);
     return st;
 }
 
@@ -252,11 +403,8 @@ ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm
     ldm_generate_params p;
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_generate: image is NULL");
     *image = NULL;
-    LDM_TRY(lm_begin(model, "ldm_generate"));
-    LDM_TRY(read_params(params, &p));
-    if (!model->desc.is_diffusion)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", model->path);
+    LDM_TRY(begin(model, params, &p, "ldm_generate"));
     ldm_status st = generate(model, &p, image);
-    if (st != LDM_OK) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
+    if (st != LDM_OK && st != LDM_CANCELLED) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
     return st;
 }

@@ -1,12 +1,20 @@
-/* pipeline_internal.h - pieces of ldm_generate shared by the lib/api/ files. */
+/* pipeline_internal.h - pieces of ldm_generate shared by the lib/api/ files (and reachable from
+ * the tests, which link the static library). */
 #ifndef LDM_API_PIPELINE_INTERNAL_H
 #define LDM_API_PIPELINE_INTERNAL_H
 
 #include "model_internal.h"
 
-/* Learned conditioning for the guided loop (uncond NULL: no guidance). */
+/* Noise streams of ldm_randn under the generation seed: 0 is x_T, 1+k the sampler's step k; the
+ * pipeline's own draws live far above any step count. */
+#define LP_STREAM_POSTERIOR 0x100000000ull /* KL posterior sample of an encoded image */
+#define LP_STREAM_RENOISE   0x100000001ull /* noise that re-noises the known region (mask blend) */
+
+/* Learned conditioning for the guided loop: cross-attention context or concatenated channels in
+ * `cond` (routed by the model's conditioning_key), the unconditional one in `uncond` (NULL: no
+ * guidance), and for hybrid models (SD inpainting) the channels `concat` appended to x for both. */
 typedef struct lp_cond {
-    ldm_tensor *cond, *uncond;
+    ldm_tensor *cond, *uncond, *concat;
 } lp_cond;
 
 ldm_status lp_build_cond(ldm_model *m, const ldm_generate_params *p, lp_cond *out);
@@ -15,31 +23,61 @@ void lp_cond_release(lp_cond *c);
 /* Image-to-image and mask-blended inpainting state: the clean init latent, the noise used to
  * re-noise it, and the latent-resolution mask (1 = generate). */
 typedef struct lp_blend {
-    int active;            /* mask blending on */
-    ldm_tensor *z0;        /* scale_factor * encode(init_image) */
-    ldm_tensor *noise;     /* fixed noise for re-noising z0 */
-    ldm_tensor *mask;      /* [B,1,h,w] */
-    int first_step;        /* first executed step */
+    int active;        /* mask blending on */
+    ldm_tensor *z0;    /* scale_factor * encode(init_image) */
+    ldm_tensor *noise; /* fixed noise for re-noising z0 */
+    ldm_tensor *mask;  /* [B,1,h,w] */
+    int first_step;    /* first executed step */
 } lp_blend;
 
-/* Encodes init_image, noises it to the level where `strength` of the schedule remains and starts
- * the sampler there; with a mask, fills `blend` for lp_blend_apply. */
+/* The first executed step of an image-to-image run of `total_steps` steps: the last
+ * run = max(1, int(strength * total_steps)) steps are run, so the first is total_steps - run. */
+int lp_img2img_first_step(float strength, int total_steps);
+/* Encodes init_image, noises it with x_T to the level of the first step that remains when
+ * `strength` of the schedule is re-run and starts the sampler there; with a mask, fills `blend`
+ * for lp_blend_apply. */
 ldm_status lp_img2img_begin(ldm_model *m, ldm_sampler *s, const ldm_generate_params *p, const ldm_tensor *x_T,
                             lp_blend *blend);
 /* After step `done`: known region <- z0 noised to the sampler's current level. */
 ldm_status lp_blend_apply(ldm_model *m, ldm_sampler *s, const lp_blend *b, int done);
-/* Pixel-space composite (1-m)*init + m*clamp(generated) with the binarised mask. */
+/* Pixel-space composite (1-m)*init + m*clamp(generated) with the mask binarised at 0.5: the known
+ * region is the init image bit for bit. */
 ldm_status lp_composite(const ldm_generate_params *p, ldm_tensor *image);
 /* The LDM inpainting model's conditioning from init_image [-1,1] and mask [0,1] (fact 16). */
 ldm_status lp_ldm_inpaint_cond(ldm_model *m, const ldm_tensor *image, const ldm_tensor *mask, ldm_tensor **out);
+/* SD inpainting (hybrid) c_concat: cat(nearest-resize(mask), scale_factor * encode(image * (mask < 0.5)))
+ * with the mask binarised at 0.5 and the KL posterior sampled from the seed (make_batch_sd). */
+ldm_status lp_hybrid_inpaint_concat(ldm_model *m, const ldm_tensor *image, const ldm_tensor *mask, uint64_t seed,
+                                    ldm_tensor **out);
+/* scale_factor * first_stage(x): KL -> posterior sample mean + std * ldm_randn(seed,
+ * LP_STREAM_POSTERIOR), VQ -> the pre-quantisation h (get_first_stage_encoding). */
+ldm_status lp_encode_latent(ldm_model *m, const ldm_tensor *x, uint64_t seed, ldm_tensor **out);
 void lp_blend_release(lp_blend *b);
+
+/* The sampling loop: evaluates the model with guidance where the sampler asks, blends after each
+ * step when `blend` is given, reports progress relative to the first executed step and stops
+ * with LDM_CANCELLED on request. */
+/* LDM_CANCELLED (message naming `where`) when ldm_model_interrupt() was called. */
+ldm_status lp_check_cancel(ldm_model *m, const char *where);
 
 ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const ldm_generate_params *p,
                           const lp_blend *blend);
 
-/* decode_first_stage, in overlapping tiles of `tile` latent pixels when tile > 0 or when the latent
- * is large (tile 0 = automatic). */
+/* ldm_generate up to the final latent (before decoding), for hosts of the internals and tests:
+ * *z receives the sampler's final x [B,C,h,w] (x_T, noise and conditioning as ldm_generate). */
+ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *p, ldm_tensor **z);
+
+/* decode_first_stage: decoder(z / scale_factor), in overlapping tiles of `tile` latent pixels
+ * when tile > 0 and the latent is larger, or when the latent is large and tile == 0 (automatic);
+ * tile < 0 always decodes whole. */
 ldm_status lp_decode(ldm_model *m, const ldm_tensor *z, int tile, ldm_tensor **image);
+
+/* The tiling of lp_decode on any tile decoder (latent tile [B,C,th,tw] -> pixels
+ * [B,C',th*factor,tw*factor]): tiles of `tile` latent pixels overlapping by tile/4, the last one
+ * along each axis ending at the border, blended with linear ramps over the overlap. */
+typedef ldm_status (*lp_tile_decoder)(void *user, const ldm_tensor *z_tile, ldm_tensor **pixels);
+ldm_status lp_decode_tiles(const lctx *c, const ldm_tensor *z, int tile, int factor, lp_tile_decoder decode, void *user,
+                           ldm_tensor **image);
 
 ldm_status lp_inpaint_cond(ldm_model *m, const ldm_tensor *image, const ldm_tensor *mask, ldm_tensor **out);
 

@@ -77,6 +77,17 @@ static int text_context_length(const struct ldm_conditioner *cond)
     return d->ctx > 0 ? d->ctx : 77;
 }
 
+ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
+                               ldm_tensor **out)
+{
+    LDM_TRY(ensure_tokenizer(cond));
+    ldm_tensor *tokens = NULL;
+    LDM_TRY(ldm_tokenizer_encode(cond->tokenizer, prompts, n_prompts, text_context_length(cond), &tokens));
+    ldm_status st = lm_cond_encode_tokens(cond, tokens, out);
+    ldm_tensor_free(tokens);
+    return st;
+}
+
 ldm_status ldm_conditioner_encode_text(ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                        ldm_tensor **out)
 {
@@ -84,10 +95,5 @@ ldm_status ldm_conditioner_encode_text(ldm_conditioner *cond, const char *const 
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_conditioner_encode_text: NULL argument or no prompts");
     *out = NULL;
     LDM_TRY(lm_begin(cond->model, "ldm_conditioner_encode_text"));
-    LDM_TRY(ensure_tokenizer(cond));
-    ldm_tensor *tokens = NULL;
-    LDM_TRY(ldm_tokenizer_encode(cond->tokenizer, prompts, n_prompts, text_context_length(cond), &tokens));
-    ldm_status st = ldm_conditioner_encode_tokens(cond, tokens, out);
-    ldm_tensor_free(tokens);
-    return st;
+    return lm_cond_encode_text(cond, prompts, n_prompts, out);
 }

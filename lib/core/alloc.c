@@ -81,3 +81,12 @@ char *ldm_strdup(const char *s)
     if (p) memcpy(p, s, n);
     return p;
 }
+
+void ldm_params_fill(void *dst, size_t dst_size, const void *defaults, size_t def_size)
+{
+    if (!dst || dst_size < sizeof(size_t)) return;
+    size_t n = dst_size < def_size ? dst_size : def_size;
+    memcpy(dst, defaults, n);
+    if (dst_size > n) memset((char *)dst + n, 0, dst_size - n);
+    memcpy(dst, &dst_size, sizeof dst_size);
+}

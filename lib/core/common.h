@@ -39,6 +39,10 @@ void ldm_alloc_fail_after(long n);
  * LDM_ERR_OUT_OF_MEMORY (the message was already set by the allocator). */
 ldm_status ldm_alloc_failure_status(void);
 
+/* The *_params_init_size pattern: copies min(dst_size, def_size) bytes of a defaults struct to the
+ * caller's struct, zeroes the rest and stores dst_size in its leading size_t struct_size. */
+void ldm_params_fill(void *dst, size_t dst_size, const void *defaults, size_t def_size);
+
 /* Overflow-checked arithmetic: return 0 on success, non-zero on overflow. */
 static inline int ldm_mul_size(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
 static inline int ldm_add_size(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }

@@ -1,6 +1,7 @@
 /* tensor.c - ldm_tensor creation, views and accessors. */
 #include "tensor.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -90,6 +91,18 @@ ldm_status lt_check(const ldm_tensor *t, const char *what, ldm_dtype dtype, int 
     if (ndim >= 0 && t->ndim != ndim)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: expected %d dimensions, found shape %s", what, ndim,
                         lt_shape_str(t, buf, sizeof buf));
+    return LDM_OK;
+}
+
+ldm_status lt_check_finite(const ldm_tensor *t, const char *what)
+{
+    if (!t || t->dtype != LDM_F32) return LDM_OK;
+    const float *v = lt_f32(t);
+    int64_t n = lt_numel(t);
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return ldm_fail(LDM_ERR_NUMERIC, "%s holds %s (element %lld of %lld)", what, isnan(v[i]) ? "NaN" : "Inf",
+                            (long long)i, (long long)n);
     return LDM_OK;
 }
 

@@ -27,6 +27,10 @@ int64_t lt_numel(const ldm_tensor *t);
 
 /* Checks that `t` is non-NULL, has dtype and ndim as given; sets an error naming `what`. */
 ldm_status lt_check(const ldm_tensor *t, const char *what, ldm_dtype dtype, int ndim);
+/* LDM_ERR_NUMERIC naming `what` and the first offending element when an F32 tensor holds NaN or
+ * Inf (NULL and I64 tensors pass). One pass over the data: cheap next to the network call whose
+ * inputs or outputs it guards, so faults are reported where they appear instead of spreading. */
+ldm_status lt_check_finite(const ldm_tensor *t, const char *what);
 /* "[2,3,16,16]" into buf. */
 const char *lt_shape_str(const ldm_tensor *t, char *buf, size_t cap);
 

@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define PNG_MAX_SIDE 16384u
 #define PNG_MAX_PIXELS ((uint64_t)1 << 26) /* 64 Mpixel: 768 MB as float RGB */
@@ -93,6 +94,23 @@ static ldm_status check_size(const png_ctx *c, uint32_t w, uint32_t h)
     return LDM_OK;
 }
 
+/* deflate cannot compress better than 1032:1, so a file holding fewer than rows * (1 + row
+ * bytes) / 1032 bytes cannot contain the image it declares. Refusing it here keeps a 60-byte
+ * file from making us allocate hundreds of megabytes for pixels that are not there (found by
+ * fuzzing). */
+static ldm_status check_data_size(const png_ctx *c, png_structp png, png_infop info, FILE *fp)
+{
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) return LDM_OK; /* a pipe: no size to compare */
+    uint64_t bits = (uint64_t)png_get_image_width(png, info) * png_get_channels(png, info) * png_get_bit_depth(png, info);
+    uint64_t raw = (uint64_t)png_get_image_height(png, info) * (1 + (bits + 7) / 8);
+    if ((uint64_t)sb.st_size < raw / 1032)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: PNG of %ux%u pixels needs at least %llu bytes of image data, the file has %lld",
+                        c->path, png_get_image_width(png, info), png_get_image_height(png, info),
+                        (unsigned long long)(raw / 1032), (long long)sb.st_size);
+    return LDM_OK;
+}
+
 /* Reads the whole image. On failure nothing is left allocated. The pointers that change after
  * setjmp are volatile so their values survive the longjmp. */
 static ldm_status decode_png(png_ctx *c, FILE *fp, int palette_indices, png_pixels *out)
@@ -117,6 +135,7 @@ static ldm_status decode_png(png_ctx *c, FILE *fp, int palette_indices, png_pixe
         out->width = png_get_image_width(png, info);
         out->height = png_get_image_height(png, info);
         st = check_size(c, out->width, out->height);
+        if (st == LDM_OK) st = check_data_size(c, png, info, fp);
         if (st == LDM_OK) {
             choose_transforms(png, info, palette_indices);
             out->channels = png_get_channels(png, info);

@@ -377,6 +377,15 @@ ldm_status lw_get_f32(const lw_store *s, const char *name, int ndim, const int64
     float *buf = ldm_malloc_aligned(bytes);
     if (!buf) return ldm_fail_context(lw_alloc_status(bytes), "%s: tensor %s: ", s->path, name);
     convert_to_f32(t, numel, buf);
+    /* A NaN or Inf weight would silently poison every output: refuse it when the weight is
+     * widened (once per component creation), naming the tensor. */
+    for (size_t i = 0; i < numel; i++)
+        if (!isfinite(buf[i])) {
+            int nan = isnan(buf[i]);
+            ldm_free(buf);
+            return ldm_fail(LDM_ERR_NUMERIC, "%s: tensor %s holds %s (element %zu of %zu)", s->path, name,
+                            nan ? "NaN" : "Inf", i, numel);
+        }
     *out = buf;
     return LDM_OK;
 }

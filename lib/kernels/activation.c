@@ -16,11 +16,19 @@
 
 #define GEGLU_BLOCK 256 /* gate values per vector-GELU batch */
 
-void lk_silu(float *x, size_t n) { lk_vsilu(x, n, 1.0f); }
-void lk_gelu(float *x, size_t n) { lk_vgelu(x, n); }
-void lk_quick_gelu(float *x, size_t n) { lk_vsilu(x, n, 1.702f); }
+/* Wall time of an activation on the thread that drives the network (see stats.c). */
+#define ACT_TIMED(stmt)                                                                            \
+    do {                                                                                           \
+        lk_stat_mark m_ = lk_stat_begin();                                                         \
+        stmt;                                                                                      \
+        lk_stat_end(m_, LK_OP_ACTIVATION, 0);                                                      \
+    } while (0)
 
-void lk_geglu(const float *x, int rows, int dim, float *out)
+void lk_silu(float *x, size_t n) { ACT_TIMED(lk_vsilu(x, n, 1.0f)); }
+void lk_gelu(float *x, size_t n) { ACT_TIMED(lk_vgelu(x, n)); }
+void lk_quick_gelu(float *x, size_t n) { ACT_TIMED(lk_vsilu(x, n, 1.702f)); }
+
+static void geglu_run(const float *x, int rows, int dim, float *out)
 {
     float g[GEGLU_BLOCK];
     for (int r = 0; r < rows; r++) {
@@ -42,7 +50,7 @@ static void softmax_row(float *x, int cols)
     for (int i = 0; i < cols; i++) x[i] *= inv;
 }
 
-void lk_softmax_rows(float *x, int rows, int cols)
+static void softmax_rows_run(float *x, int rows, int cols)
 {
     for (int r = 0; r < rows; r++) softmax_row(x + (size_t)r * cols, cols);
 }
@@ -74,9 +82,9 @@ static void run_elementwise(const lctx *c, float *x, size_t n, void (*fn)(float 
     lpool_run(c->pool, (int)((n + ACT_CHUNK - 1) / ACT_CHUNK), elementwise_task, &j);
 }
 
-void lk_silu_ctx(const lctx *c, float *x, size_t n) { run_elementwise(c, x, n, lk_silu); }
-void lk_gelu_ctx(const lctx *c, float *x, size_t n) { run_elementwise(c, x, n, lk_gelu); }
-void lk_quick_gelu_ctx(const lctx *c, float *x, size_t n) { run_elementwise(c, x, n, lk_quick_gelu); }
+void lk_silu_ctx(const lctx *c, float *x, size_t n) { ACT_TIMED(run_elementwise(c, x, n, lk_silu)); }
+void lk_gelu_ctx(const lctx *c, float *x, size_t n) { ACT_TIMED(run_elementwise(c, x, n, lk_gelu)); }
+void lk_quick_gelu_ctx(const lctx *c, float *x, size_t n) { ACT_TIMED(run_elementwise(c, x, n, lk_quick_gelu)); }
 
 static int rows_per_task(int cols)
 {
@@ -91,7 +99,7 @@ static void geglu_task(void *arg, int task)
     lk_geglu(j->in + (size_t)r0 * 2 * j->dim, nr, j->dim, j->x + (size_t)r0 * j->dim);
 }
 
-void lk_geglu_ctx(const lctx *c, const float *x, int rows, int dim, float *out)
+static void geglu_ctx_run(const lctx *c, const float *x, int rows, int dim, float *out)
 {
     if (rows <= 0 || dim <= 0) return;
     act_job j = {.x = out, .in = x, .rows = rows, .dim = dim, .rows_per_task = rows_per_task(dim)};
@@ -105,9 +113,37 @@ static void softmax_task(void *arg, int task)
     lk_softmax_rows(j->x + (size_t)r0 * j->dim, nr, j->dim);
 }
 
-void lk_softmax_rows_ctx(const lctx *c, float *x, int rows, int cols)
+static void softmax_rows_ctx_run(const lctx *c, float *x, int rows, int cols)
 {
     if (rows <= 0 || cols <= 0) return;
     act_job j = {.x = x, .rows = rows, .dim = cols, .rows_per_task = rows_per_task(cols)};
     lpool_run(c ? c->pool : NULL, (rows + j.rows_per_task - 1) / j.rows_per_task, softmax_task, &j);
+}
+
+void lk_geglu(const float *x, int rows, int dim, float *out)
+{
+    lk_stat_mark m = lk_stat_begin();
+    geglu_run(x, rows, dim, out);
+    lk_stat_end(m, LK_OP_ACTIVATION, 0);
+}
+
+void lk_softmax_rows(float *x, int rows, int cols)
+{
+    lk_stat_mark m = lk_stat_begin();
+    softmax_rows_run(x, rows, cols);
+    lk_stat_end(m, LK_OP_ACTIVATION, 0);
+}
+
+void lk_geglu_ctx(const lctx *c, const float *x, int rows, int dim, float *out)
+{
+    lk_stat_mark m = lk_stat_begin();
+    geglu_ctx_run(c, x, rows, dim, out);
+    lk_stat_end(m, LK_OP_ACTIVATION, 0);
+}
+
+void lk_softmax_rows_ctx(const lctx *c, float *x, int rows, int cols)
+{
+    lk_stat_mark m = lk_stat_begin();
+    softmax_rows_ctx_run(c, x, rows, cols);
+    lk_stat_end(m, LK_OP_ACTIVATION, 0);
 }

@@ -181,8 +181,8 @@ static void zero_output(int B, int H, int Tq, int D, lk_view out)
                 for (int d = 0; d < D; d++) out.p[(long)b * out.sb + (long)h * out.sh + (long)t * out.st + (long)d * out.sd] = 0.0f;
 }
 
-ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
-                        lk_view out, float scale, int causal)
+ldm_status lk_attention_blas(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                             lk_view out, float scale, int causal)
 {
     if (B <= 0 || H <= 0 || Tq <= 0 || D <= 0) return LDM_OK;
     if (Tk <= 0) {
@@ -203,9 +203,28 @@ ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_v
     size_t bytes;
     if (ldm_mul_size(j.scratch_per_task, (size_t)tasks * sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "attention: scratch size overflow (head dim %d)", D);
-    j.scratch = ldm_malloc_aligned(bytes);
+    j.scratch = lk_scratch_get(bytes);
     if (!j.scratch) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "attention scratch: ");
     lpool_run(c ? c->pool : NULL, tasks, attention_task, &j);
-    ldm_free(j.scratch);
+    lk_scratch_put(j.scratch, bytes);
     return LDM_OK;
+}
+
+ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                        lk_view out, float scale, int causal)
+{
+    lk_stat_mark m = lk_stat_begin();
+    ldm_status st;
+    if (B > 0 && H > 0 && Tq > 0 && D > 0 && Tk > 0 && lk_attention_fused_available())
+        st = lk_attention_fused(c, B, H, Tq, Tk, D, q, k, v, out, scale, causal);
+    else
+        st = lk_attention_blas(c, B, H, Tq, Tk, D, q, k, v, out, scale, causal);
+    /* two products of Tq x Tk x D per (batch, head); causal counts the visible pairs only */
+    double pairs = (double)Tq * (Tk > 0 ? Tk : 0);
+    if (causal && Tk > 0) {
+        double n = LDM_MIN(Tq, Tk);
+        pairs = (double)(Tq - n) * Tk + n * (n + 1) / 2;
+    }
+    lk_stat_end(m, LK_OP_ATTENTION, 4.0 * B * H * pairs * D);
+    return st;
 }

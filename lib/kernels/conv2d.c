@@ -18,6 +18,9 @@
 #define CONV_COL_BUDGET ((size_t)2 << 20)
 /* im2col rows per build task. */
 #define CONV_COL_ROWS_PER_TASK 32
+#define WINOGRAD_MIN_TILES 16
+/* Convolutions with at most this many output pixels per image multiply the whole batch at once. */
+#define CONV_BATCH_MAX_PIXELS 256
 
 int lk_conv2d_out_h(const lk_conv2d_shape *s)
 {
@@ -43,11 +46,16 @@ static void fill_bias(float *y, int oc_n, size_t plane, size_t ld, const float *
 
 typedef struct col_job {
     const lk_conv2d_shape *s;
-    const float *x; /* this image [IC,H,W] */
-    float *col;     /* [K, rows*OW] */
-    int row0, rows; /* output rows of this block */
+    const float *x; /* the first image [IC,H,W] of the block */
+    float *col;     /* [K, ld]: image i's columns start at i * rows*OW */
+    int row0, rows; /* output rows of this block (of each image) */
     int out_w, K;
+    int images;     /* images side by side (batched small convolutions), else 1 */
+    size_t ld;      /* row stride of col: images * rows * OW */
 } col_job;
+
+static void col_row_image(const col_job *j, int kr, int ic, int kh, int kw, int lo, int hi, const float *x,
+                          float *dst);
 
 /* Fills one im2col row (ic, kh, kw) for the block's output rows. */
 static void col_row(const col_job *j, int kr)
@@ -62,8 +70,18 @@ static void col_row(const col_job *j, int kr)
     int hi = last <= 0 ? 0 : (last + st - 1) / st;
     if (hi > ow_n) hi = ow_n;
     if (lo > hi) lo = hi;
-    const float *plane = j->x + (size_t)ic * s->in_h * s->in_w;
-    float *dst = j->col + (size_t)kr * j->rows * ow_n;
+    for (int i = 0; i < j->images; i++)
+        col_row_image(j, kr, ic, kh, kw, lo, hi, j->x + (size_t)i * s->in_ch * s->in_h * s->in_w,
+                      j->col + (size_t)kr * j->ld + (size_t)i * j->rows * ow_n);
+}
+
+/* The part of im2col row (ic, kh, kw) of one image, lo/hi from col_row. */
+static void col_row_image(const col_job *j, int kr, int ic, int kh, int kw, int lo, int hi, const float *x,
+                          float *dst)
+{
+    const lk_conv2d_shape *s = j->s;
+    int st = s->stride, ow_n = j->out_w;
+    const float *plane = x + (size_t)ic * s->in_h * s->in_w;
     for (int r = 0; r < j->rows; r++, dst += ow_n) {
         int ih = (j->row0 + r) * st + kh - s->pad_top;
         if (ih < 0 || ih >= s->in_h) {
@@ -93,6 +111,8 @@ static ldm_status conv_pointwise(const lctx *c, const lk_conv2d_shape *s, const 
                                  const float *bias, float *y)
 {
     int hw = s->in_h * s->in_w;
+    if (s->batch > 1 && hw <= CONV_BATCH_MAX_PIXELS) /* the images' pixels side by side, as above */
+        return lk_conv2d_im2col(c, s, x, w, bias, y);
     for (int b = 0; b < s->batch; b++) {
         float *yb = y + (size_t)b * s->out_ch * hw;
         fill_bias(yb, s->out_ch, (size_t)hw, (size_t)hw, bias);
@@ -101,22 +121,76 @@ static ldm_status conv_pointwise(const lctx *c, const lk_conv2d_shape *s, const 
     return LDM_OK;
 }
 
-ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
-                     float *y)
+/* Winograd needs enough 4x4 output tiles per weight to amortise transforming the weights and
+ * enough channels for its products to be matrix products rather than transforms. */
+static int winograd_pays(const lk_conv2d_shape *s)
+{
+    long tiles = (long)s->batch * ((lk_conv2d_out_h(s) + 3) / 4) * ((lk_conv2d_out_w(s) + 3) / 4);
+    return tiles >= WINOGRAD_MIN_TILES && s->in_ch >= 16 && s->out_ch >= 16;
+}
+
+static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+                             const float *bias, float *y)
 {
     int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
     if (s->batch <= 0 || s->out_ch <= 0 || oh_n <= 0 || ow_n <= 0) return LDM_OK;
     if (s->k_h == 1 && s->k_w == 1 && s->stride == 1 && !s->pad_top && !s->pad_left && !s->pad_bottom &&
         !s->pad_right)
         return conv_pointwise(c, s, x, w, bias, y);
+    if (lk_winograd_applies(s) && winograd_pays(s)) return lk_conv3x3_winograd(c, s, x, w, bias, y);
+    return lk_conv2d_im2col(c, s, x, w, bias, y);
+}
 
+/* y[b][oc][p] = t[oc][b * P + p] + bias[oc]: one product's result back to NCHW. */
+static void scatter_batched(const float *t, int B, int OC, size_t P, const float *bias, float *y)
+{
+    for (int b = 0; b < B; b++)
+        for (int oc = 0; oc < OC; oc++) {
+            const float *src = t + (size_t)oc * B * P + (size_t)b * P;
+            float *dst = y + ((size_t)b * OC + oc) * P, v = bias ? bias[oc] : 0.0f;
+            for (size_t i = 0; i < P; i++) dst[i] = src[i] + v;
+        }
+}
+
+/* Small images (the 8x8 and 4x4 levels of a UNet): one product over the whole batch, the images'
+ * im2col columns side by side, instead of one thin product per image that re-packs the weights
+ * for a few dozen columns. The result goes through a small [OC, B*P] buffer. */
+static ldm_status im2col_batched(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+                                 const float *bias, float *y, int K)
+{
+    int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
+    size_t P = (size_t)oh_n * ow_n, n = (size_t)s->batch * P;
+    size_t col_bytes = sizeof(float) * (size_t)K * n, out_bytes = sizeof(float) * (size_t)s->out_ch * n;
+    float *col = lk_scratch_get(col_bytes), *t = col ? lk_scratch_get(out_bytes) : NULL;
+    if (!t) {
+        lk_scratch_put(col, col_bytes);
+        return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d im2col buffer: ");
+    }
+    col_job j = {s, x, col, 0, oh_n, ow_n, K, s->batch, n};
+    lpool_run(c ? c->pool : NULL, (K + CONV_COL_ROWS_PER_TASK - 1) / CONV_COL_ROWS_PER_TASK, col_task, &j);
+    lk_gemm(c, 0, 0, s->out_ch, (int)n, K, 1.0f, w, K, col, (int)n, 0.0f, t, (int)n);
+    scatter_batched(t, s->batch, s->out_ch, P, bias, y);
+    lk_scratch_put(col, col_bytes);
+    lk_scratch_put(t, out_bytes);
+    return LDM_OK;
+}
+
+ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+                            const float *bias, float *y)
+{
+    int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
+    if (s->batch <= 0 || s->out_ch <= 0 || oh_n <= 0 || ow_n <= 0) return LDM_OK;
     long K = (long)s->in_ch * s->k_h * s->k_w;
     if (K > INT_MAX / 2 || (long)oh_n * ow_n > INT_MAX)
         return ldm_fail(LDM_ERR_LIMIT, "conv2d: shape too large (%ld x %d x %d)", K, oh_n, ow_n);
+    if (s->batch > 1 && (long)oh_n * ow_n <= CONV_BATCH_MAX_PIXELS &&
+        (double)K * s->batch * oh_n * ow_n <= 2.0 * CONV_COL_BUDGET)
+        return im2col_batched(c, s, x, w, bias, y, (int)K);
     size_t row_cost = (size_t)K * ow_n;
     int rows = (int)LDM_MAX((size_t)1, CONV_COL_BUDGET / (row_cost ? row_cost : 1));
     if (rows > oh_n) rows = oh_n;
-    float *col = ldm_malloc_aligned(sizeof(float) * row_cost * rows);
+    size_t col_bytes = sizeof(float) * row_cost * rows;
+    float *col = lk_scratch_get(col_bytes);
     if (!col) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d im2col buffer: ");
 
     size_t plane = (size_t)oh_n * ow_n;
@@ -126,7 +200,7 @@ ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, co
         float *yb = y + (size_t)b * s->out_ch * plane;
         for (int r0 = 0; r0 < oh_n; r0 += rows) {
             int nr = LDM_MIN(rows, oh_n - r0);
-            col_job j = {s, xb, col, r0, nr, ow_n, (int)K};
+            col_job j = {s, xb, col, r0, nr, ow_n, (int)K, 1, (size_t)nr * ow_n};
             lpool_run(c ? c->pool : NULL, col_tasks, col_task, &j);
             float *yblk = yb + (size_t)r0 * ow_n;
             int P = nr * ow_n;
@@ -134,6 +208,22 @@ ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, co
             lk_gemm(c, 0, 0, s->out_ch, P, (int)K, 1.0f, w, (int)K, col, P, 1.0f, yblk, (int)plane);
         }
     }
-    ldm_free(col);
+    lk_scratch_put(col, col_bytes);
     return LDM_OK;
+}
+
+static lk_op conv_kind(const lk_conv2d_shape *s)
+{
+    if (s->k_h == 1 && s->k_w == 1) return LK_OP_CONV1X1;
+    return (s->k_h == 3 && s->k_w == 3 && s->stride == 1) ? LK_OP_CONV3X3 : LK_OP_CONV_OTHER;
+}
+
+ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
+                     float *y)
+{
+    lk_stat_mark m = lk_stat_begin();
+    ldm_status st = conv2d_run(c, s, x, w, bias, y);
+    double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
+    lk_stat_end(m, conv_kind(s), 2.0 * macs);
+    return st;
 }

@@ -11,9 +11,12 @@
 #include "kernels.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <pthread.h>
 
-#ifndef LDM_BLAS_BLIS
+#ifdef LDM_BLAS_BLIS
+void bli_thread_set_num_threads(int64_t n_threads); /* blis.h: dim_t is a 64-bit integer */
+#else
 void openblas_set_num_threads(int num_threads);
 #endif
 
@@ -29,7 +32,9 @@ static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 
 static void blas_single_thread(void)
 {
-#ifndef LDM_BLAS_BLIS
+#ifdef LDM_BLAS_BLIS
+    bli_thread_set_num_threads(1); /* a threaded BLIS would otherwise follow OMP/BLIS_NUM_THREADS */
+#else
     openblas_set_num_threads(1);
 #endif
 }
@@ -74,23 +79,24 @@ static void gemm_tile(void *arg, int task)
 static int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 static int round_up16(int v) { return (v + 15) & ~15; }
 
-/* Chooses the tile grid from the shape alone (see the file comment). */
+/* Chooses the tile grid from the shape alone (see the file comment). A tile of mb x nb re-packs
+ * its K x mb panel of A and K x nb panel of B for mb * nb * K multiply-adds, so packing costs
+ * 1/mb + 1/nb per multiply-add: tiles are cut as square as the tile count allows. */
 static void plan_tiles(gemm_job *j)
 {
     double work = (double)j->M * j->N * j->K;
     int want = (int)LDM_MIN((double)GEMM_MAX_TILES, work / GEMM_TILE_WORK);
     if (want < 1) want = 1;
-    int tn = LDM_MIN(want, ceil_div(j->N, GEMM_MIN_EDGE));
-    if (tn < 1) tn = 1;
-    int tm = LDM_MIN(want / tn, ceil_div(j->M, GEMM_MIN_EDGE));
-    if (tm < 1) tm = 1;
+    double edge = sqrt((double)j->M * j->N / want);
+    int tm = (int)LDM_MIN((double)ceil_div(j->M, GEMM_MIN_EDGE), LDM_MAX(1.0, floor(j->M / edge + 0.5)));
+    int tn = LDM_MAX(1, LDM_MIN(want / tm, ceil_div(j->N, GEMM_MIN_EDGE)));
     j->nb = round_up16(ceil_div(j->N, tn));
     j->mb = round_up16(ceil_div(j->M, tm));
     j->tiles_n = ceil_div(j->N, j->nb);
 }
 
-void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-             const float *B, int ldb, float beta, float *C, int ldc)
+static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -108,9 +114,18 @@ void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float a
     lpool_run(c ? c->pool : NULL, tiles, gemm_tile, &j);
 }
 
+void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+             const float *B, int ldb, float beta, float *C, int ldc)
+{
+    lk_stat_mark m = lk_stat_begin();
+    gemm_run(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    lk_stat_end(m, LK_OP_GEMM, 2.0 * M * N * (K > 0 ? K : 0));
+}
+
 void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, const float *b, int out, float *y)
 {
     if (rows <= 0 || out <= 0) return;
+    lk_stat_mark m = lk_stat_begin();
     float beta = 0.0f;
     if (b) {
         for (int r = 0; r < rows; r++)
@@ -118,4 +133,5 @@ void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, 
         beta = 1.0f;
     }
     lk_gemm(c, 0, 1, rows, out, in, 1.0f, x, in, W, in, beta, y, out);
+    lk_stat_end(m, LK_OP_GEMM, 2.0 * rows * out * in);
 }

@@ -33,6 +33,14 @@ int lk_conv2d_out_w(const lk_conv2d_shape *s);
 /* y[B,OC,OH,OW] = conv(x[B,IC,H,W], w[OC,IC,KH,KW]) + bias[OC] (bias may be NULL). */
 ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
                      float *y);
+/* The Winograd F(4x4,3x3) path lk_conv2d takes for large enough 3x3 stride-1 convolutions
+ * (winograd.c), exposed for tests. lk_winograd_applies: the shape is one it can compute. */
+int lk_winograd_applies(const lk_conv2d_shape *s);
+/* The general path: im2col in row blocks and one matrix product per block (any shape). */
+ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+                            const float *bias, float *y);
+ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+                               const float *bias, float *y);
 
 /* ---- normalisation (in place allowed: y may equal x) */
 /* GroupNorm over [B,C,HW] with `groups` groups, eps, per-channel affine gamma/beta (may be NULL);
@@ -74,6 +82,15 @@ typedef struct lk_view {
  * q/k/v. Needs scratch: returns LDM_ERR_OUT_OF_MEMORY on allocation failure. */
 ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
                         lk_view out, float scale, int causal);
+/* The two implementations behind lk_attention, exposed for tests: tiles of BLAS products
+ * (attention.c, any CPU) and the fused AVX2+FMA kernel (attention_fused.c) that lk_attention
+ * takes when lk_attention_fused_available(); lk_attention_fused fails with LDM_ERR_UNSUPPORTED
+ * on other CPUs. */
+ldm_status lk_attention_blas(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                             lk_view out, float scale, int causal);
+int lk_attention_fused_available(void);
+ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                              lk_view out, float scale, int causal);
 
 /* ---- resampling (NCHW, y must not alias x) */
 /* PyTorch F.interpolate(mode='nearest'): src = min(floor(dst * (float)in / out), in - 1), as PyTorch
@@ -95,6 +112,48 @@ float lk_vmax(const float *x, size_t n);                    /* max of x (-inf wh
 float lk_vexp_shift_sum(float *x, size_t n, float shift);   /* x = exp(x - shift); returns the sum */
 void lk_vsilu(float *x, size_t n, float k);                 /* x = x * sigmoid(k x) */
 void lk_vgelu(float *x, size_t n);                          /* erf GELU, erf to 1.5e-7 absolute */
+
+/* ---- scratch buffers (scratch.c): a bounded cache of large buffers reused across calls */
+/* A buffer of at least `bytes` (64-byte aligned), cached or new; NULL with the error set. */
+void *lk_scratch_get(size_t bytes);
+/* Gives a buffer from lk_scratch_get back (bytes = the size asked for); may free it. */
+void lk_scratch_put(void *p, size_t bytes);
+/* Frees every cached buffer. */
+void lk_scratch_trim(void);
+
+/* ---- instrumentation for the benchmark (stats.c); off unless lk_stats_reset was called */
+typedef enum lk_op {
+    LK_OP_CONV3X3, /* 3x3 stride-1 convolutions */
+    LK_OP_CONV1X1,
+    LK_OP_CONV_OTHER,
+    LK_OP_GEMM, /* lk_gemm / lk_linear called by a network directly */
+    LK_OP_ATTENTION,
+    LK_OP_GROUPNORM,
+    LK_OP_LAYERNORM,
+    LK_OP_ACTIVATION,
+    LK_OP_ELEMENTWISE,
+    LK_OP_RESAMPLE,
+    LK_OP_COUNT
+} lk_op;
+typedef struct lk_op_stats {
+    unsigned long long calls;
+    double flops;   /* counted (textbook) FLOPs, see stats.c */
+    double seconds;     /* wall time inside the outermost calls */
+    double cpu_seconds; /* process CPU time (every thread) during them */
+} lk_op_stats;
+/* Zeroes the counters and starts counting the kernels called from this thread. */
+void lk_stats_reset(void);
+/* Stops counting on this thread (the counters keep their values). */
+void lk_stats_stop(void);
+void lk_stats_read(lk_op_stats out[LK_OP_COUNT]);
+const char *lk_op_name(lk_op op);
+/* Brackets one kernel call: end() records it if it was the outermost counted call. */
+typedef struct lk_stat_mark {
+    unsigned long long t0, cpu0;
+    int entered, active;
+} lk_stat_mark;
+lk_stat_mark lk_stat_begin(void);
+void lk_stat_end(lk_stat_mark m, lk_op op, double flops);
 
 /* ---- naive references (tests compare the fast paths to these) */
 void lk_ref_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

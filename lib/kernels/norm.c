@@ -90,13 +90,17 @@ static void group_norm(const lctx *c, const float *x, int B, int C, int HW, int 
 void lk_group_norm(const lctx *c, const float *x, int B, int C, int HW, int groups, float eps, const float *gamma,
                    const float *beta, float *y)
 {
+    lk_stat_mark m = lk_stat_begin();
     group_norm(c, x, B, C, HW, groups, eps, gamma, beta, y, 0);
+    lk_stat_end(m, LK_OP_GROUPNORM, 0);
 }
 
 void lk_group_norm_silu(const lctx *c, const float *x, int B, int C, int HW, int groups, float eps,
                         const float *gamma, const float *beta, float *y)
 {
+    lk_stat_mark m = lk_stat_begin();
     group_norm(c, x, B, C, HW, groups, eps, gamma, beta, y, 1);
+    lk_stat_end(m, LK_OP_GROUPNORM, 0);
 }
 
 typedef struct ln_job {
@@ -130,8 +134,10 @@ void lk_layer_norm(const lctx *c, const float *x, int rows, int dim, float eps, 
                    float *y)
 {
     if (rows <= 0 || dim <= 0) return;
+    lk_stat_mark m = lk_stat_begin();
     ln_job j = {x, y, rows, dim, eps, gamma, beta};
     int tasks = (rows + LN_ROWS_PER_TASK - 1) / LN_ROWS_PER_TASK;
     size_t total = (size_t)rows * dim;
     lpool_run(total >= NORM_PARALLEL_MIN && c ? c->pool : NULL, tasks, ln_task, &j);
+    lk_stat_end(m, LK_OP_LAYERNORM, 0);
 }

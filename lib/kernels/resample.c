@@ -22,7 +22,7 @@ static int nearest_src(int dst, int in, int out)
     return src < in - 1 ? src : in - 1;
 }
 
-void lk_resize_nearest(const float *x, int BC, int H, int W, int OH, int OW, float *y)
+static void resize_nearest_run(const float *x, int BC, int H, int W, int OH, int OW, float *y)
 {
     if (BC <= 0 || OH <= 0 || OW <= 0 || H <= 0 || W <= 0) return;
     for (int p = 0; p < BC; p++) {
@@ -56,7 +56,7 @@ static lin_tap linear_tap(int dst, int in, double scale)
     return t;
 }
 
-void lk_resize_bilinear(const float *x, int BC, int H, int W, int OH, int OW, double scale_h, double scale_w, float *y)
+static void resize_bilinear_run(const float *x, int BC, int H, int W, int OH, int OW, double scale_h, double scale_w, float *y)
 {
     if (BC <= 0 || OH <= 0 || OW <= 0 || H <= 0 || W <= 0) return;
     for (int p = 0; p < BC; p++) {
@@ -75,7 +75,7 @@ void lk_resize_bilinear(const float *x, int BC, int H, int W, int OH, int OW, do
     }
 }
 
-void lk_avg_pool2(const float *x, int BC, int H, int W, float *y)
+static void avg_pool2_run(const float *x, int BC, int H, int W, float *y)
 {
     int OH = H / 2, OW = W / 2;
     for (int p = 0; p < BC; p++) {
@@ -87,4 +87,25 @@ void lk_avg_pool2(const float *x, int BC, int H, int W, float *y)
                 yp[(size_t)oh * OW + ow] = (r0[2 * ow] + r0[2 * ow + 1] + r1[2 * ow] + r1[2 * ow + 1]) / 4.0f;
         }
     }
+}
+
+void lk_resize_nearest(const float *x, int BC, int H, int W, int OH, int OW, float *y)
+{
+    lk_stat_mark m = lk_stat_begin();
+    resize_nearest_run(x, BC, H, W, OH, OW, y);
+    lk_stat_end(m, LK_OP_RESAMPLE, 0);
+}
+
+void lk_resize_bilinear(const float *x, int BC, int H, int W, int OH, int OW, double scale_h, double scale_w, float *y)
+{
+    lk_stat_mark m = lk_stat_begin();
+    resize_bilinear_run(x, BC, H, W, OH, OW, scale_h, scale_w, y);
+    lk_stat_end(m, LK_OP_RESAMPLE, 0);
+}
+
+void lk_avg_pool2(const float *x, int BC, int H, int W, float *y)
+{
+    lk_stat_mark m = lk_stat_begin();
+    avg_pool2_run(x, BC, H, W, y);
+    lk_stat_end(m, LK_OP_RESAMPLE, 0);
 }

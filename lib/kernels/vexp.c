@@ -8,61 +8,18 @@
  * for e^r on [-ln2/2, ln2/2], and 2^n assembled in the exponent bits. Max error about 2 ulp over
  * the clamped range [-87.3, 88.3] (below it returns ~1e-38 instead of 0, above it ~2e38 instead
  * of inf; harmless for sigmoid and softmax). It is written with GCC/Clang vector extensions on 8
- * lanes (two SSE registers in the baseline x86-64 build, one AVX register in the AVX2 twin, NEON
- * elsewhere), because plain C loops with the clamps are not auto-vectorised under the default
+ * lanes (see simd.h), because plain C loops with the clamps are not auto-vectorised under the default
  * -ftrapping-math. Tails are padded into a full vector, so every element goes through the same
  * arithmetic wherever it sits; sums keep 8 lane-wise partial results combined in a fixed order.
  * erf uses Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7), the formula of PyTorch's
  * vectorised CPU erf, except that 1 + erf(z) for z < 0 is formed directly from the exp term
  * instead of by cancellation, so GELU keeps its relative accuracy for negative inputs.
  *
- * The vector helpers are macros or take pointers: GCC and Clang warn about (and note the ABI of)
- * 32-byte vectors passed or returned by value without AVX, even by functions that are inlined. */
+ * The vector types, helpers and the AVX2 dispatch are those of simd.h. */
 #include "kernels.h"
+#include "simd.h"
 
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-#define LANES 8
-
-/* On x86-64 every public loop is compiled twice, for baseline SSE2 and for AVX2, and the AVX2
- * copy is used when the CPU has it. Both perform the same IEEE operations lane for lane (the twin
- * enables AVX2 but not FMA, so nothing can be contracted), so results do not depend on the CPU. The dispatch is by
- * hand rather than with target_clones, whose ifunc resolvers GCC exports from the shared library
- * whatever the visibility. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define VEXP_DISPATCH 1
-#include <stdatomic.h>
-
-static int cpu_has_avx2(void)
-{
-    static atomic_int known = -1; /* -1 unknown, else 0/1; racing first calls agree */
-    int v = atomic_load_explicit(&known, memory_order_relaxed);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") ? 1 : 0;
-        atomic_store_explicit(&known, v, memory_order_relaxed);
-    }
-    return v;
-}
-#endif
-
-/* Bodies are always inlined into both the baseline entry point and its AVX2 twin. */
-#define VEXP_BODY static inline __attribute__((always_inline))
-
-#define SPLAT(v) ((v8f){(v), (v), (v), (v), (v), (v), (v), (v)})
-/* a where mask is set, else b */
-#define SELECT(mask, a, b) ((v8f)(((mask) & (v8i)(a)) | (~(mask) & (v8i)(b))))
-#define LOAD(v, p) memcpy(&(v), (p), sizeof(v8f))
-#define STORE(p, v)                                                                                \
-    do {                                                                                           \
-        v8f store_tmp_ = (v);                                                                      \
-        memcpy((p), &store_tmp_, sizeof store_tmp_);                                               \
-    } while (0)
 
 /* Loads n < LANES values into *v, padding with `fill`. */
 static inline void load_tail(v8f *v, const float *p, size_t n, float fill)
@@ -102,7 +59,7 @@ static inline float hsum8(const v8f *v)
     return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
-VEXP_BODY void vexp_impl(float *x, size_t n)
+LK_BODY void vexp_impl(float *x, size_t n)
 {
     size_t i = 0;
     for (; i + LANES <= n; i += LANES) {
@@ -119,7 +76,7 @@ VEXP_BODY void vexp_impl(float *x, size_t n)
     }
 }
 
-VEXP_BODY float vmax_impl(const float *x, size_t n)
+LK_BODY float vmax_impl(const float *x, size_t n)
 {
     v8f m = SPLAT(-INFINITY);
     size_t i = 0;
@@ -139,7 +96,7 @@ VEXP_BODY float vmax_impl(const float *x, size_t n)
     return r;
 }
 
-VEXP_BODY float vexp_shift_sum_impl(float *x, size_t n, float shift)
+LK_BODY float vexp_shift_sum_impl(float *x, size_t n, float shift)
 {
     v8f acc = SPLAT(0.0f), s = SPLAT(shift);
     size_t i = 0;
@@ -174,7 +131,7 @@ static inline __attribute__((always_inline)) void vsilu8(v8f *x, float k)
     *x = *x / (SPLAT(1.0f) + e);
 }
 
-VEXP_BODY void vsilu_impl(float *x, size_t n, float k)
+LK_BODY void vsilu_impl(float *x, size_t n, float k)
 {
     size_t i = 0;
     for (; i + LANES <= n; i += LANES) {
@@ -211,7 +168,7 @@ static inline __attribute__((always_inline)) void vgelu8(v8f *xp)
     *xp = SPLAT(0.5f) * x * one_plus_erf;
 }
 
-VEXP_BODY void vgelu_impl(float *x, size_t n)
+LK_BODY void vgelu_impl(float *x, size_t n)
 {
     size_t i = 0;
     for (; i + LANES <= n; i += LANES) {
@@ -230,17 +187,14 @@ VEXP_BODY void vgelu_impl(float *x, size_t n)
 
 /* ---- entry points: baseline build plus AVX2 twin */
 
-#ifdef VEXP_DISPATCH
-#define AVX2 __attribute__((target("avx2")))
-static AVX2 void vexp_avx2(float *x, size_t n) { vexp_impl(x, n); }
-static AVX2 float vmax_avx2(const float *x, size_t n) { return vmax_impl(x, n); }
-static AVX2 float vexp_shift_sum_avx2(float *x, size_t n, float shift) { return vexp_shift_sum_impl(x, n, shift); }
-static AVX2 void vsilu_avx2(float *x, size_t n, float k) { vsilu_impl(x, n, k); }
-static AVX2 void vgelu_avx2(float *x, size_t n) { vgelu_impl(x, n); }
-#define PICK(avx2_call, base_call) (cpu_has_avx2() ? (avx2_call) : (base_call))
-#else
-#define PICK(avx2_call, base_call) (base_call)
+#ifdef LK_DISPATCH
+static LK_AVX2 void vexp_avx2(float *x, size_t n) { vexp_impl(x, n); }
+static LK_AVX2 float vmax_avx2(const float *x, size_t n) { return vmax_impl(x, n); }
+static LK_AVX2 float vexp_shift_sum_avx2(float *x, size_t n, float shift) { return vexp_shift_sum_impl(x, n, shift); }
+static LK_AVX2 void vsilu_avx2(float *x, size_t n, float k) { vsilu_impl(x, n, k); }
+static LK_AVX2 void vgelu_avx2(float *x, size_t n) { vgelu_impl(x, n); }
 #endif
+#define PICK LK_PICK
 
 void lk_vexp(float *x, size_t n) { PICK(vexp_avx2(x, n), vexp_impl(x, n)); }
 float lk_vmax(const float *x, size_t n) { return PICK(vmax_avx2(x, n), vmax_impl(x, n)); }

@@ -18,11 +18,12 @@ typedef struct chk {
     const char *file;
 } chk;
 
-static const lw_tensor *need(const chk *k, const char *name, const char *why)
+/* *t = tensor `name`; NOT_FOUND saying `why` (what needs it) when it is absent. */
+static ldm_status need(const chk *k, const char *name, const char *why, const lw_tensor **t)
 {
-    const lw_tensor *t = lw_find(k->s, name);
-    if (!t) ldm_fail(LDM_ERR_NOT_FOUND, "%s: tensor %s is missing (%s)", k->file, name, why);
-    return t;
+    *t = lw_find(k->s, name);
+    if (!*t) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: tensor %s is missing (%s)", k->file, name, why);
+    return LDM_OK;
 }
 
 static ldm_status mismatch(const chk *k, const lw_tensor *t, int dim, const char *what, long long want)
@@ -61,6 +62,17 @@ static ldm_status agree(const chk *k, int *field, const lw_tensor *t, int dim, c
                         k->file, t->name, shape, what, *field, found);
     }
     return LDM_OK;
+}
+
+/* Tensor `name` must exist (see need); the config values *d0 and *d1 agree with its dimensions 0
+ * and 1 (a NULL field is not checked). */
+static ldm_status agree_dims(const chk *k, const char *name, const char *why, int *d0, const char *what0, int *d1,
+                             const char *what1)
+{
+    const lw_tensor *t = NULL;
+    LDM_TRY(need(k, name, why, &t));
+    if (d0) LDM_TRY(agree(k, d0, t, 0, what0));
+    return d1 ? agree(k, d1, t, 1, what1) : LDM_OK;
 }
 
 static ldm_status agree_count(const chk *k, int *field, int found, const char *what, const char *where)
@@ -104,8 +116,8 @@ static ldm_status ae_levels(const chk *k, const char *p, ld_autoencoder *a)
     LDM_TRY(agree_count(k, &want, blocks, "ddconfig.num_res_blocks + 1", name));
     for (int i = 0; i < a->n_levels; i++) {
         snprintf(name, sizeof name, "%sdecoder.up.%d.block.0.conv1.weight", p, i);
-        const lw_tensor *t = need(k, name, "decoder level");
-        if (!t) return LDM_ERR_NOT_FOUND;
+        const lw_tensor *t = NULL;
+        LDM_TRY(need(k, name, "decoder level", &t));
         snprintf(what, sizeof what, "ch * ch_mult[%d]", i);
         LDM_TRY(expect_dim(k, t, 0, (long long)a->ch * a->ch_mult[i], what));
         snprintf(name, sizeof name, "decoder level %d attention (%sdecoder.up.%d.attn.*)", i, p, i);
@@ -118,13 +130,13 @@ static ldm_status ae_levels(const chk *k, const char *p, ld_autoencoder *a)
 static ldm_status ae_quant(const chk *k, const char *p, ld_autoencoder *a)
 {
     char name[512];
+    const lw_tensor *t = NULL;
     snprintf(name, sizeof name, "%spost_quant_conv.weight", p);
-    const lw_tensor *t = need(k, name, "first stage");
-    if (!t) return LDM_ERR_NOT_FOUND;
+    LDM_TRY(need(k, name, "first stage", &t));
     LDM_TRY(agree(k, &a->embed_dim, t, 1, "embed_dim"));
     LDM_TRY(expect_dim(k, t, 0, a->z_channels, "z_channels"));
     snprintf(name, sizeof name, "%squant_conv.weight", p);
-    if (!(t = need(k, name, "first stage"))) return LDM_ERR_NOT_FOUND;
+    LDM_TRY(need(k, name, "first stage", &t));
     LDM_TRY(expect_dim(k, t, 0, (a->is_vq ? 1LL : 2LL) * a->embed_dim, a->is_vq ? "embed_dim" : "2 * embed_dim"));
     snprintf(name, sizeof name, "%squantize.embedding.weight", p);
     t = lw_find(k->s, name);
@@ -132,7 +144,7 @@ static ldm_status ae_quant(const chk *k, const char *p, ld_autoencoder *a)
         return ldm_fail(LDM_ERR_FORMAT, "%s: the config names an AutoencoderKL but the checkpoint has %s (a VQ "
                         "model)", k->file, name);
     if (!a->is_vq) return LDM_OK;
-    if (!(t = need(k, name, "VQ codebook"))) return LDM_ERR_NOT_FOUND;
+    LDM_TRY(need(k, name, "VQ codebook", &t));
     LDM_TRY(agree(k, &a->n_embed, t, 0, "n_embed"));
     return expect_dim(k, t, 1, a->embed_dim, "embed_dim");
 }
@@ -141,27 +153,23 @@ static ldm_status complete_first_stage(const chk *k, const char *p, ld_autoencod
 {
     char name[512];
     snprintf(name, sizeof name, "%sencoder.conv_in.weight", p);
-    const lw_tensor *t = need(k, name, "first stage encoder");
-    if (!t) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &a->ch, t, 0, "ddconfig.ch"));
-    LDM_TRY(agree(k, &a->in_channels, t, 1, "ddconfig.in_channels"));
+    LDM_TRY(agree_dims(k, name, "first stage encoder", &a->ch, "ddconfig.ch", &a->in_channels, "ddconfig.in_channels"));
     snprintf(name, sizeof name, "%sdecoder.conv_in.weight", p);
-    if (!(t = need(k, name, "first stage decoder"))) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &a->z_channels, t, 1, "ddconfig.z_channels"));
+    LDM_TRY(agree_dims(k, name, "first stage decoder", NULL, NULL, &a->z_channels, "ddconfig.z_channels"));
     snprintf(name, sizeof name, "%sencoder.conv_out.weight", p);
-    if (!(t = need(k, name, "first stage encoder"))) return LDM_ERR_NOT_FOUND;
+    const lw_tensor *t = NULL;
+    LDM_TRY(need(k, name, "first stage encoder", &t));
     LDM_TRY(expect_dim(k, t, 0, (a->double_z ? 2LL : 1LL) * a->z_channels,
                        a->double_z ? "2 * z_channels (double_z)" : "z_channels"));
     snprintf(name, sizeof name, "%sdecoder.conv_out.weight", p);
-    if (!(t = need(k, name, "first stage decoder"))) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &a->out_ch, t, 0, "ddconfig.out_ch"));
+    LDM_TRY(agree_dims(k, name, "first stage decoder", &a->out_ch, "ddconfig.out_ch", NULL, NULL));
     LDM_TRY(ae_quant(k, p, a));
     return ae_levels(k, p, a);
 }
 
 /* ---------------------------------------------------------------- UNet */
 
-static const char UNET[] = "model.diffusion_model.";
+#define UNET "model.diffusion_model."
 
 static int unet_level_has_attn(const ld_unet *u, int level)
 {
@@ -173,34 +181,34 @@ static int unet_level_has_attn(const ld_unet *u, int level)
 /* Element 1 of output block idx is an AttentionBlock or a SpatialTransformer. */
 static int unet_has_attention_at(const chk *k, int idx)
 {
-    return ld_probe(k->s, "%soutput_blocks.%d.1.qkv.weight", UNET, idx) ||
-           ld_probe(k->s, "%soutput_blocks.%d.1.proj_in.weight", UNET, idx);
+    return ld_probe(k->s, UNET "output_blocks.%d.1.qkv.weight", idx) ||
+           ld_probe(k->s, UNET "output_blocks.%d.1.proj_in.weight", idx);
 }
 
 static ldm_status unet_levels(const chk *k, ld_unet *u)
 {
     char what[96], name[256];
     const int per = u->num_res_blocks + 1, L = u->n_levels;
-    int blocks = ld_probe_count(k->s, MAX_COUNT, "%soutput_blocks.", UNET);
+    int blocks = ld_probe_count(k->s, MAX_COUNT, UNET "output_blocks.");
     int want = L * per;
     LDM_TRY(agree_count(k, &want, blocks, "len(channel_mult) * (num_res_blocks + 1) output blocks",
-                        "model.diffusion_model.output_blocks.<N>"));
+                        UNET "output_blocks.<N>"));
     for (int l = 0; l < L; l++) {
         int idx = (L - 1 - l) * per;
-        const lw_tensor *t = ld_probe(k->s, "%soutput_blocks.%d.0.out_layers.3.weight", UNET, idx);
-        if (!t)
-            return ldm_fail(LDM_ERR_NOT_FOUND, "%s: tensor %soutput_blocks.%d.0.out_layers.3.weight is missing",
-                            k->file, UNET, idx);
+        const lw_tensor *t = NULL;
+        snprintf(name, sizeof name, UNET "output_blocks.%d.0.out_layers.3.weight", idx);
+        LDM_TRY(need(k, name, "UNet decoder level", &t));
         snprintf(what, sizeof what, "model_channels * channel_mult[%d]", l);
         LDM_TRY(expect_dim(k, t, 0, (long long)u->model_channels * u->channel_mult[l], what));
-        snprintf(name, sizeof name, "attention at downsample factor %d (%soutput_blocks.%d.1)", 1 << l, UNET, idx);
+        snprintf(name, sizeof name, "attention at downsample factor %d (" UNET "output_blocks.%d.1)", 1 << l, idx);
         LDM_TRY(presence(k, unet_level_has_attn(u, l), unet_has_attention_at(k, idx), name));
     }
     if (L < 2) return LDM_OK;
     /* The first level boundary of the decoder half: block num_res_blocks ends with the upsampler. */
     int j = unet_level_has_attn(u, L - 1) ? 2 : 1;
-    int res = ld_probe(k->s, "%soutput_blocks.%d.%d.in_layers.0.weight", UNET, u->num_res_blocks, j) != NULL;
-    snprintf(name, sizeof name, "resblock_updown (ResBlock upsampler %soutput_blocks.%d.%d)", UNET, u->num_res_blocks, j);
+    int res = ld_probe(k->s, UNET "output_blocks.%d.%d.in_layers.0.weight", u->num_res_blocks, j) != NULL;
+    snprintf(name, sizeof name, "resblock_updown (ResBlock upsampler " UNET "output_blocks.%d.%d)", u->num_res_blocks,
+             j);
     return presence(k, u->resblock_updown, res, name);
 }
 
@@ -208,38 +216,29 @@ static ldm_status unet_middle(const chk *k, ld_unet *u)
 {
     char name[256];
     const int ch = u->model_channels * u->channel_mult[u->n_levels - 1];
-    snprintf(name, sizeof name, "%smiddle_block.0.emb_layers.1.weight", UNET);
-    const lw_tensor *t = need(k, name, "UNet middle block");
-    if (!t) return LDM_ERR_NOT_FOUND;
+    const lw_tensor *t = NULL;
+    LDM_TRY(need(k, UNET "middle_block.0.emb_layers.1.weight", "UNet middle block", &t));
     LDM_TRY(expect_dim(k, t, 0, (u->use_scale_shift_norm ? 2LL : 1LL) * ch,
                        u->use_scale_shift_norm ? "2 * channels (use_scale_shift_norm)" : "channels"));
-    snprintf(name, sizeof name, "%smiddle_block.1.%s", UNET, u->use_spatial_transformer ? "proj_in.weight" : "qkv.weight");
-    if (!(t = need(k, name, u->use_spatial_transformer ? "use_spatial_transformer" : "AttentionBlock")))
-        return LDM_ERR_NOT_FOUND;
+    snprintf(name, sizeof name, UNET "middle_block.1.%s", u->use_spatial_transformer ? "proj_in.weight" : "qkv.weight");
+    LDM_TRY(need(k, name, u->use_spatial_transformer ? "use_spatial_transformer" : "AttentionBlock", &t));
     if (!u->use_spatial_transformer) return LDM_OK;
     if ((t->ndim == 2) != (u->use_linear_in_transformer != 0))
         return ldm_fail(LDM_ERR_FORMAT, "%s: tensor %s is %d-D: the config says use_linear_in_transformer %s", k->file,
                         name, t->ndim, u->use_linear_in_transformer ? "true (2-D Linear)" : "false (1x1 conv)");
-    int depth = ld_probe_count(k->s, MAX_COUNT, "%smiddle_block.1.transformer_blocks.", UNET);
+    int depth = ld_probe_count(k->s, MAX_COUNT, UNET "middle_block.1.transformer_blocks.");
     LDM_TRY(agree_count(k, &u->transformer_depth, depth, "transformer_depth",
-                        "model.diffusion_model.middle_block.1.transformer_blocks.<N>"));
-    snprintf(name, sizeof name, "%smiddle_block.1.transformer_blocks.0.attn2.to_k.weight", UNET);
-    if (!(t = need(k, name, "cross-attention"))) return LDM_ERR_NOT_FOUND;
-    return agree(k, &u->context_dim, t, 1, "context_dim");
+                        UNET "middle_block.1.transformer_blocks.<N>"));
+    return agree_dims(k, UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight", "cross-attention", NULL, NULL,
+                      &u->context_dim, "context_dim");
 }
 
 static ldm_status complete_unet(const chk *k, ld_unet *u)
 {
-    char name[256];
-    snprintf(name, sizeof name, "%sinput_blocks.0.0.weight", UNET);
-    const lw_tensor *t = need(k, name, "UNet input conv");
-    if (!t) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &u->model_channels, t, 0, "model_channels"));
-    LDM_TRY(agree(k, &u->in_channels, t, 1, "in_channels"));
-    snprintf(name, sizeof name, "%sout.2.weight", UNET);
-    if (!(t = need(k, name, "UNet output conv"))) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &u->out_channels, t, 0, "out_channels"));
-    t = ld_probe(k->s, "%slabel_emb.weight", UNET);
+    LDM_TRY(agree_dims(k, UNET "input_blocks.0.0.weight", "UNet input conv", &u->model_channels, "model_channels",
+                       &u->in_channels, "in_channels"));
+    LDM_TRY(agree_dims(k, UNET "out.2.weight", "UNet output conv", &u->out_channels, "out_channels", NULL, NULL));
+    const lw_tensor *t = lw_find(k->s, UNET "label_emb.weight");
     LDM_TRY(presence(k, u->num_classes != 0, t != NULL, "UNet class embedding (label_emb.weight, num_classes)"));
     if (t) LDM_TRY(agree(k, &u->num_classes, t, 0, "num_classes"));
     LDM_TRY(unet_levels(k, u));
@@ -248,7 +247,7 @@ static ldm_status complete_unet(const chk *k, ld_unet *u)
 
 /* ---------------------------------------------------------------- cond stage */
 
-static const char COND[] = "cond_stage_model.";
+#define COND "cond_stage_model."
 
 /* Every released CLIP / OpenCLIP text tower uses 64-channel heads; the count is not stored. */
 static ldm_status text_heads(const chk *k, ld_model *m)
@@ -273,17 +272,14 @@ static ldm_status complete_text(const chk *k, ld_model *m, int hf)
     ld_cond *d = &m->cond;
     char name[256], where[256];
     const char *root = hf ? "transformer.text_model." : "model.";
-    snprintf(name, sizeof name, "%s%s%s", COND, root, hf ? "embeddings.token_embedding.weight" : "token_embedding.weight");
-    const lw_tensor *t = need(k, name, hf ? "FrozenCLIPEmbedder" : "FrozenOpenCLIPEmbedder");
-    if (!t) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &d->vocab, t, 0, "text encoder vocab"));
-    LDM_TRY(agree(k, &d->width, t, 1, "text encoder width"));
-    snprintf(name, sizeof name, "%s%s%s", COND, root, hf ? "embeddings.position_embedding.weight" : "positional_embedding");
-    if (!(t = need(k, name, "text encoder positions"))) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &d->ctx, t, 0, "text encoder ctx (max_length)"));
+    snprintf(name, sizeof name, COND "%s%s", root, hf ? "embeddings.token_embedding.weight" : "token_embedding.weight");
+    LDM_TRY(agree_dims(k, name, hf ? "FrozenCLIPEmbedder" : "FrozenOpenCLIPEmbedder", &d->vocab, "text encoder vocab",
+                       &d->width, "text encoder width"));
+    snprintf(name, sizeof name, COND "%s%s", root, hf ? "embeddings.position_embedding.weight" : "positional_embedding");
+    LDM_TRY(agree_dims(k, name, "text encoder positions", &d->ctx, "text encoder ctx (max_length)", NULL, NULL));
     const char *blocks = hf ? "encoder.layers." : "transformer.resblocks.";
-    int layers = ld_probe_count(k->s, MAX_COUNT, "%s%s%s", COND, root, blocks);
-    snprintf(where, sizeof where, "%s%s%s<N>", COND, root, blocks);
+    int layers = ld_probe_count(k->s, MAX_COUNT, COND "%s%s", root, blocks);
+    snprintf(where, sizeof where, COND "%s%s<N>", root, blocks);
     LDM_TRY(agree_count(k, &d->layers, layers, "text encoder layers", where));
     /* The reference breaks out of its block loop at index layers - layer_skip, so skipping every
      * block (a 1-layer tower with "penultimate") is legal: ln_final(token + position embeddings). */
@@ -295,35 +291,28 @@ static ldm_status complete_text(const chk *k, ld_model *m, int hf)
 
 static ldm_status complete_bert(const chk *k, ld_cond *d)
 {
-    char name[256];
-    snprintf(name, sizeof name, "%stransformer.token_emb.weight", COND);
-    const lw_tensor *t = need(k, name, "BERTEmbedder");
-    if (!t) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &d->vocab_size, t, 0, "vocab_size"));
-    LDM_TRY(agree(k, &d->n_embed, t, 1, "n_embed"));
-    snprintf(name, sizeof name, "%stransformer.pos_emb.emb.weight", COND);
-    if (!(t = need(k, name, "BERTEmbedder positions"))) return LDM_ERR_NOT_FOUND;
-    LDM_TRY(agree(k, &d->max_seq_len, t, 0, "max_seq_len"));
+    LDM_TRY(agree_dims(k, COND "transformer.token_emb.weight", "BERTEmbedder", &d->vocab_size, "vocab_size",
+                       &d->n_embed, "n_embed"));
+    LDM_TRY(agree_dims(k, COND "transformer.pos_emb.emb.weight", "BERTEmbedder positions", &d->max_seq_len,
+                       "max_seq_len", NULL, NULL));
     /* x_transformer Encoder: layers alternate (attention, feed-forward). */
-    int n = ld_probe_count(k->s, MAX_COUNT, "%stransformer.attn_layers.layers.", COND);
+    int n = ld_probe_count(k->s, MAX_COUNT, COND "transformer.attn_layers.layers.");
     int layers = d->n_layer * 2;
     LDM_TRY(agree_count(k, &layers, n, "2 * n_layer (attention + feed-forward)",
-                        "cond_stage_model.transformer.attn_layers.layers.<N>"));
-    snprintf(name, sizeof name, "%stransformer.attn_layers.layers.0.1.to_q.weight", COND);
-    if (!(t = need(k, name, "BERTEmbedder attention"))) return LDM_ERR_NOT_FOUND;
+                        COND "transformer.attn_layers.layers.<N>"));
+    const lw_tensor *t = NULL;
+    LDM_TRY(need(k, COND "transformer.attn_layers.layers.0.1.to_q.weight", "BERTEmbedder attention", &t));
     return expect_dim(k, t, 0, (long long)d->bert_heads * d->bert_dim_head, "heads * dim_head (x_transformer 8 x 64)");
 }
 
 static ldm_status complete_rescaler(const chk *k, ld_cond *d)
 {
-    char name[256];
-    snprintf(name, sizeof name, "%schannel_mapper.weight", COND);
-    const lw_tensor *t = lw_find(k->s, name);
+    const lw_tensor *t = lw_find(k->s, COND "channel_mapper.weight");
     LDM_TRY(presence(k, d->out_channels != 0, t != NULL, "SpatialRescaler channel_mapper (out_channels)"));
     if (!t) return LDM_OK;
     LDM_TRY(agree(k, &d->out_channels, t, 0, "out_channels"));
     LDM_TRY(agree(k, &d->in_channels, t, 1, "in_channels"));
-    return presence(k, d->bias, ld_probe(k->s, "%schannel_mapper.bias", COND) != NULL, "SpatialRescaler bias");
+    return presence(k, d->bias, ld_probe(k->s, COND "channel_mapper.bias") != NULL, "SpatialRescaler bias");
 }
 
 /* The width the cond stage hands to cross-attention, 0 when it does not. */
@@ -342,15 +331,10 @@ static ldm_status complete_cond(const chk *k, ld_model *m)
 {
     ld_cond *d = &m->cond;
     switch (d->kind) {
-    case LD_COND_CLASS: {
-        char name[256];
-        snprintf(name, sizeof name, "%sembedding.weight", COND);
-        const lw_tensor *t = need(k, name, "ClassEmbedder");
-        if (!t) return LDM_ERR_NOT_FOUND;
-        LDM_TRY(agree(k, &d->n_classes, t, 0, "n_classes"));
-        LDM_TRY(agree(k, &d->embed_dim, t, 1, "embed_dim"));
+    case LD_COND_CLASS:
+        LDM_TRY(agree_dims(k, COND "embedding.weight", "ClassEmbedder", &d->n_classes, "n_classes", &d->embed_dim,
+                           "embed_dim"));
         break;
-    }
     case LD_COND_CLIP: LDM_TRY(complete_text(k, m, 1)); break;
     case LD_COND_OPENCLIP: LDM_TRY(complete_text(k, m, 0)); break;
     case LD_COND_BERT: LDM_TRY(complete_bert(k, d)); break;

@@ -48,7 +48,7 @@ static int uses_noise(ldm_sampler_kind k)
 
 static float *slot(const ldm_sampler *s, int w) { return s->work + (size_t)w * s->numel; }
 
-void ldm_sampler_params_init(ldm_sampler_params *p)
+static void sampler_params_defaults(ldm_sampler_params *p)
 {
     if (!p) return;
     memset(p, 0, sizeof *p);
@@ -59,6 +59,15 @@ void ldm_sampler_params_init(ldm_sampler_params *p)
     p->ddim_quad = 0;
     p->seed = 0;
 }
+
+void ldm_sampler_params_init_size(ldm_sampler_params *params, size_t struct_size)
+{
+    ldm_sampler_params defaults;
+    sampler_params_defaults(&defaults);
+    ldm_params_fill(params, struct_size, &defaults, sizeof defaults);
+}
+
+void(ldm_sampler_params_init)(ldm_sampler_params *params) { ldm_sampler_params_init_size(params, sizeof *params); }
 
 /* Copies the caller's struct honouring struct_size (older callers have a prefix of the fields). */
 static ldm_status params_copy(const ldm_sampler_params *p, ldm_sampler_params *dst)

@@ -8,7 +8,9 @@ ldm_status ltx_cpbuf_reserve(ltx_cpbuf *b, size_t extra)
 {
     size_t need;
     if (ldm_add_size(b->len, extra, &need)) return ldm_fail(LDM_ERR_LIMIT, "text buffer size overflows");
-    if (need <= b->cap) return LDM_OK;
+    /* An empty buffer still gets storage: callers do pointer arithmetic on b->cp (cp + 0),
+     * which is undefined on NULL (found by fuzzing empty prompts under UBSan). */
+    if (need <= b->cap && b->cp) return LDM_OK;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need) {
         if (ldm_mul_size(cap, 2, &cap)) return ldm_fail(LDM_ERR_LIMIT, "text buffer size overflows");

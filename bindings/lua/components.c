@@ -1,0 +1,167 @@
+/* components.c - ldm.autoencoder / ldm.unet / ldm.conditioner userdata. Their handles belong to the
+ * model: each userdata keeps the model userdata alive (user value 1) and refuses to work once the
+ * model has been closed. */
+#include "lbind.h"
+
+typedef struct lb_component {
+    void *h;
+} lb_component;
+
+void lb_push_component(lua_State *L, const char *name, void *handle, int model_idx)
+{
+    model_idx = lua_absindex(L, model_idx);
+    lb_component *c = lua_newuserdatauv(L, sizeof *c, 1);
+    c->h = handle;
+    luaL_setmetatable(L, name);
+    lua_pushvalue(L, model_idx);
+    lua_setiuservalue(L, -2, 1);
+}
+
+/* The component's handle, after checking that its model is still open. */
+static void *check_component(lua_State *L, int idx, const char *name)
+{
+    lb_component *c = luaL_checkudata(L, idx, name);
+    lua_getiuservalue(L, idx, 1);
+    lb_model *m = lua_touserdata(L, -1);
+    if (!m || !m->m) luaL_error(L, "%s: its model is closed", name);
+    lua_pop(L, 1);
+    return c->h;
+}
+
+static int no_gc(lua_State *L)
+{
+    (void)L; /* owned by the model */
+    return 0;
+}
+
+/* ---------------------------------------------------------------- autoencoder */
+
+static int ae_kind(lua_State *L)
+{
+    ldm_autoencoder *ae = check_component(L, 1, LB_AUTOENCODER);
+    lua_pushstring(L, ldm_autoencoder_get_kind(ae) == LDM_AUTOENCODER_VQ ? "vq" : "kl");
+    return 1;
+}
+
+static int ae_factor(lua_State *L)
+{
+    lua_pushinteger(L, ldm_autoencoder_factor(check_component(L, 1, LB_AUTOENCODER)));
+    return 1;
+}
+
+static int ae_latent_channels(lua_State *L)
+{
+    lua_pushinteger(L, ldm_autoencoder_latent_channels(check_component(L, 1, LB_AUTOENCODER)));
+    return 1;
+}
+
+typedef ldm_status (*ae_fn)(ldm_autoencoder *, const ldm_tensor *, ldm_tensor **);
+
+static int ae_call(lua_State *L, ae_fn fn, const char *name)
+{
+    lua_settop(L, 2);
+    ldm_autoencoder *ae = check_component(L, 1, LB_AUTOENCODER);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, fn(ae, x, out), name);
+    return 1;
+}
+
+static int ae_encode(lua_State *L) { return ae_call(L, ldm_autoencoder_encode, "ldm_autoencoder_encode"); }
+static int ae_decode(lua_State *L) { return ae_call(L, ldm_autoencoder_decode, "ldm_autoencoder_decode"); }
+static int ae_decode_unquantized(lua_State *L)
+{
+    return ae_call(L, ldm_autoencoder_decode_unquantized, "ldm_autoencoder_decode_unquantized");
+}
+
+/* ae:quantize(h) -> quant, indices */
+static int ae_quantize(lua_State *L)
+{
+    lua_settop(L, 2);
+    ldm_autoencoder *ae = check_component(L, 1, LB_AUTOENCODER);
+    const ldm_tensor *h = lb_to_tensor(L, 2, LDM_F32, 0);
+    ldm_tensor **quant = lb_push_tensor_slot(L), **indices = lb_push_tensor_slot(L);
+    lb_check(L, ldm_autoencoder_quantize(ae, h, quant, indices), "ldm_autoencoder_quantize");
+    return 2;
+}
+
+/* ---------------------------------------------------------------- unet */
+
+/* unet:forward(x, timesteps, context, y); one number as timesteps applies to the whole batch */
+static int unet_forward(lua_State *L)
+{
+    lua_settop(L, 5);
+    ldm_unet *unet = check_component(L, 1, LB_UNET);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_timesteps(L, 3, ldm_tensor_dim(x, 0));
+    const ldm_tensor *context = lb_to_tensor(L, 4, LDM_F32, 1);
+    const ldm_tensor *y = lb_to_tensor(L, 5, LDM_I64, 1);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_unet_forward(unet, x, t, context, y, out), "ldm_unet_forward");
+    return 1;
+}
+
+/* ---------------------------------------------------------------- conditioner */
+
+static int cond_kind(lua_State *L)
+{
+    static const char *const names[] = {"none", "class", "clip_text", "openclip_text", "bert",
+                                        "spatial_rescaler", "first_stage", "identity"};
+    ldm_conditioner_kind k = ldm_conditioner_get_kind(check_component(L, 1, LB_CONDITIONER));
+    lua_pushstring(L, (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "unknown");
+    return 1;
+}
+
+typedef ldm_status (*cond_fn)(ldm_conditioner *, const ldm_tensor *, ldm_tensor **);
+
+static int cond_call(lua_State *L, cond_fn fn, ldm_dtype dtype, const char *name)
+{
+    lua_settop(L, 2);
+    ldm_conditioner *c = check_component(L, 1, LB_CONDITIONER);
+    const ldm_tensor *x = lb_to_tensor(L, 2, dtype, 0);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, fn(c, x, out), name);
+    return 1;
+}
+
+static int cond_encode_tokens(lua_State *L)
+{
+    return cond_call(L, ldm_conditioner_encode_tokens, LDM_I64, "ldm_conditioner_encode_tokens");
+}
+static int cond_encode_labels(lua_State *L)
+{
+    return cond_call(L, ldm_conditioner_encode_labels, LDM_I64, "ldm_conditioner_encode_labels");
+}
+static int cond_encode_image(lua_State *L)
+{
+    return cond_call(L, ldm_conditioner_encode_image, LDM_F32, "ldm_conditioner_encode_image");
+}
+
+/* cond:encode_text(prompt or {prompts}) */
+static int cond_encode_text(lua_State *L)
+{
+    lua_settop(L, 2);
+    ldm_conditioner *c = check_component(L, 1, LB_CONDITIONER);
+    int n = 0;
+    const char *const *prompts = lb_strings(L, 2, &n);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_conditioner_encode_text(c, prompts, n, out), "ldm_conditioner_encode_text");
+    return 1;
+}
+
+void lb_components_register(lua_State *L)
+{
+    static const luaL_Reg ae[] = {{"kind", ae_kind},     {"factor", ae_factor}, {"latent_channels", ae_latent_channels},
+                                  {"encode", ae_encode}, {"decode", ae_decode}, {"decode_unquantized", ae_decode_unquantized},
+                                  {"quantize", ae_quantize}, {NULL, NULL}};
+    static const luaL_Reg unet[] = {{"forward", unet_forward}, {NULL, NULL}};
+    static const luaL_Reg cond[] = {{"kind", cond_kind},
+                                    {"encode_tokens", cond_encode_tokens},
+                                    {"encode_text", cond_encode_text},
+                                    {"encode_labels", cond_encode_labels},
+                                    {"encode_image", cond_encode_image},
+                                    {NULL, NULL}};
+    lb_new_class(L, LB_AUTOENCODER, ae, no_gc);
+    lb_new_class(L, LB_UNET, unet, no_gc);
+    lb_new_class(L, LB_CONDITIONER, cond, no_gc);
+}

@@ -1,0 +1,90 @@
+/* lbind.h - the Lua 5.4 binding's internal interface (module `ldm`, built as ldm.so).
+ *
+ * Every library object lives in a full userdata with __gc and __close metamethods, so whatever a
+ * Lua error unwinds past is freed by the collector: the binding never holds a C-only pointer
+ * across a call that may raise. Errors are raised only after the library call has returned (a Lua
+ * error must never longjmp through libldm's frames); progress callbacks run under lua_pcall for
+ * the same reason. Functions that convert arguments start with lua_settop(L, <argument count>):
+ * converted tensors are pushed above the arguments, where an absent optional argument's slot
+ * would otherwise find them. Uses only the public API (include/ldm.h). */
+#ifndef LBIND_H
+#define LBIND_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "ldm.h"
+
+/* metatable names */
+#define LB_TENSOR "ldm.tensor"
+#define LB_MODEL "ldm.model"
+#define LB_AUTOENCODER "ldm.autoencoder"
+#define LB_UNET "ldm.unet"
+#define LB_CONDITIONER "ldm.conditioner"
+#define LB_SAMPLER "ldm.sampler"
+#define LB_TOKENIZER "ldm.tokenizer"
+
+/* errors: raises "<function>: <ldm_last_error()> (<status name>)" unless st is LDM_OK */
+void lb_check(lua_State *L, ldm_status st, const char *function);
+
+/* module[name] = function for each entry */
+void lb_set_functions(lua_State *L, int module, const luaL_Reg *functions);
+/* a metatable with methods, __index = methods, and __gc/__close = gc (both may run twice) */
+void lb_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc);
+
+/* tensors (tensor.c) */
+typedef struct lb_tensor {
+    ldm_tensor *t;
+} lb_tensor;
+
+/* Pushes an empty tensor userdata whose slot the caller fills (a library call's output). */
+ldm_tensor **lb_push_tensor_slot(lua_State *L);
+/* Pushes the tensor userdata for a result (NULL pushes nil); the userdata owns it. */
+void lb_push_tensor(lua_State *L, ldm_tensor *t);
+/* The tensor at idx: a tensor userdata, a number (a [1] tensor) or a (nested) table of numbers
+ * converted to `dtype`; converted values are pushed as a new userdata (left on the stack, so the
+ * collector frees them). nil gives NULL when `optional`. */
+ldm_tensor *lb_to_tensor(lua_State *L, int idx, ldm_dtype dtype, int optional);
+/* A [n] tensor from a table of integers or a number, for timesteps: I64 when every value is an
+ * integer, else F32 (fractional k-sampler timesteps); `n` copies when idx holds one number. */
+ldm_tensor *lb_to_timesteps(lua_State *L, int idx, int64_t n);
+/* registers the class and its module functions (ldm.tensor, ldm.randn, ldm.posterior_split) */
+void lb_tensor_register(lua_State *L, int module);
+
+/* models and components (model.c, components.c) */
+typedef struct lb_model {
+    ldm_model *m;
+} lb_model;
+/* the open model at idx (error when closed) */
+ldm_model *lb_check_model(lua_State *L, int idx);
+void lb_model_register(lua_State *L, int module);
+void lb_components_register(lua_State *L);
+/* pushes a component userdata of class `name` bound to the model at model_idx */
+void lb_push_component(lua_State *L, const char *name, void *handle, int model_idx);
+
+/* samplers and tokenizers (sampler.c, tokenizer.c) */
+void lb_sampler_register(lua_State *L, int module);
+/* fills p from an options table {kind=, steps=, eta=, quad=, seed=} (nil: defaults) */
+void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p);
+void lb_push_sampler(lua_State *L, ldm_sampler *s);
+void lb_tokenizer_register(lua_State *L, int module);
+
+/* images and layouts (image.c) */
+void lb_image_register(lua_State *L, int module);
+
+/* opts[key] of an option table (the table on the stack keeps returned strings alive); nil gives
+ * def, a value of the wrong type raises naming the option */
+lua_Integer lb_opt_integer(lua_State *L, int opts, const char *key, lua_Integer def);
+double lb_opt_number(lua_State *L, int opts, const char *key, double def);
+const char *lb_opt_string(lua_State *L, int opts, const char *key, const char *def);
+/* the index of opts[key] (default def) in the NULL-terminated names */
+int lb_opt_choice(lua_State *L, int opts, const char *key, const char *def, const char *const *names);
+/* option tables: raises on a key not in `known` (NULL-terminated), catching typos */
+void lb_check_options(lua_State *L, int idx, const char *what, const char *const *known);
+/* a sampler kind by name ("ddim", "plms", "ddpm", "euler", "euler_a", "heun", "dpmpp_2m",
+ * "dpmpp_2m_karras") */
+ldm_sampler_kind lb_sampler_kind(lua_State *L, const char *name);
+/* a table of strings (or one string) as a C array on the Lua stack (a userdata); *n its length */
+const char *const *lb_strings(lua_State *L, int idx, int *n);
+
+#endif

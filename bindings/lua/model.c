@@ -1,0 +1,305 @@
+/* model.c - ldm.model userdata: ldm.load / ldm.load_builtin, generate with a Lua progress callback,
+ * the latent diffusion calls, and access to the components.
+ *
+ *   local m <close> = ldm.load_builtin("demo")            -- or ldm.load("sd15.safetensors", {config=...})
+ *   local img = m:generate{class_label = 1, steps = 20, seed = 42,
+ *                          progress = function(step, total) return false end}
+ */
+#include <string.h>
+
+#include "lbind.h"
+
+ldm_model *lb_check_model(lua_State *L, int idx)
+{
+    lb_model *u = luaL_checkudata(L, idx, LB_MODEL);
+    if (!u->m) luaL_error(L, "model is closed");
+    return u->m;
+}
+
+/* The tensor in opts[key] (left on the stack with any converted copy), NULL when absent. */
+static const ldm_tensor *opt_tensor(lua_State *L, int opts, const char *key, ldm_dtype dtype)
+{
+    lua_getfield(L, opts, key);
+    return lb_to_tensor(L, -1, dtype, 1);
+}
+
+/* ---------------------------------------------------------------- loading */
+
+static void model_params(lua_State *L, int opts, ldm_model_params *mp)
+{
+    static const char *const known[] = {"config", "vocab", "threads", "weights", "max_alloc_bytes", NULL};
+    static const char *const weights[] = {"auto", "ema", "raw", NULL};
+    ldm_model_params_init(mp);
+    if (lua_isnoneornil(L, opts)) return;
+    luaL_checktype(L, opts, LUA_TTABLE);
+    lb_check_options(L, opts, "model options", known);
+    mp->config_path = lb_opt_string(L, opts, "config", NULL);
+    mp->vocab_path = lb_opt_string(L, opts, "vocab", NULL);
+    mp->n_threads = (int)lb_opt_integer(L, opts, "threads", 0);
+    mp->max_alloc_bytes = (size_t)lb_opt_integer(L, opts, "max_alloc_bytes", 0);
+    mp->weights = (ldm_weights_choice)lb_opt_choice(L, opts, "weights", "auto", weights);
+}
+
+static lb_model *push_model(lua_State *L)
+{
+    lb_model *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->m = NULL;
+    luaL_setmetatable(L, LB_MODEL);
+    return u;
+}
+
+/* ldm.load(path [, {config=, vocab=, threads=, weights=, max_alloc_bytes=}]) */
+static int l_load(lua_State *L)
+{
+    lua_settop(L, 2);
+    const char *path = luaL_checkstring(L, 1);
+    ldm_model_params mp;
+    model_params(L, 2, &mp);
+    lb_model *u = push_model(L);
+    lb_check(L, ldm_model_load(path, &mp, &u->m), "ldm_model_load");
+    return 1;
+}
+
+/* ldm.load_builtin([name="demo" [, seed=0 [, options]]]) */
+static int l_builtin(lua_State *L)
+{
+    lua_settop(L, 3);
+    const char *name = luaL_optstring(L, 1, "demo");
+    uint64_t seed = (uint64_t)luaL_optinteger(L, 2, 0);
+    ldm_model_params mp;
+    model_params(L, 3, &mp);
+    lb_model *u = push_model(L);
+    lb_check(L, ldm_model_load_builtin(name, seed, &mp, &u->m), "ldm_model_load_builtin");
+    return 1;
+}
+
+static int m_gc(lua_State *L)
+{
+    lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
+    ldm_model_free(u->m);
+    u->m = NULL;
+    return 0;
+}
+
+static int m_describe(lua_State *L)
+{
+    lua_pushstring(L, ldm_model_describe(lb_check_model(L, 1)));
+    return 1;
+}
+
+static int m_set_threads(lua_State *L)
+{
+    lb_check(L, ldm_model_set_threads(lb_check_model(L, 1), (int)luaL_checkinteger(L, 2)), "ldm_model_set_threads");
+    return 0;
+}
+
+static int m_interrupt(lua_State *L)
+{
+    lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
+    if (u->m) ldm_model_interrupt(u->m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- generate */
+
+typedef struct progress_ctx {
+    lua_State *L;
+    int fn;        /* stack index of the Lua function */
+    int error_ref; /* registry reference of the error it raised, or LUA_NOREF */
+} progress_ctx;
+
+/* Runs the Lua callback under pcall: a Lua error must not longjmp through libldm. Returns
+ * non-zero (stop) when it returned true or raised. */
+static int on_progress(int step, int total, void *user)
+{
+    progress_ctx *p = user;
+    lua_State *L = p->L;
+    if (p->error_ref != LUA_NOREF || !lua_checkstack(L, 4)) return 1;
+    lua_pushvalue(L, p->fn);
+    lua_pushinteger(L, step);
+    lua_pushinteger(L, total);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+        p->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return 1;
+    }
+    int stop = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return stop;
+}
+
+static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
+{
+    static const char *const known[] = {"prompt",   "negative_prompt", "class_label", "width",      "height",
+                                        "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
+                                        "seed",     "init_image",      "strength",    "mask",       "cond_image",
+                                        "layout_tokens", "vae_tile",   "progress",    "x_T",        NULL};
+    ldm_generate_params_init(p);
+    lb_check_options(L, opts, "generate", known);
+    p->prompt = lb_opt_string(L, opts, "prompt", NULL);
+    p->negative_prompt = lb_opt_string(L, opts, "negative_prompt", NULL);
+    p->class_label = (int)lb_opt_integer(L, opts, "class_label", p->class_label);
+    p->width = (int)lb_opt_integer(L, opts, "width", p->width);
+    p->height = (int)lb_opt_integer(L, opts, "height", p->height);
+    p->batch = (int)lb_opt_integer(L, opts, "batch", p->batch);
+    const char *sampler = lb_opt_string(L, opts, "sampler", NULL);
+    if (sampler) p->sampler = lb_sampler_kind(L, sampler);
+    p->steps = (int)lb_opt_integer(L, opts, "steps", p->steps);
+    p->eta = (float)lb_opt_number(L, opts, "eta", p->eta);
+    p->guidance_scale = (float)lb_opt_number(L, opts, "guidance_scale", p->guidance_scale);
+    p->seed = (uint64_t)lb_opt_integer(L, opts, "seed", (lua_Integer)p->seed);
+    p->strength = (float)lb_opt_number(L, opts, "strength", p->strength);
+    p->vae_tile = (int)lb_opt_integer(L, opts, "vae_tile", p->vae_tile);
+    p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
+    p->mask = opt_tensor(L, opts, "mask", LDM_F32);
+    p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
+    p->layout_tokens = opt_tensor(L, opts, "layout_tokens", LDM_I64);
+    p->x_T = opt_tensor(L, opts, "x_T", LDM_F32);
+}
+
+/* m:generate{...} -> image tensor [B,3,H,W] in [-1,1] */
+static int m_generate(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    lua_settop(L, 2);
+    if (lua_isnil(L, 2)) {
+        lua_newtable(L);
+        lua_replace(L, 2);
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    ldm_generate_params p;
+    generate_params(L, 2, &p);
+    progress_ctx ctx = {L, 0, LUA_NOREF};
+    lua_getfield(L, 2, "progress");
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TFUNCTION);
+        ctx.fn = lua_gettop(L);
+        p.progress = on_progress;
+        p.progress_user_data = &ctx;
+    }
+    ldm_tensor **image = lb_push_tensor_slot(L);
+    ldm_status st = ldm_generate(m, &p, image);
+    if (ctx.error_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ctx.error_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, ctx.error_ref);
+        return lua_error(L); /* the callback's own error value, re-raised */
+    }
+    lb_check(L, st, "ldm_generate");
+    return 1;
+}
+
+/* ---------------------------------------------------------------- latent diffusion calls */
+
+/* m:apply(x, timesteps, cond) */
+static int m_apply(lua_State *L)
+{
+    lua_settop(L, 4);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_timesteps(L, 3, 1);
+    const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_model_apply(m, x, t, cond, out), "ldm_model_apply");
+    return 1;
+}
+
+/* m:apply_guided(x, timesteps, cond, uncond, scale) */
+static int m_apply_guided(lua_State *L)
+{
+    lua_settop(L, 6);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_timesteps(L, 3, 1);
+    const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
+    const ldm_tensor *uncond = lb_to_tensor(L, 5, LDM_F32, 1);
+    float scale = (float)luaL_checknumber(L, 6);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_model_apply_guided(m, x, t, cond, uncond, scale, out), "ldm_model_apply_guided");
+    return 1;
+}
+
+static int m_decode_latent(lua_State *L)
+{
+    lua_settop(L, 2);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *z = lb_to_tensor(L, 2, LDM_F32, 0);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_model_decode_latent(m, z, out), "ldm_model_decode_latent");
+    return 1;
+}
+
+static int m_inpaint_cond(lua_State *L)
+{
+    lua_settop(L, 3);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *masked = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *mask = lb_to_tensor(L, 3, LDM_F32, 0);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_model_inpaint_cond(m, masked, mask, out), "ldm_model_inpaint_cond");
+    return 1;
+}
+
+/* m:p_sample(x, timesteps, cond, noise) */
+static int m_p_sample(lua_State *L)
+{
+    lua_settop(L, 5);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_tensor(L, 3, LDM_I64, 0);
+    const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
+    const ldm_tensor *noise = lb_to_tensor(L, 5, LDM_F32, 1);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    lb_check(L, ldm_model_p_sample(m, x, t, cond, noise, out), "ldm_model_p_sample");
+    return 1;
+}
+
+/* m:sampler{kind=, steps=, eta=, quad=, seed=} */
+static int m_sampler(lua_State *L)
+{
+    lua_settop(L, 2);
+    ldm_model *m = lb_check_model(L, 1);
+    ldm_sampler_params p;
+    lb_sampler_params(L, 2, &p);
+    ldm_sampler *s = NULL;
+    lb_check(L, ldm_model_sampler(m, &p, &s), "ldm_model_sampler");
+    lb_push_sampler(L, s);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- components */
+
+static int m_autoencoder(lua_State *L)
+{
+    ldm_autoencoder *ae = NULL;
+    lb_check(L, ldm_model_autoencoder(lb_check_model(L, 1), &ae), "ldm_model_autoencoder");
+    lb_push_component(L, LB_AUTOENCODER, ae, 1);
+    return 1;
+}
+
+static int m_unet(lua_State *L)
+{
+    ldm_unet *unet = NULL;
+    lb_check(L, ldm_model_unet(lb_check_model(L, 1), &unet), "ldm_model_unet");
+    lb_push_component(L, LB_UNET, unet, 1);
+    return 1;
+}
+
+static int m_conditioner(lua_State *L)
+{
+    ldm_conditioner *cond = NULL;
+    lb_check(L, ldm_model_conditioner(lb_check_model(L, 1), &cond), "ldm_model_conditioner");
+    lb_push_component(L, LB_CONDITIONER, cond, 1);
+    return 1;
+}
+
+void lb_model_register(lua_State *L, int module)
+{
+    static const luaL_Reg methods[] = {
+        {"describe", m_describe},         {"set_threads", m_set_threads},   {"interrupt", m_interrupt},
+        {"close", m_gc},                  {"generate", m_generate},         {"apply", m_apply},
+        {"apply_guided", m_apply_guided}, {"decode_latent", m_decode_latent}, {"inpaint_cond", m_inpaint_cond},
+        {"p_sample", m_p_sample},         {"sampler", m_sampler},           {"autoencoder", m_autoencoder},
+        {"unet", m_unet},                 {"conditioner", m_conditioner},   {NULL, NULL}};
+    static const luaL_Reg functions[] = {{"load", l_load}, {"load_builtin", l_builtin}, {NULL, NULL}};
+    lb_new_class(L, LB_MODEL, methods, m_gc);
+    lb_set_functions(L, module, functions);
+}

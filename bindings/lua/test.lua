@@ -1,0 +1,334 @@
+-- test.lua - tests of the Lua binding (module ldm.so), ending with the line CI reads:
+--     lua: N passed, N failed[, N skipped]
+-- Run: LUA_CPATH="build/?.so" LDM_SHARED=../shared lua5.4 bindings/lua/test.lua
+-- Uses the built-in demo model (no download) and, when present, the shared fixtures.
+local ldm = require "ldm"
+
+local script_dir = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+local repo = script_dir .. "/../.."
+local shared = os.getenv("LDM_SHARED") or (repo .. "/../shared")
+local interpreter = arg and arg[-1] or "lua5.4"
+
+local passed, failed, skipped = 0, 0, 0
+local SKIP = {}
+
+local function skip(reason) error({[SKIP] = reason}) end
+
+local function test(name, fn)
+    local ok, err = xpcall(fn, function(e)
+        if type(e) == "table" and e[SKIP] then return e end
+        return debug.traceback(tostring(e), 2)
+    end)
+    if ok then
+        passed = passed + 1
+        print("ok      " .. name)
+    elseif type(err) == "table" and err[SKIP] then
+        skipped = skipped + 1
+        print("SKIPPED: " .. name .. ": " .. err[SKIP])
+    else
+        failed = failed + 1
+        print("FAILED  " .. name .. ": " .. err)
+    end
+end
+
+local function check(cond, msg, ...)
+    if not cond then error(string.format(msg or "check failed", ...), 2) end
+end
+
+local function eq(a, b, what)
+    if a ~= b then error(string.format("%s: got %s, expected %s", what or "value", tostring(a), tostring(b)), 2) end
+end
+
+-- Calls fn expecting an error whose message contains `pattern` (plain text).
+local function raises(pattern, fn, ...)
+    local ok, err = pcall(fn, ...)
+    if ok then error("no error raised (expected '" .. pattern .. "')", 2) end
+    if not tostring(err):find(pattern, 1, true) then
+        error("error '" .. tostring(err) .. "' does not mention '" .. pattern .. "'", 2)
+    end
+    return err
+end
+
+local function shape_str(t) return table.concat(t:shape(), "x") end
+
+-- ------------------------------------------------------------------ a JSON reader (for fixtures)
+
+local function json_decode(s)
+    local pos = 1
+    local value
+    local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
+    local function str()
+        local out, i = {}, pos + 1
+        while true do
+            local c = s:sub(i, i)
+            if c == '"' then pos = i + 1; return table.concat(out) end
+            if c == "\\" then
+                local e = s:sub(i + 1, i + 1)
+                local map = {n = "\n", t = "\t", r = "\r", b = "\b", f = "\f"}
+                if e == "u" then
+                    out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16)); i = i + 6
+                else
+                    out[#out + 1] = map[e] or e; i = i + 2
+                end
+            else
+                out[#out + 1] = c; i = i + 1
+            end
+        end
+    end
+    function value()
+        ws()
+        local c = s:sub(pos, pos)
+        if c == "{" then
+            local t = {}
+            pos = pos + 1; ws()
+            if s:sub(pos, pos) == "}" then pos = pos + 1; return t end
+            repeat
+                ws(); local k = str(); ws(); pos = pos + 1 -- ':'
+                t[k] = value(); ws()
+                local sep = s:sub(pos, pos); pos = pos + 1
+            until sep == "}"
+            return t
+        elseif c == "[" then
+            local t = {}
+            pos = pos + 1; ws()
+            if s:sub(pos, pos) == "]" then pos = pos + 1; return t end
+            repeat
+                t[#t + 1] = value(); ws()
+                local sep = s:sub(pos, pos); pos = pos + 1
+            until sep == "]"
+            return t
+        elseif c == '"' then return str()
+        elseif s:sub(pos, pos + 3) == "true" then pos = pos + 4; return true
+        elseif s:sub(pos, pos + 4) == "false" then pos = pos + 5; return false
+        elseif s:sub(pos, pos + 3) == "null" then pos = pos + 4; return nil
+        end
+        local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
+        pos = pos + #num
+        return math.tointeger(tonumber(num)) or tonumber(num)
+    end
+    return value()
+end
+
+local function read_file(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local data = f:read("a")
+    f:close()
+    return data
+end
+
+-- safetensors: u64 header length, JSON header, data. Returns name -> ldm.tensor (F32/I64 only).
+local function read_safetensors(path)
+    local blob = assert(read_file(path), path)
+    local n = string.unpack("<I8", blob)
+    local header = json_decode(blob:sub(9, 8 + n))
+    local out = {}
+    for name, info in pairs(header) do
+        if name ~= "__metadata__" and (info.dtype == "F32" or info.dtype == "I64") then
+            local bytes = blob:sub(9 + n + info.data_offsets[1], 8 + n + info.data_offsets[2])
+            out[name] = ldm.tensor(info.shape, bytes, info.dtype == "F32" and "f32" or "i64")
+        end
+    end
+    return out
+end
+
+local function fixture(name)
+    local dir = shared .. "/fixtures/" .. name
+    local case = read_file(dir .. "/case.json")
+    if not case then skip("fixture " .. name .. " not found (set LDM_SHARED)") end
+    return dir, json_decode(case), read_safetensors(dir .. "/io.safetensors")
+end
+
+-- The fixture rule: |got - ref| <= atol + rtol * |ref| everywhere.
+local function compare(name, got, ref, tol)
+    eq(shape_str(got), shape_str(ref), name .. " shape")
+    local g, r = got:totable(), ref:totable()
+    for i = 1, #r do
+        local limit = tol.atol + tol.rtol * math.abs(r[i])
+        if math.abs(g[i] - r[i]) > limit then
+            error(("%s: element %d is %g, reference %g (atol %g, rtol %g)"):format(name, i, g[i], r[i], tol.atol, tol.rtol), 2)
+        end
+    end
+end
+
+-- ------------------------------------------------------------------ tests
+
+local demo = ldm.load_builtin("demo", 0)
+local STEPS = 10
+
+test("version", function()
+    local v, n = ldm.version()
+    eq(v, ldm.VERSION, "ldm.version() vs the header the module was built with")
+    local major, minor, patch = v:match("^(%d+)%.(%d+)%.(%d+)$")
+    eq(n, major * 10000 + minor * 100 + patch, "version number")
+end)
+
+test("generate the demo model", function()
+    local calls = {}
+    local img = demo:generate{class_label = 7, steps = STEPS, seed = 3,
+                              progress = function(step, total) calls[#calls + 1] = step .. "/" .. total end}
+    eq(shape_str(img), "1x3x64x64", "image shape")
+    eq(img:dtype(), "f32", "dtype")
+    eq(#img, 3 * 64 * 64, "#image")
+    eq(#img:bytes(), 4 * 3 * 64 * 64, "raw bytes")
+    eq(table.concat(calls, " "), "1/10 2/10 3/10 4/10 5/10 6/10 7/10 8/10 9/10 10/10", "progress calls")
+    local again = demo:generate{class_label = 7, steps = STEPS, seed = 3}
+    eq(again:bytes(), img:bytes(), "same seed, same image")
+    check(demo:generate{class_label = 7, steps = STEPS, seed = 4}:bytes() ~= img:bytes(), "the seed is ignored")
+    local given = demo:generate{class_label = 7, steps = STEPS, seed = 99, x_T = ldm.randn(3, 0, {1, 3, 16, 16})}
+    eq(given:bytes(), img:bytes(), "x_T given = the seeded noise")
+end)
+
+test("manual sampler loop reproduces generate", function()
+    local cond = demo:conditioner()
+    local c, uc = cond:encode_labels({7}), cond:encode_labels({1000})
+    local s <close> = demo:sampler{kind = "ddim", steps = STEPS, seed = 3}
+    eq(s:total_evaluations(), STEPS, "evaluations")
+    s:begin(ldm.randn(3, 0, {1, 3, 16, 16}))
+    eq(s:pred_x0(), nil, "pred_x0 before the first step")
+    local first
+    while true do
+        local x, t = s:next()
+        if not x then break end
+        first = first or t
+        s:give(demo:apply_guided(x, t, c, uc, 7.5))
+        eq(shape_str(s:pred_x0()), "1x3x16x16", "pred_x0")
+    end
+    eq(first, 901.0, "first timestep")
+    eq(s:steps_done(), STEPS, "steps done")
+    local img = demo:decode_latent(s:current())
+    eq(img:bytes(), demo:generate{class_label = 7, steps = STEPS, seed = 3}:bytes(), "images")
+end)
+
+test("progress callback error stops generation and propagates", function()
+    local seen = 0
+    local marker = {}
+    local ok, err = pcall(demo.generate, demo, {class_label = 1, steps = STEPS, progress = function(step)
+        seen = step
+        if step == 2 then error(marker) end
+    end})
+    check(not ok and err == marker, "the callback's error value was not re-raised: %s", tostring(err))
+    eq(seen, 2, "steps run after the error")
+    raises("boom", demo.generate, demo, {class_label = 1, steps = STEPS, progress = function() error("boom") end})
+end)
+
+test("progress callback returning true cancels", function()
+    local err = raises("cancelled", demo.generate, demo, {class_label = 1, steps = STEPS,
+                                                          progress = function(step) return step == 3 end})
+    check(tostring(err):find("ldm_generate", 1, true), "message names the call: %s", tostring(err))
+end)
+
+test("interrupt from the callback", function()
+    raises("cancelled", demo.generate, demo, {class_label = 1, steps = STEPS,
+                                              progress = function(step) if step == 2 then demo:interrupt() end end})
+    eq(shape_str(demo:generate{class_label = 1, steps = STEPS}), "1x3x64x64", "the next call runs")
+end)
+
+test("error messages", function()
+    raises("class label", demo.generate, demo, {class_label = 5000, steps = STEPS})
+    raises("unknown option 'stpes'", demo.generate, demo, {class_label = 1, stpes = 10})
+    raises("unknown sampler 'nope'", demo.generate, demo, {class_label = 1, sampler = "nope"})
+    raises("/nonexistent/model.ckpt", ldm.load, "/nonexistent/model.ckpt")
+    raises("i/o error", ldm.load, "/nonexistent/model.ckpt")
+    raises("ldm_model_load_builtin", ldm.load_builtin, "no-such-model")
+    raises("ldm_unet_forward", demo:unet().forward, demo:unet(), ldm.randn(0, 0, {1, 5, 16, 16}), 1)
+    raises("ragged", ldm.posterior_split, {{1, 2}, {3}})
+end)
+
+test("tensors from strings and tables", function()
+    local t = ldm.tensor({2, 2}, {1, 2, 3, 4})
+    eq(table.concat(t:totable(), ","), "1.0,2.0,3.0,4.0", "from a table")
+    local raw = string.pack("<ffff", 1, 2, 3, 4)
+    eq(ldm.tensor({2, 2}, raw):bytes(), raw, "from a string")
+    eq(ldm.tensor({2}, {5, 6}, "i64"):dtype(), "i64", "i64")
+    eq(tostring(ldm.tensor({1, 3})), "ldm.tensor f32 1x3", "tostring")
+    raises("bytes given", ldm.tensor, {2, 2}, "abc")
+    raises("integer", ldm.tensor, {1}, {0.5}, "i64")
+    raises("rank 7", ldm.tensor, {1, 1, 1, 1, 1, 1, 1})
+    -- nested tables are accepted wherever a tensor is expected
+    local emb = demo:conditioner():encode_labels({1, 2})
+    eq(shape_str(emb), "2x1x64", "labels from a table")
+    local a, b = ldm.randn(9, 0, {4}):totable(), ldm.randn(9, 0, {2, 2}):totable()
+    eq(table.concat(a, ","), table.concat(b, ","), "randn is element-wise")
+end)
+
+test("__close, __gc and closed handles", function()
+    local ae
+    do
+        local m <close> = ldm.load_builtin("demo")
+        ae = m:autoencoder()
+        eq(ae:factor(), 4, "factor")
+    end
+    raises("model is closed", ae.decode, ae, ldm.randn(0, 0, {1, 3, 4, 4}))
+    local m = ldm.load_builtin("demo")
+    m:close()
+    m:close() -- twice is harmless
+    raises("model is closed", m.describe, m)
+    -- a component keeps its model alive through collections
+    local unet = ldm.load_builtin("demo"):unet()
+    collectgarbage("collect")
+    local c = ldm.randn(0, 1, {1, 1, 64})
+    eq(shape_str(unet:forward(ldm.randn(0, 0, {1, 3, 16, 16}), 1, c)), "1x3x16x16", "after collection")
+    local t = ldm.randn(0, 0, {2})
+    t:close()
+    raises("tensor is closed", t.bytes, t)
+    local s = demo:sampler{kind = "euler", steps = 4}
+    eq(s:total_evaluations(), 4, "euler evaluations")
+    s:close()
+    raises("sampler is closed", s.total_steps, s)
+end)
+
+test("png round trip", function()
+    local path = os.tmpname()
+    local img = ldm.tensor({1, 3, 1, 2}, {-1, 1, -1, 1, -1, 1})
+    ldm.write_png(path, img, {Software = "lua test"})
+    local back = ldm.read_png(path)
+    eq(table.concat(back:totable(), ","), "-1.0,1.0,-1.0,1.0,-1.0,1.0", "pixels")
+    check(read_file(path):find("tEXtSoftware\0lua test", 1, true), "text chunk missing")
+    eq(table.concat(ldm.read_png_gray(path, false):totable(), ","), "0.0,255.0", "gray")
+    os.remove(path)
+    raises("ldm_image_read_png", ldm.read_png, path)
+end)
+
+test("fixture ae_kl_f8 through the binding", function()
+    local dir, case, data = fixture("ae_kl_f8")
+    local m <close> = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml"})
+    local ae = m:autoencoder()
+    local moments = ae:encode(data.x)
+    compare("moments", moments, data.moments, case.tolerances.moments)
+    local mean, logvar, std = ldm.posterior_split(moments)
+    compare("mean", mean, data.mean, case.tolerances.mean)
+    compare("logvar", logvar, data.logvar, case.tolerances.logvar)
+    compare("std", std, data.std, case.tolerances.std)
+    compare("image", ae:decode(data.z), data.image, case.tolerances.image)
+end)
+
+test("fixture unet_crossattn through the binding", function()
+    local dir, case, data = fixture("unet_crossattn")
+    local m <close> = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml"})
+    compare("out", m:unet():forward(data.x, data.timesteps, data.context), data.out, case.tolerances.out)
+end)
+
+test("examples/minimal.lua", function()
+    local out = os.tmpname()
+    local cmd = ('%q %q demo "" %q'):format(interpreter, repo .. "/examples/minimal.lua", out)
+    local pipe = assert(io.popen(cmd))
+    local text = pipe:read("a")
+    local ok = pipe:close()
+    check(ok, "minimal.lua failed: %s", text)
+    check(text:find("wrote " .. out, 1, true), "unexpected output: %s", text)
+    local img = ldm.read_png(out)
+    os.remove(out)
+    eq(shape_str(img), "1x3x64x64", "written image")
+    -- what the same call gives here, quantised as write_png does
+    local ref = demo:generate{class_label = 979, steps = 20, seed = 42}:totable()
+    local got = img:totable()
+    for i = 1, #ref do
+        local q = math.floor(255 * math.min(math.max((ref[i] + 1) / 2, 0), 1))
+        if math.abs(got[i] - (2 * q / 255 - 1)) > 1e-6 then error("pixel " .. i .. " differs") end
+    end
+end)
+
+demo:close()
+print(("lua: %d passed, %d failed%s"):format(passed, failed, skipped > 0 and (", %d skipped"):format(skipped) or ""))
+os.exit(failed == 0 and passed > 0 and 0 or 1)

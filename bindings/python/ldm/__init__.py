@@ -1,0 +1,59 @@
+"""ldm: Python bindings of libldm (Latent Diffusion Models / Stable Diffusion 1.x-2.x on the CPU).
+
+Pure Python over ctypes: no compiled extension. The shared library is looked for in this order:
+
+  1. $LDM_LIBRARY -- the path of libldm.so.0, or of a directory holding it. When set, it is the
+     only place tried (a wrong path raises ImportError instead of picking up another copy).
+  2. libldm.so.0 inside this package's directory (next to this __init__.py).
+  3. the dynamic loader's search path (LD_LIBRARY_PATH, /etc/ld.so.cache, /usr/lib, ...), where
+     `make install` puts it.
+
+Quick start::
+
+    import ldm
+    with ldm.Model.load_builtin("demo") as model:          # or ldm.Model.load("sd15.safetensors")
+        image = model.generate(class_label=1, steps=20, seed=1)   # [1,3,64,64] in [-1,1]
+        ldm.write_png("out.png", image)
+
+Tensors: inputs may be NumPy arrays, buffer-protocol objects, nested lists or ldm.Tensor
+(contiguous float32 / int64 memory is passed without a copy); results are NumPy arrays when NumPy
+is installed, else ldm.Tensor (see ldm.tensor). Failures raise ldm.LdmError subclasses carrying
+the library's message (see ldm.errors). Handles are freed by close(), by `with`, or by the
+garbage collector.
+"""
+from . import _api
+from .components import Autoencoder, Conditioner, UNet, posterior_split
+from .errors import (Cancelled, FileError, FormatError, InternalError, InvalidArgumentError, LdmError,
+                     LimitError, NotFoundError, NumericError, OutOfMemoryError, SecurityError,
+                     UnsupportedError)
+from .image import read_png, read_png_gray, write_png
+from .layout import layout_tokens
+from .model import Model
+from .noise import randn
+from .sampler import Sampler
+from .tensor import Tensor, as_tensor, numpy_enabled, set_numpy
+from .tokenizer import Tokenizer
+
+#: Where the shared library was loaded from.
+library_path = _api.library_path
+
+
+def version():
+    """The library's version string (ldm_version()), e.g. "0.1.0"."""
+    return _api.lib.ldm_version().decode("ascii")
+
+
+def version_number():
+    """MAJOR*10000 + MINOR*100 + PATCH of the loaded library."""
+    return _api.lib.ldm_version_number()
+
+
+__version__ = version()
+
+__all__ = [
+    "Autoencoder", "Cancelled", "Conditioner", "FileError", "FormatError", "InternalError",
+    "InvalidArgumentError", "LdmError", "LimitError", "Model", "NotFoundError", "NumericError",
+    "OutOfMemoryError", "Sampler", "SecurityError", "Tensor", "Tokenizer", "UNet", "UnsupportedError",
+    "as_tensor", "layout_tokens", "library_path", "numpy_enabled", "posterior_split", "randn",
+    "read_png", "read_png_gray", "set_numpy", "version", "version_number", "write_png",
+]

@@ -1,0 +1,182 @@
+"""ctypes declarations of include/ldm.h: the loaded library with every prototype, the parameter
+structs and the callback types. Nothing here is Pythonic; the classes in the other modules are.
+
+Handles are plain c_void_p: the C types are opaque, so there is nothing to declare for them.
+"""
+import ctypes
+import os
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_float, c_int,
+                    c_int64, c_size_t, c_uint64, c_void_p)
+
+from . import _library
+
+lib, library_path = _library.load()
+
+# ---------------------------------------------------------------- enums (values of include/ldm.h)
+
+LDM_OK = 0
+STATUS_INVALID_ARGUMENT = 1
+LDM_CANCELLED = 10
+
+F32, I64 = 0, 1
+MAX_DIMS = 6
+
+WEIGHTS = {"auto": 0, "ema": 1, "raw": 2}
+SAMPLERS = {"ddim": 0, "plms": 1, "ddpm": 2, "euler": 3, "euler_a": 4, "euler_ancestral": 4,
+            "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7}
+PARAMETERIZATIONS = {"eps": 0, "v": 1}
+TOKENIZERS = {"clip": 0, "openclip": 1, "bert": 2}
+AUTOENCODER_KINDS = {0: "kl", 1: "vq"}
+CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 4: "bert",
+                     5: "spatial_rescaler", 6: "first_stage", 7: "identity"}
+LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
+
+# ---------------------------------------------------------------- callbacks and structs
+
+LOG_CALLBACK = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
+PROGRESS_CALLBACK = CFUNCTYPE(c_int, c_int, c_int, c_void_p)
+
+
+class ModelParams(Structure):
+    _fields_ = [("struct_size", c_size_t), ("config_path", c_char_p), ("vocab_path", c_char_p),
+                ("n_threads", c_int), ("weights", c_int), ("max_alloc_bytes", c_size_t),
+                ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p)]
+
+
+class SamplerParams(Structure):
+    _fields_ = [("struct_size", c_size_t), ("kind", c_int), ("steps", c_int), ("eta", c_float),
+                ("ddim_quad", c_int), ("seed", c_uint64)]
+
+
+class GenerateParams(Structure):
+    _fields_ = [("struct_size", c_size_t), ("prompt", c_char_p), ("negative_prompt", c_char_p),
+                ("class_label", c_int), ("width", c_int), ("height", c_int), ("batch", c_int),
+                ("sampler", c_int), ("steps", c_int), ("eta", c_float),
+                ("guidance_scale", c_float), ("seed", c_uint64), ("init_image", c_void_p),
+                ("strength", c_float), ("mask", c_void_p), ("cond_image", c_void_p),
+                ("layout_tokens", c_void_p), ("vae_tile", c_int),
+                ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p)]
+
+
+# The library refuses struct_size above this, so it is also the most any *_params_init may write.
+_INIT_SCRATCH = 4096
+
+
+def init_params(struct_type, init_fn):
+    """A parameter struct filled by the library's *_params_init().
+
+    init() writes sizeof(struct) of the LIBRARY's header, which is larger than ours when the
+    library is newer than this binding (fields are appended). So it writes into a scratch buffer
+    big enough for any version; we keep the prefix we know and declare our own size, exactly as a C
+    program compiled against an older header would (docs/abi.md, struct_size)."""
+    scratch = (c_char * _INIT_SCRATCH)()
+    init_fn(scratch)
+    params = struct_type()
+    lib_size = c_size_t.from_buffer(scratch).value
+    ctypes.memmove(ctypes.addressof(params), scratch, min(lib_size, ctypes.sizeof(struct_type)))
+    params.struct_size = ctypes.sizeof(struct_type)
+    return params, lib_size
+
+
+# ---------------------------------------------------------------- prototypes
+
+def _proto(name, restype, *argtypes):
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+
+
+_P = c_void_p  # any handle
+_OUT = POINTER(c_void_p)  # a handle returned through a pointer
+_STRS = POINTER(c_char_p)
+_S = c_int  # ldm_status
+
+_proto("ldm_version", c_char_p)
+_proto("ldm_version_number", c_int)
+_proto("ldm_status_string", c_char_p, c_int)
+_proto("ldm_last_error", c_char_p)
+_proto("ldm_clear_error", None)
+
+_proto("ldm_tensor_create", _S, c_int, c_int, POINTER(c_int64), _OUT)
+_proto("ldm_tensor_wrap", _S, c_int, c_int, POINTER(c_int64), c_void_p, _OUT)
+_proto("ldm_tensor_free", None, _P)
+_proto("ldm_tensor_dtype", c_int, _P)
+_proto("ldm_tensor_ndim", c_int, _P)
+_proto("ldm_tensor_dim", c_int64, _P, c_int)
+_proto("ldm_tensor_numel", c_int64, _P)
+_proto("ldm_tensor_data", c_void_p, _P)
+
+_proto("ldm_model_params_init", None, c_void_p)
+_proto("ldm_model_load", _S, c_char_p, POINTER(ModelParams), _OUT)
+_proto("ldm_model_free", None, _P)
+_proto("ldm_model_load_builtin", _S, c_char_p, c_uint64, POINTER(ModelParams), _OUT)
+_proto("ldm_model_interrupt", None, _P)
+_proto("ldm_model_set_threads", _S, _P, c_int)
+_proto("ldm_model_describe", c_char_p, _P)
+_proto("ldm_model_autoencoder", _S, _P, _OUT)
+_proto("ldm_model_unet", _S, _P, _OUT)
+_proto("ldm_model_conditioner", _S, _P, _OUT)
+
+_proto("ldm_autoencoder_get_kind", c_int, _P)
+_proto("ldm_autoencoder_factor", c_int, _P)
+_proto("ldm_autoencoder_latent_channels", c_int, _P)
+_proto("ldm_autoencoder_encode", _S, _P, _P, _OUT)
+_proto("ldm_posterior_split", _S, _P, _OUT, _OUT, _OUT)
+_proto("ldm_autoencoder_quantize", _S, _P, _P, _OUT, _OUT)
+_proto("ldm_autoencoder_decode", _S, _P, _P, _OUT)
+_proto("ldm_autoencoder_decode_unquantized", _S, _P, _P, _OUT)
+
+_proto("ldm_unet_forward", _S, _P, _P, _P, _P, _P, _OUT)
+
+_proto("ldm_conditioner_get_kind", c_int, _P)
+_proto("ldm_conditioner_encode_tokens", _S, _P, _P, _OUT)
+_proto("ldm_conditioner_encode_text", _S, _P, _STRS, c_int, _OUT)
+_proto("ldm_conditioner_encode_labels", _S, _P, _P, _OUT)
+_proto("ldm_conditioner_encode_image", _S, _P, _P, _OUT)
+
+_proto("ldm_tokenizer_load", _S, c_int, c_char_p, _OUT)
+_proto("ldm_tokenizer_free", None, _P)
+_proto("ldm_tokenizer_encode", _S, _P, _STRS, c_int, c_int, _OUT)
+
+_proto("ldm_sampler_params_init", None, c_void_p)
+_proto("ldm_sampler_create", _S, POINTER(c_float), c_int, c_int, POINTER(SamplerParams), _OUT)
+_proto("ldm_sampler_free", None, _P)
+_proto("ldm_sampler_begin", _S, _P, _P)
+_proto("ldm_sampler_total_evaluations", c_int, _P)
+_proto("ldm_sampler_total_steps", c_int, _P)
+_proto("ldm_sampler_steps_done", c_int, _P)
+_proto("ldm_sampler_next", c_int, _P, _OUT, POINTER(c_double))
+_proto("ldm_sampler_give", _S, _P, _P)
+_proto("ldm_sampler_set_noise", _S, _P, _P)
+_proto("ldm_sampler_current", c_void_p, _P)
+_proto("ldm_sampler_pred_x0", c_void_p, _P)
+_proto("ldm_randn", _S, c_uint64, c_uint64, _P)
+
+_proto("ldm_model_apply", _S, _P, _P, _P, _P, _OUT)
+_proto("ldm_model_apply_guided", _S, _P, _P, _P, _P, _P, c_float, _OUT)
+_proto("ldm_model_decode_latent", _S, _P, _P, _OUT)
+_proto("ldm_model_inpaint_cond", _S, _P, _P, _P, _OUT)
+_proto("ldm_model_p_sample", _S, _P, _P, _P, _P, _P, _OUT)
+_proto("ldm_model_sampler", _S, _P, POINTER(SamplerParams), _OUT)
+
+_proto("ldm_generate_params_init", None, c_void_p)
+_proto("ldm_generate", _S, _P, POINTER(GenerateParams), _OUT)
+
+_proto("ldm_image_read_png", _S, c_char_p, _OUT)
+_proto("ldm_image_read_png_gray", _S, c_char_p, c_int, _OUT)
+_proto("ldm_image_write_png", _S, c_char_p, _P, _STRS, _STRS, c_int)
+
+_proto("ldm_layout_tokens_from_json", _S, c_char_p, c_size_t, c_int, _OUT)
+
+
+def strings(items):
+    """A C array of UTF-8 strings (const char *const *) and its length; the array keeps the
+    encoded bytes alive as long as it lives."""
+    encoded = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in items]
+    arr = (c_char_p * max(1, len(encoded)))(*encoded)
+    return arr, len(encoded)
+
+
+def path_bytes(path):
+    """A filesystem path (str, bytes or os.PathLike) as bytes for the C side."""
+    return os.fsencode(path)

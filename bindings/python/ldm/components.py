@@ -1,0 +1,126 @@
+"""The parts of a model: Autoencoder (first stage), UNet, Conditioner.
+
+Their handles belong to the model: each object keeps its Model alive and stops working (ValueError)
+once the model is closed."""
+import ctypes
+
+from . import _api
+from .errors import check
+from .tensor import Args, is_number, result, timesteps_arg
+
+_lib = _api.lib
+
+
+class _Component:
+    def __init__(self, model, handle):
+        self.model = model
+        self._handle = handle
+
+    def _call(self, name, *args):
+        """ldm_<name>(handle, *args, &out) -> result; raises when the model is closed."""
+        out = ctypes.c_void_p()
+        with self.model._running():
+            check(getattr(_lib, name)(self._handle, *args, ctypes.byref(out)), name)
+        return result(out.value)
+
+    @property
+    def handle(self):
+        self.model.handle  # raises once the model is closed
+        return self._handle
+
+
+class Autoencoder(_Component):
+    """The first stage (AutoencoderKL or VQModel)."""
+
+    @property
+    def kind(self):
+        """"kl" or "vq"."""
+        return _api.AUTOENCODER_KINDS[_lib.ldm_autoencoder_get_kind(self.handle)]
+
+    @property
+    def factor(self):
+        """Spatial downsampling factor (8 for kl-f8)."""
+        return _lib.ldm_autoencoder_factor(self.handle)
+
+    @property
+    def latent_channels(self):
+        return _lib.ldm_autoencoder_latent_channels(self.handle)
+
+    def encode(self, x):
+        """x [B,in,H,W] in [-1,1] -> KL: moments [B,2E,h,w]; VQ: the pre-quantisation latent."""
+        with Args() as a:
+            return self._call("ldm_autoencoder_encode", a.tensor(x))
+
+    def decode(self, z):
+        """z [B,E,h,w] -> image [B,out,H,W] (VQ quantises first). No scale_factor here."""
+        with Args() as a:
+            return self._call("ldm_autoencoder_decode", a.tensor(z))
+
+    def decode_unquantized(self, z):
+        """VQ only: decode without quantising."""
+        with Args() as a:
+            return self._call("ldm_autoencoder_decode_unquantized", a.tensor(z))
+
+    def quantize(self, h):
+        """VQ only: (quant [B,E,h,w], indices [B,h,w] int64)."""
+        quant, indices = ctypes.c_void_p(), ctypes.c_void_p()
+        with Args() as a, self.model._running():
+            check(_lib.ldm_autoencoder_quantize(self._handle, a.tensor(h), ctypes.byref(quant), ctypes.byref(indices)),
+                  "ldm_autoencoder_quantize")
+        return result(quant.value), result(indices.value)
+
+
+def posterior_split(moments):
+    """KL moments -> (mean, logvar clamped to [-30,20], std = exp(logvar/2))."""
+    outs = [ctypes.c_void_p() for _ in range(3)]
+    with Args() as a:
+        check(_lib.ldm_posterior_split(a.tensor(moments), *(ctypes.byref(o) for o in outs)), "ldm_posterior_split")
+    return tuple(result(o.value) for o in outs)
+
+
+class UNet(_Component):
+    """The diffusion network."""
+
+    def forward(self, x, timesteps, context=None, y=None):
+        """eps (or v) = UNet(x [B,C,H,W], timesteps (a number or [B]), context [B,T,D],
+        class labels y [B])."""
+        with Args() as a:
+            xh = a.tensor(x)
+            if is_number(timesteps):  # one number applies to the whole batch
+                timesteps = [timesteps] * max(1, _lib.ldm_tensor_dim(xh, 0))
+            t, tdtype = timesteps_arg(timesteps)
+            return self._call("ldm_unet_forward", xh, a.tensor(t, tdtype), a.tensor(context), a.tensor(y, "int64"))
+
+    __call__ = forward
+
+
+class Conditioner(_Component):
+    """The conditioning stage (text tower, class embedder, spatial rescaler, ...)."""
+
+    @property
+    def kind(self):
+        """"none", "class", "clip_text", "openclip_text", "bert", "spatial_rescaler",
+        "first_stage" or "identity"."""
+        return _api.CONDITIONER_KINDS[_lib.ldm_conditioner_get_kind(self.handle)]
+
+    def encode_tokens(self, tokens):
+        """Token ids [B,T] -> embeddings [B,T,D]."""
+        with Args() as a:
+            return self._call("ldm_conditioner_encode_tokens", a.tensor(tokens, "int64"))
+
+    def encode_text(self, prompts):
+        """A prompt or a list of prompts -> embeddings (needs the model's vocabulary)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        arr, n = _api.strings(prompts)
+        return self._call("ldm_conditioner_encode_text", arr, n)
+
+    def encode_labels(self, labels):
+        """Class labels [B] -> [B,1,D]."""
+        with Args() as a:
+            return self._call("ldm_conditioner_encode_labels", a.tensor(labels, "int64"))
+
+    def encode_image(self, x):
+        """Spatial inputs (one-hot maps, masked images, LR images) -> conditioning."""
+        with Args() as a:
+            return self._call("ldm_conditioner_encode_image", a.tensor(x))

@@ -1,0 +1,256 @@
+"""Model: a loaded latent diffusion model (or a standalone autoencoder) and its calls."""
+import contextlib
+import ctypes
+import threading
+import weakref
+
+from . import _api, _callbacks
+from .errors import check
+from .tensor import Args, result, timesteps_arg
+
+_lib = _api.lib
+
+
+def _model_params(config, vocab, threads, weights, max_alloc_bytes, log):
+    params, _ = _api.init_params(_api.ModelParams, _lib.ldm_model_params_init)
+    params.config_path = _api.path_bytes(config) if config is not None else None
+    params.vocab_path = _api.path_bytes(vocab) if vocab is not None else None
+    params.n_threads = int(threads)
+    try:
+        params.weights = _api.WEIGHTS[weights]
+    except KeyError:
+        raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(_api.WEIGHTS))) from None
+    params.max_alloc_bytes = int(max_alloc_bytes)
+    params.log_callback = log.c_function
+    return params
+
+
+def _enum(table, value, what):
+    if isinstance(value, int):
+        return value
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError("%s %r: expected one of %s" % (what, value, ", ".join(table))) from None
+
+
+def sampler_params(kind, steps, eta, ddim_quad, seed):
+    p, _ = _api.init_params(_api.SamplerParams, _lib.ldm_sampler_params_init)
+    p.kind = _enum(_api.SAMPLERS, kind, "sampler")
+    p.steps = int(steps)
+    p.eta = float(eta)
+    p.ddim_quad = 1 if ddim_quad else 0
+    p.seed = int(seed)
+    return p
+
+
+class Model:
+    """A model loaded with Model.load(path) or Model.load_builtin(name).
+
+    Use it as a context manager (or call close()) to free it deterministically; otherwise it is
+    freed when it and every component obtained from it are garbage. One model is used by one
+    thread at a time, except interrupt(), which any thread may call while another runs a call."""
+
+    def __init__(self, handle, log):
+        self._handle = handle
+        self._log = log  # the C side keeps a pointer to log.c_function for the model's lifetime
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._finalizer = weakref.finalize(self, _lib.ldm_model_free, handle)
+
+    @classmethod
+    def load(cls, path, config=None, vocab=None, threads=0, weights="auto", max_alloc_bytes=0, log=None):
+        """Loads a .safetensors or PyTorch .ckpt checkpoint (format detected from the bytes).
+
+        config: the model's original YAML config (default: detect from the tensor names);
+        vocab: tokenizer vocabulary (default: $LDM_VOCAB, then next to the checkpoint);
+        threads: 0 = all CPUs; weights: "auto" | "ema" | "raw"; max_alloc_bytes: refuse larger
+        single allocations (0: no cap); log: fn(level, message)."""
+        log = _callbacks.Log(log)
+        params = _model_params(config, vocab, threads, weights, max_alloc_bytes, log)
+        out = ctypes.c_void_p()
+        check(_lib.ldm_model_load(_api.path_bytes(path), ctypes.byref(params), ctypes.byref(out)), "ldm_model_load")
+        return cls(out.value, log)
+
+    @classmethod
+    def load_builtin(cls, name="demo", seed=0, threads=0, max_alloc_bytes=0, log=None):
+        """A model of a named architecture with seeded random (untrained) weights: "demo" (tiny,
+        class-conditional, 64x64), "sd15", "sd21-v", "cin256-v2". No file, no download."""
+        log = _callbacks.Log(log)
+        params = _model_params(None, None, threads, "auto", max_alloc_bytes, log)
+        out = ctypes.c_void_p()
+        check(_lib.ldm_model_load_builtin(name.encode("utf-8"), int(seed), ctypes.byref(params), ctypes.byref(out)),
+              "ldm_model_load_builtin")
+        return cls(out.value, log)
+
+    # ------------------------------------------------------------ lifetime
+
+    @property
+    def handle(self):
+        """The ldm_model pointer (an int). ValueError once the model is closed."""
+        if self._handle is None:
+            raise ValueError("model is closed")
+        return self._handle
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    @contextlib.contextmanager
+    def _running(self):
+        """Marks a call in progress so that close() from another thread cannot free the model
+        under it."""
+        with self._lock:
+            handle = self.handle
+            self._busy += 1
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def close(self):
+        """Frees the model now. Components obtained from it stop working (ValueError)."""
+        with self._lock:
+            if self._busy:
+                raise RuntimeError("Model.close(): a call on this model is still running (interrupt() it first)")
+            self._handle = None
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<ldm.Model %s>" % ("closed" if self._handle is None else hex(self._handle))
+
+    # ------------------------------------------------------------ model-wide calls
+
+    def describe(self):
+        """A one-paragraph description of the loaded architecture."""
+        with self._running() as h:
+            return _lib.ldm_model_describe(h).decode("utf-8", "replace")
+
+    def set_threads(self, n):
+        with self._running() as h:
+            check(_lib.ldm_model_set_threads(h, int(n)), "ldm_model_set_threads")
+
+    def interrupt(self):
+        """Asks the running call (on any thread) to stop; it then raises ldm.Cancelled.
+        A no-op on a closed model."""
+        with self._lock:
+            if self._handle is not None:
+                _lib.ldm_model_interrupt(self._handle)
+
+    def autoencoder(self):
+        from .components import Autoencoder
+        return Autoencoder(self, self._component(_lib.ldm_model_autoencoder, "ldm_model_autoencoder"))
+
+    def unet(self):
+        from .components import UNet
+        return UNet(self, self._component(_lib.ldm_model_unet, "ldm_model_unet"))
+
+    def conditioner(self):
+        from .components import Conditioner
+        return Conditioner(self, self._component(_lib.ldm_model_conditioner, "ldm_model_conditioner"))
+
+    def _component(self, fn, name):
+        out = ctypes.c_void_p()
+        with self._running() as h:
+            check(fn(h, ctypes.byref(out)), name)
+        return out.value
+
+    def _tensor_call(self, name, *args):
+        """Calls ldm_<name>(model, *args, &out) and returns the result."""
+        out = ctypes.c_void_p()
+        with self._running() as h:
+            check(getattr(_lib, name)(h, *args, ctypes.byref(out)), name)
+        return result(out.value)
+
+    # ------------------------------------------------------------ latent diffusion calls
+
+    def apply(self, x, timesteps, cond=None):
+        """The network output (eps, or v) for x [B,C,h,w] at timesteps (a number or [B]); cond
+        is the learned conditioning (cross-attention context or concat channels)."""
+        t, tdtype = timesteps_arg(timesteps)
+        with Args() as a:
+            return self._tensor_call("ldm_model_apply", a.tensor(x), a.tensor(t, tdtype), a.tensor(cond))
+
+    def apply_guided(self, x, timesteps, cond, uncond, scale):
+        """Classifier-free guidance: uncond + scale * (cond - uncond) in one batched call."""
+        t, tdtype = timesteps_arg(timesteps)
+        with Args() as a:
+            return self._tensor_call("ldm_model_apply_guided", a.tensor(x), a.tensor(t, tdtype), a.tensor(cond),
+                                     a.tensor(uncond), ctypes.c_float(scale))
+
+    def decode_latent(self, z):
+        """decode_first_stage: image = decoder(z / scale_factor), [B,3,H,W] in [-1,1]."""
+        with Args() as a:
+            return self._tensor_call("ldm_model_decode_latent", a.tensor(z))
+
+    def inpaint_cond(self, masked_image, mask):
+        """The LDM inpainting model's conditioning from a masked image and its mask."""
+        with Args() as a:
+            return self._tensor_call("ldm_model_inpaint_cond", a.tensor(masked_image), a.tensor(mask))
+
+    def p_sample(self, x, timesteps, cond=None, noise=None):
+        """One DDPM ancestral step at integer timesteps."""
+        t, _ = timesteps_arg(timesteps)
+        with Args() as a:
+            return self._tensor_call("ldm_model_p_sample", a.tensor(x), a.tensor(t, "int64"), a.tensor(cond),
+                                     a.tensor(noise))
+
+    def sampler(self, kind="ddim", steps=50, eta=0.0, ddim_quad=False, seed=0):
+        """A Sampler over this model's training schedule and parameterization."""
+        from .sampler import Sampler
+        p = sampler_params(kind, steps, eta, ddim_quad, seed)
+        out = ctypes.c_void_p()
+        with self._running() as h:
+            check(_lib.ldm_model_sampler(h, ctypes.byref(p), ctypes.byref(out)), "ldm_model_sampler")
+        return Sampler(out.value)
+
+    # ------------------------------------------------------------ pipeline
+
+    def generate(self, prompt=None, negative_prompt=None, class_label=None, width=None, height=None,
+                 batch=None, sampler=None, steps=None, eta=None, guidance_scale=None, seed=None,
+                 init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
+                 vae_tile=None, x_T=None, progress=None):
+        """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
+
+        Arguments left at None keep the library's defaults (50 DDIM steps, guidance 7.5, ...).
+        x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
+        progress: fn(step, total) called after each step; returning True stops the run
+        (ldm.Cancelled is raised); an exception it raises stops the run and propagates here.
+        interrupt() from another thread also stops it (ldm.Cancelled), and Ctrl-C (SIGINT) in the
+        main thread stops it with KeyboardInterrupt."""
+        p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
+        texts = {"prompt": prompt, "negative_prompt": negative_prompt}
+        for field, value in texts.items():
+            if value is not None:
+                setattr(p, field, value.encode("utf-8"))
+        numbers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
+                   "steps": steps, "eta": eta, "guidance_scale": guidance_scale, "seed": seed,
+                   "strength": strength, "vae_tile": vae_tile}
+        for field, value in numbers.items():
+            if value is not None:
+                setattr(p, field, value)
+        if sampler is not None:
+            p.sampler = _enum(_api.SAMPLERS, sampler, "sampler")
+        guard = _callbacks.Progress(progress)
+        p.progress = guard.c_function
+        out = ctypes.c_void_p()
+        with Args() as a, self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
+            p.init_image = a.tensor(init_image)
+            p.mask = a.tensor(mask)
+            p.cond_image = a.tensor(cond_image)
+            p.layout_tokens = a.tensor(layout_tokens, "int64")
+            p.x_T = a.tensor(x_T)
+            status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
+            image = result(out.value) if status == _api.LDM_OK else None
+            guard.raise_pending()
+            if sigint is not None and sigint["hit"]:
+                raise KeyboardInterrupt
+            check(status, "ldm_generate")
+        return image

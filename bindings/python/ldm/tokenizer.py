@@ -1,0 +1,55 @@
+"""Tokenizer: prompts to token ids, standalone (a model's conditioner tokenizes by itself)."""
+import ctypes
+
+from . import _api
+from .errors import check
+from .tensor import result
+
+_lib = _api.lib
+
+
+class Tokenizer:
+    """Tokenizer(kind, vocab_path): kind "clip" (SD 1.x, HF CLIPTokenizer semantics), "openclip"
+    (SD 2.x, open_clip.tokenize) or "bert" (bert-base-uncased WordPiece); vocab_path is
+    bpe_simple_vocab_16e6.txt.gz or vocab.txt. A context manager; close() frees it early."""
+
+    def __init__(self, kind, vocab_path):
+        try:
+            k = _api.TOKENIZERS[kind]
+        except KeyError:
+            raise ValueError("tokenizer kind %r: expected one of %s" % (kind, ", ".join(_api.TOKENIZERS))) from None
+        out = ctypes.c_void_p()
+        check(_lib.ldm_tokenizer_load(k, _api.path_bytes(vocab_path), ctypes.byref(out)), "ldm_tokenizer_load")
+        self._handle = out.value
+        self.kind = kind
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise ValueError("tokenizer is closed")
+        return self._handle
+
+    def encode(self, prompts, context_length=77):
+        """A prompt or a list of prompts -> ids [n_prompts, context_length] int64."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        arr, n = _api.strings(prompts)
+        out = ctypes.c_void_p()
+        check(_lib.ldm_tokenizer_encode(self.handle, arr, n, int(context_length), ctypes.byref(out)),
+              "ldm_tokenizer_encode")
+        return result(out.value)
+
+    def close(self):
+        if self._handle is not None:
+            _lib.ldm_tokenizer_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) is not None and _lib is not None:
+            self.close()

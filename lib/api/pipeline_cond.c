@@ -1,0 +1,148 @@
+/* pipeline_cond.c - the learned conditioning of ldm_generate for each task, as the reference
+ * scripts build it: prompts (text models, uncond = the negative prompt, "" by default), class
+ * labels (cin256-v2: uncond = the extra class n_classes-1), layout tokens, label maps (semantic
+ * synthesis), the low-resolution image (super-resolution), the masked image and mask (LDM and SD
+ * inpainting). The inputs' batch already equals params->batch (pipeline.c broadcasts). */
+#include "model_internal.h"
+
+#include "../kernels/kernels.h"
+#include "../models/spatial_rescaler.h"
+#include "pipeline_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static ldm_status repeat_text(ldm_conditioner *cond, const char *text, int batch, ldm_tensor **out)
+{
+    const char *prompts[64];
+    for (int i = 0; i < batch; i++) prompts[i] = text ? text : "";
+    return lm_cond_encode_text(cond, prompts, batch, out);
+}
+
+static ldm_status encode_class(ldm_conditioner *cond, int label, int batch, ldm_tensor **out)
+{
+    int64_t n = batch;
+    ldm_tensor *labels = NULL;
+    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &n, &labels));
+    for (int i = 0; i < batch; i++) lt_i64(labels)[i] = label;
+    ldm_status st = lm_cond_encode_labels(cond, labels, out);
+    ldm_tensor_free(labels);
+    return st;
+}
+
+/* cin256-v2 was trained with label dropout to an extra class n-1 = 1000: the unconditional one,
+ * used for guidance and, when no class is given, for unconditional samples. */
+static ldm_status class_cond(ldm_model *m, ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
+{
+    int n = m->desc.cond.n_classes, has_uncond = n == 1001;
+    int label = p->class_label < 0 && has_uncond ? n - 1 : p->class_label;
+    if (label < 0 || label >= n)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "this class-conditional model needs a class label in [0,%d)", n);
+    LDM_TRY(encode_class(cond, label, p->batch, &out->cond));
+    LDM_TRY(lp_check_cancel(m, "while encoding the class"));
+    if (has_uncond && label != n - 1 && p->guidance_scale != 1.0f)
+        LDM_TRY(encode_class(cond, n - 1, p->batch, &out->uncond));
+    return LDM_OK;
+}
+
+/* Label map [B,1,H,W] (class ids as floats) or one-hot [B,C,H,W] -> the rescaler's input. */
+static ldm_status semantic_cond(ldm_model *m, ldm_conditioner *cond, const ldm_tensor *map, lp_cond *out)
+{
+    LDM_TRY(lt_check(map, "semantic map (cond_image)", LDM_F32, 4));
+    if (map->shape[1] != 1) return lm_cond_encode_image(cond, map, &out->cond);
+    int n = m->desc.cond.in_channels;
+    int64_t shape[3] = {map->shape[0], map->shape[2], map->shape[3]};
+    ldm_tensor *labels = NULL, *onehot = NULL;
+    LDM_TRY(ldm_tensor_create(LDM_I64, 3, shape, &labels));
+    ldm_status st = LDM_OK;
+    for (int64_t i = 0, k = lt_numel(labels); i < k && st == LDM_OK; i++) {
+        float v = lt_f32(map)[i];
+        if (!(v >= 0.0f && v < (float)n))
+            st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "semantic map: label %g at element %lld outside [0,%d)", v,
+                          (long long)i, n);
+        else
+            lt_i64(labels)[i] = (int64_t)lrintf(v);
+    }
+    if (st == LDM_OK) st = lrescaler_one_hot(labels, n, &onehot);
+    if (st == LDM_OK) st = lm_cond_encode_image(cond, onehot, &out->cond);
+    ldm_tensor_free(labels);
+    ldm_tensor_free(onehot);
+    return st;
+}
+
+static ldm_status concat_cond(ldm_model *m, ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
+{
+    switch (m->desc.cond.kind) {
+    case LD_COND_FIRST_STAGE:
+        if (!p->init_image || !p->mask)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");
+        return lp_ldm_inpaint_cond(m, p->init_image, p->mask, &out->cond);
+    case LD_COND_SPATIAL_RESCALER:
+        if (!p->cond_image)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "semantic synthesis needs a label map (cond_image)");
+        return semantic_cond(m, cond, p->cond_image, out);
+    default:
+        if (!p->cond_image)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "this model is conditioned on an image (cond_image: the low-resolution input)");
+        return lm_cond_encode_image(cond, p->cond_image, &out->cond);
+    }
+}
+
+static ldm_status text_cond(ldm_model *m, ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
+{
+    if (m->desc.layout_no_tokens > 0) {
+        if (!p->layout_tokens)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "the layout-to-image model needs layout_tokens (ldm_layout_tokens_from_json)");
+        return lm_cond_encode_tokens(cond, p->layout_tokens, &out->cond);
+    }
+    LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
+    LDM_TRY(lp_check_cancel(m, "while encoding the prompt"));
+    if (p->guidance_scale != 1.0f) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
+    if (m->desc.variant == LD_VARIANT_INPAINT_HYBRID) {
+        if (!p->init_image || !p->mask)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");
+        LDM_TRY(lp_hybrid_inpaint_concat(m, p->init_image, p->mask, p->seed, &out->concat));
+    }
+    return LDM_OK;
+}
+
+static ldm_status build(ldm_model *m, const ldm_generate_params *p, lp_cond *out)
+{
+    ldm_conditioner *cond;
+    if (m->desc.conditioning_key == LD_CONDKEY_NONE) return LDM_OK;
+    LDM_TRY(lm_conditioner(m, &cond));
+    if (m->desc.conditioning_key == LD_CONDKEY_CONCAT) return concat_cond(m, cond, p, out);
+    if (m->desc.conditioning_key != LD_CONDKEY_CROSSATTN && m->desc.variant != LD_VARIANT_INPAINT_HYBRID)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_generate: conditioning key %d is not supported",
+                        (int)m->desc.conditioning_key);
+    switch (m->desc.cond.kind) {
+    case LD_COND_CLIP:
+    case LD_COND_OPENCLIP:
+    case LD_COND_BERT:
+        return text_cond(m, cond, p, out);
+    case LD_COND_CLASS:
+        return class_cond(m, cond, p, out);
+    default:
+        break;
+    }
+    return ldm_fail(LDM_ERR_UNSUPPORTED, "cross-attention conditioning of kind %d", (int)m->desc.cond.kind);
+}
+
+ldm_status lp_build_cond(ldm_model *m, const ldm_generate_params *p, lp_cond *out)
+{
+    memset(out, 0, sizeof *out);
+    ldm_status st = build(m, p, out);
+    if (st == LDM_OK) st = lp_check_cancel(m, "while building the conditioning");
+    if (st != LDM_OK) lp_cond_release(out);
+    return st;
+}
+
+void lp_cond_release(lp_cond *c)
+{
+    ldm_tensor_free(c->cond);
+    ldm_tensor_free(c->uncond);
+    ldm_tensor_free(c->concat);
+    memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,351 @@
+/* attention_fused.c - scaled dot-product attention with AVX2+FMA micro-kernels, one pass over the
+ * keys (online softmax), used by lk_attention when the CPU has AVX2 and FMA.
+ *
+ * The tiled BLAS version (attention.c) spends as much time in sgemm's packing and in zeroing and
+ * re-reading score tiles as in arithmetic when the head dimension is small (SD's 40 or 80): a
+ * 128 x 512 x 40 product is too thin for BLAS. Here a unit of work is one block of FA_TQ queries
+ * of one (batch, head); it walks the keys in blocks of FA_KB:
+ *   - the block's keys are packed transposed (Kt [D][keys]) and its values row-major, padded;
+ *   - scores S = Q K^T come from a 6 x 16 register-blocked micro-kernel (12 accumulators, the
+ *     classic GEMM shape: one broadcast of q and two loads of Kt per 12 FMAs);
+ *   - each row's running maximum, rescale factor and exp-sum are updated (online softmax) with
+ *     a vector exp (the Cephes scheme of vexp.c, here with FMA);
+ *   - O += P V from a 2-row micro-kernel over chunks of up to 40 output columns.
+ * The full Tq x Tk score matrix never exists; per-thread scratch is a few hundred KiB.
+ *
+ * Results differ from the BLAS version by float rounding only (FMA, summation order). Every unit
+ * is computed the same way whichever thread takes it, so they do not depend on the thread count.
+ * Causal masking limits each row to keys s <= t and skips key blocks past the tile's last query. */
+#include "kernels.h"
+
+#include "simd.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#define FA_TARGET __attribute__((target("avx2,fma")))
+#define FA_INLINE static inline __attribute__((always_inline))
+/* Loops over accumulator arrays must be unrolled for the arrays to live in registers. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+#define FA_R 6    /* query rows per score micro-kernel */
+#define FA_KC 16  /* keys per score micro-kernel (two vectors) */
+#define FA_TQ 96  /* query rows per unit: a multiple of FA_R and of 2 */
+#define FA_KB 256 /* keys per block: a multiple of FA_KC */
+#define FA_DC 5   /* vectors of output columns per output micro-kernel pass */
+
+static int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+typedef struct fa_job {
+    int H, Tq, Tk, D, D8, Tk16, causal;
+    float scale;
+    lk_view q, k, v, out;
+    int q_tiles;
+    long units;
+    atomic_long next_unit;
+    float *kp, *vp; /* packed keys and values of every (batch, head), see pack_head */
+    size_t head_k, head_v; /* floats of kp / vp per (batch, head) */
+    float *scratch;
+    size_t per_task;
+} fa_job;
+
+typedef struct fa_scratch {
+    float *q;   /* [FA_TQ][D] queries of the unit (rows past Tq zero) */
+    float *s;   /* [FA_TQ][FA_KB] scores, then probabilities */
+    float *o;   /* [FA_TQ][D8] un-normalised output */
+    float *mx, *sum; /* [FA_TQ] running row maximum and exp-sum */
+} fa_scratch;
+
+static size_t scratch_floats(int D, int D8)
+{
+    return (size_t)FA_TQ * D + (size_t)FA_TQ * FA_KB + (size_t)FA_TQ * D8 + 2 * FA_TQ + 64;
+}
+
+static fa_scratch scratch_at(float *base, int D, int D8)
+{
+    fa_scratch w;
+    w.q = base;
+    w.s = w.q + (size_t)FA_TQ * D;
+    w.o = w.s + (size_t)FA_TQ * FA_KB;
+    w.mx = w.o + (size_t)FA_TQ * D8;
+    w.sum = w.mx + FA_TQ;
+    return w;
+}
+
+/* ---------------------------------------------------------------- packing */
+
+static float view_at(const lk_view *v, const float *base, long t, long d) { return base[t * v->st + d * v->sd]; }
+
+static void pack_queries(const fa_job *j, const float *qb, int t0, int nq, float *dst)
+{
+    int D = j->D;
+    for (int i = 0; i < FA_TQ; i++)
+        for (int d = 0; d < D; d++) dst[(size_t)i * D + d] = i < nq ? view_at(&j->q, qb, t0 + i, d) : 0.0f;
+}
+
+/* Keys and values of one (batch, head), packed once for all its query blocks (packing per query
+ * block re-read them from the strided tensors ~Tq/FA_TQ times and cost a third of the time).
+ * Keys go in panels of FA_KC keys, each [D][FA_KC] contiguous: packing writes and the score
+ * kernel reads one stream. Values are rows [Tk16][D8]. Zeros past Tk and D. */
+static void pack_head(void *arg, int bh)
+{
+    const fa_job *j = arg;
+    int D = j->D, D8 = j->D8, b = bh / j->H, h = bh % j->H;
+    const float *kb = j->k.p + (long)b * j->k.sb + (long)h * j->k.sh;
+    const float *vb = j->v.p + (long)b * j->v.sb + (long)h * j->v.sh;
+    float *kp = j->kp + (size_t)bh * j->head_k, *vp = j->vp + (size_t)bh * j->head_v;
+    for (int c = 0; c < j->Tk16; c++) {
+        float *dst = kp + (size_t)(c / FA_KC) * D * FA_KC + c % FA_KC;
+        for (int d = 0; d < D; d++) dst[(size_t)d * FA_KC] = c < j->Tk ? view_at(&j->k, kb, c, d) : 0.0f;
+        float *row = vp + (size_t)c * D8;
+        for (int d = 0; d < D; d++) row[d] = c < j->Tk ? view_at(&j->v, vb, c, d) : 0.0f;
+        for (int d = D; d < D8; d++) row[d] = 0.0f;
+    }
+}
+
+/* ---------------------------------------------------------------- micro-kernels */
+
+/* s[0..6)[0..16) = q[0..6)[0..D) . kt[0..D)[0..16), kt one packed panel */
+FA_INLINE FA_TARGET void score_6x16(const float *q, int D, const float *kt, float *s)
+{
+    __m256 c[FA_R][2];
+    UNROLL for (int r = 0; r < FA_R; r++) c[r][0] = c[r][1] = _mm256_setzero_ps();
+    for (int d = 0; d < D; d++) {
+        __m256 k0 = _mm256_loadu_ps(kt + (size_t)d * FA_KC), k1 = _mm256_loadu_ps(kt + (size_t)d * FA_KC + 8);
+        UNROLL for (int r = 0; r < FA_R; r++) {
+            __m256 a = _mm256_broadcast_ss(q + (size_t)r * D + d);
+            c[r][0] = _mm256_fmadd_ps(a, k0, c[r][0]);
+            c[r][1] = _mm256_fmadd_ps(a, k1, c[r][1]);
+        }
+    }
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        _mm256_storeu_ps(s + (size_t)r * FA_KB, c[r][0]);
+        _mm256_storeu_ps(s + (size_t)r * FA_KB + 8, c[r][1]);
+    }
+}
+
+/* o[0..2)[0..8*nv) += p[0..2)[0..nk) . v[0..nk)[0..8*nv), nv <= FA_DC (a constant after inlining) */
+FA_INLINE FA_TARGET void pv_2rows(const float *p, int nk, const float *v, int D8, float *o, int nv)
+{
+    __m256 c0[FA_DC], c1[FA_DC];
+    UNROLL for (int x = 0; x < nv; x++) {
+        c0[x] = _mm256_loadu_ps(o + 8 * x);
+        c1[x] = _mm256_loadu_ps(o + D8 + 8 * x);
+    }
+    for (int c = 0; c < nk; c++) {
+        __m256 a0 = _mm256_broadcast_ss(p + c), a1 = _mm256_broadcast_ss(p + FA_KB + c);
+        const float *vr = v + (size_t)c * D8;
+        UNROLL for (int x = 0; x < nv; x++) {
+            __m256 vv = _mm256_loadu_ps(vr + 8 * x);
+            c0[x] = _mm256_fmadd_ps(a0, vv, c0[x]);
+            c1[x] = _mm256_fmadd_ps(a1, vv, c1[x]);
+        }
+    }
+    UNROLL for (int x = 0; x < nv; x++) {
+        _mm256_storeu_ps(o + 8 * x, c0[x]);
+        _mm256_storeu_ps(o + D8 + 8 * x, c1[x]);
+    }
+}
+
+FA_TARGET static void pv_block(const float *s, int nk, const float *v, int D8, float *o, int rows)
+{
+    for (int r = 0; r < rows; r += 2)
+        for (int x0 = 0; x0 < D8 / 8; x0 += FA_DC) {
+            int nv = LDM_MIN(FA_DC, D8 / 8 - x0);
+            const float *p = s + (size_t)r * FA_KB;
+            float *orow = o + (size_t)r * D8 + 8 * x0;
+            const float *vc = v + 8 * x0;
+            switch (nv) { /* constant vector counts keep the accumulators in registers */
+            case 5: pv_2rows(p, nk, vc, D8, orow, 5); break;
+            case 4: pv_2rows(p, nk, vc, D8, orow, 4); break;
+            case 3: pv_2rows(p, nk, vc, D8, orow, 3); break;
+            case 2: pv_2rows(p, nk, vc, D8, orow, 2); break;
+            default: pv_2rows(p, nk, vc, D8, orow, 1); break;
+            }
+        }
+}
+
+/* e^x lane-wise: Cephes expf (see vexp.c), about 2 ulp on the clamped range. */
+FA_INLINE FA_TARGET __m256 exp8(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+FA_INLINE FA_TARGET float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+FA_INLINE FA_TARGET float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Row i of a score block: scale, fold into the running max / sum (first visible block: start
+ * them), leave P = exp(scale s - max) in s (zero past the nv visible keys, up to nk16) and
+ * rescale the output row when the maximum grew. */
+FA_TARGET static void softmax_row(float *s, int nv, int nk16, float scale, float *mx, float *sum, float *o, int D8)
+{
+    if (nv <= 0) { /* nothing visible in this block (causal) */
+        memset(s, 0, sizeof(float) * (size_t)nk16);
+        return;
+    }
+    __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(-INFINITY);
+    int c = 0;
+    for (; c + 8 <= nv; c += 8) {
+        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + c), vs);
+        _mm256_storeu_ps(s + c, x);
+        vm = _mm256_max_ps(vm, x);
+    }
+    float m = hmax8(vm);
+    for (; c < nv; c++) {
+        s[c] *= scale;
+        m = s[c] > m ? s[c] : m;
+    }
+    int first = *mx == -INFINITY;
+    if (!first && *mx > m) m = *mx;
+    __m256 shift = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    for (c = 0; c + 8 <= nv; c += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + c), shift));
+        _mm256_storeu_ps(s + c, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (c < nv) { /* the tail through the same vector arithmetic, padded lanes dropped */
+        float tmp[8] = {0};
+        memcpy(tmp, s + c, sizeof(float) * (size_t)(nv - c));
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tmp), shift));
+        __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nv - c),
+                                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        e = _mm256_and_ps(e, keep);
+        _mm256_storeu_ps(tmp, e);
+        memcpy(s + c, tmp, sizeof(float) * (size_t)(nv - c));
+        acc = _mm256_add_ps(acc, e);
+    }
+    for (c = nv; c < nk16; c++) s[c] = 0.0f;
+    float add = hsum8(acc);
+    if (first) {
+        *sum = add;
+    } else {
+        float corr = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(*mx - m))));
+        *sum = *sum * corr + add;
+        __m256 vc = _mm256_set1_ps(corr);
+        for (int d = 0; d < D8; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), vc));
+    }
+    *mx = m;
+}
+
+/* ---------------------------------------------------------------- one unit */
+
+FA_TARGET static void fused_unit(const fa_job *j, long unit, fa_scratch *w)
+{
+    int D = j->D, D8 = j->D8;
+    int qt = (int)(unit % j->q_tiles);
+    long bh = unit / j->q_tiles;
+    int b = (int)(bh / j->H), h = (int)(bh % j->H);
+    int t0 = qt * FA_TQ, nq = LDM_MIN(FA_TQ, j->Tq - t0);
+    int rows = round_up(nq, FA_R);
+    const float *qb = j->q.p + (long)b * j->q.sb + (long)h * j->q.sh;
+    const float *kp = j->kp + (size_t)bh * j->head_k, *vp = j->vp + (size_t)bh * j->head_v;
+    pack_queries(j, qb, t0, nq, w->q);
+    memset(w->o, 0, sizeof(float) * (size_t)rows * D8);
+    for (int i = 0; i < rows; i++) w->mx[i] = -INFINITY, w->sum[i] = 0.0f;
+    int n_keys = j->causal ? LDM_MIN(j->Tk, t0 + nq) : j->Tk;
+    for (int s0 = 0; s0 < n_keys; s0 += FA_KB) {
+        int nk = LDM_MIN(FA_KB, n_keys - s0), nk16 = round_up(nk, FA_KC);
+        const float *kt = kp + (size_t)s0 * D, *v = vp + (size_t)s0 * D8; /* s0 is a multiple of FA_KC */
+        for (int r = 0; r < rows; r += FA_R)
+            for (int c = 0; c < nk16; c += FA_KC)
+                score_6x16(w->q + (size_t)r * D, D, kt + (size_t)c * D, w->s + (size_t)r * FA_KB + c);
+        for (int i = 0; i < rows; i++) {
+            /* causal: query t0 + i sees keys s <= t0 + i, i.e. the first t0 + i + 1 - s0 here */
+            int nv = i >= nq ? 0 : j->causal ? LDM_MAX(0, LDM_MIN(nk, t0 + i + 1 - s0)) : nk;
+            softmax_row(w->s + (size_t)i * FA_KB, nv, nk16, j->scale, &w->mx[i], &w->sum[i], w->o + (size_t)i * D8,
+                        D8);
+        }
+        pv_block(w->s, nk16, v, D8, w->o, rows);
+    }
+    float *ob = j->out.p + (long)b * j->out.sb + (long)h * j->out.sh;
+    for (int i = 0; i < nq; i++) {
+        float inv = 1.0f / w->sum[i];
+        float *orow = ob + (long)(t0 + i) * j->out.st;
+        for (int d = 0; d < D; d++) orow[(long)d * j->out.sd] = w->o[(size_t)i * D8 + d] * inv;
+    }
+}
+
+static void fused_task(void *arg, int task)
+{
+    fa_job *j = arg;
+    fa_scratch w = scratch_at(j->scratch + (size_t)task * j->per_task, j->D, j->D8);
+    for (;;) {
+        long unit = atomic_fetch_add_explicit(&j->next_unit, 1, memory_order_relaxed);
+        if (unit >= j->units) break;
+        fused_unit(j, unit, &w);
+    }
+}
+
+int lk_attention_fused_available(void) { return lk_cpu_has_avx2_fma(); }
+
+ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                              lk_view out, float scale, int causal)
+{
+    if (!lk_cpu_has_avx2_fma()) return ldm_fail(LDM_ERR_UNSUPPORTED, "attention: this CPU has no AVX2/FMA");
+    if (B <= 0 || H <= 0 || Tq <= 0 || D <= 0 || Tk <= 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "attention: empty problem (B %d, H %d, Tq %d, Tk %d, D %d)", B, H, Tq,
+                        Tk, D);
+    fa_job j = {.H = H, .Tq = Tq, .Tk = Tk, .D = D, .D8 = round_up(D, 8), .Tk16 = round_up(Tk, FA_KC),
+                .causal = causal, .scale = scale, .q = q, .k = k, .v = v, .out = out};
+    j.q_tiles = (Tq + FA_TQ - 1) / FA_TQ;
+    j.units = (long)B * H * j.q_tiles;
+    atomic_init(&j.next_unit, 0);
+    int tasks = (int)LDM_MIN((long)lctx_threads(c), j.units);
+    j.head_k = ((size_t)j.Tk16 * D + 15) & ~(size_t)15;
+    j.head_v = (size_t)j.Tk16 * j.D8;
+    j.per_task = (scratch_floats(D, j.D8) + 15) & ~(size_t)15;
+    size_t packed = ((size_t)B * H) * (j.head_k + j.head_v), total, bytes;
+    if (ldm_add_size(packed, j.per_task * (size_t)tasks, &total) || ldm_mul_size(total, sizeof(float), &bytes))
+        return ldm_fail(LDM_ERR_LIMIT, "attention: scratch size overflow (%d x %d x %d)", B * H, Tk, D);
+    float *buf = lk_scratch_get(bytes);
+    if (!buf) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "attention scratch: ");
+    j.kp = buf;
+    j.vp = j.kp + (size_t)B * H * j.head_k;
+    j.scratch = j.vp + (size_t)B * H * j.head_v;
+    lpool *pool = c ? c->pool : NULL;
+    lpool_run(pool, B * H, pack_head, &j);
+    lpool_run(pool, tasks, fused_task, &j);
+    lk_scratch_put(buf, bytes);
+    return LDM_OK;
+}
+
+#else /* no x86-64 vector path: lk_attention always takes the BLAS version */
+
+int lk_attention_fused_available(void) { return 0; }
+
+ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
+                              lk_view out, float scale, int causal)
+{
+    return ldm_fail(LDM_ERR_UNSUPPORTED, "attention: no fused kernel for this CPU");
+}
+
+#endif

@@ -1,0 +1,23 @@
+/* cpu.c - which vector instructions the running CPU has, for the kernels' run-time dispatch
+ * (see simd.h). Asked once; racing first calls compute the same answer. */
+#include "simd.h"
+
+#ifdef LK_DISPATCH
+#include <stdatomic.h>
+
+/* Feature bits: 1 avx2, 2 fma; -1 until asked. Racing first calls compute the same answer. */
+static int features(void)
+{
+    static atomic_int known = -1;
+    int v = atomic_load_explicit(&known, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = (__builtin_cpu_supports("avx2") ? 1 : 0) | (__builtin_cpu_supports("fma") ? 2 : 0);
+        atomic_store_explicit(&known, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+int lk_cpu_has_avx2(void) { return features() & 1; }
+int lk_cpu_has_avx2_fma(void) { return (features() & 3) == 3; }
+#endif

@@ -1,0 +1,347 @@
+/* winograd.c - 3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3).
+ *
+ * A 4x4 block of outputs is computed from the 6x6 input patch around it as
+ *     Y = A^T [ (G g G^T) (.) (B^T d B) ] A
+ * (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", points 0, +-1, +-2, inf):
+ * 36 elementwise products per channel pair instead of the 144 multiply-adds of the direct form.
+ * Summed over the input channels, the 36 elementwise products become 36 independent matrix
+ * products, one per transformed position xi,
+ *     M[xi] (tiles x OC) = V[xi] (tiles x IC) . U[xi]^T (IC x OC),
+ * which go to BLAS. The multiply-adds drop 4x; the transforms are O(channels x tiles) and cheap
+ * next to them once vectorised. The price is rounding: a transformed value mixes up to 36 inputs
+ * with coefficients up to 25, so the error is a few times that of a direct sum (about 3e-7 *
+ * sqrt(9 IC) relative to the largest output, measured in tests/test_kernels.c against the
+ * double-precision reference; every conformance fixture passes with the same margins).
+ *
+ * Vectorisation runs over 8 channels (simd.h): the input rows a tile block needs are first staged
+ * channels-last with the zero padding materialised ([row][column][channel]), so each of the 36
+ * patch values of 8 channels is one contiguous load, and V, U and M keep the channel index
+ * innermost (padded to a multiple of 8). Output values go back to NCHW with scalar stores, one
+ * per output.
+ *
+ * Memory stays bounded: U (36 x OC x IC) is made per call and, for many channels, in groups of
+ * output channels; the staged input, V and M exist for one block of tiles at a time (budgets
+ * below).
+ *
+ * Determinism: the tile blocks, the channel groups, the task split of every phase and every
+ * BLAS call depend on the shape alone, so results are bitwise independent of the thread count. */
+#include "kernels.h"
+#include "simd.h"
+
+#include <cblas.h>
+
+#define WG_T 6                /* input tile edge */
+#define WG_M 4                /* output tile edge */
+#define WG_XI (WG_T * WG_T)   /* transformed positions */
+#define WG_V_BUDGET (1 << 21) /* floats of V per tile block (8 MiB) */
+#define WG_U_BUDGET (1 << 23) /* floats of transformed weights held at once (32 MiB) */
+#define WG_TILES_PER_TASK 16  /* tiles per transform task */
+
+int lk_winograd_applies(const lk_conv2d_shape *s) { return s->k_h == 3 && s->k_w == 3 && s->stride == 1; }
+
+static int round8(int v) { return (v + 7) & ~7; }
+
+typedef struct wg_plan {
+    const lk_conv2d_shape *s;
+    int OH, OW, tiles_x, tiles, tb; /* tb: tiles per block */
+    int ic8;                        /* channel stride of the staged input, V and U */
+    int og, og8;                    /* output channels per group; stride of M */
+    int stage_w, stage_rows;        /* staged input: columns, rows (for the largest block) */
+    float *U, *V, *M, *S;
+    size_t bytes[4]; /* of U, V, M, S */
+} wg_plan;
+
+/* ---------------------------------------------------------------- weight transform */
+
+/* z -> G z for 3-point columns: rows 1/4, -(1,1,1)/6, -(1,-1,1)/6, (1/4,1/2,1)/6, (1/4,-1/2,1)/6,
+ * (0,0,1). */
+LK_BODY void g6(const v8f *z, v8f *o)
+{
+    v8f a = z[0], b = z[1], c = z[2];
+    v8f ac = a + c, q = SPLAT(0.25f) * a + c, sixth = SPLAT(1.0f / 6.0f);
+    o[0] = SPLAT(0.25f) * a;
+    o[1] = -(ac + b) * sixth;
+    o[2] = -(ac - b) * sixth;
+    o[3] = (q + SPLAT(0.5f) * b) * sixth;
+    o[4] = (q - SPLAT(0.5f) * b) * sixth;
+    o[5] = c;
+}
+
+typedef struct wt_job {
+    const wg_plan *p;
+    const float *w;
+    int og0, ogn;
+} wt_job;
+
+/* U[xi][o][ic] = (G g G^T)[xi] for output channel og0 + o, 8 input channels at a time. The
+ * kernels of WT_CHUNK channels are first transposed to [tap][channel] so that each tap of 8
+ * channels is one vector load. */
+#define WT_CHUNK 64
+LK_BODY void weight_transform_body(const wt_job *j, int o)
+{
+    int IC = j->p->s->in_ch;
+    size_t plane = (size_t)j->ogn * j->p->ic8;
+    float *dst = j->p->U + (size_t)o * j->p->ic8;
+    const float *w = j->w + (size_t)(j->og0 + o) * IC * 9;
+    float gt[9][WT_CHUNK];
+    for (int c0 = 0; c0 < IC; c0 += WT_CHUNK) {
+        int n = LDM_MIN(WT_CHUNK, IC - c0);
+        for (int l = 0; l < n; l++)
+            for (int k = 0; k < 9; k++) gt[k][l] = w[(size_t)(c0 + l) * 9 + k];
+        for (int l = n; l < round8(n); l++)
+            for (int k = 0; k < 9; k++) gt[k][l] = 0.0f;
+        for (int l0 = 0; l0 < n; l0 += LANES) {
+            v8f t[3][WG_T], col[3], u[WG_T][WG_T]; /* t[c] = G (column c of g) */
+            for (int c = 0; c < 3; c++) {
+                for (int r = 0; r < 3; r++) LOAD(col[r], &gt[r * 3 + c][l0]);
+                g6(col, t[c]);
+            }
+            for (int i = 0; i < WG_T; i++) { /* u[i] = G (row i of G g) */
+                v8f row[3] = {t[0][i], t[1][i], t[2][i]};
+                g6(row, u[i]);
+            }
+            for (int i = 0; i < WG_T; i++)
+                for (int k = 0; k < WG_T; k++) STORE(dst + (size_t)(i * WG_T + k) * plane + c0 + l0, u[i][k]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- input staging and transform */
+
+typedef struct in_job {
+    const wg_plan *p;
+    const float *x; /* this image [IC,H,W] */
+    int t0, nt;     /* tiles of this block */
+    int ty0;        /* first tile row of the block */
+} in_job;
+
+/* Staged row i ([column][channel], padding included) of the block: input row 4*ty0 - pad + i. */
+static void stage_row_task(void *arg, int i)
+{
+    const in_job *j = arg;
+    const wg_plan *p = j->p;
+    const lk_conv2d_shape *s = p->s;
+    float *dst = p->S + (size_t)i * p->stage_w * p->ic8;
+    int ih = j->ty0 * WG_M - s->pad_top + i;
+    if (ih < 0 || ih >= s->in_h) {
+        memset(dst, 0, sizeof(float) * (size_t)p->stage_w * p->ic8);
+        return;
+    }
+    /* columns outside the image, then the image columns 8 channels at a time (8 sequential
+     * reads, contiguous writes) */
+    int lo = LDM_MIN(s->pad_left, p->stage_w), hi = LDM_MIN(p->stage_w, s->pad_left + s->in_w);
+    memset(dst, 0, sizeof(float) * (size_t)lo * p->ic8);
+    if (hi < p->stage_w) memset(dst + (size_t)hi * p->ic8, 0, sizeof(float) * (size_t)(p->stage_w - hi) * p->ic8);
+    size_t plane = (size_t)s->in_h * s->in_w;
+    const float *src = j->x + (size_t)ih * s->in_w - s->pad_left;
+    for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
+        const float *rows[LANES];
+        int n = LDM_MIN(LANES, s->in_ch - ic0);
+        for (int l = 0; l < n; l++) rows[l] = src + (size_t)(ic0 + l) * plane;
+        for (int col = lo; col < hi; col++) {
+            float *d = dst + (size_t)col * p->ic8 + ic0;
+            for (int l = 0; l < n; l++) d[l] = rows[l][col];
+            for (int l = n; l < LANES; l++) d[l] = 0.0f;
+        }
+    }
+}
+
+/* z -> B^T z for the 6-point input transform. */
+LK_BODY void bt6(const v8f *z, int sz, v8f *o, int so)
+{
+    v8f z0 = z[0], z1 = z[sz], z2 = z[2 * sz], z3 = z[3 * sz], z4 = z[4 * sz], z5 = z[5 * sz];
+    o[0] = SPLAT(4.0f) * z0 - SPLAT(5.0f) * z2 + z4;
+    o[so] = SPLAT(-4.0f) * (z1 + z2) + (z3 + z4);
+    o[2 * so] = SPLAT(4.0f) * (z1 - z2) + (z4 - z3);
+    o[3 * so] = SPLAT(2.0f) * (z3 - z1) + (z4 - z2);
+    o[4 * so] = SPLAT(2.0f) * (z1 - z3) + (z4 - z2);
+    o[5 * so] = SPLAT(4.0f) * z1 - SPLAT(5.0f) * z3 + z5;
+}
+
+/* V[xi][t][ic] = (B^T d B)[xi] for the tiles of one task, 8 channels at a time. */
+LK_BODY void input_transform_body(const in_job *j, int task)
+{
+    const wg_plan *p = j->p;
+    int t1 = LDM_MIN(j->nt, (task + 1) * WG_TILES_PER_TASK);
+    size_t xi_stride = (size_t)p->tb * p->ic8, row = (size_t)p->stage_w * p->ic8;
+    for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
+        int tile = j->t0 + t, ty = tile / p->tiles_x - j->ty0, tx = tile % p->tiles_x;
+        const float *patch = p->S + (size_t)(ty * WG_M) * row + (size_t)(tx * WG_M) * p->ic8;
+        float *v = p->V + (size_t)t * p->ic8;
+        for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
+            v8f d[WG_XI], h[WG_XI], o[WG_XI];
+            for (int r = 0; r < WG_T; r++)
+                for (int c = 0; c < WG_T; c++) LOAD(d[r * WG_T + c], patch + r * row + (size_t)c * p->ic8 + ic0);
+            for (int r = 0; r < WG_T; r++) bt6(d + r * WG_T, 1, h + r * WG_T, 1); /* rows: d B */
+            for (int k = 0; k < WG_T; k++) bt6(h + k, WG_T, o + k, WG_T);         /* columns: B^T (d B) */
+            for (int xi = 0; xi < WG_XI; xi++) STORE(v + xi * xi_stride + ic0, o[xi]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- products and output transform */
+
+typedef struct prod_job {
+    const wg_plan *p;
+    const float *bias;
+    float *y; /* this image [OC,OH,OW] */
+    int og0, ogn;
+    int t0, nt;
+} prod_job;
+
+/* One of the 36 products M[xi] = V[xi] U[xi]^T over the whole channel group and tile block:
+ * large enough that packing the operands is cheap next to the multiply-adds. */
+static void product_task(void *arg, int xi)
+{
+    const prod_job *j = arg;
+    const wg_plan *p = j->p;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->nt, j->ogn, p->s->in_ch, 1.0f,
+                p->V + (size_t)xi * p->tb * p->ic8, p->ic8, p->U + (size_t)xi * j->ogn * p->ic8, p->ic8, 0.0f,
+                p->M + (size_t)xi * p->tb * p->og8, p->og8);
+}
+
+/* z -> A^T z for the 4-point output transform. */
+LK_BODY void at4(const v8f *z, int sz, v8f *o, int so)
+{
+    v8f z0 = z[0], z1 = z[sz], z2 = z[2 * sz], z3 = z[3 * sz], z4 = z[4 * sz], z5 = z[5 * sz];
+    v8f p12 = z1 + z2, m12 = z1 - z2, p34 = z3 + z4, m34 = z3 - z4;
+    o[0] = z0 + p12 + p34;
+    o[so] = m12 + SPLAT(2.0f) * m34;
+    o[2 * so] = p12 + SPLAT(4.0f) * p34;
+    o[3 * so] = m12 + SPLAT(8.0f) * m34 + z5;
+}
+
+/* y = A^T M A + bias for the tiles of one task, 8 output channels at a time. */
+LK_BODY void output_transform_body(const prod_job *j, int task)
+{
+    const wg_plan *p = j->p;
+    int t1 = LDM_MIN(j->nt, (task + 1) * WG_TILES_PER_TASK);
+    size_t xi_stride = (size_t)p->tb * p->og8, plane = (size_t)p->OH * p->OW;
+    for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
+        int tile = j->t0 + t, oh0 = (tile / p->tiles_x) * WG_M, ow0 = (tile % p->tiles_x) * WG_M;
+        int nh = LDM_MIN(WG_M, p->OH - oh0), nw = LDM_MIN(WG_M, p->OW - ow0);
+        const float *m = p->M + (size_t)t * p->og8;
+        for (int o0 = 0; o0 < j->ogn; o0 += LANES) {
+            int n = LDM_MIN(LANES, j->ogn - o0);
+            v8f z[WG_XI], q[WG_M * WG_T], out[WG_M * WG_M], b = SPLAT(0.0f);
+            for (int xi = 0; xi < WG_XI; xi++) LOAD(z[xi], m + xi * xi_stride + o0);
+            for (int k = 0; k < WG_T; k++) at4(z + k, WG_T, q + k, WG_T);         /* A^T M: columns */
+            for (int a = 0; a < WG_M; a++) at4(q + a * WG_T, 1, out + a * WG_M, 1); /* (A^T M) A: rows */
+            if (j->bias) {
+                float bl[LANES] = {0};
+                memcpy(bl, j->bias + j->og0 + o0, sizeof(float) * n);
+                LOAD(b, bl);
+            }
+            for (int e = 0; e < WG_M * WG_M; e++) out[e] += b;
+            float *dst = j->y + (size_t)(j->og0 + o0) * plane + (size_t)oh0 * p->OW + ow0;
+            for (int l = 0; l < n; l++, dst += plane)
+                for (int r = 0; r < nh; r++)
+                    for (int c = 0; c < nw; c++) dst[(size_t)r * p->OW + c] = out[r * WG_M + c][l];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- baseline and AVX2 entry points */
+
+static void weight_transform_task(void *arg, int o) { weight_transform_body(arg, o); }
+static void input_transform_task(void *arg, int task) { input_transform_body(arg, task); }
+static void output_transform_task(void *arg, int task) { output_transform_body(arg, task); }
+#ifdef LK_DISPATCH
+static LK_AVX2 void weight_transform_avx2(void *arg, int o) { weight_transform_body(arg, o); }
+static LK_AVX2 void input_transform_avx2(void *arg, int task) { input_transform_body(arg, task); }
+static LK_AVX2 void output_transform_avx2(void *arg, int task) { output_transform_body(arg, task); }
+#endif
+
+typedef void (*task_fn)(void *arg, int task);
+typedef struct wg_fns {
+    task_fn weights, input, output;
+} wg_fns;
+
+static wg_fns pick_fns(void)
+{
+    wg_fns f = {weight_transform_task, input_transform_task, output_transform_task};
+#ifdef LK_DISPATCH
+    if (lk_cpu_has_avx2()) f = (wg_fns){weight_transform_avx2, input_transform_avx2, output_transform_avx2};
+#endif
+    return f;
+}
+
+/* ---------------------------------------------------------------- driver */
+
+static void plan_free(wg_plan *p)
+{
+    lk_scratch_put(p->U, p->bytes[0]);
+    lk_scratch_put(p->V, p->bytes[1]);
+    lk_scratch_put(p->M, p->bytes[2]);
+    lk_scratch_put(p->S, p->bytes[3]);
+}
+
+static ldm_status plan_alloc(wg_plan *p)
+{
+    const lk_conv2d_shape *s = p->s;
+    int OC = s->out_ch;
+    p->ic8 = round8(s->in_ch);
+    p->tiles_x = (p->OW + WG_M - 1) / WG_M;
+    p->tiles = p->tiles_x * ((p->OH + WG_M - 1) / WG_M);
+    p->tb = (int)LDM_MIN((size_t)p->tiles, LDM_MAX((size_t)16, WG_V_BUDGET / ((size_t)WG_XI * p->ic8)));
+    p->og = (int)LDM_MIN((size_t)OC, LDM_MAX((size_t)16, WG_U_BUDGET / ((size_t)WG_XI * p->ic8)));
+    p->og8 = round8(p->og);
+    p->stage_w = p->tiles_x * WG_M + 2;
+    /* a block of tb tiles starting anywhere in a tile row spans at most this many tile rows */
+    int block_rows = (p->tb + p->tiles_x - 1) / p->tiles_x + 1;
+    p->stage_rows = block_rows * WG_M + 2;
+    p->bytes[0] = sizeof(float) * WG_XI * (size_t)p->og * p->ic8;
+    p->bytes[1] = sizeof(float) * WG_XI * (size_t)p->tb * p->ic8;
+    p->bytes[2] = sizeof(float) * WG_XI * (size_t)p->tb * p->og8;
+    p->bytes[3] = sizeof(float) * (size_t)p->stage_rows * p->stage_w * p->ic8;
+    float **bufs[4] = {&p->U, &p->V, &p->M, &p->S};
+    for (int i = 0; i < 4; i++) {
+        *bufs[i] = lk_scratch_get(p->bytes[i]);
+        if (!*bufs[i]) {
+            plan_free(p);
+            return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d (winograd) scratch: ");
+        }
+    }
+    return LDM_OK;
+}
+
+/* All images and tiles for output channels [og0, og0 + ogn), whose U is ready. */
+static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const float *x, const float *bias, float *y,
+                      int og0, int ogn)
+{
+    const lk_conv2d_shape *s = p->s;
+    lpool *pool = c ? c->pool : NULL;
+    for (int b = 0; b < s->batch; b++) {
+        const float *xb = x + (size_t)b * s->in_ch * s->in_h * s->in_w;
+        float *yb = y + (size_t)b * s->out_ch * p->OH * p->OW;
+        for (int t0 = 0; t0 < p->tiles; t0 += p->tb) {
+            int nt = LDM_MIN(p->tb, p->tiles - t0), ty0 = t0 / p->tiles_x;
+            int rows = ((t0 + nt - 1) / p->tiles_x - ty0 + 1) * WG_M + 2;
+            int tasks = (nt + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK;
+            in_job ij = {p, xb, t0, nt, ty0};
+            lpool_run(pool, rows, stage_row_task, &ij);
+            lpool_run(pool, tasks, f->input, &ij);
+            prod_job pj = {p, bias, yb, og0, ogn, t0, nt};
+            lpool_run(pool, WG_XI, product_task, &pj);
+            lpool_run(pool, tasks, f->output, &pj);
+        }
+    }
+}
+
+ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+                               const float *bias, float *y)
+{
+    wg_plan p = {.s = s, .OH = lk_conv2d_out_h(s), .OW = lk_conv2d_out_w(s)};
+    if (s->batch <= 0 || s->out_ch <= 0 || p.OH <= 0 || p.OW <= 0) return LDM_OK;
+    LDM_TRY(plan_alloc(&p));
+    lk_blas_init();
+    wg_fns f = pick_fns();
+    for (int og0 = 0; og0 < s->out_ch; og0 += p.og) {
+        int ogn = LDM_MIN(p.og, s->out_ch - og0);
+        wt_job wj = {&p, w, og0, ogn};
+        lpool_run(c ? c->pool : NULL, ogn, f.weights, &wj);
+        run_group(&p, &f, c, x, bias, y, og0, ogn);
+    }
+    plan_free(&p);
+    return LDM_OK;
+}

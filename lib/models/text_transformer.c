@@ -1,0 +1,259 @@
+/* text_transformer.c - pre-LN transformer text tower shared by CLIP and BERT, see text_transformer.h. */
+#include "text_transformer.h"
+
+#include "../kernels/kernels.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define LTT_LN_EPS 1e-5f
+
+/* ---- loading */
+
+/* A float32 copy of "<stem><suffix>", shape [d0] (d1 == 0) or [d0,d1]. */
+static ldm_status get(const lw_store *s, const char *stem, const char *suffix, int64_t d0, int64_t d1, float **out)
+{
+    int64_t shape[2] = {d0, d1};
+    return lw_get_f32f(s, d1 ? 2 : 1, shape, out, "%s%s", stem, suffix);
+}
+
+ldm_status ltt_get_pair(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *fmt, ...)
+{
+    char stem[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(stem, sizeof stem, fmt, ap);
+    va_end(ap);
+    if (len < 0 || (size_t)len >= sizeof stem)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%.64s...)", stem);
+    LDM_TRY(get(s, stem, ".weight", rows, cols, w));
+    return get(s, stem, ".bias", rows, 0, b);
+}
+
+/* Copies "<stem><part><suffix>" (shape [d0] or [d0,d1]) into dst. */
+static ldm_status get_into(const lw_store *s, const char *stem, const char *part, const char *suffix, int64_t d0,
+                           int64_t d1, float *dst)
+{
+    char name[512];
+    int len = snprintf(name, sizeof name, "%s%s", stem, part);
+    if (len < 0 || (size_t)len >= sizeof name)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%.64s...)", name);
+    float *src = NULL;
+    LDM_TRY(get(s, name, suffix, d0, d1, &src));
+    memcpy(dst, src, (size_t)d0 * (size_t)(d1 ? d1 : 1) * sizeof(float));
+    ldm_free(src);
+    return LDM_OK;
+}
+
+ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *stem,
+                       const char *const part[3])
+{
+    size_t block = (size_t)rows * (size_t)cols;
+    *w = ldm_malloc_aligned(3 * block * sizeof(float));
+    if (!*w) return LDM_ERR_OUT_OF_MEMORY;
+    for (int i = 0; i < 3; i++) LDM_TRY(get_into(s, stem, part[i], ".weight", rows, cols, *w + i * block));
+    if (!b) return LDM_OK;
+    *b = ldm_malloc_aligned(3 * (size_t)rows * sizeof(float));
+    if (!*b) return LDM_ERR_OUT_OF_MEMORY;
+    for (int i = 0; i < 3; i++) LDM_TRY(get_into(s, stem, part[i], ".bias", rows, 0, *b + i * (size_t)rows));
+    return LDM_OK;
+}
+
+ldm_status ltt_find_2d(const ltt *t, const lw_store *s, const char *name, const lw_tensor **out)
+{
+    const lw_tensor *w = lw_find(s, name);
+    if (!w) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: %s: tensor %s not found", t->model, lw_path(s), name);
+    if (w->ndim != 2 || w->shape[0] < 1 || w->shape[1] < 1 || w->shape[0] > INT_MAX || w->shape[1] > INT_MAX)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: %s: tensor %s: expected a non-empty 2-D tensor, found rank %d", t->model,
+                        lw_path(s), name, w->ndim);
+    *out = w;
+    return LDM_OK;
+}
+
+ldm_status ltt_agree(const ltt *t, int *dim, int64_t found, const char *what, const char *tensor)
+{
+    if (*dim == 0) {
+        *dim = (int)found;
+        return LDM_OK;
+    }
+    if (*dim != found)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: the model description says %s %d but the checkpoint has %lld (tensor %s)",
+                        t->model, what, *dim, (long long)found, tensor);
+    return LDM_OK;
+}
+
+ldm_status ltt_dims_2d(const ltt *t, const lw_store *s, const char *name, int *rows, const char *rows_what, int *cols,
+                       const char *cols_what)
+{
+    const lw_tensor *w = NULL;
+    LDM_TRY(ltt_find_2d(t, s, name, &w));
+    LDM_TRY(ltt_agree(t, rows, w->shape[0], rows_what, name));
+    return cols ? ltt_agree(t, cols, w->shape[1], cols_what, name) : LDM_OK;
+}
+
+ldm_status ltt_load_outer(ltt *t, const lw_store *s, const char *tok_emb, const char *pos_emb, const char *final_ln,
+                          int n_blocks)
+{
+    LDM_TRY(lw_get_f32(s, tok_emb, 2, (int64_t[]){t->vocab, t->dim}, &t->tok_emb));
+    LDM_TRY(lw_get_f32(s, pos_emb, 2, (int64_t[]){t->max_seq, t->dim}, &t->pos_emb));
+    LDM_TRY(ltt_get_pair(s, t->dim, 0, &t->lnf_w, &t->lnf_b, "%s", final_ln));
+    /* Zeroed, so ltt_release can free a partly loaded set. */
+    t->blocks = ldm_calloc((size_t)n_blocks, sizeof *t->blocks);
+    if (!t->blocks) return LDM_ERR_OUT_OF_MEMORY;
+    t->n_blocks = n_blocks;
+    return LDM_OK;
+}
+
+static void free_block(ltt_block *b)
+{
+    float *all[] = {b->ln1_w, b->ln1_b, b->qkv_w, b->qkv_b, b->out_w, b->out_b,
+                    b->ln2_w, b->ln2_b, b->fc1_w, b->fc1_b, b->fc2_w, b->fc2_b};
+    for (size_t i = 0; i < LDM_ARRAY_LEN(all); i++) ldm_free(all[i]);
+}
+
+void ltt_release(ltt *t)
+{
+    if (t->blocks)
+        for (int i = 0; i < t->n_blocks; i++) free_block(&t->blocks[i]);
+    ldm_free(t->blocks);
+    ldm_free(t->tok_emb);
+    ldm_free(t->pos_emb);
+    ldm_free(t->lnf_w);
+    ldm_free(t->lnf_b);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- forward */
+
+/* Scratch for one encode call over N = B*T rows. `big` holds q|k|v [N,3*inner] during attention
+ * and the MLP hidden [N,ff] afterwards (never live together). */
+typedef struct ltt_scratch {
+    float *h;   /* [N,dim] normalised input / sub-layer output */
+    float *att; /* [N,inner] attention output before the out projection */
+    float *big;
+} ltt_scratch;
+
+static ldm_status check_tokens(const ltt *t, const ldm_tensor *tokens, int *B, int *T)
+{
+    char buf[96], what[128];
+    snprintf(what, sizeof what, "%s: tokens", t->model);
+    LDM_TRY(lt_check(tokens, what, LDM_I64, 2));
+    if (tokens->shape[0] < 1 || tokens->shape[1] < 1 || tokens->shape[1] > t->max_seq)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: tokens: expected [B,T] with B >= 1 and 1 <= T <= %d, found %s",
+                        t->model, t->max_seq, lt_shape_str(tokens, buf, sizeof buf));
+    if (tokens->shape[0] > INT_MAX / tokens->shape[1])
+        return ldm_fail(LDM_ERR_LIMIT, "%s: tokens: batch %lld too large", t->model, (long long)tokens->shape[0]);
+    *B = (int)tokens->shape[0];
+    *T = (int)tokens->shape[1];
+    const int64_t *ids = lt_i64(tokens);
+    for (int64_t i = 0; i < (int64_t)*B * *T; i++)
+        if (ids[i] < 0 || ids[i] >= t->vocab)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: token id %lld at [%lld,%lld] is outside [0,%d)", t->model,
+                            (long long)ids[i], (long long)(i / *T), (long long)(i % *T), t->vocab);
+    return LDM_OK;
+}
+
+static ldm_status alloc_scratch(const ltt *t, int rows, ltt_scratch *sc)
+{
+    size_t nh, na, nbig;
+    size_t big_cols = LDM_MAX(3 * (size_t)t->inner, (size_t)t->ff);
+    if (ldm_mul_size((size_t)rows, (size_t)t->dim * sizeof(float), &nh) ||
+        ldm_mul_size((size_t)rows, (size_t)t->inner * sizeof(float), &na) ||
+        ldm_mul_size((size_t)rows, big_cols * sizeof(float), &nbig))
+        return ldm_fail(LDM_ERR_LIMIT, "%s: scratch size overflows", t->model);
+    sc->h = ldm_malloc_aligned(nh);
+    sc->att = ldm_malloc_aligned(na);
+    sc->big = ldm_malloc_aligned(nbig);
+    return sc->h && sc->att && sc->big ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+}
+
+static void free_scratch(ltt_scratch *sc)
+{
+    ldm_free(sc->h);
+    ldm_free(sc->att);
+    ldm_free(sc->big);
+}
+
+/* x[b,t,:] = tok_emb[id] + pos_emb[t] (no dropout at inference, no embedding projection). */
+static void embed(const ltt *t, const int64_t *ids, int B, int T, float *x)
+{
+    const size_t D = (size_t)t->dim;
+    for (int b = 0; b < B; b++)
+        for (int p = 0; p < T; p++) {
+            const float *te = t->tok_emb + (size_t)ids[(size_t)b * T + p] * D;
+            const float *pe = t->pos_emb + (size_t)p * D;
+            float *row = x + ((size_t)b * T + p) * D;
+            for (size_t i = 0; i < D; i++) row[i] = te[i] + pe[i];
+        }
+}
+
+/* x += out(attention(qkv(ln1 x))) */
+static ldm_status attention_sublayer(const ltt *t, const ltt_block *blk, const lctx *c, int B, int T, float *x,
+                                     ltt_scratch *sc)
+{
+    const int D = t->dim, I = t->inner, N = B * T, dh = t->dim_head;
+    lk_layer_norm(c, x, N, D, LTT_LN_EPS, blk->ln1_w, blk->ln1_b, sc->h);
+    lk_linear(c, sc->h, N, D, blk->qkv_w, blk->qkv_b, 3 * I, sc->big);
+    /* Row (b,t) of big = [q | k | v], each `inner` wide and split head-major into heads of dh. */
+    long sb = (long)T * 3 * I, st = 3L * I;
+    lk_view q = {sc->big, sb, dh, st, 1};
+    lk_view k = {sc->big + I, sb, dh, st, 1};
+    lk_view v = {sc->big + 2 * I, sb, dh, st, 1};
+    lk_view o = {sc->att, (long)T * I, dh, I, 1};
+    LDM_TRY(lk_attention(c, B, t->heads, T, T, dh, q, k, v, o, 1.0f / sqrtf((float)dh), t->causal));
+    lk_linear(c, sc->att, N, I, blk->out_w, blk->out_b, D, sc->h);
+    lk_add(x, sc->h, (size_t)N * D);
+    return LDM_OK;
+}
+
+/* x += fc2(act(fc1(ln2 x))) */
+static void mlp_sublayer(const ltt *t, const ltt_block *blk, const lctx *c, int N, float *x, ltt_scratch *sc)
+{
+    const int D = t->dim, F = t->ff;
+    lk_layer_norm(c, x, N, D, LTT_LN_EPS, blk->ln2_w, blk->ln2_b, sc->h);
+    lk_linear(c, sc->h, N, D, blk->fc1_w, blk->fc1_b, F, sc->big);
+    if (t->act == LTT_QUICK_GELU)
+        lk_quick_gelu(sc->big, (size_t)N * F);
+    else
+        lk_gelu(sc->big, (size_t)N * F);
+    lk_linear(c, sc->big, N, F, blk->fc2_w, blk->fc2_b, D, sc->h);
+    lk_add(x, sc->h, (size_t)N * D);
+}
+
+static ldm_status run_blocks(const ltt *t, const lctx *c, int B, int T, float *x, ltt_scratch *sc)
+{
+    for (int i = 0; i < t->n_blocks; i++) {
+        if (lctx_cancelled(c)) return ldm_fail(LDM_CANCELLED, "cancelled");
+        LDM_TRY(attention_sublayer(t, &t->blocks[i], c, B, T, x, sc));
+        mlp_sublayer(t, &t->blocks[i], c, B * T, x, sc);
+    }
+    if (lctx_cancelled(c)) return ldm_fail(LDM_CANCELLED, "cancelled");
+    lk_layer_norm(c, x, B * T, t->dim, LTT_LN_EPS, t->lnf_w, t->lnf_b, x);
+    return LDM_OK;
+}
+
+ldm_status ltt_encode(const ltt *t, const lctx *c, const ldm_tensor *tokens, ldm_tensor **out)
+{
+    *out = NULL;
+    int B = 0, T = 0;
+    LDM_TRY(check_tokens(t, tokens, &B, &T));
+    int64_t shape[3] = {B, T, t->dim};
+    ldm_tensor *y = lt_new_f32(3, shape);
+    if (!y) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "%s: output: ", t->model);
+    ltt_scratch sc = {0};
+    ldm_status st = alloc_scratch(t, B * T, &sc);
+    if (st == LDM_OK) {
+        /* The residual stream lives in the output tensor; the final LayerNorm runs in place. */
+        embed(t, lt_i64(tokens), B, T, lt_f32(y));
+        st = run_blocks(t, c, B, T, lt_f32(y), &sc);
+    }
+    free_scratch(&sc);
+    if (st != LDM_OK) {
+        ldm_tensor_free(y);
+        return st;
+    }
+    *out = y;
+    return LDM_OK;
+}

@@ -1,0 +1,81 @@
+/* text_transformer.h - the pre-LN transformer text tower shared by the CLIP/OpenCLIP text encoders
+ * (clip_text.c) and the BERTEmbedder (bert.c):
+ *   x = tok_emb[ids] + pos_emb[0..T)
+ *   per block: x += out(attention(ln1 x))      (fused [q;k;v] projection, bias optional, heads of
+ *                                                dim_head split head-major, scale dim_head^-0.5,
+ *                                                causal or not)
+ *              x += fc2(act(fc1(ln2 x)))       (exact GELU or QuickGELU)
+ *   out = lnf(x)                               (LayerNorm eps 1e-5 everywhere)
+ * The model files own key names, shape validation and how their checkpoint lays out the blocks;
+ * they fill an ltt with the helpers below and call ltt_encode. */
+#ifndef LDM_MODELS_TEXT_TRANSFORMER_H
+#define LDM_MODELS_TEXT_TRANSFORMER_H
+
+#include "../core/ctx.h"
+#include "../core/tensor.h"
+#include "../io/weights.h"
+
+typedef enum ltt_activation { LTT_GELU, LTT_QUICK_GELU } ltt_activation;
+
+typedef struct ltt_block {
+    float *ln1_w, *ln1_b;
+    float *qkv_w, *qkv_b; /* [3*inner, dim], [3*inner] or NULL (no bias): rows q, k, v */
+    float *out_w, *out_b; /* [dim, inner], [dim] */
+    float *ln2_w, *ln2_b;
+    float *fc1_w, *fc1_b; /* [ff, dim], [ff] */
+    float *fc2_w, *fc2_b; /* [dim, ff], [dim] */
+} ltt_block;
+
+typedef struct ltt {
+    const char *model; /* what to call the tower in messages */
+    int dim, vocab, max_seq;
+    int heads, dim_head, inner, ff; /* inner = heads * dim_head */
+    int causal;
+    ltt_activation act;
+    float *tok_emb; /* [vocab, dim] */
+    float *pos_emb; /* [max_seq, dim] */
+    float *lnf_w, *lnf_b;
+    int n_blocks;
+    ltt_block *blocks;
+} ltt;
+
+/* ---- loading (key names are the caller's) */
+
+/* Loads "<stem>.weight" ([rows] when cols == 0, else [rows,cols]) and "<stem>.bias" ([rows]):
+ * a LayerNorm or a Linear. The stem is built printf-style. */
+ldm_status ltt_get_pair(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+/* Stacks the three projections "<stem><part[i]>.weight" [rows,cols] (and, when b is not NULL,
+ * "<stem><part[i]>.bias" [rows]) into one [3*rows,cols] matrix (and [3*rows] bias), so a single
+ * GEMM yields q|k|v per token as in open_clip's fused in_proj. */
+ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *stem,
+                       const char *const part[3]);
+
+/* Tensor `name` must be a non-empty 2-D tensor; *t receives it. */
+ldm_status ltt_find_2d(const ltt *t, const lw_store *s, const char *name, const lw_tensor **out);
+
+/* `*dim` holds the model description's value: 0 adopts `found`, anything else must equal it
+ * (else an error naming `what`, both values and `tensor`). */
+ldm_status ltt_agree(const ltt *t, int *dim, int64_t found, const char *what, const char *tensor);
+
+/* ltt_find_2d, then ltt_agree of its rows with *rows and (when cols is not NULL) of its columns
+ * with *cols. */
+ldm_status ltt_dims_2d(const ltt *t, const lw_store *s, const char *name, int *rows, const char *rows_what, int *cols,
+                       const char *cols_what);
+
+/* Loads tok_emb / pos_emb / the final LayerNorm "<final_ln>.weight/.bias" for the dimensions
+ * already in t, and allocates n_blocks zeroed blocks for the caller to fill. */
+ldm_status ltt_load_outer(ltt *t, const lw_store *s, const char *tok_emb, const char *pos_emb, const char *final_ln,
+                          int n_blocks);
+
+/* Frees every weight held by t (not t itself); a partly loaded t is fine. */
+void ltt_release(ltt *t);
+
+/* ---- forward */
+
+/* tokens: I64 [B,T] with 1 <= T <= max_seq and every id in [0, vocab). out: new F32 [B,T,dim]
+ * owned by the caller. */
+ldm_status ltt_encode(const ltt *t, const lctx *c, const ldm_tensor *tokens, ldm_tensor **out);
+
+#endif

@@ -1,0 +1,326 @@
+/* test_numeric.c - numerical faults are reported, never propagated silently: a NaN/Inf weight is
+ * refused when it is widened (LDM_ERR_NUMERIC naming the tensor), NaN/Inf inputs are refused by
+ * the call they are given to, and a network step whose output overflows fails with
+ * LDM_ERR_NUMERIC naming the step. Weights come from copies of fixtures with one value poked. */
+#include <check.h>
+
+#include "core/json.h"
+#include "io/weights.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+static const char *shared_path(const char *rel)
+{
+    static char path[1024];
+    const char *s = getenv("LDM_SHARED");
+    snprintf(path, sizeof path, "%s/%s", (s && *s) ? s : "../shared", rel);
+    return path;
+}
+
+static int have(const char *rel)
+{
+    if (access(shared_path(rel), R_OK) == 0) return 1;
+    printf("SKIPPED: %s not found (set LDM_SHARED)\n", shared_path(rel));
+    return 0;
+}
+
+static unsigned char *read_whole(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)n);
+    ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+/* A copy of fixture `rel` (safetensors) where element `index` of tensor `name` is replaced by
+ * `value` (stored in the tensor's own dtype: F32, or F16 bits via lw_f32_to_f16). Returns the
+ * copy's path. */
+static const char *poke(const char *rel, const char *name, size_t index, float value)
+{
+    size_t len;
+    unsigned char *b = read_whole(shared_path(rel), &len);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | b[i];
+    lj_value *h = lj_parse((const char *)b + 8, (size_t)hlen);
+    ck_assert_ptr_nonnull(h);
+    const lj_value *e = lj_get(h, name);
+    ck_assert_msg(e != NULL, "%s has no tensor %s", rel, name);
+    const char *dtype = lj_string(lj_get(e, "dtype"), "");
+    int64_t begin;
+    ck_assert_int_eq(lj_int64(lj_get(e, "data_offsets")->items[0], &begin), 0);
+    unsigned char *at = b + 8 + hlen + begin;
+    if (strcmp(dtype, "F32") == 0) {
+        memcpy(at + 4 * index, &value, 4);
+    } else {
+        ck_assert_str_eq(dtype, "F16");
+        uint16_t v = lw_f32_to_f16(value);
+        memcpy(at + 2 * index, &v, 2);
+    }
+    lj_free(h);
+    static char path[512];
+    snprintf(path, sizeof path, "%s/poked.safetensors", tmpdir);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(b, 1, len, f), len);
+    fclose(f);
+    free(b);
+    return path;
+}
+
+static ldm_model *load(const char *path_in, const char *config_rel, ldm_weights_choice weights)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s", path_in); /* shared_path's buffer is reused below */
+    ldm_model_params p;
+    ldm_model_params_init(&p);
+    char config[1024];
+    snprintf(config, sizeof config, "%s", shared_path(config_rel));
+    p.config_path = config;
+    p.n_threads = 2;
+    p.weights = weights;
+    ldm_model *m = NULL;
+    ck_assert_msg(ldm_model_load(path, &p, &m) == LDM_OK, "%s", ldm_last_error());
+    return m;
+}
+
+static void expect_numeric(ldm_status st, const char *needle1, const char *needle2)
+{
+    ck_assert_msg(st == LDM_ERR_NUMERIC, "status %d (%s)", st, ldm_last_error());
+    ck_assert_msg(strstr(ldm_last_error(), needle1), "message '%s' lacks '%s'", ldm_last_error(), needle1);
+    if (needle2) ck_assert_msg(strstr(ldm_last_error(), needle2), "message '%s' lacks '%s'", ldm_last_error(), needle2);
+}
+
+static ldm_tensor *filled(int ndim, const int64_t *shape, float v)
+{
+    ldm_tensor *t = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, ndim, shape, &t), LDM_OK);
+    float *d = ldm_tensor_data(t);
+    for (int64_t i = 0; i < ldm_tensor_numel(t); i++) d[i] = v;
+    return t;
+}
+
+/* ---------------------------------------------------------------- weights */
+
+/* Decodes a zero latent with the standalone autoencoder fixture ae_kl_f4. */
+static ldm_status decode_zero(ldm_model *m)
+{
+    ldm_autoencoder *ae = NULL;
+    LDM_TRY(ldm_model_autoencoder(m, &ae));
+    int64_t shape[4] = {1, ldm_autoencoder_latent_channels(ae), 4, 4};
+    ldm_tensor *z = filled(4, shape, 0.0f), *img = NULL;
+    ldm_status st = ldm_autoencoder_decode(ae, z, &img);
+    if (st == LDM_OK) {
+        const float *v = ldm_tensor_data(img);
+        for (int64_t i = 0; i < ldm_tensor_numel(img); i++) ck_assert(isfinite(v[i]));
+    }
+    ldm_tensor_free(img);
+    ldm_tensor_free(z);
+    return st;
+}
+
+START_TEST(nan_or_inf_weights_are_refused_naming_the_tensor)
+{
+    if (!have("fixtures/ae_kl_f4/model.safetensors")) return;
+    const char *rel = "fixtures/ae_kl_f4/model.safetensors", *cfg = "fixtures/ae_kl_f4/config.yaml";
+    /* the undisturbed file decodes */
+    ldm_model *m = load(shared_path(rel), cfg, LDM_WEIGHTS_AUTO);
+    ck_assert_msg(decode_zero(m) == LDM_OK, "%s", ldm_last_error());
+    ldm_model_free(m);
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    const char *word[3] = {"NaN", "Inf", "Inf"};
+    for (int i = 0; i < 3; i++) {
+        m = load(poke(rel, "decoder.conv_out.weight", 7, bad[i]), cfg, LDM_WEIGHTS_AUTO);
+        expect_numeric(decode_zero(m), "tensor decoder.conv_out.weight holds", word[i]);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "element 7 "));
+        ldm_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(f16_inf_weight_is_refused_naming_the_tensor)
+{
+    if (!have("fixtures/cond_clip_sd1/model.safetensors")) return;
+    const char *rel = "fixtures/cond_clip_sd1/model.safetensors", *cfg = "fixtures/cond_clip_sd1/config.yaml";
+    const char *t = "cond_stage_model.transformer.text_model.final_layer_norm.weight";
+    ldm_model *m = load(poke(rel, t, 3, 1e6f), cfg, LDM_WEIGHTS_AUTO); /* 1e6 overflows F16: Inf */
+    ldm_conditioner *c = NULL;
+    ldm_status st = ldm_model_conditioner(m, &c);
+    if (st == LDM_OK) {
+        int64_t shape[2] = {1, 77};
+        ldm_tensor *ids = NULL, *out = NULL;
+        ck_assert_int_eq(ldm_tensor_create(LDM_I64, 2, shape, &ids), LDM_OK);
+        int64_t *v = ldm_tensor_data(ids);
+        for (int i = 0; i < 77; i++) v[i] = i == 0 ? 49406 : 49407;
+        st = ldm_conditioner_encode_tokens(c, ids, &out);
+        ck_assert_ptr_null(out);
+        ldm_tensor_free(ids);
+    }
+    expect_numeric(st, t, "Inf");
+    ldm_model_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- inputs */
+
+START_TEST(nan_inputs_are_refused_by_the_call_they_reach)
+{
+    ldm_model_params p;
+    ldm_model_params_init(&p);
+    p.n_threads = 2;
+    ldm_model *m = NULL;
+    ck_assert_int_eq(ldm_model_load_builtin("demo", 3, &p, &m), LDM_OK);
+    ldm_autoencoder *ae = NULL;
+    ldm_conditioner *cond = NULL;
+    ldm_unet *unet = NULL;
+    ck_assert_int_eq(ldm_model_autoencoder(m, &ae), LDM_OK);
+    ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
+    ck_assert_int_eq(ldm_model_unet(m, &unet), LDM_OK);
+    int64_t one = 1, lab = 2;
+    ldm_tensor *labels = NULL, *c = NULL, *t = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_I64, 1, &one, &labels), LDM_OK);
+    memcpy(ldm_tensor_data(labels), &lab, sizeof lab);
+    ck_assert_int_eq(ldm_conditioner_encode_labels(cond, labels, &c), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_create(LDM_I64, 1, &one, &t), LDM_OK);
+    ((int64_t *)ldm_tensor_data(t))[0] = 500;
+    int64_t zs[4] = {1, ldm_autoencoder_latent_channels(ae), 8, 8};
+    ldm_tensor *x = filled(4, zs, 0.5f), *out = NULL;
+    ck_assert_msg(ldm_model_apply(m, x, t, c, &out) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor_free(out);
+
+    ((float *)ldm_tensor_data(x))[37] = NAN;
+    expect_numeric(ldm_model_apply(m, x, t, c, &out), "ldm_model_apply: x holds NaN", "element 37");
+    ck_assert_ptr_null(out);
+    expect_numeric(ldm_model_apply_guided(m, x, t, c, c, 3.0f, &out), "apply_guided: x", NULL);
+    expect_numeric(ldm_unet_forward(unet, x, t, c, NULL, &out), "ldm_unet_forward: x", NULL);
+    expect_numeric(ldm_model_decode_latent(m, x, &out), "decode_latent: z", NULL);
+    expect_numeric(ldm_autoencoder_decode(ae, x, &out), "ldm_autoencoder_decode: z", NULL);
+    ck_assert_ptr_null(out);
+    ((float *)ldm_tensor_data(x))[37] = 0.5f;
+    ((float *)ldm_tensor_data(c))[0] = INFINITY;
+    expect_numeric(ldm_model_apply(m, x, t, c, &out), "ldm_model_apply: cond holds Inf", NULL);
+    expect_numeric(ldm_model_apply_guided(m, x, t, labels == NULL ? NULL : c, c, 3.0f, &out), "cond", NULL);
+
+    /* an init image with a NaN pixel */
+    int64_t is[4] = {1, 3, 64, 64};
+    ldm_tensor *img = filled(4, is, 0.0f);
+    ((float *)ldm_tensor_data(img))[100] = NAN;
+    ldm_generate_params g;
+    ldm_generate_params_init(&g);
+    g.steps = 2;
+    g.init_image = img;
+    g.strength = 0.5f;
+    ldm_tensor *res = NULL;
+    expect_numeric(ldm_generate(m, &g, &res), "ldm_generate: init_image holds NaN", NULL);
+    ck_assert_ptr_null(res);
+    /* the model is fine afterwards */
+    g.init_image = NULL;
+    ck_assert_msg(ldm_generate(m, &g, &res) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor_free(res);
+    ldm_tensor_free(img);
+    ldm_tensor_free(x);
+    ldm_tensor_free(t);
+    ldm_tensor_free(c);
+    ldm_tensor_free(labels);
+    ldm_model_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- results */
+
+START_TEST(overflowing_step_fails_naming_the_step)
+{
+    if (!have("fixtures/ldm_uncond_plms/model.safetensors")) return;
+    const char *rel = "fixtures/ldm_uncond_plms/model.safetensors", *cfg = "fixtures/ldm_uncond_plms/config.yaml";
+    /* a finite but enormous weight in the UNet's last conv: its output overflows to Inf */
+    ldm_model *m = load(poke(rel, "model.diffusion_model.out.2.weight", 0, FLT_MAX), cfg, LDM_WEIGHTS_RAW);
+    ldm_generate_params g;
+    ldm_generate_params_init(&g);
+    g.steps = 4;
+    g.guidance_scale = 1.0f;
+    ldm_tensor *img = NULL;
+    expect_numeric(ldm_generate(m, &g, &img), "step 0", "NaN or Inf");
+    ck_assert_ptr_null(img);
+    /* the same through ldm_model_apply: the output is refused */
+    ldm_autoencoder *ae = NULL;
+    ck_assert_int_eq(ldm_model_autoencoder(m, &ae), LDM_OK);
+    int64_t one = 1, xs[4] = {1, 3, 8, 8};
+    ldm_tensor *t = NULL, *x = filled(4, xs, 1.0f), *out = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_I64, 1, &one, &t), LDM_OK);
+    ((int64_t *)ldm_tensor_data(t))[0] = 10;
+    expect_numeric(ldm_model_apply(m, x, t, NULL, &out), "ldm_model_apply: the UNet output", NULL);
+    ck_assert_ptr_null(out);
+    ldm_tensor_free(x);
+    ldm_tensor_free(t);
+    ldm_model_free(m);
+    /* the EMA weights were not touched: the default choice samples fine */
+    m = load(poke(rel, "model.diffusion_model.out.2.weight", 0, FLT_MAX), cfg, LDM_WEIGHTS_AUTO);
+    ck_assert_msg(ldm_generate(m, &g, &img) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor_free(img);
+    ldm_model_free(m);
+}
+END_TEST
+
+/* A decoder whose output overflows: the autoencoder call fails instead of returning Inf pixels. */
+START_TEST(overflowing_decoder_is_reported)
+{
+    if (!have("fixtures/ae_kl_f4/model.safetensors")) return;
+    const char *path = poke("fixtures/ae_kl_f4/model.safetensors", "decoder.conv_out.weight", 0, FLT_MAX);
+    ldm_model *m = load(path, "fixtures/ae_kl_f4/config.yaml", LDM_WEIGHTS_AUTO);
+    ldm_autoencoder *ae = NULL;
+    ck_assert_int_eq(ldm_model_autoencoder(m, &ae), LDM_OK);
+    int64_t shape[4] = {1, ldm_autoencoder_latent_channels(ae), 4, 4};
+    /* FLT_MAX times any input activation above 1 overflows */
+    ldm_tensor *z = NULL, *img = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &z), LDM_OK);
+    ck_assert_int_eq(ldm_randn(1, 0, z), LDM_OK);
+    expect_numeric(ldm_autoencoder_decode(ae, z, &img), "ldm_autoencoder_decode: the image holds Inf", NULL);
+    ck_assert_ptr_null(img);
+    ldm_tensor_free(z);
+    ldm_model_free(m);
+}
+END_TEST
+
+static Suite *numeric_suite(void)
+{
+    Suite *s = suite_create("numeric");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, nan_or_inf_weights_are_refused_naming_the_tensor);
+    tcase_add_test(tc, f16_inf_weight_is_refused_naming_the_tensor);
+    tcase_add_test(tc, nan_inputs_are_refused_by_the_call_they_reach);
+    tcase_add_test(tc, overflowing_step_fails_naming_the_step);
+    tcase_add_test(tc, overflowing_decoder_is_reported);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "%s/ldm-numeric-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return EXIT_FAILURE;
+    }
+    SRunner *sr = srunner_create(numeric_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char path[600];
+    snprintf(path, sizeof path, "%s/poked.safetensors", tmpdir);
+    unlink(path);
+    rmdir(tmpdir);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
