@@ -433,23 +433,21 @@ typedef struct desc_change {
     const char *needle;
 } desc_change;
 
-#define CHANGE(field, value, want, needle) {offsetof(ld_cond, field), value, want, needle}
-
 static const desc_change bert_changes[] = {
-    CHANGE(n_embed, 64, LDM_ERR_FORMAT, "n_embed 64"),
-    CHANGE(n_layer, 3, LDM_ERR_FORMAT, "n_layer 3"),
-    CHANGE(vocab_size, 30522, LDM_ERR_FORMAT, "vocab_size 30522"),
-    CHANGE(max_seq_len, 92, LDM_ERR_FORMAT, "max_seq_len 92"),
-    CHANGE(bert_heads, 4, LDM_ERR_FORMAT, "inner dimension 512"),
+    {offsetof(ld_cond, n_embed), 64, LDM_ERR_FORMAT, "n_embed 64"},
+    {offsetof(ld_cond, n_layer), 3, LDM_ERR_FORMAT, "n_layer 3"},
+    {offsetof(ld_cond, vocab_size), 30522, LDM_ERR_FORMAT, "vocab_size 30522"},
+    {offsetof(ld_cond, max_seq_len), 92, LDM_ERR_FORMAT, "max_seq_len 92"},
+    {offsetof(ld_cond, bert_heads), 4, LDM_ERR_FORMAT, "inner dimension 512"},
 };
 
 static const desc_change clip_changes[] = {
-    CHANGE(width, 768, LDM_ERR_FORMAT, "width 768"),
-    CHANGE(layers, 12, LDM_ERR_FORMAT, "layers 12"),
-    CHANGE(vocab, 1000, LDM_ERR_FORMAT, "vocab 1000"),
-    CHANGE(ctx, 64, LDM_ERR_FORMAT, "ctx 64"),
-    CHANGE(heads, 0, LDM_ERR_INVALID_ARGUMENT, "heads"),
-    CHANGE(heads, 3, LDM_ERR_INVALID_ARGUMENT, "divisible"),
+    {offsetof(ld_cond, width), 768, LDM_ERR_FORMAT, "width 768"},
+    {offsetof(ld_cond, layers), 12, LDM_ERR_FORMAT, "layers 12"},
+    {offsetof(ld_cond, vocab), 1000, LDM_ERR_FORMAT, "vocab 1000"},
+    {offsetof(ld_cond, ctx), 64, LDM_ERR_FORMAT, "ctx 64"},
+    {offsetof(ld_cond, heads), 0, LDM_ERR_INVALID_ARGUMENT, "heads"},
+    {offsetof(ld_cond, heads), 3, LDM_ERR_INVALID_ARGUMENT, "divisible"},
 };
 
 static void expect_changes_fail(const small_fixture *f, const lw_store *w, const desc_change *c, size_t n)

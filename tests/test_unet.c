@@ -337,7 +337,8 @@ START_TEST(test_ema_weights)
         snprintf(no, sizeof no, "ps%d_x_prev", k);
         ldm_tensor *x = io_tensor(f.io, nx), *t = io_tensor(f.io, nt), *noise = io_tensor(f.io, nn);
         ldm_tensor *ref = io_tensor(f.io, no);
-        ldm_tensor *e_ema = forward_ok(ema, &f.r.ctx, x, t, NULL, NULL), *e_raw = forward_ok(raw, &f.r.ctx, x, t, NULL, NULL);
+        ldm_tensor *e_ema = forward_ok(ema, &f.r.ctx, x, t, NULL, NULL);
+        ldm_tensor *e_raw = forward_ok(raw, &f.r.ctx, x, t, NULL, NULL);
         double diff = max_abs_diff(e_ema, e_raw);
         printf("ldm_uncond_plms t=%lld: EMA vs raw eps differ by %.3g\n", (long long)lt_i64(t)[0], diff);
         ck_assert_msg(diff > 1e-2, "EMA and raw weights give the same eps");
@@ -418,7 +419,8 @@ static void threads_check(const char *name, const unet_spec *spec)
     runner r1, r2;
     runner_init(&r1, 1);
     runner_init(&r2, 2);
-    ldm_tensor *a = forward_ok(f.n, &r1.ctx, f.x, f.t, f.ctx, NULL), *b = forward_ok(f.n, &r2.ctx, f.x, f.t, f.ctx, NULL);
+    ldm_tensor *a = forward_ok(f.n, &r1.ctx, f.x, f.t, f.ctx, NULL);
+    ldm_tensor *b = forward_ok(f.n, &r2.ctx, f.x, f.t, f.ctx, NULL);
     double diff = max_abs_diff(a, b);
     printf("%s: 1 vs 2 threads max abs diff %.3g\n", name, diff);
     ck_assert_msg(diff <= 1e-5, "%s: results depend on the thread count (%g)", name, diff);

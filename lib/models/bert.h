@@ -6,7 +6,7 @@
  *                                                   scale dim_head^-0.5, no mask, not causal)
  *               x += net.2(GELU(net.0.0(LN x)))    (layers.2i+1: FeedForward mult 4, exact GELU)
  *   out = norm(x)                                  (LayerNorm eps 1e-5 everywhere)
- * Keys under "<prefix>transformer."; to_logits is unused. */
+ * Keys under "<prefix>transformer."; to_logits is unused. The tower runs in text_transformer.c. */
 #ifndef LDM_MODELS_BERT_H
 #define LDM_MODELS_BERT_H
 

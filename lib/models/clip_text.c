@@ -173,8 +173,8 @@ static ldm_status create_checked(const ld_cond *d, const lw_store *s, const char
     /* layer_skip == layers is legal: open_clip's "penultimate" on a 1-layer tower runs no block and
      * only ln_final (the reference does the same). */
     if (d->layer_skip > layers)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: layer_skip %d exceeds the %d layers", k->model,
-                        d->layer_skip, layers);
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: layer_skip %d exceeds the %d layers", k->model, d->layer_skip,
+                        layers);
 
     ldm_status st = load_weights(s, root, k, t, layers - d->layer_skip);
     return st == LDM_OK ? st : ldm_fail_context(st, "%s: ", k->model);

@@ -7,7 +7,8 @@
  *                     exact GELU, fused in_proj rows [q;k;v].
  * The math is the same: x = tok_emb[ids] + pos_emb; (layers - layer_skip) pre-LN blocks
  * x += attn(ln_1 x) (causal, head-major heads, scale head_dim^-0.5), x += fc2(act(fc1(ln_2 x)));
- * then the final LayerNorm (eps 1e-5 everywhere). No pooling, no projection. */
+ * then the final LayerNorm (eps 1e-5 everywhere). No pooling, no projection. The tower runs in
+ * text_transformer.c; this file knows the two key layouts. */
 #ifndef LDM_MODELS_CLIP_TEXT_H
 #define LDM_MODELS_CLIP_TEXT_H
 

@@ -52,7 +52,7 @@ ldm_status ltt_get_pair(const lw_store *s, int64_t rows, int64_t cols, float **w
 ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *stem,
                        const char *const part[3]);
 
-/* Tensor `name` must be a non-empty 2-D tensor; *t receives it. */
+/* Tensor `name` must be a non-empty 2-D tensor (errors name t->model); *out receives it. */
 ldm_status ltt_find_2d(const ltt *t, const lw_store *s, const char *name, const lw_tensor **out);
 
 /* `*dim` holds the model description's value: 0 adopts `found`, anything else must equal it
