@@ -225,6 +225,7 @@ typedef struct {
 
 static int count_steps(int step, int total, void *user)
 {
+    (void)total;
     atomic_store(&((cancel_gen *)user)->steps_done, step);
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/ctx.h"
+#include "io/weights.h"
 #include "kernels/kernels.h"
 
 /* ---- helpers */
@@ -252,7 +253,19 @@ END_TEST
 
 /* ---- conv2d */
 
-static void check_conv(lk_conv2d_shape s, int with_bias)
+typedef ldm_status (*conv_fn)(const lctx *, const lk_conv2d_shape *, const float *, lk_wt, const float *, float *);
+
+static ldm_status conv_dispatch(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                                float *y)
+{
+    return lk_conv2d(c, s, x, w.f32, bias, y);
+}
+
+static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn);
+
+static void check_conv(lk_conv2d_shape s, int with_bias) { check_conv_with(s, with_bias, conv_dispatch); }
+
+static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn)
 {
     int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
     size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * s.k_h * s.k_w;
@@ -266,7 +279,7 @@ static void check_conv(lk_conv2d_shape s, int with_bias)
     for (int c = 0; c < N_CTX; c++) {
         float *y = malloc(sizeof(float) * ny);
         for (size_t i = 0; i < ny; i++) y[i] = NAN; /* every output must be written */
-        ck_assert_int_eq(lk_conv2d(&ctxs[c], &s, x, w, bias, y), LDM_OK);
+        ck_assert_int_eq(fn(&ctxs[c], &s, x, lk_wt_f32(w), bias, y), LDM_OK);
         expect_close(y, ref, ny, 2e-6 * sqrt((double)s.in_ch * s.k_h * s.k_w + 1), what);
         if (first) {
             expect_same(y, first, ny, what);
@@ -305,6 +318,7 @@ START_TEST(conv2d_row_blocks)
     /* im2col of 64ch 3x3 over 128 columns is 73728 floats per output row: the 8 MiB budget makes
      * this run in several row blocks, the last one partial. */
     lk_conv2d_shape s = {1, 64, 100, 128, 4, 3, 3, 1, 1, 1, 1, 1};
+    check_conv_with(s, 1, lk_conv2d_im2col); /* lk_conv2d computes 4 output channels directly */
     check_conv(s, 1);
 }
 END_TEST
@@ -313,7 +327,7 @@ END_TEST
  * reference and bit for bit across thread counts. F(4x4,3x3) rounds more than a direct sum (its
  * transforms mix 36 inputs with coefficients up to 25): measured about 3e-7 * sqrt(K) relative to
  * the largest output, so the bound is 2e-6 * sqrt(K) as for the direct path. */
-static void check_winograd(lk_conv2d_shape s)
+static void check_winograd(lk_conv2d_shape s, int m)
 {
     ck_assert(lk_winograd_applies(&s));
     int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
@@ -323,12 +337,12 @@ static void check_winograd(lk_conv2d_shape s)
     float *ref = malloc(sizeof(float) * ny), *first = NULL;
     lk_ref_conv2d(&s, x, w, bias, ref);
     char what[160];
-    snprintf(what, sizeof what, "winograd B%d IC%d %dx%d OC%d pad(%d,%d,%d,%d)", s.batch, s.in_ch, s.in_h, s.in_w,
-             s.out_ch, s.pad_top, s.pad_left, s.pad_bottom, s.pad_right);
+    snprintf(what, sizeof what, "winograd F(%d,3) B%d IC%d %dx%d OC%d pad(%d,%d,%d,%d)", m, s.batch, s.in_ch, s.in_h,
+             s.in_w, s.out_ch, s.pad_top, s.pad_left, s.pad_bottom, s.pad_right);
     for (int c = 0; c < N_CTX; c++) {
         float *y = malloc(sizeof(float) * ny);
         for (size_t i = 0; i < ny; i++) y[i] = NAN;
-        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[c], &s, x, w, bias, y), LDM_OK);
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m), LDM_OK);
         expect_close(y, ref, ny, 2e-6 * sqrt(9.0 * s.in_ch + 1), what);
         if (first) {
             expect_same(y, first, ny, what);
@@ -350,10 +364,123 @@ START_TEST(conv2d_winograd_matches_reference)
         {1, 256, 68, 60, 8, 3, 3, 1, 1, 1, 1, 1},   /* several tile blocks, last partial */
         {1, 512, 5, 6, 480, 3, 3, 1, 1, 1, 1, 1},   /* transformed weights in several groups */
     };
-    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) check_winograd(shapes[i]);
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        check_winograd(shapes[i], 4);
+        check_winograd(shapes[i], 2);
+    }
     lk_conv2d_shape strided = {1, 4, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1}, k5 = {1, 4, 8, 8, 4, 5, 5, 1, 2, 2, 2, 2};
     ck_assert(!lk_winograd_applies(&strided));
     ck_assert(!lk_winograd_applies(&k5));
+}
+END_TEST
+
+/* ---- float16 weights */
+
+START_TEST(half_to_float_is_exact)
+{
+    /* every half: the kernels' converter (F16C where the CPU has it) against the I/O layer's */
+    static float got[65536];
+    static uint16_t all[65536];
+    for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    lk_half_to_float(all, 65536, got);
+    for (int i = 0; i < 65536; i++) {
+        float ref = lw_f16_to_f32((uint16_t)i);
+        if (isnan(ref))
+            ck_assert_msg(isnan(got[i]), "half 0x%04x: expected NaN", i);
+        else
+            ck_assert_msg(memcmp(&got[i], &ref, sizeof ref) == 0, "half 0x%04x: got %a, expected %a", i, got[i], ref);
+    }
+    ck_assert(got[0x3c00] == 1.0f && got[0xc000] == -2.0f && got[0x7bff] == 65504.0f);
+    ck_assert(got[0x0001] == ldexpf(1.0f, -24) && isinf(got[0x7c00]));
+    /* unaligned source */
+    unsigned char raw[2 * 9 + 1];
+    for (int i = 0; i < 9; i++) memcpy(raw + 1 + 2 * i, &all[0x3c00 + i], 2);
+    float nine[9];
+    lk_half_to_float(raw + 1, 9, nine);
+    for (int i = 0; i < 9; i++) ck_assert(nine[i] == got[0x3c00 + i]);
+}
+END_TEST
+
+/* Random values rounded to half: the half copy and the float copy hold the same numbers. */
+static uint16_t *half_buf(float *x, size_t n)
+{
+    uint16_t *h = malloc(sizeof(uint16_t) * (n ? n : 1));
+    ck_assert_ptr_nonnull(h);
+    for (size_t i = 0; i < n; i++) {
+        h[i] = lw_f32_to_f16(x[i]);
+        x[i] = lw_f16_to_f32(h[i]);
+    }
+    return h;
+}
+
+/* A product with float16 weights against the same product with the widened float32 weights:
+ * equal to float rounding (they may split the product differently) and bit for bit across
+ * thread counts. */
+static void check_half_product(int kind, int M, int N, int K)
+{
+    size_t nw = (size_t)(kind == 0 ? M : N) * K, na = (size_t)(kind == 0 ? N : M) * K;
+    float *w = rand_buf(nw, 1), *a = rand_buf(na, 1), *bias = rand_buf((size_t)N, 1);
+    uint16_t *wh = half_buf(w, nw);
+    size_t nc = (size_t)M * N;
+    float *ref = malloc(sizeof(float) * nc), *got = malloc(sizeof(float) * nc), *first = NULL;
+    char what[96];
+    snprintf(what, sizeof what, "float16 weights kind %d M%d N%d K%d", kind, M, N, K);
+    for (int c = 0; c < N_CTX + 1; c++) {
+        lk_wt wt = c == 0 ? lk_wt_f32(w) : lk_wt_f16(wh); /* c == 0: the float32 reference */
+        const lctx *ctx = &ctxs[c == 0 ? 0 : c - 1];
+        float *out = c == 0 ? ref : got;
+        if (kind == 0) /* C[M,N] = W[M,K] B[K,N], B = a as [K,N] */
+            ck_assert_int_eq(lk_gemm_wa(ctx, wt, M, K, 0, a, N, N, 0.0f, out, N), LDM_OK);
+        else if (kind == 1) /* C[M,N] = A[M,K] W^T, W [N,K] */
+            ck_assert_int_eq(lk_gemm_wb(ctx, 0, a, K, M, K, wt, N, 0.0f, out, N), LDM_OK);
+        else
+            ck_assert_int_eq(lk_linear_wt(ctx, a, M, K, wt, bias, N, out), LDM_OK);
+        if (c == 0) continue;
+        expect_close(got, ref, nc, 2e-6 * sqrt(K + 1.0), what);
+        if (first)
+            expect_same(got, first, nc, what);
+        else
+            first = copy_buf(got, nc);
+    }
+    free(first), free(w), free(wh), free(a), free(bias), free(ref), free(got);
+}
+
+START_TEST(half_weights_in_products)
+{
+    for (int kind = 0; kind < 3; kind++) {
+        check_half_product(kind, 7, 5, 3);
+        /* 4M-float widening blocks of weight rows: three of them */
+        check_half_product(kind, kind == 0 ? 100 : 6, kind == 0 ? 6 : 100, 100000);
+    }
+}
+END_TEST
+
+START_TEST(half_weights_in_convolutions)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {2, 32, 24, 20, 40, 3, 3, 1, 1, 1, 1, 1}, /* Winograd */
+        {2, 24, 6, 5, 20, 3, 3, 1, 1, 1, 1, 1},   /* batched im2col */
+        {1, 6, 10, 13, 4, 3, 3, 2, 1, 1, 1, 1},   /* im2col, stride 2 */
+        {2, 16, 20, 20, 24, 1, 1, 1, 0, 0, 0, 0}, /* pointwise */
+    };
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        lk_conv2d_shape s = shapes[i];
+        size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * s.k_h * s.k_w;
+        size_t ny = (size_t)s.batch * s.out_ch * lk_conv2d_out_h(&s) * lk_conv2d_out_w(&s);
+        float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
+        uint16_t *wh = half_buf(w, nw);
+        float *ref = malloc(sizeof(float) * ny), *got = malloc(sizeof(float) * ny), *first = NULL;
+        ck_assert_int_eq(lk_conv2d(&ctxs[0], &s, x, w, bias, ref), LDM_OK);
+        for (int c = 0; c < N_CTX; c++) {
+            ck_assert_int_eq(lk_conv2d_wt(&ctxs[c], &s, x, lk_wt_f16(wh), bias, got), LDM_OK);
+            expect_close(got, ref, ny, 2e-6 * sqrt((double)s.in_ch * s.k_h * s.k_w + 1), "conv2d float16 weights");
+            if (first)
+                expect_same(got, first, ny, "conv2d float16 weights");
+            else
+                first = copy_buf(got, ny);
+        }
+        free(first), free(x), free(w), free(wh), free(bias), free(ref), free(got);
+    }
 }
 END_TEST
 
@@ -379,6 +506,18 @@ START_TEST(scratch_reuses_and_trims)
     ldm_alloc_fail_after(1); /* after a trim every request allocates */
     ck_assert_ptr_null(lk_scratch_get(16));
     ldm_alloc_fail_after(0);
+    /* low-memory mode: a buffer given back is freed, so the next request allocates again */
+    ck_assert_int_eq(setenv("LDM_LOW_MEMORY", "1", 1), 0);
+    ck_assert(lk_low_memory());
+    void *p = lk_scratch_get(64);
+    ck_assert_ptr_nonnull(p);
+    lk_scratch_put(p, 64);
+    ldm_alloc_fail_after(1);
+    ck_assert_ptr_null(lk_scratch_get(64));
+    ldm_alloc_fail_after(0);
+    ck_assert_int_eq(setenv("LDM_LOW_MEMORY", "0", 1), 0);
+    ck_assert(!lk_low_memory());
+    ck_assert_int_eq(unsetenv("LDM_LOW_MEMORY"), 0);
 }
 END_TEST
 
@@ -389,17 +528,86 @@ START_TEST(conv2d_winograd_reports_oom)
     for (int n = 1; n <= 3; n++) { /* each of its three scratch buffers */
         lk_scratch_trim(); /* a cached buffer would not allocate */
         ldm_alloc_fail_after(n);
-        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[1], &s, x, w, NULL, y), LDM_ERR_OUT_OF_MEMORY);
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[1], &s, x, lk_wt_f32(w), NULL, y, 4), LDM_ERR_OUT_OF_MEMORY);
         ldm_alloc_fail_after(0);
         ck_assert_ptr_nonnull(strstr(ldm_last_error(), "winograd"));
     }
 }
 END_TEST
 
+START_TEST(conv2d_direct_matches_reference)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {2, 5, 7, 9, 3, 1, 1, 1, 0, 0, 0, 0},     /* 1x1 */
+        {1, 7, 9, 600, 3, 3, 3, 1, 1, 1, 1, 1},   /* output rows longer than a chunk */
+        {2, 4, 6, 11, 8, 3, 3, 1, 0, 2, 1, 0},    /* asymmetric padding, 8 output channels */
+        {1, 3, 5, 6, 1, 5, 3, 1, 2, 1, 2, 1},     /* non-square kernel, one output channel */
+        {1, 2, 3, 3, 2, 3, 3, 1, 0, 0, 0, 0},     /* single output pixel */
+        {1, 2, 4, 4, 2, 3, 3, 1, 5, 5, 5, 5},     /* padding wider than the image */
+    };
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        ck_assert(lk_conv_direct_applies(&shapes[i]));
+        check_conv_with(shapes[i], 1, lk_conv2d_direct);
+        check_conv_with(shapes[i], 0, lk_conv2d_direct);
+    }
+    lk_conv2d_shape strided = {1, 4, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1}, wide = {1, 4, 8, 8, 9, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert(!lk_conv_direct_applies(&strided));
+    ck_assert(!lk_conv_direct_applies(&wide));
+}
+END_TEST
+
+/* lk_conv2d_up2 (and its Winograd path) = lk_ref_conv2d of the nearest 2x upsample. */
+static void check_conv_up2(lk_conv2d_shape s, int winograd_m)
+{
+    int h = s.in_h / 2, w2 = s.in_w / 2;
+    size_t nx = (size_t)s.batch * s.in_ch * h * w2, nup = nx * 4, nw = (size_t)s.out_ch * s.in_ch * 9;
+    size_t ny = (size_t)s.batch * s.out_ch * lk_conv2d_out_h(&s) * lk_conv2d_out_w(&s);
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
+    float *up = malloc(sizeof(float) * nup), *ref = malloc(sizeof(float) * ny), *first = NULL;
+    lk_resize_nearest(x, s.batch * s.in_ch, h, w2, s.in_h, s.in_w, up);
+    lk_ref_conv2d(&s, up, w, bias, ref);
+    char what[96];
+    snprintf(what, sizeof what, "conv2d of a 2x upsample IC%d %dx%d OC%d", s.in_ch, s.in_h, s.in_w, s.out_ch);
+    for (int c = 0; c < N_CTX; c++) {
+        float *y = malloc(sizeof(float) * ny);
+        for (size_t i = 0; i < ny; i++) y[i] = NAN;
+        if (winograd_m)
+            ck_assert_int_eq(lk_conv3x3_winograd_up2(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, winograd_m), LDM_OK);
+        else
+            ck_assert_int_eq(lk_conv2d_up2(&ctxs[c], &s, x, lk_wt_f32(w), bias, y), LDM_OK);
+        expect_close(y, ref, ny, 2e-6 * sqrt(9.0 * s.in_ch + 1), what);
+        if (first) {
+            expect_same(y, first, ny, what);
+            free(y);
+        } else
+            first = y;
+    }
+    free(first), free(x), free(w), free(bias), free(up), free(ref);
+}
+
+START_TEST(conv2d_of_upsample)
+{
+    lk_conv2d_shape big = {2, 24, 20, 36, 16, 3, 3, 1, 1, 1, 1, 1};  /* Winograd through lk_conv2d_up2 */
+    lk_conv2d_shape small = {1, 5, 6, 8, 12, 3, 3, 1, 1, 1, 1, 1};   /* im2col after an explicit upsample */
+    lk_conv2d_shape odd = {1, 9, 10, 14, 11, 3, 3, 1, 1, 1, 1, 1};   /* channels not a multiple of 8 */
+    check_conv_up2(big, 0);
+    check_conv_up2(small, 0);
+    for (int m = 2; m <= 4; m += 2) {
+        check_conv_up2(big, m);
+        check_conv_up2(small, m);
+        check_conv_up2(odd, m);
+    }
+    lk_conv2d_shape bad = {1, 4, 7, 8, 4, 3, 3, 1, 1, 1, 1, 1};
+    float z[64] = {0};
+    ck_assert_int_eq(lk_conv2d_up2(&ctxs[0], &bad, z, lk_wt_f32(z), NULL, z), LDM_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
 START_TEST(conv2d_reports_oom)
 {
-    lk_conv2d_shape s = {1, 2, 5, 5, 2, 3, 3, 1, 1, 1, 1, 1};
-    float x[50] = {0}, w[36] = {0}, y[50];
+    /* 12 output channels, stride 2: neither the direct nor the Winograd path, so im2col */
+    lk_conv2d_shape s = {1, 2, 5, 5, 12, 3, 3, 2, 1, 1, 1, 1};
+    float x[50] = {0}, w[216] = {0}, y[108];
     lk_scratch_trim(); /* a cached buffer would not allocate */
     ldm_alloc_fail_after(1);
     ck_assert_int_eq(lk_conv2d(&ctxs[1], &s, x, w, NULL, y), LDM_ERR_OUT_OF_MEMORY);
@@ -779,6 +987,13 @@ START_TEST(resize_nearest_values)
     lk_resize_nearest(img, 2, 4, 4, 2, 2, out);
     static const float want[8] = {0, 2, 8, 10, 16, 18, 24, 26};
     for (int i = 0; i < 8; i++) ck_assert_float_eq(out[i], want[i]);
+    /* exact 2x in both directions (its own fast path): 2 planes 3x5 -> 6x10 */
+    float up[2 * 6 * 10];
+    lk_resize_nearest(img, 2, 3, 5, 6, 10, up);
+    for (int p = 0; p < 2; p++)
+        for (int oh = 0; oh < 6; oh++)
+            for (int ow = 0; ow < 10; ow++)
+                ck_assert_float_eq(up[(p * 6 + oh) * 10 + ow], img[(p * 3 + oh / 2) * 5 + ow / 2]);
 }
 END_TEST
 
@@ -849,8 +1064,13 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);
     tcase_add_test(tc, conv2d_winograd_matches_reference);
+    tcase_add_test(tc, conv2d_direct_matches_reference);
+    tcase_add_test(tc, conv2d_of_upsample);
     tcase_add_test(tc, conv2d_winograd_reports_oom);
     tcase_add_test(tc, scratch_reuses_and_trims);
+    tcase_add_test(tc, half_to_float_is_exact);
+    tcase_add_test(tc, half_weights_in_products);
+    tcase_add_test(tc, half_weights_in_convolutions);
     tcase_add_test(tc, conv2d_reports_oom);
     tcase_add_test(tc, group_norm_matches_reference);
     tcase_add_test(tc, group_norm_known_values);

@@ -173,6 +173,63 @@ START_TEST(f16_inf_weight_is_refused_naming_the_tensor)
 }
 END_TEST
 
+/* F16 matrices may be used as stored, without widening: their check reads the stored bits. */
+START_TEST(f16_weight_used_as_stored_is_checked_too)
+{
+    if (!have("fixtures/cond_spatial_rescaler/model.safetensors")) return;
+    const char *rel = "fixtures/cond_spatial_rescaler/model.safetensors";
+    const char *cfg = "fixtures/cond_spatial_rescaler/config.yaml";
+    const char *t = "model.diffusion_model.input_blocks.0.0.weight"; /* F16 [32,6,3,3] */
+    const float bad[2] = {INFINITY, NAN};
+    for (int i = 0; i < 2; i++) {
+        ldm_model *m = load(poke(rel, t, 100, bad[i]), cfg, LDM_WEIGHTS_AUTO);
+        int64_t one = 1, xs[4] = {1, 3, 6, 10};
+        ldm_tensor *ts = NULL, *x = filled(4, xs, 0.25f), *c = filled(4, xs, 0.5f), *out = NULL;
+        ck_assert_int_eq(ldm_tensor_create(LDM_I64, 1, &one, &ts), LDM_OK);
+        ((int64_t *)ldm_tensor_data(ts))[0] = 604;
+        expect_numeric(ldm_model_apply(m, x, ts, c, &out), t, i ? "NaN (element 100 " : "Inf (element 100 ");
+        ck_assert_ptr_null(out);
+        ldm_tensor_free(ts);
+        ldm_tensor_free(x);
+        ldm_tensor_free(c);
+        ldm_model_free(m);
+    }
+}
+END_TEST
+
+/* lw_check_finite on every float storage type, read in place (unaligned too). */
+START_TEST(stored_bits_check_every_float_dtype)
+{
+    unsigned char buf[64] = {0};
+    lw_store *s = lw_store_new("bits");
+    uint16_t h[2] = {0x3C00, 0x7C00};         /* 1, +Inf */
+    uint16_t bf[2] = {0x3F80, 0xFFC1};        /* 1, NaN */
+    float f[2] = {1.0f, -INFINITY};
+    double d[2] = {NAN, 2.0};
+    uint16_t ok[3] = {0x7BFF, 0xFBFF, 0x0001}; /* max, -max, smallest subnormal */
+    memcpy(buf + 1, h, 4);
+    memcpy(buf + 5, bf, 4);
+    memcpy(buf + 9, f, 8);
+    memcpy(buf + 17, d, 16);
+    memcpy(buf + 33, ok, 6);
+    ck_assert_int_eq(lw_store_add(s, "h", LW_F16, 1, (int64_t[]){2}, buf + 1, 4), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "bf", LW_BF16, 1, (int64_t[]){2}, buf + 5, 4), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "f", LW_F32, 1, (int64_t[]){2}, buf + 9, 8), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "d", LW_F64, 1, (int64_t[]){2}, buf + 17, 16), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "ok", LW_F16, 1, (int64_t[]){3}, buf + 33, 6), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "i", LW_I64, 1, (int64_t[]){1}, buf + 48, 8), LDM_OK);
+    ck_assert_int_eq(lw_store_seal(s), LDM_OK);
+    expect_numeric(lw_check_finite(s, lw_find(s, "h")), "tensor h holds Inf (element 1 of 2)", NULL);
+    expect_numeric(lw_check_finite(s, lw_find(s, "bf")), "tensor bf holds NaN (element 1 of 2)", NULL);
+    expect_numeric(lw_check_finite(s, lw_find(s, "f")), "tensor f holds Inf (element 1 of 2)", NULL);
+    expect_numeric(lw_check_finite(s, lw_find(s, "d")), "tensor d holds NaN (element 0 of 2)", NULL);
+    ck_assert_int_eq(lw_check_finite(s, lw_find(s, "ok")), LDM_OK);
+    memset(buf + 48, 0xFF, 8);
+    ck_assert_int_eq(lw_check_finite(s, lw_find(s, "i")), LDM_OK); /* integers are never NaN */
+    lw_close(s);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- inputs */
 
 START_TEST(nan_inputs_are_refused_by_the_call_they_reach)
@@ -300,6 +357,8 @@ static Suite *numeric_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, nan_or_inf_weights_are_refused_naming_the_tensor);
     tcase_add_test(tc, f16_inf_weight_is_refused_naming_the_tensor);
+    tcase_add_test(tc, f16_weight_used_as_stored_is_checked_too);
+    tcase_add_test(tc, stored_bits_check_every_float_dtype);
     tcase_add_test(tc, nan_inputs_are_refused_by_the_call_they_reach);
     tcase_add_test(tc, overflowing_step_fails_naming_the_step);
     tcase_add_test(tc, overflowing_decoder_is_reported);

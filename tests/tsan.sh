@@ -7,8 +7,9 @@
 set -u
 BUILD=${LDM_BUILD:-build-tsan}
 command -v clang >/dev/null || { echo "SKIPPED: tsan: clang not installed"; exit 0; }
+mkdir -p "$BUILD"
 make --no-print-directory BUILD="$BUILD" CC=clang CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" -j2 \
-    "$BUILD/tests/test_concurrency" >"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
+    "$BUILD/tests/test_concurrency" >"$BUILD/tsan-build.log" 2>&1 || { tail -40 "$BUILD/tsan-build.log"; exit 1; }
 # OpenBLAS's own threads are not instrumented: keep GEMM on the calling thread.
 export OPENBLAS_NUM_THREADS=1 CK_FORK=no TSAN_OPTIONS="halt_on_error=1 exitcode=66"
 out=$BUILD/tsan.out

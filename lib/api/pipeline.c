@@ -387,7 +387,6 @@ static ldm_status generate(ldm_model *m, ldm_generate_params *p, ldm_tensor **im
     if (st == LDM_OK) st = lp_check_cancel(m, "before decoding");
     if (st == LDM_OK) st = lp_decode(m, z, p->vae_tile, image);
     if (st == LDM_OK) st = lt_check_finite(*image, "ldm_generate: the decoded image");
-    if (st == LDM_OK) st = lt_check_finite(*image, "ldm_generate: the decoded image");
     if (st == LDM_OK && composites(m, p)) st = lp_composite(p, *image);
     if (st != LDM_OK) {
         ldm_tensor_free(*image);

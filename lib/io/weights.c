@@ -390,6 +390,30 @@ ldm_status lw_get_f32(const lw_store *s, const char *name, int ndim, const int64
     return LDM_OK;
 }
 
+/* Exponent field all ones means Inf or NaN in every IEEE format; tested on the raw bits so that
+ * F16 weights kept as stored need no conversion to be checked. */
+ldm_status lw_check_finite(const lw_store *s, const lw_tensor *t)
+{
+    uint64_t exp_mask, man_mask;
+    switch (t->dtype) {
+    case LW_F16: exp_mask = 0x7C00u, man_mask = 0x03FFu; break;
+    case LW_BF16: exp_mask = 0x7F80u, man_mask = 0x007Fu; break;
+    case LW_F32: exp_mask = 0x7F800000u, man_mask = 0x007FFFFFu; break;
+    case LW_F64: exp_mask = 0x7FF0000000000000ull, man_mask = 0x000FFFFFFFFFFFFFull; break;
+    default: return LDM_OK;
+    }
+    size_t width = lw_dtype_size(t->dtype), numel = t->nbytes / width;
+    const unsigned char *p = t->data;
+    for (size_t i = 0; i < numel; i++) {
+        uint64_t bits = 0;
+        memcpy(&bits, p + i * width, width); /* little-endian host and file */
+        if ((bits & exp_mask) == exp_mask)
+            return ldm_fail(LDM_ERR_NUMERIC, "%s: tensor %s holds %s (element %zu of %zu)", lw_path(s), t->name,
+                            (bits & man_mask) ? "NaN" : "Inf", i, numel);
+    }
+    return LDM_OK;
+}
+
 ldm_status lw_get_f32f(const lw_store *s, int ndim, const int64_t *shape, float **out, const char *fmt, ...)
 {
     char name[512];

@@ -76,6 +76,10 @@ const char *lw_dtype_name(lw_dtype d);
  * and a [1] tensor match each other (a .ckpt stores model_ema.decay as 0-dim, converted
  * safetensors often as [1]). */
 ldm_status lw_get_f32(const lw_store *s, const char *name, int ndim, const int64_t *shape, float **out);
+/* LDM_ERR_NUMERIC naming the file, tensor and element when a floating tensor's stored values hold
+ * NaN or Inf (F32/F16/BF16/F64, read in place: for weights used without widening, e.g. F16 kept
+ * as stored; lw_get_f32 checks what it widens itself). Other dtypes pass. */
+ldm_status lw_check_finite(const lw_store *s, const lw_tensor *t);
 /* Same with the name built printf-style, e.g. lw_get_f32f(s, 2, (int64_t[]){64,32}, &w, "%s.weight", p). */
 ldm_status lw_get_f32f(const lw_store *s, int ndim, const int64_t *shape, float **out, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));

@@ -1,4 +1,8 @@
-/* conv2d.c - 2-D convolution as matrix products.
+/* conv2d.c - 2-D convolution: the dispatch between its algorithms, and the im2col one.
+ *
+ * lk_conv2d picks, by shape: a direct loop for stride-1 convolutions with at most 8 output
+ * channels (conv_direct.c), a plain product for 1x1 ones, Winograd F(4x4,3x3) or F(2x2,3x3) for
+ * 3x3 stride-1 ones with enough channels and pixels (winograd.c), and im2col below for the rest.
  *
  * A convolution is W[OC, IC*KH*KW] times the im2col matrix [IC*KH*KW, OH*OW] of each image, so
  * the heavy lifting is one sgemm (lk_gemm: tiled over the thread pool, bitwise independent of the
@@ -18,7 +22,8 @@
 #define CONV_COL_BUDGET ((size_t)2 << 20)
 /* im2col rows per build task. */
 #define CONV_COL_ROWS_PER_TASK 32
-#define WINOGRAD_MIN_TILES 16
+#define WINOGRAD_F4_MIN_PIXELS 2048 /* e.g. 2 x 32 x 32 */
+#define WINOGRAD_F2_MIN_PIXELS 256  /* e.g. 1 x 16 x 16 */
 /* Convolutions with at most this many output pixels per image multiply the whole batch at once. */
 #define CONV_BATCH_MAX_PIXELS 256
 
@@ -107,7 +112,7 @@ static void col_task(void *arg, int task)
     for (int kr = task * CONV_COL_ROWS_PER_TASK; kr < r1; kr++) col_row(j, kr);
 }
 
-static ldm_status conv_pointwise(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+static ldm_status conv_pointwise(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                                  const float *bias, float *y)
 {
     int hw = s->in_h * s->in_w;
@@ -116,28 +121,40 @@ static ldm_status conv_pointwise(const lctx *c, const lk_conv2d_shape *s, const 
     for (int b = 0; b < s->batch; b++) {
         float *yb = y + (size_t)b * s->out_ch * hw;
         fill_bias(yb, s->out_ch, (size_t)hw, (size_t)hw, bias);
-        lk_gemm(c, 0, 0, s->out_ch, hw, s->in_ch, 1.0f, w, s->in_ch, x + (size_t)b * s->in_ch * hw, hw, 1.0f, yb, hw);
+        LDM_TRY(lk_gemm_wa(c, w, s->out_ch, s->in_ch, 0, x + (size_t)b * s->in_ch * hw, hw, hw, 1.0f, yb, hw));
     }
     return LDM_OK;
 }
 
-/* Winograd needs enough 4x4 output tiles per weight to amortise transforming the weights and
- * enough channels for its products to be matrix products rather than transforms. */
-static int winograd_pays(const lk_conv2d_shape *s)
+/* Output pixels of the whole batch. */
+static long out_pixels(const lk_conv2d_shape *s) { return (long)s->batch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s); }
+
+/* Winograd needs enough channels for its products to be matrix products rather than transforms,
+ * and enough output tiles to amortise transforming the weights: its transformed weights are
+ * (m+2)^2/9 times the kernel (4x for F(4x4), 1.8x for F(2x2)) and stream through memory once
+ * per call, so with few tiles the products wait on memory. Measured on SD shapes (batch 2, one
+ * thread, GFLOP per CPU second counted as direct convolution): F(4x4) wins from 64x64 down to
+ * 32x32 (145-170 against 60 for im2col), F(2x2) at 16x16 (70-100 against F(4x4)'s 60-75 and
+ * im2col's 55), im2col at 8x8 and below (50-57 against 35). Returns m, or 0. */
+static int winograd_tile(const lk_conv2d_shape *s)
 {
-    long tiles = (long)s->batch * ((lk_conv2d_out_h(s) + 3) / 4) * ((lk_conv2d_out_w(s) + 3) / 4);
-    return tiles >= WINOGRAD_MIN_TILES && s->in_ch >= 16 && s->out_ch >= 16;
+    if (!lk_winograd_applies(s) || s->in_ch < 16 || s->out_ch < 16) return 0;
+    long px = out_pixels(s);
+    if (px >= WINOGRAD_F4_MIN_PIXELS) return 4;
+    return px >= WINOGRAD_F2_MIN_PIXELS ? 2 : 0;
 }
 
-static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                              const float *bias, float *y)
 {
     int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
     if (s->batch <= 0 || s->out_ch <= 0 || oh_n <= 0 || ow_n <= 0) return LDM_OK;
+    if (lk_conv_direct_applies(s)) return lk_conv2d_direct(c, s, x, w, bias, y);
     if (s->k_h == 1 && s->k_w == 1 && s->stride == 1 && !s->pad_top && !s->pad_left && !s->pad_bottom &&
         !s->pad_right)
         return conv_pointwise(c, s, x, w, bias, y);
-    if (lk_winograd_applies(s) && winograd_pays(s)) return lk_conv3x3_winograd(c, s, x, w, bias, y);
+    int m = winograd_tile(s);
+    if (m) return lk_conv3x3_winograd(c, s, x, w, bias, y, m);
     return lk_conv2d_im2col(c, s, x, w, bias, y);
 }
 
@@ -155,7 +172,7 @@ static void scatter_batched(const float *t, int B, int OC, size_t P, const float
 /* Small images (the 8x8 and 4x4 levels of a UNet): one product over the whole batch, the images'
  * im2col columns side by side, instead of one thin product per image that re-packs the weights
  * for a few dozen columns. The result goes through a small [OC, B*P] buffer. */
-static ldm_status im2col_batched(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+static ldm_status im2col_batched(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                                  const float *bias, float *y, int K)
 {
     int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
@@ -168,14 +185,14 @@ static ldm_status im2col_batched(const lctx *c, const lk_conv2d_shape *s, const 
     }
     col_job j = {s, x, col, 0, oh_n, ow_n, K, s->batch, n};
     lpool_run(c ? c->pool : NULL, (K + CONV_COL_ROWS_PER_TASK - 1) / CONV_COL_ROWS_PER_TASK, col_task, &j);
-    lk_gemm(c, 0, 0, s->out_ch, (int)n, K, 1.0f, w, K, col, (int)n, 0.0f, t, (int)n);
-    scatter_batched(t, s->batch, s->out_ch, P, bias, y);
+    ldm_status st = lk_gemm_wa(c, w, s->out_ch, K, 0, col, (int)n, (int)n, 0.0f, t, (int)n);
+    if (st == LDM_OK) scatter_batched(t, s->batch, s->out_ch, P, bias, y);
     lk_scratch_put(col, col_bytes);
     lk_scratch_put(t, out_bytes);
-    return LDM_OK;
+    return st;
 }
 
-ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                             const float *bias, float *y)
 {
     int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
@@ -205,7 +222,11 @@ ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float
             float *yblk = yb + (size_t)r0 * ow_n;
             int P = nr * ow_n;
             fill_bias(yblk, s->out_ch, (size_t)P, plane, bias);
-            lk_gemm(c, 0, 0, s->out_ch, P, (int)K, 1.0f, w, (int)K, col, P, 1.0f, yblk, (int)plane);
+            ldm_status st = lk_gemm_wa(c, w, s->out_ch, (int)K, 0, col, P, P, 1.0f, yblk, (int)plane);
+            if (st != LDM_OK) {
+                lk_scratch_put(col, col_bytes);
+                return st;
+            }
         }
     }
     lk_scratch_put(col, col_bytes);
@@ -218,11 +239,43 @@ static lk_op conv_kind(const lk_conv2d_shape *s)
     return (s->k_h == 3 && s->k_w == 3 && s->stride == 1) ? LK_OP_CONV3X3 : LK_OP_CONV_OTHER;
 }
 
-ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
-                     float *y)
+ldm_status lk_conv2d_wt(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                        float *y)
 {
     lk_stat_mark m = lk_stat_begin();
     ldm_status st = conv2d_run(c, s, x, w, bias, y);
+    double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
+    lk_stat_end(m, conv_kind(s), 2.0 * macs);
+    return st;
+}
+
+ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
+                     float *y)
+{
+    return lk_conv2d_wt(c, s, x, lk_wt_f32(w), bias, y);
+}
+
+ldm_status lk_conv2d_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                         float *y)
+{
+    if (s->in_h % 2 || s->in_w % 2 || s->in_h <= 0 || s->in_w <= 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: upsampled input %dx%d is not even", s->in_h, s->in_w);
+    lk_stat_mark m = lk_stat_begin();
+    ldm_status st;
+    int tile = lk_conv_direct_applies(s) ? 0 : winograd_tile(s);
+    if (tile) {
+        st = lk_conv3x3_winograd_up2(c, s, x, w, bias, y, tile);
+    } else {
+        size_t bytes = sizeof(float) * (size_t)s->batch * s->in_ch * s->in_h * s->in_w;
+        float *up = lk_scratch_get(bytes);
+        if (!up) {
+            st = ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d upsampled input: ");
+        } else {
+            lk_resize_nearest(x, s->batch * s->in_ch, s->in_h / 2, s->in_w / 2, s->in_h, s->in_w, up);
+            st = conv2d_run(c, s, up, w, bias, y);
+            lk_scratch_put(up, bytes);
+        }
+    }
     double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
     lk_stat_end(m, conv_kind(s), 2.0 * macs);
     return st;

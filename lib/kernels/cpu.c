@@ -3,6 +3,7 @@
 #include "simd.h"
 
 #ifdef LK_DISPATCH
+#include <cpuid.h>
 #include <stdatomic.h>
 
 /* Feature bits: 1 avx2, 2 fma; -1 until asked. Racing first calls compute the same answer. */
@@ -19,5 +20,19 @@ static int features(void)
 }
 
 int lk_cpu_has_avx2(void) { return features() & 1; }
+
+/* F16C (half <-> float conversion) with AVX, read from cpuid leaf 1 directly: clang 14's
+ * __builtin_cpu_supports does not know "f16c". OSXSAVE says the OS saves the AVX registers. */
+int lk_cpu_has_f16c(void)
+{
+    static atomic_int known = -1;
+    int v = atomic_load_explicit(&known, memory_order_relaxed);
+    if (v < 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX) && (c & bit_OSXSAVE);
+        atomic_store_explicit(&known, v, memory_order_relaxed);
+    }
+    return v;
+}
 int lk_cpu_has_avx2_fma(void) { return (features() & 3) == 3; }
 #endif

@@ -21,6 +21,36 @@ void lk_blas_init(void);
 /* y[rows,out] = x[rows,in] W^T + b;  W is [out,in] as in torch.nn.Linear; b may be NULL. */
 void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, const float *b, int out, float *y);
 
+/* ---- weights in their checkpoint's precision (weights.c) */
+/* A weight matrix or kernel, row-major: float32, or the IEEE half values a checkpoint stores
+ * (any alignment; widened exactly, block by block, as products use them). One pointer is set. */
+typedef struct lk_wt {
+    const float *f32;
+    const void *f16;
+} lk_wt;
+static inline lk_wt lk_wt_f32(const float *p)
+{
+    lk_wt w = {p, NULL};
+    return w;
+}
+static inline lk_wt lk_wt_f16(const void *p)
+{
+    lk_wt w = {NULL, p};
+    return w;
+}
+/* dst[i] = float(src[i]) for n IEEE halves (exact). */
+void lk_half_to_float(const void *src, size_t n, float *dst);
+/* dst[0..n) = elements [off, off + n) of w as float. */
+void lk_wt_read(lk_wt w, size_t off, size_t n, float *dst);
+/* C[M,N] = W[M,K] op(B) + beta C  (op(B) = B [K,N], or B^T when transB with B [N,K]). */
+ldm_status lk_gemm_wa(const lctx *c, lk_wt W, int M, int K, int transB, const float *B, int ldb, int N, float beta,
+                      float *C, int ldc);
+/* C[M,N] = op(A) W^T + beta C  (W [N,K]; op(A) = A [M,K], or A^T when transA with A [K,M]). */
+ldm_status lk_gemm_wb(const lctx *c, int transA, const float *A, int lda, int M, int K, lk_wt W, int N, float beta,
+                      float *C, int ldc);
+/* lk_linear with an lk_wt. */
+ldm_status lk_linear_wt(const lctx *c, const float *x, int rows, int in, lk_wt W, const float *b, int out, float *y);
+
 /* ---- convolution */
 typedef struct lk_conv2d_shape {
     int batch, in_ch, in_h, in_w;
@@ -33,14 +63,32 @@ int lk_conv2d_out_w(const lk_conv2d_shape *s);
 /* y[B,OC,OH,OW] = conv(x[B,IC,H,W], w[OC,IC,KH,KW]) + bias[OC] (bias may be NULL). */
 ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
                      float *y);
-/* The Winograd F(4x4,3x3) path lk_conv2d takes for large enough 3x3 stride-1 convolutions
- * (winograd.c), exposed for tests. lk_winograd_applies: the shape is one it can compute. */
+/* The same with the kernel as an lk_wt (float16 checkpoints). */
+ldm_status lk_conv2d_wt(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                        float *y);
+/* lk_conv2d_wt of the nearest 2x upsample of x (x [B,IC,H/2,W/2]; s describes the upsampled
+ * input, H and W even): what an Upsample block computes, without storing the upsampled image
+ * when the Winograd path takes it (else it is built in scratch memory). */
+ldm_status lk_conv2d_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                         float *y);
+/* The Winograd paths lk_conv2d takes for 3x3 stride-1 convolutions with enough channels
+ * (winograd.c), exposed for tests: F(m x m, 3x3) with m = 4 (fewer multiplications) or m = 2
+ * (smaller transformed weights, for small images). lk_winograd_applies: a 3x3 stride-1 shape.
+ * The _up2 variant convolves the nearest 2x upsample of x without storing it (x at half
+ * resolution; s describes the upsampled input, of even size). */
 int lk_winograd_applies(const lk_conv2d_shape *s);
+ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                               const float *bias, float *y, int m);
+ldm_status lk_conv3x3_winograd_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                   const float *bias, float *y, int m);
+/* Stride-1 convolutions with at most 8 output channels (the last layer of a decoder or UNet),
+ * computed directly (conv_direct.c); lk_conv_direct_applies says which shapes it takes. */
+int lk_conv_direct_applies(const lk_conv2d_shape *s);
+ldm_status lk_conv2d_direct(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                            float *y);
 /* The general path: im2col in row blocks and one matrix product per block (any shape). */
-ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
+ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                             const float *bias, float *y);
-ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
-                               const float *bias, float *y);
 
 /* ---- normalisation (in place allowed: y may equal x) */
 /* GroupNorm over [B,C,HW] with `groups` groups, eps, per-channel affine gamma/beta (may be NULL);
@@ -120,6 +168,9 @@ void *lk_scratch_get(size_t bytes);
 void lk_scratch_put(void *p, size_t bytes);
 /* Frees every cached buffer. */
 void lk_scratch_trim(void);
+/* Non-zero when LDM_LOW_MEMORY is set (and not "0") in the environment: scratch is not cached
+ * and networks free their workspaces after each call (docs/performance.md). */
+int lk_low_memory(void);
 
 /* ---- instrumentation for the benchmark (stats.c); off unless lk_stats_reset was called */
 typedef enum lk_op {

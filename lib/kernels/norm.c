@@ -1,8 +1,8 @@
 /* norm.c - GroupNorm (optionally fused with SiLU) and LayerNorm.
  *
  * PyTorch semantics: biased variance, eps added to the variance, then a per-channel affine. The
- * statistics of each group / row are accumulated in double (four interleaved partial sums, so the
- * loop is not bound by add latency, combined in a fixed order) and the normalisation itself is
+ * statistics of each group / row are accumulated in double (eight lanes of partial sums in double
+ * vectors, so the loop is neither scalar nor bound by add latency, combined in a fixed order) and the normalisation itself is
  * float: y = (x - mean) * (gamma * rstd) + beta. PyTorch's CPU kernel folds the mean into the
  * shift (x * scale + (beta - mean * scale)), which loses digits when |mean| >> std; subtracting
  * first is as cheap and closer to the exact result, and both agree to rounding. Work is split over the
@@ -10,31 +10,72 @@
  * one task in one order, so results do not depend on the thread count. Small inputs stay on the
  * calling thread. */
 #include "kernels.h"
+#include "simd.h"
 
 #include <math.h>
 
 /* Below this many elements a pool round trip costs more than the work. */
 #define NORM_PARALLEL_MIN 32768
 #define LN_ROWS_PER_TASK 16
+#define NORM_CHUNK 4096 /* floats normalised (and SiLU'd) at a time */
 
-/* Sum and sum of squares of n floats in double. */
-static void moments(const float *x, size_t n, double *sum_out, double *sq_out)
+/* Sum and sum of squares of n floats in double: 8 lanes of double partial sums (two 4-lane
+ * double vectors each), combined in a fixed order, then the tail. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+LK_BODY void moments_body(const float *x, size_t n, double *sum_out, double *sq_out)
 {
-    double s[4] = {0, 0, 0, 0}, q[4] = {0, 0, 0, 0};
+    v4d s0 = {0, 0, 0, 0}, s1 = s0, q0 = s0, q1 = s0;
     size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int k = 0; k < 4; k++) {
-            double v = x[i + k];
-            s[k] += v;
-            q[k] += v * v;
-        }
+    for (; i + 8 <= n; i += 8) {
+        v4f a, b;
+        memcpy(&a, x + i, sizeof a);
+        memcpy(&b, x + i + 4, sizeof b);
+        v4d da = __builtin_convertvector(a, v4d), db = __builtin_convertvector(b, v4d);
+        s0 += da, s1 += db, q0 += da * da, q1 += db * db;
+    }
+    v4d s = s0 + s1, q = q0 + q1;
+    double sum = (s[0] + s[1]) + (s[2] + s[3]), sq = (q[0] + q[1]) + (q[2] + q[3]);
     for (; i < n; i++) {
         double v = x[i];
-        s[0] += v;
-        q[0] += v * v;
+        sum += v;
+        sq += v * v;
     }
-    *sum_out = (s[0] + s[1]) + (s[2] + s[3]);
-    *sq_out = (q[0] + q[1]) + (q[2] + q[3]);
+    *sum_out = sum;
+    *sq_out = sq;
+}
+
+/* y = (x - m) * scale + shift, 8 lanes at a time (y may equal x). */
+LK_BODY void affine_body(const float *x, size_t n, float m, float scale, float shift, float *y)
+{
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        v8f v;
+        LOAD(v, x + i);
+        STORE(y + i, (v - SPLAT(m)) * SPLAT(scale) + SPLAT(shift));
+    }
+    for (; i < n; i++) y[i] = (x[i] - m) * scale + shift;
+}
+
+static void moments_base(const float *x, size_t n, double *s, double *q) { moments_body(x, n, s, q); }
+static void affine_base(const float *x, size_t n, float m, float sc, float sh, float *y) { affine_body(x, n, m, sc, sh, y); }
+#ifdef LK_DISPATCH
+static LK_AVX2 void moments_avx2(const float *x, size_t n, double *s, double *q) { moments_body(x, n, s, q); }
+static LK_AVX2 void affine_avx2(const float *x, size_t n, float m, float sc, float sh, float *y)
+{
+    affine_body(x, n, m, sc, sh, y);
+}
+#endif
+
+static void moments(const float *x, size_t n, double *sum_out, double *sq_out)
+{
+    LK_PICK(moments_avx2(x, n, sum_out, sq_out), moments_base(x, n, sum_out, sq_out));
+}
+
+static void affine(const float *x, size_t n, float m, float scale, float shift, float *y)
+{
+    LK_PICK(affine_avx2(x, n, m, scale, shift, y), affine_base(x, n, m, scale, shift, y));
 }
 
 /* mean and 1/sqrt(biased var + eps) of n values. */
@@ -73,8 +114,12 @@ static void gn_unit(void *arg, int unit)
         float shift = j->beta ? j->beta[ch] : 0.0f;
         const float *xc = x + (size_t)cc * j->HW;
         float *yc = y + (size_t)cc * j->HW;
-        for (int i = 0; i < j->HW; i++) yc[i] = (xc[i] - m) * scale + shift;
-        if (j->silu) lk_silu(yc, (size_t)j->HW);
+        /* in cache-sized chunks so that the SiLU pass reads what the affine pass just wrote */
+        for (size_t i0 = 0; i0 < (size_t)j->HW; i0 += NORM_CHUNK) {
+            size_t n = LDM_MIN((size_t)NORM_CHUNK, (size_t)j->HW - i0);
+            affine(xc + i0, n, m, scale, shift, yc + i0);
+            if (j->silu) lk_vsilu(yc + i0, n, 1.0f);
+        }
     }
 }
 

@@ -6,12 +6,15 @@
  * on all of its scratch (about a tenth of the convolution time). Returned buffers are kept here
  * instead and handed out again to the next request they fit. The cache is bounded (at most
  * SCRATCH_SLOTS buffers, SCRATCH_KEEP bytes in total; anything else is freed at once) and
- * lk_scratch_trim() empties it, which the low-memory mode does after every network call.
+ * lk_scratch_trim() empties it. In the low-memory mode (LDM_LOW_MEMORY=1 in the environment,
+ * docs/performance.md) nothing is kept: every buffer is freed when it is given back.
  * Buffers are only ever reused whole and never shared, so what a kernel computes cannot depend on
  * which buffer it got. */
 #include "kernels.h"
 
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define SCRATCH_SLOTS 8
 #define SCRATCH_KEEP ((size_t)256 << 20)
@@ -51,9 +54,20 @@ static int smallest_cached(void)
     return small;
 }
 
+int lk_low_memory(void)
+{
+    const char *e = getenv("LDM_LOW_MEMORY");
+    return e && e[0] && strcmp(e, "0") != 0;
+}
+
 void lk_scratch_put(void *p, size_t bytes)
 {
     if (!p) return;
+    if (lk_low_memory()) { /* nothing is kept between calls */
+        lk_scratch_trim();
+        ldm_free(p);
+        return;
+    }
     void *drop[SCRATCH_SLOTS + 1]; /* freed after unlocking */
     int n_drop = 0;
     pthread_mutex_lock(&scratch_lock);

@@ -32,6 +32,14 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         memcpy((p), &store_tmp_, sizeof store_tmp_);                                               \
     } while (0)
 
+/* Lane shuffle of two vectors (indices 0-7: a, 8-15: b); __builtin_shufflevector is Clang's and
+ * GCC's (from 12), __builtin_shuffle the older GCC spelling. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUFFLE(a, b, ...) __builtin_shufflevector((a), (b), __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle((a), (b), (v8i){__VA_ARGS__})
+#endif
+
 /* Bodies are always inlined into both the baseline entry point and its AVX2 twin. */
 #define LK_BODY static inline __attribute__((always_inline))
 
@@ -41,6 +49,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* Non-zero when the CPU runs AVX2 / AVX2 and FMA (cpu.c; cached after the first call). */
 int lk_cpu_has_avx2(void);
 int lk_cpu_has_avx2_fma(void);
+int lk_cpu_has_f16c(void);
 #define LK_PICK(avx2_call, base_call) (lk_cpu_has_avx2() ? (avx2_call) : (base_call))
 #else
 #define LK_PICK(avx2_call, base_call) (base_call)

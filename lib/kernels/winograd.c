@@ -1,25 +1,28 @@
-/* winograd.c - 3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3).
+/* winograd.c - 3x3 stride-1 convolutions by Winograd's minimal filtering F(m x m, 3x3), m = 4 or 2.
  *
- * A 4x4 block of outputs is computed from the 6x6 input patch around it as
+ * An m x m block of outputs is computed from the (m+2) x (m+2) input patch around it as
  *     Y = A^T [ (G g G^T) (.) (B^T d B) ] A
- * (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", points 0, +-1, +-2, inf):
- * 36 elementwise products per channel pair instead of the 144 multiply-adds of the direct form.
- * Summed over the input channels, the 36 elementwise products become 36 independent matrix
- * products, one per transformed position xi,
+ * (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"; points 0, +-1, +-2, inf for
+ * F(4x4), 0, +-1, inf for F(2x2)): 36 (or 16) elementwise products per channel pair instead of
+ * the 144 (36) multiply-adds of the direct form, a 4x (2.25x) saving. Summed over the input
+ * channels, the elementwise products become one matrix product per transformed position xi,
  *     M[xi] (tiles x OC) = V[xi] (tiles x IC) . U[xi]^T (IC x OC),
- * which go to BLAS. The multiply-adds drop 4x; the transforms are O(channels x tiles) and cheap
- * next to them once vectorised. The price is rounding: a transformed value mixes up to 36 inputs
- * with coefficients up to 25, so the error is a few times that of a direct sum (about 3e-7 *
- * sqrt(9 IC) relative to the largest output, measured in tests/test_kernels.c against the
- * double-precision reference; every conformance fixture passes with the same margins).
+ * which go to BLAS; the transforms are O(channels x tiles) and cheap next to them once
+ * vectorised. F(2x2) is for small images: its transformed weights U are 1.8x the kernel instead
+ * of 4x, and U streams through memory once per call (see conv2d.c for when each is used). The
+ * price is rounding: a transformed value of F(4x4) mixes up to 36 inputs with coefficients up to
+ * 25, so the error is a few times that of a direct sum (about 3e-7 * sqrt(9 IC) relative to the
+ * largest output, measured in tests/test_kernels.c against the double-precision reference; every
+ * conformance fixture passes with the same margins); F(2x2) is close to a direct sum.
  *
  * Vectorisation runs over 8 channels (simd.h): the input rows a tile block needs are first staged
  * channels-last with the zero padding materialised ([row][column][channel]), so each of the 36
  * patch values of 8 channels is one contiguous load, and V, U and M keep the channel index
- * innermost (padded to a multiple of 8). Output values go back to NCHW with scalar stores, one
- * per output.
+ * innermost (padded to a multiple of 8). Output values go back to NCHW four at a time (an 8x4
+ * transpose per tile row). The _up2 variant stages the nearest 2x upsample of its input on the
+ * fly, so an Upsample block never stores the upsampled image.
  *
- * Memory stays bounded: U (36 x OC x IC) is made per call and, for many channels, in groups of
+ * Memory stays bounded: U ((m+2)^2 x OC x IC) is made per call and, for many channels, in groups of
  * output channels; the staged input, V and M exist for one block of tiles at a time (budgets
  * below).
  *
@@ -30,9 +33,8 @@
 
 #include <cblas.h>
 
-#define WG_T 6                /* input tile edge */
-#define WG_M 4                /* output tile edge */
-#define WG_XI (WG_T * WG_T)   /* transformed positions */
+#define WG_TMAX 6             /* largest input tile edge (F(4x4,3x3)) */
+#define WG_XIMAX (WG_TMAX * WG_TMAX)
 #define WG_V_BUDGET (1 << 21) /* floats of V per tile block (8 MiB) */
 #define WG_U_BUDGET (1 << 23) /* floats of transformed weights held at once (32 MiB) */
 #define WG_TILES_PER_TASK 16  /* tiles per transform task */
@@ -47,14 +49,16 @@ typedef struct wg_plan {
     int ic8;                        /* channel stride of the staged input, V and U */
     int og, og8;                    /* output channels per group; stride of M */
     int stage_w, stage_rows;        /* staged input: columns, rows (for the largest block) */
+    int up2;                        /* x is at half resolution: convolve its nearest 2x upsample */
+    int T, Mo, XI;                  /* input tile edge, output tile edge, T*T: 6, 4, 36 or 4, 2, 16 */
     float *U, *V, *M, *S;
     size_t bytes[4]; /* of U, V, M, S */
 } wg_plan;
 
 /* ---------------------------------------------------------------- weight transform */
 
-/* z -> G z for 3-point columns: rows 1/4, -(1,1,1)/6, -(1,-1,1)/6, (1/4,1/2,1)/6, (1/4,-1/2,1)/6,
- * (0,0,1). */
+/* z -> G z for 3-point columns, F(4,3): rows 1/4, -(1,1,1)/6, -(1,-1,1)/6, (1/4,1/2,1)/6,
+ * (1/4,-1/2,1)/6, (0,0,1). */
 LK_BODY void g6(const v8f *z, v8f *o)
 {
     v8f a = z[0], b = z[1], c = z[2];
@@ -67,9 +71,27 @@ LK_BODY void g6(const v8f *z, v8f *o)
     o[5] = c;
 }
 
+/* F(2,3): rows (1,0,0), (1,1,1)/2, (1,-1,1)/2, (0,0,1). */
+LK_BODY void g4(const v8f *z, v8f *o)
+{
+    v8f a = z[0], b = z[1], c = z[2], ac = a + c;
+    o[0] = a;
+    o[1] = SPLAT(0.5f) * (ac + b);
+    o[2] = SPLAT(0.5f) * (ac - b);
+    o[3] = c;
+}
+
+LK_BODY void gtf(int T, const v8f *z, v8f *o)
+{
+    if (T == 6)
+        g6(z, o);
+    else
+        g4(z, o);
+}
+
 typedef struct wt_job {
     const wg_plan *p;
-    const float *w;
+    lk_wt w;
     int og0, ogn;
 } wt_job;
 
@@ -77,31 +99,32 @@ typedef struct wt_job {
  * kernels of WT_CHUNK channels are first transposed to [tap][channel] so that each tap of 8
  * channels is one vector load. */
 #define WT_CHUNK 64
-LK_BODY void weight_transform_body(const wt_job *j, int o)
+LK_BODY void weight_transform_body(const wt_job *j, int o, const int T)
 {
     int IC = j->p->s->in_ch;
     size_t plane = (size_t)j->ogn * j->p->ic8;
     float *dst = j->p->U + (size_t)o * j->p->ic8;
-    const float *w = j->w + (size_t)(j->og0 + o) * IC * 9;
-    float gt[9][WT_CHUNK];
+    size_t w0 = (size_t)(j->og0 + o) * IC * 9;
+    float gt[9][WT_CHUNK], raw[9 * WT_CHUNK];
     for (int c0 = 0; c0 < IC; c0 += WT_CHUNK) {
         int n = LDM_MIN(WT_CHUNK, IC - c0);
+        lk_wt_read(j->w, w0 + (size_t)c0 * 9, (size_t)n * 9, raw); /* widens float16 kernels */
         for (int l = 0; l < n; l++)
-            for (int k = 0; k < 9; k++) gt[k][l] = w[(size_t)(c0 + l) * 9 + k];
+            for (int k = 0; k < 9; k++) gt[k][l] = raw[l * 9 + k];
         for (int l = n; l < round8(n); l++)
             for (int k = 0; k < 9; k++) gt[k][l] = 0.0f;
         for (int l0 = 0; l0 < n; l0 += LANES) {
-            v8f t[3][WG_T], col[3], u[WG_T][WG_T]; /* t[c] = G (column c of g) */
+            v8f t[3][WG_TMAX], col[3], u[WG_TMAX][WG_TMAX]; /* t[c] = G (column c of g) */
             for (int c = 0; c < 3; c++) {
                 for (int r = 0; r < 3; r++) LOAD(col[r], &gt[r * 3 + c][l0]);
-                g6(col, t[c]);
+                gtf(T, col, t[c]);
             }
-            for (int i = 0; i < WG_T; i++) { /* u[i] = G (row i of G g) */
+            for (int i = 0; i < T; i++) { /* u[i] = G (row i of G g) */
                 v8f row[3] = {t[0][i], t[1][i], t[2][i]};
-                g6(row, u[i]);
+                gtf(T, row, u[i]);
             }
-            for (int i = 0; i < WG_T; i++)
-                for (int k = 0; k < WG_T; k++) STORE(dst + (size_t)(i * WG_T + k) * plane + c0 + l0, u[i][k]);
+            for (int i = 0; i < T; i++)
+                for (int k = 0; k < T; k++) STORE(dst + (size_t)(i * T + k) * plane + c0 + l0, u[i][k]);
         }
     }
 }
@@ -116,29 +139,93 @@ typedef struct in_job {
 } in_job;
 
 /* Staged row i ([column][channel], padding included) of the block: input row 4*ty0 - pad + i. */
-static void stage_row_task(void *arg, int i)
+/* rows[l][0..8) for 8 channels l -> d + k * ld: the 8 channels of column k (an 8x8 transpose). */
+LK_BODY void transpose8(const float *const rows[LANES], float *d, size_t ld)
 {
-    const in_job *j = arg;
+    v8f r[LANES], t[LANES], u[LANES];
+    for (int l = 0; l < LANES; l++) LOAD(r[l], rows[l]);
+    for (int l = 0; l < LANES; l += 2) {
+        t[l] = SHUFFLE(r[l], r[l + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[l + 1] = SHUFFLE(r[l], r[l + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int l = 0; l < LANES; l += 4) { /* u[l + k]: columns k and k + 4 of rows l..l+3 */
+        u[l] = SHUFFLE(t[l], t[l + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[l + 1] = SHUFFLE(t[l], t[l + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[l + 2] = SHUFFLE(t[l + 1], t[l + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[l + 3] = SHUFFLE(t[l + 1], t[l + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int k = 0; k < 4; k++) {
+        STORE(d + (size_t)k * ld, SHUFFLE(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+        STORE(d + (size_t)(k + 4) * ld, SHUFFLE(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    }
+}
+
+/* stage_row_body for a half-resolution input: upsampled row ih is input row ih / 2, upsampled
+ * column iw input column iw / 2 (nearest 2x, exactly lk_resize_nearest's), so the upsampled
+ * image is never stored. */
+LK_BODY void stage_row_up2(const in_job *j, float *dst, int ih, int lo, int hi)
+{
+    const wg_plan *p = j->p;
+    const lk_conv2d_shape *s = p->s;
+    int hw = s->in_w / 2;
+    size_t plane = (size_t)(s->in_h / 2) * hw;
+    const float *src = j->x + (size_t)(ih / 2) * hw;
+    for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
+        const float *rows[LANES];
+        int n = LDM_MIN(LANES, s->in_ch - ic0), col = lo;
+        for (int l = 0; l < n; l++) rows[l] = src + (size_t)(ic0 + l) * plane;
+        if (n == LANES)
+            for (; col + LANES <= hi; col += LANES) { /* iw = col - pad_left is even here */
+                float dup[LANES][LANES];
+                const float *at[LANES];
+                int sc = (col - s->pad_left) / 2;
+                for (int l = 0; l < LANES; l++) {
+                    for (int k = 0; k < LANES; k++) dup[l][k] = rows[l][sc + k / 2];
+                    at[l] = dup[l];
+                }
+                transpose8(at, dst + (size_t)col * p->ic8 + ic0, (size_t)p->ic8);
+            }
+        for (; col < hi; col++) {
+            float *d = dst + (size_t)col * p->ic8 + ic0;
+            int sc = (col - s->pad_left) / 2;
+            for (int l = 0; l < n; l++) d[l] = rows[l][sc];
+            for (int l = n; l < LANES; l++) d[l] = 0.0f;
+        }
+    }
+}
+
+LK_BODY void stage_row_body(const in_job *j, int i)
+{
     const wg_plan *p = j->p;
     const lk_conv2d_shape *s = p->s;
     float *dst = p->S + (size_t)i * p->stage_w * p->ic8;
-    int ih = j->ty0 * WG_M - s->pad_top + i;
+    int ih = j->ty0 * p->Mo - s->pad_top + i;
     if (ih < 0 || ih >= s->in_h) {
         memset(dst, 0, sizeof(float) * (size_t)p->stage_w * p->ic8);
         return;
     }
-    /* columns outside the image, then the image columns 8 channels at a time (8 sequential
-     * reads, contiguous writes) */
+    /* columns outside the image, then the image columns 8 channels at a time: 8 sequential
+     * reads, transposed 8 columns at a time into contiguous writes */
     int lo = LDM_MIN(s->pad_left, p->stage_w), hi = LDM_MIN(p->stage_w, s->pad_left + s->in_w);
     memset(dst, 0, sizeof(float) * (size_t)lo * p->ic8);
     if (hi < p->stage_w) memset(dst + (size_t)hi * p->ic8, 0, sizeof(float) * (size_t)(p->stage_w - hi) * p->ic8);
+    if (p->up2) {
+        stage_row_up2(j, dst, ih, lo, hi);
+        return;
+    }
     size_t plane = (size_t)s->in_h * s->in_w;
     const float *src = j->x + (size_t)ih * s->in_w - s->pad_left;
     for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
         const float *rows[LANES];
-        int n = LDM_MIN(LANES, s->in_ch - ic0);
+        int n = LDM_MIN(LANES, s->in_ch - ic0), col = lo;
         for (int l = 0; l < n; l++) rows[l] = src + (size_t)(ic0 + l) * plane;
-        for (int col = lo; col < hi; col++) {
+        if (n == LANES)
+            for (; col + LANES <= hi; col += LANES) {
+                const float *at[LANES];
+                for (int l = 0; l < LANES; l++) at[l] = rows[l] + col;
+                transpose8(at, dst + (size_t)col * p->ic8 + ic0, (size_t)p->ic8);
+            }
+        for (; col < hi; col++) {
             float *d = dst + (size_t)col * p->ic8 + ic0;
             for (int l = 0; l < n; l++) d[l] = rows[l][col];
             for (int l = n; l < LANES; l++) d[l] = 0.0f;
@@ -158,23 +245,42 @@ LK_BODY void bt6(const v8f *z, int sz, v8f *o, int so)
     o[5 * so] = SPLAT(4.0f) * z1 - SPLAT(5.0f) * z3 + z5;
 }
 
-/* V[xi][t][ic] = (B^T d B)[xi] for the tiles of one task, 8 channels at a time. */
-LK_BODY void input_transform_body(const in_job *j, int task)
+/* F(2,3): rows (1,0,-1,0), (0,1,1,0), (0,-1,1,0), (0,1,0,-1). */
+LK_BODY void bt4(const v8f *z, int sz, v8f *o, int so)
 {
+    v8f z0 = z[0], z1 = z[sz], z2 = z[2 * sz], z3 = z[3 * sz];
+    o[0] = z0 - z2;
+    o[so] = z1 + z2;
+    o[2 * so] = z2 - z1;
+    o[3 * so] = z1 - z3;
+}
+
+LK_BODY void btf(int T, const v8f *z, int sz, v8f *o, int so)
+{
+    if (T == 6)
+        bt6(z, sz, o, so);
+    else
+        bt4(z, sz, o, so);
+}
+
+/* V[xi][t][ic] = (B^T d B)[xi] for the tiles of one task, 8 channels at a time. */
+LK_BODY void input_transform_body(const in_job *j, int task, const int T)
+{
+    const int Mo = T - 2, XI = T * T;
     const wg_plan *p = j->p;
     int t1 = LDM_MIN(j->nt, (task + 1) * WG_TILES_PER_TASK);
     size_t xi_stride = (size_t)p->tb * p->ic8, row = (size_t)p->stage_w * p->ic8;
     for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
         int tile = j->t0 + t, ty = tile / p->tiles_x - j->ty0, tx = tile % p->tiles_x;
-        const float *patch = p->S + (size_t)(ty * WG_M) * row + (size_t)(tx * WG_M) * p->ic8;
+        const float *patch = p->S + (size_t)(ty * Mo) * row + (size_t)(tx * Mo) * p->ic8;
         float *v = p->V + (size_t)t * p->ic8;
         for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
-            v8f d[WG_XI], h[WG_XI], o[WG_XI];
-            for (int r = 0; r < WG_T; r++)
-                for (int c = 0; c < WG_T; c++) LOAD(d[r * WG_T + c], patch + r * row + (size_t)c * p->ic8 + ic0);
-            for (int r = 0; r < WG_T; r++) bt6(d + r * WG_T, 1, h + r * WG_T, 1); /* rows: d B */
-            for (int k = 0; k < WG_T; k++) bt6(h + k, WG_T, o + k, WG_T);         /* columns: B^T (d B) */
-            for (int xi = 0; xi < WG_XI; xi++) STORE(v + xi * xi_stride + ic0, o[xi]);
+            v8f d[WG_XIMAX], h[WG_XIMAX], o[WG_XIMAX];
+            for (int r = 0; r < T; r++)
+                for (int c = 0; c < T; c++) LOAD(d[r * T + c], patch + r * row + (size_t)c * p->ic8 + ic0);
+            for (int r = 0; r < T; r++) btf(T, d + r * T, 1, h + r * T, 1); /* rows: d B */
+            for (int k = 0; k < T; k++) btf(T, h + k, T, o + k, T);         /* columns: B^T (d B) */
+            for (int xi = 0; xi < XI; xi++) STORE(v + xi * xi_stride + ic0, o[xi]);
         }
     }
 }
@@ -211,57 +317,109 @@ LK_BODY void at4(const v8f *z, int sz, v8f *o, int so)
     o[3 * so] = m12 + SPLAT(8.0f) * m34 + z5;
 }
 
-/* y = A^T M A + bias for the tiles of one task, 8 output channels at a time. */
-LK_BODY void output_transform_body(const prod_job *j, int task)
+/* F(2,3): rows (1,1,1,0), (0,1,-1,-1). */
+LK_BODY void at2(const v8f *z, int sz, v8f *o, int so)
 {
+    v8f z0 = z[0], z1 = z[sz], z2 = z[2 * sz], z3 = z[3 * sz];
+    o[0] = z0 + z1 + z2;
+    o[so] = z1 - z2 - z3;
+}
+
+LK_BODY void atf(int T, const v8f *z, int sz, v8f *o, int so)
+{
+    if (T == 6)
+        at4(z, sz, o, so);
+    else
+        at2(z, sz, o, so);
+}
+
+/* Lane l of q[0..4) as four consecutive floats at rows[l] (a 4x8 transpose). */
+LK_BODY void store_quads(const v8f *q, float *const rows[LANES])
+{
+    v8f t0 = SHUFFLE(q[0], q[1], 0, 8, 1, 9, 4, 12, 5, 13), t1 = SHUFFLE(q[0], q[1], 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f t2 = SHUFFLE(q[2], q[3], 0, 8, 1, 9, 4, 12, 5, 13), t3 = SHUFFLE(q[2], q[3], 2, 10, 3, 11, 6, 14, 7, 15);
+    v8f u[4] = {SHUFFLE(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13), SHUFFLE(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15),
+                SHUFFLE(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13), SHUFFLE(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15)};
+    for (int k = 0; k < 4; k++) { /* u[k] holds lanes k and k + 4 */
+        memcpy(rows[k], &u[k], 4 * sizeof(float));
+        memcpy(rows[k + 4], (const float *)&u[k] + 4, 4 * sizeof(float));
+    }
+}
+
+/* y = A^T M A + bias for the tiles of one task, 8 output channels at a time. */
+LK_BODY void output_transform_body(const prod_job *j, int task, const int T)
+{
+    const int Mo = T - 2, XI = T * T;
     const wg_plan *p = j->p;
     int t1 = LDM_MIN(j->nt, (task + 1) * WG_TILES_PER_TASK);
     size_t xi_stride = (size_t)p->tb * p->og8, plane = (size_t)p->OH * p->OW;
     for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
-        int tile = j->t0 + t, oh0 = (tile / p->tiles_x) * WG_M, ow0 = (tile % p->tiles_x) * WG_M;
-        int nh = LDM_MIN(WG_M, p->OH - oh0), nw = LDM_MIN(WG_M, p->OW - ow0);
+        int tile = j->t0 + t, oh0 = (tile / p->tiles_x) * Mo, ow0 = (tile % p->tiles_x) * Mo;
+        int nh = LDM_MIN(Mo, p->OH - oh0), nw = LDM_MIN(Mo, p->OW - ow0);
         const float *m = p->M + (size_t)t * p->og8;
         for (int o0 = 0; o0 < j->ogn; o0 += LANES) {
             int n = LDM_MIN(LANES, j->ogn - o0);
-            v8f z[WG_XI], q[WG_M * WG_T], out[WG_M * WG_M], b = SPLAT(0.0f);
-            for (int xi = 0; xi < WG_XI; xi++) LOAD(z[xi], m + xi * xi_stride + o0);
-            for (int k = 0; k < WG_T; k++) at4(z + k, WG_T, q + k, WG_T);         /* A^T M: columns */
-            for (int a = 0; a < WG_M; a++) at4(q + a * WG_T, 1, out + a * WG_M, 1); /* (A^T M) A: rows */
+            v8f z[WG_XIMAX], q[WG_XIMAX], out[WG_XIMAX], b = SPLAT(0.0f);
+            for (int xi = 0; xi < XI; xi++) LOAD(z[xi], m + xi * xi_stride + o0);
+            for (int k = 0; k < T; k++) atf(T, z + k, T, q + k, T);          /* A^T M: columns */
+            for (int a = 0; a < Mo; a++) atf(T, q + a * T, 1, out + a * Mo, 1); /* (A^T M) A: rows */
             if (j->bias) {
                 float bl[LANES] = {0};
                 memcpy(bl, j->bias + j->og0 + o0, sizeof(float) * n);
                 LOAD(b, bl);
             }
-            for (int e = 0; e < WG_M * WG_M; e++) out[e] += b;
+            for (int e = 0; e < Mo * Mo; e++) out[e] += b;
             float *dst = j->y + (size_t)(j->og0 + o0) * plane + (size_t)oh0 * p->OW + ow0;
+            if (Mo == 4 && n == LANES && nh == 4 && nw == 4) { /* a whole tile: rows of 4 per channel */
+                for (int r = 0; r < 4; r++) {
+                    float *rows[LANES];
+                    for (int l = 0; l < LANES; l++) rows[l] = dst + (size_t)l * plane + (size_t)r * p->OW;
+                    store_quads(out + r * 4, rows);
+                }
+                continue;
+            }
             for (int l = 0; l < n; l++, dst += plane)
                 for (int r = 0; r < nh; r++)
-                    for (int c = 0; c < nw; c++) dst[(size_t)r * p->OW + c] = out[r * WG_M + c][l];
+                    for (int c = 0; c < nw; c++) dst[(size_t)r * p->OW + c] = out[r * Mo + c][l];
         }
     }
 }
 
 /* ---------------------------------------------------------------- baseline and AVX2 entry points */
 
-static void weight_transform_task(void *arg, int o) { weight_transform_body(arg, o); }
-static void input_transform_task(void *arg, int task) { input_transform_body(arg, task); }
-static void output_transform_task(void *arg, int task) { output_transform_body(arg, task); }
+/* Each body is instantiated for both tile sizes: its loops then have constant bounds. */
+#define WG_ENTRY(name, body, job_t, attr)                                                          \
+    static attr void name(void *arg, int i)                                                       \
+    {                                                                                              \
+        const job_t *j = arg;                                                                      \
+        if (j->p->T == 6)                                                                          \
+            body(j, i, 6);                                                                         \
+        else                                                                                       \
+            body(j, i, 4);                                                                         \
+    }
+#define WG_NOATTR
+WG_ENTRY(weight_transform_task, weight_transform_body, wt_job, WG_NOATTR)
+WG_ENTRY(input_transform_task, input_transform_body, in_job, WG_NOATTR)
+WG_ENTRY(output_transform_task, output_transform_body, prod_job, WG_NOATTR)
+static void stage_row_task(void *arg, int i) { stage_row_body(arg, i); }
 #ifdef LK_DISPATCH
-static LK_AVX2 void weight_transform_avx2(void *arg, int o) { weight_transform_body(arg, o); }
-static LK_AVX2 void input_transform_avx2(void *arg, int task) { input_transform_body(arg, task); }
-static LK_AVX2 void output_transform_avx2(void *arg, int task) { output_transform_body(arg, task); }
+WG_ENTRY(weight_transform_avx2, weight_transform_body, wt_job, LK_AVX2)
+WG_ENTRY(input_transform_avx2, input_transform_body, in_job, LK_AVX2)
+WG_ENTRY(output_transform_avx2, output_transform_body, prod_job, LK_AVX2)
+static LK_AVX2 void stage_row_avx2(void *arg, int i) { stage_row_body(arg, i); }
 #endif
 
 typedef void (*task_fn)(void *arg, int task);
 typedef struct wg_fns {
-    task_fn weights, input, output;
+    task_fn weights, stage, input, output;
 } wg_fns;
 
 static wg_fns pick_fns(void)
 {
-    wg_fns f = {weight_transform_task, input_transform_task, output_transform_task};
+    wg_fns f = {weight_transform_task, stage_row_task, input_transform_task, output_transform_task};
 #ifdef LK_DISPATCH
-    if (lk_cpu_has_avx2()) f = (wg_fns){weight_transform_avx2, input_transform_avx2, output_transform_avx2};
+    if (lk_cpu_has_avx2())
+        f = (wg_fns){weight_transform_avx2, stage_row_avx2, input_transform_avx2, output_transform_avx2};
 #endif
     return f;
 }
@@ -281,18 +439,18 @@ static ldm_status plan_alloc(wg_plan *p)
     const lk_conv2d_shape *s = p->s;
     int OC = s->out_ch;
     p->ic8 = round8(s->in_ch);
-    p->tiles_x = (p->OW + WG_M - 1) / WG_M;
-    p->tiles = p->tiles_x * ((p->OH + WG_M - 1) / WG_M);
-    p->tb = (int)LDM_MIN((size_t)p->tiles, LDM_MAX((size_t)16, WG_V_BUDGET / ((size_t)WG_XI * p->ic8)));
-    p->og = (int)LDM_MIN((size_t)OC, LDM_MAX((size_t)16, WG_U_BUDGET / ((size_t)WG_XI * p->ic8)));
+    p->tiles_x = (p->OW + p->Mo - 1) / p->Mo;
+    p->tiles = p->tiles_x * ((p->OH + p->Mo - 1) / p->Mo);
+    p->tb = (int)LDM_MIN((size_t)p->tiles, LDM_MAX((size_t)16, WG_V_BUDGET / ((size_t)p->XI * p->ic8)));
+    p->og = (int)LDM_MIN((size_t)OC, LDM_MAX((size_t)16, WG_U_BUDGET / ((size_t)p->XI * p->ic8)));
     p->og8 = round8(p->og);
-    p->stage_w = p->tiles_x * WG_M + 2;
+    p->stage_w = p->tiles_x * p->Mo + 2;
     /* a block of tb tiles starting anywhere in a tile row spans at most this many tile rows */
     int block_rows = (p->tb + p->tiles_x - 1) / p->tiles_x + 1;
-    p->stage_rows = block_rows * WG_M + 2;
-    p->bytes[0] = sizeof(float) * WG_XI * (size_t)p->og * p->ic8;
-    p->bytes[1] = sizeof(float) * WG_XI * (size_t)p->tb * p->ic8;
-    p->bytes[2] = sizeof(float) * WG_XI * (size_t)p->tb * p->og8;
+    p->stage_rows = block_rows * p->Mo + 2;
+    p->bytes[0] = sizeof(float) * p->XI * (size_t)p->og * p->ic8;
+    p->bytes[1] = sizeof(float) * p->XI * (size_t)p->tb * p->ic8;
+    p->bytes[2] = sizeof(float) * p->XI * (size_t)p->tb * p->og8;
     p->bytes[3] = sizeof(float) * (size_t)p->stage_rows * p->stage_w * p->ic8;
     float **bufs[4] = {&p->U, &p->V, &p->M, &p->S};
     for (int i = 0; i < 4; i++) {
@@ -312,26 +470,28 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
     const lk_conv2d_shape *s = p->s;
     lpool *pool = c ? c->pool : NULL;
     for (int b = 0; b < s->batch; b++) {
-        const float *xb = x + (size_t)b * s->in_ch * s->in_h * s->in_w;
+        const float *xb = x + (size_t)b * s->in_ch * s->in_h * s->in_w / (p->up2 ? 4 : 1);
         float *yb = y + (size_t)b * s->out_ch * p->OH * p->OW;
         for (int t0 = 0; t0 < p->tiles; t0 += p->tb) {
             int nt = LDM_MIN(p->tb, p->tiles - t0), ty0 = t0 / p->tiles_x;
-            int rows = ((t0 + nt - 1) / p->tiles_x - ty0 + 1) * WG_M + 2;
+            int rows = ((t0 + nt - 1) / p->tiles_x - ty0 + 1) * p->Mo + 2;
             int tasks = (nt + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK;
             in_job ij = {p, xb, t0, nt, ty0};
-            lpool_run(pool, rows, stage_row_task, &ij);
+            lpool_run(pool, rows, f->stage, &ij);
             lpool_run(pool, tasks, f->input, &ij);
             prod_job pj = {p, bias, yb, og0, ogn, t0, nt};
-            lpool_run(pool, WG_XI, product_task, &pj);
+            lpool_run(pool, p->XI, product_task, &pj);
             lpool_run(pool, tasks, f->output, &pj);
         }
     }
 }
 
-ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w,
-                               const float *bias, float *y)
+static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                           float *y, int m, int up2)
 {
-    wg_plan p = {.s = s, .OH = lk_conv2d_out_h(s), .OW = lk_conv2d_out_w(s)};
+    if (m != 2 && m != 4) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: no Winograd F(%dx%d,3x3)", m, m);
+    wg_plan p = {.s = s, .OH = lk_conv2d_out_h(s), .OW = lk_conv2d_out_w(s), .up2 = up2,
+                 .T = m + 2, .Mo = m, .XI = (m + 2) * (m + 2)};
     if (s->batch <= 0 || s->out_ch <= 0 || p.OH <= 0 || p.OW <= 0) return LDM_OK;
     LDM_TRY(plan_alloc(&p));
     lk_blas_init();
@@ -344,4 +504,18 @@ ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const fl
     }
     plan_free(&p);
     return LDM_OK;
+}
+
+ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                               const float *bias, float *y, int m)
+{
+    return winograd(c, s, x, w, bias, y, m, 0);
+}
+
+ldm_status lk_conv3x3_winograd_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                   const float *bias, float *y, int m)
+{
+    if (s->in_h % 2 || s->in_w % 2)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: upsampled input %dx%d is not even", s->in_h, s->in_w);
+    return winograd(c, s, x, w, bias, y, m, 1);
 }

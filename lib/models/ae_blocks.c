@@ -48,7 +48,10 @@ ldm_status laeb_conv_load(laeb_conv *cv, const lw_store *s, const char *name, in
     cv->in = in;
     cv->out = out;
     cv->k = k;
-    LDM_TRY(lw_get_f32f(s, 4, (int64_t[]){out, in, k, k}, &cv->w, "%s.weight", name));
+    char wname[512];
+    int n = snprintf(wname, sizeof wname, "%s.weight", name);
+    if (n < 0 || (size_t)n >= sizeof wname) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%s)", name);
+    LDM_TRY(lnw_get(s, wname, 4, (int64_t[]){out, in, k, k}, &cv->w));
     if (has_bias) {
         ldm_status st = lw_get_f32f(s, 1, (int64_t[]){out}, &cv->bias, "%s.bias", name);
         if (st != LDM_OK) {
@@ -61,9 +64,9 @@ ldm_status laeb_conv_load(laeb_conv *cv, const lw_store *s, const char *name, in
 
 void laeb_conv_free(laeb_conv *cv)
 {
-    ldm_free(cv->w);
+    lnw_free(&cv->w);
     ldm_free(cv->bias);
-    cv->w = cv->bias = NULL;
+    cv->bias = NULL;
 }
 
 /* Any convolution of the autoencoder: the output map is allocated here. */
@@ -81,7 +84,7 @@ static ldm_status conv_apply(const lctx *c, const laeb_conv *cv, const laeb_map 
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "autoencoder: feature map %dx%d too small for a %dx%d convolution",
                         x->h, x->w, cv->k, cv->k);
     LDM_TRY(laeb_map_alloc(y, x->b, cv->out, oh, ow));
-    ldm_status st = lk_conv2d(c, &sh, x->d, cv->w, cv->bias, y->d);
+    ldm_status st = lk_conv2d_wt(c, &sh, x->d, cv->w.w, cv->bias, y->d);
     if (st != LDM_OK) laeb_map_free(y);
     return st;
 }
@@ -210,15 +213,16 @@ static ldm_status attn_load_qkv(laeb_attn *a, const lw_store *s, const char *nam
     a->qkv.in = a->c;
     a->qkv.out = 3 * a->c;
     a->qkv.k = 1;
-    a->qkv.w = ldm_malloc_aligned(3 * cc * sizeof(float));
+    a->qkv.w.own = ldm_malloc_aligned(3 * cc * sizeof(float)); /* float32 whatever the storage */
+    a->qkv.w.w = lk_wt_f32(a->qkv.w.own);
     a->qkv.bias = ldm_malloc_aligned(3 * (size_t)a->c * sizeof(float));
-    if (!a->qkv.w || !a->qkv.bias) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "%s: ", name);
+    if (!a->qkv.w.own || !a->qkv.bias) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "%s: ", name);
     for (int i = 0; i < 3; i++) {
         char sub[512];
         laeb_conv one;
         LDM_TRY(sub_name(sub, sizeof sub, name, parts[i]));
         LDM_TRY(laeb_conv_load(&one, s, sub, a->c, a->c, 1, 1));
-        memcpy(a->qkv.w + (size_t)i * cc, one.w, cc * sizeof(float));
+        lk_wt_read(one.w.w, 0, cc, a->qkv.w.own + (size_t)i * cc);
         memcpy(a->qkv.bias + (size_t)i * (size_t)a->c, one.bias, (size_t)a->c * sizeof(float));
         laeb_conv_free(&one);
     }
@@ -302,10 +306,16 @@ ldm_status laeb_upsample_run(const lctx *c, const laeb_conv *cv, const laeb_map 
     memset(y, 0, sizeof *y);
     if (x->h > INT_MAX / 2 || x->w > INT_MAX / 2)
         return ldm_fail(LDM_ERR_LIMIT, "autoencoder: feature map %dx%d too large to upsample", x->h, x->w);
-    laeb_map up;
-    LDM_TRY(laeb_map_alloc(&up, x->b, x->c, 2 * x->h, 2 * x->w));
-    lk_resize_nearest(x->d, x->b * x->c, x->h, x->w, up.h, up.w, up.d);
-    ldm_status st = laeb_conv_run(c, cv, &up, y);
-    laeb_map_free(&up);
+    if (x->c != cv->in)
+        return ldm_fail(LDM_ERR_INTERNAL, "autoencoder conv: expected %d input channels, found %d", cv->in, x->c);
+    /* nearest 2x folded into the convolution: the upsampled map (the largest tensor of a decode)
+     * is never stored */
+    int p = cv->k / 2;
+    lk_conv2d_shape sh = {.batch = x->b, .in_ch = x->c, .in_h = 2 * x->h, .in_w = 2 * x->w, .out_ch = cv->out,
+                          .k_h = cv->k, .k_w = cv->k, .stride = 1, .pad_top = p, .pad_left = p, .pad_bottom = p,
+                          .pad_right = p};
+    LDM_TRY(laeb_map_alloc(y, x->b, cv->out, lk_conv2d_out_h(&sh), lk_conv2d_out_w(&sh)));
+    ldm_status st = lk_conv2d_up2(c, &sh, x->d, cv->w.w, cv->bias, y->d);
+    if (st != LDM_OK) laeb_map_free(y);
     return st;
 }

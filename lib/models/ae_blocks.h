@@ -11,6 +11,7 @@
 
 #include "../core/ctx.h"
 #include "../io/weights.h"
+#include "netweights.h"
 
 /* A dense float32 NCHW batch [b,c,h,w]; d from ldm_malloc_aligned (NULL when empty). */
 typedef struct laeb_map {
@@ -26,7 +27,8 @@ size_t laeb_map_numel(const laeb_map *m);
 
 /* torch.nn.Conv2d(in, out, k) with square kernel; bias may be absent (NULL). */
 typedef struct laeb_conv {
-    float *w, *bias;
+    lnw w; /* kept float16 when the checkpoint stores it so (netweights.h) */
+    float *bias;
     int in, out, k;
 } laeb_conv;
 

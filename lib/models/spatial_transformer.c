@@ -19,19 +19,19 @@ static ldm_status attn_load(lst_attn *a, const lub_loader *L, const char *name, 
     int inner = heads * dim_head;
     a->query_dim = query_dim, a->context_dim = context_dim, a->heads = heads, a->dim_head = dim_head;
     int64_t q[2] = {inner, query_dim}, kv[2] = {inner, context_dim}, o[2] = {query_dim, inner}, ob[1] = {query_dim};
-    LDM_TRY(lub_get(L, 2, q, &a->wq, "%s.to_q.weight", name));
-    LDM_TRY(lub_get(L, 2, kv, &a->wk, "%s.to_k.weight", name));
-    LDM_TRY(lub_get(L, 2, kv, &a->wv, "%s.to_v.weight", name));
-    LDM_TRY(lub_get(L, 2, o, &a->wo, "%s.to_out.0.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, q, &a->wq, "%s.to_q.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, kv, &a->wk, "%s.to_k.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, kv, &a->wv, "%s.to_v.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, o, &a->wo, "%s.to_out.0.weight", name));
     return lub_get(L, 1, ob, &a->bo, "%s.to_out.0.bias", name);
 }
 
 static void attn_free(lst_attn *a)
 {
-    ldm_free(a->wq);
-    ldm_free(a->wk);
-    ldm_free(a->wv);
-    ldm_free(a->wo);
+    lnw_free(&a->wq);
+    lnw_free(&a->wk);
+    lnw_free(&a->wv);
+    lnw_free(&a->wo);
     ldm_free(a->bo);
 }
 
@@ -50,9 +50,9 @@ static ldm_status block_load(lst_block *b, const lub_loader *L, const char *name
     LDM_TRY(attn_load(&b->attn2, L, sub, dim, context_dim, heads, dim_head));
     /* FeedForward(dim, mult=4, glu=True): GEGLU proj dim -> 2*4*dim, then Linear 4*dim -> dim */
     int64_t inw[2] = {8 * (int64_t)dim, dim}, inb[1] = {8 * (int64_t)dim}, outw[2] = {dim, 4 * (int64_t)dim};
-    LDM_TRY(lub_get(L, 2, inw, &b->ff_in_w, "%s.ff.net.0.proj.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, inw, &b->ff_in_w, "%s.ff.net.0.proj.weight", name));
     LDM_TRY(lub_get(L, 1, inb, &b->ff_in_b, "%s.ff.net.0.proj.bias", name));
-    LDM_TRY(lub_get(L, 2, outw, &b->ff_out_w, "%s.ff.net.2.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, outw, &b->ff_out_w, "%s.ff.net.2.weight", name));
     return lub_get(L, 1, d, &b->ff_out_b, "%s.ff.net.2.bias", name);
 }
 
@@ -64,9 +64,9 @@ static void block_free(lst_block *b)
     }
     attn_free(&b->attn1);
     attn_free(&b->attn2);
-    ldm_free(b->ff_in_w);
+    lnw_free(&b->ff_in_w);
     ldm_free(b->ff_in_b);
-    ldm_free(b->ff_out_w);
+    lnw_free(&b->ff_out_w);
     ldm_free(b->ff_out_b);
 }
 
@@ -90,9 +90,9 @@ ldm_status lst_load(lst *t, const lub_loader *L, const char *name, int ch, int h
     int64_t pin_conv[4] = {inner, ch, 1, 1}, pout_conv[4] = {ch, inner, 1, 1};
     int64_t pin_lin[2] = {inner, ch}, pout_lin[2] = {ch, inner}, pin_b[1] = {inner}, pout_b[1] = {ch};
     int nd = use_linear ? 2 : 4;
-    LDM_TRY(lub_get(L, nd, use_linear ? pin_lin : pin_conv, &t->proj_in_w, "%s.proj_in.weight", name));
+    LDM_TRY(lub_get_wt(L, nd, use_linear ? pin_lin : pin_conv, &t->proj_in_w, "%s.proj_in.weight", name));
     LDM_TRY(lub_get(L, 1, pin_b, &t->proj_in_b, "%s.proj_in.bias", name));
-    LDM_TRY(lub_get(L, nd, use_linear ? pout_lin : pout_conv, &t->proj_out_w, "%s.proj_out.weight", name));
+    LDM_TRY(lub_get_wt(L, nd, use_linear ? pout_lin : pout_conv, &t->proj_out_w, "%s.proj_out.weight", name));
     LDM_TRY(lub_get(L, 1, pout_b, &t->proj_out_b, "%s.proj_out.bias", name));
     t->blocks = ldm_calloc((size_t)depth, sizeof *t->blocks);
     if (!t->blocks) return LDM_ERR_OUT_OF_MEMORY;
@@ -106,11 +106,11 @@ ldm_status lst_load(lst *t, const lub_loader *L, const char *name, int ch, int h
 void lst_free(lst *t)
 {
     lub_norm_free(&t->norm);
-    ldm_free(t->proj_in_w);
+    lnw_free(&t->proj_in_w);
     ldm_free(t->proj_in_b);
-    ldm_free(t->proj_out_w);
+    lnw_free(&t->proj_out_w);
     ldm_free(t->proj_out_b);
-    t->proj_in_w = t->proj_in_b = t->proj_out_w = t->proj_out_b = NULL;
+    t->proj_in_b = t->proj_out_b = NULL;
     if (t->blocks)
         for (int i = 0; i < t->depth; i++) block_free(&t->blocks[i]);
     ldm_free(t->blocks);
@@ -135,9 +135,9 @@ static ldm_status cross_attention(const lst_attn *a, const lctx *c, lst_scratch 
 {
     int inner = a->heads * a->dim_head, dh = a->dim_head;
     size_t rows = (size_t)B * T;
-    lk_linear(c, s->n, (int)rows, a->query_dim, a->wq, NULL, inner, s->big);
-    lk_linear(c, ctx, B * Tk, a->context_dim, a->wk, NULL, inner, s->k);
-    lk_linear(c, ctx, B * Tk, a->context_dim, a->wv, NULL, inner, s->v);
+    LDM_TRY(lk_linear_wt(c, s->n, (int)rows, a->query_dim, a->wq.w, NULL, inner, s->big));
+    LDM_TRY(lk_linear_wt(c, ctx, B * Tk, a->context_dim, a->wk.w, NULL, inner, s->k));
+    LDM_TRY(lk_linear_wt(c, ctx, B * Tk, a->context_dim, a->wv.w, NULL, inner, s->v));
     /* 'b n (h d)': head h owns channels [h*dh, (h+1)*dh) of each row */
     lk_view q = {s->big, (long)T * inner, dh, inner, 1};
     lk_view k = {s->k, (long)Tk * inner, dh, inner, 1};
@@ -145,19 +145,20 @@ static ldm_status cross_attention(const lst_attn *a, const lctx *c, lst_scratch 
     lk_view o = {s->n, (long)T * inner, dh, inner, 1};
     float scale = (float)pow((double)dh, -0.5);
     LDM_TRY(lk_attention(c, B, a->heads, T, Tk, dh, q, k, v, o, scale, 0));
-    lk_linear(c, s->n, (int)rows, inner, a->wo, a->bo, a->query_dim, s->big);
+    LDM_TRY(lk_linear_wt(c, s->n, (int)rows, inner, a->wo.w, a->bo, a->query_dim, s->big));
     lk_add(s->X, s->big, rows * a->query_dim);
     return LDM_OK;
 }
 
 /* X += ff(LN3 X) with ff = Linear(4*dim -> dim)(GEGLU(Linear(dim -> 8*dim))). */
-static void feed_forward(const lst_block *b, const lctx *c, lst_scratch *s, int rows, int dim)
+static ldm_status feed_forward(const lst_block *b, const lctx *c, lst_scratch *s, int rows, int dim)
 {
     lk_layer_norm(c, s->X, rows, dim, LST_LN_EPS, b->norm_w[2], b->norm_b[2], s->n);
-    lk_linear(c, s->n, rows, dim, b->ff_in_w, b->ff_in_b, 8 * dim, s->big);
-    lk_geglu(s->big, rows, 4 * dim, s->k);
-    lk_linear(c, s->k, rows, 4 * dim, b->ff_out_w, b->ff_out_b, dim, s->n);
+    LDM_TRY(lk_linear_wt(c, s->n, rows, dim, b->ff_in_w.w, b->ff_in_b, 8 * dim, s->big));
+    lk_geglu_ctx(c, s->big, rows, 4 * dim, s->k);
+    LDM_TRY(lk_linear_wt(c, s->k, rows, 4 * dim, b->ff_out_w.w, b->ff_out_b, dim, s->n));
     lk_add(s->X, s->n, (size_t)rows * dim);
+    return LDM_OK;
 }
 
 static ldm_status block_forward(const lst_block *b, const lctx *c, lst_scratch *s, int B, int T, const float *context,
@@ -171,8 +172,7 @@ static ldm_status block_forward(const lst_block *b, const lctx *c, lst_scratch *
         LDM_TRY(cross_attention(&b->attn2, c, s, B, T, context, ctx_len));
     else
         LDM_TRY(cross_attention(&b->attn2, c, s, B, T, s->n, T));
-    feed_forward(b, c, s, rows, dim);
-    return LDM_OK;
+    return feed_forward(b, c, s, rows, dim);
 }
 
 static void add_row_bias(float *y, size_t rows, int cols, const float *bias)
@@ -203,8 +203,8 @@ ldm_status lst_forward(const lst *t, const lctx *c, lub_ws *ws, lub_act *x, cons
      * conv and a Linear on the flattened rows compute the same sums. */
     lk_group_norm(c, x->p, B, C, T, 32, t->norm.eps, t->norm.w, t->norm.b, s.n);
     for (int b = 0; b < B; b++)
-        lk_gemm(c, 1, 1, T, inner, C, 1.0f, s.n + (size_t)b * C * T, T, t->proj_in_w, C, 0.0f,
-                s.X + (size_t)b * T * inner, inner);
+        LDM_TRY(lk_gemm_wb(c, 1, s.n + (size_t)b * C * T, T, T, C, t->proj_in_w.w, inner, 0.0f,
+                           s.X + (size_t)b * T * inner, inner));
     add_row_bias(s.X, rows, inner, t->proj_in_b);
 
     for (int i = 0; i < t->depth; i++) LDM_TRY(block_forward(&t->blocks[i], c, &s, B, T, context, ctx_len));
@@ -212,7 +212,7 @@ ldm_status lst_forward(const lst *t, const lctx *c, lub_ws *ws, lub_act *x, cons
     /* proj_out fused with 'b (h w) c -> b c h w', accumulated onto the input (the residual) */
     for (int b = 0; b < B; b++) {
         float *xb = x->p + (size_t)b * C * T;
-        lk_gemm(c, 0, 1, C, T, inner, 1.0f, t->proj_out_w, inner, s.X + (size_t)b * T * inner, inner, 1.0f, xb, T);
+        LDM_TRY(lk_gemm_wa(c, t->proj_out_w.w, C, inner, 1, s.X + (size_t)b * T * inner, inner, T, 1.0f, xb, T));
         lk_add_bias_channels(xb, 1, C, T, t->proj_out_b);
     }
     return LDM_OK;

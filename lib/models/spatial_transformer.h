@@ -10,19 +10,22 @@
 
 typedef struct lst_attn {
     int query_dim, context_dim, heads, dim_head;
-    float *wq, *wk, *wv, *wo, *bo;
+    lnw wq, wk, wv, wo;
+    float *bo;
 } lst_attn;
 
 typedef struct lst_block {
     float *norm_w[3], *norm_b[3];
     lst_attn attn1, attn2;
-    float *ff_in_w, *ff_in_b, *ff_out_w, *ff_out_b;
+    lnw ff_in_w, ff_out_w;
+    float *ff_in_b, *ff_out_b;
 } lst_block;
 
 typedef struct lst {
     int ch, inner, heads, dim_head, depth, context_dim, use_linear;
     lub_norm norm;
-    float *proj_in_w, *proj_in_b, *proj_out_w, *proj_out_b;
+    lnw proj_in_w, proj_out_w;
+    float *proj_in_b, *proj_out_b;
     lst_block *blocks;
 } lst;
 

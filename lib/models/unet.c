@@ -582,5 +582,9 @@ ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm
     if (st == LDM_OK) st = cancelled(c);
     if (st == LDM_OK) st = run_out(n, c, &h, out);
     lub_act_free(&h);
+    if (lk_low_memory()) { /* give the scratch back between evaluations (docs/performance.md) */
+        lub_ws_free(&n->ws);
+        lk_scratch_trim();
+    }
     return st;
 }

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #define LUB_GROUPS 32 /* normalization() = GroupNorm32(32, channels) */
 
@@ -22,22 +23,51 @@ ldm_status lub_name(char *buf, size_t cap, const char *fmt, ...)
     return LDM_OK;
 }
 
+/* The checkpoint name of parameter <fmt...>: prefix + name, or its EMA copy (ema_scope() copies
+ * model_ema.<name without dots> over each parameter). */
+static ldm_status param_name(const lub_loader *L, char *out, size_t cap, char full[384], const char *fmt, va_list ap)
+{
+    char rel[256];
+    int n = vsnprintf(rel, sizeof rel, fmt, ap);
+    if (n < 0 || (size_t)n >= sizeof rel) return ldm_fail(LDM_ERR_INTERNAL, "unet: parameter name too long");
+    n = snprintf(full, 384, "%s%s", L->prefix ? L->prefix : "", rel);
+    if (n < 0 || n >= 384) return ldm_fail(LDM_ERR_INTERNAL, "unet: parameter name too long");
+    if (!L->use_ema) {
+        if (strlen(full) >= cap) return ldm_fail(LDM_ERR_INTERNAL, "unet: parameter name too long");
+        strcpy(out, full);
+    } else {
+        lw_ema_name(full, out, cap);
+    }
+    return LDM_OK;
+}
+
 ldm_status lub_get(const lub_loader *L, int ndim, const int64_t *shape, float **out, const char *fmt, ...)
 {
-    char rel[256], full[384], ema[384];
+    char name[384], full[384];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(rel, sizeof rel, fmt, ap);
+    ldm_status st = param_name(L, name, sizeof name, full, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof rel) return ldm_fail(LDM_ERR_INTERNAL, "unet: parameter name too long");
-    n = snprintf(full, sizeof full, "%s%s", L->prefix ? L->prefix : "", rel);
-    if (n < 0 || (size_t)n >= sizeof full) return ldm_fail(LDM_ERR_INTERNAL, "unet: parameter name too long");
-    if (!L->use_ema) return lw_get_f32(L->s, full, ndim, shape, out);
-    /* ema_scope() copies model_ema.<name without dots> over each parameter: read that copy. */
-    lw_ema_name(full, ema, sizeof ema);
-    ldm_status st = lw_get_f32(L->s, ema, ndim, shape, out);
-    if (st != LDM_OK) return ldm_fail_context(st, "EMA copy %s of %s: ", ema, full);
-    return LDM_OK;
+    LDM_TRY(st);
+    st = lw_get_f32(L->s, name, ndim, shape, out);
+    if (st != LDM_OK && L->use_ema) return ldm_fail_context(st, "EMA copy %s of %s: ", name, full);
+    return st;
+}
+
+ldm_status lub_get_wt(const lub_loader *L, int ndim, const int64_t *shape, lnw *out, const char *fmt, ...)
+{
+    char name[384], full[384];
+    va_list ap;
+    va_start(ap, fmt);
+    ldm_status st = param_name(L, name, sizeof name, full, fmt, ap);
+    va_end(ap);
+    if (st != LDM_OK) {
+        memset(out, 0, sizeof *out);
+        return st;
+    }
+    st = lnw_get(L->s, name, ndim, shape, out);
+    if (st != LDM_OK && L->use_ema) return ldm_fail_context(st, "EMA copy %s of %s: ", name, full);
+    return st;
 }
 
 /* ---------------------------------------------------------------- workspace and activations */
@@ -115,15 +145,15 @@ ldm_status lub_conv_load(lub_conv *cv, const lub_loader *L, const char *name, in
 {
     cv->in_ch = in_ch, cv->out_ch = out_ch, cv->k = k, cv->stride = stride;
     int64_t wshape[4] = {out_ch, in_ch, k, k}, bshape[1] = {out_ch};
-    LDM_TRY(lub_get(L, 4, wshape, &cv->w, "%s.weight", name));
+    LDM_TRY(lub_get_wt(L, 4, wshape, &cv->w, "%s.weight", name));
     return lub_get(L, 1, bshape, &cv->b, "%s.bias", name);
 }
 
 void lub_conv_free(lub_conv *cv)
 {
-    ldm_free(cv->w);
+    lnw_free(&cv->w);
     ldm_free(cv->b);
-    cv->w = cv->b = NULL;
+    cv->b = NULL;
 }
 
 static lk_conv2d_shape conv_shape(const lub_conv *cv, int B, int H, int W)
@@ -136,7 +166,7 @@ static lk_conv2d_shape conv_shape(const lub_conv *cv, int B, int H, int W)
 ldm_status lub_conv_run(const lub_conv *cv, const lctx *c, const float *x, int B, int H, int W, float *y)
 {
     lk_conv2d_shape s = conv_shape(cv, B, H, W);
-    return lk_conv2d(c, &s, x, cv->w, cv->b, y);
+    return lk_conv2d_wt(c, &s, x, cv->w.w, cv->b, y);
 }
 
 ldm_status lub_conv_forward(const lub_conv *cv, const lctx *c, const lub_act *x, lub_act *out)
@@ -145,29 +175,32 @@ ldm_status lub_conv_forward(const lub_conv *cv, const lctx *c, const lub_act *x,
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet conv: expected %d input channels, found %d", cv->in_ch, x->C);
     lk_conv2d_shape s = conv_shape(cv, x->B, x->H, x->W);
     LDM_TRY(lub_act_alloc(out, x->B, cv->out_ch, lk_conv2d_out_h(&s), lk_conv2d_out_w(&s)));
-    ldm_status st = lk_conv2d(c, &s, x->p, cv->w, cv->b, out->p);
+    ldm_status st = lk_conv2d_wt(c, &s, x->p, cv->w.w, cv->b, out->p);
     if (st != LDM_OK) lub_act_free(out);
     return st;
 }
 
 ldm_status lub_upsample_forward(const lub_conv *cv, const lctx *c, lub_ws *ws, const lub_act *x, lub_act *out)
 {
-    int OH = 2 * x->H, OW = 2 * x->W;
-    float *up = lub_ws_get(ws, 0, lub_act_numel(x) * 4);
-    if (!up) return LDM_ERR_OUT_OF_MEMORY;
-    lk_resize_nearest(x->p, x->B * x->C, x->H, x->W, OH, OW, up);
-    lub_act tmp = {up, x->B, x->C, OH, OW};
-    return lub_conv_forward(cv, c, &tmp, out);
+    if (x->C != cv->in_ch)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet conv: expected %d input channels, found %d", cv->in_ch, x->C);
+    /* nearest 2x folded into the convolution (lk_conv2d_up2) */
+    lk_conv2d_shape s = conv_shape(cv, x->B, 2 * x->H, 2 * x->W);
+    LDM_TRY(lub_act_alloc(out, x->B, cv->out_ch, lk_conv2d_out_h(&s), lk_conv2d_out_w(&s)));
+    ldm_status st = lk_conv2d_up2(c, &s, x->p, cv->w.w, cv->b, out->p);
+    if (st != LDM_OK) lub_act_free(out);
+    return st;
 }
 
-void lub_pointwise(const lctx *c, const float *W, const float *bias, const float *x, int B, int M, int K, int N,
-                   float *y, int accumulate)
+ldm_status lub_pointwise(const lctx *c, lk_wt W, const float *bias, const float *x, int B, int M, int K, int N,
+                         float *y, int accumulate)
 {
     for (int b = 0; b < B; b++) {
         float *yb = y + (size_t)b * M * N;
-        lk_gemm(c, 0, 0, M, N, K, 1.0f, W, K, x + (size_t)b * K * N, N, accumulate ? 1.0f : 0.0f, yb, N);
+        LDM_TRY(lk_gemm_wa(c, W, M, K, 0, x + (size_t)b * K * N, N, N, accumulate ? 1.0f : 0.0f, yb, N));
         if (bias) lk_add_bias_channels(yb, 1, M, N, bias);
     }
+    return LDM_OK;
 }
 
 /* ---------------------------------------------------------------- ResBlock */
@@ -183,7 +216,7 @@ ldm_status lub_resblock_load(lub_resblock *r, const lub_loader *L, const char *n
     LDM_TRY(lub_conv_load(&r->in_conv, L, sub, in_ch, out_ch, 3, 1));
     int emb_out = scale_shift ? 2 * out_ch : out_ch;
     int64_t ew[2] = {emb_out, emb_ch}, eb[1] = {emb_out};
-    LDM_TRY(lub_get(L, 2, ew, &r->emb_w, "%s.emb_layers.1.weight", name));
+    LDM_TRY(lub_get_wt(L, 2, ew, &r->emb_w, "%s.emb_layers.1.weight", name));
     LDM_TRY(lub_get(L, 1, eb, &r->emb_b, "%s.emb_layers.1.bias", name));
     LDM_TRY(lub_name(sub, sizeof sub, "%s.out_layers.0", name));
     LDM_TRY(lub_norm_load(&r->out_norm, L, sub, out_ch, 1e-5f));
@@ -201,9 +234,9 @@ void lub_resblock_free(lub_resblock *r)
 {
     lub_norm_free(&r->in_norm);
     lub_conv_free(&r->in_conv);
-    ldm_free(r->emb_w);
+    lnw_free(&r->emb_w);
     ldm_free(r->emb_b);
-    r->emb_w = r->emb_b = NULL;
+    r->emb_b = NULL;
     lub_norm_free(&r->out_norm);
     lub_conv_free(&r->out_conv);
     lub_conv_free(&r->skip);
@@ -261,7 +294,7 @@ ldm_status lub_resblock_forward(const lub_resblock *r, const lctx *c, lub_ws *ws
     LDM_TRY(lub_conv_run(&r->in_conv, c, t_rs, B, OH, OW, h));
 
     /* emb_layers: Linear(SiLU(emb)), broadcast over H, W */
-    lk_linear(c, emb_silu, B, r->emb_ch, r->emb_w, r->emb_b, emb_out, e);
+    LDM_TRY(lk_linear_wt(c, emb_silu, B, r->emb_ch, r->emb_w.w, r->emb_b, emb_out, e));
     if (r->scale_shift) {
         scale_shift_norm(r, c, h, B, OH * OW, e);
     } else {
@@ -279,10 +312,11 @@ ldm_status lub_resblock_forward(const lub_resblock *r, const lctx *c, lub_ws *ws
         return st;
     }
     if (r->has_skip_conv)
-        lub_pointwise(c, r->skip.w, r->skip.b, x_rs, B, r->out_ch, r->in_ch, OH * OW, out->p, 1);
+        st = lub_pointwise(c, r->skip.w.w, r->skip.b, x_rs, B, r->out_ch, r->in_ch, OH * OW, out->p, 1);
     else
         lk_add(out->p, x_rs, n_mid);
-    return LDM_OK;
+    if (st != LDM_OK) lub_act_free(out);
+    return st;
 }
 
 /* ---------------------------------------------------------------- AttentionBlock */
@@ -296,20 +330,20 @@ ldm_status lub_attn_load(lub_attn *a, const lub_loader *L, const char *name, int
     LDM_TRY(lub_name(sub, sizeof sub, "%s.norm", name));
     LDM_TRY(lub_norm_load(&a->norm, L, sub, ch, 1e-5f));
     int64_t qw[3] = {3 * ch, ch, 1}, qb[1] = {3 * ch}, pw[3] = {ch, ch, 1}, pb[1] = {ch};
-    LDM_TRY(lub_get(L, 3, qw, &a->qkv_w, "%s.qkv.weight", name));
+    LDM_TRY(lub_get_wt(L, 3, qw, &a->qkv_w, "%s.qkv.weight", name));
     LDM_TRY(lub_get(L, 1, qb, &a->qkv_b, "%s.qkv.bias", name));
-    LDM_TRY(lub_get(L, 3, pw, &a->proj_w, "%s.proj_out.weight", name));
+    LDM_TRY(lub_get_wt(L, 3, pw, &a->proj_w, "%s.proj_out.weight", name));
     return lub_get(L, 1, pb, &a->proj_b, "%s.proj_out.bias", name);
 }
 
 void lub_attn_free(lub_attn *a)
 {
     lub_norm_free(&a->norm);
-    ldm_free(a->qkv_w);
+    lnw_free(&a->qkv_w);
     ldm_free(a->qkv_b);
-    ldm_free(a->proj_w);
+    lnw_free(&a->proj_w);
     ldm_free(a->proj_b);
-    a->qkv_w = a->qkv_b = a->proj_w = a->proj_b = NULL;
+    a->qkv_b = a->proj_b = NULL;
 }
 
 static void scale_floats(float *p, size_t n, float s)
@@ -327,7 +361,7 @@ ldm_status lub_attn_forward(const lub_attn *a, const lctx *c, lub_ws *ws, lub_ac
     if (!t || !qkv) return LDM_ERR_OUT_OF_MEMORY;
 
     lk_group_norm(c, x->p, B, C, T, LUB_GROUPS, a->norm.eps, a->norm.w, a->norm.b, t);
-    lub_pointwise(c, a->qkv_w, a->qkv_b, t, B, 3 * C, C, T, qkv, 0);
+    LDM_TRY(lub_pointwise(c, a->qkv_w.w, a->qkv_b, t, B, 3 * C, C, T, qkv, 0));
 
     /* q * scale and k * scale with scale = 1/sqrt(sqrt(ch)) (a Python double used as float32),
      * exactly as the reference scales before the product. */
@@ -351,6 +385,5 @@ ldm_status lub_attn_forward(const lub_attn *a, const lctx *c, lub_ws *ws, lub_ac
     /* a [B*heads, ch, T] reshaped to [B, C, T]: channel = head*ch + d */
     lk_view o = {t, (long)C * T, (long)ch * T, 1, T};
     LDM_TRY(lk_attention(c, B, heads, T, T, ch, q, k, v, o, 1.0f, 0));
-    lub_pointwise(c, a->proj_w, a->proj_b, t, B, C, C, T, x->p, 1);
-    return LDM_OK;
+    return lub_pointwise(c, a->proj_w.w, a->proj_b, t, B, C, C, T, x->p, 1);
 }

@@ -7,6 +7,7 @@
 
 #include "../core/ctx.h"
 #include "../io/weights.h"
+#include "netweights.h"
 
 /* Where parameters come from: `prefix` + name, or with use_ema the EMA buffer of that parameter
  * (lw_ema_name: "model_ema.diffusion_model<name without dots>"), as ema_scope() would swap in. */
@@ -21,6 +22,9 @@ ldm_status lub_name(char *buf, size_t cap, const char *fmt, ...) __attribute__((
 
 /* Loads the float32 copy of parameter prefix+<fmt...> with the expected shape. */
 ldm_status lub_get(const lub_loader *L, int ndim, const int64_t *shape, float **out, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The same for a weight matrix or kernel, kept float16 when stored so (netweights.h). */
+ldm_status lub_get_wt(const lub_loader *L, int ndim, const int64_t *shape, lnw *out, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
 /* Scratch buffers reused across blocks and calls (grown on demand, never shrunk) so a forward
@@ -59,7 +63,8 @@ void lub_norm_free(lub_norm *n);
 /* Conv2d k x k (padding k/2) with bias, stride 1 or 2. */
 typedef struct lub_conv {
     int in_ch, out_ch, k, stride;
-    float *w, *b;
+    lnw w;
+    float *b;
 } lub_conv;
 ldm_status lub_conv_load(lub_conv *cv, const lub_loader *L, const char *name, int in_ch, int out_ch, int k, int stride);
 void lub_conv_free(lub_conv *cv);
@@ -79,7 +84,8 @@ typedef struct lub_resblock {
     int in_ch, out_ch, emb_ch, updown, scale_shift;
     lub_norm in_norm, out_norm;
     lub_conv in_conv, out_conv;
-    float *emb_w, *emb_b;
+    lnw emb_w;
+    float *emb_b;
     int has_skip_conv;
     lub_conv skip;
 } lub_resblock;
@@ -95,7 +101,8 @@ ldm_status lub_resblock_forward(const lub_resblock *r, const lctx *c, lub_ws *ws
 typedef struct lub_attn {
     int ch, heads, new_order;
     lub_norm norm;
-    float *qkv_w, *qkv_b, *proj_w, *proj_b;
+    lnw qkv_w, proj_w;
+    float *qkv_b, *proj_b;
 } lub_attn;
 ldm_status lub_attn_load(lub_attn *a, const lub_loader *L, const char *name, int ch, int heads, int new_order);
 void lub_attn_free(lub_attn *a);
@@ -104,7 +111,7 @@ ldm_status lub_attn_forward(const lub_attn *a, const lctx *c, lub_ws *ws, lub_ac
 
 /* y[b] (M x N, row-major) += / = W (M x K) @ x[b] (K x N) + bias[m] for each batch: a 1x1 conv /
  * Conv1d on channels-first data. accumulate: add into y instead of overwriting. */
-void lub_pointwise(const lctx *c, const float *W, const float *bias, const float *x, int B, int M, int K, int N,
-                   float *y, int accumulate);
+ldm_status lub_pointwise(const lctx *c, lk_wt W, const float *bias, const float *x, int B, int M, int K, int N,
+                         float *y, int accumulate);
 
 #endif
