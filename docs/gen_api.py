@@ -67,7 +67,7 @@ def parse(header):
                 pending = (pending + "\n" + strip_comment(chunk)).strip()
             continue
         if chunk.startswith("#"):
-            if re.match(r"#\s*define LDM_(VERSION|MAX_DIMS)", chunk):
+            if re.match(r"#\s*define (LDM_(VERSION|MAX_DIMS)|ldm_)", chunk):
                 items.append(("item", pending, chunk.strip()))
             pending = ""
             continue

@@ -52,5 +52,8 @@ for suite in install python lua; do
     fi
     if LDM_BUILD="$BUILD" LDM_SHARED="$SHARED" "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $suite"; fi
 done
+# docs/api.md is generated from include/ldm.h and must cover every exported function.
+echo "== docs/api.md"
+if python3 docs/gen_api.py --check; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: api-doc"; fi
 echo "suites: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
