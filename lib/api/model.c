@@ -28,14 +28,7 @@ void(ldm_model_params_init)(ldm_model_params *params) { ldm_model_params_init_si
 static ldm_status read_params(const ldm_model_params *in, ldm_model_params *out)
 {
     ldm_model_params_init(out);
-    if (!in) return LDM_OK;
-    if (in->struct_size < offsetof(ldm_model_params, n_threads) || in->struct_size > 4096)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
-                        "ldm_model_params.struct_size is %zu: fill the struct with ldm_model_params_init()",
-                        in->struct_size);
-    memcpy(out, in, LDM_MIN(in->struct_size, sizeof *out));
-    out->struct_size = sizeof *out;
-    return LDM_OK;
+    return ldm_params_read(in, out, sizeof *out, offsetof(ldm_model_params, n_threads), "ldm_model_params");
 }
 
 void lm_log(const ldm_model *m, ldm_log_level level, const char *fmt, ...)

@@ -39,13 +39,7 @@ void(ldm_generate_params_init)(ldm_generate_params *params) { ldm_generate_param
 static ldm_status read_params(const ldm_generate_params *in, ldm_generate_params *out)
 {
     ldm_generate_params_init(out);
-    if (!in) return LDM_OK;
-    if (in->struct_size < offsetof(ldm_generate_params, width) || in->struct_size > 4096)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
-                        "ldm_generate_params.struct_size is %zu: fill the struct with ldm_generate_params_init()",
-                        in->struct_size);
-    memcpy(out, in, LDM_MIN(in->struct_size, sizeof *out));
-    out->struct_size = sizeof *out;
+    LDM_TRY(ldm_params_read(in, out, sizeof *out, offsetof(ldm_generate_params, width), "ldm_generate_params"));
     if (out->batch < 1 || out->batch > 64)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "batch %d outside 1..64", out->batch);
     if (out->steps < 1 || out->steps > 10000)

@@ -90,3 +90,16 @@ void ldm_params_fill(void *dst, size_t dst_size, const void *defaults, size_t de
     if (dst_size > n) memset((char *)dst + n, 0, dst_size - n);
     memcpy(dst, &dst_size, sizeof dst_size);
 }
+
+ldm_status ldm_params_read(const void *in, void *out, size_t out_size, size_t min_size, const char *type)
+{
+    size_t in_size;
+    if (!in) return LDM_OK;
+    memcpy(&in_size, in, sizeof in_size);
+    if (in_size < min_size || in_size > 4096)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s.struct_size is %zu: fill the struct with %s_init()", type,
+                        in_size, type);
+    memcpy(out, in, in_size < out_size ? in_size : out_size);
+    memcpy(out, &out_size, sizeof out_size);
+    return LDM_OK;
+}

@@ -42,6 +42,11 @@ ldm_status ldm_alloc_failure_status(void);
 /* The *_params_init_size pattern: copies min(dst_size, def_size) bytes of a defaults struct to the
  * caller's struct, zeroes the rest and stores dst_size in its leading size_t struct_size. */
 void ldm_params_fill(void *dst, size_t dst_size, const void *defaults, size_t def_size);
+/* Reads a caller's params struct `in` (NULL: keep the defaults already in `out`) over `out`: its
+ * struct_size must cover at least `min_size` bytes (the fields every header version has) and at
+ * most 4096; the fields both sides know are copied and out's struct_size is set to out_size.
+ * `type` names the struct in the error message. */
+ldm_status ldm_params_read(const void *in, void *out, size_t out_size, size_t min_size, const char *type);
 
 /* Overflow-checked arithmetic: return 0 on success, non-zero on overflow. */
 static inline int ldm_mul_size(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }

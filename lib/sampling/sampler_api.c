@@ -73,14 +73,8 @@ void(ldm_sampler_params_init)(ldm_sampler_params *params) { ldm_sampler_params_i
 static ldm_status params_copy(const ldm_sampler_params *p, ldm_sampler_params *dst)
 {
     ldm_sampler_params_init(dst);
-    if (!p) return LDM_OK;
-    if (p->struct_size < offsetof(ldm_sampler_params, steps) + sizeof p->steps)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
-                        "sampler params: struct_size %zu too small (fill the struct with ldm_sampler_params_init)",
-                        p->struct_size);
-    memcpy(dst, p, LDM_MIN(p->struct_size, sizeof *dst));
-    dst->struct_size = sizeof *dst;
-    return LDM_OK;
+    return ldm_params_read(p, dst, sizeof *dst, offsetof(ldm_sampler_params, steps) + sizeof p->steps,
+                           "ldm_sampler_params");
 }
 
 static ldm_status check_params(const ldm_sampler_params *p, int T)
