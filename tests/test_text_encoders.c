@@ -154,13 +154,13 @@ static void run_cond_fixture(const char *name, const ld_cond *want)
     encoder e;
     ldm_status st = encoder_create(&d, w, &e);
     ck_assert_msg(st == LDM_OK, "%s: create: %s", name, ldm_last_error());
-    lw_close(w); /* the encoder owns float32 copies: the store may go */
     ldm_tensor *tokens = io_tensor(io, "tokens");
     ldm_tensor *ref = io_tensor(io, "c");
     check_encoding(name, "c", &e, tokens, ref, fx_tolerance_for(cas, "c"));
     ldm_tensor_free(tokens);
     ldm_tensor_free(ref);
     encoder_free(&e);
+    lw_close(w); /* only now: the encoder borrows the store's float16 matrices */
     lw_close(io);
     lj_free(cas);
 }
@@ -256,7 +256,6 @@ static void run_sampler_text(const char *name, const char *tok, const ld_cond *w
     lw_store *io = open_file(dir, "io.safetensors");
     encoder e;
     ck_assert_msg(encoder_create(&d, w, &e) == LDM_OK, "%s: create: %s", name, ldm_last_error());
-    lw_close(w);
     for (int i = 0; i < 2; i++) {
         ldm_tensor *ref = io_tensor(io, output[i]);
         check_encoding(name, output[i], &e, tokens[i], ref, fx_tolerance_for(cas, output[i]));
@@ -264,6 +263,7 @@ static void run_sampler_text(const char *name, const char *tok, const ld_cond *w
         ldm_tensor_free(tokens[i]);
     }
     encoder_free(&e);
+    lw_close(w); /* only now: the encoder borrows the store's float16 matrices */
     lw_close(io);
     lj_free(cas);
 }

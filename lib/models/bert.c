@@ -40,12 +40,12 @@ static ldm_status load_layer(const lw_store *s, const char *root, int i, ltt *t,
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "key prefix too long");
     snprintf(ap, sizeof ap, "%s1.", a);
     const int D = t->dim;
-    LDM_TRY(ltt_get_pair(s, D, 0, &l->ln1_w, &l->ln1_b, "%s0", a));
-    LDM_TRY(ltt_get_qkv(s, t->inner, D, &l->qkv_w, NULL, ap, qkv)); /* to_q/to_k/to_v have no bias */
-    LDM_TRY(ltt_get_pair(s, D, t->inner, &l->out_w, &l->out_b, "%s1.to_out", a));
-    LDM_TRY(ltt_get_pair(s, D, 0, &l->ln2_w, &l->ln2_b, "%s0", f));
-    LDM_TRY(ltt_get_pair(s, t->ff, D, &l->fc1_w, &l->fc1_b, "%s1.net.0.0", f));
-    LDM_TRY(ltt_get_pair(s, D, t->ff, &l->fc2_w, &l->fc2_b, "%s1.net.2", f));
+    LDM_TRY(ltt_get_norm(s, D, &l->ln1_w, &l->ln1_b, "%s0", a));
+    LDM_TRY(ltt_get_qkv(s, t->inner, D, l, 0, ap, qkv)); /* to_q/to_k/to_v have no bias */
+    LDM_TRY(ltt_get_linear(s, D, t->inner, &l->out, &l->out_b, "%s1.to_out", a));
+    LDM_TRY(ltt_get_norm(s, D, &l->ln2_w, &l->ln2_b, "%s0", f));
+    LDM_TRY(ltt_get_linear(s, t->ff, D, &l->fc1, &l->fc1_b, "%s1.net.0.0", f));
+    LDM_TRY(ltt_get_linear(s, D, t->ff, &l->fc2, &l->fc2_b, "%s1.net.2", f));
     return LDM_OK;
 }
 

@@ -71,23 +71,24 @@ static ldm_status load_block(const lw_store *s, const char *root, const clip_key
                              ltt_block *b)
 {
     static const char *const split_qkv[3] = {"q_proj", "k_proj", "v_proj"};
-    char bp[384], attn[400];
+    char bp[384], attn[416]; /* room for bp and the longest suffix */
     int len = snprintf(bp, sizeof bp, "%s%s%d.", root, k->block, idx);
     if (len < 0 || (size_t)len >= sizeof bp) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "key prefix too long");
     const int W = t->dim, M = t->ff;
-    LDM_TRY(ltt_get_pair(s, W, 0, &b->ln1_w, &b->ln1_b, "%s%s", bp, k->ln1));
+    LDM_TRY(ltt_get_norm(s, W, &b->ln1_w, &b->ln1_b, "%s%s", bp, k->ln1));
     if (k->fused_qkv) {
-        LDM_TRY(lw_get_f32f(s, 2, (int64_t[]){3 * (int64_t)W, W}, &b->qkv_w, "%sattn.in_proj_weight", bp));
+        snprintf(attn, sizeof attn, "%sattn.in_proj_weight", bp);
+        LDM_TRY(ltt_get_fused_qkv(s, W, W, b, attn));
         LDM_TRY(lw_get_f32f(s, 1, (int64_t[]){3 * (int64_t)W}, &b->qkv_b, "%sattn.in_proj_bias", bp));
     } else {
-        /* HF keeps q/k/v as three Linear layers: stacked into the open_clip [q;k;v] layout. */
+        /* HF keeps q/k/v as three Linear layers: computed into the open_clip [q;k;v] layout. */
         snprintf(attn, sizeof attn, "%sself_attn.", bp);
-        LDM_TRY(ltt_get_qkv(s, W, W, &b->qkv_w, &b->qkv_b, attn, split_qkv));
+        LDM_TRY(ltt_get_qkv(s, W, W, b, 1, attn, split_qkv));
     }
-    LDM_TRY(ltt_get_pair(s, W, W, &b->out_w, &b->out_b, "%s%s", bp, k->out_proj));
-    LDM_TRY(ltt_get_pair(s, W, 0, &b->ln2_w, &b->ln2_b, "%s%s", bp, k->ln2));
-    LDM_TRY(ltt_get_pair(s, M, W, &b->fc1_w, &b->fc1_b, "%s%s", bp, k->fc1));
-    LDM_TRY(ltt_get_pair(s, W, M, &b->fc2_w, &b->fc2_b, "%s%s", bp, k->fc2));
+    LDM_TRY(ltt_get_linear(s, W, W, &b->out, &b->out_b, "%s%s", bp, k->out_proj));
+    LDM_TRY(ltt_get_norm(s, W, &b->ln2_w, &b->ln2_b, "%s%s", bp, k->ln2));
+    LDM_TRY(ltt_get_linear(s, M, W, &b->fc1, &b->fc1_b, "%s%s", bp, k->fc1));
+    LDM_TRY(ltt_get_linear(s, W, M, &b->fc2, &b->fc2_b, "%s%s", bp, k->fc2));
     return LDM_OK;
 }
 

@@ -12,6 +12,15 @@
 
 /* ---- loading */
 
+/* "<stem><suffix>" into buf (errors say the name is too long). */
+static ldm_status join(char *buf, size_t cap, const char *stem, const char *suffix)
+{
+    int len = snprintf(buf, cap, "%s%s", stem, suffix);
+    if (len < 0 || (size_t)len >= cap)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%.64s...)", stem);
+    return LDM_OK;
+}
+
 /* A float32 copy of "<stem><suffix>", shape [d0] (d1 == 0) or [d0,d1]. */
 static ldm_status get(const lw_store *s, const char *stem, const char *suffix, int64_t d0, int64_t d1, float **out)
 {
@@ -19,45 +28,95 @@ static ldm_status get(const lw_store *s, const char *stem, const char *suffix, i
     return lw_get_f32f(s, d1 ? 2 : 1, shape, out, "%s%s", stem, suffix);
 }
 
-ldm_status ltt_get_pair(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *fmt, ...)
+/* The matrix "<stem><suffix>" [d0,d1] as an lnw (borrowed halves or a float32 copy). */
+static ldm_status get_wt(const lw_store *s, const char *stem, const char *suffix, int64_t d0, int64_t d1, lnw *out)
+{
+    char name[512];
+    memset(out, 0, sizeof *out);
+    LDM_TRY(join(name, sizeof name, stem, suffix));
+    return lnw_get(s, name, 2, (int64_t[]){d0, d1}, out);
+}
+
+/* vsnprintf of a stem into buf. */
+static ldm_status format_stem(char *buf, size_t cap, const char *fmt, va_list ap)
+{
+    int len = vsnprintf(buf, cap, fmt, ap);
+    if (len < 0 || (size_t)len >= cap)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%.64s...)", buf);
+    return LDM_OK;
+}
+
+ldm_status ltt_get_norm(const lw_store *s, int64_t dim, float **w, float **b, const char *fmt, ...)
 {
     char stem[512];
     va_list ap;
     va_start(ap, fmt);
-    int len = vsnprintf(stem, sizeof stem, fmt, ap);
+    ldm_status st = format_stem(stem, sizeof stem, fmt, ap);
     va_end(ap);
-    if (len < 0 || (size_t)len >= sizeof stem)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%.64s...)", stem);
-    LDM_TRY(get(s, stem, ".weight", rows, cols, w));
+    LDM_TRY(st);
+    LDM_TRY(get(s, stem, ".weight", dim, 0, w));
+    return get(s, stem, ".bias", dim, 0, b);
+}
+
+ldm_status ltt_get_linear(const lw_store *s, int64_t rows, int64_t cols, lnw *w, float **b, const char *fmt, ...)
+{
+    char stem[512];
+    va_list ap;
+    va_start(ap, fmt);
+    ldm_status st = format_stem(stem, sizeof stem, fmt, ap);
+    va_end(ap);
+    LDM_TRY(st);
+    LDM_TRY(get_wt(s, stem, ".weight", rows, cols, w));
     return get(s, stem, ".bias", rows, 0, b);
 }
 
-/* Copies "<stem><part><suffix>" (shape [d0] or [d0,d1]) into dst. */
-static ldm_status get_into(const lw_store *s, const char *stem, const char *part, const char *suffix, int64_t d0,
-                           int64_t d1, float *dst)
+ldm_status ltt_get_fused_qkv(const lw_store *s, int64_t inner, int64_t cols, ltt_block *blk, const char *name)
 {
-    char name[512];
-    int len = snprintf(name, sizeof name, "%s%s", stem, part);
-    if (len < 0 || (size_t)len >= sizeof name)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "tensor name too long (%.64s...)", name);
-    float *src = NULL;
-    LDM_TRY(get(s, name, suffix, d0, d1, &src));
-    memcpy(dst, src, (size_t)d0 * (size_t)(d1 ? d1 : 1) * sizeof(float));
-    ldm_free(src);
+    blk->n_qkv = 1;
+    return get_wt(s, name, "", 3 * inner, cols, &blk->qkv[0]);
+}
+
+/* When q, k and v are all float32 copies (float32 checkpoints, LDM_WIDEN_F16=1), they are stacked
+ * into one fused copy: the forward pass then makes the single product it always made, so float32
+ * results stay bitwise what they were (three narrower products round differently). Borrowed
+ * halves stay three parts. */
+static ldm_status fuse_copies(int64_t rows, int64_t cols, ltt_block *blk)
+{
+    for (int i = 0; i < 3; i++)
+        if (!blk->qkv[i].own) return LDM_OK;
+    size_t part = (size_t)rows * (size_t)cols;
+    float *all = ldm_malloc_aligned(3 * part * sizeof(float));
+    if (!all) return LDM_ERR_OUT_OF_MEMORY;
+    for (int i = 0; i < 3; i++) {
+        memcpy(all + i * part, blk->qkv[i].own, part * sizeof(float));
+        lnw_free(&blk->qkv[i]);
+    }
+    blk->qkv[0].own = all;
+    blk->qkv[0].w = lk_wt_f32(all);
+    blk->n_qkv = 1;
     return LDM_OK;
 }
 
-ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *stem,
+ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, ltt_block *blk, int with_bias, const char *stem,
                        const char *const part[3])
 {
-    size_t block = (size_t)rows * (size_t)cols;
-    *w = ldm_malloc_aligned(3 * block * sizeof(float));
-    if (!*w) return LDM_ERR_OUT_OF_MEMORY;
-    for (int i = 0; i < 3; i++) LDM_TRY(get_into(s, stem, part[i], ".weight", rows, cols, *w + i * block));
-    if (!b) return LDM_OK;
-    *b = ldm_malloc_aligned(3 * (size_t)rows * sizeof(float));
-    if (!*b) return LDM_ERR_OUT_OF_MEMORY;
-    for (int i = 0; i < 3; i++) LDM_TRY(get_into(s, stem, part[i], ".bias", rows, 0, *b + i * (size_t)rows));
+    char name[512];
+    blk->n_qkv = 3;
+    for (int i = 0; i < 3; i++) {
+        LDM_TRY(join(name, sizeof name, stem, part[i]));
+        LDM_TRY(get_wt(s, name, ".weight", rows, cols, &blk->qkv[i]));
+    }
+    LDM_TRY(fuse_copies(rows, cols, blk));
+    if (!with_bias) return LDM_OK;
+    blk->qkv_b = ldm_malloc_aligned(3 * (size_t)rows * sizeof(float));
+    if (!blk->qkv_b) return LDM_ERR_OUT_OF_MEMORY;
+    for (int i = 0; i < 3; i++) {
+        float *src = NULL;
+        LDM_TRY(join(name, sizeof name, stem, part[i]));
+        LDM_TRY(get(s, name, ".bias", rows, 0, &src));
+        memcpy(blk->qkv_b + i * (size_t)rows, src, (size_t)rows * sizeof(float));
+        ldm_free(src);
+    }
     return LDM_OK;
 }
 
@@ -96,9 +155,9 @@ ldm_status ltt_dims_2d(const ltt *t, const lw_store *s, const char *name, int *r
 ldm_status ltt_load_outer(ltt *t, const lw_store *s, const char *tok_emb, const char *pos_emb, const char *final_ln,
                           int n_blocks)
 {
-    LDM_TRY(lw_get_f32(s, tok_emb, 2, (int64_t[]){t->vocab, t->dim}, &t->tok_emb));
+    LDM_TRY(lnw_get(s, tok_emb, 2, (int64_t[]){t->vocab, t->dim}, &t->tok_emb));
     LDM_TRY(lw_get_f32(s, pos_emb, 2, (int64_t[]){t->max_seq, t->dim}, &t->pos_emb));
-    LDM_TRY(ltt_get_pair(s, t->dim, 0, &t->lnf_w, &t->lnf_b, "%s", final_ln));
+    LDM_TRY(ltt_get_norm(s, t->dim, &t->lnf_w, &t->lnf_b, "%s", final_ln));
     /* Zeroed, so ltt_release can free a partly loaded set. */
     t->blocks = ldm_calloc((size_t)n_blocks, sizeof *t->blocks);
     if (!t->blocks) return LDM_ERR_OUT_OF_MEMORY;
@@ -108,9 +167,10 @@ ldm_status ltt_load_outer(ltt *t, const lw_store *s, const char *tok_emb, const 
 
 static void free_block(ltt_block *b)
 {
-    float *all[] = {b->ln1_w, b->ln1_b, b->qkv_w, b->qkv_b, b->out_w, b->out_b,
-                    b->ln2_w, b->ln2_b, b->fc1_w, b->fc1_b, b->fc2_w, b->fc2_b};
+    float *all[] = {b->ln1_w, b->ln1_b, b->qkv_b, b->out_b, b->ln2_w, b->ln2_b, b->fc1_b, b->fc2_b};
     for (size_t i = 0; i < LDM_ARRAY_LEN(all); i++) ldm_free(all[i]);
+    lnw *mats[] = {&b->qkv[0], &b->qkv[1], &b->qkv[2], &b->out, &b->fc1, &b->fc2};
+    for (size_t i = 0; i < LDM_ARRAY_LEN(mats); i++) lnw_free(mats[i]);
 }
 
 void ltt_release(ltt *t)
@@ -118,7 +178,7 @@ void ltt_release(ltt *t)
     if (t->blocks)
         for (int i = 0; i < t->n_blocks; i++) free_block(&t->blocks[i]);
     ldm_free(t->blocks);
-    ldm_free(t->tok_emb);
+    lnw_free(&t->tok_emb);
     ldm_free(t->pos_emb);
     ldm_free(t->lnf_w);
     ldm_free(t->lnf_b);
@@ -176,17 +236,34 @@ static void free_scratch(ltt_scratch *sc)
     ldm_free(sc->big);
 }
 
-/* x[b,t,:] = tok_emb[id] + pos_emb[t] (no dropout at inference, no embedding projection). */
+/* x[b,t,:] = tok_emb[id] + pos_emb[t] (no dropout at inference, no embedding projection). The
+ * token row is read (widened when borrowed) straight into x, then the position added. */
 static void embed(const ltt *t, const int64_t *ids, int B, int T, float *x)
 {
     const size_t D = (size_t)t->dim;
     for (int b = 0; b < B; b++)
         for (int p = 0; p < T; p++) {
-            const float *te = t->tok_emb + (size_t)ids[(size_t)b * T + p] * D;
             const float *pe = t->pos_emb + (size_t)p * D;
             float *row = x + ((size_t)b * T + p) * D;
-            for (size_t i = 0; i < D; i++) row[i] = te[i] + pe[i];
+            lk_wt_read(t->tok_emb.w, (size_t)ids[(size_t)b * T + p] * D, D, row);
+            for (size_t i = 0; i < D; i++) row[i] += pe[i];
         }
+}
+
+/* big[N, 3*inner] = h qkv^T + qkv_b: one product for a fused matrix, else one per part, each
+ * writing its `inner` columns of every row of big (the layout a fused matrix gives). */
+static ldm_status project_qkv(const ltt *t, const ltt_block *blk, const lctx *c, int N, const float *h, float *big)
+{
+    const int D = t->dim, I = t->inner;
+    if (blk->n_qkv == 1) return lk_linear_wt(c, h, N, D, blk->qkv[0].w, blk->qkv_b, 3 * I, big);
+    float beta = 0.0f;
+    if (blk->qkv_b) { /* prefilled and accumulated onto, as lk_linear does with a bias */
+        for (int r = 0; r < N; r++) memcpy(big + (size_t)r * 3 * I, blk->qkv_b, 3 * (size_t)I * sizeof(float));
+        beta = 1.0f;
+    }
+    for (int i = 0; i < 3; i++)
+        LDM_TRY(lk_gemm_wb(c, 0, h, D, N, D, blk->qkv[i].w, I, beta, big + (size_t)i * I, 3 * I));
+    return LDM_OK;
 }
 
 /* x += out(attention(qkv(ln1 x))) */
@@ -195,7 +272,7 @@ static ldm_status attention_sublayer(const ltt *t, const ltt_block *blk, const l
 {
     const int D = t->dim, I = t->inner, N = B * T, dh = t->dim_head;
     lk_layer_norm(c, x, N, D, LTT_LN_EPS, blk->ln1_w, blk->ln1_b, sc->h);
-    lk_linear(c, sc->h, N, D, blk->qkv_w, blk->qkv_b, 3 * I, sc->big);
+    LDM_TRY(project_qkv(t, blk, c, N, sc->h, sc->big));
     /* Row (b,t) of big = [q | k | v], each `inner` wide and split head-major into heads of dh. */
     long sb = (long)T * 3 * I, st = 3L * I;
     lk_view q = {sc->big, sb, dh, st, 1};
@@ -203,23 +280,24 @@ static ldm_status attention_sublayer(const ltt *t, const ltt_block *blk, const l
     lk_view v = {sc->big + 2 * I, sb, dh, st, 1};
     lk_view o = {sc->att, (long)T * I, dh, I, 1};
     LDM_TRY(lk_attention(c, B, t->heads, T, T, dh, q, k, v, o, 1.0f / sqrtf((float)dh), t->causal));
-    lk_linear(c, sc->att, N, I, blk->out_w, blk->out_b, D, sc->h);
+    LDM_TRY(lk_linear_wt(c, sc->att, N, I, blk->out.w, blk->out_b, D, sc->h));
     lk_add(x, sc->h, (size_t)N * D);
     return LDM_OK;
 }
 
 /* x += fc2(act(fc1(ln2 x))) */
-static void mlp_sublayer(const ltt *t, const ltt_block *blk, const lctx *c, int N, float *x, ltt_scratch *sc)
+static ldm_status mlp_sublayer(const ltt *t, const ltt_block *blk, const lctx *c, int N, float *x, ltt_scratch *sc)
 {
     const int D = t->dim, F = t->ff;
     lk_layer_norm(c, x, N, D, LTT_LN_EPS, blk->ln2_w, blk->ln2_b, sc->h);
-    lk_linear(c, sc->h, N, D, blk->fc1_w, blk->fc1_b, F, sc->big);
+    LDM_TRY(lk_linear_wt(c, sc->h, N, D, blk->fc1.w, blk->fc1_b, F, sc->big));
     if (t->act == LTT_QUICK_GELU)
         lk_quick_gelu(sc->big, (size_t)N * F);
     else
         lk_gelu(sc->big, (size_t)N * F);
-    lk_linear(c, sc->big, N, F, blk->fc2_w, blk->fc2_b, D, sc->h);
+    LDM_TRY(lk_linear_wt(c, sc->big, N, F, blk->fc2.w, blk->fc2_b, D, sc->h));
     lk_add(x, sc->h, (size_t)N * D);
+    return LDM_OK;
 }
 
 static ldm_status run_blocks(const ltt *t, const lctx *c, int B, int T, float *x, ltt_scratch *sc)
@@ -227,7 +305,7 @@ static ldm_status run_blocks(const ltt *t, const lctx *c, int B, int T, float *x
     for (int i = 0; i < t->n_blocks; i++) {
         if (lctx_cancelled(c)) return ldm_fail(LDM_CANCELLED, "cancelled");
         LDM_TRY(attention_sublayer(t, &t->blocks[i], c, B, T, x, sc));
-        mlp_sublayer(t, &t->blocks[i], c, B * T, x, sc);
+        LDM_TRY(mlp_sublayer(t, &t->blocks[i], c, B * T, x, sc));
     }
     if (lctx_cancelled(c)) return ldm_fail(LDM_CANCELLED, "cancelled");
     lk_layer_norm(c, x, B * T, t->dim, LTT_LN_EPS, t->lnf_w, t->lnf_b, x);

@@ -7,23 +7,38 @@
  *              x += fc2(act(fc1(ln2 x)))       (exact GELU or QuickGELU)
  *   out = lnf(x)                               (LayerNorm eps 1e-5 everywhere)
  * The model files own key names, shape validation and how their checkpoint lays out the blocks;
- * they fill an ltt with the helpers below and call ltt_encode. */
+ * they fill an ltt with the helpers below and call ltt_encode.
+ *
+ * The weight matrices (projections and the token embedding) are lnw (netweights.h): a float16
+ * checkpoint's halves are borrowed from the store, which must outlive the ltt, and widened as
+ * the products use them (the SD1 CLIP tower: ~245 MB instead of ~490 MB). Biases, LayerNorm gains
+ * and the positional embedding are small float32 copies. */
 #ifndef LDM_MODELS_TEXT_TRANSFORMER_H
 #define LDM_MODELS_TEXT_TRANSFORMER_H
 
 #include "../core/ctx.h"
 #include "../core/tensor.h"
 #include "../io/weights.h"
+#include "netweights.h"
 
 typedef enum ltt_activation { LTT_GELU, LTT_QUICK_GELU } ltt_activation;
 
 typedef struct ltt_block {
     float *ln1_w, *ln1_b;
-    float *qkv_w, *qkv_b; /* [3*inner, dim], [3*inner] or NULL (no bias): rows q, k, v */
-    float *out_w, *out_b; /* [dim, inner], [dim] */
+    /* n_qkv 1: qkv[0] is the fused [3*inner, dim] projection (rows q, k, v: open_clip's
+     * in_proj_weight, or separate float32 copies stacked). n_qkv 3: qkv[i] are the separate q, k,
+     * v [inner, dim] matrices, kept apart because borrowed halves cannot be stacked without a
+     * copy. */
+    lnw qkv[3];
+    int n_qkv;
+    float *qkv_b; /* [3*inner] (q, k, v) or NULL (no bias) */
+    lnw out;      /* [dim, inner] */
+    float *out_b; /* [dim] */
     float *ln2_w, *ln2_b;
-    float *fc1_w, *fc1_b; /* [ff, dim], [ff] */
-    float *fc2_w, *fc2_b; /* [dim, ff], [dim] */
+    lnw fc1;      /* [ff, dim] */
+    float *fc1_b; /* [ff] */
+    lnw fc2;      /* [dim, ff] */
+    float *fc2_b; /* [dim] */
 } ltt_block;
 
 typedef struct ltt {
@@ -32,7 +47,7 @@ typedef struct ltt {
     int heads, dim_head, inner, ff; /* inner = heads * dim_head */
     int causal;
     ltt_activation act;
-    float *tok_emb; /* [vocab, dim] */
+    lnw tok_emb;    /* [vocab, dim] */
     float *pos_emb; /* [max_seq, dim] */
     float *lnf_w, *lnf_b;
     int n_blocks;
@@ -41,15 +56,25 @@ typedef struct ltt {
 
 /* ---- loading (key names are the caller's) */
 
-/* Loads "<stem>.weight" ([rows] when cols == 0, else [rows,cols]) and "<stem>.bias" ([rows]):
- * a LayerNorm or a Linear. The stem is built printf-style. */
-ldm_status ltt_get_pair(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *fmt, ...)
+/* Loads a LayerNorm: float32 copies of "<stem>.weight" and "<stem>.bias" ([dim] each). The stem
+ * is built printf-style. */
+ldm_status ltt_get_norm(const lw_store *s, int64_t dim, float **w, float **b, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Loads a Linear: "<stem>.weight" [rows,cols] as an lnw and "<stem>.bias" [rows] as a float32
+ * copy. The stem is built printf-style. */
+ldm_status ltt_get_linear(const lw_store *s, int64_t rows, int64_t cols, lnw *w, float **b, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 
-/* Stacks the three projections "<stem><part[i]>.weight" [rows,cols] (and, when b is not NULL,
- * "<stem><part[i]>.bias" [rows]) into one [3*rows,cols] matrix (and [3*rows] bias), so a single
- * GEMM yields q|k|v per token as in open_clip's fused in_proj. */
-ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, float **w, float **b, const char *stem,
+/* The fused projection "<name>" [3*inner,cols] (open_clip's in_proj_weight) into blk->qkv[0]
+ * (n_qkv 1); the bias is the caller's. */
+ldm_status ltt_get_fused_qkv(const lw_store *s, int64_t inner, int64_t cols, ltt_block *blk, const char *name);
+
+/* The three projections "<stem><part[i]>.weight" [rows,cols] into blk->qkv[i] (n_qkv 3; stacked
+ * into one fused float32 copy, n_qkv 1, when none is borrowed) and, when with_bias,
+ * "<stem><part[i]>.bias" [rows] stacked into blk->qkv_b [3*rows]: the forward pass then writes
+ * q|k|v per token as open_clip's fused in_proj does. */
+ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, ltt_block *blk, int with_bias, const char *stem,
                        const char *const part[3]);
 
 /* Tensor `name` must be a non-empty 2-D tensor (errors name t->model); *out receives it. */
