@@ -372,6 +372,12 @@ START_TEST(test_ddim_timesteps)
     ck_assert_int_eq(ls_ddim_make(ac, 1000, 500, 0, 0.0, &d), LDM_OK);
     ck_assert_int_eq(d.timesteps[d.n - 1], 999);
     ls_ddim_release(&d);
+    /* also with few steps: 9 steps are 111 apart and 111 divides 999; the message offers 8 */
+    ck_assert_int_eq(ls_ddim_make(ac, 1000, 9, 0, 0.0, &d), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "last timestep would be 1000"));
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "8 steps would work"));
+    ck_assert_int_eq(ls_ddim_make(ac, 1000, 8, 0, 0.0, &d), LDM_OK);
+    ls_ddim_release(&d);
 }
 END_TEST
 

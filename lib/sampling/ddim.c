@@ -48,6 +48,23 @@ void ls_ddim_release(ls_ddim *d)
     memset(d, 0, sizeof *d);
 }
 
+/* The step count nearest to S (below first) whose 'uniform' timesteps stay inside [0, T). */
+static int nearby_valid_steps(int T, int S, int quad)
+{
+    for (int d = 1; d < T; d++)
+        for (int sign = -1; sign <= 1; sign += 2) {
+            int s = S + sign * d;
+            if (s < 1 || s > T) continue;
+            int64_t *ts = NULL;
+            int n = 0;
+            if (ls_ddim_timesteps(s, T, quad, &ts, &n) != LDM_OK) continue;
+            int ok = ts[n - 1] < T;
+            ldm_free(ts);
+            if (ok) return s;
+        }
+    return 1;
+}
+
 ldm_status ls_ddim_make(const float *alphas_cumprod, int T, int S, int quad, double eta, ls_ddim *out)
 {
     if (!alphas_cumprod || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ddim parameters: NULL argument");
@@ -58,11 +75,13 @@ ldm_status ls_ddim_make(const float *alphas_cumprod, int T, int S, int quad, dou
     int64_t *ts;
     LDM_TRY(ls_ddim_timesteps(S, T, quad, &ts, &n));
     if (ts[n - 1] >= T) {
-        /* uniform with T // S == 1 ends at T: the reference indexes alphas_cumprod[T] and fails */
+        /* 'uniform' spaces the steps c = T // S apart and adds 1: when c divides T - 1 the last
+         * one is T, and the reference indexes alphas_cumprod[T] and fails (e.g. 9 steps of 1000). */
         ldm_free(ts);
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
-                        "ddim with %d steps over %d timesteps reaches timestep %d (outside the schedule; use at most %d steps)",
-                        S, T, T, T / 2);
+                        "ddim with %d steps over %d timesteps: the spacing %d divides %d, so the last timestep would "
+                        "be %d, outside the schedule (the reference fails the same way); %d steps would work",
+                        S, T, T / S, T - 1, T, nearby_valid_steps(T, S, quad));
     }
     float *arrays = ldm_malloc((size_t)n * 4 * sizeof *arrays);
     if (!arrays) {
