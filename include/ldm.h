@@ -333,8 +333,9 @@ LDM_API void ldm_sampler_params_init_size(ldm_sampler_params *params, size_t str
  * in the checkpoint (key "alphas_cumprod"), copied. LDM_ERR_INVALID_ARGUMENT for values that are
  * not finite, outside (0,1) or increasing with t, and for bad parameters (steps outside
  * 1..n_train_steps, except DDPM where steps <= 0 or > n_train_steps mean all of them; a DDIM/PLMS
- * spacing that reaches timestep n_train_steps ('uniform' with steps > n_train_steps/2, which the
- * reference rejects too); eta < 0; PLMS with eta != 0; an unknown kind). */
+ * spacing that reaches timestep n_train_steps ('uniform' when n_train_steps // steps divides
+ * n_train_steps - 1: every steps > n_train_steps/2, and e.g. 3 or 9 of 1000; the reference fails
+ * on these too, and the message names the nearest count that works); eta < 0; PLMS with eta != 0; an unknown kind). */
 LDM_API ldm_status ldm_sampler_create(const float *alphas_cumprod, int n_train_steps,
                                       ldm_parameterization param, const ldm_sampler_params *p,
                                       ldm_sampler **out);
@@ -482,7 +483,13 @@ LDM_API void ldm_generate_params_init_size(ldm_generate_params *params, size_t s
  * callers of this exact header version, e.g. FFI bindings that size their structs alike.) */
 #define ldm_generate_params_init(params) ldm_generate_params_init_size((params), sizeof *(params))
 /* Runs the whole pipeline; *image receives F32 [B,3,H,W] in [-1,1]. Cancellable through the
- * progress callback or ldm_model_interrupt(). */
+ * progress callback or ldm_model_interrupt().
+ * Memory: float16 weights are read from the memory-mapped checkpoint as they are used, and the
+ * pages of one phase (text encoding, sampling, decoding) are given back before the next, so the
+ * peak is the largest phase, not the sum (SD 1.5 at 512x512 from a float16 file: about 2.3 GB).
+ * With LDM_LOW_MEMORY=1 in the environment every layer's weight pages are given back as soon as
+ * the layer is done and no scratch is kept (same results, under 1 GB, somewhat slower); see
+ * docs/performance.md. */
 LDM_API ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm_tensor **image);
 
 /* ---------------------------------------------------------------- images */

@@ -30,6 +30,8 @@ void cli_usage(FILE *f)
           "  --batch N (1)           --strength F (0.75)   --threads N (all cores)\n"
           "  --weights auto|ema|raw  EMA or trained weights (default auto = EMA when present)\n"
           "  --vae-tile N            decode in tiles of N latent pixels (0: automatic, -1: never)\n"
+          "  --low-memory            keep little resident: weights dropped after each layer, no scratch\n"
+          "                          cache (slower; same as LDM_LOW_MEMORY=1, docs/performance.md)\n"
           "  --layout-classes N      object classes of the layout model's token builder (300)\n"
           "  -o, --output FILE.png   (default out.png; with --batch N also FILE-1.png ... FILE-<N-1>.png)\n"
           "  -q, --quiet             no progress bar\n",
@@ -174,6 +176,11 @@ int cli_parse(int argc, char **argv, cli_options *o)
         const char *a = argv[i];
         if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--low-memory")) {
+            /* The library reads the mode from the environment (docs/performance.md). */
+            setenv("LDM_LOW_MEMORY", "1", 1);
             continue;
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

@@ -21,6 +21,9 @@ if [ -d "$SHARED/fixtures" ]; then
         echo "== conformance over $SHARED/fixtures with $threads thread(s)"
         if LDM_THREADS=$threads "$BUILD/tests/conformance" "$SHARED"/fixtures/*/; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: conformance ($threads threads)"; fi
     done
+    # The low-memory mode drops weight pages after every use and keeps no scratch: same results.
+    echo "== conformance over $SHARED/fixtures in the low-memory mode (LDM_LOW_MEMORY=1)"
+    if LDM_LOW_MEMORY=1 LDM_THREADS=2 "$BUILD/tests/conformance" "$SHARED"/fixtures/*/; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: conformance (low-memory mode)"; fi
 else
     echo "SKIPPED: conformance: fixtures not found at $SHARED/fixtures (set LDM_SHARED)"
     skipped=$((skipped + 1))

@@ -1,7 +1,9 @@
 /* model.c - ldm_model: loading a checkpoint + config, threads, cancellation, logging. */
 #include "model_internal.h"
 
+#include "../kernels/kernels.h"
 #include "../models/config.h"
+#include "../models/unet.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -175,6 +177,18 @@ void ldm_model_free(ldm_model *model)
     ldm_free(model->vocab_path);
     ldm_free(model->path);
     ldm_free(model);
+    /* The kernels' scratch cache is shared by the models of the process; what it keeps was sized
+     * for the networks just freed. */
+    lk_scratch_trim();
+    ldm_heap_trim();
+}
+
+void lm_release_memory(ldm_model *m)
+{
+    if (m->unet) lunet_release_workspace(m->unet->net);
+    lw_store_release_pages(m->store);
+    lk_scratch_trim();
+    ldm_heap_trim();
 }
 
 void ldm_model_interrupt(ldm_model *model)

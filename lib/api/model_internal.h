@@ -66,6 +66,11 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
 void lm_model_discard(ldm_model *m);
 void lm_free_components(ldm_model *m);
+/* Between the phases of a generation (text encoding, sampling, decoding): the weights of the
+ * phase just finished leave the resident set (they stay in the page cache and come back on the
+ * next use), the kernels' scratch cache is emptied and free heap memory returned. This is what
+ * keeps the peak near the largest phase instead of the sum of all (docs/performance.md). */
+void lm_release_memory(ldm_model *m);
 
 /* Starts a top-level call on the model: clears a stale interrupt and applies the allocation cap.
  * Returns LDM_ERR_INVALID_ARGUMENT for a NULL model. */

@@ -275,6 +275,9 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
         ldm_status st = ldm_sampler_give(s, out);
         ldm_tensor_free(out);
         LDM_TRY(st);
+        /* Free heap memory goes back after every evaluation: without this the allocator keeps
+         * what one step freed and the next step's peak sits on top of it (docs/performance.md). */
+        ldm_heap_trim();
         int done = ldm_sampler_steps_done(s);
         if (done > before) {
             if (blend) LDM_TRY(lp_blend_apply(m, s, blend, done));
@@ -334,6 +337,7 @@ static ldm_status latent_for(ldm_model *m, ldm_generate_params *p, lp_inputs *in
     lp_cond c;
     LDM_TRY(prepare_inputs(m, p, in));
     LDM_TRY(lp_build_cond(m, p, &c));
+    lm_release_memory(m); /* the text encoder's weights */
     ldm_status st = sample(m, p, &c, z);
     lp_cond_release(&c);
     return st;
@@ -379,7 +383,9 @@ static ldm_status generate(ldm_model *m, ldm_generate_params *p, ldm_tensor **im
     if (st == LDM_OK) st = lt_check_finite(p->cond_image, "ldm_generate: cond_image");
     if (st == LDM_OK) st = latent_for(m, p, &in, &z);
     if (st == LDM_OK) st = lp_check_cancel(m, "before decoding");
+    lm_release_memory(m); /* the UNet's weights and scratch */
     if (st == LDM_OK) st = lp_decode(m, z, p->vae_tile, image);
+    lm_release_memory(m); /* the decoder's: an idle model keeps little resident */
     if (st == LDM_OK) st = lt_check_finite(*image, "ldm_generate: the decoded image");
     if (st == LDM_OK && composites(m, p)) st = lp_composite(p, *image);
     if (st != LDM_OK) {

@@ -39,6 +39,13 @@ void ldm_alloc_fail_after(long n);
  * LDM_ERR_OUT_OF_MEMORY (the message was already set by the allocator). */
 ldm_status ldm_alloc_failure_status(void);
 
+/* Memory pressure (pages.c). ldm_pages_drop gives the whole pages inside [p, p + bytes) back to
+ * the kernel (madvise MADV_DONTNEED). ONLY for read-only file mappings, whose pages come back
+ * unchanged from the file (or the page cache) on the next access; on any other memory it would
+ * lose data. ldm_heap_trim returns the allocator's free heap memory to the system. */
+void ldm_pages_drop(const void *p, size_t bytes);
+void ldm_heap_trim(void);
+
 /* The *_params_init_size pattern: copies min(dst_size, def_size) bytes of a defaults struct to the
  * caller's struct, zeroes the rest and stores dst_size in its leading size_t struct_size. */
 void ldm_params_fill(void *dst, size_t dst_size, const void *defaults, size_t def_size);

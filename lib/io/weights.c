@@ -73,6 +73,18 @@ void lw_store_set_mapping(lw_store *s, void *mapping, size_t size)
     s->mapping_size = size;
 }
 
+int lw_store_in_mapping(const lw_store *s, const void *p, size_t n)
+{
+    if (!s || !s->mapping || !p) return 0;
+    uintptr_t base = (uintptr_t)s->mapping, at = (uintptr_t)p;
+    return at >= base && at - base <= s->mapping_size && n <= s->mapping_size - (at - base);
+}
+
+void lw_store_release_pages(const lw_store *s)
+{
+    if (s && s->mapping) ldm_pages_drop(s->mapping, s->mapping_size);
+}
+
 ldm_status lw_store_keep(lw_store *s, void *owned_block)
 {
     if (s->n_owned == s->cap_owned) {

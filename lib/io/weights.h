@@ -60,6 +60,15 @@ void lw_store_finish(lw_store *s);
  * call this instead of lw_store_finish. */
 ldm_status lw_store_seal(lw_store *s);
 
+/* Non-zero when [p, p + n) lies inside the store's read-only file mapping: such bytes may be
+ * dropped from memory (ldm_pages_drop) and come back from the file when read again. Bytes in
+ * owned blocks (inflated zip members, tests' buffers) never qualify. */
+int lw_store_in_mapping(const lw_store *s, const void *p, size_t n);
+/* Drops every resident page of the store's file mapping from the process (nothing else: owned
+ * blocks and copies stay). Safe at any time, also while another thread reads the weights, which
+ * then fault them back in; used between the phases of a generation. */
+void lw_store_release_pages(const lw_store *s);
+
 size_t lw_count(const lw_store *s);
 const lw_tensor *lw_at(const lw_store *s, size_t i);        /* sorted by name */
 const lw_tensor *lw_find(const lw_store *s, const char *name); /* NULL when absent */

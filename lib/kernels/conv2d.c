@@ -233,6 +233,13 @@ ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float
     return LDM_OK;
 }
 
+/* Elements of the kernel [OC, IC, KH, KW] (0 for shapes the checks reject). */
+static size_t kernel_numel(const lk_conv2d_shape *s)
+{
+    if (s->out_ch <= 0 || s->in_ch <= 0 || s->k_h <= 0 || s->k_w <= 0) return 0;
+    return (size_t)s->out_ch * (size_t)s->in_ch * (size_t)s->k_h * (size_t)s->k_w;
+}
+
 static lk_op conv_kind(const lk_conv2d_shape *s)
 {
     if (s->k_h == 1 && s->k_w == 1) return LK_OP_CONV1X1;
@@ -246,6 +253,7 @@ ldm_status lk_conv2d_wt(const lctx *c, const lk_conv2d_shape *s, const float *x,
     ldm_status st = conv2d_run(c, s, x, w, bias, y);
     double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
     lk_stat_end(m, conv_kind(s), 2.0 * macs);
+    lk_wt_done(w, kernel_numel(s));
     return st;
 }
 
@@ -278,5 +286,6 @@ ldm_status lk_conv2d_up2(const lctx *c, const lk_conv2d_shape *s, const float *x
     }
     double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
     lk_stat_end(m, conv_kind(s), 2.0 * macs);
+    lk_wt_done(w, kernel_numel(s));
     return st;
 }

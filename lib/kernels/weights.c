@@ -81,6 +81,11 @@ void lk_half_to_float(const void *src, size_t n, float *dst)
     half_to_float_base(src, n, dst);
 }
 
+void lk_wt_done(lk_wt w, size_t n)
+{
+    if (w.f16 && w.paged && lk_low_memory()) ldm_pages_drop(w.f16, 2 * n);
+}
+
 void lk_wt_read(lk_wt w, size_t off, size_t n, float *dst)
 {
     if (w.f32)
@@ -161,6 +166,7 @@ ldm_status lk_gemm_wa(const lctx *c, lk_wt W, int M, int K, int transB, const fl
     lk_stat_mark m = lk_stat_begin();
     ldm_status st = gemm_wa(c, W, M, K, transB, B, ldb, N, beta, C, ldc);
     lk_stat_end(m, LK_OP_GEMM, 2.0 * LDM_MAX(M, 0) * LDM_MAX(N, 0) * LDM_MAX(K, 0));
+    if (M > 0 && K > 0) lk_wt_done(W, (size_t)M * (size_t)K);
     return st;
 }
 
@@ -170,6 +176,7 @@ ldm_status lk_gemm_wb(const lctx *c, int transA, const float *A, int lda, int M,
     lk_stat_mark m = lk_stat_begin();
     ldm_status st = gemm_wb(c, transA, A, lda, M, K, W, N, beta, C, ldc);
     lk_stat_end(m, LK_OP_GEMM, 2.0 * LDM_MAX(M, 0) * LDM_MAX(N, 0) * LDM_MAX(K, 0));
+    if (N > 0 && K > 0) lk_wt_done(W, (size_t)N * (size_t)K);
     return st;
 }
 
@@ -188,5 +195,6 @@ ldm_status lk_linear_wt(const lctx *c, const float *x, int rows, int in, lk_wt W
     }
     ldm_status st = gemm_wb(c, 0, x, in, rows, in, W, out, beta, y, out);
     lk_stat_end(m, LK_OP_GEMM, 2.0 * rows * out * in);
+    if (in > 0) lk_wt_done(W, (size_t)out * (size_t)in);
     return st;
 }

@@ -13,6 +13,68 @@
 
 /* ---------------------------------------------------------------- feature maps */
 
+/* ---------------------------------------------------------------- map buffer pool */
+
+#define AE_POOL 8
+
+typedef struct map_pool {
+    int active;
+    void *p[AE_POOL];
+    size_t bytes[AE_POOL];
+} map_pool;
+
+static _Thread_local map_pool pool;
+
+void laeb_pool_begin(void)
+{
+    pool.active = !lk_low_memory();
+}
+
+void laeb_pool_end(void)
+{
+    for (int i = 0; i < AE_POOL; i++) {
+        ldm_free(pool.p[i]);
+        pool.p[i] = NULL;
+    }
+    pool.active = 0;
+}
+
+/* A kept buffer of `bytes` to twice that (the smallest such: a map handed out, e.g. the decoded
+ * image, may outlive the pass, so it must not sit in a much larger buffer), or NULL after
+ * dropping the kept buffers smaller than the request. */
+static void *pool_take(size_t bytes, size_t *cap)
+{
+    int best = -1;
+    for (int i = 0; i < AE_POOL; i++)
+        if (pool.p[i] && pool.bytes[i] >= bytes && pool.bytes[i] / 2 <= bytes &&
+            (best < 0 || pool.bytes[i] < pool.bytes[best]))
+            best = i;
+    if (best >= 0) {
+        void *p = pool.p[best];
+        *cap = pool.bytes[best];
+        pool.p[best] = NULL;
+        return p;
+    }
+    for (int i = 0; i < AE_POOL; i++)
+        if (pool.p[i] && pool.bytes[i] < bytes) {
+            ldm_free(pool.p[i]);
+            pool.p[i] = NULL;
+        }
+    return NULL;
+}
+
+static void pool_give(void *p, size_t cap)
+{
+    if (pool.active && cap)
+        for (int i = 0; i < AE_POOL; i++)
+            if (!pool.p[i]) {
+                pool.p[i] = p;
+                pool.bytes[i] = cap;
+                return;
+            }
+    ldm_free(p);
+}
+
 ldm_status laeb_map_alloc(laeb_map *m, int b, int c, int h, int w)
 {
     memset(m, 0, sizeof *m);
@@ -23,18 +85,24 @@ ldm_status laeb_map_alloc(laeb_map *m, int b, int c, int h, int w)
     if (ldm_mul_size((size_t)b, (size_t)c, &bc) || bc > INT_MAX || ldm_mul_size((size_t)h, (size_t)w, &hw) ||
         hw > INT_MAX || ldm_mul_size(bc, hw, &n) || ldm_mul_size(n, sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "autoencoder: feature map [%d,%d,%d,%d] is too large", b, c, h, w);
-    m->d = ldm_malloc_aligned(bytes);
+    size_t cap = bytes;
+    m->d = pool.active ? pool_take(bytes, &cap) : NULL;
+    if (!m->d) {
+        cap = bytes;
+        m->d = ldm_malloc_aligned(bytes);
+    }
     if (!m->d) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "autoencoder feature map [%d,%d,%d,%d]: ", b, c, h, w);
     m->b = b;
     m->c = c;
     m->h = h;
     m->w = w;
+    m->cap = cap;
     return LDM_OK;
 }
 
 void laeb_map_free(laeb_map *m)
 {
-    ldm_free(m->d);
+    pool_give(m->d, m->cap);
     memset(m, 0, sizeof *m);
 }
 

@@ -17,12 +17,20 @@
 typedef struct laeb_map {
     float *d;
     int b, c, h, w;
+    size_t cap; /* bytes of the buffer behind d when laeb_map_alloc made it (may exceed the map) */
 } laeb_map;
 
 /* Allocates an uninitialised map; sizes are checked so that b*c*h*w fits size_t and h*w fits int
  * (the kernels index planes with int). */
 ldm_status laeb_map_alloc(laeb_map *m, int b, int c, int h, int w);
 void laeb_map_free(laeb_map *m);
+/* Between begin and end, on this thread, freed maps are kept and handed out again by
+ * laeb_map_alloc instead of going back to the system: a 512x512 decode allocates gigabytes of
+ * maps, and fresh memory costs the kernel's page zeroing every time. Smaller kept buffers are
+ * dropped as soon as a larger map is asked for (a decoder's maps only grow), so this does not
+ * raise the peak. end frees what is kept. Not in the low-memory mode. */
+void laeb_pool_begin(void);
+void laeb_pool_end(void);
 size_t laeb_map_numel(const laeb_map *m);
 
 /* torch.nn.Conv2d(in, out, k) with square kernel; bias may be absent (NULL). */

@@ -223,7 +223,7 @@ static ldm_status run_body(const lctx *c, const laec *e, laeb_map *h)
     return run_mid(c, e, h);
 }
 
-ldm_status laec_run(const lctx *c, const laec *e, const laeb_map *x, laeb_map *y)
+static ldm_status coder_run(const lctx *c, const laec *e, const laeb_map *x, laeb_map *y)
 {
     memset(y, 0, sizeof *y);
     laeb_map h;
@@ -236,5 +236,13 @@ ldm_status laec_run(const lctx *c, const laec *e, const laeb_map *x, laeb_map *y
         st = laeb_conv_run(c, &e->conv_out, &h, y);
     }
     laeb_map_free(&h);
+    return st;
+}
+
+ldm_status laec_run(const lctx *c, const laec *e, const laeb_map *x, laeb_map *y)
+{
+    laeb_pool_begin(); /* the maps of one pass reuse each other's memory (ae_blocks.h) */
+    ldm_status st = coder_run(c, e, x, y);
+    laeb_pool_end();
     return st;
 }

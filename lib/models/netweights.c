@@ -26,6 +26,11 @@ ldm_status lnw_get(const lw_store *s, const char *name, int ndim, const int64_t 
     if (t && t->dtype == LW_F16 && ndim >= 2 && same_shape(t, ndim, shape) && keep_f16()) {
         LDM_TRY(lw_check_finite(s, t)); /* what lw_get_f32 checks when it widens */
         out->w = lk_wt_f16(t->data);
+        out->w.paged = lw_store_in_mapping(s, t->data, t->nbytes);
+        /* The check read every page: they leave again until the first use, so creating a
+         * network costs no memory (e.g. the autoencoder's encoder, which txt2img never runs, or
+         * the decoder during sampling). They come back from the page cache. */
+        if (out->w.paged) ldm_pages_drop(t->data, t->nbytes);
         return LDM_OK;
     }
     /* float32 (or bf16/f64) storage, synthetic weights, and every error message */

@@ -558,6 +558,11 @@ static ldm_status check_inputs(const lunet *n, const ldm_tensor *x, const ldm_te
     return LDM_OK;
 }
 
+void lunet_release_workspace(lunet *n)
+{
+    if (n) lub_ws_free(&n->ws);
+}
+
 ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
                          const ldm_tensor *context, const ldm_tensor *y, ldm_tensor **out)
 {

@@ -33,6 +33,8 @@ ldm_status lunet_create(const ld_unet *d, const lw_store *s, const char *prefix,
 ldm_status lunet_create_opts(const ld_unet *d, const lw_store *s, const char *prefix, int use_ema,
                              const lunet_opts *opts, lunet **out);
 void lunet_free(lunet *n);
+/* Frees the activation workspace kept between evaluations (it is rebuilt by the next one). */
+void lunet_release_workspace(lunet *n);
 
 /* out: new [B, out_channels, H, W] owned by the caller. context is required by SpatialTransformer
  * models (its batch must equal B, its width context_dim; its length may change between calls)

@@ -1,0 +1,250 @@
+/* test_netweights.c - the memory-saving plumbing of the networks: weight matrices kept in the
+ * checkpoint's float16 (lib/models/netweights.c), their pages dropped after use in the
+ * low-memory mode (lk_wt_done, ldm_pages_drop, lw_store_in_mapping) and the autoencoder's pool
+ * of feature-map buffers (laeb_pool_begin / laeb_pool_end in lib/models/ae_blocks.c). */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/common.h"
+#include "io/weights.h"
+#include "kernels/kernels.h"
+#include "models/ae_blocks.h"
+#include "models/netweights.h"
+
+/* A store with a float16 matrix "m16" [3,4], a float32 matrix "m32" [2,2] and a float16
+ * vector "v16" [4]. */
+static uint16_t h16[12], v16[4];
+static float f32[4] = {1.5f, -2.0f, 0.25f, 8.0f};
+
+static lw_store *make_store(void)
+{
+    for (int i = 0; i < 12; i++) h16[i] = lw_f32_to_f16((float)i * 0.5f - 2.0f);
+    for (int i = 0; i < 4; i++) v16[i] = lw_f32_to_f16((float)i);
+    lw_store *s = lw_store_new("test.safetensors");
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(lw_store_add(s, "m16", LW_F16, 2, (int64_t[]){3, 4}, h16, sizeof h16), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "m32", LW_F32, 2, (int64_t[]){2, 2}, f32, sizeof f32), LDM_OK);
+    ck_assert_int_eq(lw_store_add(s, "v16", LW_F16, 1, (int64_t[]){4}, v16, sizeof v16), LDM_OK);
+    ck_assert_int_eq(lw_store_seal(s), LDM_OK);
+    return s;
+}
+
+START_TEST(float16_matrices_are_borrowed)
+{
+    unsetenv("LDM_WIDEN_F16");
+    lw_store *s = make_store();
+    lnw w;
+    ck_assert_int_eq(lnw_get(s, "m16", 2, (int64_t[]){3, 4}, &w), LDM_OK);
+    ck_assert_ptr_null(w.own); /* no copy */
+    ck_assert_ptr_null(w.w.f32);
+    ck_assert_ptr_eq(w.w.f16, lw_find(s, "m16")->data);
+    float got[12];
+    lk_wt_read(w.w, 0, 12, got);
+    for (int i = 0; i < 12; i++) ck_assert(got[i] == (float)i * 0.5f - 2.0f);
+    lnw_free(&w);
+    ck_assert_ptr_null(w.w.f16);
+
+    /* float32 storage and vectors: float32 copies, as lw_get_f32 makes */
+    ck_assert_int_eq(lnw_get(s, "m32", 2, (int64_t[]){2, 2}, &w), LDM_OK);
+    ck_assert_ptr_nonnull(w.own);
+    ck_assert_ptr_eq(w.w.f32, w.own);
+    ck_assert(memcmp(w.own, f32, sizeof f32) == 0);
+    lnw_free(&w);
+    ck_assert_int_eq(lnw_get(s, "v16", 1, (int64_t[]){4}, &w), LDM_OK);
+    ck_assert_ptr_nonnull(w.own);
+    ck_assert(w.own[3] == 3.0f);
+    lnw_free(&w);
+
+    /* LDM_WIDEN_F16=1: widened at load instead */
+    ck_assert_int_eq(setenv("LDM_WIDEN_F16", "1", 1), 0);
+    ck_assert_int_eq(lnw_get(s, "m16", 2, (int64_t[]){3, 4}, &w), LDM_OK);
+    ck_assert_ptr_nonnull(w.own);
+    for (int i = 0; i < 12; i++) ck_assert(w.own[i] == (float)i * 0.5f - 2.0f);
+    lnw_free(&w);
+    unsetenv("LDM_WIDEN_F16");
+    lw_close(s);
+}
+END_TEST
+
+START_TEST(errors_name_the_tensor)
+{
+    lw_store *s = make_store();
+    lnw w;
+    ck_assert_int_eq(lnw_get(s, "m16", 2, (int64_t[]){4, 3}, &w), LDM_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "m16"));
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "[4,3]"));
+    ck_assert_ptr_null(w.w.f16);
+    ck_assert_ptr_null(w.own);
+    ck_assert_int_eq(lnw_get(s, "absent", 2, (int64_t[]){1, 1}, &w), LDM_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "absent"));
+    lw_close(s);
+}
+END_TEST
+
+START_TEST(autoencoder_maps_reuse_memory_in_a_pass)
+{
+    unsetenv("LDM_LOW_MEMORY");
+    laeb_map a, b;
+    laeb_pool_begin();
+    ck_assert_int_eq(laeb_map_alloc(&a, 1, 4, 16, 16), LDM_OK);
+    float *first = a.d;
+    laeb_map_free(&a);
+    ldm_alloc_fail_after(1); /* any allocation would fail now */
+    ck_assert_int_eq(laeb_map_alloc(&a, 1, 4, 16, 16), LDM_OK);
+    ck_assert_ptr_eq(a.d, first); /* the kept buffer */
+    laeb_map_free(&a);
+    ck_assert_int_eq(laeb_map_alloc(&b, 1, 1, 16, 16), LDM_ERR_OUT_OF_MEMORY); /* 4x smaller: not handed out */
+    ldm_alloc_fail_after(0);
+    ck_assert_int_eq(laeb_map_alloc(&b, 1, 8, 16, 16), LDM_OK); /* larger: kept smaller ones are dropped */
+    laeb_map_free(&b);
+    laeb_pool_end();
+    ldm_alloc_fail_after(1); /* after the pass nothing is kept */
+    ck_assert_int_eq(laeb_map_alloc(&a, 1, 8, 16, 16), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(0);
+
+    /* low-memory mode: no pool */
+    ck_assert_int_eq(setenv("LDM_LOW_MEMORY", "1", 1), 0);
+    laeb_pool_begin();
+    ck_assert_int_eq(laeb_map_alloc(&a, 1, 4, 16, 16), LDM_OK);
+    laeb_map_free(&a);
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(laeb_map_alloc(&a, 1, 4, 16, 16), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(0);
+    laeb_pool_end();
+    unsetenv("LDM_LOW_MEMORY");
+}
+END_TEST
+
+/* ---- pages of a mapped checkpoint */
+
+enum { PR = 64, PC = 2048 }; /* a float16 matrix of 256 KiB: many pages */
+
+/* A safetensors file holding float16 "m" [PR, PC]; returns its path. */
+static const char *write_f16_checkpoint(void)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/ldm_netweights_%d.safetensors", (int)getpid());
+    char header[128];
+    int n = snprintf(header, sizeof header, "{\"m\":{\"dtype\":\"F16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}", PR,
+                     PC, 2 * PR * PC);
+    while (n % 8) header[n++] = ' ';
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    uint64_t len = (uint64_t)n;
+    ck_assert_int_eq(fwrite(&len, 8, 1, f), 1);
+    ck_assert_int_eq(fwrite(header, 1, (size_t)n, f), (size_t)n);
+    for (int i = 0; i < PR * PC; i++) {
+        uint16_t h = lw_f32_to_f16((float)(i % 97) / 32.0f - 1.5f);
+        ck_assert_int_eq(fwrite(&h, 2, 1, f), 1);
+    }
+    ck_assert_int_eq(fclose(f), 0);
+    return path;
+}
+
+/* Resident KiB of the mapping that holds p, from /proc/self/smaps (-1 when not found). */
+static long resident_kib(const void *p)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int inside = 0;
+    long rss = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+            continue;
+        }
+        if (inside && sscanf(line, "Rss: %ld kB", &rss) == 1) break;
+    }
+    fclose(f);
+    return rss;
+}
+
+START_TEST(low_memory_mode_drops_used_weight_pages)
+{
+    unsetenv("LDM_WIDEN_F16");
+    unsetenv("LDM_LOW_MEMORY");
+    const char *path = write_f16_checkpoint();
+    lw_store *s = NULL;
+    ck_assert_int_eq(lw_open(path, 0, &s), LDM_OK);
+    lnw w;
+    ck_assert_int_eq(lnw_get(s, "m", 2, (int64_t[]){PR, PC}, &w), LDM_OK);
+    ck_assert_ptr_null(w.own);
+    ck_assert_int_eq(w.w.paged, 1); /* borrowed from the file mapping */
+    ck_assert(lw_store_in_mapping(s, w.w.f16, 2 * PR * PC));
+    ck_assert(!lw_store_in_mapping(s, h16, sizeof h16));
+
+    enum { ROWS = 3 };
+    static float x[ROWS * PC], y0[ROWS * PR], y1[ROWS * PR], y2[ROWS * PR];
+    for (int i = 0; i < ROWS * PC; i++) x[i] = (float)((i * 7) % 13) / 13.0f - 0.5f;
+    ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y0), LDM_OK);
+    long touched = resident_kib(w.w.f16);
+    ck_assert_int_ge(touched, 2 * PR * PC / 1024 - 8); /* the whole matrix was read */
+
+    ck_assert_int_eq(setenv("LDM_LOW_MEMORY", "1", 1), 0);
+    ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y1), LDM_OK);
+    long after = resident_kib(w.w.f16);
+    ck_assert_int_ge(after, 0);
+    ck_assert_int_le(after, 16); /* at most the partly covered pages at the ends and the header */
+    /* the next use reads the same values back from the file */
+    ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y2), LDM_OK);
+    ck_assert(memcmp(y0, y1, sizeof y0) == 0);
+    ck_assert(memcmp(y0, y2, sizeof y0) == 0);
+    unsetenv("LDM_LOW_MEMORY");
+
+    /* the phase release drops the whole mapping, and reading works after it as well */
+    ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y1), LDM_OK);
+    ck_assert_int_ge(resident_kib(w.w.f16), touched - 8);
+    lw_store_release_pages(s);
+    ck_assert_int_le(resident_kib(w.w.f16), 8); /* the file's partly covered last page may stay */
+    ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y2), LDM_OK);
+    ck_assert(memcmp(y0, y2, sizeof y0) == 0);
+    lnw_free(&w);
+    lw_close(s);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(weights_outside_a_mapping_are_never_dropped)
+{
+    /* test buffers (like inflated zip members) are not file pages: low-memory mode leaves them */
+    ck_assert_int_eq(setenv("LDM_LOW_MEMORY", "1", 1), 0);
+    lw_store *s = make_store();
+    lnw w;
+    ck_assert_int_eq(lnw_get(s, "m16", 2, (int64_t[]){3, 4}, &w), LDM_OK);
+    ck_assert_int_eq(w.w.paged, 0);
+    float x[4] = {1, 2, 3, 4}, y[3];
+    ck_assert_int_eq(lk_linear_wt(NULL, x, 1, 4, w.w, NULL, 3, y), LDM_OK);
+    ck_assert(y[0] == -2.0f * 1 + -1.5f * 2 + -1.0f * 3 + -0.5f * 4);
+    for (int i = 0; i < 12; i++) ck_assert(lw_f16_to_f32(h16[i]) == (float)i * 0.5f - 2.0f);
+    lnw_free(&w);
+    lw_close(s);
+    unsetenv("LDM_LOW_MEMORY");
+}
+END_TEST
+
+static Suite *netweights_suite(void)
+{
+    Suite *s = suite_create("netweights");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, float16_matrices_are_borrowed);
+    tcase_add_test(tc, errors_name_the_tensor);
+    tcase_add_test(tc, autoencoder_maps_reuse_memory_in_a_pass);
+    tcase_add_test(tc, low_memory_mode_drops_used_weight_pages);
+    tcase_add_test(tc, weights_outside_a_mapping_are_never_dropped);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(netweights_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
