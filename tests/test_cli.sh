@@ -235,6 +235,12 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         has "$T/params" "^a red fox" && has "$T/params" "Negative prompt: blurry"; then
         ok "text-to-image (SD1 fixture) with prompt and negative prompt"
     else bad "text-to-image (SD1 fixture) with prompt and negative prompt"; fi
+    # the low-memory mode drops weight pages after every layer: the same image, byte for byte
+    if run lowmem 0 "$LDM" generate --low-memory --model "$FX/ldm_sd1_txt2img/model.safetensors" \
+        --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
+        --negative-prompt "blurry" --steps 6 --seed 5 -o "$T/text-low.png" && cmp -s "$T/text.png" "$T/text-low.png"; then
+        ok "--low-memory gives the same image"
+    else bad "--low-memory gives the same image"; fi
     if run novocab 1 env -u LDM_VOCAB "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
         --config "$FX/ldm_sd1_txt2img/config.yaml" --prompt "a red fox" --steps 2 -o "$T/x.png" && has "$T/err" "vocab"; then
         ok "a missing vocabulary is explained, exit 1"
