@@ -218,7 +218,7 @@ static int run_vae(void *arg)
     return bad;
 }
 
-static void time_vae(ldm_model *m, const bench_opts *o, int latent, int channels)
+static void time_vae(ldm_model *m, const bench_opts *o, int latent, int channels, int factor)
 {
     int64_t small[4] = {1, channels, 8, 8}, zs[4] = {1, channels, latent, latent};
     vae_run v = {m, randn(4, small, 3)};
@@ -228,7 +228,8 @@ static void time_vae(ldm_model *m, const bench_opts *o, int latent, int channels
     timing t;
     time_runs(o, run_vae, &v, "vae decode", &t);
     char label[96];
-    snprintf(label, sizeof label, "vae decode    latent %dx%d -> %dx%d:", latent, latent, latent * 8, latent * 8);
+    snprintf(label, sizeof label, "vae decode    latent %dx%d -> %dx%d:", latent, latent, latent * factor,
+             latent * factor);
     print_timing(o, label, &t);
     ldm_tensor_free(v.z);
 }
@@ -310,7 +311,7 @@ int main(int argc, char **argv)
     int ctx_len = sd ? 77 : 1;
     if (wants(&o, "text") && sd) time_text(m, &o);
     if (wants(&o, "unet")) time_unet(m, &o, latent, channels, ctx_len, ctx_dim);
-    if (wants(&o, "vae")) time_vae(m, &o, latent, channels);
+    if (wants(&o, "vae")) time_vae(m, &o, latent, channels, factor);
     ldm_model_free(m);
     return 0;
 }
