@@ -14,10 +14,11 @@
 #include "models/ae_blocks.h"
 #include "models/netweights.h"
 
-/* A store with a float16 matrix "m16" [3,4], a float32 matrix "m32" [2,2] and a float16
- * vector "v16" [4]. */
+/* A store with a float16 matrix "m16" [3,4], a float32 matrix "m32" [2,2], the same values at
+ * an odd address "m32odd" and a float16 vector "v16" [4]. */
 static uint16_t h16[12], v16[4];
 static float f32[4] = {1.5f, -2.0f, 0.25f, 8.0f};
+static _Alignas(8) unsigned char odd[1 + sizeof f32]; /* f32's values at an odd address */
 
 static lw_store *make_store(void)
 {
@@ -28,6 +29,8 @@ static lw_store *make_store(void)
     ck_assert_int_eq(lw_store_add(s, "m16", LW_F16, 2, (int64_t[]){3, 4}, h16, sizeof h16), LDM_OK);
     ck_assert_int_eq(lw_store_add(s, "m32", LW_F32, 2, (int64_t[]){2, 2}, f32, sizeof f32), LDM_OK);
     ck_assert_int_eq(lw_store_add(s, "v16", LW_F16, 1, (int64_t[]){4}, v16, sizeof v16), LDM_OK);
+    memcpy(odd + 1, f32, sizeof f32);
+    ck_assert_int_eq(lw_store_add(s, "m32odd", LW_F32, 2, (int64_t[]){2, 2}, odd + 1, sizeof f32), LDM_OK);
     ck_assert_int_eq(lw_store_seal(s), LDM_OK);
     return s;
 }
@@ -47,8 +50,13 @@ START_TEST(float16_matrices_are_borrowed)
     lnw_free(&w);
     ck_assert_ptr_null(w.w.f16);
 
-    /* float32 storage and vectors: float32 copies, as lw_get_f32 makes */
+    /* aligned float32 storage is used in place as well */
     ck_assert_int_eq(lnw_get(s, "m32", 2, (int64_t[]){2, 2}, &w), LDM_OK);
+    ck_assert_ptr_null(w.own);
+    ck_assert_ptr_eq(w.w.f32, f32);
+    lnw_free(&w);
+    /* float32 at an odd address (a file may place it there) and vectors: float32 copies */
+    ck_assert_int_eq(lnw_get(s, "m32odd", 2, (int64_t[]){2, 2}, &w), LDM_OK);
     ck_assert_ptr_nonnull(w.own);
     ck_assert_ptr_eq(w.w.f32, w.own);
     ck_assert(memcmp(w.own, f32, sizeof f32) == 0);
@@ -58,11 +66,15 @@ START_TEST(float16_matrices_are_borrowed)
     ck_assert(w.own[3] == 3.0f);
     lnw_free(&w);
 
-    /* LDM_WIDEN_F16=1: widened at load instead */
+    /* LDM_WIDEN_F16=1: float32 copies of everything at load instead */
     ck_assert_int_eq(setenv("LDM_WIDEN_F16", "1", 1), 0);
     ck_assert_int_eq(lnw_get(s, "m16", 2, (int64_t[]){3, 4}, &w), LDM_OK);
     ck_assert_ptr_nonnull(w.own);
     for (int i = 0; i < 12; i++) ck_assert(w.own[i] == (float)i * 0.5f - 2.0f);
+    lnw_free(&w);
+    ck_assert_int_eq(lnw_get(s, "m32", 2, (int64_t[]){2, 2}, &w), LDM_OK);
+    ck_assert_ptr_nonnull(w.own);
+    ck_assert(memcmp(w.own, f32, sizeof f32) == 0);
     lnw_free(&w);
     unsetenv("LDM_WIDEN_F16");
     lw_close(s);
@@ -122,14 +134,15 @@ END_TEST
 
 enum { PR = 64, PC = 2048 }; /* a float16 matrix of 256 KiB: many pages */
 
-/* A safetensors file holding float16 "m" [PR, PC]; returns its path. */
-static const char *write_f16_checkpoint(void)
+/* A safetensors file holding "m" [PR, PC] as float16 (f32 = 0) or float32; returns its path. */
+static const char *write_checkpoint(int f32)
 {
     static char path[64];
     snprintf(path, sizeof path, "/tmp/ldm_netweights_%d.safetensors", (int)getpid());
+    int esize = f32 ? 4 : 2;
     char header[128];
-    int n = snprintf(header, sizeof header, "{\"m\":{\"dtype\":\"F16\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}", PR,
-                     PC, 2 * PR * PC);
+    int n = snprintf(header, sizeof header, "{\"m\":{\"dtype\":\"%s\",\"shape\":[%d,%d],\"data_offsets\":[0,%d]}}",
+                     f32 ? "F32" : "F16", PR, PC, esize * PR * PC);
     while (n % 8) header[n++] = ' ';
     FILE *f = fopen(path, "wb");
     ck_assert_ptr_nonnull(f);
@@ -137,8 +150,9 @@ static const char *write_f16_checkpoint(void)
     ck_assert_int_eq(fwrite(&len, 8, 1, f), 1);
     ck_assert_int_eq(fwrite(header, 1, (size_t)n, f), (size_t)n);
     for (int i = 0; i < PR * PC; i++) {
-        uint16_t h = lw_f32_to_f16((float)(i % 97) / 32.0f - 1.5f);
-        ck_assert_int_eq(fwrite(&h, 2, 1, f), 1);
+        float v = (float)(i % 97) / 32.0f - 1.5f;
+        uint16_t h = lw_f32_to_f16(v);
+        ck_assert_int_eq(f32 ? fwrite(&v, 4, 1, f) : fwrite(&h, 2, 1, f), 1);
     }
     ck_assert_int_eq(fclose(f), 0);
     return path;
@@ -164,30 +178,34 @@ static long resident_kib(const void *p)
     return rss;
 }
 
+/* _i = 0: float16 weights, 1: float32 weights (both used in place from the mapping) */
 START_TEST(low_memory_mode_drops_used_weight_pages)
 {
     unsetenv("LDM_WIDEN_F16");
     unsetenv("LDM_LOW_MEMORY");
-    const char *path = write_f16_checkpoint();
+    const int esize = _i ? 4 : 2;
+    const char *path = write_checkpoint(_i);
     lw_store *s = NULL;
     ck_assert_int_eq(lw_open(path, 0, &s), LDM_OK);
     lnw w;
     ck_assert_int_eq(lnw_get(s, "m", 2, (int64_t[]){PR, PC}, &w), LDM_OK);
     ck_assert_ptr_null(w.own);
     ck_assert_int_eq(w.w.paged, 1); /* borrowed from the file mapping */
-    ck_assert(lw_store_in_mapping(s, w.w.f16, 2 * PR * PC));
+    const void *stored = _i ? (const void *)w.w.f32 : w.w.f16;
+    ck_assert_ptr_nonnull(stored);
+    ck_assert(lw_store_in_mapping(s, stored, (size_t)esize * PR * PC));
     ck_assert(!lw_store_in_mapping(s, h16, sizeof h16));
 
     enum { ROWS = 3 };
     static float x[ROWS * PC], y0[ROWS * PR], y1[ROWS * PR], y2[ROWS * PR];
     for (int i = 0; i < ROWS * PC; i++) x[i] = (float)((i * 7) % 13) / 13.0f - 0.5f;
     ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y0), LDM_OK);
-    long touched = resident_kib(w.w.f16);
-    ck_assert_int_ge(touched, 2 * PR * PC / 1024 - 8); /* the whole matrix was read */
+    long touched = resident_kib(stored);
+    ck_assert_int_ge(touched, esize * PR * PC / 1024 - 8); /* the whole matrix was read */
 
     ck_assert_int_eq(setenv("LDM_LOW_MEMORY", "1", 1), 0);
     ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y1), LDM_OK);
-    long after = resident_kib(w.w.f16);
+    long after = resident_kib(stored);
     ck_assert_int_ge(after, 0);
     ck_assert_int_le(after, 16); /* at most the partly covered pages at the ends and the header */
     /* the next use reads the same values back from the file */
@@ -198,9 +216,9 @@ START_TEST(low_memory_mode_drops_used_weight_pages)
 
     /* the phase release drops the whole mapping, and reading works after it as well */
     ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y1), LDM_OK);
-    ck_assert_int_ge(resident_kib(w.w.f16), touched - 8);
+    ck_assert_int_ge(resident_kib(stored), touched - 8);
     lw_store_release_pages(s);
-    ck_assert_int_le(resident_kib(w.w.f16), 8); /* the file's partly covered last page may stay */
+    ck_assert_int_le(resident_kib(stored), 8); /* the file's partly covered last page may stay */
     ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y2), LDM_OK);
     ck_assert(memcmp(y0, y2, sizeof y0) == 0);
     lnw_free(&w);
@@ -234,7 +252,7 @@ static Suite *netweights_suite(void)
     tcase_add_test(tc, float16_matrices_are_borrowed);
     tcase_add_test(tc, errors_name_the_tensor);
     tcase_add_test(tc, autoencoder_maps_reuse_memory_in_a_pass);
-    tcase_add_test(tc, low_memory_mode_drops_used_weight_pages);
+    tcase_add_loop_test(tc, low_memory_mode_drops_used_weight_pages, 0, 2);
     tcase_add_test(tc, weights_outside_a_mapping_are_never_dropped);
     suite_add_tcase(s, tc);
     return s;

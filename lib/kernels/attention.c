@@ -204,7 +204,7 @@ ldm_status lk_attention_blas(const lctx *c, int B, int H, int Tq, int Tk, int D,
     if (ldm_mul_size(j.scratch_per_task, (size_t)tasks * sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "attention: scratch size overflow (head dim %d)", D);
     j.scratch = lk_scratch_get(bytes);
-    if (!j.scratch) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "attention scratch: ");
+    if (!j.scratch) return ldm_fail_context(ldm_alloc_failure_status(), "attention scratch: ");
     lpool_run(c ? c->pool : NULL, tasks, attention_task, &j);
     lk_scratch_put(j.scratch, bytes);
     return LDM_OK;

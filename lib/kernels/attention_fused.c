@@ -327,7 +327,7 @@ ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D
     if (ldm_add_size(packed, j.per_task * (size_t)tasks, &total) || ldm_mul_size(total, sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "attention: scratch size overflow (%d x %d x %d)", B * H, Tk, D);
     float *buf = lk_scratch_get(bytes);
-    if (!buf) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "attention scratch: ");
+    if (!buf) return ldm_fail_context(ldm_alloc_failure_status(), "attention scratch: ");
     j.kp = buf;
     j.vp = j.kp + (size_t)B * H * j.head_k;
     j.scratch = j.vp + (size_t)B * H * j.head_v;

@@ -181,7 +181,7 @@ static ldm_status im2col_batched(const lctx *c, const lk_conv2d_shape *s, const 
     float *col = lk_scratch_get(col_bytes), *t = col ? lk_scratch_get(out_bytes) : NULL;
     if (!t) {
         lk_scratch_put(col, col_bytes);
-        return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d im2col buffer: ");
+        return ldm_fail_context(ldm_alloc_failure_status(), "conv2d im2col buffer: ");
     }
     col_job j = {s, x, col, 0, oh_n, ow_n, K, s->batch, n};
     lpool_run(c ? c->pool : NULL, (K + CONV_COL_ROWS_PER_TASK - 1) / CONV_COL_ROWS_PER_TASK, col_task, &j);
@@ -208,7 +208,7 @@ ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float
     if (rows > oh_n) rows = oh_n;
     size_t col_bytes = sizeof(float) * row_cost * rows;
     float *col = lk_scratch_get(col_bytes);
-    if (!col) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d im2col buffer: ");
+    if (!col) return ldm_fail_context(ldm_alloc_failure_status(), "conv2d im2col buffer: ");
 
     size_t plane = (size_t)oh_n * ow_n;
     int col_tasks = (int)((K + CONV_COL_ROWS_PER_TASK - 1) / CONV_COL_ROWS_PER_TASK);
@@ -277,7 +277,7 @@ ldm_status lk_conv2d_up2(const lctx *c, const lk_conv2d_shape *s, const float *x
         size_t bytes = sizeof(float) * (size_t)s->batch * s->in_ch * s->in_h * s->in_w;
         float *up = lk_scratch_get(bytes);
         if (!up) {
-            st = ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d upsampled input: ");
+            st = ldm_fail_context(ldm_alloc_failure_status(), "conv2d upsampled input: ");
         } else {
             lk_resize_nearest(x, s->batch * s->in_ch, s->in_h / 2, s->in_w / 2, s->in_h, s->in_w, up);
             st = conv2d_run(c, s, up, w, bias, y);

@@ -87,7 +87,7 @@ ldm_status lk_conv2d_direct(const lctx *c, const lk_conv2d_shape *s, const float
     float *widened = NULL;
     if (!w.f32) { /* float16 kernels: a few thousand values, widened once */
         widened = lk_scratch_get(sizeof(float) * nw);
-        if (!widened) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d weights: ");
+        if (!widened) return ldm_fail_context(ldm_alloc_failure_status(), "conv2d weights: ");
         lk_wt_read(w, 0, nw, widened);
         j.wf = widened;
     }

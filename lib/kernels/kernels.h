@@ -27,9 +27,9 @@ void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, 
 typedef struct lk_wt {
     const float *f32;
     const void *f16;
-    /* Non-zero when f16 points into a read-only file mapping: in the low-memory mode the kernels
-     * drop those pages once a call is done with them (lk_wt_done); the next use reads them
-     * back from the file. Set by whoever borrows the weights from a store (lnw_get). */
+    /* Non-zero when the values are in a read-only file mapping: in the low-memory mode the
+     * kernels drop those pages once a call is done with them (lk_wt_done); the next use reads
+     * them back from the file. Set by whoever borrows the weights from a store (lnw_get). */
     int paged;
 } lk_wt;
 static inline lk_wt lk_wt_f32(const float *p)
@@ -43,7 +43,7 @@ static inline lk_wt lk_wt_f16(const void *p)
     return w;
 }
 /* A kernel is done with the first n elements of w: in the low-memory mode (lk_low_memory) paged
- * float16 weights leave the resident set; otherwise nothing happens. */
+ * weights leave the resident set; otherwise nothing happens. */
 void lk_wt_done(lk_wt w, size_t n);
 /* dst[i] = float(src[i]) for n IEEE halves (exact). */
 void lk_half_to_float(const void *src, size_t n, float *dst);

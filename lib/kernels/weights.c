@@ -83,7 +83,11 @@ void lk_half_to_float(const void *src, size_t n, float *dst)
 
 void lk_wt_done(lk_wt w, size_t n)
 {
-    if (w.f16 && w.paged && lk_low_memory()) ldm_pages_drop(w.f16, 2 * n);
+    if (!w.paged || !lk_low_memory()) return;
+    if (w.f16)
+        ldm_pages_drop(w.f16, 2 * n);
+    else if (w.f32)
+        ldm_pages_drop(w.f32, sizeof(float) * n);
 }
 
 void lk_wt_read(lk_wt w, size_t off, size_t n, float *dst)
@@ -129,7 +133,7 @@ static ldm_status gemm_wa(const lctx *c, lk_wt W, int M, int K, int transB, cons
     int rows = LDM_MIN(M, block_rows(K));
     size_t bytes = sizeof(float) * (size_t)rows * (size_t)LDM_MAX(K, 1);
     float *buf = lk_scratch_get(bytes);
-    if (!buf) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "widening float16 weights: ");
+    if (!buf) return ldm_fail_context(ldm_alloc_failure_status(), "widening float16 weights: ");
     for (int m0 = 0; m0 < M; m0 += rows) {
         int m = LDM_MIN(rows, M - m0);
         widen_rows(c, W, (size_t)m0, (size_t)m, (size_t)K, buf);
@@ -150,7 +154,7 @@ static ldm_status gemm_wb(const lctx *c, int transA, const float *A, int lda, in
     int rows = LDM_MIN(N, block_rows(K));
     size_t bytes = sizeof(float) * (size_t)rows * (size_t)LDM_MAX(K, 1);
     float *buf = lk_scratch_get(bytes);
-    if (!buf) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "widening float16 weights: ");
+    if (!buf) return ldm_fail_context(ldm_alloc_failure_status(), "widening float16 weights: ");
     for (int n0 = 0; n0 < N; n0 += rows) {
         int n = LDM_MIN(rows, N - n0);
         widen_rows(c, W, (size_t)n0, (size_t)n, (size_t)K, buf);
@@ -184,6 +188,7 @@ ldm_status lk_linear_wt(const lctx *c, const float *x, int rows, int in, lk_wt W
 {
     if (W.f32) {
         lk_linear(c, x, rows, in, W.f32, b, out, y);
+        if (in > 0 && out > 0) lk_wt_done(W, (size_t)out * (size_t)in);
         return LDM_OK;
     }
     if (rows <= 0 || out <= 0) return LDM_OK;

@@ -457,7 +457,7 @@ static ldm_status plan_alloc(wg_plan *p)
         *bufs[i] = lk_scratch_get(p->bytes[i]);
         if (!*bufs[i]) {
             plan_free(p);
-            return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "conv2d (winograd) scratch: ");
+            return ldm_fail_context(ldm_alloc_failure_status(), "conv2d (winograd) scratch: ");
         }
     }
     return LDM_OK;

@@ -91,7 +91,8 @@ ldm_status laeb_map_alloc(laeb_map *m, int b, int c, int h, int w)
         cap = bytes;
         m->d = ldm_malloc_aligned(bytes);
     }
-    if (!m->d) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "autoencoder feature map [%d,%d,%d,%d]: ", b, c, h, w);
+    if (!m->d)
+        return ldm_fail_context(ldm_alloc_failure_status(), "autoencoder feature map [%d,%d,%d,%d]: ", b, c, h, w);
     m->b = b;
     m->c = c;
     m->h = h;
@@ -284,7 +285,7 @@ static ldm_status attn_load_qkv(laeb_attn *a, const lw_store *s, const char *nam
     a->qkv.w.own = ldm_malloc_aligned(3 * cc * sizeof(float)); /* float32 whatever the storage */
     a->qkv.w.w = lk_wt_f32(a->qkv.w.own);
     a->qkv.bias = ldm_malloc_aligned(3 * (size_t)a->c * sizeof(float));
-    if (!a->qkv.w.own || !a->qkv.bias) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "%s: ", name);
+    if (!a->qkv.w.own || !a->qkv.bias) return ldm_fail_context(ldm_alloc_failure_status(), "%s: ", name);
     for (int i = 0; i < 3; i++) {
         char sub[512];
         laeb_conv one;

@@ -76,19 +76,19 @@ ldm_status ltt_get_fused_qkv(const lw_store *s, int64_t inner, int64_t cols, ltt
     return get_wt(s, name, "", 3 * inner, cols, &blk->qkv[0]);
 }
 
-/* When q, k and v are all float32 copies (float32 checkpoints, LDM_WIDEN_F16=1), they are stacked
- * into one fused copy: the forward pass then makes the single product it always made, so float32
- * results stay bitwise what they were (three narrower products round differently). Borrowed
- * halves stay three parts. */
+/* When q, k and v are all float32 (float32 checkpoints, LDM_WIDEN_F16=1), they are stacked into
+ * one fused copy: the forward pass then makes the single product it always made, so float32
+ * results stay bitwise what they were (three narrower products round differently). The copy is
+ * small (3 x 768 x 768 floats per layer for SD1's CLIP). Borrowed halves stay three parts. */
 static ldm_status fuse_copies(int64_t rows, int64_t cols, ltt_block *blk)
 {
     for (int i = 0; i < 3; i++)
-        if (!blk->qkv[i].own) return LDM_OK;
+        if (!blk->qkv[i].w.f32) return LDM_OK;
     size_t part = (size_t)rows * (size_t)cols;
     float *all = ldm_malloc_aligned(3 * part * sizeof(float));
     if (!all) return LDM_ERR_OUT_OF_MEMORY;
     for (int i = 0; i < 3; i++) {
-        memcpy(all + i * part, blk->qkv[i].own, part * sizeof(float));
+        memcpy(all + i * part, blk->qkv[i].w.f32, part * sizeof(float));
         lnw_free(&blk->qkv[i]);
     }
     blk->qkv[0].own = all;
@@ -319,7 +319,7 @@ ldm_status ltt_encode(const ltt *t, const lctx *c, const ldm_tensor *tokens, ldm
     LDM_TRY(check_tokens(t, tokens, &B, &T));
     int64_t shape[3] = {B, T, t->dim};
     ldm_tensor *y = lt_new_f32(3, shape);
-    if (!y) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "%s: output: ", t->model);
+    if (!y) return ldm_fail_context(ldm_alloc_failure_status(), "%s: output: ", t->model);
     ltt_scratch sc = {0};
     ldm_status st = alloc_scratch(t, B * T, &sc);
     if (st == LDM_OK) {

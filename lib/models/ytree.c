@@ -148,7 +148,7 @@ static ldm_status on_scalar(builder *b, const yaml_event_t *ev)
     if (strnlen((const char *)ev->data.scalar.value, len) != len)
         return ldm_fail(LDM_ERR_FORMAT, "%s:%d: NUL character in a scalar", b->name, line);
     ld_ynode *n = node_new(b, LD_Y_SCALAR, line);
-    if (!n) return ldm_fail_context(LDM_ERR_OUT_OF_MEMORY, "%s", b->name);
+    if (!n) return ldm_fail_context(ldm_alloc_failure_status(), "%s", b->name);
     n->plain = plain;
     n->text = ldm_malloc(len + 1);
     if (!n->text) {
