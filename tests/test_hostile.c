@@ -9,6 +9,7 @@
 #include "io/pickle.h"
 #include "io/weights.h"
 #include "io/zip.h"
+#include "support/ck_bytes.h"
 #include "text/unicode.h"
 
 #include <dirent.h>
@@ -25,27 +26,6 @@
 static char tmpdir[256];
 
 /* ---------------------------------------------------------------- helpers */
-
-typedef struct {
-    unsigned char *b;
-    size_t n, cap;
-} buf;
-
-static void put(buf *o, const void *p, size_t n)
-{
-    if (o->n + n > o->cap) {
-        o->cap = (o->n + n) * 2 + 64;
-        o->b = realloc(o->b, o->cap);
-        ck_assert_ptr_nonnull(o->b);
-    }
-    if (n) memcpy(o->b + o->n, p, n);
-    o->n += n;
-}
-static void put8(buf *o, unsigned v) { unsigned char c = (unsigned char)v; put(o, &c, 1); }
-static void put16(buf *o, unsigned v) { put8(o, v & 0xFF); put8(o, (v >> 8) & 0xFF); }
-static void put32(buf *o, uint32_t v) { put16(o, v & 0xFFFF); put16(o, v >> 16); }
-static void put64(buf *o, uint64_t v) { put32(o, (uint32_t)v); put32(o, (uint32_t)(v >> 32)); }
-static void puts_(buf *o, const char *s) { put(o, s, strlen(s)); }
 
 static double now_s(void)
 {
@@ -65,20 +45,6 @@ static const char *tmp_file(const char *name, const void *data, size_t len)
     return path;
 }
 
-static unsigned char *read_whole(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static const char *shared_path(const char *rel)
 {
     static char path[1024];
@@ -94,141 +60,13 @@ static int have_fixture(const char *rel)
     return 0;
 }
 
-/* ---------------------------------------------------------------- zip and pickle writers */
+/* ---------------------------------------------------------------- checkpoints (writers: support/ck_bytes.h) */
 
-typedef struct {
-    const char *name;
-    const void *data;
-    size_t len;
-    int deflate;
-    int64_t declared; /* uncompressed size claimed in the headers; -1: the real one */
-} zmember;
-
-static buf deflate_raw(const void *data, size_t len)
+/* A float32 vector tensor [numel] over the whole of storage `key`. */
+static void pk_float_vector(buf *o, const char *key, int64_t numel)
 {
-    z_stream s;
-    memset(&s, 0, sizeof s);
-    ck_assert_int_eq(deflateInit2(&s, 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY), Z_OK);
-    buf o = {0};
-    o.cap = deflateBound(&s, (uLong)len) + 16;
-    o.b = malloc(o.cap);
-    s.next_in = (Bytef *)data;
-    s.avail_in = (uInt)len;
-    s.next_out = o.b;
-    s.avail_out = (uInt)o.cap;
-    ck_assert_int_eq(deflate(&s, Z_FINISH), Z_STREAM_END);
-    o.n = s.total_out;
-    deflateEnd(&s);
-    return o;
-}
-
-/* A plain (non-ZIP64) archive of the members, as torch.save lays it out. */
-static buf zip_build(const zmember *m, int n)
-{
-    buf o = {0}, cd = {0};
-    for (int i = 0; i < n; i++) {
-        buf payload = {0};
-        if (m[i].deflate) payload = deflate_raw(m[i].data, m[i].len);
-        else put(&payload, m[i].data, m[i].len);
-        uint32_t crc = (uint32_t)crc32(0, m[i].data, (uInt)m[i].len);
-        uint32_t size = (uint32_t)(m[i].declared >= 0 ? (uint64_t)m[i].declared : m[i].len);
-        uint32_t offset = (uint32_t)o.n;
-        unsigned method = m[i].deflate ? 8 : 0;
-        put32(&o, 0x04034b50);
-        put16(&o, 20);
-        put16(&o, 0);
-        put16(&o, method);
-        put32(&o, 0);
-        put32(&o, crc);
-        put32(&o, (uint32_t)payload.n);
-        put32(&o, size);
-        put16(&o, (unsigned)strlen(m[i].name));
-        put16(&o, 0);
-        puts_(&o, m[i].name);
-        put(&o, payload.b, payload.n);
-        put32(&cd, 0x02014b50);
-        put16(&cd, 20);
-        put16(&cd, 20);
-        put16(&cd, 0);
-        put16(&cd, method);
-        put32(&cd, 0);
-        put32(&cd, crc);
-        put32(&cd, (uint32_t)payload.n);
-        put32(&cd, size);
-        put16(&cd, (unsigned)strlen(m[i].name));
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put32(&cd, 0);
-        put32(&cd, offset);
-        puts_(&cd, m[i].name);
-        free(payload.b);
-    }
-    uint32_t cd_offset = (uint32_t)o.n;
-    put(&o, cd.b, cd.n);
-    put32(&o, 0x06054b50);
-    put16(&o, 0);
-    put16(&o, 0);
-    put16(&o, (unsigned)n);
-    put16(&o, (unsigned)n);
-    put32(&o, (uint32_t)cd.n);
-    put32(&o, cd_offset);
-    put16(&o, 0);
-    free(cd.b);
-    return o;
-}
-
-static void pk_str(buf *o, const char *s)
-{
-    put8(o, 'X');
-    put32(o, (uint32_t)strlen(s));
-    puts_(o, s);
-}
-
-static void pk_global(buf *o, const char *mod, const char *name)
-{
-    put8(o, 'c');
-    puts_(o, mod);
-    put8(o, '\n');
-    puts_(o, name);
-    put8(o, '\n');
-}
-
-static void pk_int(buf *o, int64_t v)
-{
-    put8(o, 0x8a);
-    put8(o, 8);
-    put64(o, (uint64_t)v);
-}
-
-/* torch._utils._rebuild_tensor_v2(('storage', FloatStorage, key, 'cpu', numel), 0, (numel,),
- * (1,), False, OrderedDict()) */
-static void pk_tensor(buf *o, const char *key, int64_t numel)
-{
-    pk_global(o, "torch._utils", "_rebuild_tensor_v2");
-    put8(o, '(');
-    put8(o, '(');
-    pk_str(o, "storage");
-    pk_global(o, "torch", "FloatStorage");
-    pk_str(o, key);
-    pk_str(o, "cpu");
-    pk_int(o, numel);
-    put8(o, 't');
-    put8(o, 'Q');
-    pk_int(o, 0);
-    put8(o, '(');
-    pk_int(o, numel);
-    put8(o, 't');
-    put8(o, '(');
-    pk_int(o, 1);
-    put8(o, 't');
-    put8(o, 0x89);
-    pk_global(o, "collections", "OrderedDict");
-    put8(o, ')');
-    put8(o, 'R');
-    put8(o, 't');
-    put8(o, 'R');
+    pk_tensor t = {"", "FloatStorage", key, numel, 0, 1, {numel}, {1}, 0};
+    pk_tensor_value(o, &t);
 }
 
 /* {"state_dict": {name: tensor(storage key, numel)}, "extra": <extra opcodes' value>} */
@@ -241,7 +79,7 @@ static buf pk_checkpoint(const char *name, const char *key, int64_t numel, const
     pk_str(&o, "state_dict");
     put8(&o, '}');
     pk_str(&o, name);
-    pk_tensor(&o, key, numel);
+    pk_float_vector(&o, key, numel);
     put8(&o, 's');
     put8(&o, 's');
     if (extra) {
@@ -271,8 +109,8 @@ static ldm_status run_pickle_bomb(const char *what, const buf *body)
 
     static const float w[4] = {1, 2, 3, 4};
     buf ck = pk_checkpoint("model.w", "0", 4, body);
-    zmember m[2] = {{"archive/data.pkl", ck.b, ck.n, 0, -1}, {"archive/data/0", w, sizeof w, 0, -1}};
-    buf z = zip_build(m, 2);
+    zent m[2] = {{"archive/data.pkl", ck.b, ck.n, 0, -1, 0, 0, 0}, {"archive/data/0", w, sizeof w, 0, -1, 0, 0, 0}};
+    buf z = make_zip(m, 2, 0);
     lw_store *s = NULL;
     ldm_status st2 = lw_open(tmp_file("bomb.ckpt", z.b, z.n), 0, &s);
     if (st2 == LDM_OK) {
@@ -371,7 +209,7 @@ START_TEST(pickle_cycles_and_fan_out)
         char name[32];
         snprintf(name, sizeof name, "t%d", i);
         pk_str(&many, name);
-        pk_tensor(&many, "0", 4);
+        pk_float_vector(&many, "0", 4);
         put8(&many, 's');
     }
     ck_assert_int_eq(run_pickle_bomb("shared storage", &many), LDM_OK);
@@ -387,10 +225,10 @@ static buf bomb_ckpt(const char *key, int64_t numel, const unsigned char *zeros,
 {
     static const float w[4] = {1, 2, 3, 4};
     buf pk = pk_checkpoint("model.w", key, numel, NULL);
-    zmember m[3] = {{"archive/data.pkl", pk.b, pk.n, 0, -1},
-                    {"archive/data/0", w, sizeof w, 0, -1},
-                    {"archive/data/9", zeros, bomb_len, 1, declared}};
-    buf z = zip_build(m, 3);
+    zent m[3] = {{"archive/data.pkl", pk.b, pk.n, 0, -1, 0, 0, 0},
+                 {"archive/data/0", w, sizeof w, 0, -1, 0, 0, 0},
+                 {"archive/data/9", zeros, bomb_len, 1, declared, 0, 0, 0}};
+    buf z = make_zip(m, 3, 0);
     free(pk.b);
     return z;
 }

@@ -6,6 +6,7 @@
 
 #include "core/json.h"
 #include "io/weights.h"
+#include "support/ck_bytes.h"
 
 #include <float.h>
 #include <math.h>
@@ -31,20 +32,6 @@ static int have(const char *rel)
     return 0;
 }
 
-static unsigned char *read_whole(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n);
-    ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 /* A copy of fixture `rel` (safetensors) where element `index` of tensor `name` is replaced by
  * `value` (stored in the tensor's own dtype: F32, or F16 bits via lw_f32_to_f16). Returns the
  * copy's path. */
@@ -52,6 +39,7 @@ static const char *poke(const char *rel, const char *name, size_t index, float v
 {
     size_t len;
     unsigned char *b = read_whole(shared_path(rel), &len);
+    ck_assert_msg(b != NULL, "%s cannot be read", shared_path(rel));
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | b[i];
     lj_value *h = lj_parse((const char *)b + 8, (size_t)hlen);

@@ -4,6 +4,7 @@
 #include <check.h>
 
 #include "ldm.h"
+#include "support/ck_bytes.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -20,20 +21,6 @@ static const char *tmp_path(const char *name)
     static char path[512];
     snprintf(path, sizeof path, "%s/%s", tmpdir, name);
     return path;
-}
-
-static unsigned char *read_whole(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n);
-    ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return b;
 }
 
 static void write_whole(const char *path, const void *data, size_t len)
@@ -190,6 +177,7 @@ START_TEST(text_chunks_are_written)
     /* the chunk bytes themselves */
     size_t len;
     unsigned char *bytes = read_whole(path, &len);
+    ck_assert_ptr_nonnull(bytes);
     ck_assert_ptr_nonnull(memmem(bytes, len, "tEXtparameters\0a photo of a cat", 31));
     free(bytes);
 }
@@ -385,6 +373,7 @@ START_TEST(corrupt_and_truncated_files_fail_cleanly)
     ldm_tensor_free(img);
     size_t len;
     unsigned char *good = read_whole(path, &len);
+    ck_assert_ptr_nonnull(good);
 
     expect_read_fails(tmp_path("missing.png"), LDM_ERR_IO);
     write_whole(tmp_path("notpng.png"), "GIF89a....", 10);
