@@ -261,11 +261,9 @@ static ldm_status conv_dispatch(const lctx *c, const lk_conv2d_shape *s, const f
     return lk_conv2d(c, s, x, w.f32, bias, y);
 }
 
-static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn);
-
-static void check_conv(lk_conv2d_shape s, int with_bias) { check_conv_with(s, with_bias, conv_dispatch); }
-
-static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn)
+/* fn against the double reference (with a bias when with_bias), bit for bit across thread counts;
+ * `label` names the path in failure messages. */
+static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn, const char *label)
 {
     int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
     size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * s.k_h * s.k_w;
@@ -274,7 +272,7 @@ static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn)
     float *ref = malloc(sizeof(float) * ny), *first = NULL;
     lk_ref_conv2d(&s, x, w, bias, ref);
     char what[160];
-    snprintf(what, sizeof what, "conv2d B%d IC%d %dx%d OC%d k%dx%d s%d pad(%d,%d,%d,%d)", s.batch, s.in_ch, s.in_h,
+    snprintf(what, sizeof what, "%s B%d IC%d %dx%d OC%d k%dx%d s%d pad(%d,%d,%d,%d)", label, s.batch, s.in_ch, s.in_h,
              s.in_w, s.out_ch, s.k_h, s.k_w, s.stride, s.pad_top, s.pad_left, s.pad_bottom, s.pad_right);
     for (int c = 0; c < N_CTX; c++) {
         float *y = malloc(sizeof(float) * ny);
@@ -288,6 +286,11 @@ static void check_conv_with(lk_conv2d_shape s, int with_bias, conv_fn fn)
             first = y;
     }
     free(first), free(x), free(w), free(bias), free(ref);
+}
+
+static void check_conv(lk_conv2d_shape s, int with_bias)
+{
+    check_conv_with(s, with_bias, conv_dispatch, "conv2d");
 }
 
 START_TEST(conv2d_matches_reference)
@@ -318,7 +321,7 @@ START_TEST(conv2d_row_blocks)
     /* im2col of 64ch 3x3 over 128 columns is 73728 floats per output row: the 8 MiB budget makes
      * this run in several row blocks, the last one partial. */
     lk_conv2d_shape s = {1, 64, 100, 128, 4, 3, 3, 1, 1, 1, 1, 1};
-    check_conv_with(s, 1, lk_conv2d_im2col); /* lk_conv2d computes 4 output channels directly */
+    check_conv_with(s, 1, lk_conv2d_im2col, "im2col"); /* lk_conv2d computes 4 output channels directly */
     check_conv(s, 1);
 }
 END_TEST
@@ -326,31 +329,23 @@ END_TEST
 /* The Winograd path on its own (lk_conv2d only takes it for large shapes): against the double
  * reference and bit for bit across thread counts. F(4x4,3x3) rounds more than a direct sum (its
  * transforms mix 36 inputs with coefficients up to 25): measured about 3e-7 * sqrt(K) relative to
- * the largest output, so the bound is 2e-6 * sqrt(K) as for the direct path. */
+ * the largest output, within check_conv_with's bound of 2e-6 * sqrt(K). */
+static ldm_status winograd4(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                            float *y)
+{
+    return lk_conv3x3_winograd(c, s, x, w, bias, y, 4);
+}
+
+static ldm_status winograd2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                            float *y)
+{
+    return lk_conv3x3_winograd(c, s, x, w, bias, y, 2);
+}
+
 static void check_winograd(lk_conv2d_shape s, int m)
 {
     ck_assert(lk_winograd_applies(&s));
-    int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
-    size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * 9;
-    size_t ny = (size_t)s.batch * s.out_ch * oh * ow;
-    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
-    float *ref = malloc(sizeof(float) * ny), *first = NULL;
-    lk_ref_conv2d(&s, x, w, bias, ref);
-    char what[160];
-    snprintf(what, sizeof what, "winograd F(%d,3) B%d IC%d %dx%d OC%d pad(%d,%d,%d,%d)", m, s.batch, s.in_ch, s.in_h,
-             s.in_w, s.out_ch, s.pad_top, s.pad_left, s.pad_bottom, s.pad_right);
-    for (int c = 0; c < N_CTX; c++) {
-        float *y = malloc(sizeof(float) * ny);
-        for (size_t i = 0; i < ny; i++) y[i] = NAN;
-        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m), LDM_OK);
-        expect_close(y, ref, ny, 2e-6 * sqrt(9.0 * s.in_ch + 1), what);
-        if (first) {
-            expect_same(y, first, ny, what);
-            free(y);
-        } else
-            first = y;
-    }
-    free(first), free(x), free(w), free(bias), free(ref);
+    check_conv_with(s, 1, m == 4 ? winograd4 : winograd2, m == 4 ? "winograd F(4,3)" : "winograd F(2,3)");
 }
 
 START_TEST(conv2d_winograd_matches_reference)
@@ -547,8 +542,8 @@ START_TEST(conv2d_direct_matches_reference)
     };
     for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
         ck_assert(lk_conv_direct_applies(&shapes[i]));
-        check_conv_with(shapes[i], 1, lk_conv2d_direct);
-        check_conv_with(shapes[i], 0, lk_conv2d_direct);
+        check_conv_with(shapes[i], 1, lk_conv2d_direct, "direct");
+        check_conv_with(shapes[i], 0, lk_conv2d_direct, "direct");
     }
     lk_conv2d_shape strided = {1, 4, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1}, wide = {1, 4, 8, 8, 9, 3, 3, 1, 1, 1, 1, 1};
     ck_assert(!lk_conv_direct_applies(&strided));
