@@ -14,6 +14,7 @@ import array
 import ctypes
 
 from . import _api
+from ._handle import _Owned
 from .errors import InvalidArgumentError, check, error_for
 from .model import sampler_params
 from .tensor import Args, copy_of
@@ -21,12 +22,15 @@ from .tensor import Args, copy_of
 _lib = _api.lib
 
 
-class Sampler:
+class Sampler(_Owned):
     """A sampler (ldm_sampler). Create it with Model.sampler(...) or Sampler.create(...); close()
     it or use it as a context manager to free it early."""
 
+    _what = "sampler"
+    _free = "ldm_sampler_free"
+
     def __init__(self, handle):
-        self._handle = handle
+        super().__init__(handle)
         self._given = True
 
     @classmethod
@@ -44,27 +48,6 @@ class Sampler:
         check(_lib.ldm_sampler_create(buf, len(values), param, ctypes.byref(p), ctypes.byref(out)),
               "ldm_sampler_create")
         return cls(out.value)
-
-    @property
-    def handle(self):
-        if self._handle is None:
-            raise ValueError("sampler is closed")
-        return self._handle
-
-    def close(self):
-        if self._handle is not None:
-            _lib.ldm_sampler_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None) is not None and _lib is not None:
-            self.close()
 
     # ------------------------------------------------------------ the run
 

@@ -2,16 +2,20 @@
 import ctypes
 
 from . import _api
+from ._handle import _Owned
 from .errors import check
 from .tensor import result
 
 _lib = _api.lib
 
 
-class Tokenizer:
+class Tokenizer(_Owned):
     """Tokenizer(kind, vocab_path): kind "clip" (SD 1.x, HF CLIPTokenizer semantics), "openclip"
     (SD 2.x, open_clip.tokenize) or "bert" (bert-base-uncased WordPiece); vocab_path is
     bpe_simple_vocab_16e6.txt.gz or vocab.txt. A context manager; close() frees it early."""
+
+    _what = "tokenizer"
+    _free = "ldm_tokenizer_free"
 
     def __init__(self, kind, vocab_path):
         try:
@@ -20,14 +24,8 @@ class Tokenizer:
             raise ValueError("tokenizer kind %r: expected one of %s" % (kind, ", ".join(_api.TOKENIZERS))) from None
         out = ctypes.c_void_p()
         check(_lib.ldm_tokenizer_load(k, _api.path_bytes(vocab_path), ctypes.byref(out)), "ldm_tokenizer_load")
-        self._handle = out.value
+        super().__init__(out.value)
         self.kind = kind
-
-    @property
-    def handle(self):
-        if self._handle is None:
-            raise ValueError("tokenizer is closed")
-        return self._handle
 
     def encode(self, prompts, context_length=77):
         """A prompt or a list of prompts -> ids [n_prompts, context_length] int64."""
@@ -38,18 +36,3 @@ class Tokenizer:
         check(_lib.ldm_tokenizer_encode(self.handle, arr, n, int(context_length), ctypes.byref(out)),
               "ldm_tokenizer_encode")
         return result(out.value)
-
-    def close(self):
-        if self._handle is not None:
-            _lib.ldm_tokenizer_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None) is not None and _lib is not None:
-            self.close()
