@@ -130,8 +130,6 @@ void lae_free(lae *ae)
 int lae_is_vq(const lae *ae) { return ae->d.is_vq; }
 int lae_factor(const lae *ae) { return 1 << (ae->d.n_levels - 1); }
 int lae_latent_channels(const lae *ae) { return ae->d.embed_dim; }
-int lae_in_channels(const lae *ae) { return ae->d.in_channels; }
-int lae_out_channels(const lae *ae) { return ae->d.out_ch; }
 
 /* ---------------------------------------------------------------- tensors <-> maps */
 

@@ -24,9 +24,6 @@ int lae_is_vq(const lae *ae);
 int lae_factor(const lae *ae);
 /* Channels of the latent the diffusion model sees (embed_dim). */
 int lae_latent_channels(const lae *ae);
-/* Image channels in (encoder) / out (decoder). */
-int lae_in_channels(const lae *ae);
-int lae_out_channels(const lae *ae);
 
 /* x [B,in,H,W] -> KL: moments [B,2E,h,w] (mean then logvar, unclamped);
  * VQ: the pre-quantisation latent h [B,E,h,w] (VQModelInterface.encode). */

@@ -65,7 +65,6 @@ void lrescaler_free(lrescaler *n)
 }
 
 int lrescaler_out_channels(const lrescaler *n) { return n->out; }
-int lrescaler_in_channels(const lrescaler *n) { return n->in; }
 
 /* F.interpolate(mode='nearest', scale_factor=s): src = min(floor(dst * (float)(1/s)), in-1), with
  * PyTorch's shortcuts for equal and doubled sizes. */

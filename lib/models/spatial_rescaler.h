@@ -23,7 +23,6 @@ void lrescaler_free(lrescaler *n);
 
 /* Channels of the result (out_channels when remapping, else the input's). 0 if not remapping. */
 int lrescaler_out_channels(const lrescaler *n);
-int lrescaler_in_channels(const lrescaler *n);
 
 /* x F32 [B,C,H,W] (C = in_channels when remapping) -> F32 [B,C',h,w]. */
 ldm_status lrescaler_encode(lrescaler *n, const lctx *c, const ldm_tensor *x, ldm_tensor **out);

@@ -342,9 +342,6 @@ void lunet_free(lunet *n)
     ldm_free(n);
 }
 
-int lunet_in_channels(const lunet *n) { return n->d.in_channels; }
-int lunet_out_channels(const lunet *n) { return n->d.out_channels; }
-int lunet_context_dim(const lunet *n) { return n->d.use_spatial_transformer ? n->d.context_dim : 0; }
 int lunet_num_classes(const lunet *n) { return n->d.num_classes > 0 ? n->d.num_classes : 0; }
 int lunet_size_multiple(const lunet *n) { return 1 << (n->d.n_levels - 1); }
 

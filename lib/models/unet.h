@@ -43,9 +43,6 @@ void lunet_release_workspace(lunet *n);
 ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
                          const ldm_tensor *context, const ldm_tensor *y, ldm_tensor **out);
 
-int lunet_in_channels(const lunet *n);
-int lunet_out_channels(const lunet *n);
-int lunet_context_dim(const lunet *n);  /* 0 when the model takes no context */
 int lunet_num_classes(const lunet *n);  /* 0 when not class-conditional */
 int lunet_size_multiple(const lunet *n); /* H and W must be multiples of this: 2^(levels-1) */
 

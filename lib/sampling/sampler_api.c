@@ -263,7 +263,6 @@ ldm_status ldm_sampler_begin(ldm_sampler *s, const ldm_tensor *x_T)
 int ldm_sampler_total_evaluations(const ldm_sampler *s) { return s ? s->n_evals : -1; }
 int ldm_sampler_total_steps(const ldm_sampler *s) { return s ? s->n_steps : -1; }
 int ldm_sampler_steps_done(const ldm_sampler *s) { return s ? s->step : -1; }
-int ls_sampler_steps_done(const ldm_sampler *s) { return s ? s->step : -1; }
 
 const ldm_tensor *ldm_sampler_current(const ldm_sampler *s) { return (s && s->begun) ? s->x : NULL; }
 

@@ -79,8 +79,6 @@ ldm_status ls_schedule_from_alphas_cumprod(const float *alphas_cumprod, int n, l
  * (may be NULL) receives how many were found. */
 ldm_status ls_schedule_apply_store(ls_schedule *s, const lw_store *store, const char *prefix,
                                    int *n_replaced);
-/* Overwrites one buffer with n caller floats. */
-void ls_schedule_set_buffer(ls_schedule *s, ls_buffer b, const float *values);
 ldm_status ls_schedule_clone(const ls_schedule *s, ls_schedule **out);
 void ls_schedule_free(ls_schedule *s);
 
@@ -212,8 +210,6 @@ const ls_schedule *ls_sampler_schedule(const ldm_sampler *s);
 /* The model timestep of step k's first evaluation (DDIM/PLMS/DDPM: the integer DDPM timestep;
  * k-samplers: sigma_to_t(sigma_k)); the fixtures' step_timesteps. -1 when k is out of range. */
 double ls_sampler_step_timestep(const ldm_sampler *s, int k);
-/* Steps completed so far. */
-int ls_sampler_steps_done(const ldm_sampler *s);
 
 /* Image-to-image: like ldm_sampler_begin, but the run starts at step `first` (0 <= first < total
  * steps; the earlier steps are skipped and steps_done starts at `first`) from z0 noised with the

@@ -254,11 +254,6 @@ ldm_status ls_schedule_apply_store(ls_schedule *s, const lw_store *store, const 
     return LDM_OK;
 }
 
-void ls_schedule_set_buffer(ls_schedule *s, ls_buffer b, const float *values)
-{
-    if (s && values && b >= 0 && b < LS_N_BUFFERS) memcpy(s->buf[b], values, (size_t)s->n * sizeof(float));
-}
-
 ldm_status ls_schedule_clone(const ls_schedule *s, ls_schedule **out)
 {
     if (!s || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "schedule clone: NULL argument");

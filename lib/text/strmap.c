@@ -64,8 +64,6 @@ void ltx_strmap_free(ltx_strmap *m)
     ldm_free(m);
 }
 
-size_t ltx_strmap_count(const ltx_strmap *m) { return m->count; }
-
 static size_t find_slot(const ltx_strmap *m, const char *key, size_t len, uint64_t h)
 {
     size_t mask = m->n_slots - 1;

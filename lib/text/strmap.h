@@ -14,7 +14,6 @@ void ltx_strmap_free(ltx_strmap *m);
 ldm_status ltx_strmap_put(ltx_strmap *m, const char *key, size_t len, int32_t value);
 /* The value, or -1 when absent. */
 int32_t ltx_strmap_get(const ltx_strmap *m, const char *key, size_t len);
-size_t ltx_strmap_count(const ltx_strmap *m);
 
 /* Reads a whole file, inflating it when it is gzip-compressed (plain files are read as is).
  * Refuses more than max_bytes of (uncompressed) content. `what` names the file's role in

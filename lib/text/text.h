@@ -11,7 +11,6 @@
  * LDM_ERR_IO; corrupt gzip or wrong content: LDM_ERR_FORMAT). */
 ldm_status ltx_tokenizer_load(ldm_tokenizer_kind kind, const char *vocab_path, ldm_tokenizer **out);
 void ltx_tokenizer_free(ldm_tokenizer *tok);
-ldm_tokenizer_kind ltx_tokenizer_kind(const ldm_tokenizer *tok);
 
 /* Encodes n_prompts UTF-8 prompts into ids[n_prompts * context_length] (row-major):
  *   CLIP      [49406] + bpe[:ctx-2] + [49407], padded with 49407 (HF CLIPTokenizer, SD 1.x)

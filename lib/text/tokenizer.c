@@ -44,8 +44,6 @@ void ltx_tokenizer_free(ldm_tokenizer *tok)
     ldm_free(tok);
 }
 
-ldm_tokenizer_kind ltx_tokenizer_kind(const ldm_tokenizer *tok) { return tok->kind; }
-
 /* One row: start + body[:ctx-2] + end + padding. The body is written in place at row + 1. */
 static ldm_status encode_row(const ldm_tokenizer *tok, const char *prompt, int index, int ctx, int64_t *row)
 {

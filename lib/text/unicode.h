@@ -58,8 +58,6 @@ void ltx_cpbuf_free(ltx_cpbuf *b);
 ldm_status ltx_utf8_decode(const char *s, size_t len, ltx_cpbuf *out, const char *what);
 /* Writes the UTF-8 form of cp (<= U+10FFFF) to out; returns its length (1..4). */
 size_t ltx_utf8_put(uint32_t cp, char out[4]);
-/* UTF-8 of cp[0..n) into a new NUL-terminated ldm_malloc'ed string (length in *len_out). */
-ldm_status ltx_utf8_encode(const uint32_t *cp, size_t n, char **out, size_t *len_out);
 
 /* Property bits of a code point (0 above U+10FFFF). */
 uint16_t ltx_u_props(uint32_t cp);

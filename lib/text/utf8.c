@@ -104,18 +104,3 @@ size_t ltx_utf8_put(uint32_t cp, char out[4])
     out[3] = (char)(0x80 | (cp & 0x3F));
     return 4;
 }
-
-ldm_status ltx_utf8_encode(const uint32_t *cp, size_t n, char **out, size_t *len_out)
-{
-    size_t bytes;
-    if (ldm_mul_size(n, 4, &bytes) || ldm_add_size(bytes, 1, &bytes))
-        return ldm_fail(LDM_ERR_LIMIT, "text too long to encode as UTF-8");
-    char *s = ldm_malloc(bytes);
-    if (!s) return LDM_ERR_OUT_OF_MEMORY;
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++) len += ltx_utf8_put(cp[i], s + len);
-    s[len] = '\0';
-    *out = s;
-    if (len_out) *len_out = len;
-    return LDM_OK;
-}
