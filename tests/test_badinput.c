@@ -8,6 +8,7 @@
 #include "io/weights.h"
 #include "io/zip.h"
 #include "support/ck_bytes.h"
+#include "support/ck_tmpdir.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -17,26 +18,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-static char tmpdir[256];
-
 /* ---------------------------------------------------------------- files */
-
-static const char *tmp_path(const char *name)
-{
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    return path;
-}
-
-static const char *write_file(const char *name, const void *data, size_t len)
-{
-    const char *path = tmp_path(name);
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    if (len) ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-    ck_assert_int_eq(fclose(f), 0);
-    return path;
-}
 
 static const char *fixture_path(const char *fixture, const char *file)
 {
@@ -75,7 +57,7 @@ static void expect_st_fails(const char *header, size_t data_len, ldm_status want
     unsigned char data[64] = {0};
     ck_assert_uint_le(data_len, sizeof data);
     buf o = make_safetensors(header, data, data_len);
-    expect_open_fails(write_file("bad.safetensors", o.b, o.n), want, needle);
+    expect_open_fails(ck_tmp_write("bad.safetensors", o.b, o.n), want, needle);
     free(o.b);
 }
 
@@ -97,7 +79,7 @@ START_TEST(small_safetensors_loads)
 {
     buf o = small_safetensors();
     lw_store *s = NULL;
-    ck_assert_msg(lw_open(write_file("ok.safetensors", o.b, o.n), 0, &s) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_msg(lw_open(ck_tmp_write("ok.safetensors", o.b, o.n), 0, &s) == LDM_OK, "%s", ldm_last_error());
     ck_assert_uint_eq(lw_count(s), 4);
     ck_assert_ptr_nonnull(lw_find(s, "d.empty"));
     ck_assert_int_eq(lw_find(s, "c.steps")->ndim, 0);
@@ -113,7 +95,7 @@ START_TEST(safetensors_bad_headers)
     expect_st_fails("[1,2]", 0, LDM_ERR_FORMAT, "not a safetensors file");
     buf arr = make_safetensors("[1,2]", NULL, 0);
     lw_store *s = (lw_store *)1;
-    ck_assert_int_eq(lw_open_safetensors(write_file("arr.safetensors", arr.b, arr.n), &s), LDM_ERR_FORMAT);
+    ck_assert_int_eq(lw_open_safetensors(ck_tmp_write("arr.safetensors", arr.b, arr.n), &s), LDM_ERR_FORMAT);
     ck_assert_ptr_null(s);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "not a JSON object"));
     free(arr.b);
@@ -161,24 +143,24 @@ END_TEST
 START_TEST(safetensors_bad_header_length)
 {
     /* shorter than the length field */
-    expect_open_fails(write_file("short.safetensors", "\x02\x00\x00", 3), LDM_OK, NULL);
+    expect_open_fails(ck_tmp_write("short.safetensors", "\x02\x00\x00", 3), LDM_OK, NULL);
     /* length beyond the file */
     buf o = {0};
     put64(&o, 1000);
     puts_(&o, "{\"w\":{}}");
-    expect_open_fails(write_file("long.safetensors", o.b, o.n), LDM_ERR_FORMAT, "exceeds the file size");
+    expect_open_fails(ck_tmp_write("long.safetensors", o.b, o.n), LDM_ERR_FORMAT, "exceeds the file size");
     free(o.b);
     /* length field of 2^64-1 (overflow bait) */
     o = (buf){0};
     put64(&o, UINT64_MAX);
     puts_(&o, "{}");
-    expect_open_fails(write_file("max.safetensors", o.b, o.n), LDM_ERR_FORMAT, NULL);
+    expect_open_fails(ck_tmp_write("max.safetensors", o.b, o.n), LDM_ERR_FORMAT, NULL);
     free(o.b);
     /* a 200 MB header in a sparse file: refused before anything is parsed */
     o = (buf){0};
     put64(&o, (uint64_t)200 << 20);
     puts_(&o, "{\"w\":");
-    const char *path = write_file("huge.safetensors", o.b, o.n);
+    const char *path = ck_tmp_write("huge.safetensors", o.b, o.n);
     ck_assert_int_eq(truncate(path, (off_t)(((uint64_t)200 << 20) + 8)), 0);
     expect_open_fails(path, LDM_ERR_LIMIT, "limit");
     unlink(path);
@@ -192,7 +174,7 @@ static void truncations_fail(const unsigned char *bytes, size_t len, const char 
     for (size_t k = 0; k < n_cuts; k++) {
         size_t cut = n_cuts >= len ? k : (size_t)((double)k * (double)len / (double)n_cuts);
         if (cut >= len) break;
-        expect_open_fails(write_file(name, bytes, cut), LDM_OK, NULL);
+        expect_open_fails(ck_tmp_write(name, bytes, cut), LDM_OK, NULL);
     }
 }
 
@@ -208,7 +190,7 @@ START_TEST(truncated_safetensors_fail_cleanly)
         return;
     }
     truncations_fail(fx, len, "cutfx.safetensors", 48);
-    expect_open_fails(write_file("cutfx.safetensors", fx, len - 1), LDM_OK, NULL);
+    expect_open_fails(ck_tmp_write("cutfx.safetensors", fx, len - 1), LDM_OK, NULL);
     free(fx);
 }
 END_TEST
@@ -286,7 +268,7 @@ START_TEST(small_ckpt_loads)
     for (int deflate = 0; deflate < 2; deflate++) {
         buf z = small_ckpt(NULL, 0, deflate);
         lw_store *s = NULL;
-        ck_assert_msg(lw_open(write_file("ok.ckpt", z.b, z.n), 0, &s) == LDM_OK, "%s", ldm_last_error());
+        ck_assert_msg(lw_open(ck_tmp_write("ok.ckpt", z.b, z.n), 0, &s) == LDM_OK, "%s", ldm_last_error());
         ck_assert_uint_eq(lw_count(s), 3);
         float *w = NULL;
         ck_assert_int_eq(lw_get_f32(s, "model.w", 2, (int64_t[]){2, 3}, &w), LDM_OK);
@@ -312,31 +294,31 @@ START_TEST(ckpt_bad_tensors)
 {
     pk_tensor strided = {"model.w", "FloatStorage", "0", 6, 0, 2, {2, 3}, {1, 2}, 0};
     buf z = small_ckpt(&strided, 0, 0);
-    expect_open_fails(write_file("strided.ckpt", z.b, z.n), LDM_ERR_UNSUPPORTED, "not contiguous");
+    expect_open_fails(ck_tmp_write("strided.ckpt", z.b, z.n), LDM_ERR_UNSUPPORTED, "not contiguous");
     free(z.b);
     pk_tensor past_end = {"model.w", "FloatStorage", "0", 6, 1, 2, {2, 3}, {3, 1}, 0};
     z = small_ckpt(&past_end, 0, 0);
-    expect_open_fails(write_file("pastend.ckpt", z.b, z.n), LDM_ERR_FORMAT, "model.w");
+    expect_open_fails(ck_tmp_write("pastend.ckpt", z.b, z.n), LDM_ERR_FORMAT, "model.w");
     free(z.b);
     pk_tensor big_storage = {"model.w", "FloatStorage", "0", 600, 0, 2, {2, 3}, {3, 1}, 0};
     z = small_ckpt(&big_storage, 0, 0);
-    expect_open_fails(write_file("bigstorage.ckpt", z.b, z.n), LDM_ERR_FORMAT, "storage declares 600");
+    expect_open_fails(ck_tmp_write("bigstorage.ckpt", z.b, z.n), LDM_ERR_FORMAT, "storage declares 600");
     free(z.b);
     pk_tensor huge = {"model.w", "FloatStorage", "0", 6, 0, 3, {65536, 65536, 65536}, {(int64_t)1 << 32, 65536, 1}, 0};
     z = small_ckpt(&huge, 0, 0);
-    expect_open_fails(write_file("huge.ckpt", z.b, z.n), LDM_ERR_FORMAT, "exceed its storage");
+    expect_open_fails(ck_tmp_write("huge.ckpt", z.b, z.n), LDM_ERR_FORMAT, "exceed its storage");
     free(z.b);
     pk_tensor overflow = {"model.w", "FloatStorage", "0", 6, 0, 4, {65536, 65536, 65536, 65536},
                           {(int64_t)1 << 48, (int64_t)1 << 32, 65536, 1}, 0};
     z = small_ckpt(&overflow, 0, 0);
-    expect_open_fails(write_file("overflow.ckpt", z.b, z.n), LDM_ERR_FORMAT, "overflows");
+    expect_open_fails(ck_tmp_write("overflow.ckpt", z.b, z.n), LDM_ERR_FORMAT, "overflows");
     free(z.b);
     z = small_ckpt(NULL, 1, 0);
-    expect_open_fails(write_file("nostorage.ckpt", z.b, z.n), LDM_ERR_FORMAT, "archive/data/0 is missing");
+    expect_open_fails(ck_tmp_write("nostorage.ckpt", z.b, z.n), LDM_ERR_FORMAT, "archive/data/0 is missing");
     free(z.b);
     pk_tensor cuda = {"model.w", "CudaFloatStorage", "0", 6, 0, 2, {2, 3}, {3, 1}, 0};
     z = small_ckpt(&cuda, 0, 0);
-    expect_open_fails(write_file("cuda.ckpt", z.b, z.n), LDM_ERR_SECURITY, "torch.CudaFloatStorage");
+    expect_open_fails(ck_tmp_write("cuda.ckpt", z.b, z.n), LDM_ERR_SECURITY, "torch.CudaFloatStorage");
     free(z.b);
 }
 END_TEST
@@ -353,7 +335,7 @@ START_TEST(truncated_ckpt_fail_cleanly)
         return;
     }
     truncations_fail(fx, len, "cutfx.ckpt", 48);
-    expect_open_fails(write_file("cutfx.ckpt", fx, len - 1), LDM_OK, NULL);
+    expect_open_fails(ck_tmp_write("cutfx.ckpt", fx, len - 1), LDM_OK, NULL);
     free(fx);
 }
 END_TEST
@@ -408,7 +390,7 @@ START_TEST(ckpt_with_forbidden_global_is_refused)
     static const char os_system[] = "\x80\x02" "cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
     zent e[1] = {{"archive/data.pkl", os_system, sizeof os_system - 1, 0, -1, 0, 0, 0}};
     buf z = make_zip(e, 1, 0);
-    expect_open_fails(write_file("evil.ckpt", z.b, z.n), LDM_ERR_SECURITY, "os.system");
+    expect_open_fails(ck_tmp_write("evil.ckpt", z.b, z.n), LDM_ERR_SECURITY, "os.system");
     free(z.b);
     /* the exploit hidden inside an otherwise valid state dict */
     buf o = {0};
@@ -427,7 +409,7 @@ START_TEST(ckpt_with_forbidden_global_is_refused)
     put8(&o, '.');
     zent e2[1] = {{"archive/data.pkl", o.b, o.n, 1, -1, 0, 0, 0}};
     z = make_zip(e2, 1, 1);
-    expect_open_fails(write_file("evil2.ckpt", z.b, z.n), LDM_ERR_SECURITY, "builtins.eval");
+    expect_open_fails(ck_tmp_write("evil2.ckpt", z.b, z.n), LDM_ERR_SECURITY, "builtins.eval");
     free(z.b);
     free(o.b);
 }
@@ -469,7 +451,7 @@ START_TEST(pickle_malformed_more)
     /* a state dict that is not a dict */
     zent e[1] = {{"archive/data.pkl", "\x80\x02K\x05.", 5, 0, -1, 0, 0, 0}};
     buf z = make_zip(e, 1, 0);
-    expect_open_fails(write_file("int.ckpt", z.b, z.n), LDM_ERR_FORMAT, "dict");
+    expect_open_fails(ck_tmp_write("int.ckpt", z.b, z.n), LDM_ERR_FORMAT, "dict");
     free(z.b);
 }
 END_TEST
@@ -574,7 +556,7 @@ START_TEST(zip_bombs_are_rejected)
     zent e = {"archive/data.pkl", zeros, big, 1, 1000, 0, 0, 0};
     buf z = make_zip(&e, 1, 0);
     expect_zip_read_fails(&z, "archive/data.pkl", LDM_ERR_FORMAT, "more than its declared 1000 bytes");
-    expect_open_fails(write_file("bomb.ckpt", z.b, z.n), LDM_ERR_FORMAT, "more than its declared");
+    expect_open_fails(ck_tmp_write("bomb.ckpt", z.b, z.n), LDM_ERR_FORMAT, "more than its declared");
     free(z.b);
     /* declares 4 GB / 1 TB from ~8 KB: impossible for deflate, refused before allocating */
     e.declared = 0xFFFFFFF0;
@@ -591,7 +573,7 @@ START_TEST(zip_bombs_are_rejected)
     e.zip64_extra = 0;
     z = make_zip(&e, 1, 0);
     lw_store *s = (lw_store *)1;
-    ck_assert_int_eq(lw_open(write_file("capped.ckpt", z.b, z.n), (size_t)1 << 20, &s), LDM_ERR_LIMIT);
+    ck_assert_int_eq(lw_open(ck_tmp_write("capped.ckpt", z.b, z.n), (size_t)1 << 20, &s), LDM_ERR_LIMIT);
     ck_assert_ptr_null(s);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "archive/data.pkl"));
     free(z.b);
@@ -669,13 +651,13 @@ START_TEST(zip_structure_errors)
     free(z.b);
     /* a zip that is not a checkpoint */
     z = make_zip(&two[0], 1, 0);
-    expect_open_fails(write_file("plain.zip", z.b, z.n), LDM_ERR_FORMAT, "data.pkl");
+    expect_open_fails(ck_tmp_write("plain.zip", z.b, z.n), LDM_ERR_FORMAT, "data.pkl");
     free(z.b);
     /* garbage after the zip magic */
     unsigned char junk[4096];
     for (size_t i = 0; i < sizeof junk; i++) junk[i] = (unsigned char)(i * 31 + 7);
     memcpy(junk, "PK\x03\x04", 4);
-    expect_open_fails(write_file("junk.ckpt", junk, sizeof junk), LDM_ERR_FORMAT, NULL);
+    expect_open_fails(ck_tmp_write("junk.ckpt", junk, sizeof junk), LDM_ERR_FORMAT, NULL);
 }
 END_TEST
 
@@ -706,11 +688,11 @@ static void exhaust_allocation_failures(const char *path)
 START_TEST(allocation_failures_are_clean)
 {
     buf o = small_safetensors();
-    exhaust_allocation_failures(write_file("oom.safetensors", o.b, o.n));
+    exhaust_allocation_failures(ck_tmp_write("oom.safetensors", o.b, o.n));
     free(o.b);
     for (int deflate = 0; deflate < 2; deflate++) {
         buf z = small_ckpt(NULL, 0, deflate);
-        exhaust_allocation_failures(write_file("oom.ckpt", z.b, z.n));
+        exhaust_allocation_failures(ck_tmp_write("oom.ckpt", z.b, z.n));
         free(z.b);
     }
 }
@@ -733,7 +715,7 @@ START_TEST(corrupted_files_never_crash)
                 copy[pos] ^= (unsigned char)(1 + (seed >> 16) % 255);
             }
             lw_store *s = NULL;
-            if (lw_open(write_file(names[f], copy, files[f].n), 0, &s) == LDM_OK) lw_close(s);
+            if (lw_open(ck_tmp_write(names[f], copy, files[f].n), 0, &s) == LDM_OK) lw_close(s);
         }
         free(copy);
         free(files[f].b);
@@ -769,30 +751,7 @@ static Suite *badinput_suite(void)
     return s;
 }
 
-static void remove_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        unlink(tmp_path(de->d_name));
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
-
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/ldm-badinput-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(badinput_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    remove_tmpdir();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_in_tmpdir(badinput_suite(), "badinput");
 }

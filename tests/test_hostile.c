@@ -11,6 +11,7 @@
 #include "io/zip.h"
 #include "support/ck_bytes.h"
 #include "text/unicode.h"
+#include "support/ck_tmpdir.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -23,8 +24,6 @@
 /* Generous: sanitizer builds are several times slower, and the machine is shared. */
 #define TIME_LIMIT_S 20.0
 
-static char tmpdir[256];
-
 /* ---------------------------------------------------------------- helpers */
 
 static double now_s(void)
@@ -32,17 +31,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static const char *tmp_file(const char *name, const void *data, size_t len)
-{
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    if (len) ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-    ck_assert_int_eq(fclose(f), 0);
-    return path;
 }
 
 static const char *shared_path(const char *rel)
@@ -112,7 +100,7 @@ static ldm_status run_pickle_bomb(const char *what, const buf *body)
     zent m[2] = {{"archive/data.pkl", ck.b, ck.n, 0, -1, 0, 0, 0}, {"archive/data/0", w, sizeof w, 0, -1, 0, 0, 0}};
     buf z = make_zip(m, 2, 0);
     lw_store *s = NULL;
-    ldm_status st2 = lw_open(tmp_file("bomb.ckpt", z.b, z.n), 0, &s);
+    ldm_status st2 = lw_open(ck_tmp_write("bomb.ckpt", z.b, z.n), 0, &s);
     if (st2 == LDM_OK) {
         ck_assert_ptr_nonnull(lw_find(s, "model.w"));
         lw_close(s);
@@ -246,7 +234,8 @@ START_TEST(zip_bomb_not_referenced_is_never_inflated)
         ck_assert_uint_lt(z.n, (size_t)1 << 20);
         double t0 = now_s();
         lw_store *s = NULL;
-        ck_assert_msg(lw_open(tmp_file("bomb.ckpt", z.b, z.n), (size_t)1 << 20, &s) == LDM_OK, "%s", ldm_last_error());
+        ck_assert_msg(lw_open(ck_tmp_write("bomb.ckpt", z.b, z.n), (size_t)1 << 20, &s) == LDM_OK, "%s",
+                      ldm_last_error());
         float *w = NULL;
         ck_assert_int_eq(lw_get_f32(s, "model.w", 1, (int64_t[]){4}, &w), LDM_OK);
         ck_assert(w[0] == 1.0f && w[3] == 4.0f);
@@ -268,20 +257,20 @@ START_TEST(zip_bomb_referenced_is_refused)
     /* the storage claims 16 bytes and inflates to 64 MB: refused when inflation passes the claim */
     buf z = bomb_ckpt("9", 4, zeros, big, 16);
     lw_store *s = (lw_store *)1;
-    ldm_status st = lw_open(tmp_file("bomb.ckpt", z.b, z.n), 0, &s);
+    ldm_status st = lw_open(ck_tmp_write("bomb.ckpt", z.b, z.n), 0, &s);
     ck_assert_msg(st == LDM_ERR_FORMAT, "status %d: %s", st, ldm_last_error());
     ck_assert_ptr_null(s);
     ck_assert_msg(strstr(ldm_last_error(), "archive/data/9"), "%s", ldm_last_error());
     free(z.b);
     /* an honest 64 MB storage under a 1 MB cap: LDM_ERR_LIMIT before inflating */
     z = bomb_ckpt("9", (int64_t)(big / 4), zeros, big, -1);
-    st = lw_open(tmp_file("bomb.ckpt", z.b, z.n), (size_t)1 << 20, &s);
+    st = lw_open(ck_tmp_write("bomb.ckpt", z.b, z.n), (size_t)1 << 20, &s);
     ck_assert_msg(st == LDM_ERR_LIMIT, "status %d: %s", st, ldm_last_error());
     ck_assert_ptr_null(s);
     free(z.b);
     /* a tensor claiming more elements than its (bomb) storage holds */
     z = bomb_ckpt("9", (int64_t)(big / 4) + 1, zeros, big, -1);
-    st = lw_open(tmp_file("bomb.ckpt", z.b, z.n), 0, &s);
+    st = lw_open(ck_tmp_write("bomb.ckpt", z.b, z.n), 0, &s);
     ck_assert_msg(st == LDM_ERR_FORMAT, "status %d: %s", st, ldm_last_error());
     ck_assert_msg(strstr(ldm_last_error(), "model.w"), "%s", ldm_last_error());
     free(z.b);
@@ -328,7 +317,7 @@ static const char *rewrite_safetensors(const char *src, const char *name, const 
     put64(&o, h.n);
     put(&o, h.b, h.n);
     put(&o, in + 8 + hlen, len - 8 - hlen);
-    const char *path = tmp_file("rewritten.safetensors", o.b, o.n);
+    const char *path = ck_tmp_write("rewritten.safetensors", o.b, o.n);
     free(o.b);
     free(h.b);
     free(header);
@@ -663,14 +652,14 @@ START_TEST(fuzz_vocab_with_empty_lines)
 {
     static const char repro[] = "\n\nP[[[]Ased";
     ldm_tokenizer *tok = (ldm_tokenizer *)1;
-    ldm_status st = ldm_tokenizer_load(LDM_TOKENIZER_BERT, tmp_file("vocab.txt", repro, sizeof repro - 1), &tok);
+    ldm_status st = ldm_tokenizer_load(LDM_TOKENIZER_BERT, ck_tmp_write("vocab.txt", repro, sizeof repro - 1), &tok);
     ck_assert_msg(st == LDM_ERR_NOT_FOUND && strstr(ldm_last_error(), "no [PAD] token"), "status %d: %s", st,
                   ldm_last_error());
     ck_assert_ptr_null(tok);
     /* the same with the special tokens present: it loads, "" is an ordinary (unreachable) token */
     static const char ok[] = "\n\n[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n\n";
-    ck_assert_msg(ldm_tokenizer_load(LDM_TOKENIZER_BERT, tmp_file("vocab.txt", ok, sizeof ok - 1), &tok) == LDM_OK, "%s",
-                  ldm_last_error());
+    ck_assert_msg(ldm_tokenizer_load(LDM_TOKENIZER_BERT, ck_tmp_write("vocab.txt", ok, sizeof ok - 1), &tok) == LDM_OK,
+                  "%s", ldm_last_error());
     const char *prompts[1] = {"hello there"};
     ldm_tensor *ids = NULL;
     ck_assert_int_eq(ldm_tokenizer_encode(tok, prompts, 1, 6, &ids), LDM_OK);
@@ -711,7 +700,7 @@ START_TEST(fuzz_png_declaring_more_than_it_holds)
     ck_assert_int_eq(compress(idat, &n, row, 1), Z_OK);
     png_chunk(&o, "IDAT", idat, (uint32_t)n);
     png_chunk(&o, "IEND", "", 0);
-    const char *path = tmp_file("bomb.png", o.b, o.n);
+    const char *path = ck_tmp_write("bomb.png", o.b, o.n);
     ldm_alloc_set_cap((size_t)1 << 20);
     ldm_tensor *t = NULL;
     ldm_status st = ldm_image_read_png(path, &t);
@@ -745,32 +734,7 @@ static Suite *hostile_suite(void)
     return s;
 }
 
-static void remove_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *de;
-    char path[600];
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        snprintf(path, sizeof path, "%s/%s", tmpdir, de->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
-
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/ldm-hostile-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(hostile_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    remove_tmpdir();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_in_tmpdir(hostile_suite(), "hostile");
 }

@@ -7,6 +7,7 @@
 #include "core/json.h"
 #include "io/weights.h"
 #include "support/ck_bytes.h"
+#include "support/ck_tmpdir.h"
 
 #include <float.h>
 #include <math.h>
@@ -14,8 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static char tmpdir[256];
 
 static const char *shared_path(const char *rel)
 {
@@ -58,12 +57,7 @@ static const char *poke(const char *rel, const char *name, size_t index, float v
         memcpy(at + 2 * index, &v, 2);
     }
     lj_free(h);
-    static char path[512];
-    snprintf(path, sizeof path, "%s/poked.safetensors", tmpdir);
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(b, 1, len, f), len);
-    fclose(f);
+    const char *path = ck_tmp_write("poked.safetensors", b, len);
     free(b);
     return path;
 }
@@ -356,18 +350,5 @@ static Suite *numeric_suite(void)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/ldm-numeric-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(numeric_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    char path[600];
-    snprintf(path, sizeof path, "%s/poked.safetensors", tmpdir);
-    unlink(path);
-    rmdir(tmpdir);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_in_tmpdir(numeric_suite(), "numeric");
 }

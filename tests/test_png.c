@@ -5,6 +5,7 @@
 
 #include "ldm.h"
 #include "support/ck_bytes.h"
+#include "support/ck_tmpdir.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -13,15 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static char tmpdir[256];
-
-static const char *tmp_path(const char *name)
-{
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    return path;
-}
 
 static void write_whole(const char *path, const void *data, size_t len)
 {
@@ -94,7 +86,7 @@ static float pattern_value(int c, int64_t y, int64_t x)
 START_TEST(round_trip_is_exact)
 {
     ldm_tensor *img = make_image(2, 37, 53, pattern_value); /* only batch item 0 is written */
-    const char *path = tmp_path("rt.png");
+    const char *path = ck_tmp_path("rt.png");
     ck_assert_msg(ldm_image_write_png(path, img, NULL, NULL, 0) == LDM_OK, "%s", ldm_last_error());
     ldm_tensor *back = NULL;
     ck_assert_msg(ldm_image_read_png(path, &back) == LDM_OK, "%s", ldm_last_error());
@@ -120,7 +112,7 @@ static unsigned stored_byte(float v)
     float px[3] = {v, v, v};
     ldm_tensor *t = NULL;
     ck_assert_int_eq(ldm_tensor_wrap(LDM_F32, 3, (int64_t[]){3, 1, 1}, px, &t), LDM_OK);
-    const char *path = tmp_path("px.png");
+    const char *path = ck_tmp_path("px.png");
     ck_assert_int_eq(ldm_image_write_png(path, t, NULL, NULL, 0), LDM_OK);
     ldm_tensor_free(t);
     ldm_tensor *g = NULL;
@@ -151,7 +143,7 @@ START_TEST(text_chunks_are_written)
     const char *keys[] = {"parameters", "Software", "prompt"};
     const char *values[] = {"a photo of a cat, Steps: 50, Seed: 42", ("libldm " LDM_VERSION_STRING),
                             "caf\xc3\xa9 \xe2\x98\x95"};
-    const char *path = tmp_path("text.png");
+    const char *path = ck_tmp_path("text.png");
     ck_assert_msg(ldm_image_write_png(path, img, keys, values, 3) == LDM_OK, "%s", ldm_last_error());
     ldm_tensor_free(img);
 
@@ -188,25 +180,25 @@ START_TEST(writer_rejects_bad_arguments)
     ldm_tensor *img = make_image(1, 4, 4, pattern_value);
     const char *long_key = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901";
     const char *keys[] = {long_key}, *values[] = {"v"};
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), img, keys, values, 1), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), img, keys, values, 1), LDM_ERR_INVALID_ARGUMENT);
     const char *empty_key[] = {""};
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), img, empty_key, values, 1), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), img, empty_key, values, 1), LDM_ERR_INVALID_ARGUMENT);
     const char *nul_value[] = {NULL};
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), img, keys, nul_value, 1), LDM_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), img, NULL, NULL, 2), LDM_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), img, NULL, NULL, -1), LDM_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(access(tmp_path("k.png"), F_OK), -1); /* nothing was created */
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), img, keys, nul_value, 1), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), img, NULL, NULL, 2), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), img, NULL, NULL, -1), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(access(ck_tmp_path("k.png"), F_OK), -1); /* nothing was created */
     ck_assert_int_eq(ldm_image_write_png(NULL, img, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), NULL, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), NULL, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
     ck_assert_int_eq(ldm_image_write_png("/nonexistent-dir/x.png", img, NULL, NULL, 0), LDM_ERR_IO);
     ldm_tensor_free(img);
     ldm_tensor *four = NULL;
     ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, (int64_t[]){1, 4, 2, 2}, &four), LDM_OK);
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), four, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), four, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
     ldm_tensor_free(four);
     ldm_tensor *ints = NULL;
     ck_assert_int_eq(ldm_tensor_create(LDM_I64, 3, (int64_t[]){3, 2, 2}, &ints), LDM_OK);
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("k.png"), ints, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), ints, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
     ldm_tensor_free(ints);
 }
 END_TEST
@@ -236,8 +228,8 @@ START_TEST(reads_gray_palette_alpha_and_16_bit)
     /* 8-bit gray: replicated to three channels */
     unsigned char gray[2 * 3] = {0, 128, 255, 10, 20, 30};
     raw_png g = {PNG_COLOR_TYPE_GRAY, 8, PNG_INTERLACE_NONE, 3, 2, gray, 3, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("g8.png"), &g);
-    ldm_tensor *t = read_rgb(tmp_path("g8.png"));
+    write_raw_png(ck_tmp_path("g8.png"), &g);
+    ldm_tensor *t = read_rgb(ck_tmp_path("g8.png"));
     expect_pixel(t, 0, 1, 128, 128, 128);
     expect_pixel(t, 1, 2, 30, 30, 30);
     ldm_tensor_free(t);
@@ -245,8 +237,8 @@ START_TEST(reads_gray_palette_alpha_and_16_bit)
     /* 1-bit gray: expands to 0/255 */
     unsigned char bits[2] = {0xA0, 0x40}; /* row 0: 1 0 1, row 1: 0 1 0 */
     raw_png g1 = {PNG_COLOR_TYPE_GRAY, 1, PNG_INTERLACE_NONE, 3, 2, bits, 1, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("g1.png"), &g1);
-    t = read_rgb(tmp_path("g1.png"));
+    write_raw_png(ck_tmp_path("g1.png"), &g1);
+    t = read_rgb(ck_tmp_path("g1.png"));
     expect_pixel(t, 0, 0, 255, 255, 255);
     expect_pixel(t, 0, 1, 0, 0, 0);
     expect_pixel(t, 1, 1, 255, 255, 255);
@@ -255,8 +247,8 @@ START_TEST(reads_gray_palette_alpha_and_16_bit)
     /* gray + alpha: alpha dropped */
     unsigned char ga[2 * 2] = {77, 0, 200, 255};
     raw_png gap = {PNG_COLOR_TYPE_GRAY_ALPHA, 8, PNG_INTERLACE_NONE, 2, 1, ga, 4, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("ga.png"), &gap);
-    t = read_rgb(tmp_path("ga.png"));
+    write_raw_png(ck_tmp_path("ga.png"), &gap);
+    t = read_rgb(ck_tmp_path("ga.png"));
     expect_pixel(t, 0, 0, 77, 77, 77);
     expect_pixel(t, 0, 1, 200, 200, 200);
     ldm_tensor_free(t);
@@ -270,16 +262,16 @@ START_TEST(reads_gray_palette_alpha_and_16_bit)
         rgba[i * 4 + 3] = (unsigned char)(i * 20);
     }
     raw_png ra = {PNG_COLOR_TYPE_RGB_ALPHA, 8, PNG_INTERLACE_ADAM7, 3, 3, rgba, 12, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("rgba.png"), &ra);
-    t = read_rgb(tmp_path("rgba.png"));
+    write_raw_png(ck_tmp_path("rgba.png"), &ra);
+    t = read_rgb(ck_tmp_path("rgba.png"));
     expect_pixel(t, 2, 1, 70, 107, 243);
     ldm_tensor_free(t);
 
     /* 16-bit RGB: the high byte, as PIL */
     unsigned char rgb16[1 * 2 * 6] = {0x12, 0xFF, 0x80, 0x01, 0xFF, 0xFF, 0x00, 0x7F, 0x7F, 0x80, 0xAB, 0xCD};
     raw_png r16 = {PNG_COLOR_TYPE_RGB, 16, PNG_INTERLACE_NONE, 2, 1, rgb16, 12, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("rgb16.png"), &r16);
-    t = read_rgb(tmp_path("rgb16.png"));
+    write_raw_png(ck_tmp_path("rgb16.png"), &r16);
+    t = read_rgb(ck_tmp_path("rgb16.png"));
     expect_pixel(t, 0, 0, 0x12, 0x80, 0xFF);
     expect_pixel(t, 0, 1, 0x00, 0x7F, 0xAB);
     ldm_tensor_free(t);
@@ -289,18 +281,18 @@ START_TEST(reads_gray_palette_alpha_and_16_bit)
     unsigned char trns[3] = {0, 128, 255};
     unsigned char idx[4] = {2, 0, 1, 2};
     raw_png p = {PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, 2, 2, idx, 2, pal, 3, trns, 3};
-    write_raw_png(tmp_path("pal.png"), &p);
-    t = read_rgb(tmp_path("pal.png"));
+    write_raw_png(ck_tmp_path("pal.png"), &p);
+    t = read_rgb(ck_tmp_path("pal.png"));
     expect_pixel(t, 0, 0, 10, 20, 30);
     expect_pixel(t, 0, 1, 255, 0, 0);
     expect_pixel(t, 1, 0, 0, 255, 0);
     ldm_tensor_free(t);
-    ck_assert_int_eq(ldm_image_read_png_gray(tmp_path("pal.png"), 0, &t), LDM_OK);
+    ck_assert_int_eq(ldm_image_read_png_gray(ck_tmp_path("pal.png"), 0, &t), LDM_OK);
     const float *d = ldm_tensor_data(t);
     ck_assert(d[0] == 2 && d[1] == 0 && d[2] == 1 && d[3] == 2);
     ldm_tensor_free(t);
     /* normalize=1: luminance of the palette colours, as PIL's convert("L") */
-    ck_assert_int_eq(ldm_image_read_png_gray(tmp_path("pal.png"), 1, &t), LDM_OK);
+    ck_assert_int_eq(ldm_image_read_png_gray(ck_tmp_path("pal.png"), 1, &t), LDM_OK);
     d = ldm_tensor_data(t);
     ck_assert(d[1] == 76.0f / 255.0f);  /* (255*19595 + 0x8000) >> 16 = 76 */
     ck_assert(d[2] == 150.0f / 255.0f); /* (255*38470 + 0x8000) >> 16 = 150 */
@@ -311,8 +303,8 @@ START_TEST(reads_gray_palette_alpha_and_16_bit)
     png_color pal16[16];
     for (int i = 0; i < 16; i++) pal16[i] = (png_color){(png_byte)(i * 16), 0, 0};
     raw_png p4 = {PNG_COLOR_TYPE_PALETTE, 4, PNG_INTERLACE_NONE, 2, 1, idx4, 1, pal16, 16, NULL, 0};
-    write_raw_png(tmp_path("pal4.png"), &p4);
-    ck_assert_int_eq(ldm_image_read_png_gray(tmp_path("pal4.png"), 0, &t), LDM_OK);
+    write_raw_png(ck_tmp_path("pal4.png"), &p4);
+    ck_assert_int_eq(ldm_image_read_png_gray(ck_tmp_path("pal4.png"), 0, &t), LDM_OK);
     ck_assert_int_eq(ldm_tensor_dim(t, 1), 1);
     d = ldm_tensor_data(t);
     ck_assert(d[0] == 5 && d[1] == 10);
@@ -324,9 +316,9 @@ START_TEST(gray_reader_modes)
 {
     unsigned char gray[4] = {0, 127, 128, 255};
     raw_png g = {PNG_COLOR_TYPE_GRAY, 8, PNG_INTERLACE_NONE, 2, 2, gray, 2, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("mask.png"), &g);
+    write_raw_png(ck_tmp_path("mask.png"), &g);
     ldm_tensor *t = NULL;
-    ck_assert_int_eq(ldm_image_read_png_gray(tmp_path("mask.png"), 1, &t), LDM_OK);
+    ck_assert_int_eq(ldm_image_read_png_gray(ck_tmp_path("mask.png"), 1, &t), LDM_OK);
     ck_assert_int_eq(ldm_tensor_ndim(t), 4);
     ck_assert_int_eq(ldm_tensor_dim(t, 0), 1);
     ck_assert_int_eq(ldm_tensor_dim(t, 1), 1);
@@ -334,15 +326,15 @@ START_TEST(gray_reader_modes)
     const float *d = ldm_tensor_data(t);
     ck_assert(d[0] == 0.0f && d[1] == 127.0f / 255.0f && d[3] == 1.0f);
     ldm_tensor_free(t);
-    ck_assert_int_eq(ldm_image_read_png_gray(tmp_path("mask.png"), 0, &t), LDM_OK);
+    ck_assert_int_eq(ldm_image_read_png_gray(ck_tmp_path("mask.png"), 0, &t), LDM_OK);
     d = ldm_tensor_data(t);
     ck_assert(d[0] == 0.0f && d[1] == 127.0f && d[2] == 128.0f && d[3] == 255.0f);
     ldm_tensor_free(t);
     /* RGB -> L with PIL's integer weights */
     unsigned char rgb[3] = {10, 200, 90};
     raw_png c = {PNG_COLOR_TYPE_RGB, 8, PNG_INTERLACE_NONE, 1, 1, rgb, 3, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("rgbmask.png"), &c);
-    ck_assert_int_eq(ldm_image_read_png_gray(tmp_path("rgbmask.png"), 0, &t), LDM_OK);
+    write_raw_png(ck_tmp_path("rgbmask.png"), &c);
+    ck_assert_int_eq(ldm_image_read_png_gray(ck_tmp_path("rgbmask.png"), 0, &t), LDM_OK);
     unsigned want = (10 * 19595u + 200 * 38470u + 90 * 7471u + 0x8000u) >> 16;
     ck_assert(((const float *)ldm_tensor_data(t))[0] == (float)want);
     ldm_tensor_free(t);
@@ -368,40 +360,40 @@ START_TEST(corrupt_and_truncated_files_fail_cleanly)
 {
     ldm_tensor *img = make_image(1, 24, 31, pattern_value);
     const char *keys[] = {"parameters"}, *values[] = {"x"};
-    const char *path = tmp_path("good.png");
+    const char *path = ck_tmp_path("good.png");
     ck_assert_int_eq(ldm_image_write_png(path, img, keys, values, 1), LDM_OK);
     ldm_tensor_free(img);
     size_t len;
     unsigned char *good = read_whole(path, &len);
     ck_assert_ptr_nonnull(good);
 
-    expect_read_fails(tmp_path("missing.png"), LDM_ERR_IO);
-    write_whole(tmp_path("notpng.png"), "GIF89a....", 10);
-    expect_read_fails(tmp_path("notpng.png"), LDM_ERR_FORMAT);
-    write_whole(tmp_path("empty.png"), "", 0);
-    expect_read_fails(tmp_path("empty.png"), LDM_ERR_FORMAT);
+    expect_read_fails(ck_tmp_path("missing.png"), LDM_ERR_IO);
+    write_whole(ck_tmp_path("notpng.png"), "GIF89a....", 10);
+    expect_read_fails(ck_tmp_path("notpng.png"), LDM_ERR_FORMAT);
+    write_whole(ck_tmp_path("empty.png"), "", 0);
+    expect_read_fails(ck_tmp_path("empty.png"), LDM_ERR_FORMAT);
 
     /* every truncation point */
     for (size_t cut = 0; cut < len; cut++) {
-        write_whole(tmp_path("cut.png"), good, cut);
-        expect_read_fails(tmp_path("cut.png"), LDM_ERR_FORMAT);
+        write_whole(ck_tmp_path("cut.png"), good, cut);
+        expect_read_fails(ck_tmp_path("cut.png"), LDM_ERR_FORMAT);
     }
     /* a flipped byte in the header or the pixel data breaks a CRC */
     unsigned char *bad = malloc(len);
     for (size_t pos = 8; pos < len; pos += 7) {
         memcpy(bad, good, len);
         bad[pos] ^= 0x55;
-        write_whole(tmp_path("flip.png"), bad, len);
+        write_whole(ck_tmp_path("flip.png"), bad, len);
         ldm_tensor *t = NULL;
         /* a flip in an ancillary chunk only loses that chunk; anything else must fail */
-        ldm_status st = ldm_image_read_png(tmp_path("flip.png"), &t);
+        ldm_status st = ldm_image_read_png(ck_tmp_path("flip.png"), &t);
         if (st == LDM_OK) ldm_tensor_free(t);
         else ck_assert_int_eq(st, LDM_ERR_FORMAT);
     }
     memcpy(bad, good, len);
     bad[8 + 8 + 4] ^= 0x01; /* width in IHDR */
-    write_whole(tmp_path("ihdr.png"), bad, len);
-    expect_read_fails(tmp_path("ihdr.png"), LDM_ERR_FORMAT);
+    write_whole(ck_tmp_path("ihdr.png"), bad, len);
+    expect_read_fails(ck_tmp_path("ihdr.png"), LDM_ERR_FORMAT);
     free(bad);
     free(good);
 }
@@ -412,9 +404,9 @@ START_TEST(oversized_images_are_refused)
     size_t w = 20000;
     unsigned char *row = calloc(1, w);
     raw_png g = {PNG_COLOR_TYPE_GRAY, 8, PNG_INTERLACE_NONE, (uint32_t)w, 1, row, w, NULL, 0, NULL, 0};
-    write_raw_png(tmp_path("wide.png"), &g);
+    write_raw_png(ck_tmp_path("wide.png"), &g);
     free(row);
-    expect_read_fails(tmp_path("wide.png"), LDM_ERR_LIMIT);
+    expect_read_fails(ck_tmp_path("wide.png"), LDM_ERR_LIMIT);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "20000x1"));
 }
 END_TEST
@@ -431,25 +423,25 @@ START_TEST(allocation_failures_are_clean)
     int fails = 0;
     for (long n = 1;; n++) {
         ldm_alloc_fail_after(n);
-        ldm_status st = ldm_image_write_png(tmp_path("oom.png"), img, keys, values, 1);
+        ldm_status st = ldm_image_write_png(ck_tmp_path("oom.png"), img, keys, values, 1);
         ldm_alloc_fail_after(0);
         if (st == LDM_OK) break;
         ck_assert_msg(st == LDM_ERR_OUT_OF_MEMORY, "write n=%ld: %d %s", n, st, ldm_last_error());
-        ck_assert_int_eq(access(tmp_path("oom.png"), F_OK), -1);
+        ck_assert_int_eq(access(ck_tmp_path("oom.png"), F_OK), -1);
         fails++;
     }
     ck_assert_int_gt(fails, 2);
     /* Read an image without text chunks: libpng drops a text chunk it cannot allocate (only a
      * warning), which would end the loop early. */
-    ck_assert_int_eq(ldm_image_write_png(tmp_path("oom.png"), img, NULL, NULL, 0), LDM_OK);
+    ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("oom.png"), img, NULL, NULL, 0), LDM_OK);
     ldm_tensor_free(img);
     for (int gray = 0; gray < 2; gray++) {
         fails = 0;
         for (long n = 1;; n++) {
             ldm_tensor *t = NULL;
             ldm_alloc_fail_after(n);
-            ldm_status st = gray ? ldm_image_read_png_gray(tmp_path("oom.png"), 1, &t)
-                                 : ldm_image_read_png(tmp_path("oom.png"), &t);
+            ldm_status st = gray ? ldm_image_read_png_gray(ck_tmp_path("oom.png"), 1, &t)
+                                 : ldm_image_read_png(ck_tmp_path("oom.png"), &t);
             ldm_alloc_fail_after(0);
             if (st == LDM_OK) {
                 ldm_tensor_free(t);
@@ -482,30 +474,7 @@ static Suite *png_suite(void)
     return s;
 }
 
-static void remove_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        unlink(tmp_path(de->d_name));
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
-
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s/ldm-png-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(png_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    remove_tmpdir();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_in_tmpdir(png_suite(), "png");
 }
