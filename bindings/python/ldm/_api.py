@@ -35,6 +35,7 @@ LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
 
 LOG_CALLBACK = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 PROGRESS_CALLBACK = CFUNCTYPE(c_int, c_int, c_int, c_void_p)
+ABORT_CALLBACK = CFUNCTYPE(c_int, c_void_p)
 
 
 class ModelParams(Structure):
@@ -112,6 +113,7 @@ _proto("ldm_model_free", None, _P)
 _proto("ldm_model_load_builtin", _S, c_char_p, c_uint64, POINTER(ModelParams), _OUT)
 _proto("ldm_model_interrupt", None, _P)
 _proto("ldm_model_set_threads", _S, _P, c_int)
+_proto("ldm_model_set_abort_callback", _S, _P, ABORT_CALLBACK, c_void_p)
 _proto("ldm_model_describe", c_char_p, _P)
 _proto("ldm_model_autoencoder", _S, _P, _OUT)
 _proto("ldm_model_unet", _S, _P, _OUT)

@@ -1,9 +1,10 @@
 """Python functions as libldm callbacks.
 
 The C function pointers made here must stay alive as long as the library may call them, so their
-owners (a Model for the log callback, one generate() call for progress) keep the objects.
-An exception cannot travel through C frames: the progress wrapper catches it, asks the library to
-stop (non-zero return), and the caller re-raises it once the C call has returned.
+owners (a Model for the log and abort callbacks, one generate() call for progress) keep the
+objects. An exception cannot travel through C frames: the progress and abort wrappers catch it,
+ask the library to stop (non-zero return), and the caller re-raises it once the C call has
+returned.
 """
 import contextlib
 import signal
@@ -35,6 +36,31 @@ class Progress:
                 return 1
             return 0
         except BaseException as e:  # KeyboardInterrupt too: Ctrl-C stops the run at the next step
+            self.error = e
+            return 1
+
+    def raise_pending(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+class Abort:
+    """fn() -> truthy to stop the running call; polled between network blocks and sampler steps of
+    every call on the model. An exception it raises stops the call; the call re-raises it
+    (raise_pending()) with its original type and traceback instead of ldm.Cancelled."""
+
+    def __init__(self, fn):
+        self._fn = fn
+        self.error = None
+        self.c_function = _api.ABORT_CALLBACK(self._call)
+
+    def _call(self, user_data):
+        if self.error is not None:
+            return 1
+        try:
+            return 1 if self._fn() else 0
+        except BaseException as e:  # KeyboardInterrupt too
             self.error = e
             return 1
 

@@ -20,7 +20,7 @@ class _Component:
         """ldm_<name>(handle, *args, &out) -> result; raises when the model is closed."""
         out = ctypes.c_void_p()
         with self.model._running():
-            check(getattr(_lib, name)(self._handle, *args, ctypes.byref(out)), name)
+            self.model._check(getattr(_lib, name)(self._handle, *args, ctypes.byref(out)), name)
         return result(out.value)
 
     @property
@@ -65,8 +65,8 @@ class Autoencoder(_Component):
         """VQ only: (quant [B,E,h,w], indices [B,h,w] int64)."""
         quant, indices = ctypes.c_void_p(), ctypes.c_void_p()
         with Args() as a, self.model._running():
-            check(_lib.ldm_autoencoder_quantize(self._handle, a.tensor(h), ctypes.byref(quant), ctypes.byref(indices)),
-                  "ldm_autoencoder_quantize")
+            self.model._check(_lib.ldm_autoencoder_quantize(self._handle, a.tensor(h), ctypes.byref(quant),
+                                                            ctypes.byref(indices)), "ldm_autoencoder_quantize")
         return result(quant.value), result(indices.value)
 
 

@@ -54,6 +54,7 @@ class Model:
     def __init__(self, handle, log):
         self._handle = handle
         self._log = log  # the C side keeps a pointer to log.c_function for the model's lifetime
+        self._abort = None  # the installed abort callback (_callbacks.Abort): the C side points at it
         self._lock = threading.Lock()
         self._busy = 0
         self._finalizer = weakref.finalize(self, _lib.ldm_model_free, handle)
@@ -103,6 +104,8 @@ class Model:
         with self._lock:
             handle = self.handle
             self._busy += 1
+            if self._abort is not None:
+                self._abort.error = None  # a leftover of an earlier call (which raised something else first)
         try:
             yield handle
         finally:
@@ -116,6 +119,7 @@ class Model:
                 raise RuntimeError("Model.close(): a call on this model is still running (interrupt() it first)")
             self._handle = None
         self._finalizer()
+        self._abort = None
 
     def __enter__(self):
         return self
@@ -135,7 +139,34 @@ class Model:
 
     def set_threads(self, n):
         with self._running() as h:
-            check(_lib.ldm_model_set_threads(h, int(n)), "ldm_model_set_threads")
+            self._check(_lib.ldm_model_set_threads(h, int(n)), "ldm_model_set_threads")
+
+    def set_abort_callback(self, fn):
+        """fn() is polled between network blocks and sampler steps of every call on this model
+        (generate, apply, the components' calls, ...), on the thread running the call. Returning
+        True stops the call, which raises ldm.Cancelled; an exception fn raises stops it too and
+        propagates from that call instead. None removes the callback. Not allowed while a call on
+        the model runs (fn itself included): RuntimeError."""
+        if fn is not None and not callable(fn):
+            raise TypeError("set_abort_callback: expected a callable or None, got %r" % (fn,))
+        guard = _callbacks.Abort(fn) if fn is not None else None
+        with self._lock:
+            if self._busy:
+                raise RuntimeError("Model.set_abort_callback(): a call on this model is running")
+            c_function = guard.c_function if guard is not None else _api.ABORT_CALLBACK()  # NULL
+            check(_lib.ldm_model_set_abort_callback(self.handle, c_function, None), "ldm_model_set_abort_callback")
+            self._abort = guard  # the previous one is no longer called: it may go
+
+    def _raise_abort_error(self):
+        """Re-raises what the abort callback raised during the call that just returned."""
+        if self._abort is not None:
+            self._abort.raise_pending()
+
+    def _check(self, status, name):
+        """check() for a call on this model: an exception from the abort callback comes first (the
+        call failed with LDM_CANCELLED because of it)."""
+        self._raise_abort_error()
+        check(status, name)
 
     def interrupt(self):
         """Asks the running call (on any thread) to stop; it then raises ldm.Cancelled.
@@ -159,14 +190,14 @@ class Model:
     def _component(self, fn, name):
         out = ctypes.c_void_p()
         with self._running() as h:
-            check(fn(h, ctypes.byref(out)), name)
+            self._check(fn(h, ctypes.byref(out)), name)
         return out.value
 
     def _tensor_call(self, name, *args):
         """Calls ldm_<name>(model, *args, &out) and returns the result."""
         out = ctypes.c_void_p()
         with self._running() as h:
-            check(getattr(_lib, name)(h, *args, ctypes.byref(out)), name)
+            self._check(getattr(_lib, name)(h, *args, ctypes.byref(out)), name)
         return result(out.value)
 
     # ------------------------------------------------------------ latent diffusion calls
@@ -208,7 +239,7 @@ class Model:
         p = sampler_params(kind, steps, eta, ddim_quad, seed)
         out = ctypes.c_void_p()
         with self._running() as h:
-            check(_lib.ldm_model_sampler(h, ctypes.byref(p), ctypes.byref(out)), "ldm_model_sampler")
+            self._check(_lib.ldm_model_sampler(h, ctypes.byref(p), ctypes.byref(out)), "ldm_model_sampler")
         return Sampler(out.value)
 
     # ------------------------------------------------------------ pipeline
@@ -222,7 +253,8 @@ class Model:
         Arguments left at None keep the library's defaults (50 DDIM steps, guidance 7.5, ...).
         x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
         progress: fn(step, total) called after each step; returning True stops the run
-        (ldm.Cancelled is raised); an exception it raises stops the run and propagates here.
+        (ldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
+        model's abort callback (set_abort_callback) is polled as well.
         interrupt() from another thread also stops it (ldm.Cancelled), and Ctrl-C (SIGINT) in the
         main thread stops it with KeyboardInterrupt."""
         p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
@@ -250,6 +282,7 @@ class Model:
             status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
             image = result(out.value) if status == _api.LDM_OK else None
             guard.raise_pending()
+            self._raise_abort_error()
             if sigint is not None and sigint["hit"]:
                 raise KeyboardInterrupt
             check(status, "ldm_generate")

@@ -145,6 +145,86 @@ class DemoModelTest(unittest.TestCase):
         self.assertEqual(out.strip(), "interrupted")
         self.assertLess(time.monotonic() - sent, 10.0)
 
+    def test_abort_callback_returning_true_cancels(self):
+        reference = flat_values(self.generate())
+        emb = self.model.conditioner().encode_labels([1])
+        polls = []
+
+        def abort_at_5():
+            polls.append(1)
+            return len(polls) >= 5
+        self.model.set_abort_callback(abort_at_5)
+        try:
+            with self.assertRaises(ldm.Cancelled) as cm:
+                self.generate()
+            self.assertEqual(cm.exception.function, "ldm_generate")
+            self.assertEqual(len(polls), 5, "polled on after it asked to stop")
+            # the components' calls poll it too: stop at the UNet's 3rd poll
+            polls[:] = [1, 1]
+            with self.assertRaises(ldm.Cancelled) as cm:
+                self.model.unet()(ldm.randn(1, 0, shape=(1, 3, 16, 16)), 500, emb)
+            self.assertEqual(cm.exception.function, "ldm_unet_forward")
+            self.assertEqual(len(polls), 5)
+        finally:
+            self.model.set_abort_callback(None)
+        # removed: the next call runs to the end, and gives the same image as before
+        self.assertEqual(flat_values(self.generate()), reference)
+        self.assertEqual(len(polls), 5)
+
+    def test_abort_callback_returning_false_changes_nothing(self):
+        reference = flat_values(self.generate())
+        polls = []
+        self.model.set_abort_callback(lambda: polls.append(1))  # None: go on
+        try:
+            self.assertEqual(flat_values(self.generate()), reference)
+            self.assertGreater(len(polls), STEPS, "not polled between network blocks")
+            before = len(polls)
+            self.model.autoencoder().decode(ldm.randn(0, 0, shape=(1, 3, 4, 4)))
+            self.assertGreater(len(polls), before, "a component call did not poll it")
+        finally:
+            self.model.set_abort_callback(None)
+
+    def test_abort_callback_exception_stops_and_propagates(self):
+        class Boom(Exception):
+            pass
+        polls = []
+
+        def abort(limit=3):
+            polls.append(1)
+            if len(polls) == limit:
+                raise Boom("poll %d" % limit)
+            return False
+        self.model.set_abort_callback(abort)
+        try:
+            with self.assertRaises(Boom) as cm:
+                self.generate()
+            self.assertEqual(str(cm.exception), "poll 3")
+            self.assertEqual(len(polls), 3, "called again after it raised")
+            # still installed, and no longer raising: the next call completes
+            self.assertEqual(shape_of(self.generate()), (1, 3, 64, 64))
+            self.assertGreater(len(polls), 3 + STEPS)
+            # from a component call as well
+            polls.clear()
+            with self.assertRaises(Boom):
+                self.model.autoencoder().decode(ldm.randn(0, 0, shape=(1, 3, 16, 16)))
+            self.assertEqual(len(polls), 3)
+        finally:
+            self.model.set_abort_callback(None)
+
+    def test_set_abort_callback_arguments(self):
+        with self.assertRaises(TypeError):
+            self.model.set_abort_callback(42)
+
+        def reinstall():
+            self.model.set_abort_callback(None)  # not while a call runs: raises, which aborts
+        self.model.set_abort_callback(reinstall)
+        try:
+            with self.assertRaises(RuntimeError) as cm:
+                self.generate()
+            self.assertIn("running", str(cm.exception))
+        finally:
+            self.model.set_abort_callback(None)
+
     def test_components(self):
         ae = self.model.autoencoder()
         self.assertEqual((ae.kind, ae.factor, ae.latent_channels), ("kl", 4, 3))
@@ -192,6 +272,8 @@ class LifetimeTest(unittest.TestCase):
             ae.decode(ldm.randn(0, 0, shape=(1, 3, 4, 4)))
         m.close()  # closing twice is harmless
         m.interrupt()  # and so is interrupting a closed model
+        with self.assertRaises(ValueError):
+            m.set_abort_callback(lambda: False)
 
     def test_component_keeps_model_alive(self):
         ae = ldm.Model.load_builtin("demo").autoencoder()
