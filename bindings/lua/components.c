@@ -28,6 +28,16 @@ static void *check_component(lua_State *L, int idx, const char *name)
     return c->h;
 }
 
+/* check_component for a library call: the model userdata is left on the stack, at the returned
+ * index (for LB_MODEL_CALL). */
+static void *check_component_call(lua_State *L, int idx, const char *name, int *model_idx)
+{
+    void *h = check_component(L, idx, name);
+    lua_getiuservalue(L, idx, 1);
+    *model_idx = lua_gettop(L);
+    return h;
+}
+
 static int no_gc(lua_State *L)
 {
     (void)L; /* owned by the model */
@@ -60,10 +70,11 @@ typedef ldm_status (*ae_fn)(ldm_autoencoder *, const ldm_tensor *, ldm_tensor **
 static int ae_call(lua_State *L, ae_fn fn, const char *name)
 {
     lua_settop(L, 2);
-    ldm_autoencoder *ae = check_component(L, 1, LB_AUTOENCODER);
+    int model;
+    ldm_autoencoder *ae = check_component_call(L, 1, LB_AUTOENCODER, &model);
     const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, fn(ae, x, out), name);
+    LB_MODEL_CALL(L, model, fn(ae, x, out), name);
     return 1;
 }
 
@@ -78,10 +89,11 @@ static int ae_decode_unquantized(lua_State *L)
 static int ae_quantize(lua_State *L)
 {
     lua_settop(L, 2);
-    ldm_autoencoder *ae = check_component(L, 1, LB_AUTOENCODER);
+    int model;
+    ldm_autoencoder *ae = check_component_call(L, 1, LB_AUTOENCODER, &model);
     const ldm_tensor *h = lb_to_tensor(L, 2, LDM_F32, 0);
     ldm_tensor **quant = lb_push_tensor_slot(L), **indices = lb_push_tensor_slot(L);
-    lb_check(L, ldm_autoencoder_quantize(ae, h, quant, indices), "ldm_autoencoder_quantize");
+    LB_MODEL_CALL(L, model, ldm_autoencoder_quantize(ae, h, quant, indices), "ldm_autoencoder_quantize");
     return 2;
 }
 
@@ -91,13 +103,14 @@ static int ae_quantize(lua_State *L)
 static int unet_forward(lua_State *L)
 {
     lua_settop(L, 5);
-    ldm_unet *unet = check_component(L, 1, LB_UNET);
+    int model;
+    ldm_unet *unet = check_component_call(L, 1, LB_UNET, &model);
     const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
     const ldm_tensor *t = lb_to_timesteps(L, 3, ldm_tensor_dim(x, 0));
     const ldm_tensor *context = lb_to_tensor(L, 4, LDM_F32, 1);
     const ldm_tensor *y = lb_to_tensor(L, 5, LDM_I64, 1);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_unet_forward(unet, x, t, context, y, out), "ldm_unet_forward");
+    LB_MODEL_CALL(L, model, ldm_unet_forward(unet, x, t, context, y, out), "ldm_unet_forward");
     return 1;
 }
 
@@ -117,10 +130,11 @@ typedef ldm_status (*cond_fn)(ldm_conditioner *, const ldm_tensor *, ldm_tensor 
 static int cond_call(lua_State *L, cond_fn fn, ldm_dtype dtype, const char *name)
 {
     lua_settop(L, 2);
-    ldm_conditioner *c = check_component(L, 1, LB_CONDITIONER);
+    int model;
+    ldm_conditioner *c = check_component_call(L, 1, LB_CONDITIONER, &model);
     const ldm_tensor *x = lb_to_tensor(L, 2, dtype, 0);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, fn(c, x, out), name);
+    LB_MODEL_CALL(L, model, fn(c, x, out), name);
     return 1;
 }
 
@@ -141,11 +155,12 @@ static int cond_encode_image(lua_State *L)
 static int cond_encode_text(lua_State *L)
 {
     lua_settop(L, 2);
-    ldm_conditioner *c = check_component(L, 1, LB_CONDITIONER);
+    int model;
+    ldm_conditioner *c = check_component_call(L, 1, LB_CONDITIONER, &model);
     int n = 0;
     const char *const *prompts = lb_strings(L, 2, &n);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_conditioner_encode_text(c, prompts, n, out), "ldm_conditioner_encode_text");
+    LB_MODEL_CALL(L, model, ldm_conditioner_encode_text(c, prompts, n, out), "ldm_conditioner_encode_text");
     return 1;
 }
 

@@ -3,8 +3,8 @@
  * Every library object lives in a full userdata with __gc and __close metamethods, so whatever a
  * Lua error unwinds past is freed by the collector: the binding never holds a C-only pointer
  * across a call that may raise. Errors are raised only after the library call has returned (a Lua
- * error must never longjmp through libldm's frames); progress callbacks run under lua_pcall for
- * the same reason. Functions that convert arguments start with lua_settop(L, <argument count>):
+ * error must never longjmp through libldm's frames); progress and abort callbacks run under
+ * lua_pcall for the same reason. Functions that convert arguments start with lua_settop(L, <argument count>):
  * converted tensors are pushed above the arguments, where an absent optional argument's slot
  * would otherwise find them. Uses only the public API (include/ldm.h). */
 #ifndef LBIND_H
@@ -54,9 +54,38 @@ void lb_tensor_register(lua_State *L, int module);
 /* models and components (model.c, components.c) */
 typedef struct lb_model {
     ldm_model *m;
+    /* While a library call on the model runs (LB_MODEL_CALL), for its abort callback (the Lua
+     * function in the model userdata's user value 1): the thread running the call, the stack index
+     * of the model userdata there, and the stack index of the error value the function raised
+     * (0: none). L is NULL between calls. */
+    lua_State *L;
+    int self;
+    int error;
 } lb_model;
 /* the open model at idx (error when closed) */
 ldm_model *lb_check_model(lua_State *L, int idx);
+
+/* A library call that may poll the abort callback of the model whose userdata is at model_idx
+ * (every call that computes): LB_MODEL_CALL(L, 1, ldm_model_apply(m, ...), "ldm_model_apply").
+ * Runs `call` with the callback able to run Lua on L, then raises the callback's own error value
+ * if it raised one, else what lb_check raises for the status. Like lb_check, raising happens only
+ * after the library has returned. */
+typedef struct lb_call {
+    lb_model *u;
+    lua_State *L;
+    int self, error;
+} lb_call;
+void lb_call_begin(lua_State *L, lb_call *c, int model_idx);
+/* ends the call begun by lb_call_begin; raises the callback's error when it raised one */
+void lb_call_end(lua_State *L, lb_call *c);
+#define LB_MODEL_CALL(L, model_idx, call, function)                                                                    \
+    do {                                                                                                               \
+        lb_call lb_call_;                                                                                              \
+        lb_call_begin((L), &lb_call_, (model_idx));                                                                    \
+        ldm_status lb_status_ = (call);                                                                                \
+        lb_call_end((L), &lb_call_);                                                                                   \
+        lb_check((L), lb_status_, (function));                                                                         \
+    } while (0)
 void lb_model_register(lua_State *L, int module);
 void lb_components_register(lua_State *L);
 /* pushes a component userdata of class `name` bound to the model at model_idx */

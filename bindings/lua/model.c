@@ -1,7 +1,8 @@
 /* model.c - ldm.model userdata: ldm.load / ldm.load_builtin, generate with a Lua progress callback,
- * the latent diffusion calls, and access to the components.
+ * the model's Lua abort callback, the latent diffusion calls, and access to the components.
  *
  *   local m <close> = ldm.load_builtin("demo")            -- or ldm.load("sd15.safetensors", {config=...})
+ *   m:set_abort_callback(function() return os.time() > deadline end)
  *   local img = m:generate{class_label = 1, steps = 20, seed = 42,
  *                          progress = function(step, total) return false end}
  */
@@ -42,8 +43,10 @@ static void model_params(lua_State *L, int opts, ldm_model_params *mp)
 
 static lb_model *push_model(lua_State *L)
 {
-    lb_model *u = lua_newuserdatauv(L, sizeof *u, 0);
+    lb_model *u = lua_newuserdatauv(L, sizeof *u, 1); /* user value 1: the abort callback */
     u->m = NULL;
+    u->L = NULL;
+    u->self = u->error = 0;
     luaL_setmetatable(L, LB_MODEL);
     return u;
 }
@@ -76,8 +79,12 @@ static int l_builtin(lua_State *L)
 static int m_gc(lua_State *L)
 {
     lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
+    /* from a callback of a running call (not from the collector: the call's stack holds the model) */
+    if (u->L) return luaL_error(L, "model:close(): a call on this model is running");
     ldm_model_free(u->m);
     u->m = NULL;
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, 1); /* drops the abort callback */
     return 0;
 }
 
@@ -97,6 +104,67 @@ static int m_interrupt(lua_State *L)
 {
     lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
     if (u->m) ldm_model_interrupt(u->m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the abort callback */
+
+/* The C side of m:set_abort_callback: runs the Lua function (the model's user value) under pcall on
+ * the thread running the call, as the progress callback does. Non-zero (stop) when it returned true
+ * or raised; the error value stays on that thread's stack, where lb_call_end finds it. */
+static int on_abort(void *user)
+{
+    lb_model *u = user;
+    lua_State *L = u->L;
+    if (!L) return 0; /* polled outside LB_MODEL_CALL: no thread to run Lua on */
+    if (u->error || !lua_checkstack(L, 2)) return 1;
+    lua_getiuservalue(L, u->self, 1);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        u->error = lua_gettop(L);
+        return 1;
+    }
+    int stop = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return stop;
+}
+
+void lb_call_begin(lua_State *L, lb_call *c, int model_idx)
+{
+    lb_model *u = luaL_checkudata(L, model_idx, LB_MODEL);
+    *c = (lb_call){u, u->L, u->self, u->error}; /* restored by lb_call_end (a callback's own call) */
+    u->L = L;
+    u->self = lua_absindex(L, model_idx);
+    u->error = 0;
+}
+
+void lb_call_end(lua_State *L, lb_call *c)
+{
+    lb_model *u = c->u;
+    int error = u->error;
+    u->L = c->L;
+    u->self = c->self;
+    u->error = c->error;
+    if (error) {
+        lua_pushvalue(L, error);
+        lua_error(L); /* the callback's own error value, re-raised */
+    }
+}
+
+/* m:set_abort_callback(fn | nil): fn() is polled between network blocks and sampler steps of every
+ * call on the model; true stops the call (it raises "... cancelled"), an error raised by fn stops
+ * it and is re-raised from it. The function is kept in the model's user value rather than the
+ * registry, so a callback that refers to its own model does not keep the model alive. */
+static int m_set_abort_callback(lua_State *L)
+{
+    lua_settop(L, 2);
+    lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
+    luaL_argexpected(L, lua_isnil(L, 2) || lua_isfunction(L, 2), 2, "function or nil");
+    if (!u->m) return luaL_error(L, "model is closed");
+    if (u->L) return luaL_error(L, "model:set_abort_callback(): a call on this model is running");
+    int on = lua_isfunction(L, 2);
+    lb_check(L, ldm_model_set_abort_callback(u->m, on ? on_abort : NULL, on ? u : NULL),
+             "ldm_model_set_abort_callback");
+    lua_setiuservalue(L, 1, 1);
     return 0;
 }
 
@@ -177,12 +245,16 @@ static int m_generate(lua_State *L)
         p.progress_user_data = &ctx;
     }
     ldm_tensor **image = lb_push_tensor_slot(L);
+    lb_call call;
+    lb_call_begin(L, &call, 1);
     ldm_status st = ldm_generate(m, &p, image);
     if (ctx.error_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, ctx.error_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, ctx.error_ref);
-        return lua_error(L); /* the callback's own error value, re-raised */
     }
+    /* the abort callback's error value, else the progress callback's, else the status */
+    lb_call_end(L, &call);
+    if (ctx.error_ref != LUA_NOREF) return lua_error(L);
     lb_check(L, st, "ldm_generate");
     return 1;
 }
@@ -198,7 +270,7 @@ static int m_apply(lua_State *L)
     const ldm_tensor *t = lb_to_timesteps(L, 3, 1);
     const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_model_apply(m, x, t, cond, out), "ldm_model_apply");
+    LB_MODEL_CALL(L, 1, ldm_model_apply(m, x, t, cond, out), "ldm_model_apply");
     return 1;
 }
 
@@ -213,7 +285,7 @@ static int m_apply_guided(lua_State *L)
     const ldm_tensor *uncond = lb_to_tensor(L, 5, LDM_F32, 1);
     float scale = (float)luaL_checknumber(L, 6);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_model_apply_guided(m, x, t, cond, uncond, scale, out), "ldm_model_apply_guided");
+    LB_MODEL_CALL(L, 1, ldm_model_apply_guided(m, x, t, cond, uncond, scale, out), "ldm_model_apply_guided");
     return 1;
 }
 
@@ -223,7 +295,7 @@ static int m_decode_latent(lua_State *L)
     ldm_model *m = lb_check_model(L, 1);
     const ldm_tensor *z = lb_to_tensor(L, 2, LDM_F32, 0);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_model_decode_latent(m, z, out), "ldm_model_decode_latent");
+    LB_MODEL_CALL(L, 1, ldm_model_decode_latent(m, z, out), "ldm_model_decode_latent");
     return 1;
 }
 
@@ -234,7 +306,7 @@ static int m_inpaint_cond(lua_State *L)
     const ldm_tensor *masked = lb_to_tensor(L, 2, LDM_F32, 0);
     const ldm_tensor *mask = lb_to_tensor(L, 3, LDM_F32, 0);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_model_inpaint_cond(m, masked, mask, out), "ldm_model_inpaint_cond");
+    LB_MODEL_CALL(L, 1, ldm_model_inpaint_cond(m, masked, mask, out), "ldm_model_inpaint_cond");
     return 1;
 }
 
@@ -248,7 +320,7 @@ static int m_p_sample(lua_State *L)
     const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
     const ldm_tensor *noise = lb_to_tensor(L, 5, LDM_F32, 1);
     ldm_tensor **out = lb_push_tensor_slot(L);
-    lb_check(L, ldm_model_p_sample(m, x, t, cond, noise, out), "ldm_model_p_sample");
+    LB_MODEL_CALL(L, 1, ldm_model_p_sample(m, x, t, cond, noise, out), "ldm_model_p_sample");
     return 1;
 }
 
@@ -293,12 +365,22 @@ static int m_conditioner(lua_State *L)
 
 void lb_model_register(lua_State *L, int module)
 {
-    static const luaL_Reg methods[] = {
-        {"describe", m_describe},         {"set_threads", m_set_threads},   {"interrupt", m_interrupt},
-        {"close", m_gc},                  {"generate", m_generate},         {"apply", m_apply},
-        {"apply_guided", m_apply_guided}, {"decode_latent", m_decode_latent}, {"inpaint_cond", m_inpaint_cond},
-        {"p_sample", m_p_sample},         {"sampler", m_sampler},           {"autoencoder", m_autoencoder},
-        {"unet", m_unet},                 {"conditioner", m_conditioner},   {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"describe", m_describe},
+                                       {"set_threads", m_set_threads},
+                                       {"interrupt", m_interrupt},
+                                       {"close", m_gc},
+                                       {"generate", m_generate},
+                                       {"apply", m_apply},
+                                       {"apply_guided", m_apply_guided},
+                                       {"decode_latent", m_decode_latent},
+                                       {"inpaint_cond", m_inpaint_cond},
+                                       {"p_sample", m_p_sample},
+                                       {"sampler", m_sampler},
+                                       {"autoencoder", m_autoencoder},
+                                       {"unet", m_unet},
+                                       {"conditioner", m_conditioner},
+                                       {"set_abort_callback", m_set_abort_callback},
+                                       {NULL, NULL}};
     static const luaL_Reg functions[] = {{"load", l_load}, {"load_builtin", l_builtin}, {NULL, NULL}};
     lb_new_class(L, LB_MODEL, methods, m_gc);
     lb_set_functions(L, module, functions);

@@ -224,6 +224,90 @@ test("interrupt from the callback", function()
     eq(shape_str(demo:generate{class_label = 1, steps = STEPS}), "1x3x64x64", "the next call runs")
 end)
 
+test("abort callback returning true cancels; nil removes it", function()
+    local reference = demo:generate{class_label = 1, steps = STEPS}:bytes()
+    local emb = demo:conditioner():encode_labels({1})
+    local polls = 0
+    demo:set_abort_callback(function() polls = polls + 1; return polls >= 5 end)
+    local ok, err = pcall(function()
+        local e = raises("cancelled", demo.generate, demo, {class_label = 1, steps = STEPS})
+        check(tostring(e):find("ldm_generate", 1, true), "message names the call: %s", tostring(e))
+        eq(polls, 5, "polls (none after it asked to stop)")
+        -- the components' calls poll it too: stop at the UNet's 3rd poll
+        polls = 2
+        raises("ldm_unet_forward", demo:unet().forward, demo:unet(), ldm.randn(1, 0, {1, 3, 16, 16}), 500, emb)
+        eq(polls, 5, "polls of the UNet call")
+    end)
+    demo:set_abort_callback(nil)
+    if not ok then error(err, 0) end
+    eq(demo:generate{class_label = 1, steps = STEPS}:bytes(), reference, "after removing it: the same image")
+    eq(polls, 5, "polled after it was removed")
+    -- one that never stops changes nothing, and is polled between network blocks
+    demo:set_abort_callback(function() polls = polls + 1 end)
+    polls = 0
+    ok, err = pcall(demo.generate, demo, {class_label = 1, steps = STEPS})
+    demo:set_abort_callback(nil)
+    check(ok, "generate with a callback returning nil: %s", tostring(err))
+    eq(err:bytes(), reference, "image with a callback that never stops")
+    check(polls > STEPS, "polled %d times in %d steps", polls, STEPS)
+end)
+
+test("abort callback error stops the call and propagates", function()
+    local marker = {}
+    local polls = 0
+    demo:set_abort_callback(function()
+        polls = polls + 1
+        if polls == 3 then error(marker) end
+    end)
+    local ok, err = pcall(function()
+        local ok1, err1 = pcall(demo.generate, demo, {class_label = 1, steps = STEPS})
+        check(not ok1 and err1 == marker, "the callback's error value was not re-raised: %s", tostring(err1))
+        eq(polls, 3, "polls (none after the error)")
+        -- still installed, and no longer raising: the next call completes
+        eq(shape_str(demo:generate{class_label = 1, steps = STEPS}), "1x3x64x64", "the next call runs")
+        check(polls > 3 + STEPS, "polled by the next call")
+        -- a component call
+        polls = 0
+        local ok2, err2 = pcall(demo:autoencoder().decode, demo:autoencoder(), ldm.randn(0, 0, {1, 3, 16, 16}))
+        check(not ok2 and err2 == marker, "decode: %s", tostring(err2))
+        -- generate with a progress callback as well (the abort error is raised in the first step)
+        polls = 0
+        local steps = 0
+        local ok3, err3 = pcall(demo.generate, demo, {class_label = 1, steps = STEPS,
+                                                     progress = function() steps = steps + 1 end})
+        check(not ok3 and err3 == marker, "generate with progress: %s", tostring(err3))
+        eq(steps, 0, "steps completed after the abort callback raised")
+    end)
+    demo:set_abort_callback(nil)
+    if not ok then error(err, 0) end
+end)
+
+test("set_abort_callback arguments and lifetimes", function()
+    raises("function or nil", demo.set_abort_callback, demo, 42)
+    -- not while a call runs: raising inside the callback aborts the call with that error
+    demo:set_abort_callback(function() demo:set_abort_callback(nil) end)
+    local ok, err = pcall(demo.generate, demo, {class_label = 1, steps = STEPS})
+    demo:set_abort_callback(nil)
+    check(not ok and tostring(err):find("a call on this model is running", 1, true), "%s", tostring(err))
+    -- nor may a callback close the model under the call
+    raises("a call on this model is running", demo.generate, demo, {class_label = 1, steps = STEPS,
+                                                                    progress = function() demo:close() end})
+    eq(shape_str(demo:generate{class_label = 1, steps = STEPS}), "1x3x64x64", "the model still works")
+    local m = ldm.load_builtin("demo")
+    m:close()
+    raises("model is closed", m.set_abort_callback, m, function() end)
+    -- a callback that refers to its model does not keep it alive
+    local weak = setmetatable({}, {__mode = "v"})
+    do
+        local m2 = ldm.load_builtin("demo")
+        m2:set_abort_callback(function() return m2 == nil end)
+        weak[1] = m2
+    end
+    collectgarbage("collect")
+    collectgarbage("collect")
+    eq(weak[1], nil, "model with a callback referring to it, after collection")
+end)
+
 test("error messages", function()
     raises("class label", demo.generate, demo, {class_label = 5000, steps = STEPS})
     raises("unknown option 'stpes'", demo.generate, demo, {class_label = 1, stpes = 10})
