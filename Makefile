@@ -110,12 +110,14 @@ $(BENCH): bench/bench.c $(STATIC_LIB)
 bench: $(BENCH)
 
 # Lua 5.4 module (bindings/lua/README.md): $(BUILD)/ldm.so for `require "ldm"` through LUA_CPATH.
-# It links the shared library, found next to the module ($ORIGIN) or on the loader's path.
+# It links the shared library, found next to the module ($ORIGIN, as in $(BUILD)), two levels up
+# ($ORIGIN/../..: installed in $(LIBDIR)/lua/5.4, beside $(LIBDIR)/libldm.so.0), or on the loader's
+# path.
 LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA_MODULE := $(BUILD)/ldm.so
 LUA_SRC := $(sort $(wildcard bindings/lua/*.c))
 $(LUA_MODULE): $(LUA_SRC) bindings/lua/lbind.h include/ldm.h $(SHARED_LIB)
-	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -shared -o $@ $(LUA_SRC) -L$(BUILD) -lldm -Wl,-rpath,'$$ORIGIN'
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -shared -o $@ $(LUA_SRC) -L$(BUILD) -lldm -Wl,-rpath,'$$ORIGIN:$$ORIGIN/../..'
 lua: $(LUA_MODULE)
 .PHONY: lua
 
@@ -158,7 +160,14 @@ do-check: all tests lua
 do-run: all
 	./$(TOOL) generate -o demo.png
 
-install: all
+# `make install` also builds and installs the Lua module when Lua 5.4's headers are there (else it
+# says so and goes on). Its directory, LUA_CMODDIR, is where Lua 5.4 looks for C modules under the
+# prefix: Debian's lua5.4 searches /usr/local/lib/lua/5.4 and /usr/lib/lua/5.4, while pkg-config's
+# INSTALL_CMOD moved to another prefix (/usr/local/lib/x86_64-linux-gnu/lua/5.4) is not searched.
+LUA_CMODDIR ?= $(LIBDIR)/lua/5.4
+LUA_FOUND := $(shell $(CC) $(LUA_CFLAGS) -dM -E -include lua.h -x c /dev/null 2>/dev/null | grep -q 'define LUA_VERSION_NUM  *504' && echo yes)
+
+install: all $(if $(LUA_FOUND),lua)
 	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(PKGCONFIGDIR)
 	install -m 644 include/ldm.h $(DESTDIR)$(INCLUDEDIR)/ldm.h
 	install -m 644 $(STATIC_LIB) $(DESTDIR)$(LIBDIR)/libldm.a
@@ -169,10 +178,16 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
 	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@BLAS_LIBS@|$(PC_BLAS_LIBS)|g' \
 	    -e 's|@BLAS_REQUIRES@|$(PC_BLAS_REQUIRES)|g' pkgconfig/ldm.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
+ifneq ($(LUA_FOUND),)
+	install -d $(DESTDIR)$(LUA_CMODDIR)
+	install -m 755 $(LUA_MODULE) $(DESTDIR)$(LUA_CMODDIR)/ldm.so
+else
+	@echo "install: Lua 5.4 headers not found (LUA_CFLAGS: $(LUA_CFLAGS)): the Lua module is not installed"
+endif
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ldm.h $(DESTDIR)$(LIBDIR)/libldm.a $(DESTDIR)$(LIBDIR)/libldm.so* \
-	      $(DESTDIR)$(BINDIR)/ldm $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
+	      $(DESTDIR)$(BINDIR)/ldm $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc $(DESTDIR)$(LUA_CMODDIR)/ldm.so
 
 format:
 	clang-format -i include/*.h lib/*/*.[ch] src/*.c tests/*.c

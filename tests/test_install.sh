@@ -3,8 +3,10 @@
 # built with `pkg-config --cflags --libs ldm` (shared library, run with LD_LIBRARY_PATH) and with
 # `pkg-config --static` (libldm.a plus every private dependency the .pc lists), both run on the
 # built-in demo model. Also: the .pc and soname against the installed header, DESTDIR staging,
-# uninstall, and `pip install bindings/python` (when a Python with pip, setuptools and wheel is
-# there: the install runs offline, without build isolation).
+# uninstall, the Lua module (installed in <prefix>/lib/lua/5.4, loaded by lua5.4 with nothing but
+# package.cpath set; skipped without Lua 5.4's headers, as `make install` then skips it), and
+# `pip install bindings/python` (when a Python with pip, setuptools and wheel is there: the install
+# runs offline, without build isolation).
 # Ends with "install: N passed, N failed[, N skipped]"; exits non-zero on any failure.
 #   LDM_BUILD=build sh tests/test_install.sh
 set -u
@@ -36,7 +38,10 @@ header_major=$(sed -n 's/^#define LDM_VERSION_MAJOR \([0-9]*\)$/\1/p' "$root/inc
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 
 installed() {
-    submake PREFIX="$prefix" install &&
+    submake PREFIX="$prefix" install >"$tmp/install.out" 2>&1
+    rc=$?
+    cat "$tmp/install.out"
+    [ "$rc" -eq 0 ] &&
         for f in include/ldm.h lib/libldm.a "lib/libldm.so.$header_major" lib/libldm.so lib/pkgconfig/ldm.pc bin/ldm; do
             [ -e "$prefix/$f" ] || { echo "missing $prefix/$f"; return 1; }
         done
@@ -88,9 +93,48 @@ minimal_static() {
 }
 
 destdir_staging() {
-    submake DESTDIR="$tmp/stage" PREFIX=/opt/ldm install || return 1
+    submake DESTDIR="$tmp/stage" PREFIX=/opt/ldm LUA_CMODDIR=/opt/lua-modules install || return 1
     [ -e "$tmp/stage/opt/ldm/lib/libldm.so.$header_major" ] || { echo "no library under DESTDIR"; return 1; }
     grep -qx 'prefix=/opt/ldm' "$tmp/stage/opt/ldm/lib/pkgconfig/ldm.pc" || { echo "ldm.pc prefix is not /opt/ldm"; return 1; }
+    if [ -e "$prefix/lib/lua/5.4/ldm.so" ]; then
+        [ -e "$tmp/stage/opt/lua-modules/ldm.so" ] || { echo "no Lua module in DESTDIR + LUA_CMODDIR"; return 1; }
+    fi
+}
+
+# The installed Lua module, as `require "ldm"` meets it: only package.cpath points at the prefix
+# (no LD_LIBRARY_PATH); the module must find the installed libldm (runpath $ORIGIN/../..), which
+# /proc/self/maps confirms. Then examples/minimal.lua: the same call as minimal.c, the same PNG.
+lua_module() {
+    [ -f "$prefix/lib/lua/5.4/ldm.so" ] || { echo "missing $prefix/lib/lua/5.4/ldm.so"; return 1; }
+    libdir=$(cd "$prefix/lib" && pwd -P)/
+    env -u LD_LIBRARY_PATH -u LUA_CPATH -u LUA_CPATH_5_4 lua5.4 -e "
+        package.cpath = [[$prefix/lib/lua/5.4/?.so]]
+        local ldm = require 'ldm'
+        assert(ldm.version() == [[$header_version]], 'module version ' .. ldm.version())
+        local want, seen = [[$libdir]], nil
+        for line in io.lines('/proc/self/maps') do
+            local path = line:match('(/%S*libldm%.so[.%d]*)$')
+            if path then
+                assert(path:sub(1, #want) == want, 'loaded ' .. path .. ', not the installed library')
+                seen = path
+            end
+        end
+        assert(seen, 'no libldm in /proc/self/maps')
+        print('loaded ' .. seen)" || return 1
+    (cd "$tmp" && env -u LD_LIBRARY_PATH LUA_CPATH="$prefix/lib/lua/5.4/?.so" lua5.4 "$root/examples/minimal.lua" demo "" lua.png) &&
+        cmp "$tmp/shared.png" "$tmp/lua.png"
+}
+
+# Without Lua 5.4's headers (none on the compiler's path at all here) `make install` installs the
+# rest, says why the module is missing, and succeeds.
+install_without_lua() {
+    submake PREFIX="$tmp/nolua" LUA_CFLAGS="-nostdinc -I$tmp/no-such-dir" install >"$tmp/nolua.out" 2>&1
+    rc=$?
+    cat "$tmp/nolua.out"
+    [ "$rc" -eq 0 ] || return 1
+    grep -q "Lua module is not installed" "$tmp/nolua.out" || { echo "no message about the Lua module"; return 1; }
+    [ -e "$tmp/nolua/lib/libldm.so.$header_major" ] || { echo "the library was not installed"; return 1; }
+    if find "$tmp/nolua" -name ldm.so | grep -q .; then echo "a Lua module was installed"; return 1; fi
 }
 
 uninstalled() {
@@ -114,7 +158,15 @@ check "make install PREFIX=<tmp>" installed
 check "ldm.pc, soname and the installed header agree" pc_matches_header
 check "examples/minimal.c with pkg-config (shared), run" minimal_shared
 check "examples/minimal.c with pkg-config --static, run" minimal_static
-check "make install DESTDIR=<tmp> PREFIX=/opt/ldm" destdir_staging
+check "make install DESTDIR=<tmp> PREFIX=/opt/ldm LUA_CMODDIR=/opt/lua-modules" destdir_staging
+check "make install without Lua 5.4 headers: the rest installed, a message" install_without_lua
+if grep -q "Lua module is not installed" "$tmp/install.out"; then
+    skip "Lua module: make install found no Lua 5.4 headers (Debian: liblua5.4-dev)"
+elif ! command -v lua5.4 >/dev/null 2>&1; then
+    skip "Lua module: no lua5.4 interpreter (Debian: lua5.4)"
+else
+    check "Lua module in <prefix>/lib/lua/5.4, require 'ldm' loads the installed library, examples/minimal.lua" lua_module
+fi
 
 py=""
 for candidate in python3 /usr/bin/python3; do
