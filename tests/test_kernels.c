@@ -348,21 +348,49 @@ static void check_winograd(lk_conv2d_shape s, int m)
     check_conv_with(s, 1, m == 4 ? winograd4 : winograd2, m == 4 ? "winograd F(4,3)" : "winograd F(2,3)");
 }
 
+/* Tiles of the batch that one product covers, and output channels per group of transformed
+ * weights, for shape s under F(m x m, 3x3). */
+static int winograd_blocks(lk_conv2d_shape s, int m)
+{
+    int tb, og, tiles_1d_h = (lk_conv2d_out_h(&s) + m - 1) / m, tiles_1d_w = (lk_conv2d_out_w(&s) + m - 1) / m;
+    lk_winograd_blocking(&s, m, &tb, &og);
+    return (s.batch * tiles_1d_h * tiles_1d_w + tb - 1) / tb;
+}
+
+static int winograd_groups(lk_conv2d_shape s, int m)
+{
+    int tb, og;
+    lk_winograd_blocking(&s, m, &tb, &og);
+    return (s.out_ch + og - 1) / og;
+}
+
 START_TEST(conv2d_winograd_matches_reference)
 {
     static const lk_conv2d_shape shapes[] = {
-        {1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 1, 1},       /* one pixel: one partial tile */
-        {2, 3, 5, 7, 2, 3, 3, 1, 1, 1, 1, 1},       /* partial tiles right and bottom, batch 2 */
-        {1, 4, 10, 9, 5, 3, 3, 1, 0, 0, 0, 0},      /* no padding */
-        {1, 6, 9, 12, 3, 3, 3, 1, 0, 1, 2, 0},      /* asymmetric padding */
-        {2, 40, 16, 16, 70, 3, 3, 1, 1, 1, 1, 1},   /* several output-channel blocks, last partial */
-        {1, 256, 68, 60, 8, 3, 3, 1, 1, 1, 1, 1},   /* several tile blocks, last partial */
-        {1, 512, 5, 6, 480, 3, 3, 1, 1, 1, 1, 1},   /* transformed weights in several groups */
+        {1, 1, 1, 1, 1, 3, 3, 1, 1, 1, 1, 1},     /* one pixel: one partial tile */
+        {2, 3, 5, 7, 2, 3, 3, 1, 1, 1, 1, 1},     /* partial tiles right and bottom, batch 2 */
+        {1, 4, 10, 9, 5, 3, 3, 1, 0, 0, 0, 0},    /* no padding */
+        {1, 6, 9, 12, 3, 3, 3, 1, 0, 1, 2, 0},    /* asymmetric padding */
+        {2, 40, 16, 16, 70, 3, 3, 1, 1, 1, 1, 1}, /* one block over both images */
     };
     for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
         check_winograd(shapes[i], 4);
         check_winograd(shapes[i], 2);
     }
+    /* Tile blocks that span two images and start in the middle of a tile row: 2 x 625 tiles
+     * under F(4x4) (2 x 2500 under F(2x2)) in blocks the budget cuts to a few hundred. */
+    lk_conv2d_shape blocks = {2, 256, 100, 100, 8, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert_int_ge(winograd_blocks(blocks, 4), 2);
+    ck_assert_int_ge(winograd_blocks(blocks, 2), 2);
+    check_winograd(blocks, 4);
+    check_winograd(blocks, 2);
+    /* Transformed weights in several groups of output channels, the last one partial. */
+    lk_conv2d_shape groups4 = {1, 2048, 5, 6, 300, 3, 3, 1, 1, 1, 1, 1};
+    lk_conv2d_shape groups2 = {1, 4096, 3, 3, 600, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert_int_ge(winograd_groups(groups4, 4), 2);
+    ck_assert_int_ge(winograd_groups(groups2, 2), 3);
+    check_winograd(groups4, 4);
+    check_winograd(groups2, 2);
     lk_conv2d_shape strided = {1, 4, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1}, k5 = {1, 4, 8, 8, 4, 5, 5, 1, 2, 2, 2, 2};
     ck_assert(!lk_winograd_applies(&strided));
     ck_assert(!lk_winograd_applies(&k5));

@@ -88,6 +88,9 @@ ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const fl
                                const float *bias, float *y, int m);
 ldm_status lk_conv3x3_winograd_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                                    const float *bias, float *y, int m);
+/* How lk_conv3x3_winograd cuts shape s (for tests): tiles per product (a block of the batch's
+ * tiles) and output channels per group of transformed weights. */
+void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block, int *channels_per_group);
 /* Stride-1 convolutions with at most 8 output channels (the last layer of a decoder or UNet),
  * computed directly (conv_direct.c); lk_conv_direct_applies says which shapes it takes. */
 int lk_conv_direct_applies(const lk_conv2d_shape *s);

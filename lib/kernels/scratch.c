@@ -28,9 +28,19 @@ static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
 static scratch_slot cache[SCRATCH_SLOTS];
 static size_t cached_bytes;
 
+/* Requests are rounded up to a size class (quarter steps between powers of two: at most a quarter
+ * more than asked) so that the varying sizes of successive layers reuse the same buffers. */
+static size_t size_class(size_t bytes)
+{
+    size_t pow = 1;
+    while (pow < bytes / 4) pow <<= 1;
+    return (bytes + pow - 1) / pow * pow;
+}
+
 void *lk_scratch_get(size_t bytes)
 {
     if (bytes == 0) bytes = 1;
+    bytes = size_class(bytes);
     pthread_mutex_lock(&scratch_lock);
     int best = -1;
     for (int i = 0; i < SCRATCH_SLOTS; i++) /* smallest cached buffer that fits */
@@ -63,6 +73,7 @@ int lk_low_memory(void)
 void lk_scratch_put(void *p, size_t bytes)
 {
     if (!p) return;
+    bytes = size_class(bytes); /* what lk_scratch_get allocated (or less, for a reused buffer) */
     if (lk_low_memory()) { /* nothing is kept between calls */
         lk_scratch_trim();
         ldm_free(p);

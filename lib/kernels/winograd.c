@@ -35,8 +35,12 @@
 
 #define WG_TMAX 6             /* largest input tile edge (F(4x4,3x3)) */
 #define WG_XIMAX (WG_TMAX * WG_TMAX)
-#define WG_V_BUDGET (1 << 21) /* floats of V per tile block (8 MiB) */
-#define WG_U_BUDGET (1 << 23) /* floats of transformed weights held at once (32 MiB) */
+/* Budgets in floats. The products want many tiles (rows) and output channels (columns) per call:
+ * each call streams its slice of U once, so U is re-read once per tile block, and the input is
+ * re-transformed once per group of output channels. */
+#define WG_V_BUDGET       (1 << 22)  /* V and M of one tile block, each (16 MiB) */
+#define WG_U_BUDGET       (12 << 20) /* transformed weights held at once (48 MiB) */
+#define WG_MIN_GROUP      256        /* output channels per group, whatever the budget says */
 #define WG_TILES_PER_TASK 16  /* tiles per transform task */
 
 int lk_winograd_applies(const lk_conv2d_shape *s) { return s->k_h == 3 && s->k_w == 3 && s->stride == 1; }
@@ -45,7 +49,7 @@ static int round8(int v) { return (v + 7) & ~7; }
 
 typedef struct wg_plan {
     const lk_conv2d_shape *s;
-    int OH, OW, tiles_x, tiles, tb; /* tb: tiles per block */
+    int OH, OW, tiles_x, tiles, tb; /* tiles per image; tiles per block (of the whole batch) */
     int ic8;                        /* channel stride of the staged input, V and U */
     int og, og8;                    /* output channels per group; stride of M */
     int stage_w, stage_rows;        /* staged input: columns, rows (for the largest block) */
@@ -134,8 +138,9 @@ LK_BODY void weight_transform_body(const wt_job *j, int o, const int T)
 typedef struct in_job {
     const wg_plan *p;
     const float *x; /* this image [IC,H,W] */
-    int t0, nt;     /* tiles of this block */
-    int ty0;        /* first tile row of the block */
+    int t0, nt;     /* tiles of this image in this block */
+    int ty0;        /* first tile row of t0 */
+    int r0;         /* row of tile t0 in the block's V */
 } in_job;
 
 /* Staged row i ([column][channel], padding included) of the block: input row 4*ty0 - pad + i. */
@@ -273,7 +278,7 @@ LK_BODY void input_transform_body(const in_job *j, int task, const int T)
     for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
         int tile = j->t0 + t, ty = tile / p->tiles_x - j->ty0, tx = tile % p->tiles_x;
         const float *patch = p->S + (size_t)(ty * Mo) * row + (size_t)(tx * Mo) * p->ic8;
-        float *v = p->V + (size_t)t * p->ic8;
+        float *v = p->V + (size_t)(j->r0 + t) * p->ic8;
         for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
             v8f d[WG_XIMAX], h[WG_XIMAX], o[WG_XIMAX];
             for (int r = 0; r < T; r++)
@@ -290,9 +295,10 @@ LK_BODY void input_transform_body(const in_job *j, int task, const int T)
 typedef struct prod_job {
     const wg_plan *p;
     const float *bias;
-    float *y; /* this image [OC,OH,OW] */
+    float *y; /* this image [OC,OH,OW] (output transform) */
     int og0, ogn;
-    int t0, nt;
+    int t0, nt; /* tiles of this image (output transform), or rows of the block (products) */
+    int r0;     /* row of tile t0 in the block's M */
 } prod_job;
 
 /* One of the 36 products M[xi] = V[xi] U[xi]^T over the whole channel group and tile block:
@@ -356,7 +362,7 @@ LK_BODY void output_transform_body(const prod_job *j, int task, const int T)
     for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
         int tile = j->t0 + t, oh0 = (tile / p->tiles_x) * Mo, ow0 = (tile % p->tiles_x) * Mo;
         int nh = LDM_MIN(Mo, p->OH - oh0), nw = LDM_MIN(Mo, p->OW - ow0);
-        const float *m = p->M + (size_t)t * p->og8;
+        const float *m = p->M + (size_t)(j->r0 + t) * p->og8;
         for (int o0 = 0; o0 < j->ogn; o0 += LANES) {
             int n = LDM_MIN(LANES, j->ogn - o0);
             v8f z[WG_XIMAX], q[WG_XIMAX], out[WG_XIMAX], b = SPLAT(0.0f);
@@ -426,6 +432,16 @@ static wg_fns pick_fns(void)
 
 /* ---------------------------------------------------------------- driver */
 
+/* Parts of at most `most` (at least 1) that cut n into as few, equal pieces as possible, rounded
+ * up to a multiple of `align` (but not past n): e.g. 130 tiles at most 128 -> 2 x 72, not 128 + 2. */
+static int balanced(long n, size_t most, int align)
+{
+    long parts = (long)((n + (long)LDM_MAX(most, (size_t)1) - 1) / (long)LDM_MAX(most, (size_t)1));
+    long each = (n + parts - 1) / parts;
+    each = (each + align - 1) / align * align;
+    return (int)LDM_MIN(each, n);
+}
+
 static void plan_free(wg_plan *p)
 {
     lk_scratch_put(p->U, p->bytes[0]);
@@ -434,24 +450,51 @@ static void plan_free(wg_plan *p)
     lk_scratch_put(p->S, p->bytes[3]);
 }
 
-static ldm_status plan_alloc(wg_plan *p)
+/* Tiling and blocking of the plan, from the shape alone. */
+static void plan_shape(wg_plan *p)
 {
     const lk_conv2d_shape *s = p->s;
     int OC = s->out_ch;
     p->ic8 = round8(s->in_ch);
     p->tiles_x = (p->OW + p->Mo - 1) / p->Mo;
     p->tiles = p->tiles_x * ((p->OH + p->Mo - 1) / p->Mo);
-    p->tb = (int)LDM_MIN((size_t)p->tiles, LDM_MAX((size_t)16, WG_V_BUDGET / ((size_t)p->XI * p->ic8)));
-    p->og = (int)LDM_MIN((size_t)OC, LDM_MAX((size_t)16, WG_U_BUDGET / ((size_t)p->XI * p->ic8)));
+    p->og = balanced(OC, LDM_MAX((size_t)WG_MIN_GROUP, WG_U_BUDGET / ((size_t)p->XI * p->ic8)), 8);
     p->og8 = round8(p->og);
+    size_t per_tile = (size_t)p->XI * (size_t)LDM_MAX(p->ic8, p->og8);
+    p->tb = balanced((long)p->tiles * s->batch, LDM_MAX((size_t)16, WG_V_BUDGET / per_tile), 8);
     p->stage_w = p->tiles_x * p->Mo + 2;
-    /* a block of tb tiles starting anywhere in a tile row spans at most this many tile rows */
-    int block_rows = (p->tb + p->tiles_x - 1) / p->tiles_x + 1;
+    /* the tiles of one image in a block of tb, starting anywhere in a tile row, span at most
+     * this many tile rows */
+    int block_rows = LDM_MIN((p->tb + p->tiles_x - 1) / p->tiles_x + 1, p->tiles / p->tiles_x);
     p->stage_rows = block_rows * p->Mo + 2;
     p->bytes[0] = sizeof(float) * p->XI * (size_t)p->og * p->ic8;
     p->bytes[1] = sizeof(float) * p->XI * (size_t)p->tb * p->ic8;
     p->bytes[2] = sizeof(float) * p->XI * (size_t)p->tb * p->og8;
     p->bytes[3] = sizeof(float) * (size_t)p->stage_rows * p->stage_w * p->ic8;
+}
+
+static wg_plan plan_make(const lk_conv2d_shape *s, int m, int up2)
+{
+    wg_plan p = {.s = s,
+                 .OH = lk_conv2d_out_h(s),
+                 .OW = lk_conv2d_out_w(s),
+                 .up2 = up2,
+                 .T = m + 2,
+                 .Mo = m,
+                 .XI = (m + 2) * (m + 2)};
+    plan_shape(&p);
+    return p;
+}
+
+void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block, int *channels_per_group)
+{
+    wg_plan p = plan_make(s, m, 0);
+    *tiles_per_block = p.tb;
+    *channels_per_group = p.og;
+}
+
+static ldm_status plan_alloc(wg_plan *p)
+{
     float **bufs[4] = {&p->U, &p->V, &p->M, &p->S};
     for (int i = 0; i < 4; i++) {
         *bufs[i] = lk_scratch_get(p->bytes[i]);
@@ -463,25 +506,44 @@ static ldm_status plan_alloc(wg_plan *p)
     return LDM_OK;
 }
 
-/* All images and tiles for output channels [og0, og0 + ogn), whose U is ready. */
+/* Stage and transform the tiles [t0, t0 + n) of image b into rows [r0, r0 + n) of V. */
+static void transform_input(const wg_plan *p, const wg_fns *f, lpool *pool, const float *x, int b, int t0, int n,
+                            int r0)
+{
+    const lk_conv2d_shape *s = p->s;
+    const float *xb = x + (size_t)b * s->in_ch * s->in_h * s->in_w / (p->up2 ? 4 : 1);
+    int ty0 = t0 / p->tiles_x;
+    int rows = ((t0 + n - 1) / p->tiles_x - ty0 + 1) * p->Mo + 2;
+    in_job ij = {p, xb, t0, n, ty0, r0};
+    lpool_run(pool, rows, f->stage, &ij);
+    lpool_run(pool, (n + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK, f->input, &ij);
+}
+
+/* All tiles of all images for output channels [og0, og0 + ogn), whose U is ready. A block of tb
+ * tiles may span images (the batch is one long run of tiles), so that small images still give
+ * the products many rows; staging and the transforms go image by image. */
 static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const float *x, const float *bias, float *y,
                       int og0, int ogn)
 {
     const lk_conv2d_shape *s = p->s;
     lpool *pool = c ? c->pool : NULL;
-    for (int b = 0; b < s->batch; b++) {
-        const float *xb = x + (size_t)b * s->in_ch * s->in_h * s->in_w / (p->up2 ? 4 : 1);
-        float *yb = y + (size_t)b * s->out_ch * p->OH * p->OW;
-        for (int t0 = 0; t0 < p->tiles; t0 += p->tb) {
-            int nt = LDM_MIN(p->tb, p->tiles - t0), ty0 = t0 / p->tiles_x;
-            int rows = ((t0 + nt - 1) / p->tiles_x - ty0 + 1) * p->Mo + 2;
-            int tasks = (nt + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK;
-            in_job ij = {p, xb, t0, nt, ty0};
-            lpool_run(pool, rows, f->stage, &ij);
-            lpool_run(pool, tasks, f->input, &ij);
-            prod_job pj = {p, bias, yb, og0, ogn, t0, nt};
-            lpool_run(pool, p->XI, product_task, &pj);
-            lpool_run(pool, tasks, f->output, &pj);
+    long total = (long)p->tiles * s->batch;
+    for (long g0 = 0; g0 < total; g0 += p->tb) {
+        int nt = (int)LDM_MIN((long)p->tb, total - g0);
+        for (long g = g0; g < g0 + nt;) { /* the block's part of each image */
+            int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
+            int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
+            transform_input(p, f, pool, x, b, t0, n, (int)(g - g0));
+            g += n;
+        }
+        prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0};
+        lpool_run(pool, p->XI, product_task, &pj);
+        for (long g = g0; g < g0 + nt;) {
+            int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
+            int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
+            prod_job oj = {p, bias, y + (size_t)b * s->out_ch * p->OH * p->OW, og0, ogn, t0, n, (int)(g - g0)};
+            lpool_run(pool, (n + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK, f->output, &oj);
+            g += n;
         }
     }
 }
@@ -490,9 +552,8 @@ static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float 
                            float *y, int m, int up2)
 {
     if (m != 2 && m != 4) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: no Winograd F(%dx%d,3x3)", m, m);
-    wg_plan p = {.s = s, .OH = lk_conv2d_out_h(s), .OW = lk_conv2d_out_w(s), .up2 = up2,
-                 .T = m + 2, .Mo = m, .XI = (m + 2) * (m + 2)};
-    if (s->batch <= 0 || s->out_ch <= 0 || p.OH <= 0 || p.OW <= 0) return LDM_OK;
+    if (s->batch <= 0 || s->out_ch <= 0 || lk_conv2d_out_h(s) <= 0 || lk_conv2d_out_w(s) <= 0) return LDM_OK;
+    wg_plan p = plan_make(s, m, up2);
     LDM_TRY(plan_alloc(&p));
     lk_blas_init();
     wg_fns f = pick_fns();
