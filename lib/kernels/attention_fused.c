@@ -7,10 +7,13 @@
  * of one (batch, head); it walks the keys in blocks of FA_KB:
  *   - the block's keys are packed transposed (Kt [D][keys]) and its values row-major, padded;
  *   - scores S = Q K^T come from a 6 x 16 register-blocked micro-kernel (12 accumulators, the
- *     classic GEMM shape: one broadcast of q and two loads of Kt per 12 FMAs);
+ *     classic GEMM shape: one broadcast of q and two loads of Kt per 12 FMAs); the queries are
+ *     packed pre-multiplied by scale * log2(e), so scores come out in base-2 exponent units,
+ *     and for full blocks the kernel also keeps each row's maximum in its registers;
  *   - each row's running maximum, rescale factor and exp-sum are updated (online softmax) with
- *     a vector exp (the Cephes scheme of vexp.c, here with FMA);
- *   - O += P V from a 2-row micro-kernel over chunks of up to 40 output columns.
+ *     a vector 2^x (the Cephes polynomial of vexp.c on the reduced argument, with FMA): one
+ *     pass over the scores, no separate scaling or max pass;
+ *   - O += P V from a 6-row micro-kernel over 16 output columns at a time.
  * The full Tq x Tk score matrix never exists; per-thread scratch is a few hundred KiB.
  *
  * Results differ from the BLAS version by float rounding only (FMA, summation order). Every unit
@@ -35,7 +38,6 @@
 #define FA_KC 16  /* keys per score micro-kernel (two vectors) */
 #define FA_TQ 96  /* query rows per unit: a multiple of FA_R and of 2 */
 #define FA_KB 256 /* keys per block: a multiple of FA_KC */
-#define FA_DC 5   /* vectors of output columns per output micro-kernel pass */
 
 static int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
@@ -53,15 +55,16 @@ typedef struct fa_job {
 } fa_job;
 
 typedef struct fa_scratch {
-    float *q;   /* [FA_TQ][D] queries of the unit (rows past Tq zero) */
+    float *q;   /* [FA_TQ][D] queries of the unit, times scale * log2(e) (rows past Tq zero) */
     float *s;   /* [FA_TQ][FA_KB] scores, then probabilities */
     float *o;   /* [FA_TQ][D8] un-normalised output */
-    float *mx, *sum; /* [FA_TQ] running row maximum and exp-sum */
+    float *mx, *sum; /* [FA_TQ] running row maximum and exp-sum (base-2 units) */
+    float *bm;       /* [FA_TQ][8] lane-wise maxima of the current block's scores */
 } fa_scratch;
 
 static size_t scratch_floats(int D, int D8)
 {
-    return (size_t)FA_TQ * D + (size_t)FA_TQ * FA_KB + (size_t)FA_TQ * D8 + 2 * FA_TQ + 64;
+    return (size_t)FA_TQ * D + (size_t)FA_TQ * FA_KB + (size_t)FA_TQ * D8 + 2 * FA_TQ + 8 * FA_TQ + 64;
 }
 
 static fa_scratch scratch_at(float *base, int D, int D8)
@@ -72,6 +75,7 @@ static fa_scratch scratch_at(float *base, int D, int D8)
     w.o = w.s + (size_t)FA_TQ * FA_KB;
     w.mx = w.o + (size_t)FA_TQ * D8;
     w.sum = w.mx + FA_TQ;
+    w.bm = w.sum + FA_TQ;
     return w;
 }
 
@@ -79,11 +83,14 @@ static fa_scratch scratch_at(float *base, int D, int D8)
 
 static float view_at(const lk_view *v, const float *base, long t, long d) { return base[t * v->st + d * v->sd]; }
 
+/* Queries times scale * log2(e): e^(scale q.k) = 2^(q'.k), and the scaling costs D multiplies
+ * per query instead of one per score. */
 static void pack_queries(const fa_job *j, const float *qb, int t0, int nq, float *dst)
 {
     int D = j->D;
+    float f = j->scale * 1.44269504088896341f;
     for (int i = 0; i < FA_TQ; i++)
-        for (int d = 0; d < D; d++) dst[(size_t)i * D + d] = i < nq ? view_at(&j->q, qb, t0 + i, d) : 0.0f;
+        for (int d = 0; d < D; d++) dst[(size_t)i * D + d] = i < nq ? f * view_at(&j->q, qb, t0 + i, d) : 0.0f;
 }
 
 /* Keys and values of one (batch, head), packed once for all its query blocks (packing per query
@@ -108,8 +115,9 @@ static void pack_head(void *arg, int bh)
 
 /* ---------------------------------------------------------------- micro-kernels */
 
-/* s[0..6)[0..16) = q[0..6)[0..D) . kt[0..D)[0..16), kt one packed panel */
-FA_INLINE FA_TARGET void score_6x16(const float *q, int D, const float *kt, float *s)
+/* s[0..6)[0..16) = q[0..6)[0..D) . kt[0..D)[0..16), kt one packed panel; with `track`, also
+ * bm[r][0..8) = max(bm[r], the row's new scores) lane-wise. */
+FA_INLINE FA_TARGET void score_6x16(const float *q, int D, const float *kt, float *s, float *bm, const int track)
 {
     __m256 c[FA_R][2];
     UNROLL for (int r = 0; r < FA_R; r++) c[r][0] = c[r][1] = _mm256_setzero_ps();
@@ -124,58 +132,78 @@ FA_INLINE FA_TARGET void score_6x16(const float *q, int D, const float *kt, floa
     UNROLL for (int r = 0; r < FA_R; r++) {
         _mm256_storeu_ps(s + (size_t)r * FA_KB, c[r][0]);
         _mm256_storeu_ps(s + (size_t)r * FA_KB + 8, c[r][1]);
-    }
-}
-
-/* o[0..2)[0..8*nv) += p[0..2)[0..nk) . v[0..nk)[0..8*nv), nv <= FA_DC (a constant after inlining) */
-FA_INLINE FA_TARGET void pv_2rows(const float *p, int nk, const float *v, int D8, float *o, int nv)
-{
-    __m256 c0[FA_DC], c1[FA_DC];
-    UNROLL for (int x = 0; x < nv; x++) {
-        c0[x] = _mm256_loadu_ps(o + 8 * x);
-        c1[x] = _mm256_loadu_ps(o + D8 + 8 * x);
-    }
-    for (int c = 0; c < nk; c++) {
-        __m256 a0 = _mm256_broadcast_ss(p + c), a1 = _mm256_broadcast_ss(p + FA_KB + c);
-        const float *vr = v + (size_t)c * D8;
-        UNROLL for (int x = 0; x < nv; x++) {
-            __m256 vv = _mm256_loadu_ps(vr + 8 * x);
-            c0[x] = _mm256_fmadd_ps(a0, vv, c0[x]);
-            c1[x] = _mm256_fmadd_ps(a1, vv, c1[x]);
+        if (track) {
+            __m256 m = _mm256_max_ps(c[r][0], c[r][1]);
+            _mm256_storeu_ps(bm + 8 * r, _mm256_max_ps(m, _mm256_loadu_ps(bm + 8 * r)));
         }
     }
-    UNROLL for (int x = 0; x < nv; x++) {
-        _mm256_storeu_ps(o + 8 * x, c0[x]);
-        _mm256_storeu_ps(o + D8 + 8 * x, c1[x]);
+}
+
+/* The scores of rows [0, rows) against keys [0, nk16) of a block; bm: see score_6x16. */
+FA_TARGET static void score_block(const float *q, int D, const float *kt, int rows, int nk16, float *s, float *bm,
+                                  int track)
+{
+    for (int r = 0; r < rows; r += FA_R)
+        for (int c = 0; c < nk16; c += FA_KC) {
+            const float *qr = q + (size_t)r * D, *kc = kt + (size_t)c * D;
+            float *sr = s + (size_t)r * FA_KB + c, *br = bm + 8 * r;
+            if (track)
+                score_6x16(qr, D, kc, sr, br, 1);
+            else
+                score_6x16(qr, D, kc, sr, br, 0);
+        }
+}
+
+/* o[0..6)[0..8*nv) += p[0..6)[0..nk) . v[0..nk)[0..8*nv), nv = 1 or 2 (a constant after inlining):
+ * the score kernel's shape again, 12 FMAs per two loads of a value row and six broadcasts of p
+ * (the value block lives in L2; p's six rows in L1). */
+FA_INLINE FA_TARGET void pv_6rows(const float *p, int nk, const float *v, int D8, float *o, const int nv)
+{
+    __m256 c[FA_R][2];
+    UNROLL for (int r = 0; r < FA_R; r++)
+    {
+        c[r][0] = _mm256_loadu_ps(o + (size_t)r * D8);
+        c[r][1] = nv > 1 ? _mm256_loadu_ps(o + (size_t)r * D8 + 8) : _mm256_setzero_ps();
+    }
+    for (int k = 0; k < nk; k++) {
+        const float *vr = v + (size_t)k * D8;
+        __m256 v0 = _mm256_loadu_ps(vr), v1 = nv > 1 ? _mm256_loadu_ps(vr + 8) : v0;
+        UNROLL for (int r = 0; r < FA_R; r++)
+        {
+            __m256 a = _mm256_broadcast_ss(p + (size_t)r * FA_KB + k);
+            c[r][0] = _mm256_fmadd_ps(a, v0, c[r][0]);
+            if (nv > 1) c[r][1] = _mm256_fmadd_ps(a, v1, c[r][1]);
+        }
+    }
+    UNROLL for (int r = 0; r < FA_R; r++)
+    {
+        _mm256_storeu_ps(o + (size_t)r * D8, c[r][0]);
+        if (nv > 1) _mm256_storeu_ps(o + (size_t)r * D8 + 8, c[r][1]);
     }
 }
 
+/* O[0..rows) += P V over the block's nk keys, 16 output columns at a time (8 for the last). */
 FA_TARGET static void pv_block(const float *s, int nk, const float *v, int D8, float *o, int rows)
 {
-    for (int r = 0; r < rows; r += 2)
-        for (int x0 = 0; x0 < D8 / 8; x0 += FA_DC) {
-            int nv = LDM_MIN(FA_DC, D8 / 8 - x0);
+    for (int r = 0; r < rows; r += FA_R)
+        for (int x0 = 0; x0 < D8; x0 += 16) {
             const float *p = s + (size_t)r * FA_KB;
-            float *orow = o + (size_t)r * D8 + 8 * x0;
-            const float *vc = v + 8 * x0;
-            switch (nv) { /* constant vector counts keep the accumulators in registers */
-            case 5: pv_2rows(p, nk, vc, D8, orow, 5); break;
-            case 4: pv_2rows(p, nk, vc, D8, orow, 4); break;
-            case 3: pv_2rows(p, nk, vc, D8, orow, 3); break;
-            case 2: pv_2rows(p, nk, vc, D8, orow, 2); break;
-            default: pv_2rows(p, nk, vc, D8, orow, 1); break;
-            }
+            float *orow = o + (size_t)r * D8 + x0;
+            if (D8 - x0 >= 16)
+                pv_6rows(p, nk, v + x0, D8, orow, 2);
+            else
+                pv_6rows(p, nk, v + x0, D8, orow, 1);
         }
 }
 
-/* e^x lane-wise: Cephes expf (see vexp.c), about 2 ulp on the clamped range. */
-FA_INLINE FA_TARGET __m256 exp8(__m256 x)
+/* 2^x lane-wise for x <= 0 (softmax arguments): 2^n e^r with n = round(x), r = (x - n) ln 2 in
+ * [-0.35, 0.35] and Cephes expf's polynomial for e^r (see vexp.c); about 2 ulp. Arguments below
+ * -126 give 2^-126 times e^r, not 0: at most 1e-38 next to the row's maximum term of 1. */
+FA_INLINE FA_TARGET __m256 exp2_8(__m256 x)
 {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-126.0f));
+    __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_mul_ps(_mm256_sub_ps(x, n), _mm256_set1_ps(0.693147180559945309f));
     __m256 p = _mm256_set1_ps(1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
@@ -203,39 +231,38 @@ FA_INLINE FA_TARGET float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* Row i of a score block: scale, fold into the running max / sum (first visible block: start
- * them), leave P = exp(scale s - max) in s (zero past the nv visible keys, up to nk16) and
- * rescale the output row when the maximum grew. */
-FA_TARGET static void softmax_row(float *s, int nv, int nk16, float scale, float *mx, float *sum, float *o, int D8)
+/* Row i of a score block (scores in base-2 units): fold into the running max / sum (first
+ * visible block: start them), leave P = 2^(s - max) in s (zero past the nv visible keys, up to
+ * nk16) and rescale the output row when the maximum grew. bm: the row's lane-wise maxima when
+ * score_block tracked them (all nk16 keys visible), else NULL and the row is scanned. */
+FA_TARGET static void softmax_row(float *s, int nv, int nk16, const float *bm, float *mx, float *sum, float *o, int D8)
 {
     if (nv <= 0) { /* nothing visible in this block (causal) */
         memset(s, 0, sizeof(float) * (size_t)nk16);
         return;
     }
-    __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(-INFINITY);
+    float m;
     int c = 0;
-    for (; c + 8 <= nv; c += 8) {
-        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + c), vs);
-        _mm256_storeu_ps(s + c, x);
-        vm = _mm256_max_ps(vm, x);
-    }
-    float m = hmax8(vm);
-    for (; c < nv; c++) {
-        s[c] *= scale;
-        m = s[c] > m ? s[c] : m;
+    if (bm) {
+        m = hmax8(_mm256_loadu_ps(bm));
+    } else {
+        __m256 vm = _mm256_set1_ps(-INFINITY);
+        for (; c + 8 <= nv; c += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + c));
+        m = hmax8(vm);
+        for (; c < nv; c++) m = s[c] > m ? s[c] : m;
     }
     int first = *mx == -INFINITY;
     if (!first && *mx > m) m = *mx;
     __m256 shift = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
     for (c = 0; c + 8 <= nv; c += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + c), shift));
+        __m256 e = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(s + c), shift));
         _mm256_storeu_ps(s + c, e);
         acc = _mm256_add_ps(acc, e);
     }
     if (c < nv) { /* the tail through the same vector arithmetic, padded lanes dropped */
         float tmp[8] = {0};
         memcpy(tmp, s + c, sizeof(float) * (size_t)(nv - c));
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tmp), shift));
+        __m256 e = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(tmp), shift));
         __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nv - c),
                                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
         e = _mm256_and_ps(e, keep);
@@ -248,7 +275,7 @@ FA_TARGET static void softmax_row(float *s, int nv, int nk16, float scale, float
     if (first) {
         *sum = add;
     } else {
-        float corr = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(*mx - m))));
+        float corr = _mm_cvtss_f32(_mm256_castps256_ps128(exp2_8(_mm256_set1_ps(*mx - m))));
         *sum = *sum * corr + add;
         __m256 vc = _mm256_set1_ps(corr);
         for (int d = 0; d < D8; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), vc));
@@ -275,14 +302,16 @@ FA_TARGET static void fused_unit(const fa_job *j, long unit, fa_scratch *w)
     for (int s0 = 0; s0 < n_keys; s0 += FA_KB) {
         int nk = LDM_MIN(FA_KB, n_keys - s0), nk16 = round_up(nk, FA_KC);
         const float *kt = kp + (size_t)s0 * D, *v = vp + (size_t)s0 * D8; /* s0 is a multiple of FA_KC */
-        for (int r = 0; r < rows; r += FA_R)
-            for (int c = 0; c < nk16; c += FA_KC)
-                score_6x16(w->q + (size_t)r * D, D, kt + (size_t)c * D, w->s + (size_t)r * FA_KB + c);
+        /* the kernel's maxima are those of the row only when every computed score is visible */
+        int track = !j->causal && nk == nk16;
+        if (track)
+            for (int i = 0; i < rows * 8; i++) w->bm[i] = -INFINITY;
+        score_block(w->q, D, kt, rows, nk16, w->s, w->bm, track);
         for (int i = 0; i < rows; i++) {
             /* causal: query t0 + i sees keys s <= t0 + i, i.e. the first t0 + i + 1 - s0 here */
             int nv = i >= nq ? 0 : j->causal ? LDM_MAX(0, LDM_MIN(nk, t0 + i + 1 - s0)) : nk;
-            softmax_row(w->s + (size_t)i * FA_KB, nv, nk16, j->scale, &w->mx[i], &w->sum[i], w->o + (size_t)i * D8,
-                        D8);
+            softmax_row(w->s + (size_t)i * FA_KB, nv, nk16, track ? w->bm + 8 * i : NULL, &w->mx[i], &w->sum[i],
+                        w->o + (size_t)i * D8, D8);
         }
         pv_block(w->s, nk16, v, D8, w->o, rows);
     }
