@@ -13,61 +13,62 @@ import threading
 from . import _api
 
 
-class Progress:
+class _Stopping:
+    """What the progress and abort wrappers share: run the Python function, turn a truthy result
+    into "stop" (non-zero) and an exception into "stop" plus a pending error, which
+    raise_pending() re-raises with its original type and traceback once C has returned."""
+
+    def __init__(self):
+        self.error = None
+
+    def _guarded(self, call):
+        if self.error is not None:
+            return 1
+        try:
+            return 1 if call() else 0
+        except BaseException as e:  # KeyboardInterrupt too: Ctrl-C stops the run at the next check
+            self.error = e
+            return 1
+
+    def raise_pending(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+class Progress(_Stopping):
     """fn(step, total) -> truthy to stop; any exception it raises stops the run and is re-raised
     by raise_pending() with its original type and traceback."""
 
     def __init__(self, fn):
+        super().__init__()
         self._fn = fn
-        self.error = None
         self.stopped = False
         # Installed even without fn: running Python once per step is what lets a SIGINT handler
         # (sigint_interrupts) run while the library works.
         self.c_function = _api.PROGRESS_CALLBACK(self._call)
 
     def _call(self, step, total, user_data):
-        if self.error is not None:
-            return 1
         if self._fn is None:
-            return 0
-        try:
-            if self._fn(step, total):
-                self.stopped = True
-                return 1
-            return 0
-        except BaseException as e:  # KeyboardInterrupt too: Ctrl-C stops the run at the next step
-            self.error = e
-            return 1
-
-    def raise_pending(self):
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+            return 1 if self.error is not None else 0
+        stop = self._guarded(lambda: self._fn(step, total))
+        if stop and self.error is None:
+            self.stopped = True
+        return stop
 
 
-class Abort:
+class Abort(_Stopping):
     """fn() -> truthy to stop the running call; polled between network blocks and sampler steps of
     every call on the model. An exception it raises stops the call; the call re-raises it
     (raise_pending()) with its original type and traceback instead of ldm.Cancelled."""
 
     def __init__(self, fn):
+        super().__init__()
         self._fn = fn
-        self.error = None
         self.c_function = _api.ABORT_CALLBACK(self._call)
 
     def _call(self, user_data):
-        if self.error is not None:
-            return 1
-        try:
-            return 1 if self._fn() else 0
-        except BaseException as e:  # KeyboardInterrupt too
-            self.error = e
-            return 1
-
-    def raise_pending(self):
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+        return self._guarded(self._fn)
 
 
 @contextlib.contextmanager
