@@ -123,7 +123,10 @@ class DemoModelTest(unittest.TestCase):
     def test_ctrl_c_stops_generate(self):
         # SIGINT while the library works (no progress callback given): KeyboardInterrupt soon after,
         # not when the 400 steps (~20 s) are done.
-        code = ("import ldm\n"
+        # The child restores Python's own SIGINT handler: started from a background job of a
+        # non-interactive shell (a CI script run with `&`), it would inherit SIGINT ignored.
+        code = ("import ldm, signal\n"
+                "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                 "m = ldm.Model.load_builtin('demo')\n"
                 "print('generating', flush=True)\n"
                 "try:\n"
