@@ -450,6 +450,16 @@ static void plan_free(wg_plan *p)
     lk_scratch_put(p->S, p->bytes[3]);
 }
 
+/* Scratch to ask for: a buffer of more than a quarter of its budget is asked for at the whole
+ * budget, so that the layers of a network, whose needs differ a little, all reuse one cached
+ * buffer instead of allocating (and page-faulting) a larger one every few calls. Pages past the
+ * need are never touched, so they cost address space, not memory. */
+static size_t request_bytes(size_t need, size_t budget_floats)
+{
+    size_t budget = budget_floats * sizeof(float);
+    return need > budget / 4 && need < budget ? budget : need;
+}
+
 /* Tiling and blocking of the plan, from the shape alone. */
 static void plan_shape(wg_plan *p)
 {
@@ -467,9 +477,9 @@ static void plan_shape(wg_plan *p)
      * this many tile rows */
     int block_rows = LDM_MIN((p->tb + p->tiles_x - 1) / p->tiles_x + 1, p->tiles / p->tiles_x);
     p->stage_rows = block_rows * p->Mo + 2;
-    p->bytes[0] = sizeof(float) * p->XI * (size_t)p->og * p->ic8;
-    p->bytes[1] = sizeof(float) * p->XI * (size_t)p->tb * p->ic8;
-    p->bytes[2] = sizeof(float) * p->XI * (size_t)p->tb * p->og8;
+    p->bytes[0] = request_bytes(sizeof(float) * p->XI * (size_t)p->og * p->ic8, WG_U_BUDGET);
+    p->bytes[1] = request_bytes(sizeof(float) * p->XI * (size_t)p->tb * p->ic8, WG_V_BUDGET);
+    p->bytes[2] = request_bytes(sizeof(float) * p->XI * (size_t)p->tb * p->og8, WG_V_BUDGET);
     p->bytes[3] = sizeof(float) * (size_t)p->stage_rows * p->stage_w * p->ic8;
 }
 
