@@ -4,6 +4,7 @@
 #include <check.h>
 
 #include "ldm.h"
+#include "support/ck_run.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -216,9 +217,5 @@ int main(void)
     tcase_add_test(tc, progress_callback_cancels_generation);
     tcase_add_test(tc, builtin_models);
     suite_add_tcase(s, tc);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
+    return ck_run_suite(s);
 }

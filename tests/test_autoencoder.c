@@ -10,6 +10,7 @@
 #include "models/autoencoder.h"
 #include "models/config.h"
 #include "support/ck_fixture.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -758,9 +759,5 @@ static Suite *autoencoder_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(autoencoder_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ck_run_suite(autoencoder_suite());
 }

@@ -7,6 +7,7 @@
 #include <check.h>
 
 #include "ldm.h"
+#include "support/ck_run.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -315,9 +316,5 @@ static Suite *concurrency_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(concurrency_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(concurrency_suite());
 }

@@ -16,6 +16,7 @@
 #include "io/weights.h"
 #include "models/config.h"
 #include "models/ytree.h"
+#include "support/ck_run.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -1166,9 +1167,5 @@ static Suite *config_suite(void)
 
 int main(void)
 {
-    SRunner *r = srunner_create(config_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
+    return ck_run_suite(config_suite());
 }

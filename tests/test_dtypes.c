@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "support/fixture.h"
+#include "support/ck_run.h"
 
 typedef enum { STORE_F32, STORE_F16, STORE_BF16 } store_kind;
 
@@ -158,9 +159,5 @@ int main(void)
     tcase_add_test(tc, f16_storage_equals_rounded_f32);
     tcase_add_test(tc, bf16_storage_equals_rounded_f32);
     suite_add_tcase(s, tc);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
+    return ck_run_suite(s);
 }

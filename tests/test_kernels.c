@@ -12,6 +12,7 @@
 #include "core/ctx.h"
 #include "io/weights.h"
 #include "kernels/kernels.h"
+#include "support/ck_run.h"
 
 /* ---- helpers */
 
@@ -1114,9 +1115,5 @@ static Suite *kernels_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(kernels_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(kernels_suite());
 }

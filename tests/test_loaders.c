@@ -4,6 +4,7 @@
 #include <check.h>
 
 #include "io/weights.h"
+#include "support/ck_run.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -385,9 +386,5 @@ static Suite *loaders_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(loaders_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(loaders_suite());
 }

@@ -13,6 +13,7 @@
 #include "kernels/kernels.h"
 #include "models/ae_blocks.h"
 #include "models/netweights.h"
+#include "support/ck_run.h"
 
 /* A store with a float16 matrix "m16" [3,4], a float32 matrix "m32" [2,2], the same values at
  * an odd address "m32odd" and a float16 vector "v16" [4]. */
@@ -260,9 +261,5 @@ static Suite *netweights_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(netweights_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(netweights_suite());
 }

@@ -14,6 +14,7 @@
 #include "models/config.h"
 #include "sampling/sampling.h"
 #include "support/ck_fixture.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -1233,9 +1234,5 @@ static Suite *pipeline_suite(void)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* keep the measurements printed by a failing test */
-    SRunner *r = srunner_create(pipeline_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(pipeline_suite());
 }

@@ -11,6 +11,7 @@
 #include "core/tensor.h"
 #include "io/weights.h"
 #include "sampling/sampling.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -1218,9 +1219,5 @@ static Suite *sampling_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(sampling_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ck_run_suite(sampling_suite());
 }

@@ -11,6 +11,7 @@
 #include "models/config.h"
 #include "models/spatial_rescaler.h"
 #include "support/ck_fixture.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -438,9 +439,5 @@ static Suite *small_cond_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(small_cond_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ck_run_suite(small_cond_suite());
 }

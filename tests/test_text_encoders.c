@@ -11,6 +11,7 @@
 #include "models/clip_text.h"
 #include "models/config.h"
 #include "support/ck_fixture.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -593,9 +594,5 @@ static Suite *text_encoders_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(text_encoders_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(text_encoders_suite());
 }

@@ -11,6 +11,7 @@
 #include "models/clip_text.h"
 #include "models/config.h"
 #include "models/text_transformer.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -447,9 +448,5 @@ static Suite *text_f16_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(text_f16_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(text_f16_suite());
 }

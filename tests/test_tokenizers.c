@@ -11,6 +11,7 @@
 #include "text/layout.h"
 #include "text/text.h"
 #include "text/unicode.h"
+#include "support/ck_run.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -585,9 +586,5 @@ static Suite *tokenizer_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(tokenizer_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ck_run_suite(tokenizer_suite());
 }

@@ -13,6 +13,7 @@
 #include "models/desc.h"
 #include "models/unet.h"
 #include "support/ck_fixture.h"
+#include "support/ck_run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -630,9 +631,5 @@ static Suite *unet_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(unet_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return ck_run_suite(unet_suite());
 }

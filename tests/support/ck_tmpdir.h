@@ -4,6 +4,7 @@
 #ifndef LDM_TESTS_CK_TMPDIR_H
 #define LDM_TESTS_CK_TMPDIR_H
 
+#include "ck_run.h"
 #include <check.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -57,12 +58,9 @@ static inline int ck_run_in_tmpdir(Suite *suite, const char *tag)
         perror("mkdtemp");
         return EXIT_FAILURE;
     }
-    SRunner *sr = srunner_create(suite);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int status = ck_run_suite(suite);
     ck_tmpdir_remove();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return status;
 }
 
 #endif
