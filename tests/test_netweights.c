@@ -13,6 +13,7 @@
 #include "kernels/kernels.h"
 #include "models/ae_blocks.h"
 #include "models/netweights.h"
+#include "models/unet_blocks.h"
 #include "support/ck_run.h"
 
 /* A store with a float16 matrix "m16" [3,4], a float32 matrix "m32" [2,2], the same values at
@@ -213,6 +214,15 @@ START_TEST(low_memory_mode_drops_used_weight_pages)
     ck_assert_int_eq(lk_linear_wt(NULL, x, ROWS, PC, w.w, NULL, PR, y2), LDM_OK);
     ck_assert(memcmp(y0, y1, sizeof y0) == 0);
     ck_assert(memcmp(y0, y2, sizeof y0) == 0);
+
+    /* A batch loop drops the weights once, after its last image (dropping after each image would
+     * read them back for the next); a bare product leaves that to its caller. */
+    static float xb[2 * PC * ROWS], yb[2 * PR * ROWS];
+    for (int i = 0; i < 2 * PC * ROWS; i++) xb[i] = (float)((i * 5) % 11) / 11.0f - 0.5f;
+    ck_assert_int_eq(lk_gemm_wa(NULL, w.w, PR, PC, 0, xb, ROWS, ROWS, 0.0f, yb, ROWS), LDM_OK);
+    ck_assert_int_ge(resident_kib(stored), touched - 8);
+    ck_assert_int_eq(lub_pointwise(NULL, w.w, NULL, xb, 2, PR, PC, ROWS, yb, 0), LDM_OK);
+    ck_assert_int_le(resident_kib(stored), 16);
     unsetenv("LDM_LOW_MEMORY");
 
     /* the phase release drops the whole mapping, and reading works after it as well */

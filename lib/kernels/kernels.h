@@ -49,13 +49,15 @@ void lk_wt_done(lk_wt w, size_t n);
 void lk_half_to_float(const void *src, size_t n, float *dst);
 /* dst[0..n) = elements [off, off + n) of w as float. */
 void lk_wt_read(lk_wt w, size_t off, size_t n, float *dst);
-/* C[M,N] = W[M,K] op(B) + beta C  (op(B) = B [K,N], or B^T when transB with B [N,K]). */
+/* Products with an lk_wt. They do not call lk_wt_done: callers often apply the same weights to
+ * each image of a batch in turn, and drop them (lk_wt_done) after the last use, not after each.
+ * C[M,N] = W[M,K] op(B) + beta C  (op(B) = B [K,N], or B^T when transB with B [N,K]). */
 ldm_status lk_gemm_wa(const lctx *c, lk_wt W, int M, int K, int transB, const float *B, int ldb, int N, float beta,
                       float *C, int ldc);
 /* C[M,N] = op(A) W^T + beta C  (W [N,K]; op(A) = A [M,K], or A^T when transA with A [K,M]). */
 ldm_status lk_gemm_wb(const lctx *c, int transA, const float *A, int lda, int M, int K, lk_wt W, int N, float beta,
                       float *C, int ldc);
-/* lk_linear with an lk_wt. */
+/* lk_linear with an lk_wt (a whole layer: calls lk_wt_done). */
 ldm_status lk_linear_wt(const lctx *c, const float *x, int rows, int in, lk_wt W, const float *b, int out, float *y);
 
 /* ---- convolution */

@@ -170,7 +170,6 @@ ldm_status lk_gemm_wa(const lctx *c, lk_wt W, int M, int K, int transB, const fl
     lk_stat_mark m = lk_stat_begin();
     ldm_status st = gemm_wa(c, W, M, K, transB, B, ldb, N, beta, C, ldc);
     lk_stat_end(m, LK_OP_GEMM, 2.0 * LDM_MAX(M, 0) * LDM_MAX(N, 0) * LDM_MAX(K, 0));
-    if (M > 0 && K > 0) lk_wt_done(W, (size_t)M * (size_t)K);
     return st;
 }
 
@@ -180,7 +179,6 @@ ldm_status lk_gemm_wb(const lctx *c, int transA, const float *A, int lda, int M,
     lk_stat_mark m = lk_stat_begin();
     ldm_status st = gemm_wb(c, transA, A, lda, M, K, W, N, beta, C, ldc);
     lk_stat_end(m, LK_OP_GEMM, 2.0 * LDM_MAX(M, 0) * LDM_MAX(N, 0) * LDM_MAX(K, 0));
-    if (N > 0 && K > 0) lk_wt_done(W, (size_t)N * (size_t)K);
     return st;
 }
 

@@ -205,6 +205,7 @@ ldm_status lst_forward(const lst *t, const lctx *c, lub_ws *ws, lub_act *x, cons
     for (int b = 0; b < B; b++)
         LDM_TRY(lk_gemm_wb(c, 1, s.n + (size_t)b * C * T, T, T, C, t->proj_in_w.w, inner, 0.0f,
                            s.X + (size_t)b * T * inner, inner));
+    lk_wt_done(t->proj_in_w.w, (size_t)inner * C);
     add_row_bias(s.X, rows, inner, t->proj_in_b);
 
     for (int i = 0; i < t->depth; i++) LDM_TRY(block_forward(&t->blocks[i], c, &s, B, T, context, ctx_len));
@@ -215,5 +216,6 @@ ldm_status lst_forward(const lst *t, const lctx *c, lub_ws *ws, lub_act *x, cons
         LDM_TRY(lk_gemm_wa(c, t->proj_out_w.w, C, inner, 1, s.X + (size_t)b * T * inner, inner, T, 1.0f, xb, T));
         lk_add_bias_channels(xb, 1, C, T, t->proj_out_b);
     }
+    lk_wt_done(t->proj_out_w.w, (size_t)C * inner);
     return LDM_OK;
 }

@@ -261,8 +261,10 @@ static ldm_status project_qkv(const ltt *t, const ltt_block *blk, const lctx *c,
         for (int r = 0; r < N; r++) memcpy(big + (size_t)r * 3 * I, blk->qkv_b, 3 * (size_t)I * sizeof(float));
         beta = 1.0f;
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
         LDM_TRY(lk_gemm_wb(c, 0, h, D, N, D, blk->qkv[i].w, I, beta, big + (size_t)i * I, 3 * I));
+        lk_wt_done(blk->qkv[i].w, (size_t)I * D);
+    }
     return LDM_OK;
 }
 

@@ -200,6 +200,7 @@ ldm_status lub_pointwise(const lctx *c, lk_wt W, const float *bias, const float 
         LDM_TRY(lk_gemm_wa(c, W, M, K, 0, x + (size_t)b * K * N, N, N, accumulate ? 1.0f : 0.0f, yb, N));
         if (bias) lk_add_bias_channels(yb, 1, M, N, bias);
     }
+    lk_wt_done(W, (size_t)M * (size_t)K);
     return LDM_OK;
 }
 
