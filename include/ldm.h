@@ -74,6 +74,13 @@ LDM_API const char *ldm_status_string(ldm_status status);
 /* Message of the last failed call on this thread ("" if none). Valid until the next failing
  * call on the same thread. */
 LDM_API const char *ldm_last_error(void);
+/* Caps single allocations made by this thread's calls (0: no cap, the default) and returns the
+ * previous cap. It applies to calls without a model (ldm_image_read_png, tokenizers, layout
+ * tokens, ldm_tensor_create, ...) and to model calls whose model has no cap of its own; a model
+ * with ldm_model_params.max_alloc_bytes set uses the smaller of the two for the duration of each
+ * of its calls, and leaves this thread's cap as it was. Refused allocations fail with
+ * LDM_ERR_LIMIT. */
+LDM_API size_t ldm_set_thread_max_alloc(size_t max_bytes);
 /* Clears this thread's last error message. */
 LDM_API void ldm_clear_error(void);
 
@@ -130,7 +137,9 @@ typedef struct ldm_model_params {
                                    checkpoint */
     int n_threads;              /* 0: all online CPUs */
     ldm_weights_choice weights; /* which diffusion weights to use */
-    size_t max_alloc_bytes;     /* refuse single allocations above this; 0: no cap */
+    size_t max_alloc_bytes;     /* refuse single allocations above this during this model's
+                                   calls (load included); 0: the calling thread's cap
+                                   (ldm_set_thread_max_alloc), if any */
     ldm_log_callback log_callback;
     void *log_user_data;
 } ldm_model_params;
@@ -172,6 +181,11 @@ LDM_API ldm_status ldm_model_set_abort_callback(ldm_model *model, ldm_abort_call
 
 /* A one-paragraph description of the loaded architecture (static for the model's lifetime). */
 LDM_API const char *ldm_model_describe(ldm_model *model);
+/* The YAML config the model was built from: ldm_model_params.config_path, else the one found
+ * beside the checkpoint (<checkpoint name without extension>.yaml, then config.yaml in the same
+ * folder); NULL when the architecture was detected from tensor names (and for built-in models).
+ * Valid for the model's lifetime. */
+LDM_API const char *ldm_model_config_path(const ldm_model *model);
 
 /* Components. Each returns LDM_ERR_NOT_FOUND when the checkpoint has no such part. The handles
  * are owned by the model. */
@@ -455,7 +469,7 @@ typedef struct ldm_generate_params {
     const char *prompt;           /* NULL = "" */
     const char *negative_prompt;  /* the unconditional prompt for guidance; NULL = "" */
     int class_label;              /* -1: none */
-    int width, height;            /* output pixels; 0: the model's training size */
+    int width, height;            /* output pixels; 0: the model's training size (negative: an error) */
     int batch;                    /* images per call, default 1 */
     ldm_sampler_kind sampler;     /* default DDIM */
     int steps;                    /* default 50 */
@@ -472,7 +486,20 @@ typedef struct ldm_generate_params {
     void *progress_user_data;
     const ldm_tensor *x_T;        /* initial noise [B,C,h,w] (latent shape) instead of the seeded one;
                                      NULL: ldm_randn(seed, 0). Image-to-image re-noises with it. */
+    int uncond_class;             /* class-conditional models: the class that stands for "no class",
+                                     used as the unconditional branch of guidance and for samples
+                                     without class_label. LDM_UNCOND_CLASS_AUTO (default): see below;
+                                     LDM_UNCOND_CLASS_NONE: the model has none; >= 0: that class. */
 } ldm_generate_params;
+
+/* The unconditional class of a class-conditional model (ldm_generate_params.uncond_class).
+ * AUTO follows the reference ClassEmbedder: the extra class n_classes - 1, which a model trained
+ * with label dropout (ucg_rate, or cin256-v2's class 1000) learned as "no class"; a config whose
+ * ClassEmbedder sets `ucg_rate: 0` declares that the model has none. With no unconditional class,
+ * guidance_scale != 1 and a missing class_label are LDM_ERR_INVALID_ARGUMENT (never silently
+ * ignored). See docs/tasks/class-conditional.md. */
+#define LDM_UNCOND_CLASS_AUTO (-1)
+#define LDM_UNCOND_CLASS_NONE (-2)
 
 LDM_API void ldm_generate_params_init(ldm_generate_params *params);
 /* Fills the first `struct_size` bytes of *params with the defaults and stores struct_size in it
