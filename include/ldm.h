@@ -474,7 +474,10 @@ typedef struct ldm_generate_params {
     ldm_sampler_kind sampler;     /* default DDIM */
     int steps;                    /* default 50 */
     float eta;                    /* DDIM eta, default 0 */
-    float guidance_scale;         /* classifier-free guidance scale, default 7.5 (1: off) */
+    float guidance_scale;         /* classifier-free guidance scale (1: off). 0 (default): the model's
+                                     own default, 7.5 for text models, 3 for class models with an
+                                     unconditional class, 1 for models that cannot be guided. A
+                                     scale != 1 that the model cannot apply is an error. */
     uint64_t seed;                /* x_T = ldm_randn(seed, 0); sampler noise from the same seed */
     const ldm_tensor *init_image; /* image-to-image / inpainting source */
     float strength;               /* image-to-image: fraction of the schedule re-run, default 0.75 */
@@ -518,6 +521,16 @@ LDM_API void ldm_generate_params_init_size(ldm_generate_params *params, size_t s
  * the layer is done and no scratch is kept (same results, under 1 GB, somewhat slower); see
  * docs/performance.md. */
 LDM_API ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm_tensor **image);
+/* What ldm_generate would run with these params, without running it: *resolved is a copy of
+ * *params (filled with ldm_generate_params_init first) with every model-dependent default made
+ * explicit: width/height (0: the training size, or the conditioning image's size),
+ * guidance_scale (0: the model's default; 1 when the model cannot be guided), uncond_class
+ * (AUTO: the model's class, or LDM_UNCOND_CLASS_NONE), class_label (-1 on a class model: the
+ * unconditional class). Fails with the same status and message ldm_generate would for an invalid
+ * combination (a class out of range, guidance the model cannot apply, a negative size, ...).
+ * Hosts use it to record exactly what ran (the ldm tool's PNG text chunk). */
+LDM_API ldm_status ldm_generate_params_resolve(ldm_model *model, const ldm_generate_params *params,
+                                               ldm_generate_params *resolved);
 
 /* ---------------------------------------------------------------- images */
 
