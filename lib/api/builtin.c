@@ -252,6 +252,7 @@ ldm_status ldm_model_load_builtin(const char *name, uint64_t seed, const ldm_mod
     snprintf(label, sizeof label, "builtin:%s", name);
     ldm_model_params p;
     ldm_model *m = NULL;
+    LM_CAP_SCOPE(); /* the model's cap holds for the load only */
     LDM_TRY(lm_model_new(label, params, &m, &p));
     ldm_status st = ld_config_parse(arch->yaml, strlen(arch->yaml), label, &m->desc);
     if (st == LDM_OK) st = build_store(label, seed, &m->desc, &m->store);

@@ -108,21 +108,21 @@ void lm_free_components(ldm_model *m)
 ldm_status ldm_model_autoencoder(ldm_model *model, ldm_autoencoder **out)
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_autoencoder: out is NULL");
-    LDM_TRY(lm_begin(model, "ldm_model_autoencoder"));
+    LM_BEGIN(model, "ldm_model_autoencoder");
     return lm_autoencoder(model, out);
 }
 
 ldm_status ldm_model_unet(ldm_model *model, ldm_unet **out)
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_unet: out is NULL");
-    LDM_TRY(lm_begin(model, "ldm_model_unet"));
+    LM_BEGIN(model, "ldm_model_unet");
     return lm_unet(model, out);
 }
 
 ldm_status ldm_model_conditioner(ldm_model *model, ldm_conditioner **out)
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_conditioner: out is NULL");
-    LDM_TRY(lm_begin(model, "ldm_model_conditioner"));
+    LM_BEGIN(model, "ldm_model_conditioner");
     return lm_conditioner(model, out);
 }
 
@@ -142,12 +142,11 @@ static ldm_status finite_result(ldm_status st, ldm_tensor **out, const char *wha
 
 /* ---------------------------------------------------------------- autoencoder */
 
+/* Not wrapped in do/while: LM_BEGIN's cap scope must live until the calling function returns. */
 #define AE_BEGIN(ae, fn, out)                                                                      \
-    do {                                                                                           \
-        if (!(ae) || !(out)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, fn ": NULL argument");      \
-        *(out) = NULL;                                                                             \
-        LDM_TRY(lm_begin((ae)->model, fn));                                                        \
-    } while (0)
+    if (!(ae) || !(out)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, fn ": NULL argument");          \
+    *(out) = NULL;                                                                                 \
+    LM_BEGIN((ae)->model, fn)
 
 ldm_autoencoder_kind ldm_autoencoder_get_kind(const ldm_autoencoder *ae)
 {
@@ -168,7 +167,7 @@ ldm_status ldm_autoencoder_encode(ldm_autoencoder *ae, const ldm_tensor *x, ldm_
 ldm_status ldm_autoencoder_quantize(ldm_autoencoder *ae, const ldm_tensor *h, ldm_tensor **quant, ldm_tensor **indices)
 {
     if (!ae || (!quant && !indices)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_autoencoder_quantize: NULL argument");
-    LDM_TRY(lm_begin(ae->model, "ldm_autoencoder_quantize"));
+    LM_BEGIN(ae->model, "ldm_autoencoder_quantize");
     if (!lae_is_vq(ae->net)) return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_autoencoder_quantize: not a VQ autoencoder");
     return lae_quantize(ae->net, &ae->model->ctx, h, quant, indices);
 }
@@ -202,7 +201,7 @@ ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x, const ldm_tenso
 {
     if (!unet || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_unet_forward: NULL argument");
     *out = NULL;
-    LDM_TRY(lm_begin(unet->model, "ldm_unet_forward"));
+    LM_BEGIN(unet->model, "ldm_unet_forward");
     LDM_TRY(lt_check_finite(x, "ldm_unet_forward: x"));
     LDM_TRY(lt_check_finite(timesteps, "ldm_unet_forward: timesteps"));
     LDM_TRY(lt_check_finite(context, "ldm_unet_forward: context"));
@@ -228,14 +227,13 @@ ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond)
     return LDM_COND_NONE;
 }
 
+/* Not wrapped in do/while, as AE_BEGIN. */
 #define COND_BEGIN(cond, fn, out)                                                                  \
-    do {                                                                                           \
-        if (!(cond) || !(out)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, fn ": NULL argument");    \
-        *(out) = NULL;                                                                             \
-        LDM_TRY(lm_begin((cond)->model, fn));                                                      \
-    } while (0)
+    if (!(cond) || !(out)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, fn ": NULL argument");        \
+    *(out) = NULL;                                                                                 \
+    LM_BEGIN((cond)->model, fn)
 
-/* The internal lm_cond_* run inside a call that already began (lm_begin clears a pending
+/* The internal lm_cond_* run inside a call that already began (LM_BEGIN clears a pending
  * interrupt, so calls made from inside the library must not go through the public entry points);
  * the public ldm_conditioner_* wrappers begin a call and delegate. */
 ldm_status lm_cond_encode_tokens(struct ldm_conditioner *cond, const ldm_tensor *tokens, ldm_tensor **out)

@@ -92,7 +92,7 @@ ldm_status ldm_model_apply(ldm_model *model, const ldm_tensor *x, const ldm_tens
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply: out is NULL");
     *out = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_apply"));
+    LM_BEGIN(model, "ldm_model_apply");
     LDM_TRY(lt_check_finite(x, "ldm_model_apply: x"));
     LDM_TRY(lt_check_finite(cond, "ldm_model_apply: cond"));
     LDM_TRY(lt_check_finite(timesteps, "ldm_model_apply: timesteps"));
@@ -112,7 +112,7 @@ ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const l
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply_guided: out is NULL");
     *out = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_apply_guided"));
+    LM_BEGIN(model, "ldm_model_apply_guided");
     LDM_TRY(lt_check_finite(x, "ldm_model_apply_guided: x"));
     LDM_TRY(lt_check_finite(cond, "ldm_model_apply_guided: cond"));
     LDM_TRY(lt_check_finite(uncond, "ldm_model_apply_guided: uncond"));
@@ -161,7 +161,7 @@ ldm_status ldm_model_decode_latent(ldm_model *model, const ldm_tensor *z, ldm_te
 {
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_decode_latent: image is NULL");
     *image = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_decode_latent"));
+    LM_BEGIN(model, "ldm_model_decode_latent");
     LDM_TRY(lt_check_finite(z, "ldm_model_decode_latent: z"));
     ldm_status st = lp_decode(model, z, -1, image); /* tile < 0: always whole, as the reference decodes */
     if (st == LDM_OK) st = lt_check_finite(*image, "ldm_model_decode_latent: the decoded image");
@@ -204,7 +204,7 @@ ldm_status ldm_model_inpaint_cond(ldm_model *model, const ldm_tensor *masked_ima
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_inpaint_cond: out is NULL");
     *out = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_inpaint_cond"));
+    LM_BEGIN(model, "ldm_model_inpaint_cond");
     return lp_inpaint_cond(model, masked_image, mask, out);
 }
 
@@ -226,7 +226,7 @@ ldm_status ldm_model_p_sample(ldm_model *model, const ldm_tensor *x, const ldm_t
     ldm_tensor *out = NULL, *ts = NULL;
     if (!x_prev) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_p_sample: x_prev is NULL");
     *x_prev = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_p_sample"));
+    LM_BEGIN(model, "ldm_model_p_sample");
     if (!model->schedule) return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: not a diffusion model", model->path);
     if (model->desc.parameterization == LD_PARAM_X0)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_p_sample: x0-parameterised models are not supported");
@@ -256,7 +256,7 @@ ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params *params,
 {
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_sampler: out is NULL");
     *out = NULL;
-    LDM_TRY(lm_begin(model, "ldm_model_sampler"));
+    LM_BEGIN(model, "ldm_model_sampler");
     if (!model->schedule)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: not a diffusion model (no noise schedule)", model->path);
     ldm_parameterization param;

@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void model_params_defaults(ldm_model_params *params)
@@ -48,9 +49,11 @@ ldm_status lm_begin(ldm_model *m, const char *fn)
 {
     if (!m) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
     atomic_store(&m->cancel, 0);
-    ldm_alloc_set_cap(m->max_alloc);
+    ldm_alloc_set_cap(ldm_alloc_cap_within(ldm_alloc_get_cap(), m->max_alloc));
     return LDM_OK;
 }
+
+void lm_restore_cap(const size_t *saved) { ldm_alloc_set_cap(*saved); }
 
 static int default_threads(void)
 {
@@ -92,14 +95,55 @@ static ldm_status load_schedule(ldm_model *m)
     return LDM_OK;
 }
 
-/* The architecture from the YAML config when given, else detected from the tensors; then
- * completed and checked against the checkpoint's shapes. */
+static int is_regular_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The config beside a checkpoint: <path without its extension>.yaml, then config.yaml in its
+ * folder (how the CompVis and Stability releases ship them). Only regular files count: a FIFO or
+ * a directory of that name must not block or fail the load. Returns a heap copy or NULL (also
+ * when the copy cannot be allocated: detection then runs, as if nothing had been found, and the
+ * cap error is reported by whatever allocates next). */
+static char *find_config(const char *checkpoint)
+{
+    size_t n = strlen(checkpoint);
+    char *buf = ldm_malloc(n + sizeof "/config.yaml");
+    if (!buf) return NULL;
+    const char *slash = strrchr(checkpoint, '/');
+    const char *base = slash ? slash + 1 : checkpoint;
+    const char *dot = strrchr(base, '.');
+    size_t stem = dot && dot != base ? (size_t)(dot - checkpoint) : n;
+    snprintf(buf, n + sizeof "/config.yaml", "%.*s.yaml", (int)stem, checkpoint);
+    if (strcmp(buf, checkpoint) != 0 && is_regular_file(buf)) return buf;
+    if (slash) snprintf(buf, n + sizeof "/config.yaml", "%.*s/config.yaml", (int)(slash - checkpoint), checkpoint);
+    else snprintf(buf, n + sizeof "/config.yaml", "config.yaml");
+    if (strcmp(buf, checkpoint) != 0 && is_regular_file(buf)) return buf;
+    ldm_free(buf);
+    return NULL;
+}
+
+/* The architecture from the YAML config (given, else found beside the checkpoint), else detected
+ * from the tensors; then completed and checked against the checkpoint's shapes. */
 static ldm_status load_description(ldm_model *m, const char *config_path)
 {
-    if (config_path) LDM_TRY(ld_config_load(config_path, &m->desc));
-    else LDM_TRY(ld_detect(m->store, &m->desc));
+    if (config_path) {
+        if (!(m->config_path = ldm_strdup(config_path))) return lw_alloc_status(strlen(config_path) + 1);
+        LDM_TRY(ld_config_load(config_path, &m->desc));
+    } else if ((m->config_path = find_config(m->path))) {
+        ldm_status st = ld_config_load(m->config_path, &m->desc);
+        if (st != LDM_OK)
+            return ldm_fail_context(st, "config %s found beside the checkpoint (pass ldm_model_params.config_path "
+                                        "to use another): ", m->config_path);
+        lm_log(m, LDM_LOG_INFO, "using the config %s found beside the checkpoint", m->config_path);
+    } else {
+        LDM_TRY(ld_detect(m->store, &m->desc));
+    }
     return ld_config_complete(&m->desc, m->store);
 }
+
+const char *ldm_model_config_path(const ldm_model *model) { return model ? model->config_path : NULL; }
 
 /* Everything after the store and the description are known (files and built-in models alike). */
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p)
@@ -123,7 +167,8 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
 {
     *out = NULL;
     LDM_TRY(read_params(params, p));
-    ldm_alloc_set_cap(p->max_alloc_bytes);
+    /* The loader's caller holds the cap scope (LM_CAP_SCOPE) that restores the thread's cap. */
+    ldm_alloc_set_cap(ldm_alloc_cap_within(ldm_alloc_get_cap(), p->max_alloc_bytes));
     ldm_model *m = ldm_calloc(1, sizeof *m);
     if (!m) return lw_alloc_status(sizeof *m); /* LDM_ERR_LIMIT when the caller's cap refused it */
     m->max_alloc = p->max_alloc_bytes;
@@ -152,12 +197,13 @@ ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_
     *out = NULL;
     /* The model's cap applies while loading only: the calling thread's own cap is restored, so a
      * failed or capped load does not limit the caller's later, unrelated calls. */
-    size_t saved_cap = ldm_alloc_get_cap();
+    LM_CAP_SCOPE();
     ldm_status st = lm_model_new(path, params, &m, &p);
-    if (st == LDM_OK) st = lw_open(path, m->max_alloc, &m->store);
+    /* lw_open sets the cap it is given for its own duration: the effective one, so that a thread
+     * cap smaller than the model's (or a thread cap with no model cap) still holds. */
+    if (st == LDM_OK) st = lw_open(path, ldm_alloc_get_cap(), &m->store);
     if (st == LDM_OK) st = load_description(m, p.config_path);
     if (st == LDM_OK) st = lm_load_from(m, &p);
-    ldm_alloc_set_cap(saved_cap);
     if (st != LDM_OK) {
         lm_model_discard(m);
         return st;
@@ -175,6 +221,7 @@ void ldm_model_free(ldm_model *model)
     ls_schedule_free(model->schedule);
     ldm_free(model->description);
     ldm_free(model->vocab_path);
+    ldm_free(model->config_path);
     ldm_free(model->path);
     ldm_free(model);
     /* The kernels' scratch cache is shared by the models of the process; what it keeps was sized
@@ -198,7 +245,7 @@ void ldm_model_interrupt(ldm_model *model)
 
 ldm_status ldm_model_set_threads(ldm_model *model, int n_threads)
 {
-    LDM_TRY(lm_begin(model, "ldm_model_set_threads"));
+    LM_BEGIN(model, "ldm_model_set_threads");
     lpool *pool = lpool_create(n_threads > 0 ? n_threads : default_threads());
     if (!pool) return LDM_ERR_OUT_OF_MEMORY;
     lpool_free(model->pool);
@@ -214,7 +261,7 @@ const char *ldm_model_describe(ldm_model *model)
 
 ldm_status ldm_model_set_abort_callback(ldm_model *model, ldm_abort_callback callback, void *user_data)
 {
-    LDM_TRY(lm_begin(model, "ldm_model_set_abort_callback"));
+    LM_BEGIN(model, "ldm_model_set_abort_callback");
     model->ctx.abort_callback = callback;
     model->ctx.abort_user_data = user_data;
     return LDM_OK;

@@ -40,6 +40,7 @@ struct ldm_conditioner {
 
 struct ldm_model {
     char *path;
+    char *config_path;              /* the YAML config the description came from, NULL: detected */
     lw_store *store;
     ld_model desc;
     const char *first_stage_prefix; /* "first_stage_model." or "" for a standalone autoencoder */
@@ -72,8 +73,19 @@ void lm_free_components(ldm_model *m);
  * keeps the peak near the largest phase instead of the sum of all (docs/performance.md). */
 void lm_release_memory(ldm_model *m);
 
-/* Starts a top-level call on the model: clears a stale interrupt and applies the allocation cap.
- * Returns LDM_ERR_INVALID_ARGUMENT for a NULL model. */
+/* Starts a top-level (public) call on model `m` named `fn`: clears a stale interrupt and caps this
+ * thread's allocations at the smaller nonzero of the model's max_alloc_bytes and the thread's own
+ * cap until the calling FUNCTION returns, by whatever path: the cap in force on entry is saved in
+ * a variable whose cleanup puts it back, so no early return can leave the model's cap set on the
+ * thread (D9). A statement list, not an expression: write it at function scope, after the
+ * argument checks that return before any work. Returns LDM_ERR_INVALID_ARGUMENT for a NULL m. */
+#define LM_BEGIN(m, fn)                                                                            \
+    LM_CAP_SCOPE();                                                                                \
+    LDM_TRY(lm_begin((m), (fn)))
+/* Only the cap part of LM_BEGIN (loaders, which have no model yet). */
+#define LM_CAP_SCOPE() size_t lm_saved_cap_ __attribute__((cleanup(lm_restore_cap))) = ldm_alloc_get_cap()
+void lm_restore_cap(const size_t *saved);
+/* The body of LM_BEGIN; never call it without the scope, or the model's cap outlives the call. */
 ldm_status lm_begin(ldm_model *m, const char *fn);
 void lm_log(const ldm_model *m, ldm_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -3,7 +3,7 @@
  * task of the latent-diffusion family. Conditioning is built in pipeline_cond.c.
  *
  * The loop calls the model through the internal lm_apply, not the public ldm_model_apply*: every
- * public call starts by clearing the interrupt flag (lm_begin), so an ldm_model_interrupt()
+ * public call starts by clearing the interrupt flag (LM_BEGIN), so an ldm_model_interrupt()
  * landing between two steps would otherwise be forgotten. The conditioning still goes through the
  * public conditioner calls, so the flag is checked after each of them (lp_check_cancel). */
 #include "model_internal.h"
@@ -343,9 +343,9 @@ static ldm_status latent_for(ldm_model *m, ldm_generate_params *p, lp_inputs *in
     return st;
 }
 
-static ldm_status begin(ldm_model *m, const ldm_generate_params *params, ldm_generate_params *p, const char *fn)
+/* After LM_BEGIN (which the public entry points hold themselves: its cap scope ends with them). */
+static ldm_status begin(ldm_model *m, const ldm_generate_params *params, ldm_generate_params *p)
 {
-    LDM_TRY(lm_begin(m, fn));
     LDM_TRY(read_params(params, p));
     if (!m->desc.is_diffusion)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", m->path);
@@ -358,7 +358,8 @@ ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *params, l
     lp_inputs in = {0};
     if (!z) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lp_generate_latent: z is NULL");
     *z = NULL;
-    LDM_TRY(begin(m, params, &p, "lp_generate_latent"));
+    LM_BEGIN(m, "lp_generate_latent");
+    LDM_TRY(begin(m, params, &p));
     ldm_status st = latent_for(m, &p, &in, z);
     release_inputs(&in);
     return st;
@@ -402,7 +403,8 @@ ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm
     ldm_generate_params p;
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_generate: image is NULL");
     *image = NULL;
-    LDM_TRY(begin(model, params, &p, "ldm_generate"));
+    LM_BEGIN(model, "ldm_generate");
+    LDM_TRY(begin(model, params, &p));
     ldm_status st = generate(model, &p, image);
     if (st != LDM_OK && st != LDM_CANCELLED) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
     return st;

@@ -94,6 +94,6 @@ ldm_status ldm_conditioner_encode_text(ldm_conditioner *cond, const char *const 
     if (!cond || !out || !prompts || n_prompts <= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_conditioner_encode_text: NULL argument or no prompts");
     *out = NULL;
-    LDM_TRY(lm_begin(cond->model, "ldm_conditioner_encode_text"));
+    LM_BEGIN(cond->model, "ldm_conditioner_encode_text");
     return lm_cond_encode_text(cond, prompts, n_prompts, out);
 }

@@ -11,6 +11,22 @@ static _Thread_local ldm_status last_alloc_failure = LDM_ERR_OUT_OF_MEMORY;
 
 void ldm_alloc_set_cap(size_t max_bytes) { alloc_cap = max_bytes; }
 size_t ldm_alloc_get_cap(void) { return alloc_cap; }
+
+/* Outside a model call the effective cap IS the thread's base cap: model calls save it on entry
+ * and put it back on every return (LM_BEGIN in lib/api/model_internal.h), so one variable does. */
+size_t ldm_set_thread_max_alloc(size_t max_bytes)
+{
+    size_t previous = alloc_cap;
+    alloc_cap = max_bytes;
+    return previous;
+}
+
+size_t ldm_alloc_cap_within(size_t outer, size_t inner)
+{
+    if (!outer) return inner;
+    if (!inner) return outer;
+    return inner < outer ? inner : outer;
+}
 void ldm_alloc_fail_after(long n) { alloc_fail_countdown = n; }
 
 /* Returns non-zero (and sets the error) when an allocation of `size` must be refused. */

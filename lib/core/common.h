@@ -28,10 +28,15 @@ void *ldm_malloc_aligned(size_t size);
 void ldm_free(void *ptr);
 char *ldm_strdup(const char *s);
 
-/* The largest single allocation allowed (0 = unlimited). Thread-local so that two models with
- * different caps can load in parallel; loaders set it from ldm_model_params.max_alloc_bytes. */
+/* The largest single allocation allowed (0 = unlimited): the effective cap of this thread.
+ * Thread-local so that two models with different caps can load in parallel. Outside model calls
+ * it is the thread's own cap (ldm_set_thread_max_alloc); a model call narrows it to its model's
+ * max_alloc_bytes for the call's duration and restores it on return (LM_BEGIN). */
 void ldm_alloc_set_cap(size_t max_bytes);
 size_t ldm_alloc_get_cap(void);
+/* The smaller nonzero of two caps (0 = no cap): the cap in force when `inner` applies inside a
+ * scope already capped at `outer`. */
+size_t ldm_alloc_cap_within(size_t outer, size_t inner);
 /* Test hook: make the n-th allocation from now on fail (n >= 1), 0 disables. */
 void ldm_alloc_fail_after(long n);
 
