@@ -358,7 +358,7 @@ def main():
 
     os.environ["LDM_LIBRARY"] = os.path.abspath(a.lib)
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "python"))
-    import ldm  # noqa: E402  (the binding, found through LDM_LIBRARY)
+    import libldm as ldm  # noqa: E402  (the binding, found through LDM_LIBRARY)
 
     lat = a.size // 8
     g = torch.Generator().manual_seed(1234)

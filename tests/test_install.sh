@@ -149,7 +149,7 @@ python_package() {
     cp -r "$root/bindings/python" "$tmp/pysrc" && rm -rf "$tmp/pysrc/build" "$tmp/pysrc"/*.egg-info &&
         "$py" -m pip install --quiet --disable-pip-version-check --no-index --no-build-isolation --no-deps \
             --target "$tmp/site" "$tmp/pysrc" || return 1
-    [ -f "$tmp/site/ldm/__init__.py" ] || { echo "ldm not installed in $tmp/site"; return 1; }
+    [ -f "$tmp/site/libldm/__init__.py" ] || { echo "libldm not installed in $tmp/site"; return 1; }
     (cd "$tmp" && PYTHONPATH="$tmp/site" LDM_LIBRARY="$prefix/lib/libldm.so.$header_major" \
         "$py" "$root/examples/minimal.py" demo "" python.png) && cmp "$tmp/shared.png" "$tmp/python.png"
 }

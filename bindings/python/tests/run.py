@@ -4,7 +4,7 @@
     LDM_LIBRARY=build/libldm.so.0 python3 bindings/python/tests/run.py [-v]
 
 The package is imported from this checkout (bindings/python) unless --installed is given, which
-uses whatever `import ldm` finds (a pip-installed copy)."""
+uses whatever `import libldm` finds (a pip-installed copy)."""
 import os
 import sys
 import unittest

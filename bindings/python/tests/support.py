@@ -49,7 +49,7 @@ def as_buffer(entry):
 
 
 def flat_values(x):
-    """The values of a binding result (NumPy array or ldm.Tensor) as a flat list."""
+    """The values of a binding result (NumPy array or libldm.Tensor) as a flat list."""
     if hasattr(x, "ravel"):
         return [float(v) for v in x.ravel()]
     out = []

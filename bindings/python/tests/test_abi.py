@@ -4,8 +4,8 @@ import os
 import re
 import unittest
 
-import ldm
-from ldm import _api
+import libldm
+from libldm import _api
 from support import REPO
 
 
@@ -18,15 +18,15 @@ def header_define(name):
 class AbiTest(unittest.TestCase):
     def test_version_matches_header(self):
         major, minor, patch = (int(header_define("LDM_VERSION_" + p)) for p in ("MAJOR", "MINOR", "PATCH"))
-        self.assertEqual(ldm.version(), header_define("LDM_VERSION_STRING"))
-        self.assertEqual(ldm.version(), "%d.%d.%d" % (major, minor, patch))
-        self.assertEqual(ldm.version_number(), major * 10000 + minor * 100 + patch)
-        self.assertEqual(ldm.__version__, ldm.version())
-        self.assertIn("libldm.so.%d" % major, ldm.library_path)  # the soname carries MAJOR
+        self.assertEqual(libldm.version(), header_define("LDM_VERSION_STRING"))
+        self.assertEqual(libldm.version(), "%d.%d.%d" % (major, minor, patch))
+        self.assertEqual(libldm.version_number(), major * 10000 + minor * 100 + patch)
+        self.assertEqual(libldm.__version__, libldm.version())
+        self.assertIn("libldm.so.%d" % major, libldm.library_path)  # the soname carries MAJOR
 
     def test_pyproject_version_is_the_library_version(self):
         with open(os.path.join(REPO, "bindings", "python", "pyproject.toml"), encoding="utf-8") as f:
-            self.assertIn('\nversion = "%s"\n' % ldm.version(), f.read())
+            self.assertIn('\nversion = "%s"\n' % libldm.version(), f.read())
 
     def test_param_structs_match_the_library(self):
         # *_params_init stores sizeof(struct) of the library's header: ours must be the same size,
@@ -49,13 +49,13 @@ class AbiTest(unittest.TestCase):
     def test_every_status_has_its_exception(self):
         classes = set()
         for status in range(1, 12):  # LDM_ERR_INVALID_ARGUMENT .. LDM_ERR_INTERNAL
-            e = ldm.errors._BY_STATUS[status](status, "msg", "fn")
+            e = libldm.errors._BY_STATUS[status](status, "msg", "fn")
             self.assertEqual(e.status_name, _api.lib.ldm_status_string(status).decode())
             self.assertNotEqual(e.status_name, "unknown status")
             self.assertEqual(str(e), "fn: msg (%s)" % e.status_name)
             classes.add(type(e))
         self.assertEqual(len(classes), 11)
-        self.assertIs(ldm.errors._BY_STATUS[10], ldm.Cancelled)
+        self.assertIs(libldm.errors._BY_STATUS[10], libldm.Cancelled)
 
 
 if __name__ == "__main__":

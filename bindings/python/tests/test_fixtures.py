@@ -3,7 +3,7 @@ through ctypes, buffer-protocol inputs (no NumPy needed) and the binding's resul
 import os
 import unittest
 
-import ldm
+import libldm
 from support import as_buffer, compare, fixture_dir, load_case, read_safetensors
 
 
@@ -18,11 +18,11 @@ class FixtureTest(unittest.TestCase):
     def test_ae_kl_f8_encode_decode(self):
         d, case, io = need("ae_kl_f8")
         tol = case["tolerances"]
-        with ldm.Model.load(os.path.join(d, "model.safetensors"), config=os.path.join(d, "config.yaml")) as m:
+        with libldm.Model.load(os.path.join(d, "model.safetensors"), config=os.path.join(d, "config.yaml")) as m:
             ae = m.autoencoder()
             moments = ae.encode(as_buffer(io["x"]))
             compare(self, "moments", moments, io["moments"], tol["moments"])
-            mean, logvar, std = ldm.posterior_split(moments)
+            mean, logvar, std = libldm.posterior_split(moments)
             for name, got in (("mean", mean), ("logvar", logvar), ("std", std)):
                 compare(self, name, got, io[name], tol[name])
             compare(self, "image", ae.decode(as_buffer(io["z"])), io["image"], tol["image"])
@@ -30,26 +30,26 @@ class FixtureTest(unittest.TestCase):
 
     def test_ae_kl_f8_ckpt_gives_the_same_weights(self):
         d, case, io = need("ae_kl_f8")
-        with ldm.Model.load(os.path.join(d, "model.ckpt"), config=os.path.join(d, "config.yaml")) as m:
+        with libldm.Model.load(os.path.join(d, "model.ckpt"), config=os.path.join(d, "config.yaml")) as m:
             compare(self, "image", m.autoencoder().decode(as_buffer(io["z"])), io["image"], case["tolerances"]["image"])
 
     def test_unet_crossattn_forward(self):
         d, case, io = need("unet_crossattn")
-        with ldm.Model.load(os.path.join(d, "model.safetensors"), config=os.path.join(d, "config.yaml")) as m:
+        with libldm.Model.load(os.path.join(d, "model.safetensors"), config=os.path.join(d, "config.yaml")) as m:
             out = m.unet().forward(as_buffer(io["x"]), as_buffer(io["timesteps"]), as_buffer(io["context"]))
         compare(self, "out", out, io["out"], case["tolerances"]["out"])
 
     def test_tok_clip_sd1_tokenizer(self):
         d, case, io = need("tok_clip_sd1")
         params = case["calls"][0]["params"]
-        with ldm.Tokenizer("clip", os.path.join(d, params["vocab"])) as tok:
+        with libldm.Tokenizer("clip", os.path.join(d, params["vocab"])) as tok:
             ids = tok.encode(params["prompts"])
         compare(self, "tokens", ids, io["tokens"], {"exact": True})
 
     def test_fixture_error_names_the_file(self):
         d, _, _ = need("ae_kl_f8")
-        with self.assertRaises(ldm.FormatError) as cm:
-            ldm.Model.load(os.path.join(d, "case.json"))  # JSON, not a checkpoint
+        with self.assertRaises(libldm.FormatError) as cm:
+            libldm.Model.load(os.path.join(d, "case.json"))  # JSON, not a checkpoint
         self.assertIn("case.json", str(cm.exception))
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 import unittest
 
-import ldm
+import libldm
 from support import flat_values, shape_of
 
 STEPS = 10  # DDIM over 1000 timesteps: 10 steps run exactly 10 evaluations
@@ -19,7 +19,7 @@ STEPS = 10  # DDIM over 1000 timesteps: 10 steps run exactly 10 evaluations
 class DemoModelTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.model = ldm.Model.load_builtin("demo", seed=0)
+        cls.model = libldm.Model.load_builtin("demo", seed=0)
 
     @classmethod
     def tearDownClass(cls):
@@ -45,7 +45,7 @@ class DemoModelTest(unittest.TestCase):
         image = self.generate(guidance_scale=3.0)
         cond = self.model.conditioner().encode_labels([7])
         uncond = self.model.conditioner().encode_labels([1000])
-        x_T = ldm.randn(3, 0, shape=(1, 3, 16, 16))
+        x_T = libldm.randn(3, 0, shape=(1, 3, 16, 16))
         with self.model.sampler("ddim", steps=STEPS, seed=3) as s:
             self.assertEqual(s.total_evaluations, STEPS)
             seen = []
@@ -64,13 +64,13 @@ class DemoModelTest(unittest.TestCase):
 
     def test_given_x_T_replaces_the_seeded_noise(self):
         seeded = self.generate(seed=3)
-        given = self.generate(seed=99, x_T=ldm.randn(3, 0, shape=(1, 3, 16, 16)))
+        given = self.generate(seed=99, x_T=libldm.randn(3, 0, shape=(1, 3, 16, 16)))
         self.assertEqual(flat_values(given), flat_values(seeded))
 
     def test_sampler_requires_give(self):
         with self.model.sampler("ddim", steps=STEPS) as s:
-            s.begin(ldm.randn(0, 0, shape=(1, 3, 16, 16)))
-            with self.assertRaises(ldm.InvalidArgumentError) as cm:
+            s.begin(libldm.randn(0, 0, shape=(1, 3, 16, 16)))
+            with self.assertRaises(libldm.InvalidArgumentError) as cm:
                 for _ in s:
                     pass
             self.assertIn("give()", str(cm.exception))
@@ -97,7 +97,7 @@ class DemoModelTest(unittest.TestCase):
         self.assertEqual(shape_of(self.generate(steps=STEPS)), (1, 3, 64, 64))
 
     def test_progress_returning_true_cancels(self):
-        with self.assertRaises(ldm.Cancelled) as cm:
+        with self.assertRaises(libldm.Cancelled) as cm:
             self.generate(progress=lambda step, total: step == 3)
         self.assertEqual(cm.exception.status, 10)
         self.assertEqual(cm.exception.function, "ldm_generate")
@@ -112,7 +112,7 @@ class DemoModelTest(unittest.TestCase):
         t = threading.Thread(target=lambda: (started.wait(30), self.model.interrupt()))
         t.start()
         try:
-            with self.assertRaises(ldm.Cancelled):
+            with self.assertRaises(libldm.Cancelled):
                 self.generate(steps=200, progress=progress)  # ~10 s if the interrupt were lost
         finally:
             t.join()
@@ -125,17 +125,17 @@ class DemoModelTest(unittest.TestCase):
         # not when the 400 steps (~20 s) are done.
         # The child restores Python's own SIGINT handler: started from a background job of a
         # non-interactive shell (a CI script run with `&`), it would inherit SIGINT ignored.
-        code = ("import ldm, signal\n"
+        code = ("import libldm, signal\n"
                 "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-                "m = ldm.Model.load_builtin('demo')\n"
+                "m = libldm.Model.load_builtin('demo')\n"
                 "print('generating', flush=True)\n"
                 "try:\n"
                 "    m.generate(class_label=1, steps=400)\n"
                 "    print('finished')\n"
                 "except KeyboardInterrupt:\n"
                 "    print('interrupted')\n")
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ldm.__file__))),
-                   LDM_LIBRARY=ldm.library_path)
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(libldm.__file__))),
+                   LDM_LIBRARY=libldm.library_path)
         child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
         try:
             self.assertEqual(child.stdout.readline().strip(), "generating")
@@ -158,14 +158,14 @@ class DemoModelTest(unittest.TestCase):
             return len(polls) >= 5
         self.model.set_abort_callback(abort_at_5)
         try:
-            with self.assertRaises(ldm.Cancelled) as cm:
+            with self.assertRaises(libldm.Cancelled) as cm:
                 self.generate()
             self.assertEqual(cm.exception.function, "ldm_generate")
             self.assertEqual(len(polls), 5, "polled on after it asked to stop")
             # the components' calls poll it too: stop at the UNet's 3rd poll
             polls[:] = [1, 1]
-            with self.assertRaises(ldm.Cancelled) as cm:
-                self.model.unet()(ldm.randn(1, 0, shape=(1, 3, 16, 16)), 500, emb)
+            with self.assertRaises(libldm.Cancelled) as cm:
+                self.model.unet()(libldm.randn(1, 0, shape=(1, 3, 16, 16)), 500, emb)
             self.assertEqual(cm.exception.function, "ldm_unet_forward")
             self.assertEqual(len(polls), 5)
         finally:
@@ -182,7 +182,7 @@ class DemoModelTest(unittest.TestCase):
             self.assertEqual(flat_values(self.generate()), reference)
             self.assertGreater(len(polls), STEPS, "not polled between network blocks")
             before = len(polls)
-            self.model.autoencoder().decode(ldm.randn(0, 0, shape=(1, 3, 4, 4)))
+            self.model.autoencoder().decode(libldm.randn(0, 0, shape=(1, 3, 4, 4)))
             self.assertGreater(len(polls), before, "a component call did not poll it")
         finally:
             self.model.set_abort_callback(None)
@@ -209,7 +209,7 @@ class DemoModelTest(unittest.TestCase):
             # from a component call as well
             polls.clear()
             with self.assertRaises(Boom):
-                self.model.autoencoder().decode(ldm.randn(0, 0, shape=(1, 3, 16, 16)))
+                self.model.autoencoder().decode(libldm.randn(0, 0, shape=(1, 3, 16, 16)))
             self.assertEqual(len(polls), 3)
         finally:
             self.model.set_abort_callback(None)
@@ -235,7 +235,7 @@ class DemoModelTest(unittest.TestCase):
         self.assertIn("class-conditional", self.model.describe())
         emb = self.model.conditioner().encode_labels([1, 2])
         self.assertEqual(shape_of(emb), (2, 1, 64))
-        x = ldm.randn(1, 0, shape=(2, 3, 16, 16))
+        x = libldm.randn(1, 0, shape=(2, 3, 16, 16))
         out = self.model.unet()(x, 500, emb)
         self.assertEqual(shape_of(out), (2, 3, 16, 16))
         # a number is the same timestep for the whole batch; apply() routes the conditioning
@@ -243,62 +243,62 @@ class DemoModelTest(unittest.TestCase):
         self.assertEqual(flat_values(out), flat_values(self.model.apply(x, 500, emb)))
 
     def test_error_messages(self):
-        with self.assertRaises(ldm.InvalidArgumentError) as cm:
+        with self.assertRaises(libldm.InvalidArgumentError) as cm:
             self.generate(class_label=5000)  # -1 would be the demo's unconditional class
         self.assertIn("class label", cm.exception.message)
         self.assertIsInstance(cm.exception, ValueError)
-        with self.assertRaises(ldm.InvalidArgumentError) as cm:
+        with self.assertRaises(libldm.InvalidArgumentError) as cm:
             self.generate(steps=3)  # DDIM 3 steps over 1000 reaches timestep 1000
         self.assertIn("timestep", str(cm.exception))
-        with self.assertRaises(ldm.InvalidArgumentError) as cm:
-            self.model.unet()(ldm.randn(0, 0, shape=(1, 5, 16, 16)), 1, [[[0.0] * 64]])
+        with self.assertRaises(libldm.InvalidArgumentError) as cm:
+            self.model.unet()(libldm.randn(0, 0, shape=(1, 5, 16, 16)), 1, [[[0.0] * 64]])
         self.assertIn("ldm_unet_forward", str(cm.exception))
         with self.assertRaises(ValueError):
             self.generate(sampler="no-such-sampler")
-        with self.assertRaises(ldm.FileError) as cm:
-            ldm.Model.load("/nonexistent/model.safetensors")
+        with self.assertRaises(libldm.FileError) as cm:
+            libldm.Model.load("/nonexistent/model.safetensors")
         self.assertIn("/nonexistent/model.safetensors", str(cm.exception))
         self.assertIsInstance(cm.exception, OSError)
-        with self.assertRaises(ldm.NotFoundError):
-            ldm.Model.load_builtin("no-such-model")
+        with self.assertRaises(libldm.NotFoundError):
+            libldm.Model.load_builtin("no-such-model")
 
 
 class LifetimeTest(unittest.TestCase):
     def test_context_manager_closes(self):
-        with ldm.Model.load_builtin("demo") as m:
+        with libldm.Model.load_builtin("demo") as m:
             ae = m.autoencoder()
             self.assertFalse(m.closed)
         self.assertTrue(m.closed)
         with self.assertRaises(ValueError):
             m.describe()
         with self.assertRaises(ValueError):
-            ae.decode(ldm.randn(0, 0, shape=(1, 3, 4, 4)))
+            ae.decode(libldm.randn(0, 0, shape=(1, 3, 4, 4)))
         m.close()  # closing twice is harmless
         m.interrupt()  # and so is interrupting a closed model
         with self.assertRaises(ValueError):
             m.set_abort_callback(lambda: False)
 
     def test_component_keeps_model_alive(self):
-        ae = ldm.Model.load_builtin("demo").autoencoder()
+        ae = libldm.Model.load_builtin("demo").autoencoder()
         gc.collect()
-        image = ae.decode(ldm.randn(0, 0, shape=(1, 3, 4, 4)))
+        image = ae.decode(libldm.randn(0, 0, shape=(1, 3, 4, 4)))
         self.assertEqual(shape_of(image), (1, 3, 16, 16))
 
     def test_sampler_and_tensor_context_managers(self):
-        with ldm.Model.load_builtin("demo") as m:
+        with libldm.Model.load_builtin("demo") as m:
             with m.sampler("euler", steps=4) as s:
                 self.assertEqual(s.total_evaluations, 4)
             with self.assertRaises(ValueError):
-                s.begin(ldm.randn(0, 0, shape=(1, 3, 16, 16)))
-        with ldm.Tensor.zeros((2, 2)) as t:
+                s.begin(libldm.randn(0, 0, shape=(1, 3, 16, 16)))
+        with libldm.Tensor.zeros((2, 2)) as t:
             self.assertEqual(t.shape, (2, 2))
         with self.assertRaises(ValueError):
             t.shape
 
     def test_log_callback(self):
         messages = []
-        with ldm.Model.load_builtin("demo", log=lambda level, msg: messages.append((level, msg))) as m:
-            with self.assertRaises(ldm.InvalidArgumentError):
+        with libldm.Model.load_builtin("demo", log=lambda level, msg: messages.append((level, msg))) as m:
+            with self.assertRaises(libldm.InvalidArgumentError):
                 m.generate(class_label=5000, steps=STEPS)
         self.assertTrue(any(level == "info" and msg.startswith("loaded") for level, msg in messages), messages)
         self.assertTrue(any(level == "error" and "class label" in msg for level, msg in messages), messages)

@@ -128,7 +128,7 @@ class Model:
         self.close()
 
     def __repr__(self):
-        return "<ldm.Model %s>" % ("closed" if self._handle is None else hex(self._handle))
+        return "<libldm.Model %s>" % ("closed" if self._handle is None else hex(self._handle))
 
     # ------------------------------------------------------------ model-wide calls
 
@@ -144,7 +144,7 @@ class Model:
     def set_abort_callback(self, fn):
         """fn() is polled between network blocks and sampler steps of every call on this model
         (generate, apply, the components' calls, ...), on the thread running the call. Returning
-        True stops the call, which raises ldm.Cancelled; an exception fn raises stops it too and
+        True stops the call, which raises libldm.Cancelled; an exception fn raises stops it too and
         propagates from that call instead. None removes the callback. Not allowed while a call on
         the model runs (fn itself included): RuntimeError."""
         if fn is not None and not callable(fn):
@@ -169,7 +169,7 @@ class Model:
         check(status, name)
 
     def interrupt(self):
-        """Asks the running call (on any thread) to stop; it then raises ldm.Cancelled.
+        """Asks the running call (on any thread) to stop; it then raises libldm.Cancelled.
         A no-op on a closed model."""
         with self._lock:
             if self._handle is not None:
@@ -253,9 +253,9 @@ class Model:
         Arguments left at None keep the library's defaults (50 DDIM steps, guidance 7.5, ...).
         x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
         progress: fn(step, total) called after each step; returning True stops the run
-        (ldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
+        (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
-        interrupt() from another thread also stops it (ldm.Cancelled), and Ctrl-C (SIGINT) in the
+        interrupt() from another thread also stops it (libldm.Cancelled), and Ctrl-C (SIGINT) in the
         main thread stops it with KeyboardInterrupt."""
         p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
         texts = {"prompt": prompt, "negative_prompt": negative_prompt}

@@ -1,4 +1,4 @@
-"""ldm: Python bindings of libldm (Latent Diffusion Models / Stable Diffusion 1.x-2.x on the CPU).
+"""libldm: Python bindings of libldm (Latent Diffusion Models / Stable Diffusion 1.x-2.x on the CPU).
 
 Pure Python over ctypes: no compiled extension. The shared library is looked for in this order:
 
@@ -10,15 +10,15 @@ Pure Python over ctypes: no compiled extension. The shared library is looked for
 
 Quick start::
 
-    import ldm
-    with ldm.Model.load_builtin("demo") as model:          # or ldm.Model.load("sd15.safetensors")
+    import libldm
+    with libldm.Model.load_builtin("demo") as model:          # or libldm.Model.load("sd15.safetensors")
         image = model.generate(class_label=1, steps=20, seed=1)   # [1,3,64,64] in [-1,1]
-        ldm.write_png("out.png", image)
+        libldm.write_png("out.png", image)
 
-Tensors: inputs may be NumPy arrays, buffer-protocol objects, nested lists or ldm.Tensor
+Tensors: inputs may be NumPy arrays, buffer-protocol objects, nested lists or libldm.Tensor
 (contiguous float32 / int64 memory is passed without a copy); results are NumPy arrays when NumPy
-is installed, else ldm.Tensor (see ldm.tensor). Failures raise ldm.LdmError subclasses carrying
-the library's message (see ldm.errors). Handles are freed by close(), by `with`, or by the
+is installed, else libldm.Tensor (see libldm.tensor). Failures raise libldm.LdmError subclasses carrying
+the library's message (see libldm.errors). Handles are freed by close(), by `with`, or by the
 garbage collector.
 """
 from . import _api

@@ -60,7 +60,7 @@ class Progress(_Stopping):
 class Abort(_Stopping):
     """fn() -> truthy to stop the running call; polled between network blocks and sampler steps of
     every call on the model. An exception it raises stops the call; the call re-raises it
-    (raise_pending()) with its original type and traceback instead of ldm.Cancelled."""
+    (raise_pending()) with its original type and traceback instead of libldm.Cancelled."""
 
     def __init__(self, fn):
         super().__init__()

@@ -37,7 +37,7 @@ def set_numpy(enabled):
     Tensor objects (False). Returns the previous setting."""
     global _use_numpy
     if enabled and _numpy is None:
-        raise ImportError("ldm.set_numpy(True): NumPy is not installed")
+        raise ImportError("libldm.set_numpy(True): NumPy is not installed")
     previous, _use_numpy = _use_numpy, bool(enabled)
     return previous
 
@@ -143,8 +143,8 @@ class Tensor:
 
     def __repr__(self):
         if self._storage is None:
-            return "<ldm.Tensor closed>"
-        return "<ldm.Tensor %s %s>" % (self.dtype, "x".join(str(d) for d in self.shape))
+            return "<libldm.Tensor closed>"
+        return "<libldm.Tensor %s %s>" % (self.dtype, "x".join(str(d) for d in self.shape))
 
     # ------------------------------------------------------------ data access
 
@@ -293,7 +293,7 @@ def as_tensor(obj, dtype="float32"):
         mv = memoryview(obj)
     except TypeError:
         raise TypeError("expected a tensor: a NumPy array, a buffer-protocol object, a nested list "
-                        "of numbers or an ldm.Tensor, got %s" % type(obj).__name__) from None
+                        "of numbers or a libldm.Tensor, got %s" % type(obj).__name__) from None
     kind = _format_kind(mv.format, mv.itemsize)
     if kind is not None and mv.c_contiguous:
         try:

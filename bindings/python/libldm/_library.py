@@ -26,7 +26,7 @@ def _from_env(value):
     try:
         return ctypes.CDLL(path), path
     except OSError as e:
-        raise ImportError("ldm: cannot load the library named by $%s (%s): %s" % (ENV_VAR, path, e)) from e
+        raise ImportError("libldm: cannot load the library named by $%s (%s): %s" % (ENV_VAR, path, e)) from e
 
 
 def load():
@@ -41,6 +41,6 @@ def load():
         return ctypes.CDLL(SONAME), SONAME
     except OSError as e:
         raise ImportError(
-            "ldm: %s not found: set $%s to the library file, put the library next to this package "
+            "libldm: %s not found: set $%s to the library file, put the library next to this package "
             "(%s), or install libldm (make install) so the dynamic loader finds it (%s)"
             % (SONAME, ENV_VAR, os.path.dirname(bundled), e)) from e
