@@ -1,7 +1,8 @@
 """The parts of a model: Autoencoder (first stage), UNet, Conditioner.
 
 Their handles belong to the model: each object keeps its Model alive and stops working (ValueError)
-once the model is closed."""
+once the model is closed. Their calls share the model's one-call-at-a-time guard (RuntimeError while
+another call on the model or any of its components runs)."""
 import ctypes
 
 from . import _api
@@ -23,6 +24,11 @@ class _Component:
             self.model._check(getattr(_lib, name)(self._handle, *args, ctypes.byref(out)), name)
         return result(out.value)
 
+    def _get(self, fn):
+        """fn(handle) -> a plain value, under the model's guard."""
+        with self.model._running():
+            return fn(self._handle)
+
     @property
     def handle(self):
         self.model.handle  # raises once the model is closed
@@ -35,16 +41,16 @@ class Autoencoder(_Component):
     @property
     def kind(self):
         """"kl" or "vq"."""
-        return _api.AUTOENCODER_KINDS[_lib.ldm_autoencoder_get_kind(self.handle)]
+        return _api.AUTOENCODER_KINDS[self._get(_lib.ldm_autoencoder_get_kind)]
 
     @property
     def factor(self):
         """Spatial downsampling factor (8 for kl-f8)."""
-        return _lib.ldm_autoencoder_factor(self.handle)
+        return self._get(_lib.ldm_autoencoder_factor)
 
     @property
     def latent_channels(self):
-        return _lib.ldm_autoencoder_latent_channels(self.handle)
+        return self._get(_lib.ldm_autoencoder_latent_channels)
 
     def encode(self, x):
         """x [B,in,H,W] in [-1,1] -> KL: moments [B,2E,h,w]; VQ: the pre-quantisation latent."""
@@ -101,7 +107,7 @@ class Conditioner(_Component):
     def kind(self):
         """"none", "class", "clip_text", "openclip_text", "bert", "spatial_rescaler",
         "first_stage" or "identity"."""
-        return _api.CONDITIONER_KINDS[_lib.ldm_conditioner_get_kind(self.handle)]
+        return _api.CONDITIONER_KINDS[self._get(_lib.ldm_conditioner_get_kind)]
 
     def encode_tokens(self, tokens):
         """Token ids [B,T] -> embeddings [B,T,D]."""

@@ -5,6 +5,7 @@ import threading
 import weakref
 
 from . import _api, _callbacks
+from ._handle import CallGuard
 from .errors import check
 from .tensor import Args, result, timesteps_arg
 
@@ -48,15 +49,19 @@ class Model:
     """A model loaded with Model.load(path) or Model.load_builtin(name).
 
     Use it as a context manager (or call close()) to free it deterministically; otherwise it is
-    freed when it and every component obtained from it are garbage. One model is used by one
-    thread at a time, except interrupt(), which any thread may call while another runs a call."""
+    freed when it and every component obtained from it are garbage.
+
+    One call at a time: a call on the model or one of its components while another one runs (on
+    another thread, or from a progress / abort callback of the running call) raises RuntimeError
+    instead of entering the library, which forbids it. interrupt() is the exception: any thread
+    may call it while another runs a call."""
 
     def __init__(self, handle, log):
         self._handle = handle
         self._log = log  # the C side keeps a pointer to log.c_function for the model's lifetime
         self._abort = None  # the installed abort callback (_callbacks.Abort): the C side points at it
-        self._lock = threading.Lock()
-        self._busy = 0
+        self._guard = CallGuard("model")  # held by the call in progress
+        self._state = threading.Lock()  # close() against interrupt() from another thread
         self._finalizer = weakref.finalize(self, _lib.ldm_model_free, handle)
 
     @classmethod
@@ -99,27 +104,27 @@ class Model:
 
     @contextlib.contextmanager
     def _running(self):
-        """Marks a call in progress so that close() from another thread cannot free the model
-        under it."""
-        with self._lock:
+        """Holds the model's call guard for one library call on the model or a component, so that
+        no other call (another thread's, a callback's) and no close() enters it meanwhile:
+        RuntimeError for them. Yields the handle (ValueError when closed)."""
+        with self._guard:
             handle = self.handle
-            self._busy += 1
             if self._abort is not None:
                 self._abort.error = None  # a leftover of an earlier call (which raised something else first)
-        try:
             yield handle
-        finally:
-            with self._lock:
-                self._busy -= 1
 
     def close(self):
-        """Frees the model now. Components obtained from it stop working (ValueError)."""
-        with self._lock:
-            if self._busy:
-                raise RuntimeError("Model.close(): a call on this model is still running (interrupt() it first)")
-            self._handle = None
-        self._finalizer()
-        self._abort = None
+        """Frees the model now. Components obtained from it stop working (ValueError). Refused
+        (RuntimeError) while a call on the model runs: interrupt() it first."""
+        if not self._guard.acquire():
+            raise self._guard.busy_error("Model.close()")
+        try:
+            with self._state:
+                self._handle = None
+            self._finalizer()
+            self._abort = None
+        finally:
+            self._guard.release()
 
     def __enter__(self):
         return self
@@ -150,12 +155,14 @@ class Model:
         if fn is not None and not callable(fn):
             raise TypeError("set_abort_callback: expected a callable or None, got %r" % (fn,))
         guard = _callbacks.Abort(fn) if fn is not None else None
-        with self._lock:
-            if self._busy:
-                raise RuntimeError("Model.set_abort_callback(): a call on this model is running")
+        if not self._guard.acquire():
+            raise self._guard.busy_error("Model.set_abort_callback()")
+        try:
             c_function = guard.c_function if guard is not None else _api.ABORT_CALLBACK()  # NULL
             check(_lib.ldm_model_set_abort_callback(self.handle, c_function, None), "ldm_model_set_abort_callback")
             self._abort = guard  # the previous one is no longer called: it may go
+        finally:
+            self._guard.release()
 
     def _raise_abort_error(self):
         """Re-raises what the abort callback raised during the call that just returned."""
@@ -171,7 +178,7 @@ class Model:
     def interrupt(self):
         """Asks the running call (on any thread) to stop; it then raises libldm.Cancelled.
         A no-op on a closed model."""
-        with self._lock:
+        with self._state:
             if self._handle is not None:
                 _lib.ldm_model_interrupt(self._handle)
 

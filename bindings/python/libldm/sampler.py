@@ -24,7 +24,12 @@ _lib = _api.lib
 
 class Sampler(_Owned):
     """A sampler (ldm_sampler). Create it with Model.sampler(...) or Sampler.create(...); close()
-    it or use it as a context manager to free it early."""
+    it or use it as a context manager to free it early.
+
+    One call at a time: a call while another one on the same sampler runs (another thread's)
+    raises RuntimeError. A sampler made by Model.sampler() holds its own copy of the model's
+    schedule, so it is independent of the model: it may step while the model runs a call, and
+    it keeps working after the model is closed."""
 
     _what = "sampler"
     _free = "ldm_sampler_free"
@@ -54,32 +59,34 @@ class Sampler(_Owned):
     def begin(self, x_T):
         """Starts (or restarts) a run from unit-variance noise x_T."""
         with Args() as a:
-            check(_lib.ldm_sampler_begin(self.handle, a.tensor(x_T)), "ldm_sampler_begin")
+            check(self._call(_lib.ldm_sampler_begin, a.tensor(x_T)), "ldm_sampler_begin")
         self._given = True
 
     def set_noise(self, noise):
         """Fixed per-step noise [n_steps, *x_T.shape] instead of the seeded generator (None: back
         to the generator)."""
         with Args() as a:
-            check(_lib.ldm_sampler_set_noise(self.handle, a.tensor(noise)), "ldm_sampler_set_noise")
+            check(self._call(_lib.ldm_sampler_set_noise, a.tensor(noise)), "ldm_sampler_set_noise")
 
     def next(self):
         """The next request as (x, timestep) -- x is a copy, timestep a float -- or None when the run
         is finished. Asking twice without give() returns the same request."""
         x_in = ctypes.c_void_p()
         t = ctypes.c_double()
-        r = _lib.ldm_sampler_next(self.handle, ctypes.byref(x_in), ctypes.byref(t))
-        if r < 0:
-            raise error_for(_api.STATUS_INVALID_ARGUMENT, "ldm_sampler_next")
-        if r == 0:
-            return None
+        with self._guard:  # x_in belongs to the sampler: copied before another call may change it
+            r = _lib.ldm_sampler_next(self.handle, ctypes.byref(x_in), ctypes.byref(t))
+            if r < 0:
+                raise error_for(_api.STATUS_INVALID_ARGUMENT, "ldm_sampler_next")
+            if r == 0:
+                return None
+            x = copy_of(x_in.value)
         self._given = False
-        return copy_of(x_in.value), t.value
+        return x, t.value
 
     def give(self, model_output):
         """The (guided) raw model output for the last request; advances the run."""
         with Args() as a:
-            check(_lib.ldm_sampler_give(self.handle, a.tensor(model_output)), "ldm_sampler_give")
+            check(self._call(_lib.ldm_sampler_give, a.tensor(model_output)), "ldm_sampler_give")
         self._given = True
 
     def __iter__(self):
@@ -106,21 +113,23 @@ class Sampler(_Owned):
     @property
     def current(self):
         """A copy of the current x (the final sample once the run is finished), or None."""
-        return copy_of(_lib.ldm_sampler_current(self.handle))
+        with self._guard:
+            return copy_of(_lib.ldm_sampler_current(self.handle))
 
     @property
     def pred_x0(self):
         """A copy of the x0 prediction of the last completed step, or None."""
-        return copy_of(_lib.ldm_sampler_pred_x0(self.handle))
+        with self._guard:
+            return copy_of(_lib.ldm_sampler_pred_x0(self.handle))
 
     @property
     def total_evaluations(self):
-        return _lib.ldm_sampler_total_evaluations(self.handle)
+        return self._call(_lib.ldm_sampler_total_evaluations)
 
     @property
     def total_steps(self):
-        return _lib.ldm_sampler_total_steps(self.handle)
+        return self._call(_lib.ldm_sampler_total_steps)
 
     @property
     def steps_done(self):
-        return _lib.ldm_sampler_steps_done(self.handle)
+        return self._call(_lib.ldm_sampler_steps_done)
