@@ -528,7 +528,9 @@ LDM_API ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *par
  * (AUTO: the model's class, or LDM_UNCOND_CLASS_NONE), class_label (-1 on a class model: the
  * unconditional class). Fails with the same status and message ldm_generate would for an invalid
  * combination (a class out of range, guidance the model cannot apply, a negative size, ...).
- * Hosts use it to record exactly what ran (the ldm tool's PNG text chunk). */
+ * Hosts use it to record exactly what ran (the ldm tool's PNG text chunk). *resolved has the size
+ * params->struct_size says (the same struct type; this header's size when params is NULL) and
+ * may be params itself. */
 LDM_API ldm_status ldm_generate_params_resolve(ldm_model *model, const ldm_generate_params *params,
                                                ldm_generate_params *resolved);
 

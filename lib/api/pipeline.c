@@ -12,6 +12,7 @@
 #include "../models/unet.h"
 #include "pipeline_internal.h"
 
+#include <math.h>
 #include <string.h>
 
 static void generate_params_defaults(ldm_generate_params *p)
@@ -23,8 +24,9 @@ static void generate_params_defaults(ldm_generate_params *p)
     p->batch = 1;
     p->sampler = LDM_SAMPLER_DDIM;
     p->steps = 50;
-    p->guidance_scale = 7.5f;
+    p->guidance_scale = 0.0f; /* the model's default (lp_resolve_cond) */
     p->strength = 0.75f;
+    p->uncond_class = LDM_UNCOND_CLASS_AUTO;
 }
 
 void ldm_generate_params_init_size(ldm_generate_params *params, size_t struct_size)
@@ -48,6 +50,10 @@ static ldm_status read_params(const ldm_generate_params *in, ldm_generate_params
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "strength %g outside (0,1]", out->strength);
     if (out->guidance_scale != out->guidance_scale || out->eta != out->eta)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "guidance_scale and eta must be numbers");
+    if (out->width < 0 || out->height < 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "width %d, height %d: a size cannot be negative (0: the model's default size)", out->width,
+                        out->height);
     return LDM_OK;
 }
 
@@ -118,28 +124,67 @@ static void release_inputs(lp_inputs *in)
 
 /* ---------------------------------------------------------------- geometry */
 
-/* Latent [B,C,h,w]: the size of the concatenated conditioning for concat models (it has to
- * match), else that of init_image, else width x height when given, else that of the caller's
- * x_T, else the training size. */
-static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, const lp_cond *c, int64_t shape[4])
+/* The first stage's factor and the UNet's size multiple in latent pixels, from the description
+ * (resolution must not create networks; latent_shape checks that they agree). */
+static void factors(const ldm_model *m, int *f, int *mult)
 {
-    struct ldm_autoencoder *ae;
-    LDM_TRY(lm_autoencoder(m, &ae));
-    int f = ldm_autoencoder_factor(ae);
-    int mult = 1 << (m->desc.unet.n_levels > 0 ? m->desc.unet.n_levels - 1 : 0);
-    int size = m->desc.image_size > 0 ? m->desc.image_size : 64;
-    const ldm_tensor *spatial = c->concat ? c->concat : m->desc.conditioning_key == LD_CONDKEY_CONCAT ? c->cond : NULL;
-    int64_t h, w;
-    if (spatial) {
-        h = spatial->shape[2];
-        w = spatial->shape[3];
+    const ld_model *d = &m->desc;
+    *f = d->first_stage.n_levels > 0 ? 1 << (d->first_stage.n_levels - 1) : 1;
+    *mult = 1 << (d->unet.n_levels > 0 ? d->unet.n_levels - 1 : 0);
+}
+
+static ldm_status need(const ldm_tensor *t, const char *msg)
+{
+    return t ? LDM_OK : ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s", msg);
+}
+
+/* A conditioning image's latent size: the rescaler's stages shrink a semantic map by
+ * floor(size * multiplier) each (as the network does), a super-resolution LR image is used as is. */
+static ldm_status concat_latent_size(const ldm_model *m, const ldm_tensor *img, int64_t *h, int64_t *w)
+{
+    LDM_TRY(lt_check(img, "cond_image", LDM_F32, 4));
+    *h = img->shape[2];
+    *w = img->shape[3];
+    if (m->desc.cond.kind != LD_COND_SPATIAL_RESCALER) return LDM_OK;
+    for (int i = 0; i < m->desc.cond.n_stages; i++) {
+        *h = (int64_t)floor((double)*h * m->desc.cond.multiplier);
+        *w = (int64_t)floor((double)*w * m->desc.cond.multiplier);
+    }
+    return LDM_OK;
+}
+
+/* width/height of the image ldm_generate will return (the order of latent_shape below): the
+ * conditioning image's for concat models, init_image's, the caller's x_T's when no size is given,
+ * else width/height with 0 meaning the training size. Refuses a missing required input and a
+ * size the UNet cannot take with the messages the later steps would give. */
+static ldm_status resolve_size(const ldm_model *m, ldm_generate_params *p)
+{
+    int f, mult;
+    factors(m, &f, &mult);
+    int64_t h = 0, w = 0;
+    if (m->desc.conditioning_key == LD_CONDKEY_CONCAT) {
+        if (m->desc.cond.kind == LD_COND_FIRST_STAGE) {
+            LDM_TRY(need(p->mask ? p->init_image : NULL, "the inpainting model needs init_image and mask"));
+            LDM_TRY(lt_check(p->init_image, "init_image", LDM_F32, 4));
+            h = p->init_image->shape[2] / f;
+            w = p->init_image->shape[3] / f;
+        } else {
+            LDM_TRY(need(p->cond_image, m->desc.cond.kind == LD_COND_SPATIAL_RESCALER
+                                            ? "semantic synthesis needs a label map (cond_image)"
+                                            : "this model is conditioned on an image (cond_image: the low-resolution input)"));
+            LDM_TRY(concat_latent_size(m, p->cond_image, &h, &w));
+        }
+    } else if (m->desc.variant == LD_VARIANT_INPAINT_HYBRID && !(p->init_image && p->mask)) {
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");
     } else if (p->init_image) {
+        LDM_TRY(lt_check(p->init_image, "init_image", LDM_F32, 4));
         h = p->init_image->shape[2] / f;
         w = p->init_image->shape[3] / f;
-    } else if (p->x_T && p->x_T->ndim == 4 && p->width <= 0 && p->height <= 0) {
+    } else if (p->x_T && p->x_T->ndim == 4 && p->width == 0 && p->height == 0) {
         h = p->x_T->shape[2];
         w = p->x_T->shape[3];
     } else {
+        int size = m->desc.image_size > 0 ? m->desc.image_size : 64;
         int W = p->width > 0 ? p->width : size * f, H = p->height > 0 ? p->height : size * f;
         if (W % (f * mult) || H % (f * mult) || W > 16384 || H > 16384)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
@@ -148,10 +193,40 @@ static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, const
         h = H / f;
         w = W / f;
     }
-    if (h <= 0 || w <= 0 || h % mult || w % mult)
+    if (h <= 0 || w <= 0 || h % mult || w % mult || h * f > 16384 || w * f > 16384)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
-                        "latent size %lldx%lld: must be a positive multiple of %d for this UNet", (long long)w,
-                        (long long)h, mult);
+                        "latent size %lldx%lld: must be a positive multiple of %d for this UNet (images up to 16384)",
+                        (long long)w, (long long)h, mult);
+    p->width = (int)(w * f);
+    p->height = (int)(h * f);
+    return LDM_OK;
+}
+
+/* Every model-dependent default of a params struct already read (read_params), made explicit; the
+ * one path for ldm_generate and ldm_generate_params_resolve, so that they cannot disagree. */
+static ldm_status resolve(ldm_model *m, ldm_generate_params *p)
+{
+    ldm_generate_params in = *p;
+    if (!m->desc.is_diffusion)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", m->path);
+    LDM_TRY(lp_resolve_cond(m, &in, p));
+    return resolve_size(m, p);
+}
+
+/* Latent [B,C,h,w] of a resolved p: its width/height over the first stage's factor. For concat
+ * models the conditioning that was built must have exactly that size (resolve_size computed it
+ * without running the conditioner: a mismatch is a bug, not the caller's error). */
+static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, const lp_cond *c, int64_t shape[4])
+{
+    struct ldm_autoencoder *ae;
+    LDM_TRY(lm_autoencoder(m, &ae));
+    int f = ldm_autoencoder_factor(ae);
+    int64_t h = p->height / f, w = p->width / f;
+    const ldm_tensor *spatial = c->concat ? c->concat : m->desc.conditioning_key == LD_CONDKEY_CONCAT ? c->cond : NULL;
+    if ((spatial && (spatial->shape[2] != h || spatial->shape[3] != w)) || h * f != p->height || w * f != p->width)
+        return ldm_fail(LDM_ERR_INTERNAL, "ldm_generate: resolved size %dx%d disagrees with the conditioning (%lldx%lld latent)",
+                        p->width, p->height, spatial ? (long long)spatial->shape[3] : -1LL,
+                        spatial ? (long long)spatial->shape[2] : -1LL);
     shape[0] = p->batch;
     shape[1] = m->desc.unet.out_channels > 0 ? m->desc.unet.out_channels : ldm_autoencoder_latent_channels(ae);
     shape[2] = h;
@@ -343,13 +418,12 @@ static ldm_status latent_for(ldm_model *m, ldm_generate_params *p, lp_inputs *in
     return st;
 }
 
-/* After LM_BEGIN (which the public entry points hold themselves: its cap scope ends with them). */
+/* After LM_BEGIN (which the public entry points hold themselves: its cap scope ends with them):
+ * the caller's params read and resolved. */
 static ldm_status begin(ldm_model *m, const ldm_generate_params *params, ldm_generate_params *p)
 {
     LDM_TRY(read_params(params, p));
-    if (!m->desc.is_diffusion)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", m->path);
-    return LDM_OK;
+    return resolve(m, p);
 }
 
 ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *params, ldm_tensor **z)
@@ -408,4 +482,20 @@ ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm
     ldm_status st = generate(model, &p, image);
     if (st != LDM_OK && st != LDM_CANCELLED) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
     return st;
+}
+
+ldm_status ldm_generate_params_resolve(ldm_model *model, const ldm_generate_params *params,
+                                       ldm_generate_params *resolved)
+{
+    ldm_generate_params p;
+    if (!resolved) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_generate_params_resolve: resolved is NULL");
+    LM_BEGIN(model, "ldm_generate_params_resolve");
+    LDM_TRY(begin(model, params, &p));
+    /* *resolved is the caller's struct type, whose size *params carries (a NULL params: this
+     * header's); from another header version only the fields both know are copied. */
+    size_t size = params ? params->struct_size : sizeof p;
+    ldm_generate_params_init_size(resolved, size);
+    memcpy(resolved, &p, LDM_MIN(size, sizeof p));
+    memcpy(resolved, &size, sizeof size);
+    return LDM_OK;
 }

@@ -1,8 +1,10 @@
 /* pipeline_cond.c - the learned conditioning of ldm_generate for each task, as the reference
  * scripts build it: prompts (text models, uncond = the negative prompt, "" by default), class
- * labels (cin256-v2: uncond = the extra class n_classes-1), layout tokens, label maps (semantic
- * synthesis), the low-resolution image (super-resolution), the masked image and mask (LDM and SD
- * inpainting). The inputs' batch already equals params->batch (pipeline.c broadcasts). */
+ * labels (uncond = the model's unconditional class, n_classes-1 by default), layout tokens, label
+ * maps (semantic synthesis), the low-resolution image (super-resolution), the masked image and
+ * mask (LDM and SD inpainting). The inputs' batch already equals params->batch (pipeline.c
+ * broadcasts). Also the resolution of the guidance and class defaults (lp_resolve_cond), which
+ * ldm_generate and ldm_generate_params_resolve share. */
 #include "model_internal.h"
 
 #include "../kernels/kernels.h"
@@ -30,18 +32,19 @@ static ldm_status encode_class(ldm_conditioner *cond, int label, int batch, ldm_
     return st;
 }
 
-/* cin256-v2 was trained with label dropout to an extra class n-1 = 1000: the unconditional one,
- * used for guidance and, when no class is given, for unconditional samples. */
+/* p is resolved (lp_resolve_cond): class_label is a class of the model, uncond_class the
+ * unconditional one or NONE, and a guidance_scale != 1 comes with an unconditional class. When
+ * the label IS the unconditional class both branches are equal and guidance changes nothing. */
 static ldm_status class_cond(ldm_model *m, ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
 {
-    int n = m->desc.cond.n_classes, has_uncond = n == 1001;
-    int label = p->class_label < 0 && has_uncond ? n - 1 : p->class_label;
-    if (label < 0 || label >= n)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "this class-conditional model needs a class label in [0,%d)", n);
-    LDM_TRY(encode_class(cond, label, p->batch, &out->cond));
+    int n = m->desc.cond.n_classes;
+    if (p->class_label < 0 || p->class_label >= n)
+        return ldm_fail(LDM_ERR_INTERNAL, "class label %d unresolved (this model's classes are 0..%d)", p->class_label,
+                        n - 1);
+    LDM_TRY(encode_class(cond, p->class_label, p->batch, &out->cond));
     LDM_TRY(lp_check_cancel(m, "while encoding the class"));
-    if (has_uncond && label != n - 1 && p->guidance_scale != 1.0f)
-        LDM_TRY(encode_class(cond, n - 1, p->batch, &out->uncond));
+    if (p->guidance_scale != 1.0f && p->class_label != p->uncond_class)
+        LDM_TRY(encode_class(cond, p->uncond_class, p->batch, &out->uncond));
     return LDM_OK;
 }
 
@@ -145,4 +148,90 @@ void lp_cond_release(lp_cond *c)
     ldm_tensor_free(c->uncond);
     ldm_tensor_free(c->concat);
     memset(c, 0, sizeof *c);
+}
+
+/* ---------------------------------------------------------------- resolution */
+
+/* AUTO -> the model's unconditional class (or NONE); an explicit class must be one of the model's. */
+static ldm_status resolve_uncond_class(const ldm_model *m, ldm_generate_params *p)
+{
+    int n = m->desc.cond.n_classes;
+    if (p->uncond_class == LDM_UNCOND_CLASS_AUTO) {
+        int u = ld_class_uncond(&m->desc.cond);
+        p->uncond_class = u >= 0 ? u : LDM_UNCOND_CLASS_NONE;
+        return LDM_OK;
+    }
+    if (p->uncond_class == LDM_UNCOND_CLASS_NONE || (p->uncond_class >= 0 && p->uncond_class < n)) return LDM_OK;
+    return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                    "uncond_class %d: this model's classes are 0..%d (or LDM_UNCOND_CLASS_AUTO / LDM_UNCOND_CLASS_NONE)",
+                    p->uncond_class, n - 1);
+}
+
+/* Why the class model has no unconditional class, for the messages that need one. */
+static const char *no_uncond_reason(const ldm_model *m, const ldm_generate_params *in)
+{
+    if (in->uncond_class == LDM_UNCOND_CLASS_NONE) return "uncond_class is LDM_UNCOND_CLASS_NONE";
+    if (m->desc.cond.n_classes < 2) return "it has a single class";
+    return "its config sets ucg_rate: 0, so it never learned a \"no class\" label";
+}
+
+/* in: the caller's values (for the messages); p: being resolved. */
+static ldm_status resolve_class(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
+{
+    int n = m->desc.cond.n_classes;
+    LDM_TRY(resolve_uncond_class(m, p));
+    int has_uncond = p->uncond_class >= 0;
+    if (p->class_label < -1 || p->class_label >= n)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "class label %d: this model's classes are 0..%d (-1: none)",
+                        p->class_label, n - 1);
+    if (p->class_label == -1) {
+        if (!has_uncond)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "this class-conditional model needs a class label: this model's classes are 0..%d, and it "
+                            "has no unconditional class to sample without one (%s)",
+                            n - 1, no_uncond_reason(m, in));
+        p->class_label = p->uncond_class; /* an unconditional sample */
+    }
+    if (p->guidance_scale == 0.0f) p->guidance_scale = has_uncond ? 3.0f : 1.0f;
+    if (p->guidance_scale != 1.0f && !has_uncond)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "guidance_scale %g needs an unconditional class for the guidance's second branch, and this "
+                        "model has none (%s): set guidance_scale to 1 (or 0, the default), or name the class the "
+                        "model learned as \"no class\" with uncond_class",
+                        (double)p->guidance_scale, no_uncond_reason(m, in));
+    return LDM_OK;
+}
+
+/* Why a model that is not a class or text model cannot be guided, NULL when it can. */
+static const char *unguidable(const ldm_model *m)
+{
+    if (m->desc.conditioning_key == LD_CONDKEY_NONE) return "an unconditional model has no conditioning to guide";
+    if (m->desc.conditioning_key == LD_CONDKEY_CONCAT)
+        return "a model conditioned on concatenated channels (super-resolution, semantic synthesis, LDM "
+               "inpainting) has no unconditional input";
+    if (m->desc.layout_no_tokens > 0) return "the layout-to-image model has no unconditional layout";
+    switch (m->desc.cond.kind) {
+    case LD_COND_CLIP:
+    case LD_COND_OPENCLIP:
+    case LD_COND_BERT: return NULL;
+    default: return "this model's conditioning has no unconditional counterpart";
+    }
+}
+
+ldm_status lp_resolve_cond(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
+{
+    int is_class = m->desc.conditioning_key != LD_CONDKEY_NONE && m->desc.conditioning_key != LD_CONDKEY_CONCAT &&
+                   m->desc.cond.kind == LD_COND_CLASS;
+    if (is_class) return resolve_class(m, in, p);
+    if (p->uncond_class >= 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "uncond_class %d: this model is not class-conditional",
+                        p->uncond_class);
+    p->uncond_class = LDM_UNCOND_CLASS_NONE;
+    const char *why = unguidable(m);
+    if (p->guidance_scale == 0.0f) p->guidance_scale = why ? 1.0f : 7.5f;
+    if (why && p->guidance_scale != 1.0f)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "guidance_scale %g cannot be applied: %s; set guidance_scale to 1 (or 0, the default)",
+                        (double)p->guidance_scale, why);
+    return LDM_OK;
 }

@@ -17,6 +17,13 @@ typedef struct lp_cond {
     ldm_tensor *cond, *uncond, *concat;
 } lp_cond;
 
+/* Makes the guidance and class defaults of `p` explicit (guidance_scale 0 -> the model's default,
+ * uncond_class AUTO -> the model's class or NONE, class_label -1 on a class model -> the
+ * unconditional class) and refuses what the model cannot do: a guidance_scale != 1 it cannot
+ * apply, a class out of range, a class model without a class label and without an unconditional
+ * class. `in` is the caller's struct as read (for messages), `p` the copy being resolved. */
+ldm_status lp_resolve_cond(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p);
+/* The conditioning for a RESOLVED p (lp_resolve_cond). */
 ldm_status lp_build_cond(ldm_model *m, const ldm_generate_params *p, lp_cond *out);
 void lp_cond_release(lp_cond *c);
 

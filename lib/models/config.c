@@ -486,6 +486,8 @@ static ldm_status parse_cond_target(const cfg *c, const char *target, const ld_y
     if (target_is(target, LDM_ENC, "ClassEmbedder")) {
         d->kind = LD_COND_CLASS;
         LDM_TRY(read_int(c, p, path, "embed_dim", 1, 1, MAX_CHANNELS, &d->embed_dim));
+        /* ucg_rate: 0 says the model never saw its "no class" label, so it has none for guidance */
+        LDM_TRY(read_double(c, p, path, "ucg_rate", 0.0, 1.0, &d->ucg_rate));
         return read_int(c, p, path, "n_classes", 0, 1, 1 << 24, &d->n_classes);
     }
     if (target_is(target, LDM_ENC, "FrozenCLIPEmbedder")) return parse_clip(c, p, path, d);

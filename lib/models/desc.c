@@ -39,6 +39,7 @@ void ld_cond_defaults(ld_cond *c)
     memset(c, 0, sizeof *c);
     c->kind = LD_COND_NONE;
     c->n_classes = 1000;     /* ClassEmbedder */
+    c->ucg_rate = -1.0;      /* not given: the extra class n_classes - 1 is the unconditional one */
     c->ctx = 77;             /* FrozenCLIPEmbedder / FrozenOpenCLIPEmbedder max_length */
     c->vocab_size = 30522;   /* BERTEmbedder: bert-base-uncased */
     c->max_seq_len = 77;
@@ -84,4 +85,10 @@ void ld_model_note(ld_model *m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(m->notes + used, sizeof m->notes - used, fmt, ap);
     va_end(ap);
+}
+
+int ld_class_uncond(const ld_cond *c)
+{
+    if (c->kind != LD_COND_CLASS || c->n_classes < 2 || c->ucg_rate == 0.0) return -1;
+    return c->n_classes - 1;
 }

@@ -57,6 +57,7 @@ typedef struct ld_cond {
     ld_cond_kind kind;
     /* class */
     int n_classes, embed_dim;
+    double ucg_rate;      /* ClassEmbedder label dropout from the config; < 0: not given */
     /* text towers (CLIP/OpenCLIP): width/layers/heads/vocab/ctx; layer_skip = number of final
      * blocks skipped (OpenCLIP "penultimate" = 1, "last" = 0) */
     int width, layers, heads, vocab, ctx, layer_skip;
@@ -110,6 +111,10 @@ void ld_model_defaults(ld_model *m);
 void ld_unet_defaults(ld_unet *u);
 void ld_autoencoder_defaults(ld_autoencoder *a);
 void ld_cond_defaults(ld_cond *c);
+/* The class a class-conditional model learned as "no class" (reference ClassEmbedder
+ * get_unconditional_conditioning: n_classes - 1), or -1 when it has none: not a class model, a
+ * single class, or a config that declares no label dropout (`ucg_rate: 0`). */
+int ld_class_uncond(const ld_cond *c);
 /* Appends a note to m->notes (silently truncated: notes are informational). */
 void ld_model_note(ld_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -170,7 +170,11 @@ static void describe_cond(writer *w, const ld_model *m, const stats *st)
 {
     const ld_cond *c = &m->cond;
     switch (c->kind) {
-    case LD_COND_CLASS: put(w, "cond: ClassEmbedder, %d classes -> %d", c->n_classes, c->embed_dim); break;
+    case LD_COND_CLASS:
+        put(w, "cond: ClassEmbedder, %d classes -> %d", c->n_classes, c->embed_dim);
+        if (ld_class_uncond(c) >= 0) put(w, ", unconditional class %d", ld_class_uncond(c));
+        else put(w, ", no unconditional class");
+        break;
     case LD_COND_CLIP:
     case LD_COND_OPENCLIP:
         put(w, "cond: %s, width %d, %d layers, %d heads, vocab %d, ctx %d, %s layer",
