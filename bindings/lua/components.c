@@ -1,6 +1,6 @@
 /* components.c - ldm.autoencoder / ldm.unet / ldm.conditioner userdata. Their handles belong to the
  * model: each userdata keeps the model userdata alive (user value 1) and refuses to work once the
- * model has been closed. */
+ * model has been closed, or while a call on the model runs (from one of its callbacks). */
 #include "lbind.h"
 
 typedef struct lb_component {
@@ -24,6 +24,7 @@ static void *check_component(lua_State *L, int idx, const char *name)
     lua_getiuservalue(L, idx, 1);
     lb_model *m = lua_touserdata(L, -1);
     if (!m || !m->m) luaL_error(L, "%s: its model is closed", name);
+    lb_model_check_idle(L, m);
     lua_pop(L, 1);
     return c->h;
 }

@@ -62,19 +62,23 @@ typedef struct lb_model {
     int self;
     int error;
 } lb_model;
-/* the open model at idx (error when closed) */
+/* the open model at idx, with no call on it running (error when closed, or when called from a
+ * callback of a running call on it: the library takes one call at a time per model) */
 ldm_model *lb_check_model(lua_State *L, int idx);
+/* raises when a call on the model runs (a callback's attempt at a second one) */
+void lb_model_check_idle(lua_State *L, const lb_model *u);
 
 /* A library call that may poll the abort callback of the model whose userdata is at model_idx
  * (every call that computes): LB_MODEL_CALL(L, 1, ldm_model_apply(m, ...), "ldm_model_apply").
  * Runs `call` with the callback able to run Lua on L, then raises the callback's own error value
  * if it raised one, else what lb_check raises for the status. Like lb_check, raising happens only
- * after the library has returned. */
+ * after the library has returned. While it runs the model is busy: any other call on the model or
+ * its components (from a callback, or a coroutine resumed there) raises before reaching the
+ * library. */
 typedef struct lb_call {
     lb_model *u;
-    lua_State *L;
-    int self, error;
 } lb_call;
+/* raises (before anything starts) when a call on the model already runs */
 void lb_call_begin(lua_State *L, lb_call *c, int model_idx);
 /* ends the call begun by lb_call_begin; raises the callback's error when it raised one */
 void lb_call_end(lua_State *L, lb_call *c);

@@ -10,10 +10,18 @@
 
 #include "lbind.h"
 
+void lb_model_check_idle(lua_State *L, const lb_model *u)
+{
+    if (u->L)
+        luaL_error(L, "a call on this model is running (this call comes from one of its callbacks): a model and "
+                      "its components take one call at a time");
+}
+
 ldm_model *lb_check_model(lua_State *L, int idx)
 {
     lb_model *u = luaL_checkudata(L, idx, LB_MODEL);
     if (!u->m) luaL_error(L, "model is closed");
+    lb_model_check_idle(L, u);
     return u->m;
 }
 
@@ -131,7 +139,8 @@ static int on_abort(void *user)
 void lb_call_begin(lua_State *L, lb_call *c, int model_idx)
 {
     lb_model *u = luaL_checkudata(L, model_idx, LB_MODEL);
-    *c = (lb_call){u, u->L, u->self, u->error}; /* restored by lb_call_end (a callback's own call) */
+    lb_model_check_idle(L, u); /* also checked on entry; converting arguments may have run Lua code */
+    c->u = u;
     u->L = L;
     u->self = lua_absindex(L, model_idx);
     u->error = 0;
@@ -141,9 +150,9 @@ void lb_call_end(lua_State *L, lb_call *c)
 {
     lb_model *u = c->u;
     int error = u->error;
-    u->L = c->L;
-    u->self = c->self;
-    u->error = c->error;
+    u->L = NULL;
+    u->self = 0;
+    u->error = 0;
     if (error) {
         lua_pushvalue(L, error);
         lua_error(L); /* the callback's own error value, re-raised */

@@ -197,7 +197,7 @@ test("manual sampler loop reproduces generate", function()
     eq(first, 901.0, "first timestep")
     eq(s:steps_done(), STEPS, "steps done")
     local img = demo:decode_latent(s:current())
-    eq(img:bytes(), demo:generate{class_label = 7, steps = STEPS, seed = 3}:bytes(), "images")
+    eq(img:bytes(), demo:generate{class_label = 7, steps = STEPS, seed = 3, guidance_scale = 7.5}:bytes(), "images")
 end)
 
 test("progress callback error stops generation and propagates", function()
@@ -306,6 +306,50 @@ test("set_abort_callback arguments and lifetimes", function()
     collectgarbage("collect")
     collectgarbage("collect")
     eq(weak[1], nil, "model with a callback referring to it, after collection")
+end)
+
+test("a call on the model from a callback of its running call is an error", function()
+    -- The library forbids a second call on a model (or its components) while one runs: from a
+    -- progress or abort callback, or a coroutine resumed there, it raises instead of entering it.
+    local x = ldm.randn(1, 0, {1, 3, 16, 16})
+    local emb = demo:conditioner():encode_labels({7})
+    local ae = demo:autoencoder()
+    local reentrant = {
+        apply = function() return demo:apply(x, 500, emb) end,
+        generate = function() return demo:generate{class_label = 1, steps = 2} end,
+        unet = function() return demo:unet():forward(x, 500, emb) end,
+        decode = function() return ae:decode(x) end,
+        factor = function() return ae:factor() end,
+        kind = function() return demo:conditioner():kind() end,
+        describe = function() return demo:describe() end,
+        set_threads = function() return demo:set_threads(1) end,
+        sampler = function() return demo:sampler{steps = 2} end,
+        autoencoder = function() return demo:autoencoder() end,
+        coroutine = function()
+            local co = coroutine.wrap(function() return demo:apply(x, 500, emb) end)
+            return co()
+        end,
+    }
+    local names = {}
+    for name in pairs(reentrant) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do
+        local fn = reentrant[name]
+        local ok, err = pcall(demo.generate, demo, {class_label = 1, steps = STEPS, progress = fn})
+        check(not ok and tostring(err):find("a call on this model is running", 1, true),
+              "%s from progress: %s", name, tostring(err))
+        demo:set_abort_callback(fn)
+        ok, err = pcall(demo.apply, demo, x, 500, emb)
+        demo:set_abort_callback(nil)
+        check(not ok and tostring(err):find("a call on this model is running", 1, true),
+              "%s from the abort callback: %s", name, tostring(err))
+    end
+    eq(demo:generate{class_label = 1, steps = STEPS}:bytes(), demo:generate{class_label = 1, steps = STEPS}:bytes(),
+       "the model works afterwards")
+    -- interrupt() stays allowed (tested above), and so does anything on another model
+    local other = ldm.load_builtin("demo")
+    local img = demo:generate{class_label = 1, steps = STEPS, progress = function() other:describe() end}
+    eq(shape_str(img), "1x3x64x64", "another model from the callback")
 end)
 
 test("error messages", function()
