@@ -6,8 +6,10 @@
 #include "ldm.h"
 #include "support/ck_run.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 START_TEST(version_macros_agree)
 {
@@ -201,6 +203,116 @@ START_TEST(builtin_models)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- issue #12: D8, D9, resolve */
+
+START_TEST(negative_size_is_an_error)
+{
+    ldm_model *m = NULL;
+    ldm_tensor *img = NULL;
+    ldm_generate_params p, r;
+    ck_assert_int_eq(ldm_model_load_builtin("demo", 0, NULL, &m), LDM_OK);
+    ldm_generate_params_init(&p);
+    p.class_label = 3;
+    p.steps = 2;
+    for (int k = 0; k < 2; k++) {
+        p.width = k ? 64 : -64;
+        p.height = k ? -8 : 0;
+        ck_assert_int_eq(ldm_generate(m, &p, &img), LDM_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_null(img);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "negative"));
+        ck_assert_int_eq(ldm_generate_params_resolve(m, &p, &r), LDM_ERR_INVALID_ARGUMENT);
+    }
+    /* 0 is the default: the training size */
+    p.width = p.height = 0;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &p, &r), LDM_OK);
+    ck_assert_int_eq(r.width, 64);
+    ck_assert_int_eq(r.height, 64);
+    ck_assert(r.guidance_scale == 3.0f); /* demo: class model with the extra class 1000 */
+    ck_assert_int_eq(r.uncond_class, 1000);
+    ldm_model_free(m);
+}
+END_TEST
+
+/* A tensor of `bytes` (F32): LDM_OK or the cap's LDM_ERR_LIMIT. */
+static ldm_status make_tensor(size_t bytes)
+{
+    int64_t n = (int64_t)(bytes / 4);
+    ldm_tensor *t = NULL;
+    ldm_status st = ldm_tensor_create(LDM_F32, 1, &n, &t);
+    ldm_tensor_free(t);
+    return st;
+}
+
+static const char *png_path(void)
+{
+    static char path[64];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(path, sizeof path, "%.40s/ldm-api-%d.png", tmp && *tmp ? tmp : "/tmp", (int)getpid());
+    return path;
+}
+
+/* A 256x256 PNG: reading it allocates 768 KiB of floats. */
+static ldm_status read_png(void)
+{
+    ldm_tensor *img = NULL;
+    ldm_status st = ldm_image_read_png(png_path(), &img);
+    ldm_tensor_free(img);
+    return st;
+}
+
+START_TEST(model_cap_does_not_outlive_the_call)
+{
+    int64_t shape[4] = {1, 3, 256, 256};
+    ldm_tensor *pic = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &pic), LDM_OK);
+    ck_assert_int_eq(ldm_image_write_png(png_path(), pic, NULL, NULL, 0), LDM_OK);
+    ldm_tensor_free(pic);
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    mp.max_alloc_bytes = (size_t)64 << 20;
+    ldm_model *m = NULL;
+    ldm_autoencoder *ae = NULL;
+    ck_assert_int_eq(ldm_model_load_builtin("demo", 0, &mp, &m), LDM_OK);
+    ck_assert_int_eq(make_tensor((size_t)128 << 20), LDM_OK); /* the load's cap is gone */
+    /* a call that succeeds, and one that fails under the model's cap: neither leaves it set */
+    ck_assert_int_eq(ldm_model_autoencoder(m, &ae), LDM_OK);
+    ck_assert_int_eq(make_tensor((size_t)128 << 20), LDM_OK);
+    ldm_tensor *big = NULL, *out = NULL;
+    int64_t huge[4] = {1, 3, 2048, 4096}; /* 96 MiB input: its encoding needs more than 64 MiB */
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, huge, &big), LDM_OK);
+    ck_assert_int_eq(ldm_autoencoder_encode(ae, big, &out), LDM_ERR_LIMIT);
+    ldm_tensor_free(big);
+    ck_assert_int_eq(make_tensor((size_t)128 << 20), LDM_OK);
+    ck_assert_int_eq(ldm_set_thread_max_alloc(0), 0); /* nothing was left on the thread */
+    /* the thread's own cap: calls without a model honour it, the previous value comes back */
+    ck_assert_int_eq(read_png(), LDM_OK);
+    ck_assert_uint_eq(ldm_set_thread_max_alloc(1 << 19), 0);
+    ck_assert_int_eq(make_tensor(1 << 20), LDM_ERR_LIMIT);
+    ck_assert_int_eq(read_png(), LDM_ERR_LIMIT);
+    /* a model call under it: the smaller of the two caps (the model's 64 MiB is larger) */
+    ldm_generate_params p;
+    ldm_generate_params_init(&p);
+    p.class_label = 3;
+    p.steps = 2;
+    ck_assert_int_eq(ldm_model_autoencoder(m, &ae), LDM_OK);
+    ldm_tensor *img = NULL;
+    ck_assert_int_eq(ldm_generate(m, &p, &img), LDM_ERR_LIMIT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "limit"));
+    ck_assert_int_eq(make_tensor(1 << 20), LDM_ERR_LIMIT); /* still the thread's cap after it */
+    ck_assert_uint_eq(ldm_set_thread_max_alloc(0), 1 << 19);
+    ck_assert_int_eq(read_png(), LDM_OK);
+    ck_assert_int_eq(ldm_generate(m, &p, &img), LDM_OK);
+    ldm_tensor_free(img);
+    ldm_model_free(m);
+    /* a model without a cap of its own loads under the thread's cap */
+    ldm_set_thread_max_alloc(1 << 10);
+    ck_assert_int_eq(ldm_model_load_builtin("demo", 0, NULL, &m), LDM_ERR_LIMIT);
+    ck_assert_ptr_null(m);
+    ck_assert_uint_eq(ldm_set_thread_max_alloc(0), 1 << 10);
+    unlink(png_path());
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("api");
@@ -216,6 +328,8 @@ int main(void)
     tcase_add_test(tc, abort_callback_cancels_and_model_stays_usable);
     tcase_add_test(tc, progress_callback_cancels_generation);
     tcase_add_test(tc, builtin_models);
+    tcase_add_test(tc, negative_size_is_an_error);
+    tcase_add_test(tc, model_cap_does_not_outlive_the_call);
     suite_add_tcase(s, tc);
     return ck_run_suite(s);
 }
