@@ -446,8 +446,8 @@ LDM_API ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params 
 
 /* One call from conditioning to pixels. Which inputs matter depends on the model:
  * - text models (SD 1.x/2.x, LDM BERT text2img): prompt, negative_prompt;
- * - class-conditional models: class_label (cin256-v2's extra class n_classes-1 is the
- *   unconditional one used for guidance, and for unconditional samples when class_label is -1);
+ * - class-conditional models: class_label, uncond_class (the unconditional class, n_classes-1
+ *   by default, guides and stands for class_label -1; see LDM_UNCOND_CLASS_AUTO);
  * - super-resolution (LDM-BSR): cond_image = the low-resolution image [B,3,h,w] in [-1,1];
  * - semantic synthesis: cond_image = a label map [B,1,H,W] (F32 holding class ids) or a one-hot
  *   map [B,n_classes,H,W];
