@@ -4,7 +4,9 @@
 
 #include "ldm.h"
 
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct cli_options {
     const char *command;
@@ -12,23 +14,32 @@ typedef struct cli_options {
     const char *prompt, *negative_prompt;
     const char *init, *mask, *seg, *layout;
     const char *sampler_name, *weights;
-    int class_label, steps, width, height, batch, threads, vae_tile, layout_classes;
-    float cfg_scale, eta, strength;
-    uint64_t seed;
+    int class_label, uncond_class, steps, width, height, batch, threads, vae_tile, layout_classes;
+    float cfg_scale, eta, strength; /* cfg_scale 0: the model's default */
+    uint64_t seed;                  /* image k of a batch uses seed + k */
+    size_t max_memory;              /* bytes; 0: no cap */
     int seed_given, strength_given, quiet;
 } cli_options;
 
-/* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2. */
+/* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help
+ * prints the subcommand's options and exits. */
 int cli_parse(int argc, char **argv, cli_options *o);
-void cli_usage(FILE *f);
-/* "ddim" -> LDM_SAMPLER_DDIM ...; -1 for an unknown name. */
+/* "ddim" -> LDM_SAMPLER_DDIM ...; -1 for an unknown name. And back ("?" when unknown). */
 int cli_sampler_kind(const char *name);
+const char *cli_sampler_name(int kind);
+
+/* help.c: the commands and every option with its default; one command's options. */
+void cli_usage(FILE *f);
+/* 1 for a command of the tool (generate, img2img, inpaint, upscale, info), else 0. */
+int cli_is_command(const char *command);
+/* Prints `ldm COMMAND --help`; -1 (nothing printed) for an unknown command. */
+int cli_command_usage(FILE *f, const char *command);
 
 /* Terminal progress bar (quiet when stderr is not a terminal). */
 typedef struct cli_progress {
     int enabled;
     double start;
-    const char *label;
+    char label[64];
 } cli_progress;
 void cli_progress_init(cli_progress *p, const char *label, int quiet);
 int cli_progress_callback(int step, int total, void *user_data);

@@ -1,66 +1,56 @@
-/* options.c - command-line parsing for `ldm`. */
+/* options.c - command-line parsing for `ldm`. Numbers are parsed strictly: a value out of range,
+ * an overflowing one, a sign where none is allowed or any character that is not part of the
+ * number is an error naming the option and its range, never clamped or wrapped. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 
-void cli_usage(FILE *f)
-{
-    fputs("usage: ldm COMMAND [options]\n"
-          "\n"
-          "commands:\n"
-          "  generate   text/class/unconditional generation; --seg labels.png for semantic synthesis,\n"
-          "             --layout boxes.json for layout-to-image\n"
-          "  img2img    --init image.png --strength 0.75\n"
-          "  inpaint    --init image.png --mask mask.png (white = repaint)\n"
-          "  upscale    --init low-res.png (LDM-BSR 4x super-resolution: output = input size x 4)\n"
-          "  info       MODEL: architecture, parameter counts and dtypes\n"
-          "\n"
-          "options:\n"
-          "  --model FILE            .safetensors or .ckpt (default: the built-in untrained demo model)\n"
-          "  --config FILE           the model's original YAML config (default: detect from the weights)\n"
-          "  --vocab PATH            tokenizer vocabulary file or folder (default: $LDM_VOCAB, next to the model)\n"
-          "  --prompt TEXT           --negative-prompt TEXT\n"
-          "  --class N               class label for class-conditional models (default: unconditional\n"
-          "                          samples with cin256-style models' extra class)\n"
-          "  --steps N (50)          --sampler ddim|plms|ddpm|euler|euler_a|heun|dpmpp_2m|dpmpp_2m_karras\n"
-          "  --cfg-scale F (7.5)     --eta F (0)           --seed N (random, printed)\n"
-          "  --width N --height N    output size (default: the model's training size)\n"
-          "  --batch N (1)           --strength F (0.75)   --threads N (all cores)\n"
-          "  --weights auto|ema|raw  EMA or trained weights (default auto = EMA when present)\n"
-          "  --vae-tile N            decode in tiles of N latent pixels (0: automatic, -1: never)\n"
-          "  --low-memory            keep little resident: weights dropped after each layer, no scratch\n"
-          "                          cache (slower; same as LDM_LOW_MEMORY=1, docs/performance.md)\n"
-          "  --layout-classes N      object classes of the layout model's token builder (300)\n"
-          "  -o, --output FILE.png   (default out.png; with --batch N also FILE-1.png ... FILE-<N-1>.png)\n"
-          "  -q, --quiet             no progress bar\n",
-          f);
-}
+static const struct {
+    const char *name;
+    int kind;
+} sampler_kinds[] = {{"ddim", LDM_SAMPLER_DDIM},
+                     {"plms", LDM_SAMPLER_PLMS},
+                     {"ddpm", LDM_SAMPLER_DDPM},
+                     {"euler", LDM_SAMPLER_EULER},
+                     {"euler_a", LDM_SAMPLER_EULER_ANCESTRAL},
+                     {"heun", LDM_SAMPLER_HEUN},
+                     {"dpmpp_2m", LDM_SAMPLER_DPMPP_2M},
+                     {"dpmpp_2m_karras", LDM_SAMPLER_DPMPP_2M_KARRAS}};
 
 int cli_sampler_kind(const char *name)
 {
-    static const struct {
-        const char *name;
-        int kind;
-    } kinds[] = {{"ddim", LDM_SAMPLER_DDIM},
-                 {"plms", LDM_SAMPLER_PLMS},
-                 {"ddpm", LDM_SAMPLER_DDPM},
-                 {"euler", LDM_SAMPLER_EULER},
-                 {"euler_a", LDM_SAMPLER_EULER_ANCESTRAL},
-                 {"heun", LDM_SAMPLER_HEUN},
-                 {"dpmpp_2m", LDM_SAMPLER_DPMPP_2M},
-                 {"dpmpp_2m_karras", LDM_SAMPLER_DPMPP_2M_KARRAS}};
-    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
-        if (strcmp(kinds[i].name, name) == 0) return kinds[i].kind;
+    for (size_t i = 0; i < sizeof sampler_kinds / sizeof sampler_kinds[0]; i++)
+        if (strcmp(sampler_kinds[i].name, name) == 0) return sampler_kinds[i].kind;
     return -1;
+}
+
+const char *cli_sampler_name(int kind)
+{
+    for (size_t i = 0; i < sizeof sampler_kinds / sizeof sampler_kinds[0]; i++)
+        if (sampler_kinds[i].kind == kind) return sampler_kinds[i].name;
+    return "?";
+}
+
+/* strtol/strtoull/strtof skip leading blanks and accept a sign; the tool accepts neither blanks
+ * nor '+', and a '-' only where negative values are valid. */
+static int starts_number(const char *v, int allow_minus)
+{
+    if (allow_minus && *v == '-') v++;
+    return isdigit((unsigned char)*v);
 }
 
 static int parse_int(const char *opt, const char *v, int lo, int hi, int *out)
 {
     char *end;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || x < lo || x > hi) {
+    errno = 0;
+    long x = starts_number(v, lo < 0) ? strtol(v, &end, 10) : 0;
+    if (!starts_number(v, lo < 0) || errno == ERANGE || *end != '\0' || x < lo || x > hi) {
         fprintf(stderr, "ldm: %s expects a whole number from %d to %d, got '%s'\n", opt, lo, hi, v);
         return 2;
     }
@@ -71,8 +61,10 @@ static int parse_int(const char *opt, const char *v, int lo, int hi, int *out)
 static int parse_float(const char *opt, const char *v, float lo, float hi, float *out)
 {
     char *end;
-    float x = strtof(v, &end);
-    if (*v == '\0' || *end != '\0' || !(x >= lo && x <= hi)) {
+    errno = 0;
+    float x = starts_number(v, lo < 0) || *v == '.' ? strtof(v, &end) : NAN;
+    /* !(x >= lo && x <= hi) also rejects nan and inf; ERANGE an underflow to 0 or denormal */
+    if (x != x || errno == ERANGE || *end != '\0' || !(x >= lo && x <= hi)) {
         fprintf(stderr, "ldm: %s expects a number from %g to %g, got '%s'\n", opt, lo, hi, v);
         return 2;
     }
@@ -83,22 +75,63 @@ static int parse_float(const char *opt, const char *v, float lo, float hi, float
 static int parse_seed(const char *v, uint64_t *out)
 {
     char *end;
-    unsigned long long x = strtoull(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || *v == '-') {
-        fprintf(stderr, "ldm: --seed expects a non-negative whole number, got '%s'\n", v);
+    errno = 0;
+    unsigned long long x = starts_number(v, 0) ? strtoull(v, &end, 10) : 0;
+    if (!starts_number(v, 0) || errno == ERANGE || *end != '\0') {
+        fprintf(stderr, "ldm: --seed expects a whole number from 0 to %llu, got '%s'\n",
+                (unsigned long long)UINT64_MAX, v);
         return 2;
     }
-    *out = x;
+    *out = (uint64_t)x;
     return 0;
+}
+
+/* SIZE = bytes, or a number with K, M or G (powers of 1024), optionally followed by B or iB. */
+static int parse_size(const char *opt, const char *v, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = starts_number(v, 0) ? strtoull(v, &end, 10) : 0;
+    int ok = starts_number(v, 0) && errno != ERANGE;
+    unsigned shift = 0;
+    if (ok && *end) {
+        const char *units = "KMG", *u = strchr(units, toupper((unsigned char)*end));
+        shift = u ? 10u * (unsigned)(u - units + 1) : 0;
+        ok = shift && (!strcmp(end + 1, "") || !strcmp(end + 1, "B") || !strcmp(end + 1, "iB"));
+    }
+    if (!ok || x > (SIZE_MAX >> shift)) {
+        fprintf(stderr, "ldm: %s expects bytes or a size with K, M or G, up to %zu bytes (e.g. 4G), got '%s'\n",
+                opt, (size_t)SIZE_MAX, v);
+        return 2;
+    }
+    *out = (size_t)(x << shift);
+    return 0;
+}
+
+/* --uncond-class N | none | auto */
+static int parse_uncond(const char *v, int *out)
+{
+    if (!strcmp(v, "auto")) {
+        *out = LDM_UNCOND_CLASS_AUTO;
+        return 0;
+    }
+    if (!strcmp(v, "none")) {
+        *out = LDM_UNCOND_CLASS_NONE;
+        return 0;
+    }
+    if (starts_number(v, 0)) return parse_int("--uncond-class", v, 0, INT_MAX, out);
+    fprintf(stderr, "ldm: --uncond-class expects a class from 0 to %d, 'none' or 'auto', got '%s'\n", INT_MAX, v);
+    return 2;
 }
 
 static void defaults(cli_options *o)
 {
     memset(o, 0, sizeof *o);
     o->class_label = -1;
+    o->uncond_class = LDM_UNCOND_CLASS_AUTO;
     o->steps = 50;
     o->batch = 1;
-    o->cfg_scale = 7.5f;
+    o->cfg_scale = 0.0f; /* the model's default, see ldm_generate_params.guidance_scale */
     o->strength = 0.75f;
     o->sampler_name = "ddim";
     o->weights = "auto";
@@ -106,44 +139,36 @@ static void defaults(cli_options *o)
     o->layout_classes = 300;
 }
 
-/* One option with a value; returns 0 handled, 1 not an option of this kind, 2 error, 3 a known
- * option given without its value (v NULL). */
-static int value_option(cli_options *o, const char *opt, const char *v)
+static const struct {
+    const char *name;
+    size_t offset;
+} string_options[] = {
+    {"--model", offsetof(cli_options, model)},
+    {"--config", offsetof(cli_options, config)},
+    {"--vocab", offsetof(cli_options, vocab)},
+    {"--output", offsetof(cli_options, output)},
+    {"-o", offsetof(cli_options, output)},
+    {"--prompt", offsetof(cli_options, prompt)},
+    {"--negative-prompt", offsetof(cli_options, negative_prompt)},
+    {"--init", offsetof(cli_options, init)},
+    {"--image", offsetof(cli_options, init)},
+    {"--mask", offsetof(cli_options, mask)},
+    {"--seg", offsetof(cli_options, seg)},
+    {"--layout", offsetof(cli_options, layout)},
+    {"--sampler", offsetof(cli_options, sampler_name)},
+    {"--weights", offsetof(cli_options, weights)},
+};
+
+static const char *const parsed_options[] = {
+    "--class",     "--uncond-class", "--steps", "--width",    "--height", "--batch",     "--threads", "--vae-tile",
+    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory"};
+
+/* The options whose value is a number (or a keyword); returns 0 handled, 1 not one of them,
+ * 2 a bad value. */
+static int parsed_option(cli_options *o, const char *opt, const char *v)
 {
-    static const char *const numeric[] = {"--class",     "--steps",   "--width",    "--height",
-                                          "--batch",     "--threads", "--vae-tile", "--layout-classes",
-                                          "--cfg-scale", "--eta",     "--strength", "--seed"};
-    static const struct {
-        const char *name;
-        size_t offset;
-    } strings[] = {
-        {"--model", offsetof(cli_options, model)},
-        {"--config", offsetof(cli_options, config)},
-        {"--vocab", offsetof(cli_options, vocab)},
-        {"--output", offsetof(cli_options, output)},
-        {"-o", offsetof(cli_options, output)},
-        {"--prompt", offsetof(cli_options, prompt)},
-        {"--negative-prompt", offsetof(cli_options, negative_prompt)},
-        {"--init", offsetof(cli_options, init)},
-        {"--image", offsetof(cli_options, init)},
-        {"--mask", offsetof(cli_options, mask)},
-        {"--seg", offsetof(cli_options, seg)},
-        {"--layout", offsetof(cli_options, layout)},
-        {"--sampler", offsetof(cli_options, sampler_name)},
-        {"--weights", offsetof(cli_options, weights)},
-    };
-    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++)
-        if (strcmp(opt, strings[i].name) == 0) {
-            if (!v) return 3;
-            *(const char **)((char *)o + strings[i].offset) = v;
-            return 0;
-        }
-    if (!v) {
-        for (size_t i = 0; i < sizeof numeric / sizeof numeric[0]; i++)
-            if (strcmp(opt, numeric[i]) == 0) return 3;
-        return 1;
-    }
-    if (!strcmp(opt, "--class")) return parse_int(opt, v, 0, 1 << 30, &o->class_label);
+    if (!strcmp(opt, "--class")) return parse_int(opt, v, 0, INT_MAX, &o->class_label);
+    if (!strcmp(opt, "--uncond-class")) return parse_uncond(v, &o->uncond_class);
     if (!strcmp(opt, "--steps")) return parse_int(opt, v, 1, 10000, &o->steps);
     if (!strcmp(opt, "--width")) return parse_int(opt, v, 8, 16384, &o->width);
     if (!strcmp(opt, "--height")) return parse_int(opt, v, 8, 16384, &o->height);
@@ -153,6 +178,7 @@ static int value_option(cli_options *o, const char *opt, const char *v)
     if (!strcmp(opt, "--layout-classes")) return parse_int(opt, v, 1, 8192, &o->layout_classes);
     if (!strcmp(opt, "--cfg-scale")) return parse_float(opt, v, 0.0f, 100.0f, &o->cfg_scale);
     if (!strcmp(opt, "--eta")) return parse_float(opt, v, 0.0f, 10.0f, &o->eta);
+    if (!strcmp(opt, "--max-memory")) return parse_size(opt, v, &o->max_memory);
     if (!strcmp(opt, "--strength")) {
         o->strength_given = 1;
         return parse_float(opt, v, 0.001f, 1.0f, &o->strength);
@@ -164,6 +190,72 @@ static int value_option(cli_options *o, const char *opt, const char *v)
     return 1;
 }
 
+/* One option with a value; returns 0 handled, 1 not an option of this kind, 2 error, 3 a known
+ * option given without its value (v NULL). */
+static int value_option(cli_options *o, const char *opt, const char *v)
+{
+    for (size_t i = 0; i < sizeof string_options / sizeof string_options[0]; i++)
+        if (strcmp(opt, string_options[i].name) == 0) {
+            if (!v) return 3;
+            *(const char **)((char *)o + string_options[i].offset) = v;
+            return 0;
+        }
+    if (!v) {
+        for (size_t i = 0; i < sizeof parsed_options / sizeof parsed_options[0]; i++)
+            if (strcmp(opt, parsed_options[i]) == 0) return 3;
+        return 1;
+    }
+    return parsed_option(o, opt, v);
+}
+
+/* Options without a value; returns 1 when `a` was one. */
+static int flag_option(cli_options *o, const char *a)
+{
+    if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+        o->quiet = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--low-memory")) {
+        /* The library reads the mode from the environment (docs/performance.md). */
+        setenv("LDM_LOW_MEMORY", "1", 1);
+        return 1;
+    }
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+        if (cli_command_usage(stdout, o->command) < 0) cli_usage(stdout);
+        exit(0);
+    }
+    return 0;
+}
+
+static int is_help(const char *a) { return !strcmp(a, "help") || !strcmp(a, "--help") || !strcmp(a, "-h"); }
+
+/* `ldm help [COMMAND]`, `ldm --help [COMMAND]`: exits. */
+static void help_command(int argc, char **argv)
+{
+    if (argc > 2 && cli_command_usage(stdout, argv[2]) < 0) {
+        fprintf(stderr, "ldm: no help for '%s': not a command\n\n", argv[2]);
+        cli_usage(stderr);
+        exit(2);
+    }
+    if (argc <= 2) cli_usage(stdout);
+    exit(0);
+}
+
+static int check_names(const cli_options *o)
+{
+    if (cli_sampler_kind(o->sampler_name) < 0) {
+        fprintf(stderr,
+                "ldm: unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras)\n",
+                o->sampler_name);
+        return 2;
+    }
+    if (strcmp(o->weights, "auto") && strcmp(o->weights, "ema") && strcmp(o->weights, "raw")) {
+        fprintf(stderr, "ldm: --weights must be auto, ema or raw, got '%s'\n", o->weights);
+        return 2;
+    }
+    return 0;
+}
+
 int cli_parse(int argc, char **argv, cli_options *o)
 {
     defaults(o);
@@ -172,21 +264,15 @@ int cli_parse(int argc, char **argv, cli_options *o)
         return 2;
     }
     o->command = argv[1];
+    if (is_help(o->command)) help_command(argc, argv);
+    if (!cli_is_command(o->command) && strcmp(o->command, "version") && strcmp(o->command, "--version")) {
+        fprintf(stderr, "ldm: unknown command '%s'\n\n", o->command);
+        cli_usage(stderr);
+        return 2;
+    }
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            o->quiet = 1;
-            continue;
-        }
-        if (!strcmp(a, "--low-memory")) {
-            /* The library reads the mode from the environment (docs/performance.md). */
-            setenv("LDM_LOW_MEMORY", "1", 1);
-            continue;
-        }
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            cli_usage(stdout);
-            exit(0);
-        }
+        if (flag_option(o, a)) continue;
         if (a[0] != '-') {
             if (o->model) {
                 fprintf(stderr, "ldm: unexpected argument '%s'\n", a);
@@ -202,21 +288,11 @@ int cli_parse(int argc, char **argv, cli_options *o)
         }
         if (r == 1) {
             fprintf(stderr, "ldm: unknown option '%s'\n\n", a);
-            cli_usage(stderr);
+            if (cli_command_usage(stderr, o->command) < 0) cli_usage(stderr);
             return 2;
         }
         if (r) return r;
         i++;
     }
-    if (cli_sampler_kind(o->sampler_name) < 0) {
-        fprintf(stderr,
-                "ldm: unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras)\n",
-                o->sampler_name);
-        return 2;
-    }
-    if (strcmp(o->weights, "auto") && strcmp(o->weights, "ema") && strcmp(o->weights, "raw")) {
-        fprintf(stderr, "ldm: --weights must be auto, ema or raw\n");
-        return 2;
-    }
-    return 0;
+    return check_names(o);
 }

@@ -16,7 +16,7 @@ void cli_progress_init(cli_progress *p, const char *label, int quiet)
 {
     p->enabled = !quiet && isatty(STDERR_FILENO);
     p->start = now();
-    p->label = label;
+    snprintf(p->label, sizeof p->label, "%s", label);
 }
 
 int cli_progress_callback(int step, int total, void *user_data)

@@ -1,5 +1,6 @@
 /* run.c - what each `ldm` subcommand does, on top of the public API only. */
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,17 @@ static void log_to_stderr(ldm_log_level level, const char *message, void *user)
     if (level == LDM_LOG_WARN) fprintf(stderr, "ldm: warning: %s\n", message);
 }
 
+/* Everything but errors and the requested output goes through here, so -q silences it. */
+static void note(const cli_options *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(const cli_options *o, const char *fmt, ...)
+{
+    if (o->quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static ldm_status load_model(const cli_options *o, ldm_model **m)
 {
     ldm_model_params mp;
@@ -43,16 +55,29 @@ static ldm_status load_model(const cli_options *o, ldm_model **m)
     mp.config_path = o->config;
     mp.vocab_path = o->vocab;
     mp.n_threads = o->threads;
+    mp.max_alloc_bytes = o->max_memory;
     mp.weights = !strcmp(o->weights, "ema")   ? LDM_WEIGHTS_EMA
                  : !strcmp(o->weights, "raw") ? LDM_WEIGHTS_RAW
                                               : LDM_WEIGHTS_AUTO;
-    mp.log_callback = log_to_stderr;
+    mp.log_callback = o->quiet ? NULL : log_to_stderr;
     if (o->model) return ldm_model_load(o->model, &mp, m);
-    fprintf(stderr, "ldm: no --model given: using the built-in demo model. It is UNTRAINED (seeded random\n"
-                    "     weights), so its output is noise-like; it shows the tool works without a download.\n"
-                    "     For real images point --model at a checkpoint, e.g.\n"
-                    "       ldm generate --model v1-5-pruned-emaonly.safetensors --prompt \"a red fox\" -o fox.png\n");
+    note(o, "ldm: no --model given: using the built-in demo model. It is UNTRAINED (seeded random\n"
+            "     weights), so its output is noise-like; it shows the tool works without a download.\n"
+            "     For real images point --model at a checkpoint, e.g.\n"
+            "       ldm generate --model v1-5-pruned-emaonly.safetensors --prompt \"a red fox\" -o fox.png\n");
     return ldm_model_load_builtin("demo", 0, &mp, m);
+}
+
+/* The library finds a config beside the checkpoint by itself; say which one it took, since a
+ * stale YAML next to the weights would otherwise be used silently. */
+static void report_config(const cli_options *o, ldm_model *m, FILE *f, const char *prefix)
+{
+    if (o->quiet || !o->model) return;
+    const char *config = ldm_model_config_path(m);
+    if (config)
+        fprintf(f, "%sconfig: %s\n", prefix, config);
+    else
+        fprintf(f, "%sconfig: none, architecture detected from tensor names\n", prefix);
 }
 
 static char *read_text_file(const char *path, size_t *len)
@@ -107,20 +132,21 @@ static int load_inputs(const cli_options *o, ldm_generate_params *p, ldm_tensor 
     return 0;
 }
 
+/* One image's request: batches run as separate calls of one image each (see run_images). */
 static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progress *bar)
 {
     ldm_generate_params_init(p);
     p->prompt = o->prompt;
     p->negative_prompt = o->negative_prompt;
     p->class_label = o->class_label;
+    p->uncond_class = o->uncond_class;
     p->width = o->width;
     p->height = o->height;
-    p->batch = o->batch;
+    p->batch = 1;
     p->sampler = (ldm_sampler_kind)cli_sampler_kind(o->sampler_name);
     p->steps = o->steps;
     p->eta = o->eta;
     p->guidance_scale = o->cfg_scale;
-    p->seed = o->seed;
     /* inpainting regenerates the hole from pure noise unless --strength says otherwise */
     p->strength = !strcmp(o->command, "inpaint") && !o->strength_given ? 1.0f : o->strength;
     p->vae_tile = o->vae_tile;
@@ -128,86 +154,124 @@ static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progre
     p->progress_user_data = bar;
 }
 
-/* The generation settings as other Stable Diffusion tools store them (PNG tEXt "parameters"). */
-static void describe_params(const cli_options *o, const ldm_tensor *image, char *buf, size_t cap)
+/* snprintf at buf + *n, keeping *n within cap (output past it is cut). */
+static void append(char *buf, size_t cap, size_t *n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void append(char *buf, size_t cap, size_t *n, const char *fmt, ...)
 {
-    int n = snprintf(buf, cap, "%s", o->prompt ? o->prompt : "");
-    if (o->negative_prompt && n >= 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n, "\nNegative prompt: %s", o->negative_prompt);
-    if (n >= 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n, "\nSteps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld",
-                      o->steps, o->sampler_name, o->cfg_scale, (unsigned long long)o->seed,
-                      (long long)ldm_tensor_dim(image, 3), (long long)ldm_tensor_dim(image, 2));
-    if (o->class_label >= 0 && n >= 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n, ", Class: %d", o->class_label);
-    if (o->eta != 0.0f && n >= 0 && (size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, ", Eta: %g", o->eta);
-    if (o->init && strcmp(o->command, "upscale") && n >= 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n, ", Denoising strength: %g", o->strength);
-    if (n >= 0 && (size_t)n < cap)
-        snprintf(buf + n, cap - (size_t)n, ", Model: %s", o->model ? o->model : "built-in demo (untrained)");
+    if (*n >= cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf + *n, cap - *n, fmt, ap);
+    va_end(ap);
+    if (k > 0) *n += (size_t)k < cap - *n ? (size_t)k : cap - *n;
 }
 
-static int write_images(const cli_options *o, ldm_tensor *image)
+/* The generation settings as other Stable Diffusion tools store them (PNG tEXt "parameters"),
+ * taken from the resolved params that ran, so model-dependent defaults are written out. */
+static void describe_params(const cli_options *o, const ldm_generate_params *r, const ldm_tensor *image, char *buf,
+                            size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    append(buf, cap, &n, "%s", o->prompt ? o->prompt : "");
+    if (o->negative_prompt) append(buf, cap, &n, "\nNegative prompt: %s", o->negative_prompt);
+    append(buf, cap, &n, "\nSteps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld", r->steps,
+           cli_sampler_name(r->sampler), r->guidance_scale, (unsigned long long)r->seed,
+           (long long)ldm_tensor_dim(image, 3), (long long)ldm_tensor_dim(image, 2));
+    if (r->class_label >= 0) append(buf, cap, &n, ", Class: %d", r->class_label);
+    if (r->uncond_class >= 0)
+        append(buf, cap, &n, ", Uncond class: %d", r->uncond_class);
+    else if (r->class_label >= 0 && r->uncond_class == LDM_UNCOND_CLASS_NONE)
+        append(buf, cap, &n, ", Uncond class: none");
+    if (r->eta != 0.0f) append(buf, cap, &n, ", Eta: %g", r->eta);
+    if (o->init && strcmp(o->command, "upscale")) append(buf, cap, &n, ", Denoising strength: %g", r->strength);
+    append(buf, cap, &n, ", Model: %s", o->model ? o->model : "built-in demo (untrained)");
+}
+
+/* Image k of a batch: FILE.png, FILE-1.png, ... */
+static void output_path(const cli_options *o, int k, char *path, size_t cap)
+{
+    if (k == 0) {
+        snprintf(path, cap, "%s", o->output);
+        return;
+    }
+    const char *dot = strrchr(o->output, '.'), *slash = strrchr(o->output, '/');
+    if (dot && slash && dot < slash) dot = NULL; /* a dot in a folder name */
+    int stem = dot ? (int)(dot - o->output) : (int)strlen(o->output);
+    snprintf(path, cap, "%.*s-%d%s", stem, o->output, k, dot ? dot : ".png");
+}
+
+static int write_image(const cli_options *o, const ldm_generate_params *r, const ldm_tensor *image, int k)
 {
     char params[2048], path[4096];
     const char *keys[] = {"parameters", "Software"};
     const char *values[] = {params, "libldm " LDM_VERSION_STRING};
-    describe_params(o, image, params, sizeof params);
-    int64_t B = ldm_tensor_dim(image, 0), C = ldm_tensor_dim(image, 1), H = ldm_tensor_dim(image, 2),
-            W = ldm_tensor_dim(image, 3);
-    for (int64_t b = 0; b < B; b++) {
-        int64_t shape[4] = {1, C, H, W};
-        ldm_tensor *one = NULL;
-        if (b == 0)
-            snprintf(path, sizeof path, "%s", o->output);
-        else {
-            const char *dot = strrchr(o->output, '.');
-            int stem = dot ? (int)(dot - o->output) : (int)strlen(o->output);
-            snprintf(path, sizeof path, "%.*s-%lld%s", stem, o->output, (long long)b, dot ? dot : ".png");
-        }
-        if (ldm_tensor_wrap(LDM_F32, 4, shape, (float *)ldm_tensor_data(image) + b * C * H * W, &one) != LDM_OK ||
-            ldm_image_write_png(path, one, keys, values, 2) != LDM_OK) {
-            ldm_tensor_free(one);
-            return fail(path);
-        }
-        ldm_tensor_free(one);
-        printf("wrote %s\n", path);
-    }
+    describe_params(o, r, image, params, sizeof params);
+    output_path(o, k, path, sizeof path);
+    if (ldm_image_write_png(path, image, keys, values, 2) != LDM_OK) return fail(path);
+    if (!o->quiet) printf("wrote %s\n", path);
     return 0;
+}
+
+/* Image k of the batch, alone with seed + k: the library draws a batch's noise as one tensor, so
+ * image k of a batched call could not be re-made by itself; one call per image can. */
+static int generate_one(const cli_options *o, ldm_model *m, ldm_generate_params *p, int k)
+{
+    cli_progress *bar = p->progress_user_data;
+    ldm_generate_params r;
+    ldm_tensor *image = NULL;
+    char label[64];
+    p->seed = o->seed + (uint64_t)k; /* wraps past 2^64-1 like any uint64_t */
+    /* resolve first: the PNG records what runs, with the model's defaults made explicit */
+    if (ldm_generate_params_resolve(m, p, &r) != LDM_OK) return fail(o->command);
+    if (o->batch > 1)
+        snprintf(label, sizeof label, "%s %d/%d", o->command, k + 1, o->batch);
+    else
+        snprintf(label, sizeof label, "%s", o->command);
+    cli_progress_init(bar, label, o->quiet);
+    ldm_status st = ldm_generate(m, &r, &image);
+    cli_progress_done(bar);
+    int rc = st == LDM_OK ? write_image(o, &r, image, k) : st == LDM_CANCELLED ? 130 : fail(o->command);
+    if (st == LDM_CANCELLED) fprintf(stderr, "ldm: cancelled\n");
+    ldm_tensor_free(image);
+    return rc;
+}
+
+static int run_images(const cli_options *o, ldm_model *m, ldm_generate_params *p)
+{
+    int rc = 0;
+    running_model = m;
+    signal(SIGINT, on_sigint);
+    if (o->batch > 1)
+        note(o, "ldm: seed %llu (image k of the batch: seed %llu + k)\n", (unsigned long long)o->seed,
+             (unsigned long long)o->seed);
+    else
+        note(o, "ldm: seed %llu\n", (unsigned long long)o->seed);
+    for (int k = 0; k < o->batch && rc == 0; k++) rc = generate_one(o, m, p, k);
+    running_model = NULL;
+    signal(SIGINT, SIG_DFL);
+    return rc;
 }
 
 static int run_generate(cli_options *o)
 {
     ldm_model *m = NULL;
-    ldm_tensor *owned[4] = {0}, *image = NULL;
+    ldm_tensor *owned[4] = {0};
     ldm_generate_params p;
     cli_progress bar;
     int rc = 1;
     if (!o->seed_given) o->seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    cli_progress_init(&bar, o->command, o->quiet);
     fill_params(o, &p, &bar);
-    if (load_model(o, &m) != LDM_OK) return fail(o->model ? o->model : "demo model");
-    if (load_inputs(o, &p, owned)) goto done;
-    running_model = m;
-    signal(SIGINT, on_sigint);
-    fprintf(stderr, "ldm: seed %llu\n", (unsigned long long)o->seed);
-    ldm_status st = ldm_generate(m, &p, &image);
-    running_model = NULL;
-    signal(SIGINT, SIG_DFL);
-    cli_progress_done(&bar);
-    if (st == LDM_CANCELLED) {
-        fprintf(stderr, "ldm: cancelled\n");
-        rc = 130;
-        goto done;
+    /* inputs first: a bad image is reported before a checkpoint of gigabytes is mapped */
+    if (load_inputs(o, &p, owned) == 0) {
+        if (load_model(o, &m) != LDM_OK)
+            fail(o->model ? o->model : "demo model");
+        else {
+            report_config(o, m, stderr, "ldm: ");
+            rc = run_images(o, m, &p);
+        }
     }
-    if (st != LDM_OK) {
-        fail(o->command);
-        goto done;
-    }
-    rc = write_images(o, image);
-done:
     for (int i = 0; i < 4; i++) ldm_tensor_free(owned[i]);
-    ldm_tensor_free(image);
     ldm_model_free(m);
     return rc;
 }
@@ -220,40 +284,40 @@ static int run_info(const cli_options *o)
         return 2;
     }
     if (load_model(o, &m) != LDM_OK) return fail(o->model);
+    report_config(o, m, stdout, "");
     printf("%s\n", ldm_model_describe(m));
     ldm_model_free(m);
+    return 0;
+}
+
+/* The inputs each command needs; 0 when present, else 2 after saying which. */
+static int check_inputs(const cli_options *o)
+{
+    if (!strcmp(o->command, "img2img") && !o->init) {
+        fprintf(stderr, "ldm: img2img needs --init IMAGE.png\n");
+        return 2;
+    }
+    if (!strcmp(o->command, "inpaint") && (!o->init || !o->mask)) {
+        fprintf(stderr, "ldm: inpaint needs --init IMAGE.png and --mask MASK.png\n");
+        return 2;
+    }
+    if (!strcmp(o->command, "upscale") && !o->init) {
+        fprintf(stderr, "ldm: upscale needs --init LOW_RES.png\n");
+        return 2;
+    }
     return 0;
 }
 
 int cli_run(const cli_options *o)
 {
     cli_options copy = *o;
-    if (!strcmp(o->command, "info")) return run_info(o);
-    if (!strcmp(o->command, "generate") || !strcmp(o->command, "img2img") || !strcmp(o->command, "inpaint") ||
-        !strcmp(o->command, "upscale")) {
-        if (!strcmp(o->command, "img2img") && !o->init) {
-            fprintf(stderr, "ldm: img2img needs --init IMAGE.png\n");
-            return 2;
-        }
-        if (!strcmp(o->command, "inpaint") && (!o->init || !o->mask)) {
-            fprintf(stderr, "ldm: inpaint needs --init IMAGE.png and --mask MASK.png\n");
-            return 2;
-        }
-        if (!strcmp(o->command, "upscale") && !o->init) {
-            fprintf(stderr, "ldm: upscale needs --init LOW_RES.png\n");
-            return 2;
-        }
-        return run_generate(&copy);
-    }
     if (!strcmp(o->command, "--version") || !strcmp(o->command, "version")) {
         printf("ldm %s\n", ldm_version());
         return 0;
     }
-    if (!strcmp(o->command, "help") || !strcmp(o->command, "--help") || !strcmp(o->command, "-h")) {
-        cli_usage(stdout);
-        return 0;
-    }
-    fprintf(stderr, "ldm: unknown command '%s'\n", o->command);
-    cli_usage(stderr);
-    return 2;
+    /* the model's calls get the cap through max_alloc_bytes; this covers reading input images */
+    ldm_set_thread_max_alloc(o->max_memory);
+    if (!strcmp(o->command, "info")) return run_info(o);
+    int rc = check_inputs(o);
+    return rc ? rc : run_generate(&copy);
 }

@@ -1,0 +1,127 @@
+/* help.c - `ldm --help` and `ldm COMMAND --help`: each option once, with its default, tagged with
+ * the commands that take it, so the general and the per-command help cannot disagree. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+enum { GEN = 1, I2I = 2, INP = 4, UP = 8, INFO = 16, RUN = GEN | I2I | INP | UP, ALL = RUN | INFO };
+
+static const struct {
+    const char *name;
+    unsigned bit;
+    const char *synopsis, *about;
+} commands[] = {
+    {"generate", GEN, "ldm generate [options]",
+     "text-, class- or unconditional generation; --seg labels.png for semantic synthesis,\n"
+     "--layout boxes.json for layout-to-image"},
+    {"img2img", I2I, "ldm img2img --init IMAGE.png [options]",
+     "image-to-image: the init image noised to --strength of the schedule, then denoised"},
+    {"inpaint", INP, "ldm inpaint --init IMAGE.png --mask MASK.png [options]",
+     "repaints the white part of the mask (inpainting models, or any model by mask blending)"},
+    {"upscale", UP, "ldm upscale --init LOW_RES.png [options]",
+     "super-resolution with an LDM-BSR model (output = input size x the first stage's factor, 4)"},
+    {"info", INFO, "ldm info MODEL [--config FILE]",
+     "architecture, parameter counts and dtypes of a checkpoint, and which config was used"},
+};
+
+/* Option lines, 26 columns of flags; the defaults are stated in each line. */
+static const struct {
+    unsigned commands;
+    const char *text;
+} options[] = {
+    {RUN, "  --model FILE            checkpoint, .safetensors or .ckpt (default: the built-in untrained demo model)\n"},
+    {ALL, "  --config FILE           the model's original YAML config (default: <checkpoint without extension>.yaml,\n"
+          "                          then config.yaml beside the checkpoint, else the architecture is detected\n"
+          "                          from tensor names)\n"},
+    {GEN | I2I | INP, "  --vocab PATH            tokenizer vocabulary file or folder (default: $LDM_VOCAB, then a file of the\n"
+                      "                          usual name next to the checkpoint)\n"},
+    {GEN | I2I | INP, "  --prompt TEXT           text models: the prompt (default \"\")\n"
+                      "  --negative-prompt TEXT  text models: the unconditional prompt of guidance (default \"\")\n"},
+    {GEN | I2I | INP, "  --class N               class-conditional models: the class, 0 .. n_classes-1 (default: an\n"
+                      "                          unconditional sample, made with the unconditional class)\n"},
+    {GEN | I2I | INP, "  --uncond-class N|none|auto\n"
+                      "                          class models: the class that means \"no class\", the unconditional branch of\n"
+                      "                          guidance (default auto: the extra class n_classes-1, like cin256-v2's 1000,\n"
+                      "                          unless the config's ClassEmbedder sets ucg_rate: 0; none: the model has none,\n"
+                      "                          so --class is needed and guidance is off)\n"},
+    {GEN, "  --seg FILE.png          semantic synthesis: a label map (gray values = class ids)\n"
+          "  --layout FILE.json      layout-to-image: boxes (docs/tasks/layout-to-image.md)\n"
+          "  --layout-classes N      object classes of the layout model's token builder (default 300)\n"},
+    {I2I | INP | UP, "  --init FILE.png         the input image (required)\n"},
+    {INP, "  --mask FILE.png         the mask, white = repaint (required)\n"},
+    {I2I | INP, "  --strength F            fraction of the schedule re-run, 0.001 .. 1 (default 0.75 for img2img; 1 for\n"
+                "                          inpaint: the masked part from pure noise; inpainting models ignore it)\n"},
+    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras\n"},
+    {RUN, "  --steps N               sampler steps, 1 .. 10000 (default 50); with T the model's training timesteps\n"
+          "                          (1000 for the CompVis and SD models):\n"
+          "                          ddim, plms: evenly spaced timesteps 1 + k * (T/N rounded down): N of them\n"
+          "                            when N divides T, more otherwise (6 -> 7, 400 -> 500); plms evaluates\n"
+          "                            the model once more;\n"
+          "                          euler, euler_a, heun, dpmpp_2m: N noise levels evenly spaced in timestep from\n"
+          "                            T-1 to 0 (dpmpp_2m_karras: Karras spacing); heun evaluates 2N-1 times;\n"
+          "                          ddpm: NOT respaced: the last N consecutive training timesteps N-1, ..., 1, 0,\n"
+          "                            started from pure noise, so only N >= T (e.g. --steps 1000) runs the whole\n"
+          "                            chain; fewer steps leave noise in the image\n"},
+    {I2I | INP, "                          img2img and mask blending run the last max(1, int(strength * N)) of them\n"},
+    {RUN, "  --cfg-scale F           classifier-free guidance scale, 0 .. 100; 1 = off (default 0 = the model's\n"
+          "                          default: 7.5 for text models, 3 for class models with an unconditional\n"
+          "                          class, off otherwise)\n"},
+    {RUN, "  --eta F                 DDIM noise, 0 .. 10 (default 0; plms needs 0)\n"},
+    {RUN, "  --seed N                0 .. 18446744073709551615 (default: random, printed); recorded in the PNG\n"},
+    {RUN, "  --batch N               images, 1 .. 64 (default 1); image k is generated on its own with seed N+k\n"
+          "                          (wrapping past the largest seed), so any one is re-made alone with the\n"
+          "                          seed recorded in its PNG\n"},
+    {GEN, "  --width N --height N    output size in pixels, 8 .. 16384, multiples of the model's factor (default:\n"
+          "                          the training size)\n"},
+    {RUN, "  --vae-tile N            decode in tiles of N latent pixels, -1 .. 4096 (default 0: automatic; -1: never)\n"},
+    {RUN, "  --weights auto|ema|raw  EMA or trained weights (default auto: EMA when the checkpoint has them)\n"},
+    {RUN, "  --threads N             0 .. 1024 (default 0: all online CPUs)\n"},
+    {ALL, "  --max-memory SIZE       refuse any single allocation above SIZE: bytes, or with K, M or G (powers of\n"
+          "                          1024), model loading and input images included (default 0: no cap)\n"},
+    {RUN, "  --low-memory            keep little resident: weights dropped after each layer, no scratch cache\n"
+          "                          (slower, same images; same as LDM_LOW_MEMORY=1, docs/performance.md)\n"},
+    {RUN, "  -o, --output FILE.png   (default out.png; with --batch N also FILE-1.png ... FILE-<N-1>.png)\n"},
+    {ALL, "  -q, --quiet             print nothing but errors (no progress bar, seed, config, warnings, 'wrote')\n"},
+    {ALL, "  -h, --help              these options (ldm help COMMAND: one command's)\n"},
+};
+
+static void print_options(FILE *f, unsigned commands_mask)
+{
+    for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
+        if (options[i].commands & commands_mask) fputs(options[i].text, f);
+}
+
+void cli_usage(FILE *f)
+{
+    fputs("usage: ldm COMMAND [options]    (ldm COMMAND --help: that command's options)\n\ncommands:\n", f);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        fprintf(f, "  %-10s ", commands[i].name);
+        for (const char *s = commands[i].about; *s; s++) /* continuation lines under the first */
+            if (*s == '\n')
+                fputs("\n             ", f);
+            else
+                fputc(*s, f);
+        fputc('\n', f);
+    }
+    fputs("\noptions:\n", f);
+    print_options(f, ALL);
+}
+
+static int find_command(const char *command)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(commands[i].name, command)) return (int)i;
+    return -1;
+}
+
+int cli_is_command(const char *command) { return find_command(command) >= 0; }
+
+int cli_command_usage(FILE *f, const char *command)
+{
+    int i = find_command(command);
+    if (i < 0) return -1;
+    fprintf(f, "usage: %s\n%s\n\noptions:\n", commands[i].synopsis, commands[i].about);
+    print_options(f, commands[i].bit);
+    return 0;
+}
