@@ -2,7 +2,9 @@
 # test_cli.sh - the `ldm` tool end to end: generate (demo model) with PNG metadata and seed
 # reproducibility, --batch, info, error messages and exit codes, img2img / inpaint / upscale /
 # semantic synthesis / layout / text on the fixture models, the progress bar only on a terminal,
-# and Ctrl-C (exit 130, "cancelled").
+# and Ctrl-C (exit 130, "cancelled"); per-command --help with defaults, -q silence, strict number
+# parsing, per-image batch seeds, resolved guidance in the PNG, the config found beside a checkpoint,
+# --uncond-class and --max-memory.
 # Usage: sh tests/test_cli.sh path/to/ldm   (fixtures from $LDM_SHARED, default ../shared)
 # Prints "cli: N passed, N failed" and exits non-zero on any failure.
 set -u
@@ -158,6 +160,129 @@ else bad "a size the model cannot make is explained, exit 1"; fi
 
 if run help 0 "$LDM" --help && has "$T/out" "usage:"; then ok "--help"; else bad "--help"; fi
 
+# ---------------------------------------------------------------- help: each command's options with defaults
+for cmd in generate img2img inpaint upscale info; do
+    if run "help_$cmd" 0 "$LDM" "$cmd" --help && has "$T/out" "^usage: ldm $cmd" && has "$T/out" "--config FILE" &&
+        has "$T/out" "--max-memory SIZE" && has "$T/out" "default" && [ ! -s "$T/err" ]; then
+        ok "ldm $cmd --help prints its options with defaults"
+    else bad "ldm $cmd --help prints its options with defaults"; fi
+done
+run help_gen 0 "$LDM" generate --help
+if has "$T/out" "--steps N .*(default 50)" && has "$T/out" "ddpm: NOT respaced: the last N consecutive training timesteps" &&
+    has "$T/out" "ddim, plms: evenly spaced timesteps" && has "$T/out" "--cfg-scale F .*(default 0 = the model's" &&
+    has "$T/out" "7.5 for text models, 3 for class models with an unconditional" && has "$T/out" "off otherwise" &&
+    has "$T/out" "--uncond-class N|none|auto" && has "$T/out" "--seed N .*(default: random" &&
+    has "$T/out" "--batch N .*(default 1); image k is generated on its own with seed N+k" &&
+    has "$T/out" "--width N --height N" && has "$T/out" "--sampler NAME .*ddim (default)" && ! has "$T/out" "--mask"; then
+    ok "generate --help: steps per sampler (ddpm's N), cfg-scale's model default, uncond-class, batch seeds"
+else bad "generate --help: steps per sampler (ddpm's N), cfg-scale's model default, uncond-class, batch seeds"; fi
+run help_info 0 "$LDM" info --help
+if ! has "$T/out" "--steps" && ! has "$T/out" "--prompt" && has "$T/out" "usage: ldm info MODEL"; then
+    ok "info --help lists only what info takes"
+else bad "info --help lists only what info takes"; fi
+run help_up 0 "$LDM" upscale --help
+if has "$T/out" "--init FILE.png" && ! has "$T/out" "--prompt" && ! has "$T/out" "--width"; then
+    ok "upscale --help: --init, no prompt or size"
+else bad "upscale --help: --init, no prompt or size"; fi
+run help_i2i 0 "$LDM" img2img --help
+if has "$T/out" "--strength F .*(default 0.75 for img2img" && has "$T/out" "max(1, int(strength \* N))"; then
+    ok "img2img --help: strength default and the steps it runs"
+else bad "img2img --help: strength default and the steps it runs"; fi
+run help_inp 0 "$LDM" inpaint --help
+if has "$T/out" "--mask FILE.png" && has "$T/out" "1 for" && has "$T/out" "inpaint: the masked part from pure noise"; then
+    ok "inpaint --help: --mask, strength default 1"
+else bad "inpaint --help: --mask, strength default 1"; fi
+"$LDM" generate --help >"$T/h1" 2>&1
+if run help_cmd 0 "$LDM" help generate && cmp -s "$T/out" "$T/h1"; then
+    ok "ldm help generate = ldm generate --help"
+else bad "ldm help generate = ldm generate --help"; fi
+if run help_all 0 "$LDM" help && has "$T/out" "upscale" && has "$T/out" "inpaint" && has "$T/out" "--cfg-scale" &&
+    has "$T/out" "--mask"; then
+    ok "ldm help lists every command and option"
+else bad "ldm help lists every command and option"; fi
+if run help_bad 2 "$LDM" help paint && has "$T/err" "not a command"; then ok "ldm help NOT_A_COMMAND, exit 2"
+else bad "ldm help NOT_A_COMMAND, exit 2"; fi
+
+# ---------------------------------------------------------------- -q: nothing but errors
+if run quiet 0 "$LDM" generate -q --steps 2 --seed 1 --class 3 -o "$T/q.png" && [ -s "$T/q.png" ] && [ ! -s "$T/err" ] &&
+    [ ! -s "$T/out" ]; then
+    ok "-q: no seed, demo-model notice or 'wrote' line; stdout and stderr empty"
+else bad "-q: no seed, demo-model notice or 'wrote' line ($(head -c 200 "$T/err"))"; fi
+if run quiet_err 1 "$LDM" generate -q --steps 2 --width 60 -o "$T/x.png" && has "$T/err" "multiples of 8"; then
+    ok "-q still prints errors"
+else bad "-q still prints errors"; fi
+
+# ---------------------------------------------------------------- numbers: overflow and junk rejected, never clamped
+# bad_value NAME OPTION VALUE RANGE_TEXT: exit 2 and a message naming the option and its range
+bad_value() {
+    rm -f "$T/x.png"
+    if run "$1" 2 "$LDM" generate "$2" "$3" -o "$T/x.png" && has "$T/err" "$2" && has "$T/err" "$4" && [ ! -e "$T/x.png" ]; then
+        ok "$2 '$3' rejected with its range"
+    else bad "$2 '$3' rejected with its range"; fi
+}
+bad_value seed_big --seed 99999999999999999999999 "0 to 18446744073709551615"
+bad_value seed_2p64 --seed 18446744073709551616 "0 to 18446744073709551615"
+bad_value seed_neg --seed -1 "0 to 18446744073709551615"
+bad_value seed_plus --seed +5 "0 to"
+bad_value seed_junk --seed 12abc "0 to"
+bad_value seed_space --seed " 12" "0 to"
+bad_value seed_empty --seed "" "0 to"
+bad_value steps_big --steps 99999999999999999999 "1 to 10000"
+bad_value steps_wrap --steps 4294967297 "1 to 10000"
+bad_value steps_junk --steps 4x "1 to 10000"
+bad_value width_wrap --width 4294967360 "8 to 16384"
+bad_value width_neg --width -64 "8 to 16384"
+bad_value batch_big --batch 18446744073709551617 "1 to 64"
+bad_value batch_zero --batch 0 "1 to 64"
+bad_value class_big --class 2147483648 "0 to 2147483647"
+bad_value class_neg --class -2 "0 to 2147483647"
+bad_value threads_big --threads 99999999999999999999 "0 to 1024"
+bad_value threads_neg --threads -1 "0 to 1024"
+bad_value uncond_junk --uncond-class maybe "'none' or 'auto'"
+bad_value cfg_inf --cfg-scale inf "0 to 100"
+bad_value cfg_nan --cfg-scale nan "0 to 100"
+bad_value cfg_huge --cfg-scale 1e400 "0 to 100"
+bad_value cfg_junk --cfg-scale 7.5x "0 to 100"
+bad_value eta_neg --eta -0.5 "0 to 10"
+bad_value mem_unit --max-memory 4Q "K, M or G"
+bad_value mem_big --max-memory 99999999999999999999G "K, M or G"
+bad_value mem_neg --max-memory -1 "K, M or G"
+if run seed_max 0 "$LDM" generate -q --steps 1 --seed 18446744073709551615 --class 1 -o "$T/smax.png" &&
+    png_text "$T/smax.png" parameters >"$T/params" && has "$T/params" "Seed: 18446744073709551615"; then
+    ok "--seed 18446744073709551615 (the largest) is taken as is"
+else bad "--seed 18446744073709551615 (the largest) is taken as is"; fi
+
+# ---------------------------------------------------------------- the PNG records what ran (resolved params)
+if png_text "$T/a.png" parameters >"$T/params" && has "$T/params" "CFG scale: 3," && has "$T/params" "Uncond class: 1000"; then
+    ok "the PNG records the model's default guidance (3 for the demo class model) and its uncond class"
+else bad "the PNG records the model's default guidance and uncond class: $(cat "$T/params")"; fi
+if run resolved_uncond 0 "$LDM" generate --steps 2 --seed 4 -o "$T/ru.png" && png_text "$T/ru.png" parameters >"$T/params" &&
+    has "$T/params" "Class: 1000" && has "$T/params" "Uncond class: 1000"; then
+    ok "no --class: the PNG records the unconditional class that was sampled"
+else bad "no --class: the PNG records the unconditional class that was sampled: $(cat "$T/params")"; fi
+if run badclass 1 "$LDM" generate --steps 2 --class 5000 -o "$T/x.png" && has "$T/err" "1001\|1000"; then
+    ok "a --class out of the model's range names the range, exit 1"
+else bad "a --class out of the model's range names the range, exit 1"; fi
+
+# ---------------------------------------------------------------- --batch: each image reproducible alone
+if run batch3 0 "$LDM" generate -q --steps 4 --seed 100 --class 5 --batch 3 -o "$T/bs.png" &&
+    png_text "$T/bs-2.png" parameters >"$T/params" && has "$T/params" "Seed: 102" &&
+    png_text "$T/bs.png" parameters | grep -q "Seed: 100" && png_text "$T/bs-1.png" parameters | grep -q "Seed: 101"; then
+    ok "--batch 3 --seed 100 records seeds 100, 101, 102"
+else bad "--batch 3 --seed 100 records seeds 100, 101, 102"; fi
+if run batch_alone 0 "$LDM" generate -q --steps 4 --seed 102 --class 5 -o "$T/bs-alone.png" && cmp -s "$T/bs-2.png" "$T/bs-alone.png" &&
+    run batch_first 0 "$LDM" generate -q --steps 4 --seed 100 --class 5 -o "$T/bs-first.png" && cmp -s "$T/bs.png" "$T/bs-first.png"; then
+    ok "image 2 of --batch 3 is byte-identical to a single run with its recorded seed (and image 0)"
+else bad "image 2 of --batch 3 is byte-identical to a single run with its recorded seed (and image 0)"; fi
+
+# ---------------------------------------------------------------- --max-memory
+if run maxmem 1 "$LDM" generate --max-memory 1K --steps 2 --seed 1 -o "$T/x.png" && has "$T/err" "limit\|max" && [ ! -e "$T/x.png" ]; then
+    ok "--max-memory 1K: generate fails with a limit message"
+else bad "--max-memory 1K: generate fails with a limit message"; fi
+if run maxmem_ok 0 "$LDM" generate -q --max-memory 1G --steps 2 --seed 1 --class 1 -o "$T/mm.png" && [ -s "$T/mm.png" ]; then
+    ok "--max-memory 1G: generate runs"
+else bad "--max-memory 1G: generate runs"; fi
+
 # ---------------------------------------------------------------- image inputs with the demo model
 make_png "$T/init64.png" 64 64 rgb
 make_png "$T/mask64.png" 64 64 mask
@@ -172,8 +297,84 @@ if run blend 0 "$LDM" inpaint --init "$T/init64.png" --mask "$T/mask64.png" --st
     ok "inpaint (mask blending) with the demo model"
 else bad "inpaint (mask blending) with the demo model"; fi
 
+if run maxmem_image 1 "$LDM" img2img --init "$T/init64.png" --max-memory 16K --steps 2 --seed 1 -o "$T/x.png" &&
+    has "$T/err" "init64.png" && has "$T/err" "limit"; then
+    ok "--max-memory caps reading the input image too (64x64 RGB = 48K floats > 16K)"
+else bad "--max-memory caps reading the input image too"; fi
+
 # ---------------------------------------------------------------- fixture models
 fixture() { [ -f "$FX/$1/model.safetensors" ]; }
+
+# The class model ldm_cin_ddim (1001 classes, 1000 = unconditional): the config found beside the
+# checkpoint and reported, --uncond-class, the resolved guidance in the PNG.
+cin_tests() {
+    CIN=$FX/ldm_cin_ddim
+    mkdir -p "$T/stem" "$T/folder" "$T/ae"
+    cp "$CIN/model.safetensors" "$T/stem/model.safetensors" && cp "$CIN/config.yaml" "$T/stem/model.yaml"
+    cp "$CIN/model.safetensors" "$T/folder/model.safetensors" && cp "$CIN/config.yaml" "$T/folder/config.yaml"
+    cp "$FX/ae_kl_f8/model.ckpt" "$T/ae/model.ckpt"
+    if run cfg_stem 0 "$LDM" info "$T/stem/model.safetensors" && has "$T/out" "^config: $T/stem/model.yaml" &&
+        has "$T/out" "ClassEmbedder"; then
+        ok "info finds and names <checkpoint>.yaml beside the checkpoint"
+    else bad "info finds and names <checkpoint>.yaml beside the checkpoint: $(head -2 "$T/out")"; fi
+    if run cfg_folder 0 "$LDM" info "$T/folder/model.safetensors" && has "$T/out" "^config: $T/folder/config.yaml"; then
+        ok "info finds and names config.yaml beside the checkpoint"
+    else bad "info finds and names config.yaml beside the checkpoint: $(head -2 "$T/out")"; fi
+    if run cfg_detect 0 "$LDM" info "$T/ae/model.ckpt" && has "$T/out" "^config: none, architecture detected from tensor names"; then
+        ok "info says when the architecture was detected from tensor names"
+    else bad "info says when the architecture was detected from tensor names: $(head -2 "$T/out")"; fi
+    if run cfg_gen 0 "$LDM" generate --model "$T/folder/model.safetensors" --class 3 --steps 2 --seed 1 -o "$T/cf.png" &&
+        has "$T/err" "^ldm: config: $T/folder/config.yaml"; then
+        ok "generate names the config found beside the checkpoint"
+    else bad "generate names the config found beside the checkpoint"; fi
+    if run cfg_quiet 0 "$LDM" generate -q --model "$T/folder/model.safetensors" --class 3 --steps 2 --seed 1 -o "$T/cf.png" &&
+        [ ! -s "$T/err" ] && [ ! -s "$T/out" ] && run cfg_info_quiet 0 "$LDM" info -q "$T/folder/model.safetensors" &&
+        ! has "$T/out" "^config:"; then
+        ok "-q: no config line"
+    else bad "-q: no config line"; fi
+
+    M="--model $CIN/model.safetensors --config $CIN/config.yaml --steps 4 --seed 9"
+    # shellcheck disable=SC2086
+    if run cin_default 0 "$LDM" generate $M --class 3 -o "$T/cd.png" && png_text "$T/cd.png" parameters >"$T/params" &&
+        has "$T/params" "CFG scale: 3," && has "$T/params" "Class: 3" && has "$T/params" "Uncond class: 1000" &&
+        has "$T/params" "Size: 16x16"; then
+        ok "class model, no --cfg-scale: the PNG records guidance 3 with uncond class 1000"
+    else bad "class model, no --cfg-scale: the PNG records guidance 3 with uncond class 1000: $(cat "$T/params")"; fi
+    # shellcheck disable=SC2086
+    if run cin_explicit 0 "$LDM" generate $M --class 3 --cfg-scale 3 --uncond-class 1000 -o "$T/ce.png" && cmp -s "$T/cd.png" "$T/ce.png"; then
+        ok "the recorded settings re-make the image (--cfg-scale 3 --uncond-class 1000)"
+    else bad "the recorded settings re-make the image (--cfg-scale 3 --uncond-class 1000)"; fi
+    # shellcheck disable=SC2086
+    if run cin_u5 0 "$LDM" generate $M --class 3 --cfg-scale 3 --uncond-class 5 -o "$T/c5.png" &&
+        png_text "$T/c5.png" parameters >"$T/params" && has "$T/params" "Uncond class: 5" && ! cmp -s "$T/cd.png" "$T/c5.png"; then
+        ok "--uncond-class 5: another unconditional branch, recorded"
+    else bad "--uncond-class 5: another unconditional branch, recorded: $(cat "$T/params")"; fi
+    # shellcheck disable=SC2086
+    if run cin_none 0 "$LDM" generate $M --class 3 --uncond-class none -o "$T/cn.png" &&
+        png_text "$T/cn.png" parameters >"$T/params" && has "$T/params" "CFG scale: 1," && has "$T/params" "Uncond class: none"; then
+        ok "--uncond-class none: guidance off by default, recorded"
+    else bad "--uncond-class none: guidance off by default, recorded: $(cat "$T/params")"; fi
+    # shellcheck disable=SC2086
+    if run cin_none_cfg 1 "$LDM" generate $M --class 3 --uncond-class none --cfg-scale 3 -o "$T/x.png" && [ ! -e "$T/x.png" ]; then
+        ok "--uncond-class none --cfg-scale 3 is an error, exit 1"
+    else bad "--uncond-class none --cfg-scale 3 is an error, exit 1"; fi
+    # shellcheck disable=SC2086
+    if run cin_none_noclass 1 "$LDM" generate $M --uncond-class none -o "$T/x.png" && has "$T/err" "class"; then
+        ok "--uncond-class none without --class is an error, exit 1"
+    else bad "--uncond-class none without --class is an error, exit 1"; fi
+    # shellcheck disable=SC2086
+    if run cin_badclass 1 "$LDM" generate $M --class 1001 -o "$T/x.png" && has "$T/err" "1001\|1000"; then
+        ok "--class 1001 on a 1001-class model names the range, exit 1"
+    else bad "--class 1001 on a 1001-class model names the range, exit 1"; fi
+    # a ClassEmbedder config with ucg_rate: 0 declares no unconditional class: guidance off by default
+    mkdir -p "$T/noucg" && cp "$CIN/model.safetensors" "$T/noucg/model.safetensors"
+    sed 's/^\( *\)n_classes: 1001$/\1n_classes: 1001\n\1ucg_rate: 0/' "$CIN/config.yaml" >"$T/noucg/config.yaml"
+    if grep -q "ucg_rate: 0" "$T/noucg/config.yaml" &&
+        run cin_noucg 0 "$LDM" generate --model "$T/noucg/model.safetensors" --class 3 --steps 2 --seed 1 -o "$T/nu.png" &&
+        png_text "$T/nu.png" parameters >"$T/params" && has "$T/params" "CFG scale: 1," && has "$T/params" "Uncond class: none"; then
+        ok "ucg_rate: 0 in the config: no unconditional class, guidance off by default, recorded"
+    else bad "ucg_rate: 0 in the config: no unconditional class, guidance off by default: $(cat "$T/params")"; fi
+}
 if fixture ldm_cin_ddim && fixture ae_kl_f8; then
     if run info 0 "$LDM" info "$FX/ldm_cin_ddim/model.safetensors" --config "$FX/ldm_cin_ddim/config.yaml" &&
         has "$T/out" "ClassEmbedder" && has "$T/out" "VQ"; then
@@ -182,13 +383,16 @@ if fixture ldm_cin_ddim && fixture ae_kl_f8; then
     if run info_ckpt 0 "$LDM" info "$FX/ae_kl_f8/model.ckpt" && has "$T/out" "AutoencoderKL"; then
         ok "info on a .ckpt autoencoder without config"
     else bad "info on a .ckpt autoencoder without config"; fi
-    if run info_needs_config 1 "$LDM" info "$FX/ldm_cin_ddim/model.safetensors" && has "$T/err" "config"; then
+    # a checkpoint alone in a folder: nothing to find beside it
+    mkdir -p "$T/alone" && cp "$FX/ldm_cin_ddim/model.safetensors" "$T/alone/model.safetensors"
+    if run info_needs_config 1 "$LDM" info "$T/alone/model.safetensors" && has "$T/err" "config"; then
         ok "info tells when the config is needed, exit 1"
     else bad "info tells when the config is needed, exit 1"; fi
     if run class 0 "$LDM" generate --model "$FX/ldm_cin_ddim/model.safetensors" --config "$FX/ldm_cin_ddim/config.yaml" \
         --class 3 --cfg-scale 3 --steps 8 --seed 1 -o "$T/cin.png" && [ "$(png_size "$T/cin.png")" = 16x16 ]; then
         ok "class-conditional generation with CFG on ldm_cin_ddim"
     else bad "class-conditional generation with CFG on ldm_cin_ddim"; fi
+    cin_tests
 else
     skip "fixture checkpoints (set LDM_SHARED)"
 fi
@@ -209,6 +413,29 @@ if fixture ldm_sr_concat; then
         --init "$T/lr.png" --steps 6 --seed 2 -o "$T/sr.png" && [ "$(png_size "$T/sr.png")" = 8x8 ]; then
         ok "upscale with the LDM-BSR model (first stage f1: output = input size)"
     else bad "upscale with the LDM-BSR model"; fi
+    if run upscale_mem 1 "$LDM" upscale --model "$FX/ldm_sr_concat/model.safetensors" --config "$FX/ldm_sr_concat/config.yaml" \
+        --init "$T/lr.png" --max-memory 1K --steps 2 --seed 2 -o "$T/x.png" && has "$T/err" "limit" && [ ! -e "$T/x.png" ]; then
+        ok "upscale --max-memory 1K fails with a limit message, exit 1"
+    else bad "upscale --max-memory 1K fails with a limit message, exit 1"; fi
+    if run upscale_cfg 0 "$LDM" upscale -q --model "$FX/ldm_sr_concat/model.safetensors" --config "$FX/ldm_sr_concat/config.yaml" \
+        --init "$T/lr.png" --steps 2 --seed 2 -o "$T/sr2.png" && png_text "$T/sr2.png" parameters | grep -q "CFG scale: 1,"; then
+        ok "upscale: guidance off by default, recorded as 1"
+    else bad "upscale: guidance off by default, recorded as 1"; fi
+fi
+
+if fixture ldm_uncond_plms; then
+    U="--model $FX/ldm_uncond_plms/model.safetensors --config $FX/ldm_uncond_plms/config.yaml --steps 2 --seed 3"
+    # shellcheck disable=SC2086
+    if run uncond_model 0 "$LDM" generate $U -o "$T/um.png" && png_text "$T/um.png" parameters >"$T/params" &&
+        has "$T/params" "CFG scale: 1," && ! has "$T/params" "Class"; then
+        ok "unconditional model: guidance off by default, recorded as 1"
+    else bad "unconditional model: guidance off by default, recorded as 1: $(cat "$T/params")"; fi
+    # shellcheck disable=SC2086
+    if run uncond_cfg 1 "$LDM" generate $U --cfg-scale 3 -o "$T/x.png" && [ ! -e "$T/x.png" ]; then
+        ok "unconditional model: --cfg-scale 3 is an error, not ignored, exit 1"
+    else bad "unconditional model: --cfg-scale 3 is an error, not ignored, exit 1"; fi
+else
+    skip "ldm_uncond_plms fixture (set LDM_SHARED)"
 fi
 
 if fixture cond_spatial_rescaler; then
@@ -232,9 +459,9 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
     if run text 0 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
         --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
         --negative-prompt "blurry" --steps 6 --seed 5 -o "$T/text.png" && png_text "$T/text.png" parameters >"$T/params" &&
-        has "$T/params" "^a red fox" && has "$T/params" "Negative prompt: blurry"; then
-        ok "text-to-image (SD1 fixture) with prompt and negative prompt"
-    else bad "text-to-image (SD1 fixture) with prompt and negative prompt"; fi
+        has "$T/params" "^a red fox" && has "$T/params" "Negative prompt: blurry" && has "$T/params" "CFG scale: 7.5,"; then
+        ok "text-to-image (SD1 fixture) with prompt and negative prompt, default guidance 7.5 recorded"
+    else bad "text-to-image (SD1 fixture) with prompt and negative prompt, default guidance 7.5 recorded"; fi
     # the low-memory mode drops weight pages after every layer: the same image, byte for byte
     if run lowmem 0 "$LDM" generate --low-memory --model "$FX/ldm_sd1_txt2img/model.safetensors" \
         --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
