@@ -4,6 +4,7 @@ structs and the callback types. Nothing here is Pythonic; the classes in the oth
 Handles are plain c_void_p: the C types are opaque, so there is nothing to declare for them.
 """
 import ctypes
+import operator
 import os
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_float, c_int,
                     c_int64, c_size_t, c_uint64, c_void_p)
@@ -169,6 +170,32 @@ _proto("ldm_image_read_png_gray", _S, c_char_p, c_int, _OUT)
 _proto("ldm_image_write_png", _S, c_char_p, _P, _STRS, _STRS, c_int)
 
 _proto("ldm_layout_tokens_from_json", _S, c_char_p, c_size_t, c_int, _OUT)
+
+
+_BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}
+RANGES = {ctype: ((0, (1 << bits) - 1) if ctype in ("uint64", "size_t") else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
+          for ctype, bits in _BITS.items()}
+
+
+def integer(value, name, ctype="int"):
+    """value as a Python int that fits the C type it is passed as ("int", "int64", "uint64",
+    "size_t"). ctypes would silently keep the low bits (steps=2**32+1 running 1 step, seed=-1
+    becoming 2**64-1), so out-of-range values raise OverflowError naming the parameter, and
+    non-integers (floats, strings) raise TypeError."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError("%s: expected an integer, got %s" % (name, type(value).__name__)) from None
+    lo, hi = RANGES[ctype]
+    if not lo <= v <= hi:
+        raise OverflowError("%s=%d is out of range: it is passed as a C %s (%d..%d)" % (name, v, ctype, lo, hi))
+    return v
+
+
+def shape(dims, name="shape"):
+    """A tensor shape as a tuple of ints, each a valid int64 dimension (negative ones are left to
+    the library, which names them)."""
+    return tuple(integer(d, "%s[%d]" % (name, i), "int64") for i, d in enumerate(dims))
 
 
 def strings(items):

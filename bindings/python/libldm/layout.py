@@ -18,6 +18,6 @@ def layout_tokens(layouts, no_object_classes=300):
     text = layouts if isinstance(layouts, (str, bytes)) else json.dumps(layouts)
     data = text.encode("utf-8") if isinstance(text, str) else text
     out = ctypes.c_void_p()
-    check(_lib.ldm_layout_tokens_from_json(data, len(data), int(no_object_classes), ctypes.byref(out)),
+    check(_lib.ldm_layout_tokens_from_json(data, len(data), _api.integer(no_object_classes, "no_object_classes"), ctypes.byref(out)),
           "ldm_layout_tokens_from_json")
     return result(out.value)

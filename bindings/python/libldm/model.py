@@ -16,19 +16,19 @@ def _model_params(config, vocab, threads, weights, max_alloc_bytes, log):
     params, _ = _api.init_params(_api.ModelParams, _lib.ldm_model_params_init)
     params.config_path = _api.path_bytes(config) if config is not None else None
     params.vocab_path = _api.path_bytes(vocab) if vocab is not None else None
-    params.n_threads = int(threads)
+    params.n_threads = _api.integer(threads, "threads")
     try:
         params.weights = _api.WEIGHTS[weights]
     except KeyError:
         raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(_api.WEIGHTS))) from None
-    params.max_alloc_bytes = int(max_alloc_bytes)
+    params.max_alloc_bytes = _api.integer(max_alloc_bytes, "max_alloc_bytes", "size_t")
     params.log_callback = log.c_function
     return params
 
 
 def _enum(table, value, what):
     if isinstance(value, int):
-        return value
+        return _api.integer(value, what)
     try:
         return table[value]
     except KeyError:
@@ -38,10 +38,10 @@ def _enum(table, value, what):
 def sampler_params(kind, steps, eta, ddim_quad, seed):
     p, _ = _api.init_params(_api.SamplerParams, _lib.ldm_sampler_params_init)
     p.kind = _enum(_api.SAMPLERS, kind, "sampler")
-    p.steps = int(steps)
+    p.steps = _api.integer(steps, "steps")
     p.eta = float(eta)
     p.ddim_quad = 1 if ddim_quad else 0
-    p.seed = int(seed)
+    p.seed = _api.integer(seed, "seed", "uint64")
     return p
 
 
@@ -85,7 +85,7 @@ class Model:
         log = _callbacks.Log(log)
         params = _model_params(None, None, threads, "auto", max_alloc_bytes, log)
         out = ctypes.c_void_p()
-        check(_lib.ldm_model_load_builtin(name.encode("utf-8"), int(seed), ctypes.byref(params), ctypes.byref(out)),
+        check(_lib.ldm_model_load_builtin(name.encode("utf-8"), _api.integer(seed, "seed", "uint64"), ctypes.byref(params), ctypes.byref(out)),
               "ldm_model_load_builtin")
         return cls(out.value, log)
 
@@ -144,7 +144,7 @@ class Model:
 
     def set_threads(self, n):
         with self._running() as h:
-            self._check(_lib.ldm_model_set_threads(h, int(n)), "ldm_model_set_threads")
+            self._check(_lib.ldm_model_set_threads(h, _api.integer(n, "n")), "ldm_model_set_threads")
 
     def set_abort_callback(self, fn):
         """fn() is polled between network blocks and sampler steps of every call on this model
@@ -269,12 +269,16 @@ class Model:
         for field, value in texts.items():
             if value is not None:
                 setattr(p, field, value.encode("utf-8"))
-        numbers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
-                   "steps": steps, "eta": eta, "guidance_scale": guidance_scale, "seed": seed,
-                   "strength": strength, "vae_tile": vae_tile}
-        for field, value in numbers.items():
+        integers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
+                    "steps": steps, "vae_tile": vae_tile}
+        for field, value in integers.items():
             if value is not None:
-                setattr(p, field, value)
+                setattr(p, field, _api.integer(value, field))
+        if seed is not None:
+            p.seed = _api.integer(seed, "seed", "uint64")
+        for field, value in {"eta": eta, "guidance_scale": guidance_scale, "strength": strength}.items():
+            if value is not None:
+                setattr(p, field, float(value))
         if sampler is not None:
             p.sampler = _enum(_api.SAMPLERS, sampler, "sampler")
         guard = _callbacks.Progress(progress)

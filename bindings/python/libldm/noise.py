@@ -13,13 +13,15 @@ def randn(seed, stream=0, shape=None, out=None):
     (NumPy array, array('f'), ...) filled in place without a copy; `out` is then returned."""
     if (shape is None) == (out is None):
         raise ValueError("randn: give exactly one of shape= and out=")
+    seed = _api.integer(seed, "seed", "uint64")
+    stream = _api.integer(stream, "stream", "uint64")
     if out is None:
         t = Tensor.zeros(shape, "float32")
-        check(_lib.ldm_randn(int(seed), int(stream), t.handle), "ldm_randn")
+        check(_lib.ldm_randn(seed, stream, t.handle), "ldm_randn")
         return deliver(t)
     view = as_output_buffer(out)
     try:
-        check(_lib.ldm_randn(int(seed), int(stream), view.handle), "ldm_randn")
+        check(_lib.ldm_randn(seed, stream, view.handle), "ldm_randn")
     finally:
         if view is not out:
             view.close()

@@ -86,7 +86,7 @@ class Tensor:
 
     @classmethod
     def zeros(cls, shape, dtype="float32"):
-        shape = tuple(int(d) for d in shape)
+        shape = _api.shape(shape)
         out = ctypes.c_void_p()
         check(_api.lib.ldm_tensor_create(_kind(dtype), len(shape), (ctypes.c_int64 * max(1, len(shape)))(*shape),
                                          ctypes.byref(out)), "ldm_tensor_create")
@@ -101,7 +101,7 @@ class Tensor:
         nbytes = memoryview(buffer).nbytes
         if shape is None:
             shape = (nbytes // _ITEMSIZE[kind],)
-        shape = tuple(int(d) for d in shape)
+        shape = _api.shape(shape)
         if _numel(shape) * _ITEMSIZE[kind] != nbytes:
             raise ValueError("Tensor.frombuffer: %d bytes do not hold %s %s" % (nbytes, dtype, shape))
         return _wrap(buffer, shape, kind)
@@ -268,6 +268,8 @@ def _from_values(values, kind, shape=None):
         data = array.array(_FORMATS[kind], flat)
     except TypeError as e:
         raise TypeError("cannot make a %s tensor of these values: %s" % (_NAMES[kind], e)) from None
+    except OverflowError as e:
+        raise OverflowError("a value does not fit a %s tensor: %s" % (_NAMES[kind], e)) from None
     t = _wrap(data, shape, kind) if flat else Tensor.zeros(shape, _NAMES[kind])
     return t
 
@@ -353,11 +355,11 @@ def timesteps_arg(t):
     def fractional(v):
         return is_number(v) and not float(v).is_integer()
     if is_number(t):
-        return ([float(t)], "float32") if fractional(t) else ([int(t)], "int64")
+        return ([float(t)], "float32") if fractional(t) else ([_api.integer(int(t), "timesteps", "int64")], "int64")
     if isinstance(t, (list, tuple)) and any(fractional(v) for v in t):
         return [float(v) for v in t], "float32"
     if isinstance(t, (list, tuple)):
-        return [int(v) for v in t], "int64"
+        return [_api.integer(int(v), "timesteps[%d]" % i, "int64") for i, v in enumerate(t)], "int64"
     return t, "int64"
 
 

@@ -33,6 +33,6 @@ class Tokenizer(_Owned):
             prompts = [prompts]
         arr, n = _api.strings(prompts)
         out = ctypes.c_void_p()
-        check(self._call(_lib.ldm_tokenizer_encode, arr, n, int(context_length), ctypes.byref(out)),
+        check(self._call(_lib.ldm_tokenizer_encode, arr, n, _api.integer(context_length, "context_length"), ctypes.byref(out)),
               "ldm_tokenizer_encode")
         return result(out.value)
