@@ -1,4 +1,5 @@
 /* run.c - what each `ldm` subcommand does, on top of the public API only. */
+#include <ctype.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,10 +20,46 @@ static void on_sigint(int sig)
     signal(SIGINT, SIG_DFL);
 }
 
+/* The library's messages name ldm_generate_params fields; a tool user knows them as options. */
+static const struct {
+    const char *api, *cli;
+} option_names[] = {{"guidance_scale", "--cfg-scale"},
+                    {"uncond_class", "--uncond-class"},
+                    {"class_label", "--class"},
+                    {"LDM_UNCOND_CLASS_NONE", "none"},
+                    {"LDM_UNCOND_CLASS_AUTO", "auto"}};
+
+static int identifier_char(char c) { return c == '_' || isalnum((unsigned char)c); }
+
+/* msg with whole-word field names replaced by the options that set them, into out. */
+static void cli_words(const char *msg, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (const char *s = msg; *s && n + 1 < cap;) {
+        const char *with = NULL;
+        size_t len = 0;
+        for (size_t i = 0; i < sizeof option_names / sizeof option_names[0] && !with; i++) {
+            len = strlen(option_names[i].api);
+            if (!strncmp(s, option_names[i].api, len) && (s == msg || !identifier_char(s[-1])) &&
+                !identifier_char(s[len]))
+                with = option_names[i].cli;
+        }
+        if (!with) {
+            out[n++] = *s++;
+            continue;
+        }
+        n += (size_t)snprintf(out + n, cap - n, "%s", with);
+        if (n >= cap) n = cap - 1;
+        s += len;
+    }
+    out[n] = '\0';
+}
+
 /* Prints the library's message, prefixed with `what` unless it already names it. */
 static int fail(const char *what)
 {
-    const char *msg = ldm_last_error();
+    char msg[4096];
+    cli_words(ldm_last_error(), msg, sizeof msg);
     if (strstr(msg, what))
         fprintf(stderr, "ldm: %s\n", msg);
     else

@@ -355,9 +355,10 @@ cin_tests() {
         ok "--uncond-class none: guidance off by default, recorded"
     else bad "--uncond-class none: guidance off by default, recorded: $(cat "$T/params")"; fi
     # shellcheck disable=SC2086
-    if run cin_none_cfg 1 "$LDM" generate $M --class 3 --uncond-class none --cfg-scale 3 -o "$T/x.png" && [ ! -e "$T/x.png" ]; then
-        ok "--uncond-class none --cfg-scale 3 is an error, exit 1"
-    else bad "--uncond-class none --cfg-scale 3 is an error, exit 1"; fi
+    if run cin_none_cfg 1 "$LDM" generate $M --class 3 --uncond-class none --cfg-scale 3 -o "$T/x.png" && [ ! -e "$T/x.png" ] &&
+        has "$T/err" "--cfg-scale 3 needs an unconditional class" && has "$T/err" "--uncond-class is none"; then
+        ok "--uncond-class none --cfg-scale 3 is an error in the options' names, exit 1"
+    else bad "--uncond-class none --cfg-scale 3 is an error in the options' names, exit 1"; fi
     # shellcheck disable=SC2086
     if run cin_none_noclass 1 "$LDM" generate $M --uncond-class none -o "$T/x.png" && has "$T/err" "class"; then
         ok "--uncond-class none without --class is an error, exit 1"
@@ -431,7 +432,7 @@ if fixture ldm_uncond_plms; then
         ok "unconditional model: guidance off by default, recorded as 1"
     else bad "unconditional model: guidance off by default, recorded as 1: $(cat "$T/params")"; fi
     # shellcheck disable=SC2086
-    if run uncond_cfg 1 "$LDM" generate $U --cfg-scale 3 -o "$T/x.png" && [ ! -e "$T/x.png" ]; then
+    if run uncond_cfg 1 "$LDM" generate $U --cfg-scale 3 -o "$T/x.png" && [ ! -e "$T/x.png" ] && has "$T/err" "--cfg-scale 3"; then
         ok "unconditional model: --cfg-scale 3 is an error, not ignored, exit 1"
     else bad "unconditional model: --cfg-scale 3 is an error, not ignored, exit 1"; fi
 else
