@@ -54,7 +54,7 @@ static int l_layout_tokens(lua_State *L)
     lua_settop(L, 2);
     size_t len;
     const char *json = luaL_checklstring(L, 1, &len);
-    int classes = (int)luaL_optinteger(L, 2, 300);
+    int classes = lb_arg_int(L, 2, "layout_tokens: no_object_classes", 1, 300);
     ldm_tensor **out = lb_push_tensor_slot(L);
     lb_check(L, ldm_layout_tokens_from_json(json, len, classes, out), "ldm_layout_tokens_from_json");
     return 1;

@@ -108,6 +108,17 @@ void lb_image_register(lua_State *L, int module);
 /* opts[key] of an option table (the table on the stack keeps returned strings alive); nil gives
  * def, a value of the wrong type raises naming the option */
 lua_Integer lb_opt_integer(lua_State *L, int opts, const char *key, lua_Integer def);
+/* Integers crossing into C, checked against the C type they are passed as: a value out of its
+ * range raises naming it (never the low bits: steps = 2^32 + 1 is not 1 step). Seeds and streams
+ * are uint64_t, so negative ones are errors (Lua integers stop at 2^63 - 1). */
+int lb_opt_int(lua_State *L, int opts, const char *key, int def);
+uint64_t lb_opt_u64(lua_State *L, int opts, const char *key, uint64_t def);
+size_t lb_opt_size(lua_State *L, int opts, const char *key, size_t def);
+/* the same for positional argument `arg` named `name` (absent: def when optional, else an error) */
+int lb_arg_int(lua_State *L, int arg, const char *name, int optional, int def);
+uint64_t lb_arg_u64(lua_State *L, int arg, const char *name, int optional, uint64_t def);
+/* raises unless min <= v <= max, naming `name` */
+lua_Integer lb_range(lua_State *L, lua_Integer v, lua_Integer min, lua_Integer max, const char *name, const char *ctype);
 double lb_opt_number(lua_State *L, int opts, const char *key, double def);
 const char *lb_opt_string(lua_State *L, int opts, const char *key, const char *def);
 /* the index of opts[key] (default def) in the NULL-terminated names */

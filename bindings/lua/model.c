@@ -44,8 +44,8 @@ static void model_params(lua_State *L, int opts, ldm_model_params *mp)
     lb_check_options(L, opts, "model options", known);
     mp->config_path = lb_opt_string(L, opts, "config", NULL);
     mp->vocab_path = lb_opt_string(L, opts, "vocab", NULL);
-    mp->n_threads = (int)lb_opt_integer(L, opts, "threads", 0);
-    mp->max_alloc_bytes = (size_t)lb_opt_integer(L, opts, "max_alloc_bytes", 0);
+    mp->n_threads = lb_opt_int(L, opts, "threads", 0);
+    mp->max_alloc_bytes = lb_opt_size(L, opts, "max_alloc_bytes", 0);
     mp->weights = (ldm_weights_choice)lb_opt_choice(L, opts, "weights", "auto", weights);
 }
 
@@ -76,7 +76,7 @@ static int l_builtin(lua_State *L)
 {
     lua_settop(L, 3);
     const char *name = luaL_optstring(L, 1, "demo");
-    uint64_t seed = (uint64_t)luaL_optinteger(L, 2, 0);
+    uint64_t seed = lb_arg_u64(L, 2, "load_builtin: seed", 1, 0);
     ldm_model_params mp;
     model_params(L, 3, &mp);
     lb_model *u = push_model(L);
@@ -104,7 +104,8 @@ static int m_describe(lua_State *L)
 
 static int m_set_threads(lua_State *L)
 {
-    lb_check(L, ldm_model_set_threads(lb_check_model(L, 1), (int)luaL_checkinteger(L, 2)), "ldm_model_set_threads");
+    ldm_model *m = lb_check_model(L, 1);
+    lb_check(L, ldm_model_set_threads(m, lb_arg_int(L, 2, "set_threads: n", 0, 0)), "ldm_model_set_threads");
     return 0;
 }
 
@@ -214,18 +215,18 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     lb_check_options(L, opts, "generate", known);
     p->prompt = lb_opt_string(L, opts, "prompt", NULL);
     p->negative_prompt = lb_opt_string(L, opts, "negative_prompt", NULL);
-    p->class_label = (int)lb_opt_integer(L, opts, "class_label", p->class_label);
-    p->width = (int)lb_opt_integer(L, opts, "width", p->width);
-    p->height = (int)lb_opt_integer(L, opts, "height", p->height);
-    p->batch = (int)lb_opt_integer(L, opts, "batch", p->batch);
+    p->class_label = lb_opt_int(L, opts, "class_label", p->class_label);
+    p->width = lb_opt_int(L, opts, "width", p->width);
+    p->height = lb_opt_int(L, opts, "height", p->height);
+    p->batch = lb_opt_int(L, opts, "batch", p->batch);
     const char *sampler = lb_opt_string(L, opts, "sampler", NULL);
     if (sampler) p->sampler = lb_sampler_kind(L, sampler);
-    p->steps = (int)lb_opt_integer(L, opts, "steps", p->steps);
+    p->steps = lb_opt_int(L, opts, "steps", p->steps);
     p->eta = (float)lb_opt_number(L, opts, "eta", p->eta);
     p->guidance_scale = (float)lb_opt_number(L, opts, "guidance_scale", p->guidance_scale);
-    p->seed = (uint64_t)lb_opt_integer(L, opts, "seed", (lua_Integer)p->seed);
+    p->seed = lb_opt_u64(L, opts, "seed", p->seed);
     p->strength = (float)lb_opt_number(L, opts, "strength", p->strength);
-    p->vae_tile = (int)lb_opt_integer(L, opts, "vae_tile", p->vae_tile);
+    p->vae_tile = lb_opt_int(L, opts, "vae_tile", p->vae_tile);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);

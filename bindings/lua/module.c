@@ -1,4 +1,7 @@
 /* module.c - luaopen_ldm: the `ldm` table, shared helpers (errors, classes, options, strings). */
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "lbind.h"
@@ -39,6 +42,64 @@ lua_Integer lb_opt_integer(lua_State *L, int opts, const char *key, lua_Integer 
     if (!ok && !lua_isnil(L, -1)) luaL_error(L, "option '%s': expected an integer", key);
     lua_pop(L, 1);
     return ok ? v : def;
+}
+
+lua_Integer lb_range(lua_State *L, lua_Integer v, lua_Integer min, lua_Integer max, const char *name, const char *ctype)
+{
+    if (v < min || v > max)
+        luaL_error(L, "%s = %I is out of range: it is passed as a C %s (%I..%I)", name, v, ctype, min, max);
+    return v;
+}
+
+int lb_opt_int(lua_State *L, int opts, const char *key, int def)
+{
+    char name[64];
+    snprintf(name, sizeof name, "option '%s'", key);
+    return (int)lb_range(L, lb_opt_integer(L, opts, key, def), INT_MIN, INT_MAX, name, "int");
+}
+
+uint64_t lb_opt_u64(lua_State *L, int opts, const char *key, uint64_t def)
+{
+    char name[64];
+    snprintf(name, sizeof name, "option '%s'", key);
+    lua_getfield(L, opts, key);
+    int absent = lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (absent) return def;
+    return (uint64_t)lb_range(L, lb_opt_integer(L, opts, key, 0), 0, LUA_MAXINTEGER, name, "uint64_t");
+}
+
+size_t lb_opt_size(lua_State *L, int opts, const char *key, size_t def)
+{
+    char name[64];
+    snprintf(name, sizeof name, "option '%s'", key);
+    lua_getfield(L, opts, key);
+    int absent = lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (absent) return def;
+    lua_Integer max = SIZE_MAX < (size_t)LUA_MAXINTEGER ? (lua_Integer)SIZE_MAX : LUA_MAXINTEGER;
+    return (size_t)lb_range(L, lb_opt_integer(L, opts, key, 0), 0, max, name, "size_t");
+}
+
+/* the integer argument `arg`, or an error naming it (luaL_checkinteger names only its position) */
+static lua_Integer arg_integer(lua_State *L, int arg, const char *name)
+{
+    int ok;
+    lua_Integer v = lua_tointegerx(L, arg, &ok);
+    if (!ok) luaL_error(L, "%s: expected an integer, got %s", name, lua_isnumber(L, arg) ? "a number out of the integer range or with a fraction" : luaL_typename(L, arg));
+    return v;
+}
+
+int lb_arg_int(lua_State *L, int arg, const char *name, int optional, int def)
+{
+    if (optional && lua_isnoneornil(L, arg)) return def;
+    return (int)lb_range(L, arg_integer(L, arg, name), INT_MIN, INT_MAX, name, "int");
+}
+
+uint64_t lb_arg_u64(lua_State *L, int arg, const char *name, int optional, uint64_t def)
+{
+    if (optional && lua_isnoneornil(L, arg)) return def;
+    return (uint64_t)lb_range(L, arg_integer(L, arg, name), 0, LUA_MAXINTEGER, name, "uint64_t");
 }
 
 double lb_opt_number(lua_State *L, int opts, const char *key, double def)

@@ -9,6 +9,7 @@
  *   end
  *   local z0 = s:current()
  */
+#include <limits.h>
 #include <string.h>
 
 #include "lbind.h"
@@ -40,12 +41,12 @@ void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p)
     lb_check_options(L, opts, "sampler options", known);
     const char *kind = lb_opt_string(L, opts, "kind", NULL);
     if (kind) p->kind = lb_sampler_kind(L, kind);
-    p->steps = (int)lb_opt_integer(L, opts, "steps", p->steps);
+    p->steps = lb_opt_int(L, opts, "steps", p->steps);
     p->eta = (float)lb_opt_number(L, opts, "eta", p->eta);
     lua_getfield(L, opts, "quad");
     p->ddim_quad = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    p->seed = (uint64_t)lb_opt_integer(L, opts, "seed", (lua_Integer)p->seed);
+    p->seed = lb_opt_u64(L, opts, "seed", p->seed);
 }
 
 /* A caller-owned copy of a tensor the sampler keeps (valid only until its next call). */
@@ -77,7 +78,8 @@ static int l_sampler(lua_State *L)
     ldm_parameterization param = LDM_PARAM_EPS;
     if (lua_istable(L, 2)) param = (ldm_parameterization)lb_opt_choice(L, 2, "parameterization", "eps", params);
     ldm_sampler *s = NULL;
-    lb_check(L, ldm_sampler_create(ldm_tensor_data((ldm_tensor *)ac), (int)ldm_tensor_numel(ac), param, &p, &s),
+    int n = (int)lb_range(L, ldm_tensor_numel(ac), 0, INT_MAX, "ldm.sampler: #alphas_cumprod", "int");
+    lb_check(L, ldm_sampler_create(ldm_tensor_data((ldm_tensor *)ac), n, param, &p, &s),
              "ldm_sampler_create");
     lb_push_sampler(L, s);
     return 1;

@@ -129,6 +129,9 @@ ldm_tensor *lb_to_timesteps(lua_State *L, int idx, int64_t n)
         else lua_pushvalue(L, idx);
         if (!lua_isnumber(L, -1)) luaL_error(L, "timesteps[%d]: expected a number", (int)i);
         double v = lua_tonumber(L, -1);
+        int integral;
+        lua_tointegerx(L, -1, &integral);
+        if (v == floor(v) && !integral) luaL_error(L, "timesteps[%d] = %f is out of the int64 range", (int)i, v);
         fractional |= v != floor(v);
         lua_pop(L, 1);
     }
@@ -138,7 +141,7 @@ ldm_tensor *lb_to_timesteps(lua_State *L, int idx, int64_t n)
         if (is_table) lua_rawgeti(L, idx, i + 1);
         else lua_pushvalue(L, idx);
         if (fractional) ((float *)ldm_tensor_data(*slot))[i] = (float)lua_tonumber(L, -1);
-        else ((int64_t *)ldm_tensor_data(*slot))[i] = (int64_t)lua_tonumber(L, -1);
+        else ((int64_t *)ldm_tensor_data(*slot))[i] = lua_tointeger(L, -1); /* integral: checked above */
         lua_pop(L, 1);
     }
     return *slot;
@@ -253,7 +256,7 @@ static int t_gc(lua_State *L)
 static int l_randn(lua_State *L)
 {
     lua_settop(L, 3);
-    uint64_t seed = (uint64_t)luaL_checkinteger(L, 1), stream = (uint64_t)luaL_checkinteger(L, 2);
+    uint64_t seed = lb_arg_u64(L, 1, "randn: seed", 0, 0), stream = lb_arg_u64(L, 2, "randn: stream", 0, 0);
     int64_t shape[LDM_MAX_DIMS];
     int ndim = shape_of_table(L, 3, shape);
     ldm_tensor **slot = lb_push_tensor_slot(L);

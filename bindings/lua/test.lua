@@ -352,6 +352,58 @@ test("a call on the model from a callback of its running call is an error", func
     eq(shape_str(img), "1x3x64x64", "another model from the callback")
 end)
 
+test("integers out of the range of their C type are errors naming them", function()
+    -- (they used to arrive in C as their low 32 bits: steps = 2^32 + 2 ran 2 steps)
+    local out_of_int = {2147483648, 4294967298, -2147483649, math.maxinteger, math.mininteger}
+    for _, field in ipairs{"steps", "width", "height", "batch", "class_label", "vae_tile"} do
+        for _, v in ipairs(out_of_int) do
+            local opts = {class_label = 7, steps = 2, width = 32, height = 32}
+            opts[field] = v
+            raises("option '" .. field .. "' = " .. v .. " is out of range", demo.generate, demo, opts)
+        end
+    end
+    raises("option 'steps': expected an integer", demo.generate, demo, {class_label = 7, steps = 2.5})
+    raises("option 'steps': expected an integer", demo.generate, demo, {class_label = 7, steps = 2^70})
+    for _, v in ipairs(out_of_int) do
+        raises("option 'threads' = " .. v, ldm.load_builtin, "demo", 0, {threads = v})
+        raises("set_threads: n = " .. v, demo.set_threads, demo, v)
+        raises("option 'steps' = " .. v, demo.sampler, demo, {steps = v})
+        raises("option 'steps' = " .. v, ldm.sampler, {0.9, 0.5, 0.1}, {steps = v})
+        raises("no_object_classes = " .. v, ldm.layout_tokens, '{"objects": []}', v)
+    end
+    -- seeds and streams are uint64_t: negative ones are errors, not 2^64 - 1
+    for _, v in ipairs{-1, math.mininteger} do
+        raises("option 'seed' = " .. v, demo.generate, demo, {class_label = 7, steps = 2, seed = v})
+        raises("option 'seed' = " .. v, demo.sampler, demo, {steps = 2, seed = v})
+        raises("load_builtin: seed = " .. v, ldm.load_builtin, "demo", v)
+        raises("randn: seed = " .. v, ldm.randn, v, 0, {2})
+        raises("randn: stream = " .. v, ldm.randn, 0, v, {2})
+    end
+    eq(shape_str(demo:generate{class_label = 7, steps = 2, width = 32, height = 32, seed = math.maxinteger}),
+       "1x3x32x32", "the largest Lua seed")
+    raises("option 'max_alloc_bytes' = -1", ldm.load_builtin, "demo", 0, {max_alloc_bytes = -1})
+    -- int64 timesteps and tensor values
+    local x = ldm.randn(0, 0, {1, 3, 16, 16})
+    raises("timesteps[1]", demo.apply, demo, x, 2^63)
+    raises("timesteps[2]", demo:unet().forward, demo:unet(), ldm.randn(0, 0, {2, 3, 16, 16}), {1, -2^64})
+    raises("expected an integer", ldm.tensor, {1}, {2^63}, "i64")
+    raises("shape[2]", ldm.tensor, {1, -1})
+    -- tokenizer lengths (a tiny BERT vocabulary written here)
+    local vocab = os.tmpname()
+    local f = assert(io.open(vocab, "w"))
+    f:write("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\ncat\n")
+    f:close()
+    local ok, err = pcall(function()
+        local tok <close> = ldm.tokenizer("bert", vocab)
+        eq(table.concat(tok:encode("a cat", 6):totable(), ","), "2,5,6,3,0,0", "ids")
+        for _, v in ipairs(out_of_int) do
+            raises("encode: context_length = " .. v, tok.encode, tok, "a cat", v)
+        end
+    end)
+    os.remove(vocab)
+    if not ok then error(err, 0) end
+end)
+
 test("error messages", function()
     raises("class label", demo.generate, demo, {class_label = 5000, steps = STEPS})
     raises("unknown option 'stpes'", demo.generate, demo, {class_label = 1, stpes = 10})

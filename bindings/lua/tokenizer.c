@@ -39,7 +39,7 @@ static int tok_encode(lua_State *L)
     if (!u->tok) luaL_error(L, "tokenizer is closed");
     int n = 0;
     const char *const *prompts = lb_strings(L, 2, &n);
-    int ctx = (int)luaL_optinteger(L, 3, 77);
+    int ctx = lb_arg_int(L, 3, "encode: context_length", 1, 77);
     ldm_tensor **out = lb_push_tensor_slot(L);
     lb_check(L, ldm_tokenizer_encode(u->tok, prompts, n, ctx, out), "ldm_tokenizer_encode");
     return 1;
