@@ -789,6 +789,26 @@ START_TEST(resample_fast_matches_reference)
 }
 END_TEST
 
+START_TEST(backward_reports_oom)
+{
+    lk_conv2d_shape s = {2, 3, 6, 5, 4, 3, 3, 2, 1, 1, 1, 1};
+    float *x = rbuf(conv_nx(&s)), *w = rbuf(conv_nw(&s)), *dy = rbuf(conv_ny(&s)), *dx = nanbuf(conv_nx(&s));
+    float *dw = nanbuf(conv_nw(&s)), *g = rbuf(s.in_ch);
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(lg_conv2d_backward(NULL, &s, x, w, dy, dx, dw, NULL), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(lg_group_norm_backward(NULL, x, 2, 3, 30, 3, 1e-5f, g, x, dx, dw, NULL), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(lg_layer_norm_backward(NULL, x, 6, 30, 1e-5f, NULL, x, dx, NULL, NULL), LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(1);
+    ck_assert_int_eq(lg_attention_backward(NULL, 2, 5, 6, 3, x, x, x, x, 0.5f, 0, dx, dw, dw + 36),
+                     LDM_ERR_OUT_OF_MEMORY);
+    ldm_alloc_fail_after(0);
+    ck_assert_int_eq(lg_conv2d_backward(NULL, &s, x, w, dy, dx, dw, NULL), LDM_OK);
+    free(x), free(w), free(dy), free(dx), free(dw), free(g);
+}
+END_TEST
+
 /* ---- embedding and channel split */
 
 static void fw_embedding(const problem *pb, double *y)
@@ -877,6 +897,7 @@ static Suite *grad_suite(void)
     tcase_add_test(fast, resample_fast_matches_reference);
     tcase_add_test(fast, embedding_fast_matches_reference);
     tcase_add_test(fast, split_channels_values);
+    tcase_add_test(fast, backward_reports_oom);
     suite_add_tcase(s, fast);
     return s;
 }

@@ -39,7 +39,7 @@ void lg_ref_conv2d_backward(const lk_conv2d_shape *s, const float *x, const floa
 /* ---- normalisation (grad_norm.c), torch semantics as lk_group_norm / lk_layer_norm: biased
  * variance, eps inside the square root, gamma NULL means 1 (beta does not enter a gradient).
  * GroupNorm over x [B,C,HW] -> dx, dgamma [C], dbeta [C]. LayerNorm over rows of [rows,dim] ->
- * dx, dgamma [dim], dbeta [dim]. The statistics are recomputed in double. */
+ * dx, dgamma [dim], dbeta [dim]. The statistics are recomputed in double; dx may equal dy. */
 ldm_status lg_group_norm_backward(const lctx *c, const float *x, int B, int C, int HW, int groups, float eps,
                                   const float *gamma, const float *dy, float *dx, float *dgamma, float *dbeta);
 void lg_ref_group_norm_backward(const float *x, int B, int C, int HW, int groups, float eps, const float *gamma,

@@ -114,7 +114,8 @@ static void pointwise_backward(const lctx *c, const lk_conv2d_shape *s, const fl
     }
 }
 
-/* One block of output rows [r0, r0+nr) of image b: its share of dw and of dx. */
+/* The block of output rows j->row0 .. j->row0 + j->rows - 1 of one image (dyb its output
+ * gradient): its share of dw (the first block of the first image overwrites) and of dx. */
 static void block_backward(const lctx *c, const lk_conv2d_shape *s, gcol_job *j, const float *w,
                            const float *dyb, float *dw, int first)
 {
