@@ -406,6 +406,8 @@ if fixture ldm_inpaint; then
         [ "$(png_size "$T/inp.png")" = 16x16 ]; then
         ok "inpaint with the LDM inpainting model"
     else bad "inpaint with the LDM inpainting model"; fi
+else
+    skip "ldm_inpaint fixture (set LDM_SHARED)"
 fi
 
 if fixture ldm_sr_concat; then
@@ -422,6 +424,8 @@ if fixture ldm_sr_concat; then
         --init "$T/lr.png" --steps 2 --seed 2 -o "$T/sr2.png" && png_text "$T/sr2.png" parameters | grep -q "CFG scale: 1,"; then
         ok "upscale: guidance off by default, recorded as 1"
     else bad "upscale: guidance off by default, recorded as 1"; fi
+else
+    skip "ldm_sr_concat fixture (set LDM_SHARED)"
 fi
 
 if fixture ldm_uncond_plms; then
@@ -446,6 +450,8 @@ if fixture cond_spatial_rescaler; then
         [ "$(png_size "$T/seg.png")" = 9x5 ]; then
         ok "semantic synthesis from a label PNG (38x22 -> 9x5)"
     else bad "semantic synthesis from a label PNG: $(png_size "$T/seg.png" 2>/dev/null)"; fi
+else
+    skip "cond_spatial_rescaler fixture (set LDM_SHARED)"
 fi
 
 if fixture cond_layout; then
@@ -454,6 +460,8 @@ if fixture cond_layout; then
         --layout "$T/layout.json" --steps 4 --seed 2 -o "$T/layout.png" && [ "$(png_size "$T/layout.png")" = 16x16 ]; then
         ok "layout-to-image from a JSON file"
     else bad "layout-to-image from a JSON file"; fi
+else
+    skip "cond_layout fixture (set LDM_SHARED)"
 fi
 
 if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" ]; then
@@ -473,6 +481,8 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         --config "$FX/ldm_sd1_txt2img/config.yaml" --prompt "a red fox" --steps 2 -o "$T/x.png" && has "$T/err" "vocab"; then
         ok "a missing vocabulary is explained, exit 1"
     else bad "a missing vocabulary is explained, exit 1"; fi
+else
+    skip "ldm_sd1_txt2img and the CLIP vocabulary fixture (set LDM_SHARED)"
 fi
 
 # ---------------------------------------------------------------- Ctrl-C
