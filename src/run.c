@@ -10,12 +10,16 @@
 #include "cli.h"
 
 static ldm_model *volatile running_model;
+/* Set by Ctrl-C: the model's flag is cleared when its next call starts, so a Ctrl-C between two
+ * images of a batch is remembered here. */
+static volatile sig_atomic_t interrupted;
 
 /* Ctrl-C: ask the library to stop; it returns LDM_CANCELLED at the next check. A second Ctrl-C
  * kills the process as usual. */
 static void on_sigint(int sig)
 {
     (void)sig;
+    interrupted = 1;
     if (running_model) ldm_model_interrupt(running_model);
     signal(SIGINT, SIG_DFL);
 }
@@ -266,7 +270,7 @@ static int generate_one(const cli_options *o, ldm_model *m, ldm_generate_params 
     else
         snprintf(label, sizeof label, "%s", o->command);
     cli_progress_init(bar, label, o->quiet);
-    ldm_status st = ldm_generate(m, &r, &image);
+    ldm_status st = interrupted ? LDM_CANCELLED : ldm_generate(m, &r, &image);
     cli_progress_done(bar);
     int rc = st == LDM_OK ? write_image(o, &r, image, k) : st == LDM_CANCELLED ? 130 : fail(o->command);
     if (st == LDM_CANCELLED) fprintf(stderr, "ldm: cancelled\n");
