@@ -8,6 +8,7 @@
 #include "io/weights.h"
 #include "io/zip.h"
 #include "support/ck_bytes.h"
+#include "support/ck_child.h"
 #include "support/ck_tmpdir.h"
 
 #include <dirent.h>
@@ -723,6 +724,63 @@ START_TEST(corrupted_files_never_crash)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- FIFOs (issue #12, D5) */
+
+/* `--model fifo` or `--config fifo` hung for ever: the file was opened (which blocks on a FIFO
+ * without a writer) before anything checked that it was a regular file. Every reader now refuses
+ * such a path before opening it. Each call runs in a child with a time limit so that a
+ * regression fails (status 142) instead of hanging the suite. */
+typedef enum { FIFO_CHECKPOINT, FIFO_MODEL, FIFO_CONFIG, FIFO_VOCAB, FIFO_PNG } fifo_use;
+
+typedef struct {
+    fifo_use use;
+    const char *fifo, *model;
+} fifo_job;
+
+static ldm_status open_fifo_as(const fifo_job *j)
+{
+    ldm_model_params p;
+    ldm_model_params_init(&p);
+    ldm_model *m = NULL;
+    lw_store *s = NULL;
+    ldm_tokenizer *tok = NULL;
+    ldm_tensor *img = NULL;
+    switch (j->use) {
+    case FIFO_CHECKPOINT: return lw_open(j->fifo, 0, &s);
+    case FIFO_MODEL: return ldm_model_load(j->fifo, &p, &m);
+    case FIFO_CONFIG: p.config_path = j->fifo; return ldm_model_load(j->model, &p, &m);
+    case FIFO_VOCAB: return ldm_tokenizer_load(LDM_TOKENIZER_BERT, j->fifo, &tok);
+    case FIFO_PNG: return ldm_image_read_png(j->fifo, &img);
+    }
+    return LDM_ERR_INTERNAL;
+}
+
+static int fifo_child(void *arg)
+{
+    const fifo_job *j = arg;
+    ldm_status st = open_fifo_as(j);
+    if (st != LDM_OK && strstr(ldm_last_error(), j->fifo) && strstr(ldm_last_error(), "FIFO")) return 0;
+    fprintf(stderr, "use %d: status %d: %s\n", (int)j->use, st, ldm_last_error());
+    return 1;
+}
+
+START_TEST(fifo_inputs_fail_at_once)
+{
+    const char *fifo = ck_tmp_path("input.fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0644), 0);
+    char fifo_path[600], model[600];
+    snprintf(fifo_path, sizeof fifo_path, "%s", fifo);
+    buf st = small_safetensors(); /* a checkpoint that opens, so that the config is read next */
+    snprintf(model, sizeof model, "%s", ck_tmp_write("small.safetensors", st.b, st.n));
+    free(st.b);
+    for (int use = FIFO_CHECKPOINT; use <= FIFO_PNG; use++) {
+        fifo_job j = {(fifo_use)use, fifo_path, model};
+        int rc = ck_child_run(fifo_child, &j, 20);
+        ck_assert_msg(rc == 0, "FIFO as input %d: child ended with %d (142: it blocked; see stderr)", use, rc);
+    }
+}
+END_TEST
+
 /* ---------------------------------------------------------------- main */
 
 static Suite *badinput_suite(void)
@@ -747,6 +805,7 @@ static Suite *badinput_suite(void)
     tcase_add_test(tc, zip_structure_errors);
     tcase_add_test(tc, allocation_failures_are_clean);
     tcase_add_test(tc, corrupted_files_never_crash);
+    tcase_add_test(tc, fifo_inputs_fail_at_once);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -357,7 +357,9 @@ START_TEST(open_reports_missing_and_foreign_files)
     lw_store *s = NULL;
     ck_assert_int_eq(lw_open("/nonexistent/model.ckpt", 0, &s), LDM_ERR_IO);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "/nonexistent/model.ckpt"));
-    ck_assert_int_eq(lw_open("/dev/null", 0, &s), LDM_ERR_FORMAT);
+    /* a device is refused before it is opened (a FIFO would block the open) */
+    ck_assert_int_eq(lw_open("/dev/null", 0, &s), LDM_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "character device"));
     ck_assert_ptr_null(s);
 }
 END_TEST

@@ -3,7 +3,6 @@
 #include "weights.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -13,12 +12,13 @@ ldm_status lw_map_file(const char *path, size_t min_size, const char *what_forma
 {
     *map = NULL;
     *size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ldm_fail(LDM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    LDM_TRY(lw_open_regular(path, NULL, LDM_ERR_IO, &fd));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
         close(fd);
-        return ldm_fail(LDM_ERR_IO, "%s: not a regular file", path);
+        return ldm_fail(LDM_ERR_IO, "%s: cannot read its size: %s", path, strerror(err));
     }
     if ((uint64_t)sb.st_size < min_size || sb.st_size == 0) {
         close(fd);

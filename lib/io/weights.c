@@ -459,8 +459,8 @@ ldm_status lw_open(const char *path, size_t max_alloc, lw_store **out)
 {
     *out = NULL;
     if (!path) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lw_open: NULL path");
-    FILE *f = fopen(path, "rb");
-    if (!f) return ldm_fail(LDM_ERR_IO, "%s: cannot open", path);
+    FILE *f;
+    LDM_TRY(lw_fopen_regular(path, NULL, LDM_ERR_IO, &f));
     unsigned char head[9];
     size_t got = fread(head, 1, sizeof head, f);
     fclose(f);

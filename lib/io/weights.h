@@ -9,6 +9,8 @@
 
 #include "../core/common.h"
 
+#include <stdio.h>
+
 typedef enum { LW_F32, LW_F16, LW_BF16, LW_F64, LW_I64, LW_I32, LW_I16, LW_I8, LW_U8, LW_BOOL } lw_dtype;
 
 typedef struct lw_tensor {
@@ -38,6 +40,16 @@ void lw_close(lw_store *store);
 /* Loader back ends (called by lw_open). */
 ldm_status lw_open_safetensors(const char *path, lw_store **out);
 ldm_status lw_open_ckpt(const char *path, lw_store **out);
+
+/* Opens `path` for reading only if it is a regular file (open_regular.c): a FIFO, device or
+ * directory is refused (LDM_ERR_IO) before any call that could block on it. Every file the library
+ * reads (checkpoint, config, vocabulary, PNG) is opened through these. Messages read "<what>
+ * <path>: ..." (`what` may be NULL); a missing file fails with `if_missing`, other errors with
+ * LDM_ERR_IO. The descriptor is O_CLOEXEC and blocking. */
+ldm_status lw_open_regular(const char *path, const char *what, ldm_status if_missing, int *fd);
+ldm_status lw_fopen_regular(const char *path, const char *what, ldm_status if_missing, FILE **out);
+/* "a directory", "a FIFO", ... for a st_mode, in messages. */
+const char *lw_file_kind(unsigned mode);
 
 /* Maps a whole regular file read-only (release with munmap). Files shorter than `min_size`
  * bytes fail with LDM_ERR_FORMAT naming `what_format`. */

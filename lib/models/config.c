@@ -726,8 +726,8 @@ ldm_status ld_config_parse(const char *yaml_text, size_t len, const char *name, 
 
 static ldm_status read_file(const char *path, char **text, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ldm_fail(LDM_ERR_IO, "cannot open config %s: %s", path, strerror(errno));
+    FILE *f;
+    LDM_TRY(lw_fopen_regular(path, "config", LDM_ERR_IO, &f)); /* a FIFO would block fopen forever */
     size_t cap = 1 << 14, n = 0;
     char *buf = ldm_malloc(cap);
     ldm_status st = buf ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;

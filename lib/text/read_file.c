@@ -2,9 +2,11 @@
  * gzip files and read anything else transparently, so one path serves bpe_simple_vocab_16e6.txt.gz
  * and a plain vocab.txt. */
 #include "strmap.h"
+#include "../io/weights.h"
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define READ_CHUNK (1u << 16)
@@ -74,12 +76,12 @@ static ldm_status read_all(gzFile f, const char *path, const char *what, size_t 
 ldm_status ltx_read_file(const char *path, const char *what, size_t max_bytes, char **data, size_t *len)
 {
     if (!path) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: no path given", what);
-    errno = 0;
-    gzFile f = gzopen(path, "rb");
+    int fd;
+    LDM_TRY(lw_open_regular(path, what, LDM_ERR_NOT_FOUND, &fd));
+    gzFile f = gzdopen(fd, "rb"); /* gzclose closes fd; a failed gzdopen does not */
     if (!f) {
-        int e = errno;
-        return ldm_fail(e == ENOENT ? LDM_ERR_NOT_FOUND : LDM_ERR_IO, "%s %s: cannot open: %s", what, path,
-                        e ? strerror(e) : "out of memory");
+        close(fd);
+        return ldm_fail(LDM_ERR_OUT_OF_MEMORY, "%s %s: cannot start reading: out of memory", what, path);
     }
     ldm_status st = read_all(f, path, what, max_bytes, data, len);
     gzclose(f);
