@@ -37,6 +37,19 @@ from .tokenizer import Tokenizer
 #: Where the shared library was loaded from.
 library_path = _api.library_path
 
+#: generate(uncond_class=...): the model's own unconditional class (the default) / none at all.
+UNCOND_CLASS_AUTO = _api.UNCOND_CLASS_AUTO
+UNCOND_CLASS_NONE = _api.UNCOND_CLASS_NONE
+
+
+def set_thread_max_alloc(max_bytes):
+    """Caps single allocations made by the calling thread's library calls at max_bytes (0: no
+    cap, the default) and returns the previous cap (ldm_set_thread_max_alloc). It applies to
+    calls without a model (read_png, tokenizers, layout_tokens, tensors) and to a model's calls
+    when the model has no max_alloc_bytes of its own (else the smaller of the two). A refused
+    allocation raises LimitError. Per thread: other threads keep their own cap."""
+    return _api.lib.ldm_set_thread_max_alloc(_api.integer(max_bytes, "max_bytes", "size_t"))
+
 
 def version():
     """The library's version string (ldm_version()), e.g. "0.1.0"."""
@@ -55,5 +68,6 @@ __all__ = [
     "InvalidArgumentError", "LdmError", "LimitError", "Model", "NotFoundError", "NumericError",
     "OutOfMemoryError", "Sampler", "SecurityError", "Tensor", "Tokenizer", "UNet", "UnsupportedError",
     "as_tensor", "layout_tokens", "library_path", "numpy_enabled", "posterior_split", "randn",
-    "read_png", "read_png_gray", "set_numpy", "version", "version_number", "write_png",
+    "read_png", "read_png_gray", "set_numpy", "set_thread_max_alloc", "UNCOND_CLASS_AUTO", "UNCOND_CLASS_NONE",
+    "version", "version_number", "write_png",
 ]

@@ -31,6 +31,8 @@ AUTOENCODER_KINDS = {0: "kl", 1: "vq"}
 CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 4: "bert",
                      5: "spatial_rescaler", 6: "first_stage", 7: "identity"}
 LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
+UNCOND_CLASS_AUTO = -1  # LDM_UNCOND_CLASS_AUTO: the model's own unconditional class, if any
+UNCOND_CLASS_NONE = -2  # LDM_UNCOND_CLASS_NONE: the model has none
 
 # ---------------------------------------------------------------- callbacks and structs
 
@@ -57,7 +59,8 @@ class GenerateParams(Structure):
                 ("guidance_scale", c_float), ("seed", c_uint64), ("init_image", c_void_p),
                 ("strength", c_float), ("mask", c_void_p), ("cond_image", c_void_p),
                 ("layout_tokens", c_void_p), ("vae_tile", c_int),
-                ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p)]
+                ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p),
+                ("uncond_class", c_int)]
 
 
 # The library refuses struct_size above this, so it is also the most any *_params_init may write.
@@ -98,6 +101,7 @@ _proto("ldm_version_number", c_int)
 _proto("ldm_status_string", c_char_p, c_int)
 _proto("ldm_last_error", c_char_p)
 _proto("ldm_clear_error", None)
+_proto("ldm_set_thread_max_alloc", c_size_t, c_size_t)
 
 _proto("ldm_tensor_create", _S, c_int, c_int, POINTER(c_int64), _OUT)
 _proto("ldm_tensor_wrap", _S, c_int, c_int, POINTER(c_int64), c_void_p, _OUT)
@@ -116,6 +120,7 @@ _proto("ldm_model_interrupt", None, _P)
 _proto("ldm_model_set_threads", _S, _P, c_int)
 _proto("ldm_model_set_abort_callback", _S, _P, ABORT_CALLBACK, c_void_p)
 _proto("ldm_model_describe", c_char_p, _P)
+_proto("ldm_model_config_path", c_char_p, _P)
 _proto("ldm_model_autoencoder", _S, _P, _OUT)
 _proto("ldm_model_unet", _S, _P, _OUT)
 _proto("ldm_model_conditioner", _S, _P, _OUT)
@@ -164,6 +169,7 @@ _proto("ldm_model_sampler", _S, _P, POINTER(SamplerParams), _OUT)
 
 _proto("ldm_generate_params_init", None, c_void_p)
 _proto("ldm_generate", _S, _P, POINTER(GenerateParams), _OUT)
+_proto("ldm_generate_params_resolve", _S, _P, POINTER(GenerateParams), POINTER(GenerateParams))
 
 _proto("ldm_image_read_png", _S, c_char_p, _OUT)
 _proto("ldm_image_read_png_gray", _S, c_char_p, c_int, _OUT)

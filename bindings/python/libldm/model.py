@@ -1,6 +1,7 @@
 """Model: a loaded latent diffusion model (or a standalone autoencoder) and its calls."""
 import contextlib
 import ctypes
+import os
 import threading
 import weakref
 
@@ -142,6 +143,15 @@ class Model:
         with self._running() as h:
             return _lib.ldm_model_describe(h).decode("utf-8", "replace")
 
+    @property
+    def config_path(self):
+        """The YAML config the model was built from (the one given to load(), else the one found
+        beside the checkpoint: <name>.yaml, then config.yaml), or None when the architecture was
+        detected from the tensor names (and for built-in models)."""
+        with self._running() as h:
+            path = _lib.ldm_model_config_path(h)
+        return os.fsdecode(path) if path is not None else None
+
     def set_threads(self, n):
         with self._running() as h:
             self._check(_lib.ldm_model_set_threads(h, _api.integer(n, "n")), "ldm_model_set_threads")
@@ -254,47 +264,112 @@ class Model:
     def generate(self, prompt=None, negative_prompt=None, class_label=None, width=None, height=None,
                  batch=None, sampler=None, steps=None, eta=None, guidance_scale=None, seed=None,
                  init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
-                 vae_tile=None, x_T=None, progress=None):
+                 vae_tile=None, x_T=None, uncond_class=None, progress=None):
         """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
 
-        Arguments left at None keep the library's defaults (50 DDIM steps, guidance 7.5, ...).
+        Arguments left at None keep the library's defaults (50 DDIM steps, the training size,
+        guidance_scale 0 = the model's own default: 7.5 for text models, 3 for class models with
+        an unconditional class, 1 = off otherwise; resolve_generate_params() tells the values).
+        uncond_class (class-conditional models): the class that means "no class", used for the
+        unconditional branch of guidance and when class_label is not given: None or "auto" = the
+        model's own (the last class, unless its config says it has none), "none" = the model has
+        none, or a class number.
         x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
         progress: fn(step, total) called after each step; returning True stops the run
         (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
         interrupt() from another thread also stops it (libldm.Cancelled), and Ctrl-C (SIGINT) in the
         main thread stops it with KeyboardInterrupt."""
-        p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
-        texts = {"prompt": prompt, "negative_prompt": negative_prompt}
-        for field, value in texts.items():
-            if value is not None:
-                setattr(p, field, value.encode("utf-8"))
-        integers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
-                    "steps": steps, "vae_tile": vae_tile}
-        for field, value in integers.items():
-            if value is not None:
-                setattr(p, field, _api.integer(value, field))
-        if seed is not None:
-            p.seed = _api.integer(seed, "seed", "uint64")
-        for field, value in {"eta": eta, "guidance_scale": guidance_scale, "strength": strength}.items():
-            if value is not None:
-                setattr(p, field, float(value))
-        if sampler is not None:
-            p.sampler = _enum(_api.SAMPLERS, sampler, "sampler")
         guard = _callbacks.Progress(progress)
-        p.progress = guard.c_function
         out = ctypes.c_void_p()
-        with Args() as a, self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
-            p.init_image = a.tensor(init_image)
-            p.mask = a.tensor(mask)
-            p.cond_image = a.tensor(cond_image)
-            p.layout_tokens = a.tensor(layout_tokens, "int64")
-            p.x_T = a.tensor(x_T)
-            status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
-            image = result(out.value) if status == _api.LDM_OK else None
-            guard.raise_pending()
-            self._raise_abort_error()
-            if sigint is not None and sigint["hit"]:
-                raise KeyboardInterrupt
-            check(status, "ldm_generate")
+        with Args() as a:
+            p = _generate_params(a, prompt=prompt, negative_prompt=negative_prompt, class_label=class_label,
+                                 width=width, height=height, batch=batch, sampler=sampler, steps=steps, eta=eta,
+                                 guidance_scale=guidance_scale, seed=seed, init_image=init_image, strength=strength,
+                                 mask=mask, cond_image=cond_image, layout_tokens=layout_tokens, vae_tile=vae_tile,
+                                 x_T=x_T, uncond_class=uncond_class)
+            p.progress = guard.c_function
+            with self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
+                status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
+                image = result(out.value) if status == _api.LDM_OK else None
+                guard.raise_pending()
+                self._raise_abort_error()
+                if sigint is not None and sigint["hit"]:
+                    raise KeyboardInterrupt
+                check(status, "ldm_generate")
         return image
+
+    def resolve_generate_params(self, **kwargs):
+        """What generate(**kwargs) would run with, without running it (ldm_generate_params_resolve):
+        a dict of the scalar parameters with every model-dependent default made explicit -- width
+        and height, guidance_scale, uncond_class (a class number, or "none"), class_label (the
+        unconditional class when none was given) -- plus prompt, negative_prompt, batch,
+        sampler (its name), steps, eta, seed, strength and vae_tile. Takes generate()'s keyword
+        arguments (progress is accepted and ignored) and raises what generate() would raise for an
+        invalid combination."""
+        kwargs.pop("progress", None)
+        resolved = _api.GenerateParams()
+        with Args() as a:
+            p = _generate_params(a, **kwargs)
+            with self._running() as h:
+                self._check(_lib.ldm_generate_params_resolve(h, ctypes.byref(p), ctypes.byref(resolved)),
+                            "ldm_generate_params_resolve")
+        out = {}
+        for field in ("prompt", "negative_prompt"):
+            value = getattr(resolved, field)
+            out[field] = value.decode("utf-8") if value is not None else ""
+        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile"):
+            out[field] = getattr(resolved, field)
+        for field in ("eta", "guidance_scale", "strength"):
+            out[field] = float(getattr(resolved, field))
+        out["sampler"] = _SAMPLER_NAMES.get(resolved.sampler, resolved.sampler)
+        out["uncond_class"] = "none" if resolved.uncond_class == _api.UNCOND_CLASS_NONE else resolved.uncond_class
+        return out
+
+
+# one name per sampler kind (the first spelling in _api.SAMPLERS)
+_SAMPLER_NAMES = {}
+for _name, _kind in _api.SAMPLERS.items():
+    _SAMPLER_NAMES.setdefault(_kind, _name)
+
+
+def _uncond_class(value):
+    if value is None or value == "auto":
+        return _api.UNCOND_CLASS_AUTO
+    if value == "none":
+        return _api.UNCOND_CLASS_NONE
+    if isinstance(value, str):
+        raise ValueError("uncond_class %r: expected None, \"auto\", \"none\" or a class number" % (value,))
+    return _api.integer(value, "uncond_class")
+
+
+def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, width=None, height=None, batch=None,
+                     sampler=None, steps=None, eta=None, guidance_scale=None, seed=None, init_image=None,
+                     strength=None, mask=None, cond_image=None, layout_tokens=None, vae_tile=None, x_T=None,
+                     uncond_class=None):
+    """An ldm_generate_params from generate()'s arguments (None: the library's default); tensors
+    are converted into `a` (an Args), which must outlive the call."""
+    p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
+    texts = {"prompt": prompt, "negative_prompt": negative_prompt}
+    for field, value in texts.items():
+        if value is not None:
+            setattr(p, field, value.encode("utf-8"))
+    integers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
+                "steps": steps, "vae_tile": vae_tile}
+    for field, value in integers.items():
+        if value is not None:
+            setattr(p, field, _api.integer(value, field))
+    if seed is not None:
+        p.seed = _api.integer(seed, "seed", "uint64")
+    for field, value in {"eta": eta, "guidance_scale": guidance_scale, "strength": strength}.items():
+        if value is not None:
+            setattr(p, field, float(value))
+    if sampler is not None:
+        p.sampler = _enum(_api.SAMPLERS, sampler, "sampler")
+    p.uncond_class = _uncond_class(uncond_class)
+    p.init_image = a.tensor(init_image)
+    p.mask = a.tensor(mask)
+    p.cond_image = a.tensor(cond_image)
+    p.layout_tokens = a.tensor(layout_tokens, "int64")
+    p.x_T = a.tensor(x_T)
+    return p

@@ -2,6 +2,9 @@
 import ctypes
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import unittest
 
 import libldm
@@ -38,13 +41,42 @@ class AbiTest(unittest.TestCase):
             self.assertEqual(lib_size, ctypes.sizeof(struct), struct.__name__)
         g, _ = _api.init_params(_api.GenerateParams, _api.lib.ldm_generate_params_init)
         self.assertEqual((g.class_label, g.batch, g.sampler, g.steps, g.seed), (-1, 1, 0, 50, 0))
-        self.assertAlmostEqual(g.guidance_scale, 7.5)
+        self.assertEqual(g.guidance_scale, 0.0)  # the model's own default
+        self.assertEqual(g.uncond_class, libldm.UNCOND_CLASS_AUTO)  # the last field
         self.assertAlmostEqual(g.strength, 0.75)
         self.assertFalse(g.progress)
+        self.assertFalse(g.x_T)
         s, _ = _api.init_params(_api.SamplerParams, _api.lib.ldm_sampler_params_init)
         self.assertEqual((s.kind, s.steps, s.ddim_quad, s.seed), (0, 50, 0, 0))
         m, _ = _api.init_params(_api.ModelParams, _api.lib.ldm_model_params_init)
         self.assertEqual((m.config_path, m.n_threads, m.weights, m.max_alloc_bytes), (None, 0, 0, 0))
+
+    @unittest.skipUnless(shutil.which(os.environ.get("CC", "cc")), "no C compiler")
+    def test_param_struct_fields_match_the_header(self):
+        # offsetof/sizeof of every field as a C compiler lays out include/ldm.h, against ctypes
+        structs = (("ldm_model_params", _api.ModelParams), ("ldm_sampler_params", _api.SamplerParams),
+                   ("ldm_generate_params", _api.GenerateParams))
+        lines = ['#include <stddef.h>', '#include <stdio.h>', '#include "ldm.h"', "int main(void) {"]
+        for cname, struct in structs:
+            lines.append('printf("%s %%zu\\n", sizeof(%s));' % (cname, cname))
+            for field, _ in struct._fields_:
+                lines.append('printf("%s.%s %%zu %%zu\\n", offsetof(%s, %s), sizeof(((%s *)0)->%s));'
+                             % (cname, field, cname, field, cname, field))
+        lines += ["return 0;", "}"]
+        with tempfile.TemporaryDirectory() as tmp:
+            src, exe = os.path.join(tmp, "layout.c"), os.path.join(tmp, "layout")
+            with open(src, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            subprocess.run([os.environ.get("CC", "cc"), "-std=c11", "-I", os.path.join(REPO, "include"), src, "-o", exe],
+                           check=True, capture_output=True, timeout=120)
+            out = subprocess.run([exe], check=True, capture_output=True, text=True, timeout=60).stdout
+        c_layout = {line.split()[0]: tuple(int(v) for v in line.split()[1:]) for line in out.splitlines()}
+        for cname, struct in structs:
+            self.assertEqual(c_layout[cname], (ctypes.sizeof(struct),), cname)
+            for field, ctype in struct._fields_:
+                got = (getattr(struct, field).offset, ctypes.sizeof(ctype))
+                self.assertEqual(got, c_layout["%s.%s" % (cname, field)], "%s.%s (offset, size)" % (cname, field))
+        # (equal sizes with equal offsets: no field of the header is missing, at the end either)
 
     def test_every_status_has_its_exception(self):
         classes = set()
