@@ -539,7 +539,11 @@ LDM_API ldm_status ldm_generate_params_resolve(ldm_model *model, const ldm_gener
 /* Reads a PNG (8- or 16-bit; gray, gray+alpha, RGB, RGBA or palette) as F32 [1,3,H,W] in [-1,1],
  * computed as the CompVis scripts do: 2*(v/255) - 1. Alpha is dropped, gray is replicated to the
  * three channels and 16-bit samples keep their high byte (as PIL's convert("RGB")). Sides above
- * 16384 pixels are refused (LDM_ERR_LIMIT); corrupt files give LDM_ERR_FORMAT. */
+ * 16384 pixels are refused (LDM_ERR_LIMIT); corrupt files give LDM_ERR_FORMAT. `path` must be a
+ * regular file (or a link to one): a FIFO, device or directory fails at once with LDM_ERR_IO
+ * instead of blocking. Ancillary chunks (text, ICC profile, EXIF, ...) are skipped unread, so
+ * memory stays bounded by the image size whatever lengths they claim; every allocation is
+ * subject to the thread's cap (ldm_set_thread_max_alloc). Both readers behave alike. */
 LDM_API ldm_status ldm_image_read_png(const char *path, ldm_tensor **out);
 /* Reads a single-channel PNG (mask or label map) as F32 [1,1,H,W].
  * normalize = 1: values in [0,1] (v/255) after converting colour images to luminance like PIL's
@@ -549,7 +553,15 @@ LDM_API ldm_status ldm_image_read_png_gray(const char *path, int normalize, ldm_
 /* Writes the first image of `image` (F32 [B,3,H,W] or [3,H,W], values in [-1,1]) as an 8-bit RGB
  * PNG, each sample = (uint8)(255 * clamp((x+1)/2, 0, 1)) (truncated, as the CompVis scripts'
  * astype(np.uint8)). n_text key/value pairs are stored as tEXt chunks (iTXt when a value is not
- * ASCII); keys are 1..79 printable Latin-1 characters. Either array may be NULL when n_text = 0. */
+ * ASCII); keys are 1..79 printable Latin-1 characters. Either array may be NULL when n_text = 0.
+ * The file is replaced atomically: the image is written to a temporary file in the same folder
+ * (".<name>.XXXXXX.tmp"), flushed to disk and renamed over `path`, so a failed write (full disk,
+ * file-size limit) leaves an existing file untouched and removes only its own temporary file
+ * (LDM_ERR_IO naming the path). A new file gets mode 0666 less the umask; a replaced one keeps
+ * its permissions. Only a regular file or a path that does not exist is written: a directory,
+ * FIFO, device or socket is refused with LDM_ERR_INVALID_ARGUMENT and never opened or deleted. A
+ * symbolic link is followed: the regular file it leads to is replaced and the link stays (a link
+ * to anything else, or to nothing, is refused). */
 LDM_API ldm_status ldm_image_write_png(const char *path, const ldm_tensor *image, const char *const *text_keys,
                                        const char *const *text_values, int n_text);
 

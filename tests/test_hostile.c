@@ -10,6 +10,7 @@
 #include "io/weights.h"
 #include "io/zip.h"
 #include "support/ck_bytes.h"
+#include "support/ck_child.h"
 #include "text/unicode.h"
 #include "support/ck_tmpdir.h"
 
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -712,6 +714,102 @@ START_TEST(fuzz_png_declaring_more_than_it_holds)
 }
 END_TEST
 
+/* Issue #12 (D1): libpng read every ancillary chunk it knows whole into one zeroed buffer, and
+ * its chunk-size limit was only a warning, which our warning callback dropped. A 141-byte file
+ * (IHDR, then a tEXt/zTXt/iTXt/sPLT/pCAL/sCAL/iCCP/eXIf header claiming 2^31-1 bytes, then what
+ * would be IDAT and IEND) made both readers allocate and zero 2 GB (6-16 s, 2.1 GB peak). */
+static const char *const png_bomb_types[] = {"tEXt", "zTXt", "iTXt", "sPLT", "pCAL",
+                                             "sCAL", "iCCP", "eXIf", "prVt" /* unknown, private */};
+#define N_PNG_BOMBS (sizeof png_bomb_types / sizeof *png_bomb_types)
+
+static buf png_length_bomb(const char *type)
+{
+    buf o = {0};
+    put(&o, "\x89PNG\r\n\x1a\n", 8);
+    unsigned char ihdr[13] = {0, 0, 0, 16, 0, 0, 0, 16, 8, 2, 0, 0, 0}; /* 16 x 16 RGB 8-bit */
+    png_chunk(&o, "IHDR", ihdr, 13);
+    put(&o, "\x7f\xff\xff\xff", 4); /* length 2^31 - 1: the largest PNG allows */
+    put(&o, type, 4);
+    puts_(&o, "Comment");
+    put8(&o, 0);
+    unsigned char rows[16 * 49] = {0}, idat[64];
+    uLongf n = sizeof idat;
+    ck_assert_int_eq(compress(idat, &n, rows, sizeof rows), Z_OK);
+    png_chunk(&o, "IDAT", idat, (uint32_t)n);
+    png_chunk(&o, "IEND", "", 0);
+    return o;
+}
+
+typedef struct {
+    char paths[N_PNG_BOMBS][512];
+} png_bombs;
+
+/* Not under ASan (see ck_child.h): the address space may grow by 1 GB, so an allocation of
+ * gigabytes fails at once instead of swapping the machine. */
+static void limit_address_space(void)
+{
+    long vm_kb = ck_proc_status_kb("VmSize");
+    if (CK_ASAN || vm_kb < 0) return;
+    struct rlimit rl = {(rlim_t)(vm_kb + (1L << 20)) * 1024, (rlim_t)(vm_kb + (1L << 20)) * 1024};
+    setrlimit(RLIMIT_AS, &rl);
+}
+
+/* One read of a bomb: a clean format error naming the file (or success), quickly. */
+static int read_bomb_once(const char *path, int gray)
+{
+    ldm_tensor *t = NULL;
+    double t0 = now_s();
+    ldm_status st = gray ? ldm_image_read_png_gray(path, 1, &t) : ldm_image_read_png(path, &t);
+    double dt = now_s() - t0;
+    ldm_tensor_free(t);
+    if (st != LDM_OK && (st != LDM_ERR_FORMAT || !strstr(ldm_last_error(), path))) {
+        fprintf(stderr, "%s (gray %d): status %d: %s\n", path, gray, st, ldm_last_error());
+        return 1;
+    }
+    if (dt > 2.0) {
+        fprintf(stderr, "%s (gray %d): %.1f s\n", path, gray, dt);
+        return 1;
+    }
+    return 0;
+}
+
+/* In a child: every bomb through both readers, without and with a 1 MB allocation cap; the peak
+ * resident size may not grow by more than 64 MB. */
+static int read_bombs_child(void *arg)
+{
+    const png_bombs *b = arg;
+    limit_address_space();
+    int have_peak = ck_reset_peak_rss() == 0;
+    long before = ck_proc_status_kb("VmHWM");
+    for (size_t i = 0; i < N_PNG_BOMBS; i++)
+        for (int capped = 0; capped < 2; capped++)
+            for (int gray = 0; gray < 2; gray++) {
+                ldm_alloc_set_cap(capped ? (size_t)1 << 20 : 0);
+                if (read_bomb_once(b->paths[i], gray)) return 1;
+            }
+    long after = ck_proc_status_kb("VmHWM");
+    if (have_peak && before >= 0 && after - before > 64 * 1024) {
+        fprintf(stderr, "PNG bombs: peak resident size grew by %ld MB\n", (after - before) >> 10);
+        return 2;
+    }
+    return 0;
+}
+
+START_TEST(png_ancillary_chunk_bombs)
+{
+    png_bombs b;
+    for (size_t i = 0; i < N_PNG_BOMBS; i++) {
+        buf o = png_length_bomb(png_bomb_types[i]);
+        char name[32];
+        snprintf(name, sizeof name, "bomb-%s.png", png_bomb_types[i]);
+        snprintf(b.paths[i], sizeof b.paths[i], "%s", ck_tmp_write(name, o.b, o.n));
+        free(o.b);
+    }
+    int rc = ck_child_run(read_bombs_child, &b, 60);
+    ck_assert_msg(rc == 0, "PNG length bombs: child ended with %d (142: timed out; see stderr)", rc);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- main */
 
 static Suite *hostile_suite(void)
@@ -730,6 +828,7 @@ static Suite *hostile_suite(void)
     tcase_add_test(tc, fuzz_empty_text_buffers_own_storage);
     tcase_add_test(tc, fuzz_png_declaring_more_than_it_holds);
     tcase_add_test(tc, fuzz_vocab_with_empty_lines);
+    tcase_add_test(tc, png_ancillary_chunk_bombs);
     suite_add_tcase(s, tc);
     return s;
 }

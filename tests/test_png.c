@@ -5,6 +5,7 @@
 
 #include "ldm.h"
 #include "support/ck_bytes.h"
+#include "support/ck_child.h"
 #include "support/ck_tmpdir.h"
 
 #include <dirent.h>
@@ -13,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 static void write_whole(const char *path, const void *data, size_t len)
@@ -200,6 +204,258 @@ START_TEST(writer_rejects_bad_arguments)
     ck_assert_int_eq(ldm_tensor_create(LDM_I64, 3, (int64_t[]){3, 2, 2}, &ints), LDM_OK);
     ck_assert_int_eq(ldm_image_write_png(ck_tmp_path("k.png"), ints, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
     ldm_tensor_free(ints);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- replacing files (issue #12) */
+
+/* Incompressible pixels, so the PNG is about as large as its raw bytes. */
+static float noise_value(int c, int64_t y, int64_t x)
+{
+    uint32_t h = (uint32_t)(c * 0x9E3779B1u) ^ (uint32_t)(y * 0x85EBCA77u) ^ (uint32_t)(x * 0xC2B2AE3Du);
+    h ^= h >> 15;
+    h *= 0x2C1B3C6Du;
+    h ^= h >> 12;
+    return (float)(h & 0xFF) / 127.5f - 1.0f;
+}
+
+/* Names in folder `dir` other than . and .., counted; `only` (may be NULL) must be the one. */
+static int count_entries(const char *dir, const char *only)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        n++;
+        if (only) ck_assert_msg(strcmp(de->d_name, only) == 0, "%s: unexpected entry %s", dir, de->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+static void make_subdir(const char *name, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", ck_tmp_path(name));
+    ck_assert_int_eq(mkdir(out, 0755), 0);
+}
+
+/* Removes the (flat) folder made by make_subdir: ck_run_in_tmpdir only empties the top one. */
+static void remove_subdir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *de;
+    char path[1024];
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (rmdir(path) != 0) unlink(path);
+    }
+    closedir(d);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+
+typedef struct {
+    const char *path;
+    const ldm_tensor *img;
+    ldm_status want;
+} write_job;
+
+/* In a child: files may not grow past 64 KB (SIGXFSZ ignored, so writes fail with EFBIG). */
+static int write_under_fsize_limit(void *arg)
+{
+    const write_job *j = arg;
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl = {64 << 10, 64 << 10};
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0) return 90;
+    ldm_status st = ldm_image_write_png(j->path, j->img, NULL, NULL, 0);
+    if (st == j->want && strstr(ldm_last_error(), j->path)) return 0;
+    fprintf(stderr, "%s: status %d, want %d: %s\n", j->path, st, j->want, ldm_last_error());
+    return 1;
+}
+
+/* D2: `-o keep.png` that failed (disk full, file-size limit) truncated keep.png, then deleted it. */
+START_TEST(failed_write_keeps_the_previous_file)
+{
+    char dir[512], keep[600];
+    make_subdir("fsize", dir, sizeof dir);
+    snprintf(keep, sizeof keep, "%s/keep.png", dir);
+    ldm_tensor *small = make_image(1, 8, 8, pattern_value), *big = make_image(1, 256, 256, noise_value);
+    ck_assert_int_eq(ldm_image_write_png(keep, small, NULL, NULL, 0), LDM_OK);
+    size_t len0, len1;
+    unsigned char *before = read_whole(keep, &len0);
+    write_job j = {keep, big, LDM_ERR_IO};
+    int rc = ck_child_run(write_under_fsize_limit, &j, 60);
+    ck_assert_msg(rc == 0, "child ended with %d (see stderr)", rc);
+    unsigned char *after = read_whole(keep, &len1);
+    ck_assert_msg(after != NULL, "keep.png was deleted by the failed write");
+    ck_assert_msg(len0 == len1 && memcmp(before, after, len0) == 0, "keep.png changed");
+    ck_assert_int_eq(count_entries(dir, "keep.png"), 1); /* no temporary file left */
+    /* without the limit the same write replaces it */
+    ck_assert_msg(ldm_image_write_png(keep, big, NULL, NULL, 0) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor *back = NULL;
+    ck_assert_int_eq(ldm_image_read_png(keep, &back), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_dim(back, 3), 256);
+    ck_assert_int_eq(count_entries(dir, "keep.png"), 1);
+    ldm_tensor_free(back);
+    free(before);
+    free(after);
+    ldm_tensor_free(small);
+    ldm_tensor_free(big);
+    remove_subdir(dir);
+}
+END_TEST
+
+START_TEST(write_into_missing_or_read_only_folder)
+{
+    ldm_tensor *img = make_image(1, 4, 4, pattern_value);
+    const char *missing = ck_tmp_path("no-such-folder/x.png");
+    ck_assert_int_eq(ldm_image_write_png(missing, img, NULL, NULL, 0), LDM_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), missing));
+    char dir[512], path[600];
+    make_subdir("read-only", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/x.png", dir);
+    ck_assert_int_eq(chmod(dir, 0555), 0);
+    /* root writes into a 0555 folder anyway: then only the message-free success is checked */
+    ldm_status st = ldm_image_write_png(path, img, NULL, NULL, 0);
+    if (geteuid() != 0) {
+        ck_assert_int_eq(st, LDM_ERR_IO);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), path));
+        ck_assert_int_eq(count_entries(dir, NULL), 0);
+    } else {
+        ck_assert_int_eq(st, LDM_OK);
+    }
+    ck_assert_int_eq(chmod(dir, 0755), 0);
+    remove_subdir(dir);
+    ldm_tensor_free(img);
+}
+END_TEST
+
+/* A write that must be refused, in a child with a time limit: the old writer blocked forever in
+ * fopen() on a FIFO without a reader. */
+static int refused_write(void *arg)
+{
+    const write_job *j = arg;
+    ldm_status st = ldm_image_write_png(j->path, j->img, NULL, NULL, 0);
+    if (st == LDM_ERR_INVALID_ARGUMENT && strstr(ldm_last_error(), j->path)) return 0;
+    fprintf(stderr, "%s: status %d: %s\n", j->path, st, ldm_last_error());
+    return 1;
+}
+
+static void expect_refused(const char *path, const ldm_tensor *img, mode_t kind)
+{
+    write_job j = {path, img, LDM_ERR_INVALID_ARGUMENT};
+    int rc = ck_child_run(refused_write, &j, 20);
+    ck_assert_msg(rc == 0, "%s: child ended with %d (142: it blocked; see stderr)", path, rc);
+    struct stat sb;
+    ck_assert_msg(lstat(path, &sb) == 0, "%s was deleted", path);
+    ck_assert_msg((sb.st_mode & S_IFMT) == kind, "%s changed kind", path);
+}
+
+/* A character device like /dev/full (1,7): our own node in the scratch folder when we may make
+ * one (root), so that a regression deletes that copy, never the real one; else /dev/full itself,
+ * which a user who is not root cannot delete. NULL when neither is usable. */
+static const char *full_device(void)
+{
+    const char *copy = ck_tmp_path("full");
+    if (mknod(copy, S_IFCHR | 0666, makedev(1, 7)) == 0) return copy;
+    return geteuid() != 0 && access("/dev/full", W_OK) == 0 ? "/dev/full" : NULL;
+}
+
+/* D3: the writer never opens, truncates or deletes anything but a regular file (as root,
+ * `-o /dev/full` deleted the device node). A symbolic link to a regular file is written through. */
+START_TEST(writer_refuses_what_is_not_a_regular_file)
+{
+    ldm_tensor *img = make_image(1, 4, 4, pattern_value);
+    const char *fifo = ck_tmp_path("fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0644), 0);
+    expect_refused(fifo, img, S_IFIFO);
+    char link_to_fifo[600];
+    snprintf(link_to_fifo, sizeof link_to_fifo, "%s", ck_tmp_path("link-to-fifo"));
+    ck_assert_int_eq(symlink("fifo", link_to_fifo), 0);
+    expect_refused(link_to_fifo, img, S_IFLNK);
+    char dir[512];
+    make_subdir("a-folder", dir, sizeof dir);
+    expect_refused(dir, img, S_IFDIR);
+    rmdir(dir);
+    const char *dev = full_device();
+    if (dev) {
+        char devpath[600];
+        snprintf(devpath, sizeof devpath, "%s", dev);
+        expect_refused(devpath, img, S_IFCHR);
+        if (strcmp(devpath, "/dev/full") != 0) unlink(devpath);
+    }
+    /* a link that leads nowhere: not followed into a new file */
+    const char *dangling = ck_tmp_path("dangling.png");
+    ck_assert_int_eq(symlink("nowhere/x.png", dangling), 0);
+    ck_assert_int_eq(ldm_image_write_png(dangling, img, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "dangling.png"));
+    ldm_tensor_free(img);
+}
+END_TEST
+
+START_TEST(symlink_to_a_file_is_written_through)
+{
+    ldm_tensor *small = make_image(1, 4, 4, pattern_value), *other = make_image(1, 6, 5, pattern_value);
+    char real[600], link[600];
+    snprintf(real, sizeof real, "%s", ck_tmp_path("real.png"));
+    snprintf(link, sizeof link, "%s", ck_tmp_path("link.png"));
+    ck_assert_int_eq(ldm_image_write_png(real, small, NULL, NULL, 0), LDM_OK);
+    ck_assert_int_eq(symlink("real.png", link), 0);
+    ck_assert_msg(ldm_image_write_png(link, other, NULL, NULL, 0) == LDM_OK, "%s", ldm_last_error());
+    struct stat sb;
+    ck_assert_int_eq(lstat(link, &sb), 0);
+    ck_assert(S_ISLNK(sb.st_mode)); /* the link stays a link */
+    ldm_tensor *back = NULL;
+    ck_assert_int_eq(ldm_image_read_png(real, &back), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_dim(back, 3), 5); /* and its target holds the new image */
+    ldm_tensor_free(back);
+    ldm_tensor_free(small);
+    ldm_tensor_free(other);
+}
+END_TEST
+
+/* A new file gets 0666 less the umask, as fopen would; a replaced one keeps its permissions. */
+START_TEST(written_files_have_the_usual_permissions)
+{
+    ldm_tensor *img = make_image(1, 4, 4, pattern_value);
+    mode_t old_mask = umask(027);
+    const char *fresh = ck_tmp_path("fresh.png");
+    ck_assert_int_eq(ldm_image_write_png(fresh, img, NULL, NULL, 0), LDM_OK);
+    struct stat sb;
+    ck_assert_int_eq(stat(fresh, &sb), 0);
+    ck_assert_int_eq(sb.st_mode & 0777, 0640);
+    ck_assert_int_eq(chmod(fresh, 0604), 0);
+    ck_assert_int_eq(ldm_image_write_png(fresh, img, NULL, NULL, 0), LDM_OK);
+    ck_assert_int_eq(stat(fresh, &sb), 0);
+    ck_assert_int_eq(sb.st_mode & 0777, 0604);
+    umask(old_mask);
+    ldm_tensor_free(img);
+}
+END_TEST
+
+/* D5: a FIFO given as an image to read is refused at once instead of blocking in open(). */
+static int read_fifo(void *arg)
+{
+    const char *path = arg;
+    ldm_tensor *t = NULL;
+    ldm_status a = ldm_image_read_png(path, &t), b = ldm_image_read_png_gray(path, 1, &t);
+    if (a == LDM_ERR_IO && b == LDM_ERR_IO && strstr(ldm_last_error(), path) && strstr(ldm_last_error(), "FIFO"))
+        return 0;
+    fprintf(stderr, "%s: status %d / %d: %s\n", path, a, b, ldm_last_error());
+    return 1;
+}
+
+START_TEST(reading_a_fifo_fails_at_once)
+{
+    char fifo[600];
+    snprintf(fifo, sizeof fifo, "%s", ck_tmp_path("in-fifo.png"));
+    ck_assert_int_eq(mkfifo(fifo, 0644), 0);
+    int rc = ck_child_run(read_fifo, fifo, 20);
+    ck_assert_msg(rc == 0, "child ended with %d (142: it blocked; see stderr)", rc);
+    ck_assert_int_eq(access(fifo, F_OK), 0);
 }
 END_TEST
 
@@ -470,6 +726,12 @@ static Suite *png_suite(void)
     tcase_add_test(tc, corrupt_and_truncated_files_fail_cleanly);
     tcase_add_test(tc, oversized_images_are_refused);
     tcase_add_test(tc, allocation_failures_are_clean);
+    tcase_add_test(tc, failed_write_keeps_the_previous_file);
+    tcase_add_test(tc, write_into_missing_or_read_only_folder);
+    tcase_add_test(tc, writer_refuses_what_is_not_a_regular_file);
+    tcase_add_test(tc, symlink_to_a_file_is_written_through);
+    tcase_add_test(tc, written_files_have_the_usual_permissions);
+    tcase_add_test(tc, reading_a_fifo_fails_at_once);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -8,15 +8,23 @@
 #include "../core/tensor.h"
 #include "weights.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <png.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #define PNG_MAX_SIDE 16384u
 #define PNG_MAX_PIXELS ((uint64_t)1 << 26) /* 64 Mpixel: 768 MB as float RGB */
 #define PNG_MAX_CHUNK ((png_alloc_size_t)8 << 20)
+#define PNG_MAX_CACHED_CHUNKS 64u
 
 typedef struct {
     const char *path;
@@ -29,6 +37,9 @@ typedef struct {
 static void on_error(png_structp png, png_const_charp msg)
 {
     png_ctx *c = png_get_error_ptr(png);
+    /* libpng's "Read Error" is a short read: say what it means for a PNG */
+    if (msg && strcmp(msg, "Read Error") == 0) msg = "the file ends inside a chunk (truncated, or a chunk length "
+                                                      "larger than the file)";
     snprintf(c->message, sizeof c->message, "%s", msg ? msg : "libpng error");
     png_longjmp(png, 1);
 }
@@ -101,7 +112,7 @@ static ldm_status check_size(const png_ctx *c, uint32_t w, uint32_t h)
 static ldm_status check_data_size(const png_ctx *c, png_structp png, png_infop info, FILE *fp)
 {
     struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) return LDM_OK; /* a pipe: no size to compare */
+    if (fstat(fileno(fp), &sb) != 0) return LDM_OK; /* the reads will fail on their own */
     uint64_t bits = (uint64_t)png_get_image_width(png, info) * png_get_channels(png, info) * png_get_bit_depth(png, info);
     uint64_t raw = (uint64_t)png_get_image_height(png, info) * (1 + (bits + 7) / 8);
     if ((uint64_t)sb.st_size < raw / 1032)
@@ -109,6 +120,21 @@ static ldm_status check_data_size(const png_ctx *c, png_structp png, png_infop i
                         c->path, png_get_image_width(png, info), png_get_image_height(png, info),
                         (unsigned long long)(raw / 1032), (long long)sb.st_size);
     return LDM_OK;
+}
+
+/* libpng reads every ancillary chunk it knows (tEXt, zTXt, iTXt, iCCP, sPLT, pCAL, sCAL, eXIf,
+ * ...) whole into one buffer before looking at it, and on reading its chunk-size limit is only a
+ * warning: a 141-byte file whose tEXt claimed 2^31-1 bytes made it allocate and zero 2 GB before
+ * finding the data missing. We use none of these chunks, so every chunk libpng may ignore is
+ * handled as "unknown, never keep": it is skipped by reading through it with libpng's small
+ * fixed buffer, and a length the file does not hold becomes a read error. Kept: the critical
+ * chunks and tRNS (the palette expansion may read it; at most 256 entries). The limits below then
+ * bound whatever libpng still allocates for a chunk. */
+static void skip_unused_chunks(png_structp png)
+{
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, NULL, -1);
+    png_set_chunk_malloc_max(png, PNG_MAX_CHUNK);
+    png_set_chunk_cache_max(png, PNG_MAX_CACHED_CHUNKS);
 }
 
 /* Reads the whole image. On failure nothing is left allocated. The pointers that change after
@@ -130,7 +156,7 @@ static ldm_status decode_png(png_ctx *c, FILE *fp, int palette_indices, png_pixe
     } else {
         png_init_io(png, fp);
         png_set_sig_bytes(png, 8);
-        png_set_chunk_malloc_max(png, PNG_MAX_CHUNK);
+        skip_unused_chunks(png);
         png_read_info(png, info);
         out->width = png_get_image_width(png, info);
         out->height = png_get_image_height(png, info);
@@ -168,8 +194,8 @@ static ldm_status read_pixels(const char *path, int palette_indices, png_pixels 
 {
     memset(out, 0, sizeof *out);
     if (!path) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_image_read_png: NULL path");
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ldm_fail(LDM_ERR_IO, "%s: cannot open", path);
+    FILE *fp;
+    LDM_TRY(lw_fopen_regular(path, NULL, LDM_ERR_IO, &fp));
     unsigned char sig[8];
     ldm_status st;
     if (fread(sig, 1, 8, fp) != 8 || png_sig_cmp(sig, 0, 8) != 0) {
@@ -359,6 +385,140 @@ static ldm_status encode_png(png_ctx *c, FILE *fp, const unsigned char *rgb, uin
     return st;
 }
 
+/* ---------------------------------------------------------------- replacing the target safely */
+
+/* A failed write must leave whatever `path` held untouched (`-o keep.png` on a full disk used to
+ * lose keep.png), so the image goes to a temporary file that we create (O_EXCL) in the target's
+ * folder, is flushed to disk, and only then renamed over the target; a failure removes that
+ * temporary file and nothing else. Only a regular file, or nothing, is ever replaced: a device,
+ * FIFO, socket or directory at `path` is refused without being opened or deleted (as root,
+ * `-o /dev/full` used to delete the device node). A symbolic link is followed: the regular file
+ * it points to is replaced and the link itself stays. */
+typedef struct {
+    const char *path;      /* as the caller gave it, for messages */
+    char target[PATH_MAX]; /* the file to replace: `path`, or the file a symbolic link points to */
+    char tmp[PATH_MAX];    /* the temporary file; "" while none exists */
+    struct stat old;       /* the replaced file (has_old), whose permissions the new one keeps */
+    int has_old;
+} png_dest;
+
+static ldm_status refuse_kind(const char *path, unsigned mode)
+{
+    return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: cannot write a PNG over %s, only over a regular file or a new path",
+                    path, lw_file_kind(mode));
+}
+
+static ldm_status copy_path(png_dest *d, const char *p)
+{
+    size_t n = strlen(p);
+    if (n >= sizeof d->target) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: path too long", d->path);
+    memcpy(d->target, p, n + 1);
+    return LDM_OK;
+}
+
+/* Fills d->target and d->old; refuses anything but a regular file or a missing path. */
+static ldm_status resolve_target(png_dest *d)
+{
+    if (!*d->path || d->path[strlen(d->path) - 1] == '/')
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_image_write_png: \"%s\" does not name a file", d->path);
+    if (lstat(d->path, &d->old) != 0) {
+        if (errno != ENOENT) return ldm_fail(LDM_ERR_IO, "%s: cannot write: %s", d->path, strerror(errno));
+        return copy_path(d, d->path); /* a new file */
+    }
+    if (S_ISLNK(d->old.st_mode)) {
+        if (!realpath(d->path, d->target))
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: symbolic link that does not lead to a file (%s); not "
+                            "writing through it", d->path, strerror(errno));
+        if (stat(d->target, &d->old) != 0)
+            return ldm_fail(LDM_ERR_IO, "%s: cannot write %s: %s", d->path, d->target, strerror(errno));
+    } else {
+        LDM_TRY(copy_path(d, d->path));
+    }
+    if (!S_ISREG(d->old.st_mode)) return refuse_kind(d->path, d->old.st_mode);
+    d->has_old = 1;
+    return LDM_OK;
+}
+
+/* A name no one else uses right now; O_EXCL makes sure of it. */
+static unsigned long temp_suffix(void)
+{
+    static _Atomic unsigned long counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long x = (unsigned long)ts.tv_nsec ^ ((unsigned long)getpid() << 20) ^ (counter++ * 0x9E3779B9ul);
+    return x & 0xFFFFFFul;
+}
+
+/* Creates "<folder of target>/.<name>.<6 hex digits>.tmp" with mode 0666 (less the umask, as
+ * fopen would) or the replaced file's permissions. */
+static ldm_status create_temp(png_dest *d, int *fd_out)
+{
+    const char *slash = strrchr(d->target, '/');
+    int dir_len = slash ? (int)(slash - d->target) + 1 : 0;
+    const char *name = d->target + dir_len;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int n = snprintf(d->tmp, sizeof d->tmp, "%.*s.%.200s.%06lx.tmp", dir_len, d->target, name, temp_suffix());
+        if (n < 0 || (size_t)n >= sizeof d->tmp) break;
+        int fd = open(d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            *fd_out = fd;
+            return LDM_OK;
+        }
+        if (errno != EEXIST) {
+            int err = errno;
+            d->tmp[0] = '\0';
+            return ldm_fail(LDM_ERR_IO, "%s: cannot create a temporary file in its folder: %s", d->path, strerror(err));
+        }
+    }
+    d->tmp[0] = '\0';
+    return ldm_fail(LDM_ERR_IO, "%s: cannot find a free temporary file name in its folder", d->path);
+}
+
+/* The new file keeps the replaced one's permissions (and, when we may, its owner), as an
+ * overwrite in place would. */
+static ldm_status keep_attributes(const png_dest *d, int fd)
+{
+    if (!d->has_old) return LDM_OK;
+    if ((d->old.st_uid != geteuid() || d->old.st_gid != getegid()) && fchown(fd, d->old.st_uid, d->old.st_gid) != 0) {
+        /* only root may give a file away: the image is still written, owned by us */
+    }
+    if (fchmod(fd, d->old.st_mode & 0777) != 0)
+        return ldm_fail(LDM_ERR_IO, "%s: cannot set the permissions of the new file: %s", d->path, strerror(errno));
+    return LDM_OK;
+}
+
+/* Everything in the stream reaches the disk before the rename makes it visible. */
+static ldm_status finish_file(const png_dest *d, FILE *fp, ldm_status st)
+{
+    if (st == LDM_OK && (fflush(fp) != 0 || fsync(fileno(fp)) != 0))
+        st = ldm_fail(LDM_ERR_IO, "%s: write failed: %s", d->path, strerror(errno));
+    if (fclose(fp) != 0 && st == LDM_OK) st = ldm_fail(LDM_ERR_IO, "%s: write failed: %s", d->path, strerror(errno));
+    return st;
+}
+
+static ldm_status write_file(png_dest *d, const unsigned char *rgb, uint32_t w, uint32_t h, png_textp texts,
+                             int n_text)
+{
+    LDM_TRY(resolve_target(d));
+    int fd = -1;
+    LDM_TRY(create_temp(d, &fd));
+    ldm_status st = keep_attributes(d, fd);
+    FILE *fp = st == LDM_OK ? fdopen(fd, "wb") : NULL;
+    if (st == LDM_OK && !fp) st = ldm_fail(LDM_ERR_OUT_OF_MEMORY, "%s: cannot start writing", d->path);
+    if (!fp) {
+        close(fd);
+    } else {
+        png_ctx c;
+        memset(&c, 0, sizeof c);
+        c.path = d->path;
+        st = finish_file(d, fp, encode_png(&c, fp, rgb, w, h, texts, n_text));
+    }
+    if (st == LDM_OK && rename(d->tmp, d->target) != 0)
+        st = ldm_fail(LDM_ERR_IO, "%s: cannot replace it with the new image: %s", d->path, strerror(errno));
+    if (st != LDM_OK) unlink(d->tmp); /* ours, created above; the target was never touched */
+    return st;
+}
+
 LDM_API ldm_status ldm_image_write_png(const char *path, const ldm_tensor *image, const char *const *text_keys,
                                        const char *const *text_values, int n_text)
 {
@@ -372,18 +532,13 @@ LDM_API ldm_status ldm_image_write_png(const char *path, const ldm_tensor *image
         ldm_free(texts);
         return ldm_fail_context(lw_alloc_status((size_t)w * h * 3), "%s: ", path);
     }
-    ldm_status st;
-    FILE *fp = fopen(path, "wb");
-    if (!fp) {
-        st = ldm_fail(LDM_ERR_IO, "%s: cannot create", path);
-    } else {
-        png_ctx c;
-        memset(&c, 0, sizeof c);
-        c.path = path;
-        st = encode_png(&c, fp, rgb, w, h, texts, n_text);
-        if (fclose(fp) != 0 && st == LDM_OK) st = ldm_fail(LDM_ERR_IO, "%s: write failed", path);
-        if (st != LDM_OK) remove(path); /* never leave a half-written image behind */
+    png_dest *d = ldm_calloc(1, sizeof *d); /* two PATH_MAX buffers: too large for some threads' stacks */
+    ldm_status st = d ? LDM_OK : ldm_fail_context(lw_alloc_status(sizeof *d), "%s: ", path);
+    if (d) {
+        d->path = path;
+        st = write_file(d, rgb, w, h, texts, n_text);
     }
+    ldm_free(d);
     ldm_free(rgb);
     ldm_free(texts);
     return st;
