@@ -195,7 +195,22 @@ def png_seeds():
         png(w, h, 0, 1, lambda y: bytes([0b10100000])),
         png(w, h, 2, 8, lambda y: bytes((x * 3 + c) & 255 for x in range(w) for c in range(3)), interlace=1),
     ]
-    return seeds
+    return seeds + png_length_bombs()
+
+
+# Issue #12: an ancillary chunk whose length field claims 2^31-1 bytes right after IHDR, followed by
+# what would be IDAT and IEND (89 bytes). libpng buffered such chunks whole: 2 GB allocated and
+# zeroed per read before the reader skipped them (tests/test_hostile.c png_ancillary_chunk_bombs).
+PNG_BOMB_TYPES = (b"tEXt", b"zTXt", b"iTXt", b"sPLT", b"pCAL", b"sCAL", b"iCCP", b"eXIf", b"prVt")
+
+
+def png_length_bombs():
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+    tail = chunk(b"IDAT", zlib.compress(bytes(16 * 49))) + chunk(b"IEND", b"")
+    return [head + struct.pack(">I", 0x7FFFFFFF) + kind + b"Comment\0" + tail for kind in PNG_BOMB_TYPES]
 
 
 # ---------------------------------------------------------------- main
