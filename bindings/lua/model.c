@@ -102,6 +102,15 @@ static int m_describe(lua_State *L)
     return 1;
 }
 
+/* m:config_path() -> the YAML config the model was built from, or nil (detected, built-in) */
+static int m_config_path(lua_State *L)
+{
+    const char *path = ldm_model_config_path(lb_check_model(L, 1));
+    if (path) lua_pushstring(L, path);
+    else lua_pushnil(L);
+    return 1;
+}
+
 static int m_set_threads(lua_State *L)
 {
     ldm_model *m = lb_check_model(L, 1);
@@ -205,12 +214,26 @@ static int on_progress(int step, int total, void *user)
     return stop;
 }
 
+/* opts.uncond_class: nil or "auto" (the model's own), "none", or a class number */
+static int opt_uncond_class(lua_State *L, int opts)
+{
+    lua_getfield(L, opts, "uncond_class");
+    int type = lua_type(L, -1);
+    const char *s = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1);
+    if (type == LUA_TNIL || (s && !strcmp(s, "auto"))) return LDM_UNCOND_CLASS_AUTO;
+    if (s && !strcmp(s, "none")) return LDM_UNCOND_CLASS_NONE;
+    if (s) luaL_error(L, "option 'uncond_class': '%s' is not \"auto\", \"none\" or a class number", s);
+    return lb_opt_int(L, opts, "uncond_class", LDM_UNCOND_CLASS_AUTO);
+}
+
 static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
 {
     static const char *const known[] = {"prompt",   "negative_prompt", "class_label", "width",      "height",
                                         "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
                                         "seed",     "init_image",      "strength",    "mask",       "cond_image",
-                                        "layout_tokens", "vae_tile",   "progress",    "x_T",        NULL};
+                                        "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
+                                        NULL};
     ldm_generate_params_init(p);
     lb_check_options(L, opts, "generate", known);
     p->prompt = lb_opt_string(L, opts, "prompt", NULL);
@@ -227,6 +250,7 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     p->seed = lb_opt_u64(L, opts, "seed", p->seed);
     p->strength = (float)lb_opt_number(L, opts, "strength", p->strength);
     p->vae_tile = lb_opt_int(L, opts, "vae_tile", p->vae_tile);
+    p->uncond_class = opt_uncond_class(L, opts);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
@@ -266,6 +290,53 @@ static int m_generate(lua_State *L)
     lb_call_end(L, &call);
     if (ctx.error_ref != LUA_NOREF) return lua_error(L);
     lb_check(L, st, "ldm_generate");
+    return 1;
+}
+
+/* m:resolve_generate_params{...} -> a table of what m:generate{...} would run with: the same
+ * options (progress is accepted and not called), every model-dependent default made explicit */
+static int m_resolve_generate_params(lua_State *L)
+{
+    static const char *const samplers[] = {"ddim", "plms", "ddpm", "euler", "euler_a", "heun", "dpmpp_2m",
+                                           "dpmpp_2m_karras"};
+    ldm_model *m = lb_check_model(L, 1);
+    lua_settop(L, 2);
+    if (lua_isnil(L, 2)) {
+        lua_newtable(L);
+        lua_replace(L, 2);
+    }
+    luaL_checktype(L, 2, LUA_TTABLE);
+    ldm_generate_params p, r;
+    generate_params(L, 2, &p);
+    LB_MODEL_CALL(L, 1, ldm_generate_params_resolve(m, &p, &r), "ldm_generate_params_resolve");
+    lua_createtable(L, 0, 14);
+    lua_pushstring(L, r.prompt ? r.prompt : "");
+    lua_setfield(L, -2, "prompt");
+    lua_pushstring(L, r.negative_prompt ? r.negative_prompt : "");
+    lua_setfield(L, -2, "negative_prompt");
+    const struct {
+        const char *name;
+        int value;
+    } ints[] = {{"class_label", r.class_label}, {"width", r.width}, {"height", r.height},
+                {"batch", r.batch},             {"steps", r.steps}, {"vae_tile", r.vae_tile}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        lua_pushinteger(L, ints[i].value);
+        lua_setfield(L, -2, ints[i].name);
+    }
+    lua_pushinteger(L, (lua_Integer)r.seed); /* above 2^63 - 1: negative, as Lua integers wrap */
+    lua_setfield(L, -2, "seed");
+    lua_pushnumber(L, r.eta);
+    lua_setfield(L, -2, "eta");
+    lua_pushnumber(L, r.guidance_scale);
+    lua_setfield(L, -2, "guidance_scale");
+    lua_pushnumber(L, r.strength);
+    lua_setfield(L, -2, "strength");
+    if ((unsigned)r.sampler < sizeof samplers / sizeof samplers[0]) lua_pushstring(L, samplers[r.sampler]);
+    else lua_pushinteger(L, r.sampler);
+    lua_setfield(L, -2, "sampler");
+    if (r.uncond_class == LDM_UNCOND_CLASS_NONE) lua_pushliteral(L, "none");
+    else lua_pushinteger(L, r.uncond_class);
+    lua_setfield(L, -2, "uncond_class");
     return 1;
 }
 
@@ -376,6 +447,8 @@ static int m_conditioner(lua_State *L)
 void lb_model_register(lua_State *L, int module)
 {
     static const luaL_Reg methods[] = {{"describe", m_describe},
+                                       {"config_path", m_config_path},
+                                       {"resolve_generate_params", m_resolve_generate_params},
                                        {"set_threads", m_set_threads},
                                        {"interrupt", m_interrupt},
                                        {"close", m_gc},

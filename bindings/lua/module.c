@@ -180,6 +180,18 @@ const char *const *lb_strings(lua_State *L, int idx, int *n)
     return arr;
 }
 
+/* ldm.set_thread_max_alloc(n) -> the previous cap (0: none) of this thread's allocations */
+static int l_set_thread_max_alloc(lua_State *L)
+{
+    int ok;
+    lua_Integer v = lua_tointegerx(L, 1, &ok);
+    if (!ok) luaL_error(L, "set_thread_max_alloc: expected an integer");
+    lua_Integer max = SIZE_MAX < (size_t)LUA_MAXINTEGER ? (lua_Integer)SIZE_MAX : LUA_MAXINTEGER;
+    size_t previous = ldm_set_thread_max_alloc((size_t)lb_range(L, v, 0, max, "set_thread_max_alloc: n", "size_t"));
+    lua_pushinteger(L, previous > (size_t)LUA_MAXINTEGER ? LUA_MAXINTEGER : (lua_Integer)previous);
+    return 1;
+}
+
 static int l_version(lua_State *L)
 {
     lua_pushstring(L, ldm_version());
@@ -197,6 +209,12 @@ int luaopen_ldm(lua_State *L)
     lua_setfield(L, module, "version");
     lua_pushstring(L, LDM_VERSION_STRING);
     lua_setfield(L, module, "VERSION"); /* the header this module was built against */
+    lua_pushcfunction(L, l_set_thread_max_alloc);
+    lua_setfield(L, module, "set_thread_max_alloc");
+    lua_pushinteger(L, LDM_UNCOND_CLASS_AUTO);
+    lua_setfield(L, module, "UNCOND_CLASS_AUTO");
+    lua_pushinteger(L, LDM_UNCOND_CLASS_NONE);
+    lua_setfield(L, module, "UNCOND_CLASS_NONE");
     lb_tensor_register(L, module);
     lb_model_register(L, module);
     lb_components_register(L);

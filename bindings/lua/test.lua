@@ -404,6 +404,70 @@ test("integers out of the range of their C type are errors naming them", functio
     if not ok then error(err, 0) end
 end)
 
+test("model defaults: guidance_scale, uncond_class, resolve_generate_params", function()
+    local r = demo:resolve_generate_params()
+    eq(r.width, 64, "width") eq(r.height, 64, "height")
+    eq(r.guidance_scale, 3.0, "guidance_scale (a class model with an unconditional class)")
+    eq(r.uncond_class, 1000, "uncond_class") eq(r.class_label, 1000, "class_label without one")
+    eq(r.sampler, "ddim", "sampler") eq(r.steps, 50, "steps") eq(r.batch, 1, "batch") eq(r.seed, 0, "seed")
+    eq(r.prompt, "", "prompt")
+    r = demo:resolve_generate_params{class_label = 7, guidance_scale = 5.5, sampler = "euler_a", steps = 20,
+                                     width = 32, height = 48, progress = print}
+    eq(r.class_label, 7, "class_label") eq(r.guidance_scale, 5.5, "guidance") eq(r.sampler, "euler_a", "sampler")
+    eq(r.width * 1000 + r.height, 32048, "size")
+    raises("unknown option 'stpes'", demo.resolve_generate_params, demo, {stpes = 1})
+    for _, auto in ipairs{"auto", ldm.UNCOND_CLASS_AUTO} do
+        eq(demo:resolve_generate_params{class_label = 7, uncond_class = auto}.uncond_class, 1000, "auto")
+    end
+    for _, none in ipairs{"none", ldm.UNCOND_CLASS_NONE} do
+        r = demo:resolve_generate_params{class_label = 7, uncond_class = none}
+        eq(r.uncond_class, "none", "none") eq(r.guidance_scale, 1.0, "no guidance without an unconditional class")
+    end
+    r = demo:resolve_generate_params{uncond_class = 5}
+    eq(r.class_label, 5, "no label: the given unconditional class")
+    raises("'nothing' is not", demo.resolve_generate_params, demo, {uncond_class = "nothing"})
+    raises("option 'uncond_class' = 4294967294", demo.resolve_generate_params, demo, {uncond_class = 4294967294})
+    for _, call in ipairs{demo.resolve_generate_params, demo.generate} do
+        raises("class label", call, demo, {uncond_class = "none", steps = 2})
+        raises("invalid argument", call, demo, {class_label = 7, uncond_class = "none", guidance_scale = 3, steps = 2})
+        raises("class label", call, demo, {class_label = 5000, steps = 2})
+    end
+    -- the generated images follow: the default guidance is the model's (3), not 7.5
+    local function gen(opts)
+        opts.steps, opts.seed, opts.width, opts.height = 2, 3, 32, 32
+        return demo:generate(opts):bytes()
+    end
+    local ref = gen{class_label = 7}
+    eq(ref, gen{class_label = 7, guidance_scale = 3}, "default guidance = 3")
+    check(ref ~= gen{class_label = 7, guidance_scale = 7.5}, "default guidance is 7.5")
+    check(ref ~= gen{class_label = 7, uncond_class = 5}, "uncond_class ignored")
+    eq(gen{class_label = 7, uncond_class = "none"}, gen{class_label = 7, guidance_scale = 1}, "none = unguided")
+    eq(gen{}, gen{class_label = 1000}, "no label = the unconditional class")
+end)
+
+test("config_path and set_thread_max_alloc", function()
+    eq(demo:config_path(), nil, "built-in: no config")
+    eq(ldm.set_thread_max_alloc(0), 0, "no cap at first")
+    eq(ldm.set_thread_max_alloc(1000), 0, "previous cap")
+    local ok, err = pcall(function()
+        eq(ldm.set_thread_max_alloc(1000), 1000, "previous cap")
+        ldm.tensor({250})
+        raises("exceeds the limit of 1000 bytes", ldm.tensor, {251})
+        raises("exceeds the limit of 1000 bytes", demo.generate, demo, {class_label = 7, steps = 2})
+    end)
+    eq(ldm.set_thread_max_alloc(0), 1000, "reset")
+    if not ok then error(err, 0) end
+    raises("set_thread_max_alloc: n = -1", ldm.set_thread_max_alloc, -1)
+    local d = shared .. "/fixtures/ae_kl_f8"
+    local f = io.open(d .. "/config.yaml")
+    if not f then skip("fixture ae_kl_f8 not found") end
+    f:close()
+    local m <close> = ldm.load(d .. "/model.safetensors", {config = d .. "/config.yaml"})
+    eq(m:config_path(), d .. "/config.yaml", "the given config")
+    local beside <close> = ldm.load(d .. "/model.safetensors")
+    eq(beside:config_path(), d .. "/config.yaml", "found beside the checkpoint")
+end)
+
 test("error messages", function()
     raises("class label", demo.generate, demo, {class_label = 5000, steps = STEPS})
     raises("unknown option 'stpes'", demo.generate, demo, {class_label = 1, stpes = 10})
