@@ -158,7 +158,7 @@ static ldm_status add_tensor(lw_store *s, uint64_t seed, int ndim, const int64_t
     size_t n = 1;
     for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
     float *data = ldm_malloc_aligned(n * sizeof(float));
-    if (!data) return LDM_ERR_OUT_OF_MEMORY;
+    if (!data) return ldm_alloc_failure_status();
     lw_synth_fill(name, seed, ndim, shape, data);
     ldm_status st = lw_store_keep(s, data);
     if (st != LDM_OK) {

@@ -19,7 +19,7 @@ ldm_status lm_autoencoder(ldm_model *m, struct ldm_autoencoder **out)
         if (!m->desc.first_stage.present)
             return ldm_fail(LDM_ERR_NOT_FOUND, "%s: the model has no first stage (autoencoder)", m->path);
         struct ldm_autoencoder *h = ldm_calloc(1, sizeof *h);
-        if (!h) return LDM_ERR_OUT_OF_MEMORY;
+        if (!h) return ldm_alloc_failure_status();
         ldm_status st = lae_create(&m->desc.first_stage, m->store, m->first_stage_prefix, &h->net);
         if (st != LDM_OK) {
             ldm_free(h);
@@ -37,7 +37,7 @@ ldm_status lm_unet(ldm_model *m, struct ldm_unet **out)
     if (!m->unet) {
         if (!m->desc.unet.present) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: the model has no UNet", m->path);
         struct ldm_unet *h = ldm_calloc(1, sizeof *h);
-        if (!h) return LDM_ERR_OUT_OF_MEMORY;
+        if (!h) return ldm_alloc_failure_status();
         ldm_status st = lunet_create(&m->desc.unet, m->store, "model.diffusion_model.", m->use_ema, &h->net);
         if (st != LDM_OK) {
             ldm_free(h);
@@ -72,7 +72,7 @@ ldm_status lm_conditioner(ldm_model *m, struct ldm_conditioner **out)
     if (!m->cond) {
         if (!m->desc.is_diffusion) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: a standalone autoencoder has no conditioner", m->path);
         struct ldm_conditioner *h = ldm_calloc(1, sizeof *h);
-        if (!h) return LDM_ERR_OUT_OF_MEMORY;
+        if (!h) return ldm_alloc_failure_status();
         h->model = m;
         h->kind = m->desc.cond.kind;
         ldm_status st = create_cond_net(m, h);
@@ -259,7 +259,7 @@ ldm_status lm_cond_encode_image(struct ldm_conditioner *cond, const ldm_tensor *
     case LD_COND_IDENTITY:
         LDM_TRY(lt_check(x, "ldm_conditioner_encode_image: x", LDM_F32, 4));
         *out = lt_clone(x);
-        return *out ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+        return *out ? LDM_OK : ldm_alloc_failure_status();
     case LD_COND_FIRST_STAGE: {
         /* LatentDiffusion.get_learned_conditioning: first_stage.encode(c), and the mode (mean) of a
          * KL posterior; VQ gives the pre-quantisation latent. */

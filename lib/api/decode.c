@@ -76,7 +76,7 @@ ldm_status lp_decode_tiles(const lctx *c, const ldm_tensor *z, int tile, int fac
     int64_t H = h * f, W = w * f, ny = tile_count(h, tile, stride), nx = tile_count(w, tile, stride);
     ldm_tensor *acc = NULL;
     float *weight = ldm_calloc((size_t)(H * W), sizeof(float));
-    ldm_status st = weight ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    ldm_status st = weight ? LDM_OK : ldm_alloc_failure_status();
     for (int64_t iy = 0; st == LDM_OK && iy < ny; iy++) {
         int64_t y0 = tile_origin(iy, h, tile, stride), ty = LDM_MIN((int64_t)tile, h - y0);
         for (int64_t ix = 0; st == LDM_OK && ix < nx; ix++) {
@@ -126,7 +126,7 @@ ldm_status lp_decode(ldm_model *m, const ldm_tensor *z, int tile, ldm_tensor **i
     LDM_TRY(lt_check(z, "decode: z", LDM_F32, 4));
     LDM_TRY(lm_autoencoder(m, &ae));
     ldm_tensor *scaled = lt_clone(z);
-    if (!scaled) return LDM_ERR_OUT_OF_MEMORY;
+    if (!scaled) return ldm_alloc_failure_status();
     /* decode_first_stage: z = 1. / self.scale_factor * z, the factor rounded to float32 first as
      * torch does for a Python scalar times a float32 tensor */
     float inv = (float)(1.0 / m->desc.scale_factor);

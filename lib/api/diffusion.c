@@ -135,7 +135,7 @@ ldm_status ldm_model_apply_guided(ldm_model *model, const ldm_tensor *x, const l
     if (st == LDM_OK) st = cat2(ts, ts, 0, &tt);
     if (st == LDM_OK) st = cat2(uncond, cond, 0, &cc);
     if (st == LDM_OK) st = lm_apply(model, xx, tt, cc, &both);
-    if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {
         int64_t n = lt_numel(x);
         const float *eu = lt_f32(both), *ec = eu + n;
@@ -188,7 +188,7 @@ ldm_status lp_inpaint_cond(ldm_model *model, const ldm_tensor *masked_image, con
     }
     /* F.interpolate(mask, size=c.shape[-2:]) (nearest) */
     m_small = lt_new_f32_4d(mask->shape[0], 1, c->shape[2], c->shape[3]);
-    ldm_status st = m_small ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    ldm_status st = m_small ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {
         lk_resize_nearest(lt_f32(mask), (int)mask->shape[0], (int)mask->shape[2], (int)mask->shape[3], (int)c->shape[2],
                           (int)c->shape[3], lt_f32(m_small));

@@ -27,7 +27,7 @@ ldm_status lp_encode_latent(ldm_model *m, const ldm_tensor *x, uint64_t seed, ld
     } else {
         LDM_TRY(lae_encode(ae->net, &m->ctx, x, &moments));
         ldm_status st = lae_posterior_split(moments, &mean, NULL, &std);
-        if (st == LDM_OK) st = (eps = lt_new_f32(mean->ndim, mean->shape)) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+        if (st == LDM_OK) st = (eps = lt_new_f32(mean->ndim, mean->shape)) ? LDM_OK : ldm_alloc_failure_status();
         if (st == LDM_OK) st = ldm_randn(seed, LP_STREAM_POSTERIOR, eps);
         if (st == LDM_OK)
             for (int64_t i = 0, n = lt_numel(mean); i < n; i++) lt_f32(mean)[i] += lt_f32(std)[i] * lt_f32(eps)[i];
@@ -52,7 +52,7 @@ static ldm_status latent_mask(const ldm_tensor *mask, const ldm_tensor *z0, ldm_
     if (mask->shape[1] != 1 || mask->shape[0] != z0->shape[0])
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "mask must be [B,1,H,W] with the image's batch");
     *out = lt_new_f32_4d(z0->shape[0], 1, z0->shape[2], z0->shape[3]);
-    if (!*out) return LDM_ERR_OUT_OF_MEMORY;
+    if (!*out) return ldm_alloc_failure_status();
     lk_resize_nearest(lt_f32(mask), (int)mask->shape[0], (int)mask->shape[2], (int)mask->shape[3], (int)z0->shape[2],
                       (int)z0->shape[3], lt_f32(*out));
     for (int64_t i = 0, n = lt_numel(*out); i < n; i++) lt_f32(*out)[i] = lt_f32(*out)[i] >= 0.5f ? 1.0f : 0.0f;
@@ -85,7 +85,7 @@ ldm_status lp_img2img_begin(ldm_model *m, ldm_sampler *s, const ldm_generate_par
         blend->z0 = z0;
         z0 = NULL;
         st = latent_mask(p->mask, blend->z0, &blend->mask);
-        if (st == LDM_OK) st = (blend->noise = lt_new_f32(x_T->ndim, x_T->shape)) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+        if (st == LDM_OK) st = (blend->noise = lt_new_f32(x_T->ndim, x_T->shape)) ? LDM_OK : ldm_alloc_failure_status();
         if (st == LDM_OK) st = ldm_randn(p->seed, LP_STREAM_RENOISE, blend->noise);
     }
     ldm_tensor_free(z0);
@@ -149,7 +149,7 @@ ldm_status lp_ldm_inpaint_cond(ldm_model *m, const ldm_tensor *image, const ldm_
         mask->shape[3] != image->shape[3])
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "mask must be [B,1,H,W] matching init_image");
     ldm_tensor *masked = lt_clone(image), *mm = lt_clone(mask);
-    ldm_status st = (masked && mm) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    ldm_status st = (masked && mm) ? LDM_OK : ldm_alloc_failure_status();
     int64_t B = image->shape[0], C = image->shape[1], HW = image->shape[2] * image->shape[3];
     for (int64_t b = 0; st == LDM_OK && b < B; b++)
         for (int64_t i = 0; i < HW; i++) {
@@ -173,7 +173,7 @@ ldm_status lp_hybrid_inpaint_concat(ldm_model *m, const ldm_tensor *image, const
                                     ldm_tensor **out)
 {
     ldm_tensor *masked = lt_clone(image), *z = NULL, *m_small = NULL;
-    if (!masked) return LDM_ERR_OUT_OF_MEMORY;
+    if (!masked) return ldm_alloc_failure_status();
     int64_t B = image->shape[0], C = image->shape[1], HW = image->shape[2] * image->shape[3];
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < HW; i++)
@@ -182,7 +182,7 @@ ldm_status lp_hybrid_inpaint_concat(ldm_model *m, const ldm_tensor *image, const
     ldm_status st = lp_encode_latent(m, masked, seed, &z);
     if (st == LDM_OK) st = latent_mask(mask, z, &m_small);
     if (st == LDM_OK)
-        st = (*out = lt_new_f32_4d(B, 1 + z->shape[1], z->shape[2], z->shape[3])) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+        st = (*out = lt_new_f32_4d(B, 1 + z->shape[1], z->shape[2], z->shape[3])) ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {
         int64_t hw = z->shape[2] * z->shape[3], zc = z->shape[1] * hw;
         for (int64_t b = 0; b < B; b++) {

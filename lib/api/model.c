@@ -155,7 +155,7 @@ ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p)
     LDM_TRY(pick_weights(m, p->weights));
     LDM_TRY(load_schedule(m));
     m->pool = lpool_create(p->n_threads > 0 ? p->n_threads : default_threads());
-    if (!m->pool) return LDM_ERR_OUT_OF_MEMORY;
+    if (!m->pool) return ldm_alloc_failure_status();
     m->ctx.pool = m->pool;
     m->ctx.cancel = &m->cancel;
     lm_log(m, LDM_LOG_INFO, "loaded %s (%zu tensors%s)", m->path, lw_count(m->store), m->use_ema ? ", EMA weights" : "");
@@ -176,7 +176,7 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
     m->log_user = p->log_user_data;
     if (!(m->path = ldm_strdup(label)) || (p->vocab_path && !(m->vocab_path = ldm_strdup(p->vocab_path)))) {
         ldm_model_free(m);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     *out = m;
     return LDM_OK;
@@ -247,7 +247,7 @@ ldm_status ldm_model_set_threads(ldm_model *model, int n_threads)
 {
     LM_BEGIN(model, "ldm_model_set_threads");
     lpool *pool = lpool_create(n_threads > 0 ? n_threads : default_threads());
-    if (!pool) return LDM_ERR_OUT_OF_MEMORY;
+    if (!pool) return ldm_alloc_failure_status();
     lpool_free(model->pool);
     model->pool = pool;
     model->ctx.pool = pool;

@@ -244,7 +244,7 @@ static ldm_status initial_noise(const ldm_generate_params *p, const int64_t shap
                 return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "x_T must be [%lld,%lld,%lld,%lld] for these settings",
                                 (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)shape[3]);
         *out = lt_clone(p->x_T);
-        return *out ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+        return *out ? LDM_OK : ldm_alloc_failure_status();
     }
     LDM_TRY(ldm_tensor_create(LDM_F32, 4, shape, out));
     return ldm_randn(p->seed, 0, *out);
@@ -262,7 +262,7 @@ static ldm_status cat_dim(const ldm_tensor *a, const ldm_tensor *b, int dim, con
     memcpy(shape, a->shape, sizeof shape);
     shape[dim] += b->shape[dim];
     for (int i = 0; i < dim; i++) outer *= a->shape[i];
-    if (!(*out = lt_new_f32(a->ndim, shape))) return LDM_ERR_OUT_OF_MEMORY;
+    if (!(*out = lt_new_f32(a->ndim, shape))) return ldm_alloc_failure_status();
     size_t na = (size_t)(lt_numel(a) / outer), nb = (size_t)(lt_numel(b) / outer);
     float *dst = lt_f32(*out);
     for (int64_t o = 0; o < outer; o++, dst += na + nb) {
@@ -300,7 +300,7 @@ static ldm_status apply_guided(ldm_model *m, const lp_cond *c, float scale, cons
     if (st == LDM_OK) st = cat_dim(c->uncond, c->cond, 0, "guidance (uncond, cond)", &cc);
     if (st == LDM_OK && c->concat) st = cat_dim(c->concat, c->concat, 0, "guidance", &kk);
     if (st == LDM_OK) st = apply(m, xx, tt, cc, kk, &both);
-    if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {
         int64_t n = lt_numel(x);
         const float *eu = lt_f32(both), *ec = eu + n;
@@ -399,7 +399,7 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, const lp_co
     if (st == LDM_OK) st = lp_check_cancel(m, "before sampling");
     if (st == LDM_OK) st = is_img2img(m, p) ? lp_img2img_begin(m, s, p, x_T, &blend) : ldm_sampler_begin(s, x_T);
     if (st == LDM_OK) st = lp_run_sampler(m, s, c, p, blend.active ? &blend : NULL);
-    if (st == LDM_OK) st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    if (st == LDM_OK) st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
     lp_blend_release(&blend);
     ldm_tensor_free(x_T);
     ldm_sampler_free(s);
@@ -478,8 +478,8 @@ ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_generate: image is NULL");
     *image = NULL;
     LM_BEGIN(model, "ldm_generate");
-    LDM_TRY(begin(model, params, &p));
-    ldm_status st = generate(model, &p, image);
+    ldm_status st = begin(model, params, &p);
+    if (st == LDM_OK) st = generate(model, &p, image);
     if (st != LDM_OK && st != LDM_CANCELLED) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
     return st;
 }

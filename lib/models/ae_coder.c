@@ -33,10 +33,10 @@ static ldm_status level_load(laec_level *lv, const lw_store *s, const char *name
     char sub[512];
     if (n > 0) {
         lv->blocks = ldm_calloc((size_t)n, sizeof *lv->blocks);
-        if (!lv->blocks) return LDM_ERR_OUT_OF_MEMORY;
+        if (!lv->blocks) return ldm_alloc_failure_status();
         if (attn) {
             lv->attn = ldm_calloc((size_t)n, sizeof *lv->attn);
-            if (!lv->attn) return LDM_ERR_OUT_OF_MEMORY;
+            if (!lv->attn) return ldm_alloc_failure_status();
         }
         lv->n_blocks = n;
     }

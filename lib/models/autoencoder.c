@@ -65,7 +65,7 @@ static ldm_status load_codebook(lae *ae, const lw_store *s, const char *prefix)
     LDM_TRY(lw_get_f32f(s, 2, (int64_t[]){d->n_embed, d->embed_dim}, &ae->codebook, "%squantize.embedding.weight",
                         prefix));
     ae->code_norm = ldm_malloc((size_t)d->n_embed * sizeof *ae->code_norm);
-    if (!ae->code_norm) return LDM_ERR_OUT_OF_MEMORY;
+    if (!ae->code_norm) return ldm_alloc_failure_status();
     for (int j = 0; j < d->n_embed; j++) {
         double n = 0;
         for (int e = 0; e < d->embed_dim; e++) {
@@ -104,7 +104,7 @@ ldm_status lae_create(const ld_autoencoder *d, const lw_store *s, const char *pr
     if (!prefix) prefix = "";
     LDM_TRY(validate_desc(d));
     lae *ae = ldm_calloc(1, sizeof *ae);
-    if (!ae) return LDM_ERR_OUT_OF_MEMORY;
+    if (!ae) return ldm_alloc_failure_status();
     ae->d = *d;
     ldm_status st = load_parts(ae, s, prefix);
     if (st != LDM_OK) {
@@ -158,7 +158,7 @@ static ldm_status map_to_tensor(laeb_map *m, ldm_tensor **out)
     ldm_tensor *t = ldm_calloc(1, sizeof *t);
     if (!t) {
         laeb_map_free(m);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     t->dtype = LDM_F32;
     t->ndim = 4;
@@ -272,7 +272,7 @@ ldm_status lae_quantize(lae *ae, const lctx *c, const ldm_tensor *h, ldm_tensor 
     if ((quant && !q) || (indices && !ix)) {
         ldm_tensor_free(q);
         ldm_tensor_free(ix);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     vq_run(ae, c, &hm, q ? lt_f32(q) : NULL, ix ? lt_i64(ix) : NULL);
     if (quant) *quant = q;
@@ -324,7 +324,7 @@ static ldm_status new_half(const ldm_tensor *moments, ldm_tensor **t)
 {
     int64_t shape[4] = {moments->shape[0], moments->shape[1] / 2, moments->shape[2], moments->shape[3]};
     *t = lt_new_f32(4, shape);
-    return *t ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    return *t ? LDM_OK : ldm_alloc_failure_status();
 }
 
 static ldm_status posterior_alloc(const ldm_tensor *m, ldm_tensor **mean, ldm_tensor **logvar, ldm_tensor **std)

@@ -136,7 +136,7 @@ ldm_status lbert_create(const ld_cond *d, const lw_store *s, const char *prefix,
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lbert_create: key prefix longer than %d characters",
                         BERT_MAX_PREFIX);
     lbert *n = ldm_calloc(1, sizeof *n);
-    if (!n) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n) return ldm_alloc_failure_status();
     /* x_transformer: full (unmasked) self-attention, FeedForward with exact GELU. */
     n->t.model = BERT_MODEL;
     n->t.causal = 0;

@@ -18,7 +18,7 @@ ldm_status lclass_create(const ld_cond *d, const lw_store *s, const char *prefix
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ClassEmbedder config: n_classes = %d, embed_dim = %d must be positive",
                         d->n_classes, d->embed_dim);
     lclass *n = ldm_calloc(1, sizeof *n);
-    if (!n) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n) return ldm_alloc_failure_status();
     n->n_classes = d->n_classes;
     n->dim = d->embed_dim;
     ldm_status st = lw_get_f32f(s, 2, (int64_t[]){d->n_classes, d->embed_dim}, &n->table, "%sembedding.weight", prefix);
@@ -64,7 +64,7 @@ ldm_status lclass_encode(lclass *n, const ldm_tensor *labels, ldm_tensor **out)
     LDM_TRY(check_labels(n, labels));
     int64_t shape[3] = {labels->shape[0], 1, n->dim};
     ldm_tensor *t = lt_new_f32(3, shape);
-    if (!t) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t) return ldm_alloc_failure_status();
     size_t dim = (size_t)n->dim;
     for (int64_t i = 0; i < labels->shape[0]; i++)
         memcpy(lt_f32(t) + (size_t)i * dim, n->table + (size_t)lt_i64(labels)[i] * dim, dim * sizeof(float));

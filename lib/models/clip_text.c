@@ -195,7 +195,7 @@ ldm_status lclip_create(const ld_cond *d, const lw_store *s, const char *prefix,
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lclip_create: key prefix longer than %d characters",
                         CLIP_MAX_PREFIX);
     lclip *n = ldm_calloc(1, sizeof *n);
-    if (!n) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n) return ldm_alloc_failure_status();
     const clip_keys *k = d->kind == LD_COND_CLIP ? &hf_keys : &openclip_keys;
     /* Both CLIP text towers use a causal mask. */
     n->t.model = k->model;

@@ -730,7 +730,7 @@ static ldm_status read_file(const char *path, char **text, size_t *len)
     LDM_TRY(lw_fopen_regular(path, "config", LDM_ERR_IO, &f)); /* a FIFO would block fopen forever */
     size_t cap = 1 << 14, n = 0;
     char *buf = ldm_malloc(cap);
-    ldm_status st = buf ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    ldm_status st = buf ? LDM_OK : ldm_alloc_failure_status();
     while (st == LDM_OK) {
         if (n == cap) {
             if (cap > LD_Y_MAX_INPUT) {
@@ -739,7 +739,7 @@ static ldm_status read_file(const char *path, char **text, size_t *len)
             }
             char *bigger = ldm_realloc(buf, cap * 2);
             if (!bigger) {
-                st = LDM_ERR_OUT_OF_MEMORY;
+                st = ldm_alloc_failure_status();
                 break;
             }
             buf = bigger;

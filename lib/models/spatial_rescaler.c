@@ -36,7 +36,7 @@ ldm_status lrescaler_create(const ld_cond *d, const lw_store *s, const char *pre
     if (!prefix) prefix = "";
     LDM_TRY(validate_desc(d));
     lrescaler *n = ldm_calloc(1, sizeof *n);
-    if (!n) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n) return ldm_alloc_failure_status();
     n->n_stages = d->n_stages;
     n->multiplier = d->multiplier;
     n->bilinear = d->method_bilinear;
@@ -113,7 +113,7 @@ static ldm_status run_stage(const lrescaler *n, int BC, int *h, int *w, float **
         ldm_mul_size(bytes, sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "spatial rescaler: output too large");
     float *y = ldm_malloc_aligned(bytes);
-    if (!y) return LDM_ERR_OUT_OF_MEMORY;
+    if (!y) return ldm_alloc_failure_status();
     if (n->bilinear)
         lk_resize_bilinear(*buf, BC, *h, *w, oh, ow, n->multiplier, n->multiplier, y);
     else
@@ -160,7 +160,7 @@ static ldm_status encode_stages(lrescaler *n, const lctx *c, const ldm_tensor *x
     ldm_tensor *t = NULL;
     if (st == LDM_OK) {
         t = lt_new_f32_4d(B, n->out ? n->out : C, h, w);
-        if (!t) st = LDM_ERR_OUT_OF_MEMORY;
+        if (!t) st = ldm_alloc_failure_status();
     }
     if (st == LDM_OK && n->out) st = map_channels(n, c, buf, B, h, w, t);
     else if (st == LDM_OK) memcpy(lt_f32(t), buf, (size_t)lt_numel(t) * sizeof(float));
@@ -202,7 +202,7 @@ ldm_status lrescaler_one_hot(const ldm_tensor *labels, int n_classes, ldm_tensor
                             n_classes);
     }
     ldm_tensor *t = lt_new_f32_4d(labels->shape[0], n_classes, labels->shape[1], labels->shape[2]);
-    if (!t) return LDM_ERR_OUT_OF_MEMORY; /* zero-filled */
+    if (!t) return ldm_alloc_failure_status(); /* zero-filled */
     for (size_t i = 0; i < total; i++) {
         size_t b = i / hw, p = i % hw;
         lt_f32(t)[(b * (size_t)n_classes + (size_t)lt_i64(labels)[i]) * hw + p] = 1.0f;

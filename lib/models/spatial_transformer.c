@@ -95,7 +95,7 @@ ldm_status lst_load(lst *t, const lub_loader *L, const char *name, int ch, int h
     LDM_TRY(lub_get_wt(L, nd, use_linear ? pout_lin : pout_conv, &t->proj_out_w, "%s.proj_out.weight", name));
     LDM_TRY(lub_get(L, 1, pout_b, &t->proj_out_b, "%s.proj_out.bias", name));
     t->blocks = ldm_calloc((size_t)depth, sizeof *t->blocks);
-    if (!t->blocks) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t->blocks) return ldm_alloc_failure_status();
     for (int i = 0; i < depth; i++) {
         LDM_TRY(lub_name(sub, sizeof sub, "%s.transformer_blocks.%d", name, i));
         LDM_TRY(block_load(&t->blocks[i], L, sub, inner, heads, dim_head, context_dim));
@@ -197,7 +197,7 @@ ldm_status lst_forward(const lst *t, const lctx *c, lub_ws *ws, lub_act *x, cons
     s.big = lub_ws_get(ws, 2, 8 * bt_inner);
     s.k = lub_ws_get(ws, 3, LDM_MAX(kv, 4 * bt_inner));
     s.v = lub_ws_get(ws, 4, kv);
-    if (!s.X || !s.n || !s.big || !s.k || !s.v) return LDM_ERR_OUT_OF_MEMORY;
+    if (!s.X || !s.n || !s.big || !s.k || !s.v) return ldm_alloc_failure_status();
 
     /* norm, then proj_in fused with 'b c h w -> b (h w) c': X[b] = GN(x)[b]^T W_in^T + b_in. A 1x1
      * conv and a Linear on the flattened rows compute the same sums. */

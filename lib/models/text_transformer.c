@@ -86,7 +86,7 @@ static ldm_status fuse_copies(int64_t rows, int64_t cols, ltt_block *blk)
         if (!blk->qkv[i].w.f32) return LDM_OK;
     size_t part = (size_t)rows * (size_t)cols;
     float *all = ldm_malloc_aligned(3 * part * sizeof(float));
-    if (!all) return LDM_ERR_OUT_OF_MEMORY;
+    if (!all) return ldm_alloc_failure_status();
     for (int i = 0; i < 3; i++) {
         memcpy(all + i * part, blk->qkv[i].w.f32, part * sizeof(float));
         lnw_free(&blk->qkv[i]);
@@ -109,7 +109,7 @@ ldm_status ltt_get_qkv(const lw_store *s, int64_t rows, int64_t cols, ltt_block 
     LDM_TRY(fuse_copies(rows, cols, blk));
     if (!with_bias) return LDM_OK;
     blk->qkv_b = ldm_malloc_aligned(3 * (size_t)rows * sizeof(float));
-    if (!blk->qkv_b) return LDM_ERR_OUT_OF_MEMORY;
+    if (!blk->qkv_b) return ldm_alloc_failure_status();
     for (int i = 0; i < 3; i++) {
         float *src = NULL;
         LDM_TRY(join(name, sizeof name, stem, part[i]));
@@ -160,7 +160,7 @@ ldm_status ltt_load_outer(ltt *t, const lw_store *s, const char *tok_emb, const 
     LDM_TRY(ltt_get_norm(s, t->dim, &t->lnf_w, &t->lnf_b, "%s", final_ln));
     /* Zeroed, so ltt_release can free a partly loaded set. */
     t->blocks = ldm_calloc((size_t)n_blocks, sizeof *t->blocks);
-    if (!t->blocks) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t->blocks) return ldm_alloc_failure_status();
     t->n_blocks = n_blocks;
     return LDM_OK;
 }
@@ -226,7 +226,7 @@ static ldm_status alloc_scratch(const ltt *t, int rows, ltt_scratch *sc)
     sc->h = ldm_malloc_aligned(nh);
     sc->att = ldm_malloc_aligned(na);
     sc->big = ldm_malloc_aligned(nbig);
-    return sc->h && sc->att && sc->big ? LDM_OK : LDM_ERR_OUT_OF_MEMORY;
+    return sc->h && sc->att && sc->big ? LDM_OK : ldm_alloc_failure_status();
 }
 
 static void free_scratch(ltt_scratch *sc)

@@ -268,7 +268,7 @@ static ldm_status build(lunet *n, const lw_store *s, const char *prefix, int use
     n->inputs = ldm_calloc((size_t)n->n_inputs, sizeof *n->inputs);
     n->outputs = ldm_calloc((size_t)n->n_outputs, sizeof *n->outputs);
     n->skip_ch = ldm_calloc((size_t)n->n_inputs, sizeof *n->skip_ch);
-    if (!n->inputs || !n->outputs || !n->skip_ch) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n->inputs || !n->outputs || !n->skip_ch) return ldm_alloc_failure_status();
     LDM_TRY(load_embeddings(&b));
     int ch, ds;
     LDM_TRY(build_inputs(&b, &ch, &ds));
@@ -286,7 +286,7 @@ ldm_status lunet_create_opts(const ld_unet *d, const lw_store *s, const char *pr
     if (!d || !s) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lunet_create: NULL description or store");
     LDM_TRY(check_desc(d));
     lunet *n = ldm_calloc(1, sizeof *n);
-    if (!n) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n) return ldm_alloc_failure_status();
     n->d = *d;
     if (opts)
         n->opts = *opts;
@@ -378,7 +378,7 @@ static ldm_status embed(lunet *n, const lctx *c, const float *t, const int64_t *
         ldm_free(temb);
         ldm_free(hid);
         ldm_free(emb);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     timestep_embedding(t, B, mc, temb);
     lk_linear(c, temb, B, mc, n->te_w0, n->te_b0, E, hid);
@@ -443,7 +443,7 @@ static ldm_status concat_skip(lunet *n, const lub_act *h, const lub_act *skip, l
     int B = h->B, C = h->C + skip->C;
     size_t hw = (size_t)h->H * h->W, nh = (size_t)h->C * hw, ns = (size_t)skip->C * hw;
     float *p = lub_ws_get(&n->ws, LUB_WS_CAT, (size_t)B * C * hw);
-    if (!p) return LDM_ERR_OUT_OF_MEMORY;
+    if (!p) return ldm_alloc_failure_status();
     for (int b = 0; b < B; b++) {
         memcpy(p + (size_t)b * (nh + ns), h->p + (size_t)b * nh, nh * sizeof(float));
         memcpy(p + (size_t)b * (nh + ns) + nh, skip->p + (size_t)b * ns, ns * sizeof(float));
@@ -463,7 +463,7 @@ static ldm_status run_body(const lu_run *r, const lub_act *x, lub_act *result)
 {
     lunet *n = r->n;
     lub_act *hs = ldm_calloc((size_t)n->n_inputs, sizeof *hs);
-    if (!hs) return LDM_ERR_OUT_OF_MEMORY;
+    if (!hs) return ldm_alloc_failure_status();
     lub_act h = {0}, cat;
     int top = 0;
     ldm_status st = LDM_OK;
@@ -496,10 +496,10 @@ static ldm_status run_body(const lu_run *r, const lub_act *x, lub_act *result)
 static ldm_status run_out(lunet *n, const lctx *c, const lub_act *h, ldm_tensor **out)
 {
     float *t = lub_ws_get(&n->ws, 0, lub_act_numel(h));
-    if (!t) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t) return ldm_alloc_failure_status();
     lk_group_norm_silu(c, h->p, h->B, h->C, h->H * h->W, 32, n->out_norm.eps, n->out_norm.w, n->out_norm.b, t);
     ldm_tensor *o = lt_new_f32_4d(h->B, n->d.out_channels, h->H, h->W);
-    if (!o) return LDM_ERR_OUT_OF_MEMORY;
+    if (!o) return ldm_alloc_failure_status();
     ldm_status st = lub_conv_run(&n->out_conv, c, t, h->B, h->H, h->W, lt_f32(o));
     if (st != LDM_OK) {
         ldm_tensor_free(o);
@@ -570,7 +570,7 @@ ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm
     if (!n->d.use_spatial_transformer) context = NULL; /* only SpatialTransformers read it */
     int B = (int)x->shape[0];
     float *emb_silu = NULL, *t = ldm_malloc(sizeof(float) * (size_t)B);
-    if (!t) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t) return ldm_alloc_failure_status();
     for (int b = 0; b < B; b++)
         t[b] = timesteps->dtype == LDM_I64 ? (float)lt_i64(timesteps)[b] : lt_f32(timesteps)[b];
     ldm_status est = embed(n, c, t, y ? lt_i64(y) : NULL, B, &emb_silu);

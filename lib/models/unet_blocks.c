@@ -110,7 +110,7 @@ ldm_status lub_act_alloc(lub_act *a, int B, int C, int H, int W)
         ldm_mul_size(n, sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "unet: activation [%d,%d,%d,%d] too large", B, C, H, W);
     a->p = ldm_malloc_aligned(bytes);
-    if (!a->p) return LDM_ERR_OUT_OF_MEMORY;
+    if (!a->p) return ldm_alloc_failure_status();
     a->B = B, a->C = C, a->H = H, a->W = W;
     return LDM_OK;
 }
@@ -284,7 +284,7 @@ ldm_status lub_resblock_forward(const lub_resblock *r, const lctx *c, lub_ws *ws
     float *x_rs = r->updown ? lub_ws_get(ws, 2, n_rs) : x->p;
     float *h = lub_ws_get(ws, 3, n_mid);
     float *e = lub_ws_get(ws, 4, (size_t)B * emb_out);
-    if (!t || !t_rs || !x_rs || !h || !e) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t || !t_rs || !x_rs || !h || !e) return ldm_alloc_failure_status();
 
     /* in_layers: GN + SiLU, [resample h and x], conv */
     lk_group_norm_silu(c, x->p, B, r->in_ch, H * W, LUB_GROUPS, r->in_norm.eps, r->in_norm.w, r->in_norm.b, t);
@@ -359,7 +359,7 @@ ldm_status lub_attn_forward(const lub_attn *a, const lctx *c, lub_ws *ws, lub_ac
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet AttentionBlock: expected %d channels, found %d", a->ch, C);
     size_t n = lub_act_numel(x);
     float *t = lub_ws_get(ws, 0, n), *qkv = lub_ws_get(ws, 1, 3 * n);
-    if (!t || !qkv) return LDM_ERR_OUT_OF_MEMORY;
+    if (!t || !qkv) return ldm_alloc_failure_status();
 
     lk_group_norm(c, x->p, B, C, T, LUB_GROUPS, a->norm.eps, a->norm.w, a->norm.b, t);
     LDM_TRY(lub_pointwise(c, a->qkv_w.w, a->qkv_b, t, B, 3 * C, C, T, qkv, 0));

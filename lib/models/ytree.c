@@ -60,11 +60,11 @@ static ldm_status grow(ld_ynode *parent, int with_keys)
     if (!full) return LDM_OK;
     size_t cap = n ? 2 * n : 4;
     ld_ynode **items = ldm_realloc(parent->items, cap * sizeof *items);
-    if (!items) return LDM_ERR_OUT_OF_MEMORY;
+    if (!items) return ldm_alloc_failure_status();
     parent->items = items;
     if (with_keys) {
         char **keys = ldm_realloc(parent->keys, cap * sizeof *keys);
-        if (!keys) return LDM_ERR_OUT_OF_MEMORY;
+        if (!keys) return ldm_alloc_failure_status();
         parent->keys = keys;
     }
     return LDM_OK;
@@ -153,7 +153,7 @@ static ldm_status on_scalar(builder *b, const yaml_event_t *ev)
     n->text = ldm_malloc(len + 1);
     if (!n->text) {
         ld_yaml_free(n);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     memcpy(n->text, ev->data.scalar.value, len);
     n->text[len] = '\0';
@@ -169,7 +169,7 @@ static ldm_status on_start(builder *b, const yaml_event_t *ev, ld_ykind kind)
     if (b->depth >= LD_Y_MAX_DEPTH)
         return ldm_fail(LDM_ERR_LIMIT, "%s:%d: YAML nested deeper than %d levels", b->name, line, LD_Y_MAX_DEPTH);
     ld_ynode *n = node_new(b, kind, line);
-    if (!n) return LDM_ERR_OUT_OF_MEMORY;
+    if (!n) return ldm_alloc_failure_status();
     LDM_TRY(attach(b, n));
     b->stack[b->depth] = n;
     b->pending_key[b->depth] = NULL;
@@ -238,7 +238,7 @@ ldm_status ld_yaml_parse(const char *text, size_t len, const char *name, ld_ynod
     builder *b = ldm_calloc(1, sizeof *b);
     if (!b) {
         yaml_parser_delete(&p);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     b->name = name;
     ldm_status st = run_parser(&p, b);

@@ -21,7 +21,7 @@ ldm_status ls_ddim_timesteps(int S, int T, int quad, int64_t **out, int *n_out)
         n = S;
     }
     int64_t *ts = ldm_malloc((size_t)n * sizeof *ts);
-    if (!ts) return LDM_ERR_OUT_OF_MEMORY;
+    if (!ts) return ldm_alloc_failure_status();
     if (!quad) {
         int c = T / S;
         for (int i = 0; i < n; i++) ts[i] = (int64_t)i * c + 1;
@@ -86,7 +86,7 @@ ldm_status ls_ddim_make(const float *alphas_cumprod, int T, int S, int quad, dou
     float *arrays = ldm_malloc((size_t)n * 4 * sizeof *arrays);
     if (!arrays) {
         ldm_free(ts);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     out->n = n;
     out->timesteps = ts;

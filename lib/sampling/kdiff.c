@@ -17,7 +17,7 @@ ldm_status ls_ksched_make(const float *alphas_cumprod, int n, ls_ksched *out)
     out->log_sigmas = ldm_malloc((size_t)n * sizeof *out->log_sigmas);
     if (!out->sigmas || !out->log_sigmas) {
         ls_ksched_release(out);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     out->n = n;
     for (int t = 0; t < n; t++) {

@@ -109,14 +109,14 @@ static ldm_status plan(ldm_sampler *s)
         LDM_TRY(ls_ksched_make(ac, T, &s->ks));
         s->n_steps = p->steps;
         s->sigmas = ldm_malloc(((size_t)s->n_steps + 1) * sizeof *s->sigmas);
-        if (!s->sigmas) return LDM_ERR_OUT_OF_MEMORY;
+        if (!s->sigmas) return ldm_alloc_failure_status();
         LDM_TRY(ls_ksched_sigmas(&s->ks, s->n_steps, p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS, s->sigmas));
         s->n_evals = s->n_steps;
         if (p->kind == LDM_SAMPLER_HEUN)
             for (int i = 0; i < s->n_steps; i++) s->n_evals += s->sigmas[i + 1] > 0.0;
     }
     s->step_t = ldm_malloc((size_t)s->n_steps * sizeof *s->step_t);
-    if (!s->step_t) return LDM_ERR_OUT_OF_MEMORY;
+    if (!s->step_t) return ldm_alloc_failure_status();
     for (int k = 0; k < s->n_steps; k++) {
         if (p->kind == LDM_SAMPLER_DDIM || p->kind == LDM_SAMPLER_PLMS)
             s->step_t[k] = (double)s->ddim.timesteps[s->ddim.n - 1 - k];
@@ -136,7 +136,7 @@ ldm_status ls_sampler_create(const ls_schedule *sched, ldm_parameterization para
     if (param != LDM_PARAM_EPS && param != LDM_PARAM_V)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_create: unknown parameterization %d", (int)param);
     ldm_sampler *s = ldm_calloc(1, sizeof *s);
-    if (!s) return LDM_ERR_OUT_OF_MEMORY;
+    if (!s) return ldm_alloc_failure_status();
     s->param = param;
     ldm_status st = params_copy(p, &s->p);
     if (st == LDM_OK) st = check_params(&s->p, sched->n);
@@ -213,7 +213,7 @@ ldm_status ldm_sampler_set_noise(ldm_sampler *s, const ldm_tensor *noise)
         if (s->begun) LDM_TRY(check_noise(s, noise, s->x));
     }
     ldm_tensor *copy = NULL;
-    if (noise && !(copy = lt_clone(noise))) return LDM_ERR_OUT_OF_MEMORY;
+    if (noise && !(copy = lt_clone(noise))) return ldm_alloc_failure_status();
     ldm_tensor_free(s->noise);
     s->noise = copy;
     return LDM_OK;
@@ -245,7 +245,7 @@ ldm_status ldm_sampler_begin(ldm_sampler *s, const ldm_tensor *x_T)
     s->work = ldm_malloc_aligned(bytes);
     if (!s->x || !s->x_in || !s->pred_x0 || !s->work) {
         run_release(s);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     s->numel = numel;
     s->step = s->phase = s->pending = s->pred_valid = 0;
@@ -599,7 +599,7 @@ ldm_status ls_sampler_noised(const ldm_sampler *s, int done, const ldm_tensor *z
     float sa, so;
     level_after(s, done, &sa, &so);
     ldm_tensor *r = lt_new_f32(z0->ndim, z0->shape);
-    if (!r) return LDM_ERR_OUT_OF_MEMORY;
+    if (!r) return ldm_alloc_failure_status();
     const float *z = lt_f32(z0), *e = lt_f32(noise);
     float *o = lt_f32(r);
     for (int64_t i = 0, n = lt_numel(z0); i < n; i++) o[i] = sa * z[i] + so * e[i];

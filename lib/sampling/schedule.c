@@ -169,11 +169,11 @@ ldm_status ls_schedule_from_betas(const double *betas, int n, double v_posterior
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "schedule: beta[%d] = %g outside (0,1)", t, betas[t]);
     }
     ls_schedule *s = schedule_alloc(n);
-    if (!s) return LDM_ERR_OUT_OF_MEMORY;
+    if (!s) return ldm_alloc_failure_status();
     double *ac = ldm_malloc((size_t)n * sizeof *ac);
     if (!ac) {
         ls_schedule_free(s);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     double prod = 1.0;
     for (int t = 0; t < n; t++) ac[t] = prod *= 1.0 - betas[t]; /* np.cumprod: sequential */
@@ -188,7 +188,7 @@ ldm_status ls_schedule_make(ls_beta_kind kind, int n, double linear_start, doubl
 {
     if (n < 1) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "schedule: %d timesteps", n);
     double *betas = ldm_malloc((size_t)n * sizeof *betas);
-    if (!betas) return LDM_ERR_OUT_OF_MEMORY;
+    if (!betas) return ldm_alloc_failure_status();
     ldm_status st = ls_make_betas(kind, n, linear_start, linear_end, cosine_s, betas);
     if (st == LDM_OK) st = ls_schedule_from_betas(betas, n, 0.0, out);
     ldm_free(betas);
@@ -209,11 +209,11 @@ ldm_status ls_schedule_from_alphas_cumprod(const float *alphas_cumprod, int n, l
                             (double)c, (double)alphas_cumprod[t - 1]);
     }
     ls_schedule *s = schedule_alloc(n);
-    if (!s) return LDM_ERR_OUT_OF_MEMORY;
+    if (!s) return ldm_alloc_failure_status();
     double *work = ldm_malloc((size_t)n * 2 * sizeof *work);
     if (!work) {
         ls_schedule_free(s);
-        return LDM_ERR_OUT_OF_MEMORY;
+        return ldm_alloc_failure_status();
     }
     double *betas = work, *ac = work + n;
     for (int t = 0; t < n; t++) {
@@ -258,7 +258,7 @@ ldm_status ls_schedule_clone(const ls_schedule *s, ls_schedule **out)
 {
     if (!s || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "schedule clone: NULL argument");
     ls_schedule *c = schedule_alloc(s->n);
-    if (!c) return LDM_ERR_OUT_OF_MEMORY;
+    if (!c) return ldm_alloc_failure_status();
     for (int b = 0; b < LS_N_BUFFERS; b++) memcpy(c->buf[b], s->buf[b], (size_t)s->n * sizeof(float));
     *out = c;
     return LDM_OK;
