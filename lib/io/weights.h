@@ -120,4 +120,27 @@ float lw_f16_to_f32(uint16_t h);
 float lw_bf16_to_f32(uint16_t h);
 uint16_t lw_f32_to_f16(float f);
 
+/* ---- writing safetensors (st_write.c). One tensor to write: `data` holds numel elements of
+ * `dtype`, little-endian, as they go to the file; with from_f32 (dtype LW_F16 only) it holds
+ * float32 values converted with lw_f32_to_f16 while writing. */
+typedef struct lw_out_tensor {
+    const char *name; /* UTF-8; not "__metadata__"; unique in the file */
+    lw_dtype dtype;
+    int ndim;
+    int64_t shape[LDM_MAX_DIMS];
+    const void *data; /* may be NULL when the tensor has no elements */
+    int from_f32;
+} lw_out_tensor;
+
+/* Writes a safetensors file that lw_open reads back: the JSON header (names escaped, optional
+ * "__metadata__" string map from n_meta key/value pairs) padded with spaces to a multiple of 8,
+ * tensors laid out 8-byte dtypes first so each is aligned to its element size. The target is
+ * replaced atomically (temporary file in the same folder, fsync, rename; a failure removes only
+ * that temporary file, LDM_ERR_IO naming the path). A new file gets mode 0666 less the umask, a
+ * replaced one keeps its permissions; a symbolic link is followed to the regular file it names;
+ * a directory, FIFO, device or socket is refused (LDM_ERR_INVALID_ARGUMENT). Bad names, shapes,
+ * duplicates or metadata are LDM_ERR_INVALID_ARGUMENT before anything is created. */
+ldm_status lw_write_safetensors(const char *path, const lw_out_tensor *tensors, size_t n_tensors,
+                                const char *const *meta_keys, const char *const *meta_values, size_t n_meta);
+
 #endif
