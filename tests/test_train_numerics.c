@@ -755,6 +755,20 @@ START_TEST(st_write_atomic_replace)
     struct stat st;
     ck_assert_int_eq(stat(path, &st), 0);
     ck_assert_int_eq((st.st_mode & 0777), 0640);
+    /* through a symbolic link: the file it names is replaced, the link stays; a dangling link
+     * is refused */
+    char link[512];
+    snprintf(link, sizeof link, "%s", ck_tmp_path("link.safetensors"));
+    ck_assert_int_eq(symlink("keep.safetensors", link), 0);
+    ck_assert_int_eq(lw_write_safetensors(link, f.t, 7, NULL, NULL, 0), LDM_OK);
+    ck_assert_int_eq(lstat(link, &st), 0);
+    ck_assert(S_ISLNK(st.st_mode));
+    expect_original(path, &f);
+    ck_assert_int_eq(unlink(link), 0);
+    ck_assert_int_eq(symlink("nowhere.safetensors", link), 0);
+    ck_assert_int_eq(lw_write_safetensors(link, f.t, 7, NULL, NULL, 0), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(access(ck_tmp_path("nowhere.safetensors"), F_OK), -1);
+    ck_assert_int_eq(unlink(link), 0);
     /* a folder we may not write to: the temporary file cannot be created, the file stays */
     char dir[512], in[600];
     snprintf(dir, sizeof dir, "%s/ro", ck_tmpdir);
