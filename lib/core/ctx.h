@@ -15,6 +15,9 @@ int lpool_threads(const lpool *pool);
 /* Runs fn(arg, i) for every i in [0, n_tasks) across the pool (the caller works too) and returns
  * when all are done. Tasks must not call lpool_run on the same pool. pool may be NULL (serial). */
 void lpool_run(lpool *pool, int n_tasks, void (*fn)(void *arg, int task), void *arg);
+/* How many jobs this pool has handed to its workers so far (lpool_run calls that did not simply
+ * run on the caller): lets tests check that tiny operations stay on the calling thread. */
+unsigned long lpool_dispatched(const lpool *pool);
 
 typedef struct lctx {
     lpool *pool;          /* may be NULL: single-threaded */
