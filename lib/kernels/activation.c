@@ -74,12 +74,13 @@ static void elementwise_task(void *arg, int task)
 
 static void run_elementwise(const lctx *c, float *x, size_t n, void (*fn)(float *, size_t))
 {
-    if (n <= ACT_CHUNK || !c || !c->pool) {
+    lpool *pool = lk_pool_for_bytes(c, 8.0 * n); /* read and written once */
+    if (n <= ACT_CHUNK || !pool) {
         fn(x, n);
         return;
     }
     act_job j = {.x = x, .n = n, .fn = fn};
-    lpool_run(c->pool, (int)((n + ACT_CHUNK - 1) / ACT_CHUNK), elementwise_task, &j);
+    lpool_run(pool, (int)((n + ACT_CHUNK - 1) / ACT_CHUNK), elementwise_task, &j);
 }
 
 void lk_silu_ctx(const lctx *c, float *x, size_t n) { ACT_TIMED(run_elementwise(c, x, n, lk_silu)); }
@@ -103,7 +104,8 @@ static void geglu_ctx_run(const lctx *c, const float *x, int rows, int dim, floa
 {
     if (rows <= 0 || dim <= 0) return;
     act_job j = {.x = out, .in = x, .rows = rows, .dim = dim, .rows_per_task = rows_per_task(dim)};
-    lpool_run(c ? c->pool : NULL, (rows + j.rows_per_task - 1) / j.rows_per_task, geglu_task, &j);
+    lpool *pool = lk_pool_for_bytes(c, 12.0 * rows * dim); /* 2 floats read, 1 written per output */
+    lpool_run(pool, (rows + j.rows_per_task - 1) / j.rows_per_task, geglu_task, &j);
 }
 
 static void softmax_task(void *arg, int task)
@@ -117,7 +119,8 @@ static void softmax_rows_ctx_run(const lctx *c, float *x, int rows, int cols)
 {
     if (rows <= 0 || cols <= 0) return;
     act_job j = {.x = x, .rows = rows, .dim = cols, .rows_per_task = rows_per_task(cols)};
-    lpool_run(c ? c->pool : NULL, (rows + j.rows_per_task - 1) / j.rows_per_task, softmax_task, &j);
+    lpool *pool = lk_pool_for_bytes(c, 8.0 * rows * cols);
+    lpool_run(pool, (rows + j.rows_per_task - 1) / j.rows_per_task, softmax_task, &j);
 }
 
 void lk_geglu(const float *x, int rows, int dim, float *out)

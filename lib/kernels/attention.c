@@ -198,14 +198,15 @@ ldm_status lk_attention_blas(const lctx *c, int B, int H, int Tq, int Tk, int D,
     j.q_tiles = (Tq + ATT_TQ - 1) / ATT_TQ;
     j.units = (long)B * H * j.q_tiles;
     atomic_init(&j.next_unit, 0);
-    int tasks = (int)LDM_MIN((long)lctx_threads(c), j.units);
+    lpool *pool = lk_pool_for_flops(c, 4.0 * B * H * Tq * Tk * D); /* the two products */
+    int tasks = pool ? (int)LDM_MIN((long)lpool_threads(pool), j.units) : 1;
     j.scratch_per_task = (scratch_floats(D) + 15) & ~(size_t)15;
     size_t bytes;
     if (ldm_mul_size(j.scratch_per_task, (size_t)tasks * sizeof(float), &bytes))
         return ldm_fail(LDM_ERR_LIMIT, "attention: scratch size overflow (head dim %d)", D);
     j.scratch = lk_scratch_get(bytes);
     if (!j.scratch) return ldm_fail_context(ldm_alloc_failure_status(), "attention scratch: ");
-    lpool_run(c ? c->pool : NULL, tasks, attention_task, &j);
+    lpool_run(pool, tasks, attention_task, &j);
     lk_scratch_put(j.scratch, bytes);
     return LDM_OK;
 }

@@ -348,7 +348,8 @@ ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D
     j.q_tiles = (Tq + FA_TQ - 1) / FA_TQ;
     j.units = (long)B * H * j.q_tiles;
     atomic_init(&j.next_unit, 0);
-    int tasks = (int)LDM_MIN((long)lctx_threads(c), j.units);
+    lpool *pool = lk_pool_for_flops(c, 4.0 * B * H * Tq * Tk * D); /* the two products */
+    int tasks = pool ? (int)LDM_MIN((long)lpool_threads(pool), j.units) : 1;
     j.head_k = ((size_t)j.Tk16 * D + 15) & ~(size_t)15;
     j.head_v = (size_t)j.Tk16 * j.D8;
     j.per_task = (scratch_floats(D, j.D8) + 15) & ~(size_t)15;
@@ -360,7 +361,6 @@ ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D
     j.kp = buf;
     j.vp = j.kp + (size_t)B * H * j.head_k;
     j.scratch = j.vp + (size_t)B * H * j.head_v;
-    lpool *pool = c ? c->pool : NULL;
     lpool_run(pool, B * H, pack_head, &j);
     lpool_run(pool, tasks, fused_task, &j);
     lk_scratch_put(buf, bytes);

@@ -184,7 +184,8 @@ static ldm_status im2col_batched(const lctx *c, const lk_conv2d_shape *s, const 
         return ldm_fail_context(ldm_alloc_failure_status(), "conv2d im2col buffer: ");
     }
     col_job j = {s, x, col, 0, oh_n, ow_n, K, s->batch, n};
-    lpool_run(c ? c->pool : NULL, (K + CONV_COL_ROWS_PER_TASK - 1) / CONV_COL_ROWS_PER_TASK, col_task, &j);
+    lpool_run(lk_pool_for_bytes(c, 8.0 * K * n), (K + CONV_COL_ROWS_PER_TASK - 1) / CONV_COL_ROWS_PER_TASK, col_task,
+              &j);
     ldm_status st = lk_gemm_wa(c, w, s->out_ch, K, 0, col, (int)n, (int)n, 0.0f, t, (int)n);
     if (st == LDM_OK) scatter_batched(t, s->batch, s->out_ch, P, bias, y);
     lk_scratch_put(col, col_bytes);
@@ -218,7 +219,7 @@ ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float
         for (int r0 = 0; r0 < oh_n; r0 += rows) {
             int nr = LDM_MIN(rows, oh_n - r0);
             col_job j = {s, xb, col, r0, nr, ow_n, (int)K, 1, (size_t)nr * ow_n};
-            lpool_run(c ? c->pool : NULL, col_tasks, col_task, &j);
+            lpool_run(lk_pool_for_bytes(c, 8.0 * K * j.ld), col_tasks, col_task, &j);
             float *yblk = yb + (size_t)r0 * ow_n;
             int P = nr * ow_n;
             fill_bias(yblk, s->out_ch, (size_t)P, plane, bias);

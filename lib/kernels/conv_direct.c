@@ -95,7 +95,8 @@ ldm_status lk_conv2d_direct(const lctx *c, const lk_conv2d_shape *s, const float
 #ifdef LK_DISPATCH
     if (lk_cpu_has_avx2()) fn = direct_row_avx2;
 #endif
-    lpool_run(c ? c->pool : NULL, s->batch * j.OH, fn, &j);
+    double flops = 2.0 * nw * s->batch * j.OH * j.OW;
+    lpool_run(lk_pool_for_flops(c, flops), s->batch * j.OH, fn, &j);
     if (widened) lk_scratch_put(widened, sizeof(float) * nw);
     return LDM_OK;
 }

@@ -1,7 +1,8 @@
 /* gemm.c - matrix products on top of BLAS sgemm, parallelised over our own thread pool.
  *
- * OpenBLAS would happily start its own threads; we pin it to one thread (once, process-wide) so
- * that the only threads are the model's pool and the machine is never oversubscribed. A large
+ * OpenBLAS would happily start its own threads; we pin it to one thread (once, process-wide) and
+ * stop the idle threads it started at load, so that the only threads are the model's pool and the
+ * machine is never oversubscribed. A large
  * product is cut into a grid of C tiles (row blocks x column blocks) and each tile is one
  * single-threaded sgemm call run as a pool task. The grid depends only on the matrix shape, never
  * on the number of threads, and each tile sums over the whole K in one call, so every element of
@@ -18,6 +19,12 @@
 void bli_thread_set_num_threads(int64_t n_threads); /* blis.h: dim_t is a 64-bit integer */
 #else
 void openblas_set_num_threads(int num_threads);
+/* OpenBLAS (pthreads build) starts its worker threads when it is loaded; once told to use one
+ * thread it never hands them work, but each one first spins on sched_yield() for its idle timeout
+ * (about 0.1 s), then sleeps for good. This internal but exported entry point (the one its fork
+ * handler uses) stops them at once; OpenBLAS starts them again if a caller ever raises its thread
+ * count. Weak: absent from other builds, where there is nothing to stop. */
+int blas_thread_shutdown_(void) __attribute__((weak));
 #endif
 
 /* Products with fewer multiply-adds than this run as one call on the calling thread. */
@@ -36,6 +43,7 @@ static void blas_single_thread(void)
     bli_thread_set_num_threads(1); /* a threaded BLIS would otherwise follow OMP/BLIS_NUM_THREADS */
 #else
     openblas_set_num_threads(1);
+    if (blas_thread_shutdown_) blas_thread_shutdown_();
 #endif
 }
 
@@ -111,7 +119,7 @@ static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K,
     gemm_job j = {transA, transB, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc, 0, 0, 0};
     plan_tiles(&j);
     int tiles = j.tiles_n * ceil_div(M, j.mb);
-    lpool_run(c ? c->pool : NULL, tiles, gemm_tile, &j);
+    lpool_run(lk_pool_for_flops(c, 2.0 * M * N * K), tiles, gemm_tile, &j);
 }
 
 void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

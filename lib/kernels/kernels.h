@@ -12,6 +12,25 @@
 #include "../core/common.h"
 #include "../core/ctx.h"
 
+/* ---- when to use the pool
+ * A kernel hands a job to the pool only when the job's work, counted from its shape alone, reaches
+ * one of these thresholds; smaller jobs run on the calling thread. A round trip through the pool
+ * (publishing the job, a worker picking it up, the data moving to that worker's cache, waiting for
+ * it to leave) costs a few microseconds, about what 1 MFLOP of arithmetic or a pass over 256 KiB
+ * of memory costs on one core, and a batch-1 evaluation of a small model is mostly such jobs.
+ * The decision never depends on the thread count, and the tasks are the same either way (kernels
+ * split by output element), so results stay identical for every thread count. */
+#define LK_POOL_MIN_FLOPS 1.0e6          /* compute-bound jobs: counted FLOPs */
+#define LK_POOL_MIN_BYTES (256.0 * 1024) /* memory-bound jobs: bytes read plus written */
+static inline lpool *lk_pool_for_flops(const lctx *c, double flops)
+{
+    return c && flops >= LK_POOL_MIN_FLOPS ? c->pool : NULL;
+}
+static inline lpool *lk_pool_for_bytes(const lctx *c, double bytes)
+{
+    return c && bytes >= LK_POOL_MIN_BYTES ? c->pool : NULL;
+}
+
 /* ---- matrix products (row-major) */
 /* C[M,N] = alpha * op(A) op(B) + beta * C;  op(A) is [M,K] (A^T when transA), op(B) is [K,N]. */
 void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

@@ -14,8 +14,8 @@
 
 #include <math.h>
 
-/* Below this many elements a pool round trip costs more than the work. */
-#define NORM_PARALLEL_MIN 32768
+/* Bytes a normalisation moves per element: read for the statistics, read again, written. */
+#define NORM_BYTES_PER_ELEMENT 12.0
 #define LN_ROWS_PER_TASK 16
 #define NORM_CHUNK 4096 /* floats normalised (and SiLU'd) at a time */
 
@@ -129,7 +129,7 @@ static void group_norm(const lctx *c, const float *x, int B, int C, int HW, int 
     if (B <= 0 || C <= 0 || HW <= 0 || groups <= 0) return;
     gn_job j = {x, y, C, HW, groups, eps, gamma, beta, silu};
     size_t total = (size_t)B * C * HW;
-    lpool_run(total >= NORM_PARALLEL_MIN && c ? c->pool : NULL, B * groups, gn_unit, &j);
+    lpool_run(lk_pool_for_bytes(c, NORM_BYTES_PER_ELEMENT * total), B * groups, gn_unit, &j);
 }
 
 void lk_group_norm(const lctx *c, const float *x, int B, int C, int HW, int groups, float eps, const float *gamma,
@@ -183,6 +183,6 @@ void lk_layer_norm(const lctx *c, const float *x, int rows, int dim, float eps, 
     ln_job j = {x, y, rows, dim, eps, gamma, beta};
     int tasks = (rows + LN_ROWS_PER_TASK - 1) / LN_ROWS_PER_TASK;
     size_t total = (size_t)rows * dim;
-    lpool_run(total >= NORM_PARALLEL_MIN && c ? c->pool : NULL, tasks, ln_task, &j);
+    lpool_run(lk_pool_for_bytes(c, NORM_BYTES_PER_ELEMENT * total), tasks, ln_task, &j);
     lk_stat_end(m, LK_OP_LAYERNORM, 0);
 }

@@ -116,7 +116,8 @@ static void widen_task(void *arg, int task)
 static void widen_rows(const lctx *c, lk_wt w, size_t row0, size_t rows, size_t cols, float *dst)
 {
     widen_job j = {w, row0, rows, cols, dst};
-    lpool_run(c ? c->pool : NULL, (int)((rows + WT_ROWS_PER_TASK - 1) / WT_ROWS_PER_TASK), widen_task, &j);
+    lpool *pool = lk_pool_for_bytes(c, 6.0 * rows * cols); /* halves read, floats written */
+    lpool_run(pool, (int)((rows + WT_ROWS_PER_TASK - 1) / WT_ROWS_PER_TASK), widen_task, &j);
 }
 
 /* Rows of a [*, K] weight matrix per widened block. */

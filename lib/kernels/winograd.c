@@ -517,7 +517,7 @@ static ldm_status plan_alloc(wg_plan *p)
 }
 
 /* Stage and transform the tiles [t0, t0 + n) of image b into rows [r0, r0 + n) of V. */
-static void transform_input(const wg_plan *p, const wg_fns *f, lpool *pool, const float *x, int b, int t0, int n,
+static void transform_input(const wg_plan *p, const wg_fns *f, const lctx *c, const float *x, int b, int t0, int n,
                             int r0)
 {
     const lk_conv2d_shape *s = p->s;
@@ -525,8 +525,10 @@ static void transform_input(const wg_plan *p, const wg_fns *f, lpool *pool, cons
     int ty0 = t0 / p->tiles_x;
     int rows = ((t0 + n - 1) / p->tiles_x - ty0 + 1) * p->Mo + 2;
     in_job ij = {p, xb, t0, n, ty0, r0};
-    lpool_run(pool, rows, f->stage, &ij);
-    lpool_run(pool, (n + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK, f->input, &ij);
+    /* staging copies rows of the input; the transform reads n staged tiles and writes them */
+    lpool_run(lk_pool_for_bytes(c, 8.0 * rows * p->stage_w * s->in_ch), rows, f->stage, &ij);
+    lpool_run(lk_pool_for_bytes(c, 8.0 * n * p->XI * p->ic8), (n + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK,
+              f->input, &ij);
 }
 
 /* All tiles of all images for output channels [og0, og0 + ogn), whose U is ready. A block of tb
@@ -536,22 +538,22 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
                       int og0, int ogn)
 {
     const lk_conv2d_shape *s = p->s;
-    lpool *pool = c ? c->pool : NULL;
     long total = (long)p->tiles * s->batch;
     for (long g0 = 0; g0 < total; g0 += p->tb) {
         int nt = (int)LDM_MIN((long)p->tb, total - g0);
         for (long g = g0; g < g0 + nt;) { /* the block's part of each image */
             int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
             int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
-            transform_input(p, f, pool, x, b, t0, n, (int)(g - g0));
+            transform_input(p, f, c, x, b, t0, n, (int)(g - g0));
             g += n;
         }
         prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0};
-        lpool_run(pool, p->XI, product_task, &pj);
+        lpool_run(lk_pool_for_flops(c, 2.0 * p->XI * ogn * s->in_ch * nt), p->XI, product_task, &pj);
         for (long g = g0; g < g0 + nt;) {
             int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
             int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
             prod_job oj = {p, bias, y + (size_t)b * s->out_ch * p->OH * p->OW, og0, ogn, t0, n, (int)(g - g0)};
+            lpool *pool = lk_pool_for_bytes(c, 8.0 * n * p->XI * ogn); /* M read, y written */
             lpool_run(pool, (n + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK, f->output, &oj);
             g += n;
         }
@@ -570,7 +572,8 @@ static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float 
     for (int og0 = 0; og0 < s->out_ch; og0 += p.og) {
         int ogn = LDM_MIN(p.og, s->out_ch - og0);
         wt_job wj = {&p, w, og0, ogn};
-        lpool_run(c ? c->pool : NULL, ogn, f.weights, &wj);
+        double bytes = 4.0 * ogn * s->in_ch * (9 + p.XI); /* kernels read, transforms written */
+        lpool_run(lk_pool_for_bytes(c, bytes), ogn, f.weights, &wj);
         run_group(&p, &f, c, x, bias, y, og0, ogn);
     }
     plan_free(&p);
