@@ -8,18 +8,12 @@
 #include "../core/tensor.h"
 #include "weights.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <png.h>
 #include <setjmp.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #define PNG_MAX_SIDE 16384u
 #define PNG_MAX_PIXELS ((uint64_t)1 << 26) /* 64 Mpixel: 768 MB as float RGB */
@@ -385,137 +379,25 @@ static ldm_status encode_png(png_ctx *c, FILE *fp, const unsigned char *rgb, uin
     return st;
 }
 
-/* ---------------------------------------------------------------- replacing the target safely */
+/* ---------------------------------------------------------------- writing */
 
-/* A failed write must leave whatever `path` held untouched (`-o keep.png` on a full disk used to
- * lose keep.png), so the image goes to a temporary file that we create (O_EXCL) in the target's
- * folder, is flushed to disk, and only then renamed over the target; a failure removes that
- * temporary file and nothing else. Only a regular file, or nothing, is ever replaced: a device,
- * FIFO, socket or directory at `path` is refused without being opened or deleted (as root,
- * `-o /dev/full` used to delete the device node). A symbolic link is followed: the regular file
- * it points to is replaced and the link itself stays. */
-typedef struct {
-    const char *path;      /* as the caller gave it, for messages */
-    char target[PATH_MAX]; /* the file to replace: `path`, or the file a symbolic link points to */
-    char tmp[PATH_MAX];    /* the temporary file; "" while none exists */
-    struct stat old;       /* the replaced file (has_old), whose permissions the new one keeps */
-    int has_old;
-} png_dest;
-
-static ldm_status refuse_kind(const char *path, unsigned mode)
-{
-    return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: cannot write a PNG over %s, only over a regular file or a new path",
-                    path, lw_file_kind(mode));
-}
-
-static ldm_status copy_path(png_dest *d, const char *p)
-{
-    size_t n = strlen(p);
-    if (n >= sizeof d->target) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: path too long", d->path);
-    memcpy(d->target, p, n + 1);
-    return LDM_OK;
-}
-
-/* Fills d->target and d->old; refuses anything but a regular file or a missing path. */
-static ldm_status resolve_target(png_dest *d)
-{
-    if (!*d->path || d->path[strlen(d->path) - 1] == '/')
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_image_write_png: \"%s\" does not name a file", d->path);
-    if (lstat(d->path, &d->old) != 0) {
-        if (errno != ENOENT) return ldm_fail(LDM_ERR_IO, "%s: cannot write: %s", d->path, strerror(errno));
-        return copy_path(d, d->path); /* a new file */
-    }
-    if (S_ISLNK(d->old.st_mode)) {
-        if (!realpath(d->path, d->target))
-            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: symbolic link that does not lead to a file (%s); not "
-                            "writing through it", d->path, strerror(errno));
-        if (stat(d->target, &d->old) != 0)
-            return ldm_fail(LDM_ERR_IO, "%s: cannot write %s: %s", d->path, d->target, strerror(errno));
-    } else {
-        LDM_TRY(copy_path(d, d->path));
-    }
-    if (!S_ISREG(d->old.st_mode)) return refuse_kind(d->path, d->old.st_mode);
-    d->has_old = 1;
-    return LDM_OK;
-}
-
-/* A name no one else uses right now; O_EXCL makes sure of it. */
-static unsigned long temp_suffix(void)
-{
-    static _Atomic unsigned long counter;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    unsigned long x = (unsigned long)ts.tv_nsec ^ ((unsigned long)getpid() << 20) ^ (counter++ * 0x9E3779B9ul);
-    return x & 0xFFFFFFul;
-}
-
-/* Creates "<folder of target>/.<name>.<6 hex digits>.tmp" with mode 0666 (less the umask, as
- * fopen would) or the replaced file's permissions. */
-static ldm_status create_temp(png_dest *d, int *fd_out)
-{
-    const char *slash = strrchr(d->target, '/');
-    int dir_len = slash ? (int)(slash - d->target) + 1 : 0;
-    const char *name = d->target + dir_len;
-    for (int attempt = 0; attempt < 64; attempt++) {
-        int n = snprintf(d->tmp, sizeof d->tmp, "%.*s.%.200s.%06lx.tmp", dir_len, d->target, name, temp_suffix());
-        if (n < 0 || (size_t)n >= sizeof d->tmp) break;
-        int fd = open(d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        if (fd >= 0) {
-            *fd_out = fd;
-            return LDM_OK;
-        }
-        if (errno != EEXIST) {
-            int err = errno;
-            d->tmp[0] = '\0';
-            return ldm_fail(LDM_ERR_IO, "%s: cannot create a temporary file in its folder: %s", d->path, strerror(err));
-        }
-    }
-    d->tmp[0] = '\0';
-    return ldm_fail(LDM_ERR_IO, "%s: cannot find a free temporary file name in its folder", d->path);
-}
-
-/* The new file keeps the replaced one's permissions (and, when we may, its owner), as an
- * overwrite in place would. */
-static ldm_status keep_attributes(const png_dest *d, int fd)
-{
-    if (!d->has_old) return LDM_OK;
-    if ((d->old.st_uid != geteuid() || d->old.st_gid != getegid()) && fchown(fd, d->old.st_uid, d->old.st_gid) != 0) {
-        /* only root may give a file away: the image is still written, owned by us */
-    }
-    if (fchmod(fd, d->old.st_mode & 0777) != 0)
-        return ldm_fail(LDM_ERR_IO, "%s: cannot set the permissions of the new file: %s", d->path, strerror(errno));
-    return LDM_OK;
-}
-
-/* Everything in the stream reaches the disk before the rename makes it visible. */
-static ldm_status finish_file(const png_dest *d, FILE *fp, ldm_status st)
-{
-    if (st == LDM_OK && (fflush(fp) != 0 || fsync(fileno(fp)) != 0))
-        st = ldm_fail(LDM_ERR_IO, "%s: write failed: %s", d->path, strerror(errno));
-    if (fclose(fp) != 0 && st == LDM_OK) st = ldm_fail(LDM_ERR_IO, "%s: write failed: %s", d->path, strerror(errno));
-    return st;
-}
-
-static ldm_status write_file(png_dest *d, const unsigned char *rgb, uint32_t w, uint32_t h, png_textp texts,
+/* The image replaces `path` atomically (atomic_file.c): a failed write, e.g. on a full disk,
+ * leaves the old file as it was, and only a regular file or a new path is ever written. */
+static ldm_status write_file(const char *path, const unsigned char *rgb, uint32_t w, uint32_t h, png_textp texts,
                              int n_text)
 {
-    LDM_TRY(resolve_target(d));
-    int fd = -1;
-    LDM_TRY(create_temp(d, &fd));
-    ldm_status st = keep_attributes(d, fd);
-    FILE *fp = st == LDM_OK ? fdopen(fd, "wb") : NULL;
-    if (st == LDM_OK && !fp) st = ldm_fail(LDM_ERR_OUT_OF_MEMORY, "%s: cannot start writing", d->path);
-    if (!fp) {
-        close(fd);
-    } else {
+    lw_atomic_file *f = NULL;
+    LDM_TRY(lw_atomic_begin(path, "a PNG", &f));
+    FILE *fp = NULL;
+    ldm_status st = lw_atomic_stream(f, &fp);
+    if (st == LDM_OK) {
         png_ctx c;
         memset(&c, 0, sizeof c);
-        c.path = d->path;
-        st = finish_file(d, fp, encode_png(&c, fp, rgb, w, h, texts, n_text));
+        c.path = path;
+        st = encode_png(&c, fp, rgb, w, h, texts, n_text);
     }
-    if (st == LDM_OK && rename(d->tmp, d->target) != 0)
-        st = ldm_fail(LDM_ERR_IO, "%s: cannot replace it with the new image: %s", d->path, strerror(errno));
-    if (st != LDM_OK) unlink(d->tmp); /* ours, created above; the target was never touched */
+    if (st == LDM_OK) return lw_atomic_commit(f);
+    lw_atomic_abort(f);
     return st;
 }
 
@@ -532,13 +414,7 @@ LDM_API ldm_status ldm_image_write_png(const char *path, const ldm_tensor *image
         ldm_free(texts);
         return ldm_fail_context(lw_alloc_status((size_t)w * h * 3), "%s: ", path);
     }
-    png_dest *d = ldm_calloc(1, sizeof *d); /* two PATH_MAX buffers: too large for some threads' stacks */
-    ldm_status st = d ? LDM_OK : ldm_fail_context(lw_alloc_status(sizeof *d), "%s: ", path);
-    if (d) {
-        d->path = path;
-        st = write_file(d, rgb, w, h, texts, n_text);
-    }
-    ldm_free(d);
+    ldm_status st = write_file(path, rgb, w, h, texts, n_text);
     ldm_free(rgb);
     ldm_free(texts);
     return st;

@@ -5,18 +5,15 @@
  * its element size; the region has no holes, as the format requires.
  *
  * A checkpoint written during training must never be lost to a crash or a full disk halfway
- * through the next save: the file is written to a temporary file in the target's folder, flushed
- * to disk, and renamed over the target; a failure removes that temporary file and nothing else. */
+ * through the next save: the file replaces its target atomically (atomic_file.c: a temporary file
+ * in the target's folder, flushed to disk, renamed over the target; a failure removes that
+ * temporary file and nothing else). */
 #include "weights.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* safetensors.c refuses larger headers as hostile; never write one it would refuse. */
@@ -279,99 +276,16 @@ static ldm_status write_contents(const stw_job *j, const sbuf *header, int fd)
 
 /* ---------------------------------------------------------------- replacing the target */
 
-typedef struct {
-    char target[PATH_MAX]; /* `path`, or the regular file a symbolic link at `path` leads to */
-    char tmp[PATH_MAX];    /* our temporary file; "" while none exists */
-    struct stat old;
-    int has_old;
-} stw_dest;
-
-/* Only a regular file, or nothing, is replaced; a link is followed to the file it names. A
- * directory, device, FIFO or socket is refused and never opened or deleted. */
-static ldm_status resolve_target(const char *path, stw_dest *d)
+/* Through lw_atomic_begin/commit (atomic_file.c): the old checkpoint stays whole until the new one
+ * is entirely on disk. */
+static ldm_status write_file(const stw_job *j, const sbuf *header)
 {
-    if (!*path || path[strlen(path) - 1] == '/')
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "\"%s\" does not name a file", path);
-    if (strlen(path) >= sizeof d->target) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: path too long", path);
-    strcpy(d->target, path);
-    if (lstat(path, &d->old) != 0) {
-        if (errno == ENOENT) return LDM_OK;
-        return ldm_fail(LDM_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    if (S_ISLNK(d->old.st_mode) && (!realpath(path, d->target) || stat(d->target, &d->old) != 0))
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: symbolic link that does not lead to a file", path);
-    if (!S_ISREG(d->old.st_mode))
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: cannot write over %s, only over a regular file or a new path",
-                        path, lw_file_kind(d->old.st_mode));
-    d->has_old = 1;
-    return LDM_OK;
-}
-
-/* "<folder>/.<name>.<6 hex digits>.tmp", created with O_EXCL and mode 0666 less the umask. */
-static ldm_status create_temp(const char *path, stw_dest *d, int *fd)
-{
-    static _Atomic unsigned long counter;
-    const char *slash = strrchr(d->target, '/');
-    int dir_len = slash ? (int)(slash - d->target) + 1 : 0;
-    for (int attempt = 0; attempt < 64; attempt++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        unsigned long x = ((unsigned long)ts.tv_nsec ^ ((unsigned long)getpid() << 20) ^ (counter++ * 0x9E3779B9ul));
-        int n = snprintf(d->tmp, sizeof d->tmp, "%.*s.%.200s.%06lx.tmp", dir_len, d->target, d->target + dir_len,
-                         x & 0xFFFFFFul);
-        if (n < 0 || (size_t)n >= sizeof d->tmp) break;
-        *fd = open(d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        if (*fd >= 0) return LDM_OK;
-        if (errno != EEXIST) {
-            int err = errno;
-            d->tmp[0] = '\0';
-            return ldm_fail(LDM_ERR_IO, "%s: cannot create a temporary file in its folder: %s", path, strerror(err));
-        }
-    }
-    d->tmp[0] = '\0';
-    return ldm_fail(LDM_ERR_IO, "%s: cannot find a free temporary file name in its folder", path);
-}
-
-/* The new file keeps the replaced one's permissions, as writing in place would. */
-static ldm_status keep_mode(const char *path, const stw_dest *d, int fd)
-{
-    if (d->has_old && fchmod(fd, d->old.st_mode & 07777) != 0)
-        return ldm_fail(LDM_ERR_IO, "%s: cannot set the permissions of the new file: %s", path, strerror(errno));
-    return LDM_OK;
-}
-
-/* After the rename, the folder entry itself reaches the disk (best effort: some file systems
- * refuse fsync on a directory, and the data is already safe). */
-static void sync_folder(const stw_dest *d)
-{
-    char dir[PATH_MAX];
-    const char *slash = strrchr(d->target, '/');
-    if (!slash) strcpy(dir, ".");
-    else snprintf(dir, sizeof dir, "%.*s", slash == d->target ? 1 : (int)(slash - d->target), d->target);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-}
-
-static ldm_status write_file(const stw_job *j, const sbuf *header, stw_dest *d)
-{
-    LDM_TRY(resolve_target(j->path, d));
-    int fd = -1;
-    LDM_TRY(create_temp(j->path, d, &fd));
-    ldm_status st = keep_mode(j->path, d, fd);
-    if (st == LDM_OK) st = write_contents(j, header, fd);
-    if (st == LDM_OK && fsync(fd) != 0) st = ldm_fail(LDM_ERR_IO, "%s: fsync failed: %s", j->path, strerror(errno));
-    if (close(fd) != 0 && st == LDM_OK) st = ldm_fail(LDM_ERR_IO, "%s: write failed: %s", j->path, strerror(errno));
-    if (st == LDM_OK && rename(d->tmp, d->target) != 0)
-        st = ldm_fail(LDM_ERR_IO, "%s: cannot replace it with the new file: %s", j->path, strerror(errno));
-    if (st != LDM_OK) {
-        unlink(d->tmp); /* ours, created above; the target was never touched */
-        return st;
-    }
-    sync_folder(d);
-    return LDM_OK;
+    lw_atomic_file *f = NULL;
+    LDM_TRY(lw_atomic_begin(j->path, "a safetensors file", &f));
+    ldm_status st = write_contents(j, header, lw_atomic_fd(f));
+    if (st == LDM_OK) return lw_atomic_commit(f);
+    lw_atomic_abort(f);
+    return st;
 }
 
 /* ---------------------------------------------------------------- entry point */
@@ -394,10 +308,7 @@ static ldm_status write_job(stw_job *j, size_t *nbytes, const char **names)
     file_order(j->t, j->n, j->order);
     sbuf header = {0};
     ldm_status st = build_header(j, &header);
-    stw_dest *d = st == LDM_OK ? ldm_calloc(1, sizeof *d) : NULL; /* two PATH_MAX buffers: not on the stack */
-    if (st == LDM_OK && !d) st = ldm_fail_context(ldm_alloc_failure_status(), "%s: ", j->path);
-    if (st == LDM_OK) st = write_file(j, &header, d);
-    ldm_free(d);
+    if (st == LDM_OK) st = write_file(j, &header);
     ldm_free(header.buf);
     return st;
 }

@@ -120,6 +120,30 @@ float lw_f16_to_f32(uint16_t h);
 float lw_bf16_to_f32(uint16_t h);
 uint16_t lw_f32_to_f16(float f);
 
+/* ---- replacing a file atomically (atomic_file.c), for every file the library writes. The new
+ * contents go to a temporary file created (O_EXCL) in the target's folder, which reaches the disk
+ * (fsync) and is then renamed over the target, and the folder is fsynced; a failure at any step
+ * removes that temporary file and nothing else: the target is never truncated or unlinked. Only a
+ * regular file or a new path is replaced: a symbolic link is followed to the regular file it names
+ * (the link stays); a dangling link, a directory, FIFO, device or socket is refused
+ * (LDM_ERR_INVALID_ARGUMENT) before anything is opened. A new file gets 0666 less the umask, a
+ * replaced one keeps its permissions (and, as root, its owner). Other failures are LDM_ERR_IO;
+ * every message names the path. */
+typedef struct lw_atomic_file lw_atomic_file;
+/* Resolves and checks `path`, creates the temporary file. `what` ("a PNG", may be NULL) is for
+ * messages; `path` must outlive *out. On failure nothing was created and *out is NULL. */
+ldm_status lw_atomic_begin(const char *path, const char *what, lw_atomic_file **out);
+/* The temporary file's descriptor, for write(); owned by `f` (do not close it). */
+int lw_atomic_fd(const lw_atomic_file *f);
+/* A stdio stream over the same file, for writers that need a FILE*; owned by `f` (do not fclose
+ * it). Use either the stream or the descriptor. */
+ldm_status lw_atomic_stream(lw_atomic_file *f, FILE **fp);
+/* Flushes, fsyncs, closes and renames over the target, then fsyncs the folder. Frees `f` whatever
+ * happens; on failure the temporary file is removed and the target is as it was. */
+ldm_status lw_atomic_commit(lw_atomic_file *f);
+/* Closes and removes the temporary file only, and frees `f` (NULL: nothing). */
+void lw_atomic_abort(lw_atomic_file *f);
+
 /* ---- writing safetensors (st_write.c). One tensor to write: `data` holds numel elements of
  * `dtype`, little-endian, as they go to the file; with from_f32 (dtype LW_F16 only) it holds
  * float32 values converted with lw_f32_to_f16 while writing. */
@@ -135,10 +159,8 @@ typedef struct lw_out_tensor {
 /* Writes a safetensors file that lw_open reads back: the JSON header (names escaped, optional
  * "__metadata__" string map from n_meta key/value pairs) padded with spaces to a multiple of 8,
  * tensors laid out 8-byte dtypes first so each is aligned to its element size. The target is
- * replaced atomically (temporary file in the same folder, fsync, rename; a failure removes only
- * that temporary file, LDM_ERR_IO naming the path). A new file gets mode 0666 less the umask, a
- * replaced one keeps its permissions; a symbolic link is followed to the regular file it names;
- * a directory, FIFO, device or socket is refused (LDM_ERR_INVALID_ARGUMENT). Bad names, shapes,
+ * replaced atomically with lw_atomic_begin/commit (above: a failure removes only the temporary
+ * file; a directory, FIFO, device, socket or dangling link is refused). Bad names, shapes,
  * duplicates or metadata are LDM_ERR_INVALID_ARGUMENT before anything is created. */
 ldm_status lw_write_safetensors(const char *path, const lw_out_tensor *tensors, size_t n_tensors,
                                 const char *const *meta_keys, const char *const *meta_values, size_t n_meta);
