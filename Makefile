@@ -110,7 +110,7 @@ $(BENCH): bench/bench.c $(STATIC_LIB)
 LATENCY := $(BUILD)/bench/latency
 $(LATENCY): bench/latency.c $(STATIC_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC_LIB) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(STATIC_LIB) $(LIBS)
 bench: $(BENCH) $(LATENCY)
 
 # Lua 5.4 module (bindings/lua/README.md): $(BUILD)/ldm.so for `require "ldm"` through LUA_CPATH.

@@ -5,10 +5,14 @@
 #include "../models/config.h"
 #include "../models/unet.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h> /* mallinfo2 */
+#endif
 
 static void model_params_defaults(ldm_model_params *params)
 {
@@ -156,6 +160,9 @@ ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p)
     LDM_TRY(load_schedule(m));
     m->pool = lpool_create(p->n_threads > 0 ? p->n_threads : default_threads());
     if (!m->pool) return ldm_alloc_failure_status();
+    /* BLAS pinned to one thread and OpenBLAS's load-time threads stopped now rather than at the
+     * first matrix product: they spin on sched_yield until then (docs/performance.md). */
+    lk_blas_init();
     m->ctx.pool = m->pool;
     m->ctx.cancel = &m->cancel;
     lm_log(m, LDM_LOG_INFO, "loaded %s (%zu tensors%s)", m->path, lw_count(m->store), m->use_ema ? ", EMA weights" : "");
@@ -230,8 +237,34 @@ void ldm_model_free(ldm_model *model)
     ldm_heap_trim();
 }
 
+/* Below this many bytes, giving memory back between the phases of a generation is skipped (except
+ * in the low-memory mode): it would save little, and every generate would fault its buffers back
+ * in (page faults and zeroing: ~10 % of a small model's time, docs/performance.md). Far below the
+ * workspaces of real-size models (an SD 1.5 UNet's alone is hundreds of MiB at 512x512), which are
+ * released as before. */
+#define LM_RELEASE_MIN_BYTES ((size_t)64 << 20)
+
+/* An upper bound of what lm_release_memory could give back: all the heap the process holds from
+ * the system (glibc: main and thread arenas plus mmap'ed chunks, in use or free; the UNet workspace
+ * and the scratch cache are part of it) plus the checkpoint's tensor bytes (the pages that may be
+ * dropped). SIZE_MAX where the allocator cannot tell: then memory is always released. */
+static size_t releasable_bound(const ldm_model *m)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    struct mallinfo2 mi = mallinfo2();
+    size_t bytes = mi.arena + mi.hblkhd;
+    for (size_t i = 0, n = lw_count(m->store); i < n && bytes < LM_RELEASE_MIN_BYTES; i++)
+        bytes += lw_at(m->store, i)->nbytes;
+    return bytes;
+#else
+    (void)m;
+    return SIZE_MAX;
+#endif
+}
+
 void lm_release_memory(ldm_model *m)
 {
+    if (!lk_low_memory() && releasable_bound(m) < LM_RELEASE_MIN_BYTES) return;
     if (m->unet) lunet_release_workspace(m->unet->net);
     lw_store_release_pages(m->store);
     lk_scratch_trim();
