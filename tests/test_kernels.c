@@ -223,6 +223,76 @@ START_TEST(gemm_matches_reference)
 }
 END_TEST
 
+/* The small-product path (gemm_small.c) on its own, both kernels (impl 0 portable, impl 1
+ * AVX2+FMA when the CPU has it): thin and odd shapes around its 6x16 register blocks and 24x32
+ * tiles, every transpose, alpha/beta, strided operands; against the double reference and bit for
+ * bit across thread counts. */
+static void check_gemm_small(int impl, int tA, int tB, int M, int N, int K, int pad, float alpha, float beta)
+{
+    int lda = (tA ? M : K) + pad, ldb = (tB ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(tA ? K : M) * lda, nb = (size_t)(tB ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *A = rand_buf(na, 1), *B = rand_buf(nb, 1), *C0 = rand_buf(nc, 1);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < nc; i++) C0[i] = NAN; /* beta = 0 ignores C */
+    float *ref = copy_buf(C0, nc), *first = NULL;
+    lk_ref_gemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, ref, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm_small impl %d tA=%d tB=%d %dx%dx%d pad %d a %g b %g", impl, tA, tB, M, N, K,
+             pad, alpha, beta);
+    for (int c = 0; c < N_CTX; c++) {
+        float *C = copy_buf(C0, nc);
+        if (!lk_gemm_small_impl(&ctxs[c], impl, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) {
+            free(C);
+            break; /* this CPU lacks the kernel */
+        }
+        /* the padding between rows must be left alone */
+        for (int i = 0; i < M; i++)
+            for (int j = N; j < ldc; j++) {
+                size_t at = (size_t)i * ldc + j;
+                ck_assert_msg(memcmp(&C[at], &C0[at], sizeof(float)) == 0, "%s: wrote outside C", what);
+            }
+        for (int i = 0; i < M; i++)
+            expect_close(C + (size_t)i * ldc, ref + (size_t)i * ldc, (size_t)N, 2e-6 * sqrt(K + 1.0), what);
+        if (first) {
+            expect_same(C, first, nc, what);
+            free(C);
+        } else
+            first = C;
+    }
+    free(first);
+    free(A), free(B), free(C0), free(ref);
+}
+
+START_TEST(gemm_small_matches_reference)
+{
+    static const int ms[] = {1, 2, 5, 6, 7, 13, 16, 25, 64}, ns[] = {1, 3, 8, 15, 16, 17, 33, 64, 100},
+                     ks[] = {1, 7, 8, 9, 64, 67, 300};
+    static const float ab[][2] = {{1.0f, 0.0f}, {0.5f, 1.0f}, {-2.0f, 0.25f}};
+    int n = 0;
+    for (size_t mi = 0; mi < LDM_ARRAY_LEN(ms); mi++)
+        for (size_t ni = 0; ni < LDM_ARRAY_LEN(ns); ni++)
+            for (size_t ki = 0; ki < LDM_ARRAY_LEN(ks); ki++, n++) {
+                int t = n % 4, p = n % 3, pad = n % 2 ? 3 : 0;
+                for (int impl = 0; impl < 2; impl++)
+                    check_gemm_small(impl, t & 1, t >> 1, ms[mi], ns[ni], ks[ki], pad, ab[p][0], ab[p][1]);
+            }
+    /* every transpose on the shapes of a small UNet at batch 1, tiled over the pool */
+    static const int big[][3] = {{64, 64, 576}, {64, 16, 576}, {64, 512, 64}, {16, 64, 256}, {1, 256, 256},
+                                 {70, 90, 1152}};
+    for (size_t b = 0; b < LDM_ARRAY_LEN(big); b++)
+        for (int t = 0; t < 4; t++)
+            for (int impl = 0; impl < 2; impl++) {
+                check_gemm_small(impl, t & 1, t >> 1, big[b][0], big[b][1], big[b][2], 0, 1.0f, 0.0f);
+                check_gemm_small(impl, t & 1, t >> 1, big[b][0], big[b][1], big[b][2], 2, 0.5f, 1.0f);
+            }
+    /* lk_gemm's choice is a rule on the shape alone */
+    ck_assert(!lk_gemm_small_applies(0, 5, 5));
+    ck_assert(!lk_gemm_small_applies(512, 512, 512)); /* BLAS territory */
+    ck_assert(!lk_gemm_small_applies(4, 4, 4096));
+}
+END_TEST
+
+
 START_TEST(linear_matches_reference)
 {
     static const int shapes[][3] = {{3, 5, 7}, {77, 48, 96}, {300, 320, 640}};
@@ -324,6 +394,42 @@ START_TEST(conv2d_row_blocks)
     lk_conv2d_shape s = {1, 64, 100, 128, 4, 3, 3, 1, 1, 1, 1, 1};
     check_conv_with(s, 1, lk_conv2d_im2col, "im2col"); /* lk_conv2d computes 4 output channels directly */
     check_conv(s, 1);
+}
+END_TEST
+
+/* Convolutions without im2col (gemm_small.c): output widths that are a multiple of 8 and the
+ * padded-width mode for the others, 3x3 and other kernels, batches, against the reference and bit
+ * for bit across thread counts; and through lk_conv2d, which takes this path for them. */
+static ldm_status conv_small_fn(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                                float *y)
+{
+    return lk_conv2d_small(c, s, x, w, bias, y);
+}
+
+START_TEST(conv2d_small_matches_reference)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1},   /* a small UNet's 8x8 level */
+        {1, 64, 4, 4, 64, 3, 3, 1, 1, 1, 1, 1},   /* its 4x4 level: padded width */
+        {1, 128, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1},  /* skip concatenation, K = 1152 */
+        {2, 16, 8, 16, 24, 3, 3, 1, 1, 1, 1, 1},  /* batch 2, two panels per row */
+        {3, 5, 6, 6, 13, 3, 3, 1, 1, 1, 1, 1},    /* odd channels, width 6 */
+        {1, 7, 5, 10, 9, 3, 3, 1, 0, 1, 0, 1},    /* no vertical padding, width 8 */
+        {1, 3, 9, 12, 11, 5, 3, 1, 2, 1, 2, 1},   /* 5x3 kernel */
+        {1, 6, 7, 8, 10, 1, 1, 1, 0, 0, 0, 0},    /* 1x1 */
+        {2, 4, 2, 2, 17, 3, 3, 1, 1, 1, 1, 1},    /* 2x2 image */
+    };
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        if (!lk_conv_small_applies(&shapes[i])) continue; /* a CPU without AVX2+FMA */
+        check_conv_with(shapes[i], 1, conv_small_fn, "conv small");
+        check_conv_with(shapes[i], 0, conv_small_fn, "conv small");
+        check_conv(shapes[i], 1);
+    }
+    lk_conv2d_shape wide = {1, 4, 4, 4, 9, 3, 5, 1, 1, 1, 1, 1}; /* padded width 6 over twice the output's 2 */
+    ck_assert(!lk_conv_small_applies(&wide));
+    check_conv(wide, 1);
+    lk_conv2d_shape strided = {1, 64, 8, 8, 64, 3, 3, 2, 1, 1, 1, 1};
+    ck_assert(!lk_conv_small_applies(&strided));
 }
 END_TEST
 
@@ -1084,6 +1190,8 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, pool_concurrent_callers);
     tcase_add_test(tc, pool_single_thread_and_free);
     tcase_add_test(tc, gemm_matches_reference);
+    tcase_add_test(tc, gemm_small_matches_reference);
+    tcase_add_test(tc, conv2d_small_matches_reference);
     tcase_add_test(tc, linear_matches_reference);
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);

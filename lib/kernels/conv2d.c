@@ -155,6 +155,7 @@ static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const floa
         return conv_pointwise(c, s, x, w, bias, y);
     int m = winograd_tile(s);
     if (m) return lk_conv3x3_winograd(c, s, x, w, bias, y, m);
+    if (lk_conv_small_applies(s)) return lk_conv2d_small(c, s, x, w, bias, y);
     return lk_conv2d_im2col(c, s, x, w, bias, y);
 }
 

@@ -103,14 +103,9 @@ static void plan_tiles(gemm_job *j)
     j->tiles_n = ceil_div(j->N, j->nb);
 }
 
-static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
+void lk_gemm_blas(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc)
 {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        scale_c(M, N, beta, C, ldc);
-        return;
-    }
     lk_blas_init();
     if ((double)M * N * K < GEMM_SPLIT_WORK) {
         sgemm_call(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -120,6 +115,20 @@ static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K,
     plan_tiles(&j);
     int tiles = j.tiles_n * ceil_div(M, j.mb);
     lpool_run(lk_pool_for_flops(c, 2.0 * M * N * K), tiles, gemm_tile, &j);
+}
+
+static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    if (lk_gemm_small_applies(M, N, K))
+        lk_gemm_small(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        lk_gemm_blas(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

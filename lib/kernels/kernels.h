@@ -35,6 +35,18 @@ static inline lpool *lk_pool_for_bytes(const lctx *c, double bytes)
 /* C[M,N] = alpha * op(A) op(B) + beta * C;  op(A) is [M,K] (A^T when transA), op(B) is [K,N]. */
 void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
              const float *B, int ldb, float beta, float *C, int ldc);
+/* The two paths behind lk_gemm (M, N, K > 0): BLAS sgemm, tiled over the pool (gemm.c), and the
+ * unpacked register-blocked kernel for thin products (gemm_small.c), which lk_gemm takes when
+ * lk_gemm_small_applies(M, N, K) (a rule on the shape alone). lk_gemm_small_impl runs the small
+ * path with the portable kernel (impl 0) or the AVX2+FMA one (impl 1), for tests: returns 0 and
+ * does nothing when that kernel cannot run here. */
+void lk_gemm_blas(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+int lk_gemm_small_applies(int M, int N, int K);
+void lk_gemm_small(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc);
+int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 /* Makes BLAS single-threaded (we split work over our own pool); called by lk_gemm itself, idempotent. */
 void lk_blas_init(void);
 /* y[rows,out] = x[rows,in] W^T + b;  W is [out,in] as in torch.nn.Linear; b may be NULL. */
@@ -117,6 +129,12 @@ void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block,
 int lk_conv_direct_applies(const lk_conv2d_shape *s);
 ldm_status lk_conv2d_direct(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                             float *y);
+/* Stride-1 convolutions whose output width is a multiple of 8 and whose product is small enough
+ * for lk_gemm_small (an 8x8 or 16x16 image of a small model), on AVX2+FMA CPUs: the small product's
+ * register blocks read a zero-padded copy of the input directly, with no im2col (gemm_small.c). */
+int lk_conv_small_applies(const lk_conv2d_shape *s);
+ldm_status lk_conv2d_small(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                           float *y);
 /* The general path: im2col in row blocks and one matrix product per block (any shape). */
 ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                             const float *bias, float *y);
