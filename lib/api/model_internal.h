@@ -82,8 +82,10 @@ void lm_release_memory(ldm_model *m);
 #define LM_BEGIN(m, fn)                                                                            \
     LM_CAP_SCOPE();                                                                                \
     LDM_TRY(lm_begin((m), (fn)))
-/* Only the cap part of LM_BEGIN (loaders, which have no model yet). */
-#define LM_CAP_SCOPE() size_t lm_saved_cap_ __attribute__((cleanup(lm_restore_cap))) = ldm_alloc_get_cap()
+/* Only the cap part of LM_BEGIN (loaders, which have no model yet). The variable is only read by
+ * its cleanup function, which clang's -Wunused-variable does not count as a use. */
+#define LM_CAP_SCOPE()                                                                             \
+    size_t lm_saved_cap_ __attribute__((cleanup(lm_restore_cap), unused)) = ldm_alloc_get_cap()
 void lm_restore_cap(const size_t *saved);
 /* The body of LM_BEGIN; never call it without the scope, or the model's cap outlives the call. */
 ldm_status lm_begin(ldm_model *m, const char *fn);
