@@ -1,5 +1,7 @@
 /* cpu.c - which vector instructions the running CPU has, for the kernels' run-time dispatch
- * (see simd.h). Asked once; racing first calls compute the same answer. */
+ * (see simd.h). Asked once; racing first calls compute the same answer. Only x86-64 has a
+ * dispatch (LK_DISPATCH): everywhere else (aarch64, docs/arm64.md) the kernels are the generic
+ * C / vector-extension ones and lk_cpu_kernels() says "generic". */
 #include "simd.h"
 
 #ifdef LK_DISPATCH
@@ -36,3 +38,15 @@ int lk_cpu_has_f16c(void)
 }
 int lk_cpu_has_avx2_fma(void) { return (features() & 3) == 3; }
 #endif
+
+/* The kernel family the dispatch picks on this CPU: "avx2+fma" (AVX2 twins and the fused AVX2+FMA
+ * attention), "avx2" (AVX2 twins only), or "generic" (the baseline code: x86-64 without AVX2, and
+ * every other architecture). */
+const char *lk_cpu_kernels(void)
+{
+#ifdef LK_DISPATCH
+    if (lk_cpu_has_avx2_fma()) return "avx2+fma";
+    if (lk_cpu_has_avx2()) return "avx2";
+#endif
+    return "generic";
+}

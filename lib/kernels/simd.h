@@ -54,5 +54,7 @@ int lk_cpu_has_f16c(void);
 #else
 #define LK_PICK(avx2_call, base_call) (base_call)
 #endif
+/* "avx2+fma", "avx2" or "generic": what the dispatch runs on this CPU (cpu.c). */
+const char *lk_cpu_kernels(void);
 
 #endif
