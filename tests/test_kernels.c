@@ -224,9 +224,9 @@ START_TEST(gemm_matches_reference)
 END_TEST
 
 /* The small-product path (gemm_small.c) on its own, both kernels (impl 0 portable, impl 1
- * AVX2+FMA when the CPU has it): thin and odd shapes around its 6x16 register blocks and 24x32
- * tiles, every transpose, alpha/beta, strided operands; against the double reference and bit for
- * bit across thread counts. */
+ * AVX2+FMA when the CPU has it): thin and odd shapes around its 6x16 register blocks, its 3x4 dot
+ * blocks (x W^T) and 24x32 tiles, every transpose, alpha/beta, strided operands; against the
+ * double reference and bit for bit across thread counts. */
 static void check_gemm_small(int impl, int tA, int tB, int M, int N, int K, int pad, float alpha, float beta)
 {
     int lda = (tA ? M : K) + pad, ldb = (tB ? K : N) + pad, ldc = N + pad;
@@ -284,6 +284,29 @@ START_TEST(gemm_small_matches_reference)
             for (int impl = 0; impl < 2; impl++) {
                 check_gemm_small(impl, t & 1, t >> 1, big[b][0], big[b][1], big[b][2], 0, 1.0f, 0.0f);
                 check_gemm_small(impl, t & 1, t >> 1, big[b][0], big[b][1], big[b][2], 2, 0.5f, 1.0f);
+            }
+    /* x W^T with at most 16 rows (a transposed B): dot products along K, B read in place, A
+     * copied into rows when transposed; 17 rows go back to the copied panels. Every row count
+     * around its 3-row blocks, columns around its 4-column blocks, K around its 8-value steps,
+     * alpha/beta (beta = 0 with NaN in C), strides; tiled over the pool from 1 MFLOP. */
+    static const int dm[] = {1, 2, 3, 4, 5, 8, 16, 17}, dn[] = {1, 2, 3, 4, 5, 7, 13, 64},
+                     dk[] = {1, 3, 7, 8, 9, 15, 16, 17, 63, 64, 100, 257};
+    n = 0;
+    for (size_t mi = 0; mi < LDM_ARRAY_LEN(dm); mi++)
+        for (size_t ni = 0; ni < LDM_ARRAY_LEN(dn); ni++)
+            for (size_t ki = 0; ki < LDM_ARRAY_LEN(dk); ki++, n++)
+                for (int tA = 0; tA < 2; tA++)
+                    for (int impl = 0; impl < 2; impl++) {
+                        int p = (n + tA) % 3, pad = (n + tA) % 2 ? 5 : 0;
+                        check_gemm_small(impl, tA, 1, dm[mi], dn[ni], dk[ki], pad, ab[p][0], ab[p][1]);
+                    }
+    static const int dot_big[][3] = {{16, 64, 64}, {16, 512, 64}, {16, 64, 256}, {1, 64, 256}, {13, 700, 100},
+                                     {16, 1024, 64}, {7, 333, 517}};
+    for (size_t b = 0; b < LDM_ARRAY_LEN(dot_big); b++)
+        for (int tA = 0; tA < 2; tA++)
+            for (int impl = 0; impl < 2; impl++) {
+                check_gemm_small(impl, tA, 1, dot_big[b][0], dot_big[b][1], dot_big[b][2], 0, 1.0f, 0.0f);
+                check_gemm_small(impl, tA, 1, dot_big[b][0], dot_big[b][1], dot_big[b][2], 3, -2.0f, 0.25f);
             }
     /* lk_gemm's choice is a rule on the shape alone */
     ck_assert(!lk_gemm_small_applies(0, 5, 5));

@@ -7,6 +7,8 @@
  * of 6 rows x 16 columns straight from A and B as they lie in memory, whatever their transposes
  * and strides; only op(B) is copied into 16-column panels when it is transposed or when its last
  * block is narrower than 16 columns (K x N floats, small next to the M x N x K multiply-adds).
+ * A transposed B with at most 16 rows of C (x W^T at batch 1: 16 or 1 tokens) is not copied:
+ * those products are dot products along K, both operands read in place (dot_job).
  *
  * Every element of C is one accumulator that adds a(i,k) b(k,j) for k = 0, 1, ..., K-1 in that
  * order, then becomes alpha * acc + beta * C: the blocking, the tiles handed to the pool and the
@@ -186,9 +188,9 @@ LK_FMA static void blocks_fma(const small_job *j, int i0, int i1, const float *b
     }
 }
 
-/* 8 rows of 8 floats (src, row stride ld) transposed into dst (row stride 16). */
+/* 8 rows of 8 floats (src, row stride ld) transposed into dst (row stride dld). */
 static inline __attribute__((always_inline, target("avx2,fma"))) void transpose8(const float *src, long ld,
-                                                                                float *dst)
+                                                                                float *dst, long dld)
 {
     __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld),
            r3 = _mm256_loadu_ps(src + 3 * ld), r4 = _mm256_loadu_ps(src + 4 * ld),
@@ -201,14 +203,14 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void transpose8
            u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
            u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
            u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-    _mm256_storeu_ps(dst + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(dst + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(dst + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(dst + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(dst + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(dst + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(dst + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+    _mm256_storeu_ps(dst + 0 * dld, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 1 * dld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * dld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * dld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * dld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * dld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * dld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * dld, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
 /* The first k8 (a multiple of 8) rows of a full 16-column panel of B^T (B [N,K], rows j0..j0+15)
@@ -217,53 +219,211 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void transpose8
 LK_FMA static void pack_t_fma(const float *B, long ldb, int j0, int k8, float *dst)
 {
     for (int k = 0; k < k8; k += 8) {
-        transpose8(B + (size_t)j0 * ldb + k, ldb, dst + (size_t)k * NR);
-        transpose8(B + (size_t)(j0 + 8) * ldb + k, ldb, dst + (size_t)k * NR + 8);
+        transpose8(B + (size_t)j0 * ldb + k, ldb, dst + (size_t)k * NR, NR);
+        transpose8(B + (size_t)(j0 + 8) * ldb + k, ldb, dst + (size_t)k * NR + 8, NR);
     }
 }
 
-/* One row of C against a transposed B (M = 1, B [N,K]: x W^T for a single row): dot products
- * along K, four columns at a time, 8 lanes each summed in a fixed order, with no copy of B. */
-static inline __attribute__((always_inline, target("avx2,fma"))) float hsum8(__m256 v)
+/* Rows [0, m8) x columns [0, k8) (multiples of 8) of copy_rows_t, in 8x8 transposes. */
+LK_FMA static void copy_rows_t_fma(const float *A, long lda, int m8, int k8, int K, float *rows)
 {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
+    for (int i = 0; i < m8; i += 8)
+        for (int k = 0; k < k8; k += 8) transpose8(A + (size_t)k * lda + i, lda, rows + (size_t)i * K + k, K);
 }
 
-LK_FMA static void gemv_t_fma(int N, int K, float alpha, const float *a, const float *B, long ldb, float beta,
-                              float *c)
+/* x W^T without copying W (see dot_job): R (1-3, a constant after inlining) rows of A against the
+ * four rows b0..b3 of B, twelve 8-lane accumulators, 8 values of k per step. */
+#define DOT_ROW(r)                                                                                 \
+    if (R > r) {                                                                                   \
+        __m256 x = tail_ ? _mm256_maskload_ps(a + (size_t)r * lda + k, tmask)                      \
+                         : _mm256_loadu_ps(a + (size_t)r * lda + k);                               \
+        s##r##0 = _mm256_fmadd_ps(x, w0, s##r##0);                                                 \
+        s##r##1 = _mm256_fmadd_ps(x, w1, s##r##1);                                                 \
+        s##r##2 = _mm256_fmadd_ps(x, w2, s##r##2);                                                 \
+        s##r##3 = _mm256_fmadd_ps(x, w3, s##r##3);                                                 \
+    }
+#define DOT_STEP(tail)                                                                             \
+    do {                                                                                           \
+        const int tail_ = (tail);                                                                  \
+        __m256 w0, w1, w2, w3;                                                                     \
+        if (tail_) {                                                                               \
+            w0 = _mm256_maskload_ps(b0 + k, tmask), w1 = _mm256_maskload_ps(b1 + k, tmask);       \
+            w2 = _mm256_maskload_ps(b2 + k, tmask), w3 = _mm256_maskload_ps(b3 + k, tmask);       \
+        } else {                                                                                   \
+            w0 = _mm256_loadu_ps(b0 + k), w1 = _mm256_loadu_ps(b1 + k);                           \
+            w2 = _mm256_loadu_ps(b2 + k), w3 = _mm256_loadu_ps(b3 + k);                           \
+        }                                                                                          \
+        DOT_ROW(0) DOT_ROW(1) DOT_ROW(2)                                                           \
+    } while (0)
+#define DOT_STORE_ROW(r)                                                                           \
+    if (R > r) dot_store(c + (size_t)r * ldc, n, s##r##0, s##r##1, s##r##2, s##r##3, va, vb, beta0);
+
+/* The four sums of x0..x3, each ((l0 + l2) + (l1 + l3)) + ((l4 + l6) + (l5 + l7)) over its lanes;
+ * then alpha * sum (+ beta * c) into c[0..n-1], n <= 4 (a constant 4 after inlining, or not). */
+static inline __attribute__((always_inline, target("avx2,fma"))) void dot_store(float *c, int n, __m256 x0,
+                                                                               __m256 x1, __m256 x2, __m256 x3,
+                                                                               __m128 va, __m128 vb, int beta0)
 {
-    int k8 = K & ~7;
-    int j = 0;
-    for (; j + 4 <= N; j += 4) {
-        const float *b0 = B + (size_t)j * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (int k = 0; k < k8; k += 8) {
-            __m256 av = _mm256_loadu_ps(a + k);
-            s0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b0 + k), s0);
-            s1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b1 + k), s1);
-            s2 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b2 + k), s2);
-            s3 = _mm256_fmadd_ps(av, _mm256_loadu_ps(b3 + k), s3);
-        }
-        float d[4] = {hsum8(s0), hsum8(s1), hsum8(s2), hsum8(s3)};
-        const float *bb[4] = {b0, b1, b2, b3};
-        for (int t = 0; t < 4; t++) {
-            for (int k = k8; k < K; k++) d[t] = fmaf(a[k], bb[t][k], d[t]);
-            c[j + t] = beta == 0.0f ? alpha * d[t] : alpha * d[t] + beta * c[j + t];
+    /* u = [x0: l0+l2, x1: l0+l2, x0: l1+l3, x1: l1+l3 | the same for l4..l7], w for x2, x3 */
+    __m256 u = _mm256_add_ps(_mm256_unpacklo_ps(x0, x1), _mm256_unpackhi_ps(x0, x1));
+    __m256 w = _mm256_add_ps(_mm256_unpacklo_ps(x2, x3), _mm256_unpackhi_ps(x2, x3));
+    __m256 h = _mm256_add_ps(_mm256_shuffle_ps(u, w, 0x44), _mm256_shuffle_ps(u, w, 0xee));
+    __m128 v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    v = _mm_mul_ps(va, v);
+    if (n == 4) {
+        if (!beta0) v = _mm_fmadd_ps(vb, _mm_loadu_ps(c), v);
+        _mm_storeu_ps(c, v);
+    } else {
+        __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(n), _mm_setr_epi32(0, 1, 2, 3));
+        if (!beta0) v = _mm_fmadd_ps(vb, _mm_maskload_ps(c, m), v);
+        _mm_maskstore_ps(c, m, v);
+    }
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void dot_block_fma(
+    const int R, int n, int K, const float *a, long lda, const float *b0, const float *b1, const float *b2,
+    const float *b3, __m128 va, __m128 vb, int beta0, float *c, long ldc)
+{
+    __m256 z = _mm256_setzero_ps();
+    __m256 s00 = z, s01 = z, s02 = z, s03 = z, s10 = z, s11 = z, s12 = z, s13 = z, s20 = z, s21 = z, s22 = z,
+           s23 = z;
+    int k = 0;
+    __m256i tmask = _mm256_cmpgt_epi32(_mm256_set1_epi32(K & 7), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (; k + 8 <= K; k += 8) DOT_STEP(0);
+    if (k < K) DOT_STEP(1); /* the last K % 8 values, zeros in the other lanes */
+    DOT_STORE_ROW(0) DOT_STORE_ROW(1) DOT_STORE_ROW(2)
+}
+
+/* Rows [i0, i1) of C, columns [0, n) of C, from rows b0..b3 of B (n a constant 4 after inlining,
+ * or not). */
+static inline __attribute__((always_inline, target("avx2,fma"))) void dot_rows_fma(
+    int i0, int i1, int n, int K, const float *A, long lda, const float *b0, const float *b1, const float *b2,
+    const float *b3, __m128 va, __m128 vb, int beta0, float *C, long ldc)
+{
+    int i = i0;
+    for (; i + 3 <= i1; i += 3)
+        dot_block_fma(3, n, K, A + (size_t)i * lda, lda, b0, b1, b2, b3, va, vb, beta0, C + (size_t)i * ldc, ldc);
+    const float *a = A + (size_t)i * lda;
+    float *c = C + (size_t)i * ldc;
+    if (i1 - i == 2) dot_block_fma(2, n, K, a, lda, b0, b1, b2, b3, va, vb, beta0, c, ldc);
+    else if (i1 - i == 1) dot_block_fma(1, n, K, a, lda, b0, b1, b2, b3, va, vb, beta0, c, ldc);
+}
+#endif
+
+/* ---------------------------------------------------------------- x W^T without copying W */
+
+/* op(B) transposed: C = alpha A B^T + beta C with B [N,K] (torch.nn.Linear's weight x W^T,
+ * attention's Q K^T) and A [M,K] rows contiguous in K (a transposed A is copied into rows first).
+ * Both operands are read in place, 8 values of k at a time: each element of C is eight FMA chains
+ * (lane l adds a(i,k) b(j,k) for k = l, l + 8, ... in that order, the last K % 8 values zero-padded
+ * to a full step), summed as ((l0 + l2) + (l1 + l3)) + ((l4 + l6) + (l5 + l7)), then alpha * sum
+ * (+ beta * C). Blocks of 3 rows x 4 columns keep twelve accumulators; an element's operations do
+ * not depend on its block or tile, so results are bitwise the same for any thread count. For
+ * these products it replaces the copy of B^T into 16-column panels on every call (K x N floats:
+ * the whole weight matrix of a projection), which for so few rows costs as much as the
+ * multiply-adds when the weights come from the last-level cache or memory; with more rows the
+ * copy is shared by more of them and the horizontal sums cost more than it (DOT_MAX_M). */
+typedef struct dot_job {
+    int M, N, K;
+    float alpha, beta;
+    const float *A; /* [M,K], row stride lda */
+    long lda;
+    const float *B; /* [N,K], row stride ldb */
+    long ldb;
+    float *C;
+    long ldc;
+    int tiles_n;
+    int fma;
+} dot_job;
+
+#define DOT_NR 4 /* columns of a dot block (rows: 3) */
+/* Products taken: at most this many rows of C, a rule on the shape. Measured on the machine of
+ * docs/performance.md, weights cycled through 2 MB (from the last-level cache) and through 64 MB
+ * (from memory), against the copied panels: 16 x 64 x 64 1.0-1.15x / 1.6x faster, 16 x 64 x 256
+ * 1.1-1.25x / 1.3x, 16 x 512 x 64 1.0x / 1.4x; but 64 x 64 x 64 1.1-1.2x slower (equal from
+ * memory), 64 x 512 x 64 1.1-1.2x slower: the eight-lane sums per element cost more than a copy
+ * that 64 rows share. */
+#define DOT_MAX_M 16
+
+/* Portable twin: one row against four rows of B (fewer at the right edge), 8-lane vectors with
+ * separate multiplies and adds, the same lanes and the same order of the final sum. */
+static void dot_row_generic(int n, int K, const float *a, const float *const *b, float alpha, float beta, float *c)
+{
+    v8f s[DOT_NR];
+    for (int t = 0; t < DOT_NR; t++) s[t] = SPLAT(0.0f);
+    int k = 0;
+    for (; k + LANES <= K; k += LANES) {
+        v8f x;
+        LOAD(x, a + k);
+        for (int t = 0; t < n; t++) {
+            v8f w;
+            LOAD(w, b[t] + k);
+            s[t] += x * w;
         }
     }
-    for (; j < N; j++) {
-        const float *b0 = B + (size_t)j * ldb;
-        __m256 s0 = _mm256_setzero_ps();
-        for (int k = 0; k < k8; k += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b0 + k), s0);
-        float d = hsum8(s0);
-        for (int k = k8; k < K; k++) d = fmaf(a[k], b0[k], d);
-        c[j] = beta == 0.0f ? alpha * d : alpha * d + beta * c[j];
+    if (k < K) { /* the last K % 8 values, zeros in the other lanes */
+        float xa[LANES] = {0}, wb[LANES] = {0};
+        memcpy(xa, a + k, sizeof(float) * (size_t)(K - k));
+        v8f x;
+        LOAD(x, xa);
+        for (int t = 0; t < n; t++) {
+            memcpy(wb, b[t] + k, sizeof(float) * (size_t)(K - k));
+            v8f w;
+            LOAD(w, wb);
+            s[t] += x * w;
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        float l[LANES];
+        STORE(l, s[t]);
+        float sum = ((l[0] + l[2]) + (l[1] + l[3])) + ((l[4] + l[6]) + (l[5] + l[7]));
+        c[t] = beta == 0.0f ? alpha * sum : alpha * sum + beta * c[t];
+    }
+}
+
+static void dot_blocks_generic(const dot_job *j, int i0, int i1, int j0, int j1)
+{
+    for (int jj = j0; jj < j1; jj += DOT_NR) {
+        int n = LDM_MIN(DOT_NR, j1 - jj);
+        const float *b[DOT_NR];
+        for (int t = 0; t < n; t++) b[t] = j->B + (size_t)(jj + t) * j->ldb;
+        for (int i = i0; i < i1; i++)
+            dot_row_generic(n, j->K, j->A + (size_t)i * j->lda, b, j->alpha, j->beta, j->C + (size_t)i * j->ldc + jj);
+    }
+}
+
+#ifdef LK_DISPATCH
+LK_FMA static void dot_blocks_fma(const dot_job *j, int i0, int i1, int j0, int j1)
+{
+    int K = j->K, beta0 = j->beta == 0.0f;
+    long lda = j->lda, ldb = j->ldb, ldc = j->ldc;
+    __m128 va = _mm_set1_ps(j->alpha), vb = _mm_set1_ps(j->beta);
+    for (int jj = j0; jj < j1; jj += DOT_NR) {
+        int n = LDM_MIN(DOT_NR, j1 - jj);
+        /* columns past the right edge re-read the first one; they are not stored */
+        const float *b0 = j->B + (size_t)jj * ldb;
+        const float *b1 = n > 1 ? b0 + ldb : b0, *b2 = n > 2 ? b0 + 2 * ldb : b0, *b3 = n > 3 ? b0 + 3 * ldb : b0;
+        if (n == DOT_NR)
+            dot_rows_fma(i0, i1, DOT_NR, K, j->A, lda, b0, b1, b2, b3, va, vb, beta0, j->C + jj, ldc);
+        else
+            dot_rows_fma(i0, i1, n, K, j->A, lda, b0, b1, b2, b3, va, vb, beta0, j->C + jj, ldc);
     }
 }
 #endif
+
+static void dot_tile(void *arg, int task)
+{
+    const dot_job *j = arg;
+    int i0 = (task / j->tiles_n) * TILE_M, j0 = (task % j->tiles_n) * TILE_N;
+    int i1 = LDM_MIN(j->M, i0 + TILE_M), j1 = LDM_MIN(j->N, j0 + TILE_N);
+#ifdef LK_DISPATCH
+    if (j->fma) {
+        dot_blocks_fma(j, i0, i1, j0, j1);
+        return;
+    }
+#endif
+    dot_blocks_generic(j, i0, i1, j0, j1);
+}
 
 /* ---------------------------------------------------------------- tiles */
 
@@ -322,23 +482,44 @@ static void pack_panels(int use_fma, int transB, const float *B, long ldb, int N
     }
 }
 
+/* A transposed (stored K x M, row stride lda) copied into M rows of K floats. */
+static void copy_rows_t(int use_fma, const float *A, long lda, int M, int K, float *rows)
+{
+    int m8 = 0, k8 = 0;
+#ifdef LK_DISPATCH
+    if (use_fma) {
+        m8 = M & ~7, k8 = K & ~7;
+        copy_rows_t_fma(A, lda, m8, k8, K, rows);
+    }
+#endif
+    for (int i = 0; i < M; i++)
+        for (int k = i < m8 ? k8 : 0; k < K; k++) rows[(size_t)i * K + k] = A[(size_t)k * lda + i];
+}
+
 static void gemm_small_run(const lctx *c, int use_fma, int transA, int transB, int M, int N, int K, float alpha,
                            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-#ifdef LK_DISPATCH
-    /* a single row of x W^T: dot products (the row and B's rows are both contiguous in K); the
-     * row is copied when it is a strided column of A^T */
-    if (use_fma && M == 1 && transB && K <= SMALL_MAX_K) {
-        float row[SMALL_MAX_K];
-        const float *a = A;
+    if (transB && M <= DOT_MAX_M) {
+        /* x W^T with few rows: dot products along K (dot_job), nothing of B copied; a transposed A
+         * (at most 16 x K floats) is copied into rows first */
+        float stack_rows[2048];
+        float *rows = NULL;
         if (transA) {
-            for (int k = 0; k < K; k++) row[k] = A[(size_t)k * lda];
-            a = row;
+            size_t bytes = sizeof(float) * (size_t)M * K;
+            rows = bytes <= sizeof stack_rows ? stack_rows : malloc(bytes);
+            if (!rows) {
+                lk_gemm_blas(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                return;
+            }
+            copy_rows_t(use_fma, A, lda, M, K, rows);
         }
-        gemv_t_fma(N, K, alpha, a, B, ldb, beta, C);
+        dot_job j = {M, N, K, alpha, beta, rows ? rows : A, rows ? K : lda, B, ldb, C, ldc,
+                     (N + TILE_N - 1) / TILE_N, use_fma};
+        int tiles = j.tiles_n * ((M + TILE_M - 1) / TILE_M);
+        lpool_run(lk_pool_for_flops(c, 2.0 * M * N * K), tiles, dot_tile, &j);
+        if (rows != stack_rows) free(rows);
         return;
     }
-#endif
     int panels = (N + NR - 1) / NR;
     int pack_from = transB ? 0 : N / NR; /* plain B: only a partial last panel is copied */
     size_t pack_bytes = sizeof(float) * (size_t)(panels - pack_from) * NR * K;
