@@ -147,7 +147,12 @@ LATENCY := $(BUILD)/bench/latency
 $(LATENCY): bench/latency.c $(STATIC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(STATIC_LIB) $(LIBS)
-bench: $(BENCH) $(LATENCY)
+# The machine's own FMA peak, the yardstick docs/performance.md states results against.
+PEAK := $(BUILD)/bench/peak
+$(PEAK): bench/peak.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< -pthread
+bench: $(BENCH) $(LATENCY) $(PEAK)
 
 # Lua 5.4 module (bindings/lua/README.md): $(BUILD)/ldm.so for `require "ldm"` through LUA_CPATH.
 # It links the shared library, found next to the module ($ORIGIN, as in $(BUILD)), two levels up

@@ -1,0 +1,153 @@
+/* peak.c - measures this machine's single-precision FMA peak, the yardstick the performance docs
+ * state results against (a share of the machine's own peak, not a bare time).
+ *
+ *   build/bench/peak [--seconds S]      # prints GFLOP/s with 1 thread and with every online CPU
+ *
+ * Each thread runs independent chains of 8-wide FMAs (AVX2+FMA, when the CPU has them) or 4-wide
+ * multiply-adds (any other CPU), enough chains to hide the FMA latency, and counts 2 FLOPs per
+ * lane. The result is what the core can issue, not what memory can feed. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PEAK_X86 1
+#endif
+
+enum { CHAINS = 12, INNER = 1000 };
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#ifdef PEAK_X86
+/* 12 independent accumulators: two FMA pipes x latency 4-5 need at least 8-10 in flight. */
+__attribute__((target("avx2,fma"))) static double fma_chains_avx2(long rounds, float *sink)
+{
+    __m256 acc[CHAINS];
+    for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_set1_ps(0.001f * (float)c);
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (long r = 0; r < rounds; r++)
+        for (int i = 0; i < INNER; i++) {
+            /* unrolled by hand so the accumulators stay in registers at any -O level */
+#pragma GCC unroll 12
+            for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_fmadd_ps(acc[c], a, b);
+        }
+    __m256 s = acc[0];
+    for (int c = 1; c < CHAINS; c++) s = _mm256_add_ps(s, acc[c]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    *sink = out[0];
+    return (double)rounds * INNER * CHAINS * 8 * 2;
+}
+#endif
+
+static double madd_chains_generic(long rounds, float *sink)
+{
+    float acc[CHAINS][4];
+    for (int c = 0; c < CHAINS; c++)
+        for (int l = 0; l < 4; l++) acc[c][l] = 0.001f * (float)(c + l);
+    for (long r = 0; r < rounds; r++)
+        for (int i = 0; i < INNER; i++) {
+#pragma GCC unroll 12
+            for (int c = 0; c < CHAINS; c++)
+#pragma GCC unroll 4
+                for (int l = 0; l < 4; l++) acc[c][l] = acc[c][l] * 0.999999f + 1e-7f;
+        }
+    float s = 0;
+    for (int c = 0; c < CHAINS; c++)
+        for (int l = 0; l < 4; l++) s += acc[c][l];
+    *sink = s;
+    return (double)rounds * INNER * CHAINS * 4 * 2;
+}
+
+static int use_avx2(void)
+{
+#ifdef PEAK_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+typedef struct {
+    double seconds, flops, elapsed;
+    float sink;
+} worker;
+
+static void *run_worker(void *arg)
+{
+    worker *w = arg;
+    long rounds = 64;
+    double t0 = now(), flops = 0;
+    do {
+#ifdef PEAK_X86
+        flops += use_avx2() ? fma_chains_avx2(rounds, &w->sink) : madd_chains_generic(rounds, &w->sink);
+#else
+        flops += madd_chains_generic(rounds, &w->sink);
+#endif
+    } while (now() - t0 < w->seconds);
+    w->flops = flops;
+    w->elapsed = now() - t0;
+    return NULL;
+}
+
+/* GFLOP/s of n threads running at once (the sum of each thread's own rate). */
+static double measure(int n, double seconds)
+{
+    pthread_t tid[256];
+    worker w[256];
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].seconds = seconds;
+        if (pthread_create(&tid[i], NULL, run_worker, &w[i]) != 0) {
+            fprintf(stderr, "peak: cannot start thread %d\n", i + 1);
+            exit(1);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(tid[i], NULL);
+        total += w[i].flops / w[i].elapsed;
+    }
+    return total * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    double seconds = 1.0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
+            seconds = atof(argv[++i]);
+        } else {
+            fprintf(stderr, "usage: peak [--seconds S]\n");
+            return 2;
+        }
+    }
+    if (!(seconds > 0 && seconds <= 60)) {
+        fprintf(stderr, "peak: --seconds must be in (0, 60]\n");
+        return 2;
+    }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = cpus < 1 ? 1 : cpus > 256 ? 256 : (int)cpus;
+    printf("FMA peak (%s, single precision, best of 3 runs of %.1f s)\n",
+           use_avx2() ? "AVX2+FMA, 8 lanes" : "generic C, 4 lanes", seconds);
+    int counts[2] = {1, n};
+    for (int k = 0; k < (n > 1 ? 2 : 1); k++) {
+        double best = 0;
+        for (int r = 0; r < 3; r++) {
+            double g = measure(counts[k], seconds);
+            if (g > best) best = g;
+        }
+        printf("  %d thread%s: %8.1f GFLOP/s\n", counts[k], counts[k] > 1 ? "s" : " ", best);
+    }
+    return 0;
+}
