@@ -14,6 +14,7 @@
 
 #include "core/ctx.h"
 #include "kernels/kernels.h"
+#include "support/ck_pools.h"
 #include "support/ck_run.h"
 #include "train/grad.h"
 
@@ -61,38 +62,12 @@ static float *nanbuf(size_t n)
 /* max |got - ref| <= tol * max |ref| (NaN fails). */
 static void expect_close(const float *got, const float *ref, size_t n, double tol, const char *what, const char *name)
 {
-    double mx = 0.0, err = 0.0;
-    size_t worst = 0;
-    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= err)) {
-            err = isnan(e) ? INFINITY : e;
-            worst = i;
-        }
-    }
+    size_t worst;
+    double mx, err = ck_max_error(got, ref, n, &worst, &mx);
     ck_assert_msg(err <= tol * fmax(mx, 1e-20), "%s %s: max error %.3g at %zu (got %.9g, ref %.9g), allowed %.3g", what,
                   name, err, worst, n ? got[worst] : 0.0, n ? ref[worst] : 0.0, tol * mx);
 }
 
-/* Contexts under test: serial, 2 threads, 3 threads. */
-#define N_CTX 3
-static lctx ctxs[N_CTX];
-
-static void setup_pools(void)
-{
-    ctxs[0].pool = NULL;
-    ctxs[1].pool = lpool_create(2);
-    ctxs[2].pool = lpool_create(3);
-    ck_assert_ptr_nonnull(ctxs[1].pool);
-    ck_assert_ptr_nonnull(ctxs[2].pool);
-}
-
-static void teardown_pools(void)
-{
-    lpool_free(ctxs[1].pool);
-    lpool_free(ctxs[2].pool);
-}
 
 /* The gradients of one call: the reference's and each context's fast path's. */
 #define MAX_OUT 3

@@ -12,6 +12,7 @@
 #include "core/ctx.h"
 #include "io/weights.h"
 #include "kernels/kernels.h"
+#include "support/ck_pools.h"
 #include "support/ck_run.h"
 
 /* ---- helpers */
@@ -45,16 +46,9 @@ static float *copy_buf(const float *x, size_t n)
 /* max |got - ref| <= tol * max(1, max |ref|) */
 static void expect_close(const float *got, const float *ref, size_t n, double tol, const char *what)
 {
-    double mx = 1.0, err = 0.0;
-    size_t worst = 0;
-    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - ref[i]);
-        if (!(e <= err)) { /* also catches NaN */
-            err = isnan(e) ? INFINITY : e;
-            worst = i;
-        }
-    }
+    size_t worst;
+    double mx, err = ck_max_error(got, ref, n, &worst, &mx);
+    mx = fmax(mx, 1.0);
     ck_assert_msg(err <= tol * mx, "%s: max error %.3g at %zu (got %.9g, ref %.9g), allowed %.3g", what, err, worst,
                   n ? got[worst] : 0.0, n ? ref[worst] : 0.0, tol * mx);
 }
@@ -64,24 +58,6 @@ static void expect_same(const float *a, const float *b, size_t n, const char *wh
     ck_assert_msg(memcmp(a, b, sizeof(float) * n) == 0, "%s: results differ between thread counts", what);
 }
 
-/* Contexts under test: serial, 2 threads, 3 threads. */
-#define N_CTX 3
-static lctx ctxs[N_CTX];
-
-static void setup_pools(void)
-{
-    ctxs[0].pool = NULL;
-    ctxs[1].pool = lpool_create(2);
-    ctxs[2].pool = lpool_create(3);
-    ck_assert_ptr_nonnull(ctxs[1].pool);
-    ck_assert_ptr_nonnull(ctxs[2].pool);
-}
-
-static void teardown_pools(void)
-{
-    lpool_free(ctxs[1].pool);
-    lpool_free(ctxs[2].pool);
-}
 
 /* ---- thread pool */
 
