@@ -94,6 +94,17 @@ static ltp_id fail(ltp_tape *t, ldm_status st, const char *fmt, ...)
     return LTP_NONE;
 }
 
+ltp_id ltp_fail(ltp_tape *t, ldm_status status, const char *fmt, ...)
+{
+    if (!t) return LTP_NONE;
+    char msg[sizeof t->error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return fail(t, status, "%s", msg);
+}
+
 static ltp_id fail_alloc(ltp_tape *t)
 {
     ldm_status st = ldm_alloc_failure_status();
@@ -187,6 +198,10 @@ static ltp_id new_value(ltp_tape *t, int ndim, const int64_t *shape, float *data
         n *= (size_t)shape[i];
         if (n > ((size_t)1 << 36)) return fail(t, LDM_ERR_LIMIT, "tape: a value of over 2^36 elements");
     }
+    /* `shape` often points into t->vals (an operand's shape), which the growth below may move */
+    int64_t dims[LTP_MAX_DIMS];
+    memcpy(dims, shape, (size_t)ndim * sizeof *dims);
+    shape = dims;
     if (t->n_vals == t->cap_vals) {
         size_t nc = t->cap_vals ? 2 * t->cap_vals : 256;
         value *nv = ldm_realloc(t->vals, nc * sizeof *nv);

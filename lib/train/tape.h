@@ -91,6 +91,8 @@ void ltp_reset(ltp_tape *t);
 ldm_status ltp_status(const ltp_tape *t);
 const char *ltp_error(const ltp_tape *t);
 /* Bytes of values and gradients held now, and the most held since creation. */
+/* Latches an error from network code (the first one wins); returns LTP_NONE. */
+ltp_id ltp_fail(ltp_tape *t, ldm_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 size_t ltp_bytes(const ltp_tape *t);
 size_t ltp_peak_bytes(const ltp_tape *t);
 
