@@ -1,33 +1,250 @@
 /* test_cpu.c - the kernels' run-time dispatch (lib/kernels/cpu.c): the kernel family it reports
- * agrees with the CPU features it reads, and every architecture but x86 runs the generic kernels
- * (docs/arm64.md). Prints the family, so a test log says which kernels the other suites ran. */
+ * agrees with the CPU features it reads, LDM_CPU forces a family (or, for one this CPU or build
+ * lacks and for unknown names, the generic kernels, and says so), and every family this CPU runs
+ * matches the naive references on the hot kernels (attention, Winograd, GroupNorm, LayerNorm,
+ * activations, softmax, float16 widening), bit for bit across thread counts. A family the CPU
+ * lacks prints "SKIPPED: family NAME ...". Prints the default family, so a test log says which
+ * kernels the other suites ran. */
 #include <check.h>
 
+#include "kernels/kernels.h"
 #include "kernels/simd.h"
+#include "support/ck_pools.h"
 #include "support/ck_run.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* Every family name any build knows; extend with new families. */
+static const char *const all_families[] = {"generic", "avx2", "avx2+fma", "neon"};
+#define N_FAMILIES (sizeof all_families / sizeof all_families[0])
+
+static void force(const char *v)
+{
+    if (v)
+        setenv("LDM_CPU", v, 1);
+    else
+        unsetenv("LDM_CPU");
+    lk_cpu_reselect();
+}
 
 START_TEST(reported_family_matches_features)
 {
+    force(NULL);
     const char *k = lk_cpu_kernels();
-    printf("cpu: kernels %s\n", k);
+    printf("cpu: kernels %s\n%s\n", k, ldm_cpu_info());
     ck_assert_ptr_nonnull(k);
     ck_assert_str_eq(k, lk_cpu_kernels()); /* cached answers stay the same */
 #ifdef LK_DISPATCH
-    if (lk_cpu_has_avx2_fma())
+    if (lk_cpu_family_supported("avx2+fma"))
         ck_assert_str_eq(k, "avx2+fma");
-    else if (lk_cpu_has_avx2())
+    else if (lk_cpu_family_supported("avx2"))
         ck_assert_str_eq(k, "avx2");
     else
         ck_assert_str_eq(k, "generic");
+    ck_assert_int_eq(lk_cpu_has_avx2_fma(), !strcmp(k, "avx2+fma"));
+#elif defined(LK_NEON)
+    ck_assert_str_eq(k, "neon"); /* AdvSIMD is part of every aarch64 CPU */
+    ck_assert(lk_cpu_has_neon());
 #else
     ck_assert_str_eq(k, "generic");
 #endif
-#if !defined(__x86_64__) && !defined(__i386__)
-    ck_assert_str_eq(k, "generic"); /* no SIMD dispatch off x86 (NEON kernels are a later step) */
+    ck_assert(lk_cpu_family_supported("generic"));
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "(auto)"));
+    force("auto");
+    ck_assert_str_eq(lk_cpu_kernels(), k);
+}
+END_TEST
+
+START_TEST(forced_family)
+{
+    force("generic");
+    ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "kernels: generic (LDM_CPU=generic)"));
+#ifdef LK_DISPATCH
+    ck_assert(!lk_cpu_has_avx2() && !lk_cpu_has_avx2_fma() && !lk_cpu_has_f16c());
 #endif
+#ifdef LK_NEON
+    ck_assert(!lk_cpu_has_neon());
+#endif
+    ck_assert(!lk_attention_fused_available());
+    /* unknown names run the generic kernels, and ldm_cpu_info says why; nothing is printed */
+    force("sse9");
+    ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "LDM_CPU=sse9: unknown family, generic runs"));
+    /* a family of another architecture, or one this CPU lacks: generic too */
+    for (size_t i = 0; i < N_FAMILIES; i++) {
+        force(all_families[i]);
+        if (lk_cpu_family_supported(all_families[i])) {
+            ck_assert_str_eq(lk_cpu_kernels(), all_families[i]);
+        } else {
+            ck_assert_str_eq(lk_cpu_kernels(), "generic");
+            ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "generic runs"));
+        }
+    }
+    force(NULL);
+}
+END_TEST
+
+/* ---- every family against the references */
+
+static float *rnd(size_t n, uint32_t seed, float scale)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    ck_assert_ptr_nonnull(p);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        p[i] = scale * ((float)(seed >> 8) / 16777216.0f * 2.0f - 1.0f);
+    }
+    return p;
+}
+
+/* max |got - ref| <= tol * max(1, max |ref|) */
+static void close_to(const float *got, const float *ref, size_t n, double tol, const char *fam, const char *what)
+{
+    size_t worst;
+    double mx, err = ck_max_error(got, ref, n, &worst, &mx);
+    mx = fmax(mx, 1.0);
+    ck_assert_msg(err <= tol * mx, "%s (%s): max error %.3g at %zu (got %.9g, ref %.9g), allowed %.3g", what, fam, err,
+                  worst, n ? got[worst] : 0.0, n ? ref[worst] : 0.0, tol * mx);
+}
+
+/* Runs the statements (writing y, with ctx) under each thread context: close to ref, and identical across contexts. */
+#define ACROSS_CTX(n, ref, tol, fam, what, ...)                                                    \
+    do {                                                                                           \
+        float *first_ = NULL;                                                                      \
+        for (int c = 0; c < N_CTX; c++) {                                                          \
+            const lctx *ctx = &ctxs[c];                                                            \
+            float *y = malloc(sizeof(float) * (n));                                                \
+            for (size_t i_ = 0; i_ < (n); i_++) y[i_] = NAN;                                       \
+            __VA_ARGS__;                                                                           \
+            close_to(y, ref, n, tol, fam, what);                                                   \
+            if (first_) {                                                                          \
+                ck_assert_msg(!memcmp(y, first_, sizeof(float) * (n)), "%s (%s): differs by threads", what, fam); \
+                free(y);                                                                           \
+            } else                                                                                 \
+                first_ = y;                                                                        \
+        }                                                                                          \
+        free(first_);                                                                              \
+    } while (0)
+
+static void check_attention(const char *fam, int B, int H, int T, int S, int D, int causal)
+{
+    size_t nq = (size_t)B * H * T * D, nk = (size_t)B * H * S * D;
+    float *q = rnd(nq, 1, 1), *k = rnd(nk, 2, 1), *v = rnd(nk, 3, 1), *ref = malloc(sizeof(float) * nq);
+    lk_view vq = {q, (long)H * T * D, (long)T * D, D, 1}, vk = {k, (long)H * S * D, (long)S * D, D, 1};
+    lk_view vv = {v, (long)H * S * D, (long)S * D, D, 1}, vr = {ref, (long)H * T * D, (long)T * D, D, 1};
+    float scale = 1.0f / sqrtf((float)D);
+    lk_ref_attention(B, H, T, S, D, vq, vk, vv, vr, scale, causal);
+    ACROSS_CTX(nq, ref, 3e-6 * sqrt(D + 1.0), fam, causal ? "attention (causal)" : "attention", {
+        lk_view vo = {y, (long)H * T * D, (long)T * D, D, 1};
+        ck_assert_int_eq(lk_attention(ctx, B, H, T, S, D, vq, vk, vv, vo, scale, causal), LDM_OK);
+    });
+    free(q), free(k), free(v), free(ref);
+}
+
+static void check_winograd(const char *fam, int m, int IC, int H, int W, int OC)
+{
+    lk_conv2d_shape s = {2, IC, H, W, OC, 3, 3, 1, 1, 1, 1, 1};
+    size_t nx = (size_t)2 * IC * H * W, nw = (size_t)OC * IC * 9, ny = (size_t)2 * OC * H * W;
+    float *x = rnd(nx, 4, 1), *w = rnd(nw, 5, 1), *b = rnd((size_t)OC, 6, 1), *ref = malloc(sizeof(float) * ny);
+    lk_ref_conv2d(&s, x, w, b, ref);
+    ACROSS_CTX(ny, ref, 2e-6 * sqrt(9.0 * IC + 1), fam, m == 4 ? "winograd F(4,3)" : "winograd F(2,3)",
+               ck_assert_int_eq(lk_conv3x3_winograd(ctx, &s, x, lk_wt_f32(w), b, y, m), LDM_OK));
+    free(x), free(w), free(b), free(ref);
+}
+
+static void check_norms(const char *fam)
+{
+    int B = 2, C = 64, HW = 300, G = 32;
+    size_t n = (size_t)B * C * HW;
+    float *x = rnd(n, 7, 2), *g = rnd((size_t)C, 8, 1), *be = rnd((size_t)C, 9, 1);
+    float *ref = malloc(sizeof(float) * n), *ref_silu = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) x[i] += 0.5f;
+    lk_ref_group_norm(x, B, C, HW, G, 1e-5f, g, be, ref);
+    for (size_t i = 0; i < n; i++) ref_silu[i] = (float)(ref[i] / (1.0 + exp(-(double)ref[i])));
+    ACROSS_CTX(n, ref, 4e-6, fam, "group_norm", lk_group_norm(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
+    ACROSS_CTX(n, ref_silu, 4e-6, fam, "group_norm_silu", lk_group_norm_silu(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
+    int rows = 37, dim = 77;
+    lk_ref_layer_norm(x, rows, dim, 1e-5f, g, be, ref);
+    ACROSS_CTX((size_t)rows * dim, ref, 4e-6, fam, "layer_norm", lk_layer_norm(ctx, x, rows, dim, 1e-5f, g, be, y));
+    free(x), free(g), free(be), free(ref), free(ref_silu);
+}
+
+static void check_activations(const char *fam)
+{
+    size_t n = 16411; /* not a multiple of 8: tails */
+    float *x = rnd(n, 10, 6), *ref = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] * 0.5 * (1.0 + erf(x[i] / sqrt(2.0))));
+    ACROSS_CTX(n, ref, 2e-6, fam, "gelu", memcpy(y, x, sizeof(float) * n); lk_gelu_ctx(ctx, y, n));
+    for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-(double)x[i])));
+    ACROSS_CTX(n, ref, 2e-6, fam, "silu", memcpy(y, x, sizeof(float) * n); lk_silu_ctx(ctx, y, n));
+    for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-1.702 * x[i])));
+    ACROSS_CTX(n, ref, 2e-6, fam, "quick_gelu", memcpy(y, x, sizeof(float) * n); lk_quick_gelu_ctx(ctx, y, n));
+    int rows = 41, cols = 397;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * cols;
+        double mx = -INFINITY, sum = 0;
+        for (int c = 0; c < cols; c++) mx = fmax(mx, xr[c]);
+        for (int c = 0; c < cols; c++) sum += exp(xr[c] - mx);
+        for (int c = 0; c < cols; c++) ref[(size_t)r * cols + c] = (float)(exp(xr[c] - mx) / sum);
+    }
+    ACROSS_CTX((size_t)rows * cols, ref, 1e-6, fam, "softmax",
+               memcpy(y, x, sizeof(float) * rows * cols); lk_softmax_rows_ctx(ctx, y, rows, cols));
+    free(x), free(ref);
+}
+
+/* Every half value, widened at every offset of a block: exact (NaNs stay NaN). */
+static void check_half(const char *fam)
+{
+    size_t n = 65536 + 3;
+    unsigned char *raw = malloc(2 * n + 1);
+    float *got = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = (uint16_t)i;
+        memcpy(raw + 1 + 2 * i, &h, 2); /* odd address: any alignment */
+    }
+    lk_half_to_float(raw + 1, n, got);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = (uint16_t)i;
+        int e = (h >> 10) & 0x1f, man = h & 0x3ff;
+        double want = e == 0 ? ldexp(man, -24) : e == 31 ? (man ? NAN : INFINITY) : ldexp(1024 + man, e - 25);
+        if (h & 0x8000) want = -want;
+        if (isnan(want))
+            ck_assert_msg(isnan(got[i]), "half %04x (%s): got %g", h, fam, got[i]);
+        else
+            ck_assert_msg(got[i] == (float)want && !signbit(got[i]) == !signbit(want), "half %04x (%s): got %.9g, want %.9g",
+                          h, fam, got[i], want);
+    }
+    free(raw), free(got);
+}
+
+START_TEST(each_family_matches_references)
+{
+    for (size_t f = 0; f < N_FAMILIES; f++) {
+        const char *fam = all_families[f];
+        if (!lk_cpu_family_supported(fam)) {
+            printf("SKIPPED: family %s (not on this CPU or not built for this architecture)\n", fam);
+            continue;
+        }
+        force(fam);
+        ck_assert_str_eq(lk_cpu_kernels(), fam);
+        check_attention(fam, 2, 3, 37, 37, 16, 0);
+        check_attention(fam, 1, 2, 60, 77, 40, 0); /* SD head size, Tk not a multiple of 16 */
+        check_attention(fam, 1, 2, 50, 50, 80, 1);
+        check_attention(fam, 1, 1, 300, 300, 8, 0); /* more than one block of keys and queries */
+        check_winograd(fam, 4, 19, 14, 13, 21);
+        check_winograd(fam, 2, 19, 14, 13, 21);
+        check_winograd(fam, 4, 32, 16, 16, 16);
+        check_norms(fam);
+        check_activations(fam);
+        check_half(fam);
+        printf("cpu: family %s matches the references\n", fam);
+    }
+    force(NULL);
 }
 END_TEST
 
@@ -35,7 +252,11 @@ static Suite *cpu_suite(void)
 {
     Suite *s = suite_create("cpu");
     TCase *tc = tcase_create("dispatch");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup_pools, teardown_pools);
     tcase_add_test(tc, reported_family_matches_features);
+    tcase_add_test(tc, forced_family);
+    tcase_add_test(tc, each_family_matches_references);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,5 +1,7 @@
-/* attention_fused.c - scaled dot-product attention with AVX2+FMA micro-kernels, one pass over the
- * keys (online softmax), used by lk_attention when the CPU has AVX2 and FMA.
+/* attention_fused.c - scaled dot-product attention with AVX2+FMA (x86-64) or NEON (aarch64)
+ * micro-kernels, one pass over the keys (online softmax), used by lk_attention when the kernel
+ * family (cpu.c) is avx2+fma or neon. The NEON kernels are the AVX2 ones on 4-lane vectors (four
+ * vectors per 16 keys); everything but the micro-kernels and the softmax row is shared.
  *
  * The tiled BLAS version (attention.c) spends as much time in sgemm's packing and in zeroing and
  * re-reading score tiles as in arithmetic when the head dimension is small (SD's 40 or 80): a
@@ -23,13 +25,22 @@
 
 #include "simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#if defined(LK_DISPATCH) || defined(LK_NEON)
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
+#ifdef LK_DISPATCH
+#include <immintrin.h>
 #define FA_TARGET __attribute__((target("avx2,fma")))
+#define FA_AVAILABLE() lk_cpu_has_avx2_fma()
+#define FA_NAME "AVX2/FMA"
+#else
+#include <arm_neon.h>
+#define FA_TARGET
+#define FA_AVAILABLE() lk_cpu_has_neon()
+#define FA_NAME "NEON"
+#endif
 #define FA_INLINE static inline __attribute__((always_inline))
 /* Loops over accumulator arrays must be unrolled for the arrays to live in registers. */
 #define UNROLL _Pragma("GCC unroll 8")
@@ -113,6 +124,7 @@ static void pack_head(void *arg, int bh)
     }
 }
 
+#ifdef LK_DISPATCH
 /* ---------------------------------------------------------------- micro-kernels */
 
 /* s[0..6)[0..16) = q[0..6)[0..D) . kt[0..D)[0..16), kt one packed panel; with `track`, also
@@ -283,6 +295,163 @@ FA_TARGET static void softmax_row(float *s, int nv, int nk16, const float *bm, f
     *mx = m;
 }
 
+#else /* LK_NEON: the same kernels on 4-lane AdvSIMD vectors, four per 16 keys or columns */
+
+/* s[0..6)[0..16) = q[0..6)[0..D) . kt[0..D)[0..16), kt one packed panel; with `track`, also
+ * bm[r][0..4) = max(bm[r], the row's new scores) lane-wise. 24 accumulators, four loads of kt
+ * and six broadcasts of q per 24 FMAs (of AArch64's 32 vector registers). */
+FA_INLINE void score_6x16(const float *q, int D, const float *kt, float *s, float *bm, const int track)
+{
+    float32x4_t c[FA_R][4];
+    UNROLL for (int r = 0; r < FA_R; r++) c[r][0] = c[r][1] = c[r][2] = c[r][3] = vdupq_n_f32(0.0f);
+    for (int d = 0; d < D; d++) {
+        const float *kd = kt + (size_t)d * FA_KC;
+        float32x4_t k0 = vld1q_f32(kd), k1 = vld1q_f32(kd + 4), k2 = vld1q_f32(kd + 8), k3 = vld1q_f32(kd + 12);
+        UNROLL for (int r = 0; r < FA_R; r++) {
+            float32x4_t a = vld1q_dup_f32(q + (size_t)r * D + d);
+            c[r][0] = vfmaq_f32(c[r][0], a, k0);
+            c[r][1] = vfmaq_f32(c[r][1], a, k1);
+            c[r][2] = vfmaq_f32(c[r][2], a, k2);
+            c[r][3] = vfmaq_f32(c[r][3], a, k3);
+        }
+    }
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        float *sr = s + (size_t)r * FA_KB;
+        vst1q_f32(sr, c[r][0]);
+        vst1q_f32(sr + 4, c[r][1]);
+        vst1q_f32(sr + 8, c[r][2]);
+        vst1q_f32(sr + 12, c[r][3]);
+        if (track) {
+            float32x4_t m = vmaxq_f32(vmaxq_f32(c[r][0], c[r][1]), vmaxq_f32(c[r][2], c[r][3]));
+            vst1q_f32(bm + 8 * r, vmaxq_f32(m, vld1q_f32(bm + 8 * r)));
+        }
+    }
+}
+
+static void score_block(const float *q, int D, const float *kt, int rows, int nk16, float *s, float *bm, int track)
+{
+    for (int r = 0; r < rows; r += FA_R)
+        for (int c = 0; c < nk16; c += FA_KC) {
+            const float *qr = q + (size_t)r * D, *kc = kt + (size_t)c * D;
+            float *sr = s + (size_t)r * FA_KB + c, *br = bm + 8 * r;
+            if (track)
+                score_6x16(qr, D, kc, sr, br, 1);
+            else
+                score_6x16(qr, D, kc, sr, br, 0);
+        }
+}
+
+/* o[0..6)[0..4*nv) += p[0..6)[0..nk) . v[0..nk)[0..4*nv), nv = 2 or 4 (a constant after inlining). */
+FA_INLINE void pv_6rows(const float *p, int nk, const float *v, int D8, float *o, const int nv)
+{
+    float32x4_t c[FA_R][4];
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        UNROLL for (int x = 0; x < 4; x++) c[r][x] = x < nv ? vld1q_f32(o + (size_t)r * D8 + 4 * x) : vdupq_n_f32(0.0f);
+    }
+    for (int k = 0; k < nk; k++) {
+        const float *vr = v + (size_t)k * D8;
+        float32x4_t vv[4];
+        UNROLL for (int x = 0; x < 4; x++) vv[x] = x < nv ? vld1q_f32(vr + 4 * x) : vdupq_n_f32(0.0f);
+        UNROLL for (int r = 0; r < FA_R; r++) {
+            float32x4_t a = vld1q_dup_f32(p + (size_t)r * FA_KB + k);
+            UNROLL for (int x = 0; x < 4; x++) {
+                if (x < nv) c[r][x] = vfmaq_f32(c[r][x], a, vv[x]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        UNROLL for (int x = 0; x < 4; x++) {
+            if (x < nv) vst1q_f32(o + (size_t)r * D8 + 4 * x, c[r][x]);
+        }
+    }
+}
+
+static void pv_block(const float *s, int nk, const float *v, int D8, float *o, int rows)
+{
+    for (int r = 0; r < rows; r += FA_R)
+        for (int x0 = 0; x0 < D8; x0 += 16) {
+            const float *p = s + (size_t)r * FA_KB;
+            float *orow = o + (size_t)r * D8 + x0;
+            if (D8 - x0 >= 16)
+                pv_6rows(p, nk, v + x0, D8, orow, 4);
+            else
+                pv_6rows(p, nk, v + x0, D8, orow, 2);
+        }
+}
+
+/* 2^x lane-wise for x <= 0: exp2_8's arithmetic (FRINTN rounds to nearest even like
+ * _MM_FROUND_TO_NEAREST_INT). */
+FA_INLINE float32x4_t exp2_4(float32x4_t x)
+{
+    x = vmaxq_f32(x, vdupq_n_f32(-126.0f));
+    float32x4_t n = vrndnq_f32(x);
+    float32x4_t r = vmulq_f32(vsubq_f32(x, n), vdupq_n_f32(0.693147180559945309f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0f));
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+/* softmax_row of the AVX2 version on 4 lanes; bm holds 4 lane-wise maxima. */
+static void softmax_row(float *s, int nv, int nk16, const float *bm, float *mx, float *sum, float *o, int D8)
+{
+    if (nv <= 0) {
+        memset(s, 0, sizeof(float) * (size_t)nk16);
+        return;
+    }
+    float m;
+    int c = 0;
+    if (bm) {
+        m = vmaxvq_f32(vld1q_f32(bm));
+    } else {
+        float32x4_t vm = vdupq_n_f32(-INFINITY);
+        for (; c + 4 <= nv; c += 4) vm = vmaxq_f32(vm, vld1q_f32(s + c));
+        m = vmaxvq_f32(vm);
+        for (; c < nv; c++) m = s[c] > m ? s[c] : m;
+    }
+    int first = *mx == -INFINITY;
+    if (!first && *mx > m) m = *mx;
+    float32x4_t shift = vdupq_n_f32(m), acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+    for (c = 0; c + 8 <= nv; c += 8) {
+        float32x4_t e0 = exp2_4(vsubq_f32(vld1q_f32(s + c), shift));
+        float32x4_t e1 = exp2_4(vsubq_f32(vld1q_f32(s + c + 4), shift));
+        vst1q_f32(s + c, e0);
+        vst1q_f32(s + c + 4, e1);
+        acc0 = vaddq_f32(acc0, e0);
+        acc1 = vaddq_f32(acc1, e1);
+    }
+    for (; c < nv; c += 4) { /* the tail through the same arithmetic, padded lanes dropped */
+        float tmp[4] = {0};
+        int n = LDM_MIN(4, nv - c);
+        memcpy(tmp, s + c, sizeof(float) * (size_t)n);
+        float32x4_t e = exp2_4(vsubq_f32(vld1q_f32(tmp), shift));
+        static const int32_t lane[4] = {0, 1, 2, 3};
+        uint32x4_t keep = vcltq_s32(vld1q_s32(lane), vdupq_n_s32(n));
+        e = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(e), keep));
+        vst1q_f32(tmp, e);
+        memcpy(s + c, tmp, sizeof(float) * (size_t)n);
+        acc0 = vaddq_f32(acc0, e);
+    }
+    for (c = nv; c < nk16; c++) s[c] = 0.0f;
+    float add = vaddvq_f32(vaddq_f32(acc0, acc1));
+    if (first) {
+        *sum = add;
+    } else {
+        float corr = vgetq_lane_f32(exp2_4(vdupq_n_f32(*mx - m)), 0);
+        *sum = *sum * corr + add;
+        float32x4_t vc = vdupq_n_f32(corr);
+        for (int d = 0; d < D8; d += 4) vst1q_f32(o + d, vmulq_f32(vld1q_f32(o + d), vc));
+    }
+    *mx = m;
+}
+
+#endif /* LK_DISPATCH / LK_NEON */
+
 /* ---------------------------------------------------------------- one unit */
 
 FA_TARGET static void fused_unit(const fa_job *j, long unit, fa_scratch *w)
@@ -334,12 +503,12 @@ static void fused_task(void *arg, int task)
     }
 }
 
-int lk_attention_fused_available(void) { return lk_cpu_has_avx2_fma(); }
+int lk_attention_fused_available(void) { return FA_AVAILABLE(); }
 
 ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
                               lk_view out, float scale, int causal)
 {
-    if (!lk_cpu_has_avx2_fma()) return ldm_fail(LDM_ERR_UNSUPPORTED, "attention: this CPU has no AVX2/FMA");
+    if (!FA_AVAILABLE()) return ldm_fail(LDM_ERR_UNSUPPORTED, "attention: the " FA_NAME " kernels do not run here (%s)", lk_cpu_kernels());
     if (B <= 0 || H <= 0 || Tq <= 0 || D <= 0 || Tk <= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "attention: empty problem (B %d, H %d, Tq %d, Tk %d, D %d)", B, H, Tq,
                         Tk, D);
@@ -367,7 +536,7 @@ ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D
     return LDM_OK;
 }
 
-#else /* no x86-64 vector path: lk_attention always takes the BLAS version */
+#else /* no vector path: lk_attention always takes the BLAS version */
 
 int lk_attention_fused_available(void) { return 0; }
 

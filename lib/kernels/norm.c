@@ -60,9 +60,9 @@ LK_BODY void affine_body(const float *x, size_t n, float m, float scale, float s
 
 static void moments_base(const float *x, size_t n, double *s, double *q) { moments_body(x, n, s, q); }
 static void affine_base(const float *x, size_t n, float m, float sc, float sh, float *y) { affine_body(x, n, m, sc, sh, y); }
-#ifdef LK_DISPATCH
-static LK_AVX2 void moments_avx2(const float *x, size_t n, double *s, double *q) { moments_body(x, n, s, q); }
-static LK_AVX2 void affine_avx2(const float *x, size_t n, float m, float sc, float sh, float *y)
+#ifdef LK_TWIN /* AVX2 (x86-64) or NEON (aarch64) */
+static LK_TWIN void moments_avx2(const float *x, size_t n, double *s, double *q) { moments_body(x, n, s, q); }
+static LK_TWIN void affine_avx2(const float *x, size_t n, float m, float sc, float sh, float *y)
 {
     affine_body(x, n, m, sc, sh, y);
 }
@@ -70,12 +70,12 @@ static LK_AVX2 void affine_avx2(const float *x, size_t n, float m, float sc, flo
 
 static void moments(const float *x, size_t n, double *sum_out, double *sq_out)
 {
-    LK_PICK(moments_avx2(x, n, sum_out, sq_out), moments_base(x, n, sum_out, sq_out));
+    LK_PICK_TWIN(moments_avx2(x, n, sum_out, sq_out), moments_base(x, n, sum_out, sq_out));
 }
 
 static void affine(const float *x, size_t n, float m, float scale, float shift, float *y)
 {
-    LK_PICK(affine_avx2(x, n, m, scale, shift, y), affine_base(x, n, m, scale, shift, y));
+    LK_PICK_TWIN(affine_avx2(x, n, m, scale, shift, y), affine_base(x, n, m, scale, shift, y));
 }
 
 /* mean and 1/sqrt(biased var + eps) of n values. */

@@ -185,7 +185,118 @@ LK_BODY void vgelu_impl(float *x, size_t n)
     }
 }
 
-/* ---- entry points: baseline build plus AVX2 twin */
+/* ---- NEON (aarch64): the same arithmetic with <arm_neon.h>, FMA and FRINTN. GCC compiles the
+ * vector-extension clamps above (SELECT on < and > under -ftrapping-math) to one scalar compare
+ * and select per lane on aarch64; FMINNM/FMAXNM do them in one instruction per vector, with the
+ * same result for NaN (the bound). Two 4-lane vectors stand for the 8 lanes, so sums combine
+ * the same partial sums in the same order. */
+#ifdef LK_NEON
+#include <arm_neon.h>
+
+static inline __attribute__((always_inline)) float32x4_t nexp4(float32x4_t x)
+{
+    x = vmaxnmq_f32(vminnmq_f32(x, vdupq_n_f32(88.3f)), vdupq_n_f32(-87.3f));
+    float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0f));
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+static inline __attribute__((always_inline)) float32x4_t nsilu4(float32x4_t x, float k)
+{
+    return vdivq_f32(x, vaddq_f32(vdupq_n_f32(1.0f), nexp4(vmulq_n_f32(x, -k))));
+}
+
+static inline __attribute__((always_inline)) float32x4_t ngelu4(float32x4_t x)
+{
+    float32x4_t z = vmulq_n_f32(x, 0.70710678118654752f), a = vabsq_f32(z);
+    float32x4_t t = vdivq_f32(vdupq_n_f32(1.0f), vfmaq_f32(vdupq_n_f32(1.0f), vdupq_n_f32(0.3275911f), a));
+    float32x4_t poly = vdupq_n_f32(1.061405429f);
+    poly = vfmaq_f32(vdupq_n_f32(-1.453152027f), poly, t);
+    poly = vfmaq_f32(vdupq_n_f32(1.421413741f), poly, t);
+    poly = vfmaq_f32(vdupq_n_f32(-0.284496736f), poly, t);
+    poly = vfmaq_f32(vdupq_n_f32(0.254829592f), poly, t);
+    float32x4_t tail = vmulq_f32(vmulq_f32(poly, t), nexp4(vnegq_f32(vmulq_f32(a, a)))); /* erfc(|z|) */
+    float32x4_t one_plus_erf = vbslq_f32(vcltzq_f32(z), tail, vsubq_f32(vdupq_n_f32(2.0f), tail));
+    return vmulq_f32(vmulq_n_f32(x, 0.5f), one_plus_erf);
+}
+
+/* fn over n floats in place, 8 at a time; the tail padded with `fill` into a full 8. */
+#define NEON_MAP(x, n, fill, expr)                                                                 \
+    do {                                                                                           \
+        size_t i_ = 0;                                                                             \
+        for (; i_ + 8 <= (n); i_ += 8) {                                                           \
+            float32x4_t v = vld1q_f32((x) + i_);                                                   \
+            vst1q_f32((x) + i_, expr);                                                             \
+            v = vld1q_f32((x) + i_ + 4);                                                           \
+            vst1q_f32((x) + i_ + 4, expr);                                                         \
+        }                                                                                          \
+        if (i_ < (n)) {                                                                            \
+            float tmp_[8];                                                                         \
+            for (size_t k_ = 0; k_ < 8; k_++) tmp_[k_] = i_ + k_ < (n) ? (x)[i_ + k_] : (fill);    \
+            float32x4_t v = vld1q_f32(tmp_);                                                       \
+            vst1q_f32(tmp_, expr);                                                                 \
+            v = vld1q_f32(tmp_ + 4);                                                               \
+            vst1q_f32(tmp_ + 4, expr);                                                             \
+            memcpy((x) + i_, tmp_, sizeof(float) * ((n) - i_));                                    \
+        }                                                                                          \
+    } while (0)
+
+static void vexp_neon(float *x, size_t n) { NEON_MAP(x, n, 0.0f, nexp4(v)); }
+static void vsilu_neon(float *x, size_t n, float k) { NEON_MAP(x, n, 0.0f, nsilu4(v, k)); }
+static void vgelu_neon(float *x, size_t n) { NEON_MAP(x, n, 0.0f, ngelu4(v)); }
+
+static float vmax_neon(const float *x, size_t n)
+{
+    float32x4_t m0 = vdupq_n_f32(-INFINITY), m1 = m0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
+        m0 = vbslq_f32(vcgtq_f32(a, m0), a, m0); /* vmax_impl's select: NaN never wins */
+        m1 = vbslq_f32(vcgtq_f32(b, m1), b, m1);
+    }
+    float r = vmaxvq_f32(vbslq_f32(vcgtq_f32(m1, m0), m1, m0));
+    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    return r;
+}
+
+static float vexp_shift_sum_neon(float *x, size_t n, float shift)
+{
+    float32x4_t s = vdupq_n_f32(shift), acc0 = vdupq_n_f32(0.0f), acc1 = acc0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float32x4_t a = nexp4(vsubq_f32(vld1q_f32(x + i), s)), b = nexp4(vsubq_f32(vld1q_f32(x + i + 4), s));
+        vst1q_f32(x + i, a);
+        vst1q_f32(x + i + 4, b);
+        acc0 = vaddq_f32(acc0, a);
+        acc1 = vaddq_f32(acc1, b);
+    }
+    if (i < n) {
+        float tmp[8] = {0};
+        memcpy(tmp, x + i, sizeof(float) * (n - i));
+        float32x4_t a = nexp4(vsubq_f32(vld1q_f32(tmp), s)), b = nexp4(vsubq_f32(vld1q_f32(tmp + 4), s));
+        vst1q_f32(tmp, a);
+        vst1q_f32(tmp + 4, b);
+        memcpy(x + i, tmp, sizeof(float) * (n - i));
+        for (size_t k = n - i; k < 8; k++) tmp[k] = 0.0f; /* padded lanes must not count */
+        acc0 = vaddq_f32(acc0, vld1q_f32(tmp));
+        acc1 = vaddq_f32(acc1, vld1q_f32(tmp + 4));
+    }
+    /* hsum8's order: ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)) */
+    float32x4_t p = vaddq_f32(acc0, acc1);
+    return (vgetq_lane_f32(p, 0) + vgetq_lane_f32(p, 1)) + (vgetq_lane_f32(p, 2) + vgetq_lane_f32(p, 3));
+}
+#endif
+
+/* ---- entry points: baseline build plus the AVX2 twin (x86-64) or the NEON kernels (aarch64) */
 
 #ifdef LK_DISPATCH
 static LK_AVX2 void vexp_avx2(float *x, size_t n) { vexp_impl(x, n); }
@@ -193,8 +304,17 @@ static LK_AVX2 float vmax_avx2(const float *x, size_t n) { return vmax_impl(x, n
 static LK_AVX2 float vexp_shift_sum_avx2(float *x, size_t n, float shift) { return vexp_shift_sum_impl(x, n, shift); }
 static LK_AVX2 void vsilu_avx2(float *x, size_t n, float k) { vsilu_impl(x, n, k); }
 static LK_AVX2 void vgelu_avx2(float *x, size_t n) { vgelu_impl(x, n); }
-#endif
 #define PICK LK_PICK
+#elif defined(LK_NEON)
+#define vexp_avx2 vexp_neon
+#define vmax_avx2 vmax_neon
+#define vexp_shift_sum_avx2 vexp_shift_sum_neon
+#define vsilu_avx2 vsilu_neon
+#define vgelu_avx2 vgelu_neon
+#define PICK LK_PICK_NEON
+#else
+#define PICK LK_PICK
+#endif
 
 void lk_vexp(float *x, size_t n) { PICK(vexp_avx2(x, n), vexp_impl(x, n)); }
 float lk_vmax(const float *x, size_t n) { return PICK(vmax_avx2(x, n), vmax_impl(x, n)); }

@@ -408,11 +408,11 @@ WG_ENTRY(weight_transform_task, weight_transform_body, wt_job, WG_NOATTR)
 WG_ENTRY(input_transform_task, input_transform_body, in_job, WG_NOATTR)
 WG_ENTRY(output_transform_task, output_transform_body, prod_job, WG_NOATTR)
 static void stage_row_task(void *arg, int i) { stage_row_body(arg, i); }
-#ifdef LK_DISPATCH
-WG_ENTRY(weight_transform_avx2, weight_transform_body, wt_job, LK_AVX2)
-WG_ENTRY(input_transform_avx2, input_transform_body, in_job, LK_AVX2)
-WG_ENTRY(output_transform_avx2, output_transform_body, prod_job, LK_AVX2)
-static LK_AVX2 void stage_row_avx2(void *arg, int i) { stage_row_body(arg, i); }
+#ifdef LK_TWIN /* AVX2 on x86-64, NEON with FMA on aarch64 (the *_avx2 names stand for both) */
+WG_ENTRY(weight_transform_avx2, weight_transform_body, wt_job, LK_TWIN)
+WG_ENTRY(input_transform_avx2, input_transform_body, in_job, LK_TWIN)
+WG_ENTRY(output_transform_avx2, output_transform_body, prod_job, LK_TWIN)
+static LK_TWIN void stage_row_avx2(void *arg, int i) { stage_row_body(arg, i); }
 #endif
 
 typedef void (*task_fn)(void *arg, int task);
@@ -423,8 +423,8 @@ typedef struct wg_fns {
 static wg_fns pick_fns(void)
 {
     wg_fns f = {weight_transform_task, stage_row_task, input_transform_task, output_transform_task};
-#ifdef LK_DISPATCH
-    if (lk_cpu_has_avx2())
+#ifdef LK_TWIN
+    if (LK_USE_TWIN())
         f = (wg_fns){weight_transform_avx2, stage_row_avx2, input_transform_avx2, output_transform_avx2};
 #endif
     return f;
