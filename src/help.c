@@ -21,8 +21,10 @@ static const struct {
      "repaints the white part of the mask (inpainting models, or any model by mask blending)"},
     {"upscale", UP, "ldm upscale --init LOW_RES.png [options]",
      "super-resolution with an LDM-BSR model (output = input size x the first stage's factor, 4)"},
-    {"info", INFO, "ldm info MODEL [--config FILE]",
-     "architecture, parameter counts and dtypes of a checkpoint, and which config was used"},
+    {"info", INFO, "ldm info MODEL [--config FILE]    |    ldm info --cpu",
+     "architecture, parameter counts and dtypes of a checkpoint, and which config was used;\n"
+     "--cpu: the CPU's vector features and the kernel family used (LDM_CPU=auto|generic|avx2|\n"
+     "avx2+fma|neon forces one; one this CPU lacks runs generic)"},
 };
 
 /* Option lines, 26 columns of flags; the defaults are stated in each line. */

@@ -9,6 +9,15 @@
 
 int main(int argc, char **argv)
 {
+    /* `ldm info --cpu`: the CPU features and the kernel family chosen (LDM_CPU), no model */
+    if (argc >= 3 && !strcmp(argv[1], "info") && !strcmp(argv[2], "--cpu")) {
+        if (argc > 3) {
+            fprintf(stderr, "ldm: info --cpu takes no other arguments\n");
+            return 2;
+        }
+        printf("%s\n", ldm_cpu_info());
+        return 0;
+    }
     cli_options o;
     int r = cli_parse(argc, argv, &o);
     if (r) return r;

@@ -180,6 +180,10 @@ run help_info 0 "$LDM" info --help
 if ! has "$T/out" "--steps" && ! has "$T/out" "--prompt" && has "$T/out" "usage: ldm info MODEL"; then
     ok "info --help lists only what info takes"
 else bad "info --help lists only what info takes"; fi
+if run info_cpu 0 "$LDM" info --cpu && has "$T/out" "^cpu features: " && has "$T/out" "^kernels: [a-z0-9+]* (auto)" &&
+    run info_cpu_generic 0 env LDM_CPU=generic "$LDM" info --cpu && has "$T/out" "^kernels: generic (LDM_CPU=generic)"; then
+    ok "info --cpu: features and the kernel family, LDM_CPU=generic forces generic"
+else bad "info --cpu: features and the kernel family, LDM_CPU=generic forces generic: $(cat "$T/out")"; fi
 run help_up 0 "$LDM" upscale --help
 if has "$T/out" "--init FILE.png" && ! has "$T/out" "--prompt" && ! has "$T/out" "--width"; then
     ok "upscale --help: --init, no prompt or size"

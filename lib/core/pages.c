@@ -8,10 +8,12 @@
  * as soon as the layer is done. */
 #include "common.h"
 
-#include <malloc.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#ifdef __GLIBC__ /* malloc_trim; <malloc.h> is not on macOS (<malloc/malloc.h> there) */
+#include <malloc.h>
+#endif
 
 void ldm_pages_drop(const void *p, size_t bytes)
 {
