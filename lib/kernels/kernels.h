@@ -180,9 +180,10 @@ typedef struct lk_view {
 ldm_status lk_attention(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
                         lk_view out, float scale, int causal);
 /* The two implementations behind lk_attention, exposed for tests: tiles of BLAS products
- * (attention.c, any CPU) and the fused AVX2+FMA kernel (attention_fused.c) that lk_attention
- * takes when lk_attention_fused_available(); lk_attention_fused fails with LDM_ERR_UNSUPPORTED
- * on other CPUs. */
+ * (attention.c, any CPU) and the fused kernel (attention_fused.c: AVX2+FMA on x86-64, NEON on
+ * aarch64) that lk_attention takes when lk_attention_fused_available(), i.e. when the kernel
+ * family (simd.h, LDM_CPU) is avx2+fma or neon; lk_attention_fused fails with
+ * LDM_ERR_UNSUPPORTED otherwise. */
 ldm_status lk_attention_blas(const lctx *c, int B, int H, int Tq, int Tk, int D, lk_view q, lk_view k, lk_view v,
                              lk_view out, float scale, int causal);
 int lk_attention_fused_available(void);
