@@ -8,6 +8,7 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DATADIR ?= $(PREFIX)/share
 
 VERSION_MAJOR := 0
 VERSION := 0.1.0
@@ -99,6 +100,9 @@ all: $(STATIC_LIB) $(SHARED_LIB) $(TOOL)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+# The trained built-in models are found in the installed data folder (lib/api/builtin_trained.c).
+$(BUILD)/lib/api/builtin_trained.o: ALL_CFLAGS += -DLDM_DATADIR='"$(DATADIR)/libldm"'
 
 $(STATIC_LIB): $(LIB_OBJ)
 	@rm -f $@

@@ -165,8 +165,14 @@ LDM_API void ldm_model_params_init_size(ldm_model_params *params, size_t struct_
 LDM_API ldm_status ldm_model_load(const char *path, const ldm_model_params *params,
                                   ldm_model **out);
 LDM_API void ldm_model_free(ldm_model *model);
-/* A model of a named architecture with seeded random weights, for demos, tests and benchmarks
- * (no file, no download; the weights are untrained, so images are noise-like):
+/* A built-in model.
+ *   "glyphs"     TRAINED: the library's own class-conditional LDM drawing the 62 characters A-Z a-z
+ *                0-9 (class k = position in "ABC...Zabc...z012...9"; class 62 = unconditional) at
+ *                32x32, trained by `ldm train` (examples/glyphs/README.md); float16 files
+ *                glyphs.safetensors + glyphs.yaml found in $LDM_DATA_DIR, the installed
+ *                $(PREFIX)/share/libldm, or beside the library; `seed` is ignored.
+ * The others have the named architecture with seeded random weights, for demos, tests and
+ * benchmarks (no file, no download; the weights are untrained, so images are noise-like):
  *   "demo"       tiny class-conditional LDM (KL-f4 first stage), 64x64 images, seconds on a CPU;
  *   "sd15"       Stable Diffusion 1.5 (UNet 860M, CLIP ViT-L/14 text, KL-f8), 512x512;
  *   "sd21-v"     Stable Diffusion 2.1 768-v (OpenCLIP ViT-H/14 text, v-prediction);
@@ -588,6 +594,96 @@ LDM_API ldm_status ldm_image_write_png(const char *path, const ldm_tensor *image
  * the 2 crop tokens; feed it to the BERT conditioner with ldm_conditioner_encode_tokens(). */
 LDM_API ldm_status ldm_layout_tokens_from_json(const char *json_text, size_t len, int no_object_classes,
                                                ldm_tensor **out);
+
+/* ---------------------------------------------------------------- training */
+
+/* Training and fine-tuning on the CPU, from a YAML config in the reference's format (issue #13):
+ *   model.target ldm.models.autoencoder.AutoencoderKL: the KL autoencoder, L1 reconstruction +
+ *     kl_weight * KL (lossconfig params kl_weight, logvar_init; the perceptual and adversarial
+ *     terms of LPIPSWithDiscriminator are not implemented: a config that enables them before
+ *     disc_start is trained without them, and ldm_trainer_create says so in the log);
+ *   model.target ldm.models.diffusion.ddpm.LatentDiffusion: the UNet (and a trainable
+ *     ClassEmbedder when cond_stage_trainable) on latents of a frozen first stage read from
+ *     first_stage_config.params.ckpt_path or ldm_train_params.first_stage; the reference's
+ *     p_losses (parameterization eps / x0 / v, loss_type l2 / l1, l_simple_weight,
+ *     original_elbo_weight, timesteps drawn uniformly), scale_factor as configured, or
+ *     scale_by_std (1 / std of the first batch's latents, as on_train_batch_start computes it).
+ *     Classifier-free guidance training: with `ucg_rate` in the ClassEmbedder's params (or
+ *     ldm_train_params.cond_drop_rate) that share of labels is replaced by the extra last class.
+ * Read from the config as the reference does: model.base_learning_rate (scaled by batch size *
+ * accumulate_grad_batches as main.py's --scale_lr unless scale_lr is 0), model.params.use_ema,
+ * scheduler_config (LambdaLinearScheduler / LambdaWarmUpCosineScheduler), data.params.batch_size
+ * and lightning.trainer.max_steps / accumulate_grad_batches; every ldm_train_params field that is
+ * set wins. Optimiser: AdamW (torch defaults, weight decay 0.01), EMA as LitEma (decay 0.9999 with
+ * its warm-up) stored as model_ema.*.
+ *
+ * Checkpoints are safetensors in the reference's key layout (a whole LatentDiffusion or
+ * AutoencoderKL state dict, schedule buffers included) written atomically as <out_dir>/last.
+ * safetensors, with <out_dir>/config.yaml beside it (the training config), so ldm_model_load()
+ * and the official code both load them; the optimiser state goes to <out_dir>/last.state.
+ * safetensors for resume. A trainer is used from one thread at a time (ldm_trainer_interrupt
+ * from any thread). */
+typedef struct ldm_trainer ldm_trainer;
+
+typedef struct ldm_train_progress {
+    int64_t step;        /* optimiser steps done, resume included */
+    int64_t total_steps; /* the planned number (0 when only a time limit is set) */
+    double loss;         /* the objective of the last step */
+    double loss_ema;     /* exponential moving average of the loss (factor 0.98) */
+    double seconds;      /* wall time of the last step */
+    double images_per_second;
+    const char *phase;   /* "autoencoder" or "diffusion" */
+} ldm_train_progress;
+
+/* Called after every step; return non-zero to stop (the run then saves and returns LDM_CANCELLED). */
+typedef int (*ldm_train_callback)(const ldm_train_progress *progress, void *user_data);
+
+typedef struct ldm_train_params {
+    size_t struct_size;       /* set by ldm_train_params_init() */
+    const char *data_dir;     /* PNG images + labels.csv (docs/training-data.md); required */
+    const char *out_dir;      /* where checkpoints go (created); required */
+    const char *first_stage;  /* LatentDiffusion: the autoencoder checkpoint; NULL: the config's
+                                 first_stage_config.params.ckpt_path */
+    const char *init_from;    /* fine-tune: start from this checkpoint's weights; NULL: from scratch
+                                 (seeded initialisation) */
+    int resume;               /* continue from <out_dir>/last.safetensors and its optimiser state */
+    int64_t max_steps;        /* 0: lightning.trainer.max_steps of the config, else no step limit */
+    double max_minutes;       /* 0: no time limit; at least one limit must be set */
+    int batch_size;           /* 0: data.params.batch_size */
+    double learning_rate;     /* 0: from the config (see above) */
+    double cond_drop_rate;    /* < 0: the config's ucg_rate (0 when absent) */
+    int save_every;           /* steps between checkpoints; 0: only at the end */
+    uint64_t seed;            /* initialisation, data order, noise, timesteps */
+    int n_threads;            /* 0: all online CPUs */
+    ldm_train_callback callback;
+    void *user_data;
+    ldm_log_callback log_callback;
+    void *log_user_data;
+} ldm_train_params;
+
+LDM_API void ldm_train_params_init_size(ldm_train_params *params, size_t struct_size);
+#define ldm_train_params_init(params) ldm_train_params_init_size((params), sizeof *(params))
+
+/* Reads the config, opens the data set, builds or loads the networks (one forward pass declares
+ * a fresh model's parameters). Errors name the config key, file or tensor at fault. */
+LDM_API ldm_status ldm_trainer_create(const char *config_path, const ldm_train_params *params,
+                                      ldm_trainer **out);
+/* Runs n_steps optimiser steps (no checkpoint). */
+LDM_API ldm_status ldm_trainer_step(ldm_trainer *trainer, int n_steps);
+/* Runs until max_steps or max_minutes, saving every save_every steps and at the end. */
+LDM_API ldm_status ldm_trainer_run(ldm_trainer *trainer);
+/* Writes the checkpoint, config.yaml and optimiser state to out_dir now. */
+LDM_API ldm_status ldm_trainer_save(ldm_trainer *trainer);
+/* Writes the weights a sampler uses to `path` (atomically): the EMA weights in place of the raw
+ * UNet when the run keeps an EMA (as the released "ema-only" checkpoints), without optimiser or
+ * EMA copies; float16 when `half` (schedule buffers stay float32). Load it with ldm_model_load
+ * and the run's config.yaml. */
+LDM_API ldm_status ldm_trainer_export(ldm_trainer *trainer, const char *path, int half);
+/* The state after the last step (progress->phase stays valid while the trainer lives). */
+LDM_API ldm_status ldm_trainer_progress(const ldm_trainer *trainer, ldm_train_progress *progress);
+/* Asks a running ldm_trainer_step/run to stop after the current step (any thread). */
+LDM_API void ldm_trainer_interrupt(ldm_trainer *trainer);
+LDM_API void ldm_trainer_free(ldm_trainer *trainer);
 
 #ifdef __cplusplus
 }

@@ -46,5 +46,7 @@ int cli_progress_callback(int step, int total, void *user_data);
 void cli_progress_done(cli_progress *p);
 
 int cli_run(const cli_options *o);
+/* train.c: `ldm train` with the arguments after the command. */
+int cli_train(int argc, char **argv);
 
 #endif

@@ -5,7 +5,7 @@
 
 #include "cli.h"
 
-enum { GEN = 1, I2I = 2, INP = 4, UP = 8, INFO = 16, RUN = GEN | I2I | INP | UP, ALL = RUN | INFO };
+enum { GEN = 1, I2I = 2, INP = 4, UP = 8, INFO = 16, TRAIN = 32, RUN = GEN | I2I | INP | UP, ALL = RUN | INFO };
 
 static const struct {
     const char *name;
@@ -25,6 +25,9 @@ static const struct {
      "architecture, parameter counts and dtypes of a checkpoint, and which config was used;\n"
      "--cpu: the CPU's vector features and the kernel family used (LDM_CPU=auto|generic|avx2|\n"
      "avx2+fma|neon forces one; one this CPU lacks runs generic)"},
+    {"train", TRAIN, "ldm train CONFIG --data DIR --out DIR [--steps N | --minutes M] [options]",
+     "trains an AutoencoderKL or a LatentDiffusion model from its YAML config (the reference's\n"
+     "format) on a folder of PNGs with labels.csv (docs/training.md)"},
 };
 
 /* Option lines, 26 columns of flags; the defaults are stated in each line. */
@@ -84,8 +87,26 @@ static const struct {
     {RUN, "  --low-memory            keep little resident: weights dropped after each layer, no scratch cache\n"
           "                          (slower, same images; same as LDM_LOW_MEMORY=1, docs/performance.md)\n"},
     {RUN, "  -o, --output FILE.png   (default out.png; with --batch N also FILE-1.png ... FILE-<N-1>.png)\n"},
-    {ALL, "  -q, --quiet             print nothing but errors (no progress bar, seed, config, warnings, 'wrote')\n"},
-    {ALL, "  -h, --help              these options (ldm help COMMAND: one command's)\n"},
+    {TRAIN, "  --data DIR              PNG images and labels.csv (file,label per line; docs/training-data.md)\n"
+            "  --out DIR               checkpoints: last.safetensors, config.yaml, last.state.safetensors (created)\n"
+            "  --steps N               optimiser steps (default: lightning.trainer.max_steps of the config)\n"
+            "  --minutes M             stop after M minutes (default: no time limit); a limit is required\n"
+            "  --first-stage FILE      LatentDiffusion: the trained autoencoder (default: the config's\n"
+            "                          first_stage_config.params.ckpt_path)\n"
+            "  --init FILE             fine-tune: start from this checkpoint's weights (default: from scratch)\n"
+            "  --resume                continue the run in --out (weights, optimiser, EMA, step)\n"
+            "  --batch N               batch size (default: data.params.batch_size)\n"
+            "  --lr F                  learning rate (default: base_learning_rate x batch x accumulation, as main.py)\n"
+            "  --cond-drop P           share of class labels replaced by the unconditional class (default: the\n"
+            "                          ClassEmbedder's ucg_rate, else 0)\n"
+            "  --save-every N          checkpoint every N steps (default: at the end, and on Ctrl-C)\n"
+            "  --log-every N           a progress line every N steps when stderr is not a terminal (default 50)\n"
+            "  --seed N                initialisation, data order and noise (default 23)\n"
+            "  --threads N             (default: all online CPUs)\n"
+            "  --export FILE           at the end, also write the sampling weights (EMA-only) to FILE\n"
+            "  --half                  with --export: float16\n"},
+    {ALL | TRAIN, "  -q, --quiet             print nothing but errors (no progress bar, seed, config, warnings, 'wrote')\n"},
+    {ALL | TRAIN, "  -h, --help              these options (ldm help COMMAND: one command's)\n"},
 };
 
 static void print_options(FILE *f, unsigned commands_mask)

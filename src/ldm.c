@@ -1,4 +1,4 @@
-/* ldm.c - the `ldm` command-line tool: generate, img2img, inpaint, upscale, info. */
+/* ldm.c - the `ldm` command-line tool: generate, img2img, inpaint, upscale, info, train. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +18,7 @@ int main(int argc, char **argv)
         printf("%s\n", ldm_cpu_info());
         return 0;
     }
+    if (argc >= 2 && !strcmp(argv[1], "train")) return cli_train(argc - 2, argv + 2);
     cli_options o;
     int r = cli_parse(argc, argv, &o);
     if (r) return r;

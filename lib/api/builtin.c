@@ -245,9 +245,10 @@ ldm_status ldm_model_load_builtin(const char *name, uint64_t seed, const ldm_mod
     const builtin_arch *arch = NULL;
     if (!name || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_load_builtin: NULL argument");
     *out = NULL;
+    if (lm_is_trained_builtin(name)) return lm_load_trained_builtin(name, params, out);
     for (size_t i = 0; i < LDM_ARRAY_LEN(archs); i++)
         if (strcmp(archs[i].name, name) == 0) arch = &archs[i];
-    if (!arch) return ldm_fail(LDM_ERR_NOT_FOUND, "no built-in architecture '%s' (demo, sd15, sd21-v, cin256-v2)", name);
+    if (!arch) return ldm_fail(LDM_ERR_NOT_FOUND, "no built-in model '%s' (glyphs, demo, sd15, sd21-v, cin256-v2)", name);
     char label[96];
     snprintf(label, sizeof label, "builtin:%s", name);
     ldm_model_params p;

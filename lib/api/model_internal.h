@@ -63,6 +63,9 @@ struct ldm_model {
 
 /* Loading steps shared by files and built-in models: a new model with its params read, the rest
  * once m->store and m->desc are set, and the cleanup of a failed load. */
+/* builtin_trained.c: the trained built-in models shipped as files ("glyphs"). */
+int lm_is_trained_builtin(const char *name);
+ldm_status lm_load_trained_builtin(const char *name, const ldm_model_params *params, ldm_model **out);
 ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_model **out, ldm_model_params *p);
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
 void lm_model_discard(ldm_model *m);

@@ -184,3 +184,11 @@ void ltr_adamw_state(const ltr_adamw *opt, size_t i, float **exp_avg, float **ex
     if (exp_avg_sq) *exp_avg_sq = s->exp_avg_sq;
     if (step) *step = s->step;
 }
+
+ldm_status ltr_adamw_set_step(ltr_adamw *opt, size_t i, int64_t step)
+{
+    if (!opt || i >= opt->n || step < 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "AdamW state: bad tensor %zu or step %lld", i, (long long)step);
+    opt->slots[i].step = step;
+    return LDM_OK;
+}

@@ -52,6 +52,8 @@ ldm_status ltr_adamw_step(ltr_adamw *opt, const lctx *c, double lr);
 double ltr_adamw_lr(const ltr_adamw *opt);
 /* The state of tensor i (for saving and tests): exp_avg, exp_avg_sq (n floats each), step. */
 void ltr_adamw_state(const ltr_adamw *opt, size_t i, float **exp_avg, float **exp_avg_sq, int64_t *step);
+/* Restores tensor i's step count (resume; the moments are written through ltr_adamw_state). */
+ldm_status ltr_adamw_set_step(ltr_adamw *opt, size_t i, int64_t step);
 
 /* ---- clipping (clip.c), torch.nn.utils.clip_grad_norm_(params, max_norm) with norm_type 2:
  * total = sqrt(sum over tensors of ||g_i||^2) (each tensor's sum of squares, then the total, in
