@@ -281,6 +281,10 @@ ldm_status ltr_load_optimizer_state(ldm_trainer *t, const char *path)
     LDM_TRY(lw_open(path, 0, &s));
     char key[LTP_NAME_MAX + 32];
     ldm_status st = read_i64(s, "trainer.step", &t->prog.step);
+    float *ema_loss = NULL;
+    if (st == LDM_OK) st = lw_get_f32(s, "trainer.loss_ema", -1, NULL, &ema_loss);
+    if (st == LDM_OK) t->prog.loss_ema = *ema_loss;
+    ldm_free(ema_loss);
     size_t k = 0;
     for (size_t i = 0; i < ltp_params_count(t->ps) && st == LDM_OK; i++) {
         const ltp_param *p = ltp_params_at(t->ps, i);
