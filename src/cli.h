@@ -14,6 +14,7 @@ typedef struct cli_options {
     const char *prompt, *negative_prompt;
     const char *init, *mask, *seg, *layout;
     const char *sampler_name, *weights;
+    int classes[64], n_classes; /* --class LIST: one image per class, side by side in one PNG */
     int class_label, uncond_class, steps, width, height, batch, threads, vae_tile, layout_classes;
     float cfg_scale, eta, strength; /* cfg_scale 0: the model's default */
     uint64_t seed;                  /* image k of a batch uses seed + k */

@@ -35,7 +35,9 @@ static const struct {
     unsigned commands;
     const char *text;
 } options[] = {
-    {RUN, "  --model FILE            checkpoint, .safetensors or .ckpt (default: the built-in untrained demo model)\n"},
+    {RUN, "  --model FILE            checkpoint, .safetensors or .ckpt, or builtin:NAME (glyphs, demo, sd15, sd21-v,\n"
+          "                          cin256-v2; all but glyphs are untrained) (default: $LDM_MODEL, else\n"
+          "                          builtin:glyphs, the glyph model trained by libldm: --class 0-61 = A-Z a-z 0-9)\n"},
     {ALL, "  --config FILE           the model's original YAML config (default: <checkpoint without extension>.yaml,\n"
           "                          then config.yaml beside the checkpoint, else the architecture is detected\n"
           "                          from tensor names)\n"},
@@ -43,8 +45,9 @@ static const struct {
                       "                          usual name next to the checkpoint)\n"},
     {GEN | I2I | INP, "  --prompt TEXT           text models: the prompt (default \"\")\n"
                       "  --negative-prompt TEXT  text models: the unconditional prompt of guidance (default \"\")\n"},
-    {GEN | I2I | INP, "  --class N               class-conditional models: the class, 0 .. n_classes-1 (default: an\n"
-                      "                          unconditional sample, made with the unconditional class)\n"},
+    {GEN | I2I | INP, "  --class N[,M,...]       class-conditional models: the class, 0 .. n_classes-1 (default: an\n"
+                      "                          unconditional sample, made with the unconditional class); a list makes\n"
+                      "                          one image per class (seed N+k for the k-th), side by side in one PNG\n"},
     {GEN | I2I | INP, "  --uncond-class N|none|auto\n"
                       "                          class models: the class that means \"no class\", the unconditional branch of\n"
                       "                          guidance (default auto: the extra class n_classes-1, like cin256-v2's 1000,\n"

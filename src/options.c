@@ -124,6 +124,34 @@ static int parse_uncond(const char *v, int *out)
     return 2;
 }
 
+/* --class N or a comma-separated list N,M,... (at most 64): one image per class. */
+static int parse_class_list(const char *v, cli_options *o)
+{
+    char item[32];
+    o->n_classes = 0;
+    for (const char *s = v;;) {
+        const char *comma = strchr(s, ',');
+        size_t len = comma ? (size_t)(comma - s) : strlen(s);
+        if (len == 0 || len >= sizeof item) {
+            fprintf(stderr, "ldm: --class expects N or a list N,M,... of classes, got '%s'\n", v);
+            return 2;
+        }
+        if (o->n_classes == (int)(sizeof o->classes / sizeof o->classes[0])) {
+            fprintf(stderr, "ldm: --class: at most %d classes\n", (int)(sizeof o->classes / sizeof o->classes[0]));
+            return 2;
+        }
+        memcpy(item, s, len);
+        item[len] = 0;
+        int r = parse_int("--class", item, 0, INT_MAX, &o->classes[o->n_classes]);
+        if (r) return r;
+        o->n_classes++;
+        if (!comma) break;
+        s = comma + 1;
+    }
+    o->class_label = o->classes[0];
+    return 0;
+}
+
 static void defaults(cli_options *o)
 {
     memset(o, 0, sizeof *o);
@@ -167,7 +195,7 @@ static const char *const parsed_options[] = {
  * 2 a bad value. */
 static int parsed_option(cli_options *o, const char *opt, const char *v)
 {
-    if (!strcmp(opt, "--class")) return parse_int(opt, v, 0, INT_MAX, &o->class_label);
+    if (!strcmp(opt, "--class")) return parse_class_list(v, o);
     if (!strcmp(opt, "--uncond-class")) return parse_uncond(v, &o->uncond_class);
     if (!strcmp(opt, "--steps")) return parse_int(opt, v, 1, 10000, &o->steps);
     if (!strcmp(opt, "--width")) return parse_int(opt, v, 8, 16384, &o->width);

@@ -89,6 +89,15 @@ static void note(const cli_options *o, const char *fmt, ...)
     va_end(ap);
 }
 
+/* --model, else $LDM_MODEL, else the trained built-in glyph model; "builtin:NAME" names a
+ * built-in model (ldm_model_load_builtin: glyphs, demo, sd15, sd21-v, cin256-v2). */
+static const char *model_name(const cli_options *o)
+{
+    if (o->model) return o->model;
+    const char *env = getenv("LDM_MODEL");
+    return env && *env ? env : "builtin:glyphs";
+}
+
 static ldm_status load_model(const cli_options *o, ldm_model **m)
 {
     ldm_model_params mp;
@@ -101,12 +110,21 @@ static ldm_status load_model(const cli_options *o, ldm_model **m)
                  : !strcmp(o->weights, "raw") ? LDM_WEIGHTS_RAW
                                               : LDM_WEIGHTS_AUTO;
     mp.log_callback = o->quiet ? NULL : log_to_stderr;
-    if (o->model) return ldm_model_load(o->model, &mp, m);
-    note(o, "ldm: no --model given: using the built-in demo model. It is UNTRAINED (seeded random\n"
-            "     weights), so its output is noise-like; it shows the tool works without a download.\n"
-            "     For real images point --model at a checkpoint, e.g.\n"
-            "       ldm generate --model v1-5-pruned-emaonly.safetensors --prompt \"a red fox\" -o fox.png\n");
-    return ldm_model_load_builtin("demo", 0, &mp, m);
+    const char *name = model_name(o);
+    if (strncmp(name, "builtin:", 8) != 0) return ldm_model_load(name, &mp, m);
+    if (!o->model) {
+        if (!strcmp(name, "builtin:glyphs"))
+            note(o, "ldm: no --model given: using the built-in glyph model, trained by libldm itself\n"
+                    "     (examples/glyphs/README.md): 62 classes, --class 0-25 = A-Z, 26-51 = a-z, 52-61 = 0-9,\n"
+                    "     32x32 pixels. For other images point --model at a checkpoint, e.g.\n"
+                    "       ldm generate --model v1-5-pruned-emaonly.safetensors --prompt \"a red fox\" -o fox.png\n");
+        else
+            note(o, "ldm: no --model given: using %s ($LDM_MODEL)\n", name);
+    }
+    if (!strcmp(name, "builtin:demo"))
+        note(o, "ldm: the built-in demo model is UNTRAINED (seeded random weights), so its output is\n"
+                "     noise-like; it shows the tool works without a download.\n");
+    return ldm_model_load_builtin(name + 8, 0, &mp, m);
 }
 
 /* The library finds a config beside the checkpoint by itself; say which one it took, since a
@@ -226,7 +244,7 @@ static void describe_params(const cli_options *o, const ldm_generate_params *r, 
         append(buf, cap, &n, ", Uncond class: none");
     if (r->eta != 0.0f) append(buf, cap, &n, ", Eta: %g", r->eta);
     if (o->init && strcmp(o->command, "upscale")) append(buf, cap, &n, ", Denoising strength: %g", r->strength);
-    append(buf, cap, &n, ", Model: %s", o->model ? o->model : "built-in demo (untrained)");
+    append(buf, cap, &n, ", Model: %s", model_name(o));
 }
 
 /* Image k of a batch: FILE.png, FILE-1.png, ... */
@@ -255,26 +273,82 @@ static int write_image(const cli_options *o, const ldm_generate_params *r, const
 }
 
 /* Image k of the batch, alone with seed + k: the library draws a batch's noise as one tensor, so
- * image k of a batched call could not be re-made by itself; one call per image can. */
-static int generate_one(const cli_options *o, ldm_model *m, ldm_generate_params *p, int k)
+ * image k of a batched call could not be re-made by itself; one call per image can. The params
+ * that ran go to *r (recorded in the PNG). */
+static int generate_image(const cli_options *o, ldm_model *m, ldm_generate_params *p, int k, int n,
+                          ldm_generate_params *r, ldm_tensor **image)
 {
     cli_progress *bar = p->progress_user_data;
-    ldm_generate_params r;
-    ldm_tensor *image = NULL;
     char label[64];
+    *image = NULL;
     p->seed = o->seed + (uint64_t)k; /* wraps past 2^64-1 like any uint64_t */
     /* resolve first: the PNG records what runs, with the model's defaults made explicit */
-    if (ldm_generate_params_resolve(m, p, &r) != LDM_OK) return fail(o->command);
-    if (o->batch > 1)
-        snprintf(label, sizeof label, "%s %d/%d", o->command, k + 1, o->batch);
+    if (ldm_generate_params_resolve(m, p, r) != LDM_OK) return fail(o->command);
+    if (n > 1)
+        snprintf(label, sizeof label, "%s %d/%d", o->command, k + 1, n);
     else
         snprintf(label, sizeof label, "%s", o->command);
     cli_progress_init(bar, label, o->quiet);
-    ldm_status st = interrupted ? LDM_CANCELLED : ldm_generate(m, &r, &image);
+    ldm_status st = interrupted ? LDM_CANCELLED : ldm_generate(m, r, image);
     cli_progress_done(bar);
-    int rc = st == LDM_OK ? write_image(o, &r, image, k) : st == LDM_CANCELLED ? 130 : fail(o->command);
     if (st == LDM_CANCELLED) fprintf(stderr, "ldm: cancelled\n");
+    return st == LDM_OK ? 0 : st == LDM_CANCELLED ? 130 : fail(o->command);
+}
+
+static int generate_one(const cli_options *o, ldm_model *m, ldm_generate_params *p, int k)
+{
+    ldm_generate_params r;
+    ldm_tensor *image = NULL;
+    int rc = generate_image(o, m, p, k, o->batch, &r, &image);
+    if (rc == 0) rc = write_image(o, &r, image, k);
     ldm_tensor_free(image);
+    return rc;
+}
+
+/* --class A,B,C: image k is class k with seed + k, the images side by side in one PNG whose
+ * parameters list the classes. */
+static int generate_class_strip(const cli_options *o, ldm_model *m, ldm_generate_params *p)
+{
+    ldm_tensor *images[64] = {0}, *strip = NULL;
+    ldm_generate_params r, first;
+    int rc = 0, n = o->n_classes;
+    for (int k = 0; k < n && rc == 0; k++) {
+        p->class_label = o->classes[k];
+        rc = generate_image(o, m, p, k, n, &r, &images[k]);
+        if (k == 0) first = r;
+    }
+    int64_t shape[4] = {1, 3, 0, 0};
+    if (rc == 0) {
+        shape[2] = ldm_tensor_dim(images[0], 2);
+        shape[3] = n * ldm_tensor_dim(images[0], 3);
+        if (ldm_tensor_create(LDM_F32, 4, shape, &strip) != LDM_OK) rc = fail(o->command);
+    }
+    for (int k = 0; k < n && rc == 0; k++) { /* row y of image k goes to columns [k*w, (k+1)*w) */
+        int64_t h = shape[2], w = shape[3] / n;
+        const float *src = ldm_tensor_data(images[k]);
+        float *dst = ldm_tensor_data(strip);
+        for (int64_t c = 0; c < 3; c++)
+            for (int64_t y = 0; y < h; y++)
+                memcpy(dst + (c * h + y) * shape[3] + k * w, src + (c * h + y) * w, (size_t)w * sizeof(float));
+    }
+    if (rc == 0) {
+        char params[2048], path[4096], list[64 * 12] = "";
+        size_t len = 0;
+        for (int k = 0; k < n; k++) append(list, sizeof list, &len, "%s%d", k ? "," : "", o->classes[k]);
+        describe_params(o, &first, strip, params, sizeof params);
+        len = strlen(params);
+        append(params, sizeof params, &len, ", Classes: %s (image k: class k of the list, seed %llu + k)", list,
+               (unsigned long long)o->seed);
+        const char *keys[] = {"parameters", "Software"};
+        const char *values[] = {params, "libldm " LDM_VERSION_STRING};
+        output_path(o, 0, path, sizeof path);
+        if (ldm_image_write_png(path, strip, keys, values, 2) != LDM_OK)
+            rc = fail(path);
+        else if (!o->quiet)
+            printf("wrote %s\n", path);
+    }
+    for (int k = 0; k < n; k++) ldm_tensor_free(images[k]);
+    ldm_tensor_free(strip);
     return rc;
 }
 
@@ -283,12 +357,14 @@ static int run_images(const cli_options *o, ldm_model *m, ldm_generate_params *p
     int rc = 0;
     running_model = m;
     signal(SIGINT, on_sigint);
-    if (o->batch > 1)
-        note(o, "ldm: seed %llu (image k of the batch: seed %llu + k)\n", (unsigned long long)o->seed,
-             (unsigned long long)o->seed);
+    if (o->batch > 1 || o->n_classes > 1)
+        note(o, "ldm: seed %llu (image k: seed %llu + k)\n", (unsigned long long)o->seed, (unsigned long long)o->seed);
     else
         note(o, "ldm: seed %llu\n", (unsigned long long)o->seed);
-    for (int k = 0; k < o->batch && rc == 0; k++) rc = generate_one(o, m, p, k);
+    if (o->n_classes > 1)
+        rc = generate_class_strip(o, m, p);
+    else
+        for (int k = 0; k < o->batch && rc == 0; k++) rc = generate_one(o, m, p, k);
     running_model = NULL;
     signal(SIGINT, SIG_DFL);
     return rc;
@@ -306,7 +382,7 @@ static int run_generate(cli_options *o)
     /* inputs first: a bad image is reported before a checkpoint of gigabytes is mapped */
     if (load_inputs(o, &p, owned) == 0) {
         if (load_model(o, &m) != LDM_OK)
-            fail(o->model ? o->model : "demo model");
+            fail(model_name(o));
         else {
             report_config(o, m, stderr, "ldm: ");
             rc = run_images(o, m, &p);
@@ -352,6 +428,10 @@ static int check_inputs(const cli_options *o)
 int cli_run(const cli_options *o)
 {
     cli_options copy = *o;
+    if (o->n_classes > 1 && o->batch > 1) {
+        fprintf(stderr, "ldm: --class with a list makes one image per class; --batch cannot be combined with it\n");
+        return 2;
+    }
     if (!strcmp(o->command, "--version") || !strcmp(o->command, "version")) {
         printf("ldm %s\n", ldm_version());
         return 0;
