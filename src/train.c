@@ -1,6 +1,7 @@
 /* train.c - `ldm train CONFIG --data DIR --out DIR [...]`: trains an autoencoder or a latent
  * diffusion model with ldm_trainer (include/ldm.h), showing progress, saving on Ctrl-C. */
 #include <errno.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,9 +178,13 @@ int cli_train(int argc, char **argv)
     ldm_train_progress p;
     ldm_trainer_progress(t, &p);
     if (st == LDM_OK || st == LDM_CANCELLED) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
         if (!o.quiet)
-            fprintf(stderr, "ldm train: %s checkpoint at step %lld in %s/last.safetensors (config.yaml beside it)\n",
-                    st == LDM_OK ? "saved the" : "interrupted; saved the", (long long)p.step, o.p.out_dir);
+            fprintf(stderr, "ldm train: %s checkpoint at step %lld in %s/last.safetensors (config.yaml beside it); "
+                            "%.1f min, peak memory %.0f MiB\n",
+                    st == LDM_OK ? "saved the" : "interrupted; saved the", (long long)p.step, o.p.out_dir,
+                    (now() - ps.start) / 60.0, ru.ru_maxrss / 1024.0);
         if (o.export_path) {
             ldm_status e = ldm_trainer_export(t, o.export_path, o.half);
             if (e != LDM_OK) {
