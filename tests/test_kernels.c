@@ -397,7 +397,7 @@ START_TEST(conv2d_row_blocks)
 END_TEST
 
 /* Convolutions without im2col (gemm_small.c): output widths that are a multiple of 8 and the
- * padded-width mode for the others, 3x3 and other kernels, batches, against the reference and bit
+ * panel mode for the others, 3x3 and other kernels, batches, against the reference and bit
  * for bit across thread counts; and through lk_conv2d, which takes this path for them. */
 static ldm_status conv_small_fn(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                                 float *y)
@@ -409,7 +409,9 @@ START_TEST(conv2d_small_matches_reference)
 {
     static const lk_conv2d_shape shapes[] = {
         {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1},   /* a small UNet's 8x8 level */
-        {1, 64, 4, 4, 64, 3, 3, 1, 1, 1, 1, 1},   /* its 4x4 level: padded width */
+        {1, 64, 4, 4, 64, 3, 3, 1, 1, 1, 1, 1},   /* its 4x4 level: panel mode */
+        {2, 128, 4, 4, 64, 3, 3, 1, 1, 1, 1, 1},  /* batch 2, K = 1152, panel mode */
+        {1, 9, 5, 5, 7, 3, 3, 1, 1, 1, 1, 1},     /* 25 pixels: a partial second panel */
         {1, 128, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1},  /* skip concatenation, K = 1152 */
         {2, 16, 8, 16, 24, 3, 3, 1, 1, 1, 1, 1},  /* batch 2, two panels per row */
         {3, 5, 6, 6, 13, 3, 3, 1, 1, 1, 1, 1},    /* odd channels, width 6 */
@@ -424,11 +426,99 @@ START_TEST(conv2d_small_matches_reference)
         check_conv_with(shapes[i], 0, conv_small_fn, "conv small");
         check_conv(shapes[i], 1);
     }
-    lk_conv2d_shape wide = {1, 4, 4, 4, 9, 3, 5, 1, 1, 1, 1, 1}; /* padded width 6 over twice the output's 2 */
-    ck_assert(!lk_conv_small_applies(&wide));
+    lk_conv2d_shape wide = {1, 4, 4, 4, 9, 3, 5, 1, 1, 1, 1, 1}; /* output width 2: panel mode */
+    if (lk_conv_small_applies(&wide)) {
+        check_conv_with(wide, 1, conv_small_fn, "conv small");
+        check_conv_with(wide, 0, conv_small_fn, "conv small");
+    }
     check_conv(wide, 1);
     lk_conv2d_shape strided = {1, 64, 8, 8, 64, 3, 3, 2, 1, 1, 1, 1};
     ck_assert(!lk_conv_small_applies(&strided));
+}
+END_TEST
+
+/* The small Winograd path (wino_small.c): against the reference, bit for bit across thread counts,
+ * with the weights transformed for the call and from the cache (also bit for bit the same), and
+ * through lk_conv2d_cached, which takes it for these shapes when given a cache. */
+static lk_wcache *test_wc;
+static ldm_status wino_small_fn(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                                float *y)
+{
+    return lk_conv2d_wino_small(c, s, x, w, bias, y, test_wc);
+}
+static ldm_status conv_cached_fn(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                                 float *y)
+{
+    return lk_conv2d_cached(c, s, x, w, bias, y, test_wc);
+}
+
+START_TEST(conv2d_wino_small_matches_reference)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1},   /* a small UNet's 8x8 level: tiles stored in pairs */
+        {1, 64, 4, 4, 64, 3, 3, 1, 1, 1, 1, 1},   /* its 4x4 level */
+        {2, 128, 4, 4, 64, 3, 3, 1, 1, 1, 1, 1},  /* batch 2, skip concatenation */
+        {1, 16, 6, 10, 24, 3, 3, 1, 1, 1, 1, 1},  /* width 10: tile by tile */
+        {1, 24, 5, 7, 40, 3, 3, 1, 1, 1, 1, 1},   /* odd sizes: partial tiles */
+        {1, 20, 8, 8, 20, 3, 3, 1, 1, 1, 1, 1},   /* channels not a multiple of 8 */
+        {2, 16, 8, 8, 16, 3, 3, 1, 0, 0, 0, 0},   /* no padding: 6x6 outputs */
+        {1, 17, 9, 9, 33, 3, 3, 1, 2, 1, 0, 1},   /* uneven padding */
+    };
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        if (!lk_conv_wino_small_applies(&shapes[i])) continue; /* a CPU without AVX2+FMA */
+        test_wc = NULL; /* weights transformed for each call */
+        check_conv_with(shapes[i], 1, wino_small_fn, "wino small");
+        /* each check makes new weights, perhaps at the address of the last ones: a new cache each
+         * time (a network's weights live as long as its cache) */
+        test_wc = lk_wcache_create();
+        check_conv_with(shapes[i], 1, wino_small_fn, "wino small, cached");
+        lk_wcache_free(test_wc);
+        test_wc = lk_wcache_create();
+        check_conv_with(shapes[i], 0, conv_cached_fn, "conv2d cached");
+        lk_wcache_free(test_wc);
+        test_wc = NULL;
+    }
+    /* cached and uncached weights give the same bits; the cache holds one entry, then none */
+    lk_conv2d_shape s = shapes[0];
+    if (!lk_conv_wino_small_applies(&s)) return;
+    size_t nx = 64 * 64, nw = 64 * 64 * 9;
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf(64, 1);
+    float *y0 = malloc(sizeof(float) * nx), *y1 = malloc(sizeof(float) * nx), *y2 = malloc(sizeof(float) * nx);
+    lk_wcache *wc = lk_wcache_create();
+    ck_assert(wc || lk_low_memory());
+    ck_assert_int_eq(lk_conv2d_wino_small(&ctxs[0], &s, x, lk_wt_f32(w), bias, y0, NULL), LDM_OK);
+    ck_assert_int_eq(lk_conv2d_wino_small(&ctxs[0], &s, x, lk_wt_f32(w), bias, y1, wc), LDM_OK);
+    ck_assert_int_eq(lk_conv2d_wino_small(&ctxs[1], &s, x, lk_wt_f32(w), bias, y2, wc), LDM_OK);
+    expect_same(y0, y1, nx, "wino small cached / uncached");
+    expect_same(y0, y2, nx, "wino small from the cache");
+    if (wc) {
+        ck_assert_uint_eq(lk_wcache_bytes(wc), sizeof(float) * 16 * 64 * 64);
+        ck_assert_ptr_nonnull(lk_wcache_find(wc, w, LK_WC_WINO2, 64, 64));
+        ck_assert_ptr_null(lk_wcache_find(wc, w, LK_WC_WINO2, 64, 32));
+        /* weights changed in place: after lk_wcache_clear the new values are used */
+        for (size_t i = 0; i < nw; i++) w[i] *= 0.5f;
+        lk_wcache_clear(wc);
+        ck_assert_uint_eq(lk_wcache_bytes(wc), 0);
+        ck_assert_int_eq(lk_conv2d_wino_small(&ctxs[0], &s, x, lk_wt_f32(w), bias, y1, wc), LDM_OK);
+        ck_assert_int_eq(lk_conv2d_wino_small(&ctxs[0], &s, x, lk_wt_f32(w), bias, y0, NULL), LDM_OK);
+        expect_same(y0, y1, nx, "wino small after lk_wcache_clear");
+        /* bounded: entries past LK_WCACHE_BUDGET are not made */
+        lk_wcache_clear(wc);
+        size_t each = LK_WCACHE_MAX_ENTRY, made = 0;
+        for (int k = 0; k < 64; k++) {
+            float *slot;
+            ck_assert_int_eq(lk_wcache_add(wc, (const char *)w + k, LK_WC_WINO2, 1, 1, each, &slot), LDM_OK);
+            made += slot != NULL;
+        }
+        ck_assert_uint_eq(made, LK_WCACHE_BUDGET / each);
+        float *none;
+        ck_assert_int_eq(lk_wcache_add(wc, y0, LK_WC_WINO2, 1, 1, LK_WCACHE_MAX_ENTRY + 1, &none), LDM_OK);
+        ck_assert_ptr_null(none);
+    }
+    lk_wcache_free(wc);
+    lk_conv2d_shape wide = {1, 512, 4, 4, 512, 3, 3, 1, 1, 1, 1, 1}; /* transformed weights over the entry cap */
+    ck_assert(!lk_conv_wino_small_applies(&wide));
+    free(x), free(w), free(bias), free(y0), free(y1), free(y2);
 }
 END_TEST
 
@@ -700,7 +790,13 @@ static void check_conv_up2(lk_conv2d_shape s, int winograd_m)
     for (int c = 0; c < N_CTX; c++) {
         float *y = malloc(sizeof(float) * ny);
         for (size_t i = 0; i < ny; i++) y[i] = NAN;
-        if (winograd_m)
+        if (winograd_m < 0) { /* the small Winograd path with a weight cache */
+            lk_wcache *wc = lk_wcache_create();
+            ck_assert(wc || lk_low_memory());
+            ck_assert_int_eq(lk_conv2d_up2_cached(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, wc), LDM_OK);
+            ck_assert(!wc || lk_wcache_bytes(wc) > 0);
+            lk_wcache_free(wc);
+        } else if (winograd_m)
             ck_assert_int_eq(lk_conv3x3_winograd_up2(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, winograd_m), LDM_OK);
         else
             ck_assert_int_eq(lk_conv2d_up2(&ctxs[c], &s, x, lk_wt_f32(w), bias, y), LDM_OK);
@@ -726,6 +822,8 @@ START_TEST(conv2d_of_upsample)
         check_conv_up2(small, m);
         check_conv_up2(odd, m);
     }
+    lk_conv2d_shape level8 = {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1}; /* a small UNet's Upsample */
+    if (lk_conv_wino_small_applies(&level8)) check_conv_up2(level8, -1);
     lk_conv2d_shape bad = {1, 4, 7, 8, 4, 3, 3, 1, 1, 1, 1, 1};
     float z[64] = {0};
     ck_assert_int_eq(lk_conv2d_up2(&ctxs[0], &bad, z, lk_wt_f32(z), NULL, z), LDM_ERR_INVALID_ARGUMENT);
@@ -1191,6 +1289,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, gemm_matches_reference);
     tcase_add_test(tc, gemm_small_matches_reference);
     tcase_add_test(tc, conv2d_small_matches_reference);
+    tcase_add_test(tc, conv2d_wino_small_matches_reference);
     tcase_add_test(tc, linear_matches_reference);
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);

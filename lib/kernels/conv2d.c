@@ -144,8 +144,9 @@ static int winograd_tile(const lk_conv2d_shape *s)
     return px >= WINOGRAD_F2_MIN_PIXELS ? 2 : 0;
 }
 
+/* wc: the network's weight cache, or NULL (wino_small.c takes small 3x3 shapes with it). */
 static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
-                             const float *bias, float *y)
+                             const float *bias, float *y, lk_wcache *wc)
 {
     int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
     if (s->batch <= 0 || s->out_ch <= 0 || oh_n <= 0 || ow_n <= 0) return LDM_OK;
@@ -155,6 +156,11 @@ static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const floa
         return conv_pointwise(c, s, x, w, bias, y);
     int m = winograd_tile(s);
     if (m) return lk_conv3x3_winograd(c, s, x, w, bias, y, m);
+    if (wc) {
+        int done;
+        ldm_status st = lk_conv2d_wino_small_try(c, s, x, w, bias, y, wc, 0, &done);
+        if (done || st != LDM_OK) return st;
+    }
     if (lk_conv_small_applies(s)) return lk_conv2d_small(c, s, x, w, bias, y);
     return lk_conv2d_im2col(c, s, x, w, bias, y);
 }
@@ -248,15 +254,21 @@ static lk_op conv_kind(const lk_conv2d_shape *s)
     return (s->k_h == 3 && s->k_w == 3 && s->stride == 1) ? LK_OP_CONV3X3 : LK_OP_CONV_OTHER;
 }
 
-ldm_status lk_conv2d_wt(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
-                        float *y)
+ldm_status lk_conv2d_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                            float *y, lk_wcache *wc)
 {
     lk_stat_mark m = lk_stat_begin();
-    ldm_status st = conv2d_run(c, s, x, w, bias, y);
+    ldm_status st = conv2d_run(c, s, x, w, bias, y, wc);
     double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
     lk_stat_end(m, conv_kind(s), 2.0 * macs);
     lk_wt_done(w, kernel_numel(s));
     return st;
+}
+
+ldm_status lk_conv2d_wt(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                        float *y)
+{
+    return lk_conv2d_cached(c, s, x, w, bias, y, NULL);
 }
 
 ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, const float *w, const float *bias,
@@ -268,12 +280,21 @@ ldm_status lk_conv2d(const lctx *c, const lk_conv2d_shape *s, const float *x, co
 ldm_status lk_conv2d_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                          float *y)
 {
+    return lk_conv2d_up2_cached(c, s, x, w, bias, y, NULL);
+}
+
+ldm_status lk_conv2d_up2_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                const float *bias, float *y, lk_wcache *wc)
+{
     if (s->in_h % 2 || s->in_w % 2 || s->in_h <= 0 || s->in_w <= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: upsampled input %dx%d is not even", s->in_h, s->in_w);
     lk_stat_mark m = lk_stat_begin();
-    ldm_status st;
-    int tile = lk_conv_direct_applies(s) ? 0 : winograd_tile(s);
-    if (tile) {
+    ldm_status st = LDM_OK;
+    int tile = lk_conv_direct_applies(s) ? 0 : winograd_tile(s), done = 0;
+    if (!tile && wc && lk_conv2d_out_h(s) > 0 && lk_conv2d_out_w(s) > 0 && s->batch > 0)
+        st = lk_conv2d_wino_small_try(c, s, x, w, bias, y, wc, 1, &done);
+    if (done || st != LDM_OK) {
+    } else if (tile) {
         st = lk_conv3x3_winograd_up2(c, s, x, w, bias, y, tile);
     } else {
         size_t bytes = sizeof(float) * (size_t)s->batch * s->in_ch * s->in_h * s->in_w;
@@ -282,7 +303,7 @@ ldm_status lk_conv2d_up2(const lctx *c, const lk_conv2d_shape *s, const float *x
             st = ldm_fail_context(ldm_alloc_failure_status(), "conv2d upsampled input: ");
         } else {
             lk_resize_nearest(x, s->batch * s->in_ch, s->in_h / 2, s->in_w / 2, s->in_h, s->in_w, up);
-            st = conv2d_run(c, s, up, w, bias, y);
+            st = conv2d_run(c, s, up, w, bias, y, wc);
             lk_scratch_put(up, bytes);
         }
     }

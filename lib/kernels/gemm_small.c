@@ -564,6 +564,31 @@ int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, i
     return 1;
 }
 
+/* ---------------------------------------------------------------- a batch of plain products */
+
+typedef struct batch_job {
+    small_job j[LK_GEMM_BATCH_MAX];
+    int per; /* tiles of each product */
+} batch_job;
+
+static void batch_tile(void *arg, int task)
+{
+    const batch_job *b = arg;
+    small_tile((void *)&b->j[task / b->per], task % b->per);
+}
+
+void lk_gemm_small_batched(const lctx *c, int count, int M, int N, int K, const float *A, size_t sa, int lda,
+                           const float *B, size_t sb, float *C, size_t sc, int ldc)
+{
+    if (count <= 0 || M <= 0 || N <= 0 || K <= 0 || N % NR || count > LK_GEMM_BATCH_MAX) return;
+    batch_job bj;
+    bj.per = ((N + TILE_N - 1) / TILE_N) * ((M + TILE_M - 1) / TILE_M);
+    for (int i = 0; i < count; i++) /* B_i as the panels lk_gemm_small copies op(B) into */
+        bj.j[i] = (small_job){M, N, K, 1.0f, 0.0f, A + i * sa, lda, 1, B + i * sb, NR, B + i * sb, 0, C + i * sc, ldc,
+                              (N + TILE_N - 1) / TILE_N, have_fma()};
+    lpool_run(lk_pool_for_flops(c, 2.0 * count * M * N * K), count * bj.per, batch_tile, &bj);
+}
+
 /* ---------------------------------------------------------------- convolution without im2col */
 
 /* A stride-1 convolution is the product W[OC, IC*KH*KW] x col[IC*KH*KW, OH*OW], and when the
@@ -572,36 +597,34 @@ int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, i
  * column ow + kw. So the register blocks above can read the im2col matrix straight from a padded
  * copy of the input (koff[k] = the offset of tap k) instead of a built one: for a 64-channel 8x8
  * image the im2col matrix is 9 times the input and building it cost half as much as the product.
- * Each output is bias + the taps summed in (ic, kh, kw) order, whatever the split. */
+ * Other output widths (the 4x4 level of a small UNet) cannot be read 8 pixels at a time: their
+ * im2col columns are gathered into K x 16 panels first (panel mode; 16 output pixels per panel,
+ * zero past the last), which the same blocks read with tap k at offset 16 k. That copy is K x P
+ * floats, next to OC x P x K multiply-adds; computing the padded width and dropping the extra
+ * columns instead (the earlier mode) wasted half the work at 4x4.
+ * Each output is bias + the taps summed in (ic, kh, kw) order, whatever the split or mode. */
 
 typedef struct conv_job {
     const float *w;    /* [OC, K] */
     const float *bias; /* [OC] or NULL */
-    const float *xp;   /* padded input [B, IC, Hp, Wp] */
+    const float *xp;   /* padded input [B, IC, Hp, Wp], or in panel mode the panels [B, np, K, 16] */
     const int *koff;   /* [K] */
     float *y;          /* [B, OC, P] */
-    const int *dest;   /* padded-width mode: output pixel of each virtual pixel (-1: none), else NULL */
+    int panels;        /* panel mode */
     int OC, K, OW, P, Wp;
-    int Q; /* pixels computed: P, or OH * Wp in the padded-width mode */
-    size_t img_in; /* floats of one padded image */
+    size_t img_in; /* floats of one padded image (of one image's panels) */
     int tiles_m, tiles_p;
 } conv_job;
 
 #ifdef LK_DISPATCH
-static inline __attribute__((always_inline, target("avx2,fma"))) void conv_store(float *yi, const int *dq, int n,
-                                                                                __m256 x0, __m256 x1, float bias,
+static inline __attribute__((always_inline, target("avx2,fma"))) void conv_store(float *yi, int n, __m256 x0,
+                                                                                __m256 x1, float bias,
                                                                                 __m256i mask0, __m256i mask1)
 {
     __m256 vb = _mm256_set1_ps(bias);
     x0 = _mm256_add_ps(x0, vb);
     x1 = _mm256_add_ps(x1, vb);
-    if (dq) { /* padded-width mode: yi is the output row's start */
-        float t[NR];
-        _mm256_storeu_ps(t, x0);
-        _mm256_storeu_ps(t + 8, x1);
-        for (int l = 0; l < n; l++)
-            if (dq[l] >= 0) yi[dq[l]] = t[l];
-    } else if (n == NR) {
+    if (n == NR) {
         _mm256_storeu_ps(yi, x0);
         _mm256_storeu_ps(yi + 8, x1);
     } else {
@@ -611,11 +634,11 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void conv_store
 }
 
 #define CONV_STORE_ROW(r)                                                                          \
-    if (R > r) conv_store(y + (size_t)r * ldy, dq, n, c##r##0, c##r##1, bias ? bias[r] : 0.0f, mask0, mask1);
+    if (R > r) conv_store(y + (size_t)r * ldy, n, c##r##0, c##r##1, bias ? bias[r] : 0.0f, mask0, mask1);
 
 static inline __attribute__((always_inline, target("avx2,fma"))) void conv_block_fma(
     const int R, int n, int K, const float *w, long ars, const int *koff, const float *p0, const float *p1,
-    const float *bias, float *y, long ldy, const int *dq)
+    const float *bias, float *y, long ldy)
 {
     __m256 z = _mm256_setzero_ps();
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z, c50 = z,
@@ -636,18 +659,16 @@ LK_FMA static void conv_tile(void *arg, int task)
     const conv_job *j = arg;
     int per_img = j->tiles_m * j->tiles_p, b = task / per_img, t = task % per_img;
     int i0 = (t / j->tiles_p) * TILE_M, q0 = (t % j->tiles_p) * TILE_N;
-    int i1 = LDM_MIN(j->OC, i0 + TILE_M), q1 = LDM_MIN(j->Q, q0 + TILE_N);
+    int i1 = LDM_MIN(j->OC, i0 + TILE_M), q1 = LDM_MIN(j->P, q0 + TILE_N);
     const float *xp = j->xp + (size_t)b * j->img_in;
     float *y = j->y + (size_t)b * j->OC * j->P;
     long ars = j->K;
     for (int q = q0; q < q1; q += NR) {
         int n = LDM_MIN(NR, q1 - q);
         const float *p0, *p1;
-        const int *dq = j->dest ? j->dest + q : NULL;
-        size_t yoff = dq ? 0 : (size_t)q;
-        if (dq) { /* virtual pixel q' reads the padded plane at q' + koff */
-            p0 = xp + q;
-            p1 = xp + q + 8;
+        if (j->panels) { /* tap k of pixel q + l at 16 k + l of the panel */
+            p0 = xp + (size_t)(q / NR) * NR * j->K;
+            p1 = p0 + 8;
         } else { /* each half of the panel is 8 pixels of one output row (OW is a multiple of 8) */
             p0 = xp + (size_t)(q / j->OW) * j->Wp + q % j->OW;
             int qh = n > 8 ? q + 8 : q;
@@ -656,39 +677,50 @@ LK_FMA static void conv_tile(void *arg, int task)
         int i = i0;
         for (; i + MR <= i1; i += MR)
             conv_block_fma(MR, n, j->K, j->w + (size_t)i * ars, ars, j->koff, p0, p1, j->bias ? j->bias + i : NULL,
-                           y + (size_t)i * j->P + yoff, j->P, dq);
+                           y + (size_t)i * j->P + q, j->P);
         const float *w = j->w + (size_t)i * ars, *bias = j->bias ? j->bias + i : NULL;
-        float *yi = y + (size_t)i * j->P + yoff;
+        float *yi = y + (size_t)i * j->P + q;
         switch (i1 - i) {
-        case 5: conv_block_fma(5, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P, dq); break;
-        case 4: conv_block_fma(4, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P, dq); break;
-        case 3: conv_block_fma(3, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P, dq); break;
-        case 2: conv_block_fma(2, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P, dq); break;
-        case 1: conv_block_fma(1, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P, dq); break;
+        case 5: conv_block_fma(5, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P); break;
+        case 4: conv_block_fma(4, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P); break;
+        case 3: conv_block_fma(3, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P); break;
+        case 2: conv_block_fma(2, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P); break;
+        case 1: conv_block_fma(1, n, j->K, w, ars, j->koff, p0, p1, bias, yi, j->P); break;
         default: break;
         }
     }
 }
 #endif
 
-/* Pixels computed per image: the output's, or in the padded-width mode (output width not a
- * multiple of 8) every column of the padded width, the extra ones discarded. */
-static long conv_pixels(const lk_conv2d_shape *s)
-{
-    int OH = lk_conv2d_out_h(s), OW = lk_conv2d_out_w(s);
-    return OW % 8 ? (long)OH * (s->in_w + s->pad_left + s->pad_right) : (long)OH * OW;
-}
-
 int lk_conv_small_applies(const lk_conv2d_shape *s)
 {
     int OH = lk_conv2d_out_h(s), OW = lk_conv2d_out_w(s);
     if (!have_fma() || s->stride != 1 || s->batch <= 0 || OH <= 0 || OW <= 0) return 0;
     if (s->pad_top < 0 || s->pad_left < 0 || s->pad_bottom < 0 || s->pad_right < 0) return 0;
-    int Wp = s->in_w + s->pad_left + s->pad_right;
-    if (OW % 8 && Wp > 2 * OW) return 0; /* padded width: at most half the work wasted */
     long K = (long)s->in_ch * s->k_h * s->k_w;
     if (K <= 0 || K > SMALL_MAX_K || s->out_ch <= 0) return 0;
-    return (double)s->out_ch * s->batch * conv_pixels(s) * K <= SMALL_MAX_WORK;
+    return (double)s->out_ch * s->batch * OH * OW * K <= SMALL_MAX_WORK;
+}
+
+/* Panel mode: the im2col columns of one padded image (xp), pixels in panels of 16, tap k of pixel
+ * 16 p + l at dst[(p K + k) 16 + l]; lanes past the last pixel are zero. */
+static void gather_panels(const float *xp, const int *koff, int K, int OH, int OW, int Wp, float *dst)
+{
+    int P = OH * OW, np = (P + NR - 1) / NR;
+    if (P % NR)
+        for (int k = 0; k < K; k++) memset(dst + ((size_t)(np - 1) * K + k) * NR, 0, sizeof(float) * NR);
+    for (int k = 0; k < K; k++) {
+        const float *src = xp + koff[k];
+        for (int oh = 0, q = 0; oh < OH; oh++) {
+            const float *row = src + (size_t)oh * Wp;
+            if (OW == 4 && q % 4 == 0) { /* the 4x4 level: one 16-byte copy per row */
+                memcpy(dst + ((size_t)(q / NR) * K + k) * NR + q % NR, row, 4 * sizeof(float));
+                q += 4;
+                continue;
+            }
+            for (int ow = 0; ow < OW; ow++, q++) dst[((size_t)(q / NR) * K + k) * NR + q % NR] = row[ow];
+        }
+    }
 }
 
 ldm_status lk_conv2d_small(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
@@ -701,16 +733,15 @@ ldm_status lk_conv2d_small(const lctx *c, const lk_conv2d_shape *s, const float 
     int Hp = s->in_h + s->pad_top + s->pad_bottom, Wp = s->in_w + s->pad_left + s->pad_right;
     /* the last load of a tap (kh, kw) ends at column OW - 1 + kw <= Wp - 1 of padded row
      * OH - 1 + kh <= Hp - 1: every read stays inside the image's padded planes */
-    /* In the padded-width mode a panel reads up to 15 + KW - 1 floats past the image's planes
-     * (into the next image, or the spare floats after the last): lanes that are discarded. */
-    int Q = (int)conv_pixels(s), padded_width = OW % 8 != 0;
-    size_t img_in = (size_t)s->in_ch * Hp * Wp, in_floats = (size_t)s->batch * img_in + (size_t)(NR + s->k_w);
+    int panel_mode = OW % 8 != 0, P = OH * OW, np = (P + NR - 1) / NR;
+    size_t img_in = (size_t)s->in_ch * Hp * Wp, in_floats = (size_t)s->batch * img_in;
+    size_t img_pan = panel_mode ? (size_t)np * NR * K : 0, pan_floats = (size_t)s->batch * img_pan;
     size_t nw = w.f32 ? 0 : (size_t)s->out_ch * K;
-    size_t bytes = sizeof(float) * (in_floats + nw) + sizeof(int) * ((size_t)K + (padded_width ? (size_t)Q : 0));
+    size_t bytes = sizeof(float) * (in_floats + pan_floats + nw) + sizeof(int) * (size_t)K * (panel_mode ? 2 : 1);
     float *buf = lk_scratch_get(bytes);
     if (!buf) return ldm_fail_context(ldm_alloc_failure_status(), "conv2d padded input: ");
-    float *xp = buf, *wf = nw ? buf + in_floats : NULL;
-    int *koff = (int *)(void *)(buf + in_floats + nw);
+    float *xp = buf, *pan = buf + in_floats, *wf = nw ? buf + in_floats + pan_floats : NULL;
+    int *koff = (int *)(void *)(buf + in_floats + pan_floats + nw);
     memset(xp, 0, sizeof(float) * in_floats);
     for (int b = 0; b < s->batch; b++)
         for (int ic = 0; ic < s->in_ch; ic++) {
@@ -722,15 +753,18 @@ ldm_status lk_conv2d_small(const lctx *c, const lk_conv2d_shape *s, const float 
     for (int ic = 0, k = 0; ic < s->in_ch; ic++)
         for (int kh = 0; kh < s->k_h; kh++)
             for (int kw = 0; kw < s->k_w; kw++) koff[k++] = ic * Hp * Wp + kh * Wp + kw;
-    int *dest = NULL;
-    if (padded_width) {
-        dest = koff + K;
-        for (int q = 0; q < Q; q++) dest[q] = q % Wp < OW ? (q / Wp) * OW + q % Wp : -1;
+    const int *taps = koff;
+    if (panel_mode) {
+        for (int b = 0; b < s->batch; b++)
+            gather_panels(xp + (size_t)b * img_in, koff, K, OH, OW, Wp, pan + (size_t)b * img_pan);
+        int *kpan = koff + K;
+        for (int k = 0; k < K; k++) kpan[k] = k * NR;
+        taps = kpan;
     }
     if (wf) lk_wt_read(w, 0, nw, wf);
-    conv_job j = {wf ? wf : w.f32, bias, xp, koff, y, dest, s->out_ch, K, OW, OH * OW, Wp, Q, img_in,
-                  (s->out_ch + TILE_M - 1) / TILE_M, (Q + TILE_N - 1) / TILE_N};
-    double flops = 2.0 * s->batch * s->out_ch * OH * OW * K;
+    conv_job j = {wf ? wf : w.f32, bias, panel_mode ? pan : xp, taps, y, panel_mode, s->out_ch, K, OW, P, Wp,
+                  panel_mode ? img_pan : img_in, (s->out_ch + TILE_M - 1) / TILE_M, (P + TILE_N - 1) / TILE_N};
+    double flops = 2.0 * s->batch * s->out_ch * P * K;
     lpool_run(lk_pool_for_flops(c, flops), s->batch * j.tiles_m * j.tiles_p, conv_tile, &j);
     lk_scratch_put(buf, bytes);
     return LDM_OK;

@@ -47,6 +47,15 @@ void lk_gemm_small(const lctx *c, int transA, int transB, int M, int N, int K, f
                    const float *B, int ldb, float beta, float *C, int ldc);
 int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, int N, int K, float alpha,
                        const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* count products C_i[M,N] = A_i[M,K] B_i[K,N] (A_i = A + i*sa row-major, and so on) in one pool job,
+ * with lk_gemm_small's kernel (every element one FMA chain in k order, bitwise the same for any
+ * thread count). B_i is stored in panels of 16 columns, each K x 16 contiguous (element (k, n) at
+ * (n / 16) * 16 K + 16 k + n % 16), as lk_gemm_small copies op(B) for itself: for the small
+ * Winograd path, whose cached weights are kept so. N must be a multiple of 16 and count at most
+ * LK_GEMM_BATCH_MAX (else nothing is done). */
+#define LK_GEMM_BATCH_MAX 36
+void lk_gemm_small_batched(const lctx *c, int count, int M, int N, int K, const float *A, size_t sa, int lda,
+                           const float *B, size_t sb, float *C, size_t sc, int ldc);
 /* Makes BLAS single-threaded (we split work over our own pool); called by lk_gemm itself, idempotent. */
 void lk_blas_init(void);
 /* y[rows,out] = x[rows,in] W^T + b;  W is [out,in] as in torch.nn.Linear; b may be NULL. */
@@ -129,15 +138,53 @@ void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block,
 int lk_conv_direct_applies(const lk_conv2d_shape *s);
 ldm_status lk_conv2d_direct(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                             float *y);
-/* Stride-1 convolutions whose output width is a multiple of 8 and whose product is small enough
- * for lk_gemm_small (an 8x8 or 16x16 image of a small model), on AVX2+FMA CPUs: the small product's
- * register blocks read a zero-padded copy of the input directly, with no im2col (gemm_small.c). */
+/* Stride-1 convolutions whose product is small enough for lk_gemm_small (an 8x8, 4x4 or 16x16
+ * image of a small model), on AVX2+FMA CPUs: the small product's register blocks read a
+ * zero-padded copy of the input directly when the output width is a multiple of 8, with no
+ * im2col; other widths gather the im2col columns into 16-pixel panels first (gemm_small.c). */
 int lk_conv_small_applies(const lk_conv2d_shape *s);
 ldm_status lk_conv2d_small(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                            float *y);
 /* The general path: im2col in row blocks and one matrix product per block (any shape). */
 ldm_status lk_conv2d_im2col(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                             const float *bias, float *y);
+
+/* ---- a network's cache of transformed weights (wcache.c: lifetime, keys, bounds, threads) */
+typedef struct lk_wcache lk_wcache;
+#define LK_WCACHE_MAX_ENTRY ((size_t)2 << 20) /* bytes of one cached form, at most */
+#define LK_WCACHE_BUDGET ((size_t)32 << 20)   /* bytes of one cache, at most */
+/* An empty cache; NULL in the low-memory mode (nothing cached) or when out of memory. */
+lk_wcache *lk_wcache_create(void);
+void lk_wcache_free(lk_wcache *wc);
+/* Forgets every entry: call after changing weights in place. wc may be NULL. */
+void lk_wcache_clear(lk_wcache *wc);
+size_t lk_wcache_bytes(const lk_wcache *wc);
+/* The cached form `kind` (LK_WC_*) of the weights at key with dimensions d0, d1, or NULL. */
+enum { LK_WC_WINO2 = 1 };
+const float *lk_wcache_find(const lk_wcache *wc, const void *key, int kind, int d0, int d1);
+/* A new entry of `bytes` for the caller to fill at once (*out), or *out = NULL when wc is NULL or
+ * the entry would break a bound (then nothing is cached; not an error). */
+ldm_status lk_wcache_add(lk_wcache *wc, const void *key, int kind, int d0, int d1, size_t bytes, float **out);
+
+/* Convolutions with a cache (wc may be NULL: exactly lk_conv2d_wt / lk_conv2d_up2): a 3x3 stride-1
+ * shape that would take the small path (lk_conv_small_applies: an 8x8 or 4x4 image of a small
+ * model at batch 1 or 2) with at least 16 channels each way runs Winograd F(2x2,3x3) with its
+ * transformed weights kept in wc (wino_small.c): 2.25x fewer multiply-adds than the direct sum,
+ * without transforming the weights on every call. lk_conv_wino_small_applies says which shapes
+ * (a rule on the shape and the CPU, never the thread count or the cache's state). */
+ldm_status lk_conv2d_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                            float *y, lk_wcache *wc);
+ldm_status lk_conv2d_up2_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                const float *bias, float *y, lk_wcache *wc);
+int lk_conv_wino_small_applies(const lk_conv2d_shape *s);
+/* The path itself (for tests): uses and fills wc, or when the entry cannot be cached (wc NULL or
+ * over a bound) transforms the weights into scratch memory for this call only. */
+ldm_status lk_conv2d_wino_small(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                const float *bias, float *y, lk_wcache *wc);
+/* For conv2d.c: runs the path when wc can hold the shape's transformed weights (*done = 1), else
+ * does nothing (*done = 0). up2: x is at half resolution, convolve its nearest 2x upsample. */
+ldm_status lk_conv2d_wino_small_try(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                    const float *bias, float *y, lk_wcache *wc, int up2, int *done);
 
 /* ---- normalisation (in place allowed: y may equal x) */
 /* GroupNorm over [B,C,HW] with `groups` groups, eps, per-channel affine gamma/beta (may be NULL);

@@ -47,6 +47,7 @@ struct lunet {
     lub_norm out_norm;
     lub_conv out_conv;
     lub_ws ws;
+    lk_wcache *wc; /* transformed weights of small layers (lib/kernels/wcache.c); NULL: none */
 };
 
 void lunet_opts_init(lunet_opts *o)
@@ -257,7 +258,7 @@ static ldm_status check_desc(const ld_unet *d)
 static ldm_status build(lunet *n, const lw_store *s, const char *prefix, int use_ema)
 {
     const ld_unet *d = &n->d;
-    lu_build b = {n, {s, prefix, use_ema}, d->num_heads, n->opts.num_heads_upsample};
+    lu_build b = {n, {s, prefix, use_ema, n->wc}, d->num_heads, n->opts.num_heads_upsample};
     if (b.num_heads_upsample == -1) b.num_heads_upsample = d->num_heads;
     n->emb_ch = 4 * d->model_channels;
     int max_mult = 1;
@@ -292,6 +293,7 @@ ldm_status lunet_create_opts(const ld_unet *d, const lw_store *s, const char *pr
         n->opts = *opts;
     else
         lunet_opts_init(&n->opts);
+    n->wc = lk_wcache_create(); /* NULL (nothing cached) in the low-memory mode or out of memory */
     ldm_status st = build(n, s, prefix ? prefix : "", use_ema);
     if (st != LDM_OK) {
         lunet_free(n);
@@ -338,6 +340,7 @@ void lunet_free(lunet *n)
     ldm_free(n->skip_ch);
     lub_norm_free(&n->out_norm);
     lub_conv_free(&n->out_conv);
+    lk_wcache_free(n->wc);
     lub_ws_free(&n->ws);
     ldm_free(n);
 }
@@ -553,6 +556,11 @@ static ldm_status check_inputs(const lunet *n, const ldm_tensor *x, const ldm_te
                                 (long long)i, (long long)lt_i64(y)[i], n->d.num_classes);
     }
     return LDM_OK;
+}
+
+void lunet_drop_weight_caches(lunet *n)
+{
+    if (n) lk_wcache_clear(n->wc);
 }
 
 void lunet_release_workspace(lunet *n)

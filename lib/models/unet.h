@@ -35,6 +35,9 @@ ldm_status lunet_create_opts(const ld_unet *d, const lw_store *s, const char *pr
 void lunet_free(lunet *n);
 /* Frees the activation workspace kept between evaluations (it is rebuilt by the next one). */
 void lunet_release_workspace(lunet *n);
+/* Forgets the transformed weights the UNet keeps for its small layers (lib/kernels/wcache.c): to be
+ * called by anything that changes its weights in place. */
+void lunet_drop_weight_caches(lunet *n);
 
 /* out: new [B, out_channels, H, W] owned by the caller. context is required by SpatialTransformer
  * models (its batch must equal B, its width context_dim; its length may change between calls)

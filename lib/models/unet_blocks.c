@@ -143,7 +143,7 @@ void lub_norm_free(lub_norm *n)
 
 ldm_status lub_conv_load(lub_conv *cv, const lub_loader *L, const char *name, int in_ch, int out_ch, int k, int stride)
 {
-    cv->in_ch = in_ch, cv->out_ch = out_ch, cv->k = k, cv->stride = stride;
+    cv->in_ch = in_ch, cv->out_ch = out_ch, cv->k = k, cv->stride = stride, cv->wc = L->wc;
     int64_t wshape[4] = {out_ch, in_ch, k, k}, bshape[1] = {out_ch};
     LDM_TRY(lub_get_wt(L, 4, wshape, &cv->w, "%s.weight", name));
     return lub_get(L, 1, bshape, &cv->b, "%s.bias", name);
@@ -166,7 +166,7 @@ static lk_conv2d_shape conv_shape(const lub_conv *cv, int B, int H, int W)
 ldm_status lub_conv_run(const lub_conv *cv, const lctx *c, const float *x, int B, int H, int W, float *y)
 {
     lk_conv2d_shape s = conv_shape(cv, B, H, W);
-    return lk_conv2d_wt(c, &s, x, cv->w.w, cv->b, y);
+    return lk_conv2d_cached(c, &s, x, cv->w.w, cv->b, y, cv->wc);
 }
 
 ldm_status lub_conv_forward(const lub_conv *cv, const lctx *c, const lub_act *x, lub_act *out)
@@ -175,7 +175,7 @@ ldm_status lub_conv_forward(const lub_conv *cv, const lctx *c, const lub_act *x,
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet conv: expected %d input channels, found %d", cv->in_ch, x->C);
     lk_conv2d_shape s = conv_shape(cv, x->B, x->H, x->W);
     LDM_TRY(lub_act_alloc(out, x->B, cv->out_ch, lk_conv2d_out_h(&s), lk_conv2d_out_w(&s)));
-    ldm_status st = lk_conv2d_wt(c, &s, x->p, cv->w.w, cv->b, out->p);
+    ldm_status st = lk_conv2d_cached(c, &s, x->p, cv->w.w, cv->b, out->p, cv->wc);
     if (st != LDM_OK) lub_act_free(out);
     return st;
 }
@@ -187,7 +187,7 @@ ldm_status lub_upsample_forward(const lub_conv *cv, const lctx *c, lub_ws *ws, c
     /* nearest 2x folded into the convolution (lk_conv2d_up2) */
     lk_conv2d_shape s = conv_shape(cv, x->B, 2 * x->H, 2 * x->W);
     LDM_TRY(lub_act_alloc(out, x->B, cv->out_ch, lk_conv2d_out_h(&s), lk_conv2d_out_w(&s)));
-    ldm_status st = lk_conv2d_up2(c, &s, x->p, cv->w.w, cv->b, out->p);
+    ldm_status st = lk_conv2d_up2_cached(c, &s, x->p, cv->w.w, cv->b, out->p, cv->wc);
     if (st != LDM_OK) lub_act_free(out);
     return st;
 }

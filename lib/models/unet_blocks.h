@@ -15,6 +15,7 @@ typedef struct lub_loader {
     const lw_store *s;
     const char *prefix;
     int use_ema;
+    lk_wcache *wc; /* the network's weight cache, handed to the convolutions it loads (may be NULL) */
 } lub_loader;
 
 /* printf into a module-path buffer; an error (not a silent cut) when it does not fit. */
@@ -65,6 +66,7 @@ typedef struct lub_conv {
     int in_ch, out_ch, k, stride;
     lnw w;
     float *b;
+    lk_wcache *wc; /* borrowed from the loader: the network's weight cache (may be NULL) */
 } lub_conv;
 ldm_status lub_conv_load(lub_conv *cv, const lub_loader *L, const char *name, int in_ch, int out_ch, int k, int stride);
 void lub_conv_free(lub_conv *cv);
