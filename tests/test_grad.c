@@ -337,6 +337,10 @@ START_TEST(conv2d_fast_matches_reference)
     /* K * OW * OH over the im2col budget (several row blocks) and products big enough for lk_gemm
      * to tile over the pool */
     conv_case((lk_conv2d_shape){2, 64, 40, 50, 8, 3, 3, 1, 1, 1, 1, 1}, 1e-4);
+    /* dx of a stride-1 "same" convolution runs as a forward convolution: Winograd F(4x4) above
+     * 2048 output pixels, and a 5x5 kernel */
+    conv_case((lk_conv2d_shape){1, 16, 48, 48, 12, 3, 3, 1, 1, 1, 1, 1}, 1e-4);
+    conv_case((lk_conv2d_shape){2, 5, 9, 8, 6, 5, 5, 1, 2, 2, 2, 2}, 1e-5);
 }
 END_TEST
 

@@ -11,7 +11,8 @@
  * block, and every dx element receives its contributions block by block in (kh, kw) order: all of
  * it independent of the thread count. im2col is split over the pool by im2col rows, col2im by
  * input channels (each writes only its own plane of dx). A 1x1 convolution without stride or
- * padding needs neither: the image is its own im2col matrix. */
+ * padding needs neither: the image is its own im2col matrix. The dx of a stride-1 "same"
+ * convolution is a forward convolution (dx_by_forward_conv). */
 #include "grad.h"
 
 #include <string.h>
@@ -153,6 +154,35 @@ static ldm_status im2col_backward(const lctx *c, const lk_conv2d_shape *s, const
     return LDM_OK;
 }
 
+/* Stride 1, a square odd kernel and "same" padding k/2 on every side: the input gradient is
+ * itself such a convolution, of dy with the kernel flipped in space and transposed in channels
+ * (wt[ic,oc,kh,kw] = w[oc,ic,K-1-kh,K-1-kw]), so it runs through the forward lk_conv2d and its
+ * fast paths (Winograd for 3x3) instead of a product and col2im. */
+static int dx_is_same_conv(const lk_conv2d_shape *s)
+{
+    int p = s->k_h / 2;
+    return s->stride == 1 && s->k_h == s->k_w && (s->k_h & 1) && s->k_h > 1 && s->pad_top == p && s->pad_left == p &&
+           s->pad_bottom == p && s->pad_right == p;
+}
+
+static ldm_status dx_by_forward_conv(const lctx *c, const lk_conv2d_shape *s, const float *w, const float *dy,
+                                     float *dx)
+{
+    int k = s->k_h, kk = k * k;
+    size_t n = (size_t)s->out_ch * s->in_ch * kk;
+    float *wt = ldm_malloc(n * sizeof(float));
+    if (!wt) return ldm_fail_context(ldm_alloc_failure_status(), "conv2d backward flipped kernel: ");
+    for (int oc = 0; oc < s->out_ch; oc++)
+        for (int ic = 0; ic < s->in_ch; ic++)
+            for (int t = 0; t < kk; t++)
+                wt[((size_t)ic * s->out_ch + oc) * kk + (kk - 1 - t)] = w[((size_t)oc * s->in_ch + ic) * kk + t];
+    lk_conv2d_shape ts = *s;
+    ts.in_ch = s->out_ch, ts.out_ch = s->in_ch; /* same size, "same" padding */
+    ldm_status st = lk_conv2d(c, &ts, dy, wt, NULL, dx);
+    ldm_free(wt);
+    return st;
+}
+
 static void zero_outputs(const lk_conv2d_shape *s, float *dx, float *dw, float *db)
 {
     if (dx) memset(dx, 0, sizeof(float) * (size_t)s->batch * s->in_ch * s->in_h * s->in_w);
@@ -181,6 +211,10 @@ ldm_status lg_conv2d_backward(const lctx *c, const lk_conv2d_shape *s, const flo
     if (is_pointwise(s)) {
         pointwise_backward(c, s, x, w, dy, dx, dw);
         return LDM_OK;
+    }
+    if (dx && dx_is_same_conv(s)) {
+        LDM_TRY(dx_by_forward_conv(c, s, w, dy, dx));
+        return dw ? im2col_backward(c, s, x, w, dy, NULL, dw) : LDM_OK;
     }
     return im2col_backward(c, s, x, w, dy, dx, dw);
 }
