@@ -63,6 +63,23 @@ class GenerateParams(Structure):
                 ("uncond_class", c_int)]
 
 
+class TrainProgress(Structure):
+    _fields_ = [("step", c_int64), ("total_steps", c_int64), ("loss", c_double), ("loss_ema", c_double),
+                ("seconds", c_double), ("images_per_second", c_double), ("phase", c_char_p)]
+
+
+TRAIN_CALLBACK = CFUNCTYPE(c_int, POINTER(TrainProgress), c_void_p)
+
+
+class TrainParams(Structure):
+    _fields_ = [("struct_size", c_size_t), ("data_dir", c_char_p), ("out_dir", c_char_p),
+                ("first_stage", c_char_p), ("init_from", c_char_p), ("resume", c_int),
+                ("max_steps", c_int64), ("max_minutes", c_double), ("batch_size", c_int),
+                ("learning_rate", c_double), ("cond_drop_rate", c_double), ("save_every", c_int),
+                ("seed", c_uint64), ("n_threads", c_int), ("callback", TRAIN_CALLBACK),
+                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p)]
+
+
 # The library refuses struct_size above this, so it is also the most any *_params_init may write.
 _INIT_SCRATCH = 4096
 
@@ -176,6 +193,16 @@ _proto("ldm_image_read_png_gray", _S, c_char_p, c_int, _OUT)
 _proto("ldm_image_write_png", _S, c_char_p, _P, _STRS, _STRS, c_int)
 
 _proto("ldm_layout_tokens_from_json", _S, c_char_p, c_size_t, c_int, _OUT)
+
+_proto("ldm_train_params_init_size", None, POINTER(TrainParams), c_size_t)
+_proto("ldm_trainer_create", _S, c_char_p, POINTER(TrainParams), _OUT)
+_proto("ldm_trainer_step", _S, _P, c_int)
+_proto("ldm_trainer_run", _S, _P)
+_proto("ldm_trainer_save", _S, _P)
+_proto("ldm_trainer_export", _S, _P, c_char_p, c_int)
+_proto("ldm_trainer_progress", _S, _P, POINTER(TrainProgress))
+_proto("ldm_trainer_interrupt", None, _P)
+_proto("ldm_trainer_free", None, _P)
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}
