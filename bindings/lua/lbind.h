@@ -23,6 +23,7 @@
 #define LB_CONDITIONER "ldm.conditioner"
 #define LB_SAMPLER "ldm.sampler"
 #define LB_TOKENIZER "ldm.tokenizer"
+#define LB_TRAINER "ldm.trainer"
 
 /* errors: raises "<function>: <ldm_last_error()> (<status name>)" unless st is LDM_OK */
 void lb_check(lua_State *L, ldm_status st, const char *function);
@@ -101,6 +102,8 @@ void lb_sampler_register(lua_State *L, int module);
 void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p);
 void lb_push_sampler(lua_State *L, ldm_sampler *s);
 void lb_tokenizer_register(lua_State *L, int module);
+/* training runs: ldm.trainer (trainer.c) */
+void lb_trainer_register(lua_State *L, int module);
 
 /* images and layouts (image.c) */
 void lb_image_register(lua_State *L, int module);

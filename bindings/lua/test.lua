@@ -534,6 +534,171 @@ test("png round trip", function()
     raises("ldm_image_read_png", ldm.read_png, path)
 end)
 
+-- ------------------------------------------------------------------ training (ldm.trainer)
+
+-- A tiny AutoencoderKL and the 12 generated 16x16 images of tests/test_trainer.c: a bar whose
+-- orientation is the class, on a tinted ground.
+local AE_YAML = [[
+model:
+  base_learning_rate: 2.5e-4
+  target: ldm.models.autoencoder.AutoencoderKL
+  params:
+    embed_dim: 2
+    lossconfig:
+      target: ldm.modules.losses.LPIPSWithDiscriminator
+      params: {disc_start: 50001, kl_weight: 1.0e-6, disc_weight: 0.0, perceptual_weight: 0.0}
+    ddconfig: {double_z: true, z_channels: 2, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,
+               ch_mult: [1, 1], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
+data:
+  params: {batch_size: 4}
+lightning:
+  trainer: {max_steps: 20}
+]]
+local TRAIN_STEPS = 20
+
+local train_root
+local function train_setup()
+    if train_root then return train_root end
+    local root = os.tmpname()
+    os.remove(root)
+    assert(os.execute(("mkdir -p %q"):format(root .. "/data")))
+    local csv = {"file,label"}
+    for i = 0, 11 do
+        local cls, px = i % 3, {}
+        for c = 0, 2 do
+            for y = 0, 15 do
+                for x = 0, 15 do
+                    local on = (cls == 0 and y >= 6 and y < 10) or (cls == 1 and x >= 6 and x < 10)
+                        or (cls == 2 and math.abs(x - y) < 2)
+                    px[#px + 1] = on and -0.8 or 0.6 + 0.1 * ((i + c) % 3)
+                end
+            end
+        end
+        local name = ("img%02d.png"):format(i)
+        ldm.write_png(root .. "/data/" .. name, ldm.tensor({1, 3, 16, 16}, px))
+        csv[#csv + 1] = name .. "," .. cls
+    end
+    local f = assert(io.open(root .. "/data/labels.csv", "w"))
+    f:write(table.concat(csv, "\n"), "\n")
+    f:close()
+    f = assert(io.open(root .. "/ae.yaml", "w"))
+    f:write(AE_YAML)
+    f:close()
+    train_root = root
+    return root
+end
+
+local function trainer(out, opts)
+    local root = train_setup()
+    opts = opts or {}
+    opts.data_dir = opts.data_dir or root .. "/data"
+    opts.out_dir = root .. "/" .. out
+    opts.n_threads = opts.n_threads or 1
+    opts.seed = opts.seed or 5
+    return ldm.trainer(root .. "/ae.yaml", opts)
+end
+
+test("trainer: a tiny autoencoder's loss falls, the callback runs per step, the export loads", function()
+    local seen = {}
+    local t <close> = trainer("ae", {callback = function(p) seen[#seen + 1] = p end})
+    local p0 = t:progress()
+    eq(p0.step, 0, "step before training")
+    eq(p0.total_steps, TRAIN_STEPS, "total_steps")
+    eq(p0.phase, "autoencoder", "phase")
+    local final = t:run()
+    eq(final.step, TRAIN_STEPS, "steps run")
+    eq(#seen, TRAIN_STEPS, "callback calls")
+    local first, last = 0, 0
+    for i, p in ipairs(seen) do
+        eq(p.step, i, "callback step")
+        check(p.seconds > 0 and p.images_per_second > 0 and p.phase == "autoencoder", "progress %d", i)
+        if i <= 5 then first = first + p.loss / 5 end
+        if i > TRAIN_STEPS - 5 then last = last + p.loss / 5 end
+    end
+    check(last < 0.5 * first, "the loss did not fall: %g -> %g", first, last)
+    eq(final.loss, seen[#seen].loss, "progress() after run")
+    local root = train_root
+    check(read_file(root .. "/ae/last.safetensors"), "run saved no checkpoint")
+    t:export(root .. "/ae/export.safetensors", true)
+    eq(t:step(2).step, TRAIN_STEPS + 2, "step(2) after the plan")
+    eq(t:step().step, TRAIN_STEPS + 3, "step()")
+    t:close()
+    t:close() -- twice is harmless
+    raises("trainer is closed", t.step, t)
+    t:interrupt() -- a no-op once closed
+    local m <close> = ldm.load(root .. "/ae/export.safetensors", {config = root .. "/ae/config.yaml"})
+    local ae = m:autoencoder()
+    local x = ldm.read_png(root .. "/data/img04.png")
+    local mean = ldm.posterior_split(ae:encode(x))
+    local a, b, err = x:totable(), ae:decode(mean):totable(), 0
+    for i = 1, #a do err = err + math.abs(a[i] - b[i]) / #a end
+    check(err < 0.5, "mean reconstruction error %g", err)
+end)
+
+test("trainer: callback stop and errors, interrupt, one call at a time", function()
+    do
+        local t <close> = trainer("stop", {callback = function(p) return p.step >= 2 end})
+        raises("stopped by the callback at step 2", t.run, t)
+        eq(t:progress().step, 2, "stopped at")
+        check(read_file(train_root .. "/stop/last.safetensors"), "a stopped run saves")
+        raises("cancelled", t.step, t, 5) -- not sticky: one more step, then the callback stops it
+        eq(t:progress().step, 3, "after one more step")
+    end
+    do
+        local boom = {}
+        local t <close> = trainer("boom", {callback = function(p) if p.step == 2 then error(boom) end end})
+        local ok, err = pcall(t.step, t, 5)
+        check(not ok and err == boom, "the callback's error value is re-raised: %s", tostring(err))
+        eq(t:progress().step, 2, "stopped at")
+        t:step(1) -- the error does not linger
+        eq(t:progress().step, 3, "next call runs")
+    end
+    do
+        local t
+        local results = {}
+        t = trainer("reenter", {callback = function()
+            for _, name in ipairs({"step", "run", "progress", "save", "export", "close"}) do
+                local ok, err = pcall(t[name], t, train_root .. "/reenter/x.safetensors")
+                results[name] = not ok and tostring(err):find("running", 1, true) ~= nil
+            end
+            t:interrupt() -- allowed: stops after this step
+        end})
+        raises("interrupted", t.step, t, 5)
+        for name, refused in pairs(results) do check(refused, "%s from the callback was not refused", name) end
+        eq(t:progress().step, 1, "interrupted after the first step")
+        t:close()
+    end
+    do -- a callback cannot yield across libldm's C frames: the error is re-raised from the call
+        local t <close> = trainer("yield", {callback = function() coroutine.yield() end})
+        raises("yield across", coroutine.wrap(function() return t:step(3) end))
+        eq(t:progress().step, 1, "stopped after the first step")
+    end
+end)
+
+test("trainer: bad arguments", function()
+    local root = train_setup()
+    raises("data_dir is required", ldm.trainer, root .. "/ae.yaml", {out_dir = root .. "/err"})
+    raises("ldm_trainer_create", trainer, "err", {batch_size = -1})
+    raises("exclude each other", trainer, "err", {resume = true, init_from = root .. "/x.safetensors"})
+    raises("i/o error", ldm.trainer, root .. "/missing.yaml", {data_dir = root .. "/data", out_dir = root .. "/err"})
+    raises("unknown option 'max_step'", trainer, "err", {max_step = 3})
+    raises("option 'batch_size' = 4294967300 is out of range: it is passed as a C int", trainer, "err", {batch_size = 2^32 + 4 | 0})
+    raises("option 'save_every'", trainer, "err", {save_every = -2^31 - 1 | 0})
+    raises("option 'n_threads'", trainer, "err", {n_threads = 2^31 | 0})
+    raises("option 'seed' = -1 is out of range: it is passed as a C uint64_t", trainer, "err", {seed = -1})
+    raises("option 'max_steps': expected an integer", trainer, "err", {max_steps = 2.5})
+    raises("option 'resume': expected a boolean", trainer, "err", {resume = 1})
+    raises("option 'callback': expected a function", trainer, "err", {callback = 42})
+    raises("bad argument #2", ldm.trainer, root .. "/ae.yaml")
+    local t <close> = trainer("err")
+    raises("step: n = 4294967297 is out of range: it is passed as a C int", t.step, t, 2^32 + 1 | 0)
+    raises("ldm_trainer_step: bad arguments", t.step, t, -1)
+    raises("ldm_trainer_export", t.export, t, root .. "/no/such/dir/x.safetensors")
+    eq(t:progress().step, 0, "nothing ran")
+end)
+
+if train_root then os.execute(("rm -rf %q"):format(train_root)) end
+
 test("fixture ae_kl_f8 through the binding", function()
     local dir, case, data = fixture("ae_kl_f8")
     local m <close> = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml"})
