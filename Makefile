@@ -158,6 +158,28 @@ $(PEAK): bench/peak.c
 	$(CC) $(ALL_CFLAGS) -o $@ $< -pthread
 bench: $(BENCH) $(LATENCY) $(PEAK)
 
+# The glyph data set (docs/training-data.md). `make glyphs-data` installs FreeType and the fonts
+# (.ci/install-glyph-deps.sh, as root), builds $(BUILD)/ldm-glyphs (src/glyphs/, the only user of
+# FreeType: `all` and `check` never need it) and renders $(BUILD)/glyphs-data with a fixed recipe.
+# $(BUILD)/ldm-glyph-judge (no FreeType) measures the test judge (tests/support/glyph_judge.c).
+GLYPHS := $(BUILD)/ldm-glyphs
+GLYPH_JUDGE := $(BUILD)/ldm-glyph-judge
+FT_CFLAGS = $(shell $(PKG_CONFIG) --cflags freetype2)
+FT_LIBS = $(shell $(PKG_CONFIG) --libs freetype2 2>/dev/null || echo -lfreetype)
+$(GLYPHS): src/glyphs/render_glyphs.c $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ilib $(FT_CFLAGS) -o $@ $< $(STATIC_LIB) $(FT_LIBS) $(LIBS)
+$(GLYPH_JUDGE): src/glyphs/judge_eval.c $(BUILD)/tests/support/glyph_judge.o $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ilib -Itests -o $@ $< $(BUILD)/tests/support/glyph_judge.o $(STATIC_LIB) $(LIBS)
+glyphs-data:
+	@sh .ci/install-glyph-deps.sh
+	@$(MAKE) --no-print-directory do-glyphs-data
+do-glyphs-data: $(GLYPHS) $(GLYPH_JUDGE)
+	rm -rf $(BUILD)/glyphs-data
+	$(GLYPHS) --fonts src/glyphs/fonts.txt --seed 1 --copies 2 --out $(BUILD)/glyphs-data
+.PHONY: glyphs-data do-glyphs-data
+
 # Lua 5.4 module (bindings/lua/README.md): $(BUILD)/ldm.so for `require "ldm"` through LUA_CPATH.
 # It links the shared library, found next to the module ($ORIGIN, as in $(BUILD)), two levels up
 # ($ORIGIN/../..: installed in $(LIBDIR)/lua/5.4, beside $(LIBDIR)/libldm.so.0), or on the loader's
