@@ -169,9 +169,10 @@ static void check_norms(const char *fam)
     ACROSS_CTX(n, ref, 4e-6, fam, "group_norm", lk_group_norm(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
     ACROSS_CTX(n, ref_silu, 4e-6, fam, "group_norm_silu", lk_group_norm_silu(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
     int rows = 37, dim = 77;
-    lk_ref_layer_norm(x, rows, dim, 1e-5f, g, be, ref);
-    ACROSS_CTX((size_t)rows * dim, ref, 4e-6, fam, "layer_norm", lk_layer_norm(ctx, x, rows, dim, 1e-5f, g, be, y));
-    free(x), free(g), free(be), free(ref), free(ref_silu);
+    float *lg = rnd((size_t)dim, 11, 1), *lb = rnd((size_t)dim, 12, 1);
+    lk_ref_layer_norm(x, rows, dim, 1e-5f, lg, lb, ref);
+    ACROSS_CTX((size_t)rows * dim, ref, 4e-6, fam, "layer_norm", lk_layer_norm(ctx, x, rows, dim, 1e-5f, lg, lb, y));
+    free(x), free(g), free(be), free(lg), free(lb), free(ref), free(ref_silu);
 }
 
 static void check_activations(const char *fam)
