@@ -522,6 +522,38 @@ START_TEST(conv2d_wino_small_matches_reference)
 }
 END_TEST
 
+/* lk_linear_wt_cached: x W^T + b from cached panels of W^T, against the reference, bit for bit
+ * across thread counts and between the call that fills the cache and the ones that read it. */
+START_TEST(linear_cached_matches_reference)
+{
+    static const int shapes[][3] = {{64, 64, 64}, {16, 512, 64}, {16, 64, 256}, {5, 40, 33}, {2, 17, 9}};
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++) {
+        int rows = shapes[i][0], out = shapes[i][1], in = shapes[i][2];
+        size_t ny = (size_t)rows * out;
+        float *x = rand_buf((size_t)rows * in, 1), *w = rand_buf((size_t)out * in, 1), *b = rand_buf((size_t)out, 1);
+        float *ref = malloc(sizeof(float) * ny), *y = malloc(sizeof(float) * ny), *first = malloc(sizeof(float) * ny);
+        for (int r = 0; r < rows; r++) memcpy(ref + (size_t)r * out, b, sizeof(float) * (size_t)out);
+        lk_ref_gemm(0, 1, rows, out, in, 1.0f, x, in, w, in, 1.0f, ref, out);
+        lk_wcache *wc = lk_wcache_create();
+        char what[64];
+        snprintf(what, sizeof what, "linear cached %d x %d x %d", rows, out, in);
+        for (int c = 0; c < N_CTX; c++)
+            for (int rep = 0; rep < 2; rep++) {
+                for (size_t k = 0; k < ny; k++) y[k] = NAN;
+                ck_assert_int_eq(lk_linear_wt_cached(&ctxs[c], x, rows, in, lk_wt_f32(w), b, out, y, wc), LDM_OK);
+                expect_close(y, ref, ny, 2e-6 * sqrt((double)in + 1), what);
+                if (c || rep)
+                    expect_same(y, first, ny, what);
+                else
+                    memcpy(first, y, sizeof(float) * ny);
+            }
+        if (wc && lk_gemm_small_applies(rows, out, in)) ck_assert_uint_gt(lk_wcache_bytes(wc), 0);
+        lk_wcache_free(wc);
+        free(x), free(w), free(b), free(ref), free(y), free(first);
+    }
+}
+END_TEST
+
 /* The Winograd path on its own (lk_conv2d only takes it for large shapes): against the double
  * reference and bit for bit across thread counts. F(4x4,3x3) rounds more than a direct sum (its
  * transforms mix 36 inputs with coefficients up to 25): measured about 3e-7 * sqrt(K) relative to
@@ -1290,6 +1322,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, gemm_small_matches_reference);
     tcase_add_test(tc, conv2d_small_matches_reference);
     tcase_add_test(tc, conv2d_wino_small_matches_reference);
+    tcase_add_test(tc, linear_cached_matches_reference);
     tcase_add_test(tc, linear_matches_reference);
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);

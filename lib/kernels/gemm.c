@@ -14,6 +14,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <string.h>
 
 #ifdef LDM_BLAS_BLIS
 void bli_thread_set_num_threads(int64_t n_threads); /* blis.h: dim_t is a 64-bit integer */
@@ -151,4 +152,47 @@ void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, 
     }
     lk_gemm(c, 0, 1, rows, out, in, 1.0f, x, in, W, in, beta, y, out);
     lk_stat_end(m, LK_OP_GEMM, 2.0 * rows * out * in);
+}
+
+/* The panels of W^T in wc, made when missing (NULL: not cacheable, nothing made). Filled before
+ * the entry exists, so an entry is never left half made. */
+static ldm_status cached_panels(lk_wcache *wc, lk_wt W, int in, int out, const float **P)
+{
+    const void *key = W.f32 ? (const void *)W.f32 : W.f16;
+    *P = lk_wcache_find(wc, key, LK_WC_PANELS_T, in, out);
+    if (*P) return LDM_OK;
+    size_t bytes = sizeof(float) * (size_t)((out + 15) & ~15) * in, wbytes = sizeof(float) * (size_t)out * in;
+    if (bytes > LK_WCACHE_MAX_ENTRY || lk_wcache_bytes(wc) + bytes > LK_WCACHE_BUDGET) return LDM_OK;
+    float *wide = NULL;
+    if (!W.f32) { /* float16 weights widened once */
+        wide = lk_scratch_get(wbytes);
+        if (!wide) return ldm_fail_context(ldm_alloc_failure_status(), "linear weight panels: ");
+        lk_wt_read(W, 0, (size_t)out * in, wide);
+    }
+    float *fresh;
+    ldm_status st = lk_wcache_add(wc, key, LK_WC_PANELS_T, in, out, bytes, &fresh);
+    if (st == LDM_OK && fresh) lk_gemm_small_pack_bt(wide ? wide : W.f32, out, in, fresh);
+    if (wide) lk_scratch_put(wide, wbytes);
+    *P = fresh;
+    return st;
+}
+
+ldm_status lk_linear_wt_cached(const lctx *c, const float *x, int rows, int in, lk_wt W, const float *b, int out,
+                               float *y, lk_wcache *wc)
+{
+    if (!wc || rows < 2 || in <= 0 || out <= 0 || !lk_gemm_small_applies(rows, out, in))
+        return lk_linear_wt(c, x, rows, in, W, b, out, y);
+    const float *P;
+    LDM_TRY(cached_panels(wc, W, in, out, &P));
+    if (!P) return lk_linear_wt(c, x, rows, in, W, b, out, y);
+    lk_stat_mark m = lk_stat_begin();
+    float beta = 0.0f;
+    if (b) {
+        for (int r = 0; r < rows; r++) memcpy(y + (size_t)r * out, b, sizeof(float) * (size_t)out);
+        beta = 1.0f;
+    }
+    lk_gemm_small_packed(c, rows, out, in, x, in, P, beta, y, out);
+    lk_stat_end(m, LK_OP_GEMM, 2.0 * rows * out * in);
+    lk_wt_done(W, (size_t)out * (size_t)in);
+    return LDM_OK;
 }

@@ -589,6 +589,22 @@ void lk_gemm_small_batched(const lctx *c, int count, int M, int N, int K, const 
     lpool_run(lk_pool_for_flops(c, 2.0 * count * M * N * K), count * bj.per, batch_tile, &bj);
 }
 
+/* ---------------------------------------------------------------- x W^T from cached panels */
+
+void lk_gemm_small_pack_bt(const float *W, int N, int K, float *dst)
+{
+    pack_panels(have_fma(), 1, W, K, N, K, 0, (N + NR - 1) / NR, dst);
+}
+
+void lk_gemm_small_packed(const lctx *c, int M, int N, int K, const float *A, int lda, const float *Bp, float beta,
+                          float *C, int ldc)
+{
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    small_job j = {M, N, K, 1.0f, beta, A, lda, 1, Bp, NR, Bp, 0, C, ldc, (N + TILE_N - 1) / TILE_N, have_fma()};
+    int tiles = j.tiles_n * ((M + TILE_M - 1) / TILE_M);
+    lpool_run(lk_pool_for_flops(c, 2.0 * M * N * K), tiles, small_tile, &j);
+}
+
 /* ---------------------------------------------------------------- convolution without im2col */
 
 /* A stride-1 convolution is the product W[OC, IC*KH*KW] x col[IC*KH*KW, OH*OW], and when the

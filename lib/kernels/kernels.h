@@ -53,6 +53,11 @@ int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, i
  * (n / 16) * 16 K + 16 k + n % 16), as lk_gemm_small copies op(B) for itself: for the small
  * Winograd path, whose cached weights are kept so. N must be a multiple of 16 and count at most
  * LK_GEMM_BATCH_MAX (else nothing is done). */
+/* W [N,K] (torch.nn.Linear's weight) as those panels of W^T (16 K floats each, zero past column N),
+ * and C = A W^T + beta C from them (A [M,K], row stride lda). */
+void lk_gemm_small_pack_bt(const float *W, int N, int K, float *dst);
+void lk_gemm_small_packed(const lctx *c, int M, int N, int K, const float *A, int lda, const float *Bp, float beta,
+                          float *C, int ldc);
 #define LK_GEMM_BATCH_MAX 36
 void lk_gemm_small_batched(const lctx *c, int count, int M, int N, int K, const float *A, size_t sa, int lda,
                            const float *B, size_t sb, float *C, size_t sc, int ldc);
@@ -160,7 +165,7 @@ void lk_wcache_free(lk_wcache *wc);
 void lk_wcache_clear(lk_wcache *wc);
 size_t lk_wcache_bytes(const lk_wcache *wc);
 /* The cached form `kind` (LK_WC_*) of the weights at key with dimensions d0, d1, or NULL. */
-enum { LK_WC_WINO2 = 1 };
+enum { LK_WC_WINO2 = 1, LK_WC_PANELS_T = 2 };
 const float *lk_wcache_find(const lk_wcache *wc, const void *key, int kind, int d0, int d1);
 /* A new entry of `bytes` for the caller to fill at once (*out), or *out = NULL when wc is NULL or
  * the entry would break a bound (then nothing is cached; not an error). */
@@ -177,6 +182,11 @@ ldm_status lk_conv2d_cached(const lctx *c, const lk_conv2d_shape *s, const float
 ldm_status lk_conv2d_up2_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                                 const float *bias, float *y, lk_wcache *wc);
 int lk_conv_wino_small_applies(const lk_conv2d_shape *s);
+/* lk_linear_wt with a cache (wc may be NULL: exactly lk_linear_wt): when the product is one for
+ * lk_gemm_small with at least 2 rows, W^T is kept in wc in lk_gemm_small's 16-column panels, so
+ * the small product neither copies it on every call nor falls back to dot products (gemm.c). */
+ldm_status lk_linear_wt_cached(const lctx *c, const float *x, int rows, int in, lk_wt W, const float *b, int out,
+                               float *y, lk_wcache *wc);
 /* The path itself (for tests): uses and fills wc, or when the entry cannot be cached (wc NULL or
  * over a bound) transforms the weights into scratch memory for this call only. */
 ldm_status lk_conv2d_wino_small(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,

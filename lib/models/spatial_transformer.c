@@ -17,7 +17,7 @@ static ldm_status attn_load(lst_attn *a, const lub_loader *L, const char *name, 
                             int heads, int dim_head)
 {
     int inner = heads * dim_head;
-    a->query_dim = query_dim, a->context_dim = context_dim, a->heads = heads, a->dim_head = dim_head;
+    a->query_dim = query_dim, a->context_dim = context_dim, a->heads = heads, a->dim_head = dim_head, a->wc = L->wc;
     int64_t q[2] = {inner, query_dim}, kv[2] = {inner, context_dim}, o[2] = {query_dim, inner}, ob[1] = {query_dim};
     LDM_TRY(lub_get_wt(L, 2, q, &a->wq, "%s.to_q.weight", name));
     LDM_TRY(lub_get_wt(L, 2, kv, &a->wk, "%s.to_k.weight", name));
@@ -40,6 +40,7 @@ static ldm_status block_load(lst_block *b, const lub_loader *L, const char *name
 {
     char sub[240];
     int64_t d[1] = {dim};
+    b->wc = L->wc;
     for (int i = 0; i < 3; i++) {
         LDM_TRY(lub_get(L, 1, d, &b->norm_w[i], "%s.norm%d.weight", name, i + 1));
         LDM_TRY(lub_get(L, 1, d, &b->norm_b[i], "%s.norm%d.bias", name, i + 1));
@@ -135,9 +136,9 @@ static ldm_status cross_attention(const lst_attn *a, const lctx *c, lst_scratch 
 {
     int inner = a->heads * a->dim_head, dh = a->dim_head;
     size_t rows = (size_t)B * T;
-    LDM_TRY(lk_linear_wt(c, s->n, (int)rows, a->query_dim, a->wq.w, NULL, inner, s->big));
-    LDM_TRY(lk_linear_wt(c, ctx, B * Tk, a->context_dim, a->wk.w, NULL, inner, s->k));
-    LDM_TRY(lk_linear_wt(c, ctx, B * Tk, a->context_dim, a->wv.w, NULL, inner, s->v));
+    LDM_TRY(lk_linear_wt_cached(c, s->n, (int)rows, a->query_dim, a->wq.w, NULL, inner, s->big, a->wc));
+    LDM_TRY(lk_linear_wt_cached(c, ctx, B * Tk, a->context_dim, a->wk.w, NULL, inner, s->k, a->wc));
+    LDM_TRY(lk_linear_wt_cached(c, ctx, B * Tk, a->context_dim, a->wv.w, NULL, inner, s->v, a->wc));
     /* 'b n (h d)': head h owns channels [h*dh, (h+1)*dh) of each row */
     lk_view q = {s->big, (long)T * inner, dh, inner, 1};
     lk_view k = {s->k, (long)Tk * inner, dh, inner, 1};
@@ -145,7 +146,7 @@ static ldm_status cross_attention(const lst_attn *a, const lctx *c, lst_scratch 
     lk_view o = {s->n, (long)T * inner, dh, inner, 1};
     float scale = (float)pow((double)dh, -0.5);
     LDM_TRY(lk_attention(c, B, a->heads, T, Tk, dh, q, k, v, o, scale, 0));
-    LDM_TRY(lk_linear_wt(c, s->n, (int)rows, inner, a->wo.w, a->bo, a->query_dim, s->big));
+    LDM_TRY(lk_linear_wt_cached(c, s->n, (int)rows, inner, a->wo.w, a->bo, a->query_dim, s->big, a->wc));
     lk_add(s->X, s->big, rows * a->query_dim);
     return LDM_OK;
 }
@@ -154,9 +155,9 @@ static ldm_status cross_attention(const lst_attn *a, const lctx *c, lst_scratch 
 static ldm_status feed_forward(const lst_block *b, const lctx *c, lst_scratch *s, int rows, int dim)
 {
     lk_layer_norm(c, s->X, rows, dim, LST_LN_EPS, b->norm_w[2], b->norm_b[2], s->n);
-    LDM_TRY(lk_linear_wt(c, s->n, rows, dim, b->ff_in_w.w, b->ff_in_b, 8 * dim, s->big));
+    LDM_TRY(lk_linear_wt_cached(c, s->n, rows, dim, b->ff_in_w.w, b->ff_in_b, 8 * dim, s->big, b->wc));
     lk_geglu_ctx(c, s->big, rows, 4 * dim, s->k);
-    LDM_TRY(lk_linear_wt(c, s->k, rows, 4 * dim, b->ff_out_w.w, b->ff_out_b, dim, s->n));
+    LDM_TRY(lk_linear_wt_cached(c, s->k, rows, 4 * dim, b->ff_out_w.w, b->ff_out_b, dim, s->n, b->wc));
     lk_add(s->X, s->n, (size_t)rows * dim);
     return LDM_OK;
 }

@@ -12,6 +12,7 @@ typedef struct lst_attn {
     int query_dim, context_dim, heads, dim_head;
     lnw wq, wk, wv, wo;
     float *bo;
+    lk_wcache *wc; /* the network's weight cache (lub_loader.wc), may be NULL */
 } lst_attn;
 
 typedef struct lst_block {
@@ -19,6 +20,7 @@ typedef struct lst_block {
     lst_attn attn1, attn2;
     lnw ff_in_w, ff_out_w;
     float *ff_in_b, *ff_out_b;
+    lk_wcache *wc;
 } lst_block;
 
 typedef struct lst {
