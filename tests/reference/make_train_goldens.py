@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""make_train_goldens.py - the training goldens of tests/golden/train_* (issue #13), made with the
+OFFICIAL latent-diffusion modules, so that tests/test_train_goldens.c can check the C training
+code (lib/train: tape, nets, losses, AdamW) against PyTorch without needing PyTorch.
+
+What it makes (the ../shared/fixtures layout: model.safetensors, io.safetensors, case.json,
+config.yaml per directory):
+
+  tests/golden/train_unet  openaimodel.UNetModel (SpatialTransformer at ds 1 and 2, context from a
+      ClassEmbedder = LatentDiffusion's cond_stage_model, cond_stage_trainable) with EVERY parameter
+      re-randomised (the zero_module layers too, so no path is hidden); one batch (x_t, t, labels,
+      noise); loss = LatentDiffusion.p_losses' simple term with the defaults (l2, logvar 0,
+      l_simple_weight 1, original_elbo_weight 0) = mse(eps_pred, noise); io holds the loss, every
+      parameter's gradient (grad.<name>) and the parameters after 3 steps of
+      torch.optim.AdamW(params, lr=1e-3) (LatentDiffusion.configure_optimizers: model +
+      cond_stage_model parameters, torch defaults betas (0.9, 0.999), eps 1e-8, weight_decay
+      1e-2), each step recomputing the loss on the same batch (after3.<name>).
+  tests/golden/train_ae    AutoencoderKL (Encoder/Decoder/quant_conv/post_quant_conv; the class
+      itself, with pytorch_lightning stubbed) trained by its training_step (optimizer_idx 0) with
+      LPIPSWithDiscriminator (contperceptual.py) at perceptual_weight 0, logvar_init 0, kl_weight
+      0.1, global_step 0 < disc_start (no GAN term): loss = sum|x - xrec| / B + kl_weight * KL / B,
+      z = posterior.sample() with the noise given (torch.randn replaced by the stored tensor);
+      gradients of every parameter, parameters after 3 steps of the model's own
+      configure_optimizers() Adam (lr 1e-3, betas (0.5, 0.9)).
+
+Each golden is also rerun in float64 (same code; the UNet's float32 casts in GroupNorm32 and
+h.type(self.dtype) made float64, the timestep embedding still computed in float32 as the code
+does) to state f32_vs_f64_max_err per tensor, and tolerances follow
+../shared/fixtures/README.md: atol = max(1e-4 * max(1, max|ref|), 20 * |f32 - f64|) for the loss;
+for gradients (small numbers) relative to the tensor's own scale, atol = max(1e-4 * max|ref|,
+20 * |f32 - f64|), rtol 1e-3; for the parameters after 3 steps atol = max(1e-5 * max(1,
+max|ref|), 20 * |f32 - f64|) (an Adam step moves a parameter by ~lr = 1e-3). Deliberately small
+nets (GroupNorm(32) forces 32 channels, so num_res_blocks 0).
+
+Reference: https://github.com/CompVis/latent-diffusion commit
+a506df5756472e2ebaf9078affdde2c4f1502cd4 (nothing of it is committed here).
+
+How to run (never needed to run the tests): Debian's python3-torch (1.13) and numpy, plus einops:
+    git clone https://github.com/CompVis/latent-diffusion /tmp/ld-ref
+    git -C /tmp/ld-ref checkout a506df5756472e2ebaf9078affdde2c4f1502cd4
+    /usr/bin/python3 -m venv --system-site-packages /tmp/ldvenv && /tmp/ldvenv/bin/pip install einops
+    /tmp/ldvenv/bin/python tests/reference/make_train_goldens.py /tmp/ld-ref [OUT_DIR]
+OUT_DIR defaults to tests/golden next to this script. Imports of the reference that the used
+classes do not need at run time (omegaconf, clip, kornia, PIL, pytorch_lightning, taming's
+quantizer, LPIPS and discriminator) are stubbed below; the numerics are the reference's own.
+"""
+import copy
+import json
+import os
+import struct
+import sys
+import types
+
+import numpy as np
+import torch
+
+REF_REPO = "CompVis/latent-diffusion"
+REF_COMMIT = "a506df5756472e2ebaf9078affdde2c4f1502cd4"
+
+
+# ------------------------------------------------------------------ stubs for unused imports
+
+def _module(name, **attrs):
+    m = types.ModuleType(name)
+    for k, v in attrs.items():
+        setattr(m, k, v)
+    sys.modules[name] = m
+    return m
+
+
+def install_stubs():
+    lc = _module("omegaconf.listconfig", ListConfig=type("ListConfig", (list,), {}))
+    _module("omegaconf", listconfig=lc, OmegaConf=None)
+    _module("clip")
+    _module("kornia")
+    try:
+        import PIL  # noqa: F401  (ldm.util imports it for log images only)
+    except ImportError:
+        _module("PIL", Image=None, ImageDraw=None, ImageFont=None)
+
+    class LightningModule(torch.nn.Module):  # what AutoencoderKL uses of it
+        global_step = 0
+
+        def log(self, *a, **k):
+            pass
+
+        def log_dict(self, *a, **k):
+            pass
+
+    _module("pytorch_lightning", LightningModule=LightningModule)
+    # taming: AutoencoderKL's module imports the VQ quantizer (unused by KL); contperceptual.py does
+    # `from taming.modules.losses.vqperceptual import *`. LPIPS is never called with
+    # perceptual_weight 0; the discriminator's term is multiplied by disc_factor 0 before
+    # disc_start (adopt_weight is taming's, verbatim).
+    _module("taming")
+    _module("taming.modules")
+    _module("taming.modules.vqvae")
+    _module("taming.modules.vqvae.quantize", VectorQuantizer2=None)
+    _module("taming.modules.losses")
+
+    class LPIPS(torch.nn.Module):
+        def forward(self, *a):
+            raise RuntimeError("LPIPS stub called (perceptual_weight must be 0)")
+
+    class NLayerDiscriminator(torch.nn.Module):
+        def __init__(self, input_nc=3, ndf=64, n_layers=3, use_actnorm=False):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(input_nc, 1, 4, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    def adopt_weight(weight, global_step, threshold=0, value=0.):
+        if global_step < threshold:
+            weight = value
+        return weight
+
+    def hinge_d_loss(logits_real, logits_fake):
+        return 0.5 * (torch.mean(torch.relu(1. - logits_real)) + torch.mean(torch.relu(1. + logits_fake)))
+
+    _module("taming.modules.losses.vqperceptual", LPIPS=LPIPS, NLayerDiscriminator=NLayerDiscriminator,
+            weights_init=lambda m: None, adopt_weight=adopt_weight, hinge_d_loss=hinge_d_loss,
+            vanilla_d_loss=hinge_d_loss, torch=torch, nn=torch.nn)
+
+
+# ------------------------------------------------------------------ files
+
+def write_safetensors(path, tensors):
+    """tensors: list of (name, np.ndarray float32/int64), written in the given order."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors:
+        a = np.ascontiguousarray(a)
+        dt = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}[a.dtype]
+        b = a.astype(a.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def tol_entry(ref32, ref64, kind):
+    ref = np.asarray(ref32, dtype=np.float64)
+    err = float(np.max(np.abs(ref - np.asarray(ref64, dtype=np.float64)))) if ref.size else 0.0
+    mx = float(np.max(np.abs(ref))) if ref.size else 0.0
+    if kind == "loss":
+        atol, rtol = max(1e-4 * max(1.0, mx), 20 * err), 1e-4
+    elif kind == "grad":
+        atol, rtol = max(1e-4 * mx, 20 * err, 1e-12), 1e-3
+    else:  # parameters after the optimiser steps
+        atol, rtol = max(1e-5 * max(1.0, mx), 20 * err), 1e-5
+    return {"atol": float("%.3g" % atol), "rtol": rtol, "max_abs": float("%.6g" % mx),
+            "f32_vs_f64_max_err": float("%.3g" % err)}
+
+
+def write_golden(out, name, description, config_yaml, weights, inputs, outputs, kinds, outputs64, calls, extra):
+    d = os.path.join(out, name)
+    os.makedirs(d, exist_ok=True)
+    write_safetensors(os.path.join(d, "model.safetensors"), weights)
+    write_safetensors(os.path.join(d, "io.safetensors"), list(inputs) + list(outputs))
+    with open(os.path.join(d, "config.yaml"), "w") as f:
+        f.write(config_yaml)
+
+    def spec(lst):
+        return {n: {"shape": list(a.shape), "dtype": "I64" if a.dtype == np.int64 else "F32"} for n, a in lst}
+
+    tols = {n: tol_entry(a, outputs64[n], kinds[n]) for n, a in outputs}
+    case = {
+        "kind": "train",
+        "name": name,
+        "description": description,
+        "reference": {"repo": REF_REPO, "commit": REF_COMMIT, "torch": torch.__version__},
+        "generator": "tests/reference/make_train_goldens.py",
+        "weights": ["model.safetensors"],
+        "calls": calls,
+        "inputs": spec(inputs),
+        "outputs": spec(outputs),
+        "atol": max(t["atol"] for t in tols.values()),
+        "rtol": max(t["rtol"] for t in tols.values()),
+        "tolerances": tols,
+    }
+    case.update(extra)
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(case, f, indent=1)
+        f.write("\n")
+    size = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))
+    print("%s: %d tensors, %d parameters, %.2f MB" % (d, len(outputs), sum(a.size for _, a in weights), size / 1e6))
+
+
+def randomise(module, gen):
+    """Every parameter gets random values of a size that keeps activations O(1): weights
+    U(-1,1)/sqrt(fan_in), biases 0.1 U(-1,1), norm gammas 1 + 0.2 U(-1,1), betas 0.2 U(-1,1),
+    embedding tables N(0,1). Zero-initialised layers (zero_module) are randomised as well."""
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+    with torch.no_grad():
+        for _, m in module.named_modules():
+            for pn, p in m.named_parameters(recurse=False):
+                u = torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1
+                if isinstance(m, torch.nn.Embedding):
+                    v = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                elif isinstance(m, norms):
+                    v = (1.0 if pn == "weight" else 0.0) + 0.2 * u
+                elif p.ndim >= 2:
+                    v = u / np.sqrt(p[0].numel())
+                else:
+                    v = 0.1 * u
+                p.copy_(v.to(p.dtype))
+
+
+def np32(t):
+    return t.detach().to(torch.float32).cpu().numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------------ train_unet
+
+UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
+            num_res_blocks=0, channel_mult=[1, 2], num_head_channels=16, use_spatial_transformer=True,
+            transformer_depth=1, context_dim=32, legacy=False)
+N_CLASSES = 10
+
+UNET_YAML = """model:
+  base_learning_rate: 1.0e-03
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    linear_start: 0.0015
+    linear_end: 0.0195
+    timesteps: 1000
+    first_stage_key: image
+    cond_stage_key: class_label
+    image_size: 8
+    channels: 4
+    cond_stage_trainable: true
+    conditioning_key: crossattn
+    use_ema: false
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params:
+        image_size: 8
+        in_channels: 4
+        out_channels: 4
+        model_channels: 32
+        attention_resolutions:
+        - 1
+        - 2
+        num_res_blocks: 0
+        channel_mult:
+        - 1
+        - 2
+        num_head_channels: 16
+        use_spatial_transformer: true
+        transformer_depth: 1
+        context_dim: 32
+        legacy: false
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        ddconfig:
+          attn_type: none
+          double_z: true
+          z_channels: 4
+          resolution: 8
+          in_channels: 3
+          out_ch: 3
+          ch: 32
+          ch_mult:
+          - 1
+          num_res_blocks: 0
+          attn_resolutions: []
+          dropout: 0.0
+        lossconfig:
+          target: torch.nn.Identity
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.ClassEmbedder
+      params:
+        n_classes: 10
+        embed_dim: 32
+        key: class_label
+"""
+
+
+class LDMParts(torch.nn.Module):
+    """The trained parts of LatentDiffusion under their state-dict names: model.diffusion_model
+    (DiffusionWrapper) and cond_stage_model."""
+
+    def __init__(self, unet, cond):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = unet
+        self.cond_stage_model = cond
+
+
+def make_unet_model():
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from ldm.modules.encoders.modules import ClassEmbedder
+    torch.manual_seed(0)
+    m = LDMParts(UNetModel(**UNET), ClassEmbedder(embed_dim=32, n_classes=N_CLASSES, key="class_label"))
+    randomise(m, torch.Generator().manual_seed(1234))
+    return m
+
+
+class float64_unet:
+    """The code switched to float64 for the rerun of a .double() copy: UNetModel casts h to
+    self.dtype and GroupNorm32 computes in float32; both follow the input's dtype here
+    (timestep_embedding stays float32 as the code computes it, then widened)."""
+
+    def __enter__(self):
+        import ldm.modules.diffusionmodules.openaimodel as oam
+        import ldm.modules.diffusionmodules.util as dmu
+        self.oam, self.dmu = oam, dmu
+        self.te, self.gn = oam.timestep_embedding, dmu.GroupNorm32.forward
+        oam.timestep_embedding = lambda *a, **k: self.te(*a, **k).double()
+        dmu.GroupNorm32.forward = lambda mod, x: torch.nn.GroupNorm.forward(mod, x)
+
+    def __exit__(self, *a):
+        self.oam.timestep_embedding, self.dmu.GroupNorm32.forward = self.te, self.gn
+
+
+def unet_loss(m, batch):
+    """LatentDiffusion.p_losses after q_sample, with the defaults: get_loss(l2, mean=False)
+    .mean([1,2,3]); loss = l_simple_weight * (loss_simple / exp(logvar_t) + logvar_t).mean()
+    with logvar = zeros (learn_logvar False); original_elbo_weight 0 adds nothing."""
+    dt = next(m.parameters()).dtype
+    c = m.cond_stage_model({"class_label": batch["labels"]})  # get_learned_conditioning: [B,1,D]
+    x = batch["x_t"].to(dt)
+    out = m.model.diffusion_model(x, batch["t"], context=torch.cat([c], 1))  # DiffusionWrapper crossattn
+    target = batch["noise"].to(dt)
+    loss_simple = torch.nn.functional.mse_loss(target, out, reduction="none").mean([1, 2, 3])
+    logvar_t = torch.zeros(1000, dtype=dt)[batch["t"]]
+    loss = loss_simple / torch.exp(logvar_t) + logvar_t
+    return 1.0 * loss.mean(), out
+
+
+def run_unet(m, batch, steps=3):
+    params = list(m.model.parameters()) + list(m.cond_stage_model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    names = [n for n, _ in m.named_parameters()]
+    loss, out = unet_loss(m, batch)
+    opt.zero_grad()
+    loss.backward()
+    res = {"loss": loss.detach().reshape(1), "eps": out.detach()}
+    for n, p in m.named_parameters():
+        res["grad." + n] = p.grad.detach().clone()
+    opt.step()
+    for _ in range(steps - 1):
+        loss, _ = unet_loss(m, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for n, p in m.named_parameters():
+        res["after3." + n] = p.detach().clone()
+    return names, res
+
+
+def make_train_unet(out):
+    m = make_unet_model()
+    g = torch.Generator().manual_seed(99)
+    B = 2
+    batch = {"x_t": torch.randn(B, 4, 8, 8, generator=g), "noise": torch.randn(B, 4, 8, 8, generator=g),
+             "t": torch.tensor([17, 942], dtype=torch.int64), "labels": torch.tensor([3, 7], dtype=torch.int64)}
+    weights = [(n, np32(p)) for n, p in m.state_dict().items()]
+    m64 = copy.deepcopy(m).double()
+    m64.model.diffusion_model.dtype = torch.float64
+    names, r32 = run_unet(m, batch)
+    with float64_unet():
+        _, r64 = run_unet(m64, batch)
+    order = ["loss", "eps"] + ["grad." + n for n in names] + ["after3." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k in ("loss", "eps") else k.split(".")[0].replace("after3", "param")) for k in order}
+    inputs = [("x_t", np32(batch["x_t"])), ("timesteps", batch["t"].numpy()), ("labels", batch["labels"].numpy()),
+              ("noise", np32(batch["noise"]))]
+    calls = [{"op": "train.diffusion_step",
+              "inputs": {"x_t": "x_t", "timesteps": "timesteps", "class_label": "labels", "noise": "noise"},
+              "params": {"loss": "l2 eps (mse_loss(eps, noise), p_losses defaults)", "optimizer": "AdamW",
+                         "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2, "steps": 3,
+                         "trained": ["model.diffusion_model.", "cond_stage_model."]},
+              "outputs": {"loss": "loss", "eps": "eps", "grad.<name>": "gradient of every parameter at the "
+                          "weights of model.safetensors", "after3.<name>": "every parameter after 3 steps"}}]
+    write_golden(out, "train_unet",
+                 "UNetModel (model_channels 32, channel_mult 1,2, num_res_blocks 0, SpatialTransformer at ds 1,2 "
+                 "+ mid, num_head_channels 16) with context = ClassEmbedder(labels) (cond_stage_trainable); every "
+                 "parameter random (zero_module layers too); eps-prediction loss, gradients, 3 AdamW steps",
+                 UNET_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
+# ------------------------------------------------------------------ train_ae
+
+DDCONFIG = dict(double_z=True, z_channels=4, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 1],
+                num_res_blocks=0, attn_resolutions=[8], dropout=0.0)
+EMBED_DIM = 3
+KL_WEIGHT = 0.1
+AE_LR = 1e-3
+
+AE_YAML = """model:
+  base_learning_rate: 1.0e-03
+  target: ldm.models.autoencoder.AutoencoderKL
+  params:
+    embed_dim: 3
+    monitor: val/rec_loss
+    ddconfig:
+      double_z: true
+      z_channels: 4
+      resolution: 16
+      in_channels: 3
+      out_ch: 3
+      ch: 32
+      ch_mult:
+      - 1
+      - 1
+      num_res_blocks: 0
+      attn_resolutions:
+      - 8
+      dropout: 0.0
+    lossconfig:
+      target: ldm.modules.losses.LPIPSWithDiscriminator
+      params:
+        disc_start: 50001
+        kl_weight: 0.1
+        disc_weight: 0.5
+        perceptual_weight: 0.0
+"""
+
+
+def make_ae_model():
+    from ldm.models.autoencoder import AutoencoderKL
+    torch.manual_seed(0)
+    lossconfig = {"target": "ldm.modules.losses.LPIPSWithDiscriminator",
+                  "params": {"disc_start": 50001, "kl_weight": KL_WEIGHT, "disc_weight": 0.5,
+                             "perceptual_weight": 0.0}}
+    m = AutoencoderKL(ddconfig=dict(DDCONFIG), lossconfig=lossconfig, embed_dim=EMBED_DIM)
+    m.learning_rate = AE_LR
+    randomise(torch.nn.ModuleList([m.encoder, m.decoder, m.quant_conv, m.post_quant_conv]),
+              torch.Generator().manual_seed(4321))
+    return m
+
+
+class given_randn:
+    """posterior.sample() draws torch.randn(mean.shape): return the stored noise instead."""
+
+    def __init__(self, noise):
+        self.noise, self.orig = noise, torch.randn
+
+    def __enter__(self):
+        def randn(*shape, **kw):
+            shp = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else tuple(shape)
+            assert shp == tuple(self.noise.shape), (shp, self.noise.shape)
+            return self.noise.clone()
+        torch.randn = randn
+
+    def __exit__(self, *a):
+        torch.randn = self.orig
+
+
+def run_ae(m, x_nhwc, noise, steps=3):
+    opt_ae, _ = m.configure_optimizers()[0]
+    names = [n for n, _ in m.named_parameters() if not n.startswith("loss.")]
+    batch = {"image": x_nhwc}
+    res = {}
+    for step in range(steps):
+        with given_randn(noise):
+            loss = m.training_step(batch, 0, 0)
+        opt_ae.zero_grad()
+        loss.backward()
+        if step == 0:
+            res["loss"] = loss.detach().reshape(1)
+            for n, p in m.named_parameters():
+                if not n.startswith("loss."):
+                    res["grad." + n] = p.grad.detach().clone()
+        opt_ae.step()
+    for n, p in m.named_parameters():
+        if not n.startswith("loss."):
+            res["after3." + n] = p.detach().clone()
+    return names, res
+
+
+def make_train_ae(out):
+    m = make_ae_model()
+    g = torch.Generator().manual_seed(77)
+    B = 2
+    x = torch.rand(B, 3, 16, 16, generator=g) * 2 - 1
+    noise = torch.randn(B, EMBED_DIM, 8, 8, generator=g)
+    weights = [(n, np32(p)) for n, p in m.state_dict().items() if not n.startswith("loss.")]
+    m64 = copy.deepcopy(m).double()
+    m64.get_input = lambda batch, k: batch[k].permute(0, 3, 1, 2).contiguous()  # without its .float()
+    # moments and xrec of the first forward (for diagnosis)
+    with torch.no_grad(), given_randn(noise):
+        xrec0, post0 = m(x)
+    with torch.no_grad(), given_randn(noise.double()):
+        xrec0_64, post0_64 = m64(x.double())
+    names, r32 = run_ae(m, x.permute(0, 2, 3, 1).contiguous(), noise)
+    _, r64 = run_ae(m64, x.permute(0, 2, 3, 1).contiguous().double(), noise.double())
+    r32["moments"], r32["xrec"] = post0.parameters, xrec0
+    r64["moments"], r64["xrec"] = post0_64.parameters, xrec0_64
+    order = ["loss", "moments", "xrec"] + ["grad." + n for n in names] + ["after3." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k in ("loss", "moments", "xrec") else k.split(".")[0].replace("after3", "param"))
+             for k in order}
+    inputs = [("x", np32(x)), ("noise", np32(noise))]
+    calls = [{"op": "train.autoencoder_step", "inputs": {"x": "x", "noise": "noise"},
+              "params": {"loss": "sum|x - xrec| / B + kl_weight * KL / B (LPIPSWithDiscriminator, "
+                         "perceptual_weight 0, logvar 0, before disc_start)", "kl_weight": KL_WEIGHT,
+                         "optimizer": "Adam", "lr": AE_LR, "betas": [0.5, 0.9], "eps": 1e-8, "weight_decay": 0.0,
+                         "steps": 3},
+              "outputs": {"loss": "loss", "moments": "moments", "xrec": "xrec",
+                          "grad.<name>": "gradient of every parameter at the weights of model.safetensors",
+                          "after3.<name>": "every parameter after 3 steps"}}]
+    write_golden(out, "train_ae",
+                 "AutoencoderKL (ch 32, ch_mult 1,1, num_res_blocks 0 (decoder: 1 block per level), attn_resolutions [8] at resolution 16, "
+                 "z_channels 4, embed_dim 3) 16x16 -> 8x8, every parameter random; training_step loss "
+                 "(L1 + 0.1 KL through posterior.sample() with the given noise), gradients, 3 Adam(0.5, 0.9) steps",
+                 AE_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    sys.path.insert(0, os.path.abspath(sys.argv[1]))
+    out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden")
+    install_stubs()
+    torch.set_num_threads(1)
+    make_train_unet(out)
+    make_train_ae(out)
+
+
+if __name__ == "__main__":
+    main()
