@@ -118,10 +118,11 @@ static int compare(const golden *g, const char *name, const float *got, size_t n
     if (bad) {
         size_t at;
         double mx, err = ck_max_error(got, ref, n, &at, &mx);
-        fprintf(stderr,
-                "  %s: %zu of %zu outside tolerance; worst [%zu] got %.9g ref %.9g (atol %.3g rtol %.3g); max error %.3g, "
-                "max |ref| %.3g\n",
-                name, bad, n, worst, got[worst], ref[worst], tol.atol, tol.rtol, err, mx);
+        fprintf(
+            stderr,
+            "  %s: %zu of %zu outside tolerance; worst [%zu] got %.9g ref %.9g (atol %.3g rtol %.3g); max error %.3g, "
+            "max |ref| %.3g\n",
+            name, bad, n, worst, got[worst], ref[worst], tol.atol, tol.rtol, err, mx);
     }
     if (getenv("LDM_GOLDEN_VERBOSE"))
         printf("  %-90s worst |got-ref| / (atol + rtol |ref|) = %.3g\n", name, worst_ratio);
@@ -203,9 +204,9 @@ static double unet_step(golden *g, ltp_tape *t, const unet_batch *b, const float
     ltr_loss_terms terms;
     size_t n = ltp_numel(t, y);
     float *dout = malloc(n * sizeof(float));
-    expect_ok(ltr_diffusion_loss_eval(&lp, ltp_data(t, y), b->noise, b->t, b->B, b->per, g->m.timesteps, &terms, dout,
-                                      NULL),
-              "diffusion loss");
+    expect_ok(
+        ltr_diffusion_loss_eval(&lp, ltp_data(t, y), b->noise, b->t, b->B, b->per, g->m.timesteps, &terms, dout, NULL),
+        "diffusion loss");
     expect_ok(ltp_seed_grad(t, y, dout), "seed");
     expect_ok(ltp_backward(t), "backward");
     free(dout);
