@@ -15,25 +15,12 @@
 #include "core/ctx.h"
 #include "kernels/kernels.h"
 #include "support/ck_pools.h"
+#define CK_RAND_SEED 0x2545F4914F6CDD1Dull
+#include "support/ck_rand.h"
 #include "support/ck_run.h"
 #include "train/grad.h"
 
 /* ---- helpers */
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-
-static uint64_t next_u64(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    return (float)((double)(next_u64() >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
 
 static int irand(int lo, int hi) /* uniform in [lo, hi] */
 {

@@ -13,19 +13,11 @@
 #include "io/weights.h"
 #include "kernels/kernels.h"
 #include "support/ck_pools.h"
+#include "support/ck_rand.h"
 #include "support/ck_run.h"
 
 /* ---- helpers */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
 
 static float *rand_buf(size_t n, float scale)
 {

@@ -23,6 +23,8 @@
 #include "io/weights.h"
 #include "models/autoencoder.h"
 #include "support/ck_pools.h"
+#define CK_RAND_SEED 0x243F6A8885A308D3ull
+#include "support/ck_rand.h"
 #include "support/ck_run.h"
 #include "train/loss.h"
 #include "train/nets.h"
@@ -30,15 +32,6 @@
 
 /* ---- helpers */
 
-static uint64_t rng_state = 0x243F6A8885A308D3ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
 
 static float *rbuf(size_t n, float scale)
 {

@@ -24,21 +24,13 @@
 #include "core/json.h"
 #include "io/weights.h"
 #include "support/ck_child.h"
+#include "support/ck_rand.h"
 #include "support/ck_tmpdir.h"
 #include "train/loss.h"
 #include "train/optim.h"
 
 /* ---- helpers */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-
-static double urand(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0;
-}
 
 static float *frand_buf(size_t n, double scale)
 {
