@@ -1,5 +1,5 @@
 # libldm - GNU Makefile. `make` builds the libraries and the tool, `make check` runs every test,
-# `make run` generates a demo image, `make install PREFIX=...` installs.
+# `make run` draws "libldm" with the trained glyph model, `make install PREFIX=...` installs.
 # Sources are discovered: every lib/*/*.c is part of the library, every tests/test_*.c is a Check
 # suite, src/*.c is the `ldm` tool.
 
@@ -180,6 +180,22 @@ do-glyphs-data: $(GLYPHS) $(GLYPH_JUDGE)
 	$(GLYPHS) --fonts src/glyphs/fonts.txt --seed 1 --copies 2 --out $(BUILD)/glyphs-data
 .PHONY: glyphs-data do-glyphs-data
 
+# The shipped glyph model (examples/glyphs/README.md): the data set above, then `ldm train` for the
+# autoencoder and the LDM with the recipe's fixed seeds and step counts, exported as float16 with its
+# config. Results do not depend on the thread count, so this rebuilds the committed file exactly.
+GLYPHS_AE_STEPS ?= 711
+GLYPHS_LDM_STEPS ?= 8000
+glyphs-model: glyphs-data
+	@$(MAKE) --no-print-directory do-glyphs-model
+do-glyphs-model: all
+	./$(TOOL) train examples/glyphs/autoencoder.yaml --data $(BUILD)/glyphs-data --out $(BUILD)/glyphs-ae \
+	    --seed 1 --steps $(GLYPHS_AE_STEPS)
+	./$(TOOL) train examples/glyphs/ldm.yaml --data $(BUILD)/glyphs-data --out $(BUILD)/glyphs-ldm --seed 1 \
+	    --first-stage $(BUILD)/glyphs-ae/last.safetensors --steps $(GLYPHS_LDM_STEPS) \
+	    --export examples/glyphs/glyphs.safetensors --half
+	cp $(BUILD)/glyphs-ldm/config.yaml examples/glyphs/glyphs.yaml
+.PHONY: glyphs-model do-glyphs-model
+
 # Lua 5.4 module (bindings/lua/README.md): $(BUILD)/ldm.so for `require "ldm"` through LUA_CPATH.
 # It links the shared library, found next to the module ($ORIGIN, as in $(BUILD)), two levels up
 # ($ORIGIN/../..: installed in $(LIBDIR)/lua/5.4, beside $(LIBDIR)/libldm.so.0), or on the loader's
@@ -233,8 +249,9 @@ run: deps
 do-check: all tests $(if $(CROSS),,lua)
 	@LDM_BUILD=$(BUILD) LDM_CROSS=$(CROSS) sh tests/run-all.sh $(TEST_BIN)
 
+# The word "libldm" drawn by the trained built-in glyph model (classes l i b l d m), one PNG.
 do-run: all
-	./$(TOOL) generate -o demo.png
+	./$(TOOL) generate --class 37,34,27,37,29,38 --seed 1 -o libldm.png
 
 # `make install` also builds and installs the Lua module when Lua 5.4's headers are there (else it
 # says so and goes on). Its directory, LUA_CMODDIR, is where Lua 5.4 looks for C modules under the
@@ -251,6 +268,8 @@ install: all $(if $(LUA_FOUND),lua)
 	ln -sf libldm.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libldm.so
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/ldm
+	install -d $(DESTDIR)$(DATADIR)/libldm
+	install -m 644 examples/glyphs/glyphs.safetensors examples/glyphs/glyphs.yaml $(DESTDIR)$(DATADIR)/libldm/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
 	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@BLAS_LIBS@|$(PC_BLAS_LIBS)|g' \
 	    -e 's|@BLAS_REQUIRES@|$(PC_BLAS_REQUIRES)|g' pkgconfig/ldm.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc
@@ -264,6 +283,7 @@ endif
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/ldm.h $(DESTDIR)$(LIBDIR)/libldm.a $(DESTDIR)$(LIBDIR)/libldm.so* \
 	      $(DESTDIR)$(BINDIR)/ldm $(DESTDIR)$(PKGCONFIGDIR)/ldm.pc $(DESTDIR)$(LUA_CMODDIR)/ldm.so
+	rm -f $(DESTDIR)$(DATADIR)/libldm/glyphs.safetensors $(DESTDIR)$(DATADIR)/libldm/glyphs.yaml
 
 format:
 	clang-format -i include/*.h lib/*/*.[ch] src/*.c tests/*.c

@@ -13,6 +13,9 @@ SHARED=${LDM_SHARED:-../shared}
 FX=$SHARED/fixtures
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT INT TERM
+# Without --model the tool uses $LDM_MODEL, else the trained glyph model. Most checks below use
+# the untrained demo model (64x64, 1001 classes); the default has its own section at the end.
+export LDM_MODEL=builtin:demo
 passed=0
 failed=0
 skipped=0
@@ -286,6 +289,52 @@ else bad "--max-memory 1K: generate fails with a limit message"; fi
 if run maxmem_ok 0 "$LDM" generate -q --max-memory 1G --steps 2 --seed 1 --class 1 -o "$T/mm.png" && [ -s "$T/mm.png" ]; then
     ok "--max-memory 1G: generate runs"
 else bad "--max-memory 1G: generate runs"; fi
+
+# ---------------------------------------------------------------- the default: the trained glyph model
+if run glyphs_default 0 env -u LDM_MODEL "$LDM" generate --steps 10 --seed 5 --class 11,8,27 -o "$T/g.png" &&
+    [ "$(png_size "$T/g.png")" = "96x32" ] && has "$T/err" "built-in glyph model, trained by libldm" &&
+    png_text "$T/g.png" parameters >"$T/params" && has "$T/params" "Classes: 11,8,27 (image k" &&
+    has "$T/params" "Model: builtin:glyphs" && has "$T/params" "Class: 11" && has "$T/params" "CFG scale: 3"; then
+    ok "no --model: the trained glyph model; --class A,B,C writes the images side by side and records the list"
+else bad "no --model: the trained glyph model; --class A,B,C writes the images side by side and records the list"; fi
+# image k of the strip is a single run of class k with seed + k (the PNGs' pixels compared)
+strip_matches() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import sys, zlib, struct
+def pixels(p):  # 8-bit RGB, non-interlaced, as the library writes: unfiltered rows of bytes
+    b = open(p, "rb").read(); i = 8; w = h = 0; idat = b""
+    while i < len(b):
+        n = struct.unpack(">I", b[i:i + 4])[0]; t = b[i + 4:i + 8]; c = b[i + 8:i + 8 + n]
+        if t == b"IHDR": w, h = struct.unpack(">II", c[:8])
+        if t == b"IDAT": idat += c
+        i += 12 + n
+    raw = zlib.decompress(idat); stride = 3 * w; rows = []; prev = bytearray(stride); k = 0
+    for y in range(h):
+        f = raw[k]; line = bytearray(raw[k + 1:k + 1 + stride]); k += 1 + stride
+        for x in range(stride):
+            a = line[x - 3] if x >= 3 else 0; up = prev[x]; c = prev[x - 3] if x >= 3 else 0
+            if f == 1: line[x] = (line[x] + a) & 255
+            elif f == 2: line[x] = (line[x] + up) & 255
+            elif f == 3: line[x] = (line[x] + (a + up) // 2) & 255
+            elif f == 4:
+                pa, pb, pc = abs(up - c), abs(a - c), abs(a + up - 2 * c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else up if pb <= pc else c)) & 255
+        rows.append(bytes(line)); prev = line
+    return w, rows
+w, strip = pixels(sys.argv[1]); w0, one = pixels(sys.argv[2]); k = int(sys.argv[3])
+sys.exit(0 if all(strip[y][3 * w0 * k:3 * w0 * (k + 1)] == one[y] for y in range(len(one))) else 1)
+EOF
+}
+if run glyphs_one 0 env -u LDM_MODEL "$LDM" generate -q --steps 10 --seed 6 --class 8 -o "$T/g1.png" &&
+    strip_matches "$T/g.png" "$T/g1.png" 1; then
+    ok "image k of a --class list equals a single run of that class with seed + k"
+else bad "image k of a --class list equals a single run of that class with seed + k"; fi
+if run classlist_batch 2 "$LDM" generate --class 1,2 --batch 2 -o "$T/x.png" && has "$T/err" "--batch"; then
+    ok "--class list with --batch is refused"
+else bad "--class list with --batch is refused"; fi
+if run classlist_bad 2 "$LDM" generate --class 1,,2 -o "$T/x.png" && has "$T/err" "list"; then
+    ok "a malformed --class list is refused"
+else bad "a malformed --class list is refused"; fi
 
 # ---------------------------------------------------------------- image inputs with the demo model
 make_png "$T/init64.png" 64 64 rgb

@@ -42,7 +42,8 @@ installed() {
     rc=$?
     cat "$tmp/install.out"
     [ "$rc" -eq 0 ] &&
-        for f in include/ldm.h lib/libldm.a "lib/libldm.so.$header_major" lib/libldm.so lib/pkgconfig/ldm.pc bin/ldm; do
+        for f in include/ldm.h lib/libldm.a "lib/libldm.so.$header_major" lib/libldm.so lib/pkgconfig/ldm.pc bin/ldm \
+            share/libldm/glyphs.safetensors share/libldm/glyphs.yaml; do
             [ -e "$prefix/$f" ] || { echo "missing $prefix/$f"; return 1; }
         done
 }
@@ -90,6 +91,31 @@ minimal_static() {
     $CC -std=c11 -Wall -Wextra -Werror "$root/examples/minimal.c" $(pkg-config --static --cflags ldm) $libs -o "$tmp/minimal-static" || return 1
     if ldd "$tmp/minimal-static" | grep -q libldm; then echo "still needs the shared libldm"; return 1; fi
     (cd "$tmp" && ./minimal-static demo "" static.png) && cmp "$tmp/shared.png" "$tmp/static.png"
+}
+
+# The trained built-in model is found where make install put it, with no environment: by the
+# installed tool (statically linked: <bin>/../share/libldm) and through the shared library
+# (<lib>/../share/libldm), from a folder far from the source tree.
+glyph_model_found() {
+    (cd "$tmp" && env -u LDM_MODEL -u LDM_DATA_DIR "$prefix/bin/ldm" generate -q --class 6 --steps 2 --seed 1 \
+        -o "$tmp/g-tool.png") && [ -s "$tmp/g-tool.png" ] || return 1
+    cat >"$tmp/glyphs.c" <<'EOF'
+#include <ldm.h>
+#include <stdio.h>
+int main(void)
+{
+    ldm_model *m = NULL;
+    if (ldm_model_load_builtin("glyphs", 0, NULL, &m) != LDM_OK) {
+        printf("%s\n", ldm_last_error());
+        return 1;
+    }
+    ldm_model_free(m);
+    return 0;
+}
+EOF
+    # shellcheck disable=SC2046
+    $CC -std=c11 -Wall -Wextra -Werror "$tmp/glyphs.c" $(pkg-config --cflags --libs ldm) -o "$tmp/glyphs" &&
+        (cd "$tmp" && env -u LDM_DATA_DIR LD_LIBRARY_PATH="$prefix/lib" ./glyphs)
 }
 
 destdir_staging() {
@@ -158,6 +184,7 @@ check "make install PREFIX=<tmp>" installed
 check "ldm.pc, soname and the installed header agree" pc_matches_header
 check "examples/minimal.c with pkg-config (shared), run" minimal_shared
 check "examples/minimal.c with pkg-config --static, run" minimal_static
+check "the installed tool and library find the installed glyph model" glyph_model_found
 check "make install DESTDIR=<tmp> PREFIX=/opt/ldm LUA_CMODDIR=/opt/lua-modules" destdir_staging
 check "make install without Lua 5.4 headers: the rest installed, a message" install_without_lua
 if grep -q "Lua module is not installed" "$tmp/install.out"; then
