@@ -178,14 +178,13 @@ static void describe_features(char *buf, size_t size)
 
 const char *ldm_cpu_info(void)
 {
-    static _Thread_local char text[512]; /* rebuilt on each call: LDM_CPU may be read again */
+    static _Thread_local char text[1024]; /* rebuilt on each call: LDM_CPU may be read again */
     char feat[160], fams[160] = "";
     describe_features(feat, sizeof feat);
     size_t n = 0;
-    for (size_t i = 0; i < N_FAMILIES; i++)
+    for (size_t i = 0; i < N_FAMILIES && n < sizeof fams; i++)
         if ((families[i].needs & features()) == families[i].needs)
-            n += (size_t)snprintf(fams + n, n < sizeof fams ? sizeof fams - n : 0, "%s%s", n ? " " : "",
-                                  families[i].name);
+            n += (size_t)snprintf(fams + n, sizeof fams - n, "%s%s", n ? " " : "", families[i].name);
     int v = choice();
     const char *req = getenv("LDM_CPU");
     char why[200];
