@@ -719,7 +719,9 @@ int lk_conv_small_applies(const lk_conv2d_shape *s)
 }
 
 /* Panel mode: the im2col columns of one padded image (xp), pixels in panels of 16, tap k of pixel
- * 16 p + l at dst[(p K + k) 16 + l]; lanes past the last pixel are zero. */
+ * 16 p + l at dst[(p K + k) 16 + l]; lanes past the last pixel are zero. Only the dispatched
+ * (x86-64) small convolution uses it. */
+#ifdef LK_DISPATCH
 static void gather_panels(const float *xp, const int *koff, int K, int OH, int OW, int Wp, float *dst)
 {
     int P = OH * OW, np = (P + NR - 1) / NR;
@@ -738,6 +740,7 @@ static void gather_panels(const float *xp, const int *koff, int K, int OH, int O
         }
     }
 }
+#endif
 
 ldm_status lk_conv2d_small(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                            float *y)
