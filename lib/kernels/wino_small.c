@@ -124,9 +124,12 @@ LK_BODY void store_quads(const v8f *q, float *const rows[LANES])
     }
 }
 
-/* The 2x2 outputs (A^T M A)[a][c] of one tile for 8 output channels from m (stride ms per xi). */
-LK_BODY void tile_out(const float *m, size_t ms, v8f bv, v8f o[2][2])
+/* The 2x2 outputs (A^T M A)[a][c] of one tile for 8 output channels from m (stride ms per xi),
+ * plus the bias *bp (by address: a vector argument passed by value changes the ABI in the
+ * baseline build, which clang refuses). */
+LK_BODY void tile_out(const float *m, size_t ms, const v8f *bp, v8f o[2][2])
 {
+    v8f bv = *bp;
     v8f z[WS_XI], q[2][4];
     for (int xi = 0; xi < WS_XI; xi++) LOAD(z[xi], m + xi * ms);
     for (int c = 0; c < 4; c++) { /* A^T M: columns */
@@ -154,8 +157,8 @@ LK_BODY void out_body(const ws_job *j, int task)
             for (int oc0 = 0; oc0 < OC; oc0 += LANES) {
                 v8f bv = SPLAT(0.0f), o0[2][2], o1[2][2];
                 if (j->bias) LOAD(bv, j->bias + oc0);
-                tile_out(m + oc0, ms, bv, o0);
-                tile_out(m + j->OCp + oc0, ms, bv, o1);
+                tile_out(m + oc0, ms, &bv, o0);
+                tile_out(m + j->OCp + oc0, ms, &bv, o1);
                 float *dst = j->y + ((size_t)b * OC + oc0) * plane + (size_t)oh0 * j->OW + ow0;
                 for (int a = 0; a < 2; a++) {
                     v8f q[4] = {o0[a][0], o0[a][1], o1[a][0], o1[a][1]};
@@ -179,7 +182,7 @@ LK_BODY void out_body(const ws_job *j, int task)
                 memcpy(bl, j->bias + oc0, sizeof(float) * (size_t)n);
                 LOAD(bv, bl);
             }
-            tile_out(m + oc0, ms, bv, o);
+            tile_out(m + oc0, ms, &bv, o);
             float out[2][2][LANES];
             for (int a = 0; a < 2; a++)
                 for (int c = 0; c < 2; c++) STORE(out[a][c], o[a][c]);
