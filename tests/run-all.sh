@@ -48,6 +48,16 @@ else
     echo "SKIPPED: conformance: fixtures not found at $SHARED/fixtures (set LDM_SHARED)"
     skipped=$((skipped + 1))
 fi
+# The project's own fixtures (tests/fixtures: goldens of features beyond the shared set, made by the
+# scripts in tests/reference from the official code of each feature): always present, never skipped.
+own=$(ls -d tests/fixtures/*/ 2>/dev/null)
+if [ -n "$own" ]; then
+    for threads in 2 1; do
+        echo "== conformance over tests/fixtures with $threads thread(s)"
+        # shellcheck disable=SC2086
+        if LDM_THREADS=$threads $RUN "$BUILD/tests/conformance" $own; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: own conformance ($threads threads)"; fi
+    done
+fi
 # The installed package (pkg-config, examples), the Python and Lua bindings. For a sanitizer
 # build the interpreters get the sanitizer runtimes preloaded (they must be loaded first), without
 # leak checking (the interpreters' own exit-time memory, libldm's scratch cache once the Lua
