@@ -659,6 +659,15 @@ typedef struct ldm_train_params {
     void *user_data;
     ldm_log_callback log_callback;
     void *log_user_data;
+    /* LoRA fine-tuning (docs/training.md "LoRA fine-tuning"): adapters of this rank on the
+     * UNet's SpatialTransformer linear layers, base weights frozen (needs init_from or resume);
+     * ldm_trainer_export then writes a kohya-format LoRA file. 0: the config's lora.rank (none). */
+    int lora_rank;
+    double lora_alpha;        /* scale = alpha / rank; < 0 (default): the config's lora.alpha (1.0);
+                                 0: alpha = rank (kohya's rule) */
+    const char *vocab_path;   /* caption-conditioned models: the tokenizer vocabulary (file or
+                                 folder); NULL: $LDM_VOCAB, then the folder of the text encoder's
+                                 checkpoint */
 } ldm_train_params;
 
 LDM_API void ldm_train_params_init_size(ldm_train_params *params, size_t struct_size);
