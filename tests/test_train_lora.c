@@ -204,12 +204,14 @@ static void check_gradients(int linear_proj)
         ck_assert_msg(is_lora == (p->grad != NULL), "%s: gradient buffer %p", p->name, (void *)p->grad);
         trainable += is_lora;
     }
-    static const char *mods[] = {"input_blocks.1.1.proj_in", "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+    static const char *mods[] = {"input_blocks.1.1.proj_in",
+                                 "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
                                  "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
                                  "middle_block.1.transformer_blocks.0.attn2.to_v",
                                  "middle_block.1.transformer_blocks.0.ff.net.0.proj",
                                  "output_blocks.2.1.transformer_blocks.0.attn1.to_out.0",
-                                 "output_blocks.2.1.transformer_blocks.0.ff.net.2", "output_blocks.0.1.proj_out"};
+                                 "output_blocks.2.1.transformer_blocks.0.ff.net.2",
+                                 "output_blocks.0.1.proj_out"};
     char name[256];
     for (size_t m = 0; m < sizeof mods / sizeof *mods; m++)
         for (int w = 0; w < 2; w++) {
@@ -240,10 +242,16 @@ static void check_gradients(int linear_proj)
     ltp_params_free(ps);
 }
 
-START_TEST(gradients_conv_proj) { check_gradients(0); }
+START_TEST(gradients_conv_proj)
+{
+    check_gradients(0);
+}
 END_TEST
 
-START_TEST(gradients_linear_proj) { check_gradients(1); }
+START_TEST(gradients_linear_proj)
+{
+    check_gradients(1);
+}
 END_TEST
 
 START_TEST(merge_reproduces_forward)
@@ -337,7 +345,8 @@ START_TEST(kohya_file)
         snprintf(module, sizeof module, "%.*s", (int)(suf - p->name - off), p->name + off);
         ck_assert(ltr_lora_kohya_name(&c.d, module, stem, sizeof stem));
         ck_assert_msg(strstr(stem, "input_blocks") == NULL && strstr(stem, "output_blocks") == NULL &&
-                          strstr(stem, "middle_block") == NULL, "%s: not a diffusers path", stem);
+                          strstr(stem, "middle_block") == NULL,
+                      "%s: not a diffusers path", stem);
         snprintf(key, sizeof key, "%s.lora_down.weight", stem);
         const lw_tensor *d = lw_find(s, key);
         ck_assert_msg(d != NULL, "%s missing", key);
@@ -361,7 +370,8 @@ START_TEST(kohya_file)
         ldm_free(v);
     }
     ck_assert_uint_eq(conv, 14); /* proj_in/out of seven SpatialTransformers */
-    ck_assert_ptr_nonnull(lw_find(s, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"));
+    ck_assert_ptr_nonnull(
+        lw_find(s, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"));
     ck_assert_ptr_nonnull(lw_find(s, "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight"));
     lw_close(s);
     lj_value *h = header_of(path);

@@ -31,10 +31,14 @@ static ldm_status read_targets(const ld_ynode *n, const char *name, unsigned *ou
     for (size_t i = 0; i < n->n; i++) {
         const ld_ynode *it = n->items[i];
         const char *s = it->kind == LD_Y_SCALAR ? it->text : "";
-        if (!strcmp(s, "attn")) *out |= LTR_LORA_ATTN;
-        else if (!strcmp(s, "ff")) *out |= LTR_LORA_FF;
-        else if (!strcmp(s, "proj")) *out |= LTR_LORA_PROJ;
-        else return bad_key(name, it, "targets", "attn, ff or proj");
+        if (!strcmp(s, "attn"))
+            *out |= LTR_LORA_ATTN;
+        else if (!strcmp(s, "ff"))
+            *out |= LTR_LORA_FF;
+        else if (!strcmp(s, "proj"))
+            *out |= LTR_LORA_PROJ;
+        else
+            return bad_key(name, it, "targets", "attn, ff or proj");
     }
     return LDM_OK;
 }
@@ -177,8 +181,10 @@ static const char *base_model_version(const ld_model *m, int *v2)
 static void format_alpha(double a, char *buf, size_t cap)
 {
     /* Python's str(float) for the values people use (1.0, 0.5, 16.0, ...) */
-    if (a == floor(a) && fabs(a) < 1e15) snprintf(buf, cap, "%.1f", a);
-    else snprintf(buf, cap, "%.17g", a);
+    if (a == floor(a) && fabs(a) < 1e15)
+        snprintf(buf, cap, "%.1f", a);
+    else
+        snprintf(buf, cap, "%.17g", a);
 }
 
 ldm_status ltr_lora_write(const char *path, const ltp_params *ps, const char *unet_prefix, const ld_model *m,
@@ -232,8 +238,8 @@ ldm_status ltr_lora_write(const char *path, const ltp_params *ps, const char *un
     snprintf(dim, sizeof dim, "%d", l->rank);
     format_alpha(*alpha, alpha_s, sizeof alpha_s);
     snprintf(steps, sizeof steps, "libldm ldm train, %lld steps", (long long)step);
-    const char *keys[] = {"ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_v2", "ss_base_model_version",
-                          "ss_network_dropout", "ss_training_comment", "ss_steps"};
+    const char *keys[] = {"ss_network_module",     "ss_network_dim",     "ss_network_alpha",    "ss_v2",
+                          "ss_base_model_version", "ss_network_dropout", "ss_training_comment", "ss_steps"};
     char steps_n[32];
     snprintf(steps_n, sizeof steps_n, "%lld", (long long)step);
     const char *vals[] = {"networks.lora", dim, alpha_s, v2 ? "True" : "False", version, "None", steps, steps_n};
@@ -252,7 +258,8 @@ ldm_status ltr_lora_merge(const ltp_params *ps, const char *unet_prefix, const l
         const ltp_param *up = adapter_up(ps, down->name);
         snprintf(wname, sizeof wname, "%s%s.weight", unet_prefix, module);
         ltp_param *w = ltp_params_find(base, wname);
-        if (!up || !w) return ldm_fail(LDM_ERR_NOT_FOUND, "lora merge: %s lacks %s", down->name, up ? wname : "lora_up");
+        if (!up || !w)
+            return ldm_fail(LDM_ERR_NOT_FOUND, "lora merge: %s lacks %s", down->name, up ? wname : "lora_up");
         int64_t r = down->shape[0], in = down->shape[1], out = up->shape[0];
         if (w->shape[0] != out || (int64_t)w->n != out * in)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lora merge: %s is not [%lld, %lld]", wname, (long long)out,

@@ -34,7 +34,7 @@ enum {
 };
 
 #define LTR_LORA_PARAM_PREFIX "lora."
-#define LTR_LORA_MAX_RANK 4096
+#define LTR_LORA_MAX_RANK     4096
 
 typedef struct ltr_lora {
     int rank;     /* 0: no adapters */

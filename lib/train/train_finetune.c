@@ -26,20 +26,26 @@ ldm_status ltr_finetune_check(ldm_trainer *t)
     if (p->lora_alpha >= 0) t->lora.alpha = p->lora_alpha;
     if (t->lora.rank > 0) {
         if (!t->is_diffusion)
-            return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: LoRA adapters are for the diffusion model's UNet, not an "
-                            "autoencoder", t->config_path);
+            return ldm_fail(LDM_ERR_UNSUPPORTED,
+                            "%s: LoRA adapters are for the diffusion model's UNet, not an "
+                            "autoencoder",
+                            t->config_path);
         if (!t->init_from && !p->resume)
-            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: LoRA fine-tunes an existing model: give the base "
-                            "checkpoint (ldm_train_params.init_from, ldm train --init)", t->config_path);
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "%s: LoRA fine-tunes an existing model: give the base "
+                            "checkpoint (ldm_train_params.init_from, ldm train --init)",
+                            t->config_path);
         if (t->use_ema) say(t, LDM_LOG_INFO, "LoRA: no EMA of the adapters (as kohya's train_network.py)");
         t->use_ema = 0;
     }
     const ld_model *m = &t->cfg.model;
     int text = t->is_diffusion && ltr_text_kind(m->cond.kind);
     if (text && t->cfg.cond_stage_trainable)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: cond_stage_trainable: true with a text encoder (the LDM paper's "
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: cond_stage_trainable: true with a text encoder (the LDM paper's "
                         "trainable BERT) needs the transformer's backward pass, which is not implemented; set "
-                        "cond_stage_trainable: false to train the UNet on the frozen encoder", t->config_path);
+                        "cond_stage_trainable: false to train the UNet on the frozen encoder",
+                        t->config_path);
     if (text && m->conditioning_key != LD_CONDKEY_CROSSATTN)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: captions are supported through cross-attention (crossattn)",
                         t->config_path);
@@ -51,7 +57,9 @@ ldm_status ltr_finetune_check(ldm_trainer *t)
 ldm_status ltr_finetune_open_text(ldm_trainer *t, const char *resume_path)
 {
     if (!t->is_diffusion || !ltr_text_kind(t->cfg.model.cond.kind)) return LDM_OK;
-    const char *fs = t->first_stage_path ? t->first_stage_path : t->cfg.first_stage_ckpt[0] ? t->cfg.first_stage_ckpt : NULL;
+    const char *fs = t->first_stage_path          ? t->first_stage_path
+                     : t->cfg.first_stage_ckpt[0] ? t->cfg.first_stage_ckpt
+                                                  : NULL;
     const char *paths[3] = {t->p.resume ? resume_path : NULL, t->init_from, fs};
     LDM_TRY(ltr_text_open(&t->cfg.model, paths, 3, t->vocab_path, &t->text));
     size_t n = (size_t)t->batch * ltr_text_tokens(t->text) * ltr_text_width(t->text);
@@ -61,9 +69,10 @@ ldm_status ltr_finetune_open_text(ldm_trainer *t, const char *resume_path)
     /* every image needs its caption: an image without one would silently train as unconditional */
     for (int64_t i = 0; i < ltr_dataset_count(t->data); i++)
         if (!ltr_dataset_caption(t->data, i))
-            return ldm_fail(LDM_ERR_FORMAT, "data %s: %s has no caption (a text-conditioned model needs a caption "
-                            "per image in labels.csv; quote a caption made of digits)", t->data_dir,
-                            ltr_dataset_file(t->data, i));
+            return ldm_fail(LDM_ERR_FORMAT,
+                            "data %s: %s has no caption (a text-conditioned model needs a caption "
+                            "per image in labels.csv; quote a caption made of digits)",
+                            t->data_dir, ltr_dataset_file(t->data, i));
     return LDM_OK;
 }
 
@@ -73,11 +82,12 @@ ldm_status ltr_finetune_freeze(ldm_trainer *t)
     LDM_TRY(ltp_params_set_trainable(t->ps, "model.diffusion_model.", 0));
     LDM_TRY(ltp_params_set_trainable(t->ps, "cond_stage_model.", 0));
     size_t adapters = 0;
-    for (size_t i = 0; i < ltp_params_count(t->ps); i++)
-        adapters += ltp_params_at(t->ps, i)->trainable;
+    for (size_t i = 0; i < ltp_params_count(t->ps); i++) adapters += ltp_params_at(t->ps, i)->trainable;
     if (!adapters)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: LoRA: the UNet has no SpatialTransformer layer to adapt "
-                        "(targets %u)", t->config_path, t->lora.targets);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: LoRA: the UNet has no SpatialTransformer layer to adapt "
+                        "(targets %u)",
+                        t->config_path, t->lora.targets);
     return LDM_OK;
 }
 

@@ -22,7 +22,10 @@ struct ltr_text {
     int tokens, width;
 };
 
-int ltr_text_kind(ld_cond_kind k) { return k == LD_COND_CLIP || k == LD_COND_OPENCLIP || k == LD_COND_BERT; }
+int ltr_text_kind(ld_cond_kind k)
+{
+    return k == LD_COND_CLIP || k == LD_COND_OPENCLIP || k == LD_COND_BERT;
+}
 
 static int has_cond_weights(const lw_store *s)
 {
@@ -58,15 +61,19 @@ static ldm_status open_tokenizer(ltr_text *tx, ld_cond_kind kind, const char *vo
     char dir[4096], path[4096];
     snprintf(dir, sizeof dir, "%s", ckpt);
     char *slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
-    else snprintf(dir, sizeof dir, ".");
-    if (!try_location(vocab_path, names, path, sizeof path) && !try_location(getenv("LDM_VOCAB"), names, path, sizeof path) &&
-        !try_location(dir, names, path, sizeof path))
-        return ldm_fail(LDM_ERR_NOT_FOUND, "captions: the %s vocabulary %s was not found: give "
+    if (slash)
+        *slash = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    if (!try_location(vocab_path, names, path, sizeof path) &&
+        !try_location(getenv("LDM_VOCAB"), names, path, sizeof path) && !try_location(dir, names, path, sizeof path))
+        return ldm_fail(LDM_ERR_NOT_FOUND,
+                        "captions: the %s vocabulary %s was not found: give "
                         "ldm_train_params.vocab_path (ldm train --vocab) or $LDM_VOCAB, or put it in %s",
                         bert ? "BERT WordPiece" : "CLIP BPE", names[0], dir);
-    ldm_tokenizer_kind k = bert ? LDM_TOKENIZER_BERT : kind == LD_COND_OPENCLIP ? LDM_TOKENIZER_OPENCLIP
-                                                                                 : LDM_TOKENIZER_CLIP;
+    ldm_tokenizer_kind k = bert                       ? LDM_TOKENIZER_BERT
+                           : kind == LD_COND_OPENCLIP ? LDM_TOKENIZER_OPENCLIP
+                                                      : LDM_TOKENIZER_CLIP;
     return ldm_tokenizer_load(k, path, &tx->tok);
 }
 
@@ -75,7 +82,7 @@ static ldm_status create_encoder(ltr_text *tx, const ld_cond *d, const char *pat
     if (d->kind == LD_COND_BERT) {
         if (!d->use_tokenizer)
             return ldm_fail(LDM_ERR_UNSUPPORTED, "captions: this BERTEmbedder has use_tokenizer: false (it takes "
-                            "token ids, not captions)");
+                                                 "token ids, not captions)");
         ldm_status st = lbert_create(d, tx->store, COND_PREFIX, &tx->bert);
         if (st != LDM_OK) return ldm_fail_context(st, "text encoder %s", path), st;
         tx->tokens = lbert_max_seq_len(tx->bert), tx->width = lbert_dim(tx->bert);
@@ -98,18 +105,23 @@ ldm_status ltr_text_open(const ld_model *m, const char *const *paths, int n, con
     for (int i = 0; i < n && !found && st == LDM_OK; i++) {
         if (!paths[i]) continue;
         st = lw_open(paths[i], 0, &tx->store);
-        if (st == LDM_OK && has_cond_weights(tx->store)) found = paths[i];
-        else if (st == LDM_OK) lw_close(tx->store), tx->store = NULL;
+        if (st == LDM_OK && has_cond_weights(tx->store))
+            found = paths[i];
+        else if (st == LDM_OK)
+            lw_close(tx->store), tx->store = NULL;
     }
     if (st == LDM_OK && !found)
-        st = ldm_fail(LDM_ERR_NOT_FOUND, "captions: the frozen text encoder's weights (cond_stage_model.*) are in "
+        st = ldm_fail(LDM_ERR_NOT_FOUND,
+                      "captions: the frozen text encoder's weights (cond_stage_model.*) are in "
                       "none of the checkpoints given (fine-tune from one that has them: ldm_train_params.init_from, "
                       "ldm train --init)");
     if (st == LDM_OK) st = create_encoder(tx, &m->cond, found);
     if (st == LDM_OK) st = open_tokenizer(tx, m->cond.kind, vocab_path, found);
     if (st == LDM_OK && m->unet.context_dim != tx->width)
-        st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "captions: the text encoder's width %d differs from the UNet's "
-                      "context_dim %d", tx->width, m->unet.context_dim);
+        st = ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                      "captions: the text encoder's width %d differs from the UNet's "
+                      "context_dim %d",
+                      tx->width, m->unet.context_dim);
     if (st != LDM_OK) {
         ltr_text_free(tx);
         return st;
@@ -128,9 +140,18 @@ void ltr_text_free(ltr_text *tx)
     ldm_free(tx);
 }
 
-int ltr_text_tokens(const ltr_text *tx) { return tx->tokens; }
-int ltr_text_width(const ltr_text *tx) { return tx->width; }
-const lw_store *ltr_text_store(const ltr_text *tx) { return tx->store; }
+int ltr_text_tokens(const ltr_text *tx)
+{
+    return tx->tokens;
+}
+int ltr_text_width(const ltr_text *tx)
+{
+    return tx->width;
+}
+const lw_store *ltr_text_store(const ltr_text *tx)
+{
+    return tx->store;
+}
 
 ldm_status ltr_text_encode(ltr_text *tx, const lctx *c, const char *const *captions, int n, float *out)
 {
