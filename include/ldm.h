@@ -694,6 +694,20 @@ LDM_API ldm_status ldm_trainer_progress(const ldm_trainer *trainer, ldm_train_pr
 LDM_API void ldm_trainer_interrupt(ldm_trainer *trainer);
 LDM_API void ldm_trainer_free(ldm_trainer *trainer);
 
+/* ---------------------------------------------------------------- training: LoRA and captions */
+
+/* Fine-tuning with LoRA (issue #13; docs/training.md "LoRA fine-tuning"): with a rank from
+ * ldm_train_params.lora_rank or the config's `lora:` section, ldm_trainer_create loads the base
+ * model from init_from (or the run's own checkpoint on resume), freezes every base weight and
+ * trains only the adapters (kohya-ss/sd-scripts networks/lora.py's default set and init).
+ * Checkpoints keep base + adapters + optimiser state (exact resume); ldm_trainer_export writes the
+ * adapters as a kohya / webui LoRA safetensors file (float16 when `half`).
+ * Caption-conditioned models (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, BERTEmbedder with
+ * cond_stage_trainable false) train with each image's caption from labels.csv through the frozen
+ * text encoder; ucg_training (or cond_drop_rate) replaces that share of captions with "".
+ * The LoRA rank in effect (0: the run trains the model itself; -1 for NULL). */
+LDM_API int ldm_trainer_lora_rank(const ldm_trainer *trainer);
+
 #ifdef __cplusplus
 }
 #endif

@@ -117,3 +117,5 @@ void ltr_finetune_free(ldm_trainer *t)
     ldm_free(t->captions);
     ldm_free(t->vocab_path);
 }
+
+int ldm_trainer_lora_rank(const ldm_trainer *t) { return t ? t->lora.rank : -1; }
