@@ -77,7 +77,8 @@ class TrainParams(Structure):
                 ("max_steps", c_int64), ("max_minutes", c_double), ("batch_size", c_int),
                 ("learning_rate", c_double), ("cond_drop_rate", c_double), ("save_every", c_int),
                 ("seed", c_uint64), ("n_threads", c_int), ("callback", TRAIN_CALLBACK),
-                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p)]
+                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p),
+                ("lora_rank", c_int), ("lora_alpha", c_double), ("vocab_path", c_char_p)]
 
 
 # The library refuses struct_size above this, so it is also the most any *_params_init may write.
@@ -203,6 +204,7 @@ _proto("ldm_trainer_export", _S, _P, c_char_p, c_int)
 _proto("ldm_trainer_progress", _S, _P, POINTER(TrainProgress))
 _proto("ldm_trainer_interrupt", None, _P)
 _proto("ldm_trainer_free", None, _P)
+_proto("ldm_trainer_lora_rank", c_int, _P)
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}
