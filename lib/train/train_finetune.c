@@ -5,6 +5,7 @@
 
 #include "train_text.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,8 @@ ldm_status ltr_finetune_check(ldm_trainer *t)
     if (p->lora_rank < 0 || p->lora_rank > LTR_LORA_MAX_RANK)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_trainer_create: lora_rank %d outside [0, %d]", p->lora_rank,
                         LTR_LORA_MAX_RANK);
+    if (isnan(p->lora_alpha) || isinf(p->lora_alpha))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_trainer_create: lora_alpha %g is not a number", p->lora_alpha);
     if (p->lora_rank > 0) t->lora.rank = p->lora_rank;
     if (p->lora_alpha >= 0) t->lora.alpha = p->lora_alpha;
     if (t->lora.rank > 0) {
@@ -118,4 +121,7 @@ void ltr_finetune_free(ldm_trainer *t)
     ldm_free(t->vocab_path);
 }
 
-int ldm_trainer_lora_rank(const ldm_trainer *t) { return t ? t->lora.rank : -1; }
+int ldm_trainer_lora_rank(const ldm_trainer *t)
+{
+    return t ? t->lora.rank : -1;
+}
