@@ -10,7 +10,9 @@
  *    for bit), the loss falls, the export is a kohya LoRA file, and the base with the adapters
  *    merged (ltr_lora_merge) exports, loads as a whole model and tells the captions apart;
  *  - resume of a LoRA run continues exactly (3 + 3 steps = 6 steps);
- *  - refusals: LoRA without a base, a trainable text encoder, an image without caption.
+ *  - a frozen BERTEmbedder read from the first stage's file, UNet from scratch;
+ *  - refusals: LoRA without a base, a trainable text encoder, an image without caption, no
+ *    vocabulary.
  * Needs $LDM_SHARED (fixtures and vocab): SKIPPED loudly without it. */
 #include <check.h>
 
