@@ -23,7 +23,7 @@ config.yaml per directory):
       gradients of every parameter, parameters after 3 steps of the model's own
       configure_optimizers() Adam (lr 1e-3, betas (0.5, 0.9)).
 
-  tests/golden/train_lora   the train_unet UNetModel, base weights frozen, with LoRA adapters as
+  tests/golden/train_lora   the train_unet UNetModel on one level, base weights frozen, with LoRA adapters as
       kohya-ss/sd-scripts networks/lora.py (commit 48d368fa557731ad0488c07304dfeba8c07910eb)
       LoRAModule builds and applies them (rewritten small below: every Linear / 1x1 Conv2d of the
       SpatialTransformers, forward = org(x) + up(down(x)) * alpha / r; rank 4, alpha 2); lora_up
@@ -399,6 +399,20 @@ def make_train_unet(out):
 # ------------------------------------------------------------------ train_lora
 
 LORA_RANK, LORA_ALPHA = 4, 2.0
+# train_unet's UNet on one level (SpatialTransformers in the middle and output block 0): < 1 MB
+LORA_UNET = dict(UNET, channel_mult=[1], attention_resolutions=[1])
+LORA_YAML = UNET_YAML.replace("""        attention_resolutions:
+        - 1
+        - 2
+""", """        attention_resolutions:
+        - 1
+""").replace("""        channel_mult:
+        - 1
+        - 2
+""", """        channel_mult:
+        - 1
+""")
+assert LORA_YAML.count("- 2") == 0
 KOHYA_REPO = "kohya-ss/sd-scripts"
 KOHYA_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
 
@@ -483,7 +497,7 @@ def run_lora(m, loras, batch, steps=3):
 def make_train_lora(out):
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(0)
-    unet = UNetModel(**UNET)
+    unet = UNetModel(**LORA_UNET)
     randomise(unet, torch.Generator().manual_seed(4321))
     base = [("model.diffusion_model." + n, np32(p)) for n, p in unet.state_dict().items()]
     torch.manual_seed(5)
@@ -528,10 +542,11 @@ def make_train_lora(out):
               "outputs": {"loss": "loss", "eps": "eps", "grad.<name>": "gradient of every adapter parameter",
                           "after3.<name>": "every adapter parameter after 3 steps"}}]
     write_golden(out, "train_lora",
-                 "the train_unet UNetModel (random weights, frozen) with kohya LoRAModule adapters (rank 4, alpha "
-                 "2) on every Linear / 1x1 Conv2d of its SpatialTransformers, lora_up random; context given "
-                 "(3 tokens); eps loss, adapter gradients, 3 AdamW steps over the adapters",
-                 UNET_YAML, weights, inputs, outputs, kinds, outputs64, calls,
+                 "the train_unet UNetModel on one level (channel_mult 1; random weights, frozen) with kohya "
+                 "LoRAModule adapters (rank 4, alpha 2) on every Linear / 1x1 Conv2d of its SpatialTransformers, "
+                 "lora_up random; context given (3 tokens); eps loss, adapter gradients, 3 AdamW steps over the "
+                 "adapters",
+                 LORA_YAML, weights, inputs, outputs, kinds, outputs64, calls,
                  {"lora_reference": {"repo": KOHYA_REPO, "commit": KOHYA_COMMIT, "file": "networks/lora.py",
                                      "lines": "25-121 (LoRAModule), 945-1010 (create_modules)"}})
 
