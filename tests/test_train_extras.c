@@ -60,7 +60,8 @@ START_TEST(dropout_mask_statistics)
     for (size_t i = 0; i < n; i++) ck_assert(dx[i] == (Y[i] != 0.0f ? dy[i] * (1.0f / (1.0f - p)) : 0.0f));
     /* another draw, another site: other masks; p = 0: the identity, no operation */
     size_t same_draw = 0, same_site = 0;
-    uint64_t site = ltp_site_hash("input_blocks.1.0.out_layers.2"), other = ltp_site_hash("middle_block.0.out_layers.2");
+    uint64_t site = ltp_site_hash("input_blocks.1.0.out_layers.2"),
+             other = ltp_site_hash("middle_block.0.out_layers.2");
     for (size_t i = 0; i < 10000; i++) {
         int k = ltp_dropout_keep(42, 7, site, i, p);
         same_draw += k == ltp_dropout_keep(42, 8, site, i, p);
@@ -244,7 +245,10 @@ static void setup(void)
     }
 }
 
-static void teardown(void) { nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void)
+{
+    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 typedef struct losses {
     double first, last;

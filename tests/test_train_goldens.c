@@ -416,8 +416,8 @@ static void attn_golden(const char *name)
         if (mode == 1) ck_assert(segs > 0 && dropped == segs);
         if (mode == 2) ck_assert(segs > 0 && dropped > 0 && dropped < segs);
         if (getenv("LDM_GOLDEN_VERBOSE"))
-            printf("  %s: checkpointing mode %d: %d segments, %d recomputed, peak %zu bytes\n", name, mode, segs, dropped,
-                   peak[mode]);
+            printf("  %s: checkpointing mode %d: %d segments, %d recomputed, peak %zu bytes\n", name, mode, segs,
+                   dropped, peak[mode]);
         ltp_tape_free(tm);
     }
     ck_assert(peak[1] < peak[0] && peak[2] < peak[0]);
