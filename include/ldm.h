@@ -659,6 +659,9 @@ typedef struct ldm_train_params {
     void *user_data;
     ldm_log_callback log_callback;
     void *log_user_data;
+    /* ---- appended (activation checkpointing) */
+    uint64_t max_activation_bytes; /* 0: no budget; else UNet blocks whose activations would exceed it are
+                                      recomputed in backward (the config's use_checkpoint recomputes all) */
 } ldm_train_params;
 
 LDM_API void ldm_train_params_init_size(ldm_train_params *params, size_t struct_size);

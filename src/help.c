@@ -106,6 +106,8 @@ static const struct {
             "  --log-every N           a progress line every N steps when stderr is not a terminal (default 50)\n"
             "  --seed N                initialisation, data order and noise (default 23)\n"
             "  --threads N             (default: all online CPUs)\n"
+            "  --memory-budget MB      recompute UNet blocks in backward once the step's activations exceed MB\n"
+            "                          (activation checkpointing; the config's use_checkpoint recomputes all)\n"
             "  --export FILE           at the end, also write the sampling weights (EMA-only) to FILE\n"
             "  --half                  with --export: float16\n"},
     {ALL | TRAIN, "  -q, --quiet             print nothing but errors (no progress bar, seed, config, warnings, 'wrote')\n"},

@@ -212,8 +212,8 @@ static const mini_error mini_errors[] = {
     {NULL, NULL, "__is_something__", LDM_ERR_FORMAT, "cond_stage_config"},
     {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_spatial_transformer: true", NULL, LDM_ERR_FORMAT,
      "context_dim"},
-    {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_new_attention_order: true", NULL,
-     LDM_ERR_UNSUPPORTED, "use_new_attention_order"},
+    {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        conv_resample: false", NULL,
+     LDM_ERR_UNSUPPORTED, "conv_resample"},
 };
 
 START_TEST(config_errors_name_the_key)

@@ -40,6 +40,10 @@ typedef struct ld_unet {
     int num_classes;             /* 0: not class-conditional via y */
     int legacy;
     int use_scale_shift_norm;    /* ResBlock FiLM: emb_layers output 2*out_channels (lsun_churches) */
+    /* Training-time options (inference ignores dropout and use_checkpoint). */
+    double dropout;              /* ResBlock out_layers Dropout */
+    int use_checkpoint;          /* recompute blocks in backward (lib/train) */
+    int use_new_attention_order; /* AttentionBlock: QKVAttention instead of QKVAttentionLegacy */
 } ld_unet;
 
 typedef enum {

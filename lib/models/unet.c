@@ -119,7 +119,7 @@ static ldm_status add_attention(lu_build *b, lu_seq *s, const char *name, int ch
         heads = ch / dim_head;
     }
     lu_layer *l = seq_add(s, LU_ATTN);
-    return lub_attn_load(&l->attn, &b->L, name, ch, heads, b->n->opts.use_new_attention_order);
+    return lub_attn_load(&l->attn, &b->L, name, ch, heads, b->n->opts.use_new_attention_order || d->use_new_attention_order);
 }
 
 static ldm_status add_res(lu_build *b, lu_seq *s, const char *name, int in_ch, int out_ch, int updown)

@@ -226,7 +226,8 @@ ldm_status ltr_export(ldm_trainer *t, const char *path, int half)
 static int is_trained_name(const ldm_trainer *t, const char *name)
 {
     if (t->is_diffusion)
-        return !strncmp(name, "model.diffusion_model.", 22) || !strncmp(name, "cond_stage_model.", 17);
+        return !strncmp(name, "model.diffusion_model.", 22) || !strncmp(name, "cond_stage_model.", 17) ||
+               (t->cfg.learn_logvar && !strcmp(name, "logvar"));
     return !strncmp(name, "encoder.", 8) || !strncmp(name, "decoder.", 8) || !strncmp(name, "quant_conv.", 11) ||
            !strncmp(name, "post_quant_conv.", 16);
 }

@@ -38,7 +38,8 @@ static ltp_id record_ldm(ldm_trainer *t, ltp_id x, int B)
         int lab = ltp_labels(t->tape, t->labels, B);
         context = ltn_class_embed(t->tape, t->ps, COND_PREFIX, m->cond.n_classes, m->cond.embed_dim, lab);
     }
-    return ltn_unet_forward(t->tape, t->ps, UNET_PREFIX, &m->unet, x, t->tsteps_f, context, -1);
+    int y = m->unet.num_classes > 0 ? ltp_labels(t->tape, t->labels, B) : -1; /* label_emb */
+    return ltn_unet_forward(t->tape, t->ps, UNET_PREFIX, &m->unet, x, t->tsteps_f, context, y);
 }
 
 static ltp_id record_ae(ldm_trainer *t, ltp_id x, ltp_id *moments)
@@ -61,6 +62,11 @@ ldm_status ltr_declare_params(ldm_trainer *t)
         t->labels[0] = 0;
         t->tsteps_f[0] = 0.0f;
         record_ldm(t, x, 1);
+        if (t->cfg.learn_logvar && !ltp_params_find(t->ps, "logvar")) { /* nn.Parameter(full(logvar_init)) */
+            int64_t T = t->sched->n;
+            ldm_status st = ltp_params_set(t->ps, "logvar", 1, &T, t->logvar_fixed);
+            if (st != LDM_OK) return st;
+        }
     } else {
         memset(t->aux, 0, sizeof(float) * (size_t)t->cfg.model.first_stage.embed_dim * S * S);
         ltp_id moments;
@@ -136,6 +142,7 @@ static ldm_status ldm_micro_step(ldm_trainer *t, int64_t draw, int B, double wei
     ltr_target(pred, &q, t->x0, t->noise, t->timesteps, B, per, t->target);
 
     ltp_reset(t->tape);
+    ltp_set_rng(t->tape, t->p.seed, (uint64_t)draw); /* dropout masks */
     int64_t shape[4] = {B, E, h, h};
     ltp_id x = ltp_input(t->tape, 4, shape, t->xt, 0);
     ltp_id out = record_ldm(t, x, B);
@@ -144,12 +151,15 @@ static ldm_status ldm_micro_step(ldm_trainer *t, int64_t draw, int B, double wei
     ltr_diffusion_loss_defaults(&lp);
     lp.type = t->cfg.loss_type;
     lp.l_simple_weight = t->cfg.l_simple_weight;
-    lp.original_elbo_weight = 0.0;
-    if (t->cfg.original_elbo_weight != 0.0)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "training with original_elbo_weight != 0 is not supported yet");
+    lp.original_elbo_weight = t->cfg.original_elbo_weight;
+    lp.lvlb_weights = t->lvlb;
+    ltp_param *lv = t->cfg.learn_logvar ? ltp_params_find(t->ps, "logvar") : NULL;
+    lp.logvar = lv ? lv->data : t->logvar_fixed;
     ltr_loss_terms terms;
     LDM_TRY(ltr_diffusion_loss_eval(&lp, ltp_data(t->tape, out), t->target, t->timesteps, B, per, T, &terms,
-                                    t->dout, NULL));
+                                    t->dout, lv ? t->dlogvar : NULL));
+    if (lv && lv->grad)
+        for (int i = 0; i < T; i++) lv->grad[i] += (float)weight * t->dlogvar[i];
     for (size_t i = 0; i < n; i++) t->dout[i] *= (float)weight;
     LDM_TRY(ltp_seed_grad(t->tape, out, t->dout));
     LDM_TRY(ltp_backward(t->tape));

@@ -518,6 +518,188 @@ def make_train_ae(out):
                  AE_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
 
 
+# ------------------------------------------------------------------ train_unet_attn*
+
+def install_ddpm_stubs():
+    """ddpm.py's imports that p_losses and register_schedule do not use."""
+    pl = sys.modules["pytorch_lightning"]
+    pl.utilities = _module("pytorch_lightning.utilities")
+    _module("pytorch_lightning.utilities.distributed", rank_zero_only=lambda f: f)
+    if "tqdm" not in sys.modules:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            _module("tqdm", tqdm=lambda x, **k: x)
+    try:
+        import torchvision.utils  # noqa: F401
+    except ImportError:
+        _module("torchvision")
+        _module("torchvision.utils", make_grid=None)
+
+
+# AttentionBlock UNets (use_spatial_transformer false) with label_emb (num_classes) and the
+# LatentDiffusion loss with its vlb term. Two variants: QKVAttentionLegacy with num_heads,
+# resblock_updown, eps, learn_logvar; QKVAttention (use_new_attention_order) with
+# num_head_channels, use_scale_shift_norm, x0 parameterization, fixed logvar.
+ATTN_VARIANTS = {
+    "train_unet_attn": dict(
+        unet=dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
+                  num_res_blocks=0, channel_mult=[1, 1], num_heads=2, use_spatial_transformer=False,
+                  resblock_updown=True, num_classes=10, legacy=True, dropout=0.0, use_checkpoint=True),
+        loss=dict(parameterization="eps", l_simple_weight=0.7, original_elbo_weight=0.5, learn_logvar=True,
+                  logvar_init=0.3),
+        after3=True),
+    "train_unet_attn_neworder": dict(
+        unet=dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1],
+                  num_res_blocks=0, channel_mult=[1, 1], num_head_channels=16, use_spatial_transformer=False,
+                  use_new_attention_order=True, use_scale_shift_norm=True, num_classes=10, legacy=False,
+                  dropout=0.0),
+        loss=dict(parameterization="x0", l_simple_weight=1.0, original_elbo_weight=2.0, learn_logvar=False,
+                  logvar_init=-0.4),
+        after3=False),
+}
+
+
+def attn_yaml(v):
+    u, lo = v["unet"], v["loss"]
+    lines = ["model:", "  base_learning_rate: 1.0e-03", "  target: ldm.models.diffusion.ddpm.LatentDiffusion",
+             "  params:", "    linear_start: 0.0015", "    linear_end: 0.0195", "    timesteps: 1000",
+             "    first_stage_key: image", "    cond_stage_key: class_label", "    image_size: 8",
+             "    channels: 4", "    use_ema: false"]
+    for k in ("parameterization", "l_simple_weight", "original_elbo_weight", "learn_logvar", "logvar_init"):
+        val = lo[k]
+        lines.append("    %s: %s" % (k, str(val).lower() if isinstance(val, bool) else val))
+    lines += ["    unet_config:", "      target: ldm.modules.diffusionmodules.openaimodel.UNetModel", "      params:"]
+    for k, val in u.items():
+        if isinstance(val, list):
+            lines.append("        %s:" % k)
+            lines += ["        - %d" % x for x in val]
+        else:
+            lines.append("        %s: %s" % (k, str(val).lower() if isinstance(val, bool) else val))
+    lines += ["    first_stage_config:", "      target: ldm.models.autoencoder.AutoencoderKL", "      params:",
+              "        embed_dim: 4", "        ddconfig:", "          attn_type: none", "          double_z: true",
+              "          z_channels: 4", "          resolution: 16", "          in_channels: 3", "          out_ch: 3",
+              "          ch: 32", "          ch_mult:", "          - 1", "          - 2", "          num_res_blocks: 0",
+              "          attn_resolutions: []", "          dropout: 0.0", "        lossconfig:",
+              "          target: torch.nn.Identity", "    cond_stage_config: __is_unconditional__", ""]
+    return "\n".join(lines)
+
+
+class AttnLDM(torch.nn.Module):
+    """What LatentDiffusion.p_losses reads of self (the reference's own methods bound below): the
+    UNet under model.diffusion_model, register_schedule's buffers, logvar (a Parameter when
+    learn_logvar), l_simple_weight, original_elbo_weight; apply_model passes the class labels as
+    y (DiffusionWrapper 'adm')."""
+
+    def __init__(self, unet, lo):
+        from ldm.models.diffusion.ddpm import DDPM
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = unet
+        self.parameterization, self.loss_type, self.v_posterior = lo["parameterization"], "l2", 0.0
+        self.l_simple_weight, self.original_elbo_weight = lo["l_simple_weight"], lo["original_elbo_weight"]
+        self.learn_logvar = lo["learn_logvar"]
+        self.logvar = torch.full(fill_value=lo["logvar_init"], size=(1000,))
+        if self.learn_logvar:
+            self.logvar = torch.nn.Parameter(self.logvar, requires_grad=True)
+        DDPM.register_schedule(self, linear_start=0.0015, linear_end=0.0195, timesteps=1000)
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, t, y=cond)
+
+    device = torch.device("cpu")
+
+    def q_sample(self, *a, **k):
+        from ldm.models.diffusion.ddpm import DDPM
+        return DDPM.q_sample(self, *a, **k)
+
+    def get_loss(self, *a, **k):
+        from ldm.models.diffusion.ddpm import DDPM
+        return DDPM.get_loss(self, *a, **k)
+
+    def p_losses(self, *a, **k):
+        from ldm.models.diffusion.ddpm import LatentDiffusion
+        return LatentDiffusion.p_losses(self, *a, **k)
+
+
+def run_attn(m, batch, steps):
+    params = list(m.model.parameters()) + ([m.logvar] if m.learn_logvar else [])  # configure_optimizers
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    dt = next(m.parameters()).dtype
+    x0, noise = batch["x0"].to(dt), batch["noise"].to(dt)
+    captured = {}
+    orig_apply = m.apply_model
+
+    def apply_model(x, t, cond):
+        out = orig_apply(x, t, cond)
+        captured["out"] = out
+        return out
+    m.apply_model = apply_model
+    res = {}
+    for step in range(steps):
+        loss, ld = m.p_losses(x0, batch["labels"], batch["t"], noise=noise)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            res["loss"] = loss.detach().reshape(1)
+            res["loss_vlb"] = ld["train/loss_vlb"].detach().reshape(1)
+            res["out"] = captured["out"].detach()
+            for n, p in m.named_parameters():
+                res["grad." + n] = p.grad.detach().clone()
+        opt.step()
+    for n, p in m.named_parameters():
+        res["after3." + n] = p.detach().clone()
+    m.apply_model = orig_apply
+    return [n for n, _ in m.named_parameters()], res
+
+
+def make_train_unet_attn(out, name, v):
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(0)
+    m = AttnLDM(UNetModel(**v["unet"]), v["loss"])
+    randomise(m.model, torch.Generator().manual_seed(2468))
+    m.train()
+    g = torch.Generator().manual_seed(135)
+    B = 2
+    batch = {"x0": torch.randn(B, 4, 8, 8, generator=g), "noise": torch.randn(B, 4, 8, 8, generator=g),
+             "t": torch.tensor([3, 871], dtype=torch.int64), "labels": torch.tensor([4, 9], dtype=torch.int64)}
+    weights = [(n, np32(p)) for n, p in m.named_parameters()]
+    m64 = copy.deepcopy(m).double()
+    m64.model.diffusion_model.dtype = torch.float64
+    steps = 3 if v["after3"] else 1
+    names, r32 = run_attn(m, batch, steps)
+    with float64_unet():
+        _, r64 = run_attn(m64, batch, steps)
+    order = ["loss", "loss_vlb", "out"] + ["grad." + n for n in names]
+    if v["after3"]:
+        order += ["after3." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k in ("loss", "loss_vlb", "out") else k.split(".")[0].replace("after3", "param"))
+             for k in order}
+    outputs.append(("lvlb_weights", np32(m.lvlb_weights)))
+    outputs64["lvlb_weights"] = m.lvlb_weights.double().numpy()
+    kinds["lvlb_weights"] = "loss"
+    inputs = [("x0", np32(batch["x0"])), ("timesteps", batch["t"].numpy()), ("labels", batch["labels"].numpy()),
+              ("noise", np32(batch["noise"]))]
+    lo = v["loss"]
+    calls = [{"op": "train.diffusion_step",
+              "inputs": {"x0": "x0", "timesteps": "timesteps", "y": "labels", "noise": "noise"},
+              "params": dict(lo, loss="LatentDiffusion.p_losses (q_sample, l2, logvar, lvlb_weights)",
+                             optimizer="AdamW", lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=1e-2,
+                             steps=steps, linear_start=0.0015, linear_end=0.0195, timesteps=1000,
+                             trained=["model.diffusion_model."] + (["logvar"] if lo["learn_logvar"] else [])),
+              "outputs": {"loss": "loss", "loss_vlb": "train/loss_vlb", "out": "the UNet output",
+                          "lvlb_weights": "register_schedule's lvlb_weights",
+                          "grad.<name>": "gradient of every parameter at the weights of model.safetensors",
+                          "after3.<name>": "every parameter after 3 steps (train_unet_attn only)"}}]
+    write_golden(out, name,
+                 "UNetModel with legacy AttentionBlocks (use_spatial_transformer false) and label_emb "
+                 "(num_classes 10, y = labels): %s; LatentDiffusion.p_losses with %s; every parameter random"
+                 % (json.dumps(v["unet"]), json.dumps(lo)),
+                 attn_yaml(v), weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -525,8 +707,15 @@ def main():
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden")
     install_stubs()
     torch.set_num_threads(1)
-    make_train_unet(out)
-    make_train_ae(out)
+    only = sys.argv[3:]  # optional golden names
+    if not only or "train_unet" in only:
+        make_train_unet(out)
+    if not only or "train_ae" in only:
+        make_train_ae(out)
+    install_ddpm_stubs()
+    for name, v in ATTN_VARIANTS.items():
+        if not only or name in only:
+            make_train_unet_attn(out, name, v)
 
 
 if __name__ == "__main__":

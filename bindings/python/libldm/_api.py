@@ -77,7 +77,8 @@ class TrainParams(Structure):
                 ("max_steps", c_int64), ("max_minutes", c_double), ("batch_size", c_int),
                 ("learning_rate", c_double), ("cond_drop_rate", c_double), ("save_every", c_int),
                 ("seed", c_uint64), ("n_threads", c_int), ("callback", TRAIN_CALLBACK),
-                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p)]
+                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p),
+                ("max_activation_bytes", c_uint64)]
 
 
 # The library refuses struct_size above this, so it is also the most any *_params_init may write.
