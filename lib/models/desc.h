@@ -40,6 +40,7 @@ typedef struct ld_unet {
     int num_classes;             /* 0: not class-conditional via y */
     int legacy;
     int use_scale_shift_norm;    /* ResBlock FiLM: emb_layers output 2*out_channels (lsun_churches) */
+    int time_cond_proj_dim;      /* LCM guidance embedding width (time_embed.cond_proj), 0: none */
 } ld_unet;
 
 typedef enum {
