@@ -511,12 +511,14 @@ typedef struct ldm_generate_params {
     int width, height;            /* output pixels; 0: the model's training size (negative: an error) */
     int batch;                    /* images per call, default 1 */
     ldm_sampler_kind sampler;     /* default DDIM */
-    int steps;                    /* default 50 */
+    int steps;                    /* default 50; 0: the sampler's default (4 for LDM_SAMPLER_LCM) */
     float eta;                    /* DDIM eta, default 0 */
     float guidance_scale;         /* classifier-free guidance scale (1: off). 0 (default): the model's
                                      own default, 7.5 for text models, 3 for class models with an
-                                     unconditional class, 1 for models that cannot be guided. A
-                                     scale != 1 that the model cannot apply is an error. */
+                                     unconditional class, 1 for models that cannot be guided and
+                                     for the LCM sampler; 8.5 for an LCM-distilled UNet, whose
+                                     guidance embedding takes it (no unconditional branch then).
+                                     A scale != 1 that the model cannot apply is an error. */
     uint64_t seed;                /* x_T = ldm_randn(seed, 0); sampler noise from the same seed */
     const ldm_tensor *init_image; /* image-to-image / inpainting source */
     float strength;               /* image-to-image: fraction of the schedule re-run, default 0.75 */
