@@ -350,12 +350,13 @@ typedef enum ldm_parameterization {
     LDM_PARAM_X0 = 2 /* the network predicts x0 ("sample"): only the LCM sampler takes it */
 } ldm_parameterization;
 
-/* Where the k-samplers (EULER ... DPMPP_2M_KARRAS) place their `steps` noise levels.
+/* Where the k-samplers place their `steps` noise levels (TRAILING: EULER, EULER_ANCESTRAL, HEUN
+ * and DPMPP_2M; an error for the other kinds).
  * DEFAULT: k-diffusion's get_sigmas (t = linspace(T-1, 0, steps), Karras for DPMPP_2M_KARRAS).
  * TRAILING: diffusers' timestep_spacing "trailing" (t_i = round(T - i*T/steps) - 1: 999 for one
  * step, 999, 749, 499, 249 for four), the model's own sigma at each, then 0; the k-sampler
  * starts from x_T * sigma(999) and the model sees the integer timesteps. This is how the
- * SD-Turbo / SDXL-Turbo model cards run them (docs/few-step.md). Other kinds take DEFAULT only. */
+ * SD-Turbo / SDXL-Turbo model cards run them (docs/few-step.md). */
 typedef enum ldm_timestep_spacing {
     LDM_SPACING_DEFAULT = 0,
     LDM_SPACING_TRAILING = 1
