@@ -47,8 +47,8 @@ static ldm_model *load_fixture_model(void)
 
 static void expect_ts(const int64_t *got, const int64_t *want, int n)
 {
-    for (int i = 0; i < n; i++) ck_assert_msg(got[i] == want[i], "t[%d] = %lld, want %lld", i, (long long)got[i],
-                                              (long long)want[i]);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(got[i] == want[i], "t[%d] = %lld, want %lld", i, (long long)got[i], (long long)want[i]);
 }
 
 START_TEST(lcm_timesteps_as_lcmscheduler)
@@ -225,7 +225,8 @@ START_TEST(spacing_and_param_errors)
     int n_sig;
     const double *sig = ls_sampler_sigmas(s, &n_sig);
     ck_assert_int_eq(n_sig, 5);
-    ck_assert(sig[0] == (double)ls_sampler_ksched(s)->sigmas[999] && sig[3] == (double)ls_sampler_ksched(s)->sigmas[249]);
+    ck_assert(sig[0] == (double)ls_sampler_ksched(s)->sigmas[999] &&
+              sig[3] == (double)ls_sampler_ksched(s)->sigmas[249]);
     ck_assert(sig[4] == 0.0 && ls_sampler_step_timestep(s, 1) == 749.0);
     ldm_sampler_free(s);
 }
@@ -256,7 +257,8 @@ START_TEST(guidance_embedding_golden)
         double r = lt_f32(ref)[i];
         max_err = fmax(max_err, fabs(emb[i] - r));
         max_effect = fmax(max_effect, fabs(plain[i] - r));
-        ck_assert_msg(fabs(emb[i] - r) <= tol.atol + tol.rtol * fabs(r), "time_emb[%d] = %g, diffusers %g", i, emb[i], r);
+        ck_assert_msg(fabs(emb[i] - r) <= tol.atol + tol.rtol * fabs(r), "time_emb[%d] = %g, diffusers %g", i, emb[i],
+                      r);
     }
     /* the embedding must matter far beyond the tolerance, or this test could not fail */
     ck_assert_msg(max_effect > 100 * tol.atol, "guidance effect %g vs atol %g", max_effect, tol.atol);
@@ -393,8 +395,11 @@ static const char *one_tensor_file(const char *file, const char *name, int d0, i
 
 START_TEST(guidance_embedding_shape_checked)
 {
-    static const struct { int d0, d1; ldm_status want; int dim; } cases[] = {
-        {32, 256, LDM_OK, 256}, {16, 256, LDM_ERR_FORMAT, 0}, {32, 2, LDM_ERR_FORMAT, 0}};
+    static const struct {
+        int d0, d1;
+        ldm_status want;
+        int dim;
+    } cases[] = {{32, 256, LDM_OK, 256}, {16, 256, LDM_ERR_FORMAT, 0}, {32, 2, LDM_ERR_FORMAT, 0}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = one_tensor_file("cp.safetensors", "model.diffusion_model.time_embed.cond_proj.weight",
                                            cases[i].d0, cases[i].d1);
@@ -402,8 +407,10 @@ START_TEST(guidance_embedding_shape_checked)
         ck_assert_int_eq(lw_open(path, 0, &s), LDM_OK);
         int dim = -1;
         ck_assert_int_eq(lunet_probe_guidance_embedding(s, "model.diffusion_model.", 32, &dim), cases[i].want);
-        if (cases[i].want == LDM_OK) ck_assert_int_eq(dim, cases[i].dim);
-        else ck_assert_ptr_nonnull(strstr(ldm_last_error(), "time_embed.cond_proj.weight"));
+        if (cases[i].want == LDM_OK)
+            ck_assert_int_eq(dim, cases[i].dim);
+        else
+            ck_assert_ptr_nonnull(strstr(ldm_last_error(), "time_embed.cond_proj.weight"));
         ck_assert_int_eq(lunet_probe_guidance_embedding(s, "other.", 32, &dim), LDM_OK);
         ck_assert_int_eq(dim, 0);
         lw_close(s);
@@ -430,4 +437,7 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void) { return ck_run_in_tmpdir(suite(), "fewstep"); }
+int main(void)
+{
+    return ck_run_in_tmpdir(suite(), "fewstep");
+}

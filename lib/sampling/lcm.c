@@ -46,9 +46,12 @@ void ls_lcm_step(const float *x, const float *model_out, int param, float a_t, f
     float sa_prev = sqrtf(a_prev), sb_prev = sqrtf(1.0f - a_prev);
     for (size_t i = 0; i < n; i++) {
         float x0;
-        if (param == LDM_PARAM_EPS) x0 = (x[i] - sb * model_out[i]) / sa;
-        else if (param == LDM_PARAM_V) x0 = sa * x[i] - sb * model_out[i];
-        else x0 = model_out[i];
+        if (param == LDM_PARAM_EPS)
+            x0 = (x[i] - sb * model_out[i]) / sa;
+        else if (param == LDM_PARAM_V)
+            x0 = sa * x[i] - sb * model_out[i];
+        else
+            x0 = model_out[i];
         float d = c_out * x0 + c_skip * x[i];
         denoised[i] = d;
         x_next[i] = noise ? sa_prev * d + sb_prev * noise[i] : d;
