@@ -318,6 +318,13 @@ LDM_API ldm_status ldm_tokenizer_encode(ldm_tokenizer *tok, const char *const *p
  *   the host's UNet must accept non-integer timesteps (the sinusoidal embedding is continuous).
  *   Heun evaluates twice per step except on the last one (to sigma 0): 2*steps - 1 evaluations.
  *
+ * - LCM [diffusers LCMScheduler]: `steps` (default 4 in ldm_generate) of the lcm_original_steps
+ *   (50) distillation timesteps (50/4: 999, 759, 499, 259); each step maps the output to x0
+ *   (eps, v or x0 parameterization), applies the consistency boundary conditions (c_skip, c_out
+ *   with timestep_scaling 10, sigma_data 0.5) and, except after the last step, re-noises the
+ *   denoised sample to the next timestep with that step's noise row: x = sqrt(a_next) x0 +
+ *   sqrt(1 - a_next) noise. The final x is the denoised sample; pred_x0 is each step's denoised.
+ *
  * Guidance combines raw outputs (eps or v) linearly; that is exact for both parameterizations.
  * Noise: by default drawn with ldm_randn(seed, 1 + k, ...) for step k (stream 0 is left for the
  * host's x_T); ldm_sampler_set_noise() supplies it instead. */
@@ -331,12 +338,29 @@ typedef enum ldm_sampler_kind {
     LDM_SAMPLER_EULER_ANCESTRAL = 4,
     LDM_SAMPLER_HEUN = 5,
     LDM_SAMPLER_DPMPP_2M = 6,
-    LDM_SAMPLER_DPMPP_2M_KARRAS = 7
+    LDM_SAMPLER_DPMPP_2M_KARRAS = 7,
+    LDM_SAMPLER_LCM = 8 /* Latent Consistency Models (diffusers LCMScheduler), docs/few-step.md */
 } ldm_sampler_kind;
 
 /* What the network predicts: the noise (eps, LDM and SD 1.x/2.x-base) or v = sqrt(ac)*eps -
  * sqrt(1-ac)*x0 (SD 2.x 768-v models; `parameterization: "v"` in the config, not in checkpoints). */
-typedef enum ldm_parameterization { LDM_PARAM_EPS = 0, LDM_PARAM_V = 1 } ldm_parameterization;
+typedef enum ldm_parameterization {
+    LDM_PARAM_EPS = 0,
+    LDM_PARAM_V = 1,
+    LDM_PARAM_X0 = 2 /* the network predicts x0 ("sample"): only the LCM sampler takes it */
+} ldm_parameterization;
+
+/* Where the k-samplers place their `steps` noise levels (TRAILING: EULER, EULER_ANCESTRAL, HEUN
+ * and DPMPP_2M; an error for the other kinds).
+ * DEFAULT: k-diffusion's get_sigmas (t = linspace(T-1, 0, steps), Karras for DPMPP_2M_KARRAS).
+ * TRAILING: diffusers' timestep_spacing "trailing" (t_i = round(T - i*T/steps) - 1: 999 for one
+ * step, 999, 749, 499, 249 for four), the model's own sigma at each, then 0; the k-sampler
+ * starts from x_T * sigma(999) and the model sees the integer timesteps. This is how the
+ * SD-Turbo / SDXL-Turbo model cards run them (docs/few-step.md). */
+typedef enum ldm_timestep_spacing {
+    LDM_SPACING_DEFAULT = 0,
+    LDM_SPACING_TRAILING = 1
+} ldm_timestep_spacing;
 
 typedef struct ldm_sampler_params {
     size_t struct_size;    /* set by ldm_sampler_params_init() */
@@ -345,6 +369,8 @@ typedef struct ldm_sampler_params {
     float eta;             /* DDIM only (default 0); PLMS requires 0; EULER_ANCESTRAL always uses 1 */
     int ddim_quad;         /* DDIM/PLMS timestep spacing: 0 'uniform' (default), 1 'quad' */
     uint64_t seed;         /* seed of the default noise (ldm_randn); default 0 */
+    ldm_timestep_spacing spacing; /* k-samplers only; default LDM_SPACING_DEFAULT */
+    int lcm_original_steps;       /* LCM: original_inference_steps of the distillation, default 50 */
 } ldm_sampler_params;
 
 LDM_API void ldm_sampler_params_init(ldm_sampler_params *p);
@@ -396,7 +422,8 @@ LDM_API ldm_status ldm_sampler_give(ldm_sampler *s, const ldm_tensor *model_outp
 
 /* Optional fixed noise: F32 [n_rows, <shape of x_T>]; row k is the standard-normal noise of step
  * k (DDIM: times sigma_k, even when that is 0; DDPM: times the posterior std, unused at t = 0;
- * EULER_ANCESTRAL: times sigma_up; other kinds use none). n_rows must be >= the total steps of a
+ * EULER_ANCESTRAL: times sigma_up; LCM: the re-noising after step k, the last row unused; other
+ * kinds use none). n_rows must be >= the total steps of a
  * noise-using kind (checked at begin). Copied. NULL returns to the seeded generator. */
 LDM_API ldm_status ldm_sampler_set_noise(ldm_sampler *s, const ldm_tensor *noise);
 
@@ -485,12 +512,14 @@ typedef struct ldm_generate_params {
     int width, height;            /* output pixels; 0: the model's training size (negative: an error) */
     int batch;                    /* images per call, default 1 */
     ldm_sampler_kind sampler;     /* default DDIM */
-    int steps;                    /* default 50 */
+    int steps;                    /* default 50; 0: the sampler's default (4 for LDM_SAMPLER_LCM) */
     float eta;                    /* DDIM eta, default 0 */
     float guidance_scale;         /* classifier-free guidance scale (1: off). 0 (default): the model's
                                      own default, 7.5 for text models, 3 for class models with an
-                                     unconditional class, 1 for models that cannot be guided. A
-                                     scale != 1 that the model cannot apply is an error. */
+                                     unconditional class, 1 for models that cannot be guided and
+                                     for the LCM sampler; 8.5 for an LCM-distilled UNet, whose
+                                     guidance embedding takes it (no unconditional branch then).
+                                     A scale != 1 that the model cannot apply is an error. */
     uint64_t seed;                /* x_T = ldm_randn(seed, 0); sampler noise from the same seed */
     const ldm_tensor *init_image; /* image-to-image / inpainting source */
     float strength;               /* image-to-image: fraction of the schedule re-run, default 0.75 */
@@ -506,6 +535,8 @@ typedef struct ldm_generate_params {
                                      used as the unconditional branch of guidance and for samples
                                      without class_label. LDM_UNCOND_CLASS_AUTO (default): see below;
                                      LDM_UNCOND_CLASS_NONE: the model has none; >= 0: that class. */
+    ldm_timestep_spacing timestep_spacing; /* k-samplers: DEFAULT or TRAILING (SD-Turbo, SDXL-Turbo) */
+    int lcm_original_steps;       /* LCM sampler: original_inference_steps, 0 = 50 */
 } ldm_generate_params;
 
 /* The unconditional class of a class-conditional model (ldm_generate_params.uncond_class).
@@ -687,6 +718,24 @@ LDM_API ldm_status ldm_trainer_progress(const ldm_trainer *trainer, ldm_train_pr
 /* Asks a running ldm_trainer_step/run to stop after the current step (any thread). */
 LDM_API void ldm_trainer_interrupt(ldm_trainer *trainer);
 LDM_API void ldm_trainer_free(ldm_trainer *trainer);
+
+/* ---------------------------------------------------------------- few-step models (LCM guidance embedding) */
+
+/* LCM-distilled UNets carry a guidance embedding (diffusers UNet2DConditionModel
+ * time_cond_proj_dim, weight `time_embedding.cond_proj.weight`; in the CompVis layout this
+ * library reads: `model.diffusion_model.time_embed.cond_proj.weight` [model_channels, dim]): the
+ * guidance scale w' is given to the network instead of running classifier-free guidance,
+ *     emb = time_embed(timestep_embedding(t) + cond_proj(guidance_embedding((w' - 1) * 1000))),
+ * guidance_embedding(v)[j] = sin(v f_j), [half + j] = cos(v f_j), f_j = exp(-j ln(10000)/(half - 1))
+ * (the LCM pipeline's get_guidance_scale_embedding; note sin first, unlike the timestep's).
+ * ldm_generate passes guidance_scale there and runs no unconditional branch for such a model
+ * (default guidance 8.5, the LCM pipeline's). Returns the embedding width, 0 when the model has
+ * none (or is NULL). */
+LDM_API int ldm_model_guidance_embedding_dim(const ldm_model *model);
+/* ldm_model_apply with the guidance embedding of `guidance_scale` (w = guidance_scale - 1) added
+ * to the timestep embedding. LDM_ERR_UNSUPPORTED when the model has no guidance embedding. */
+LDM_API ldm_status ldm_model_apply_embedded_guidance(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                                     const ldm_tensor *cond, float guidance_scale, ldm_tensor **out);
 
 #ifdef __cplusplus
 }

@@ -60,7 +60,13 @@ static const struct {
     {INP, "  --mask FILE.png         the mask, white = repaint (required)\n"},
     {I2I | INP, "  --strength F            fraction of the schedule re-run, 0.001 .. 1 (default 0.75 for img2img; 1 for\n"
                 "                          inpaint: the masked part from pure noise; inpainting models ignore it)\n"},
-    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras\n"},
+    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras,\n"
+          "                          lcm (Latent Consistency Models and LCM-LoRA; docs/few-step.md)\n"},
+    {RUN, "  --spacing NAME          euler, euler_a, heun, dpmpp_2m: default (k-diffusion) or trailing (diffusers'\n"
+          "                          \"trailing\": 999, 749, 499, 249 for 4 steps; SD-Turbo / SDXL-Turbo)\n"
+          "  --turbo                 SD-Turbo / SDXL-Turbo settings (the weights cannot tell): --sampler euler_a\n"
+          "                          --spacing trailing --steps 1 --cfg-scale 1 unless given (1 to 4 steps)\n"
+          "  --lcm-original-steps N  lcm: the distillation's schedule, 1 .. 10000 (default 50)\n"},
     {RUN, "  --steps N               sampler steps, 1 .. 10000 (default 50); with T the model's training timesteps\n"
           "                          (1000 for the CompVis and SD models):\n"
           "                          ddim, plms: evenly spaced timesteps 1 + k * (T/N rounded down): N of them\n"
@@ -68,13 +74,16 @@ static const struct {
           "                            the model once more;\n"
           "                          euler, euler_a, heun, dpmpp_2m: N noise levels evenly spaced in timestep from\n"
           "                            T-1 to 0 (dpmpp_2m_karras: Karras spacing); heun evaluates 2N-1 times;\n"
+          "                          lcm (default N = 4): N of the --lcm-original-steps timesteps (4 of 50: 999,\n"
+          "                            759, 499, 259); --turbo: default N = 1;\n"
           "                          ddpm: NOT respaced: the last N consecutive training timesteps N-1, ..., 1, 0,\n"
           "                            started from pure noise, so only N >= T (e.g. --steps 1000) runs the whole\n"
           "                            chain; fewer steps leave noise in the image\n"},
     {I2I | INP, "                          img2img and mask blending run the last max(1, int(strength * N)) of them\n"},
     {RUN, "  --cfg-scale F           classifier-free guidance scale, 0 .. 100; 1 = off (default 0 = the model's\n"
           "                          default: 7.5 for text models, 3 for class models with an unconditional\n"
-          "                          class, off otherwise)\n"},
+          "                          class, off otherwise; lcm: off, or 8.5 fed to an LCM-distilled UNet's\n"
+          "                          guidance embedding, which runs no unconditional branch)\n"},
     {RUN, "  --eta F                 DDIM noise, 0 .. 10 (default 0; plms needs 0)\n"},
     {RUN, "  --seed N                0 .. 18446744073709551615 (default: random, printed); recorded in the PNG\n"},
     {RUN, "  --batch N               images, 1 .. 64 (default 1); image k is generated on its own with seed N+k\n"

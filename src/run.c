@@ -203,7 +203,9 @@ static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progre
     p->height = o->height;
     p->batch = 1;
     p->sampler = (ldm_sampler_kind)cli_sampler_kind(o->sampler_name);
-    p->steps = o->steps;
+    p->steps = o->steps; /* 0: the sampler's default */
+    p->timestep_spacing = !strcmp(o->spacing_name, "trailing") ? LDM_SPACING_TRAILING : LDM_SPACING_DEFAULT;
+    p->lcm_original_steps = o->lcm_original_steps;
     p->eta = o->eta;
     p->guidance_scale = o->cfg_scale;
     /* inpainting regenerates the hole from pure noise unless --strength says otherwise */
@@ -243,6 +245,7 @@ static void describe_params(const cli_options *o, const ldm_generate_params *r, 
     else if (r->class_label >= 0 && r->uncond_class == LDM_UNCOND_CLASS_NONE)
         append(buf, cap, &n, ", Uncond class: none");
     if (r->eta != 0.0f) append(buf, cap, &n, ", Eta: %g", r->eta);
+    if (r->timestep_spacing == LDM_SPACING_TRAILING) append(buf, cap, &n, ", Schedule: trailing");
     if (o->init && strcmp(o->command, "upscale")) append(buf, cap, &n, ", Denoising strength: %g", r->strength);
     append(buf, cap, &n, ", Model: %s", model_name(o));
 }

@@ -245,6 +245,19 @@ static ldm_status op_apply_model(runner *r, const lj_value *call)
     return LDM_OK;
 }
 
+/* ldm.apply_model with an LCM guidance embedding: params.guidance_scale goes into the UNet. */
+static ldm_status op_apply_embedded_guidance(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs");
+    ldm_tensor *out = NULL;
+    LDM_TRY(need_model(r));
+    float scale = (float)lj_number(lj_get(lj_get(call, "params"), "guidance_scale"), 1.0);
+    LDM_TRY(ldm_model_apply_embedded_guidance(r->model, input(r, in, "x"), input(r, in, "timesteps"),
+                                              input(r, in, "context"), scale, &out));
+    emit(r, lj_get(call, "outputs"), "out", out);
+    return LDM_OK;
+}
+
 static ldm_status op_cond_tokens(runner *r, const lj_value *call)
 {
     ldm_conditioner *cond;
@@ -354,7 +367,17 @@ static ldm_status op_layout_tokens(runner *r, const lj_value *call)
     return LDM_OK;
 }
 
+static ldm_status op_sampler_spaced(runner *r, const lj_value *call, ldm_sampler_kind kind,
+                                    ldm_timestep_spacing spacing);
+
 static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind kind)
+{
+    return op_sampler_spaced(r, call, kind, LDM_SPACING_DEFAULT);
+}
+
+/* params.guidance_embedding true: the guidance scale goes into an LCM-distilled UNet. */
+static ldm_status op_sampler_spaced(runner *r, const lj_value *call, ldm_sampler_kind kind,
+                                    ldm_timestep_spacing spacing)
 {
     LDM_TRY(need_model(r));
     fx_sample_spec spec = {0};
@@ -365,6 +388,9 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
     spec.guidance_scale = (float)lj_number(lj_get(params, "guidance_scale"), 1.0);
     spec.x_T = input(r, in, "x_T");
     spec.noise = input(r, in, "noise");
+    spec.spacing = spacing;
+    const lj_value *ge = lj_get(params, "guidance_embedding");
+    spec.guidance_embedding = ge && ge->type == LJ_BOOL && ge->boolean;
     ldm_status st = cond_from_spec(r, lj_get(params, "cond"), in, &spec.cond);
     if (st == LDM_OK) st = cond_from_spec(r, lj_get(params, "uncond"), in, &spec.uncond);
     fx_sample_result res = {0};
@@ -381,6 +407,7 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
         emit(r, out, "samples", res.samples);
         emit(r, out, "image", res.image);
         emit(r, out, "model_output_step0", res.model_output_step0);
+        emit(r, out, "sigmas", res.sigmas);
         emit(r, out, "c", spec.cond);
         emit(r, out, "uc", spec.uncond);
         return LDM_OK;
@@ -393,6 +420,15 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
 
 static ldm_status op_ddim(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_DDIM); }
 static ldm_status op_plms(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_PLMS); }
+static ldm_status op_lcm(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_LCM); }
+static ldm_status op_euler_trailing(runner *r, const lj_value *call)
+{
+    return op_sampler_spaced(r, call, LDM_SAMPLER_EULER, LDM_SPACING_TRAILING);
+}
+static ldm_status op_euler_a_trailing(runner *r, const lj_value *call)
+{
+    return op_sampler_spaced(r, call, LDM_SAMPLER_EULER_ANCESTRAL, LDM_SPACING_TRAILING);
+}
 
 static const struct {
     const char *name;
@@ -419,6 +455,10 @@ static const struct {
     {"tokenizer.bert", op_tok_bert},
     {"sampler.ddim", op_ddim},
     {"sampler.plms", op_plms},
+    {"sampler.lcm", op_lcm},
+    {"sampler.euler_trailing", op_euler_trailing},
+    {"sampler.euler_ancestral_trailing", op_euler_a_trailing},
+    {"ldm.apply_model_embedded_guidance", op_apply_embedded_guidance},
 };
 
 /* ---------------------------------------------------------------- fixture */

@@ -112,6 +112,21 @@ if run uncond 0 "$LDM" generate --steps 2 --seed 1 --sampler dpmpp_2m_karras --w
     ok "no class: unconditional sample; --width/--height; a k-sampler"
 else bad "no class: unconditional sample; --width/--height; a k-sampler"; fi
 
+# Few-step settings (docs/few-step.md): the LCM sampler (4 steps, guidance off unless the UNet has
+# a guidance embedding) and the --turbo preset (euler_a, trailing spacing, 1 step, guidance 1),
+# both recorded in the PNG's parameters.
+if run lcm 0 "$LDM" generate --sampler lcm --seed 3 --class 3 -o "$T/lcm.png" && [ -s "$T/lcm.png" ] &&
+    grep -aq "Steps: 4, Sampler: lcm, CFG scale: 1," "$T/lcm.png"; then
+    ok "--sampler lcm: 4 steps and guidance 1 by default"
+else bad "--sampler lcm: 4 steps and guidance 1 by default"; fi
+if run turbo 0 "$LDM" generate --turbo --seed 3 --class 3 -o "$T/turbo.png" && [ -s "$T/turbo.png" ] &&
+    grep -aq "Steps: 1, Sampler: euler_a, CFG scale: 1,.*Schedule: trailing" "$T/turbo.png"; then
+    ok "--turbo: euler_a, trailing spacing, 1 step, guidance 1"
+else bad "--turbo: euler_a, trailing spacing, 1 step, guidance 1"; fi
+if run badspacing 2 "$LDM" generate --spacing leading && has "$T/err" "default or trailing"; then
+    ok "--spacing: an unknown name is refused"
+else bad "--spacing: an unknown name is refused"; fi
+
 # ---------------------------------------------------------------- progress bar
 if run notty 0 "$LDM" generate --steps 4 --seed 1 -o "$T/p.png" && ! has "$T/err" "4/4" &&
     ! grep -q "$(printf '\r')" "$T/err"; then

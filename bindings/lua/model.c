@@ -233,7 +233,8 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
                                         "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
                                         "seed",     "init_image",      "strength",    "mask",       "cond_image",
                                         "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
-                                        NULL};
+                                        "timestep_spacing", "lcm_original_steps", NULL};
+    static const char *const spacings[] = {"default", "trailing", NULL};
     ldm_generate_params_init(p);
     lb_check_options(L, opts, "generate", known);
     p->prompt = lb_opt_string(L, opts, "prompt", NULL);
@@ -251,6 +252,8 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     p->strength = (float)lb_opt_number(L, opts, "strength", p->strength);
     p->vae_tile = lb_opt_int(L, opts, "vae_tile", p->vae_tile);
     p->uncond_class = opt_uncond_class(L, opts);
+    p->timestep_spacing = (ldm_timestep_spacing)lb_opt_choice(L, opts, "timestep_spacing", "default", spacings);
+    p->lcm_original_steps = lb_opt_int(L, opts, "lcm_original_steps", p->lcm_original_steps);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
@@ -298,7 +301,7 @@ static int m_generate(lua_State *L)
 static int m_resolve_generate_params(lua_State *L)
 {
     static const char *const samplers[] = {"ddim", "plms", "ddpm", "euler", "euler_a", "heun", "dpmpp_2m",
-                                           "dpmpp_2m_karras"};
+                                           "dpmpp_2m_karras", "lcm"};
     ldm_model *m = lb_check_model(L, 1);
     lua_settop(L, 2);
     if (lua_isnil(L, 2)) {
@@ -318,7 +321,8 @@ static int m_resolve_generate_params(lua_State *L)
         const char *name;
         int value;
     } ints[] = {{"class_label", r.class_label}, {"width", r.width}, {"height", r.height},
-                {"batch", r.batch},             {"steps", r.steps}, {"vae_tile", r.vae_tile}};
+                {"batch", r.batch},             {"steps", r.steps}, {"vae_tile", r.vae_tile},
+                {"lcm_original_steps", r.lcm_original_steps}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         lua_pushinteger(L, ints[i].value);
         lua_setfield(L, -2, ints[i].name);
@@ -337,6 +341,8 @@ static int m_resolve_generate_params(lua_State *L)
     if (r.uncond_class == LDM_UNCOND_CLASS_NONE) lua_pushliteral(L, "none");
     else lua_pushinteger(L, r.uncond_class);
     lua_setfield(L, -2, "uncond_class");
+    lua_pushstring(L, r.timestep_spacing == LDM_SPACING_TRAILING ? "trailing" : "default");
+    lua_setfield(L, -2, "timestep_spacing");
     return 1;
 }
 
@@ -367,6 +373,28 @@ static int m_apply_guided(lua_State *L)
     float scale = (float)luaL_checknumber(L, 6);
     ldm_tensor **out = lb_push_tensor_slot(L);
     LB_MODEL_CALL(L, 1, ldm_model_apply_guided(m, x, t, cond, uncond, scale, out), "ldm_model_apply_guided");
+    return 1;
+}
+
+/* m:apply_embedded_guidance(x, timesteps, cond, guidance_scale): an LCM-distilled UNet */
+static int m_apply_embedded_guidance(lua_State *L)
+{
+    lua_settop(L, 5);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_timesteps(L, 3, 1);
+    const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
+    float scale = (float)luaL_checknumber(L, 5);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, 1, ldm_model_apply_embedded_guidance(m, x, t, cond, scale, out),
+                  "ldm_model_apply_embedded_guidance");
+    return 1;
+}
+
+/* m:guidance_embedding_dim() -> 0 unless the UNet is LCM-distilled */
+static int m_guidance_embedding_dim(lua_State *L)
+{
+    lua_pushinteger(L, ldm_model_guidance_embedding_dim(lb_check_model(L, 1)));
     return 1;
 }
 
@@ -455,6 +483,8 @@ void lb_model_register(lua_State *L, int module)
                                        {"generate", m_generate},
                                        {"apply", m_apply},
                                        {"apply_guided", m_apply_guided},
+                                       {"apply_embedded_guidance", m_apply_embedded_guidance},
+                                       {"guidance_embedding_dim", m_guidance_embedding_dim},
                                        {"decode_latent", m_decode_latent},
                                        {"inpaint_cond", m_inpaint_cond},
                                        {"p_sample", m_p_sample},

@@ -144,13 +144,14 @@ void lb_check_options(lua_State *L, int idx, const char *what, const char *const
 ldm_sampler_kind lb_sampler_kind(lua_State *L, const char *name)
 {
     static const char *const names[] = {"ddim", "plms", "ddpm", "euler", "euler_a", "heun", "dpmpp_2m",
-                                        "dpmpp_2m_karras", NULL};
+                                        "dpmpp_2m_karras", "lcm", NULL};
     static const ldm_sampler_kind kinds[] = {LDM_SAMPLER_DDIM, LDM_SAMPLER_PLMS, LDM_SAMPLER_DDPM,
                                              LDM_SAMPLER_EULER, LDM_SAMPLER_EULER_ANCESTRAL, LDM_SAMPLER_HEUN,
-                                             LDM_SAMPLER_DPMPP_2M, LDM_SAMPLER_DPMPP_2M_KARRAS};
+                                             LDM_SAMPLER_DPMPP_2M, LDM_SAMPLER_DPMPP_2M_KARRAS, LDM_SAMPLER_LCM};
     for (int i = 0; names[i]; i++)
         if (!strcmp(name, names[i])) return kinds[i];
-    luaL_error(L, "unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras)", name);
+    luaL_error(L, "unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, lcm)",
+               name);
     return LDM_SAMPLER_DDIM;
 }
 

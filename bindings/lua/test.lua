@@ -738,6 +738,20 @@ test("examples/minimal.lua", function()
     end
 end)
 
+test("few-step: lcm sampler, trailing spacing, resolved defaults (docs/few-step.md)", function()
+    local r = demo:resolve_generate_params{sampler = "lcm", steps = 0}
+    eq(r.sampler, "lcm", "sampler") eq(r.steps, 4, "lcm default steps") eq(r.guidance_scale, 1.0, "lcm guidance off")
+    eq(r.lcm_original_steps, 50, "lcm_original_steps")
+    r = demo:resolve_generate_params{sampler = "euler_a", timestep_spacing = "trailing", steps = 1, guidance_scale = 1}
+    eq(r.timestep_spacing, "trailing", "timestep_spacing") eq(r.steps, 1, "steps")
+    eq(demo:guidance_embedding_dim(), 0, "no guidance embedding")
+    local ac = {}
+    for t = 1, 1000 do ac[t] = 0.9999 - 0.00099 * (t - 1) end
+    eq(ldm.sampler(ac, {kind = "lcm", steps = 4}):total_steps(), 4, "lcm steps")
+    eq(ldm.sampler(ac, {kind = "euler", steps = 4, spacing = "trailing"}):total_steps(), 4, "trailing steps")
+    raises("trailing", ldm.sampler, ac, {kind = "ddim", steps = 4, spacing = "trailing"})
+end)
+
 demo:close()
 print(("lua: %d passed, %d failed%s"):format(passed, failed, skipped > 0 and (", %d skipped"):format(skipped) or ""))
 os.exit(failed == 0 and passed > 0 and 0 or 1)

@@ -110,5 +110,8 @@ ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out);
+/* lm_apply with the LCM guidance embedding of *guidance_scale for the whole batch (NULL: none). */
+ldm_status lm_apply_w(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond,
+                      const float *guidance_scale, ldm_tensor **out);
 
 #endif

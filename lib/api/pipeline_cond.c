@@ -43,7 +43,7 @@ static ldm_status class_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gene
                         n - 1);
     LDM_TRY(encode_class(cond, p->class_label, p->batch, &out->cond));
     LDM_TRY(lp_check_cancel(m, "while encoding the class"));
-    if (p->guidance_scale != 1.0f && p->class_label != p->uncond_class)
+    if (lp_cfg_branch(m, p) && p->class_label != p->uncond_class)
         LDM_TRY(encode_class(cond, p->uncond_class, p->batch, &out->uncond));
     return LDM_OK;
 }
@@ -102,7 +102,7 @@ static ldm_status text_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gener
     }
     LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
     LDM_TRY(lp_check_cancel(m, "while encoding the prompt"));
-    if (p->guidance_scale != 1.0f) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
+    if (lp_cfg_branch(m, p)) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
     if (m->desc.variant == LD_VARIANT_INPAINT_HYBRID) {
         if (!p->init_image || !p->mask)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");
@@ -218,7 +218,33 @@ static const char *unguidable(const ldm_model *m)
     }
 }
 
+int lp_cfg_branch(const ldm_model *m, const ldm_generate_params *p)
+{
+    return p->guidance_scale != 1.0f && m->desc.unet.time_cond_proj_dim <= 0;
+}
+
+static ldm_status resolve_guidance(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p);
+
+/* Few-step defaults: steps 0 -> 4 for LCM (the LCM pipelines' default), 50 otherwise; an
+ * LCM-distilled UNet (guidance embedding) takes the scale as an input and runs no unconditional
+ * branch, default 8.5 as LatentConsistencyModelPipeline; the LCM sampler on other models (LCM-LoRA)
+ * defaults to guidance 1 (off). */
 ldm_status lp_resolve_cond(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
+{
+    if (p->steps == 0) p->steps = p->sampler == LDM_SAMPLER_LCM ? 4 : 50;
+    if (p->sampler == LDM_SAMPLER_LCM && p->lcm_original_steps == 0) p->lcm_original_steps = 50;
+    if (m->desc.unet.time_cond_proj_dim <= 0) {
+        if (p->guidance_scale == 0.0f && p->sampler == LDM_SAMPLER_LCM) p->guidance_scale = 1.0f;
+        return resolve_guidance(m, in, p);
+    }
+    float g = p->guidance_scale;
+    p->guidance_scale = 1.0f; /* the class/text checks see no guidance branch */
+    LDM_TRY(resolve_guidance(m, in, p));
+    p->guidance_scale = g == 0.0f ? 8.5f : g;
+    return LDM_OK;
+}
+
+static ldm_status resolve_guidance(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
 {
     int is_class = m->desc.conditioning_key != LD_CONDKEY_NONE && m->desc.conditioning_key != LD_CONDKEY_CONCAT &&
                    m->desc.cond.kind == LD_COND_CLASS;

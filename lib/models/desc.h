@@ -44,6 +44,7 @@ typedef struct ld_unet {
     double dropout;              /* ResBlock out_layers Dropout */
     int use_checkpoint;          /* recompute blocks in backward (lib/train) */
     int use_new_attention_order; /* AttentionBlock: QKVAttention instead of QKVAttentionLegacy */
+    int time_cond_proj_dim;      /* LCM guidance embedding width (time_embed.cond_proj), 0: none */
 } ld_unet;
 
 typedef enum {

@@ -24,8 +24,9 @@ MAX_DIMS = 6
 
 WEIGHTS = {"auto": 0, "ema": 1, "raw": 2}
 SAMPLERS = {"ddim": 0, "plms": 1, "ddpm": 2, "euler": 3, "euler_a": 4, "euler_ancestral": 4,
-            "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7}
-PARAMETERIZATIONS = {"eps": 0, "v": 1}
+            "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7, "lcm": 8}
+PARAMETERIZATIONS = {"eps": 0, "v": 1, "x0": 2}
+SPACINGS = {"default": 0, "trailing": 1}  # ldm_timestep_spacing
 TOKENIZERS = {"clip": 0, "openclip": 1, "bert": 2}
 AUTOENCODER_KINDS = {0: "kl", 1: "vq"}
 CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 4: "bert",
@@ -49,7 +50,7 @@ class ModelParams(Structure):
 
 class SamplerParams(Structure):
     _fields_ = [("struct_size", c_size_t), ("kind", c_int), ("steps", c_int), ("eta", c_float),
-                ("ddim_quad", c_int), ("seed", c_uint64)]
+                ("ddim_quad", c_int), ("seed", c_uint64), ("spacing", c_int), ("lcm_original_steps", c_int)]
 
 
 class GenerateParams(Structure):
@@ -60,7 +61,7 @@ class GenerateParams(Structure):
                 ("strength", c_float), ("mask", c_void_p), ("cond_image", c_void_p),
                 ("layout_tokens", c_void_p), ("vae_tile", c_int),
                 ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p),
-                ("uncond_class", c_int)]
+                ("uncond_class", c_int), ("timestep_spacing", c_int), ("lcm_original_steps", c_int)]
 
 
 class TrainProgress(Structure):
@@ -180,6 +181,8 @@ _proto("ldm_randn", _S, c_uint64, c_uint64, _P)
 
 _proto("ldm_model_apply", _S, _P, _P, _P, _P, _OUT)
 _proto("ldm_model_apply_guided", _S, _P, _P, _P, _P, _P, c_float, _OUT)
+_proto("ldm_model_apply_embedded_guidance", _S, _P, _P, _P, _P, c_float, _OUT)
+_proto("ldm_model_guidance_embedding_dim", c_int, _P)
 _proto("ldm_model_decode_latent", _S, _P, _P, _OUT)
 _proto("ldm_model_inpaint_cond", _S, _P, _P, _P, _OUT)
 _proto("ldm_model_p_sample", _S, _P, _P, _P, _P, _P, _OUT)
