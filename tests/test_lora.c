@@ -14,9 +14,9 @@
 #include "ldm.h"
 #include "support/ck_tmpdir.h"
 
-#define FIX "tests/fixtures/lora_sd1/"
+#define FIX   "tests/fixtures/lora_sd1/"
 #define KOHYA FIX "lora_kohya.safetensors"
-#define PEFT FIX "lora_peft.safetensors"
+#define PEFT  FIX "lora_peft.safetensors"
 
 static ldm_model *load(void)
 {
@@ -35,8 +35,10 @@ static ldm_tensor *filled(ldm_dtype dt, int ndim, const int64_t *shape, int salt
     ck_assert_int_eq(ldm_tensor_create(dt, ndim, shape, &t), LDM_OK);
     int64_t n = ldm_tensor_numel(t);
     for (int64_t i = 0; i < n; i++) {
-        if (dt == LDM_F32) ((float *)ldm_tensor_data(t))[i] = (float)sin(0.37 * (double)i + salt);
-        else ((int64_t *)ldm_tensor_data(t))[i] = (i * 7 + salt) % 1000;
+        if (dt == LDM_F32)
+            ((float *)ldm_tensor_data(t))[i] = (float)sin(0.37 * (double)i + salt);
+        else
+            ((int64_t *)ldm_tensor_data(t))[i] = (i * 7 + salt) % 1000;
     }
     return t;
 }
@@ -73,7 +75,10 @@ static int same_tensor(ldm_tensor *a, ldm_tensor *b)
            memcmp(ldm_tensor_data(a), ldm_tensor_data(b), (size_t)ldm_tensor_numel(a) * sizeof(float)) == 0;
 }
 
-static int same(outputs a, outputs b) { return same_tensor(a.unet, b.unet) && same_tensor(a.text, b.text); }
+static int same(outputs a, outputs b)
+{
+    return same_tensor(a.unet, b.unet) && same_tensor(a.text, b.text);
+}
 
 static void release(outputs o)
 {
@@ -162,7 +167,7 @@ static const char *rewrite_peft(const char *out, void (*rename)(const char *in, 
     ck_assert_int_eq(lw_open(PEFT, 0, &s), LDM_OK);
     size_t n = lw_count(s);
     lw_out_tensor *t = calloc(n, sizeof *t);
-    char (*names)[256] = calloc(n, sizeof *names);
+    char(*names)[256] = calloc(n, sizeof *names);
     for (size_t i = 0; i < n; i++) {
         const lw_tensor *w = lw_at(s, i);
         rename(w->name, names[i], sizeof names[i]);
@@ -283,7 +288,8 @@ START_TEST(bad_files_are_refused_by_name)
     refused(&(one_lora){Q, {4, 16}, {16, 4}, NAN, 0.1f, NULL}, LDM_ERR_NUMERIC, Q ".alpha");
     refused(&(one_lora){Q, {4, 16}, {16, 4}, 0, INFINITY, NULL}, LDM_ERR_NUMERIC, Q ".lora_up.weight");
     refused(&(one_lora){Q, {4, 16}, {16, 4}, 1e30f, 3e38f, NULL}, LDM_ERR_NUMERIC, "non-finite");
-    refused(&(one_lora){Q, {4, 16}, {16, 4}, 0, 0.1f, Q ".lora_mid.weight"}, LDM_ERR_FORMAT, "lora_mid.weight: unsupported");
+    refused(&(one_lora){Q, {4, 16}, {16, 4}, 0, 0.1f, Q ".lora_mid.weight"}, LDM_ERR_FORMAT,
+            "lora_mid.weight: unsupported");
     refused(&(one_lora){Q, {4, 16}, {16, 4}, 0, 0.1f, "some_tensor"}, LDM_ERR_FORMAT, "some_tensor: not a LoRA key");
     refused(&(one_lora){Q, {4, 16}, {16, 4}, 0, 0.1f, "lora_te_x.lora_up.weight"}, LDM_ERR_FORMAT,
             "lora_te_x: up without its down weight");
@@ -293,8 +299,8 @@ END_TEST
 START_TEST(unmatched_keys_skipped_on_request)
 {
     ldm_model *m = load();
-    const char *path = write_one("skip.safetensors",
-                                 &(one_lora){Q, {4, 16}, {16, 4}, 2, 0.1f, "lora_unet_nowhere.lora_down.weight"});
+    const char *path =
+        write_one("skip.safetensors", &(one_lora){Q, {4, 16}, {16, 4}, 2, 0.1f, "lora_unet_nowhere.lora_down.weight"});
     int id = 0;
     ck_assert_int_eq(ldm_model_lora_add(m, path, 1.0, 0, &id), LDM_ERR_FORMAT);
     ck_assert_msg(ldm_model_lora_add(m, path, 1.0, LDM_LORA_ALLOW_UNMATCHED, &id) == LDM_OK, "%s", ldm_last_error());

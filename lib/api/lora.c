@@ -61,22 +61,22 @@ static const struct {
     const char *suffix;
     key_role role;
 } suffixes[] = {
-    {".lora_down.weight", ROLE_DOWN},                  /* kohya / webui */
+    {".lora_down.weight", ROLE_DOWN}, /* kohya / webui */
     {".lora_up.weight", ROLE_UP},
-    {".lora_A.weight", ROLE_DOWN},                     /* PEFT */
+    {".lora_A.weight", ROLE_DOWN}, /* PEFT */
     {".lora_B.weight", ROLE_UP},
-    {".lora_linear_layer.down.weight", ROLE_DOWN},     /* older diffusers text encoders */
+    {".lora_linear_layer.down.weight", ROLE_DOWN}, /* older diffusers text encoders */
     {".lora_linear_layer.up.weight", ROLE_UP},
-    {".lora.down.weight", ROLE_DOWN},                  /* older diffusers */
+    {".lora.down.weight", ROLE_DOWN}, /* older diffusers */
     {".lora.up.weight", ROLE_UP},
-    {"_lora.down.weight", ROLE_DOWN},                  /* diffusers attention processors */
+    {"_lora.down.weight", ROLE_DOWN}, /* diffusers attention processors */
     {"_lora.up.weight", ROLE_UP},
     {".alpha", ROLE_ALPHA},
-    {".lora_mid.weight", ROLE_UNSUPPORTED},            /* LyCORIS LoCon (Tucker) */
-    {".dora_scale", ROLE_UNSUPPORTED},                 /* DoRA */
-    {".diff", ROLE_UNSUPPORTED},                       /* LyCORIS full weights */
-    {".hada_w1_a", ROLE_UNSUPPORTED},                  /* LoHa */
-    {".lokr_w1", ROLE_UNSUPPORTED},                    /* LoKr */
+    {".lora_mid.weight", ROLE_UNSUPPORTED}, /* LyCORIS LoCon (Tucker) */
+    {".dora_scale", ROLE_UNSUPPORTED},      /* DoRA */
+    {".diff", ROLE_UNSUPPORTED},            /* LyCORIS full weights */
+    {".hada_w1_a", ROLE_UNSUPPORTED},       /* LoHa */
+    {".lokr_w1", ROLE_UNSUPPORTED},         /* LoKr */
 };
 
 typedef struct module_keys {
@@ -163,13 +163,11 @@ static ldm_status group_keys(const lw_store *f, module_keys **out, size_t *n_out
             problem(bad, "%s: unsupported (LyCORIS/DoRA variant)", t->name);
             continue;
         }
+        /* Keys of one module are usually adjacent in the store's sorted order (searched from the
+         * last module back); processor-style names rewritten to another spelling may not be. */
         module_keys *k = NULL;
-        for (size_t j = n; j-- > 0 && !k;) /* keys of one module are adjacent in sorted order */
+        for (size_t j = n; j-- > 0 && !k;)
             if (strcmp(m[j].module, module) == 0) k = &m[j];
-        if (!k) {
-            for (size_t j = 0; j < n && !k; j++)
-                if (strcmp(m[j].module, module) == 0) k = &m[j];
-        }
         if (!k) {
             k = &m[n];
             if (!(k->module = ldm_strdup(module))) {
@@ -179,8 +177,10 @@ static ldm_status group_keys(const lw_store *f, module_keys **out, size_t *n_out
             n++;
         }
         const lw_tensor **slot = role == ROLE_DOWN ? &k->down : role == ROLE_UP ? &k->up : &k->alpha;
-        if (*slot) problem(bad, "%s: a second %s key for module %s", t->name, role == ROLE_ALPHA ? "alpha" : "weight", module);
-        else *slot = t;
+        if (*slot)
+            problem(bad, "%s: a second %s key for module %s", t->name, role == ROLE_ALPHA ? "alpha" : "weight", module);
+        else
+            *slot = t;
     }
     qsort(m, n, sizeof *m, module_cmp);
     *out = m;
@@ -198,13 +198,16 @@ static void shape_text(const lw_tensor *t, char *buf, size_t cap)
 
 /* The numbers of module `k` as a delta on the weight its name reaches; a problem of the file
  * (shapes, ranks) goes to `bad` and leaves *ok 0; hostile values are errors. */
-static ldm_status read_module(const lw_store *f, const lora_names *names, const module_keys *k, lora_delta *d,
-                              int *ok, problems *bad)
+static ldm_status read_module(const lw_store *f, const lora_names *names, const module_keys *k, lora_delta *d, int *ok,
+                              problems *bad)
 {
     char ds[96], us[96];
     *ok = 0;
     if (!k->down || !k->up) {
-        problem(bad, "%s: %s without its %s", k->module, k->down ? "down" : k->up ? "up" : "alpha",
+        problem(bad, "%s: %s without its %s", k->module,
+                k->down ? "down"
+                : k->up ? "up"
+                        : "alpha",
                 k->down ? "up weight" : "down weight");
         return LDM_OK;
     }
@@ -234,7 +237,7 @@ static ldm_status read_module(const lw_store *f, const lora_names *names, const 
     double alpha = (double)rank;
     if (k->alpha) {
         float *a = NULL;
-        if (k->alpha->nbytes / (k->alpha->dtype <= LW_F64 ? lw_dtype_size(k->alpha->dtype) : 1) != 1)
+        if (k->alpha->nbytes != lw_dtype_size(k->alpha->dtype))
             return ldm_fail(LDM_ERR_FORMAT, "%s: %s: alpha is not a scalar", lw_path(f), k->alpha->name);
         LDM_TRY(lw_get_f32(f, k->alpha->name, -1, NULL, &a));
         double v = a[0];
@@ -282,8 +285,10 @@ static ldm_status read_lora(ldm_model *m, const lw_store *f, const lora_names *n
         int ok;
         st = read_module(f, names, &mods[i], &l->d[l->n], &ok, &bad);
         if (st == LDM_OK && ok) {
-            if (names->w[l->d[l->n].weight].component == LORA_UNET) l->n_unet++;
-            else l->n_text++;
+            if (names->w[l->d[l->n].weight].component == LORA_UNET)
+                l->n_unet++;
+            else
+                l->n_text++;
             l->n++;
         }
     }
@@ -348,8 +353,10 @@ static void point_store(ldm_model *m, float **bufs)
 {
     const lora_names *nm = &m->loras->names;
     for (size_t i = 0; i < nm->n_w; i++) {
-        if (bufs[i]) lw_store_override(m->store, nm->w[i].name, bufs[i]); /* cannot fail: known name */
-        else lw_store_restore(m->store, nm->w[i].name);
+        if (bufs[i])
+            lw_store_override(m->store, nm->w[i].name, bufs[i]); /* cannot fail: known name */
+        else
+            lw_store_restore(m->store, nm->w[i].name);
     }
 }
 
@@ -400,7 +407,8 @@ static ldm_status apply_set(ldm_model *m, lm_lora *const *items, int n_items)
         st = rebuild(m, changed[LORA_UNET], changed[LORA_TEXT]);
         if (st != LDM_OK) {
             float **old = L->merged;
-            if (old) point_store(m, old);
+            if (old)
+                point_store(m, old);
             else
                 for (size_t i = 0; i < nw; i++) lw_store_restore(m->store, L->names.w[i].name);
         }
@@ -438,8 +446,8 @@ static ldm_status loras_of(ldm_model *m, lm_loras **out)
     }
     lm_loras *L = m->loras;
     if (!L->names_built) {
-        LDM_TRY(ldm_fail_context(lora_names_build(m->store, &m->desc, m->use_ema, &L->names), "%s: LoRA names: ",
-                                 m->path));
+        LDM_TRY(
+            ldm_fail_context(lora_names_build(m->store, &m->desc, m->use_ema, &L->names), "%s: LoRA names: ", m->path));
         L->names_built = 1;
     }
     *out = L;
@@ -457,8 +465,10 @@ ldm_status ldm_model_lora_add(ldm_model *model, const char *path, double multipl
 {
     if (id) *id = 0;
     if (!path) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_lora_add: path is NULL");
-    if (!isfinite(multiplier)) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_lora_add: multiplier is not finite");
-    if (flags & ~LDM_LORA_ALLOW_UNMATCHED) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_lora_add: unknown flags 0x%x", flags);
+    if (!isfinite(multiplier))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_lora_add: multiplier is not finite");
+    if (flags & ~LDM_LORA_ALLOW_UNMATCHED)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_lora_add: unknown flags 0x%x", flags);
     LM_BEGIN(model, "ldm_model_lora_add");
     lm_loras *L = NULL;
     LDM_TRY(loras_of(model, &L));
@@ -539,7 +549,10 @@ ldm_status ldm_model_lora_clear(ldm_model *model)
     return LDM_OK;
 }
 
-int ldm_model_lora_count(const ldm_model *model) { return model && model->loras ? model->loras->n : 0; }
+int ldm_model_lora_count(const ldm_model *model)
+{
+    return model && model->loras ? model->loras->n : 0;
+}
 
 ldm_status ldm_model_lora_get(const ldm_model *model, int index, ldm_lora_info *info)
 {

@@ -29,8 +29,8 @@ typedef struct te_tower {
 } te_tower;
 
 static const te_tower towers[] = {
-    {"lora_te_", "text_encoder.", "cond_stage_model.transformer.", 0},        /* SD1: HF CLIP ViT-L */
-    {"lora_te_", "text_encoder.", "cond_stage_model.model.", 1},              /* SD2: OpenCLIP ViT-H */
+    {"lora_te_", "text_encoder.", "cond_stage_model.transformer.", 0},         /* SD1: HF CLIP ViT-L */
+    {"lora_te_", "text_encoder.", "cond_stage_model.model.", 1},               /* SD2: OpenCLIP ViT-H */
     {"lora_te1_", "text_encoder.", "conditioner.embedders.0.transformer.", 0}, /* SDXL: CLIP ViT-L */
     {"lora_te2_", "text_encoder_2.", "conditioner.embedders.1.model.", 1},     /* SDXL: OpenCLIP bigG */
 };
@@ -41,9 +41,12 @@ static const struct {
     const char *openclip, *hf;
     int third;
 } openclip_layers[] = {
-    {"attn.in_proj_weight", "self_attn.q_proj", 0},  {"attn.in_proj_weight", "self_attn.k_proj", 1},
-    {"attn.in_proj_weight", "self_attn.v_proj", 2},  {"attn.out_proj.weight", "self_attn.out_proj", -1},
-    {"mlp.c_fc.weight", "mlp.fc1", -1},              {"mlp.c_proj.weight", "mlp.fc2", -1},
+    {"attn.in_proj_weight", "self_attn.q_proj", 0},
+    {"attn.in_proj_weight", "self_attn.k_proj", 1},
+    {"attn.in_proj_weight", "self_attn.v_proj", 2},
+    {"attn.out_proj.weight", "self_attn.out_proj", -1},
+    {"mlp.c_fc.weight", "mlp.fc1", -1},
+    {"mlp.c_proj.weight", "mlp.fc2", -1},
 };
 
 void lora_names_free(lora_names *n)
@@ -62,7 +65,10 @@ static int has_suffix(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
-static int has_prefix(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
+static int has_prefix(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
 
 static ldm_status grow(void **p, size_t *cap, size_t n, size_t elem)
 {
@@ -123,8 +129,10 @@ static ldm_status add_unet(lora_names *n, const lw_store *s, const ld_unet *u, i
         const lw_tensor *t = lw_at(s, i);
         char path[512], diff[512], read[600];
         if ((t->ndim != 2 && t->ndim != 4) || !module_path(t->name, UNET_PREFIX, path, sizeof path)) continue;
-        if (use_ema) lw_ema_name(t->name, read, sizeof read);
-        else snprintf(read, sizeof read, "%s", t->name);
+        if (use_ema)
+            lw_ema_name(t->name, read, sizeof read);
+        else
+            snprintf(read, sizeof read, "%s", t->name);
         const lw_tensor *rt = lw_find(s, read);
         if (!rt || rt->ndim != t->ndim) continue; /* the UNet will say what is missing */
         int w;
@@ -163,8 +171,10 @@ static ldm_status add_openclip_tower(lora_names *n, const lw_store *s, const te_
             if (!t || t->ndim != 2) continue;
             any = 1;
             int third = openclip_layers[j].third, w;
-            if (third < 0 || fused < 0) LDM_TRY(add_weight(n, name, t, LORA_TEXT, &w));
-            else w = fused;
+            if (third < 0 || fused < 0)
+                LDM_TRY(add_weight(n, name, t, LORA_TEXT, &w));
+            else
+                w = fused;
             if (third >= 0) fused = w;
             int64_t rows = third < 0 ? t->shape[0] : t->shape[0] / 3, row0 = third < 0 ? 0 : third * rows;
             snprintf(hf, sizeof hf, "text_model.encoder.layers.%d.%s", block, openclip_layers[j].hf);
@@ -175,7 +185,10 @@ static ldm_status add_openclip_tower(lora_names *n, const lw_store *s, const te_
     }
 }
 
-static int key_cmp(const void *a, const void *b) { return strcmp(((const lora_key *)a)->key, ((const lora_key *)b)->key); }
+static int key_cmp(const void *a, const void *b)
+{
+    return strcmp(((const lora_key *)a)->key, ((const lora_key *)b)->key);
+}
 
 ldm_status lora_names_build(const lw_store *s, const ld_model *desc, int use_ema, lora_names *out)
 {
@@ -184,7 +197,8 @@ ldm_status lora_names_build(const lw_store *s, const ld_model *desc, int use_ema
     if (desc->unet.present) st = add_unet(out, s, &desc->unet, use_ema);
     for (size_t i = 0; st == LDM_OK && i < LDM_ARRAY_LEN(towers); i++) {
         char probe[256];
-        snprintf(probe, sizeof probe, "%s%s", towers[i].root, towers[i].openclip ? "transformer.resblocks." : "text_model.");
+        snprintf(probe, sizeof probe, "%s%s", towers[i].root,
+                 towers[i].openclip ? "transformer.resblocks." : "text_model.");
         if (!lw_has_prefix(s, probe)) continue;
         st = towers[i].openclip ? add_openclip_tower(out, s, &towers[i]) : add_hf_tower(out, s, &towers[i]);
     }
