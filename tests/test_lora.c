@@ -14,18 +14,28 @@
 #include "ldm.h"
 #include "support/ck_tmpdir.h"
 
-#define FIX   "tests/fixtures/lora_sd1/"
-#define KOHYA FIX "lora_kohya.safetensors"
-#define PEFT  FIX "lora_peft.safetensors"
+/* tests/fixtures/lora_sd1/<name>, found from this file's path (the tests may run elsewhere). */
+static const char *fix(const char *name)
+{
+    static char path[4][1024];
+    static int next;
+    const char *slash = strrchr(__FILE__, '/');
+    int dirlen = slash ? (int)(slash - __FILE__) + 1 : 0;
+    char *p = path[next++ % 4];
+    snprintf(p, sizeof path[0], "%.*sfixtures/lora_sd1/%s", dirlen, __FILE__, name);
+    return p;
+}
+#define KOHYA fix("lora_kohya.safetensors")
+#define PEFT  fix("lora_peft.safetensors")
 
 static ldm_model *load(void)
 {
     ldm_model_params p;
     ldm_model_params_init(&p);
-    p.config_path = FIX "config.yaml";
+    p.config_path = fix("config.yaml");
     p.n_threads = 2;
     ldm_model *m = NULL;
-    ck_assert_msg(ldm_model_load(FIX "model.safetensors", &p, &m) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_msg(ldm_model_load(fix("model.safetensors"), &p, &m) == LDM_OK, "%s", ldm_last_error());
     return m;
 }
 
@@ -312,8 +322,8 @@ START_TEST(unmatched_keys_skipped_on_request)
     ck_assert_int_eq(ldm_model_lora_add(m, path, NAN, 0, &id), LDM_ERR_INVALID_ARGUMENT);
     ck_assert_int_eq(ldm_model_lora_add(m, path, 1.0, 0x80, &id), LDM_ERR_INVALID_ARGUMENT);
     /* a checkpoint is not a LoRA file */
-    ck_assert_int_eq(ldm_model_lora_add(m, FIX "model.safetensors", 1.0, 0, &id), LDM_ERR_FORMAT);
-    ck_assert_int_eq(ldm_model_lora_add(m, FIX "missing.safetensors", 1.0, 0, &id), LDM_ERR_IO);
+    ck_assert_int_eq(ldm_model_lora_add(m, fix("model.safetensors"), 1.0, 0, &id), LDM_ERR_FORMAT);
+    ck_assert_int_eq(ldm_model_lora_add(m, fix("missing.safetensors"), 1.0, 0, &id), LDM_ERR_IO);
     ck_assert_int_eq(ldm_model_lora_count(m), 1);
     ldm_model_free(m);
 }
