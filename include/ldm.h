@@ -737,6 +737,55 @@ LDM_API int ldm_model_guidance_embedding_dim(const ldm_model *model);
 LDM_API ldm_status ldm_model_apply_embedded_guidance(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
                                                      const ldm_tensor *cond, float guidance_scale, ldm_tensor **out);
 
+/* ---------------------------------------------------------------- LoRA */
+
+/* LoRA files merged into a loaded model's weights (docs/lora.md): kohya-ss / AUTOMATIC1111 files
+ * (`lora_unet_*`, `lora_te_*` / `lora_te1_*` / `lora_te2_*` with .lora_down / .lora_up / .alpha,
+ * LoCon on 3x3 convolutions included), diffusers / PEFT files (`unet.*`, `text_encoder.*` with
+ * .lora_A / .lora_B, the older .lora.down / .lora.up and attention-processor keys), as
+ * .safetensors or PyTorch .pt / .ckpt (read by the library's restricted unpickler). Each adds
+ * multiplier * (alpha / rank) * up @ down to the weight it names (alpha absent or 0: the rank);
+ * SD2's fused q/k/v projection takes HF-named q/k/v deltas in its row thirds.
+ *
+ * Merging replaces each affected matrix by a private float32 copy (the checkpoint's bytes are
+ * never written, float16 ones included); removing a LoRA recomputes those copies from the file's
+ * values and the LoRAs that remain, and a matrix no LoRA touches any more reads the file again:
+ * the weights are then bit-identical to never having applied it. Networks already created are
+ * rebuilt from the new weights (their caches of transformed weights go with them); add LoRAs
+ * right after ldm_model_load to pay nothing for that. Several LoRAs stack in the order added.
+ *
+ * Every key of a file must be used: an unknown module name, an unsupported key (e.g. LyCORIS
+ * lora_mid, DoRA), a shape that does not fit the weight it names or up/down ranks that disagree
+ * fail with LDM_ERR_FORMAT naming the keys and nothing is merged; with
+ * LDM_LORA_ALLOW_UNMATCHED those keys are skipped instead and listed in a LDM_LOG_WARN message.
+ * Non-finite values or alpha, and ranks above the weight's own dimensions, are always errors. */
+#define LDM_LORA_ALLOW_UNMATCHED 1u
+
+typedef struct ldm_lora_info {
+    size_t struct_size;   /* set by the caller: sizeof(ldm_lora_info) */
+    int id;               /* the handle ldm_model_lora_add returned */
+    const char *path;     /* as given; valid until the LoRA is removed */
+    double multiplier;
+    int n_unet_layers;    /* UNet weights it changes */
+    int n_text_layers;    /* text-encoder weight slices it changes */
+    int n_skipped_keys;   /* keys skipped under LDM_LORA_ALLOW_UNMATCHED */
+} ldm_lora_info;
+
+/* Reads `path` and merges it with `multiplier` (flags: 0 or LDM_LORA_ALLOW_UNMATCHED). *id (may
+ * be NULL) receives a handle > 0, unique within the model. On failure nothing changes. */
+LDM_API ldm_status ldm_model_lora_add(ldm_model *model, const char *path, double multiplier, unsigned flags,
+                                      int *id);
+/* Takes LoRA `id` out again (LDM_ERR_NOT_FOUND for an unknown id). */
+LDM_API ldm_status ldm_model_lora_remove(ldm_model *model, int id);
+/* Changes LoRA `id`'s multiplier (the same as removing it and adding it again at its place). */
+LDM_API ldm_status ldm_model_lora_set_multiplier(ldm_model *model, int id, double multiplier);
+/* Removes every LoRA: the model computes with the checkpoint's own weights again. */
+LDM_API ldm_status ldm_model_lora_clear(ldm_model *model);
+/* The number of LoRAs merged (0 for NULL). */
+LDM_API int ldm_model_lora_count(const ldm_model *model);
+/* LoRA number `index` (0 .. count-1, in the order added). info->struct_size must be set. */
+LDM_API ldm_status ldm_model_lora_get(const ldm_model *model, int index, ldm_lora_info *info);
+
 #ifdef __cplusplus
 }
 #endif

@@ -22,6 +22,8 @@ typedef struct cli_options {
     uint64_t seed;                  /* image k of a batch uses seed + k */
     size_t max_memory;              /* bytes; 0: no cap */
     int seed_given, strength_given, quiet;
+    const char *loras[16];          /* --lora FILE[:WEIGHT], merged in this order */
+    int n_loras;
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help

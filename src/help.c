@@ -93,6 +93,8 @@ static const struct {
           "                          the training size)\n"},
     {RUN, "  --vae-tile N            decode in tiles of N latent pixels, -1 .. 4096 (default 0: automatic; -1: never)\n"},
     {RUN, "  --weights auto|ema|raw  EMA or trained weights (default auto: EMA when the checkpoint has them)\n"},
+    {RUN, "  --lora FILE[:WEIGHT]    merge a LoRA (kohya/webui or diffusers/PEFT .safetensors, .pt/.ckpt) with\n"
+          "                          WEIGHT (default 1); repeatable, up to 16, applied in order (docs/lora.md)\n"},
     {RUN, "  --threads N             0 .. 1024 (default 0: all online CPUs)\n"},
     {ALL, "  --max-memory SIZE       refuse any single allocation above SIZE: bytes, or with K, M or G (powers of\n"
           "                          1024), model loading and input images included (default 0: no cap)\n"},

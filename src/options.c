@@ -192,13 +192,22 @@ static const struct {
 
 static const char *const parsed_options[] = {
     "--class",     "--uncond-class", "--steps", "--width",    "--height", "--batch",     "--threads", "--vae-tile",
-    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--lcm-original-steps"};
+    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--lcm-original-steps",
+    "--lora"};
 
 /* The options whose value is a number (or a keyword); returns 0 handled, 1 not one of them,
  * 2 a bad value. */
 static int parsed_option(cli_options *o, const char *opt, const char *v)
 {
     if (!strcmp(opt, "--class")) return parse_class_list(v, o);
+    if (!strcmp(opt, "--lora")) {
+        if (o->n_loras == (int)(sizeof o->loras / sizeof o->loras[0])) {
+            fprintf(stderr, "ldm: at most %d --lora options\n", o->n_loras);
+            return 2;
+        }
+        o->loras[o->n_loras++] = v;
+        return 0;
+    }
     if (!strcmp(opt, "--uncond-class")) return parse_uncond(v, &o->uncond_class);
     if (!strcmp(opt, "--steps")) return parse_int(opt, v, 1, 10000, &o->steps);
     if (!strcmp(opt, "--width")) return parse_int(opt, v, 8, 16384, &o->width);

@@ -98,7 +98,42 @@ static const char *model_name(const cli_options *o)
     return env && *env ? env : "builtin:glyphs";
 }
 
+/* --lora FILE[:WEIGHT]: the weight is what follows the last ':' when that reads as a number
+ * (else the whole argument is the file, weight 1). */
+static ldm_status add_loras(const cli_options *o, ldm_model *m)
+{
+    for (int i = 0; i < o->n_loras; i++) {
+        char path[4096];
+        double weight = 1.0;
+        snprintf(path, sizeof path, "%s", o->loras[i]);
+        char *colon = strrchr(path, ':'), *end = NULL;
+        if (colon && colon[1]) {
+            double w = strtod(colon + 1, &end);
+            if (end && *end == 0) {
+                weight = w;
+                *colon = 0;
+            }
+        }
+        ldm_status st = ldm_model_lora_add(m, path, weight, 0, NULL);
+        if (st != LDM_OK) return st;
+        note(o, "ldm: LoRA %s merged with weight %g\n", path, weight);
+    }
+    return LDM_OK;
+}
+
+static ldm_status load_model_only(const cli_options *o, ldm_model **m);
+
 static ldm_status load_model(const cli_options *o, ldm_model **m)
+{
+    ldm_status st = load_model_only(o, m);
+    if (st == LDM_OK && (st = add_loras(o, *m)) != LDM_OK) {
+        ldm_model_free(*m);
+        *m = NULL;
+    }
+    return st;
+}
+
+static ldm_status load_model_only(const cli_options *o, ldm_model **m)
 {
     ldm_model_params mp;
     ldm_model_params_init(&mp);

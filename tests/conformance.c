@@ -430,6 +430,30 @@ static ldm_status op_euler_a_trailing(runner *r, const lj_value *call)
     return op_sampler_spaced(r, call, LDM_SAMPLER_EULER_ANCESTRAL, LDM_SPACING_TRAILING);
 }
 
+/* LoRA (tests/fixtures/lora_*): params.file is relative to the fixture directory. */
+static ldm_status op_lora_add(runner *r, const lj_value *call)
+{
+    const lj_value *params = lj_get(call, "params");
+    char path[4096];
+    LDM_TRY(need_model(r));
+    snprintf(path, sizeof path, "%s/%s", r->dir, lj_string(lj_get(params, "file"), ""));
+    return ldm_model_lora_add(r->model, path, lj_number(lj_get(params, "multiplier"), 1.0), 0, NULL);
+}
+
+static ldm_status op_lora_clear(runner *r, const lj_value *call)
+{
+    LDM_TRY(need_model(r));
+    return ldm_model_lora_clear(r->model);
+}
+
+static ldm_status op_lora_remove_last(runner *r, const lj_value *call)
+{
+    ldm_lora_info info = {.struct_size = sizeof info};
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_lora_get(r->model, ldm_model_lora_count(r->model) - 1, &info));
+    return ldm_model_lora_remove(r->model, info.id);
+}
+
 static const struct {
     const char *name;
     op_fn fn;
@@ -459,6 +483,9 @@ static const struct {
     {"sampler.euler_trailing", op_euler_trailing},
     {"sampler.euler_ancestral_trailing", op_euler_a_trailing},
     {"ldm.apply_model_embedded_guidance", op_apply_embedded_guidance},
+    {"lora.add", op_lora_add},
+    {"lora.clear", op_lora_clear},
+    {"lora.remove_last", op_lora_remove_last},
 };
 
 /* ---------------------------------------------------------------- fixture */

@@ -549,6 +549,19 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         --config "$FX/ldm_sd1_txt2img/config.yaml" --prompt "a red fox" --steps 2 -o "$T/x.png" && has "$T/err" "vocab"; then
         ok "a missing vocabulary is explained, exit 1"
     else bad "a missing vocabulary is explained, exit 1"; fi
+    # LoRA (docs/lora.md): tests/fixtures/lora_sd1's kohya file fits this model's UNet and text tower.
+    LORA=tests/fixtures/lora_sd1/lora_kohya.safetensors
+    if run lora 0 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
+        --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
+        --negative-prompt "blurry" --steps 6 --seed 5 --lora "$LORA:0.7" -o "$T/text-lora.png" &&
+        [ -s "$T/text-lora.png" ] && ! cmp -s "$T/text.png" "$T/text-lora.png"; then
+        ok "--lora FILE:0.7 changes the image"
+    else bad "--lora FILE:0.7 changes the image"; fi
+    if run lorabad 1 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
+        --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a" --steps 2 \
+        --lora "$FX/ldm_sd1_txt2img/model.safetensors" -o "$T/x.png" && has "$T/err" "not a LoRA key"; then
+        ok "--lora with a checkpoint instead of a LoRA: named keys, exit 1"
+    else bad "--lora with a checkpoint instead of a LoRA: named keys, exit 1"; fi
 else
     skip "ldm_sd1_txt2img and the CLIP vocabulary fixture (set LDM_SHARED)"
 fi

@@ -118,6 +118,67 @@ static int m_set_threads(lua_State *L)
     return 0;
 }
 
+/* ---- LoRA (docs/lora.md) */
+
+/* m:add_lora(path [, multiplier [, allow_unmatched]]) -> id */
+static int m_add_lora(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    const char *path = luaL_checkstring(L, 2);
+    double multiplier = luaL_optnumber(L, 3, 1.0);
+    unsigned flags = lua_toboolean(L, 4) ? LDM_LORA_ALLOW_UNMATCHED : 0;
+    int id = 0;
+    LB_MODEL_CALL(L, 1, ldm_model_lora_add(m, path, multiplier, flags, &id), "ldm_model_lora_add");
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+static int m_remove_lora(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    int id = lb_arg_int(L, 2, "remove_lora: id", 0, 0);
+    LB_MODEL_CALL(L, 1, ldm_model_lora_remove(m, id), "ldm_model_lora_remove");
+    return 0;
+}
+
+static int m_set_lora_multiplier(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    int id = lb_arg_int(L, 2, "set_lora_multiplier: id", 0, 0);
+    double multiplier = luaL_checknumber(L, 3);
+    LB_MODEL_CALL(L, 1, ldm_model_lora_set_multiplier(m, id, multiplier),
+                  "ldm_model_lora_set_multiplier");
+    return 0;
+}
+
+static int m_clear_loras(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    LB_MODEL_CALL(L, 1, ldm_model_lora_clear(m), "ldm_model_lora_clear");
+    return 0;
+}
+
+/* m:loras() -> {{id=, path=, multiplier=, n_unet_layers=, n_text_layers=, n_skipped_keys=}, ...} */
+static int m_loras(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    int n = ldm_model_lora_count(m);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        ldm_lora_info info = {.struct_size = sizeof info};
+        lb_check(L, ldm_model_lora_get(m, i, &info), "ldm_model_lora_get");
+        lua_createtable(L, 0, 6);
+        lua_pushinteger(L, info.id), lua_setfield(L, -2, "id");
+        lua_pushstring(L, info.path), lua_setfield(L, -2, "path");
+        lua_pushnumber(L, info.multiplier), lua_setfield(L, -2, "multiplier");
+        lua_pushinteger(L, info.n_unet_layers), lua_setfield(L, -2, "n_unet_layers");
+        lua_pushinteger(L, info.n_text_layers), lua_setfield(L, -2, "n_text_layers");
+        lua_pushinteger(L, info.n_skipped_keys), lua_setfield(L, -2, "n_skipped_keys");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 static int m_interrupt(lua_State *L)
 {
     lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
@@ -493,6 +554,11 @@ void lb_model_register(lua_State *L, int module)
                                        {"unet", m_unet},
                                        {"conditioner", m_conditioner},
                                        {"set_abort_callback", m_set_abort_callback},
+                                       {"add_lora", m_add_lora},
+                                       {"remove_lora", m_remove_lora},
+                                       {"set_lora_multiplier", m_set_lora_multiplier},
+                                       {"clear_loras", m_clear_loras},
+                                       {"loras", m_loras},
                                        {NULL, NULL}};
     static const luaL_Reg functions[] = {{"load", l_load}, {"load_builtin", l_builtin}, {NULL, NULL}};
     lb_new_class(L, LB_MODEL, methods, m_gc);

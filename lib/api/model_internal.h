@@ -17,6 +17,7 @@ struct lclip;
 struct lbert;
 struct lclass;
 struct lrescaler;
+struct lm_loras;
 
 struct ldm_autoencoder {
     ldm_model *model;
@@ -59,6 +60,7 @@ struct ldm_model {
     struct ldm_autoencoder *ae;
     struct ldm_unet *unet;
     struct ldm_conditioner *cond;
+    struct lm_loras *loras;         /* LoRAs merged into the weights (lora.c), NULL: none yet */
 };
 
 /* Loading steps shared by files and built-in models: a new model with its params read, the rest
@@ -70,6 +72,8 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
 void lm_model_discard(ldm_model *m);
 void lm_free_components(ldm_model *m);
+/* lora.c: the LoRA state and merged copies (the store's overrides are restored). */
+void lm_loras_free(ldm_model *m);
 /* Between the phases of a generation (text encoding, sampling, decoding): the weights of the
  * phase just finished leave the resident set (they stay in the page cache and come back on the
  * next use), the kernels' scratch cache is emptied and free heap memory returned. This is what

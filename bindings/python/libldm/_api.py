@@ -69,6 +69,13 @@ class TrainProgress(Structure):
                 ("seconds", c_double), ("images_per_second", c_double), ("phase", c_char_p)]
 
 
+class LoraInfo(Structure):
+    _fields_ = [("struct_size", c_size_t), ("id", c_int), ("path", c_char_p), ("multiplier", c_double),
+                ("n_unet_layers", c_int), ("n_text_layers", c_int), ("n_skipped_keys", c_int)]
+
+
+LORA_ALLOW_UNMATCHED = 1
+
 TRAIN_CALLBACK = CFUNCTYPE(c_int, POINTER(TrainProgress), c_void_p)
 
 
@@ -207,6 +214,13 @@ _proto("ldm_trainer_export", _S, _P, c_char_p, c_int)
 _proto("ldm_trainer_progress", _S, _P, POINTER(TrainProgress))
 _proto("ldm_trainer_interrupt", None, _P)
 _proto("ldm_trainer_free", None, _P)
+
+_proto("ldm_model_lora_add", _S, _P, c_char_p, c_double, ctypes.c_uint, POINTER(c_int))
+_proto("ldm_model_lora_remove", _S, _P, c_int)
+_proto("ldm_model_lora_set_multiplier", _S, _P, c_int, c_double)
+_proto("ldm_model_lora_clear", _S, _P)
+_proto("ldm_model_lora_count", c_int, _P)
+_proto("ldm_model_lora_get", _S, _P, c_int, POINTER(LoraInfo))
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}

@@ -194,6 +194,47 @@ class Model:
             if self._handle is not None:
                 _lib.ldm_model_interrupt(self._handle)
 
+    # ------------------------------------------------------------ LoRA (docs/lora.md)
+
+    def add_lora(self, path, multiplier=1.0, allow_unmatched=False):
+        """Merges a LoRA file (kohya/webui or diffusers/PEFT; .safetensors, .pt, .ckpt) into the
+        weights with `multiplier`; returns its id (for remove_lora / set_lora_multiplier). Keys that
+        do not fit the model raise libldm.FormatError naming them, unless allow_unmatched (then they
+        are skipped and logged). On failure nothing changes."""
+        out = ctypes.c_int()
+        flags = _api.LORA_ALLOW_UNMATCHED if allow_unmatched else 0
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_add(h, _api.path_bytes(path), float(multiplier), flags, ctypes.byref(out)),
+                        "ldm_model_lora_add")
+        return out.value
+
+    def remove_lora(self, lora_id):
+        """Takes a LoRA out again: the weights are exactly as if it had never been merged."""
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_remove(h, _api.integer(lora_id, "lora_id")), "ldm_model_lora_remove")
+
+    def set_lora_multiplier(self, lora_id, multiplier):
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_set_multiplier(h, _api.integer(lora_id, "lora_id"), float(multiplier)),
+                        "ldm_model_lora_set_multiplier")
+
+    def clear_loras(self):
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_clear(h), "ldm_model_lora_clear")
+
+    def loras(self):
+        """The LoRAs merged, in order: dicts with id, path, multiplier, n_unet_layers,
+        n_text_layers, n_skipped_keys."""
+        result = []
+        with self._running() as h:
+            for i in range(_lib.ldm_model_lora_count(h)):
+                info = _api.LoraInfo(struct_size=ctypes.sizeof(_api.LoraInfo))
+                self._check(_lib.ldm_model_lora_get(h, i, ctypes.byref(info)), "ldm_model_lora_get")
+                result.append({"id": info.id, "path": os.fsdecode(info.path), "multiplier": info.multiplier,
+                               "n_unet_layers": info.n_unet_layers, "n_text_layers": info.n_text_layers,
+                               "n_skipped_keys": info.n_skipped_keys})
+        return result
+
     def autoencoder(self):
         from .components import Autoencoder
         return Autoencoder(self, self._component(_lib.ldm_model_autoencoder, "ldm_model_autoencoder"))
