@@ -15,6 +15,8 @@
  *    noise with l_simple_weight, logvar (learned or not) and the vlb term (original_elbo_weight,
  *    eps and x0 lvlb_weights); the same gradients bit for bit with activation checkpointing off,
  *    forced, or under a memory budget;
+ *  - train_ldm_vq: LatentDiffusion on a VQModelInterface first stage: encode_first_stage's
+ *    pre-quantisation h, scale_factor, p_losses and the gradients of UNet and ClassEmbedder;
  *  - train_ae: AutoencoderKL, sum|x - xrec| / B + kl_weight * KL / B through the sampled latent
  *    (noise given), Adam(lr 1e-3, betas (0.5, 0.9)). */
 #include <check.h>
@@ -30,6 +32,8 @@
 #include "support/ck_pools.h"
 #include "support/ck_run.h"
 #include "support/fixture.h"
+#include "models/autoencoder.h"
+#include "train/first_stage.h"
 #include "train/loss.h"
 #include "train/nets.h"
 #include "train/optim.h"
@@ -527,6 +531,74 @@ START_TEST(autoencoder_matches_pytorch)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- train_ldm_vq */
+
+/* LatentDiffusion on a VQModelInterface first stage: the latents of the images through the
+ * trainer's own ltr_first_stage_latents (the inference VQ encoder, frozen, no quantisation) equal
+ * encode_first_stage's h, times scale_factor get_first_stage_encoding's z; then p_losses and the
+ * gradients of the UNet and the ClassEmbedder (the first stage's own weights get none). */
+START_TEST(vq_first_stage_ldm_matches_pytorch)
+{
+    golden g;
+    golden_open(&g, "train_ldm_vq");
+    const ld_model *m = &g.m;
+    ck_assert(m->is_diffusion && m->first_stage.is_vq && m->cond.kind == LD_COND_CLASS);
+    lw_store *w;
+    expect_ok(lw_open(golden_path("train_ldm_vq", "model.safetensors"), 0, &w), "model.safetensors");
+    lae *fs;
+    expect_ok(lae_create(&m->first_stage, w, "first_stage_model.", &fs), "VQ first stage");
+    const lw_tensor *xt = lw_find(g.io, "x");
+    ck_assert(xt && xt->ndim == 4 && xt->shape[1] == 3 && xt->shape[2] == xt->shape[3]);
+    int B = (int)xt->shape[0], S = (int)xt->shape[2];
+    float *x = io_f32(&g, "x", NULL);
+    size_t nz, nt, nl;
+    float *noise = io_f32(&g, "noise", &nz), *z = malloc(nz * sizeof(float));
+    expect_ok(ltr_first_stage_latents(fs, &ctxs[1], x, B, S, NULL, z), "first stage latents");
+    ck_assert(compare(&g, "h", z, nz));
+    for (size_t i = 0; i < nz; i++) z[i] *= (float)m->scale_factor;
+    ck_assert(compare(&g, "z", z, nz));
+
+    const int64_t *ts = io_i64(&g, "timesteps", &nt);
+    const int64_t *labels = io_i64(&g, "labels", &nl);
+    ck_assert(nt == (size_t)B && nl == (size_t)B && B <= 16);
+    ls_schedule *sched;
+    expect_ok(ls_schedule_make(LS_BETA_LINEAR, m->timesteps, m->linear_start, m->linear_end, m->cosine_s, &sched),
+              "schedule");
+    ltr_qtables q = {sched->buf[LS_SQRT_ALPHAS_CUMPROD], sched->buf[LS_SQRT_ONE_MINUS_ALPHAS_CUMPROD]};
+    unet_batch b = {.xt = malloc(nz * sizeof(float)), .noise = noise, .labels = labels, .B = B, .per = nz / B};
+    for (int i = 0; i < B; i++) b.t[i] = (int)ts[i], b.tf[i] = (float)ts[i];
+    ltr_q_sample(&q, z, noise, b.t, B, b.per, b.xt);
+
+    ltp_tape *t;
+    expect_ok(ltp_tape_create(&ctxs[1], &t), "tape");
+    const float *eps;
+    float loss = (float)unet_step(&g, t, &b, &eps);
+    ck_assert(compare(&g, "loss", &loss, 1));
+    ck_assert(compare(&g, "eps", eps, nz));
+    size_t failed = 0, checked = 0;
+    for (size_t i = 0; i < ltp_params_count(g.ps); i++) {
+        const ltp_param *p = ltp_params_at(g.ps, i);
+        char name[LTP_NAME_MAX + 16];
+        snprintf(name, sizeof name, "grad.%s", p->name);
+        int trained = strncmp(p->name, "first_stage_model.", 18) != 0;
+        ck_assert_msg(trained == (lw_find(g.io, name) != NULL), "%s: gradient expected iff trained", p->name);
+        if (!trained) continue;
+        failed += !compare(&g, name, p->grad, p->n);
+        checked++;
+    }
+    ck_assert_msg(failed == 0, "%zu of %zu gradients disagree with PyTorch (see stderr)", failed, checked);
+    ck_assert_uint_gt(checked, 40);
+
+    ltp_tape_free(t);
+    ls_schedule_free(sched);
+    free(b.xt), free(z);
+    ldm_free(x), ldm_free(noise);
+    lae_free(fs);
+    lw_close(w);
+    golden_close(&g);
+}
+END_TEST
+
 static Suite *goldens_suite(void)
 {
     Suite *s = suite_create("train_goldens");
@@ -537,6 +609,7 @@ static Suite *goldens_suite(void)
     tcase_add_test(tc, autoencoder_matches_pytorch);
     tcase_add_test(tc, attention_unet_matches_pytorch);
     tcase_add_test(tc, attention_unet_new_order_matches_pytorch);
+    tcase_add_test(tc, vq_first_stage_ldm_matches_pytorch);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -96,9 +96,10 @@ static ldm_status check_model(ldm_trainer *t)
     const ld_model *m = &t->cfg.model;
     const ld_autoencoder *fs = &m->first_stage;
     t->is_diffusion = m->is_diffusion;
-    if (!fs->present || fs->is_vq)
+    if (!fs->present || (fs->is_vq && !t->is_diffusion))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports AutoencoderKL and LatentDiffusion on an "
-                        "AutoencoderKL first stage", t->config_path);
+                        "AutoencoderKL or VQModelInterface first stage (VQ autoencoders themselves do not train)",
+                        t->config_path);
     int factor = 1 << (fs->n_levels - 1);
     if (!t->is_diffusion) {
         t->image_size = fs->resolution;
