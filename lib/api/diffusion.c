@@ -62,6 +62,26 @@ static ldm_status timesteps_for(const ldm_tensor *t, int64_t B, ldm_tensor **out
 
 /* ---------------------------------------------------------------- apply_model */
 
+int lm_label_emb_classes(const ldm_model *m)
+{
+    const ld_model *d = &m->desc;
+    int key_ok = d->conditioning_key == LD_CONDKEY_NONE || d->conditioning_key == LD_CONDKEY_ADM;
+    if (!d->is_diffusion || d->unet.num_classes <= 0 || !key_ok || d->cond.kind != LD_COND_NONE) return 0;
+    return d->unet.num_classes;
+}
+
+/* UNetModel.forward(x, t, y=labels) of a label_emb model: y must be I64 [B]. */
+static ldm_status apply_labels(ldm_model *m, struct ldm_unet *unet, const ldm_tensor *x, const ldm_tensor *ts,
+                               const ldm_tensor *y, ldm_tensor **out)
+{
+    if (!y || y->dtype != LDM_I64 || y->ndim != 1 || y->shape[0] != x->shape[0])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "apply_model: this model's UNet is class-conditional (num_classes %d, "
+                        "label_emb): cond must be the class labels y, I64 [%lld]",
+                        lm_label_emb_classes(m), (long long)x->shape[0]);
+    return lunet_forward(unet->net, &m->ctx, x, ts, NULL, y, out);
+}
+
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out)
 {
     struct ldm_unet *unet;
@@ -70,6 +90,11 @@ ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, cons
     LDM_TRY(lm_unet(m, &unet));
     LDM_TRY(timesteps_for(t, x->shape[0], &ts));
     ldm_status st = LDM_OK;
+    if (lm_label_emb_classes(m)) {
+        st = apply_labels(m, unet, x, ts, cond, out);
+        ldm_tensor_free(ts);
+        return st;
+    }
     switch (m->desc.conditioning_key) {
     case LD_CONDKEY_NONE: st = lunet_forward(unet->net, &m->ctx, x, ts, NULL, NULL, out); break;
     case LD_CONDKEY_CROSSATTN:

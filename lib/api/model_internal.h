@@ -110,5 +110,9 @@ ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out);
+/* The number of classes when the UNet itself is class-conditional (num_classes: label_emb) with no
+ * cond stage feeding it otherwise (conditioning_key None or adm): then lm_apply's cond is the
+ * class labels y, I64 [B] (UNetModel.forward(x, t, y=...)); 0 otherwise. */
+int lm_label_emb_classes(const ldm_model *m);
 
 #endif
