@@ -17,6 +17,8 @@
  *    forced, or under a memory budget;
  *  - train_ldm_vq: LatentDiffusion on a VQModelInterface first stage: encode_first_stage's
  *    pre-quantisation h, scale_factor, p_losses and the gradients of UNet and ClassEmbedder;
+ *  - train_unet_noconv: UNetModel with conv_resample false (AvgPool2d Downsample, nearest Upsample
+ *    without convolution): output, input and parameter gradients; the inference UNet's output;
  *  - train_ae: AutoencoderKL, sum|x - xrec| / B + kl_weight * KL / B through the sampled latent
  *    (noise given), Adam(lr 1e-3, betas (0.5, 0.9)). */
 #include <check.h>
@@ -33,6 +35,7 @@
 #include "support/ck_run.h"
 #include "support/fixture.h"
 #include "models/autoencoder.h"
+#include "models/unet.h"
 #include "train/first_stage.h"
 #include "train/loss.h"
 #include "train/nets.h"
@@ -599,6 +602,56 @@ START_TEST(vq_first_stage_ldm_matches_pytorch)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- train_unet_noconv */
+
+/* UNetModel(conv_resample=False): Downsample is AvgPool2d(2, 2) and Upsample nearest x2, neither
+ * with weights. The tape UNet's output, d sum(r * out) / dx and every parameter's gradient equal
+ * the reference's; the inference UNet (lib/models) gives the same output. */
+START_TEST(unet_without_conv_resample_matches_pytorch)
+{
+    golden g;
+    golden_open(&g, "train_unet_noconv");
+    const ld_unet *d = &g.m.unet;
+    ck_assert(d->no_conv_resample && !d->resblock_updown && d->n_levels == 3);
+    const lw_tensor *xt = lw_find(g.io, "x");
+    ck_assert(xt && xt->ndim == 4);
+    int B = (int)xt->shape[0];
+    size_t nx, nt, nr;
+    float *x = io_f32(&g, "x", &nx), *r = io_f32(&g, "r", &nr), tf[16];
+    const int64_t *ts = io_i64(&g, "timesteps", &nt);
+    ck_assert(nt == (size_t)B && B <= 16 && nr == nx);
+    for (int i = 0; i < B; i++) tf[i] = (float)ts[i];
+
+    ltp_tape *t;
+    expect_ok(ltp_tape_create(&ctxs[1], &t), "tape");
+    ltp_id xi = ltp_input(t, 4, xt->shape, x, 1);
+    ltp_id y = ltn_unet_forward(t, g.ps, "model.diffusion_model.", d, xi, tf, LTP_NONE, -1);
+    ck_assert_msg(y >= 0, "%s", ltp_error(t));
+    ck_assert(compare(&g, "out", ltp_data(t, y), nx));
+    expect_ok(ltp_seed_grad(t, y, r), "seed");
+    expect_ok(ltp_backward(t), "backward");
+    ck_assert(compare(&g, "grad.x", ltp_grad(t, xi), nx));
+    compare_params(&g, "grad.");
+
+    lw_store *w;
+    expect_ok(lw_open(golden_path("train_unet_noconv", "model.safetensors"), 0, &w), "model.safetensors");
+    lunet *n;
+    expect_ok(lunet_create(d, w, "model.diffusion_model.", 0, &n), "inference UNet");
+    ldm_tensor *xin = lt_new_f32(4, xt->shape), *tin = lt_new_i64(1, (int64_t[]){B}), *out = NULL;
+    memcpy(xin->data, x, nx * sizeof(float));
+    memcpy(tin->data, ts, (size_t)B * sizeof(int64_t));
+    expect_ok(lunet_forward(n, &ctxs[1], xin, tin, NULL, NULL, &out), "inference forward");
+    ck_assert(compare(&g, "out", lt_f32(out), nx));
+
+    ldm_tensor_free(out), ldm_tensor_free(xin), ldm_tensor_free(tin);
+    lunet_free(n);
+    lw_close(w);
+    ltp_tape_free(t);
+    ldm_free(x), ldm_free(r);
+    golden_close(&g);
+}
+END_TEST
+
 static Suite *goldens_suite(void)
 {
     Suite *s = suite_create("train_goldens");
@@ -610,6 +663,7 @@ static Suite *goldens_suite(void)
     tcase_add_test(tc, attention_unet_matches_pytorch);
     tcase_add_test(tc, attention_unet_new_order_matches_pytorch);
     tcase_add_test(tc, vq_first_stage_ldm_matches_pytorch);
+    tcase_add_test(tc, unet_without_conv_resample_matches_pytorch);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -44,6 +44,8 @@ typedef struct ld_unet {
     double dropout;              /* ResBlock out_layers Dropout */
     int use_checkpoint;          /* recompute blocks in backward (lib/train) */
     int use_new_attention_order; /* AttentionBlock: QKVAttention instead of QKVAttentionLegacy */
+    int no_conv_resample;        /* conv_resample: false: Downsample = avg-pool 2x2, Upsample = nearest
+                                    x2, neither with a convolution (no parameters) */
 } ld_unet;
 
 typedef enum {

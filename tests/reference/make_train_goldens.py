@@ -908,6 +908,65 @@ def make_train_ldm_vq(out):
                  % json.dumps(VQ_UNET), VQ_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
 
 
+# ------------------------------------------------------------------ train_unet_noconv
+
+NOCONV_UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[],
+                   num_res_blocks=0, channel_mult=[1, 1, 1], num_heads=2, use_spatial_transformer=False,
+                   conv_resample=False, legacy=True)
+
+
+def run_noconv(m, batch):
+    """L = sum(r * UNetModel(x, t)): the output, d L / d x (through every AvgPool2d and nearest
+    Upsample) and every parameter's gradient."""
+    dt = next(m.parameters()).dtype
+    x = batch["x"].to(dt).clone().requires_grad_(True)
+    for p in m.parameters():
+        p.grad = None
+    out = m(x, batch["t"])
+    (out * batch["r"].to(dt)).sum().backward()
+    res = {"out": out.detach(), "grad.x": x.grad.detach()}
+    for n, p in m.named_parameters():
+        res["grad.model.diffusion_model." + n] = p.grad.detach().clone()
+    return ["model.diffusion_model." + n for n, _ in m.named_parameters()], res
+
+
+def make_train_unet_noconv(out):
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(0)
+    m = UNetModel(**NOCONV_UNET)
+    assert not any(".op." in n or ".conv." in n for n, _ in m.named_parameters()), \
+        "conv_resample=False leaves Downsample (op) and Upsample (conv) without weights"
+    randomise(m, torch.Generator().manual_seed(8642))
+    g = torch.Generator().manual_seed(531)
+    B = 2
+    batch = {"x": torch.randn(B, 4, 8, 8, generator=g), "t": torch.tensor([5, 733], dtype=torch.int64),
+             "r": torch.randn(B, 4, 8, 8, generator=g)}
+    weights = [("model.diffusion_model." + n, np32(p)) for n, p in m.named_parameters()]
+    m64 = copy.deepcopy(m).double()
+    m64.dtype = torch.float64
+    names, r32 = run_noconv(m, batch)
+    with float64_unet():
+        _, r64 = run_noconv(m64, batch)
+    order = ["out", "grad.x"] + ["grad." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k == "out" else "grad") for k in order}
+    inputs = [("x", np32(batch["x"])), ("timesteps", batch["t"].numpy()), ("r", np32(batch["r"]))]
+    calls = [{"op": "train.unet_grad", "inputs": {"x": "x", "timesteps": "timesteps", "r": "r"},
+              "params": {"loss": "sum(r * UNetModel(x, timesteps))"},
+              "outputs": {"out": "UNetModel(x, timesteps)", "grad.x": "d loss / d x",
+                          "grad.<name>": "gradient of every parameter"}}]
+    yaml = attn_yaml({"unet": NOCONV_UNET, "loss": dict(parameterization="eps", l_simple_weight=1.0,
+                                                         original_elbo_weight=0.0, learn_logvar=False,
+                                                         logvar_init=0.0)})
+    yaml = yaml.replace("    cond_stage_key: class_label\n", "").replace("attention_resolutions:\n",
+                                                                             "attention_resolutions: []\n")
+    write_golden(out, "train_unet_noconv",
+                 "UNetModel with conv_resample=False (Downsample = AvgPool2d(2, 2), Upsample = nearest x2, no "
+                 "weights): %s; output and gradients of sum(r * out); every parameter random" % json.dumps(NOCONV_UNET),
+                 yaml, weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -926,6 +985,8 @@ def main():
             make_train_unet_attn(out, name, v)
     if not only or "train_ldm_vq" in only:
         make_train_ldm_vq(out)
+    if not only or "train_unet_noconv" in only:
+        make_train_unet_noconv(out)
 
 
 if __name__ == "__main__":
