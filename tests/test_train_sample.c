@@ -255,6 +255,21 @@ START_TEST(vq_first_stage_ldm_trains_and_samples)
     ck_assert_msg(b && max_diff(a, b) == 0.0, "not reproducible");
     ldm_tensor_free(a), ldm_tensor_free(b);
     ldm_model_free(m);
+    /* a VQ autoencoder itself does not train (no codebook or commitment loss): said by name */
+    char cfg[700], data[700], out[700];
+    snprintf(cfg, sizeof cfg, "%s/vqae.yaml", root);
+    write_file(cfg, "model:\n  base_learning_rate: 1.0e-4\n  target: ldm.models.autoencoder.VQModel\n  params:\n"
+                    "    embed_dim: 3\n    n_embed: 16\n    lossconfig: {target: torch.nn.Identity}\n"
+                    "    ddconfig: {double_z: false, z_channels: 3, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,\n"
+                    "               ch_mult: [1, 1, 1], num_res_blocks: 0, attn_resolutions: [], dropout: 0.0}\n");
+    snprintf(data, sizeof data, "%s/data", root);
+    snprintf(out, sizeof out, "%s/vqae", root);
+    ldm_train_params p;
+    ldm_train_params_init(&p);
+    p.data_dir = data, p.out_dir = out, p.max_steps = 1;
+    ldm_trainer *t = NULL;
+    ck_assert_int_eq(ldm_trainer_create(cfg, &p, &t), LDM_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(ldm_last_error(), "VQ"), "%s", ldm_last_error());
 }
 END_TEST
 

@@ -1,8 +1,8 @@
 /* train_save.c - checkpoints of a training run: <out>/last.safetensors in the reference's state
  * dict layout (a LatentDiffusion: model.diffusion_model.*, cond_stage_model.*, the frozen
  * first_stage_model.* (a VQ one with its codebook quantize.*), model_ema.* with decay and
- * num_updates, the twelve schedule buffers and scale_factor; an AutoencoderKL: encoder.*, decoder.*, quant_conv.*, post_quant_conv.* and
- * loss.logvar), <out>/config.yaml (the training config, so the folder loads as a model), and
+ * num_updates, the twelve schedule buffers and scale_factor; an AutoencoderKL: encoder.*,
+ * decoder.*, quant_conv.*, post_quant_conv.* and loss.logvar), <out>/config.yaml (the training config, so the folder loads as a model), and
  * <out>/last.state.safetensors (AdamW moments and step counts, the trainer's step) for resume.
  * Every file is replaced atomically (lib/io/atomic_file.c). */
 #include "trainer_internal.h"
