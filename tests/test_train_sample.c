@@ -258,10 +258,11 @@ START_TEST(vq_first_stage_ldm_trains_and_samples)
     /* a VQ autoencoder itself does not train (no codebook or commitment loss): said by name */
     char cfg[700], data[700], out[700];
     snprintf(cfg, sizeof cfg, "%s/vqae.yaml", root);
-    write_file(cfg, "model:\n  base_learning_rate: 1.0e-4\n  target: ldm.models.autoencoder.VQModel\n  params:\n"
-                    "    embed_dim: 3\n    n_embed: 16\n    lossconfig: {target: torch.nn.Identity}\n"
-                    "    ddconfig: {double_z: false, z_channels: 3, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,\n"
-                    "               ch_mult: [1, 1, 1], num_res_blocks: 0, attn_resolutions: [], dropout: 0.0}\n");
+    write_file(cfg,
+               "model:\n  base_learning_rate: 1.0e-4\n  target: ldm.models.autoencoder.VQModel\n  params:\n"
+               "    embed_dim: 3\n    n_embed: 16\n    lossconfig: {target: torch.nn.Identity}\n"
+               "    ddconfig: {double_z: false, z_channels: 3, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,\n"
+               "               ch_mult: [1, 1, 1], num_res_blocks: 0, attn_resolutions: [], dropout: 0.0}\n");
     snprintf(data, sizeof data, "%s/data", root);
     snprintf(out, sizeof out, "%s/vqae", root);
     ldm_train_params p;
