@@ -455,7 +455,8 @@ LDM_API ldm_status ldm_randn(uint64_t seed, uint64_t stream, ldm_tensor *out);
  * x [B,C,h,w], timesteps [B] or [1] (I64, or F32 holding integers). `cond` is the learned
  * conditioning, routed as the model's config says: cross-attention context [B,T,D]
  * (crossattn models) or channels concatenated to x (concat models: inpainting, super-resolution,
- * semantic synthesis); NULL for unconditional models. */
+ * semantic synthesis), or the class labels y, I64 [B], when the UNet itself is class-conditional
+ * (num_classes: label_emb) and no cond stage feeds it; NULL for unconditional models. */
 LDM_API ldm_status ldm_model_apply(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
                                    const ldm_tensor *cond, ldm_tensor **out);
 /* Classifier-free guidance: out = u + scale (c - u) from ONE batched network call on

@@ -15,6 +15,10 @@
  *    noise with l_simple_weight, logvar (learned or not) and the vlb term (original_elbo_weight,
  *    eps and x0 lvlb_weights); the same gradients bit for bit with activation checkpointing off,
  *    forced, or under a memory budget;
+ *  - train_ldm_vq: LatentDiffusion on a VQModelInterface first stage: encode_first_stage's
+ *    pre-quantisation h, scale_factor, p_losses and the gradients of UNet and ClassEmbedder;
+ *  - train_unet_noconv: UNetModel with conv_resample false (AvgPool2d Downsample, nearest Upsample
+ *    without convolution): output, input and parameter gradients; the inference UNet's output;
  *  - train_ae: AutoencoderKL, sum|x - xrec| / B + kl_weight * KL / B through the sampled latent
  *    (noise given), Adam(lr 1e-3, betas (0.5, 0.9)). */
 #include <check.h>
@@ -30,6 +34,9 @@
 #include "support/ck_pools.h"
 #include "support/ck_run.h"
 #include "support/fixture.h"
+#include "models/autoencoder.h"
+#include "models/unet.h"
+#include "train/first_stage.h"
 #include "train/loss.h"
 #include "train/nets.h"
 #include "train/optim.h"
@@ -527,6 +534,124 @@ START_TEST(autoencoder_matches_pytorch)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- train_ldm_vq */
+
+/* LatentDiffusion on a VQModelInterface first stage: the latents of the images through the
+ * trainer's own ltr_first_stage_latents (the inference VQ encoder, frozen, no quantisation) equal
+ * encode_first_stage's h, times scale_factor get_first_stage_encoding's z; then p_losses and the
+ * gradients of the UNet and the ClassEmbedder (the first stage's own weights get none). */
+START_TEST(vq_first_stage_ldm_matches_pytorch)
+{
+    golden g;
+    golden_open(&g, "train_ldm_vq");
+    const ld_model *m = &g.m;
+    ck_assert(m->is_diffusion && m->first_stage.is_vq && m->cond.kind == LD_COND_CLASS);
+    lw_store *w;
+    expect_ok(lw_open(golden_path("train_ldm_vq", "model.safetensors"), 0, &w), "model.safetensors");
+    lae *fs;
+    expect_ok(lae_create(&m->first_stage, w, "first_stage_model.", &fs), "VQ first stage");
+    const lw_tensor *xt = lw_find(g.io, "x");
+    ck_assert(xt && xt->ndim == 4 && xt->shape[1] == 3 && xt->shape[2] == xt->shape[3]);
+    int B = (int)xt->shape[0], S = (int)xt->shape[2];
+    float *x = io_f32(&g, "x", NULL);
+    size_t nz, nt, nl;
+    float *noise = io_f32(&g, "noise", &nz), *z = malloc(nz * sizeof(float));
+    expect_ok(ltr_first_stage_latents(fs, &ctxs[1], x, B, S, NULL, z), "first stage latents");
+    ck_assert(compare(&g, "h", z, nz));
+    for (size_t i = 0; i < nz; i++) z[i] *= (float)m->scale_factor;
+    ck_assert(compare(&g, "z", z, nz));
+
+    const int64_t *ts = io_i64(&g, "timesteps", &nt);
+    const int64_t *labels = io_i64(&g, "labels", &nl);
+    ck_assert(nt == (size_t)B && nl == (size_t)B && B <= 16);
+    ls_schedule *sched;
+    expect_ok(ls_schedule_make(LS_BETA_LINEAR, m->timesteps, m->linear_start, m->linear_end, m->cosine_s, &sched),
+              "schedule");
+    ltr_qtables q = {sched->buf[LS_SQRT_ALPHAS_CUMPROD], sched->buf[LS_SQRT_ONE_MINUS_ALPHAS_CUMPROD]};
+    unet_batch b = {.xt = malloc(nz * sizeof(float)), .noise = noise, .labels = labels, .B = B, .per = nz / B};
+    for (int i = 0; i < B; i++) b.t[i] = (int)ts[i], b.tf[i] = (float)ts[i];
+    ltr_q_sample(&q, z, noise, b.t, B, b.per, b.xt);
+
+    ltp_tape *t;
+    expect_ok(ltp_tape_create(&ctxs[1], &t), "tape");
+    const float *eps;
+    float loss = (float)unet_step(&g, t, &b, &eps);
+    ck_assert(compare(&g, "loss", &loss, 1));
+    ck_assert(compare(&g, "eps", eps, nz));
+    size_t failed = 0, checked = 0;
+    for (size_t i = 0; i < ltp_params_count(g.ps); i++) {
+        const ltp_param *p = ltp_params_at(g.ps, i);
+        char name[LTP_NAME_MAX + 16];
+        snprintf(name, sizeof name, "grad.%s", p->name);
+        int trained = strncmp(p->name, "first_stage_model.", 18) != 0;
+        ck_assert_msg(trained == (lw_find(g.io, name) != NULL), "%s: gradient expected iff trained", p->name);
+        if (!trained) continue;
+        failed += !compare(&g, name, p->grad, p->n);
+        checked++;
+    }
+    ck_assert_msg(failed == 0, "%zu of %zu gradients disagree with PyTorch (see stderr)", failed, checked);
+    ck_assert_uint_gt(checked, 40);
+
+    ltp_tape_free(t);
+    ls_schedule_free(sched);
+    free(b.xt), free(z);
+    ldm_free(x), ldm_free(noise);
+    lae_free(fs);
+    lw_close(w);
+    golden_close(&g);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- train_unet_noconv */
+
+/* UNetModel(conv_resample=False): Downsample is AvgPool2d(2, 2) and Upsample nearest x2, neither
+ * with weights. The tape UNet's output, d sum(r * out) / dx and every parameter's gradient equal
+ * the reference's; the inference UNet (lib/models) gives the same output. */
+START_TEST(unet_without_conv_resample_matches_pytorch)
+{
+    golden g;
+    golden_open(&g, "train_unet_noconv");
+    const ld_unet *d = &g.m.unet;
+    ck_assert(d->no_conv_resample && !d->resblock_updown && d->n_levels == 3);
+    const lw_tensor *xt = lw_find(g.io, "x");
+    ck_assert(xt && xt->ndim == 4);
+    int B = (int)xt->shape[0];
+    size_t nx, nt, nr;
+    float *x = io_f32(&g, "x", &nx), *r = io_f32(&g, "r", &nr), tf[16];
+    const int64_t *ts = io_i64(&g, "timesteps", &nt);
+    ck_assert(nt == (size_t)B && B <= 16 && nr == nx);
+    for (int i = 0; i < B; i++) tf[i] = (float)ts[i];
+
+    ltp_tape *t;
+    expect_ok(ltp_tape_create(&ctxs[1], &t), "tape");
+    ltp_id xi = ltp_input(t, 4, xt->shape, x, 1);
+    ltp_id y = ltn_unet_forward(t, g.ps, "model.diffusion_model.", d, xi, tf, LTP_NONE, -1);
+    ck_assert_msg(y >= 0, "%s", ltp_error(t));
+    ck_assert(compare(&g, "out", ltp_data(t, y), nx));
+    expect_ok(ltp_seed_grad(t, y, r), "seed");
+    expect_ok(ltp_backward(t), "backward");
+    ck_assert(compare(&g, "grad.x", ltp_grad(t, xi), nx));
+    compare_params(&g, "grad.");
+
+    lw_store *w;
+    expect_ok(lw_open(golden_path("train_unet_noconv", "model.safetensors"), 0, &w), "model.safetensors");
+    lunet *n;
+    expect_ok(lunet_create(d, w, "model.diffusion_model.", 0, &n), "inference UNet");
+    ldm_tensor *xin = lt_new_f32(4, xt->shape), *tin = lt_new_i64(1, (int64_t[]){B}), *out = NULL;
+    memcpy(xin->data, x, nx * sizeof(float));
+    memcpy(tin->data, ts, (size_t)B * sizeof(int64_t));
+    expect_ok(lunet_forward(n, &ctxs[1], xin, tin, NULL, NULL, &out), "inference forward");
+    ck_assert(compare(&g, "out", lt_f32(out), nx));
+
+    ldm_tensor_free(out), ldm_tensor_free(xin), ldm_tensor_free(tin);
+    lunet_free(n);
+    lw_close(w);
+    ltp_tape_free(t);
+    ldm_free(x), ldm_free(r);
+    golden_close(&g);
+}
+END_TEST
+
 static Suite *goldens_suite(void)
 {
     Suite *s = suite_create("train_goldens");
@@ -537,6 +662,8 @@ static Suite *goldens_suite(void)
     tcase_add_test(tc, autoencoder_matches_pytorch);
     tcase_add_test(tc, attention_unet_matches_pytorch);
     tcase_add_test(tc, attention_unet_new_order_matches_pytorch);
+    tcase_add_test(tc, vq_first_stage_ldm_matches_pytorch);
+    tcase_add_test(tc, unet_without_conv_resample_matches_pytorch);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -309,6 +309,32 @@ static void fd_unet(ld_unet d, const char *const *names, size_t n_names)
     case_free(&c);
 }
 
+/* conv_resample false: parameter-free Downsample (avg-pool) and Upsample (nearest); the
+ * resamplers' weights do not exist, the forward equals the inference UNet's and the gradients
+ * (of the input too, which crosses both resamplers) their finite differences. */
+START_TEST(conv_resample_false)
+{
+    ld_unet d = small_unet();
+    d.no_conv_resample = 1;
+    check_forward_equal(d, 2, 8, 8, 1);
+    static const char *const names[] = {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+        "model.diffusion_model.input_blocks.3.0.in_layers.2.weight",
+        "model.diffusion_model.output_blocks.1.1.proj_out.weight",
+        "model.diffusion_model.output_blocks.2.0.in_layers.2.weight",
+    };
+    fd_unet(d, names, sizeof names / sizeof *names);
+    net_case c;
+    case_init(&c, d, 1, 8, 8, 1);
+    ltp_params *ps = random_params(&c, 3);
+    ck_assert_ptr_null(ltp_params_find(ps, "model.diffusion_model.input_blocks.2.0.op.weight"));
+    ck_assert_ptr_null(ltp_params_find(ps, "model.diffusion_model.output_blocks.1.2.conv.weight"));
+    ck_assert_ptr_nonnull(ltp_params_find(ps, "model.diffusion_model.input_blocks.3.0.in_layers.2.weight"));
+    ltp_params_free(ps);
+    case_free(&c);
+}
+END_TEST
+
 START_TEST(gradients_independent_of_threads)
 {
     net_case c;
@@ -470,6 +496,7 @@ static Suite *nets_suite(void)
     tcase_add_test(tc, gradients_independent_of_threads);
     tcase_add_test(tc, diffusion_loss_falls);
     tcase_add_test(tc, errors_are_reported);
+    tcase_add_test(tc, conv_resample_false);
     suite_add_tcase(s, tc);
     return s;
 }

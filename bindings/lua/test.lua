@@ -689,6 +689,10 @@ test("trainer: bad arguments", function()
     raises("option 'max_steps': expected an integer", trainer, "err", {max_steps = 2.5})
     raises("option 'resume': expected a boolean", trainer, "err", {resume = 1})
     raises("option 'callback': expected a function", trainer, "err", {callback = 42})
+    raises("option 'max_activation_bytes' = -1 is out of range: it is passed as a C uint64_t", trainer, "err",
+           {max_activation_bytes = -1})
+    raises("option 'max_activation_bytes': expected an integer", trainer, "err", {max_activation_bytes = 0.5})
+    do local b <close> = trainer("budget", {max_activation_bytes = 1 << 20}) end
     raises("bad argument #2", ldm.trainer, root .. "/ae.yaml")
     local t <close> = trainer("err")
     raises("step: n = 4294967297 is out of range: it is passed as a C int", t.step, t, 2^32 + 1 | 0)

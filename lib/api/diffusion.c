@@ -62,16 +62,58 @@ static ldm_status timesteps_for(const ldm_tensor *t, int64_t B, ldm_tensor **out
 
 /* ---------------------------------------------------------------- apply_model */
 
+int lm_label_emb_classes(const ldm_model *m)
+{
+    const ld_model *d = &m->desc;
+    int key_ok = d->conditioning_key == LD_CONDKEY_NONE || d->conditioning_key == LD_CONDKEY_ADM;
+    if (!d->is_diffusion || d->unet.num_classes <= 0 || !key_ok || d->cond.kind != LD_COND_NONE) return 0;
+    return d->unet.num_classes;
+}
+
+/* UNetModel.forward(x, t, y=labels) of a label_emb model: y must be I64 [B]. */
+static ldm_status apply_labels(ldm_model *m, struct ldm_unet *unet, const ldm_tensor *x, const ldm_tensor *ts,
+                               const ldm_tensor *y, const float *gs, ldm_tensor **out)
+{
+    if (!y || y->dtype != LDM_I64 || y->ndim != 1 || y->shape[0] != x->shape[0])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "apply_model: this model's UNet is class-conditional (num_classes %d, "
+                        "label_emb): cond must be the class labels y, I64 [%lld]",
+                        lm_label_emb_classes(m), (long long)x->shape[0]);
+    return lunet_forward_guided(unet->net, &m->ctx, x, ts, NULL, y, gs, out);
+}
+
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out)
 {
     return lm_apply_w(m, x, t, cond, NULL, out);
+}
+
+static ldm_status apply_by_key(ldm_model *m, struct ldm_unet *unet, const ldm_tensor *x, const ldm_tensor *ts,
+                               const ldm_tensor *cond, const float *gs, ldm_tensor **out)
+{
+    ldm_tensor *xin = NULL;
+    ldm_status st;
+    if (lm_label_emb_classes(m)) return apply_labels(m, unet, x, ts, cond, gs, out);
+    switch (m->desc.conditioning_key) {
+    case LD_CONDKEY_NONE: st = lunet_forward_guided(unet->net, &m->ctx, x, ts, NULL, NULL, gs, out); break;
+    case LD_CONDKEY_CROSSATTN:
+        if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (cross-attention context)");
+        else st = lunet_forward_guided(unet->net, &m->ctx, x, ts, cond, NULL, gs, out);
+        break;
+    case LD_CONDKEY_CONCAT:
+        if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (concatenated channels)");
+        else if ((st = cat2(x, cond, 1, &xin)) == LDM_OK) st = lunet_forward_guided(unet->net, &m->ctx, xin, ts, NULL, NULL, gs, out);
+        break;
+    default: st = ldm_fail(LDM_ERR_UNSUPPORTED, "apply_model: conditioning key %d is not supported", (int)m->desc.conditioning_key);
+    }
+    ldm_tensor_free(xin);
+    return st;
 }
 
 ldm_status lm_apply_w(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond,
                       const float *guidance_scale, ldm_tensor **out)
 {
     struct ldm_unet *unet;
-    ldm_tensor *ts = NULL, *xin = NULL;
+    ldm_tensor *ts = NULL;
     float *gs = NULL;
     LDM_TRY(lt_check(x, "apply_model: x", LDM_F32, 4));
     LDM_TRY(lm_unet(m, &unet));
@@ -80,23 +122,9 @@ ldm_status lm_apply_w(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, co
         for (int64_t i = 0; i < x->shape[0]; i++) gs[i] = *guidance_scale;
     }
     ldm_status st = timesteps_for(t, x->shape[0], &ts);
-    if (st == LDM_OK) {
-        switch (m->desc.conditioning_key) {
-        case LD_CONDKEY_NONE: st = lunet_forward_guided(unet->net, &m->ctx, x, ts, NULL, NULL, gs, out); break;
-        case LD_CONDKEY_CROSSATTN:
-            if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (cross-attention context)");
-            else st = lunet_forward_guided(unet->net, &m->ctx, x, ts, cond, NULL, gs, out);
-            break;
-        case LD_CONDKEY_CONCAT:
-            if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (concatenated channels)");
-            else if ((st = cat2(x, cond, 1, &xin)) == LDM_OK) st = lunet_forward_guided(unet->net, &m->ctx, xin, ts, NULL, NULL, gs, out);
-            break;
-        default: st = ldm_fail(LDM_ERR_UNSUPPORTED, "apply_model: conditioning key %d is not supported", (int)m->desc.conditioning_key);
-        }
-    }
+    if (st == LDM_OK) st = apply_by_key(m, unet, x, ts, cond, gs, out);
     ldm_free(gs);
     ldm_tensor_free(ts);
-    ldm_tensor_free(xin);
     return st;
 }
 

@@ -117,5 +117,9 @@ ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, cons
 /* lm_apply with the LCM guidance embedding of *guidance_scale for the whole batch (NULL: none). */
 ldm_status lm_apply_w(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond,
                       const float *guidance_scale, ldm_tensor **out);
+/* The number of classes when the UNet itself is class-conditional (num_classes: label_emb) with no
+ * cond stage feeding it otherwise (conditioning_key None or adm): then lm_apply's cond is the
+ * class labels y, I64 [B] (UNetModel.forward(x, t, y=...)); 0 otherwise. */
+int lm_label_emb_classes(const ldm_model *m);
 
 #endif

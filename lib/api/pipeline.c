@@ -255,22 +255,24 @@ static ldm_status initial_noise(const ldm_generate_params *p, const int64_t shap
 
 /* ---------------------------------------------------------------- the loop */
 
-/* Concatenation along `dim` of two F32 tensors that agree in every other dimension. */
+/* Concatenation along `dim` of two F32 (or I64: class labels) tensors that agree in every other
+ * dimension. */
 static ldm_status cat_dim(const ldm_tensor *a, const ldm_tensor *b, int dim, const char *what, ldm_tensor **out)
 {
-    int ok = a->ndim == b->ndim && dim < a->ndim;
+    int ok = a->ndim == b->ndim && dim < a->ndim && a->dtype == b->dtype;
     for (int i = 0; ok && i < a->ndim; i++) ok = i == dim || a->shape[i] == b->shape[i];
     if (!ok) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: the tensors to concatenate differ in shape", what);
     int64_t shape[LDM_MAX_DIMS], outer = 1;
     memcpy(shape, a->shape, sizeof shape);
     shape[dim] += b->shape[dim];
     for (int i = 0; i < dim; i++) outer *= a->shape[i];
-    if (!(*out = lt_new_f32(a->ndim, shape))) return ldm_alloc_failure_status();
-    size_t na = (size_t)(lt_numel(a) / outer), nb = (size_t)(lt_numel(b) / outer);
-    float *dst = lt_f32(*out);
+    LDM_TRY(ldm_tensor_create(a->dtype, a->ndim, shape, out));
+    size_t esz = a->dtype == LDM_I64 ? 8 : 4;
+    size_t na = (size_t)(lt_numel(a) / outer) * esz, nb = (size_t)(lt_numel(b) / outer) * esz;
+    char *dst = (*out)->data;
     for (int64_t o = 0; o < outer; o++, dst += na + nb) {
-        memcpy(dst, lt_f32(a) + (size_t)o * na, na * sizeof(float));
-        memcpy(dst + na, lt_f32(b) + (size_t)o * nb, nb * sizeof(float));
+        memcpy(dst, (const char *)a->data + (size_t)o * na, na);
+        memcpy(dst + na, (const char *)b->data + (size_t)o * nb, nb);
     }
     return LDM_OK;
 }

@@ -1,6 +1,7 @@
 /* pipeline_cond.c - the learned conditioning of ldm_generate for each task, as the reference
  * scripts build it: prompts (text models, uncond = the negative prompt, "" by default), class
- * labels (uncond = the model's unconditional class, n_classes-1 by default), layout tokens, label
+ * labels (uncond = the model's unconditional class, n_classes-1 by default; the labels y
+ * themselves for a UNet with label_emb), layout tokens, label
  * maps (semantic synthesis), the low-resolution image (super-resolution), the masked image and
  * mask (LDM and SD inpainting). The inputs' batch already equals params->batch (pipeline.c
  * broadcasts). Also the resolution of the guidance and class defaults (lp_resolve_cond), which
@@ -45,6 +46,19 @@ static ldm_status class_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gene
     LDM_TRY(lp_check_cancel(m, "while encoding the class"));
     if (lp_cfg_branch(m, p) && p->class_label != p->uncond_class)
         LDM_TRY(encode_class(cond, p->uncond_class, p->batch, &out->uncond));
+    return LDM_OK;
+}
+
+/* The class labels y [batch] of a label_emb UNet (lm_label_emb_classes): the class, and the
+ * unconditional class for guidance when the caller named one (p is resolved). */
+static ldm_status label_emb_cond(const ldm_generate_params *p, lp_cond *out)
+{
+    int64_t n = p->batch;
+    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &n, &out->cond));
+    for (int i = 0; i < p->batch; i++) lt_i64(out->cond)[i] = p->class_label;
+    if (p->guidance_scale == 1.0f || p->class_label == p->uncond_class) return LDM_OK;
+    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &n, &out->uncond));
+    for (int i = 0; i < p->batch; i++) lt_i64(out->uncond)[i] = p->uncond_class;
     return LDM_OK;
 }
 
@@ -114,6 +128,7 @@ static ldm_status text_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gener
 static ldm_status build(ldm_model *m, const ldm_generate_params *p, lp_cond *out)
 {
     ldm_conditioner *cond;
+    if (lm_label_emb_classes(m)) return label_emb_cond(p, out);
     if (m->desc.conditioning_key == LD_CONDKEY_NONE) return LDM_OK;
     LDM_TRY(lm_conditioner(m, &cond));
     if (m->desc.conditioning_key == LD_CONDKEY_CONCAT) return concat_cond(m, cond, p, out);
@@ -153,9 +168,15 @@ void lp_cond_release(lp_cond *c)
 /* ---------------------------------------------------------------- resolution */
 
 /* AUTO -> the model's unconditional class (or NONE); an explicit class must be one of the model's. */
+/* Classes of a ClassEmbedder or of the UNet's own label_emb. */
+static int class_count(const ldm_model *m)
+{
+    return lm_label_emb_classes(m) ? lm_label_emb_classes(m) : m->desc.cond.n_classes;
+}
+
 static ldm_status resolve_uncond_class(const ldm_model *m, ldm_generate_params *p)
 {
-    int n = m->desc.cond.n_classes;
+    int n = class_count(m);
     if (p->uncond_class == LDM_UNCOND_CLASS_AUTO) {
         int u = ld_class_uncond(&m->desc.cond);
         p->uncond_class = u >= 0 ? u : LDM_UNCOND_CLASS_NONE;
@@ -171,14 +192,17 @@ static ldm_status resolve_uncond_class(const ldm_model *m, ldm_generate_params *
 static const char *no_uncond_reason(const ldm_model *m, const ldm_generate_params *in)
 {
     if (in->uncond_class == LDM_UNCOND_CLASS_NONE) return "uncond_class is LDM_UNCOND_CLASS_NONE";
-    if (m->desc.cond.n_classes < 2) return "it has a single class";
+    if (class_count(m) < 2) return "it has a single class";
+    if (lm_label_emb_classes(m))
+        return "its UNet's class embedding (num_classes, label_emb) has no \"no class\" label of its own; name one "
+               "with uncond_class if the model learned one";
     return "its config sets ucg_rate: 0, so it never learned a \"no class\" label";
 }
 
 /* in: the caller's values (for the messages); p: being resolved. */
 static ldm_status resolve_class(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
 {
-    int n = m->desc.cond.n_classes;
+    int n = class_count(m);
     LDM_TRY(resolve_uncond_class(m, p));
     int has_uncond = p->uncond_class >= 0;
     if (p->class_label < -1 || p->class_label >= n)
@@ -248,7 +272,7 @@ static ldm_status resolve_guidance(const ldm_model *m, const ldm_generate_params
 {
     int is_class = m->desc.conditioning_key != LD_CONDKEY_NONE && m->desc.conditioning_key != LD_CONDKEY_CONCAT &&
                    m->desc.cond.kind == LD_COND_CLASS;
-    if (is_class) return resolve_class(m, in, p);
+    if (is_class || lm_label_emb_classes(m)) return resolve_class(m, in, p);
     if (p->uncond_class >= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "uncond_class %d: this model is not class-conditional",
                         p->uncond_class);

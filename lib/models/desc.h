@@ -45,6 +45,8 @@ typedef struct ld_unet {
     int use_checkpoint;          /* recompute blocks in backward (lib/train) */
     int use_new_attention_order; /* AttentionBlock: QKVAttention instead of QKVAttentionLegacy */
     int time_cond_proj_dim;      /* LCM guidance embedding width (time_embed.cond_proj), 0: none */
+    int no_conv_resample;        /* conv_resample: false: Downsample = avg-pool 2x2, Upsample = nearest
+                                    x2, neither with a convolution (no parameters) */
 } ld_unet;
 
 typedef enum {

@@ -17,7 +17,9 @@ typedef enum {
     LU_RES,   /* ResBlock, possibly with down/up */
     LU_ATTN,  /* AttentionBlock (in place) */
     LU_XF,    /* SpatialTransformer (in place) */
-    LU_UP     /* Upsample: nearest x2 + conv */
+    LU_UP,    /* Upsample: nearest x2 + conv */
+    LU_POOL,  /* Downsample without conv (conv_resample false): avg-pool 2x2 */
+    LU_UPNN   /* Upsample without conv (conv_resample false): nearest x2 */
 } lu_kind;
 
 typedef struct lu_layer {
@@ -162,6 +164,8 @@ static ldm_status build_inputs(lu_build *b, int *ch_io, int *ds_io)
             LDM_TRY(lub_name(name, sizeof name, "input_blocks.%d.0", k));
             if (d->resblock_updown) {
                 LDM_TRY(add_res(b, &n->inputs[k], name, ch, ch, LUB_DOWN));
+            } else if (d->no_conv_resample) {
+                seq_add(&n->inputs[k], LU_POOL);
             } else {
                 LDM_TRY(lub_name(name, sizeof name, "input_blocks.%d.0.op", k));
                 l = seq_add(&n->inputs[k], LU_CONV);
@@ -203,6 +207,8 @@ static ldm_status build_outputs(lu_build *b, int *ch_io, int ds)
                 if (d->resblock_updown) {
                     LDM_TRY(lub_name(name, sizeof name, "output_blocks.%d.%d", k, s->n));
                     LDM_TRY(add_res(b, s, name, ch, ch, LUB_UP));
+                } else if (d->no_conv_resample) {
+                    seq_add(s, LU_UPNN);
                 } else {
                     LDM_TRY(lub_name(name, sizeof name, "output_blocks.%d.%d.conv", k, s->n));
                     lu_layer *l = seq_add(s, LU_UP);
@@ -326,6 +332,9 @@ static void seq_free(lu_seq *s)
         case LU_RES: lub_resblock_free(&l->res); break;
         case LU_ATTN: lub_attn_free(&l->attn); break;
         case LU_XF: lst_free(&l->xf); break;
+        case LU_POOL:
+        case LU_UPNN:
+            break; /* no parameters */
         }
     }
 }
@@ -513,6 +522,8 @@ static ldm_status seq_forward(const lu_run *r, const lu_seq *s, const lub_act *i
             st = lub_conv_forward(&l->conv, r->c, src, &next);
         else if (l->kind == LU_UP)
             st = lub_upsample_forward(&l->conv, r->c, &r->n->ws, src, &next);
+        else if (l->kind == LU_POOL || l->kind == LU_UPNN)
+            st = lub_resample_forward(l->kind == LU_POOL ? LUB_DOWN : LUB_UP, src, &next);
         else
             st = lub_resblock_forward(&l->res, r->c, &r->n->ws, src, r->emb_silu, &next);
         if (src == &cur) lub_act_free(&cur);

@@ -409,6 +409,9 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
             if (d->resblock_updown) {
                 snprintf(name, sizeof name, "input_blocks.%d.0", k++);
                 h = res_block(&u, name, h, ch, ch, UPDOWN_DOWN);
+            } else if (d->no_conv_resample) { /* Downsample(use_conv=False): AvgPool2d(2, 2) */
+                k++;
+                h = ltp_avg_pool2(t, h);
             } else {
                 snprintf(name, sizeof name, "input_blocks.%d.0.op", k++);
                 h = conv(&u, name, h, ch, ch, 3, 2, 0);
@@ -440,6 +443,8 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
                 if (d->resblock_updown) {
                     snprintf(name, sizeof name, "output_blocks.%d.%d", k, sub);
                     h = res_block(&u, name, h, ch, ch, UPDOWN_UP);
+                } else if (d->no_conv_resample) { /* Upsample(use_conv=False): nearest x2 only */
+                    h = ltp_upsample_nearest2(t, h);
                 } else {
                     snprintf(name, sizeof name, "output_blocks.%d.%d.conv", k, sub);
                     h = conv(&u, name, ltp_upsample_nearest2(t, h), ch, ch, 3, 1, 0);

@@ -5,6 +5,7 @@
  * per kind of draw and the step, so a resumed run continues exactly as an uninterrupted one. */
 #include "trainer_internal.h"
 
+#include "first_stage.h"
 #include "nets.h"
 
 #include <math.h>
@@ -78,27 +79,14 @@ ldm_status ltr_declare_params(ldm_trainer *t)
     return LDM_OK;
 }
 
-/* z = (mean + std * noise) * scale_factor from the first stage's moments (posterior.sample(),
- * get_first_stage_encoding); with scale_by_std the first batch sets scale_factor = 1 / std(z). */
+/* z = scale_factor * (KL: mean + std * noise, VQ: the pre-quantisation h) (get_first_stage_encoding);
+ * with scale_by_std the first batch sets scale_factor = 1 / std(z). */
 static ldm_status encode_latents(ldm_trainer *t, int64_t step, int B)
 {
     int S = t->image_size, E = t->latent_channels, h = t->latent_size;
-    ldm_tensor *x = lt_new_f32_4d(B, 3, S, S), *mom = NULL;
-    if (!x) return ldm_alloc_failure_status();
-    memcpy(x->data, t->images, sizeof(float) * (size_t)B * 3 * S * S);
-    ldm_status st = lae_encode(t->fs, &t->c, x, &mom);
-    ldm_tensor_free(x);
-    if (st != LDM_OK) return st;
-    size_t per = (size_t)E * h * h, n = (size_t)B * per;
+    size_t n = (size_t)B * E * h * h;
     ls_randn_fill(t->p.seed, STREAM_LATENT, (uint64_t)step * n, n, t->noise);
-    const float *M = lt_f32(mom);
-    for (int b = 0; b < B; b++)
-        for (size_t i = 0; i < per; i++) {
-            float mean = M[(size_t)b * 2 * per + i], lv = M[(size_t)b * 2 * per + per + i];
-            lv = lv < -30.0f ? -30.0f : lv > 20.0f ? 20.0f : lv;
-            t->x0[(size_t)b * per + i] = mean + expf(0.5f * lv) * t->noise[(size_t)b * per + i];
-        }
-    ldm_tensor_free(mom);
+    LDM_TRY(ltr_first_stage_latents(t->fs, &t->c, t->images, B, S, t->noise, t->x0));
     if (!t->scale_factor_known) { /* torch's std(): unbiased, over every element of the batch */
         double s = 0.0, ss = 0.0;
         for (size_t i = 0; i < n; i++) s += t->x0[i];

@@ -96,9 +96,10 @@ static ldm_status check_model(ldm_trainer *t)
     const ld_model *m = &t->cfg.model;
     const ld_autoencoder *fs = &m->first_stage;
     t->is_diffusion = m->is_diffusion;
-    if (!fs->present || fs->is_vq)
+    if (!fs->present || (fs->is_vq && !t->is_diffusion))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports AutoencoderKL and LatentDiffusion on an "
-                        "AutoencoderKL first stage", t->config_path);
+                        "AutoencoderKL or VQModelInterface first stage (VQ autoencoders themselves do not train)",
+                        t->config_path);
     int factor = 1 << (fs->n_levels - 1);
     if (!t->is_diffusion) {
         t->image_size = fs->resolution;
@@ -280,6 +281,10 @@ static ldm_status setup(ldm_trainer *t)
     LDM_TRY(ltp_params_create(t->p.seed, &t->ps));
     LDM_TRY(ltp_tape_create(&t->c, &t->tape));
     ltp_set_activation_budget(t->tape, (size_t)t->p.max_activation_bytes);
+    if (t->p.max_activation_bytes)
+        log_msg(t, t->is_diffusion ? LDM_LOG_INFO : LDM_LOG_WARN, "max_activation_bytes %llu: %s",
+                (unsigned long long)t->p.max_activation_bytes,
+                t->is_diffusion ? "UNet blocks past it are recomputed in backward" : "ignored (only the UNet checkpoints)");
     if (t->is_diffusion) {
         LDM_TRY(open_first_stage(t));
         LDM_TRY(make_schedule(t));
