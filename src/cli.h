@@ -20,6 +20,7 @@ typedef struct cli_options {
     uint64_t seed;                  /* image k of a batch uses seed + k */
     size_t max_memory;              /* bytes; 0: no cap */
     int seed_given, strength_given, quiet;
+    int plain_prompt; /* --plain-prompt: no webui syntax, 75 tokens (docs/prompts.md) */
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help
