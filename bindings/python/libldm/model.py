@@ -264,7 +264,7 @@ class Model:
     def generate(self, prompt=None, negative_prompt=None, class_label=None, width=None, height=None,
                  batch=None, sampler=None, steps=None, eta=None, guidance_scale=None, seed=None,
                  init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
-                 vae_tile=None, x_T=None, uncond_class=None, progress=None):
+                 vae_tile=None, x_T=None, uncond_class=None, progress=None, plain_prompts=None):
         """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
 
         Arguments left at None keep the library's defaults (50 DDIM steps, the training size,
@@ -275,6 +275,9 @@ class Model:
         model's own (the last class, unless its config says it has none), "none" = the model has
         none, or a class number.
         x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
+        prompt / negative_prompt use webui's syntax -- (word:1.3), (word), [word], BREAK -- and may
+        be longer than 75 tokens (docs/prompts.md); plain_prompts=True reads them as plain text cut
+        at 75 tokens.
         progress: fn(step, total) called after each step; returning True stops the run
         (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
@@ -287,7 +290,7 @@ class Model:
                                  width=width, height=height, batch=batch, sampler=sampler, steps=steps, eta=eta,
                                  guidance_scale=guidance_scale, seed=seed, init_image=init_image, strength=strength,
                                  mask=mask, cond_image=cond_image, layout_tokens=layout_tokens, vae_tile=vae_tile,
-                                 x_T=x_T, uncond_class=uncond_class)
+                                 x_T=x_T, uncond_class=uncond_class, plain_prompts=plain_prompts)
             p.progress = guard.c_function
             with self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
                 status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
@@ -304,7 +307,7 @@ class Model:
         a dict of the scalar parameters with every model-dependent default made explicit -- width
         and height, guidance_scale, uncond_class (a class number, or "none"), class_label (the
         unconditional class when none was given) -- plus prompt, negative_prompt, batch,
-        sampler (its name), steps, eta, seed, strength and vae_tile. Takes generate()'s keyword
+        sampler (its name), steps, eta, seed, strength, vae_tile and plain_prompts. Takes generate()'s keyword
         arguments (progress is accepted and ignored) and raises what generate() would raise for an
         invalid combination."""
         kwargs.pop("progress", None)
@@ -318,7 +321,7 @@ class Model:
         for field in ("prompt", "negative_prompt"):
             value = getattr(resolved, field)
             out[field] = value.decode("utf-8") if value is not None else ""
-        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile"):
+        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile", "plain_prompts"):
             out[field] = getattr(resolved, field)
         for field in ("eta", "guidance_scale", "strength"):
             out[field] = float(getattr(resolved, field))
@@ -346,7 +349,7 @@ def _uncond_class(value):
 def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, width=None, height=None, batch=None,
                      sampler=None, steps=None, eta=None, guidance_scale=None, seed=None, init_image=None,
                      strength=None, mask=None, cond_image=None, layout_tokens=None, vae_tile=None, x_T=None,
-                     uncond_class=None):
+                     uncond_class=None, plain_prompts=None):
     """An ldm_generate_params from generate()'s arguments (None: the library's default); tensors
     are converted into `a` (an Args), which must outlive the call."""
     p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
@@ -367,6 +370,8 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
     if sampler is not None:
         p.sampler = _enum(_api.SAMPLERS, sampler, "sampler")
     p.uncond_class = _uncond_class(uncond_class)
+    if plain_prompts is not None:
+        p.plain_prompts = 1 if plain_prompts else 0
     p.init_image = a.tensor(init_image)
     p.mask = a.tensor(mask)
     p.cond_image = a.tensor(cond_image)
