@@ -233,7 +233,7 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
                                         "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
                                         "seed",     "init_image",      "strength",    "mask",       "cond_image",
                                         "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
-                                        NULL};
+                                        "plain_prompts", NULL};
     ldm_generate_params_init(p);
     lb_check_options(L, opts, "generate", known);
     p->prompt = lb_opt_string(L, opts, "prompt", NULL);
@@ -251,6 +251,10 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     p->strength = (float)lb_opt_number(L, opts, "strength", p->strength);
     p->vae_tile = lb_opt_int(L, opts, "vae_tile", p->vae_tile);
     p->uncond_class = opt_uncond_class(L, opts);
+    lua_getfield(L, opts, "plain_prompts"); /* true: no webui syntax, 75 tokens (docs/prompts.md) */
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_error(L, "option 'plain_prompts': expected a boolean");
+    p->plain_prompts = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
@@ -337,6 +341,8 @@ static int m_resolve_generate_params(lua_State *L)
     if (r.uncond_class == LDM_UNCOND_CLASS_NONE) lua_pushliteral(L, "none");
     else lua_pushinteger(L, r.uncond_class);
     lua_setfield(L, -2, "uncond_class");
+    lua_pushboolean(L, r.plain_prompts);
+    lua_setfield(L, -2, "plain_prompts");
     return 1;
 }
 
