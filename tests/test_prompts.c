@@ -32,16 +32,16 @@ static void expect_runs(const char *prompt, const want_run *want, int n)
     for (int i = 0; i < n; i++) {
         ck_assert_msg(strcmp(ldm_prompt_runs_text(r, i), want[i].text) == 0, "%s: run %d is \"%s\", want \"%s\"",
                       prompt, i, ldm_prompt_runs_text(r, i), want[i].text);
-        ck_assert_msg(ldm_prompt_runs_weight(r, i) == want[i].weight, "%s: run %d weight %.17g, want %.17g", prompt,
-                      i, ldm_prompt_runs_weight(r, i), want[i].weight);
+        ck_assert_msg(ldm_prompt_runs_weight(r, i) == want[i].weight, "%s: run %d weight %.17g, want %.17g", prompt, i,
+                      ldm_prompt_runs_weight(r, i), want[i].weight);
     }
     ldm_prompt_runs_free(r);
 }
 
-#define EXPECT(prompt, ...)                                                                                    \
-    do {                                                                                                       \
-        const want_run w_[] = {__VA_ARGS__};                                                                   \
-        expect_runs(prompt, w_, (int)(sizeof w_ / sizeof w_[0]));                                              \
+#define EXPECT(prompt, ...)                                                                                            \
+    do {                                                                                                               \
+        const want_run w_[] = {__VA_ARGS__};                                                                           \
+        expect_runs(prompt, w_, (int)(sizeof w_ / sizeof w_[0]));                                                      \
     } while (0)
 
 START_TEST(test_parse_brackets)
@@ -55,8 +55,8 @@ START_TEST(test_parse_brackets)
     EXPECT("[[a]]", {"a", 1.0 * down * down});
     /* webui's doctest: inner brackets multiply first */
     EXPECT("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).", {"a ", 1.0}, {"house", 1.0 * 1.3 * up * up},
-           {" ", 1.0 * up}, {"on", 1.0 * down * up}, {" a ", 1.0 * up}, {"hill", 1.0 * 0.5 * up},
-           {", sun, ", 1.0 * up}, {"sky", 1.0 * up * up * up * up}, {".", 1.0 * up});
+           {" ", 1.0 * up}, {"on", 1.0 * down * up}, {" a ", 1.0 * up}, {"hill", 1.0 * 0.5 * up}, {", sun, ", 1.0 * up},
+           {"sky", 1.0 * up * up * up * up}, {".", 1.0 * up});
     /* (a (b:2) c): the weighted close pops the innermost "(" */
     EXPECT("(a (b:2) c)", {"a ", up}, {"b", 2.0 * up}, {" c", up});
     /* mixing: [x (y]) closes "]" against "[" and ")" against "(" */
@@ -127,7 +127,10 @@ START_TEST(test_parse_break)
     EXPECT("aBREAK BREAKfast _BREAK BREAK_ break", {"aBREAK BREAKfast _BREAK BREAK_ break", 1.0});
     EXPECT("x,BREAK.y", {"x,", 1.0}, {"BREAK", -1.0}, {".y", 1.0});
     /* Unicode whitespace (str.isspace) around it is eaten */
-    EXPECT("a\xc2\xa0" "BREAK\xe3\x80\x80" "b", {"a", 1.0}, {"BREAK", -1.0}, {"b", 1.0});
+    EXPECT("a\xc2\xa0"
+           "BREAK\xe3\x80\x80"
+           "b",
+           {"a", 1.0}, {"BREAK", -1.0}, {"b", 1.0});
     /* inside brackets the marker's -1 is multiplied: then it is the plain word */
     EXPECT("(a BREAK b)", {"a", 1.1}, {"BREAK", -1.1}, {"b", 1.1});
     ck_assert_int_eq(ldm_prompt_parse("(a BREAK b)", 0, &r), LDM_OK);
@@ -201,8 +204,8 @@ static ldm_status fake_tokenize(void *user, const char *text, int64_t **ids, siz
 
 static lpr_chunk_cfg fake_cfg(int backtrack)
 {
-    lpr_chunk_cfg c = {.chunk_length = 75, .id_start = 1, .id_end = 2, .id_pad = 2, .id_comma = 9,
-                       .comma_backtrack = backtrack};
+    lpr_chunk_cfg c = {
+        .chunk_length = 75, .id_start = 1, .id_end = 2, .id_pad = 2, .id_comma = 9, .comma_backtrack = backtrack};
     return c;
 }
 
@@ -462,8 +465,8 @@ static void check_emphasis(model_fx *f, const char *vocab_file, ldm_tokenizer_ki
         for (int t = 0; t < row; t++)
             for (int k = 0; k < d; k++) {
                 double zw = (double)zr[t * d + k] * wr[t], want = zw * (m0 / m1);
-                ck_assert_msg(fabs(got[t * d + k] - want) <= 1e-5 * (1 + fabs(want)), "prompt %d [%d,%d]: %g vs %g",
-                              i, t, k, got[t * d + k], want);
+                ck_assert_msg(fabs(got[t * d + k] - want) <= 1e-5 * (1 + fabs(want)), "prompt %d [%d,%d]: %g vs %g", i,
+                              t, k, got[t * d + k], want);
                 ck_assert(fabs(got_nn[t * d + k] - zw) <= 1e-6 * (1 + fabs(zw)));
             }
         ldm_tensor_free(ids);

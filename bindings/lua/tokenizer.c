@@ -63,8 +63,8 @@ static int tok_encode_prompt(lua_State *L)
 
 void lb_tokenizer_register(lua_State *L, int module)
 {
-    static const luaL_Reg methods[] = {{"encode", tok_encode}, {"encode_prompt", tok_encode_prompt}, {"close", tok_gc},
-                                       {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"encode", tok_encode}, {"encode_prompt", tok_encode_prompt}, {"close", tok_gc}, {NULL, NULL}};
     static const luaL_Reg functions[] = {{"tokenizer", l_tokenizer}, {NULL, NULL}};
     lb_new_class(L, LB_TOKENIZER, methods, tok_gc);
     lb_set_functions(L, module, functions);

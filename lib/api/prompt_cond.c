@@ -1,12 +1,9 @@
 /* prompt_cond.c - prompts with webui's syntax and length rules through a text conditioner
  * (docs/prompts.md): each prompt becomes chunks of token ids and weights (lib/text/prompt.h),
  * chunk i of every prompt is encoded in one batch by the text tower, the weights are applied to
- * its output as webui's EmphasisOriginal.after_transformers does (modules/sd_emphasis.py):
- *     original_mean = z.mean();  z = z * weights;  z = z * (original_mean / z.mean())
- * and the chunks are concatenated along the sequence axis. The means are taken over one prompt's
- * chunk [77, D] (webui takes them over its encoder call, which holds one prompt's texts). A chunk
- * whose weights are all 1 is left as the tower returned it (webui's arithmetic is then the
- * identity), so prompts without syntax give exactly ldm_conditioner_encode_text's result. */
+ * each prompt's chunk of the output (lpr_emphasis) and the chunks are concatenated along the
+ * sequence axis. Prompts without syntax within one chunk give exactly
+ * ldm_conditioner_encode_text's result. */
 #include "model_internal.h"
 
 #include "../text/prompt.h"
@@ -66,28 +63,6 @@ static ldm_status chunk_batch(const prompt_set *s, int c, ldm_tensor **ids, floa
     return LDM_OK;
 }
 
-static float mean_of(const float *z, size_t n)
-{
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i++) sum += z[i];
-    return (float)(sum / (double)n);
-}
-
-/* webui's EmphasisOriginal (or "No norm") on one prompt's chunk z [row, dim]. */
-static void apply_weights(float *z, const float *w, int row, int dim, int normalize)
-{
-    size_t n = (size_t)row * (size_t)dim;
-    int all_one = 1;
-    for (int t = 0; t < row; t++) all_one &= w[t] == 1.0f;
-    if (all_one) return;
-    float original_mean = mean_of(z, n);
-    for (int t = 0; t < row; t++)
-        for (int d = 0; d < dim; d++) z[(size_t)t * (size_t)dim + (size_t)d] *= w[t];
-    if (!normalize) return;
-    float ratio = original_mean / mean_of(z, n);
-    for (size_t i = 0; i < n; i++) z[i] *= ratio;
-}
-
 static ldm_status check_finite(const float *z, size_t n, int prompt, int chunk)
 {
     for (size_t i = 0; i < n; i++)
@@ -118,7 +93,7 @@ static ldm_status encode_chunk(struct ldm_conditioner *cond, const prompt_set *s
     size_t block = (size_t)row * (size_t)dim;
     for (int i = 0; i < s->n && st == LDM_OK; i++) {
         float *zi = lt_f32(z) + (size_t)i * block;
-        apply_weights(zi, w + (size_t)i * (size_t)row, row, dim, !(flags & LDM_PROMPT_NO_NORMALIZE));
+        lpr_emphasis(zi, w + (size_t)i * (size_t)row, row, dim, !(flags & LDM_PROMPT_NO_NORMALIZE));
         st = check_finite(zi, block, i, c);
         if (st == LDM_OK) memcpy(lt_f32(*out) + ((size_t)i * (size_t)s->k + (size_t)c) * block, zi, block * sizeof *zi);
     }

@@ -71,6 +71,16 @@ void lpr_chunks_free(lpr_chunks *chunks);
  * fewer chunks than the longest of its batch gets. row = chunk_length + 2 entries each. */
 void lpr_empty_chunk(const lpr_chunk_cfg *cfg, int64_t *ids, float *weights);
 
+/* ---- weights on the text tower's output (prompt_emphasis.c) */
+
+/* webui's EmphasisOriginal.after_transformers (modules/sd_emphasis.py) on one chunk's output z
+ * [row, dim] with the chunk's weights [row]:
+ *     original_mean = z.mean();  z = z * weights;  z = z * (original_mean / z.mean())
+ * (normalize 0: the last step is left out, webui's "No norm"). Means are accumulated in double
+ * and rounded to float like torch's float32 results. A chunk whose weights are all 1 is left
+ * untouched (webui's arithmetic is then the identity). */
+void lpr_emphasis(float *z, const float *weights, int row, int dim, int normalize);
+
 /* ---- a tokenizer family's chunks (prompt_tokens.c) */
 
 /* The chunk settings of a tokenizer for a context of context_length ids (chunk_length =

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROUND_MULTIPLIER 1.1
+#define ROUND_MULTIPLIER  1.1
 #define SQUARE_MULTIPLIER (1 / 1.1)
 
 /* A run while parsing: code points, merged and converted to UTF-8 at the end. */
@@ -39,7 +39,10 @@ typedef struct parser {
     size_t *square, n_square;
 } parser;
 
-static int is_space(uint32_t c) { return (ltx_u_props(c) & LTX_U_PY_SPACE) != 0; }
+static int is_space(uint32_t c)
+{
+    return (ltx_u_props(c) & LTX_U_PY_SPACE) != 0;
+}
 
 static int is_word(uint32_t c)
 {
@@ -310,4 +313,7 @@ void lpr_runs_free(lpr_runs *runs)
     memset(runs, 0, sizeof *runs);
 }
 
-int lpr_is_break(const lpr_run *run) { return run->weight == -1.0 && strcmp(run->text, "BREAK") == 0; }
+int lpr_is_break(const lpr_run *run)
+{
+    return run->weight == -1.0 && strcmp(run->text, "BREAK") == 0;
+}

@@ -64,7 +64,10 @@ LDM_API ldm_status ldm_prompt_parse(const char *prompt, unsigned flags, ldm_prom
     return LDM_OK;
 }
 
-LDM_API int ldm_prompt_runs_count(const ldm_prompt_runs *runs) { return runs ? runs->runs.count : 0; }
+LDM_API int ldm_prompt_runs_count(const ldm_prompt_runs *runs)
+{
+    return runs ? runs->runs.count : 0;
+}
 
 LDM_API const char *ldm_prompt_runs_text(const ldm_prompt_runs *runs, int i)
 {
