@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- parser */
 
@@ -350,6 +351,33 @@ START_TEST(test_chunk_break_weights_padding)
 }
 END_TEST
 
+/* A vocabulary without ",": the comma rule must not take [UNK] (what "," becomes) for a comma. */
+START_TEST(test_chunk_vocab_without_comma)
+{
+    char dir[] = "/tmp/ldm-prompt-XXXXXX", path[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n", f);
+    fclose(f);
+    ldm_tokenizer *tok = NULL;
+    ck_assert_int_eq(ldm_tokenizer_load(LDM_TOKENIZER_BERT, path, &tok), LDM_OK);
+    ldm_tensor *ids = NULL, *w = NULL;
+    /* context 8: chunks of 6; "x" is [UNK] at position 1, five tokens before the chunk fills */
+    ck_assert_int_eq(ldm_tokenizer_encode_prompt(tok, "a x b b b b b", 8, 0, &ids, &w), LDM_OK);
+    const int64_t *v = ldm_tensor_data(ids);
+    ck_assert_int_eq(ldm_tensor_dim(ids, 0), 2);
+    const int64_t want[16] = {2, 5, 1, 6, 6, 6, 6, 3, 2, 6, 3, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 16; i++) ck_assert_int_eq(v[i], want[i]);
+    ldm_tensor_free(ids);
+    ldm_tensor_free(w);
+    ldm_tokenizer_free(tok);
+    remove(path);
+    rmdir(dir);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- conditioners (shared fixtures) */
 
 typedef struct model_fx {
@@ -594,6 +622,7 @@ static Suite *prompt_suite(void)
     tcase_add_test(chunk, test_chunk_lengths);
     tcase_add_test(chunk, test_chunk_comma_backtrack);
     tcase_add_test(chunk, test_chunk_break_weights_padding);
+    tcase_add_test(chunk, test_chunk_vocab_without_comma);
     suite_add_tcase(s, chunk);
     TCase *cond = tcase_create("conditioners");
     tcase_set_timeout(cond, 300);

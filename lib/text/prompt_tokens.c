@@ -30,7 +30,8 @@ ldm_status lpr_tokenizer_cfg(const ldm_tokenizer *tok, int context_length, unsig
     int64_t *ids = NULL;
     size_t n = 0;
     LDM_TRY(ltx_tokenizer_ids(tok, ",", "\",\"", &ids, &n));
-    cfg->id_comma = n == 1 ? ids[0] : -1;
+    /* a vocabulary without "," (a test vocabulary) gives [UNK]: then there is no comma */
+    cfg->id_comma = n == 1 && ids[0] != ltx_tokenizer_unknown_id(tok) ? ids[0] : -1;
     ldm_free(ids);
     return LDM_OK;
 }

@@ -27,5 +27,7 @@ ldm_status ltx_tokenizer_ids(const ldm_tokenizer *tok, const char *text, const c
 /* The family's framing: start, end and padding ids (CLIP pads with end, OpenCLIP with 0, BERT
  * with [PAD]). */
 void ltx_tokenizer_framing(const ldm_tokenizer *tok, int64_t *start, int64_t *end, int64_t *pad);
+/* The id of text the vocabulary lacks (BERT [UNK]); -1 when every text has ids (byte-level BPE). */
+int64_t ltx_tokenizer_unknown_id(const ldm_tokenizer *tok);
 
 #endif

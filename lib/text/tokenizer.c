@@ -123,6 +123,11 @@ void ltx_tokenizer_framing(const ldm_tokenizer *tok, int64_t *start, int64_t *en
     *pad = tok->kind == LDM_TOKENIZER_CLIP ? *end : 0;
 }
 
+int64_t ltx_tokenizer_unknown_id(const ldm_tokenizer *tok)
+{
+    return tok->kind == LDM_TOKENIZER_BERT ? ltx_wordpiece_unk_id(tok->wp) : -1;
+}
+
 /* ---------------------------------------------------------------- public API */
 
 LDM_API ldm_status ldm_tokenizer_load(ldm_tokenizer_kind kind, const char *vocab_path, ldm_tokenizer **out)
