@@ -13,17 +13,20 @@ imported as they are from --webui DIR (a folder holding those four files under m
 parser needs `lark`). Only the modules they import for device handling, the model hijack and the
 options (modules.devices, modules.sd_hijack, modules.shared) are replaced by stubs holding webui's
 defaults: emphasis "Original", comma_padding_backtrack 20, CLIP_stop_at_last_layers 1, no
-textual-inversion embeddings. The text towers under them are the official ones with seeded random
-weights of the shared fixtures cond_clip_sd1 / cond_openclip_sd2 (float16, read from
---shared DIR/fixtures; outputs computed in float32 from those values, like theirs):
-  SD 1.x: HF transformers CLIPTextModel (quick_gelu; width 32, 2 layers, 2 heads) and CLIPTokenizer (vocab.json / merges.txt
-          derived from bpe_simple_vocab_16e6.txt.gz exactly as openai/CLIP builds its vocabulary),
-          wrapped like CompVis FrozenCLIPEmbedder (.tokenizer, .transformer);
+textual-inversion embeddings. Under them run the official text towers, with the seeded random
+float16 weights of the shared fixtures cond_clip_sd1 / cond_openclip_sd2 (read from --shared
+DIR/fixtures; outputs computed in float32 from those values, like theirs):
+  SD 1.x: HF transformers CLIPTextModel (quick_gelu; width 32, 2 layers, 2 heads) and
+          CLIPTokenizer (vocab.json / merges.txt derived from bpe_simple_vocab_16e6.txt.gz exactly
+          as openai/CLIP builds its vocabulary), wrapped like CompVis FrozenCLIPEmbedder
+          (.tokenizer, .transformer);
   SD 2.x: Stability-AI/stablediffusion ldm/modules/encoders/modules.py
-          FrozenOpenCLIPEmbedder.encode_with_transformer (commit cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf,
-          --sd2 DIR holding its ldm/ folder), layer "penultimate", on open_clip 2.20's Transformer (width
-          32, 3 layers, 4 heads),
-          and open_clip's tokenizer (what webui's sd_hijack_open_clip uses).
+          FrozenOpenCLIPEmbedder.encode_with_transformer (commit
+          cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf, --sd2 DIR holding its ldm/ folder), layer
+          "penultimate", on open_clip 2.20's Transformer (width 32, 3 layers, 4 heads), and
+          open_clip's tokenizer (what webui's sd_hijack_open_clip uses).
+The webui files are used at the commits above (e.g. `git archive <commit> modules/<file>`); nothing
+of them is kept in the project.
 
 Fixtures written (tests/fixtures/, the shared fixture format):
   prompt_parse         parse_prompt_attention of the prompts -> runs (texts as UTF-8 bytes, weights
