@@ -538,6 +538,10 @@ typedef struct ldm_generate_params {
                                      LDM_UNCOND_CLASS_NONE: the model has none; >= 0: that class. */
     ldm_timestep_spacing timestep_spacing; /* k-samplers: DEFAULT or TRAILING (SD-Turbo, SDXL-Turbo) */
     int lcm_original_steps;       /* LCM sampler: original_inference_steps, 0 = 50 */
+    int plain_prompts;            /* 0 (default): prompt and negative_prompt use webui's syntax and
+                                     length rules (see "prompts as users write them" below; the
+                                     shorter of the two gets empty chunks); 1: plain text, cut at
+                                     75 tokens (ldm_conditioner_encode_text) */
 } ldm_generate_params;
 
 /* The unconditional class of a class-conditional model (ldm_generate_params.uncond_class).
@@ -786,6 +790,54 @@ LDM_API ldm_status ldm_model_lora_clear(ldm_model *model);
 LDM_API int ldm_model_lora_count(const ldm_model *model);
 /* LoRA number `index` (0 .. count-1, in the order added). info->struct_size must be set. */
 LDM_API ldm_status ldm_model_lora_get(const ldm_model *model, int index, ldm_lora_info *info);
+
+/* ---------------------------------------------------------------- prompts as users write them */
+
+/* Prompt syntax and long prompts as AUTOMATIC1111/stable-diffusion-webui reads them (issue #14,
+ * docs/prompts.md): "(word:1.3)" weighs word by 1.3, "(word)" by 1.1, "[word]" by 1/1.1 (nested
+ * brackets multiply; an unclosed bracket runs to the end; \( \) \[ \] \\ are the literal
+ * characters); "BREAK" starts a new chunk. A prompt longer than 75 tokens is cut into chunks of
+ * 75 (a chunk ends early at a comma up to 20 tokens back, webui's comma_padding_backtrack), each
+ * chunk is wrapped in start/end tokens, padded to 77 as the encoder pads and encoded on its own,
+ * and the chunks' embeddings are concatenated: [B, 77*n, D]. After the text tower each token's
+ * embedding is multiplied by its weight and the chunk is rescaled so that its mean equals the
+ * unweighted mean (webui's "Original" emphasis). A prompt without syntax and within 75 tokens
+ * gives exactly ldm_conditioner_encode_text's result. The BERT text encoder (LDM text2img) follows
+ * the same rules with chunks of max_seq_len - 2 tokens. */
+#define LDM_PROMPT_NO_EMPHASIS        1u /* brackets and BREAK are plain text (webui's emphasis "None") */
+#define LDM_PROMPT_NO_COMMA_BACKTRACK 2u /* chunks are cut at exactly 75 tokens (comma_padding_backtrack 0) */
+#define LDM_PROMPT_NO_NORMALIZE       4u /* weights applied without restoring the mean (webui's "No norm") */
+
+/* A prompt split into runs of text of equal weight, exactly as webui's parse_prompt_attention
+ * returns them (neighbouring runs of equal weight merged; a BREAK is the run "BREAK" of weight
+ * -1). flags: LDM_PROMPT_NO_EMPHASIS gives the whole prompt as one run of weight 1. Invalid UTF-8
+ * and a weight that is not a number ("(a:1.2.3)", which webui refuses too) are
+ * LDM_ERR_INVALID_ARGUMENT. */
+typedef struct ldm_prompt_runs ldm_prompt_runs;
+LDM_API ldm_status ldm_prompt_parse(const char *prompt, unsigned flags, ldm_prompt_runs **out);
+LDM_API int ldm_prompt_runs_count(const ldm_prompt_runs *runs);
+/* Run i's UTF-8 text (valid while runs lives; NULL when i is out of range) and weight. */
+LDM_API const char *ldm_prompt_runs_text(const ldm_prompt_runs *runs, int i);
+LDM_API double ldm_prompt_runs_weight(const ldm_prompt_runs *runs, int i);
+/* Whether run i is a BREAK (a new chunk starts there). */
+LDM_API int ldm_prompt_runs_is_break(const ldm_prompt_runs *runs, int i);
+LDM_API void ldm_prompt_runs_free(ldm_prompt_runs *runs);
+
+/* One prompt -> its chunks: ids [n_chunks, context_length] I64 (each chunk: start, up to
+ * context_length - 2 tokens, end, padding as the family pads) and the weight of every id
+ * [n_chunks, context_length] F32 (1 for start/end/padding). context_length 77 (BERT: the
+ * encoder's max_seq_len). */
+LDM_API ldm_status ldm_tokenizer_encode_prompt(ldm_tokenizer *tok, const char *prompt, int context_length,
+                                               unsigned flags, ldm_tensor **ids, ldm_tensor **weights);
+
+/* Prompts with the syntax and length rules above -> F32 [n_prompts, 77*k, D], k = the largest
+ * chunk count of the prompts (a shorter prompt is followed by the embeddings of empty chunks, as
+ * webui pads them). To guide with a negative prompt longer or shorter than the prompt, encode the
+ * two in ONE call (then both have k chunks). The weights' mean is restored per prompt and chunk.
+ * Text conditioners only (CLIP, OpenCLIP, BERT); needs the vocabulary like
+ * ldm_conditioner_encode_text. */
+LDM_API ldm_status ldm_conditioner_encode_prompt(ldm_conditioner *cond, const char *const *prompts, int n_prompts,
+                                                 unsigned flags, ldm_tensor **out);
 
 #ifdef __cplusplus
 }

@@ -24,6 +24,7 @@ typedef struct cli_options {
     int seed_given, strength_given, quiet;
     const char *loras[16];          /* --lora FILE[:WEIGHT], merged in this order */
     int n_loras;
+    int plain_prompt; /* --plain-prompt: no webui syntax, 75 tokens (docs/prompts.md) */
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help

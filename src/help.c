@@ -44,7 +44,10 @@ static const struct {
     {GEN | I2I | INP, "  --vocab PATH            tokenizer vocabulary file or folder (default: $LDM_VOCAB, then a file of the\n"
                       "                          usual name next to the checkpoint)\n"},
     {GEN | I2I | INP, "  --prompt TEXT           text models: the prompt (default \"\")\n"
-                      "  --negative-prompt TEXT  text models: the unconditional prompt of guidance (default \"\")\n"},
+                      "  --negative-prompt TEXT  text models: the unconditional prompt of guidance (default \"\")\n"
+                      "                          Both use webui's syntax: (word:1.3), (word), [word], \\( \\), BREAK, and\n"
+                      "                          prompts longer than 75 tokens (docs/prompts.md)\n"
+                      "  --plain-prompt          text models: the prompts are plain text, cut at 75 tokens\n"},
     {GEN | I2I | INP, "  --class N[,M,...]       class-conditional models: the class, 0 .. n_classes-1 (default: an\n"
                       "                          unconditional sample, made with the unconditional class); a list makes\n"
                       "                          one image per class (seed N+k for the k-th), side by side in one PNG\n"},

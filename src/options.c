@@ -260,6 +260,10 @@ static int flag_option(cli_options *o, const char *a)
         o->turbo = 1;
         return 1;
     }
+    if (!strcmp(a, "--plain-prompt")) {
+        o->plain_prompt = 1;
+        return 1;
+    }
     if (!strcmp(a, "--low-memory")) {
         /* The library reads the mode from the environment (docs/performance.md). */
         setenv("LDM_LOW_MEMORY", "1", 1);

@@ -232,6 +232,7 @@ static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progre
     ldm_generate_params_init(p);
     p->prompt = o->prompt;
     p->negative_prompt = o->negative_prompt;
+    p->plain_prompts = o->plain_prompt;
     p->class_label = o->class_label;
     p->uncond_class = o->uncond_class;
     p->width = o->width;

@@ -545,6 +545,25 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         --negative-prompt "blurry" --steps 6 --seed 5 -o "$T/text-low.png" && cmp -s "$T/text.png" "$T/text-low.png"; then
         ok "--low-memory gives the same image"
     else bad "--low-memory gives the same image"; fi
+    # webui's prompt syntax is the default (docs/prompts.md): a plain prompt gives the same image
+    # with --plain-prompt; emphasis changes it; a weight that is not a number is explained
+    sd1="--model $FX/ldm_sd1_txt2img/model.safetensors --config $FX/ldm_sd1_txt2img/config.yaml --vocab $SHARED/vocab"
+    # shellcheck disable=SC2086
+    if run plain 0 "$LDM" generate $sd1 --plain-prompt --prompt "a red fox" --negative-prompt "blurry" --steps 6 \
+        --seed 5 -o "$T/text-plain.png" && cmp -s "$T/text.png" "$T/text-plain.png"; then
+        ok "--plain-prompt: a prompt without syntax gives the same image"
+    else bad "--plain-prompt: a prompt without syntax gives the same image"; fi
+    # shellcheck disable=SC2086
+    if run weighted 0 "$LDM" generate $sd1 --prompt "a (red:1.5) fox" --steps 2 --seed 5 -o "$T/w1.png" &&
+        run weighted-plain 0 "$LDM" generate $sd1 --plain-prompt --prompt "a (red:1.5) fox" --steps 2 --seed 5 \
+            -o "$T/w2.png" && ! cmp -s "$T/w1.png" "$T/w2.png"; then
+        ok "(red:1.5) weighs the word (and is plain text with --plain-prompt)"
+    else bad "(red:1.5) weighs the word (and is plain text with --plain-prompt)"; fi
+    # shellcheck disable=SC2086
+    if run badweight 1 "$LDM" generate $sd1 --prompt "a (red:1.2.3) fox" --steps 2 -o "$T/x.png" &&
+        has "$T/err" "not a number"; then
+        ok "a weight that is not a number is explained, exit 1"
+    else bad "a weight that is not a number is explained, exit 1"; fi
     if run novocab 1 env -u LDM_VOCAB "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
         --config "$FX/ldm_sd1_txt2img/config.yaml" --prompt "a red fox" --steps 2 -o "$T/x.png" && has "$T/err" "vocab"; then
         ok "a missing vocabulary is explained, exit 1"

@@ -294,7 +294,7 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
                                         "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
                                         "seed",     "init_image",      "strength",    "mask",       "cond_image",
                                         "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
-                                        "timestep_spacing", "lcm_original_steps", NULL};
+                                        "timestep_spacing", "lcm_original_steps", "plain_prompts", NULL};
     static const char *const spacings[] = {"default", "trailing", NULL};
     ldm_generate_params_init(p);
     lb_check_options(L, opts, "generate", known);
@@ -315,6 +315,10 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     p->uncond_class = opt_uncond_class(L, opts);
     p->timestep_spacing = (ldm_timestep_spacing)lb_opt_choice(L, opts, "timestep_spacing", "default", spacings);
     p->lcm_original_steps = lb_opt_int(L, opts, "lcm_original_steps", p->lcm_original_steps);
+    lua_getfield(L, opts, "plain_prompts"); /* true: no webui syntax, 75 tokens (docs/prompts.md) */
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_error(L, "option 'plain_prompts': expected a boolean");
+    p->plain_prompts = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
@@ -404,6 +408,8 @@ static int m_resolve_generate_params(lua_State *L)
     lua_setfield(L, -2, "uncond_class");
     lua_pushstring(L, r.timestep_spacing == LDM_SPACING_TRAILING ? "trailing" : "default");
     lua_setfield(L, -2, "timestep_spacing");
+    lua_pushboolean(L, r.plain_prompts);
+    lua_setfield(L, -2, "plain_prompts");
     return 1;
 }
 

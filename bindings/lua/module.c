@@ -221,6 +221,7 @@ int luaopen_ldm(lua_State *L)
     lb_components_register(L);
     lb_sampler_register(L, module);
     lb_tokenizer_register(L, module);
+    lb_prompt_register(L, module);
     lb_trainer_register(L, module);
     lb_image_register(L, module);
     return 1;

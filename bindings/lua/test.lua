@@ -703,6 +703,44 @@ end)
 
 if train_root then os.execute(("rm -rf %q"):format(train_root)) end
 
+test("parse_prompt: webui's emphasis syntax", function()
+    local runs = ldm.parse_prompt("a ((house:1.3)) [on] BREAK \\(sky\\)")
+    local texts, weights = {}, {}
+    for i, r in ipairs(runs) do texts[i], weights[i] = r.text, r.weight end
+    eq(table.concat(texts, "|"), "a |house| |on||BREAK|(sky)", "texts")
+    eq(weights[2], 1.3 * 1.1, "house")
+    eq(weights[4], 1 / 1.1, "on")
+    check(runs[6].is_break and not runs[5].is_break, "BREAK marker")
+    eq(#ldm.parse_prompt("(a:2) BREAK", {emphasis = false}), 1, "emphasis = false")
+    raises("not a number", ldm.parse_prompt, "(a:1.2.3)")
+    raises("option 'emphasis'", ldm.parse_prompt, "a", {emphasis = 1})
+    raises("unknown", ldm.parse_prompt, "a", {emphasiss = false})
+end)
+
+test("prompts through the tokenizer, the conditioner and generate (fixture ldm_sd1_txt2img)", function()
+    local dir = fixture("ldm_sd1_txt2img")
+    local tok <close> = ldm.tokenizer("clip", shared .. "/vocab/bpe_simple_vocab_16e6.txt.gz")
+    local ids, w = tok:encode_prompt(("red cat "):rep(80) .. "(sky:1.5)") -- 161 tokens: 75 + 75 + 11
+    eq(shape_str(ids), "3x77", "ids") eq(shape_str(w), "3x77", "weights")
+    local wt = w:totable()
+    eq(wt[2 * 77 + 12], 1.5, "weight of sky") eq(wt[2 * 77 + 11], 1.0, "weight of cat")
+    local m <close> = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml", vocab = shared .. "/vocab"})
+    local cond = m:conditioner()
+    eq(table.concat(cond:encode_prompt{"a cat", ""}:totable(), ","), table.concat(cond:encode_text{"a cat", ""}:totable(), ","),
+       "plain prompts = encode_text")
+    eq(shape_str(cond:encode_prompt{("red cat "):rep(40), "x"}), "2x154x16", "two chunks")
+    eq(table.concat(cond:encode_prompt("(a:2)", {emphasis = false}):totable(), ","),
+       table.concat(cond:encode_text("(a:2)"):totable(), ","), "emphasis = false")
+    local function gen(opts)
+        opts.steps, opts.seed = 2, 5
+        return table.concat(m:generate(opts):totable(), ",")
+    end
+    eq(gen{prompt = "a red house"}, gen{prompt = "a red house", plain_prompts = true}, "plain prompt: same image")
+    check(gen{prompt = "a (red:1.5) house"} ~= gen{prompt = "a (red:1.5) house", plain_prompts = true}, "emphasis used")
+    eq(m:resolve_generate_params{plain_prompts = true}.plain_prompts, true, "resolved")
+    raises("option 'plain_prompts'", m.generate, m, {plain_prompts = 1})
+end)
+
 test("fixture ae_kl_f8 through the binding", function()
     local dir, case, data = fixture("ae_kl_f8")
     local m <close> = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml"})

@@ -110,6 +110,17 @@ ldm_status lm_cond_encode_labels(struct ldm_conditioner *cond, const ldm_tensor 
 ldm_status lm_cond_encode_image(struct ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out);
 ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                ldm_tensor **out);
+/* Text conditioners: the tokenizer (loaded on first use from the vocabulary found as
+ * text_cond.c says) and the token context of one encoder call (77; BERT: max_seq_len). */
+ldm_status lm_cond_tokenizer(struct ldm_conditioner *cond);
+int lm_cond_context_length(const struct ldm_conditioner *cond);
+/* Prompts with webui's syntax and length rules (prompt_cond.c, docs/prompts.md): [n, row * k, D]
+ * with k = the largest chunk count of the prompts and at least min_chunks (shorter prompts get
+ * webui's empty chunks); flags are LDM_PROMPT_*. */
+ldm_status lm_cond_encode_prompts(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
+                                  unsigned flags, int min_chunks, ldm_tensor **out);
+/* The number of chunks a prompt takes (tokenization only). */
+ldm_status lm_cond_prompt_chunk_count(struct ldm_conditioner *cond, const char *prompt, unsigned flags, int *n_chunks);
 
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */

@@ -22,6 +22,27 @@ static ldm_status repeat_text(ldm_conditioner *cond, const char *text, int batch
     return lm_cond_encode_text(cond, prompts, batch, out);
 }
 
+/* webui's syntax and length rules (prompt_cond.c): the prompt and the negative prompt are brought
+ * to the same number of chunks (the shorter one gets empty chunks, as webui's "pad prompt/negative
+ * prompt" does) so that guidance can batch them. */
+static ldm_status weighted_text(ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
+{
+    const char *prompt = p->prompt ? p->prompt : "", *negative = p->negative_prompt ? p->negative_prompt : "";
+    const char *prompts[64], *negatives[64];
+    int guided = lp_cfg_branch(cond->model, p), n_chunks = 1;
+    for (int i = 0; i < p->batch; i++) prompts[i] = prompt, negatives[i] = negative;
+    if (guided) {
+        int n_pos = 1, n_neg = 1;
+        LDM_TRY(lm_cond_prompt_chunk_count(cond, prompt, 0, &n_pos));
+        LDM_TRY(lm_cond_prompt_chunk_count(cond, negative, 0, &n_neg));
+        n_chunks = LDM_MAX(n_pos, n_neg);
+    }
+    LDM_TRY(lm_cond_encode_prompts(cond, prompts, p->batch, 0, n_chunks, &out->cond));
+    LDM_TRY(lp_check_cancel(cond->model, "while encoding the prompt"));
+    if (guided) LDM_TRY(lm_cond_encode_prompts(cond, negatives, p->batch, 0, n_chunks, &out->uncond));
+    return LDM_OK;
+}
+
 static ldm_status encode_class(ldm_conditioner *cond, int label, int batch, ldm_tensor **out)
 {
     int64_t n = batch;
@@ -114,9 +135,13 @@ static ldm_status text_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gener
                             "the layout-to-image model needs layout_tokens (ldm_layout_tokens_from_json)");
         return lm_cond_encode_tokens(cond, p->layout_tokens, &out->cond);
     }
-    LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
-    LDM_TRY(lp_check_cancel(m, "while encoding the prompt"));
-    if (lp_cfg_branch(m, p)) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
+    if (!p->plain_prompts) {
+        LDM_TRY(weighted_text(cond, p, out));
+    } else {
+        LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
+        LDM_TRY(lp_check_cancel(m, "while encoding the prompt"));
+        if (lp_cfg_branch(m, p)) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
+    }
     if (m->desc.variant == LD_VARIANT_INPAINT_HYBRID) {
         if (!p->init_image || !p->mask)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");

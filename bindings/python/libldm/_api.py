@@ -34,6 +34,15 @@ CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 
 LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
 UNCOND_CLASS_AUTO = -1  # LDM_UNCOND_CLASS_AUTO: the model's own unconditional class, if any
 UNCOND_CLASS_NONE = -2  # LDM_UNCOND_CLASS_NONE: the model has none
+PROMPT_NO_EMPHASIS = 1  # LDM_PROMPT_*: prompt syntax flags (docs/prompts.md)
+PROMPT_NO_COMMA_BACKTRACK = 2
+PROMPT_NO_NORMALIZE = 4
+
+
+def prompt_flags(emphasis=True, comma_backtrack=True, normalize=True):
+    """The LDM_PROMPT_* flags of the keyword arguments the bindings take."""
+    return ((0 if emphasis else PROMPT_NO_EMPHASIS) | (0 if comma_backtrack else PROMPT_NO_COMMA_BACKTRACK)
+            | (0 if normalize else PROMPT_NO_NORMALIZE))
 
 # ---------------------------------------------------------------- callbacks and structs
 
@@ -61,7 +70,8 @@ class GenerateParams(Structure):
                 ("strength", c_float), ("mask", c_void_p), ("cond_image", c_void_p),
                 ("layout_tokens", c_void_p), ("vae_tile", c_int),
                 ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p),
-                ("uncond_class", c_int), ("timestep_spacing", c_int), ("lcm_original_steps", c_int)]
+                ("uncond_class", c_int), ("timestep_spacing", c_int), ("lcm_original_steps", c_int),
+                ("plain_prompts", c_int)]
 
 
 class TrainProgress(Structure):
@@ -221,6 +231,14 @@ _proto("ldm_model_lora_set_multiplier", _S, _P, c_int, c_double)
 _proto("ldm_model_lora_clear", _S, _P)
 _proto("ldm_model_lora_count", c_int, _P)
 _proto("ldm_model_lora_get", _S, _P, c_int, POINTER(LoraInfo))
+_proto("ldm_prompt_parse", _S, c_char_p, ctypes.c_uint, _OUT)
+_proto("ldm_prompt_runs_count", c_int, _P)
+_proto("ldm_prompt_runs_text", c_char_p, _P, c_int)
+_proto("ldm_prompt_runs_weight", c_double, _P, c_int)
+_proto("ldm_prompt_runs_is_break", c_int, _P, c_int)
+_proto("ldm_prompt_runs_free", None, _P)
+_proto("ldm_tokenizer_encode_prompt", _S, _P, c_char_p, c_int, ctypes.c_uint, _OUT, _OUT)
+_proto("ldm_conditioner_encode_prompt", _S, _P, _STRS, c_int, ctypes.c_uint, _OUT)
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}

@@ -324,7 +324,7 @@ class Model:
                  batch=None, sampler=None, steps=None, eta=None, guidance_scale=None, seed=None,
                  init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
                  vae_tile=None, x_T=None, uncond_class=None, progress=None, timestep_spacing=None,
-                 lcm_original_steps=None):
+                 lcm_original_steps=None, plain_prompts=None):
         """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
 
         Few-step models (docs/few-step.md): sampler="lcm" (steps default 4; guidance off, or 8.5
@@ -339,6 +339,9 @@ class Model:
         model's own (the last class, unless its config says it has none), "none" = the model has
         none, or a class number.
         x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
+        prompt / negative_prompt use webui's syntax -- (word:1.3), (word), [word], BREAK -- and may
+        be longer than 75 tokens (docs/prompts.md); plain_prompts=True reads them as plain text cut
+        at 75 tokens.
         progress: fn(step, total) called after each step; returning True stops the run
         (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
@@ -352,7 +355,7 @@ class Model:
                                  guidance_scale=guidance_scale, seed=seed, init_image=init_image, strength=strength,
                                  mask=mask, cond_image=cond_image, layout_tokens=layout_tokens, vae_tile=vae_tile,
                                  x_T=x_T, uncond_class=uncond_class, timestep_spacing=timestep_spacing,
-                                 lcm_original_steps=lcm_original_steps)
+                                 lcm_original_steps=lcm_original_steps, plain_prompts=plain_prompts)
             p.progress = guard.c_function
             with self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
                 status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
@@ -369,7 +372,7 @@ class Model:
         a dict of the scalar parameters with every model-dependent default made explicit -- width
         and height, guidance_scale, uncond_class (a class number, or "none"), class_label (the
         unconditional class when none was given) -- plus prompt, negative_prompt, batch,
-        sampler (its name), steps, eta, seed, strength and vae_tile. Takes generate()'s keyword
+        sampler (its name), steps, eta, seed, strength, vae_tile and plain_prompts. Takes generate()'s keyword
         arguments (progress is accepted and ignored) and raises what generate() would raise for an
         invalid combination."""
         kwargs.pop("progress", None)
@@ -383,7 +386,7 @@ class Model:
         for field in ("prompt", "negative_prompt"):
             value = getattr(resolved, field)
             out[field] = value.decode("utf-8") if value is not None else ""
-        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile", "lcm_original_steps"):
+        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile", "lcm_original_steps", "plain_prompts"):
             out[field] = getattr(resolved, field)
         for field in ("eta", "guidance_scale", "strength"):
             out[field] = float(getattr(resolved, field))
@@ -413,7 +416,7 @@ def _uncond_class(value):
 def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, width=None, height=None, batch=None,
                      sampler=None, steps=None, eta=None, guidance_scale=None, seed=None, init_image=None,
                      strength=None, mask=None, cond_image=None, layout_tokens=None, vae_tile=None, x_T=None,
-                     uncond_class=None, timestep_spacing=None, lcm_original_steps=None):
+                     uncond_class=None, timestep_spacing=None, lcm_original_steps=None, plain_prompts=None):
     """An ldm_generate_params from generate()'s arguments (None: the library's default); tensors
     are converted into `a` (an Args), which must outlive the call."""
     p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
@@ -436,6 +439,8 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
     p.uncond_class = _uncond_class(uncond_class)
     if timestep_spacing is not None:
         p.timestep_spacing = _enum(_api.SPACINGS, timestep_spacing, "timestep_spacing")
+    if plain_prompts is not None:
+        p.plain_prompts = 1 if plain_prompts else 0
     p.init_image = a.tensor(init_image)
     p.mask = a.tensor(mask)
     p.cond_image = a.tensor(cond_image)
