@@ -113,13 +113,13 @@ static int opt_boolean(lua_State *L, int opts, const char *key)
 
 /* ldm.trainer(config, {data_dir=, out_dir=, first_stage=, init_from=, resume=, max_steps=,
  * max_minutes=, batch_size=, learning_rate=, cond_drop_rate=, save_every=, seed=, n_threads=,
- * callback=, lora_rank=, lora_alpha=, vocab_path=}) */
+ * max_activation_bytes=, callback=, lora_rank=, lora_alpha=, vocab_path=}) */
 static int l_trainer(lua_State *L)
 {
     static const char *const known[] = {"data_dir",   "out_dir",       "first_stage",    "init_from",  "resume",
                                         "max_steps",  "max_minutes",   "batch_size",     "learning_rate",
                                         "cond_drop_rate", "save_every", "seed",          "n_threads",  "callback",
-                                        "lora_rank", "lora_alpha", "vocab_path", NULL};
+                                        "max_activation_bytes", "lora_rank", "lora_alpha", "vocab_path", NULL};
     lua_settop(L, 2);
     const char *config = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -140,6 +140,7 @@ static int l_trainer(lua_State *L)
     p.save_every = lb_opt_int(L, 2, "save_every", 0);
     p.seed = lb_opt_u64(L, 2, "seed", p.seed);
     p.n_threads = lb_opt_int(L, 2, "n_threads", 0);
+    p.max_activation_bytes = lb_opt_u64(L, 2, "max_activation_bytes", 0);
     p.lora_rank = lb_opt_int(L, 2, "lora_rank", 0);
     p.lora_alpha = lb_opt_number(L, 2, "lora_alpha", p.lora_alpha);
     p.vocab_path = lb_opt_string(L, 2, "vocab_path", NULL);

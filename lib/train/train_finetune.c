@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
-enum { STREAM_CAPTION = 6 }; /* train_step.c uses 1..5 */
+/* Philox stream of the caption draws: train_step.c uses 1..5; the dropout masks (tape.c) have a
+ * counter layout of their own, keyed by the layer's site hash, and use no stream number. */
+enum { STREAM_CAPTION = 6 };
 
 static void say(const ldm_trainer *t, ldm_log_level level, const char *msg)
 {
@@ -84,6 +86,8 @@ ldm_status ltr_finetune_freeze(ldm_trainer *t)
     if (t->lora.rank <= 0) return LDM_OK;
     LDM_TRY(ltp_params_set_trainable(t->ps, "model.diffusion_model.", 0));
     LDM_TRY(ltp_params_set_trainable(t->ps, "cond_stage_model.", 0));
+    /* a learned logvar is part of the base model too (kohya trains adapters alone) */
+    if (ltp_params_find(t->ps, "logvar")) LDM_TRY(ltp_params_set_trainable(t->ps, "logvar", 0));
     size_t adapters = 0;
     for (size_t i = 0; i < ltp_params_count(t->ps); i++) adapters += ltp_params_at(t->ps, i)->trainable;
     if (!adapters)
