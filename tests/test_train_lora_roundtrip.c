@@ -8,7 +8,8 @@
  *    onto the base checkpoint with ldm_model_load + ldm_model_lora_add (lib/api/lora.c) gives
  *    the UNet output of the training-time adapted forward (ltn_unet_forward_lora with the
  *    trainer's parameters), i.e. the merge W + (alpha / r) up . down of the loader is the
- *    adapter arithmetic of the trainer, under the kohya names of the file.
+ *    adapter arithmetic of the trainer, under the kohya names of the file;
+ *  - a learned logvar stays frozen in a LoRA run (it is part of the base).
  * Needs $LDM_SHARED (fixture and vocab): SKIPPED loudly without it. */
 #include <check.h>
 
@@ -75,8 +76,8 @@ static void make_data(const char *dir)
 }
 
 /* The fixture's config with 8x8 latents (its first stage has factor 1), batch 4, `lora` appended
- * at the top level, use_checkpoint as given. */
-static void write_config(const char *path, const char *lora, int use_checkpoint)
+ * at the top level, use_checkpoint as given, `model_extra` (or NULL) under model.params. */
+static void write_config(const char *path, const char *lora, int use_checkpoint, const char *model_extra)
 {
     char src[4200];
     snprintf(src, sizeof src, "%s/config.yaml", fixture);
@@ -95,6 +96,7 @@ static void write_config(const char *path, const char *lora, int use_checkpoint)
             seen = 1;
         }
         o += sprintf(o, "%s\n", line);
+        if (!strcmp(line, "  params:") && model_extra) o += sprintf(o, "%s", model_extra);
     }
     ck_assert_msg(seen, "the fixture's config no longer sets use_checkpoint: true");
     sprintf(o, "data:\n  params: {batch_size: 4}\n%s", lora);
@@ -156,7 +158,7 @@ START_TEST(checkpointing_keeps_adapters)
     for (int mode = 0; mode < 3; mode++) {
         char cfg[700], out[16];
         snprintf(cfg, sizeof cfg, "%s/ck%d.yaml", root, mode);
-        write_config(cfg, "lora: {rank: 4, alpha: 2}\n", mode == 0);
+        write_config(cfg, "lora: {rank: 4, alpha: 2}\n", mode == 0, NULL);
         snprintf(out, sizeof out, "ck%d", mode);
         ldm_train_params p = params_for(out);
         p.learning_rate = 1e-2;
@@ -184,6 +186,36 @@ START_TEST(checkpointing_keeps_adapters)
                       what[0]);
     }
     for (int mode = 0; mode < 3; mode++) free(a[mode]);
+}
+END_TEST
+
+/* A learned logvar (learn_logvar) belongs to the base model: a LoRA run keeps it frozen at its
+ * value (logvar_init here, the base checkpoint has none) while the adapters train. */
+START_TEST(lora_freezes_learned_logvar)
+{
+    if (!have_shared) return;
+    char cfg[700];
+    snprintf(cfg, sizeof cfg, "%s/lv.yaml", root);
+    write_config(cfg, "lora: {rank: 2}\n", 0,
+                 "    learn_logvar: true\n    logvar_init: -0.5\n    original_elbo_weight: 0.3\n");
+    ldm_train_params p = params_for("lv");
+    p.learning_rate = 1e-2;
+    ldm_trainer *t = NULL;
+    ck_assert_msg(ldm_trainer_create(cfg, &p, &t) == LDM_OK, "%s", ldm_last_error());
+    const ltp_param *lv = ltp_params_find(t->ps, "logvar");
+    ck_assert_ptr_nonnull(lv);
+    ck_assert(!lv->trainable && lv->grad == NULL);
+    size_t trainable = 0;
+    for (size_t i = 0; i < ltp_params_count(t->ps); i++) {
+        const ltp_param *q = ltp_params_at(t->ps, i);
+        if (!q->trainable) continue;
+        ck_assert_msg(!strncmp(q->name, LTR_LORA_PARAM_PREFIX, strlen(LTR_LORA_PARAM_PREFIX)), "%s trains", q->name);
+        trainable++;
+    }
+    ck_assert_uint_eq(trainable, 2 * 4 * 12);
+    ck_assert_msg(ldm_trainer_step(t, 2) == LDM_OK, "%s", ldm_last_error());
+    for (size_t i = 0; i < lv->n; i++) ck_assert_msg(lv->data[i] == -0.5f, "logvar[%zu] = %g", i, lv->data[i]);
+    ldm_trainer_free(t);
 }
 END_TEST
 
@@ -270,7 +302,7 @@ START_TEST(exported_lora_loads_as_trained)
     if (!have_shared) return;
     char cfg[700], f32[800], f16[800];
     snprintf(cfg, sizeof cfg, "%s/rt.yaml", root);
-    write_config(cfg, "lora: {rank: 4, alpha: 2}\n", 1); /* scale 0.5: alpha must be applied */
+    write_config(cfg, "lora: {rank: 4, alpha: 2}\n", 1, NULL); /* scale 0.5: alpha must be applied */
     ldm_train_params p = params_for("rt");
     p.learning_rate = 1e-2;
     ldm_trainer *t = NULL;
@@ -376,6 +408,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, checkpointing_keeps_adapters);
     tcase_add_test(tc, exported_lora_loads_as_trained);
+    tcase_add_test(tc, lora_freezes_learned_logvar);
     suite_add_tcase(s, tc);
     return s;
 }
