@@ -215,10 +215,9 @@ ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_
     /* A diffusers folder arrives as a CompVis-named store with its description (a YAML config
      * given by the caller still wins over the folder's JSON). */
     int diffusers = ld_diffusers_is_folder(path);
-    if (st == LDM_OK && diffusers) st = ld_diffusers_open(path, ldm_alloc_get_cap(), &m->store, &m->desc);
+    if (st == LDM_OK && diffusers) st = lm_open_diffusers(m, path, p.config_path);
     else if (st == LDM_OK) st = lw_open(path, ldm_alloc_get_cap(), &m->store);
-    if (st == LDM_OK && diffusers && !p.config_path) st = ld_config_complete(&m->desc, m->store);
-    else if (st == LDM_OK) st = load_description(m, p.config_path);
+    if (st == LDM_OK && (!diffusers || p.config_path)) st = load_description(m, p.config_path);
     if (st == LDM_OK) st = lm_load_from(m, &p);
     if (st != LDM_OK) {
         lm_model_discard(m);
