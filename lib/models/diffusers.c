@@ -410,7 +410,7 @@ static ldm_status open_folder(folder *f, ld_model *desc)
     LDM_TRY(lw_store_seal(f->out));
     LDM_TRY(check_guidance_embedding(f, desc));
     if (f->copied)
-        ld_model_note(desc, "q/k/v of the text encoder stacked into %.1f MB of copies", (double)f->copied / 1e6);
+        ld_model_note(desc, "q/k/v of the text encoder stacked into %.1f KiB of copies", (double)f->copied / 1024);
     return LDM_OK;
 }
 

@@ -121,25 +121,76 @@ def tol(a, kind):
             "f32_vs_f64_max_err": 0.0}
 
 
-@torch.no_grad()
-def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "fixtures")
-    torch.set_num_threads(1)
-    import diffusers
-    import transformers
-    d = os.path.join(out, NAME)
-    folder = os.path.join(d, "model")
+class Fixture:
+    """Inputs, expected outputs and calls of one fixture, written in the shared layout."""
+
+    def __init__(self, name):
+        self.name, self.inputs, self.outputs, self.kinds, self.calls = name, {}, {}, {}, []
+
+    def add(self, name, value, kind):
+        self.outputs[name] = value
+        self.kinds[name] = kind
+
+    def write(self, d, description):
+        import diffusers
+        import transformers
+
+        def arr(v):
+            a = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
+            return a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
+
+        ins = [(k, arr(v)) for k, v in self.inputs.items()]
+        outs = [(k, arr(v)) for k, v in self.outputs.items()]
+        mtg.write_safetensors(os.path.join(d, "io.safetensors"), ins + outs)
+
+        def spec(lst):
+            return {n: {"shape": list(a.shape), "dtype": "I64" if a.dtype == np.int64 else "F32"} for n, a in lst}
+
+        tols = {n: tol(a, self.kinds[n]) for n, a in outs}
+        case = {
+            "kind": "ldm_sampling",
+            "name": self.name,
+            "description": description,
+            "reference": {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
+                          "diffusers_source_read": "huggingface/diffusers 11f1a54e2672364e79dbf43ee307d250f33afc50",
+                          "torch": torch.__version__},
+            "generator": "tests/reference/make_diffusers_goldens.py",
+            "weights": ["model"],
+            "weights_dtype": "F16 for every weight (save_pretrained variant fp16); expected outputs computed in "
+                             "float32 from the F16 values",
+            "calls": self.calls,
+            "inputs": spec(ins),
+            "outputs": spec(outs),
+            "atol": max(t["atol"] for t in tols.values()),
+            "rtol": max(t["rtol"] for t in tols.values()),
+            "tolerances": tols,
+        }
+        with open(os.path.join(d, "case.json"), "w") as f:
+            json.dump(case, f, indent=1)
+            f.write("\n")
+        size = 0
+        for root, _, files in os.walk(d):
+            size += sum(os.path.getsize(os.path.join(root, x)) for x in files)
+        print("%s: %d outputs, %.2f MB" % (d, len(outs), size / 1e6))
+        for n, a in outs:
+            print("  %-24s %-16s max|ref| %.4g" % (n, a.shape, float(np.max(np.abs(a)))))
+
+
+def fresh_dir(out, name):
+    d = os.path.join(out, name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
+    return d, os.path.join(d, "model")
+
+
+@torch.no_grad()
+def lcm_sd1(out):
+    d, folder = fresh_dir(out, NAME)
     pipe = build(folder)
     unet, vae, text = pipe.unet, pipe.vae, pipe.text_encoder
     g = torch.Generator().manual_seed(99)
-    inputs, outputs, kinds, calls = {}, {}, {}, []
-
-    def add(name, value, kind):
-        outputs[name] = value
-        kinds[name] = kind
-
+    fx = Fixture(NAME)
+    inputs, add, calls = fx.inputs, fx.add, fx.calls
     # text encoder: last_hidden_state (after final_layer_norm) on ids, 0-padded
     tokens = torch.zeros(2, 77, dtype=torch.int64)
     tokens[0, :9] = torch.tensor([0, 17, 301, 999, 5, 44, 640, 2, 998])
@@ -208,48 +259,105 @@ def main():
     os.rename(os.path.join(vae_dir, "diffusion_pytorch_model.fp16.safetensors"),
               os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"))
 
-    def arr(v):
-        a = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
-        return a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
+    fx.write(d, "a diffusers folder (LatentConsistencyModelPipeline.save_pretrained, F16) loaded through its path: "
+                "shrunk SD1-style UNet2DConditionModel with time_cond_proj_dim 256 (LCM guidance embedding), "
+                "AutoencoderKL, CLIPTextModel, LCMScheduler. Text encoder on ids, UNet with and without the "
+                "embedding, VAE decode/encode, the pipeline's 4-step LCM trajectory.")
 
-    ins = [(k, arr(v)) for k, v in inputs.items()]
-    outs = [(k, arr(v)) for k, v in outputs.items()]
-    mtg.write_safetensors(os.path.join(d, "io.safetensors"), ins + outs)
 
-    def spec(lst):
-        return {n: {"shape": list(a.shape), "dtype": "I64" if a.dtype == np.int64 else "F32"} for n, a in lst}
+SD2_NAME = "diffusers_sd2_v"
 
-    tols = {n: tol(a, kinds[n]) for n, a in outs}
-    case = {
-        "kind": "ldm_sampling",
-        "name": NAME,
-        "description": "a diffusers folder (LatentConsistencyModelPipeline.save_pretrained, F16) loaded through its "
-                       "path: shrunk SD1-style UNet2DConditionModel with time_cond_proj_dim 256 (LCM guidance "
-                       "embedding), AutoencoderKL, CLIPTextModel, LCMScheduler. Text encoder on ids, UNet with and "
-                       "without the embedding, VAE decode/encode, the pipeline's 4-step LCM trajectory.",
-        "reference": {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
-                      "diffusers_source_read": "huggingface/diffusers 11f1a54e2672364e79dbf43ee307d250f33afc50",
-                      "torch": torch.__version__},
-        "generator": "tests/reference/make_diffusers_goldens.py",
-        "weights": ["model"],
-        "weights_dtype": "F16 for every weight (save_pretrained variant fp16); expected outputs computed in float32 "
-                         "from the F16 values",
-        "calls": calls,
-        "inputs": spec(ins),
-        "outputs": spec(outs),
-        "atol": max(t["atol"] for t in tols.values()),
-        "rtol": max(t["rtol"] for t in tols.values()),
-        "tolerances": tols,
-    }
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=1)
-        f.write("\n")
-    size = 0
-    for root, _, files in os.walk(d):
-        size += sum(os.path.getsize(os.path.join(root, x)) for x in files)
-    print("%s: %d outputs, %.2f MB" % (d, len(outs), size / 1e6))
-    for n, a in outs:
-        print("  %-24s %-16s max|ref| %.4g" % (n, a.shape, float(np.max(np.abs(a)))))
+
+def build_sd2(tmp):
+    """A shrunk SD 2.x-style StableDiffusionPipeline: v-prediction, the open_clip text tower in
+    transformers' layout (gelu, the penultimate block already dropped), linear transformer
+    projections, per-level attention_head_dim (level 0 has no attention), trailing Euler. As in the
+    LCM fixture: 32-channel levels (layers_per_block 0 needs equal widths) with scale_shift so that
+    the timestep reaches the output."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=0,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=WIDTH,
+                                attention_head_dim=[1, 2], use_linear_projection=True,
+                                resnet_time_scale_shift="scale_shift")
+    vae = AutoencoderKL(block_out_channels=(32,), layers_per_block=0, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, sample_size=8, scaling_factor=SF)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=2, vocab_size=1000, max_position_embeddings=77,
+                                        hidden_act="gelu", projection_dim=WIDTH))
+    for i, mod in enumerate((unet, vae, text)):
+        mtg.randomise(mod, torch.Generator().manual_seed(4040 + i))
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    back = StableDiffusionPipeline.from_pretrained(tmp, torch_dtype=torch.float32, safety_checker=None,
+                                                   feature_extractor=None, tokenizer=None,
+                                                   requires_safety_checker=False)
+    return back.to(torch.float32)
+
+
+@torch.no_grad()
+def sd2_v(out):
+    d, folder = fresh_dir(out, SD2_NAME)
+    pipe = build_sd2(folder)
+    unet, vae, text = pipe.unet, pipe.vae, pipe.text_encoder
+    g = torch.Generator().manual_seed(7)
+    fx = Fixture(SD2_NAME)
+    tokens = torch.zeros(2, 77, dtype=torch.int64)  # open_clip pads with 0
+    tokens[0, :6] = torch.tensor([1, 17, 301, 999, 5, 998])
+    tokens[1, :] = torch.randint(0, 1000, (77,), generator=g)
+    fx.inputs["tokens"] = tokens
+    fx.add("c", text(tokens)[0], "op")
+    fx.calls.append({"op": "cond.openclip_text", "inputs": {"tokens": "tokens"}, "params": {}, "outputs": {"c": "c"}})
+    x2 = torch.randn(2, 4, 8, 8, generator=g)
+    t2 = torch.tensor([999, 301])
+    ctx2 = torch.randn(2, 77, WIDTH, generator=g)
+    fx.inputs.update({"apply_x": x2, "apply_t": t2, "apply_context": ctx2})
+    fx.add("apply_out", unet(x2, t2, encoder_hidden_states=ctx2).sample, "op")
+    fx.calls.append({"op": "ldm.apply_model", "inputs": {"x": "apply_x", "timesteps": "apply_t",
+                                                         "context": "apply_context"},
+                     "params": {}, "outputs": {"out": "apply_out"}})
+    # the pipeline: Euler (trailing spacing, v-prediction), 3 steps, no guidance, prompt = tokens[0]
+    x_T = torch.randn(1, 4, 8, 8, generator=g)
+    fx.inputs.update({"x_T": x_T, "prompt_tokens": tokens[:1]})
+    prompt = text(tokens[:1])[0]
+    fx.add("prompt_c", prompt, "op")
+    fx.calls.append({"op": "cond.openclip_text", "inputs": {"tokens": "prompt_tokens"}, "params": {},
+                     "outputs": {"c": "prompt_c"}})
+    steps = {"t": [], "latents": []}
+
+    def on_step(p, i, t, kw):
+        steps["t"].append(int(t))
+        steps["latents"].append(kw["latents"].clone())
+        return {}
+    res = pipe(prompt_embeds=prompt, latents=x_T.clone(), num_inference_steps=3, guidance_scale=1.0, height=8,
+               width=8, output_type="latent", callback_on_step_end=on_step,
+               callback_on_step_end_tensor_inputs=["latents"])
+    fin = res.images
+    fx.add("eu_step_timesteps", np.array(steps["t"], dtype=np.int64)[:, None], "traj")
+    fx.add("eu_step_x", torch.stack(steps["latents"]), "traj")
+    fx.add("eu_samples", fin, "traj")
+    fx.add("eu_image", vae.decode(fin / SF).sample, "traj")
+    fx.calls.append({"op": "sampler.euler_trailing", "inputs": {"x_T": "x_T"},
+                     "params": {"steps": 3, "guidance_scale": 1.0, "cond": {"type": "tensor", "name": "prompt_c"}},
+                     "outputs": {k: "eu_" + k for k in ("step_timesteps", "step_x", "samples", "image")}})
+    fx.write(d, "an SD 2.x-style diffusers folder (StableDiffusionPipeline.save_pretrained, F16) loaded through its "
+                "path: v-prediction (scheduler_config.json prediction_type), the open_clip text tower in "
+                "transformers' CLIPTextModel layout (gelu; q/k/v stacked into in_proj by the loader), linear "
+                "transformer projections, per-level attention_head_dim. Text encoder on 0-padded ids, UNet output "
+                "(v), the pipeline's 3-step Euler trajectory with trailing spacing, no guidance.")
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "fixtures")
+    torch.set_num_threads(1)
+    lcm_sd1(out)
+    sd2_v(out)
 
 
 if __name__ == "__main__":
