@@ -137,12 +137,12 @@ static lj_value *json(const char *text)
 }
 
 /* The shapes of SD 1.5's and SD 2.1's unet/config.json (keys at their released values). */
-#define SD1_UNET                                                                                                     \
-    "\"_class_name\": \"UNet2DConditionModel\", \"block_out_channels\": [320, 640, 1280, 1280], "                    \
-    "\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", "         \
-    "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", "         \
+#define SD1_UNET                                                                                                       \
+    "\"_class_name\": \"UNet2DConditionModel\", \"block_out_channels\": [320, 640, 1280, 1280], "                      \
+    "\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", "            \
+    "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", "           \
     "\"CrossAttnUpBlock2D\"], \"layers_per_block\": 2, \"in_channels\": 4, \"out_channels\": 4, \"sample_size\": 64, " \
-    "\"norm_num_groups\": 32, \"norm_eps\": 1e-05, \"act_fn\": \"silu\", \"flip_sin_to_cos\": true, "                 \
+    "\"norm_num_groups\": 32, \"norm_eps\": 1e-05, \"act_fn\": \"silu\", \"flip_sin_to_cos\": true, "                  \
     "\"freq_shift\": 0, \"mid_block_scale_factor\": 1, \"downsample_padding\": 1, \"center_input_sample\": false"
 
 START_TEST(unet_config_sd1_sd2)
@@ -246,16 +246,16 @@ START_TEST(configs_refused)
             "\"up_block_types\": [\"CrossAttnUpBlock2D\", \"UpBlock2D\"]}",
             LDM_ERR_UNSUPPORTED, "up_block_types");
     refused(read_text, "{\"model_type\": \"t5\"}", LDM_ERR_UNSUPPORTED, "model_type");
-    refused(read_text, "{\"architectures\": [\"CLIPTextModelWithProjection\"]}", LDM_ERR_UNSUPPORTED,
-            "architectures");
+    refused(read_text, "{\"architectures\": [\"CLIPTextModelWithProjection\"]}", LDM_ERR_UNSUPPORTED, "architectures");
     refused(read_text, "{\"hidden_act\": \"relu\"}", LDM_ERR_UNSUPPORTED, "hidden_act");
     refused(read_sched, "{\"beta_schedule\": \"karras\"}", LDM_ERR_UNSUPPORTED, "beta_schedule");
     refused(read_sched, "{\"prediction_type\": \"flow\"}", LDM_ERR_UNSUPPORTED, "prediction_type");
     refused(read_sched, "{\"trained_betas\": [0.1, 0.2]}", LDM_ERR_UNSUPPORTED, "trained_betas");
     refused(read_sched, "{\"rescale_betas_zero_snr\": true}", LDM_ERR_UNSUPPORTED, "rescale_betas_zero_snr");
     refused(read_vae, "{\"_class_name\": \"AutoencoderTiny\"}", LDM_ERR_UNSUPPORTED, "_class_name");
-    refused(read_vae, "{\"block_out_channels\": [32], \"down_block_types\": [\"DownEncoderBlock2D\"], "
-                      "\"up_block_types\": [\"UpDecoderBlock2D\"], \"shift_factor\": 0.1}",
+    refused(read_vae,
+            "{\"block_out_channels\": [32], \"down_block_types\": [\"DownEncoderBlock2D\"], "
+            "\"up_block_types\": [\"UpDecoderBlock2D\"], \"shift_factor\": 0.1}",
             LDM_ERR_UNSUPPORTED, "shift_factor");
 }
 END_TEST
@@ -293,10 +293,10 @@ END_TEST
 /* ---------------------------------------------------------------- the fixture's folder */
 
 static const char *const folder_files[] = {
-    "model_index.json",        "scheduler/scheduler_config.json",
+    "model_index.json",         "scheduler/scheduler_config.json",
     "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
-    "unet/config.json",        "unet/diffusion_pytorch_model.fp16.safetensors",
-    "vae/config.json",         "vae/diffusion_pytorch_model.safetensors",
+    "unet/config.json",         "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",          "vae/diffusion_pytorch_model.safetensors",
 };
 
 static char work[512];
@@ -364,7 +364,10 @@ static void setup_folder(void)
     }
 }
 
-static void teardown_folder(void) { nftw(work, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void teardown_folder(void)
+{
+    nftw(work, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 /* Replaces the first `from` in work/rel by `to`. */
 static void edit(const char *rel, const char *from, const char *to)
@@ -392,7 +395,8 @@ static void load_fails(ldm_status status, const char *what, const char *what2)
                   ldm_last_error());
     ck_assert_ptr_null(m);
     ck_assert_msg(strstr(ldm_last_error(), what) != NULL, "message lacks '%s': %s", what, ldm_last_error());
-    if (what2) ck_assert_msg(strstr(ldm_last_error(), what2) != NULL, "message lacks '%s': %s", what2, ldm_last_error());
+    if (what2)
+        ck_assert_msg(strstr(ldm_last_error(), what2) != NULL, "message lacks '%s': %s", what2, ldm_last_error());
 }
 
 START_TEST(folder_loads_in_place)
@@ -469,8 +473,9 @@ END_TEST
 
 START_TEST(sdxl_pipeline_refused)
 {
-    edit("model_index.json", "\"image_encoder\"", "\"text_encoder_2\": [\"transformers\", "
-                                                  "\"CLIPTextModelWithProjection\"], \"image_encoder\"");
+    edit("model_index.json", "\"image_encoder\"",
+         "\"text_encoder_2\": [\"transformers\", "
+         "\"CLIPTextModelWithProjection\"], \"image_encoder\"");
     load_fails(LDM_ERR_UNSUPPORTED, "text_encoder_2", NULL);
 }
 END_TEST
@@ -516,12 +521,36 @@ START_TEST(unknown_tensor)
         memcpy(t[i].shape, w->shape, sizeof w->shape);
     }
     static const float extra[2] = {1, 2};
-    t[n] = (lw_out_tensor){.name = "down_blocks.0.resnets.0.conv9.weight", .dtype = LW_F32, .ndim = 1,
-                           .shape = {2}, .data = extra};
+    t[n] = (lw_out_tensor){
+        .name = "down_blocks.0.resnets.0.conv9.weight", .dtype = LW_F32, .ndim = 1, .shape = {2}, .data = extra};
     ck_assert_msg(lw_write_safetensors(in_work(rel), t, n + 1, NULL, NULL, 0) == LDM_OK, "%s", ldm_last_error());
     free(t);
     lw_close(s);
     load_fails(LDM_ERR_FORMAT, "down_blocks.0.resnets.0.conv9.weight", rel);
+}
+END_TEST
+
+/* A text encoder tensor that CLIPTextModel does not have. */
+START_TEST(unknown_text_tensor)
+{
+    const char *rel = "text_encoder/model.fp16.safetensors";
+    char src[1200];
+    snprintf(src, sizeof src, "%s/%s", fixture_folder(), rel);
+    lw_store *s = NULL;
+    ck_assert_int_eq(lw_open(src, 0, &s), LDM_OK);
+    size_t n = lw_count(s);
+    lw_out_tensor *t = calloc(n + 1, sizeof *t);
+    for (size_t i = 0; i < n; i++) {
+        const lw_tensor *w = lw_at(s, i);
+        t[i] = (lw_out_tensor){.name = w->name, .dtype = w->dtype, .ndim = w->ndim, .data = w->data};
+        memcpy(t[i].shape, w->shape, sizeof w->shape);
+    }
+    static const float extra[2] = {1, 2};
+    t[n] = (lw_out_tensor){.name = "text_projection.weight", .dtype = LW_F32, .ndim = 1, .shape = {2}, .data = extra};
+    ck_assert_msg(lw_write_safetensors(in_work(rel), t, n + 1, NULL, NULL, 0) == LDM_OK, "%s", ldm_last_error());
+    free(t);
+    lw_close(s);
+    load_fails(LDM_ERR_FORMAT, "text_projection.weight", rel);
 }
 END_TEST
 
@@ -583,6 +612,7 @@ int main(void)
     tcase_add_test(folder, guidance_embedding_mismatch);
     tcase_add_test(folder, truncated_weights);
     tcase_add_test(folder, unknown_tensor);
+    tcase_add_test(folder, unknown_text_tensor);
     tcase_add_test(folder, merges_txt_tokenizes_like_the_clip_vocabulary);
     suite_add_tcase(s, folder);
     return ck_run_suite(s);

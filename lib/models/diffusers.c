@@ -14,13 +14,13 @@
 #include <unistd.h>
 
 #define JSON_MAX_BYTES ((size_t)4 << 20)
-#define NAME_CAP 512
+#define NAME_CAP       512
 
 typedef struct folder {
     char dir[PATH_MAX];
     size_t max_alloc;
     lw_store *out;
-    size_t copied;      /* bytes of private copies (stacked q/k/v) */
+    size_t copied; /* bytes of private copies (stacked q/k/v) */
     size_t tensors;
 } folder;
 
@@ -61,8 +61,10 @@ static ldm_status set_dir(folder *f, const char *path)
     }
     while (n > 1 && path[n - 1] == '/') n--;
     if (n >= sizeof f->dir) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: path too long", path);
-    if (n == 0) snprintf(f->dir, sizeof f->dir, ".");
-    else memcpy(f->dir, path, n), f->dir[n] = '\0';
+    if (n == 0)
+        snprintf(f->dir, sizeof f->dir, ".");
+    else
+        memcpy(f->dir, path, n), f->dir[n] = '\0';
     return LDM_OK;
 }
 
@@ -90,9 +92,12 @@ static ldm_status read_json(const folder *f, const char *rel, const char *what, 
     int err = ferror(fp);
     fclose(fp);
     ldm_status st = LDM_OK;
-    if (err) st = ldm_fail(LDM_ERR_IO, "%s: read error", path);
-    else if (len > JSON_MAX_BYTES) st = ldm_fail(LDM_ERR_LIMIT, "%s: more than %zu bytes", path, JSON_MAX_BYTES);
-    else if (!(*out = lj_parse(buf, len))) st = ldm_fail_context(LDM_ERR_FORMAT, "%s: ", path);
+    if (err)
+        st = ldm_fail(LDM_ERR_IO, "%s: read error", path);
+    else if (len > JSON_MAX_BYTES)
+        st = ldm_fail(LDM_ERR_LIMIT, "%s: more than %zu bytes", path, JSON_MAX_BYTES);
+    else if (!(*out = lj_parse(buf, len)))
+        st = ldm_fail_context(LDM_ERR_FORMAT, "%s: ", path);
     else if ((*out)->type != LJ_OBJECT) {
         st = ldm_fail(LDM_ERR_FORMAT, "%s: not a JSON object", path);
         lj_free(*out);
@@ -113,7 +118,8 @@ static ldm_status component_class(const char *file, const lj_value *index, const
     if (v->type != LJ_ARRAY || v->count != 2)
         return ldm_fail(LDM_ERR_FORMAT, "%s: \"%s\" must be a [library, class] pair", file, name);
     if (v->items[1]->type == LJ_NULL) return LDM_OK;
-    if (v->items[1]->type != LJ_STRING) return ldm_fail(LDM_ERR_FORMAT, "%s: \"%s\": class is not a string", file, name);
+    if (v->items[1]->type != LJ_STRING)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: \"%s\": class is not a string", file, name);
     *cls = v->items[1]->string;
     return LDM_OK;
 }
@@ -129,13 +135,17 @@ static ldm_status check_index(const folder *f, const lj_value *index, ld_model *
     LDM_TRY(join(f, "model_index.json", file, sizeof file));
     LDM_TRY(component_class(file, index, "text_encoder_2", &cls));
     if (cls)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a second text encoder (%s, text_encoder_2: an SDXL pipeline) is not "
-                        "supported in diffusers folders", file, pipeline);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: a second text encoder (%s, text_encoder_2: an SDXL pipeline) is not "
+                        "supported in diffusers folders",
+                        file, pipeline);
     for (size_t i = 0; i < LDM_ARRAY_LEN(need); i++) {
         LDM_TRY(component_class(file, index, need[i][0], &cls));
         if (!cls)
-            return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: the pipeline %s has no %s component: libldm needs unet, vae and "
-                            "text_encoder", file, pipeline, need[i][0]);
+            return ldm_fail(LDM_ERR_UNSUPPORTED,
+                            "%s: the pipeline %s has no %s component: libldm needs unet, vae and "
+                            "text_encoder",
+                            file, pipeline, need[i][0]);
         if (strcmp(cls, need[i][1]))
             return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: \"%s\" is a %s: only %s is supported", file, need[i][0], cls,
                             need[i][1]);
@@ -150,8 +160,7 @@ static ldm_status check_index(const folder *f, const lj_value *index, ld_model *
  * then the fp16 variant; safetensors before PyTorch pickles. */
 static ldm_status weights_file(const folder *f, const char *comp, const char *stem, char *out, size_t cap)
 {
-    static const char *const forms[] = {"%s/%s.safetensors", "%s/%s.fp16.safetensors", "%s/%s.bin",
-                                        "%s/%s.fp16.bin"};
+    static const char *const forms[] = {"%s/%s.safetensors", "%s/%s.fp16.safetensors", "%s/%s.bin", "%s/%s.fp16.bin"};
     char rel[256];
     for (size_t i = 0; i < LDM_ARRAY_LEN(forms); i++) {
         snprintf(rel, sizeof rel, forms[i], comp, stem);
@@ -161,8 +170,10 @@ static ldm_status weights_file(const folder *f, const char *comp, const char *st
     snprintf(rel, sizeof rel, "%s/%s.safetensors.index.json", comp, stem);
     LDM_TRY(join(f, rel, out, cap));
     if (is_file(out))
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: sharded weights are not supported: merge the shards into %s/%s"
-                        ".safetensors", out, comp, stem);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: sharded weights are not supported: merge the shards into %s/%s"
+                        ".safetensors",
+                        out, comp, stem);
     return ldm_fail(LDM_ERR_NOT_FOUND, "%s/%s: no weights (%s.safetensors, %s.fp16.safetensors or %s.bin)", f->dir,
                     comp, stem, stem, stem);
 }
@@ -266,9 +277,14 @@ static int translate(const translator *tr, const char *name, char *out, size_t c
         if (tr->openclip) {
             prefix = openclip_prefix;
             r = ld_openclip_name_from_hf(name, tail, sizeof tail, kind, part);
-        } else if (!strncmp(name, "text_model.", 11)) {
+        } else {
+            /* SD 1.x checkpoints hold CLIPTextModel under its own names: kept as they are, but only
+             * names of that model (the open_clip table knows them all) */
+            ld_dn_kind unused_kind;
+            int unused_part;
             prefix = clip_prefix;
-            r = snprintf(tail, sizeof tail, "%s", name) < (int)sizeof tail;
+            r = ld_openclip_name_from_hf(name, tail, sizeof tail, &unused_kind, &unused_part) != 0 &&
+                snprintf(tail, sizeof tail, "%s", name) < (int)sizeof tail;
         }
         break;
     }
@@ -286,8 +302,10 @@ static ldm_status add_tensor(folder *f, const char *file, const lw_tensor *t, co
         shape[2] = shape[3] = 1;
         ndim = 4;
     } else if (kind == LD_DN_CONV1X1 && !(ndim == 4 && shape[2] == 1 && shape[3] == 1)) {
-        return ldm_fail(LDM_ERR_FORMAT, "%s: tensor %s: expected a Linear [out,in] or 1x1 convolution weight, found "
-                        "%d dimensions", file, t->name, ndim);
+        return ldm_fail(LDM_ERR_FORMAT,
+                        "%s: tensor %s: expected a Linear [out,in] or 1x1 convolution weight, found "
+                        "%d dimensions",
+                        file, t->name, ndim);
     }
     f->tensors++;
     ldm_status st = lw_store_add(f->out, name, t->dtype, ndim, shape, t->data, t->nbytes);
@@ -310,10 +328,14 @@ static ldm_status add_component(folder *f, const char *comp, const char *stem, c
         int part, r = translate(tr, t->name, name, sizeof name, &kind, &part);
         if (r < 0) continue;
         if (r == 0)
-            st = ldm_fail(LDM_ERR_FORMAT, "%s: tensor %s has no CompVis counterpart (not a parameter of the %s this "
-                          "folder's config.json describes)", file, t->name, comp);
-        else if (kind == LD_DN_QKV_PART) st = qkv_put(&q, file, name, part, t);
-        else st = add_tensor(f, file, t, name, kind);
+            st = ldm_fail(LDM_ERR_FORMAT,
+                          "%s: tensor %s has no CompVis counterpart (not a parameter of the %s this "
+                          "folder's config.json describes)",
+                          file, t->name, comp);
+        else if (kind == LD_DN_QKV_PART)
+            st = qkv_put(&q, file, name, part, t);
+        else
+            st = add_tensor(f, file, t, name, kind);
     }
     for (size_t i = 0; i < q.n && st == LDM_OK; i++) st = qkv_stack(f, file, &q.slots[i]);
     ldm_free(q.slots);
@@ -354,7 +376,7 @@ static ldm_status describe(const folder *f, ld_model *m, ld_unet_layout *layout)
     } else {
         m->beta_schedule = LD_SCHED_LINEAR, m->linear_start = 0.00085, m->linear_end = 0.012;
         ld_model_note(m, "no scheduler/scheduler_config.json: Stable Diffusion's scaled_linear 0.00085..0.012 and "
-                      "epsilon prediction assumed");
+                         "epsilon prediction assumed");
     }
     m->is_diffusion = 1;
     m->use_ema = 0;
@@ -368,12 +390,15 @@ static ldm_status describe(const folder *f, ld_model *m, ld_unet_layout *layout)
         m->conditioning_key = LD_CONDKEY_HYBRID;
         m->variant = LD_VARIANT_INPAINT_HYBRID;
     } else {
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s/unet/config.json: in_channels %d for %d latent channels (only "
-                        "text-to-image and inpainting UNets are supported)", f->dir, m->unet.in_channels, m->channels);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s/unet/config.json: in_channels %d for %d latent channels (only "
+                        "text-to-image and inpainting UNets are supported)",
+                        f->dir, m->unet.in_channels, m->channels);
     }
     if (m->unet.context_dim != m->cond.width)
-        return ldm_fail(LDM_ERR_FORMAT, "%s: unet cross_attention_dim %d differs from the text encoder's hidden_size %d",
-                        f->dir, m->unet.context_dim, m->cond.width);
+        return ldm_fail(LDM_ERR_FORMAT,
+                        "%s: unet cross_attention_dim %d differs from the text encoder's hidden_size %d", f->dir,
+                        m->unet.context_dim, m->cond.width);
     return LDM_OK;
 }
 
@@ -424,8 +449,10 @@ ldm_status ld_diffusers_open(const char *path, size_t max_alloc, lw_store **stor
     ld_model_defaults(desc);
     ldm_status st = set_dir(f, path);
     if (st == LDM_OK) st = open_folder(f, desc);
-    if (st == LDM_OK) *store = f->out;
-    else lw_close(f->out);
+    if (st == LDM_OK)
+        *store = f->out;
+    else
+        lw_close(f->out);
     ldm_free(f);
     return st;
 }

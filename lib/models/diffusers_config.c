@@ -9,9 +9,12 @@
 #include <string.h>
 
 #define NO_DEFAULT INT_MIN
-#define MAX_WIDTH (1 << 20)
+#define MAX_WIDTH  (1 << 20)
 
-static int absent(const lj_value *v) { return !v || v->type == LJ_NULL; }
+static int absent(const lj_value *v)
+{
+    return !v || v->type == LJ_NULL;
+}
 
 static ldm_status bad_type(const char *file, const char *key, const char *want)
 {
@@ -135,8 +138,7 @@ static ldm_status unsupported(const char *file, const char *key, const char *val
                     what ? what : "");
 }
 
-static ldm_status want_str(const char *file, const lj_value *c, const char *key, const char *fallback,
-                           const char *only)
+static ldm_status want_str(const char *file, const lj_value *c, const char *key, const char *fallback, const char *only)
 {
     const char *s;
     LDM_TRY(get_str(file, c, key, fallback, &s));
@@ -149,9 +151,12 @@ static ldm_status want_null(const char *file, const lj_value *c, const char *key
     const lj_value *v = lj_get(c, key);
     if (absent(v)) return LDM_OK;
     char value[64];
-    if (v->type == LJ_STRING) snprintf(value, sizeof value, "\"%.50s\"", v->string);
-    else if (v->type == LJ_NUMBER) snprintf(value, sizeof value, "%g", v->number);
-    else snprintf(value, sizeof value, "a value");
+    if (v->type == LJ_STRING)
+        snprintf(value, sizeof value, "\"%.50s\"", v->string);
+    else if (v->type == LJ_NUMBER)
+        snprintf(value, sizeof value, "%g", v->number);
+    else
+        snprintf(value, sizeof value, "a value");
     return unsupported(file, key, value, what);
 }
 
@@ -186,8 +191,8 @@ static ldm_status want_class(const char *file, const lj_value *c, const char *on
     const char *s;
     LDM_TRY(get_str(file, c, "_class_name", only, &s));
     if (strcmp(s, only))
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: \"_class_name\": %s is not supported (libldm reads %s here)", file,
-                        s, only);
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: \"_class_name\": %s is not supported (libldm reads %s here)", file, s,
+                        only);
     return LDM_OK;
 }
 
@@ -238,12 +243,16 @@ static ldm_status unet_block_types(const char *file, const lj_value *c, int n, l
     LDM_TRY(get_str_list(file, c, "down_block_types", n, down));
     LDM_TRY(get_str_list(file, c, "up_block_types", n, up));
     for (int i = 0; i < n; i++) {
-        if (!strcmp(down[i], "CrossAttnDownBlock2D")) l->level_has_attn[i] = 1;
-        else if (strcmp(down[i], "DownBlock2D")) return unsupported(file, "down_block_types", down[i], NULL);
+        if (!strcmp(down[i], "CrossAttnDownBlock2D"))
+            l->level_has_attn[i] = 1;
+        else if (strcmp(down[i], "DownBlock2D"))
+            return unsupported(file, "down_block_types", down[i], NULL);
         const char *mirror = l->level_has_attn[i] ? "CrossAttnUpBlock2D" : "UpBlock2D";
         if (strcmp(up[n - 1 - i], mirror))
-            return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: up_block_types[%d] is %s where down_block_types[%d] %s asks for "
-                            "%s (CompVis UNets mirror their levels)", file, n - 1 - i, up[n - 1 - i], i, down[i], mirror);
+            return ldm_fail(LDM_ERR_UNSUPPORTED,
+                            "%s: up_block_types[%d] is %s where down_block_types[%d] %s asks for "
+                            "%s (CompVis UNets mirror their levels)",
+                            file, n - 1 - i, up[n - 1 - i], i, down[i], mirror);
     }
     return LDM_OK;
 }
@@ -266,8 +275,10 @@ static ldm_status unet_heads(const char *file, const lj_value *c, const int *boc
         same_heads &= heads[i] == h0;
         same_dim &= boc[i] / heads[i] == d0;
     }
-    if (same_heads) u->num_heads = h0, u->num_head_channels = -1;
-    else if (same_dim) u->num_heads = -1, u->num_head_channels = d0;
+    if (same_heads)
+        u->num_heads = h0, u->num_head_channels = -1;
+    else if (same_dim)
+        u->num_heads = -1, u->num_head_channels = d0;
     else
         return unsupported(file, key, "per-level heads with neither a common count nor a common width",
                            "CompVis UNets have one of the two");
@@ -311,8 +322,10 @@ ldm_status ldd_unet_config(const char *file, const lj_value *c, ld_unet *u, ld_u
     LDM_TRY(get_bool(file, c, "use_linear_projection", 0, &u->use_linear_in_transformer));
     const char *shift;
     LDM_TRY(get_str(file, c, "resnet_time_scale_shift", "default", &shift));
-    if (!strcmp(shift, "scale_shift")) u->use_scale_shift_norm = 1;
-    else if (strcmp(shift, "default")) return unsupported(file, "resnet_time_scale_shift", shift, NULL);
+    if (!strcmp(shift, "scale_shift"))
+        u->use_scale_shift_norm = 1;
+    else if (strcmp(shift, "default"))
+        return unsupported(file, "resnet_time_scale_shift", shift, NULL);
     LDM_TRY(get_int(file, c, "time_cond_proj_dim", 0, 0, 65536, &u->time_cond_proj_dim));
     u->use_spatial_transformer = 1;
     u->legacy = 0;
@@ -381,8 +394,10 @@ ldm_status ldd_text_config(const char *file, const lj_value *c, ld_cond *cond)
     ld_cond_defaults(cond);
     LDM_TRY(get_str(file, c, "model_type", "clip_text_model", &model_type));
     if (strcmp(model_type, "clip_text_model"))
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: \"model_type\": %s: only CLIP text encoders (clip_text_model) are "
-                        "supported", file, model_type);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: \"model_type\": %s: only CLIP text encoders (clip_text_model) are "
+                        "supported",
+                        file, model_type);
     if (arch && arch->type == LJ_ARRAY)
         for (size_t i = 0; i < arch->count; i++)
             if (arch->items[i]->type != LJ_STRING || strcmp(arch->items[i]->string, "CLIPTextModel"))
@@ -390,9 +405,12 @@ ldm_status ldd_text_config(const char *file, const lj_value *c, ld_cond *cond)
                                 file, arch->items[i]->type == LJ_STRING ? arch->items[i]->string : "?");
     LDM_TRY(want_num(file, c, "layer_norm_eps", 1e-5, 1e-5));
     LDM_TRY(get_str(file, c, "hidden_act", "quick_gelu", &act));
-    if (!strcmp(act, "quick_gelu")) cond->kind = LD_COND_CLIP;
-    else if (!strcmp(act, "gelu")) cond->kind = LD_COND_OPENCLIP; /* SD 2.x: open_clip ViT-H in HF layout */
-    else return unsupported(file, "hidden_act", act, NULL);
+    if (!strcmp(act, "quick_gelu"))
+        cond->kind = LD_COND_CLIP;
+    else if (!strcmp(act, "gelu"))
+        cond->kind = LD_COND_OPENCLIP; /* SD 2.x: open_clip ViT-H in HF layout */
+    else
+        return unsupported(file, "hidden_act", act, NULL);
     LDM_TRY(get_int(file, c, "hidden_size", 512, 1, MAX_WIDTH, &cond->width));
     LDM_TRY(get_int(file, c, "num_hidden_layers", 12, 1, 256, &cond->layers));
     LDM_TRY(get_int(file, c, "num_attention_heads", 8, 1, MAX_WIDTH, &cond->heads));
@@ -423,15 +441,23 @@ ldm_status ldd_scheduler_config(const char *file, const lj_value *c, ld_model *m
     LDM_TRY(get_str(file, c, "beta_schedule", "linear", &sched));
     /* diffusers "scaled_linear" is CompVis "linear" (linspace of square roots, squared), diffusers
      * "linear" CompVis "sqrt_linear" (plain linspace). */
-    if (!strcmp(sched, "scaled_linear")) m->beta_schedule = LD_SCHED_LINEAR;
-    else if (!strcmp(sched, "linear")) m->beta_schedule = LD_SCHED_SQRT_LINEAR;
-    else if (!strcmp(sched, "squaredcos_cap_v2")) m->beta_schedule = LD_SCHED_COSINE, m->cosine_s = 0.008;
-    else return unsupported(file, "beta_schedule", sched, NULL);
+    if (!strcmp(sched, "scaled_linear"))
+        m->beta_schedule = LD_SCHED_LINEAR;
+    else if (!strcmp(sched, "linear"))
+        m->beta_schedule = LD_SCHED_SQRT_LINEAR;
+    else if (!strcmp(sched, "squaredcos_cap_v2"))
+        m->beta_schedule = LD_SCHED_COSINE, m->cosine_s = 0.008;
+    else
+        return unsupported(file, "beta_schedule", sched, NULL);
     LDM_TRY(get_str(file, c, "prediction_type", "epsilon", &pred));
-    if (!strcmp(pred, "epsilon")) m->parameterization = LD_PARAM_EPS;
-    else if (!strcmp(pred, "v_prediction")) m->parameterization = LD_PARAM_V;
-    else if (!strcmp(pred, "sample")) m->parameterization = LD_PARAM_X0;
-    else return unsupported(file, "prediction_type", pred, NULL);
+    if (!strcmp(pred, "epsilon"))
+        m->parameterization = LD_PARAM_EPS;
+    else if (!strcmp(pred, "v_prediction"))
+        m->parameterization = LD_PARAM_V;
+    else if (!strcmp(pred, "sample"))
+        m->parameterization = LD_PARAM_X0;
+    else
+        return unsupported(file, "prediction_type", pred, NULL);
     LDM_TRY(get_str(file, c, "timestep_spacing", "leading", &spacing));
     ld_model_note(m, "scheduler %.40s (%.16s, timestep_spacing %.16s)", cls, pred, spacing);
     if (!strcmp(cls, "LCMScheduler")) ld_model_note(m, "LCM scheduler: sample with --sampler lcm");

@@ -30,8 +30,11 @@ static int read_index(const char **p)
 /* ResnetBlock2D layers; only the shortcut is spelt differently. `tail` is ".conv1.weight". */
 static int resnet_tail(const char *tail, const char **rest, const char **layer)
 {
-    static const name_pair layers[] = {{"norm1", "norm1"}, {"conv1", "conv1"},      {"norm2", "norm2"},
-                                       {"conv2", "conv2"}, {"conv_shortcut", "nin_shortcut"}};
+    static const name_pair layers[] = {{"norm1", "norm1"},
+                                       {"conv1", "conv1"},
+                                       {"norm2", "norm2"},
+                                       {"conv2", "conv2"},
+                                       {"conv_shortcut", "nin_shortcut"}};
     if (*tail != '.') return 0;
     for (size_t i = 0; i < sizeof layers / sizeof *layers; i++)
         if ((*rest = after(tail + 1, layers[i].from)) && (**rest == '.')) {
@@ -44,9 +47,9 @@ static int resnet_tail(const char *tail, const char **rest, const char **layer)
 /* The single-head attention block: group_norm and q/k/v/out as Linear layers, spelt two ways. */
 static int attention_tail(const char *tail, const char **rest, const char **layer, ld_dn_kind *kind)
 {
-    static const name_pair layers[] = {{"group_norm", "norm"}, {"to_q", "q"},       {"to_k", "k"},
-                                       {"to_v", "v"},          {"to_out.0", "proj_out"}, {"query", "q"},
-                                       {"key", "k"},           {"value", "v"},      {"proj_attn", "proj_out"}};
+    static const name_pair layers[] = {{"group_norm", "norm"},   {"to_q", "q"},  {"to_k", "k"}, {"to_v", "v"},
+                                       {"to_out.0", "proj_out"}, {"query", "q"}, {"key", "k"},  {"value", "v"},
+                                       {"proj_attn", "proj_out"}};
     if (*tail != '.') return 0;
     for (size_t i = 0; i < sizeof layers / sizeof *layers; i++)
         if ((*rest = after(tail + 1, layers[i].from)) && (**rest == '.')) {
@@ -94,8 +97,8 @@ static int vae_level(int n_levels, int nrb, const char *coder, int up, const cha
             n = snprintf(out, cap, "%s.%s.%d.attn.%d.%s%s", coder, up ? "up" : "down", level, j, layer, rest);
     } else if ((rest = after(s, up ? "upsamplers.0.conv" : "downsamplers.0.conv")) && *rest == '.' &&
                i < n_levels - 1) {
-        n = snprintf(out, cap, "%s.%s.%d.%s.conv%s", coder, up ? "up" : "down", level,
-                     up ? "upsample" : "downsample", rest);
+        n = snprintf(out, cap, "%s.%s.%d.%s.conv%s", coder, up ? "up" : "down", level, up ? "upsample" : "downsample",
+                     rest);
     }
     return n >= 0 && (size_t)n < cap;
 }

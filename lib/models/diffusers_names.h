@@ -15,9 +15,9 @@
 
 /* How a translated tensor relates to the stored one. */
 typedef enum {
-    LD_DN_SAME = 0,    /* same values and shape */
-    LD_DN_CONV1X1,     /* a Linear [O,I] that CompVis stores as a 1x1 convolution [O,I,1,1] */
-    LD_DN_QKV_PART     /* one third of a stacked [q;k;v] tensor; the part index is given */
+    LD_DN_SAME = 0, /* same values and shape */
+    LD_DN_CONV1X1,  /* a Linear [O,I] that CompVis stores as a 1x1 convolution [O,I,1,1] */
+    LD_DN_QKV_PART  /* one third of a stacked [q;k;v] tensor; the part index is given */
 } ld_dn_kind;
 
 /* AutoencoderKL -> first stage. `n_levels` is len(block_out_channels), `num_res_blocks`
