@@ -15,6 +15,8 @@
 
 #define JSON_MAX_BYTES ((size_t)4 << 20)
 #define NAME_CAP       512
+/* in_proj weights and biases of at most 256 text encoder layers (ViT-bigG has 32) */
+#define QKV_MAX_SLOTS 512
 
 typedef struct folder {
     char dir[PATH_MAX];
@@ -195,6 +197,9 @@ static ldm_status qkv_put(qkv_table *q, const char *file, const char *name, int 
     for (size_t i = 0; i < q->n && !s; i++)
         if (!strcmp(q->slots[i].name, name)) s = &q->slots[i];
     if (!s) {
+        if (q->n == QKV_MAX_SLOTS)
+            return ldm_fail(LDM_ERR_LIMIT, "%s: more than %d attention projections to stack (at %s)", file,
+                            QKV_MAX_SLOTS, t->name);
         if (q->n == q->cap) {
             size_t cap = q->cap ? 2 * q->cap : 64;
             qkv_slot *grown = ldm_realloc(q->slots, cap * sizeof *grown);
