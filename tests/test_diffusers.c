@@ -530,6 +530,30 @@ START_TEST(unknown_tensor)
 }
 END_TEST
 
+/* Fails the n-th allocation for n = 1, 2, ... until reading the folder succeeds: every error path
+ * releases what it took (valgrind / ASan watch) and reports the failure. */
+START_TEST(allocation_failures_are_clean)
+{
+    int failures = 0;
+    for (long n = 1; n < 100000; n++) {
+        lw_store *s = NULL;
+        ld_model desc;
+        ldm_alloc_fail_after(n);
+        ldm_status st = ld_diffusers_open(work, 0, &s, &desc);
+        ldm_alloc_fail_after(0);
+        if (st == LDM_OK) {
+            lw_close(s);
+            ck_assert_int_gt(failures, 10);
+            return;
+        }
+        ck_assert_msg(st == LDM_ERR_OUT_OF_MEMORY, "n=%ld: status %s: %s", n, ldm_status_string(st), ldm_last_error());
+        ck_assert_ptr_null(s);
+        failures++;
+    }
+    ck_abort_msg("never succeeded");
+}
+END_TEST
+
 /* A text encoder tensor that CLIPTextModel does not have. */
 START_TEST(unknown_text_tensor)
 {
@@ -601,6 +625,7 @@ int main(void)
     suite_add_tcase(s, configs);
     TCase *folder = tcase_create("folder");
     tcase_add_checked_fixture(folder, setup_folder, teardown_folder);
+    tcase_set_timeout(folder, 120);
     tcase_add_test(folder, folder_loads_in_place);
     tcase_add_test(folder, prediction_type_is_honoured);
     tcase_add_test(folder, missing_component);
@@ -613,6 +638,7 @@ int main(void)
     tcase_add_test(folder, truncated_weights);
     tcase_add_test(folder, unknown_tensor);
     tcase_add_test(folder, unknown_text_tensor);
+    tcase_add_test(folder, allocation_failures_are_clean);
     tcase_add_test(folder, merges_txt_tokenizes_like_the_clip_vocabulary);
     suite_add_tcase(s, folder);
     return ck_run_suite(s);

@@ -85,21 +85,27 @@ static ldm_status read_json(const folder *f, const char *rel, const char *what, 
     *out = NULL;
     LDM_TRY(join(f, rel, path, sizeof path));
     LDM_TRY(lw_fopen_regular(path, what, LDM_ERR_NOT_FOUND, &fp));
-    char *buf = ldm_malloc(JSON_MAX_BYTES + 1);
+    struct stat st_file;
+    size_t want =
+        fstat(fileno(fp), &st_file) == 0 && st_file.st_size >= 0 && (uint64_t)st_file.st_size < (uint64_t)JSON_MAX_BYTES
+            ? (size_t)st_file.st_size
+            : JSON_MAX_BYTES;
+    char *buf = ldm_malloc(want + 1); /* one byte more: a file that grew shows as too long or is parsed whole */
     if (!buf) {
         fclose(fp);
         return ldm_fail_context(ldm_alloc_failure_status(), "%s: ", path);
     }
-    size_t len = fread(buf, 1, JSON_MAX_BYTES + 1, fp);
+    size_t len = fread(buf, 1, want + 1, fp);
     int err = ferror(fp);
     fclose(fp);
     ldm_status st = LDM_OK;
     if (err)
         st = ldm_fail(LDM_ERR_IO, "%s: read error", path);
-    else if (len > JSON_MAX_BYTES)
-        st = ldm_fail(LDM_ERR_LIMIT, "%s: more than %zu bytes", path, JSON_MAX_BYTES);
-    else if (!(*out = lj_parse(buf, len)))
-        st = ldm_fail_context(LDM_ERR_FORMAT, "%s: ", path);
+    else if (len > want || len > JSON_MAX_BYTES)
+        st = ldm_fail(LDM_ERR_LIMIT, "%s: more than %zu bytes (or it grew while being read)", path, want);
+    else if (!(*out = lj_parse(buf, len))) /* a syntax error reads "JSON: ...", else allocation failed */
+        st = ldm_fail_context(strncmp(ldm_last_error(), "JSON:", 5) ? ldm_alloc_failure_status() : LDM_ERR_FORMAT,
+                              "%s: ", path);
     else if ((*out)->type != LJ_OBJECT) {
         st = ldm_fail(LDM_ERR_FORMAT, "%s: not a JSON object", path);
         lj_free(*out);
