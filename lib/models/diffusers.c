@@ -23,7 +23,6 @@ typedef struct folder {
     size_t max_alloc;
     lw_store *out;
     size_t copied; /* bytes of private copies (stacked q/k/v) */
-    size_t tensors;
 } folder;
 
 static int is_dir(const char *p)
@@ -251,7 +250,6 @@ static ldm_status qkv_stack(folder *f, const char *file, const qkv_slot *s)
     LDM_TRY(lw_store_keep(f->out, buf));
     int64_t shape[2] = {3 * q->shape[0], q->ndim > 1 ? q->shape[1] : 0};
     f->copied += bytes;
-    f->tensors++;
     return lw_store_add(f->out, s->name, q->dtype, q->ndim, shape, buf, bytes);
 }
 
@@ -318,7 +316,6 @@ static ldm_status add_tensor(folder *f, const char *file, const lw_tensor *t, co
                         "%d dimensions",
                         file, t->name, ndim);
     }
-    f->tensors++;
     ldm_status st = lw_store_add(f->out, name, t->dtype, ndim, shape, t->data, t->nbytes);
     return st == LDM_OK ? LDM_OK : ldm_fail_context(st, "%s: ", file);
 }
