@@ -161,7 +161,8 @@ LDM_API void ldm_model_params_init_size(ldm_model_params *params, size_t struct_
 #define ldm_model_params_init(params) ldm_model_params_init_size((params), sizeof *(params))
 
 /* Loads a checkpoint (.safetensors or PyTorch .ckpt, detected from the bytes). The model may be a
- * whole latent diffusion model or a standalone first stage (autoencoder). */
+ * whole latent diffusion model or a standalone first stage (autoencoder). `path` may also be a
+ * diffusers folder or its model_index.json (unet/, vae/, text_encoder/, scheduler/: docs/models.md). */
 LDM_API ldm_status ldm_model_load(const char *path, const ldm_model_params *params,
                                   ldm_model **out);
 LDM_API void ldm_model_free(ldm_model *model);
@@ -196,7 +197,8 @@ LDM_API ldm_status ldm_model_set_abort_callback(ldm_model *model, ldm_abort_call
 LDM_API const char *ldm_model_describe(ldm_model *model);
 /* The YAML config the model was built from: ldm_model_params.config_path, else the one found
  * beside the checkpoint (<checkpoint name without extension>.yaml, then config.yaml in the same
- * folder); NULL when the architecture was detected from tensor names (and for built-in models).
+ * folder); a diffusers folder's model_index.json when the model was read from one; NULL when the
+ * architecture was detected from tensor names (and for built-in models).
  * Valid for the model's lifetime. */
 LDM_API const char *ldm_model_config_path(const ldm_model *model);
 

@@ -70,6 +70,9 @@ int lm_is_trained_builtin(const char *name);
 ldm_status lm_load_trained_builtin(const char *name, const ldm_model_params *params, ldm_model **out);
 ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_model **out, ldm_model_params *p);
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
+/* diffusers_load.c: a diffusers folder's store and description (config_path: the caller's YAML,
+ * which then describes the model instead of the folder's JSON). */
+ldm_status lm_open_diffusers(ldm_model *m, const char *path, const char *config_path);
 void lm_model_discard(ldm_model *m);
 void lm_free_components(ldm_model *m);
 /* lora.c: the LoRA state and merged copies (the store's overrides are restored). */
