@@ -55,8 +55,9 @@ ldm_status lp_resolve_tiny(const ldm_model *m, ldm_generate_params *p)
         return LDM_OK;
     case LDM_PREVIEW_TINY:
         if (!m->tiny_dec)
-            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
-                            "preview_kind LDM_PREVIEW_TINY: the model has no tiny decoder (ldm_model_set_tiny_autoencoder)");
+            return ldm_fail(
+                LDM_ERR_INVALID_ARGUMENT,
+                "preview_kind LDM_PREVIEW_TINY: the model has no tiny decoder (ldm_model_set_tiny_autoencoder)");
         return LDM_OK;
     case LDM_PREVIEW_LINEAR:
         if (latent_channels(m) != 4)
@@ -65,8 +66,10 @@ ldm_status lp_resolve_tiny(const ldm_model *m, ldm_generate_params *p)
                             "have %d",
                             latent_channels(m));
         return LDM_OK;
-    case LDM_PREVIEW_FULL: return LDM_OK;
-    default: return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "preview_kind %d is not an ldm_preview_kind", p->preview_kind);
+    case LDM_PREVIEW_FULL:
+        return LDM_OK;
+    default:
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "preview_kind %d is not an ldm_preview_kind", p->preview_kind);
     }
 }
 
@@ -89,8 +92,10 @@ static ldm_status linear_rgb(const ldm_tensor *z, ldm_tensor **out)
 static ldm_status make_preview(ldm_model *m, const ldm_generate_params *p, const ldm_tensor *z, ldm_tensor **image)
 {
     switch (p->preview_kind) {
-    case LDM_PREVIEW_TINY: return lm_tiny_decode(m, z, p->vae_tile, image);
-    case LDM_PREVIEW_LINEAR: return linear_rgb(z, image);
+    case LDM_PREVIEW_TINY:
+        return lm_tiny_decode(m, z, p->vae_tile, image);
+    case LDM_PREVIEW_LINEAR:
+        return linear_rgb(z, image);
     default: {
         int saved = m->vae_in_use;
         m->vae_in_use = LDM_VAE_FULL;

@@ -73,8 +73,14 @@ void ldm_tiny_autoencoder_free(ldm_tiny_autoencoder *tae)
     ldm_free(tae);
 }
 
-int ldm_tiny_autoencoder_has_encoder(const ldm_tiny_autoencoder *tae) { return tae && ltae_has_encoder(tae->net); }
-int ldm_tiny_autoencoder_has_decoder(const ldm_tiny_autoencoder *tae) { return tae && ltae_has_decoder(tae->net); }
+int ldm_tiny_autoencoder_has_encoder(const ldm_tiny_autoencoder *tae)
+{
+    return tae && ltae_has_encoder(tae->net);
+}
+int ldm_tiny_autoencoder_has_decoder(const ldm_tiny_autoencoder *tae)
+{
+    return tae && ltae_has_decoder(tae->net);
+}
 int ldm_tiny_autoencoder_latent_channels(const ldm_tiny_autoencoder *tae)
 {
     return tae ? ltae_latent_channels(tae->net) : 0;
@@ -156,8 +162,14 @@ ldm_status ldm_model_set_tiny_autoencoder(ldm_model *model, const char *path)
     return LDM_OK;
 }
 
-int ldm_model_has_tiny_decoder(const ldm_model *model) { return model && model->tiny_dec; }
-int ldm_model_has_tiny_encoder(const ldm_model *model) { return model && model->tiny_enc; }
+int ldm_model_has_tiny_decoder(const ldm_model *model)
+{
+    return model && model->tiny_dec;
+}
+int ldm_model_has_tiny_encoder(const ldm_model *model)
+{
+    return model && model->tiny_enc;
+}
 
 static ldm_status tile_decode(void *user, const ldm_tensor *z, ldm_tensor **pixels)
 {
@@ -196,8 +208,7 @@ static ldm_status check_vae(int vae, const char *fn)
     return LDM_OK;
 }
 
-ldm_status ldm_model_decode_latent_with(ldm_model *model, const ldm_tensor *z, ldm_vae_choice vae,
-                                        ldm_tensor **image)
+ldm_status ldm_model_decode_latent_with(ldm_model *model, const ldm_tensor *z, ldm_vae_choice vae, ldm_tensor **image)
 {
     if (!image) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_decode_latent_with: image is NULL");
     *image = NULL;

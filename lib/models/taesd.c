@@ -34,23 +34,56 @@ typedef struct tdef {
     int in, out, bias, relu_after;
 } tdef;
 
-#define BLOCK(i) {T_BLOCK, (i), CH_WIDTH, CH_WIDTH, 1, 0}
-#define DOWN(i)  {T_DOWN, (i), CH_WIDTH, CH_WIDTH, 0, 0}
-#define UP(i)    {T_UP_CONV, (i), CH_WIDTH, CH_WIDTH, 0, 0}
+#define BLOCK(i)                                                                                                       \
+    {                                                                                                                  \
+        T_BLOCK, (i), CH_WIDTH, CH_WIDTH, 1, 0                                                                         \
+    }
+#define DOWN(i)                                                                                                        \
+    {                                                                                                                  \
+        T_DOWN, (i), CH_WIDTH, CH_WIDTH, 0, 0                                                                          \
+    }
+#define UP(i)                                                                                                          \
+    {                                                                                                                  \
+        T_UP_CONV, (i), CH_WIDTH, CH_WIDTH, 0, 0                                                                       \
+    }
 
 /* Encoder(): conv(3, 64), Block, then three times conv(stride 2, no bias) + 3 Blocks,
  * conv(64, latent). */
 static const tdef encoder_defs[] = {
-    {T_CONV, 0, CH_RGB, CH_WIDTH, 1, 0}, BLOCK(1), DOWN(2), BLOCK(3), BLOCK(4), BLOCK(5), DOWN(6),
-    BLOCK(7), BLOCK(8), BLOCK(9), DOWN(10), BLOCK(11), BLOCK(12), BLOCK(13),
+    {T_CONV, 0, CH_RGB, CH_WIDTH, 1, 0},
+    BLOCK(1),
+    DOWN(2),
+    BLOCK(3),
+    BLOCK(4),
+    BLOCK(5),
+    DOWN(6),
+    BLOCK(7),
+    BLOCK(8),
+    BLOCK(9),
+    DOWN(10),
+    BLOCK(11),
+    BLOCK(12),
+    BLOCK(13),
     {T_CONV, 14, CH_WIDTH, CH_LATENT, 1, 0},
 };
 
 /* Decoder(): Clamp (module 0), conv(latent, 64), ReLU, 3 Blocks, then three times Upsample +
  * conv(no bias) + Blocks (3, 3, 1), conv(64, 3). */
 static const tdef decoder_defs[] = {
-    {T_CONV, 1, CH_LATENT, CH_WIDTH, 1, 1}, BLOCK(3), BLOCK(4), BLOCK(5), UP(7), BLOCK(8), BLOCK(9),
-    BLOCK(10), UP(12), BLOCK(13), BLOCK(14), BLOCK(15), UP(17), BLOCK(18),
+    {T_CONV, 1, CH_LATENT, CH_WIDTH, 1, 1},
+    BLOCK(3),
+    BLOCK(4),
+    BLOCK(5),
+    UP(7),
+    BLOCK(8),
+    BLOCK(9),
+    BLOCK(10),
+    UP(12),
+    BLOCK(13),
+    BLOCK(14),
+    BLOCK(15),
+    UP(17),
+    BLOCK(18),
     {T_CONV, 19, CH_WIDTH, CH_RGB, 1, 0},
 };
 
@@ -89,8 +122,7 @@ static int channels(const ltae *t, int code)
 static ldm_status remember(ltae *t, const char *name)
 {
     size_t n = strlen(name);
-    if (t->n_names >= TAE_MAX_NAMES || n >= TAE_NAME_LEN)
-        return ldm_fail(LDM_ERR_INTERNAL, "taesd: name table full");
+    if (t->n_names >= TAE_MAX_NAMES || n >= TAE_NAME_LEN) return ldm_fail(LDM_ERR_INTERNAL, "taesd: name table full");
     memcpy(t->names[t->n_names++], name, n + 1);
     return LDM_OK;
 }
@@ -133,8 +165,9 @@ static ldm_status first_conv(const lw_store *s, const char *name, int64_t dims[2
     if (!w) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: tensor %s missing", lw_path(s), name);
     if (w->ndim != 4 || w->shape[2] != 3 || w->shape[3] != 3 || w->shape[0] < 1 || w->shape[0] > 1024 ||
         w->shape[1] < 1 || w->shape[1] > 1024)
-        return ldm_fail(LDM_ERR_FORMAT, "%s: tensor %s: expected a 3x3 convolution [out,in,3,3] of at most 1024 channels",
-                        lw_path(s), name);
+        return ldm_fail(LDM_ERR_FORMAT,
+                        "%s: tensor %s: expected a 3x3 convolution [out,in,3,3] of at most 1024 channels", lw_path(s),
+                        name);
     dims[0] = w->shape[0];
     dims[1] = w->shape[1];
     return LDM_OK;
@@ -153,8 +186,8 @@ static void find_layout(const lw_store *s, ltae *t)
     } else {
         t->layout = "taesd.py files";
         t->enc = (tpart){.present = lw_find(s, "0.weight") != NULL, .prefix = "", .offset = 0};
-        t->dec = (tpart){.present = lw_find(s, "0.weight") == NULL && lw_find(s, "1.weight") != NULL, .prefix = "",
-                         .offset = 0};
+        t->dec = (tpart){
+            .present = lw_find(s, "0.weight") == NULL && lw_find(s, "1.weight") != NULL, .prefix = "", .offset = 0};
     }
 }
 
@@ -218,6 +251,8 @@ ldm_status ltae_create(const lw_store *s, ltae **out)
     if (st == LDM_OK && t->enc.present) st = load_part(t, &t->enc, encoder_defs, (int)LDM_ARRAY_LEN(encoder_defs));
     if (st == LDM_OK && t->dec.present) st = load_part(t, &t->dec, decoder_defs, (int)LDM_ARRAY_LEN(decoder_defs));
     if (st == LDM_OK) st = check_no_extra(t);
+    if (st != LDM_OK && t->enc.present + t->dec.present > 0)
+        st = ldm_fail_context(st, "tiny autoencoder (read in the %s layout): ", t->layout);
     if (st != LDM_OK) {
         ltae_free(t);
         return st;
@@ -257,11 +292,26 @@ void ltae_free(ltae *t)
     ldm_free(t);
 }
 
-int ltae_has_encoder(const ltae *t) { return t && t->enc.present; }
-int ltae_has_decoder(const ltae *t) { return t && t->dec.present; }
-int ltae_latent_channels(const ltae *t) { return t ? t->latent : 0; }
-const char *ltae_layout(const ltae *t) { return t ? t->layout : ""; }
-const char *ltae_path(const ltae *t) { return t ? lw_path(t->store) : ""; }
+int ltae_has_encoder(const ltae *t)
+{
+    return t && t->enc.present;
+}
+int ltae_has_decoder(const ltae *t)
+{
+    return t && t->dec.present;
+}
+int ltae_latent_channels(const ltae *t)
+{
+    return t ? t->latent : 0;
+}
+const char *ltae_layout(const ltae *t)
+{
+    return t ? t->layout : "";
+}
+const char *ltae_path(const ltae *t)
+{
+    return t ? lw_path(t->store) : "";
+}
 
 /* ---------------------------------------------------------------- elementwise passes */
 
@@ -320,8 +370,18 @@ static void elementwise(const lctx *c, eop op, float *y, const float *x, size_t 
 static ldm_status conv_run(const lctx *c, const laeb_conv *cv, const laeb_map *x, int stride, laeb_map *y)
 {
     memset(y, 0, sizeof *y);
-    lk_conv2d_shape sh = {.batch = x->b, .in_ch = x->c, .in_h = x->h, .in_w = x->w, .out_ch = cv->out, .k_h = 3,
-                          .k_w = 3, .stride = stride, .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    lk_conv2d_shape sh = {.batch = x->b,
+                          .in_ch = x->c,
+                          .in_h = x->h,
+                          .in_w = x->w,
+                          .out_ch = cv->out,
+                          .k_h = 3,
+                          .k_w = 3,
+                          .stride = stride,
+                          .pad_top = 1,
+                          .pad_left = 1,
+                          .pad_bottom = 1,
+                          .pad_right = 1};
     LDM_TRY(laeb_map_alloc(y, x->b, cv->out, lk_conv2d_out_h(&sh), lk_conv2d_out_w(&sh)));
     ldm_status st = lk_conv2d_wt(c, &sh, x->d, cv->w.w, cv->bias, y->d);
     if (st != LDM_OK) laeb_map_free(y);
@@ -348,10 +408,17 @@ static ldm_status layer_run(const lctx *c, const tlayer *l, const laeb_map *x, l
 {
     ldm_status st;
     switch (l->kind) {
-    case T_BLOCK: return block_run(c, l, x, y);
-    case T_DOWN: st = conv_run(c, &l->conv[0], x, 2, y); break;
-    case T_UP_CONV: st = laeb_upsample_run(c, &l->conv[0], x, y); break;
-    default: st = conv_run(c, &l->conv[0], x, 1, y); break;
+    case T_BLOCK:
+        return block_run(c, l, x, y);
+    case T_DOWN:
+        st = conv_run(c, &l->conv[0], x, 2, y);
+        break;
+    case T_UP_CONV:
+        st = laeb_upsample_run(c, &l->conv[0], x, y);
+        break;
+    default:
+        st = conv_run(c, &l->conv[0], x, 1, y);
+        break;
     }
     if (st == LDM_OK && l->relu_after) elementwise(c, E_RELU, y->d, NULL, laeb_map_numel(y));
     return st;
@@ -404,14 +471,16 @@ static ldm_status run_on(const lctx *c, const tpart *p, const ldm_tensor *in, eo
 
 ldm_status ltae_decode(const ltae *t, const lctx *c, const ldm_tensor *z, ldm_tensor **image)
 {
-    if (!ltae_has_decoder(t)) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: the tiny autoencoder has no decoder", ltae_path(t));
+    if (!ltae_has_decoder(t))
+        return ldm_fail(LDM_ERR_NOT_FOUND, "%s: the tiny autoencoder has no decoder", ltae_path(t));
     LDM_TRY(check_input(z, "tiny autoencoder decode: z", t->latent, 16384 / 8));
     return run_on(c, &t->dec, z, E_CLAMP, 1, image);
 }
 
 ldm_status ltae_encode(const ltae *t, const lctx *c, const ldm_tensor *x, ldm_tensor **z)
 {
-    if (!ltae_has_encoder(t)) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: the tiny autoencoder has no encoder", ltae_path(t));
+    if (!ltae_has_encoder(t))
+        return ldm_fail(LDM_ERR_NOT_FOUND, "%s: the tiny autoencoder has no encoder", ltae_path(t));
     LDM_TRY(check_input(x, "tiny autoencoder encode: x", 3, 16384));
     return run_on(c, &t->enc, x, E_FROM_PM1, 0, z);
 }
