@@ -14,6 +14,8 @@ typedef struct cli_options {
     const char *prompt, *negative_prompt;
     const char *init, *mask, *seg, *layout;
     const char *sampler_name, *weights;
+    const char *taesd, *taesd_encoder, *vae, *preview; /* tiny autoencoder files, --vae, --preview PNG */
+    int preview_every;
     int classes[64], n_classes; /* --class LIST: one image per class, side by side in one PNG */
     int class_label, uncond_class, steps, width, height, batch, threads, vae_tile, layout_classes;
     float cfg_scale, eta, strength; /* cfg_scale 0: the model's default */
