@@ -552,16 +552,18 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("taesd");
-    TCase *tc = tcase_create("taesd");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, test_layouts_agree);
-    tcase_add_test(tc, test_threads);
-    tcase_add_test(tc, test_bad_files);
-    tcase_add_test(tc, test_bad_inputs);
-    tcase_add_test(tc, test_model_refuses_other_latent_spaces);
-    tcase_add_test(tc, test_model_pipelines);
-    tcase_add_test(tc, test_previews);
-    suite_add_tcase(s, tc);
+    TCase *files = tcase_create("files"), *model = tcase_create("model");
+    tcase_add_checked_fixture(files, setup, teardown);
+    tcase_set_timeout(files, 600);
+    tcase_set_timeout(model, 600);
+    tcase_add_test(files, test_layouts_agree);
+    tcase_add_test(files, test_threads);
+    tcase_add_test(files, test_bad_files);
+    tcase_add_test(files, test_bad_inputs);
+    tcase_add_test(model, test_model_refuses_other_latent_spaces);
+    tcase_add_test(model, test_model_pipelines);
+    tcase_add_test(model, test_previews);
+    suite_add_tcase(s, files);
+    suite_add_tcase(s, model);
     return ck_run_suite(s);
 }
