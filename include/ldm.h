@@ -726,7 +726,9 @@ LDM_API int ldm_tiny_autoencoder_has_encoder(const ldm_tiny_autoencoder *tae);
 LDM_API int ldm_tiny_autoencoder_has_decoder(const ldm_tiny_autoencoder *tae);
 LDM_API int ldm_tiny_autoencoder_latent_channels(const ldm_tiny_autoencoder *tae);
 /* z [B,C,h,w] (diffusion latents) -> image [B,3,8h,8w] = 2 * Decoder(z) - 1 (not clamped; the
- * decoder itself soft-clamps z with tanh(z/3)*3). LDM_ERR_NOT_FOUND without a decoder. */
+ * decoder itself soft-clamps z with tanh(z/3)*3). Latents above 128x128 are decoded in blended
+ * tiles of 64 (as ldm_generate's automatic vae_tile), which bounds the memory of the 64-channel
+ * maps. LDM_ERR_NOT_FOUND without a decoder. */
 LDM_API ldm_status ldm_tiny_autoencoder_decode(ldm_tiny_autoencoder *tae, const ldm_tensor *z,
                                                ldm_tensor **image);
 /* x [B,3,H,W] in [-1,1] -> z [B,C,ceil(H/8),ceil(W/8)] = Encoder((x+1)/2), deterministic (no

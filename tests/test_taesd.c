@@ -166,6 +166,22 @@ START_TEST(test_layouts_agree)
 END_TEST
 
 /* Results do not depend on the thread count beyond float rounding (here: not at all). */
+/* Latents above 128x128 decode in blended tiles (the 64-channel maps of a whole decode would pass
+ * 1 GB at 1024x1024): the image has the whole size, and a latent of one tile is decoded whole. */
+START_TEST(test_large_latent_tiles)
+{
+    ldm_tiny_autoencoder *t = load_ok(source_path(DIFFUSERS_FILE));
+    ldm_tensor *z = seeded(1, 4, 9, 1900, 5, 1.0f), *img = NULL;
+    ck_assert_msg(ldm_tiny_autoencoder_decode(t, z, &img) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(img->shape[2], 72);
+    ck_assert_int_eq(img->shape[3], 15200);
+    for (int64_t i = 0; i < lt_numel(img); i += 997) ck_assert(isfinite(lt_f32(img)[i]));
+    ldm_tensor_free(img);
+    ldm_tensor_free(z);
+    ldm_tiny_autoencoder_free(t);
+}
+END_TEST
+
 START_TEST(test_threads)
 {
     ldm_model_params mp;
@@ -558,6 +574,7 @@ int main(void)
     tcase_set_timeout(model, 600);
     tcase_add_test(files, test_layouts_agree);
     tcase_add_test(files, test_threads);
+    tcase_add_test(files, test_large_latent_tiles);
     tcase_add_test(files, test_bad_files);
     tcase_add_test(files, test_bad_inputs);
     tcase_add_test(model, test_model_refuses_other_latent_spaces);

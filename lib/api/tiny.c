@@ -27,6 +27,32 @@ struct ldm_tiny_autoencoder {
 #define LT_AUTO_TILE_MAX_PIXELS (128 * 128)
 #define LT_AUTO_TILE            64
 
+/* ---------------------------------------------------------------- decoding whole or in tiles */
+
+typedef struct tile_ctx {
+    const ltae *net;
+    const lctx *ctx;
+} tile_ctx;
+
+static ldm_status tile_decode(void *user, const ldm_tensor *z, ldm_tensor **pixels)
+{
+    const tile_ctx *t = user;
+    return ltae_decode(t->net, t->ctx, z, pixels);
+}
+
+/* tile > 0: tiles of that many latent pixels when the latent is larger; 0: automatic (large
+ * latents only); < 0: whole. */
+static ldm_status decode_tiled(const ltae *net, const lctx *c, const ldm_tensor *z, int tile, ldm_tensor **image)
+{
+    LDM_TRY(lt_check(z, "tiny decode: z", LDM_F32, 4));
+    int64_t h = z->shape[2], w = z->shape[3];
+    if (tile == 0 && h * w > LT_AUTO_TILE_MAX_PIXELS) tile = LT_AUTO_TILE;
+    tile_ctx t = {net, c};
+    if (tile > 0 && (h > tile || w > tile) && ltae_has_decoder(net))
+        return lp_decode_tiles(c, z, LDM_MAX(tile, 8), 8, tile_decode, &t, image);
+    return ltae_decode(net, c, z, image);
+}
+
 /* ---------------------------------------------------------------- standalone handle */
 
 ldm_status ldm_tiny_autoencoder_load(const char *path, const ldm_model_params *params, ldm_tiny_autoencoder **out)
@@ -96,7 +122,7 @@ static ldm_status standalone(ldm_tiny_autoencoder *tae, const ldm_tensor *in, in
     ldm_alloc_set_cap(ldm_alloc_cap_within(ldm_alloc_get_cap(), tae->max_alloc));
     atomic_store(&tae->cancel, 0);
     LDM_TRY(lt_check_finite(in, fn));
-    ldm_status st = decode ? ltae_decode(tae->net, &tae->ctx, in, out) : ltae_encode(tae->net, &tae->ctx, in, out);
+    ldm_status st = decode ? decode_tiled(tae->net, &tae->ctx, in, 0, out) : ltae_encode(tae->net, &tae->ctx, in, out);
     if (st == LDM_OK) st = lt_check_finite(*out, fn);
     if (st != LDM_OK) {
         ldm_tensor_free(*out);
@@ -171,23 +197,12 @@ int ldm_model_has_tiny_encoder(const ldm_model *model)
     return model && model->tiny_enc;
 }
 
-static ldm_status tile_decode(void *user, const ldm_tensor *z, ldm_tensor **pixels)
-{
-    ldm_model *m = user;
-    return ltae_decode(m->tiny_dec, &m->ctx, z, pixels);
-}
-
 ldm_status lm_tiny_decode(ldm_model *m, const ldm_tensor *z, int tile, ldm_tensor **image)
 {
     if (!m->tiny_dec)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
                         "the tiny decoder was chosen but none is set (ldm_model_set_tiny_autoencoder)");
-    LDM_TRY(lt_check(z, "tiny decode: z", LDM_F32, 4));
-    int64_t h = z->shape[2], w = z->shape[3];
-    if (tile == 0 && h * w > LT_AUTO_TILE_MAX_PIXELS) tile = LT_AUTO_TILE;
-    if (tile > 0 && (h > tile || w > tile))
-        return lp_decode_tiles(&m->ctx, z, LDM_MAX(tile, 8), 8, tile_decode, m, image);
-    return ltae_decode(m->tiny_dec, &m->ctx, z, image);
+    return decode_tiled(m->tiny_dec, &m->ctx, z, tile, image);
 }
 
 ldm_status lm_tiny_encode(ldm_model *m, const ldm_tensor *x, ldm_tensor **z)
