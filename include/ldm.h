@@ -696,7 +696,7 @@ LDM_API void ldm_trainer_free(ldm_trainer *trainer);
 /* ---------------------------------------------------------------- tiny autoencoder and previews */
 
 /* TAESD / TAESDXL (madebyollin/taesd): tiny autoencoders distilled from the SD (taesd_*) and SDXL
- * (taesdxl_*) VAEs, about 1.2M parameters per part, decoding about 10x faster than the full VAE with
+ * (taesdxl_*) VAEs, about 1.2M parameters per part, decoding about 9x faster than the full VAE with
  * somewhat softer detail (docs/performance.md). Files read (float32 or float16, .safetensors or
  * PyTorch .pth, layout found from the tensor names): the released taesd_encoder.pth /
  * taesd_decoder.pth (and taesdxl_*, and .safetensors conversions of them; one part per file),

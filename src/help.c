@@ -85,7 +85,7 @@ static const struct {
     {RUN, "  --vae-tile N            decode in tiles of N latent pixels, -1 .. 4096 (default 0: automatic; -1: never)\n"},
     {RUN, "  --taesd FILE            tiny autoencoder (TAESD: taesd_decoder.pth for SD 1.x/2.x, taesdxl_* for SDXL,\n"
           "                          .pth or .safetensors, or diffusers' AutoencoderTiny file holding both parts):\n"
-          "                          decode with it (10x+ faster, softer detail) and preview with it\n"},
+          "                          decode with it (about 9x faster, softer detail) and preview with it\n"},
     {I2I | INP, "  --taesd-encoder FILE    its encoder (taesd_encoder.pth) for the init image, unless --taesd holds both\n"},
     {RUN, "  --vae full|tiny         which autoencoder makes the image (default: tiny with --taesd, else full;\n"
           "                          --taesd FILE --vae full keeps TAESD for the previews only)\n"},
