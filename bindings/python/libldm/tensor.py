@@ -333,20 +333,6 @@ def copy_of(handle):
     return result(out.value)
 
 
-def copy_of(handle):
-    """A copy of a tensor the library lends for the duration of a callback (F32 or I64), delivered
-    as result() delivers."""
-    lib = _api.lib
-    ndim = lib.ldm_tensor_ndim(handle)
-    dims = (ctypes.c_int64 * max(1, ndim))(*[lib.ldm_tensor_dim(handle, i) for i in range(ndim)])
-    dtype = lib.ldm_tensor_dtype(handle)
-    out = ctypes.c_void_p()
-    check(lib.ldm_tensor_create(dtype, ndim, dims, ctypes.byref(out)), "ldm_tensor_create")
-    ctypes.memmove(lib.ldm_tensor_data(out.value), lib.ldm_tensor_data(handle), lib.ldm_tensor_numel(handle) * 4 *
-                   (2 if dtype == 1 else 1))
-    return result(out.value)
-
-
 def result(handle):
     """What a call returns for a tensor the library handed over: a NumPy array (when enabled)
     or a Tensor, sharing the library's memory either way."""
