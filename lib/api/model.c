@@ -232,6 +232,7 @@ void ldm_model_free(ldm_model *model)
     if (!model) return;
     lm_free_components(model);
     lm_loras_free(model);
+    lm_tiny_release(model);
     lpool_free(model->pool);
     lw_close(model->store);
     ls_schedule_free(model->schedule);
