@@ -151,12 +151,16 @@ LATENCY := $(BUILD)/bench/latency
 $(LATENCY): bench/latency.c $(STATIC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(STATIC_LIB) $(LIBS)
+TAESD_BENCH := $(BUILD)/bench/taesd_bench
+$(TAESD_BENCH): bench/taesd_bench.c $(STATIC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Ilib -o $@ $< $(STATIC_LIB) $(LIBS)
 # The machine's own FMA peak, the yardstick docs/performance.md states results against.
 PEAK := $(BUILD)/bench/peak
 $(PEAK): bench/peak.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -pthread
-bench: $(BENCH) $(LATENCY) $(PEAK)
+bench: $(BENCH) $(LATENCY) $(PEAK) $(TAESD_BENCH)
 
 # The glyph data set (docs/training-data.md). `make glyphs-data` installs FreeType and the fonts
 # (.ci/install-glyph-deps.sh, as root), builds $(BUILD)/ldm-glyphs (src/glyphs/, the only user of

@@ -161,7 +161,8 @@ LDM_API void ldm_model_params_init_size(ldm_model_params *params, size_t struct_
 #define ldm_model_params_init(params) ldm_model_params_init_size((params), sizeof *(params))
 
 /* Loads a checkpoint (.safetensors or PyTorch .ckpt, detected from the bytes). The model may be a
- * whole latent diffusion model or a standalone first stage (autoencoder). */
+ * whole latent diffusion model or a standalone first stage (autoencoder). `path` may also be a
+ * diffusers folder or its model_index.json (unet/, vae/, text_encoder/, scheduler/: docs/models.md). */
 LDM_API ldm_status ldm_model_load(const char *path, const ldm_model_params *params,
                                   ldm_model **out);
 LDM_API void ldm_model_free(ldm_model *model);
@@ -196,7 +197,8 @@ LDM_API ldm_status ldm_model_set_abort_callback(ldm_model *model, ldm_abort_call
 LDM_API const char *ldm_model_describe(ldm_model *model);
 /* The YAML config the model was built from: ldm_model_params.config_path, else the one found
  * beside the checkpoint (<checkpoint name without extension>.yaml, then config.yaml in the same
- * folder); NULL when the architecture was detected from tensor names (and for built-in models).
+ * folder); a diffusers folder's model_index.json when the model was read from one; NULL when the
+ * architecture was detected from tensor names (and for built-in models).
  * Valid for the model's lifetime. */
 LDM_API const char *ldm_model_config_path(const ldm_model *model);
 
@@ -542,6 +544,14 @@ typedef struct ldm_generate_params {
                                      length rules (see "prompts as users write them" below; the
                                      shorter of the two gets empty chunks); 1: plain text, cut at
                                      75 tokens (ldm_conditioner_encode_text) */
+    /* Tiny autoencoder and step previews (see "tiny autoencoder and previews" below). */
+    int vae;                      /* ldm_vae_choice: LDM_VAE_FULL (default) or LDM_VAE_TINY, which
+                                     autoencoder encodes init images and decodes the result */
+    int (*preview)(int step, int total_steps, const ldm_tensor *image, void *user_data);
+                                  /* an ldm_preview_callback, or NULL */
+    void *preview_user_data;
+    int preview_every;            /* steps between previews; 0: 1 (every step) */
+    int preview_kind;             /* ldm_preview_kind, default LDM_PREVIEW_AUTO */
 } ldm_generate_params;
 
 /* The unconditional class of a class-conditional model (ldm_generate_params.uncond_class).
@@ -848,6 +858,87 @@ LDM_API ldm_status ldm_tokenizer_encode_prompt(ldm_tokenizer *tok, const char *p
  * ldm_conditioner_encode_text. */
 LDM_API ldm_status ldm_conditioner_encode_prompt(ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                                  unsigned flags, ldm_tensor **out);
+
+/* ---------------------------------------------------------------- tiny autoencoder and previews */
+
+/* TAESD / TAESDXL (madebyollin/taesd): tiny autoencoders distilled from the SD (taesd_*) and SDXL
+ * (taesdxl_*) VAEs, about 1.2M parameters per part, decoding about 9x faster than the full VAE with
+ * somewhat softer detail (docs/performance.md). Files read (float32 or float16, .safetensors or
+ * PyTorch .pth, layout found from the tensor names): the released taesd_encoder.pth /
+ * taesd_decoder.pth (and taesdxl_*, and .safetensors conversions of them; one part per file),
+ * a whole TAESD module's state dict (encoder.* + decoder.*), and diffusers' AutoencoderTiny file
+ * (diffusion_pytorch_model.safetensors: encoder.layers.* + decoder.layers.*).
+ * Latents: a tiny autoencoder works on the DIFFUSION model's latents (the ones the UNet samples,
+ * i.e. the VAE's latent times the model's scale_factor: TAESD's own scale factor is 1), so the
+ * same file serves any model of its VAE's latent space whatever the scale_factor: taesd_* for
+ * SD 1.x/2.x, taesdxl_* for SDXL. Images are [-1,1] like everywhere else in the library (the
+ * networks see [0,1]; the mapping is done here, as diffusers' AutoencoderTiny does). */
+typedef struct ldm_tiny_autoencoder ldm_tiny_autoencoder;
+
+typedef enum ldm_vae_choice {
+    LDM_VAE_FULL = 0, /* the model's own first stage */
+    LDM_VAE_TINY = 1  /* the tiny autoencoder set with ldm_model_set_tiny_autoencoder */
+} ldm_vae_choice;
+
+/* Loads a tiny autoencoder on its own (encoder, decoder or both, as the file holds). params:
+ * n_threads, max_alloc_bytes and log_callback are used (NULL: defaults); the rest is ignored.
+ * Errors name the file and tensor: LDM_ERR_FORMAT for a file that is no tiny autoencoder, holds a
+ * tensor the network does not use, or a mis-shaped one; LDM_ERR_NOT_FOUND for a missing tensor. */
+LDM_API ldm_status ldm_tiny_autoencoder_load(const char *path, const ldm_model_params *params,
+                                             ldm_tiny_autoencoder **out);
+LDM_API void ldm_tiny_autoencoder_free(ldm_tiny_autoencoder *tae);
+/* 1 when the file held that part, else 0 (also for NULL). */
+LDM_API int ldm_tiny_autoencoder_has_encoder(const ldm_tiny_autoencoder *tae);
+LDM_API int ldm_tiny_autoencoder_has_decoder(const ldm_tiny_autoencoder *tae);
+LDM_API int ldm_tiny_autoencoder_latent_channels(const ldm_tiny_autoencoder *tae);
+/* z [B,C,h,w] (diffusion latents) -> image [B,3,8h,8w] = 2 * Decoder(z) - 1 (not clamped; the
+ * decoder itself soft-clamps z with tanh(z/3)*3). Latents above 128x128 are decoded in blended
+ * tiles of 64 (as ldm_generate's automatic vae_tile), which bounds the memory of the 64-channel
+ * maps. LDM_ERR_NOT_FOUND without a decoder. */
+LDM_API ldm_status ldm_tiny_autoencoder_decode(ldm_tiny_autoencoder *tae, const ldm_tensor *z,
+                                               ldm_tensor **image);
+/* x [B,3,H,W] in [-1,1] -> z [B,C,ceil(H/8),ceil(W/8)] = Encoder((x+1)/2), deterministic (no
+ * posterior sampling), already in diffusion-latent scale. LDM_ERR_NOT_FOUND without an encoder. */
+LDM_API ldm_status ldm_tiny_autoencoder_encode(ldm_tiny_autoencoder *tae, const ldm_tensor *x,
+                                               ldm_tensor **z);
+/* Gives the model a tiny autoencoder from `path` (read with the model's allocation cap and run on
+ * its threads): the parts the file holds replace the model's (so a decoder file and an encoder
+ * file may be set one after the other); NULL removes both. Refused (LDM_ERR_INVALID_ARGUMENT)
+ * when its latent channels differ from the model's first stage (e.g. the VQ-f4 LDM models); a
+ * file of the wrong family with the same channel count (taesd for an SDXL model) is not
+ * detectable and decodes poorly. Used where ldm_generate_params.vae is LDM_VAE_TINY, by
+ * ldm_model_decode_latent_with / ldm_model_encode_image, and for previews. */
+LDM_API ldm_status ldm_model_set_tiny_autoencoder(ldm_model *model, const char *path);
+/* Whether the model has a tiny decoder / encoder set (0 or 1). */
+LDM_API int ldm_model_has_tiny_decoder(const ldm_model *model);
+LDM_API int ldm_model_has_tiny_encoder(const ldm_model *model);
+/* decode_first_stage with the chosen autoencoder: LDM_VAE_FULL is ldm_model_decode_latent
+ * (decoder(z / scale_factor)); LDM_VAE_TINY decodes z as it is (see above). */
+LDM_API ldm_status ldm_model_decode_latent_with(ldm_model *model, const ldm_tensor *z, ldm_vae_choice vae,
+                                                ldm_tensor **image);
+/* An image [B,3,H,W] in [-1,1] to diffusion latents, as image-to-image does: LDM_VAE_FULL =
+ * scale_factor * first stage (KL: posterior sample mean + std * ldm_randn(seed, ...), the stream
+ * ldm_generate uses; VQ: the pre-quantisation latent), LDM_VAE_TINY = the tiny encoder (seed
+ * unused). */
+LDM_API ldm_status ldm_model_encode_image(ldm_model *model, const ldm_tensor *x, ldm_vae_choice vae, uint64_t seed,
+                                          ldm_tensor **z);
+
+/* Step previews (ldm_generate_params.preview): after every preview_every-th step of the run (the
+ * steps progress reports count, so floor(steps run / preview_every) calls), the callback gets
+ * the sampler's current prediction of the final latent (its x0 estimate, k-samplers: the denoised
+ * estimate) made into an image F32 [B,3,H,W] in about [-1,1], valid during the call only.
+ * Returning non-zero stops the run (ldm_generate returns LDM_CANCELLED). How it is made: */
+typedef enum ldm_preview_kind {
+    LDM_PREVIEW_AUTO = 0,   /* TINY when a tiny decoder is set, else LINEAR for a 4-channel latent
+                               space with an 8x first stage (SD), else FULL */
+    LDM_PREVIEW_TINY = 1,   /* the tiny decoder: [B,3,H,W] at the output size (a fraction of the
+                               full decoder's time: docs/performance.md) */
+    LDM_PREVIEW_LINEAR = 2, /* a fixed linear map of the 4 SD latent channels to RGB at LATENT
+                               resolution [B,3,h,w] (the factors ComfyUI fitted for SD 1.5; a rough
+                               colour preview, nearly free); 4-channel latents only */
+    LDM_PREVIEW_FULL = 3    /* the model's own first stage (exact, as slow as the final decode) */
+} ldm_preview_kind;
+typedef int (*ldm_preview_callback)(int step, int total_steps, const ldm_tensor *image, void *user_data);
 
 /* ---------------------------------------------------------------- training: LoRA and captions */
 

@@ -16,6 +16,8 @@ typedef struct cli_options {
     const char *sampler_name, *weights;
     const char *spacing_name;   /* --spacing: default | trailing */
     int turbo, lcm_original_steps; /* --turbo preset (SD-Turbo / SDXL-Turbo); --lcm-original-steps */
+    const char *taesd, *taesd_encoder, *vae, *preview; /* tiny autoencoder files, --vae, --preview PNG */
+    int preview_every;
     int classes[64], n_classes; /* --class LIST: one image per class, side by side in one PNG */
     int class_label, uncond_class, steps, width, height, batch, threads, vae_tile, layout_classes;
     float cfg_scale, eta, strength; /* cfg_scale 0: the model's default */

@@ -95,6 +95,16 @@ static const struct {
     {GEN, "  --width N --height N    output size in pixels, 8 .. 16384, multiples of the model's factor (default:\n"
           "                          the training size)\n"},
     {RUN, "  --vae-tile N            decode in tiles of N latent pixels, -1 .. 4096 (default 0: automatic; -1: never)\n"},
+    {RUN, "  --taesd FILE            tiny autoencoder (TAESD: taesd_decoder.pth for SD 1.x/2.x, taesdxl_* for SDXL,\n"
+          "                          .pth or .safetensors, or diffusers' AutoencoderTiny file holding both parts):\n"
+          "                          decode with it (about 9x faster, softer detail) and preview with it\n"},
+    {I2I | INP, "  --taesd-encoder FILE    its encoder (taesd_encoder.pth) for the init image, unless --taesd holds both\n"},
+    {RUN, "  --vae full|tiny         which autoencoder makes the image (default: tiny with --taesd, else full;\n"
+          "                          --taesd FILE --vae full keeps TAESD for the previews only)\n"},
+    {RUN, "  --preview FILE.png      rewrite FILE.png with the current prediction every --preview-every steps:\n"
+          "                          decoded by TAESD with --taesd, else a rough linear latent-to-RGB map at\n"
+          "                          latent size (SD latents), else by the model's own decoder\n"},
+    {RUN, "  --preview-every N       steps between previews, 1 .. 10000 (default 1)\n"},
     {RUN, "  --weights auto|ema|raw  EMA or trained weights (default auto: EMA when the checkpoint has them)\n"},
     {RUN, "  --lora FILE[:WEIGHT]    merge a LoRA (kohya/webui or diffusers/PEFT .safetensors, .pt/.ckpt) with\n"
           "                          WEIGHT (default 1); repeatable, up to 16, applied in order (docs/lora.md)\n"},

@@ -167,6 +167,7 @@ static void defaults(cli_options *o)
     o->weights = "auto";
     o->output = "out.png";
     o->layout_classes = 300;
+    o->preview_every = 1;
 }
 
 static const struct {
@@ -188,12 +189,16 @@ static const struct {
     {"--sampler", offsetof(cli_options, sampler_name)},
     {"--spacing", offsetof(cli_options, spacing_name)},
     {"--weights", offsetof(cli_options, weights)},
+    {"--taesd", offsetof(cli_options, taesd)},
+    {"--taesd-encoder", offsetof(cli_options, taesd_encoder)},
+    {"--vae", offsetof(cli_options, vae)},
+    {"--preview", offsetof(cli_options, preview)},
 };
 
 static const char *const parsed_options[] = {
     "--class",     "--uncond-class", "--steps", "--width",    "--height", "--batch",     "--threads", "--vae-tile",
     "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--lcm-original-steps",
-    "--lora"};
+    "--lora", "--preview-every"};
 
 /* The options whose value is a number (or a keyword); returns 0 handled, 1 not one of them,
  * 2 a bad value. */
@@ -215,6 +220,7 @@ static int parsed_option(cli_options *o, const char *opt, const char *v)
     if (!strcmp(opt, "--batch")) return parse_int(opt, v, 1, 64, &o->batch);
     if (!strcmp(opt, "--threads")) return parse_int(opt, v, 0, 1024, &o->threads);
     if (!strcmp(opt, "--vae-tile")) return parse_int(opt, v, -1, 4096, &o->vae_tile);
+    if (!strcmp(opt, "--preview-every")) return parse_int(opt, v, 1, 10000, &o->preview_every);
     if (!strcmp(opt, "--layout-classes")) return parse_int(opt, v, 1, 8192, &o->layout_classes);
     if (!strcmp(opt, "--cfg-scale")) return parse_float(opt, v, 0.0f, 100.0f, &o->cfg_scale);
     if (!strcmp(opt, "--eta")) return parse_float(opt, v, 0.0f, 10.0f, &o->eta);
@@ -315,6 +321,14 @@ static int check_names(cli_options *o)
     }
     if (strcmp(o->weights, "auto") && strcmp(o->weights, "ema") && strcmp(o->weights, "raw")) {
         fprintf(stderr, "ldm: --weights must be auto, ema or raw, got '%s'\n", o->weights);
+        return 2;
+    }
+    if (o->vae && strcmp(o->vae, "full") && strcmp(o->vae, "tiny")) {
+        fprintf(stderr, "ldm: --vae must be full or tiny, got '%s'\n", o->vae);
+        return 2;
+    }
+    if (o->vae && !strcmp(o->vae, "tiny") && !o->taesd && !o->taesd_encoder) {
+        fprintf(stderr, "ldm: --vae tiny needs --taesd FILE\n");
         return 2;
     }
     return 0;

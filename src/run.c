@@ -226,6 +226,16 @@ static int load_inputs(const cli_options *o, ldm_generate_params *p, ldm_tensor 
     return 0;
 }
 
+/* --preview FILE.png: the library's preview image, written (atomically) as it comes. */
+static int write_preview(int step, int total, const ldm_tensor *image, void *user_data)
+{
+    (void)step;
+    (void)total;
+    if (ldm_image_write_png(user_data, image, NULL, NULL, 0) != LDM_OK)
+        fprintf(stderr, "\nldm: preview: %s\n", ldm_last_error()); /* not a reason to stop */
+    return 0;
+}
+
 /* One image's request: batches run as separate calls of one image each (see run_images). */
 static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progress *bar)
 {
@@ -247,6 +257,12 @@ static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progre
     /* inpainting regenerates the hole from pure noise unless --strength says otherwise */
     p->strength = !strcmp(o->command, "inpaint") && !o->strength_given ? 1.0f : o->strength;
     p->vae_tile = o->vae_tile;
+    p->vae = o->vae ? (strcmp(o->vae, "tiny") ? LDM_VAE_FULL : LDM_VAE_TINY) : o->taesd ? LDM_VAE_TINY : LDM_VAE_FULL;
+    if (o->preview) {
+        p->preview = write_preview;
+        p->preview_user_data = (void *)o->preview;
+        p->preview_every = o->preview_every;
+    }
     p->progress = cli_progress_callback;
     p->progress_user_data = bar;
 }
@@ -284,6 +300,7 @@ static void describe_params(const cli_options *o, const ldm_generate_params *r, 
     if (r->timestep_spacing == LDM_SPACING_TRAILING) append(buf, cap, &n, ", Schedule: trailing");
     if (o->init && strcmp(o->command, "upscale")) append(buf, cap, &n, ", Denoising strength: %g", r->strength);
     append(buf, cap, &n, ", Model: %s", model_name(o));
+    if (r->vae == LDM_VAE_TINY) append(buf, cap, &n, ", VAE: %s", o->taesd ? o->taesd : o->taesd_encoder);
 }
 
 /* Image k of a batch: FILE.png, FILE-1.png, ... */
@@ -422,6 +439,9 @@ static int run_generate(cli_options *o)
     if (load_inputs(o, &p, owned) == 0) {
         if (load_model(o, &m) != LDM_OK)
             fail(model_name(o));
+        else if ((o->taesd && ldm_model_set_tiny_autoencoder(m, o->taesd) != LDM_OK) ||
+                 (o->taesd_encoder && ldm_model_set_tiny_autoencoder(m, o->taesd_encoder) != LDM_OK))
+            fail(o->taesd_encoder ? o->taesd_encoder : o->taesd);
         else {
             report_config(o, m, stderr, "ldm: ");
             rc = run_images(o, m, &p);

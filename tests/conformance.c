@@ -592,6 +592,32 @@ static ldm_status op_sampler_spaced(runner *r, const lj_value *call, ldm_sampler
     return st;
 }
 
+/* taesd.encode / taesd.decode: the tiny autoencoder file named by params.file (beside case.json),
+ * loaded on its own through the public handle. */
+static ldm_status op_taesd(runner *r, const lj_value *call, int decode)
+{
+    char path[4096];
+    ldm_model_params mp;
+    ldm_tiny_autoencoder *tae = NULL;
+    ldm_tensor *out = NULL;
+    const lj_value *in = lj_get(call, "inputs");
+    const ldm_tensor *arg = input(r, in, decode ? "z" : "x");
+    const char *file = lj_string(lj_get(lj_get(call, "params"), "file"), NULL);
+    if (!arg || !file) return ldm_fail(LDM_ERR_NOT_FOUND, "taesd op: input or params.file missing");
+    snprintf(path, sizeof path, "%s/%s", r->dir, file);
+    ldm_model_params_init(&mp);
+    mp.n_threads = fx_threads();
+    LDM_TRY(ldm_tiny_autoencoder_load(path, &mp, &tae));
+    ldm_status st = decode ? ldm_tiny_autoencoder_decode(tae, arg, &out) : ldm_tiny_autoencoder_encode(tae, arg, &out);
+    ldm_tiny_autoencoder_free(tae);
+    LDM_TRY(st);
+    emit(r, lj_get(call, "outputs"), decode ? "image" : "z", out);
+    return LDM_OK;
+}
+
+static ldm_status op_taesd_encode(runner *r, const lj_value *call) { return op_taesd(r, call, 0); }
+static ldm_status op_taesd_decode(runner *r, const lj_value *call) { return op_taesd(r, call, 1); }
+
 static ldm_status op_ddim(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_DDIM); }
 static ldm_status op_plms(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_PLMS); }
 static ldm_status op_lcm(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_LCM); }
@@ -663,6 +689,8 @@ static const struct {
     {"lora.add", op_lora_add},
     {"lora.clear", op_lora_clear},
     {"lora.remove_last", op_lora_remove_last},
+    {"taesd.encode", op_taesd_encode},
+    {"taesd.decode", op_taesd_decode},
 };
 
 /* ---------------------------------------------------------------- fixture */

@@ -225,6 +225,27 @@ else bad "ldm help lists every command and option"; fi
 if run help_bad 2 "$LDM" help paint && has "$T/err" "not a command"; then ok "ldm help NOT_A_COMMAND, exit 2"
 else bad "ldm help NOT_A_COMMAND, exit 2"; fi
 
+# ---------------------------------------------------------------- tiny autoencoder and previews (docs/taesd.md)
+TAESD_DEC=$(dirname "$0")/fixtures/taesd_sd_decoder/taesd_decoder.safetensors
+rm -f "$T/prev.png"
+if run preview 0 "$LDM" generate --steps 4 --seed 1 --class 3 --preview "$T/prev.png" --preview-every 2 -o "$T/pv.png" &&
+    [ "$(png_size "$T/prev.png")" = "64x64" ] && [ -s "$T/pv.png" ]; then
+    ok "--preview FILE.png written during the run (demo: its own decoder, 64x64)"
+else bad "--preview FILE.png written during the run"; fi
+if run taesd_refused 1 "$LDM" generate --steps 2 --class 3 --taesd "$TAESD_DEC" -o "$T/x.png" &&
+    has "$T/err" "latent channels" && has "$T/err" "taesd_decoder.safetensors"; then
+    ok "--taesd refused for a model of another latent space, naming the file"
+else bad "--taesd refused for a model of another latent space"; fi
+if run vae_tiny_alone 2 "$LDM" generate --vae tiny -o "$T/x.png" && has "$T/err" "needs --taesd" &&
+    run vae_bogus 2 "$LDM" generate --vae small -o "$T/x.png" && has "$T/err" "full or tiny" &&
+    run preview_every_bad 2 "$LDM" generate --preview-every 0 -o "$T/x.png"; then
+    ok "--vae tiny without --taesd, --vae small, --preview-every 0: exit 2"
+else bad "--vae / --preview-every checks"; fi
+if run help_taesd 0 "$LDM" generate --help && has "$T/out" "--taesd FILE" && has "$T/out" "--preview FILE.png" &&
+    has "$T/out" "--vae full|tiny" && has "$T/out" "--preview-every N"; then
+    ok "generate --help: --taesd, --vae, --preview, --preview-every"
+else bad "generate --help: --taesd, --vae, --preview, --preview-every"; fi
+
 # ---------------------------------------------------------------- -q: nothing but errors
 if run quiet 0 "$LDM" generate -q --steps 2 --seed 1 --class 3 -o "$T/q.png" && [ -s "$T/q.png" ] && [ ! -s "$T/err" ] &&
     [ ! -s "$T/out" ]; then

@@ -24,6 +24,7 @@
 #define LB_SAMPLER "ldm.sampler"
 #define LB_TOKENIZER "ldm.tokenizer"
 #define LB_TRAINER "ldm.trainer"
+#define LB_TINY "ldm.tiny_autoencoder"
 
 /* errors: raises "<function>: <ldm_last_error()> (<status name>)" unless st is LDM_OK */
 void lb_check(lua_State *L, ldm_status st, const char *function);
@@ -111,6 +112,8 @@ void lb_trainer_register(lua_State *L, int module);
 
 /* images and layouts (image.c) */
 void lb_image_register(lua_State *L, int module);
+/* ldm.tiny_autoencoder (tiny.c) */
+void lb_tiny_register(lua_State *L, int module);
 
 /* opts[key] of an option table (the table on the stack keeps returned strings alive); nil gives
  * def, a value of the wrong type raises naming the option */

@@ -275,6 +275,33 @@ static int on_progress(int step, int total, void *user)
     return stop;
 }
 
+/* The preview callback: the Lua function gets (step, total, image), image a copy it may keep. */
+static int on_preview(int step, int total, const ldm_tensor *image, void *user)
+{
+    progress_ctx *p = user;
+    lua_State *L = p->L;
+    ldm_tensor *copy = NULL;
+    int64_t shape[LDM_MAX_DIMS];
+    int nd = ldm_tensor_ndim(image);
+    for (int i = 0; i < nd; i++) shape[i] = ldm_tensor_dim(image, i);
+    if (p->error_ref != LUA_NOREF || !lua_checkstack(L, 5) ||
+        ldm_tensor_create(ldm_tensor_dtype(image), nd, shape, &copy) != LDM_OK)
+        return 1;
+    memcpy(ldm_tensor_data(copy), ldm_tensor_data((ldm_tensor *)image),
+           (size_t)ldm_tensor_numel(image) * (ldm_tensor_dtype(image) == LDM_I64 ? 8 : 4));
+    lua_pushvalue(L, p->fn);
+    lua_pushinteger(L, step);
+    lua_pushinteger(L, total);
+    lb_push_tensor(L, copy);
+    if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+        p->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return 1;
+    }
+    int stop = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return stop;
+}
+
 /* opts.uncond_class: nil or "auto" (the model's own), "none", or a class number */
 static int opt_uncond_class(lua_State *L, int opts)
 {
@@ -294,8 +321,11 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
                                         "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
                                         "seed",     "init_image",      "strength",    "mask",       "cond_image",
                                         "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
-                                        "timestep_spacing", "lcm_original_steps", "plain_prompts", NULL};
+                                        "timestep_spacing", "lcm_original_steps", "plain_prompts",
+                                        "vae",      "preview",         "preview_every", "preview_kind", NULL};
     static const char *const spacings[] = {"default", "trailing", NULL};
+    static const char *const vaes[] = {"full", "tiny", NULL};
+    static const char *const previews[] = {"auto", "tiny", "linear", "full", NULL};
     ldm_generate_params_init(p);
     lb_check_options(L, opts, "generate", known);
     p->prompt = lb_opt_string(L, opts, "prompt", NULL);
@@ -319,6 +349,9 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_error(L, "option 'plain_prompts': expected a boolean");
     p->plain_prompts = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    p->vae = lb_opt_choice(L, opts, "vae", "full", vaes);
+    p->preview_every = lb_opt_int(L, opts, "preview_every", p->preview_every);
+    p->preview_kind = lb_opt_choice(L, opts, "preview_kind", "auto", previews);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
@@ -346,10 +379,20 @@ static int m_generate(lua_State *L)
         p.progress = on_progress;
         p.progress_user_data = &ctx;
     }
+    progress_ctx pctx = {L, 0, LUA_NOREF};
+    lua_getfield(L, 2, "preview");
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TFUNCTION);
+        pctx.fn = lua_gettop(L);
+        p.preview = on_preview;
+        p.preview_user_data = &pctx;
+    }
     ldm_tensor **image = lb_push_tensor_slot(L);
     lb_call call;
     lb_call_begin(L, &call, 1);
     ldm_status st = ldm_generate(m, &p, image);
+    if (ctx.error_ref == LUA_NOREF && pctx.error_ref != LUA_NOREF) ctx.error_ref = pctx.error_ref;
+    else if (pctx.error_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, pctx.error_ref);
     if (ctx.error_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, ctx.error_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, ctx.error_ref);
@@ -410,6 +453,13 @@ static int m_resolve_generate_params(lua_State *L)
     lua_setfield(L, -2, "timestep_spacing");
     lua_pushboolean(L, r.plain_prompts);
     lua_setfield(L, -2, "plain_prompts");
+    static const char *const previews[] = {"auto", "tiny", "linear", "full"};
+    lua_pushstring(L, r.vae == LDM_VAE_TINY ? "tiny" : "full");
+    lua_setfield(L, -2, "vae");
+    lua_pushinteger(L, r.preview_every);
+    lua_setfield(L, -2, "preview_every");
+    lua_pushstring(L, (unsigned)r.preview_kind < 4 ? previews[r.preview_kind] : "?");
+    lua_setfield(L, -2, "preview_kind");
     return 1;
 }
 
@@ -473,6 +523,52 @@ static int m_decode_latent(lua_State *L)
     ldm_tensor **out = lb_push_tensor_slot(L);
     LB_MODEL_CALL(L, 1, ldm_model_decode_latent(m, z, out), "ldm_model_decode_latent");
     return 1;
+}
+
+/* m:decode_latent_with(z, "full" | "tiny") */
+static int m_decode_latent_with(lua_State *L)
+{
+    static const char *const vaes[] = {"full", "tiny", NULL};
+    lua_settop(L, 3);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *z = lb_to_tensor(L, 2, LDM_F32, 0);
+    ldm_vae_choice vae = (ldm_vae_choice)luaL_checkoption(L, 3, "full", vaes);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, 1, ldm_model_decode_latent_with(m, z, vae, out), "ldm_model_decode_latent_with");
+    return 1;
+}
+
+/* m:encode_image(x, "full" | "tiny" [, seed]) */
+static int m_encode_image(lua_State *L)
+{
+    static const char *const vaes[] = {"full", "tiny", NULL};
+    lua_settop(L, 4);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    ldm_vae_choice vae = (ldm_vae_choice)luaL_checkoption(L, 3, "full", vaes);
+    uint64_t seed = (uint64_t)luaL_optinteger(L, 4, 0);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, 1, ldm_model_encode_image(m, x, vae, seed, out), "ldm_model_encode_image");
+    return 1;
+}
+
+/* m:set_tiny_autoencoder(path or nil) */
+static int m_set_tiny_autoencoder(lua_State *L)
+{
+    lua_settop(L, 2);
+    ldm_model *m = lb_check_model(L, 1);
+    const char *path = luaL_optstring(L, 2, NULL);
+    lb_check(L, ldm_model_set_tiny_autoencoder(m, path), "ldm_model_set_tiny_autoencoder");
+    return 0;
+}
+
+/* m:has_tiny_autoencoder() -> has_decoder, has_encoder */
+static int m_has_tiny_autoencoder(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    lua_pushboolean(L, ldm_model_has_tiny_decoder(m));
+    lua_pushboolean(L, ldm_model_has_tiny_encoder(m));
+    return 2;
 }
 
 static int m_inpaint_cond(lua_State *L)
@@ -554,6 +650,10 @@ void lb_model_register(lua_State *L, int module)
                                        {"guidance_embedding_dim", m_guidance_embedding_dim},
                                        {"decode_latent", m_decode_latent},
                                        {"inpaint_cond", m_inpaint_cond},
+                                       {"decode_latent_with", m_decode_latent_with},
+                                       {"encode_image", m_encode_image},
+                                       {"set_tiny_autoencoder", m_set_tiny_autoencoder},
+                                       {"has_tiny_autoencoder", m_has_tiny_autoencoder},
                                        {"p_sample", m_p_sample},
                                        {"sampler", m_sampler},
                                        {"autoencoder", m_autoencoder},

@@ -224,5 +224,6 @@ int luaopen_ldm(lua_State *L)
     lb_prompt_register(L, module);
     lb_trainer_register(L, module);
     lb_image_register(L, module);
+    lb_tiny_register(L, module);
     return 1;
 }

@@ -868,6 +868,68 @@ test("lora: golden, stacking and exact removal", function()
     m:close()
 end)
 
+-- ------------------------------------------------------------------ tiny autoencoder, previews
+
+local own = repo .. "/tests/fixtures"
+
+local function own_fixture(name)
+    local dir = own .. "/" .. name
+    return dir, json_decode(assert(read_file(dir .. "/case.json"))), read_safetensors(dir .. "/io.safetensors")
+end
+
+test("tiny autoencoder goldens (diffusers file, taesd.py files)", function()
+    local dir, case, io = own_fixture("taesd_diffusers")
+    local tol = case.tolerances
+    local tae <close> = ldm.tiny_autoencoder(dir .. "/diffusion_pytorch_model.safetensors", 2)
+    check(tae:has_encoder() and tae:has_decoder(), "both parts")
+    eq(tae:latent_channels(), 4, "latent channels")
+    compare("z", tae:encode(io.x), io.z, tol.z)
+    local image = tae:decode(io.z_in)
+    compare("image", image, io.image, tol.image)
+    compare("z_back", tae:encode(image), io.z_back, tol.z_back)
+    local enc <close> = ldm.tiny_autoencoder(dir .. "/taesd_encoder.pth")
+    check(not enc:has_decoder(), "encoder only")
+    compare("z_pth", enc:encode(io.x), io.z_pth, tol.z_pth)
+    raises("has no decoder", function() return enc:decode(io.z_in) end)
+    local ddir, dcase, dio = own_fixture("taesd_sd_decoder")
+    local dec <close> = ldm.tiny_autoencoder(ddir .. "/taesd_decoder.safetensors")
+    compare("image", dec:decode(dio.z), dio.image, dcase.tolerances.image)
+    raises("io.safetensors", ldm.tiny_autoencoder, ddir .. "/io.safetensors")
+end)
+
+test("model tiny autoencoder: refused for another latent space", function()
+    raises("latent channels", function()
+        demo:set_tiny_autoencoder(own .. "/taesd_sd_decoder/taesd_decoder.safetensors")
+    end)
+    local has_dec, has_enc = demo:has_tiny_autoencoder()
+    check(not has_dec and not has_enc, "nothing set")
+    raises("tiny decoder", function() return demo:generate{class_label = 1, steps = 2, vae = "tiny"} end)
+    raises("option 'vae'", function() return demo:generate{class_label = 1, steps = 2, vae = "small"} end)
+    demo:set_tiny_autoencoder(nil)
+end)
+
+test("previews: count, shape, cancel, errors", function()
+    local r = demo:resolve_generate_params{class_label = 1, steps = 4}
+    eq(r.vae .. " " .. r.preview_every .. " " .. r.preview_kind, "full 1 full", "resolved preview defaults")
+    local seen, kept = {}, nil
+    local img = demo:generate{class_label = 1, steps = 4, seed = 2, preview_every = 2,
+                              preview = function(step, total, image)
+                                  seen[#seen + 1] = step .. "/" .. total
+                                  kept = image
+                              end}
+    eq(table.concat(seen, " "), "2/4 4/4", "preview calls")
+    eq(shape_str(kept), shape_str(img), "preview shape (the full decoder)")
+    raises("ldm_generate", function()
+        return demo:generate{class_label = 1, steps = 4, preview = function(step) return step >= 1 end}
+    end)
+    raises("from the preview", function()
+        return demo:generate{class_label = 1, steps = 4, preview = function() error("from the preview") end}
+    end)
+    raises("LINEAR", function()
+        return demo:generate{class_label = 1, steps = 2, preview_kind = "linear", preview = function() end}
+    end)
+end)
+
 demo:close()
 print(("lua: %d passed, %d failed%s"):format(passed, failed, skipped > 0 and (", %d skipped"):format(skipped) or ""))
 os.exit(failed == 0 and passed > 0 and 0 or 1)

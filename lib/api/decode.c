@@ -124,6 +124,7 @@ ldm_status lp_decode(ldm_model *m, const ldm_tensor *z, int tile, ldm_tensor **i
 {
     struct ldm_autoencoder *ae;
     LDM_TRY(lt_check(z, "decode: z", LDM_F32, 4));
+    if (m->vae_in_use == LDM_VAE_TINY) return lm_tiny_decode(m, z, tile, image); /* no scale_factor */
     LDM_TRY(lm_autoencoder(m, &ae));
     ldm_tensor *scaled = lt_clone(z);
     if (!scaled) return ldm_alloc_failure_status();

@@ -21,6 +21,7 @@ ldm_status lp_encode_latent(ldm_model *m, const ldm_tensor *x, uint64_t seed, ld
 {
     struct ldm_autoencoder *ae;
     ldm_tensor *moments = NULL, *mean = NULL, *std = NULL, *eps = NULL;
+    if (m->vae_in_use == LDM_VAE_TINY) return lm_tiny_encode(m, x, out); /* already latent-scaled */
     LDM_TRY(lm_autoencoder(m, &ae));
     if (lae_is_vq(ae->net)) {
         LDM_TRY(lae_encode(ae->net, &m->ctx, x, out));

@@ -3,6 +3,7 @@
 
 #include "../kernels/kernels.h"
 #include "../models/config.h"
+#include "../models/diffusers.h"
 #include "../models/unet.h"
 
 #include <stdint.h>
@@ -211,8 +212,12 @@ ldm_status ldm_model_load(const char *path, const ldm_model_params *params, ldm_
     ldm_status st = lm_model_new(path, params, &m, &p);
     /* lw_open sets the cap it is given for its own duration: the effective one, so that a thread
      * cap smaller than the model's (or a thread cap with no model cap) still holds. */
-    if (st == LDM_OK) st = lw_open(path, ldm_alloc_get_cap(), &m->store);
-    if (st == LDM_OK) st = load_description(m, p.config_path);
+    /* A diffusers folder arrives as a CompVis-named store with its description (a YAML config
+     * given by the caller still wins over the folder's JSON). */
+    int diffusers = ld_diffusers_is_folder(path);
+    if (st == LDM_OK && diffusers) st = lm_open_diffusers(m, path, p.config_path);
+    else if (st == LDM_OK) st = lw_open(path, ldm_alloc_get_cap(), &m->store);
+    if (st == LDM_OK && (!diffusers || p.config_path)) st = load_description(m, p.config_path);
     if (st == LDM_OK) st = lm_load_from(m, &p);
     if (st != LDM_OK) {
         lm_model_discard(m);
@@ -227,6 +232,7 @@ void ldm_model_free(ldm_model *model)
     if (!model) return;
     lm_free_components(model);
     lm_loras_free(model);
+    lm_tiny_release(model);
     lpool_free(model->pool);
     lw_close(model->store);
     ls_schedule_free(model->schedule);

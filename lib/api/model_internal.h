@@ -18,6 +18,7 @@ struct lbert;
 struct lclass;
 struct lrescaler;
 struct lm_loras;
+struct ltae;
 
 struct ldm_autoencoder {
     ldm_model *model;
@@ -61,6 +62,10 @@ struct ldm_model {
     struct ldm_unet *unet;
     struct ldm_conditioner *cond;
     struct lm_loras *loras;         /* LoRAs merged into the weights (lora.c), NULL: none yet */
+    /* tiny autoencoder (tiny.c): the files that gave the decoder and the encoder (may be one) and
+     * which autoencoder the running call encodes and decodes with (an ldm_vae_choice) */
+    struct ltae *tiny_dec, *tiny_enc;
+    int vae_in_use;
 };
 
 /* Loading steps shared by files and built-in models: a new model with its params read, the rest
@@ -70,6 +75,9 @@ int lm_is_trained_builtin(const char *name);
 ldm_status lm_load_trained_builtin(const char *name, const ldm_model_params *params, ldm_model **out);
 ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_model **out, ldm_model_params *p);
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
+/* diffusers_load.c: a diffusers folder's store and description (config_path: the caller's YAML,
+ * which then describes the model instead of the folder's JSON). */
+ldm_status lm_open_diffusers(ldm_model *m, const char *path, const char *config_path);
 void lm_model_discard(ldm_model *m);
 void lm_free_components(ldm_model *m);
 /* lora.c: the LoRA state and merged copies (the store's overrides are restored). */
@@ -97,6 +105,12 @@ void lm_restore_cap(const size_t *saved);
 /* The body of LM_BEGIN; never call it without the scope, or the model's cap outlives the call. */
 ldm_status lm_begin(ldm_model *m, const char *fn);
 void lm_log(const ldm_model *m, ldm_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* tiny.c: frees the model's tiny autoencoder; encode/decode with it (lp_encode_latent and
+ * lp_decode call these while vae_in_use is LDM_VAE_TINY). */
+void lm_tiny_release(ldm_model *m);
+ldm_status lm_tiny_decode(ldm_model *m, const ldm_tensor *z, int tile, ldm_tensor **image);
+ldm_status lm_tiny_encode(ldm_model *m, const ldm_tensor *x, ldm_tensor **z);
 
 /* Components, created on first use. */
 ldm_status lm_autoencoder(ldm_model *m, struct ldm_autoencoder **out);

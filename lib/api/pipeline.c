@@ -213,6 +213,7 @@ static ldm_status resolve(ldm_model *m, ldm_generate_params *p)
     if (!m->desc.is_diffusion)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", m->path);
     LDM_TRY(lp_resolve_cond(m, &in, p));
+    LDM_TRY(lp_resolve_tiny(m, p));
     return resolve_size(m, p);
 }
 
@@ -373,6 +374,7 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
             if (p->progress && p->progress(done - first, total, p->progress_user_data))
                 return ldm_fail(LDM_CANCELLED, "cancelled by the progress callback at step %d of %d", done - first,
                                 total);
+            LDM_TRY(lp_preview(m, s, p, done - first, total));
         }
     }
     if (atomic_load(&m->cancel)) return cancelled(total, total);
@@ -452,7 +454,9 @@ ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *params, l
     *z = NULL;
     LM_BEGIN(m, "lp_generate_latent");
     LDM_TRY(begin(m, params, &p));
+    m->vae_in_use = p.vae;
     ldm_status st = latent_for(m, &p, &in, z);
+    m->vae_in_use = LDM_VAE_FULL;
     release_inputs(&in);
     return st;
 }
@@ -497,7 +501,9 @@ ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm
     *image = NULL;
     LM_BEGIN(model, "ldm_generate");
     ldm_status st = begin(model, params, &p);
+    model->vae_in_use = st == LDM_OK ? p.vae : LDM_VAE_FULL; /* lp_encode_latent, lp_decode (tiny.c) */
     if (st == LDM_OK) st = generate(model, &p, image);
+    model->vae_in_use = LDM_VAE_FULL;
     if (st != LDM_OK && st != LDM_CANCELLED) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
     return st;
 }

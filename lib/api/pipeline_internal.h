@@ -91,4 +91,10 @@ ldm_status lp_decode_tiles(const lctx *c, const ldm_tensor *z, int tile, int fac
 
 ldm_status lp_inpaint_cond(ldm_model *m, const ldm_tensor *image, const ldm_tensor *mask, ldm_tensor **out);
 
+/* preview.c: checks the tiny-autoencoder fields of a params struct being resolved (vae,
+ * preview_every 0 -> 1, preview_kind AUTO -> what it stands for on this model), and runs the
+ * preview callback after step `step` of `total` when one is due. */
+ldm_status lp_resolve_tiny(const ldm_model *m, ldm_generate_params *p);
+ldm_status lp_preview(ldm_model *m, const ldm_sampler *s, const ldm_generate_params *p, int step, int total);
+
 #endif

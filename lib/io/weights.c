@@ -21,6 +21,9 @@ struct lw_store {
     uint64_t synth_seed;
     lw_tensor *stored;      /* per tensor: what the file holds while an override is in force
                                (data NULL: none), allocated on the first override */
+    lw_store **children;    /* stores whose bytes this one's tensors point into (a diffusers
+                               folder's component files), closed with it */
+    size_t n_children;
 };
 
 void lw_store_set_synthetic(lw_store *s, uint64_t seed)
@@ -77,14 +80,31 @@ void lw_store_set_mapping(lw_store *s, void *mapping, size_t size)
 
 int lw_store_in_mapping(const lw_store *s, const void *p, size_t n)
 {
-    if (!s || !s->mapping || !p) return 0;
+    if (!s || !p) return 0;
+    for (size_t i = 0; i < s->n_children; i++)
+        if (lw_store_in_mapping(s->children[i], p, n)) return 1;
+    if (!s->mapping) return 0;
     uintptr_t base = (uintptr_t)s->mapping, at = (uintptr_t)p;
     return at >= base && at - base <= s->mapping_size && n <= s->mapping_size - (at - base);
 }
 
 void lw_store_release_pages(const lw_store *s)
 {
-    if (s && s->mapping) ldm_pages_drop(s->mapping, s->mapping_size);
+    if (!s) return;
+    for (size_t i = 0; i < s->n_children; i++) lw_store_release_pages(s->children[i]);
+    if (s->mapping) ldm_pages_drop(s->mapping, s->mapping_size);
+}
+
+ldm_status lw_store_adopt(lw_store *s, lw_store *child)
+{
+    lw_store **grown = ldm_realloc(s->children, (s->n_children + 1) * sizeof *grown);
+    if (!grown) {
+        lw_close(child); /* ownership was handed over */
+        return ldm_fail_context(lw_alloc_status((s->n_children + 1) * sizeof *grown), "%s: ", s->path);
+    }
+    s->children = grown;
+    s->children[s->n_children++] = child;
+    return LDM_OK;
 }
 
 ldm_status lw_store_keep(lw_store *s, void *owned_block)
@@ -165,6 +185,8 @@ void lw_close(lw_store *s)
     for (size_t i = 0; i < s->n_owned; i++) ldm_free(s->owned[i]);
     ldm_free(s->owned);
     if (s->mapping && s->mapping_size) munmap(s->mapping, s->mapping_size);
+    for (size_t i = 0; i < s->n_children; i++) lw_close(s->children[i]);
+    ldm_free(s->children);
     ldm_free(s->path);
     ldm_free(s);
 }

@@ -76,6 +76,11 @@ ldm_status lw_store_seal(lw_store *s);
  * dropped from memory (ldm_pages_drop) and come back from the file when read again. Bytes in
  * owned blocks (inflated zip members, tests' buffers) never qualify. */
 int lw_store_in_mapping(const lw_store *s, const void *p, size_t n);
+/* Hands `child` to `s` (also on failure): tensors added to `s` may point into the child's bytes
+ * (a diffusers folder's component files under translated names, lib/models/diffusers.c). The
+ * child's mapping counts as the store's for lw_store_in_mapping / lw_store_release_pages, and
+ * lw_close(s) closes it. */
+ldm_status lw_store_adopt(lw_store *s, lw_store *child);
 /* Drops every resident page of the store's file mapping from the process (nothing else: owned
  * blocks and copies stay). Safe at any time, also while another thread reads the weights, which
  * then fault them back in; used between the phases of a generation. */

@@ -103,6 +103,9 @@ int fx_pick_weights(const char *dir, const lj_value *cas, char *path, size_t cap
     for (size_t i = 0; i < w->count; i++) {
         snprintf(path, cap, "%s/%s", dir, lj_string(w->items[i], ""));
         if (fx_file_exists(path)) return 1;
+        /* a diffusers folder (tests/fixtures/diffusers_*): loaded through the folder's path */
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 1;
     }
     return 0;
 }

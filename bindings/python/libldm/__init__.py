@@ -33,6 +33,7 @@ from .noise import randn
 from .prompt import parse_prompt
 from .sampler import Sampler
 from .tensor import Tensor, as_tensor, numpy_enabled, set_numpy
+from .tiny import TinyAutoencoder
 from .tokenizer import Tokenizer
 from .trainer import Trainer, TrainProgress
 
@@ -68,7 +69,7 @@ __version__ = version()
 __all__ = [
     "Autoencoder", "Cancelled", "Conditioner", "FileError", "FormatError", "InternalError",
     "InvalidArgumentError", "LdmError", "LimitError", "Model", "NotFoundError", "NumericError",
-    "OutOfMemoryError", "Sampler", "SecurityError", "Tensor", "Tokenizer", "Trainer", "TrainProgress", "UNet", "UnsupportedError",
+    "OutOfMemoryError", "Sampler", "SecurityError", "Tensor", "TinyAutoencoder", "Tokenizer", "Trainer", "TrainProgress", "UNet", "UnsupportedError",
     "as_tensor", "layout_tokens", "library_path", "numpy_enabled", "parse_prompt", "posterior_split", "randn",
     "read_png", "read_png_gray", "set_numpy", "set_thread_max_alloc", "UNCOND_CLASS_AUTO", "UNCOND_CLASS_NONE",
     "version", "version_number", "write_png",

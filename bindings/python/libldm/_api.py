@@ -49,6 +49,10 @@ def prompt_flags(emphasis=True, comma_backtrack=True, normalize=True):
 LOG_CALLBACK = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 PROGRESS_CALLBACK = CFUNCTYPE(c_int, c_int, c_int, c_void_p)
 ABORT_CALLBACK = CFUNCTYPE(c_int, c_void_p)
+PREVIEW_CALLBACK = CFUNCTYPE(c_int, c_int, c_int, c_void_p, c_void_p)
+
+VAE_CHOICES = {"full": 0, "tiny": 1}  # ldm_vae_choice
+PREVIEW_KINDS = {"auto": 0, "tiny": 1, "linear": 2, "full": 3}  # ldm_preview_kind
 
 
 class ModelParams(Structure):
@@ -71,7 +75,10 @@ class GenerateParams(Structure):
                 ("layout_tokens", c_void_p), ("vae_tile", c_int),
                 ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p),
                 ("uncond_class", c_int), ("timestep_spacing", c_int), ("lcm_original_steps", c_int),
-                ("plain_prompts", c_int)]
+                ("plain_prompts", c_int),
+                # tiny autoencoder and previews
+                ("vae", c_int), ("preview", PREVIEW_CALLBACK), ("preview_user_data", c_void_p),
+                ("preview_every", c_int), ("preview_kind", c_int)]
 
 
 class TrainProgress(Structure):
@@ -275,6 +282,21 @@ def strings(items):
     encoded = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in items]
     arr = (c_char_p * max(1, len(encoded)))(*encoded)
     return arr, len(encoded)
+
+
+# tiny autoencoder (TAESD)
+_proto("ldm_tiny_autoencoder_load", _S, c_char_p, POINTER(ModelParams), _OUT)
+_proto("ldm_tiny_autoencoder_free", None, _P)
+_proto("ldm_tiny_autoencoder_has_encoder", c_int, _P)
+_proto("ldm_tiny_autoencoder_has_decoder", c_int, _P)
+_proto("ldm_tiny_autoencoder_latent_channels", c_int, _P)
+_proto("ldm_tiny_autoencoder_decode", _S, _P, _P, _OUT)
+_proto("ldm_tiny_autoencoder_encode", _S, _P, _P, _OUT)
+_proto("ldm_model_set_tiny_autoencoder", _S, _P, c_char_p)
+_proto("ldm_model_has_tiny_decoder", c_int, _P)
+_proto("ldm_model_has_tiny_encoder", c_int, _P)
+_proto("ldm_model_decode_latent_with", _S, _P, _P, c_int, _OUT)
+_proto("ldm_model_encode_image", _S, _P, _P, c_int, c_uint64, _OUT)
 
 
 def path_bytes(path):

@@ -57,6 +57,20 @@ class Progress(_Stopping):
         return stop
 
 
+class Preview(_Stopping):
+    """fn(step, total, image) -> truthy to stop; image is a copy of the library's preview (a NumPy
+    array when enabled, else a Tensor) that fn may keep. Exceptions as for Progress."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self._fn = fn
+        self.c_function = _api.PREVIEW_CALLBACK(self._call) if fn is not None else _api.PREVIEW_CALLBACK()
+
+    def _call(self, step, total, image, user_data):
+        from .tensor import copy_of
+        return self._guarded(lambda: self._fn(step, total, copy_of(image)))
+
+
 class Abort(_Stopping):
     """fn() -> truthy to stop the running call; polled between network blocks and sampler steps of
     every call on the model. An exception it raises stops the call; the call re-raises it

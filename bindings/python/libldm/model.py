@@ -281,6 +281,37 @@ class Model:
         with Args() as a:
             return self._tensor_call("ldm_model_decode_latent", a.tensor(z))
 
+    def decode_latent_with(self, z, vae="full"):
+        """decode_first_stage with the chosen autoencoder: "full" is decode_latent(); "tiny" decodes
+        z as it is with the tiny autoencoder (set_tiny_autoencoder)."""
+        with Args() as a:
+            return self._tensor_call("ldm_model_decode_latent_with", a.tensor(z), _enum(_api.VAE_CHOICES, vae, "vae"))
+
+    def encode_image(self, x, vae="full", seed=0):
+        """An image [B,3,H,W] in [-1,1] to diffusion latents as image-to-image does: "full" =
+        scale_factor * the first stage (KL: a posterior sample from seed), "tiny" = the tiny encoder."""
+        with Args() as a:
+            return self._tensor_call("ldm_model_encode_image", a.tensor(x), _enum(_api.VAE_CHOICES, vae, "vae"),
+                                     _api.integer(seed, "seed", "uint64"))
+
+    def set_tiny_autoencoder(self, path):
+        """Gives the model a tiny autoencoder (TAESD / TAESDXL) file: the parts it holds (encoder,
+        decoder or both) replace the model's; None removes both. Used by generate(vae="tiny"),
+        decode_latent_with / encode_image(vae="tiny") and previews."""
+        with self._running() as h:
+            self._check(_lib.ldm_model_set_tiny_autoencoder(h, None if path is None else _api.path_bytes(path)),
+                        "ldm_model_set_tiny_autoencoder")
+
+    @property
+    def has_tiny_decoder(self):
+        with self._running() as h:
+            return bool(_lib.ldm_model_has_tiny_decoder(h))
+
+    @property
+    def has_tiny_encoder(self):
+        with self._running() as h:
+            return bool(_lib.ldm_model_has_tiny_encoder(h))
+
     def inpaint_cond(self, masked_image, mask):
         """The LDM inpainting model's conditioning from a masked image and its mask."""
         with Args() as a:
@@ -324,7 +355,8 @@ class Model:
                  batch=None, sampler=None, steps=None, eta=None, guidance_scale=None, seed=None,
                  init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
                  vae_tile=None, x_T=None, uncond_class=None, progress=None, timestep_spacing=None,
-                 lcm_original_steps=None, plain_prompts=None):
+                 lcm_original_steps=None, plain_prompts=None, vae=None, preview=None,
+                 preview_every=None, preview_kind=None):
         """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
 
         Few-step models (docs/few-step.md): sampler="lcm" (steps default 4; guidance off, or 8.5
@@ -346,8 +378,16 @@ class Model:
         (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
         interrupt() from another thread also stops it (libldm.Cancelled), and Ctrl-C (SIGINT) in the
-        main thread stops it with KeyboardInterrupt."""
+        main thread stops it with KeyboardInterrupt.
+        vae: "full" (default) or "tiny" (the tiny autoencoder of set_tiny_autoencoder) encodes the
+        init image and decodes the result.
+        preview: fn(step, total, image) called after every preview_every-th step (default 1) with
+        the current x0 prediction as an image [B,3,H,W] in about [-1,1]; preview_kind "auto"
+        (default: "tiny" when a tiny decoder is set, else "linear" for SD latents -- at latent
+        size --, else "full"), "tiny", "linear" or "full". Returning True stops the run
+        (libldm.Cancelled); exceptions propagate as for progress."""
         guard = _callbacks.Progress(progress)
+        pguard = _callbacks.Preview(preview)
         out = ctypes.c_void_p()
         with Args() as a:
             p = _generate_params(a, prompt=prompt, negative_prompt=negative_prompt, class_label=class_label,
@@ -355,12 +395,16 @@ class Model:
                                  guidance_scale=guidance_scale, seed=seed, init_image=init_image, strength=strength,
                                  mask=mask, cond_image=cond_image, layout_tokens=layout_tokens, vae_tile=vae_tile,
                                  x_T=x_T, uncond_class=uncond_class, timestep_spacing=timestep_spacing,
-                                 lcm_original_steps=lcm_original_steps, plain_prompts=plain_prompts)
+                                 lcm_original_steps=lcm_original_steps, plain_prompts=plain_prompts, vae=vae,
+                                 preview_every=preview_every, preview_kind=preview_kind)
             p.progress = guard.c_function
+            if preview is not None:
+                p.preview = pguard.c_function
             with self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
                 status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
                 image = result(out.value) if status == _api.LDM_OK else None
                 guard.raise_pending()
+                pguard.raise_pending()
                 self._raise_abort_error()
                 if sigint is not None and sigint["hit"]:
                     raise KeyboardInterrupt
@@ -372,10 +416,11 @@ class Model:
         a dict of the scalar parameters with every model-dependent default made explicit -- width
         and height, guidance_scale, uncond_class (a class number, or "none"), class_label (the
         unconditional class when none was given) -- plus prompt, negative_prompt, batch,
-        sampler (its name), steps, eta, seed, strength, vae_tile and plain_prompts. Takes generate()'s keyword
+        sampler (its name), steps, eta, seed, strength, vae_tile, plain_prompts, vae, preview_every and preview_kind. Takes generate()'s keyword
         arguments (progress is accepted and ignored) and raises what generate() would raise for an
         invalid combination."""
         kwargs.pop("progress", None)
+        kwargs.pop("preview", None)
         resolved = _api.GenerateParams()
         with Args() as a:
             p = _generate_params(a, **kwargs)
@@ -394,6 +439,10 @@ class Model:
         out["timestep_spacing"] = {v: k for k, v in _api.SPACINGS.items()}.get(resolved.timestep_spacing,
                                                                               resolved.timestep_spacing)
         out["uncond_class"] = "none" if resolved.uncond_class == _api.UNCOND_CLASS_NONE else resolved.uncond_class
+        out["vae"] = {v: k for k, v in _api.VAE_CHOICES.items()}.get(resolved.vae, resolved.vae)
+        out["preview_every"] = resolved.preview_every
+        out["preview_kind"] = {v: k for k, v in _api.PREVIEW_KINDS.items()}.get(resolved.preview_kind,
+                                                                                 resolved.preview_kind)
         return out
 
 
@@ -416,7 +465,8 @@ def _uncond_class(value):
 def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, width=None, height=None, batch=None,
                      sampler=None, steps=None, eta=None, guidance_scale=None, seed=None, init_image=None,
                      strength=None, mask=None, cond_image=None, layout_tokens=None, vae_tile=None, x_T=None,
-                     uncond_class=None, timestep_spacing=None, lcm_original_steps=None, plain_prompts=None):
+                     uncond_class=None, timestep_spacing=None, lcm_original_steps=None, plain_prompts=None,
+                     vae=None, preview_every=None, preview_kind=None):
     """An ldm_generate_params from generate()'s arguments (None: the library's default); tensors
     are converted into `a` (an Args), which must outlive the call."""
     p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
@@ -441,6 +491,12 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
         p.timestep_spacing = _enum(_api.SPACINGS, timestep_spacing, "timestep_spacing")
     if plain_prompts is not None:
         p.plain_prompts = 1 if plain_prompts else 0
+    if vae is not None:
+        p.vae = _enum(_api.VAE_CHOICES, vae, "vae")
+    if preview_every is not None:
+        p.preview_every = _api.integer(preview_every, "preview_every")
+    if preview_kind is not None:
+        p.preview_kind = _enum(_api.PREVIEW_KINDS, preview_kind, "preview_kind")
     p.init_image = a.tensor(init_image)
     p.mask = a.tensor(mask)
     p.cond_image = a.tensor(cond_image)

@@ -42,10 +42,12 @@ class AbiTest(unittest.TestCase):
         g, _ = _api.init_params(_api.GenerateParams, _api.lib.ldm_generate_params_init)
         self.assertEqual((g.class_label, g.batch, g.sampler, g.steps, g.seed), (-1, 1, 0, 50, 0))
         self.assertEqual(g.guidance_scale, 0.0)  # the model's own default
-        self.assertEqual(g.uncond_class, libldm.UNCOND_CLASS_AUTO)  # the last field
+        self.assertEqual(g.uncond_class, libldm.UNCOND_CLASS_AUTO)
         self.assertAlmostEqual(g.strength, 0.75)
         self.assertFalse(g.progress)
         self.assertFalse(g.x_T)
+        self.assertEqual((g.vae, g.preview_every, g.preview_kind), (0, 0, 0))  # full VAE, every step, auto
+        self.assertFalse(g.preview)
         s, _ = _api.init_params(_api.SamplerParams, _api.lib.ldm_sampler_params_init)
         self.assertEqual((s.kind, s.steps, s.ddim_quad, s.seed), (0, 50, 0, 0))
         m, _ = _api.init_params(_api.ModelParams, _api.lib.ldm_model_params_init)
