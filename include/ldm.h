@@ -708,6 +708,16 @@ typedef struct ldm_train_params {
     /* ---- appended (activation checkpointing) */
     uint64_t max_activation_bytes; /* 0: no budget; else UNet blocks whose activations would exceed it are
                                       recomputed in backward (the config's use_checkpoint recomputes all) */
+    /* ---- appended (LoRA fine-tuning, captions) */
+    /* LoRA fine-tuning (docs/training.md "LoRA fine-tuning"): adapters of this rank on the
+     * UNet's SpatialTransformer linear layers, base weights frozen (needs init_from or resume);
+     * ldm_trainer_export then writes a kohya-format LoRA file. 0: the config's lora.rank (none). */
+    int lora_rank;
+    double lora_alpha;        /* scale = alpha / rank; < 0 (default): the config's lora.alpha (1.0);
+                                 0: alpha = rank (kohya's rule) */
+    const char *vocab_path;   /* caption-conditioned models: the tokenizer vocabulary (file or
+                                 folder); NULL: $LDM_VOCAB, then the folder of the text encoder's
+                                 checkpoint */
 } ldm_train_params;
 
 LDM_API void ldm_train_params_init_size(ldm_train_params *params, size_t struct_size);
@@ -929,6 +939,20 @@ typedef enum ldm_preview_kind {
     LDM_PREVIEW_FULL = 3    /* the model's own first stage (exact, as slow as the final decode) */
 } ldm_preview_kind;
 typedef int (*ldm_preview_callback)(int step, int total_steps, const ldm_tensor *image, void *user_data);
+
+/* ---------------------------------------------------------------- training: LoRA and captions */
+
+/* Fine-tuning with LoRA (issue #13; docs/training.md "LoRA fine-tuning"): with a rank from
+ * ldm_train_params.lora_rank or the config's `lora:` section, ldm_trainer_create loads the base
+ * model from init_from (or the run's own checkpoint on resume), freezes every base weight and
+ * trains only the adapters (kohya-ss/sd-scripts networks/lora.py's default set and init).
+ * Checkpoints keep base + adapters + optimiser state (exact resume); ldm_trainer_export writes the
+ * adapters as a kohya / webui LoRA safetensors file (float16 when `half`).
+ * Caption-conditioned models (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, BERTEmbedder with
+ * cond_stage_trainable false) train with each image's caption from labels.csv through the frozen
+ * text encoder; ucg_training (or cond_drop_rate) replaces that share of captions with "".
+ * The LoRA rank in effect (0: the run trains the model itself; -1 for NULL). */
+LDM_API int ldm_trainer_lora_rank(const ldm_trainer *trainer);
 
 #ifdef __cplusplus
 }

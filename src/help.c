@@ -124,8 +124,8 @@ static const struct {
             "  --resume                continue the run in --out (weights, optimiser, EMA, step)\n"
             "  --batch N               batch size (default: data.params.batch_size)\n"
             "  --lr F                  learning rate (default: base_learning_rate x batch x accumulation, as main.py)\n"
-            "  --cond-drop P           share of class labels replaced by the unconditional class (default: the\n"
-            "                          ClassEmbedder's ucg_rate, else 0)\n"
+            "  --cond-drop P           share of class labels replaced by the unconditional class, or of captions\n"
+            "                          replaced by \"\" (default: the ClassEmbedder's ucg_rate / ucg_training's p, else 0)\n"
             "  --save-every N          checkpoint every N steps (default: at the end, and on Ctrl-C)\n"
             "  --log-every N           a progress line every N steps when stderr is not a terminal (default 50)\n"
             "  --seed N                initialisation, data order and noise (default 23)\n"
@@ -133,7 +133,14 @@ static const struct {
             "  --memory-budget MB      recompute UNet blocks in backward once the step's activations exceed MB\n"
             "                          (activation checkpointing; the config's use_checkpoint recomputes all)\n"
             "  --export FILE           at the end, also write the sampling weights (EMA-only) to FILE\n"
-            "  --half                  with --export: float16\n"},
+            "  --half                  with --export: float16\n"
+            "  --lora-rank R           LoRA fine-tuning (needs --init or --resume): rank-R adapters on the UNet's\n"
+            "                          SpatialTransformer layers, base frozen; --export writes a kohya LoRA file\n"
+            "                          (float16 unless --lora-float32) (default: the config's lora.rank, none)\n"
+            "  --lora-alpha A          LoRA scale alpha / rank (default: the config's lora.alpha, else 1; 0 = rank)\n"
+            "  --lora-float32          with --export of a LoRA run: float32 adapters\n"
+            "  --vocab PATH            caption-conditioned models: the tokenizer vocabulary (file or folder;\n"
+            "                          default $LDM_VOCAB, then the text encoder checkpoint's folder)\n"},
     {ALL | TRAIN, "  -q, --quiet             print nothing but errors (no progress bar, seed, config, warnings, 'wrote')\n"},
     {ALL | TRAIN, "  -h, --help              these options (ldm help COMMAND: one command's)\n"},
 };

@@ -13,7 +13,7 @@
 
 typedef struct train_opts {
     const char *config, *export_path;
-    int quiet, half;
+    int quiet, half, lora_f32;
     int64_t log_every;
     ldm_train_params p;
 } train_opts;
@@ -67,6 +67,7 @@ static int parse(int argc, char **argv, train_opts *o)
         if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) { o->quiet = 1; continue; }
         if (!strcmp(a, "--resume")) { o->p.resume = 1; continue; }
         if (!strcmp(a, "--half")) { o->half = 1; continue; }
+        if (!strcmp(a, "--lora-float32")) { o->lora_f32 = 1; continue; }
         if (a[0] != '-') {
             if (o->config) {
                 fprintf(stderr, "ldm train: one config only ('%s' and '%s')\n", o->config, a);
@@ -86,6 +87,9 @@ static int parse(int argc, char **argv, train_opts *o)
         else if (!strcmp(a, "--first-stage")) o->p.first_stage = v;
         else if (!strcmp(a, "--init")) o->p.init_from = v;
         else if (!strcmp(a, "--export")) o->export_path = v;
+        else if (!strcmp(a, "--vocab")) o->p.vocab_path = v;
+        else if (!strcmp(a, "--lora-rank")) { if (!parse_i64(a, v, 1, 4096, &n)) return 2; o->p.lora_rank = (int)n; }
+        else if (!strcmp(a, "--lora-alpha")) { if (!parse_f64(a, v, 0.0, 1e6, &o->p.lora_alpha)) return 2; }
         else if (!strcmp(a, "--steps")) { if (!parse_i64(a, v, 1, (int64_t)1 << 40, &o->p.max_steps)) return 2; }
         else if (!strcmp(a, "--minutes")) { if (!parse_f64(a, v, 1e-6, 1e7, &o->p.max_minutes)) return 2; }
         else if (!strcmp(a, "--batch")) { if (!parse_i64(a, v, 1, 65536, &n)) return 2; o->p.batch_size = (int)n; }
@@ -190,13 +194,16 @@ int cli_train(int argc, char **argv)
                     st == LDM_OK ? "saved the" : "interrupted; saved the", (long long)p.step, o.p.out_dir,
                     (now() - ps.start) / 60.0, ru.ru_maxrss / 1024.0);
         if (o.export_path) {
-            ldm_status e = ldm_trainer_export(t, o.export_path, o.half);
+            /* a LoRA run exports its adapters, float16 by default as kohya saves them */
+            int lora = ldm_trainer_lora_rank(t) > 0;
+            int half = lora ? !o.lora_f32 : o.half;
+            ldm_status e = ldm_trainer_export(t, o.export_path, half);
             if (e != LDM_OK) {
                 fprintf(stderr, "ldm train: export: %s\n", ldm_last_error());
                 st = e;
             } else if (!o.quiet) {
-                fprintf(stderr, "ldm train: exported %s weights to %s\n", o.half ? "float16" : "float32",
-                        o.export_path);
+                fprintf(stderr, "ldm train: exported %s %s to %s\n", half ? "float16" : "float32",
+                        lora ? "LoRA adapters (kohya format)" : "weights", o.export_path);
             }
         }
     } else {

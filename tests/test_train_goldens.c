@@ -20,7 +20,10 @@
  *  - train_unet_noconv: UNetModel with conv_resample false (AvgPool2d Downsample, nearest Upsample
  *    without convolution): output, input and parameter gradients; the inference UNet's output;
  *  - train_ae: AutoencoderKL, sum|x - xrec| / B + kl_weight * KL / B through the sampled latent
- *    (noise given), Adam(lr 1e-3, betas (0.5, 0.9)). */
+ *    (noise given), Adam(lr 1e-3, betas (0.5, 0.9));
+ *  - train_lora: the train_unet UNet on one level, frozen, kohya LoRAModule adapters (rank 4, alpha 2) on its
+ *    SpatialTransformers' Linear / 1x1 conv layers, context given; adapter gradients and 3 AdamW
+ *    steps over the adapters alone. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -37,6 +40,7 @@
 #include "models/autoencoder.h"
 #include "models/unet.h"
 #include "train/first_stage.h"
+#include "train/lora.h"
 #include "train/loss.h"
 #include "train/nets.h"
 #include "train/optim.h"
@@ -534,6 +538,102 @@ START_TEST(autoencoder_matches_pytorch)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- train_lora */
+
+/* Forward + backward of the adapted UNet on the golden batch; returns the loss. */
+static double lora_step(golden *g, ltp_tape *t, const ltr_lora *l, const float *xt, const float *ctx,
+                        const int64_t *cshape, const float *noise, const int *ts, const float *tf, int B, size_t per,
+                        const float **out)
+{
+    const ld_unet *d = &g->m.unet;
+    ltp_reset(t);
+    ltp_params_zero_grad(g->ps);
+    int64_t side = (int64_t)sqrt((double)(per / (size_t)d->in_channels));
+    int64_t xs[4] = {B, d->in_channels, side, side};
+    ltp_id x = ltp_input(t, 4, xs, xt, 0), c = ltp_input(t, 3, cshape, ctx, 0);
+    ltp_id y = ltn_unet_forward_lora(t, g->ps, "model.diffusion_model.", d, x, tf, c, -1, l);
+    ck_assert_msg(y >= 0, "%s", ltp_error(t));
+    ltr_diffusion_loss lp;
+    ltr_diffusion_loss_defaults(&lp);
+    ltr_loss_terms terms;
+    float *dout = malloc(ltp_numel(t, y) * sizeof(float));
+    expect_ok(ltr_diffusion_loss_eval(&lp, ltp_data(t, y), noise, ts, B, per, g->m.timesteps, &terms, dout, NULL),
+              "loss");
+    expect_ok(ltp_seed_grad(t, y, dout), "seed");
+    expect_ok(ltp_backward(t), "backward");
+    free(dout);
+    if (out) *out = ltp_data(t, y);
+    return terms.loss;
+}
+
+/* The adapters' gradients ("grad.") or values ("after3.") against the golden; the frozen base
+ * has no gradient at all. */
+static void compare_adapters(const golden *g, const char *prefix)
+{
+    size_t failed = 0, adapters = 0;
+    for (size_t i = 0; i < ltp_params_count(g->ps); i++) {
+        const ltp_param *p = ltp_params_at(g->ps, i);
+        int is_lora = !strncmp(p->name, LTR_LORA_PARAM_PREFIX, strlen(LTR_LORA_PARAM_PREFIX));
+        ck_assert_msg(is_lora == (p->grad != NULL), "%s: gradient buffer", p->name);
+        if (!is_lora) continue;
+        char name[LTP_NAME_MAX + 16];
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        failed += !compare(g, name, strcmp(prefix, "grad.") == 0 ? p->grad : p->data, p->n);
+        adapters++;
+    }
+    ck_assert_uint_eq(adapters, 2 * 12 * 2); /* 2 SpatialTransformers x 12 layers x down/up */
+    ck_assert_msg(failed == 0, "%zu adapter %s disagree with PyTorch (see stderr)", failed, prefix);
+}
+
+START_TEST(lora_matches_pytorch)
+{
+    golden g;
+    golden_open(&g, "train_lora");
+    size_t n0 = ltp_params_count(g.ps);
+    ltr_lora l = {(int)call_param(&g, "rank", 0), call_param(&g, "alpha", 0), LTR_LORA_ALL};
+    ck_assert(l.rank == 4 && l.alpha == 2.0);
+    expect_ok(ltp_params_set_trainable(g.ps, "model.diffusion_model.", 0), "freeze");
+    size_t nx, nn, nt, nc;
+    float *xt = io_f32(&g, "x_t", &nx), *noise = io_f32(&g, "noise", &nn), *ctx = io_f32(&g, "context", &nc);
+    const int64_t *t64 = io_i64(&g, "timesteps", &nt);
+    int B = (int)nt, ts[16];
+    float tf[16];
+    ck_assert(B >= 1 && B <= 16 && nn == nx);
+    for (int i = 0; i < B; i++) ts[i] = (int)t64[i], tf[i] = (float)t64[i];
+    int64_t cshape[3] = {B, (int64_t)(nc / (size_t)B / (size_t)g.m.unet.context_dim), g.m.unet.context_dim};
+    ltp_tape *t;
+    expect_ok(ltp_tape_create(&ctxs[1], &t), "tape");
+    const float *eps;
+    float loss = (float)lora_step(&g, t, &l, xt, ctx, cshape, noise, ts, tf, B, nx / (size_t)B, &eps);
+    ck_assert_uint_eq(ltp_params_count(g.ps), n0); /* every adapter the nets use is in the golden */
+    ck_assert(compare(&g, "loss", &loss, 1));
+    ck_assert(compare(&g, "eps", eps, nx));
+    compare_adapters(&g, "grad.");
+
+    size_t n = 0;
+    ltr_param *plist = calloc(n0, sizeof *plist);
+    for (size_t i = 0; i < n0; i++) {
+        ltp_param *p = ltp_params_at(g.ps, i);
+        if (p->trainable) plist[n++] = (ltr_param){p->data, p->grad, p->n};
+    }
+    ltr_adamw_config oc;
+    ltr_adamw_defaults(&oc);
+    oc.lr = call_param(&g, "lr", -1), oc.weight_decay = call_param(&g, "weight_decay", -1);
+    ltr_adamw *opt;
+    expect_ok(ltr_adamw_create(plist, n, &oc, &opt), "adamw");
+    for (int s = 0; s < (int)call_param(&g, "steps", 3); s++) {
+        if (s) lora_step(&g, t, &l, xt, ctx, cshape, noise, ts, tf, B, nx / (size_t)B, NULL);
+        expect_ok(ltr_adamw_step(opt, &ctxs[1], ltr_adamw_lr(opt)), "adamw step");
+    }
+    compare_adapters(&g, "after3.");
+    ltr_adamw_free(opt);
+    free(plist);
+    ltp_tape_free(t);
+    ldm_free(xt), ldm_free(noise), ldm_free(ctx);
+    golden_close(&g);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- train_ldm_vq */
 
 /* LatentDiffusion on a VQModelInterface first stage: the latents of the images through the
@@ -660,6 +760,7 @@ static Suite *goldens_suite(void)
     tcase_add_checked_fixture(tc, setup_pools, teardown_pools);
     tcase_add_test(tc, unet_matches_pytorch);
     tcase_add_test(tc, autoencoder_matches_pytorch);
+    tcase_add_test(tc, lora_matches_pytorch);
     tcase_add_test(tc, attention_unet_matches_pytorch);
     tcase_add_test(tc, attention_unet_new_order_matches_pytorch);
     tcase_add_test(tc, vq_first_stage_ldm_matches_pytorch);

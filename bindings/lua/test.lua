@@ -701,6 +701,46 @@ test("trainer: bad arguments", function()
     eq(t:progress().step, 0, "nothing ran")
 end)
 
+test("trainer: LoRA fine-tuning on captions exports a kohya file", function()
+    local fx = shared .. "/fixtures/ldm_sd1_txt2img"
+    local f = io.open(fx .. "/config.yaml")
+    if not f then skip("fixture ldm_sd1_txt2img not found (set LDM_SHARED)") end
+    local text = f:read("a"):gsub("\n    image_size: 64\n", "\n    image_size: 8\n")
+    f:close()
+    local root = os.tmpname()
+    os.remove(root)
+    assert(os.execute(("mkdir -p %q"):format(root .. "/data")))
+    local csv = {"file,caption"}
+    for i = 0, 3 do
+        local px = {}
+        for c = 0, 2 do
+            for y = 0, 7 do
+                for x = 0, 7 do px[#px + 1] = ((y < 4) == (i % 2 == 0)) and 0.8 or -0.7 end
+            end
+        end
+        ldm.write_png(("%s/data/i%d.png"):format(root, i), ldm.tensor({1, 3, 8, 8}, px))
+        csv[#csv + 1] = ('i%d.png,"%s"'):format(i, i % 2 == 0 and "a bright top" or "a bright bottom")
+    end
+    f = assert(io.open(root .. "/data/labels.csv", "w"))
+    f:write(table.concat(csv, "\n"), "\n")
+    f:close()
+    f = assert(io.open(root .. "/lora.yaml", "w"))
+    f:write(text, "data:\n  params: {batch_size: 2}\n")
+    f:close()
+    local t <close> = ldm.trainer(root .. "/lora.yaml", {data_dir = root .. "/data", out_dir = root .. "/out",
+        init_from = fx .. "/model.safetensors", vocab_path = shared .. "/vocab", lora_rank = 2, lora_alpha = 2,
+        max_steps = 2, learning_rate = 1e-3, n_threads = 1})
+    eq(t:lora_rank(), 2, "lora rank")
+    t:run()
+    t:export(root .. "/out/lora.safetensors", true)
+    f = assert(io.open(root .. "/out/lora.safetensors", "rb"))
+    local blob = f:read("a")
+    f:close()
+    check(blob:find('"ss_network_module":"networks.lora"', 1, true), "kohya metadata")
+    check(blob:find('lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight', 1, true), "kohya names")
+    os.execute(("rm -rf %q"):format(root))
+end)
+
 if train_root then os.execute(("rm -rf %q"):format(train_root)) end
 
 test("parse_prompt: webui's emphasis syntax", function()

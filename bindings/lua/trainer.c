@@ -113,13 +113,13 @@ static int opt_boolean(lua_State *L, int opts, const char *key)
 
 /* ldm.trainer(config, {data_dir=, out_dir=, first_stage=, init_from=, resume=, max_steps=,
  * max_minutes=, batch_size=, learning_rate=, cond_drop_rate=, save_every=, seed=, n_threads=,
- * max_activation_bytes=, callback=}) */
+ * max_activation_bytes=, callback=, lora_rank=, lora_alpha=, vocab_path=}) */
 static int l_trainer(lua_State *L)
 {
     static const char *const known[] = {"data_dir",   "out_dir",       "first_stage",    "init_from",  "resume",
                                         "max_steps",  "max_minutes",   "batch_size",     "learning_rate",
                                         "cond_drop_rate", "save_every", "seed",          "n_threads",  "callback",
-                                        "max_activation_bytes", NULL};
+                                        "max_activation_bytes", "lora_rank", "lora_alpha", "vocab_path", NULL};
     lua_settop(L, 2);
     const char *config = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -141,6 +141,9 @@ static int l_trainer(lua_State *L)
     p.seed = lb_opt_u64(L, 2, "seed", p.seed);
     p.n_threads = lb_opt_int(L, 2, "n_threads", 0);
     p.max_activation_bytes = lb_opt_u64(L, 2, "max_activation_bytes", 0);
+    p.lora_rank = lb_opt_int(L, 2, "lora_rank", 0);
+    p.lora_alpha = lb_opt_number(L, 2, "lora_alpha", p.lora_alpha);
+    p.vocab_path = lb_opt_string(L, 2, "vocab_path", NULL);
     lua_getfield(L, 2, "callback"); /* index 3 */
     if (!lua_isnil(L, 3) && !lua_isfunction(L, 3)) luaL_error(L, "option 'callback': expected a function");
     lb_trainer *u = lua_newuserdatauv(L, sizeof *u, 1); /* user value 1: the callback */
@@ -220,6 +223,13 @@ static int tr_export(lua_State *L)
 
 static int tr_progress(lua_State *L) { return push_current(L, check_trainer(L, 1)); }
 
+/* t:lora_rank(): the LoRA rank in effect (0: the run trains the model itself) */
+static int tr_lora_rank(lua_State *L)
+{
+    lua_pushinteger(L, ldm_trainer_lora_rank(check_trainer(L, 1)->t));
+    return 1;
+}
+
 /* t:interrupt(): a running step/run (this is then its callback) stops after the current step */
 static int tr_interrupt(lua_State *L)
 {
@@ -233,7 +243,8 @@ void lb_trainer_register(lua_State *L, int module)
     static const luaL_Reg methods[] = {{"step", tr_step},         {"run", tr_run},
                                        {"save", tr_save},         {"export", tr_export},
                                        {"progress", tr_progress}, {"interrupt", tr_interrupt},
-                                       {"close", tr_gc},          {NULL, NULL}};
+                                       {"lora_rank", tr_lora_rank}, {"close", tr_gc},
+                                       {NULL, NULL}};
     static const luaL_Reg functions[] = {{"trainer", l_trainer}, {NULL, NULL}};
     lb_new_class(L, LB_TRAINER, methods, tr_gc);
     lb_set_functions(L, module, functions);

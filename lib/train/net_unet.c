@@ -3,6 +3,8 @@
  * written with tape operations, parameters named as the reference's state dict. */
 #include "nets.h"
 
+#include "lora.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +23,7 @@ typedef struct unet_ctx {
     ltp_id emb;     /* SiLU(emb) [B, 4*model_channels] (every ResBlock's emb_layers start with SiLU) */
     ltp_id context; /* [B, T, context_dim] */
     int num_heads;  /* mutated by the head arithmetic as in __init__ */
+    const ltr_lora *lora; /* adapters on the SpatialTransformers' linear layers, or NULL */
 } unet_ctx;
 
 /* The tape error for a failed ltp_params_get (its message is in ldm_last_error). */
@@ -51,6 +54,15 @@ static void join(char buf[LTP_NAME_MAX], const char *a, const char *b)
     buf[la + lb] = 0;
 }
 
+/* y = the layer `name`'s output on x, plus its LoRA adapter's when it has one (lora.h). */
+static ltp_id adapt(unet_ctx *u, const char *name, ltp_id x, ltp_id y, int in, int out, int conv)
+{
+    if (!u->lora || u->lora->rank <= 0) return y;
+    char full[LTP_NAME_MAX];
+    join(full, u->prefix, name);
+    return ltr_lora_apply(u->t, u->ps, u->lora, u->prefix, full, x, y, in, out, conv);
+}
+
 /* nn.Conv2d(in, out, k, stride, padding k/2): weight and bias, torch's default init, or zeros
  * for a zero_module layer. */
 static ltp_id conv(unet_ctx *u, const char *name, ltp_id x, int in, int out, int k, int stride, int zero)
@@ -60,7 +72,8 @@ static ltp_id conv(unet_ctx *u, const char *name, ltp_id x, int in, int out, int
     int64_t fan_in = (int64_t)in * k * k;
     ltp_id w = param(u, 4, ws, init, fan_in, "%s.weight", name);
     ltp_id b = param(u, 1, bs, init, fan_in, "%s.bias", name);
-    return ltp_conv2d(u->t, x, w, b, stride, k / 2);
+    ltp_id y = ltp_conv2d(u->t, x, w, b, stride, k / 2);
+    return k == 1 ? adapt(u, name, x, y, in, out, 1) : y;
 }
 
 static ltp_id linear(unet_ctx *u, const char *name, ltp_id x, int in, int out, int bias, int zero)
@@ -69,7 +82,7 @@ static ltp_id linear(unet_ctx *u, const char *name, ltp_id x, int in, int out, i
     ltp_init init = zero ? LTP_INIT_ZERO : LTP_INIT_UNIFORM;
     ltp_id w = param(u, 2, ws, init, in, "%s.weight", name);
     ltp_id b = bias ? param(u, 1, bs, init, in, "%s.bias", name) : LTP_NONE;
-    return ltp_linear(u->t, x, w, b);
+    return adapt(u, name, x, ltp_linear(u->t, x, w, b), in, out, 0);
 }
 
 static ltp_id norm_params(unet_ctx *u, const char *name, int ch, ltp_id *beta)
@@ -279,6 +292,7 @@ typedef struct block_args {
     ltp_params *ps;
     const char *prefix;
     const ld_unet *d;
+    const ltr_lora *lora; /* the caller's adapters: a recomputed block must apply them too */
     int kind;
     char name[64]; /* UNet block names are short ("output_blocks.11.1") */
     int in, out, updown, heads, dim_head;
@@ -297,7 +311,7 @@ static ltp_id block_body(unet_ctx *u, const block_args *a, ltp_id x)
 static ltp_id block_segment(ltp_tape *sub, const void *ctx, const ltp_id *in, int n_in)
 {
     const block_args *a = ctx;
-    unet_ctx u = {sub, a->ps, a->prefix, a->d, LTP_NONE, LTP_NONE, a->heads};
+    unet_ctx u = {sub, a->ps, a->prefix, a->d, LTP_NONE, LTP_NONE, a->heads, a->lora};
     if (a->kind == BLOCK_RES) u.emb = n_in > 1 ? in[1] : LTP_NONE;
     if (a->kind == BLOCK_XF) u.context = n_in > 1 ? in[1] : LTP_NONE;
     return block_body(&u, a, in[0]);
@@ -309,7 +323,7 @@ static ltp_id block(unet_ctx *u, block_args *a, ltp_id x)
 {
     if (ltp_status(u->t) != LDM_OK) return LTP_NONE;
     if (!u->d->use_checkpoint && ltp_activation_budget(u->t) == 0) return block_body(u, a, x);
-    a->ps = u->ps, a->prefix = u->prefix, a->d = u->d;
+    a->ps = u->ps, a->prefix = u->prefix, a->d = u->d, a->lora = u->lora;
     ltp_id in[2] = {x, a->kind == BLOCK_RES ? u->emb : u->context};
     int n_in = a->kind == BLOCK_ATTN || in[1] == LTP_NONE ? 1 : 2;
     return ltp_segment(u->t, block_segment, a, sizeof *a, in, n_in, u->d->use_checkpoint);
@@ -378,11 +392,17 @@ void ltn_timestep_embedding(const float *t, int B, int dim, float *out)
 ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const ld_unet *d, ltp_id x,
                         const float *timesteps, ltp_id context, int labels)
 {
+    return ltn_unet_forward_lora(t, ps, prefix, d, x, timesteps, context, labels, NULL);
+}
+
+ltp_id ltn_unet_forward_lora(ltp_tape *t, ltp_params *ps, const char *prefix, const ld_unet *d, ltp_id x,
+                             const float *timesteps, ltp_id context, int labels, const ltr_lora *lora)
+{
     if (!t || ltp_status(t) != LDM_OK) return LTP_NONE;
     if (!ps || !d || !timesteps) return ltp_fail(t, LDM_ERR_INVALID_ARGUMENT, "unet: NULL argument");
     if (d->use_spatial_transformer && context == LTP_NONE)
         return ltp_fail(t, LDM_ERR_INVALID_ARGUMENT, "unet: SpatialTransformer model without context");
-    unet_ctx u = {t, ps, prefix ? prefix : "", d, LTP_NONE, context, d->num_heads};
+    unet_ctx u = {t, ps, prefix ? prefix : "", d, LTP_NONE, context, d->num_heads, lora};
     int B = (int)ltp_dim(t, x, 0);
     u.emb = embedding(&u, timesteps, B, labels);
 
@@ -460,7 +480,7 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
 ltp_id ltn_class_embed(ltp_tape *t, ltp_params *ps, const char *prefix, int n_classes, int embed_dim, int labels)
 {
     if (!t || ltp_status(t) != LDM_OK) return LTP_NONE;
-    unet_ctx u = {t, ps, prefix ? prefix : "", NULL, LTP_NONE, LTP_NONE, 0};
+    unet_ctx u = {t, ps, prefix ? prefix : "", NULL, LTP_NONE, LTP_NONE, 0, NULL};
     int64_t s[2] = {n_classes, embed_dim};
     ltp_id e = ltp_embedding(t, param(&u, 2, s, LTP_INIT_NORMAL, 0, "embedding.weight"), labels);
     int64_t shape[3] = {ltp_dim(t, e, 0), 1, embed_dim};

@@ -26,6 +26,12 @@
 ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const ld_unet *d, ltp_id x,
                         const float *timesteps, ltp_id context, int labels);
 
+/* The same with LoRA adapters (lora.h) on the SpatialTransformers' linear layers; lora NULL or of
+ * rank 0 is ltn_unet_forward. */
+struct ltr_lora;
+ltp_id ltn_unet_forward_lora(ltp_tape *t, ltp_params *ps, const char *prefix, const ld_unet *d, ltp_id x,
+                             const float *timesteps, ltp_id context, int labels, const struct ltr_lora *lora);
+
 /* ClassEmbedder.forward: embedding(labels)[:, None, :] -> [B, 1, embed_dim]; parameter
  * prefix + "embedding.weight" [n_classes, embed_dim] (nn.Embedding: N(0,1) initialisation). */
 ltp_id ltn_class_embed(ltp_tape *t, ltp_params *ps, const char *prefix, int n_classes, int embed_dim, int labels);

@@ -119,6 +119,26 @@ static ldm_status read_scheduler(const ld_ynode *root, const char *name, ltr_con
     return LDM_OK;
 }
 
+/* Stability-AI/stablediffusion's DDPM.training_step (ldm/models/diffusion/ddpm.py):
+ * ucg_training: {<cond_stage_key>: {p: P, val: ""}} replaces that share of captions by val. */
+static ldm_status read_ucg_training(const ld_ynode *root, const char *name, ltr_config *c)
+{
+    char path[160];
+    snprintf(path, sizeof path, "model.params.ucg_training.%s", c->model.cond_stage_key);
+    const ld_ynode *e = at(root, path);
+    if (!e) return LDM_OK;
+    snprintf(path, sizeof path, "model.params.ucg_training.%s.p", c->model.cond_stage_key);
+    LDM_TRY(get_float(root, name, path, &c->caption_drop));
+    const ld_ynode *val = ld_yaml_get(e, "val");
+    if (val && !ld_yaml_is_null(val) && !(val->kind == LD_Y_SCALAR && !val->text[0]))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s:%d: ucg_training.%s.val: only the empty caption is supported", name,
+                        val->line, c->model.cond_stage_key);
+    if (!(c->caption_drop >= 0 && c->caption_drop < 1))
+        return ldm_fail(LDM_ERR_FORMAT, "%s:%d: ucg_training.%s.p: %g outside [0, 1)", name, e->line,
+                        c->model.cond_stage_key, c->caption_drop);
+    return LDM_OK;
+}
+
 static void defaults(ltr_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -128,6 +148,7 @@ static void defaults(ltr_config *c)
     c->l_simple_weight = 1.0;
     c->kl_weight = 1.0;
     c->base_learning_rate = -1.0;
+    c->caption_drop = -1.0;
 }
 
 static ldm_status read_training_keys(const ld_ynode *root, const char *name, ltr_config *c)
@@ -161,6 +182,8 @@ static ldm_status read_training_keys(const ld_ynode *root, const char *name, ltr
             return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: model.params.loss_type '%s' (l1 or l2)", name, lt);
         const char *ck = get_str(root, "model.params.first_stage_config.params.ckpt_path");
         if (ck) snprintf(c->first_stage_ckpt, sizeof c->first_stage_ckpt, "%s", ck);
+        LDM_TRY(ltr_lora_read_config(root, name, &c->lora));
+        LDM_TRY(read_ucg_training(root, name, c));
     } else {
         snprintf(path, sizeof path, "%skl_weight", mp);
         LDM_TRY(get_float(root, name, path, &c->kl_weight));

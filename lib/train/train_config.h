@@ -7,6 +7,7 @@
 #define LDM_TRAIN_TRAIN_CONFIG_H
 
 #include "../models/desc.h"
+#include "lora.h"
 #include "loss.h"
 #include "optim.h"
 
@@ -38,6 +39,8 @@ typedef struct ltr_config {
     double warm_up[LTR_MAX_CYCLES], f_min[LTR_MAX_CYCLES], f_max[LTR_MAX_CYCLES], f_start[LTR_MAX_CYCLES],
         cycle_lengths[LTR_MAX_CYCLES];
     ltr_warmup_cosine cosine; /* LambdaWarmUpCosineScheduler */
+    ltr_lora lora;            /* the lora: section (rank 0: none) */
+    double caption_drop;      /* model.params.ucg_training.<cond_stage_key>.p (-1: not given) */
 } ltr_config;
 
 /* Reads the config file. Errors name the file, line and key. */

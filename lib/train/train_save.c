@@ -7,6 +7,8 @@
  * Every file is replaced atomically (lib/io/atomic_file.c). */
 #include "trainer_internal.h"
 
+#include "train_text.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -105,6 +107,18 @@ static ldm_status add_first_stage(ldm_trainer *t, out_list *L)
     return LDM_OK;
 }
 
+/* A frozen text encoder's weights as stored (any dtype; they are no trainer parameter). */
+static ldm_status add_text_encoder(ldm_trainer *t, out_list *L)
+{
+    const lw_store *s = t->text ? ltr_text_store(t->text) : NULL;
+    for (size_t i = 0; s && i < lw_count(s); i++) {
+        const lw_tensor *w = lw_at(s, i);
+        if (strncmp(w->name, "cond_stage_model.", 17)) continue;
+        LDM_TRY(add(L, w->name, w->dtype, w->ndim, w->shape, w->data));
+    }
+    return LDM_OK;
+}
+
 /* The EMA shadow of a UNet parameter, or NULL. */
 static const float *shadow_of(const ldm_trainer *t, const ltp_param *p)
 {
@@ -127,6 +141,7 @@ static ldm_status build_weights(ldm_trainer *t, out_list *L, int export, int hal
     size_t first = L->n;
     LDM_TRY(add_first_stage(t, L));
     for (size_t i = first; half && i < L->n; i++) L->t[i].dtype = LW_F16, L->t[i].from_f32 = 1;
+    LDM_TRY(add_text_encoder(t, L));
     char key[LTP_NAME_MAX + 32];
     for (size_t i = 0; !export && i < t->n_pairs; i++) {
         const ltp_param *p = NULL;
@@ -210,6 +225,8 @@ ldm_status ltr_save_checkpoint(ldm_trainer *t)
 
 ldm_status ltr_export(ldm_trainer *t, const char *path, int half)
 {
+    if (t->lora.rank > 0) /* the adapters alone, as a kohya LoRA file */
+        return ltr_lora_write(path, t->ps, "model.diffusion_model.", &t->cfg.model, &t->lora, half, t->prog.step);
     char step[32];
     snprintf(step, sizeof step, "%lld", (long long)t->prog.step);
     const char *keys[] = {"format", "libldm_phase", "libldm_step", "libldm_weights"};
@@ -221,13 +238,15 @@ ldm_status ltr_export(ldm_trainer *t, const char *path, int half)
     return st;
 }
 
-/* The parameters this run trains, by name: the UNet and class embedder of an LDM, the whole
+/* The parameters this run trains (or, under LoRA, adapts), by name: the UNet, class embedder
+ * (not a frozen text encoder), learned logvar and LoRA adapters of an LDM, the whole
  * AutoencoderKL of an autoencoder run. */
 static int is_trained_name(const ldm_trainer *t, const char *name)
 {
     if (t->is_diffusion)
-        return !strncmp(name, "model.diffusion_model.", 22) || !strncmp(name, "cond_stage_model.", 17) ||
-               (t->cfg.learn_logvar && !strcmp(name, "logvar"));
+        return !strncmp(name, "model.diffusion_model.", 22) || (!strncmp(name, "cond_stage_model.", 17) && !t->text) ||
+               (t->cfg.learn_logvar && !strcmp(name, "logvar")) ||
+               (t->lora.rank > 0 && !strncmp(name, LTR_LORA_PARAM_PREFIX, strlen(LTR_LORA_PARAM_PREFIX)));
     return !strncmp(name, "encoder.", 8) || !strncmp(name, "decoder.", 8) || !strncmp(name, "quant_conv.", 11) ||
            !strncmp(name, "post_quant_conv.", 16);
 }

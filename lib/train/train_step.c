@@ -7,6 +7,7 @@
 
 #include "first_stage.h"
 #include "nets.h"
+#include "train_text.h"
 
 #include <math.h>
 #include <string.h>
@@ -38,9 +39,12 @@ static ltp_id record_ldm(ldm_trainer *t, ltp_id x, int B)
     if (has_class_context(t)) {
         int lab = ltp_labels(t->tape, t->labels, B);
         context = ltn_class_embed(t->tape, t->ps, COND_PREFIX, m->cond.n_classes, m->cond.embed_dim, lab);
+    } else if (t->text) { /* the frozen text encoder's output, a constant on the tape */
+        int64_t cs[3] = {B, ltr_text_tokens(t->text), ltr_text_width(t->text)};
+        context = ltp_input(t->tape, 3, cs, t->context, 0);
     }
     int y = m->unet.num_classes > 0 ? ltp_labels(t->tape, t->labels, B) : -1; /* label_emb */
-    return ltn_unet_forward(t->tape, t->ps, UNET_PREFIX, &m->unet, x, t->tsteps_f, context, y);
+    return ltn_unet_forward_lora(t->tape, t->ps, UNET_PREFIX, &m->unet, x, t->tsteps_f, context, y, &t->lora);
 }
 
 static ltp_id record_ae(ldm_trainer *t, ltp_id x, ltp_id *moments)
@@ -62,6 +66,7 @@ ldm_status ltr_declare_params(ldm_trainer *t)
     if (t->is_diffusion) {
         t->labels[0] = 0;
         t->tsteps_f[0] = 0.0f;
+        if (t->context) memset(t->context, 0, sizeof(float) * ltr_text_tokens(t->text) * ltr_text_width(t->text));
         record_ldm(t, x, 1);
         if (t->cfg.learn_logvar && !ltp_params_find(t->ps, "logvar")) { /* nn.Parameter(full(logvar_init)) */
             int64_t T = t->sched->n;
@@ -113,8 +118,9 @@ static ldm_status ldm_micro_step(ldm_trainer *t, int64_t draw, int B, double wei
     const ld_model *m = &t->cfg.model;
     int E = t->latent_channels, h = t->latent_size, T = t->sched->n;
     size_t per = (size_t)E * h * h, n = (size_t)B * per;
-    LDM_TRY(ltr_dataset_batch(t->data, t->p.seed, draw, B, t->images, t->labels, NULL));
+    LDM_TRY(ltr_dataset_batch(t->data, t->p.seed, draw, B, t->images, t->labels, t->captions));
     LDM_TRY(encode_latents(t, draw, B));
+    LDM_TRY(ltr_finetune_context(t, draw, B));
     drop_labels(t, draw, B);
     for (int b = 0; b < B; b++) {
         int ts = (int)(uniform01(t->p.seed, STREAM_T, (uint64_t)draw * B + b) * T);

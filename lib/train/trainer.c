@@ -3,6 +3,8 @@
  * arithmetic is in train_step.c, checkpoints in train_save.c. */
 #include "trainer_internal.h"
 
+#include "train_text.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -19,6 +21,7 @@ void ldm_train_params_init_size(ldm_train_params *params, size_t struct_size)
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
     d.cond_drop_rate = -1.0;
+    d.lora_alpha = -1.0;
     d.seed = 23;
     size_t n = struct_size < sizeof d ? struct_size : sizeof d;
     memset(params, 0, struct_size);
@@ -69,6 +72,8 @@ static ldm_status copy_params(ldm_trainer *t, const ldm_train_params *p)
     t->out_dir = dup_or_null(t->p.out_dir, &st);
     t->first_stage_path = dup_or_null(t->p.first_stage, &st);
     t->init_from = dup_or_null(t->p.init_from, &st);
+    t->vocab_path = dup_or_null(t->p.vocab_path, &st);
+    t->p.vocab_path = t->vocab_path;
     t->p.data_dir = t->data_dir, t->p.out_dir = t->out_dir;
     t->p.first_stage = t->first_stage_path, t->p.init_from = t->init_from;
     return st;
@@ -108,9 +113,10 @@ static ldm_status check_model(ldm_trainer *t)
                             t->config_path, t->image_size, factor);
         return LDM_OK;
     }
-    if (m->cond.kind != LD_COND_NONE && !(m->cond.kind == LD_COND_CLASS && m->conditioning_key == LD_CONDKEY_CROSSATTN))
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports unconditional models and a ClassEmbedder through "
-                        "cross-attention (crossattn) for now", t->config_path);
+    if (m->cond.kind != LD_COND_NONE && !(m->cond.kind == LD_COND_CLASS && m->conditioning_key == LD_CONDKEY_CROSSATTN) &&
+        !ltr_text_kind(m->cond.kind))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports unconditional models, a ClassEmbedder and frozen "
+                        "text encoders (captions) through cross-attention (crossattn) for now", t->config_path);
     if (m->unet.num_classes > 0 && m->cond.kind != LD_COND_NONE)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a UNet with num_classes (label_emb, y = the class labels) trains "
                         "without a cond stage (cond_stage_config: __is_unconditional__)", t->config_path);
@@ -129,6 +135,10 @@ static ldm_status check_model(ldm_trainer *t)
 static ldm_status open_first_stage(ldm_trainer *t)
 {
     const char *path = t->first_stage_path ? t->first_stage_path : t->cfg.first_stage_ckpt[0] ? t->cfg.first_stage_ckpt : NULL;
+    char own[4096];
+    snprintf(own, sizeof own, "%s/last.safetensors", t->out_dir);
+    if (!path && t->init_from) path = t->init_from; /* fine-tuning a whole model: its own first stage */
+    if (!path && t->p.resume) path = own;             /* ... and the run's checkpoint keeps it */
     if (!path)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: no first stage: give first_stage_config.params.ckpt_path or "
                         "ldm_train_params.first_stage (ldm train --first-stage)", t->config_path);
@@ -267,6 +277,7 @@ static ldm_status setup(ldm_trainer *t)
     LDM_TRY(ltr_config_load(t->config_path, &t->cfg));
     LDM_TRY(check_model(t));
     choose_rates(t);
+    LDM_TRY(ltr_finetune_check(t));
     if (!t->planned && !(t->p.max_minutes > 0))
         log_msg(t, LDM_LOG_WARN, "no step or time limit: ldm_trainer_run would not stop (ldm_trainer_step still works)");
     if (!t->is_diffusion && t->cfg.has_disc_or_perceptual)
@@ -295,11 +306,13 @@ static ldm_status setup(ldm_trainer *t)
     LDM_TRY(open_data(t));
     char last[4096];
     snprintf(last, sizeof last, "%s/last.safetensors", t->out_dir);
+    LDM_TRY(ltr_finetune_open_text(t, last));
     if (t->p.resume) LDM_TRY(ltr_load_weights(t, last, 1));
     if (t->init_from) LDM_TRY(ltr_load_weights(t, t->init_from, 0));
     LDM_TRY(ltr_declare_params(t));
     if (t->is_diffusion && !t->cfg.cond_stage_trainable) /* LatentDiffusion keeps it frozen */
         LDM_TRY(ltp_params_set_trainable(t->ps, "cond_stage_model.", 0));
+    LDM_TRY(ltr_finetune_freeze(t));
     LDM_TRY(make_optimizer(t));
     if (t->p.resume) {
         snprintf(last, sizeof last, "%s/last.state.safetensors", t->out_dir);
@@ -412,6 +425,7 @@ void ldm_trainer_free(ldm_trainer *t)
 {
     if (!t) return;
     ltr_adamw_free(t->opt);
+    ltr_finetune_free(t);
     for (size_t i = 0; i < t->n_pairs; i++) ldm_free(t->shadow[i]);
     ldm_free(t->shadow);
     ldm_free(t->pairs);

@@ -67,11 +67,30 @@ struct ldm_trainer {
 
     ldm_train_progress prog;
     int64_t planned;
+
+    /* fine-tuning (train_finetune.c): LoRA adapters, the frozen text encoder of caption models */
+    ltr_lora lora;          /* in effect (rank 0: none) */
+    struct ltr_text *text;  /* NULL unless the conditioner takes captions */
+    double caption_drop;    /* share of captions replaced by "" */
+    float *context;         /* [batch, tokens, width] of the current batch */
+    const char **captions;  /* [batch] */
+    char *vocab_path;
 };
 
 /* train_step.c */
 ldm_status ltr_declare_params(ldm_trainer *t);
 ldm_status ltr_train_step(ldm_trainer *t, double *loss);
+
+/* train_finetune.c */
+/* The run's LoRA settings and caption dropout from params and config, and what they require. */
+ldm_status ltr_finetune_check(ldm_trainer *t);
+/* Opens the frozen text encoder of a caption model (after the first stage). */
+ldm_status ltr_finetune_open_text(ldm_trainer *t, const char *resume_path);
+/* After the parameters are declared: LoRA freezes every base weight. */
+ldm_status ltr_finetune_freeze(ldm_trainer *t);
+/* Caption models: dropout on the batch's captions, then t->context = the encoder's output. */
+ldm_status ltr_finetune_context(ldm_trainer *t, int64_t draw, int B);
+void ltr_finetune_free(ldm_trainer *t);
 
 /* train_save.c */
 ldm_status ltr_save_checkpoint(ldm_trainer *t);

@@ -23,6 +23,13 @@ config.yaml per directory):
       gradients of every parameter, parameters after 3 steps of the model's own
       configure_optimizers() Adam (lr 1e-3, betas (0.5, 0.9)).
 
+  tests/golden/train_lora   the train_unet UNetModel on one level, base weights frozen, with LoRA adapters as
+      kohya-ss/sd-scripts networks/lora.py (commit 48d368fa557731ad0488c07304dfeba8c07910eb)
+      LoRAModule builds and applies them (rewritten small below: every Linear / 1x1 Conv2d of the
+      SpatialTransformers, forward = org(x) + up(down(x)) * alpha / r; rank 4, alpha 2); lora_up
+      random; context a random [B, 3, 32] tensor; the eps loss, every adapter's gradient and the
+      adapters after 3 AdamW steps over them alone. GOLDENS=train_lora makes only this one.
+
 Each golden is also rerun in float64 (same code; the UNet's float32 casts in GroupNorm32 and
 h.type(self.dtype) made float64, the timestep embedding still computed in float32 as the code
 does) to state f32_vs_f64_max_err per tensor, and tolerances follow
@@ -39,8 +46,10 @@ How to run (never needed to run the tests): Debian's python3-torch (1.13) and nu
     git clone https://github.com/CompVis/latent-diffusion /tmp/ld-ref
     git -C /tmp/ld-ref checkout a506df5756472e2ebaf9078affdde2c4f1502cd4
     /usr/bin/python3 -m venv --system-site-packages /tmp/ldvenv && /tmp/ldvenv/bin/pip install einops
-    /tmp/ldvenv/bin/python tests/reference/make_train_goldens.py /tmp/ld-ref [OUT_DIR]
-OUT_DIR defaults to tests/golden next to this script. Imports of the reference that the used
+    /tmp/ldvenv/bin/python tests/reference/make_train_goldens.py /tmp/ld-ref [OUT_DIR [NAME ...]]
+OUT_DIR defaults to tests/golden next to this script. NAMEs (or GOLDENS=name,name in the
+environment) select goldens to remake: train_unet, train_ae, train_lora, train_unet_attn,
+train_unet_attn_neworder, train_ldm_vq, train_unet_noconv; none given: all. Imports of the reference that the used
 classes do not need at run time (omegaconf, clip, kornia, PIL, pytorch_lightning, taming's
 quantizer, LPIPS and discriminator) are stubbed below; the numerics are the reference's own.
 """
@@ -387,6 +396,161 @@ def make_train_unet(out):
                  "+ mid, num_head_channels 16) with context = ClassEmbedder(labels) (cond_stage_trainable); every "
                  "parameter random (zero_module layers too); eps-prediction loss, gradients, 3 AdamW steps",
                  UNET_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
+# ------------------------------------------------------------------ train_lora
+
+LORA_RANK, LORA_ALPHA = 4, 2.0
+# train_unet's UNet on one level (SpatialTransformers in the middle and output block 0): < 1 MB
+LORA_UNET = dict(UNET, channel_mult=[1], attention_resolutions=[1])
+LORA_YAML = UNET_YAML.replace("""        attention_resolutions:
+        - 1
+        - 2
+""", """        attention_resolutions:
+        - 1
+""").replace("""        channel_mult:
+        - 1
+        - 2
+""", """        channel_mult:
+        - 1
+""")
+assert LORA_YAML.count("- 2") == 0
+KOHYA_REPO = "kohya-ss/sd-scripts"
+KOHYA_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
+
+
+class LoRAModule(torch.nn.Module):
+    """A small rewrite of kohya-ss/sd-scripts networks/lora.py LoRAModule (commit 48d368f, lines
+    25-121) with its training defaults: lora_down = Linear(in, r, bias=False) or, for a Conv2d,
+    Conv2d(in, r, kernel, stride, padding, bias=False); lora_up = Linear(r, out, bias=False) /
+    Conv2d(r, out, 1, bias=False); kaiming_uniform_(down, a=sqrt 5), zeros_(up); scale = alpha / r;
+    apply_to() replaces org_module.forward by forward(x) = org_forward(x) + lora_up(lora_down(x))
+    * multiplier * scale (multiplier 1; dropout, rank_dropout and module_dropout None)."""
+
+    def __init__(self, org_module, rank, alpha):
+        super().__init__()
+        if isinstance(org_module, torch.nn.Conv2d):
+            self.lora_down = torch.nn.Conv2d(org_module.in_channels, rank, org_module.kernel_size,
+                                             org_module.stride, org_module.padding, bias=False)
+            self.lora_up = torch.nn.Conv2d(rank, org_module.out_channels, (1, 1), (1, 1), bias=False)
+        else:
+            self.lora_down = torch.nn.Linear(org_module.in_features, rank, bias=False)
+            self.lora_up = torch.nn.Linear(rank, org_module.out_features, bias=False)
+        self.scale = alpha / rank
+        torch.nn.init.kaiming_uniform_(self.lora_down.weight, a=np.sqrt(5))
+        torch.nn.init.zeros_(self.lora_up.weight)
+        self.org_forward = org_module.forward
+        org_module.forward = self.forward
+
+    def forward(self, x):
+        return self.org_forward(x) + self.lora_up(self.lora_down(x)) * 1.0 * self.scale
+
+
+def add_lora(unet, rank, alpha):
+    """LoRANetwork.create_modules for the UNet with UNET_TARGET_REPLACE_MODULE: every Linear and
+    1x1 Conv2d inside each SpatialTransformer (kohya's Transformer2DModel in diffusers naming).
+    Returns {CompVis module path: LoRAModule}."""
+    loras = {}
+    for name, module in unet.named_modules():
+        if module.__class__.__name__ != "SpatialTransformer":
+            continue
+        for child_name, child in module.named_modules():
+            is_linear = isinstance(child, torch.nn.Linear)
+            is_conv1x1 = isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1)
+            if is_linear or is_conv1x1:
+                loras[name + "." + child_name] = LoRAModule(child, rank, alpha)
+    return loras
+
+
+def lora_loss(m, batch):
+    """p_losses' simple term as unet_loss, with the context given (several tokens, so to_k/to_v of
+    the cross-attention get gradients)."""
+    dt = next(m.parameters()).dtype
+    out = m.model.diffusion_model(batch["x_t"].to(dt), batch["t"], context=batch["context"].to(dt))
+    loss_simple = torch.nn.functional.mse_loss(batch["noise"].to(dt), out, reduction="none").mean([1, 2, 3])
+    return loss_simple.mean(), out
+
+
+def run_lora(m, loras, batch, steps=3):
+    for p in m.parameters():
+        p.requires_grad_(False)
+    named = [("lora.model.diffusion_model.%s.%s.weight" % (path, w), getattr(l, w).weight)
+             for path, l in loras.items() for w in ("lora_down", "lora_up")]
+    for _, p in named:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW([p for _, p in named], lr=1e-3)
+    loss, out = lora_loss(m, batch)
+    opt.zero_grad()
+    loss.backward()
+    res = {"loss": loss.detach().reshape(1), "eps": out.detach()}
+    for n, p in named:
+        res["grad." + n] = p.grad.detach().clone()
+    opt.step()
+    for _ in range(steps - 1):
+        loss, _ = lora_loss(m, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for n, p in named:
+        res["after3." + n] = p.detach().clone()
+    return [n for n, _ in named], res
+
+
+def make_train_lora(out):
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(0)
+    unet = UNetModel(**LORA_UNET)
+    randomise(unet, torch.Generator().manual_seed(4321))
+    base = [("model.diffusion_model." + n, np32(p)) for n, p in unet.state_dict().items()]
+    torch.manual_seed(5)
+    m = torch.nn.Module()
+    m.model = torch.nn.Module()
+    m.model.diffusion_model = unet
+    loras = add_lora(unet, LORA_RANK, LORA_ALPHA)
+    m.loras = torch.nn.ModuleDict({k.replace(".", "_"): v for k, v in loras.items()})  # so .double() reaches them
+    for mod in unet.modules():  # BasicTransformerBlock(checkpoint=True) recomputes through its own
+        if hasattr(mod, "checkpoint"):  # parameters() only, which the adapters are not: off (same numbers)
+            mod.checkpoint = False
+    with torch.no_grad():  # lora_up random too, else it hides lora_down's gradient
+        g = torch.Generator().manual_seed(77)
+        for l in loras.values():
+            l.lora_up.weight.copy_(0.3 * (torch.rand(l.lora_up.weight.shape, generator=g) * 2 - 1))
+    weights = base + [("lora.model.diffusion_model.%s.%s.weight" % (path, w), np32(getattr(l, w).weight))
+                      for path, l in loras.items() for w in ("lora_down", "lora_up")]
+    g = torch.Generator().manual_seed(98)
+    B = 2
+    batch = {"x_t": torch.randn(B, 4, 8, 8, generator=g), "noise": torch.randn(B, 4, 8, 8, generator=g),
+             "t": torch.tensor([17, 942], dtype=torch.int64), "context": torch.randn(B, 3, 32, generator=g)}
+    m64 = copy.deepcopy(m).double()
+    m64.model.diffusion_model.dtype = torch.float64
+    loras64 = {path: m64.loras[path.replace(".", "_")] for path in loras}
+    for path, l in loras64.items():  # the copies' forwards are bound to the copied modules
+        assert m64.model.diffusion_model.get_submodule(path).forward.__self__ is l
+    names, r32 = run_lora(m, loras, batch)
+    with float64_unet():
+        _, r64 = run_lora(m64, loras64, batch)
+    order = ["loss", "eps"] + ["grad." + n for n in names] + ["after3." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k in ("loss", "eps") else k.split(".")[0].replace("after3", "param")) for k in order}
+    inputs = [("x_t", np32(batch["x_t"])), ("timesteps", batch["t"].numpy()), ("context", np32(batch["context"])),
+              ("noise", np32(batch["noise"]))]
+    calls = [{"op": "train.lora_step",
+              "inputs": {"x_t": "x_t", "timesteps": "timesteps", "context": "context", "noise": "noise"},
+              "params": {"loss": "l2 eps (mse_loss(eps, noise))", "optimizer": "AdamW", "lr": 1e-3,
+                         "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2, "steps": 3,
+                         "rank": LORA_RANK, "alpha": LORA_ALPHA, "trained": ["lora."],
+                         "frozen": ["model.diffusion_model."]},
+              "outputs": {"loss": "loss", "eps": "eps", "grad.<name>": "gradient of every adapter parameter",
+                          "after3.<name>": "every adapter parameter after 3 steps"}}]
+    write_golden(out, "train_lora",
+                 "the train_unet UNetModel on one level (channel_mult 1; random weights, frozen) with kohya "
+                 "LoRAModule adapters (rank 4, alpha 2) on every Linear / 1x1 Conv2d of its SpatialTransformers, "
+                 "lora_up random; context given (3 tokens); eps loss, adapter gradients, 3 AdamW steps over the "
+                 "adapters",
+                 LORA_YAML, weights, inputs, outputs, kinds, outputs64, calls,
+                 {"lora_reference": {"repo": KOHYA_REPO, "commit": KOHYA_COMMIT, "file": "networks/lora.py",
+                                     "lines": "25-121 (LoRAModule), 945-1010 (create_modules)"}})
 
 
 # ------------------------------------------------------------------ train_ae
@@ -974,11 +1138,17 @@ def main():
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden")
     install_stubs()
     torch.set_num_threads(1)
-    only = sys.argv[3:]  # optional golden names
+    # optional golden names: after OUT_DIR, or GOLDENS=a,b (both may be given); none: all of them
+    only = set(sys.argv[3:]) | {n for n in os.environ.get("GOLDENS", "").split(",") if n}
+    known = {"train_unet", "train_ae", "train_lora", "train_ldm_vq", "train_unet_noconv"} | set(ATTN_VARIANTS)
+    if only - known:
+        sys.exit("unknown golden(s) %s; known: %s" % (", ".join(sorted(only - known)), ", ".join(sorted(known))))
     if not only or "train_unet" in only:
         make_train_unet(out)
     if not only or "train_ae" in only:
         make_train_ae(out)
+    if not only or "train_lora" in only:
+        make_train_lora(out)
     install_ddpm_stubs()
     for name, v in ATTN_VARIANTS.items():
         if not only or name in only:

@@ -103,7 +103,8 @@ class TrainParams(Structure):
                 ("learning_rate", c_double), ("cond_drop_rate", c_double), ("save_every", c_int),
                 ("seed", c_uint64), ("n_threads", c_int), ("callback", TRAIN_CALLBACK),
                 ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p),
-                ("max_activation_bytes", c_uint64)]
+                ("max_activation_bytes", c_uint64),
+                ("lora_rank", c_int), ("lora_alpha", c_double), ("vocab_path", c_char_p)]
 
 
 # The library refuses struct_size above this, so it is also the most any *_params_init may write.
@@ -231,6 +232,7 @@ _proto("ldm_trainer_export", _S, _P, c_char_p, c_int)
 _proto("ldm_trainer_progress", _S, _P, POINTER(TrainProgress))
 _proto("ldm_trainer_interrupt", None, _P)
 _proto("ldm_trainer_free", None, _P)
+_proto("ldm_trainer_lora_rank", c_int, _P)
 
 _proto("ldm_model_lora_add", _S, _P, c_char_p, c_double, ctypes.c_uint, POINTER(c_int))
 _proto("ldm_model_lora_remove", _S, _P, c_int)

@@ -63,10 +63,13 @@ class Trainer:
     ckpt_path); init_from: fine-tune from this checkpoint; resume: continue from
     out_dir/last.safetensors. max_steps (0: the config's), max_minutes (0: no time limit),
     batch_size (0: the config's), learning_rate (0: from the config), cond_drop_rate (< 0: the
-    config's ucg_rate), save_every (0: only at the end), seed, n_threads (0: all CPUs),
-    max_activation_bytes (0: no budget; else UNet blocks whose activations would exceed it are
-    recomputed in backward, docs/training.md): as ldm_train_params. callback: fn(TrainProgress)
-    after every step, True to stop. log: fn(level, message), as Model.load's.
+    config's ucg_rate / ucg_training p), save_every (0: only at the end), seed, n_threads (0:
+    all CPUs), max_activation_bytes (0: no budget; else UNet blocks whose activations would exceed
+    it are recomputed in backward, docs/training.md), lora_rank (0: the config's lora.rank; > 0:
+    LoRA fine-tuning of init_from, base frozen, export() writes a kohya LoRA file), lora_alpha
+    (None: the config's, else 1; 0 = rank), vocab_path (caption-conditioned models: the tokenizer
+    vocabulary): as ldm_train_params. callback: fn(TrainProgress) after every step, True to stop.
+    log: fn(level, message), as Model.load's.
 
     A context manager; close() frees it early, else the garbage collector does. One call at a
     time: a call while another runs (another thread's, or from the callback) raises RuntimeError;
@@ -74,7 +77,8 @@ class Trainer:
 
     def __init__(self, config, data_dir=None, out_dir=None, first_stage=None, init_from=None, resume=False,
                  max_steps=0, max_minutes=0.0, batch_size=0, learning_rate=0.0, cond_drop_rate=-1.0,
-                 save_every=0, seed=23, n_threads=0, callback=None, log=None, max_activation_bytes=0):
+                 save_every=0, seed=23, n_threads=0, callback=None, log=None, max_activation_bytes=0,
+                 lora_rank=0, lora_alpha=None, vocab_path=None):
         if callback is not None and not callable(callback):
             raise TypeError("callback: expected a callable or None, got %r" % (callback,))
         p = _api.TrainParams()
@@ -93,6 +97,9 @@ class Trainer:
         p.seed = _api.integer(seed, "seed", "uint64")
         p.n_threads = _api.integer(n_threads, "n_threads")
         p.max_activation_bytes = _api.integer(max_activation_bytes, "max_activation_bytes", "uint64")
+        p.lora_rank = _api.integer(lora_rank, "lora_rank")
+        p.lora_alpha = -1.0 if lora_alpha is None else float(lora_alpha)
+        p.vocab_path = _path(vocab_path)
         # The trainer keeps pointers to both C functions for its lifetime: so does this object.
         self._callback = _Callback(callback)
         self._log = _callbacks.Log(log)
@@ -172,9 +179,17 @@ class Trainer:
         with self._guard:
             check(_lib.ldm_trainer_save(self.handle), "ldm_trainer_save")
 
+    @property
+    def lora_rank(self):
+        """The LoRA rank in effect (0: the run trains the model itself)."""
+        with self._guard:
+            return _lib.ldm_trainer_lora_rank(self.handle)
+
     def export(self, path, half=False):
         """Writes the weights a sampler uses to path (EMA weights when the run keeps an EMA, no
-        optimiser state), float16 when half. Load it with Model.load(path, config=out_dir/config.yaml)."""
+        optimiser state), float16 when half. Load it with Model.load(path, config=out_dir/config.yaml).
+        A LoRA run (lora_rank > 0) writes its adapters as a kohya LoRA safetensors file instead
+        (kohya saves float16: pass half=True for the same)."""
         with self._guard:
             check(_lib.ldm_trainer_export(self.handle, _api.path_bytes(path), 1 if half else 0), "ldm_trainer_export")
 

@@ -2,14 +2,16 @@
 tests/test_trainer.c): the loss falls, the callback runs once per step and can stop the run (or
 raise), the export loads with Model.load, the struct mirrors the header, bad arguments raise."""
 import ctypes
+import json
 import os
+import struct
 import tempfile
 import threading
 import unittest
 
 import libldm
 from libldm import _api
-from support import REPO, flat_values
+from support import REPO, SHARED, fixture_dir, flat_values
 
 AE_YAML = """\
 model:
@@ -226,8 +228,51 @@ class TrainerTest(unittest.TestCase):
         _api.lib.ldm_train_params_init_size(ctypes.byref(p), ctypes.sizeof(p))
         self.assertEqual(p.struct_size, ctypes.sizeof(p))
         self.assertEqual((p.seed, p.cond_drop_rate, p.max_steps, p.resume, p.n_threads), (23, -1.0, 0, 0, 0))
+        self.assertEqual((p.lora_rank, p.lora_alpha, p.vocab_path), (0, -1.0, None))
         self.assertIsNone(p.data_dir)
         self.assertFalse(p.callback)
+
+
+class LoraCaptionTest(unittest.TestCase):
+    """LoRA fine-tuning of the shared fixture ldm_sd1_txt2img (FrozenCLIPEmbedder) on captions."""
+
+    def test_lora_on_captions_exports_kohya_file(self):
+        fx = fixture_dir("ldm_sd1_txt2img")
+        if fx is None:
+            print("SKIPPED: LoRA/captions: fixture ldm_sd1_txt2img not found (set LDM_SHARED)")
+            self.skipTest("no shared fixtures")
+        with tempfile.TemporaryDirectory() as root:
+            data = os.path.join(root, "data")
+            os.makedirs(data)
+            lines = ["file,caption"]
+            for i in range(4):
+                top = i % 2 == 0
+                image = [[[0.8 if (y < 4) == top else -0.7 for x in range(8)] for y in range(8)] for c in range(3)]
+                libldm.write_png(os.path.join(data, "i%d.png" % i), image)
+                lines.append('i%d.png,"%s"' % (i, "a bright top" if top else "a bright bottom"))
+            with open(os.path.join(data, "labels.csv"), "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            with open(os.path.join(fx, "config.yaml"), encoding="utf-8") as f:
+                text = f.read().replace("    image_size: 64\n", "    image_size: 8\n")
+            config = os.path.join(root, "lora.yaml")
+            with open(config, "w", encoding="utf-8") as f:
+                f.write(text + "data:\n  params: {batch_size: 2}\nlora: {rank: 2, alpha: 1}\n")
+            out = os.path.join(root, "out")
+            with libldm.Trainer(config, data_dir=data, out_dir=out, init_from=os.path.join(fx, "model.safetensors"),
+                                max_steps=3, learning_rate=1e-3, lora_alpha=2.0,
+                                vocab_path=os.path.join(SHARED, "vocab")) as t:
+                self.assertEqual(t.lora_rank, 2)
+                t.run()
+                t.export(os.path.join(out, "lora.safetensors"), half=True)
+            with open(os.path.join(out, "lora.safetensors"), "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                tensors = json.loads(f.read(n).decode("utf-8"))
+            meta = tensors.pop("__metadata__")
+            self.assertEqual(meta["ss_network_module"], "networks.lora")
+            self.assertEqual((meta["ss_network_dim"], meta["ss_network_alpha"]), ("2", "2.0"))
+            down = tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"]
+            self.assertEqual(down["dtype"], "F16")
+            self.assertEqual(down["shape"], [2, 32, 1, 1])
 
 
 if __name__ == "__main__":
