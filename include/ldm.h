@@ -238,7 +238,8 @@ LDM_API ldm_status ldm_autoencoder_decode_unquantized(ldm_autoencoder *ae, const
 /* ---------------------------------------------------------------- UNet */
 
 /* eps (or v) = UNet(x [B,C,H,W], timesteps [B] I64, context [B,T,D] or NULL,
- * class labels y [B] I64 or NULL for num_classes models). */
+ * class labels y [B] I64 or NULL for num_classes models; SDXL (adm_in_channels): the vector
+ * conditioning y [B, adm_in_channels] F32). */
 LDM_API ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x,
                                     const ldm_tensor *timesteps, const ldm_tensor *context,
                                     const ldm_tensor *y, ldm_tensor **out);

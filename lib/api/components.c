@@ -205,6 +205,7 @@ ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x, const ldm_tenso
     LDM_TRY(lt_check_finite(x, "ldm_unet_forward: x"));
     LDM_TRY(lt_check_finite(timesteps, "ldm_unet_forward: timesteps"));
     LDM_TRY(lt_check_finite(context, "ldm_unet_forward: context"));
+    if (y && y->dtype == LDM_F32) LDM_TRY(lt_check_finite(y, "ldm_unet_forward: y"));
     return finite_result(lunet_forward(unet->net, &unet->model->ctx, x, timesteps, context, y, out), out,
                          "ldm_unet_forward: the output");
 }

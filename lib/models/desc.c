@@ -29,7 +29,23 @@ void ld_unet_defaults(ld_unet *u)
     u->num_heads = -1;
     u->num_head_channels = -1;
     u->transformer_depth = 1;
+    u->transformer_depth_middle = -1;
     u->legacy = 1;
+}
+
+int ld_unet_level_depth(const ld_unet *u, int level)
+{
+    if (u->n_transformer_depths > 0 && level >= 0 && level < u->n_transformer_depths)
+        return u->transformer_depths[level];
+    return u->transformer_depth;
+}
+
+/* sgm: transformer_depth_middle = transformer_depth[-1] (an int depth is first made a list). */
+int ld_unet_middle_depth(const ld_unet *u)
+{
+    if (u->transformer_depth_middle >= 0) return u->transformer_depth_middle;
+    if (u->n_transformer_depths > 0) return u->transformer_depths[u->n_transformer_depths - 1];
+    return u->transformer_depth;
 }
 
 /* Defaults of every cond-stage class in ldm.modules.encoders.modules. Text tower dims stay 0

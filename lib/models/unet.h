@@ -1,7 +1,8 @@
 /* unet.h - ldm.modules.diffusionmodules.openaimodel.UNetModel (CompVis latent-diffusion and
  * Stability-AI stablediffusion, incl. use_linear_in_transformer) on float32 weights.
  *
- * forward(x [B,C,H,W], timesteps I64 [B], context [B,T,D] or NULL, y I64 [B] or NULL)
+ * forward(x [B,C,H,W], timesteps I64 [B], context [B,T,D] or NULL, y I64 [B] (class labels) or
+ *   F32 [B, adm_in_channels] (the sgm "sequential" vector of SDXL) or NULL)
  *   emb = time_embed(timestep_embedding(t)) (+ label_emb(y)); h runs through input_blocks
  *   (every output kept as a skip), middle_block, output_blocks (each concatenating the latest
  *   skip), then out = conv(SiLU(GN(h))). H and W must be divisible by 2^(levels-1). */

@@ -107,6 +107,9 @@ static ldm_status check_model(ldm_trainer *t)
                             t->config_path, t->image_size, factor);
         return LDM_OK;
     }
+    if (m->sgm.present)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training an sgm DiffusionEngine (SDXL) is not supported",
+                        t->config_path);
     if (m->cond.kind != LD_COND_NONE && !(m->cond.kind == LD_COND_CLASS && m->conditioning_key == LD_CONDKEY_CROSSATTN))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports unconditional models and a ClassEmbedder through "
                         "cross-attention (crossattn) for now", t->config_path);
