@@ -346,6 +346,8 @@ typedef struct ldm_sampler_params {
     float eta;             /* DDIM only (default 0); PLMS requires 0; EULER_ANCESTRAL always uses 1 */
     int ddim_quad;         /* DDIM/PLMS timestep spacing: 0 'uniform' (default), 1 'quad' */
     uint64_t seed;         /* seed of the default noise (ldm_randn); default 0 */
+    int discretization;    /* k-samplers' noise levels: LDM_DISCRETIZATION_KDIFFUSION (0, default) or
+                              LDM_DISCRETIZATION_SGM (SDXL's, see the SDXL section at the end) */
 } ldm_sampler_params;
 
 LDM_API void ldm_sampler_params_init(ldm_sampler_params *p);
@@ -685,6 +687,48 @@ LDM_API ldm_status ldm_trainer_progress(const ldm_trainer *trainer, ldm_train_pr
 /* Asks a running ldm_trainer_step/run to stop after the current step (any thread). */
 LDM_API void ldm_trainer_interrupt(ldm_trainer *trainer);
 LDM_API void ldm_trainer_free(ldm_trainer *trainer);
+
+/* ---------------------------------------------------------------- SDXL (issue #14) */
+
+/* Stable Diffusion XL base 1.0 / refiner 1.0 from the original release layout (Stability-AI
+ * generative-models: conditioner.embedders.N.*, model.diffusion_model.*, first_stage_model.*;
+ * configs/inference/sd_xl_base.yaml, sd_xl_refiner.yaml, or detected from the weights).
+ * docs/models.md describes what is implemented and checked. */
+
+/* ldm_sampler_params.discretization. KDIFFUSION: k-diffusion's sigmas (interpolated fractional
+ * timesteps, x_T * sigma_max). SGM: sgm's LegacyDDPMDiscretization + DiscreteDenoiser, what SDXL
+ * samples with: the table sigmas of the integer timesteps linspace(T-1, 0, steps, endpoint=False)
+ * truncated, the model evaluated at the integer index of each sigma, x_T * sqrt(1 + sigma_max^2).
+ * Euler, Euler ancestral, Heun and DPM++ 2M only (sgm's EulerEDM / EulerAncestral / HeunEDM /
+ * DPMPP2M samplers with their defaults). */
+#define LDM_DISCRETIZATION_KDIFFUSION 0
+#define LDM_DISCRETIZATION_SGM 1
+
+/* The inputs of an SDXL conditioner (sgm GeneralConditioner): text for the text encoders, the
+ * numbers of the size/crop/aesthetic embedders. */
+typedef struct ldm_sdxl_cond_params {
+    size_t struct_size;                /* set by ldm_sdxl_cond_params_init() */
+    const char *const *prompts;        /* n_prompts prompts, tokenised for each text encoder */
+    int n_prompts;
+    const ldm_tensor *const *tokens;   /* instead of prompts: I64 [B,T] ids per text encoder */
+    int n_tokens;
+    int zero_text;                     /* the text encoders' outputs are zeros (sgm's
+                                          force_zero_embeddings ["txt"]: SDXL base's unconditional
+                                          branch) */
+    double original_height, original_width; /* original_size_as_tuple */
+    double crop_top, crop_left;             /* crop_coords_top_left */
+    double target_height, target_width;     /* target_size_as_tuple */
+    double aesthetic_score;                 /* refiner; default 6.0 */
+} ldm_sdxl_cond_params;
+
+LDM_API void ldm_sdxl_cond_params_init_size(ldm_sdxl_cond_params *params, size_t struct_size);
+#define ldm_sdxl_cond_params_init(params) ldm_sdxl_cond_params_init_size((params), sizeof *(params))
+
+/* crossattn [B,T,context_dim] (the text encoders' hidden states side by side) and vector
+ * [B,adm_in_channels] (pooled text embedding and the size embeddings), as the UNet takes them
+ * (ldm_unet_forward context and y). LDM_ERR_UNSUPPORTED on a model that is not SDXL. */
+LDM_API ldm_status ldm_conditioner_encode_sdxl(ldm_conditioner *cond, const ldm_sdxl_cond_params *params,
+                                               ldm_tensor **crossattn, ldm_tensor **vector);
 
 #ifdef __cplusplus
 }

@@ -394,6 +394,39 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
 static ldm_status op_ddim(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_DDIM); }
 static ldm_status op_plms(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_PLMS); }
 
+/* SDXL conditioner (sgm GeneralConditioner): inputs tokens0, tokens1, ... (one per text encoder);
+ * params original_size [h,w], crop [top,left], target_size [h,w], aesthetic_score, zero_text. */
+static ldm_status op_cond_sdxl(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs"), *params = lj_get(call, "params");
+    ldm_conditioner *cond;
+    ldm_sdxl_cond_params p;
+    const ldm_tensor *tokens[8];
+    char name[32];
+    ldm_sdxl_cond_params_init(&p);
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_conditioner(r->model, &cond));
+    for (p.n_tokens = 0; p.n_tokens < 8; p.n_tokens++) {
+        snprintf(name, sizeof name, "tokens%d", p.n_tokens);
+        if (!(tokens[p.n_tokens] = input(r, in, name))) break;
+    }
+    p.tokens = tokens;
+    const lj_value *v;
+    if ((v = lj_get(params, "original_size")) && v->count == 2)
+        p.original_height = lj_number(v->items[0], 0), p.original_width = lj_number(v->items[1], 0);
+    if ((v = lj_get(params, "crop")) && v->count == 2)
+        p.crop_top = lj_number(v->items[0], 0), p.crop_left = lj_number(v->items[1], 0);
+    if ((v = lj_get(params, "target_size")) && v->count == 2)
+        p.target_height = lj_number(v->items[0], 0), p.target_width = lj_number(v->items[1], 0);
+    p.aesthetic_score = lj_number(lj_get(params, "aesthetic_score"), p.aesthetic_score);
+    p.zero_text = (int)lj_number(lj_get(params, "zero_text"), 0);
+    ldm_tensor *ca = NULL, *vec = NULL;
+    LDM_TRY(ldm_conditioner_encode_sdxl(cond, &p, &ca, &vec));
+    emit(r, lj_get(call, "outputs"), "crossattn", ca);
+    emit(r, lj_get(call, "outputs"), "vector", vec);
+    return LDM_OK;
+}
+
 static const struct {
     const char *name;
     op_fn fn;
@@ -419,6 +452,7 @@ static const struct {
     {"tokenizer.bert", op_tok_bert},
     {"sampler.ddim", op_ddim},
     {"sampler.plms", op_plms},
+    {"cond.sdxl", op_cond_sdxl},
 };
 
 /* ---------------------------------------------------------------- fixture */

@@ -54,6 +54,7 @@ static ldm_status create_cond_net(ldm_model *m, struct ldm_conditioner *h)
 {
     const ld_cond *d = &m->desc.cond;
     const char *prefix = "cond_stage_model.";
+    if (m->desc.sgm.present) return lm_sdxl_cond_create(m, h);
     switch (d->kind) {
     case LD_COND_CLASS: return lclass_create(d, m->store, prefix, &h->cls);
     case LD_COND_CLIP:
@@ -96,6 +97,7 @@ void lm_free_components(ldm_model *m)
         lbert_free(m->cond->bert);
         lrescaler_free(m->cond->rescaler);
         ldm_tokenizer_free(m->cond->tokenizer);
+        lm_sdxl_cond_free(m->cond);
     }
     ldm_free(m->ae);
     ldm_free(m->unet);

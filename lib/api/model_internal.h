@@ -36,6 +36,8 @@ struct ldm_conditioner {
     struct lclass *cls;
     struct lrescaler *rescaler;
     ldm_tokenizer *tokenizer; /* text kinds, loaded on first encode_text */
+    struct lsdxl_cond *sdxl;  /* sgm GeneralConditioner (SDXL) */
+    ldm_tokenizer *sdxl_tok[LD_MAX_EMBEDDERS]; /* per text encoder, loaded on first use */
 };
 
 struct ldm_model {
@@ -106,6 +108,13 @@ ldm_status lm_cond_encode_labels(struct ldm_conditioner *cond, const ldm_tensor 
 ldm_status lm_cond_encode_image(struct ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out);
 ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                ldm_tensor **out);
+/* SDXL (sdxl_api.c): the conditioner's network, and one encode without lm_begin. */
+ldm_status lm_sdxl_cond_create(ldm_model *m, struct ldm_conditioner *h);
+void lm_sdxl_cond_free(struct ldm_conditioner *h);
+ldm_status lm_cond_encode_sdxl(struct ldm_conditioner *cond, const ldm_sdxl_cond_params *p, ldm_tensor **crossattn,
+                               ldm_tensor **vector);
+/* CLIP BPE vocabulary search (text_cond.c). */
+ldm_status lm_find_vocab(const ldm_model *m, int bert, char *out, size_t cap);
 
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */

@@ -382,7 +382,7 @@ int lunet_size_multiple(const lunet *n) { return 1 << (n->d.n_levels - 1); }
 
 /* timestep_embedding(t, dim): [cos(t f), sin(t f)] (cos first), f_i = exp(-ln(10000) * i / half),
  * every step in float32 as torch does it (the Python double -ln(10000) is used as a float). */
-static void timestep_embedding(const float *t, int B, int dim, float *out)
+void lunet_timestep_embedding(const float *t, int B, int dim, float *out)
 {
     int half = dim / 2;
     float neg_log = (float)(-log(10000.0));
@@ -432,7 +432,7 @@ static ldm_status embed(lunet *n, const lctx *c, const float *t, const ldm_tenso
         ldm_free(emb);
         return ldm_alloc_failure_status();
     }
-    timestep_embedding(t, B, mc, temb);
+    lunet_timestep_embedding(t, B, mc, temb);
     lk_linear(c, temb, B, mc, n->te_w0, n->te_b0, E, hid);
     lk_silu(hid, (size_t)B * E);
     lk_linear(c, hid, B, E, n->te_w2, n->te_b2, E, emb);

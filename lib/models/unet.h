@@ -47,6 +47,10 @@ void lunet_drop_weight_caches(lunet *n);
 ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
                          const ldm_tensor *context, const ldm_tensor *y, ldm_tensor **out);
 
+/* timestep_embedding(t, dim) of openaimodel / sgm util: out [B, dim] = [cos(t f), sin(t f)] with
+ * f_i = exp(-ln(10000) i / (dim/2)), in float32 as torch computes it (also sgm's
+ * ConcatTimestepEmbedderND). */
+void lunet_timestep_embedding(const float *t, int B, int dim, float *out);
 int lunet_num_classes(const lunet *n);  /* 0 when not class-conditional */
 int lunet_size_multiple(const lunet *n); /* H and W must be multiples of this: 2^(levels-1) */
 

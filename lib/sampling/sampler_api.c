@@ -89,7 +89,23 @@ static ldm_status check_params(const ldm_sampler_params *p, int T)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: PLMS needs eta 0 (got %g), as the reference", (double)p->eta);
     if (p->ddim_quad != 0 && p->ddim_quad != 1)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: ddim_quad %d must be 0 (uniform) or 1 (quad)", p->ddim_quad);
+    if (p->discretization != LDM_DISCRETIZATION_KDIFFUSION && p->discretization != LDM_DISCRETIZATION_SGM)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: unknown discretization %d", p->discretization);
+    if (p->discretization == LDM_DISCRETIZATION_SGM &&
+        !(p->kind == LDM_SAMPLER_EULER || p->kind == LDM_SAMPLER_EULER_ANCESTRAL || p->kind == LDM_SAMPLER_HEUN ||
+          p->kind == LDM_SAMPLER_DPMPP_2M))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: the sgm discretization is for the Euler, Euler "
+                        "ancestral, Heun and DPM++ 2M samplers (kind %d)", (int)p->kind);
     return LDM_OK;
+}
+
+/* The model timestep for noise level sigma: k-diffusion's interpolated t, or sgm's
+ * DiscreteDenoiser index of the nearest table sigma (c_noise). */
+static double model_t(const ldm_sampler *s, double sigma)
+{
+    if (s->p.discretization == LDM_DISCRETIZATION_SGM)
+        return (double)ls_sgm_sigma_index(s->sched->sgm_sigmas, s->sched->n, sigma);
+    return ls_ksched_sigma_to_t(&s->ks, sigma);
 }
 
 /* Schedule-dependent arrays: DDIM parameters, k sigmas, per-step timesteps, evaluation count. */
@@ -110,7 +126,10 @@ static ldm_status plan(ldm_sampler *s)
         s->n_steps = p->steps;
         s->sigmas = ldm_malloc(((size_t)s->n_steps + 1) * sizeof *s->sigmas);
         if (!s->sigmas) return ldm_alloc_failure_status();
-        LDM_TRY(ls_ksched_sigmas(&s->ks, s->n_steps, p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS, s->sigmas));
+        if (p->discretization == LDM_DISCRETIZATION_SGM)
+            ls_sgm_sigmas(s->sched->sgm_sigmas, T, s->n_steps, s->sigmas);
+        else
+            LDM_TRY(ls_ksched_sigmas(&s->ks, s->n_steps, p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS, s->sigmas));
         s->n_evals = s->n_steps;
         if (p->kind == LDM_SAMPLER_HEUN)
             for (int i = 0; i < s->n_steps; i++) s->n_evals += s->sigmas[i + 1] > 0.0;
@@ -123,7 +142,7 @@ static ldm_status plan(ldm_sampler *s)
         else if (p->kind == LDM_SAMPLER_DDPM)
             s->step_t[k] = (double)(s->ddpm_start - 1 - k);
         else
-            s->step_t[k] = ls_ksched_sigma_to_t(&s->ks, s->sigmas[k]);
+            s->step_t[k] = model_t(s, s->sigmas[k]);
     }
     return LDM_OK;
 }
@@ -251,8 +270,9 @@ ldm_status ldm_sampler_begin(ldm_sampler *s, const ldm_tensor *x_T)
     s->step = s->phase = s->pending = s->pred_valid = 0;
     s->n_hist = s->have_old = 0;
     for (int i = 0; i < 3; i++) s->hist[i] = slot(s, W_H0 + i);
-    if (is_k_kind(s->p.kind)) { /* k-diffusion starts from noise * sigma_max */
+    if (is_k_kind(s->p.kind)) { /* k-diffusion starts from noise * sigma_max, sgm from noise * sqrt(1 + sigma_max^2) */
         float smax = (float)s->sigmas[0];
+        if (s->p.discretization == LDM_DISCRETIZATION_SGM) smax = sqrtf(1.0f + smax * smax);
         float *x = lt_f32(s->x);
         for (size_t i = 0; i < numel; i++) x[i] = x[i] * smax;
     }
@@ -299,9 +319,9 @@ static void make_request(ldm_sampler *s)
     default: { /* k-samplers: the model sees x * c_in(sigma) at t(sigma) */
         double sigma = s->phase == 0 ? s->sigmas[k] : s->sigmas[k + 1];
         const float *src = s->phase == 0 ? x : slot(s, W_XTMP);
-        float c_in = (float)ls_k_c_in(sigma);
+        float c_in = s->p.discretization == LDM_DISCRETIZATION_SGM ? ls_sgm_c_in((float)sigma) : (float)ls_k_c_in(sigma);
         for (size_t i = 0; i < s->numel; i++) xin[i] = src[i] * c_in;
-        s->pending_t = s->phase == 0 ? s->step_t[k] : ls_ksched_sigma_to_t(&s->ks, sigma);
+        s->pending_t = s->phase == 0 ? s->step_t[k] : model_t(s, sigma);
         return;
     }
     }

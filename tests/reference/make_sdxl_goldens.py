@@ -259,7 +259,289 @@ def make_unet_fixture(sgm, out, name, description, params, B=2, H=8, W=8, ctx_le
                   {"out": tolerance(ref, ref64)})
 
 
+# ---------------------------------------------------------------- full tiny models
+
+class _AnyAttr(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+class _Stub(types.ModuleType):
+    """A module whose every attribute is a dummy class (image-side imports open_clip makes)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _AnyAttr(name, (), {"__init__": lambda self, *a, **k: None})
+
+
+def import_encoders():
+    """sgm.modules.encoders.modules, with torchvision / kornia stubbed (only open_clip's image
+    transforms and sgm's image embedders use them)."""
+    import transformers  # noqa: F401  (before the stubs: it probes for torchvision)
+    from transformers import CLIPTextModel  # noqa: F401
+    for name in ["torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+                 "torchvision.ops.misc", "kornia"]:
+        sys.modules.setdefault(name, _Stub(name))
+        if "." in name:
+            parent, child = name.rsplit(".", 1)
+            setattr(sys.modules[parent], child, sys.modules[name])
+    import sgm.modules.encoders.modules as enc
+    return enc
+
+
+VOCAB = 512  # shrunk token tables; the ids fed are < VOCAB and end-of-text is the largest id of a row
+EOT = VOCAB - 1
+
+
+def clip_embedder(enc, gen, width=64, layers=2, layer_idx=1):
+    """FrozenCLIPEmbedder(layer: hidden, layer_idx) on a shrunk HF CLIPTextModel (the released
+    one loads openai/clip-vit-large-patch14: 12 layers, layer_idx 11)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    cfg = CLIPTextConfig(vocab_size=VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                         num_attention_heads=width // 64, max_position_embeddings=77, hidden_act="quick_gelu",
+                         layer_norm_eps=1e-5)
+    e = enc.FrozenCLIPEmbedder.__new__(enc.FrozenCLIPEmbedder)
+    enc.AbstractEmbModel.__init__(e)
+    e.transformer = CLIPTextModel(cfg).eval()
+    randomise(e.transformer, gen)
+    e.device, e.max_length, e.layer, e.layer_idx, e.return_pooled = "cpu", 77, "hidden", layer_idx, False
+    return e
+
+
+def openclip_embedder(enc, gen, width=64, layers=2, embed_dim=48, pooled=True):
+    """FrozenOpenCLIPEmbedder2(layer: penultimate, always_return_pooled, legacy: false) on a shrunk
+    open_clip CLIP text tower (the released one: ViT-bigG-14, 32 layers, width 1280)."""
+    import open_clip.model as ocm
+    model = ocm.CLIP(embed_dim=embed_dim, vision_cfg=ocm.CLIPVisionCfg(layers=1, width=64, patch_size=16,
+                                                                          image_size=32),
+                     text_cfg=ocm.CLIPTextCfg(context_length=77, vocab_size=VOCAB, width=width, heads=width // 64,
+                                              layers=layers))
+    del model.visual
+    e = enc.FrozenOpenCLIPEmbedder2.__new__(enc.FrozenOpenCLIPEmbedder2)
+    enc.AbstractEmbModel.__init__(e)
+    e.model = model.eval()
+    randomise(e.model, gen)
+    e.device, e.max_length, e.return_pooled = "cpu", 77, pooled
+    e.layer, e.layer_idx, e.legacy = "penultimate", 1, False
+    return e
+
+
+def conditioner(enc, embedders, keys):
+    """GeneralConditioner.__init__'s bookkeeping around already-built embedders."""
+    g = enc.GeneralConditioner([])
+    for e, key in zip(embedders, keys):
+        e.is_trainable, e.ucg_rate, e.input_key, e.legacy_ucg_val = False, 0.0, key, None
+    g.embedders = torch.nn.ModuleList(embedders)
+    return g.eval()
+
+
+def feed_tokens(enc, embedders, tokens):
+    """The fixture's token ids replace the tokenizers' output (the tokenizers are checked by the
+    shared tok_clip_sd1 / tok_openclip_sd2 fixtures: SDXL's CLIP embedder uses the SD1 one, its
+    open_clip embedder the SD2 one)."""
+    k = 0
+    for e in embedders:
+        if isinstance(e, enc.FrozenCLIPEmbedder):
+            ids = tokens[k]
+            e.tokenizer = lambda text, _ids=ids, **kw: {"input_ids": _ids}
+            k += 1
+        elif isinstance(e, enc.FrozenOpenCLIPEmbedder2):
+            ids = tokens[k]
+            enc.open_clip = types.SimpleNamespace(tokenize=lambda text, _ids=ids: _ids)
+            k += 1
+
+
+def make_tokens(gen, B, lengths, pad):
+    """[B,77] ids: start 0... (any id < EOT), a random body, EOT, then the pad id."""
+    t = torch.full((B, 77), pad, dtype=torch.int64)
+    for b in range(B):
+        n = lengths[b]
+        t[b, 0] = EOT - 1  # stands for the start token (both tokenizers put 49406 first)
+        t[b, 1:1 + n] = torch.randint(1, EOT - 1, (n,), generator=gen)
+        t[b, 1 + n] = EOT
+    return t
+
+
+def sgm_sampling(sgm_root, steps, scale, strength=None, original_steps=None, img2img_strength=None):
+    from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
+    sys.path.insert(0, os.path.join(sgm_root, "scripts", "demo"))
+    import discretization as demo_disc
+    s = EulerEDMSampler(num_steps=steps, discretization_config={
+        "target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"},
+        guider_config={"target": "sgm.modules.diffusionmodules.guiders.VanillaCFG", "params": {"scale": scale}},
+        device="cpu")
+    if img2img_strength is not None:
+        s.discretization = demo_disc.Img2ImgDiscretizationWrapper(s.discretization, strength=img2img_strength)
+    if strength is not None:
+        s.discretization = demo_disc.Txt2NoisyDiscretizationWrapper(s.discretization, strength=strength,
+                                                                    original_steps=original_steps)
+    return s
+
+
+def record_steps(sampler):
+    """Wraps sampler_step to keep x after every step (the loop itself is the reference's)."""
+    steps = []
+    plain = sampler.sampler_step
+
+    def step(*a, **k):
+        x = plain(*a, **k)
+        steps.append(x.detach().clone())
+        return x
+
+    sampler.sampler_step = step
+    return steps
+
+
+def denoiser_and_unet(gen, unet_params):
+    from sgm.modules.diffusionmodules.denoiser import DiscreteDenoiser
+    from sgm.modules.diffusionmodules.wrappers import OpenAIWrapper
+    unet = SGM.openaimodel.UNetModel(**unet_params).eval()
+    randomise(unet, gen)
+    den = DiscreteDenoiser(num_idx=1000, scaling_config={
+        "target": "sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling"},
+        discretization_config={"target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"})
+    return unet, den, OpenAIWrapper(unet, compile_model=False)
+
+
+def first_stage_decoder(gen):
+    from sgm.modules.diffusionmodules.model import Decoder, Encoder
+    dd = dict(attn_type="none", double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=32,
+              ch_mult=[1, 1], num_res_blocks=0, attn_resolutions=[], dropout=0.0)
+    enc_, dec = Encoder(**dd), Decoder(**dd)
+    qc, pqc = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(4, 4, 1)
+    sd = {}
+    for pre, m in [("encoder.", enc_), ("decoder.", dec), ("quant_conv.", qc), ("post_quant_conv.", pqc)]:
+        randomise(m, gen)
+        for k, v in m.state_dict().items():
+            sd["first_stage_model." + pre + k] = v
+
+    def decode(z, scale_factor):  # DiffusionEngine.decode_first_stage -> AutoencodingEngineLegacy.decode
+        return dec(pqc(z / scale_factor))
+    return sd, decode
+
+
+def sgm_yaml(unet_params, emb_yaml, scale_factor=0.13025):
+    lines = unet_config_yaml(unet_params).split("\n")
+    head = "\n".join(lines[:lines.index("    first_stage_config:")])
+    return (head.replace("    scale_factor: 0.13025", "    scale_factor: %g" % scale_factor) + "\n" +
+            FIRST_STAGE_YAML.replace("ch_mult: [1]", "ch_mult: [1, 1]") +
+            "    conditioner_config:\n      target: sgm.modules.GeneralConditioner\n      params:\n        emb_models:\n" +
+            emb_yaml)
+
+
+def emb_yaml_item(target, key, params):
+    y = "          - is_trainable: False\n            input_key: %s\n            target: %s\n" % (key, target)
+    if params:
+        y += "            params:\n" + "".join("              %s: %s\n" % kv for kv in params.items())
+    return y
+
+
+BASE_EMB_YAML = (
+    emb_yaml_item("sgm.modules.encoders.modules.FrozenCLIPEmbedder", "txt",
+                  {"version": "libldm-test/tiny-clip", "layer": "hidden", "layer_idx": 1}) +
+    emb_yaml_item("sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2", "txt",
+                  {"arch": "libldm-test-tiny", "version": "none", "freeze": True, "layer": "penultimate",
+                   "always_return_pooled": True, "legacy": False}) +
+    "".join(emb_yaml_item("sgm.modules.encoders.modules.ConcatTimestepEmbedderND", k, {"outdim": 8})
+            for k in ["original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple"]))
+
+REFINER_EMB_YAML = (
+    emb_yaml_item("sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2", "txt",
+                  {"arch": "libldm-test-tiny", "version": "none", "legacy": False, "freeze": True,
+                   "layer": "penultimate", "always_return_pooled": True}) +
+    "".join(emb_yaml_item("sgm.modules.encoders.modules.ConcatTimestepEmbedderND", k, {"outdim": 8})
+            for k in ["original_size_as_tuple", "crop_coords_top_left", "aesthetic_score"]))
+
+
+def batch_for(keys, B, size, crop, target, aesthetic, n_txt):
+    """sgm.inference.helpers.get_batch-style batch (the text comes from feed_tokens)."""
+    batch = {}
+    for k in keys:
+        if k == "txt":
+            batch[k] = [""] * B
+        elif k == "original_size_as_tuple":
+            batch[k] = torch.tensor([size[0], size[1]]).repeat(B, 1)
+        elif k == "crop_coords_top_left":
+            batch[k] = torch.tensor([crop[0], crop[1]]).repeat(B, 1)
+        elif k == "target_size_as_tuple":
+            batch[k] = torch.tensor([target[0], target[1]]).repeat(B, 1)
+        elif k == "aesthetic_score":
+            batch[k] = torch.tensor([aesthetic]).repeat(B, 1)
+    return batch
+
+
+def cond_call(name_c, name_v, n_txt, token_names, size, crop, target, aesthetic=None, zero_text=0):
+    params = {"original_size": list(size), "crop": list(crop), "zero_text": zero_text}
+    if target is not None:
+        params["target_size"] = list(target)
+    if aesthetic is not None:
+        params["aesthetic_score"] = aesthetic
+    return {"op": "cond.sdxl", "inputs": {"tokens%d" % i: token_names[i] for i in range(n_txt)},
+            "params": params, "outputs": {"crossattn": name_c, "vector": name_v}}
+
+
+def make_base_pipeline(out, gen, enc):
+    B, H, W = 2, 8, 8
+    clip = clip_embedder(enc, gen)
+    oc = openclip_embedder(enc, gen)
+    sizes = [enc.ConcatTimestepEmbedderND(8) for _ in range(3)]
+    keys = ["txt", "txt", "original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple"]
+    cond = conditioner(enc, [clip, oc] + sizes, keys)
+    tok_clip = make_tokens(gen, B, [5, 11], pad=EOT)  # HF CLIP pads with the end token
+    tok_oc = make_tokens(gen, B, [5, 11], pad=0)      # open_clip pads with 0
+    feed_tokens(enc, [clip, oc], [tok_clip, tok_oc])
+    size, crop, target = (64, 48), (3, 5), (64, 64)
+    batch = batch_for(keys, B, size, crop, target, None, 2)
+    with torch.no_grad():
+        # SDXL base demo: force_uc_zero_embeddings=["txt"] (scripts/demo/sampling.py run_txt2img)
+        c, uc = cond.get_unconditional_conditioning(batch, batch_uc=dict(batch), force_uc_zero_embeddings=["txt"])
+    unet_params = dict(adm_in_channels=c["vector"].shape[1], num_classes="sequential", use_checkpoint=False,
+                       in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2],
+                       num_res_blocks=1, channel_mult=[1, 1], num_head_channels=16, use_linear_in_transformer=True,
+                       transformer_depth=[0, 1], context_dim=c["crossattn"].shape[2],
+                       spatial_transformer_attn_type="softmax-xformers")
+    unet, den, net = denoiser_and_unet(gen, unet_params)
+    fs_state, decode = first_stage_decoder(gen)
+    x_T = torch.randn(B, 4, H, W, generator=gen)
+    steps, scale = 4, 5.0
+    sampler = sgm_sampling(SGM_ROOT, steps, scale)
+    rec = record_steps(sampler)
+    with torch.no_grad():
+        samples = sampler(lambda x, sigma, cc: den(net, x, sigma, cc), x_T.clone(), cond=c, uc=uc)
+        image = decode(samples, 0.13025)
+    state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    state.update(fs_state)
+    for i, e in enumerate([clip, oc]):
+        for k, v in e.state_dict().items():
+            state["conditioner.embedders.%d.%s" % (i, k)] = v
+    calls = [cond_call("c_crossattn", "c_vector", 2, ["tokens_clip", "tokens_openclip"], size, crop, target),
+             cond_call("uc_crossattn", "uc_vector", 2, ["tokens_clip", "tokens_openclip"], size, crop, target,
+                       zero_text=1),
+             {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
+                                              "uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector"},
+              "params": {"sampler": "euler", "steps": steps, "guidance_scale": scale},
+              "outputs": {"step_x": "step_x", "samples": "samples", "image": "image"}}]
+    outputs = {"c_crossattn": c["crossattn"], "c_vector": c["vector"], "uc_crossattn": uc["crossattn"],
+               "uc_vector": uc["vector"], "step_x": torch.stack(rec), "samples": samples, "image": image}
+    tols = {k: tolerance(v, None, forward=k.startswith("c") or k.startswith("uc")) for k, v in outputs.items()}
+    write_fixture(out, "sdxl_base_tiny",
+                  "SDXL base shaped end to end with the official sgm classes: GeneralConditioner (FrozenCLIPEmbedder "
+                  "layer hidden / layer_idx 1 of 2 layers, FrozenOpenCLIPEmbedder2 penultimate + pooled, "
+                  "ConcatTimestepEmbedderND x3, outdim 8), the base demo's unconditional branch "
+                  "(force_uc_zero_embeddings txt), EulerEDMSampler over LegacyDDPMDiscretization with VanillaCFG 5.0 "
+                  "(4 steps), DiscreteDenoiser + EpsScaling, decode_first_stage with scale_factor 0.13025; shrunk: "
+                  "towers width 64, vocab 512, UNet 2 levels",
+                  sgm_yaml(unet_params, BASE_EMB_YAML), state,
+                  {"tokens_clip": tok_clip, "tokens_openclip": tok_oc, "x_T": x_T}, outputs, calls, tols,
+                  extra={"f32_vs_f64": "not rerun in float64 (the text towers mix dtypes); trajectory "
+                                       "tolerances 1e-3 relative as the policy's sampler rule"})
+
+
 SGM_ROOT = None
+SGM = None
 
 
 def main():
@@ -270,7 +552,8 @@ def main():
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                                              "fixtures")
     torch.manual_seed(0)
-    sgm = import_sgm(SGM_ROOT)
+    global SGM
+    sgm = SGM = import_sgm(SGM_ROOT)
     base = dict(adm_in_channels=80, num_classes="sequential", use_checkpoint=False, in_channels=4, out_channels=4,
                 model_channels=32, attention_resolutions=[4, 2], num_res_blocks=1, channel_mult=[1, 1, 1],
                 num_head_channels=16, use_linear_in_transformer=True, transformer_depth=[0, 1, 2], context_dim=48,
@@ -288,6 +571,8 @@ def main():
                       "transformer_depth 2 as an int, context_dim as a list, num_classes sequential with "
                       "adm_in_channels 72), channels shrunk to 32; 16x16 latents so the deepest level is 2x2 (a 1x1 "
                       "GroupNorm of one channel per group is ill-conditioned)", refiner, H=16, W=16, seed=2)
+    enc = import_encoders()
+    make_base_pipeline(out, torch.Generator().manual_seed(3), enc)
 
 
 if __name__ == "__main__":
