@@ -730,6 +730,28 @@ LDM_API void ldm_sdxl_cond_params_init_size(ldm_sdxl_cond_params *params, size_t
 LDM_API ldm_status ldm_conditioner_encode_sdxl(ldm_conditioner *cond, const ldm_sdxl_cond_params *params,
                                                ldm_tensor **crossattn, ldm_tensor **vector);
 
+/* The UNet output (eps, or v) of an SDXL model for x [B,C,h,w] at timesteps [B] (I64 or F32)
+ * with crossattn / vector from ldm_conditioner_encode_sdxl; with uncond_* given and scale != 1
+ * one batched call on [uncond; cond] guided as u + scale (c - u) (sgm's VanillaCFG combines the
+ * denoised estimates, which is the same affine combination). */
+LDM_API ldm_status ldm_model_apply_sdxl(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                        const ldm_tensor *crossattn, const ldm_tensor *vector,
+                                        const ldm_tensor *uncond_crossattn, const ldm_tensor *uncond_vector,
+                                        float scale, ldm_tensor **out);
+
+/* Starts a run at step `first_step` (0 <= first_step < total steps) from x, a sample already at
+ * that step's noise level (another sampler's ldm_sampler_current after first_step steps of the
+ * same schedule: the SDXL base -> refiner hand-off). Multistep histories start empty. With the
+ * SGM discretization x makes sgm's round trip x / sqrt(1 + sigma^2) * sqrt(1 + sigma^2) (the
+ * refiner demo's do_img2img without added noise). */
+LDM_API ldm_status ldm_sampler_begin_at(ldm_sampler *s, const ldm_tensor *x, int first_step);
+
+/* The base steps of an SDXL base -> refiner run of `steps` steps in which the refiner takes over
+ * at fraction `refiner_start` of the schedule, by sgm's demo rule (Txt2NoisyDiscretizationWrapper
+ * and Img2ImgDiscretizationWrapper with strength 1 - refiner_start over the same steps):
+ * steps - max(min(int((1 - refiner_start) * (steps + 1)) - 1, steps), 0). */
+LDM_API int ldm_sdxl_base_steps(int steps, double refiner_start);
+
 #ifdef __cplusplus
 }
 #endif

@@ -113,6 +113,10 @@ ldm_status lm_sdxl_cond_create(ldm_model *m, struct ldm_conditioner *h);
 void lm_sdxl_cond_free(struct ldm_conditioner *h);
 ldm_status lm_cond_encode_sdxl(struct ldm_conditioner *cond, const ldm_sdxl_cond_params *p, ldm_tensor **crossattn,
                                ldm_tensor **vector);
+/* The SDXL UNet call, guided when uncond_* are given (sdxl_sample.c). */
+ldm_status lm_sdxl_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *timesteps, const ldm_tensor *ca,
+                         const ldm_tensor *vec, const ldm_tensor *uca, const ldm_tensor *uvec, float scale,
+                         ldm_tensor **out);
 /* CLIP BPE vocabulary search (text_cond.c). */
 ldm_status lm_find_vocab(const ldm_model *m, int bert, char *out, size_t cap);
 

@@ -648,3 +648,22 @@ ldm_status ls_sampler_begin_from(ldm_sampler *s, const ldm_tensor *z0, const ldm
     ldm_tensor_free(x0);
     return st;
 }
+
+ldm_status ldm_sampler_begin_at(ldm_sampler *s, const ldm_tensor *x, int first_step)
+{
+    if (!s) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_begin_at: NULL sampler");
+    if (first_step < 0 || first_step >= s->n_steps)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_begin_at: first step %d outside 0..%d", first_step,
+                        s->n_steps - 1);
+    LDM_TRY(ldm_sampler_begin(s, x));
+    float *dst = lt_f32(s->x);
+    const float *src = lt_f32(x);
+    if (s->p.discretization == LDM_DISCRETIZATION_SGM) {
+        float sig = (float)s->sigmas[first_step], a = sqrtf(1.0f + sig * sig);
+        for (size_t i = 0; i < s->numel; i++) dst[i] = (src[i] / a) * a;
+    } else {
+        memcpy(dst, src, s->numel * sizeof *dst);
+    }
+    s->step = first_step;
+    return LDM_OK;
+}

@@ -131,10 +131,17 @@ def dtype_name(t):
     return {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16"}[t.dtype]
 
 
-def write_fixture(out, name, description, config_yaml, state, inputs, outputs, calls, tolerances, extra=None):
+def write_fixture(out, name, description, config_yaml, state, inputs, outputs, calls, tolerances, extra=None,
+                  more_files=None):
     from safetensors.torch import save_file
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
+    for fname, content in (more_files or {}).items():
+        if isinstance(content, str):
+            with open(os.path.join(d, fname), "w") as f:
+                f.write(content)
+        else:
+            save_file(f16_state(content), os.path.join(d, fname))
     with open(os.path.join(d, "config.yaml"), "w") as f:
         f.write(config_yaml)
     save_file(f16_state(state), os.path.join(d, "model.safetensors"))
@@ -292,7 +299,7 @@ def import_encoders():
     return enc
 
 
-VOCAB = 512  # shrunk token tables; the ids fed are < VOCAB and end-of-text is the largest id of a row
+VOCAB = 256  # shrunk token tables; the ids fed are < VOCAB and end-of-text is the largest id of a row
 EOT = VOCAB - 1
 
 
@@ -311,7 +318,7 @@ def clip_embedder(enc, gen, width=64, layers=2, layer_idx=1):
     return e
 
 
-def openclip_embedder(enc, gen, width=64, layers=2, embed_dim=48, pooled=True):
+def openclip_embedder(enc, gen, width=64, layers=2, embed_dim=32, pooled=True):
     """FrozenOpenCLIPEmbedder2(layer: penultimate, always_return_pooled, legacy: false) on a shrunk
     open_clip CLIP text tower (the released one: ViT-bigG-14, 32 layers, width 1280)."""
     import open_clip.model as ocm
@@ -409,7 +416,7 @@ def denoiser_and_unet(gen, unet_params):
 def first_stage_decoder(gen):
     from sgm.modules.diffusionmodules.model import Decoder, Encoder
     dd = dict(attn_type="none", double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=32,
-              ch_mult=[1, 1], num_res_blocks=0, attn_resolutions=[], dropout=0.0)
+              ch_mult=[1], num_res_blocks=0, attn_resolutions=[], dropout=0.0)
     enc_, dec = Encoder(**dd), Decoder(**dd)
     qc, pqc = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(4, 4, 1)
     sd = {}
@@ -427,7 +434,7 @@ def sgm_yaml(unet_params, emb_yaml, scale_factor=0.13025):
     lines = unet_config_yaml(unet_params).split("\n")
     head = "\n".join(lines[:lines.index("    first_stage_config:")])
     return (head.replace("    scale_factor: 0.13025", "    scale_factor: %g" % scale_factor) + "\n" +
-            FIRST_STAGE_YAML.replace("ch_mult: [1]", "ch_mult: [1, 1]") +
+            FIRST_STAGE_YAML +
             "    conditioner_config:\n      target: sgm.modules.GeneralConditioner\n      params:\n        emb_models:\n" +
             emb_yaml)
 
@@ -473,8 +480,10 @@ def batch_for(keys, B, size, crop, target, aesthetic, n_txt):
     return batch
 
 
-def cond_call(name_c, name_v, n_txt, token_names, size, crop, target, aesthetic=None, zero_text=0):
+def cond_call(name_c, name_v, n_txt, token_names, size, crop, target, aesthetic=None, zero_text=0, model=None):
     params = {"original_size": list(size), "crop": list(crop), "zero_text": zero_text}
+    if model:
+        params["model"] = model
     if target is not None:
         params["target_size"] = list(target)
     if aesthetic is not None:
@@ -500,44 +509,130 @@ def make_base_pipeline(out, gen, enc):
         c, uc = cond.get_unconditional_conditioning(batch, batch_uc=dict(batch), force_uc_zero_embeddings=["txt"])
     unet_params = dict(adm_in_channels=c["vector"].shape[1], num_classes="sequential", use_checkpoint=False,
                        in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2],
-                       num_res_blocks=1, channel_mult=[1, 1], num_head_channels=16, use_linear_in_transformer=True,
+                       num_res_blocks=0, channel_mult=[1, 1], num_head_channels=16, use_linear_in_transformer=True,
                        transformer_depth=[0, 1], context_dim=c["crossattn"].shape[2],
                        spatial_transformer_attn_type="softmax-xformers")
     unet, den, net = denoiser_and_unet(gen, unet_params)
     fs_state, decode = first_stage_decoder(gen)
     x_T = torch.randn(B, 4, H, W, generator=gen)
+    denoise = lambda x, sigma, cc: den(net, x, sigma, cc)  # noqa: E731  (sgm.inference.helpers.do_sample)
     steps, scale = 4, 5.0
     sampler = sgm_sampling(SGM_ROOT, steps, scale)
     rec = record_steps(sampler)
+    # DPM++ 2M and Euler ancestral (with the noise of every step given) over the same schedule
+    from sgm.modules.diffusionmodules.sampling import DPMPP2MSampler, EulerAncestralSampler
+    disc = {"target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}
+    guider = {"target": "sgm.modules.diffusionmodules.guiders.VanillaCFG", "params": {"scale": scale}}
+    dpm = DPMPP2MSampler(num_steps=steps, discretization_config=disc, guider_config=guider, device="cpu")
+    anc = EulerAncestralSampler(num_steps=steps, discretization_config=disc, guider_config=guider, device="cpu")
+    anc_noise = torch.randn(steps, B, 4, H, W, generator=gen)
+    drawn = iter(range(steps))
+    anc.noise_sampler = lambda x: anc_noise[next(drawn)]
     with torch.no_grad():
-        samples = sampler(lambda x, sigma, cc: den(net, x, sigma, cc), x_T.clone(), cond=c, uc=uc)
+        samples = sampler(denoise, x_T.clone(), cond=c, uc=uc)
         image = decode(samples, 0.13025)
+        dpm_samples = dpm(denoise, x_T.clone(), cond=c, uc=uc)
+        anc_samples = anc(denoise, x_T.clone(), cond=c, uc=uc)
     state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
     state.update(fs_state)
     for i, e in enumerate([clip, oc]):
         for k, v in e.state_dict().items():
             state["conditioner.embedders.%d.%s" % (i, k)] = v
+    refiner = make_refiner(gen, enc, B, H, W, tok_oc, x_T, denoise, c, uc, scale)
     calls = [cond_call("c_crossattn", "c_vector", 2, ["tokens_clip", "tokens_openclip"], size, crop, target),
              cond_call("uc_crossattn", "uc_vector", 2, ["tokens_clip", "tokens_openclip"], size, crop, target,
                        zero_text=1),
              {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
                                               "uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector"},
               "params": {"sampler": "euler", "steps": steps, "guidance_scale": scale},
-              "outputs": {"step_x": "step_x", "samples": "samples", "image": "image"}}]
+              "outputs": {"step_x": "step_x", "samples": "samples", "image": "image"}},
+             {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
+                                              "uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector"},
+              "params": {"sampler": "dpmpp_2m", "steps": steps, "guidance_scale": scale},
+              "outputs": {"samples": "dpmpp_2m_samples"}},
+             {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "noise": "euler_a_noise", "c_crossattn": "c_crossattn",
+                                              "c_vector": "c_vector", "uc_crossattn": "uc_crossattn",
+                                              "uc_vector": "uc_vector"},
+              "params": {"sampler": "euler_a", "steps": steps, "guidance_scale": scale},
+              "outputs": {"samples": "euler_a_samples"}}] + refiner["calls"]
     outputs = {"c_crossattn": c["crossattn"], "c_vector": c["vector"], "uc_crossattn": uc["crossattn"],
-               "uc_vector": uc["vector"], "step_x": torch.stack(rec), "samples": samples, "image": image}
-    tols = {k: tolerance(v, None, forward=k.startswith("c") or k.startswith("uc")) for k, v in outputs.items()}
+               "uc_vector": uc["vector"], "step_x": torch.stack(rec), "samples": samples, "image": image,
+               "dpmpp_2m_samples": dpm_samples, "euler_a_samples": anc_samples, **refiner["outputs"]}
+    tols = {k: tolerance(v, None, forward="crossattn" in k or "vector" in k) for k, v in outputs.items()}
+    inputs = {"tokens_clip": tok_clip, "tokens_openclip": tok_oc, "x_T": x_T, "euler_a_noise": anc_noise,
+              **refiner["inputs"]}
     write_fixture(out, "sdxl_base_tiny",
-                  "SDXL base shaped end to end with the official sgm classes: GeneralConditioner (FrozenCLIPEmbedder "
-                  "layer hidden / layer_idx 1 of 2 layers, FrozenOpenCLIPEmbedder2 penultimate + pooled, "
-                  "ConcatTimestepEmbedderND x3, outdim 8), the base demo's unconditional branch "
-                  "(force_uc_zero_embeddings txt), EulerEDMSampler over LegacyDDPMDiscretization with VanillaCFG 5.0 "
-                  "(4 steps), DiscreteDenoiser + EpsScaling, decode_first_stage with scale_factor 0.13025; shrunk: "
-                  "towers width 64, vocab 512, UNet 2 levels",
-                  sgm_yaml(unet_params, BASE_EMB_YAML), state,
-                  {"tokens_clip": tok_clip, "tokens_openclip": tok_oc, "x_T": x_T}, outputs, calls, tols,
+                  "SDXL base and refiner shaped end to end with the official sgm classes: GeneralConditioner "
+                  "(FrozenCLIPEmbedder layer hidden / layer_idx 1 of 2 layers, FrozenOpenCLIPEmbedder2 penultimate + "
+                  "pooled, ConcatTimestepEmbedderND x3, outdim 8), the base demo's unconditional branch "
+                  "(force_uc_zero_embeddings txt), EulerEDMSampler / DPMPP2MSampler / EulerAncestralSampler over "
+                  "LegacyDDPMDiscretization with VanillaCFG 5.0 (4 steps), DiscreteDenoiser + EpsScaling, "
+                  "decode_first_stage with scale_factor 0.13025; then base -> refiner (refiner.safetensors: "
+                  "FrozenOpenCLIPEmbedder2 + original size, crop, aesthetic score 6.0 / negative 2.5 with the "
+                  "encoded empty prompt as the refiner demo does) with the demo's finish-denoising split "
+                  "(Txt2NoisyDiscretizationWrapper / Img2ImgDiscretizationWrapper, strength 0.4 of 8 steps). Shrunk: "
+                  "towers width 64 (2 layers, vocab 256), UNets 2 levels, first stage f1",
+                  sgm_yaml(unet_params, BASE_EMB_YAML), state, inputs, outputs, calls, tols,
                   extra={"f32_vs_f64": "not rerun in float64 (the text towers mix dtypes); trajectory "
-                                       "tolerances 1e-3 relative as the policy's sampler rule"})
+                                       "tolerances 1e-3 relative as the policy's sampler rule"},
+                  more_files=refiner["files"])
+
+
+def make_refiner(gen, enc, B, H, W, tok_oc, x_T, base_denoise, c, uc, scale):
+    """The refiner demo (scripts/demo/sampling.py apply_refiner + streamlit_helpers.do_img2img with
+    add_noise False) after a base run pruned by Txt2NoisyDiscretizationWrapper."""
+    oc = openclip_embedder(enc, gen)
+    sizes = [enc.ConcatTimestepEmbedderND(8) for _ in range(3)]
+    keys = ["txt", "original_size_as_tuple", "crop_coords_top_left", "aesthetic_score"]
+    cond = conditioner(enc, [oc] + sizes, keys)
+    tok_empty = make_tokens(gen, B, [0, 0], pad=0)  # the negative prompt "": start, end, padding
+    size = (H * 8, W * 8)  # apply_refiner: input.shape * 8 (here the latent is the image: f1)
+    batch = batch_for(keys, B, size, (0, 0), None, 6.0, 1)
+    batch_uc = batch_for(keys, B, size, (0, 0), None, 2.5, 1)
+    with torch.no_grad():
+        feed_tokens(enc, [oc], [tok_oc])
+        rc = cond(batch)
+        feed_tokens(enc, [oc], [tok_empty])
+        ruc = cond(batch_uc)
+    unet_params = dict(adm_in_channels=rc["vector"].shape[1], num_classes="sequential", use_checkpoint=False,
+                       in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2], num_res_blocks=0,
+                       channel_mult=[1, 1], num_head_channels=16, use_linear_in_transformer=True, transformer_depth=1,
+                       context_dim=[rc["crossattn"].shape[2]], spatial_transformer_attn_type="softmax-xformers")
+    unet, den, net = denoiser_and_unet(gen, unet_params)
+    fs_state, decode = first_stage_decoder(gen)
+    steps, strength = 8, 0.4
+    base = sgm_sampling(SGM_ROOT, steps, scale, strength=strength, original_steps=steps)
+    ref = sgm_sampling(SGM_ROOT, steps, scale, img2img_strength=strength)
+    rec = record_steps(base)
+    rec_r = record_steps(ref)
+    with torch.no_grad():
+        z = base(base_denoise, x_T.clone(), cond=c, uc=uc)
+        sigmas = ref.discretization(ref.num_steps)
+        noised_z = z / torch.sqrt(1.0 + sigmas[0] ** 2.0)  # do_img2img, add_noise False
+        samples = ref(lambda x, sigma, cc: den(net, x, sigma, cc), noised_z, cond=rc, uc=ruc)
+        image = decode(samples, 0.13025)
+    state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    state.update(fs_state)
+    for k, v in oc.state_dict().items():
+        state["conditioner.embedders.0.%s" % k] = v
+    other = {"weights": "refiner.safetensors", "config": "refiner.yaml"}
+    calls = [cond_call("rc_crossattn", "rc_vector", 1, ["tokens_openclip"], size, (0, 0), None, aesthetic=6.0,
+                       model=other),
+             cond_call("urc_crossattn", "urc_vector", 1, ["tokens_empty"], size, (0, 0), None, aesthetic=2.5,
+                       model=other),
+             {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
+                                              "uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector",
+                                              "rc_crossattn": "rc_crossattn", "rc_vector": "rc_vector",
+                                              "urc_crossattn": "urc_crossattn", "urc_vector": "urc_vector"},
+              "params": {"sampler": "euler", "steps": steps, "guidance_scale": scale,
+                         "refiner": {"weights": "refiner.safetensors", "config": "refiner.yaml",
+                                     "refiner_start": 1.0 - strength}},
+              "outputs": {"step_x": "handoff_step_x", "samples": "handoff_samples", "image": "handoff_image"}}]
+    return {"calls": calls, "inputs": {"tokens_empty": tok_empty},
+            "outputs": {"rc_crossattn": rc["crossattn"], "rc_vector": rc["vector"], "urc_crossattn": ruc["crossattn"],
+                        "urc_vector": ruc["vector"], "handoff_step_x": torch.stack(rec + rec_r),
+                        "handoff_samples": samples, "handoff_image": image},
+            "files": {"refiner.yaml": sgm_yaml(unet_params, REFINER_EMB_YAML), "refiner.safetensors": state}}
 
 
 SGM_ROOT = None
