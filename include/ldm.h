@@ -509,6 +509,15 @@ typedef struct ldm_generate_params {
                                      used as the unconditional branch of guidance and for samples
                                      without class_label. LDM_UNCOND_CLASS_AUTO (default): see below;
                                      LDM_UNCOND_CLASS_NONE: the model has none; >= 0: that class. */
+    /* SDXL (sgm) models, see the SDXL section at the end of this header: */
+    int original_width, original_height; /* size conditioning; 0 (default): the output size */
+    int crop_left, crop_top;              /* crop_coords_top_left, default 0 */
+    int target_width, target_height;      /* 0 (default): the output size */
+    float aesthetic_score;                /* refiner models: default 6.0 */
+    float negative_aesthetic_score;       /* refiner models' unconditional branch: default 2.5 */
+    ldm_model *refiner;                   /* an SDXL refiner that finishes the run; NULL: none */
+    double refiner_start;                 /* fraction of the schedule the base runs (default 0.8;
+                                             ldm_sdxl_base_steps) */
 } ldm_generate_params;
 
 /* The unconditional class of a class-conditional model (ldm_generate_params.uncond_class).

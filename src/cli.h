@@ -20,6 +20,8 @@ typedef struct cli_options {
     uint64_t seed;                  /* image k of a batch uses seed + k */
     size_t max_memory;              /* bytes; 0: no cap */
     int seed_given, strength_given, quiet;
+    const char *refiner, *refiner_config; /* SDXL refiner checkpoint and its config */
+    float refiner_start;                  /* fraction of the steps the base runs (default 0.8) */
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help

@@ -77,6 +77,10 @@ static const struct {
           "                          class, off otherwise)\n"},
     {RUN, "  --eta F                 DDIM noise, 0 .. 10 (default 0; plms needs 0)\n"},
     {RUN, "  --seed N                0 .. 18446744073709551615 (default: random, printed); recorded in the PNG\n"},
+    {GEN, "  --refiner FILE          SDXL: a refiner checkpoint that finishes the run (sd_xl_refiner_1.0); its config\n"
+          "                          from --refiner-config, else found beside it like --config\n"
+          "  --refiner-start F       SDXL: fraction of the steps the base runs before the refiner, 0 .. 1\n"
+          "                          (default 0.8; sgm demo rule, ldm_sdxl_base_steps)\n"},
     {RUN, "  --batch N               images, 1 .. 64 (default 1); image k is generated on its own with seed N+k\n"
           "                          (wrapping past the largest seed), so any one is re-made alone with the\n"
           "                          seed recorded in its PNG\n"},

@@ -165,6 +165,7 @@ static void defaults(cli_options *o)
     o->weights = "auto";
     o->output = "out.png";
     o->layout_classes = 300;
+    o->refiner_start = 0.8f;
 }
 
 static const struct {
@@ -185,11 +186,13 @@ static const struct {
     {"--layout", offsetof(cli_options, layout)},
     {"--sampler", offsetof(cli_options, sampler_name)},
     {"--weights", offsetof(cli_options, weights)},
+    {"--refiner", offsetof(cli_options, refiner)},
+    {"--refiner-config", offsetof(cli_options, refiner_config)},
 };
 
 static const char *const parsed_options[] = {
     "--class",     "--uncond-class", "--steps", "--width",    "--height", "--batch",     "--threads", "--vae-tile",
-    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory"};
+    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--refiner-start"};
 
 /* The options whose value is a number (or a keyword); returns 0 handled, 1 not one of them,
  * 2 a bad value. */
@@ -207,6 +210,7 @@ static int parsed_option(cli_options *o, const char *opt, const char *v)
     if (!strcmp(opt, "--cfg-scale")) return parse_float(opt, v, 0.0f, 100.0f, &o->cfg_scale);
     if (!strcmp(opt, "--eta")) return parse_float(opt, v, 0.0f, 10.0f, &o->eta);
     if (!strcmp(opt, "--max-memory")) return parse_size(opt, v, &o->max_memory);
+    if (!strcmp(opt, "--refiner-start")) return parse_float(opt, v, 0.0f, 1.0f, &o->refiner_start);
     if (!strcmp(opt, "--strength")) {
         o->strength_given = 1;
         return parse_float(opt, v, 0.001f, 1.0f, &o->strength);

@@ -370,9 +370,18 @@ static int run_images(const cli_options *o, ldm_model *m, ldm_generate_params *p
     return rc;
 }
 
+/* --refiner: the SDXL refiner, loaded like the model (its own config). */
+static ldm_status load_refiner(const cli_options *o, ldm_model **r)
+{
+    cli_options ro = *o;
+    ro.model = o->refiner;
+    ro.config = o->refiner_config;
+    return load_model(&ro, r);
+}
+
 static int run_generate(cli_options *o)
 {
-    ldm_model *m = NULL;
+    ldm_model *m = NULL, *refiner = NULL;
     ldm_tensor *owned[4] = {0};
     ldm_generate_params p;
     cli_progress bar;
@@ -383,12 +392,19 @@ static int run_generate(cli_options *o)
     if (load_inputs(o, &p, owned) == 0) {
         if (load_model(o, &m) != LDM_OK)
             fail(model_name(o));
+        else if (o->refiner && load_refiner(o, &refiner) != LDM_OK)
+            fail(o->refiner);
         else {
             report_config(o, m, stderr, "ldm: ");
+            p.refiner = refiner;
+            char dec[32]; /* the decimal the user wrote, not the float nearest to it */
+            snprintf(dec, sizeof dec, "%.6g", (double)o->refiner_start);
+            p.refiner_start = strtod(dec, NULL);
             rc = run_images(o, m, &p);
         }
     }
     for (int i = 0; i < 4; i++) ldm_tensor_free(owned[i]);
+    ldm_model_free(refiner);
     ldm_model_free(m);
     return rc;
 }
