@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FIX "tests/fixtures/sdxl_base_tiny"
+#define FIX        "tests/fixtures/sdxl_base_tiny"
 #define FULL_VOCAB 49408
 
 static int have_fixture(void)

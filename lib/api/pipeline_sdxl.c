@@ -32,16 +32,20 @@ ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ld
 {
     (void)in;
     if (p->init_image || p->mask || p->cond_image || p->layout_tokens)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: SDXL: image-to-image, inpainting and image conditioning are not "
-                        "implemented (text-to-image only)", m->path);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: SDXL: image-to-image, inpainting and image conditioning are not "
+                        "implemented (text-to-image only)",
+                        m->path);
     if (p->class_label >= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: SDXL models take a prompt, not a class label", m->path);
     /* sgm has no DDIM/PLMS/DDPM: the library's default (DDIM) becomes the demo's EulerEDMSampler */
     if (p->sampler == LDM_SAMPLER_DDIM) p->sampler = LDM_SAMPLER_EULER;
     if (p->sampler != LDM_SAMPLER_EULER && p->sampler != LDM_SAMPLER_EULER_ANCESTRAL &&
         p->sampler != LDM_SAMPLER_HEUN && p->sampler != LDM_SAMPLER_DPMPP_2M)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: SDXL samples with euler, euler_a, heun or dpmpp_2m (sgm's "
-                        "samplers); sampler %d is not one of them", m->path, (int)p->sampler);
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "%s: SDXL samples with euler, euler_a, heun or dpmpp_2m (sgm's "
+                        "samplers); sampler %d is not one of them",
+                        m->path, (int)p->sampler);
     if (p->guidance_scale == 0.0f) p->guidance_scale = 5.0f; /* the demo's cfg-scale default */
     if (!isfinite(p->guidance_scale) || !isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: guidance and aesthetic scores must be numbers");

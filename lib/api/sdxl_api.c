@@ -44,8 +44,8 @@ static ldm_status tokenize(struct ldm_conditioner *cond, int k, const ldm_sdxl_c
     if (!cond->sdxl_tok[k]) {
         char path[4096];
         LDM_TRY(lm_find_vocab(cond->model, 0, path, sizeof path));
-        ldm_tokenizer_kind kind = lsdxl_cond_text_kind(cond->sdxl, k) == LD_COND_CLIP ? LDM_TOKENIZER_CLIP
-                                                                                     : LDM_TOKENIZER_OPENCLIP;
+        ldm_tokenizer_kind kind =
+            lsdxl_cond_text_kind(cond->sdxl, k) == LD_COND_CLIP ? LDM_TOKENIZER_CLIP : LDM_TOKENIZER_OPENCLIP;
         LDM_TRY(ldm_tokenizer_load(kind, path, &cond->sdxl_tok[k]));
     }
     return ldm_tokenizer_encode(cond->sdxl_tok[k], p->prompts, p->n_prompts, 77, out);
@@ -53,16 +53,18 @@ static ldm_status tokenize(struct ldm_conditioner *cond, int k, const ldm_sdxl_c
 
 static ldm_status check_params(const struct ldm_conditioner *cond, const ldm_sdxl_cond_params *p, int *B)
 {
-    const double v[] = {p->original_height, p->original_width, p->crop_top, p->crop_left,
-                        p->target_height, p->target_width, p->aesthetic_score};
+    const double v[] = {p->original_height, p->original_width, p->crop_top,       p->crop_left,
+                        p->target_height,   p->target_width,   p->aesthetic_score};
     for (size_t i = 0; i < LDM_ARRAY_LEN(v); i++)
         if (!isfinite(v[i]) || fabs(v[i]) > 1e9)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_conditioner_encode_sdxl: size/crop/score value %g", v[i]);
     int n_text = lsdxl_cond_n_text(cond->sdxl);
     if (p->tokens) {
         if (p->n_tokens != n_text)
-            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_conditioner_encode_sdxl: %d token tensors for %d text "
-                            "encoders", p->n_tokens, n_text);
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                            "ldm_conditioner_encode_sdxl: %d token tensors for %d text "
+                            "encoders",
+                            p->n_tokens, n_text);
         for (int k = 0; k < n_text; k++)
             LDM_TRY(lt_check(p->tokens[k], "ldm_conditioner_encode_sdxl: tokens", LDM_I64, 2));
         *B = n_text ? (int)p->tokens[0]->shape[0] : 1;
@@ -74,28 +76,31 @@ static ldm_status check_params(const struct ldm_conditioner *cond, const ldm_sdx
     return LDM_OK;
 }
 
-ldm_status lm_cond_encode_sdxl(struct ldm_conditioner *cond, const ldm_sdxl_cond_params *params,
-                               ldm_tensor **crossattn, ldm_tensor **vector)
+ldm_status lm_cond_encode_sdxl(struct ldm_conditioner *cond, const ldm_sdxl_cond_params *params, ldm_tensor **crossattn,
+                               ldm_tensor **vector)
 {
     if (!cond->sdxl) return ldm_fail(LDM_ERR_UNSUPPORTED, "this model has no SDXL conditioner");
     ldm_sdxl_cond_params p;
     ldm_sdxl_cond_params_init(&p);
-    LDM_TRY(ldm_params_read(params, &p, sizeof p, offsetof(ldm_sdxl_cond_params, aesthetic_score) +
-                            sizeof p.aesthetic_score, "ldm_sdxl_cond_params"));
+    LDM_TRY(ldm_params_read(params, &p, sizeof p,
+                            offsetof(ldm_sdxl_cond_params, aesthetic_score) + sizeof p.aesthetic_score,
+                            "ldm_sdxl_cond_params"));
     int B = 0, n_text = lsdxl_cond_n_text(cond->sdxl);
     LDM_TRY(check_params(cond, &p, &B));
     ldm_tensor *owned[LD_MAX_EMBEDDERS] = {0};
     const ldm_tensor *tokens[LD_MAX_EMBEDDERS] = {0};
     ldm_status st = LDM_OK;
     for (int k = 0; k < n_text && st == LDM_OK; k++) {
-        if (p.tokens) tokens[k] = p.tokens[k];
-        else if (!p.zero_text && (st = tokenize(cond, k, &p, &owned[k])) == LDM_OK) tokens[k] = owned[k];
+        if (p.tokens)
+            tokens[k] = p.tokens[k];
+        else if (!p.zero_text && (st = tokenize(cond, k, &p, &owned[k])) == LDM_OK)
+            tokens[k] = owned[k];
     }
     lsdxl_values *values = st == LDM_OK ? ldm_calloc((size_t)B, sizeof *values) : NULL;
     if (st == LDM_OK && !values) st = ldm_alloc_failure_status();
     for (int b = 0; st == LDM_OK && b < B; b++)
-        values[b] = (lsdxl_values){p.original_height, p.original_width, p.crop_top, p.crop_left,
-                                   p.target_height, p.target_width, p.aesthetic_score};
+        values[b] = (lsdxl_values){p.original_height, p.original_width, p.crop_top,       p.crop_left,
+                                   p.target_height,   p.target_width,   p.aesthetic_score};
     if (st == LDM_OK)
         st = lsdxl_cond_encode(cond->sdxl, &cond->model->ctx, tokens, values, B, p.zero_text, crossattn, vector);
     ldm_free(values);

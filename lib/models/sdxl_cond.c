@@ -17,7 +17,7 @@ typedef struct lsdxl_emb {
     int final_ln;      /* the tower's output gets the final LayerNorm */
     float *proj;       /* text_projection [width, proj_dim] (pooled embedders) */
     int width, proj_dim;
-    int numbers;       /* size embedders: values per sample */
+    int numbers; /* size embedders: values per sample */
 } lsdxl_emb;
 
 struct lsdxl_cond {
@@ -38,8 +38,10 @@ static ldm_status text_heads(const lw_store *s, const char *prefix, ld_cond *t)
     if (!tok || tok->ndim != 2)
         return ldm_fail(LDM_ERR_NOT_FOUND, "sdxl conditioner: %s*: no text encoder token embedding", prefix);
     if (tok->shape[1] % 64)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "sdxl conditioner: %s*: width %lld is not a multiple of the usual "
-                        "64-channel heads; the head count is unknown", prefix, (long long)tok->shape[1]);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "sdxl conditioner: %s*: width %lld is not a multiple of the usual "
+                        "64-channel heads; the head count is unknown",
+                        prefix, (long long)tok->shape[1]);
     t->heads = (int)(tok->shape[1] / 64);
     return LDM_OK;
 }
@@ -79,8 +81,10 @@ static ldm_status create_text(lsdxl_emb *e, const lw_store *s, int index)
     if (e->d.kind == LD_EMB_CLIP && e->d.layer == LD_EMB_LAYER_HIDDEN) {
         int idx = e->d.layer_idx < 0 ? e->d.layer_idx + L + 1 : e->d.layer_idx; /* hidden_states has L+1 */
         if (idx < 0 || idx > L)
-            return ldm_fail(LDM_ERR_FORMAT, "sdxl conditioner: embedder %d: layer_idx %d outside the %d hidden "
-                            "states", index, e->d.layer_idx, L + 1);
+            return ldm_fail(LDM_ERR_FORMAT,
+                            "sdxl conditioner: embedder %d: layer_idx %d outside the %d hidden "
+                            "states",
+                            index, e->d.layer_idx, L + 1);
         t.layer_skip = L - idx; /* blocks after hidden_states[idx] are never needed */
         e->final_ln = 0;
     } else if (e->d.kind == LD_EMB_OPENCLIP2 && e->d.legacy) {
@@ -151,9 +155,18 @@ ldm_status lsdxl_cond_create(const ld_sgm *g, const lw_store *s, lsdxl_cond **ou
     return LDM_OK;
 }
 
-int lsdxl_cond_n_text(const lsdxl_cond *c) { return c->n_text; }
-int lsdxl_cond_context_dim(const lsdxl_cond *c) { return c->context_dim; }
-int lsdxl_cond_vector_dim(const lsdxl_cond *c) { return c->vector_dim; }
+int lsdxl_cond_n_text(const lsdxl_cond *c)
+{
+    return c->n_text;
+}
+int lsdxl_cond_context_dim(const lsdxl_cond *c)
+{
+    return c->context_dim;
+}
+int lsdxl_cond_vector_dim(const lsdxl_cond *c)
+{
+    return c->vector_dim;
+}
 
 static const lsdxl_emb *text_emb(const lsdxl_cond *c, int k)
 {
@@ -231,10 +244,18 @@ static ldm_status encode_size(const lsdxl_emb *e, const lsdxl_values *values, en
     for (int b = 0; b < o->B; b++) {
         const lsdxl_values *v = &values[b];
         switch (e->d.input) {
-        case LD_EMB_IN_ORIGINAL_SIZE: t[0] = (float)v->original_h, t[1] = (float)v->original_w; break;
-        case LD_EMB_IN_CROP: t[0] = (float)v->crop_top, t[1] = (float)v->crop_left; break;
-        case LD_EMB_IN_TARGET_SIZE: t[0] = (float)v->target_h, t[1] = (float)v->target_w; break;
-        default: t[0] = (float)v->aesthetic; break;
+        case LD_EMB_IN_ORIGINAL_SIZE:
+            t[0] = (float)v->original_h, t[1] = (float)v->original_w;
+            break;
+        case LD_EMB_IN_CROP:
+            t[0] = (float)v->crop_top, t[1] = (float)v->crop_left;
+            break;
+        case LD_EMB_IN_TARGET_SIZE:
+            t[0] = (float)v->target_h, t[1] = (float)v->target_w;
+            break;
+        default:
+            t[0] = (float)v->aesthetic;
+            break;
         }
         lunet_timestep_embedding(t, e->numbers, e->d.outdim, o->vec + (size_t)b * o->vector_dim + o->vec_off);
     }
@@ -249,8 +270,10 @@ static ldm_status encode_all(lsdxl_cond *c, const lctx *ctx, const ldm_tensor *c
     int k = 0;
     for (int i = 0; i < c->n; i++) {
         const lsdxl_emb *e = &c->e[i];
-        if (e->d.kind == LD_EMB_SIZE) LDM_TRY(encode_size(e, values, o));
-        else LDM_TRY(encode_text(e, ctx, tokens ? tokens[k++] : NULL, zero_text, o));
+        if (e->d.kind == LD_EMB_SIZE)
+            LDM_TRY(encode_size(e, values, o));
+        else
+            LDM_TRY(encode_text(e, ctx, tokens ? tokens[k++] : NULL, zero_text, o));
     }
     return LDM_OK;
 }

@@ -49,7 +49,7 @@ class ModelParams(Structure):
 
 class SamplerParams(Structure):
     _fields_ = [("struct_size", c_size_t), ("kind", c_int), ("steps", c_int), ("eta", c_float),
-                ("ddim_quad", c_int), ("seed", c_uint64)]
+                ("ddim_quad", c_int), ("seed", c_uint64), ("discretization", c_int)]
 
 
 class GenerateParams(Structure):
@@ -60,7 +60,11 @@ class GenerateParams(Structure):
                 ("strength", c_float), ("mask", c_void_p), ("cond_image", c_void_p),
                 ("layout_tokens", c_void_p), ("vae_tile", c_int),
                 ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p),
-                ("uncond_class", c_int)]
+                ("uncond_class", c_int),
+                # SDXL (issue #14)
+                ("original_width", c_int), ("original_height", c_int), ("crop_left", c_int), ("crop_top", c_int),
+                ("target_width", c_int), ("target_height", c_int), ("aesthetic_score", c_float),
+                ("negative_aesthetic_score", c_float), ("refiner", c_void_p), ("refiner_start", c_double)]
 
 
 class TrainProgress(Structure):
