@@ -254,7 +254,8 @@ typedef enum ldm_conditioner_kind {
     LDM_COND_BERT = 4,             /* LDM BERTEmbedder (text2img, layout2img) */
     LDM_COND_SPATIAL_RESCALER = 5, /* semantic maps */
     LDM_COND_FIRST_STAGE = 6,      /* the first stage encodes the condition (inpainting) */
-    LDM_COND_IDENTITY = 7          /* the condition is used as is (super-resolution) */
+    LDM_COND_IDENTITY = 7,         /* the condition is used as is (super-resolution) */
+    LDM_COND_SDXL = 8              /* SDXL GeneralConditioner: ldm_conditioner_encode_sdxl */
 } ldm_conditioner_kind;
 
 LDM_API ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond);

@@ -361,6 +361,14 @@ START_TEST(test_generate_refuses_what_sdxl_lacks)
     ldm_model_params mp;
     ldm_model_params_init(&mp);
     ck_assert_int_eq(ldm_model_load(FIX "/model.safetensors", &mp, &m), LDM_OK);
+    ldm_conditioner *cond = NULL;
+    ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
+    ck_assert_int_eq(ldm_conditioner_get_kind(cond), LDM_COND_SDXL);
+    ldm_tensor *ids = NULL, *out = NULL; /* the single-tensor conditioner calls do not apply */
+    int64_t shape[2] = {1, 77};
+    ck_assert_int_eq(ldm_tensor_create(LDM_I64, 2, shape, &ids), LDM_OK);
+    ck_assert_int_ne(ldm_conditioner_encode_tokens(cond, ids, &out), LDM_OK);
+    ldm_tensor_free(ids);
     ldm_generate_params gp, r;
     ldm_generate_params_init(&gp);
     gp.width = gp.height = 8;

@@ -120,7 +120,7 @@ static int unet_forward(lua_State *L)
 static int cond_kind(lua_State *L)
 {
     static const char *const names[] = {"none", "class", "clip_text", "openclip_text", "bert",
-                                        "spatial_rescaler", "first_stage", "identity"};
+                                        "spatial_rescaler", "first_stage", "identity", "sdxl"};
     ldm_conditioner_kind k = ldm_conditioner_get_kind(check_component(L, 1, LB_CONDITIONER));
     lua_pushstring(L, (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "unknown");
     return 1;

@@ -217,6 +217,7 @@ ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x, const ldm_tenso
 ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond)
 {
     if (!cond) return LDM_COND_NONE;
+    if (cond->sdxl) return LDM_COND_SDXL;
     switch (cond->kind) {
     case LD_COND_CLASS: return LDM_COND_CLASS;
     case LD_COND_CLIP: return LDM_COND_CLIP_TEXT;

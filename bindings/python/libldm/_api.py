@@ -29,7 +29,7 @@ PARAMETERIZATIONS = {"eps": 0, "v": 1}
 TOKENIZERS = {"clip": 0, "openclip": 1, "bert": 2}
 AUTOENCODER_KINDS = {0: "kl", 1: "vq"}
 CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 4: "bert",
-                     5: "spatial_rescaler", 6: "first_stage", 7: "identity"}
+                     5: "spatial_rescaler", 6: "first_stage", 7: "identity", 8: "sdxl"}
 LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
 UNCOND_CLASS_AUTO = -1  # LDM_UNCOND_CLASS_AUTO: the model's own unconditional class, if any
 UNCOND_CLASS_NONE = -2  # LDM_UNCOND_CLASS_NONE: the model has none

@@ -106,7 +106,7 @@ class Conditioner(_Component):
     @property
     def kind(self):
         """"none", "class", "clip_text", "openclip_text", "bert", "spatial_rescaler",
-        "first_stage" or "identity"."""
+        "first_stage", "identity" or "sdxl"."""
         return _api.CONDITIONER_KINDS[self._get(_lib.ldm_conditioner_get_kind)]
 
     def encode_tokens(self, tokens):
