@@ -658,13 +658,14 @@ def main():
                       "[0,1,2], middle depth = last, num_classes sequential with adm_in_channels 80, linear "
                       "proj, num_head_channels 16), channels shrunk to 32", base, seed=1)
     refiner = dict(adm_in_channels=72, num_classes="sequential", use_checkpoint=False, in_channels=4, out_channels=4,
-                   model_channels=32, attention_resolutions=[4, 2], num_res_blocks=1, channel_mult=[1, 1, 1, 1],
+                   model_channels=32, attention_resolutions=[4, 2], num_res_blocks=0, channel_mult=[1, 1, 1, 1],
                    num_head_channels=16, use_linear_in_transformer=True, transformer_depth=2, context_dim=[40, 40],
                    spatial_transformer_attn_type="softmax-xformers")
     make_unet_fixture(sgm, out, "unet_sdxl_refiner",
                       "sgm UNetModel shaped like sd_xl_refiner.yaml (4 levels, attention at ds 4 and 2 only, "
                       "transformer_depth 2 as an int, context_dim as a list, num_classes sequential with "
-                      "adm_in_channels 72), channels shrunk to 32; 16x16 latents so the deepest level is 2x2 (a 1x1 "
+                      "adm_in_channels 72), channels shrunk to 32, num_res_blocks 0 (input-side attention is "
+                      "covered by unet_sdxl_base); 16x16 latents so the deepest level is 2x2 (a 1x1 "
                       "GroupNorm of one channel per group is ill-conditioned)", refiner, H=16, W=16, seed=2)
     enc = import_encoders()
     make_base_pipeline(out, torch.Generator().manual_seed(3), enc)
