@@ -60,7 +60,8 @@ static const struct {
     {INP, "  --mask FILE.png         the mask, white = repaint (required)\n"},
     {I2I | INP, "  --strength F            fraction of the schedule re-run, 0.001 .. 1 (default 0.75 for img2img; 1 for\n"
                 "                          inpaint: the masked part from pure noise; inpainting models ignore it)\n"},
-    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras\n"},
+    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras\n"
+          "                          (SDXL: euler, euler_a, heun, dpmpp_2m over sgm's noise levels; ddim runs euler)\n"},
     {RUN, "  --steps N               sampler steps, 1 .. 10000 (default 50); with T the model's training timesteps\n"
           "                          (1000 for the CompVis and SD models):\n"
           "                          ddim, plms: evenly spaced timesteps 1 + k * (T/N rounded down): N of them\n"
