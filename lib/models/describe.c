@@ -98,7 +98,7 @@ static void put_params(writer *w, const stats *st, int part)
 
 static const char *kind_name(const ld_model *m)
 {
-    if (m->sgm.present) return "text-to-image diffusion, SDXL style (sgm DiffusionEngine, two text encoders)";
+    if (m->sgm.present) return "text-to-image diffusion, SDXL style (sgm DiffusionEngine, GeneralConditioner)";
     switch (m->cond.kind) {
     case LD_COND_CLIP: return "text-to-image LDM, Stable Diffusion 1.x style (CLIP text encoder)";
     case LD_COND_OPENCLIP: return "text-to-image LDM, Stable Diffusion 2.x style (OpenCLIP text encoder)";

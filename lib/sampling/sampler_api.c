@@ -104,8 +104,17 @@ static ldm_status check_params(const ldm_sampler_params *p, int T)
 static double model_t(const ldm_sampler *s, double sigma)
 {
     if (s->p.discretization == LDM_DISCRETIZATION_SGM)
-        return (double)ls_sgm_sigma_index(s->sched->sgm_sigmas, s->sched->n, sigma);
+        return (double)ls_sgm_sigma_index(s->sched->sgm_denoiser_sigmas, s->sched->n, sigma);
     return ls_ksched_sigma_to_t(&s->ks, sigma);
+}
+
+/* The noise level the network input and output are scaled with: sgm's DiscreteDenoiser
+ * quantises sigma to its table (possibly_quantize_sigma); k-diffusion uses sigma itself. */
+static double scale_sigma(const ldm_sampler *s, double sigma)
+{
+    if (s->p.discretization != LDM_DISCRETIZATION_SGM) return sigma;
+    return (double)s->sched->sgm_denoiser_sigmas[ls_sgm_sigma_index(s->sched->sgm_denoiser_sigmas, s->sched->n,
+                                                                     sigma)];
 }
 
 /* Schedule-dependent arrays: DDIM parameters, k sigmas, per-step timesteps, evaluation count. */
@@ -319,7 +328,8 @@ static void make_request(ldm_sampler *s)
     default: { /* k-samplers: the model sees x * c_in(sigma) at t(sigma) */
         double sigma = s->phase == 0 ? s->sigmas[k] : s->sigmas[k + 1];
         const float *src = s->phase == 0 ? x : slot(s, W_XTMP);
-        float c_in = s->p.discretization == LDM_DISCRETIZATION_SGM ? ls_sgm_c_in((float)sigma) : (float)ls_k_c_in(sigma);
+        float c_in = s->p.discretization == LDM_DISCRETIZATION_SGM ? ls_sgm_c_in((float)scale_sigma(s, sigma))
+                                                                   : (float)ls_k_c_in(sigma);
         for (size_t i = 0; i < s->numel; i++) xin[i] = src[i] * c_in;
         s->pending_t = s->phase == 0 ? s->step_t[k] : model_t(s, sigma);
         return;
@@ -454,7 +464,7 @@ static void give_k(ldm_sampler *s, const float *out)
     size_t n = s->numel;
     if (s->phase == 1) { /* Heun: correct with the derivative at (x_2, sigma_next) */
         float *x2 = slot(s, W_XTMP), *d = slot(s, W_E0);
-        ls_k_denoised(x2, out, sigma_next, v, n, den);
+        ls_k_denoised(x2, out, scale_sigma(s, sigma_next), v, n, den);
         float fsn = (float)sigma_next, dt = (float)(sigma_next - sigma);
         for (size_t i = 0; i < n; i++) {
             float d2 = (x2[i] - den[i]) / fsn;
@@ -464,7 +474,7 @@ static void give_k(ldm_sampler *s, const float *out)
         s->step++;
         return;
     }
-    ls_k_denoised(x, out, sigma, v, n, den);
+    ls_k_denoised(x, out, scale_sigma(s, sigma), v, n, den);
     memcpy(px0, den, n * sizeof *px0);
     switch (s->p.kind) {
     case LDM_SAMPLER_EULER:

@@ -63,6 +63,11 @@ typedef struct ls_schedule {
     /* sgm DiscreteDenoiser's sigma table (SDXL): sqrt((1 - ac) / ac) with ac in double as the
      * discretization computes it, the quotient rounded to float32 before the float32 sqrt. */
     float *sgm_sigmas;
+    /* DiscreteDenoiser's `sigmas` buffer: equal to sgm_sigmas unless the checkpoint stores
+     * `denoiser.sigmas` (then those values, as loading the state dict gives the reference). The
+     * sampler visits sgm_sigmas; the denoiser quantises each to the nearest entry here, whose
+     * index is the model timestep and whose value scales the network input and output. */
+    float *sgm_denoiser_sigmas;
 } ls_schedule;
 
 /* All derived buffers from betas (double, n entries), computed in double like register_schedule

@@ -410,6 +410,11 @@ def denoiser_and_unet(gen, unet_params):
     den = DiscreteDenoiser(num_idx=1000, scaling_config={
         "target": "sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling"},
         discretization_config={"target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"})
+    # The checkpoint stores this buffer (denoiser.sigmas) in float16 like every other tensor here:
+    # the reference quantises to the rounded values after loading it, while the sampler visits the
+    # discretization's own float32 sigmas.
+    with torch.no_grad():
+        den.sigmas.copy_(den.sigmas.half().float())
     return unet, den, OpenAIWrapper(unet, compile_model=False)
 
 
@@ -534,6 +539,7 @@ def make_base_pipeline(out, gen, enc):
         dpm_samples = dpm(denoise, x_T.clone(), cond=c, uc=uc)
         anc_samples = anc(denoise, x_T.clone(), cond=c, uc=uc)
     state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    state["denoiser.sigmas"] = den.sigmas
     state.update(fs_state)
     for i, e in enumerate([clip, oc]):
         for k, v in e.state_dict().items():
@@ -612,6 +618,7 @@ def make_refiner(gen, enc, B, H, W, tok_oc, x_T, base_denoise, c, uc, scale):
         samples = ref(lambda x, sigma, cc: den(net, x, sigma, cc), noised_z, cond=rc, uc=ruc)
         image = decode(samples, 0.13025)
     state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    state["denoiser.sigmas"] = den.sigmas
     state.update(fs_state)
     for k, v in oc.state_dict().items():
         state["conditioner.embedders.0.%s" % k] = v
