@@ -525,11 +525,12 @@ def make_base_pipeline(out, gen, enc):
     sampler = sgm_sampling(SGM_ROOT, steps, scale)
     rec = record_steps(sampler)
     # DPM++ 2M and Euler ancestral (with the noise of every step given) over the same schedule
-    from sgm.modules.diffusionmodules.sampling import DPMPP2MSampler, EulerAncestralSampler
+    from sgm.modules.diffusionmodules.sampling import DPMPP2MSampler, EulerAncestralSampler, HeunEDMSampler
     disc = {"target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}
     guider = {"target": "sgm.modules.diffusionmodules.guiders.VanillaCFG", "params": {"scale": scale}}
     dpm = DPMPP2MSampler(num_steps=steps, discretization_config=disc, guider_config=guider, device="cpu")
     anc = EulerAncestralSampler(num_steps=steps, discretization_config=disc, guider_config=guider, device="cpu")
+    heun = HeunEDMSampler(num_steps=steps, discretization_config=disc, guider_config=guider, device="cpu")
     anc_noise = torch.randn(steps, B, 4, H, W, generator=gen)
     drawn = iter(range(steps))
     anc.noise_sampler = lambda x: anc_noise[next(drawn)]
@@ -538,6 +539,7 @@ def make_base_pipeline(out, gen, enc):
         image = decode(samples, 0.13025)
         dpm_samples = dpm(denoise, x_T.clone(), cond=c, uc=uc)
         anc_samples = anc(denoise, x_T.clone(), cond=c, uc=uc)
+        heun_samples = heun(denoise, x_T.clone(), cond=c, uc=uc)
     state = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
     state["denoiser.sigmas"] = den.sigmas
     state.update(fs_state)
@@ -560,10 +562,15 @@ def make_base_pipeline(out, gen, enc):
                                               "c_vector": "c_vector", "uc_crossattn": "uc_crossattn",
                                               "uc_vector": "uc_vector"},
               "params": {"sampler": "euler_a", "steps": steps, "guidance_scale": scale},
-              "outputs": {"samples": "euler_a_samples"}}] + refiner["calls"]
+              "outputs": {"samples": "euler_a_samples"}},
+             {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
+                                              "uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector"},
+              "params": {"sampler": "heun", "steps": steps, "guidance_scale": scale},
+              "outputs": {"samples": "heun_samples"}}] + refiner["calls"]
     outputs = {"c_crossattn": c["crossattn"], "c_vector": c["vector"], "uc_crossattn": uc["crossattn"],
                "uc_vector": uc["vector"], "step_x": torch.stack(rec), "samples": samples, "image": image,
-               "dpmpp_2m_samples": dpm_samples, "euler_a_samples": anc_samples, **refiner["outputs"]}
+               "dpmpp_2m_samples": dpm_samples, "euler_a_samples": anc_samples, "heun_samples": heun_samples,
+               **refiner["outputs"]}
     tols = {k: tolerance(v, None, forward="crossattn" in k or "vector" in k) for k, v in outputs.items()}
     inputs = {"tokens_clip": tok_clip, "tokens_openclip": tok_oc, "x_T": x_T, "euler_a_noise": anc_noise,
               **refiner["inputs"]}
@@ -571,7 +578,7 @@ def make_base_pipeline(out, gen, enc):
                   "SDXL base and refiner shaped end to end with the official sgm classes: GeneralConditioner "
                   "(FrozenCLIPEmbedder layer hidden / layer_idx 1 of 2 layers, FrozenOpenCLIPEmbedder2 penultimate + "
                   "pooled, ConcatTimestepEmbedderND x3, outdim 8), the base demo's unconditional branch "
-                  "(force_uc_zero_embeddings txt), EulerEDMSampler / DPMPP2MSampler / EulerAncestralSampler over "
+                  "(force_uc_zero_embeddings txt), EulerEDMSampler / DPMPP2MSampler / EulerAncestralSampler / HeunEDMSampler over "
                   "LegacyDDPMDiscretization with VanillaCFG 5.0 (4 steps), DiscreteDenoiser + EpsScaling, "
                   "decode_first_stage with scale_factor 0.13025; then base -> refiner (refiner.safetensors: "
                   "FrozenOpenCLIPEmbedder2 + original size, crop, aesthetic score 6.0 / negative 2.5 with the "
