@@ -23,14 +23,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FIX        "tests/fixtures/sdxl_base_tiny"
 #define FULL_VOCAB 49408
+
+/* The project's fixture: $LDM_FIXTURES, else tests/fixtures from the checkout root (make) or from
+ * a build directory inside it (meson). */
+static char fix_dir[1024];
 
 static int have_fixture(void)
 {
-    if (fx_file_exists(FIX "/model.safetensors")) return 1;
-    fprintf(stderr, "SKIPPED: %s is missing\n", FIX);
+    const char *env = getenv("LDM_FIXTURES");
+    const char *roots[] = {env ? env : "", "tests/fixtures", "../tests/fixtures"};
+    char probe[1100];
+    for (size_t i = 0; i < sizeof roots / sizeof roots[0]; i++) {
+        if (!roots[i][0]) continue;
+        snprintf(fix_dir, sizeof fix_dir, "%s/sdxl_base_tiny", roots[i]);
+        snprintf(probe, sizeof probe, "%s/model.safetensors", fix_dir);
+        if (fx_file_exists(probe)) return 1;
+    }
+    fprintf(stderr, "SKIPPED: tests/fixtures/sdxl_base_tiny is missing (set LDM_FIXTURES)\n");
     return 0;
+}
+
+/* A file of the fixture (a few paths alive at once). */
+static const char *fx(const char *name)
+{
+    static char path[4][1100];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(path[k], sizeof path[k], "%s/%s", fix_dir, name);
+    return path[k];
 }
 
 static char vocab[1024];
@@ -191,7 +212,7 @@ START_TEST(test_generate_matches_public_calls)
 {
     if (!have_fixture() || !have_vocab()) return;
     padded pd;
-    ldm_model *m = load_padded(FIX "/model.safetensors", FIX "/config.yaml", &pd);
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
     const int B = 2, H = 8, W = 8, steps = 4;
     ldm_tensor *x_T = noise(B, H, W), *img = NULL, *ref = NULL;
     ldm_generate_params gp;
@@ -228,8 +249,8 @@ START_TEST(test_refiner_handoff_matches_public_calls)
 {
     if (!have_fixture() || !have_vocab()) return;
     padded pb, pr;
-    ldm_model *base = load_padded(FIX "/model.safetensors", FIX "/config.yaml", &pb);
-    ldm_model *ref = load_padded(FIX "/refiner.safetensors", FIX "/refiner.yaml", &pr);
+    ldm_model *base = load_padded(fx("model.safetensors"), fx("config.yaml"), &pb);
+    ldm_model *ref = load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pr);
     const int B = 1, H = 8, W = 8, steps = 8;
     const double start = 0.6;
     ldm_tensor *x_T = noise(B, H, W), *img = NULL, *want = NULL;
@@ -279,8 +300,8 @@ START_TEST(test_trajectories_tighter_than_policy)
     ldm_model_params mp;
     ldm_model_params_init(&mp);
     mp.n_threads = fx_threads();
-    ck_assert_int_eq(ldm_model_load(FIX "/model.safetensors", &mp, &m), LDM_OK);
-    ck_assert_int_eq(lw_open(FIX "/io.safetensors", 0, &io), LDM_OK);
+    ck_assert_int_eq(ldm_model_load(fx("model.safetensors"), &mp, &m), LDM_OK);
+    ck_assert_int_eq(lw_open(fx("io.safetensors"), 0, &io), LDM_OK);
     cond4 c = {fx_io_tensor(io, "c_crossattn"), fx_io_tensor(io, "c_vector"), fx_io_tensor(io, "uc_crossattn"),
                fx_io_tensor(io, "uc_vector")};
     ldm_tensor *x_T = fx_io_tensor(io, "x_T"), *want = fx_io_tensor(io, "samples");
@@ -327,9 +348,9 @@ START_TEST(test_config_and_detection)
 {
     if (!have_fixture()) return;
     ld_model cfg, det;
-    ck_assert_msg(ld_config_load(FIX "/config.yaml", &cfg) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_msg(ld_config_load(fx("config.yaml"), &cfg) == LDM_OK, "%s", ldm_last_error());
     lw_store *s = NULL;
-    ck_assert_int_eq(lw_open(FIX "/model.safetensors", 0, &s), LDM_OK);
+    ck_assert_int_eq(lw_open(fx("model.safetensors"), 0, &s), LDM_OK);
     ldm_status st = ld_detect(s, &det);
     ck_assert_msg(st == LDM_OK, "%s", ldm_last_error());
     ck_assert(det.sgm.present);
@@ -395,7 +416,7 @@ START_TEST(test_generate_refuses_what_sdxl_lacks)
     ldm_model *m = NULL;
     ldm_model_params mp;
     ldm_model_params_init(&mp);
-    ck_assert_int_eq(ldm_model_load(FIX "/model.safetensors", &mp, &m), LDM_OK);
+    ck_assert_int_eq(ldm_model_load(fx("model.safetensors"), &mp, &m), LDM_OK);
     ldm_conditioner *cond = NULL;
     ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
     ck_assert_int_eq(ldm_conditioner_get_kind(cond), LDM_COND_SDXL);
