@@ -516,7 +516,9 @@ typedef struct ldm_generate_params {
     int target_width, target_height;      /* 0 (default): the output size */
     float aesthetic_score;                /* refiner models: default 6.0 */
     float negative_aesthetic_score;       /* refiner models' unconditional branch: default 2.5 */
-    ldm_model *refiner;                   /* an SDXL refiner that finishes the run; NULL: none */
+    ldm_model *refiner;                   /* an SDXL refiner that finishes the run; NULL: none. It
+                                             is used by this call: no other thread may use it
+                                             meanwhile (one thread at a time per model) */
     double refiner_start;                 /* fraction of the schedule the base runs (default 0.8;
                                              ldm_sdxl_base_steps) */
 } ldm_generate_params;
