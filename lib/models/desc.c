@@ -29,7 +29,6 @@ void ld_unet_defaults(ld_unet *u)
     u->num_heads = -1;
     u->num_head_channels = -1;
     u->transformer_depth = 1;
-    u->transformer_depth_middle = -1;
     u->legacy = 1;
 }
 
@@ -43,7 +42,7 @@ int ld_unet_level_depth(const ld_unet *u, int level)
 /* sgm: transformer_depth_middle = transformer_depth[-1] (an int depth is first made a list). */
 int ld_unet_middle_depth(const ld_unet *u)
 {
-    if (u->transformer_depth_middle >= 0) return u->transformer_depth_middle;
+    if (u->transformer_depth_middle > 0) return u->transformer_depth_middle;
     if (u->n_transformer_depths > 0) return u->transformer_depths[u->n_transformer_depths - 1];
     return u->transformer_depth;
 }

@@ -35,8 +35,8 @@ typedef struct ld_unet {
     int use_spatial_transformer;
     int transformer_depth;       /* depth of every level's SpatialTransformer (and the middle one's) */
     /* sgm UNetModel (SDXL): a per-level transformer_depth list (n_transformer_depths == n_levels;
-     * 0 = use transformer_depth everywhere) and the middle block's depth (-1: the last level's, as
-     * sgm derives it). Read them through ld_unet_level_depth / ld_unet_middle_depth. */
+     * 0 = use transformer_depth everywhere) and the middle block's depth (0: derived: the last
+     * level's, as sgm does, or transformer_depth; a zero-filled ld_unet keeps the old meaning). Read them through ld_unet_level_depth / ld_unet_middle_depth. */
     int transformer_depths[LD_MAX_LEVELS], n_transformer_depths;
     int transformer_depth_middle;
     int context_dim;             /* 0: none */
