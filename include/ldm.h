@@ -320,6 +320,13 @@ LDM_API ldm_status ldm_tokenizer_encode(ldm_tokenizer *tok, const char *const *p
  *   the host's UNet must accept non-integer timesteps (the sinusoidal embedding is continuous).
  *   Heun evaluates twice per step except on the last one (to sigma 0): 2*steps - 1 evaluations.
  *
+ * - LCM [diffusers LCMScheduler]: `steps` (default 4 in ldm_generate) of the lcm_original_steps
+ *   (50) distillation timesteps (50/4: 999, 759, 499, 259); each step maps the output to x0
+ *   (eps, v or x0 parameterization), applies the consistency boundary conditions (c_skip, c_out
+ *   with timestep_scaling 10, sigma_data 0.5) and, except after the last step, re-noises the
+ *   denoised sample to the next timestep with that step's noise row: x = sqrt(a_next) x0 +
+ *   sqrt(1 - a_next) noise. The final x is the denoised sample; pred_x0 is each step's denoised.
+ *
  * Guidance combines raw outputs (eps or v) linearly; that is exact for both parameterizations.
  * Noise: by default drawn with ldm_randn(seed, 1 + k, ...) for step k (stream 0 is left for the
  * host's x_T); ldm_sampler_set_noise() supplies it instead. */
@@ -333,12 +340,29 @@ typedef enum ldm_sampler_kind {
     LDM_SAMPLER_EULER_ANCESTRAL = 4,
     LDM_SAMPLER_HEUN = 5,
     LDM_SAMPLER_DPMPP_2M = 6,
-    LDM_SAMPLER_DPMPP_2M_KARRAS = 7
+    LDM_SAMPLER_DPMPP_2M_KARRAS = 7,
+    LDM_SAMPLER_LCM = 8 /* Latent Consistency Models (diffusers LCMScheduler), docs/few-step.md */
 } ldm_sampler_kind;
 
 /* What the network predicts: the noise (eps, LDM and SD 1.x/2.x-base) or v = sqrt(ac)*eps -
  * sqrt(1-ac)*x0 (SD 2.x 768-v models; `parameterization: "v"` in the config, not in checkpoints). */
-typedef enum ldm_parameterization { LDM_PARAM_EPS = 0, LDM_PARAM_V = 1 } ldm_parameterization;
+typedef enum ldm_parameterization {
+    LDM_PARAM_EPS = 0,
+    LDM_PARAM_V = 1,
+    LDM_PARAM_X0 = 2 /* the network predicts x0 ("sample"): only the LCM sampler takes it */
+} ldm_parameterization;
+
+/* Where the k-samplers place their `steps` noise levels (TRAILING: EULER, EULER_ANCESTRAL, HEUN
+ * and DPMPP_2M; an error for the other kinds).
+ * DEFAULT: k-diffusion's get_sigmas (t = linspace(T-1, 0, steps), Karras for DPMPP_2M_KARRAS).
+ * TRAILING: diffusers' timestep_spacing "trailing" (t_i = round(T - i*T/steps) - 1: 999 for one
+ * step, 999, 749, 499, 249 for four), the model's own sigma at each, then 0; the k-sampler
+ * starts from x_T * sigma(999) and the model sees the integer timesteps. This is how the
+ * SD-Turbo / SDXL-Turbo model cards run them (docs/few-step.md). */
+typedef enum ldm_timestep_spacing {
+    LDM_SPACING_DEFAULT = 0,
+    LDM_SPACING_TRAILING = 1
+} ldm_timestep_spacing;
 
 typedef struct ldm_sampler_params {
     size_t struct_size;    /* set by ldm_sampler_params_init() */
@@ -347,6 +371,8 @@ typedef struct ldm_sampler_params {
     float eta;             /* DDIM only (default 0); PLMS requires 0; EULER_ANCESTRAL always uses 1 */
     int ddim_quad;         /* DDIM/PLMS timestep spacing: 0 'uniform' (default), 1 'quad' */
     uint64_t seed;         /* seed of the default noise (ldm_randn); default 0 */
+    ldm_timestep_spacing spacing; /* k-samplers only; default LDM_SPACING_DEFAULT */
+    int lcm_original_steps;       /* LCM: original_inference_steps of the distillation, default 50 */
     int discretization;    /* k-samplers' noise levels: LDM_DISCRETIZATION_KDIFFUSION (0, default) or
                               LDM_DISCRETIZATION_SGM (SDXL's, see the SDXL section at the end) */
 } ldm_sampler_params;
@@ -400,7 +426,8 @@ LDM_API ldm_status ldm_sampler_give(ldm_sampler *s, const ldm_tensor *model_outp
 
 /* Optional fixed noise: F32 [n_rows, <shape of x_T>]; row k is the standard-normal noise of step
  * k (DDIM: times sigma_k, even when that is 0; DDPM: times the posterior std, unused at t = 0;
- * EULER_ANCESTRAL: times sigma_up; other kinds use none). n_rows must be >= the total steps of a
+ * EULER_ANCESTRAL: times sigma_up; LCM: the re-noising after step k, the last row unused; other
+ * kinds use none). n_rows must be >= the total steps of a
  * noise-using kind (checked at begin). Copied. NULL returns to the seeded generator. */
 LDM_API ldm_status ldm_sampler_set_noise(ldm_sampler *s, const ldm_tensor *noise);
 
@@ -432,7 +459,8 @@ LDM_API ldm_status ldm_randn(uint64_t seed, uint64_t stream, ldm_tensor *out);
  * x [B,C,h,w], timesteps [B] or [1] (I64, or F32 holding integers). `cond` is the learned
  * conditioning, routed as the model's config says: cross-attention context [B,T,D]
  * (crossattn models) or channels concatenated to x (concat models: inpainting, super-resolution,
- * semantic synthesis); NULL for unconditional models. */
+ * semantic synthesis), or the class labels y, I64 [B], when the UNet itself is class-conditional
+ * (num_classes: label_emb) and no cond stage feeds it; NULL for unconditional models. */
 LDM_API ldm_status ldm_model_apply(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
                                    const ldm_tensor *cond, ldm_tensor **out);
 /* Classifier-free guidance: out = u + scale (c - u) from ONE batched network call on
@@ -489,12 +517,14 @@ typedef struct ldm_generate_params {
     int width, height;            /* output pixels; 0: the model's training size (negative: an error) */
     int batch;                    /* images per call, default 1 */
     ldm_sampler_kind sampler;     /* default DDIM */
-    int steps;                    /* default 50 */
+    int steps;                    /* default 50; 0: the sampler's default (4 for LDM_SAMPLER_LCM) */
     float eta;                    /* DDIM eta, default 0 */
     float guidance_scale;         /* classifier-free guidance scale (1: off). 0 (default): the model's
                                      own default, 7.5 for text models, 3 for class models with an
-                                     unconditional class, 1 for models that cannot be guided. A
-                                     scale != 1 that the model cannot apply is an error. */
+                                     unconditional class, 1 for models that cannot be guided and
+                                     for the LCM sampler; 8.5 for an LCM-distilled UNet, whose
+                                     guidance embedding takes it (no unconditional branch then).
+                                     A scale != 1 that the model cannot apply is an error. */
     uint64_t seed;                /* x_T = ldm_randn(seed, 0); sampler noise from the same seed */
     const ldm_tensor *init_image; /* image-to-image / inpainting source */
     float strength;               /* image-to-image: fraction of the schedule re-run, default 0.75 */
@@ -510,6 +540,12 @@ typedef struct ldm_generate_params {
                                      used as the unconditional branch of guidance and for samples
                                      without class_label. LDM_UNCOND_CLASS_AUTO (default): see below;
                                      LDM_UNCOND_CLASS_NONE: the model has none; >= 0: that class. */
+    ldm_timestep_spacing timestep_spacing; /* k-samplers: DEFAULT or TRAILING (SD-Turbo, SDXL-Turbo) */
+    int lcm_original_steps;       /* LCM sampler: original_inference_steps, 0 = 50 */
+    int plain_prompts;            /* 0 (default): prompt and negative_prompt use webui's syntax and
+                                     length rules (see "prompts as users write them" below; the
+                                     shorter of the two gets empty chunks); 1: plain text, cut at
+                                     75 tokens (ldm_conditioner_encode_text) */
     /* SDXL (sgm) models, see the SDXL section at the end of this header: */
     int original_width, original_height; /* size conditioning; 0 (default): the output size */
     int crop_left, crop_top;              /* crop_coords_top_left, default 0 */
@@ -674,6 +710,9 @@ typedef struct ldm_train_params {
     void *user_data;
     ldm_log_callback log_callback;
     void *log_user_data;
+    /* ---- appended (activation checkpointing) */
+    uint64_t max_activation_bytes; /* 0: no budget; else UNet blocks whose activations would exceed it are
+                                      recomputed in backward (the config's use_checkpoint recomputes all) */
 } ldm_train_params;
 
 LDM_API void ldm_train_params_init_size(ldm_train_params *params, size_t struct_size);
@@ -699,6 +738,121 @@ LDM_API ldm_status ldm_trainer_progress(const ldm_trainer *trainer, ldm_train_pr
 /* Asks a running ldm_trainer_step/run to stop after the current step (any thread). */
 LDM_API void ldm_trainer_interrupt(ldm_trainer *trainer);
 LDM_API void ldm_trainer_free(ldm_trainer *trainer);
+
+/* ---------------------------------------------------------------- few-step models (LCM guidance embedding) */
+
+/* LCM-distilled UNets carry a guidance embedding (diffusers UNet2DConditionModel
+ * time_cond_proj_dim, weight `time_embedding.cond_proj.weight`; in the CompVis layout this
+ * library reads: `model.diffusion_model.time_embed.cond_proj.weight` [model_channels, dim]): the
+ * guidance scale w' is given to the network instead of running classifier-free guidance,
+ *     emb = time_embed(timestep_embedding(t) + cond_proj(guidance_embedding((w' - 1) * 1000))),
+ * guidance_embedding(v)[j] = sin(v f_j), [half + j] = cos(v f_j), f_j = exp(-j ln(10000)/(half - 1))
+ * (the LCM pipeline's get_guidance_scale_embedding; note sin first, unlike the timestep's).
+ * ldm_generate passes guidance_scale there and runs no unconditional branch for such a model
+ * (default guidance 8.5, the LCM pipeline's). Returns the embedding width, 0 when the model has
+ * none (or is NULL). */
+LDM_API int ldm_model_guidance_embedding_dim(const ldm_model *model);
+/* ldm_model_apply with the guidance embedding of `guidance_scale` (w = guidance_scale - 1) added
+ * to the timestep embedding. LDM_ERR_UNSUPPORTED when the model has no guidance embedding. */
+LDM_API ldm_status ldm_model_apply_embedded_guidance(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                                     const ldm_tensor *cond, float guidance_scale, ldm_tensor **out);
+
+/* ---------------------------------------------------------------- LoRA */
+
+/* LoRA files merged into a loaded model's weights (docs/lora.md): kohya-ss / AUTOMATIC1111 files
+ * (`lora_unet_*`, `lora_te_*` / `lora_te1_*` / `lora_te2_*` with .lora_down / .lora_up / .alpha,
+ * LoCon on 3x3 convolutions included), diffusers / PEFT files (`unet.*`, `text_encoder.*` with
+ * .lora_A / .lora_B, the older .lora.down / .lora.up and attention-processor keys), as
+ * .safetensors or PyTorch .pt / .ckpt (read by the library's restricted unpickler). Each adds
+ * multiplier * (alpha / rank) * up @ down to the weight it names (alpha absent or 0: the rank);
+ * SD2's fused q/k/v projection takes HF-named q/k/v deltas in its row thirds.
+ *
+ * Merging replaces each affected matrix by a private float32 copy (the checkpoint's bytes are
+ * never written, float16 ones included); removing a LoRA recomputes those copies from the file's
+ * values and the LoRAs that remain, and a matrix no LoRA touches any more reads the file again:
+ * the weights are then bit-identical to never having applied it. Networks already created are
+ * rebuilt from the new weights (their caches of transformed weights go with them); add LoRAs
+ * right after ldm_model_load to pay nothing for that. Several LoRAs stack in the order added.
+ *
+ * Every key of a file must be used: an unknown module name, an unsupported key (e.g. LyCORIS
+ * lora_mid, DoRA), a shape that does not fit the weight it names or up/down ranks that disagree
+ * fail with LDM_ERR_FORMAT naming the keys and nothing is merged; with
+ * LDM_LORA_ALLOW_UNMATCHED those keys are skipped instead and listed in a LDM_LOG_WARN message.
+ * Non-finite values or alpha, and ranks above the weight's own dimensions, are always errors. */
+#define LDM_LORA_ALLOW_UNMATCHED 1u
+
+typedef struct ldm_lora_info {
+    size_t struct_size;   /* set by the caller: sizeof(ldm_lora_info) */
+    int id;               /* the handle ldm_model_lora_add returned */
+    const char *path;     /* as given; valid until the LoRA is removed */
+    double multiplier;
+    int n_unet_layers;    /* UNet weights it changes */
+    int n_text_layers;    /* text-encoder weight slices it changes */
+    int n_skipped_keys;   /* keys skipped under LDM_LORA_ALLOW_UNMATCHED */
+} ldm_lora_info;
+
+/* Reads `path` and merges it with `multiplier` (flags: 0 or LDM_LORA_ALLOW_UNMATCHED). *id (may
+ * be NULL) receives a handle > 0, unique within the model. On failure nothing changes. */
+LDM_API ldm_status ldm_model_lora_add(ldm_model *model, const char *path, double multiplier, unsigned flags,
+                                      int *id);
+/* Takes LoRA `id` out again (LDM_ERR_NOT_FOUND for an unknown id). */
+LDM_API ldm_status ldm_model_lora_remove(ldm_model *model, int id);
+/* Changes LoRA `id`'s multiplier (the same as removing it and adding it again at its place). */
+LDM_API ldm_status ldm_model_lora_set_multiplier(ldm_model *model, int id, double multiplier);
+/* Removes every LoRA: the model computes with the checkpoint's own weights again. */
+LDM_API ldm_status ldm_model_lora_clear(ldm_model *model);
+/* The number of LoRAs merged (0 for NULL). */
+LDM_API int ldm_model_lora_count(const ldm_model *model);
+/* LoRA number `index` (0 .. count-1, in the order added). info->struct_size must be set. */
+LDM_API ldm_status ldm_model_lora_get(const ldm_model *model, int index, ldm_lora_info *info);
+
+/* ---------------------------------------------------------------- prompts as users write them */
+
+/* Prompt syntax and long prompts as AUTOMATIC1111/stable-diffusion-webui reads them (issue #14,
+ * docs/prompts.md): "(word:1.3)" weighs word by 1.3, "(word)" by 1.1, "[word]" by 1/1.1 (nested
+ * brackets multiply; an unclosed bracket runs to the end; \( \) \[ \] \\ are the literal
+ * characters); "BREAK" starts a new chunk. A prompt longer than 75 tokens is cut into chunks of
+ * 75 (a chunk ends early at a comma up to 20 tokens back, webui's comma_padding_backtrack), each
+ * chunk is wrapped in start/end tokens, padded to 77 as the encoder pads and encoded on its own,
+ * and the chunks' embeddings are concatenated: [B, 77*n, D]. After the text tower each token's
+ * embedding is multiplied by its weight and the chunk is rescaled so that its mean equals the
+ * unweighted mean (webui's "Original" emphasis). A prompt without syntax and within 75 tokens
+ * gives exactly ldm_conditioner_encode_text's result. The BERT text encoder (LDM text2img) follows
+ * the same rules with chunks of max_seq_len - 2 tokens. */
+#define LDM_PROMPT_NO_EMPHASIS        1u /* brackets and BREAK are plain text (webui's emphasis "None") */
+#define LDM_PROMPT_NO_COMMA_BACKTRACK 2u /* chunks are cut at exactly 75 tokens (comma_padding_backtrack 0) */
+#define LDM_PROMPT_NO_NORMALIZE       4u /* weights applied without restoring the mean (webui's "No norm") */
+
+/* A prompt split into runs of text of equal weight, exactly as webui's parse_prompt_attention
+ * returns them (neighbouring runs of equal weight merged; a BREAK is the run "BREAK" of weight
+ * -1). flags: LDM_PROMPT_NO_EMPHASIS gives the whole prompt as one run of weight 1. Invalid UTF-8
+ * and a weight that is not a number ("(a:1.2.3)", which webui refuses too) are
+ * LDM_ERR_INVALID_ARGUMENT. */
+typedef struct ldm_prompt_runs ldm_prompt_runs;
+LDM_API ldm_status ldm_prompt_parse(const char *prompt, unsigned flags, ldm_prompt_runs **out);
+LDM_API int ldm_prompt_runs_count(const ldm_prompt_runs *runs);
+/* Run i's UTF-8 text (valid while runs lives; NULL when i is out of range) and weight. */
+LDM_API const char *ldm_prompt_runs_text(const ldm_prompt_runs *runs, int i);
+LDM_API double ldm_prompt_runs_weight(const ldm_prompt_runs *runs, int i);
+/* Whether run i is a BREAK (a new chunk starts there). */
+LDM_API int ldm_prompt_runs_is_break(const ldm_prompt_runs *runs, int i);
+LDM_API void ldm_prompt_runs_free(ldm_prompt_runs *runs);
+
+/* One prompt -> its chunks: ids [n_chunks, context_length] I64 (each chunk: start, up to
+ * context_length - 2 tokens, end, padding as the family pads) and the weight of every id
+ * [n_chunks, context_length] F32 (1 for start/end/padding). context_length 77 (BERT: the
+ * encoder's max_seq_len). */
+LDM_API ldm_status ldm_tokenizer_encode_prompt(ldm_tokenizer *tok, const char *prompt, int context_length,
+                                               unsigned flags, ldm_tensor **ids, ldm_tensor **weights);
+
+/* Prompts with the syntax and length rules above -> F32 [n_prompts, 77*k, D], k = the largest
+ * chunk count of the prompts (a shorter prompt is followed by the embeddings of empty chunks, as
+ * webui pads them). To guide with a negative prompt longer or shorter than the prompt, encode the
+ * two in ONE call (then both have k chunks). The weights' mean is restored per prompt and chunk.
+ * Text conditioners only (CLIP, OpenCLIP, BERT); needs the vocabulary like
+ * ldm_conditioner_encode_text. */
+LDM_API ldm_status ldm_conditioner_encode_prompt(ldm_conditioner *cond, const char *const *prompts, int n_prompts,
+                                                 unsigned flags, ldm_tensor **out);
 
 /* ---------------------------------------------------------------- SDXL (issue #14) */
 

@@ -14,12 +14,17 @@ typedef struct cli_options {
     const char *prompt, *negative_prompt;
     const char *init, *mask, *seg, *layout;
     const char *sampler_name, *weights;
+    const char *spacing_name;   /* --spacing: default | trailing */
+    int turbo, lcm_original_steps; /* --turbo preset (SD-Turbo / SDXL-Turbo); --lcm-original-steps */
     int classes[64], n_classes; /* --class LIST: one image per class, side by side in one PNG */
     int class_label, uncond_class, steps, width, height, batch, threads, vae_tile, layout_classes;
     float cfg_scale, eta, strength; /* cfg_scale 0: the model's default */
     uint64_t seed;                  /* image k of a batch uses seed + k */
     size_t max_memory;              /* bytes; 0: no cap */
     int seed_given, strength_given, quiet;
+    const char *loras[16];          /* --lora FILE[:WEIGHT], merged in this order */
+    int n_loras;
+    int plain_prompt; /* --plain-prompt: no webui syntax, 75 tokens (docs/prompts.md) */
     const char *refiner, *refiner_config; /* SDXL refiner checkpoint and its config */
     float refiner_start;                  /* fraction of the steps the base runs (default 0.8) */
 } cli_options;

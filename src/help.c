@@ -44,7 +44,10 @@ static const struct {
     {GEN | I2I | INP, "  --vocab PATH            tokenizer vocabulary file or folder (default: $LDM_VOCAB, then a file of the\n"
                       "                          usual name next to the checkpoint)\n"},
     {GEN | I2I | INP, "  --prompt TEXT           text models: the prompt (default \"\")\n"
-                      "  --negative-prompt TEXT  text models: the unconditional prompt of guidance (default \"\")\n"},
+                      "  --negative-prompt TEXT  text models: the unconditional prompt of guidance (default \"\")\n"
+                      "                          Both use webui's syntax: (word:1.3), (word), [word], \\( \\), BREAK, and\n"
+                      "                          prompts longer than 75 tokens (docs/prompts.md)\n"
+                      "  --plain-prompt          text models: the prompts are plain text, cut at 75 tokens\n"},
     {GEN | I2I | INP, "  --class N[,M,...]       class-conditional models: the class, 0 .. n_classes-1 (default: an\n"
                       "                          unconditional sample, made with the unconditional class); a list makes\n"
                       "                          one image per class (seed N+k for the k-th), side by side in one PNG\n"},
@@ -60,8 +63,14 @@ static const struct {
     {INP, "  --mask FILE.png         the mask, white = repaint (required)\n"},
     {I2I | INP, "  --strength F            fraction of the schedule re-run, 0.001 .. 1 (default 0.75 for img2img; 1 for\n"
                 "                          inpaint: the masked part from pure noise; inpainting models ignore it)\n"},
-    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras\n"
+    {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras,\n"
+          "                          lcm (Latent Consistency Models and LCM-LoRA; docs/few-step.md)\n"
           "                          (SDXL: euler, euler_a, heun, dpmpp_2m over sgm's noise levels; ddim runs euler)\n"},
+    {RUN, "  --spacing NAME          euler, euler_a, heun, dpmpp_2m: default (k-diffusion) or trailing (diffusers'\n"
+          "                          \"trailing\": 999, 749, 499, 249 for 4 steps; SD-Turbo / SDXL-Turbo)\n"
+          "  --turbo                 SD-Turbo / SDXL-Turbo settings (the weights cannot tell): --sampler euler_a\n"
+          "                          --spacing trailing --steps 1 --cfg-scale 1 unless given (1 to 4 steps)\n"
+          "  --lcm-original-steps N  lcm: the distillation's schedule, 1 .. 10000 (default 50)\n"},
     {RUN, "  --steps N               sampler steps, 1 .. 10000 (default 50); with T the model's training timesteps\n"
           "                          (1000 for the CompVis and SD models):\n"
           "                          ddim, plms: evenly spaced timesteps 1 + k * (T/N rounded down): N of them\n"
@@ -69,13 +78,16 @@ static const struct {
           "                            the model once more;\n"
           "                          euler, euler_a, heun, dpmpp_2m: N noise levels evenly spaced in timestep from\n"
           "                            T-1 to 0 (dpmpp_2m_karras: Karras spacing); heun evaluates 2N-1 times;\n"
+          "                          lcm (default N = 4): N of the --lcm-original-steps timesteps (4 of 50: 999,\n"
+          "                            759, 499, 259); --turbo: default N = 1;\n"
           "                          ddpm: NOT respaced: the last N consecutive training timesteps N-1, ..., 1, 0,\n"
           "                            started from pure noise, so only N >= T (e.g. --steps 1000) runs the whole\n"
           "                            chain; fewer steps leave noise in the image\n"},
     {I2I | INP, "                          img2img and mask blending run the last max(1, int(strength * N)) of them\n"},
     {RUN, "  --cfg-scale F           classifier-free guidance scale, 0 .. 100; 1 = off (default 0 = the model's\n"
           "                          default: 7.5 for text models, 3 for class models with an unconditional\n"
-          "                          class, off otherwise)\n"},
+          "                          class, off otherwise; lcm: off, or 8.5 fed to an LCM-distilled UNet's\n"
+          "                          guidance embedding, which runs no unconditional branch)\n"},
     {RUN, "  --eta F                 DDIM noise, 0 .. 10 (default 0; plms needs 0)\n"},
     {RUN, "  --seed N                0 .. 18446744073709551615 (default: random, printed); recorded in the PNG\n"},
     {GEN, "  --refiner FILE          SDXL: a refiner checkpoint that finishes the run (sd_xl_refiner_1.0); its config\n"
@@ -89,6 +101,8 @@ static const struct {
           "                          the training size)\n"},
     {RUN, "  --vae-tile N            decode in tiles of N latent pixels, -1 .. 4096 (default 0: automatic; -1: never)\n"},
     {RUN, "  --weights auto|ema|raw  EMA or trained weights (default auto: EMA when the checkpoint has them)\n"},
+    {RUN, "  --lora FILE[:WEIGHT]    merge a LoRA (kohya/webui or diffusers/PEFT .safetensors, .pt/.ckpt) with\n"
+          "                          WEIGHT (default 1); repeatable, up to 16, applied in order (docs/lora.md)\n"},
     {RUN, "  --threads N             0 .. 1024 (default 0: all online CPUs)\n"},
     {ALL, "  --max-memory SIZE       refuse any single allocation above SIZE: bytes, or with K, M or G (powers of\n"
           "                          1024), model loading and input images included (default 0: no cap)\n"},
@@ -111,6 +125,8 @@ static const struct {
             "  --log-every N           a progress line every N steps when stderr is not a terminal (default 50)\n"
             "  --seed N                initialisation, data order and noise (default 23)\n"
             "  --threads N             (default: all online CPUs)\n"
+            "  --memory-budget MB      recompute UNet blocks in backward once the step's activations exceed MB\n"
+            "                          (activation checkpointing; the config's use_checkpoint recomputes all)\n"
             "  --export FILE           at the end, also write the sampling weights (EMA-only) to FILE\n"
             "  --half                  with --export: float16\n"},
     {ALL | TRAIN, "  -q, --quiet             print nothing but errors (no progress bar, seed, config, warnings, 'wrote')\n"},

@@ -21,7 +21,8 @@ static const struct {
                      {"euler_a", LDM_SAMPLER_EULER_ANCESTRAL},
                      {"heun", LDM_SAMPLER_HEUN},
                      {"dpmpp_2m", LDM_SAMPLER_DPMPP_2M},
-                     {"dpmpp_2m_karras", LDM_SAMPLER_DPMPP_2M_KARRAS}};
+                     {"dpmpp_2m_karras", LDM_SAMPLER_DPMPP_2M_KARRAS},
+                     {"lcm", LDM_SAMPLER_LCM}};
 
 int cli_sampler_kind(const char *name)
 {
@@ -157,11 +158,12 @@ static void defaults(cli_options *o)
     memset(o, 0, sizeof *o);
     o->class_label = -1;
     o->uncond_class = LDM_UNCOND_CLASS_AUTO;
-    o->steps = 50;
+    o->steps = 0; /* the sampler's default: 4 for lcm, 1 with --turbo, else 50 */
     o->batch = 1;
     o->cfg_scale = 0.0f; /* the model's default, see ldm_generate_params.guidance_scale */
     o->strength = 0.75f;
-    o->sampler_name = "ddim";
+    o->sampler_name = NULL; /* ddim, euler_a with --turbo */
+    o->spacing_name = NULL; /* default, trailing with --turbo */
     o->weights = "auto";
     o->output = "out.png";
     o->layout_classes = 300;
@@ -185,6 +187,7 @@ static const struct {
     {"--seg", offsetof(cli_options, seg)},
     {"--layout", offsetof(cli_options, layout)},
     {"--sampler", offsetof(cli_options, sampler_name)},
+    {"--spacing", offsetof(cli_options, spacing_name)},
     {"--weights", offsetof(cli_options, weights)},
     {"--refiner", offsetof(cli_options, refiner)},
     {"--refiner-config", offsetof(cli_options, refiner_config)},
@@ -192,13 +195,22 @@ static const struct {
 
 static const char *const parsed_options[] = {
     "--class",     "--uncond-class", "--steps", "--width",    "--height", "--batch",     "--threads", "--vae-tile",
-    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--refiner-start"};
+    "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--lcm-original-steps",
+    "--lora",           "--refiner-start"};
 
 /* The options whose value is a number (or a keyword); returns 0 handled, 1 not one of them,
  * 2 a bad value. */
 static int parsed_option(cli_options *o, const char *opt, const char *v)
 {
     if (!strcmp(opt, "--class")) return parse_class_list(v, o);
+    if (!strcmp(opt, "--lora")) {
+        if (o->n_loras == (int)(sizeof o->loras / sizeof o->loras[0])) {
+            fprintf(stderr, "ldm: at most %d --lora options\n", o->n_loras);
+            return 2;
+        }
+        o->loras[o->n_loras++] = v;
+        return 0;
+    }
     if (!strcmp(opt, "--uncond-class")) return parse_uncond(v, &o->uncond_class);
     if (!strcmp(opt, "--steps")) return parse_int(opt, v, 1, 10000, &o->steps);
     if (!strcmp(opt, "--width")) return parse_int(opt, v, 8, 16384, &o->width);
@@ -210,6 +222,7 @@ static int parsed_option(cli_options *o, const char *opt, const char *v)
     if (!strcmp(opt, "--cfg-scale")) return parse_float(opt, v, 0.0f, 100.0f, &o->cfg_scale);
     if (!strcmp(opt, "--eta")) return parse_float(opt, v, 0.0f, 10.0f, &o->eta);
     if (!strcmp(opt, "--max-memory")) return parse_size(opt, v, &o->max_memory);
+    if (!strcmp(opt, "--lcm-original-steps")) return parse_int(opt, v, 1, 10000, &o->lcm_original_steps);
     if (!strcmp(opt, "--refiner-start")) return parse_float(opt, v, 0.0f, 1.0f, &o->refiner_start);
     if (!strcmp(opt, "--strength")) {
         o->strength_given = 1;
@@ -247,6 +260,14 @@ static int flag_option(cli_options *o, const char *a)
         o->quiet = 1;
         return 1;
     }
+    if (!strcmp(a, "--turbo")) {
+        o->turbo = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--plain-prompt")) {
+        o->plain_prompt = 1;
+        return 1;
+    }
     if (!strcmp(a, "--low-memory")) {
         /* The library reads the mode from the environment (docs/performance.md). */
         setenv("LDM_LOW_MEMORY", "1", 1);
@@ -273,12 +294,27 @@ static void help_command(int argc, char **argv)
     exit(0);
 }
 
-static int check_names(const cli_options *o)
+/* --turbo: how the SD-Turbo / SDXL-Turbo model cards sample (docs/few-step.md): Euler ancestral
+ * over trailing timesteps, 1 step, guidance off; each of these only where not given explicitly. */
+static void apply_presets(cli_options *o)
 {
+    if (!o->sampler_name) o->sampler_name = o->turbo ? "euler_a" : "ddim";
+    if (!o->spacing_name) o->spacing_name = o->turbo ? "trailing" : "default";
+    if (o->turbo && o->steps == 0) o->steps = 1;
+    if (o->turbo && o->cfg_scale == 0.0f) o->cfg_scale = 1.0f;
+}
+
+static int check_names(cli_options *o)
+{
+    apply_presets(o);
     if (cli_sampler_kind(o->sampler_name) < 0) {
         fprintf(stderr,
-                "ldm: unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras)\n",
+                "ldm: unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, lcm)\n",
                 o->sampler_name);
+        return 2;
+    }
+    if (strcmp(o->spacing_name, "default") && strcmp(o->spacing_name, "trailing")) {
+        fprintf(stderr, "ldm: --spacing must be default or trailing, got '%s'\n", o->spacing_name);
         return 2;
     }
     if (strcmp(o->weights, "auto") && strcmp(o->weights, "ema") && strcmp(o->weights, "raw")) {

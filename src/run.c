@@ -98,7 +98,42 @@ static const char *model_name(const cli_options *o)
     return env && *env ? env : "builtin:glyphs";
 }
 
+/* --lora FILE[:WEIGHT]: the weight is what follows the last ':' when that reads as a number
+ * (else the whole argument is the file, weight 1). */
+static ldm_status add_loras(const cli_options *o, ldm_model *m)
+{
+    for (int i = 0; i < o->n_loras; i++) {
+        char path[4096];
+        double weight = 1.0;
+        snprintf(path, sizeof path, "%s", o->loras[i]);
+        char *colon = strrchr(path, ':'), *end = NULL;
+        if (colon && colon[1]) {
+            double w = strtod(colon + 1, &end);
+            if (end && *end == 0) {
+                weight = w;
+                *colon = 0;
+            }
+        }
+        ldm_status st = ldm_model_lora_add(m, path, weight, 0, NULL);
+        if (st != LDM_OK) return st;
+        note(o, "ldm: LoRA %s merged with weight %g\n", path, weight);
+    }
+    return LDM_OK;
+}
+
+static ldm_status load_model_only(const cli_options *o, ldm_model **m);
+
 static ldm_status load_model(const cli_options *o, ldm_model **m)
+{
+    ldm_status st = load_model_only(o, m);
+    if (st == LDM_OK && (st = add_loras(o, *m)) != LDM_OK) {
+        ldm_model_free(*m);
+        *m = NULL;
+    }
+    return st;
+}
+
+static ldm_status load_model_only(const cli_options *o, ldm_model **m)
 {
     ldm_model_params mp;
     ldm_model_params_init(&mp);
@@ -197,13 +232,16 @@ static void fill_params(const cli_options *o, ldm_generate_params *p, cli_progre
     ldm_generate_params_init(p);
     p->prompt = o->prompt;
     p->negative_prompt = o->negative_prompt;
+    p->plain_prompts = o->plain_prompt;
     p->class_label = o->class_label;
     p->uncond_class = o->uncond_class;
     p->width = o->width;
     p->height = o->height;
     p->batch = 1;
     p->sampler = (ldm_sampler_kind)cli_sampler_kind(o->sampler_name);
-    p->steps = o->steps;
+    p->steps = o->steps; /* 0: the sampler's default */
+    p->timestep_spacing = !strcmp(o->spacing_name, "trailing") ? LDM_SPACING_TRAILING : LDM_SPACING_DEFAULT;
+    p->lcm_original_steps = o->lcm_original_steps;
     p->eta = o->eta;
     p->guidance_scale = o->cfg_scale;
     /* inpainting regenerates the hole from pure noise unless --strength says otherwise */
@@ -243,6 +281,7 @@ static void describe_params(const cli_options *o, const ldm_generate_params *r, 
     else if (r->class_label >= 0 && r->uncond_class == LDM_UNCOND_CLASS_NONE)
         append(buf, cap, &n, ", Uncond class: none");
     if (r->eta != 0.0f) append(buf, cap, &n, ", Eta: %g", r->eta);
+    if (r->timestep_spacing == LDM_SPACING_TRAILING) append(buf, cap, &n, ", Schedule: trailing");
     if (o->init && strcmp(o->command, "upscale")) append(buf, cap, &n, ", Denoising strength: %g", r->strength);
     append(buf, cap, &n, ", Model: %s", model_name(o));
 }

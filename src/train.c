@@ -95,6 +95,10 @@ static int parse(int argc, char **argv, train_opts *o)
         else if (!strcmp(a, "--log-every")) { if (!parse_i64(a, v, 1, 1 << 30, &o->log_every)) return 2; }
         else if (!strcmp(a, "--seed")) { if (!parse_i64(a, v, 0, INT64_MAX, &n)) return 2; o->p.seed = (uint64_t)n; }
         else if (!strcmp(a, "--threads")) { if (!parse_i64(a, v, 1, 4096, &n)) return 2; o->p.n_threads = (int)n; }
+        else if (!strcmp(a, "--memory-budget")) { /* MB of activations before blocks are recomputed */
+            if (!parse_i64(a, v, 1, (int64_t)1 << 30, &n)) return 2;
+            o->p.max_activation_bytes = (uint64_t)n << 20;
+        }
         else {
             fprintf(stderr, "ldm train: unknown option %s (ldm train --help)\n", a);
             return 2;

@@ -245,6 +245,19 @@ static ldm_status op_apply_model(runner *r, const lj_value *call)
     return LDM_OK;
 }
 
+/* ldm.apply_model with an LCM guidance embedding: params.guidance_scale goes into the UNet. */
+static ldm_status op_apply_embedded_guidance(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs");
+    ldm_tensor *out = NULL;
+    LDM_TRY(need_model(r));
+    float scale = (float)lj_number(lj_get(lj_get(call, "params"), "guidance_scale"), 1.0);
+    LDM_TRY(ldm_model_apply_embedded_guidance(r->model, input(r, in, "x"), input(r, in, "timesteps"),
+                                              input(r, in, "context"), scale, &out));
+    emit(r, lj_get(call, "outputs"), "out", out);
+    return LDM_OK;
+}
+
 static ldm_status op_cond_tokens(runner *r, const lj_value *call)
 {
     ldm_conditioner *cond;
@@ -302,12 +315,23 @@ static ldm_status op_p_sample(runner *r, const lj_value *call)
     return LDM_OK;
 }
 
+/* Where the vocabularies are: <fixtures>/../vocab in the shared layout; the project's own fixtures
+ * (tests/fixtures) use the shared ones, $LDM_SHARED/vocab (default ../shared/vocab). */
+static void vocab_dir(const runner *r, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/../../vocab", r->dir);
+    if (fx_file_exists(buf)) return;
+    const char *shared = getenv("LDM_SHARED");
+    snprintf(buf, cap, "%s/vocab", shared && *shared ? shared : "../shared");
+}
+
 static char *vocab_for(runner *r, const lj_value *params, const char *default_file)
 {
     const char *rel = lj_string(lj_get(params, "vocab"), NULL);
-    char buf[4096];
+    char buf[4096], dir[3072];
+    vocab_dir(r, dir, sizeof dir);
     if (rel) snprintf(buf, sizeof buf, "%s/%s", r->dir, rel);
-    else snprintf(buf, sizeof buf, "%s/../../vocab/%s", r->dir, default_file);
+    else snprintf(buf, sizeof buf, "%s/%s", dir, default_file);
     return strdup(buf);
 }
 
@@ -346,6 +370,169 @@ static ldm_status op_tok_bert(runner *r, const lj_value *call)
     return run_tokenizer(r, call, LDM_TOKENIZER_BERT, "bert-base-uncased-vocab.txt");
 }
 
+/* ---- prompts as users write them (docs/prompts.md) */
+
+/* A growable int64 list for the flat outputs of the prompt ops. */
+typedef struct i64_list {
+    int64_t *v;
+    int64_t n, cap;
+} i64_list;
+
+static void i64_push(i64_list *l, int64_t x)
+{
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 64;
+        int64_t *v = realloc(l->v, (size_t)cap * sizeof *v);
+        if (!v) abort(); /* test runner: out of memory is fatal */
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = x;
+}
+
+/* The prompts of params.prompts (borrowed from the case's parse tree). */
+static ldm_status call_prompts(const lj_value *params, const char ***out, int *n)
+{
+    const lj_value *prompts = lj_get(params, "prompts");
+    if (!prompts || prompts->type != LJ_ARRAY || prompts->count == 0)
+        return ldm_fail(LDM_ERR_FORMAT, "prompt call without prompts");
+    *out = calloc(prompts->count, sizeof **out);
+    if (!*out) return LDM_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < prompts->count; i++) (*out)[i] = fx_prompt(prompts->items[i]);
+    *n = (int)prompts->count;
+    return LDM_OK;
+}
+
+static ldm_tensor *i64_vector(const int64_t *v, int64_t n)
+{
+    ldm_tensor *t = NULL;
+    if (ldm_tensor_create(LDM_I64, 1, &n, &t) != LDM_OK) return NULL;
+    if (n) memcpy(ldm_tensor_data(t), v, (size_t)n * sizeof *v);
+    return t;
+}
+
+/* prompt.parse: the runs of every prompt as flat tensors (prompt index, UTF-8 bytes, byte length,
+ * the weight's float64 bits). */
+static ldm_status op_prompt_parse(runner *r, const lj_value *call)
+{
+    const char **p = NULL;
+    int n = 0;
+    LDM_TRY(call_prompts(lj_get(call, "params"), &p, &n));
+    i64_list owner = {0}, len = {0}, text = {0}, bits = {0};
+    ldm_status st = LDM_OK;
+    for (int i = 0; i < n && st == LDM_OK; i++) {
+        ldm_prompt_runs *runs = NULL;
+        st = ldm_prompt_parse(p[i], 0, &runs);
+        for (int k = 0; st == LDM_OK && k < ldm_prompt_runs_count(runs); k++) {
+            const char *t = ldm_prompt_runs_text(runs, k);
+            double w = ldm_prompt_runs_weight(runs, k);
+            int64_t b;
+            memcpy(&b, &w, sizeof b);
+            i64_push(&owner, i);
+            i64_push(&len, (int64_t)strlen(t));
+            for (const char *c = t; *c; c++) i64_push(&text, (unsigned char)*c);
+            i64_push(&bits, b);
+        }
+        ldm_prompt_runs_free(runs);
+    }
+    free(p);
+    const lj_value *out = lj_get(call, "outputs");
+    if (st == LDM_OK) {
+        emit(r, out, "runs_prompt", i64_vector(owner.v, owner.n));
+        emit(r, out, "runs_len", i64_vector(len.v, len.n));
+        emit(r, out, "runs_text", i64_vector(text.v, text.n));
+        emit(r, out, "runs_weight_bits", i64_vector(bits.v, bits.n));
+    }
+    free(owner.v);
+    free(len.v);
+    free(text.v);
+    free(bits.v);
+    return st;
+}
+
+/* Appends the rows of `add` [k, T] to *acc [n, T] (a new tensor; *acc NULL at first). */
+static ldm_status append_rows(ldm_tensor **acc, ldm_tensor *add)
+{
+    if (!*acc) {
+        *acc = add;
+        return LDM_OK;
+    }
+    int64_t shape[2] = {ldm_tensor_dim(*acc, 0) + ldm_tensor_dim(add, 0), ldm_tensor_dim(add, 1)};
+    ldm_tensor *t = NULL;
+    ldm_status st = ldm_tensor_create(ldm_tensor_dtype(add), 2, shape, &t);
+    if (st == LDM_OK) {
+        size_t elem = ldm_tensor_dtype(add) == LDM_I64 ? 8 : 4;
+        size_t a = (size_t)ldm_tensor_numel(*acc) * elem, b = (size_t)ldm_tensor_numel(add) * elem;
+        memcpy(ldm_tensor_data(t), ldm_tensor_data(*acc), a);
+        memcpy((char *)ldm_tensor_data(t) + a, ldm_tensor_data(add), b);
+        ldm_tensor_free(*acc);
+        *acc = t;
+    }
+    ldm_tensor_free(add);
+    return st;
+}
+
+/* prompt.tokens: params prompts, tokenizer ("clip" | "openclip" | "bert"), context_length -> every
+ * prompt's chunk ids and weights stacked, and the chunk count of each prompt. */
+static ldm_status op_prompt_tokens(runner *r, const lj_value *call)
+{
+    const lj_value *params = lj_get(call, "params");
+    const char *kind_name = lj_string(lj_get(params, "tokenizer"), "clip");
+    int bert = strcmp(kind_name, "bert") == 0;
+    ldm_tokenizer_kind kind = bert ? LDM_TOKENIZER_BERT
+                                   : strcmp(kind_name, "openclip") == 0 ? LDM_TOKENIZER_OPENCLIP : LDM_TOKENIZER_CLIP;
+    int ctx = (int)lj_number(lj_get(params, "context_length"), 77);
+    char *vocab = vocab_for(r, params, bert ? "bert-base-uncased-vocab.txt" : "bpe_simple_vocab_16e6.txt.gz");
+    ldm_tokenizer *tok = NULL;
+    ldm_status st = ldm_tokenizer_load(kind, vocab, &tok);
+    free(vocab);
+    LDM_TRY(st);
+    const char **p = NULL;
+    int n = 0;
+    st = call_prompts(params, &p, &n);
+    ldm_tensor *ids = NULL, *weights = NULL;
+    i64_list counts = {0};
+    for (int i = 0; i < n && st == LDM_OK; i++) {
+        ldm_tensor *id1 = NULL, *w1 = NULL;
+        st = ldm_tokenizer_encode_prompt(tok, p[i], ctx, 0, &id1, &w1);
+        if (st != LDM_OK) break;
+        i64_push(&counts, ldm_tensor_dim(id1, 0));
+        st = append_rows(&ids, id1);
+        if (st == LDM_OK) st = append_rows(&weights, w1);
+        else ldm_tensor_free(w1);
+    }
+    free(p);
+    ldm_tokenizer_free(tok);
+    if (st == LDM_OK) {
+        const lj_value *out = lj_get(call, "outputs");
+        emit(r, out, "ids", ids);
+        emit(r, out, "weights", weights);
+        emit(r, out, "chunks", i64_vector(counts.v, counts.n));
+    } else {
+        ldm_tensor_free(ids);
+        ldm_tensor_free(weights);
+    }
+    free(counts.v);
+    return st;
+}
+
+/* cond.encode_prompt: params prompts -> the conditioner's ldm_conditioner_encode_prompt. */
+static ldm_status op_encode_prompt(runner *r, const lj_value *call)
+{
+    ldm_conditioner *cond;
+    ldm_tensor *c = NULL;
+    const char **p = NULL;
+    int n = 0;
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_conditioner(r->model, &cond));
+    LDM_TRY(call_prompts(lj_get(call, "params"), &p, &n));
+    ldm_status st = ldm_conditioner_encode_prompt(cond, p, n, 0, &c);
+    free(p);
+    LDM_TRY(st);
+    emit(r, lj_get(call, "outputs"), "c", c);
+    return LDM_OK;
+}
+
 static ldm_status op_layout_tokens(runner *r, const lj_value *call)
 {
     ldm_tensor *ids = NULL;
@@ -354,7 +541,17 @@ static ldm_status op_layout_tokens(runner *r, const lj_value *call)
     return LDM_OK;
 }
 
+static ldm_status op_sampler_spaced(runner *r, const lj_value *call, ldm_sampler_kind kind,
+                                    ldm_timestep_spacing spacing);
+
 static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind kind)
+{
+    return op_sampler_spaced(r, call, kind, LDM_SPACING_DEFAULT);
+}
+
+/* params.guidance_embedding true: the guidance scale goes into an LCM-distilled UNet. */
+static ldm_status op_sampler_spaced(runner *r, const lj_value *call, ldm_sampler_kind kind,
+                                    ldm_timestep_spacing spacing)
 {
     LDM_TRY(need_model(r));
     fx_sample_spec spec = {0};
@@ -365,6 +562,9 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
     spec.guidance_scale = (float)lj_number(lj_get(params, "guidance_scale"), 1.0);
     spec.x_T = input(r, in, "x_T");
     spec.noise = input(r, in, "noise");
+    spec.spacing = spacing;
+    const lj_value *ge = lj_get(params, "guidance_embedding");
+    spec.guidance_embedding = ge && ge->type == LJ_BOOL && ge->boolean;
     ldm_status st = cond_from_spec(r, lj_get(params, "cond"), in, &spec.cond);
     if (st == LDM_OK) st = cond_from_spec(r, lj_get(params, "uncond"), in, &spec.uncond);
     fx_sample_result res = {0};
@@ -381,6 +581,7 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
         emit(r, out, "samples", res.samples);
         emit(r, out, "image", res.image);
         emit(r, out, "model_output_step0", res.model_output_step0);
+        emit(r, out, "sigmas", res.sigmas);
         emit(r, out, "c", spec.cond);
         emit(r, out, "uc", spec.uncond);
         return LDM_OK;
@@ -393,6 +594,39 @@ static ldm_status op_sampler(runner *r, const lj_value *call, ldm_sampler_kind k
 
 static ldm_status op_ddim(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_DDIM); }
 static ldm_status op_plms(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_PLMS); }
+static ldm_status op_lcm(runner *r, const lj_value *call) { return op_sampler(r, call, LDM_SAMPLER_LCM); }
+static ldm_status op_euler_trailing(runner *r, const lj_value *call)
+{
+    return op_sampler_spaced(r, call, LDM_SAMPLER_EULER, LDM_SPACING_TRAILING);
+}
+static ldm_status op_euler_a_trailing(runner *r, const lj_value *call)
+{
+    return op_sampler_spaced(r, call, LDM_SAMPLER_EULER_ANCESTRAL, LDM_SPACING_TRAILING);
+}
+
+/* LoRA (tests/fixtures/lora_*): params.file is relative to the fixture directory. */
+static ldm_status op_lora_add(runner *r, const lj_value *call)
+{
+    const lj_value *params = lj_get(call, "params");
+    char path[4096];
+    LDM_TRY(need_model(r));
+    snprintf(path, sizeof path, "%s/%s", r->dir, lj_string(lj_get(params, "file"), ""));
+    return ldm_model_lora_add(r->model, path, lj_number(lj_get(params, "multiplier"), 1.0), 0, NULL);
+}
+
+static ldm_status op_lora_clear(runner *r, const lj_value *call)
+{
+    LDM_TRY(need_model(r));
+    return ldm_model_lora_clear(r->model);
+}
+
+static ldm_status op_lora_remove_last(runner *r, const lj_value *call)
+{
+    ldm_lora_info info = {.struct_size = sizeof info};
+    LDM_TRY(need_model(r));
+    LDM_TRY(ldm_model_lora_get(r->model, ldm_model_lora_count(r->model) - 1, &info));
+    return ldm_model_lora_remove(r->model, info.id);
+}
 
 /* A second model of the fixture ({weights, config} relative to the fixture directory). */
 static ldm_status load_other(runner *r, const lj_value *spec, ldm_model **out)
@@ -567,8 +801,18 @@ static const struct {
     {"tokenizer.clip_sd1", op_tok_clip},
     {"tokenizer.openclip_sd2", op_tok_openclip},
     {"tokenizer.bert", op_tok_bert},
+    {"prompt.parse", op_prompt_parse},
+    {"prompt.tokens", op_prompt_tokens},
+    {"cond.encode_prompt", op_encode_prompt},
     {"sampler.ddim", op_ddim},
     {"sampler.plms", op_plms},
+    {"sampler.lcm", op_lcm},
+    {"sampler.euler_trailing", op_euler_trailing},
+    {"sampler.euler_ancestral_trailing", op_euler_a_trailing},
+    {"ldm.apply_model_embedded_guidance", op_apply_embedded_guidance},
+    {"lora.add", op_lora_add},
+    {"lora.clear", op_lora_clear},
+    {"lora.remove_last", op_lora_remove_last},
     {"cond.sdxl", op_cond_sdxl},
     {"sampler.sgm", op_sampler_sgm},
 };
@@ -581,15 +825,26 @@ static ldm_status open_fixture(runner *r)
     LDM_TRY(fx_load_case(r->dir, &r->cas));
     snprintf(path, sizeof path, "%s/io.safetensors", r->dir);
     LDM_TRY(lw_open(path, 0, &r->io));
-    if (!fx_pick_weights(r->dir, r->cas, path, sizeof path)) return LDM_OK; /* tokenizer-only fixture */
+    /* "shared_weights": the model (and config) of a shared fixture, which the project's own
+     * fixtures use instead of a copy: <shared>/fixtures/<name>/. */
+    const char *shared_fixture = lj_string(lj_get(r->cas, "shared_weights"), NULL);
+    char model_dir[3072], vocabs[1024];
+    snprintf(model_dir, sizeof model_dir, "%s", r->dir);
+    if (shared_fixture) {
+        vocab_dir(r, vocabs, sizeof vocabs);
+        snprintf(model_dir, sizeof model_dir, "%s/../fixtures/%.1000s", vocabs, shared_fixture);
+        snprintf(path, sizeof path, "%s/model.safetensors", model_dir);
+    } else if (!fx_pick_weights(r->dir, r->cas, path, sizeof path)) {
+        return LDM_OK; /* tokenizer-only fixture */
+    }
     ldm_model_params mp;
     ldm_model_params_init(&mp);
-    snprintf(config, sizeof config, "%s/config.yaml", r->dir);
+    snprintf(config, sizeof config, "%s/config.yaml", model_dir);
     if (fx_file_exists(config)) mp.config_path = config;
     mp.n_threads = fx_threads();
     /* Text models find their vocabulary where the shared layout keeps it: <fixtures>/../vocab
      * (the same place the tokenizer fixtures' params.vocab point to). */
-    snprintf(vocab, sizeof vocab, "%s/../../vocab", r->dir);
+    vocab_dir(r, vocab, sizeof vocab);
     if (!getenv("LDM_VOCAB")) mp.vocab_path = vocab;
     return ldm_model_load(path, &mp, &r->model);
 }

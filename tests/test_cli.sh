@@ -112,6 +112,21 @@ if run uncond 0 "$LDM" generate --steps 2 --seed 1 --sampler dpmpp_2m_karras --w
     ok "no class: unconditional sample; --width/--height; a k-sampler"
 else bad "no class: unconditional sample; --width/--height; a k-sampler"; fi
 
+# Few-step settings (docs/few-step.md): the LCM sampler (4 steps, guidance off unless the UNet has
+# a guidance embedding) and the --turbo preset (euler_a, trailing spacing, 1 step, guidance 1),
+# both recorded in the PNG's parameters.
+if run lcm 0 "$LDM" generate --sampler lcm --seed 3 --class 3 -o "$T/lcm.png" && [ -s "$T/lcm.png" ] &&
+    grep -aq "Steps: 4, Sampler: lcm, CFG scale: 1," "$T/lcm.png"; then
+    ok "--sampler lcm: 4 steps and guidance 1 by default"
+else bad "--sampler lcm: 4 steps and guidance 1 by default"; fi
+if run turbo 0 "$LDM" generate --turbo --seed 3 --class 3 -o "$T/turbo.png" && [ -s "$T/turbo.png" ] &&
+    grep -aq "Steps: 1, Sampler: euler_a, CFG scale: 1,.*Schedule: trailing" "$T/turbo.png"; then
+    ok "--turbo: euler_a, trailing spacing, 1 step, guidance 1"
+else bad "--turbo: euler_a, trailing spacing, 1 step, guidance 1"; fi
+if run badspacing 2 "$LDM" generate --spacing leading && has "$T/err" "default or trailing"; then
+    ok "--spacing: an unknown name is refused"
+else bad "--spacing: an unknown name is refused"; fi
+
 # ---------------------------------------------------------------- progress bar
 if run notty 0 "$LDM" generate --steps 4 --seed 1 -o "$T/p.png" && ! has "$T/err" "4/4" &&
     ! grep -q "$(printf '\r')" "$T/err"; then
@@ -530,10 +545,42 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         --negative-prompt "blurry" --steps 6 --seed 5 -o "$T/text-low.png" && cmp -s "$T/text.png" "$T/text-low.png"; then
         ok "--low-memory gives the same image"
     else bad "--low-memory gives the same image"; fi
+    # webui's prompt syntax is the default (docs/prompts.md): a plain prompt gives the same image
+    # with --plain-prompt; emphasis changes it; a weight that is not a number is explained
+    sd1="--model $FX/ldm_sd1_txt2img/model.safetensors --config $FX/ldm_sd1_txt2img/config.yaml --vocab $SHARED/vocab"
+    # shellcheck disable=SC2086
+    if run plain 0 "$LDM" generate $sd1 --plain-prompt --prompt "a red fox" --negative-prompt "blurry" --steps 6 \
+        --seed 5 -o "$T/text-plain.png" && cmp -s "$T/text.png" "$T/text-plain.png"; then
+        ok "--plain-prompt: a prompt without syntax gives the same image"
+    else bad "--plain-prompt: a prompt without syntax gives the same image"; fi
+    # shellcheck disable=SC2086
+    if run weighted 0 "$LDM" generate $sd1 --prompt "a (red:1.5) fox" --steps 2 --seed 5 -o "$T/w1.png" &&
+        run weighted-plain 0 "$LDM" generate $sd1 --plain-prompt --prompt "a (red:1.5) fox" --steps 2 --seed 5 \
+            -o "$T/w2.png" && ! cmp -s "$T/w1.png" "$T/w2.png"; then
+        ok "(red:1.5) weighs the word (and is plain text with --plain-prompt)"
+    else bad "(red:1.5) weighs the word (and is plain text with --plain-prompt)"; fi
+    # shellcheck disable=SC2086
+    if run badweight 1 "$LDM" generate $sd1 --prompt "a (red:1.2.3) fox" --steps 2 -o "$T/x.png" &&
+        has "$T/err" "not a number"; then
+        ok "a weight that is not a number is explained, exit 1"
+    else bad "a weight that is not a number is explained, exit 1"; fi
     if run novocab 1 env -u LDM_VOCAB "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
         --config "$FX/ldm_sd1_txt2img/config.yaml" --prompt "a red fox" --steps 2 -o "$T/x.png" && has "$T/err" "vocab"; then
         ok "a missing vocabulary is explained, exit 1"
     else bad "a missing vocabulary is explained, exit 1"; fi
+    # LoRA (docs/lora.md): tests/fixtures/lora_sd1's kohya file fits this model's UNet and text tower.
+    LORA=tests/fixtures/lora_sd1/lora_kohya.safetensors
+    if run lora 0 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
+        --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
+        --negative-prompt "blurry" --steps 6 --seed 5 --lora "$LORA:0.7" -o "$T/text-lora.png" &&
+        [ -s "$T/text-lora.png" ] && ! cmp -s "$T/text.png" "$T/text-lora.png"; then
+        ok "--lora FILE:0.7 changes the image"
+    else bad "--lora FILE:0.7 changes the image"; fi
+    if run lorabad 1 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
+        --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a" --steps 2 \
+        --lora "$FX/ldm_sd1_txt2img/model.safetensors" -o "$T/x.png" && has "$T/err" "not a LoRA key"; then
+        ok "--lora with a checkpoint instead of a LoRA: named keys, exit 1"
+    else bad "--lora with a checkpoint instead of a LoRA: named keys, exit 1"; fi
 else
     skip "ldm_sd1_txt2img and the CLIP vocabulary fixture (set LDM_SHARED)"
 fi

@@ -212,8 +212,8 @@ static const mini_error mini_errors[] = {
     {NULL, NULL, "__is_something__", LDM_ERR_FORMAT, "cond_stage_config"},
     {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_spatial_transformer: true", NULL, LDM_ERR_FORMAT,
      "context_dim"},
-    {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        use_new_attention_order: true", NULL,
-     LDM_ERR_UNSUPPORTED, "use_new_attention_order"},
+    {NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        conv_resample: maybe", NULL, LDM_ERR_FORMAT,
+     "conv_resample"},
 };
 
 START_TEST(config_errors_name_the_key)
@@ -236,6 +236,15 @@ START_TEST(config_errors_name_the_key)
                          &m),
                LDM_ERR_FORMAT, "unet_config is required");
     ASSERT_ERR(parse_str("model: [\n", &m), LDM_ERR_FORMAT, "test.yaml:");
+    /* conv_resample: false is a supported network (parameter-free Downsample / Upsample) */
+    char *y = mini(NULL, "num_heads: 1\n        channel_mult: [1, 1]\n        conv_resample: false", NULL);
+    ck_assert_msg(parse_str(y, &m) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(m.unet.no_conv_resample, 1);
+    free(y);
+    y = mini(NULL, "num_heads: 1\n        channel_mult: [1, 1]", NULL);
+    ck_assert_int_eq(parse_str(y, &m), LDM_OK);
+    ck_assert_int_eq(m.unet.no_conv_resample, 0);
+    free(y);
     ASSERT_ERR(ld_config_load("/nonexistent/dir/config.yaml", &m), LDM_ERR_IO, "/nonexistent/dir/config.yaml");
     ASSERT_ERR(parse_str("model:\n  target: ldm.models.autoencoder.AutoencoderKL\n  params:\n    embed_dim: 4\n"
                          "    ddconfig: {double_z: false, z_channels: 4, resolution: 256, in_channels: 3, out_ch: 3,"

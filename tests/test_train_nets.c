@@ -170,6 +170,26 @@ START_TEST(forward_matches_inference_variants)
 }
 END_TEST
 
+/* Legacy AttentionBlocks (use_spatial_transformer false), label_emb, resblock_updown. */
+static ld_unet attn_unet(int new_order)
+{
+    ld_unet d = small_unet();
+    d.use_spatial_transformer = 0, d.context_dim = 0, d.transformer_depth = 0;
+    if (new_order) {
+        d.use_new_attention_order = 1, d.use_scale_shift_norm = 1;
+    } else {
+        d.num_head_channels = -1, d.num_heads = 2, d.legacy = 1, d.resblock_updown = 1;
+    }
+    return d;
+}
+
+START_TEST(forward_matches_inference_attention_block)
+{
+    check_forward_equal(attn_unet(0), 2, 8, 8, 1);
+    check_forward_equal(attn_unet(1), 2, 8, 8, 1);
+}
+END_TEST
+
 /* L = sum(r * out) and its gradients, with the given context. */
 static double loss_and_grads(const lctx *ctx, const net_case *c, ltp_params *ps, const float *r, float *dx)
 {
@@ -205,17 +225,11 @@ static void fd_check(const net_case *c, ltp_params *ps, const float *r, float *p
     ck_assert_msg(fabs(fd - g) <= tol, "%s[%zu]: finite difference %g, tape %g", what, j, fd, g);
 }
 
+static void fd_unet(ld_unet d, const char *const *names, size_t n_names);
+
 START_TEST(gradients_match_finite_differences)
 {
-    net_case c;
-    case_init(&c, small_unet(), 2, 8, 8, 1);
-    ltp_params *ps = random_params(&c, 11);
-    size_t nout = (size_t)c.B * c.d.out_channels * c.H * c.W, nx = nout;
-    float *r = malloc(nout * sizeof(float)), *dx = malloc(nx * sizeof(float));
-    for (size_t i = 0; i < nout; i++) r[i] = frand();
-    loss_and_grads(NULL, &c, ps, r, dx);
-    /* copy the gradients: every FD evaluation below runs its own forward only */
-    static const char *names[] = {
+    static const char *const names[] = {
         "model.diffusion_model.input_blocks.0.0.weight",
         "model.diffusion_model.time_embed.0.weight",
         "model.diffusion_model.label_emb.weight",
@@ -232,7 +246,49 @@ START_TEST(gradients_match_finite_differences)
         "model.diffusion_model.output_blocks.1.2.conv.weight",
         "model.diffusion_model.out.2.weight",
     };
-    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+    fd_unet(small_unet(), names, sizeof names / sizeof *names);
+}
+END_TEST
+
+/* AttentionBlock (legacy order, resblock_updown), ResBlock dropout (a fixed mask: the tape's
+ * key does not change between evaluations) and checkpointed blocks (ltp_segment). */
+START_TEST(gradients_match_finite_differences_attention_block)
+{
+    static const char *const names[] = {
+        "model.diffusion_model.input_blocks.1.1.norm.weight",
+        "model.diffusion_model.input_blocks.1.1.qkv.weight",
+        "model.diffusion_model.input_blocks.1.1.qkv.bias",
+        "model.diffusion_model.input_blocks.1.1.proj_out.weight",
+        "model.diffusion_model.input_blocks.2.0.in_layers.2.weight",
+        "model.diffusion_model.input_blocks.2.0.out_layers.3.weight",
+        "model.diffusion_model.middle_block.1.qkv.weight",
+        "model.diffusion_model.output_blocks.1.2.in_layers.2.weight",
+        "model.diffusion_model.output_blocks.1.2.emb_layers.1.weight",
+        "model.diffusion_model.label_emb.weight",
+    };
+    ld_unet d = attn_unet(0);
+    d.dropout = 0.2, d.use_checkpoint = 1;
+    fd_unet(d, names, sizeof names / sizeof *names);
+    static const char *const names_new[] = {
+        "model.diffusion_model.input_blocks.1.1.qkv.weight",
+        "model.diffusion_model.middle_block.1.qkv.bias",
+        "model.diffusion_model.output_blocks.2.1.proj_out.weight",
+    };
+    fd_unet(attn_unet(1), names_new, sizeof names_new / sizeof *names_new);
+}
+END_TEST
+
+static void fd_unet(ld_unet d, const char *const *names, size_t n_names)
+{
+    net_case c;
+    case_init(&c, d, 2, 8, 8, 1);
+    ltp_params *ps = random_params(&c, 11);
+    size_t nout = (size_t)c.B * c.d.out_channels * c.H * c.W, nx = nout;
+    float *r = malloc(nout * sizeof(float)), *dx = malloc(nx * sizeof(float));
+    for (size_t i = 0; i < nout; i++) r[i] = frand();
+    loss_and_grads(NULL, &c, ps, r, dx);
+    /* copy the gradients: every FD evaluation below runs its own forward only */
+    for (size_t k = 0; k < n_names; k++) {
         ltp_param *p = ltp_params_find(ps, names[k]);
         ck_assert_msg(p != NULL, "no parameter %s", names[k]);
         float *g = malloc(p->n * sizeof(float));
@@ -249,6 +305,31 @@ START_TEST(gradients_match_finite_differences)
     }
     free(r);
     free(dx);
+    ltp_params_free(ps);
+    case_free(&c);
+}
+
+/* conv_resample false: parameter-free Downsample (avg-pool) and Upsample (nearest); the
+ * resamplers' weights do not exist, the forward equals the inference UNet's and the gradients
+ * (of the input too, which crosses both resamplers) their finite differences. */
+START_TEST(conv_resample_false)
+{
+    ld_unet d = small_unet();
+    d.no_conv_resample = 1;
+    check_forward_equal(d, 2, 8, 8, 1);
+    static const char *const names[] = {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+        "model.diffusion_model.input_blocks.3.0.in_layers.2.weight",
+        "model.diffusion_model.output_blocks.1.1.proj_out.weight",
+        "model.diffusion_model.output_blocks.2.0.in_layers.2.weight",
+    };
+    fd_unet(d, names, sizeof names / sizeof *names);
+    net_case c;
+    case_init(&c, d, 1, 8, 8, 1);
+    ltp_params *ps = random_params(&c, 3);
+    ck_assert_ptr_null(ltp_params_find(ps, "model.diffusion_model.input_blocks.2.0.op.weight"));
+    ck_assert_ptr_null(ltp_params_find(ps, "model.diffusion_model.output_blocks.1.2.conv.weight"));
+    ck_assert_ptr_nonnull(ltp_params_find(ps, "model.diffusion_model.input_blocks.3.0.in_layers.2.weight"));
     ltp_params_free(ps);
     case_free(&c);
 }
@@ -410,9 +491,12 @@ static Suite *nets_suite(void)
     tcase_add_test(tc, forward_matches_inference);
     tcase_add_test(tc, forward_matches_inference_variants);
     tcase_add_test(tc, gradients_match_finite_differences);
+    tcase_add_test(tc, gradients_match_finite_differences_attention_block);
+    tcase_add_test(tc, forward_matches_inference_attention_block);
     tcase_add_test(tc, gradients_independent_of_threads);
     tcase_add_test(tc, diffusion_loss_falls);
     tcase_add_test(tc, errors_are_reported);
+    tcase_add_test(tc, conv_resample_false);
     suite_add_tcase(s, tc);
     return s;
 }

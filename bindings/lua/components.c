@@ -165,6 +165,21 @@ static int cond_encode_text(lua_State *L)
     return 1;
 }
 
+/* cond:encode_prompt(prompt or {prompts} [, {emphasis =, comma_backtrack =, normalize =}]):
+ * webui's syntax and long prompts (docs/prompts.md) -> [n, 77*k, D] */
+static int cond_encode_prompt(lua_State *L)
+{
+    lua_settop(L, 3);
+    int model;
+    ldm_conditioner *c = check_component_call(L, 1, LB_CONDITIONER, &model);
+    unsigned flags = lb_prompt_flags(L, 3);
+    int n = 0;
+    const char *const *prompts = lb_strings(L, 2, &n);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, model, ldm_conditioner_encode_prompt(c, prompts, n, flags, out), "ldm_conditioner_encode_prompt");
+    return 1;
+}
+
 void lb_components_register(lua_State *L)
 {
     static const luaL_Reg ae[] = {{"kind", ae_kind},     {"factor", ae_factor}, {"latent_channels", ae_latent_channels},
@@ -174,6 +189,7 @@ void lb_components_register(lua_State *L)
     static const luaL_Reg cond[] = {{"kind", cond_kind},
                                     {"encode_tokens", cond_encode_tokens},
                                     {"encode_text", cond_encode_text},
+                                    {"encode_prompt", cond_encode_prompt},
                                     {"encode_labels", cond_encode_labels},
                                     {"encode_image", cond_encode_image},
                                     {NULL, NULL}};

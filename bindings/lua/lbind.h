@@ -102,6 +102,10 @@ void lb_sampler_register(lua_State *L, int module);
 void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p);
 void lb_push_sampler(lua_State *L, ldm_sampler *s);
 void lb_tokenizer_register(lua_State *L, int module);
+/* prompt syntax: ldm.parse_prompt (prompt.c); the flags of a prompt option table
+ * {emphasis =, comma_backtrack =, normalize =} at idx (nil: defaults) */
+void lb_prompt_register(lua_State *L, int module);
+unsigned lb_prompt_flags(lua_State *L, int idx);
 /* training runs: ldm.trainer (trainer.c) */
 void lb_trainer_register(lua_State *L, int module);
 

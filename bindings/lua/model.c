@@ -118,6 +118,67 @@ static int m_set_threads(lua_State *L)
     return 0;
 }
 
+/* ---- LoRA (docs/lora.md) */
+
+/* m:add_lora(path [, multiplier [, allow_unmatched]]) -> id */
+static int m_add_lora(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    const char *path = luaL_checkstring(L, 2);
+    double multiplier = luaL_optnumber(L, 3, 1.0);
+    unsigned flags = lua_toboolean(L, 4) ? LDM_LORA_ALLOW_UNMATCHED : 0;
+    int id = 0;
+    LB_MODEL_CALL(L, 1, ldm_model_lora_add(m, path, multiplier, flags, &id), "ldm_model_lora_add");
+    lua_pushinteger(L, id);
+    return 1;
+}
+
+static int m_remove_lora(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    int id = lb_arg_int(L, 2, "remove_lora: id", 0, 0);
+    LB_MODEL_CALL(L, 1, ldm_model_lora_remove(m, id), "ldm_model_lora_remove");
+    return 0;
+}
+
+static int m_set_lora_multiplier(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    int id = lb_arg_int(L, 2, "set_lora_multiplier: id", 0, 0);
+    double multiplier = luaL_checknumber(L, 3);
+    LB_MODEL_CALL(L, 1, ldm_model_lora_set_multiplier(m, id, multiplier),
+                  "ldm_model_lora_set_multiplier");
+    return 0;
+}
+
+static int m_clear_loras(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    LB_MODEL_CALL(L, 1, ldm_model_lora_clear(m), "ldm_model_lora_clear");
+    return 0;
+}
+
+/* m:loras() -> {{id=, path=, multiplier=, n_unet_layers=, n_text_layers=, n_skipped_keys=}, ...} */
+static int m_loras(lua_State *L)
+{
+    ldm_model *m = lb_check_model(L, 1);
+    int n = ldm_model_lora_count(m);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        ldm_lora_info info = {.struct_size = sizeof info};
+        lb_check(L, ldm_model_lora_get(m, i, &info), "ldm_model_lora_get");
+        lua_createtable(L, 0, 6);
+        lua_pushinteger(L, info.id), lua_setfield(L, -2, "id");
+        lua_pushstring(L, info.path), lua_setfield(L, -2, "path");
+        lua_pushnumber(L, info.multiplier), lua_setfield(L, -2, "multiplier");
+        lua_pushinteger(L, info.n_unet_layers), lua_setfield(L, -2, "n_unet_layers");
+        lua_pushinteger(L, info.n_text_layers), lua_setfield(L, -2, "n_text_layers");
+        lua_pushinteger(L, info.n_skipped_keys), lua_setfield(L, -2, "n_skipped_keys");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 static int m_interrupt(lua_State *L)
 {
     lb_model *u = luaL_checkudata(L, 1, LB_MODEL);
@@ -233,7 +294,8 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
                                         "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
                                         "seed",     "init_image",      "strength",    "mask",       "cond_image",
                                         "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
-                                        NULL};
+                                        "timestep_spacing", "lcm_original_steps", "plain_prompts", NULL};
+    static const char *const spacings[] = {"default", "trailing", NULL};
     ldm_generate_params_init(p);
     lb_check_options(L, opts, "generate", known);
     p->prompt = lb_opt_string(L, opts, "prompt", NULL);
@@ -251,6 +313,12 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     p->strength = (float)lb_opt_number(L, opts, "strength", p->strength);
     p->vae_tile = lb_opt_int(L, opts, "vae_tile", p->vae_tile);
     p->uncond_class = opt_uncond_class(L, opts);
+    p->timestep_spacing = (ldm_timestep_spacing)lb_opt_choice(L, opts, "timestep_spacing", "default", spacings);
+    p->lcm_original_steps = lb_opt_int(L, opts, "lcm_original_steps", p->lcm_original_steps);
+    lua_getfield(L, opts, "plain_prompts"); /* true: no webui syntax, 75 tokens (docs/prompts.md) */
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_error(L, "option 'plain_prompts': expected a boolean");
+    p->plain_prompts = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
@@ -298,7 +366,7 @@ static int m_generate(lua_State *L)
 static int m_resolve_generate_params(lua_State *L)
 {
     static const char *const samplers[] = {"ddim", "plms", "ddpm", "euler", "euler_a", "heun", "dpmpp_2m",
-                                           "dpmpp_2m_karras"};
+                                           "dpmpp_2m_karras", "lcm"};
     ldm_model *m = lb_check_model(L, 1);
     lua_settop(L, 2);
     if (lua_isnil(L, 2)) {
@@ -318,7 +386,8 @@ static int m_resolve_generate_params(lua_State *L)
         const char *name;
         int value;
     } ints[] = {{"class_label", r.class_label}, {"width", r.width}, {"height", r.height},
-                {"batch", r.batch},             {"steps", r.steps}, {"vae_tile", r.vae_tile}};
+                {"batch", r.batch},             {"steps", r.steps}, {"vae_tile", r.vae_tile},
+                {"lcm_original_steps", r.lcm_original_steps}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         lua_pushinteger(L, ints[i].value);
         lua_setfield(L, -2, ints[i].name);
@@ -337,6 +406,10 @@ static int m_resolve_generate_params(lua_State *L)
     if (r.uncond_class == LDM_UNCOND_CLASS_NONE) lua_pushliteral(L, "none");
     else lua_pushinteger(L, r.uncond_class);
     lua_setfield(L, -2, "uncond_class");
+    lua_pushstring(L, r.timestep_spacing == LDM_SPACING_TRAILING ? "trailing" : "default");
+    lua_setfield(L, -2, "timestep_spacing");
+    lua_pushboolean(L, r.plain_prompts);
+    lua_setfield(L, -2, "plain_prompts");
     return 1;
 }
 
@@ -367,6 +440,28 @@ static int m_apply_guided(lua_State *L)
     float scale = (float)luaL_checknumber(L, 6);
     ldm_tensor **out = lb_push_tensor_slot(L);
     LB_MODEL_CALL(L, 1, ldm_model_apply_guided(m, x, t, cond, uncond, scale, out), "ldm_model_apply_guided");
+    return 1;
+}
+
+/* m:apply_embedded_guidance(x, timesteps, cond, guidance_scale): an LCM-distilled UNet */
+static int m_apply_embedded_guidance(lua_State *L)
+{
+    lua_settop(L, 5);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_timesteps(L, 3, 1);
+    const ldm_tensor *cond = lb_to_tensor(L, 4, LDM_F32, 1);
+    float scale = (float)luaL_checknumber(L, 5);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, 1, ldm_model_apply_embedded_guidance(m, x, t, cond, scale, out),
+                  "ldm_model_apply_embedded_guidance");
+    return 1;
+}
+
+/* m:guidance_embedding_dim() -> 0 unless the UNet is LCM-distilled */
+static int m_guidance_embedding_dim(lua_State *L)
+{
+    lua_pushinteger(L, ldm_model_guidance_embedding_dim(lb_check_model(L, 1)));
     return 1;
 }
 
@@ -455,6 +550,8 @@ void lb_model_register(lua_State *L, int module)
                                        {"generate", m_generate},
                                        {"apply", m_apply},
                                        {"apply_guided", m_apply_guided},
+                                       {"apply_embedded_guidance", m_apply_embedded_guidance},
+                                       {"guidance_embedding_dim", m_guidance_embedding_dim},
                                        {"decode_latent", m_decode_latent},
                                        {"inpaint_cond", m_inpaint_cond},
                                        {"p_sample", m_p_sample},
@@ -463,6 +560,11 @@ void lb_model_register(lua_State *L, int module)
                                        {"unet", m_unet},
                                        {"conditioner", m_conditioner},
                                        {"set_abort_callback", m_set_abort_callback},
+                                       {"add_lora", m_add_lora},
+                                       {"remove_lora", m_remove_lora},
+                                       {"set_lora_multiplier", m_set_lora_multiplier},
+                                       {"clear_loras", m_clear_loras},
+                                       {"loras", m_loras},
                                        {NULL, NULL}};
     static const luaL_Reg functions[] = {{"load", l_load}, {"load_builtin", l_builtin}, {NULL, NULL}};
     lb_new_class(L, LB_MODEL, methods, m_gc);

@@ -144,13 +144,14 @@ void lb_check_options(lua_State *L, int idx, const char *what, const char *const
 ldm_sampler_kind lb_sampler_kind(lua_State *L, const char *name)
 {
     static const char *const names[] = {"ddim", "plms", "ddpm", "euler", "euler_a", "heun", "dpmpp_2m",
-                                        "dpmpp_2m_karras", NULL};
+                                        "dpmpp_2m_karras", "lcm", NULL};
     static const ldm_sampler_kind kinds[] = {LDM_SAMPLER_DDIM, LDM_SAMPLER_PLMS, LDM_SAMPLER_DDPM,
                                              LDM_SAMPLER_EULER, LDM_SAMPLER_EULER_ANCESTRAL, LDM_SAMPLER_HEUN,
-                                             LDM_SAMPLER_DPMPP_2M, LDM_SAMPLER_DPMPP_2M_KARRAS};
+                                             LDM_SAMPLER_DPMPP_2M, LDM_SAMPLER_DPMPP_2M_KARRAS, LDM_SAMPLER_LCM};
     for (int i = 0; names[i]; i++)
         if (!strcmp(name, names[i])) return kinds[i];
-    luaL_error(L, "unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras)", name);
+    luaL_error(L, "unknown sampler '%s' (ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, lcm)",
+               name);
     return LDM_SAMPLER_DDIM;
 }
 
@@ -220,6 +221,7 @@ int luaopen_ldm(lua_State *L)
     lb_components_register(L);
     lb_sampler_register(L, module);
     lb_tokenizer_register(L, module);
+    lb_prompt_register(L, module);
     lb_trainer_register(L, module);
     lb_image_register(L, module);
     return 1;

@@ -34,7 +34,9 @@ void lb_push_sampler(lua_State *L, ldm_sampler *s)
 
 void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p)
 {
-    static const char *const known[] = {"kind", "steps", "eta", "quad", "seed", "parameterization", NULL};
+    static const char *const known[] = {"kind", "steps", "eta", "quad", "seed", "parameterization", "spacing",
+                                        "lcm_original_steps", NULL};
+    static const char *const spacings[] = {"default", "trailing", NULL};
     ldm_sampler_params_init(p);
     if (lua_isnoneornil(L, opts)) return;
     luaL_checktype(L, opts, LUA_TTABLE);
@@ -47,6 +49,8 @@ void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p)
     p->ddim_quad = lua_toboolean(L, -1);
     lua_pop(L, 1);
     p->seed = lb_opt_u64(L, opts, "seed", p->seed);
+    p->spacing = (ldm_timestep_spacing)lb_opt_choice(L, opts, "spacing", "default", spacings);
+    p->lcm_original_steps = lb_opt_int(L, opts, "lcm_original_steps", p->lcm_original_steps);
 }
 
 /* A caller-owned copy of a tensor the sampler keeps (valid only until its next call). */
@@ -65,10 +69,11 @@ static void push_copy(lua_State *L, const ldm_tensor *t)
     if (bytes) memcpy(ldm_tensor_data(*slot), ldm_tensor_data(src), bytes);
 }
 
-/* ldm.sampler(alphas_cumprod, {kind=, steps=, eta=, quad=, seed=, parameterization="eps"|"v"}) */
+/* ldm.sampler(alphas_cumprod, {kind=, steps=, eta=, quad=, seed=, parameterization="eps"|"v"|"x0",
+ * spacing="default"|"trailing", lcm_original_steps=}) */
 static int l_sampler(lua_State *L)
 {
-    static const char *const params[] = {"eps", "v", NULL};
+    static const char *const params[] = {"eps", "v", "x0", NULL};
     lua_settop(L, 2);
     const ldm_tensor *ac = lb_to_tensor(L, 1, LDM_F32, 0);
     if (ldm_tensor_dtype(ac) != LDM_F32 || ldm_tensor_ndim(ac) != 1)

@@ -689,6 +689,10 @@ test("trainer: bad arguments", function()
     raises("option 'max_steps': expected an integer", trainer, "err", {max_steps = 2.5})
     raises("option 'resume': expected a boolean", trainer, "err", {resume = 1})
     raises("option 'callback': expected a function", trainer, "err", {callback = 42})
+    raises("option 'max_activation_bytes' = -1 is out of range: it is passed as a C uint64_t", trainer, "err",
+           {max_activation_bytes = -1})
+    raises("option 'max_activation_bytes': expected an integer", trainer, "err", {max_activation_bytes = 0.5})
+    do local b <close> = trainer("budget", {max_activation_bytes = 1 << 20}) end
     raises("bad argument #2", ldm.trainer, root .. "/ae.yaml")
     local t <close> = trainer("err")
     raises("step: n = 4294967297 is out of range: it is passed as a C int", t.step, t, 2^32 + 1 | 0)
@@ -698,6 +702,44 @@ test("trainer: bad arguments", function()
 end)
 
 if train_root then os.execute(("rm -rf %q"):format(train_root)) end
+
+test("parse_prompt: webui's emphasis syntax", function()
+    local runs = ldm.parse_prompt("a ((house:1.3)) [on] BREAK \\(sky\\)")
+    local texts, weights = {}, {}
+    for i, r in ipairs(runs) do texts[i], weights[i] = r.text, r.weight end
+    eq(table.concat(texts, "|"), "a |house| |on||BREAK|(sky)", "texts")
+    eq(weights[2], 1.3 * 1.1, "house")
+    eq(weights[4], 1 / 1.1, "on")
+    check(runs[6].is_break and not runs[5].is_break, "BREAK marker")
+    eq(#ldm.parse_prompt("(a:2) BREAK", {emphasis = false}), 1, "emphasis = false")
+    raises("not a number", ldm.parse_prompt, "(a:1.2.3)")
+    raises("option 'emphasis'", ldm.parse_prompt, "a", {emphasis = 1})
+    raises("unknown", ldm.parse_prompt, "a", {emphasiss = false})
+end)
+
+test("prompts through the tokenizer, the conditioner and generate (fixture ldm_sd1_txt2img)", function()
+    local dir = fixture("ldm_sd1_txt2img")
+    local tok <close> = ldm.tokenizer("clip", shared .. "/vocab/bpe_simple_vocab_16e6.txt.gz")
+    local ids, w = tok:encode_prompt(("red cat "):rep(80) .. "(sky:1.5)") -- 161 tokens: 75 + 75 + 11
+    eq(shape_str(ids), "3x77", "ids") eq(shape_str(w), "3x77", "weights")
+    local wt = w:totable()
+    eq(wt[2 * 77 + 12], 1.5, "weight of sky") eq(wt[2 * 77 + 11], 1.0, "weight of cat")
+    local m <close> = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml", vocab = shared .. "/vocab"})
+    local cond = m:conditioner()
+    eq(table.concat(cond:encode_prompt{"a cat", ""}:totable(), ","), table.concat(cond:encode_text{"a cat", ""}:totable(), ","),
+       "plain prompts = encode_text")
+    eq(shape_str(cond:encode_prompt{("red cat "):rep(40), "x"}), "2x154x16", "two chunks")
+    eq(table.concat(cond:encode_prompt("(a:2)", {emphasis = false}):totable(), ","),
+       table.concat(cond:encode_text("(a:2)"):totable(), ","), "emphasis = false")
+    local function gen(opts)
+        opts.steps, opts.seed = 2, 5
+        return table.concat(m:generate(opts):totable(), ",")
+    end
+    eq(gen{prompt = "a red house"}, gen{prompt = "a red house", plain_prompts = true}, "plain prompt: same image")
+    check(gen{prompt = "a (red:1.5) house"} ~= gen{prompt = "a (red:1.5) house", plain_prompts = true}, "emphasis used")
+    eq(m:resolve_generate_params{plain_prompts = true}.plain_prompts, true, "resolved")
+    raises("option 'plain_prompts'", m.generate, m, {plain_prompts = 1})
+end)
 
 test("fixture ae_kl_f8 through the binding", function()
     local dir, case, data = fixture("ae_kl_f8")
@@ -736,6 +778,54 @@ test("examples/minimal.lua", function()
         local q = math.floor(255 * math.min(math.max((ref[i] + 1) / 2, 0), 1))
         if math.abs(got[i] - (2 * q / 255 - 1)) > 1e-6 then error("pixel " .. i .. " differs") end
     end
+end)
+
+test("few-step: lcm sampler, trailing spacing, resolved defaults (docs/few-step.md)", function()
+    local r = demo:resolve_generate_params{sampler = "lcm", steps = 0}
+    eq(r.sampler, "lcm", "sampler") eq(r.steps, 4, "lcm default steps") eq(r.guidance_scale, 1.0, "lcm guidance off")
+    eq(r.lcm_original_steps, 50, "lcm_original_steps")
+    r = demo:resolve_generate_params{sampler = "euler_a", timestep_spacing = "trailing", steps = 1, guidance_scale = 1}
+    eq(r.timestep_spacing, "trailing", "timestep_spacing") eq(r.steps, 1, "steps")
+    eq(demo:guidance_embedding_dim(), 0, "no guidance embedding")
+    local ac = {}
+    for t = 1, 1000 do ac[t] = 0.9999 - 0.00099 * (t - 1) end
+    eq(ldm.sampler(ac, {kind = "lcm", steps = 4}):total_steps(), 4, "lcm steps")
+    eq(ldm.sampler(ac, {kind = "euler", steps = 4, spacing = "trailing"}):total_steps(), 4, "trailing steps")
+    raises("trailing", ldm.sampler, ac, {kind = "ddim", steps = 4, spacing = "trailing"})
+end)
+
+-- LoRA (docs/lora.md): the repository's own lora_sd1 golden (kohya-ss merge, official networks)
+test("lora: golden, stacking and exact removal", function()
+    local dir = repo .. "/tests/fixtures/lora_sd1"
+    local case = json_decode(assert(read_file(dir .. "/case.json")))
+    local io = read_safetensors(dir .. "/io.safetensors")
+    local m = ldm.load(dir .. "/model.safetensors", {config = dir .. "/config.yaml"})
+    local function run()
+        return m:unet():forward(io.x, io.timesteps, io.context), m:conditioner():encode_tokens(io.tokens)
+    end
+    local bu, bc = run()
+    local k = m:add_lora(dir .. "/lora_kohya.safetensors", 0.7)
+    local p = m:add_lora(dir .. "/lora_peft.safetensors", -0.5)
+    local u, c = run()
+    compare("out_both", u, io.out_both, case.tolerances.out_both)
+    compare("c_both", c, io.c_both, case.tolerances.c_both)
+    local list = m:loras()
+    eq(#list, 2, "lora count")
+    eq(list[1].id, k, "first id")
+    eq(list[2].multiplier, -0.5, "second multiplier")
+    m:remove_lora(p)
+    u = run()
+    compare("out_kohya", u, io.out_kohya, case.tolerances.out_kohya)
+    m:set_lora_multiplier(k, 0.0)
+    m:clear_loras()
+    u, c = run()
+    local a, b = u:totable(), bu:totable()
+    for i = 1, #a do check(a[i] == b[i], "removal is not exact at " .. i) end
+    a, b = c:totable(), bc:totable()
+    for i = 1, #a do check(a[i] == b[i], "removal is not exact at " .. i) end
+    raises("not a LoRA key", m.add_lora, m, dir .. "/model.safetensors")
+    raises("ldm_model_lora_remove", m.remove_lora, m, 999)
+    m:close()
 end)
 
 demo:close()

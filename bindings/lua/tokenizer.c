@@ -45,9 +45,26 @@ static int tok_encode(lua_State *L)
     return 1;
 }
 
+/* tok:encode_prompt(prompt [, context_length = 77 [, {emphasis =, comma_backtrack =}]]) -> ids i64
+ * [n_chunks, context_length], weights f32 [n_chunks, context_length] (docs/prompts.md) */
+static int tok_encode_prompt(lua_State *L)
+{
+    lua_settop(L, 4);
+    lb_tokenizer *u = luaL_checkudata(L, 1, LB_TOKENIZER);
+    if (!u->tok) luaL_error(L, "tokenizer is closed");
+    const char *prompt = luaL_checkstring(L, 2);
+    int ctx = lb_arg_int(L, 3, "encode_prompt: context_length", 1, 77);
+    unsigned flags = lb_prompt_flags(L, 4);
+    ldm_tensor **ids = lb_push_tensor_slot(L);
+    ldm_tensor **weights = lb_push_tensor_slot(L);
+    lb_check(L, ldm_tokenizer_encode_prompt(u->tok, prompt, ctx, flags, ids, weights), "ldm_tokenizer_encode_prompt");
+    return 2;
+}
+
 void lb_tokenizer_register(lua_State *L, int module)
 {
-    static const luaL_Reg methods[] = {{"encode", tok_encode}, {"close", tok_gc}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"encode", tok_encode}, {"encode_prompt", tok_encode_prompt}, {"close", tok_gc}, {NULL, NULL}};
     static const luaL_Reg functions[] = {{"tokenizer", l_tokenizer}, {NULL, NULL}};
     lb_new_class(L, LB_TOKENIZER, methods, tok_gc);
     lb_set_functions(L, module, functions);

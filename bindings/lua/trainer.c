@@ -113,13 +113,13 @@ static int opt_boolean(lua_State *L, int opts, const char *key)
 
 /* ldm.trainer(config, {data_dir=, out_dir=, first_stage=, init_from=, resume=, max_steps=,
  * max_minutes=, batch_size=, learning_rate=, cond_drop_rate=, save_every=, seed=, n_threads=,
- * callback=}) */
+ * max_activation_bytes=, callback=}) */
 static int l_trainer(lua_State *L)
 {
     static const char *const known[] = {"data_dir",   "out_dir",       "first_stage",    "init_from",  "resume",
                                         "max_steps",  "max_minutes",   "batch_size",     "learning_rate",
                                         "cond_drop_rate", "save_every", "seed",          "n_threads",  "callback",
-                                        NULL};
+                                        "max_activation_bytes", NULL};
     lua_settop(L, 2);
     const char *config = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -140,6 +140,7 @@ static int l_trainer(lua_State *L)
     p.save_every = lb_opt_int(L, 2, "save_every", 0);
     p.seed = lb_opt_u64(L, 2, "seed", p.seed);
     p.n_threads = lb_opt_int(L, 2, "n_threads", 0);
+    p.max_activation_bytes = lb_opt_u64(L, 2, "max_activation_bytes", 0);
     lua_getfield(L, 2, "callback"); /* index 3 */
     if (!lua_isnil(L, 3) && !lua_isfunction(L, 3)) luaL_error(L, "option 'callback': expected a function");
     lb_trainer *u = lua_newuserdatauv(L, sizeof *u, 1); /* user value 1: the callback */

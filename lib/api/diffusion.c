@@ -62,28 +62,98 @@ static ldm_status timesteps_for(const ldm_tensor *t, int64_t B, ldm_tensor **out
 
 /* ---------------------------------------------------------------- apply_model */
 
+int lm_label_emb_classes(const ldm_model *m)
+{
+    const ld_model *d = &m->desc;
+    int key_ok = d->conditioning_key == LD_CONDKEY_NONE || d->conditioning_key == LD_CONDKEY_ADM;
+    if (!d->is_diffusion || d->unet.num_classes <= 0 || !key_ok || d->cond.kind != LD_COND_NONE) return 0;
+    return d->unet.num_classes;
+}
+
+/* UNetModel.forward(x, t, y=labels) of a label_emb model: y must be I64 [B]. */
+static ldm_status apply_labels(ldm_model *m, struct ldm_unet *unet, const ldm_tensor *x, const ldm_tensor *ts,
+                               const ldm_tensor *y, const float *gs, ldm_tensor **out)
+{
+    if (!y || y->dtype != LDM_I64 || y->ndim != 1 || y->shape[0] != x->shape[0])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "apply_model: this model's UNet is class-conditional (num_classes %d, "
+                        "label_emb): cond must be the class labels y, I64 [%lld]",
+                        lm_label_emb_classes(m), (long long)x->shape[0]);
+    return lunet_forward_guided(unet->net, &m->ctx, x, ts, NULL, y, gs, out);
+}
+
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out)
 {
-    struct ldm_unet *unet;
-    ldm_tensor *ts = NULL, *xin = NULL;
-    LDM_TRY(lt_check(x, "apply_model: x", LDM_F32, 4));
-    LDM_TRY(lm_unet(m, &unet));
-    LDM_TRY(timesteps_for(t, x->shape[0], &ts));
-    ldm_status st = LDM_OK;
+    return lm_apply_w(m, x, t, cond, NULL, out);
+}
+
+static ldm_status apply_by_key(ldm_model *m, struct ldm_unet *unet, const ldm_tensor *x, const ldm_tensor *ts,
+                               const ldm_tensor *cond, const float *gs, ldm_tensor **out)
+{
+    ldm_tensor *xin = NULL;
+    ldm_status st;
+    if (lm_label_emb_classes(m)) return apply_labels(m, unet, x, ts, cond, gs, out);
     switch (m->desc.conditioning_key) {
-    case LD_CONDKEY_NONE: st = lunet_forward(unet->net, &m->ctx, x, ts, NULL, NULL, out); break;
+    case LD_CONDKEY_NONE: st = lunet_forward_guided(unet->net, &m->ctx, x, ts, NULL, NULL, gs, out); break;
     case LD_CONDKEY_CROSSATTN:
         if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (cross-attention context)");
-        else st = lunet_forward(unet->net, &m->ctx, x, ts, cond, NULL, out);
+        else st = lunet_forward_guided(unet->net, &m->ctx, x, ts, cond, NULL, gs, out);
         break;
     case LD_CONDKEY_CONCAT:
         if (!cond) st = ldm_fail(LDM_ERR_INVALID_ARGUMENT, "apply_model: this model needs a conditioning tensor (concatenated channels)");
-        else if ((st = cat2(x, cond, 1, &xin)) == LDM_OK) st = lunet_forward(unet->net, &m->ctx, xin, ts, NULL, NULL, out);
+        else if ((st = cat2(x, cond, 1, &xin)) == LDM_OK) st = lunet_forward_guided(unet->net, &m->ctx, xin, ts, NULL, NULL, gs, out);
         break;
     default: st = ldm_fail(LDM_ERR_UNSUPPORTED, "apply_model: conditioning key %d is not supported", (int)m->desc.conditioning_key);
     }
-    ldm_tensor_free(ts);
     ldm_tensor_free(xin);
+    return st;
+}
+
+ldm_status lm_apply_w(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond,
+                      const float *guidance_scale, ldm_tensor **out)
+{
+    struct ldm_unet *unet;
+    ldm_tensor *ts = NULL;
+    float *gs = NULL;
+    LDM_TRY(lt_check(x, "apply_model: x", LDM_F32, 4));
+    LDM_TRY(lm_unet(m, &unet));
+    if (guidance_scale) { /* one scale for the whole batch */
+        if (!(gs = ldm_malloc(sizeof *gs * (size_t)x->shape[0]))) return ldm_alloc_failure_status();
+        for (int64_t i = 0; i < x->shape[0]; i++) gs[i] = *guidance_scale;
+    }
+    ldm_status st = timesteps_for(t, x->shape[0], &ts);
+    if (st == LDM_OK) st = apply_by_key(m, unet, x, ts, cond, gs, out);
+    ldm_free(gs);
+    ldm_tensor_free(ts);
+    return st;
+}
+
+int ldm_model_guidance_embedding_dim(const ldm_model *model)
+{
+    return model && model->desc.is_diffusion ? model->desc.unet.time_cond_proj_dim : 0;
+}
+
+ldm_status ldm_model_apply_embedded_guidance(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                             const ldm_tensor *cond, float guidance_scale, ldm_tensor **out)
+{
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply_embedded_guidance: out is NULL");
+    *out = NULL;
+    LM_BEGIN(model, "ldm_model_apply_embedded_guidance");
+    if (ldm_model_guidance_embedding_dim(model) <= 0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: the UNet has no guidance embedding (model.diffusion_model.time_embed.cond_proj.weight)",
+                        model->path);
+    if (!isfinite(guidance_scale))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_apply_embedded_guidance: guidance_scale is not finite");
+    LDM_TRY(lt_check_finite(x, "ldm_model_apply_embedded_guidance: x"));
+    LDM_TRY(lt_check_finite(cond, "ldm_model_apply_embedded_guidance: cond"));
+    LDM_TRY(lt_check_finite(timesteps, "ldm_model_apply_embedded_guidance: timesteps"));
+    ldm_status st = lm_apply_w(model, x, timesteps, cond, &guidance_scale, out);
+    if (st == LDM_OK) st = lt_check_finite(*out, "ldm_model_apply_embedded_guidance: the UNet output");
+    if (st != LDM_OK) {
+        ldm_tensor_free(*out);
+        *out = NULL;
+    }
     return st;
 }
 
@@ -263,7 +333,7 @@ ldm_status ldm_model_sampler(ldm_model *model, const ldm_sampler_params *params,
     switch (model->desc.parameterization) {
     case LD_PARAM_EPS: param = LDM_PARAM_EPS; break;
     case LD_PARAM_V: param = LDM_PARAM_V; break;
-    default: return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models have no sampler", model->path);
+    default: param = LDM_PARAM_X0; break; /* ls_sampler_create: the LCM sampler only */
     }
     return ls_sampler_create(model->schedule, param, params, out);
 }

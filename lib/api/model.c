@@ -180,6 +180,9 @@ ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p)
 {
     m->first_stage_prefix = lw_find(m->store, "encoder.conv_in.weight") ? "" : "first_stage_model.";
     char buf[8192];
+    if (m->desc.is_diffusion && m->desc.unet.present) /* an LCM-distilled UNet's guidance embedding */
+        LDM_TRY(lunet_probe_guidance_embedding(m->store, "model.diffusion_model.", m->desc.unet.model_channels,
+                                               &m->desc.unet.time_cond_proj_dim));
     if (ld_describe(&m->desc, m->store, buf, sizeof buf) != LDM_OK) snprintf(buf, sizeof buf, "(no description)");
     if (!(m->description = ldm_strdup(buf))) return lw_alloc_status(strlen(buf) + 1);
     LDM_TRY(pick_weights(m, p->weights));
@@ -249,6 +252,7 @@ void ldm_model_free(ldm_model *model)
 {
     if (!model) return;
     lm_free_components(model);
+    lm_loras_free(model);
     lpool_free(model->pool);
     lw_close(model->store);
     ls_schedule_free(model->schedule);

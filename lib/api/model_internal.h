@@ -17,6 +17,7 @@ struct lclip;
 struct lbert;
 struct lclass;
 struct lrescaler;
+struct lm_loras;
 
 struct ldm_autoencoder {
     ldm_model *model;
@@ -61,6 +62,7 @@ struct ldm_model {
     struct ldm_autoencoder *ae;
     struct ldm_unet *unet;
     struct ldm_conditioner *cond;
+    struct lm_loras *loras;         /* LoRAs merged into the weights (lora.c), NULL: none yet */
 };
 
 /* Loading steps shared by files and built-in models: a new model with its params read, the rest
@@ -72,6 +74,8 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
 ldm_status lm_load_from(ldm_model *m, const ldm_model_params *p);
 void lm_model_discard(ldm_model *m);
 void lm_free_components(ldm_model *m);
+/* lora.c: the LoRA state and merged copies (the store's overrides are restored). */
+void lm_loras_free(ldm_model *m);
 /* Between the phases of a generation (text encoding, sampling, decoding): the weights of the
  * phase just finished leave the resident set (they stay in the page cache and come back on the
  * next use), the kernels' scratch cache is emptied and free heap memory returned. This is what
@@ -108,6 +112,17 @@ ldm_status lm_cond_encode_labels(struct ldm_conditioner *cond, const ldm_tensor 
 ldm_status lm_cond_encode_image(struct ldm_conditioner *cond, const ldm_tensor *x, ldm_tensor **out);
 ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                ldm_tensor **out);
+/* Text conditioners: the tokenizer (loaded on first use from the vocabulary found as
+ * text_cond.c says) and the token context of one encoder call (77; BERT: max_seq_len). */
+ldm_status lm_cond_tokenizer(struct ldm_conditioner *cond);
+int lm_cond_context_length(const struct ldm_conditioner *cond);
+/* Prompts with webui's syntax and length rules (prompt_cond.c, docs/prompts.md): [n, row * k, D]
+ * with k = the largest chunk count of the prompts and at least min_chunks (shorter prompts get
+ * webui's empty chunks); flags are LDM_PROMPT_*. */
+ldm_status lm_cond_encode_prompts(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
+                                  unsigned flags, int min_chunks, ldm_tensor **out);
+/* The number of chunks a prompt takes (tokenization only). */
+ldm_status lm_cond_prompt_chunk_count(struct ldm_conditioner *cond, const char *prompt, unsigned flags, int *n_chunks);
 /* SDXL (sdxl_api.c): the conditioner's network, and one encode without lm_begin. */
 ldm_status lm_sdxl_cond_create(ldm_model *m, struct ldm_conditioner *h);
 void lm_sdxl_cond_free(struct ldm_conditioner *h);
@@ -123,5 +138,12 @@ ldm_status lm_find_vocab(const ldm_model *m, int bert, char *out, size_t cap);
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */
 ldm_status lm_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond, ldm_tensor **out);
+/* lm_apply with the LCM guidance embedding of *guidance_scale for the whole batch (NULL: none). */
+ldm_status lm_apply_w(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *cond,
+                      const float *guidance_scale, ldm_tensor **out);
+/* The number of classes when the UNet itself is class-conditional (num_classes: label_emb) with no
+ * cond stage feeding it otherwise (conditioning_key None or adm): then lm_apply's cond is the
+ * class labels y, I64 [B] (UNetModel.forward(x, t, y=...)); 0 otherwise. */
+int lm_label_emb_classes(const ldm_model *m);
 
 #endif

@@ -47,8 +47,11 @@ static ldm_status read_params(const ldm_generate_params *in, ldm_generate_params
     LDM_TRY(ldm_params_read(in, out, sizeof *out, offsetof(ldm_generate_params, width), "ldm_generate_params"));
     if (out->batch < 1 || out->batch > 64)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "batch %d outside 1..64", out->batch);
-    if (out->steps < 1 || out->steps > 10000)
-        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "steps %d outside 1..10000", out->steps);
+    if (out->steps < 0 || out->steps > 10000)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "steps %d outside 1..10000 (0: the sampler's default)", out->steps);
+    if (out->lcm_original_steps < 0 || out->lcm_original_steps > 10000)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lcm_original_steps %d outside 1..10000 (0: 50)",
+                        out->lcm_original_steps);
     if (!(out->strength > 0.0f && out->strength <= 1.0f))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "strength %g outside (0,1]", out->strength);
     if (out->guidance_scale != out->guidance_scale || out->eta != out->eta)
@@ -255,36 +258,45 @@ static ldm_status initial_noise(const ldm_generate_params *p, const int64_t shap
 
 /* ---------------------------------------------------------------- the loop */
 
-/* Concatenation along `dim` of two F32 tensors that agree in every other dimension. */
+/* Concatenation along `dim` of two F32 (or I64: class labels) tensors that agree in every other
+ * dimension. */
 static ldm_status cat_dim(const ldm_tensor *a, const ldm_tensor *b, int dim, const char *what, ldm_tensor **out)
 {
-    int ok = a->ndim == b->ndim && dim < a->ndim;
+    int ok = a->ndim == b->ndim && dim < a->ndim && a->dtype == b->dtype;
     for (int i = 0; ok && i < a->ndim; i++) ok = i == dim || a->shape[i] == b->shape[i];
     if (!ok) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: the tensors to concatenate differ in shape", what);
     int64_t shape[LDM_MAX_DIMS], outer = 1;
     memcpy(shape, a->shape, sizeof shape);
     shape[dim] += b->shape[dim];
     for (int i = 0; i < dim; i++) outer *= a->shape[i];
-    if (!(*out = lt_new_f32(a->ndim, shape))) return ldm_alloc_failure_status();
-    size_t na = (size_t)(lt_numel(a) / outer), nb = (size_t)(lt_numel(b) / outer);
-    float *dst = lt_f32(*out);
+    LDM_TRY(ldm_tensor_create(a->dtype, a->ndim, shape, out));
+    size_t esz = a->dtype == LDM_I64 ? 8 : 4;
+    size_t na = (size_t)(lt_numel(a) / outer) * esz, nb = (size_t)(lt_numel(b) / outer) * esz;
+    char *dst = (*out)->data;
     for (int64_t o = 0; o < outer; o++, dst += na + nb) {
-        memcpy(dst, lt_f32(a) + (size_t)o * na, na * sizeof(float));
-        memcpy(dst + na, lt_f32(b) + (size_t)o * nb, nb * sizeof(float));
+        memcpy(dst, (const char *)a->data + (size_t)o * na, na);
+        memcpy(dst + na, (const char *)b->data + (size_t)o * nb, nb);
     }
     return LDM_OK;
 }
 
-/* The network on a batch: lm_apply, or for hybrid models UNet(cat[x, concat], t, context). */
+/* The network on a batch: lm_apply, or for hybrid models UNet(cat[x, concat], t, context); with
+ * the LCM guidance embedding of *gscale when gscale is not NULL. */
 static ldm_status apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, const ldm_tensor *ctx,
-                        const ldm_tensor *concat, ldm_tensor **out)
+                        const ldm_tensor *concat, const float *gscale, ldm_tensor **out)
 {
-    if (!concat) return lm_apply(m, x, t, ctx, out);
+    if (!concat) return lm_apply_w(m, x, t, ctx, gscale, out);
     struct ldm_unet *unet;
     ldm_tensor *xin = NULL;
+    float *gs = NULL;
     LDM_TRY(lm_unet(m, &unet));
-    LDM_TRY(cat_dim(x, concat, 1, "hybrid c_concat", &xin));
-    ldm_status st = lunet_forward(unet->net, &m->ctx, xin, t, ctx, NULL, out);
+    if (gscale) {
+        if (!(gs = ldm_malloc(sizeof *gs * (size_t)x->shape[0]))) return ldm_alloc_failure_status();
+        for (int64_t i = 0; i < x->shape[0]; i++) gs[i] = *gscale;
+    }
+    ldm_status st = cat_dim(x, concat, 1, "hybrid c_concat", &xin);
+    if (st == LDM_OK) st = lunet_forward_guided(unet->net, &m->ctx, xin, t, ctx, NULL, gs, out);
+    ldm_free(gs);
     ldm_tensor_free(xin);
     return st;
 }
@@ -294,7 +306,9 @@ static ldm_status apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *t, 
 static ldm_status apply_guided(ldm_model *m, const lp_cond *c, float scale, const ldm_tensor *x, const ldm_tensor *t1,
                                ldm_tensor **out)
 {
-    if (!c->uncond || scale == 1.0f) return apply(m, x, t1, c->cond, c->concat, out);
+    if (m->desc.unet.time_cond_proj_dim > 0) /* LCM-distilled: the scale is an input, one branch */
+        return apply(m, x, t1, c->cond, c->concat, &scale, out);
+    if (!c->uncond || scale == 1.0f) return apply(m, x, t1, c->cond, c->concat, NULL, out);
     ldm_tensor *xx = NULL, *cc = NULL, *kk = NULL, *both = NULL, *tt = NULL;
     int64_t B2 = 2 * x->shape[0];
     ldm_status st = ldm_tensor_create(LDM_F32, 1, &B2, &tt);
@@ -302,7 +316,7 @@ static ldm_status apply_guided(ldm_model *m, const lp_cond *c, float scale, cons
     if (st == LDM_OK) st = cat_dim(x, x, 0, "guidance", &xx);
     if (st == LDM_OK) st = cat_dim(c->uncond, c->cond, 0, "guidance (uncond, cond)", &cc);
     if (st == LDM_OK && c->concat) st = cat_dim(c->concat, c->concat, 0, "guidance", &kk);
-    if (st == LDM_OK) st = apply(m, xx, tt, cc, kk, &both);
+    if (st == LDM_OK) st = apply(m, xx, tt, cc, kk, NULL, &both);
     if (st == LDM_OK) st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {
         int64_t n = lt_numel(x);
@@ -371,16 +385,20 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
 /* The model's sampler (as ldm_model_sampler, without the public call's interrupt reset). */
 static ldm_status sampler_for(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
 {
-    if (m->desc.parameterization == LD_PARAM_X0)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models have no sampler", m->path);
+    if (m->desc.parameterization == LD_PARAM_X0 && p->sampler != LDM_SAMPLER_LCM)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models are sampled by the LCM sampler only", m->path);
     ldm_sampler_params sp;
     ldm_sampler_params_init(&sp);
     sp.kind = p->sampler;
     sp.steps = p->steps;
     sp.eta = p->eta;
     sp.seed = p->seed;
-    return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
-                             out);
+    sp.spacing = p->timestep_spacing;
+    if (p->lcm_original_steps > 0) sp.lcm_original_steps = p->lcm_original_steps;
+    ldm_parameterization param = m->desc.parameterization == LD_PARAM_V    ? LDM_PARAM_V
+                                 : m->desc.parameterization == LD_PARAM_X0 ? LDM_PARAM_X0
+                                                                           : LDM_PARAM_EPS;
+    return ls_sampler_create(m->schedule, param, &sp, out);
 }
 
 /* Image-to-image applies to models whose init_image is not their conditioning (the LDM and SD

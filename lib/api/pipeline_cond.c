@@ -1,6 +1,7 @@
 /* pipeline_cond.c - the learned conditioning of ldm_generate for each task, as the reference
  * scripts build it: prompts (text models, uncond = the negative prompt, "" by default), class
- * labels (uncond = the model's unconditional class, n_classes-1 by default), layout tokens, label
+ * labels (uncond = the model's unconditional class, n_classes-1 by default; the labels y
+ * themselves for a UNet with label_emb), layout tokens, label
  * maps (semantic synthesis), the low-resolution image (super-resolution), the masked image and
  * mask (LDM and SD inpainting). The inputs' batch already equals params->batch (pipeline.c
  * broadcasts). Also the resolution of the guidance and class defaults (lp_resolve_cond), which
@@ -19,6 +20,27 @@ static ldm_status repeat_text(ldm_conditioner *cond, const char *text, int batch
     const char *prompts[64];
     for (int i = 0; i < batch; i++) prompts[i] = text ? text : "";
     return lm_cond_encode_text(cond, prompts, batch, out);
+}
+
+/* webui's syntax and length rules (prompt_cond.c): the prompt and the negative prompt are brought
+ * to the same number of chunks (the shorter one gets empty chunks, as webui's "pad prompt/negative
+ * prompt" does) so that guidance can batch them. */
+static ldm_status weighted_text(ldm_conditioner *cond, const ldm_generate_params *p, lp_cond *out)
+{
+    const char *prompt = p->prompt ? p->prompt : "", *negative = p->negative_prompt ? p->negative_prompt : "";
+    const char *prompts[64], *negatives[64];
+    int guided = lp_cfg_branch(cond->model, p), n_chunks = 1;
+    for (int i = 0; i < p->batch; i++) prompts[i] = prompt, negatives[i] = negative;
+    if (guided) {
+        int n_pos = 1, n_neg = 1;
+        LDM_TRY(lm_cond_prompt_chunk_count(cond, prompt, 0, &n_pos));
+        LDM_TRY(lm_cond_prompt_chunk_count(cond, negative, 0, &n_neg));
+        n_chunks = LDM_MAX(n_pos, n_neg);
+    }
+    LDM_TRY(lm_cond_encode_prompts(cond, prompts, p->batch, 0, n_chunks, &out->cond));
+    LDM_TRY(lp_check_cancel(cond->model, "while encoding the prompt"));
+    if (guided) LDM_TRY(lm_cond_encode_prompts(cond, negatives, p->batch, 0, n_chunks, &out->uncond));
+    return LDM_OK;
 }
 
 static ldm_status encode_class(ldm_conditioner *cond, int label, int batch, ldm_tensor **out)
@@ -43,8 +65,21 @@ static ldm_status class_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gene
                         n - 1);
     LDM_TRY(encode_class(cond, p->class_label, p->batch, &out->cond));
     LDM_TRY(lp_check_cancel(m, "while encoding the class"));
-    if (p->guidance_scale != 1.0f && p->class_label != p->uncond_class)
+    if (lp_cfg_branch(m, p) && p->class_label != p->uncond_class)
         LDM_TRY(encode_class(cond, p->uncond_class, p->batch, &out->uncond));
+    return LDM_OK;
+}
+
+/* The class labels y [batch] of a label_emb UNet (lm_label_emb_classes): the class, and the
+ * unconditional class for guidance when the caller named one (p is resolved). */
+static ldm_status label_emb_cond(const ldm_generate_params *p, lp_cond *out)
+{
+    int64_t n = p->batch;
+    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &n, &out->cond));
+    for (int i = 0; i < p->batch; i++) lt_i64(out->cond)[i] = p->class_label;
+    if (p->guidance_scale == 1.0f || p->class_label == p->uncond_class) return LDM_OK;
+    LDM_TRY(ldm_tensor_create(LDM_I64, 1, &n, &out->uncond));
+    for (int i = 0; i < p->batch; i++) lt_i64(out->uncond)[i] = p->uncond_class;
     return LDM_OK;
 }
 
@@ -100,9 +135,13 @@ static ldm_status text_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gener
                             "the layout-to-image model needs layout_tokens (ldm_layout_tokens_from_json)");
         return lm_cond_encode_tokens(cond, p->layout_tokens, &out->cond);
     }
-    LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
-    LDM_TRY(lp_check_cancel(m, "while encoding the prompt"));
-    if (p->guidance_scale != 1.0f) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
+    if (!p->plain_prompts) {
+        LDM_TRY(weighted_text(cond, p, out));
+    } else {
+        LDM_TRY(repeat_text(cond, p->prompt, p->batch, &out->cond));
+        LDM_TRY(lp_check_cancel(m, "while encoding the prompt"));
+        if (lp_cfg_branch(m, p)) LDM_TRY(repeat_text(cond, p->negative_prompt, p->batch, &out->uncond));
+    }
     if (m->desc.variant == LD_VARIANT_INPAINT_HYBRID) {
         if (!p->init_image || !p->mask)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "the inpainting model needs init_image and mask");
@@ -114,6 +153,7 @@ static ldm_status text_cond(ldm_model *m, ldm_conditioner *cond, const ldm_gener
 static ldm_status build(ldm_model *m, const ldm_generate_params *p, lp_cond *out)
 {
     ldm_conditioner *cond;
+    if (lm_label_emb_classes(m)) return label_emb_cond(p, out);
     if (m->desc.conditioning_key == LD_CONDKEY_NONE) return LDM_OK;
     LDM_TRY(lm_conditioner(m, &cond));
     if (m->desc.conditioning_key == LD_CONDKEY_CONCAT) return concat_cond(m, cond, p, out);
@@ -153,9 +193,15 @@ void lp_cond_release(lp_cond *c)
 /* ---------------------------------------------------------------- resolution */
 
 /* AUTO -> the model's unconditional class (or NONE); an explicit class must be one of the model's. */
+/* Classes of a ClassEmbedder or of the UNet's own label_emb. */
+static int class_count(const ldm_model *m)
+{
+    return lm_label_emb_classes(m) ? lm_label_emb_classes(m) : m->desc.cond.n_classes;
+}
+
 static ldm_status resolve_uncond_class(const ldm_model *m, ldm_generate_params *p)
 {
-    int n = m->desc.cond.n_classes;
+    int n = class_count(m);
     if (p->uncond_class == LDM_UNCOND_CLASS_AUTO) {
         int u = ld_class_uncond(&m->desc.cond);
         p->uncond_class = u >= 0 ? u : LDM_UNCOND_CLASS_NONE;
@@ -171,14 +217,17 @@ static ldm_status resolve_uncond_class(const ldm_model *m, ldm_generate_params *
 static const char *no_uncond_reason(const ldm_model *m, const ldm_generate_params *in)
 {
     if (in->uncond_class == LDM_UNCOND_CLASS_NONE) return "uncond_class is LDM_UNCOND_CLASS_NONE";
-    if (m->desc.cond.n_classes < 2) return "it has a single class";
+    if (class_count(m) < 2) return "it has a single class";
+    if (lm_label_emb_classes(m))
+        return "its UNet's class embedding (num_classes, label_emb) has no \"no class\" label of its own; name one "
+               "with uncond_class if the model learned one";
     return "its config sets ucg_rate: 0, so it never learned a \"no class\" label";
 }
 
 /* in: the caller's values (for the messages); p: being resolved. */
 static ldm_status resolve_class(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
 {
-    int n = m->desc.cond.n_classes;
+    int n = class_count(m);
     LDM_TRY(resolve_uncond_class(m, p));
     int has_uncond = p->uncond_class >= 0;
     if (p->class_label < -1 || p->class_label >= n)
@@ -218,11 +267,37 @@ static const char *unguidable(const ldm_model *m)
     }
 }
 
+int lp_cfg_branch(const ldm_model *m, const ldm_generate_params *p)
+{
+    return p->guidance_scale != 1.0f && m->desc.unet.time_cond_proj_dim <= 0;
+}
+
+static ldm_status resolve_guidance(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p);
+
+/* Few-step defaults: steps 0 -> 4 for LCM (the LCM pipelines' default), 50 otherwise; an
+ * LCM-distilled UNet (guidance embedding) takes the scale as an input and runs no unconditional
+ * branch, default 8.5 as LatentConsistencyModelPipeline; the LCM sampler on other models (LCM-LoRA)
+ * defaults to guidance 1 (off). */
 ldm_status lp_resolve_cond(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
+{
+    if (p->steps == 0) p->steps = p->sampler == LDM_SAMPLER_LCM ? 4 : 50;
+    if (p->sampler == LDM_SAMPLER_LCM && p->lcm_original_steps == 0) p->lcm_original_steps = 50;
+    if (m->desc.unet.time_cond_proj_dim <= 0) {
+        if (p->guidance_scale == 0.0f && p->sampler == LDM_SAMPLER_LCM) p->guidance_scale = 1.0f;
+        return resolve_guidance(m, in, p);
+    }
+    float g = p->guidance_scale;
+    p->guidance_scale = 1.0f; /* the class/text checks see no guidance branch */
+    LDM_TRY(resolve_guidance(m, in, p));
+    p->guidance_scale = g == 0.0f ? 8.5f : g;
+    return LDM_OK;
+}
+
+static ldm_status resolve_guidance(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
 {
     int is_class = m->desc.conditioning_key != LD_CONDKEY_NONE && m->desc.conditioning_key != LD_CONDKEY_CONCAT &&
                    m->desc.cond.kind == LD_COND_CLASS;
-    if (is_class) return resolve_class(m, in, p);
+    if (is_class || lm_label_emb_classes(m)) return resolve_class(m, in, p);
     if (p->uncond_class >= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "uncond_class %d: this model is not class-conditional",
                         p->uncond_class);

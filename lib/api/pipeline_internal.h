@@ -23,6 +23,9 @@ typedef struct lp_cond {
  * apply, a class out of range, a class model without a class label and without an unconditional
  * class. `in` is the caller's struct as read (for messages), `p` the copy being resolved. */
 ldm_status lp_resolve_cond(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p);
+/* Whether a resolved p runs classifier-free guidance's unconditional branch: guidance_scale != 1
+ * on a model without the LCM guidance embedding (with it, the scale is a network input). */
+int lp_cfg_branch(const ldm_model *m, const ldm_generate_params *p);
 /* The conditioning for a RESOLVED p (lp_resolve_cond). */
 ldm_status lp_build_cond(ldm_model *m, const ldm_generate_params *p, lp_cond *out);
 void lp_cond_release(lp_cond *c);

@@ -46,6 +46,10 @@ ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ld
                         "%s: SDXL samples with euler, euler_a, heun or dpmpp_2m (sgm's "
                         "samplers); sampler %d is not one of them",
                         m->path, (int)p->sampler);
+    if (p->steps == 0) p->steps = 50; /* steps 0: the sampler's default (the k-samplers': 50) */
+    if (p->timestep_spacing != LDM_SPACING_DEFAULT)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: SDXL: trailing timestep spacing is not implemented for sgm's "
+                        "discretization", m->path);
     if (p->guidance_scale == 0.0f) p->guidance_scale = 5.0f; /* the demo's cfg-scale default */
     if (!isfinite(p->guidance_scale) || !isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: guidance and aesthetic scores must be numbers");

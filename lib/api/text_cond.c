@@ -55,7 +55,7 @@ ldm_status lm_find_vocab(const ldm_model *m, int bert, char *out, size_t cap)
                     bert ? "BERT WordPiece" : "CLIP BPE", names[0], dir);
 }
 
-static ldm_status ensure_tokenizer(struct ldm_conditioner *cond)
+ldm_status lm_cond_tokenizer(struct ldm_conditioner *cond)
 {
     if (cond->tokenizer) return LDM_OK;
     ldm_tokenizer_kind kind;
@@ -70,7 +70,7 @@ static ldm_status ensure_tokenizer(struct ldm_conditioner *cond)
     return ldm_tokenizer_load(kind, path, &cond->tokenizer);
 }
 
-static int text_context_length(const struct ldm_conditioner *cond)
+int lm_cond_context_length(const struct ldm_conditioner *cond)
 {
     const ld_cond *d = &cond->model->desc.cond;
     if (cond->kind == LD_COND_BERT) return d->max_seq_len > 0 ? d->max_seq_len : 77;
@@ -80,9 +80,9 @@ static int text_context_length(const struct ldm_conditioner *cond)
 ldm_status lm_cond_encode_text(struct ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                ldm_tensor **out)
 {
-    LDM_TRY(ensure_tokenizer(cond));
+    LDM_TRY(lm_cond_tokenizer(cond));
     ldm_tensor *tokens = NULL;
-    LDM_TRY(ldm_tokenizer_encode(cond->tokenizer, prompts, n_prompts, text_context_length(cond), &tokens));
+    LDM_TRY(ldm_tokenizer_encode(cond->tokenizer, prompts, n_prompts, lm_cond_context_length(cond), &tokens));
     ldm_status st = lm_cond_encode_tokens(cond, tokens, out);
     ldm_tensor_free(tokens);
     return st;

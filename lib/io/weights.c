@@ -19,6 +19,8 @@ struct lw_store {
     int sorted;
     int synthetic;          /* absent tensors of known shape are generated (synthetic.c) */
     uint64_t synth_seed;
+    lw_tensor *stored;      /* per tensor: what the file holds while an override is in force
+                               (data NULL: none), allocated on the first override */
 };
 
 void lw_store_set_synthetic(lw_store *s, uint64_t seed)
@@ -156,6 +158,7 @@ ldm_status lw_store_seal(lw_store *s)
 
 void lw_close(lw_store *s)
 {
+    if (s) ldm_free(s->stored);
     if (!s) return;
     for (size_t i = 0; i < s->count; i++) ldm_free(s->tensors[i].name);
     ldm_free(s->tensors);
@@ -482,4 +485,59 @@ ldm_status lw_open(const char *path, size_t max_alloc, lw_store **out)
     }
     ldm_alloc_set_cap(saved_cap);
     return st;
+}
+
+/* ---- overriding values (LoRA merges): the table entry points at the caller's float32 array, the
+ * file's entry is kept aside so restoring is exact (the stored bytes were never written). */
+
+static ptrdiff_t tensor_index(const lw_store *s, const char *name)
+{
+    const lw_tensor *t = lw_find(s, name);
+    return t ? t - s->tensors : -1;
+}
+
+ldm_status lw_store_override(lw_store *s, const char *name, const float *f32)
+{
+    ptrdiff_t i = s && name && f32 ? tensor_index(s, name) : -1;
+    if (i < 0) return ldm_fail(LDM_ERR_NOT_FOUND, "%s: override of an unknown tensor %s", lw_path(s), name ? name : "?");
+    if (!s->stored) {
+        s->stored = ldm_calloc(s->count, sizeof *s->stored);
+        if (!s->stored) return ldm_fail_context(ldm_alloc_failure_status(), "%s: override of %s: ", s->path, name);
+    }
+    lw_tensor *t = &s->tensors[i];
+    if (!s->stored[i].data) s->stored[i] = *t;
+    size_t numel = s->stored[i].nbytes / lw_dtype_size(s->stored[i].dtype);
+    t->dtype = LW_F32;
+    t->data = f32;
+    t->nbytes = numel * sizeof(float);
+    return LDM_OK;
+}
+
+void lw_store_restore(lw_store *s, const char *name)
+{
+    ptrdiff_t i = s && name && s->stored ? tensor_index(s, name) : -1;
+    if (i < 0 || !s->stored[i].data) return;
+    s->tensors[i] = s->stored[i];
+    memset(&s->stored[i], 0, sizeof s->stored[i]);
+}
+
+const lw_tensor *lw_find_stored(const lw_store *s, const char *name)
+{
+    ptrdiff_t i = s && name ? tensor_index(s, name) : -1;
+    if (i < 0) return NULL;
+    return s->stored && s->stored[i].data ? &s->stored[i] : &s->tensors[i];
+}
+
+ldm_status lw_tensor_to_f32(const lw_store *s, const lw_tensor *t, float *out)
+{
+    if (t->dtype != LW_F32 && t->dtype != LW_F16 && t->dtype != LW_BF16 && t->dtype != LW_F64)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: tensor %s: expected a floating-point dtype, found %s", lw_path(s), t->name,
+                        lw_dtype_name(t->dtype));
+    size_t numel = t->nbytes / lw_dtype_size(t->dtype);
+    convert_to_f32(t, numel, out);
+    for (size_t i = 0; i < numel; i++)
+        if (!isfinite(out[i]))
+            return ldm_fail(LDM_ERR_NUMERIC, "%s: tensor %s holds %s (element %zu of %zu)", lw_path(s), t->name,
+                            isnan(out[i]) ? "NaN" : "Inf", i, numel);
+    return LDM_OK;
 }

@@ -81,6 +81,18 @@ int lw_store_in_mapping(const lw_store *s, const void *p, size_t n);
  * then fault them back in; used between the phases of a generation. */
 void lw_store_release_pages(const lw_store *s);
 
+/* ---- overriding a tensor's values (LoRA merges, lib/api/lora.c). lw_store_override makes tensor
+ * `name` read as the float32 array `f32` (same element count; ldm_malloc_aligned; the caller owns
+ * it and keeps it alive until lw_store_restore or lw_close): lw_find, lw_get_f32 and everything
+ * built on them see F32 values that are not in the file mapping. The file's bytes are never
+ * written, so lw_store_restore gives back exactly what the file holds. lw_find_stored is the
+ * file's tensor whatever is in force; lw_tensor_to_f32 widens one (numel floats into out; NaN /
+ * Inf refused naming the tensor). Not thread-safe: call while no network reads the store. */
+ldm_status lw_store_override(lw_store *s, const char *name, const float *f32);
+void lw_store_restore(lw_store *s, const char *name);
+const lw_tensor *lw_find_stored(const lw_store *s, const char *name);
+ldm_status lw_tensor_to_f32(const lw_store *s, const lw_tensor *t, float *out);
+
 size_t lw_count(const lw_store *s);
 const lw_tensor *lw_at(const lw_store *s, size_t i);        /* sorted by name */
 const lw_tensor *lw_find(const lw_store *s, const char *name); /* NULL when absent */

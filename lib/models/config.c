@@ -317,8 +317,6 @@ static ldm_status reject_unet_extras(const cfg *c, const ld_ynode *p, const char
     LDM_TRY(read_int(c, p, path, "dims", 0, 1, 3, &dims));
     if (dims != 2)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.dims: %d-D UNets are not supported", c->name, path, dims);
-    LDM_TRY(require_bool(c, p, path, "conv_resample", 1));
-    LDM_TRY(require_bool(c, p, path, "use_new_attention_order", 0));
     LDM_TRY(require_bool(c, p, path, "disable_middle_self_attn", 0));
     LDM_TRY(require_unset(c, p, path, "n_embed"));
     LDM_TRY(require_unset(c, p, path, "disable_self_attentions"));
@@ -361,6 +359,12 @@ static ldm_status parse_unet_params(const cfg *c, const ld_ynode *p, const char 
     LDM_TRY(read_bool(c, p, path, "use_linear_in_transformer", &u->use_linear_in_transformer));
     LDM_TRY(read_int(c, p, path, "transformer_depth", 0, 1, MAX_DEPTH_LAYERS, &u->transformer_depth));
     LDM_TRY(read_bool(c, p, path, "legacy", &u->legacy));
+    LDM_TRY(read_bool(c, p, path, "use_new_attention_order", &u->use_new_attention_order));
+    int conv_resample = 1;
+    LDM_TRY(read_bool(c, p, path, "conv_resample", &conv_resample));
+    u->no_conv_resample = !conv_resample;
+    LDM_TRY(read_bool(c, p, path, "use_checkpoint", &u->use_checkpoint));
+    LDM_TRY(read_double(c, p, path, "dropout", 0.0, 0.999, &u->dropout));
     LDM_TRY(parse_unet_heads(c, p, path, u));
     LDM_TRY(parse_unet_conditioning(c, p, path, u));
     LDM_TRY(reject_unet_extras(c, p, path));

@@ -47,6 +47,13 @@ typedef struct ld_unet {
                                   * label_emb.0 = Linear(adm, 4mc) -> SiLU -> Linear(4mc, 4mc); 0: none */
     int legacy;
     int use_scale_shift_norm;    /* ResBlock FiLM: emb_layers output 2*out_channels (lsun_churches) */
+    /* Training-time options (inference ignores dropout and use_checkpoint). */
+    double dropout;              /* ResBlock out_layers Dropout */
+    int use_checkpoint;          /* recompute blocks in backward (lib/train) */
+    int use_new_attention_order; /* AttentionBlock: QKVAttention instead of QKVAttentionLegacy */
+    int time_cond_proj_dim;      /* LCM guidance embedding width (time_embed.cond_proj), 0: none */
+    int no_conv_resample;        /* conv_resample: false: Downsample = avg-pool 2x2, Upsample = nearest
+                                    x2, neither with a convolution (no parameters) */
 } ld_unet;
 
 typedef enum {

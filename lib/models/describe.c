@@ -169,7 +169,9 @@ static void describe_unet(writer *w, const ld_unet *u, const stats *st)
     else put(w, ", heads unknown");
     if (u->use_scale_shift_norm) put(w, ", scale-shift norm");
     if (u->resblock_updown) put(w, ", resblock up/down");
+    if (u->no_conv_resample) put(w, ", conv_resample false");
     if (u->num_classes) put(w, ", num_classes %d", u->num_classes);
+    if (u->time_cond_proj_dim > 0) put(w, ", LCM guidance embedding %d", u->time_cond_proj_dim);
     if (u->adm_in_channels) put(w, ", vector conditioning y of %d (num_classes: sequential)", u->adm_in_channels);
     put_params(w, st, PART_UNET);
     put(w, "\n");

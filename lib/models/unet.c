@@ -17,7 +17,9 @@ typedef enum {
     LU_RES,   /* ResBlock, possibly with down/up */
     LU_ATTN,  /* AttentionBlock (in place) */
     LU_XF,    /* SpatialTransformer (in place) */
-    LU_UP     /* Upsample: nearest x2 + conv */
+    LU_UP,    /* Upsample: nearest x2 + conv */
+    LU_POOL,  /* Downsample without conv (conv_resample false): avg-pool 2x2 */
+    LU_UPNN   /* Upsample without conv (conv_resample false): nearest x2 */
 } lu_kind;
 
 typedef struct lu_layer {
@@ -43,6 +45,7 @@ struct lunet {
     float *label_emb;                     /* [num_classes, emb_ch] or NULL */
     /* sgm num_classes "sequential" (SDXL): label_emb.0.0 / label_emb.0.2, or NULL */
     float *adm_w0, *adm_b0, *adm_w2, *adm_b2;
+    float *cond_proj;                     /* [model_channels, time_cond_proj_dim] or NULL (LCM) */
     lu_seq *inputs, *outputs, middle;
     int n_inputs, n_outputs;
     int *skip_ch; /* channels of each input block's output (for checks) */
@@ -125,7 +128,7 @@ static ldm_status add_attention(lu_build *b, lu_seq *s, const char *name, int ch
         heads = ch / dim_head;
     }
     lu_layer *l = seq_add(s, LU_ATTN);
-    return lub_attn_load(&l->attn, &b->L, name, ch, heads, b->n->opts.use_new_attention_order);
+    return lub_attn_load(&l->attn, &b->L, name, ch, heads, b->n->opts.use_new_attention_order || d->use_new_attention_order);
 }
 
 static ldm_status add_res(lu_build *b, lu_seq *s, const char *name, int in_ch, int out_ch, int updown)
@@ -167,6 +170,8 @@ static ldm_status build_inputs(lu_build *b, int *ch_io, int *ds_io)
             LDM_TRY(lub_name(name, sizeof name, "input_blocks.%d.0", k));
             if (d->resblock_updown) {
                 LDM_TRY(add_res(b, &n->inputs[k], name, ch, ch, LUB_DOWN));
+            } else if (d->no_conv_resample) {
+                seq_add(&n->inputs[k], LU_POOL);
             } else {
                 LDM_TRY(lub_name(name, sizeof name, "input_blocks.%d.0.op", k));
                 l = seq_add(&n->inputs[k], LU_CONV);
@@ -208,6 +213,8 @@ static ldm_status build_outputs(lu_build *b, int *ch_io, int ds)
                 if (d->resblock_updown) {
                     LDM_TRY(lub_name(name, sizeof name, "output_blocks.%d.%d", k, s->n));
                     LDM_TRY(add_res(b, s, name, ch, ch, LUB_UP));
+                } else if (d->no_conv_resample) {
+                    seq_add(s, LU_UPNN);
                 } else {
                     LDM_TRY(lub_name(name, sizeof name, "output_blocks.%d.%d.conv", k, s->n));
                     lu_layer *l = seq_add(s, LU_UP);
@@ -241,6 +248,10 @@ static ldm_status load_embeddings(lu_build *b)
         LDM_TRY(lub_get(&b->L, 2, w2, &n->adm_w2, "label_emb.0.2.weight"));
         LDM_TRY(lub_get(&b->L, 1, bias, &n->adm_b2, "label_emb.0.2.bias"));
     }
+    if (n->d.time_cond_proj_dim > 0) {
+        int64_t cp[2] = {mc, n->d.time_cond_proj_dim};
+        LDM_TRY(lub_get(&b->L, 2, cp, &n->cond_proj, "time_embed.cond_proj.weight"));
+    }
     return LDM_OK;
 }
 
@@ -263,6 +274,9 @@ static ldm_status check_desc(const ld_unet *d)
             return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: bad channel_mult[%d] = %d", i, d->channel_mult[i]);
     if (d->use_spatial_transformer && d->context_dim <= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: use_spatial_transformer needs context_dim");
+    if (d->time_cond_proj_dim != 0 && (d->time_cond_proj_dim < 4 || d->time_cond_proj_dim > 65536))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: guidance embedding width %d outside 4..65536",
+                        d->time_cond_proj_dim);
     if (d->use_spatial_transformer && (d->transformer_depth <= 0 || d->transformer_depth > 64))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: bad transformer_depth %d", d->transformer_depth);
     if (d->n_transformer_depths < 0 || d->n_transformer_depths > LD_MAX_LEVELS ||
@@ -344,6 +358,9 @@ static void seq_free(lu_seq *s)
         case LU_RES: lub_resblock_free(&l->res); break;
         case LU_ATTN: lub_attn_free(&l->attn); break;
         case LU_XF: lst_free(&l->xf); break;
+        case LU_POOL:
+        case LU_UPNN:
+            break; /* no parameters */
         }
     }
 }
@@ -360,6 +377,7 @@ void lunet_free(lunet *n)
     ldm_free(n->adm_b0);
     ldm_free(n->adm_w2);
     ldm_free(n->adm_b2);
+    ldm_free(n->cond_proj);
     if (n->inputs)
         for (int i = 0; i < n->n_inputs; i++) seq_free(&n->inputs[i]);
     if (n->outputs)
@@ -418,37 +436,113 @@ static ldm_status add_adm(lunet *n, const lctx *c, const float *y, int B, float 
     return LDM_OK;
 }
 
-/* emb_silu = SiLU(time_embed(t_emb) [+ label_emb(y)]): only the ResBlocks read emb, and each
- * starts with SiLU, so it is applied once here. y: class labels (I64) or the sgm vector (F32). */
-static ldm_status embed(lunet *n, const lctx *c, const float *t, const ldm_tensor *yt, int B, float **emb_silu)
+/* get_guidance_scale_embedding of the LCM pipeline, float32 as torch: v = (s - 1) * 1000,
+ * e = ln(10000)/(half - 1), row = [sin(v exp(-j e)), cos(v exp(-j e))] (sin first), odd dim
+ * zero-padded. */
+static void guidance_embedding(const float *scale, int B, int dim, float *out)
+{
+    int half = dim / 2;
+    float e = logf(10000.0f) / (float)(half - 1);
+    for (int b = 0; b < B; b++) {
+        float w = (float)((double)scale[b] - 1.0); /* torch.tensor(guidance_scale - 1) */
+        float v = w * 1000.0f;
+        float *row = out + (size_t)b * dim;
+        for (int j = 0; j < half; j++) {
+            float arg = v * expf((float)j * -e);
+            row[j] = (float)sin((double)arg);
+            row[half + j] = (float)cos((double)arg);
+        }
+        if (dim % 2) row[dim - 1] = 0.0f;
+    }
+}
+
+/* temb += cond_proj(guidance_embedding(scale)) (TimestepEmbedding.forward with a condition). */
+static ldm_status add_guidance(lunet *n, const lctx *c, const float *scale, int B, float *temb)
+{
+    int mc = n->d.model_channels, D = n->d.time_cond_proj_dim;
+    float *g = ldm_malloc(sizeof(float) * (size_t)B * D);
+    float *proj = ldm_malloc(sizeof(float) * (size_t)B * mc);
+    if (!g || !proj) {
+        ldm_free(g);
+        ldm_free(proj);
+        return ldm_alloc_failure_status();
+    }
+    guidance_embedding(scale, B, D, g);
+    lk_linear(c, g, B, D, n->cond_proj, NULL, mc, proj);
+    lk_add(temb, proj, (size_t)B * mc);
+    ldm_free(g);
+    ldm_free(proj);
+    return LDM_OK;
+}
+
+/* emb = time_embed(t_emb [+ cond_proj(g)]) [+ label_emb(y)], before the final SiLU. */
+static ldm_status embed_raw(lunet *n, const lctx *c, const float *t, const float *gscale, const ldm_tensor *yt,
+                            int B, float *emb)
 {
     int mc = n->d.model_channels, E = n->emb_ch;
     float *temb = ldm_malloc(sizeof(float) * (size_t)B * mc);
     float *hid = ldm_malloc(sizeof(float) * (size_t)B * E);
-    float *emb = ldm_malloc(sizeof(float) * (size_t)B * E);
-    if (!temb || !hid || !emb) {
-        ldm_free(temb);
-        ldm_free(hid);
-        ldm_free(emb);
-        return ldm_alloc_failure_status();
+    ldm_status st = (temb && hid) ? LDM_OK : ldm_alloc_failure_status();
+    if (st == LDM_OK) {
+        lunet_timestep_embedding(t, B, mc, temb);
+        if (gscale) st = add_guidance(n, c, gscale, B, temb);
     }
-    lunet_timestep_embedding(t, B, mc, temb);
-    lk_linear(c, temb, B, mc, n->te_w0, n->te_b0, E, hid);
-    lk_silu(hid, (size_t)B * E);
-    lk_linear(c, hid, B, E, n->te_w2, n->te_b2, E, emb);
+    if (st == LDM_OK) {
+        lk_linear(c, temb, B, mc, n->te_w0, n->te_b0, E, hid);
+        lk_silu(hid, (size_t)B * E);
+        lk_linear(c, hid, B, E, n->te_w2, n->te_b2, E, emb);
+        if (yt && n->d.adm_in_channels > 0) {
+            st = add_adm(n, c, lt_f32(yt), B, emb);
+        } else if (yt) {
+            const int64_t *y = lt_i64(yt);
+            for (int b = 0; b < B; b++) lk_add(emb + (size_t)b * E, n->label_emb + (size_t)y[b] * E, (size_t)E);
+        }
+    }
     ldm_free(temb);
     ldm_free(hid);
-    if (yt && n->d.adm_in_channels > 0) {
-        ldm_status st = add_adm(n, c, lt_f32(yt), B, emb);
-        if (st != LDM_OK) {
-            ldm_free(emb);
-            return st;
-        }
-    } else if (yt) {
-        const int64_t *y = lt_i64(yt);
-        for (int b = 0; b < B; b++) lk_add(emb + (size_t)b * E, n->label_emb + (size_t)y[b] * E, (size_t)E);
+    return st;
+}
+
+ldm_status lunet_time_embedding(lunet *n, const lctx *c, const float *t, const float *guidance_scale, int B,
+                                float *emb)
+{
+    if (!n || !t || !emb || B <= 0) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lunet_time_embedding: bad argument");
+    if (guidance_scale && !n->cond_proj)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "unet: no guidance embedding (time_embed.cond_proj.weight)");
+    return embed_raw(n, c, t, guidance_scale, NULL, B, emb);
+}
+
+ldm_status lunet_probe_guidance_embedding(const lw_store *s, const char *prefix, int model_channels, int *dim)
+{
+    char key[512];
+    *dim = 0;
+    int len = snprintf(key, sizeof key, "%stime_embed.cond_proj.weight", prefix ? prefix : "");
+    if (len < 0 || (size_t)len >= sizeof key) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: key prefix too long");
+    const lw_tensor *t = lw_find(s, key);
+    if (!t) return LDM_OK;
+    if (t->ndim != 2 || t->shape[0] != model_channels || t->shape[1] < 4 || t->shape[1] > 65536)
+        return ldm_fail(LDM_ERR_FORMAT,
+                        "%s: tensor %s must be [model_channels = %d, dim] with 4 <= dim <= 65536 (LCM guidance "
+                        "embedding), found %d dimensions [%lld, %lld]",
+                        lw_path(s), key, model_channels, t->ndim, (long long)t->shape[0],
+                        (long long)(t->ndim > 1 ? t->shape[1] : 0));
+    *dim = (int)t->shape[1];
+    return LDM_OK;
+}
+
+/* emb_silu = SiLU(time_embed(t_emb) [+ label_emb(y)]): only the ResBlocks read emb, and each
+ * starts with SiLU, so it is applied once here. y: class labels (I64) or the sgm vector (F32). */
+static ldm_status embed(lunet *n, const lctx *c, const float *t, const float *gscale, const ldm_tensor *yt, int B,
+                        float **emb_silu)
+{
+    float *emb = ldm_malloc(sizeof(float) * (size_t)B * n->emb_ch);
+    if (!emb) return ldm_alloc_failure_status();
+    ldm_status st = embed_raw(n, c, t, gscale, yt, B, emb);
+    if (st != LDM_OK) {
+        ldm_free(emb);
+        return st;
     }
-    lk_silu(emb, (size_t)B * E);
+    lk_silu(emb, (size_t)B * n->emb_ch);
     *emb_silu = emb;
     return LDM_OK;
 }
@@ -481,6 +575,8 @@ static ldm_status seq_forward(const lu_run *r, const lu_seq *s, const lub_act *i
             st = lub_conv_forward(&l->conv, r->c, src, &next);
         else if (l->kind == LU_UP)
             st = lub_upsample_forward(&l->conv, r->c, &r->n->ws, src, &next);
+        else if (l->kind == LU_POOL || l->kind == LU_UPNN)
+            st = lub_resample_forward(l->kind == LU_POOL ? LUB_DOWN : LUB_UP, src, &next);
         else
             st = lub_resblock_forward(&l->res, r->c, &r->n->ws, src, r->emb_silu, &next);
         if (src == &cur) lub_act_free(&cur);
@@ -638,17 +734,27 @@ void lunet_release_workspace(lunet *n)
 ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
                          const ldm_tensor *context, const ldm_tensor *y, ldm_tensor **out)
 {
+    return lunet_forward_guided(n, c, x, timesteps, context, y, NULL, out);
+}
+
+ldm_status lunet_forward_guided(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                const ldm_tensor *context, const ldm_tensor *y, const float *guidance_scale,
+                                ldm_tensor **out)
+{
     if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lunet_forward: NULL output");
     *out = NULL;
     if (!n) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lunet_forward: NULL unet");
     LDM_TRY(check_inputs(n, x, timesteps, context, y));
+    if (guidance_scale && !n->cond_proj)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "unet: a guidance scale was given but the UNet has no guidance embedding "
+                                             "(time_embed.cond_proj.weight)");
     if (!n->d.use_spatial_transformer) context = NULL; /* only SpatialTransformers read it */
     int B = (int)x->shape[0];
     float *emb_silu = NULL, *t = ldm_malloc(sizeof(float) * (size_t)B);
     if (!t) return ldm_alloc_failure_status();
     for (int b = 0; b < B; b++)
         t[b] = timesteps->dtype == LDM_I64 ? (float)lt_i64(timesteps)[b] : lt_f32(timesteps)[b];
-    ldm_status est = embed(n, c, t, y, B, &emb_silu);
+    ldm_status est = embed(n, c, t, guidance_scale, y, B, &emb_silu);
     ldm_free(t);
     LDM_TRY(est);
     lu_run r = {n, c, emb_silu, context ? lt_f32(context) : NULL, context ? (int)context->shape[1] : 0};

@@ -47,10 +47,28 @@ void lunet_drop_weight_caches(lunet *n);
 ldm_status lunet_forward(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
                          const ldm_tensor *context, const ldm_tensor *y, ldm_tensor **out);
 
+/* lunet_forward with the LCM guidance embedding (ld_unet.time_cond_proj_dim > 0): guidance_scale
+ * [B] (NULL: none, as diffusers with timestep_cond None) adds cond_proj(g((s - 1) * 1000)) to the
+ * timestep embedding before time_embed.0 (diffusers TimestepEmbedding(cond_proj_dim) with the LCM
+ * pipeline's get_guidance_scale_embedding g: sin first, frequencies exp(-j ln(1e4)/(half - 1))).
+ * LDM_ERR_UNSUPPORTED for a scale given to a UNet without the embedding. */
+ldm_status lunet_forward_guided(lunet *n, const lctx *c, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                const ldm_tensor *context, const ldm_tensor *y, const float *guidance_scale,
+                                ldm_tensor **out);
+/* The embedding time_embed(...) before its final SiLU, [B, 4*model_channels], for tests. */
+ldm_status lunet_time_embedding(lunet *n, const lctx *c, const float *t, const float *guidance_scale, int B,
+                                float *emb);
+/* The checkpoint's guidance embedding width: the second dimension of prefix +
+ * "time_embed.cond_proj.weight" (the CompVis-layout name of diffusers'
+ * time_embedding.cond_proj.weight), 0 when absent. An error when it is not a 2-D
+ * [model_channels, dim] matrix with dim >= 4 (the embedding divides by dim/2 - 1). */
+ldm_status lunet_probe_guidance_embedding(const lw_store *s, const char *prefix, int model_channels, int *dim);
+
 /* timestep_embedding(t, dim) of openaimodel / sgm util: out [B, dim] = [cos(t f), sin(t f)] with
  * f_i = exp(-ln(10000) i / (dim/2)), in float32 as torch computes it (also sgm's
  * ConcatTimestepEmbedderND). */
 void lunet_timestep_embedding(const float *t, int B, int dim, float *out);
+
 int lunet_num_classes(const lunet *n);  /* 0 when not class-conditional */
 int lunet_size_multiple(const lunet *n); /* H and W must be multiples of this: 2^(levels-1) */
 

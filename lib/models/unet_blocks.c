@@ -252,6 +252,15 @@ static void resample(int updown, const float *x, int BC, int H, int W, float *y)
         lk_resize_nearest(x, BC, H, W, 2 * H, 2 * W, y);
 }
 
+ldm_status lub_resample_forward(int updown, const lub_act *x, lub_act *out)
+{
+    int H = updown == LUB_DOWN ? x->H / 2 : 2 * x->H, W = updown == LUB_DOWN ? x->W / 2 : 2 * x->W;
+    if (H < 1 || W < 1) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: Downsample of a %dx%d activation", x->H, x->W);
+    LDM_TRY(lub_act_alloc(out, x->B, x->C, H, W));
+    resample(updown, x->p, x->B * x->C, x->H, x->W, out->p);
+    return LDM_OK;
+}
+
 /* h = GN(h) * (1 + scale) + shift, then SiLU (use_scale_shift_norm). */
 static void scale_shift_norm(const lub_resblock *r, const lctx *c, float *h, int B, int HW, const float *e)
 {

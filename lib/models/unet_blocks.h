@@ -76,6 +76,9 @@ ldm_status lub_conv_run(const lub_conv *cv, const lctx *c, const float *x, int B
 ldm_status lub_conv_forward(const lub_conv *cv, const lctx *c, const lub_act *x, lub_act *out);
 /* Upsample(use_conv): nearest x2 then the conv. */
 ldm_status lub_upsample_forward(const lub_conv *cv, const lctx *c, lub_ws *ws, const lub_act *x, lub_act *out);
+/* Downsample / Upsample with conv_resample false: avg-pool 2x2 stride 2 (LUB_DOWN, floor) or
+ * nearest x2 (LUB_UP), no parameters. `out` is a new activation. */
+ldm_status lub_resample_forward(int updown, const lub_act *x, lub_act *out);
 
 /* ResBlock: in_layers (GN+SiLU+conv3x3), emb_layers (SiLU+Linear; done by the caller's shared
  * SiLU(emb) + our Linear), out_layers (GN+SiLU+dropout+conv3x3), skip (identity or 1x1 conv).

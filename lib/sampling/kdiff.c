@@ -160,3 +160,24 @@ void ls_k_dpmpp_2m(float *x, const float *denoised, const float *old_denoised, d
         x[i] = ratio * x[i] + coef * dd;
     }
 }
+
+void ls_ksched_sigmas_at(const ls_ksched *k, const int64_t *ts, int n, double *out)
+{
+    for (int i = 0; i < n; i++) out[i] = (double)k->sigmas[ts[i]];
+    out[n] = 0.0;
+}
+
+ldm_status ls_trailing_timesteps(int T, int steps, int64_t *out, int *n_out)
+{
+    if (!out || !n_out || steps < 1 || steps > T)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "trailing spacing: %d steps, need 1..%d", steps, T);
+    double ratio = (double)T / (double)steps;
+    /* numpy arange: length ceil((stop - start)/step), values start + i*delta with delta the
+     * difference of the first two values (not the step itself) */
+    int len = (int)ceil((0.0 - (double)T) / -ratio);
+    double delta = ((double)T - ratio) - (double)T;
+    if (len > steps + 1) len = steps + 1; /* cannot happen for T, steps >= 1; keeps `out` in bounds */
+    for (int i = 0; i < len; i++) out[i] = (int64_t)nearbyint((double)T + (double)i * delta) - 1;
+    *n_out = len;
+    return LDM_OK;
+}

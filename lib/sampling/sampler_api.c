@@ -22,6 +22,7 @@ struct ldm_sampler {
     ls_ksched ks;      /* k-samplers */
     double *sigmas;    /* k-samplers: n_steps + 1 values, last 0 */
     double *step_t;    /* model timestep of each step's first evaluation */
+    int64_t *lcm_t;    /* LCM: the timestep of each step */
     int n_steps, n_evals;
     int ddpm_start;    /* DDPM: first timestep + 1 */
 
@@ -43,7 +44,7 @@ static int is_k_kind(ldm_sampler_kind k)
 
 static int uses_noise(ldm_sampler_kind k)
 {
-    return k == LDM_SAMPLER_DDIM || k == LDM_SAMPLER_DDPM || k == LDM_SAMPLER_EULER_ANCESTRAL;
+    return k == LDM_SAMPLER_DDIM || k == LDM_SAMPLER_DDPM || k == LDM_SAMPLER_EULER_ANCESTRAL || k == LDM_SAMPLER_LCM;
 }
 
 static float *slot(const ldm_sampler *s, int w) { return s->work + (size_t)w * s->numel; }
@@ -58,6 +59,8 @@ static void sampler_params_defaults(ldm_sampler_params *p)
     p->eta = 0.0f;
     p->ddim_quad = 0;
     p->seed = 0;
+    p->spacing = LDM_SPACING_DEFAULT;
+    p->lcm_original_steps = 50;
 }
 
 void ldm_sampler_params_init_size(ldm_sampler_params *params, size_t struct_size)
@@ -79,7 +82,7 @@ static ldm_status params_copy(const ldm_sampler_params *p, ldm_sampler_params *d
 
 static ldm_status check_params(const ldm_sampler_params *p, int T)
 {
-    if ((int)p->kind < LDM_SAMPLER_DDIM || (int)p->kind > LDM_SAMPLER_DPMPP_2M_KARRAS)
+    if ((int)p->kind < LDM_SAMPLER_DDIM || (int)p->kind > LDM_SAMPLER_LCM)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: unknown kind %d", (int)p->kind);
     if (p->kind != LDM_SAMPLER_DDPM && (p->steps < 1 || p->steps > T))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: %d steps, need 1..%d (training timesteps)", p->steps, T);
@@ -89,6 +92,11 @@ static ldm_status check_params(const ldm_sampler_params *p, int T)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: PLMS needs eta 0 (got %g), as the reference", (double)p->eta);
     if (p->ddim_quad != 0 && p->ddim_quad != 1)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: ddim_quad %d must be 0 (uniform) or 1 (quad)", p->ddim_quad);
+    if (p->spacing != LDM_SPACING_DEFAULT && p->spacing != LDM_SPACING_TRAILING)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: unknown timestep spacing %d", (int)p->spacing);
+    if (p->spacing == LDM_SPACING_TRAILING && (!is_k_kind(p->kind) || p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "sampler: trailing timestep spacing applies to euler, euler_a, heun and dpmpp_2m only");
     if (p->discretization != LDM_DISCRETIZATION_KDIFFUSION && p->discretization != LDM_DISCRETIZATION_SGM)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: unknown discretization %d", p->discretization);
     if (p->discretization == LDM_DISCRETIZATION_SGM &&
@@ -130,6 +138,21 @@ static ldm_status plan(ldm_sampler *s)
     } else if (p->kind == LDM_SAMPLER_DDPM) {
         s->ddpm_start = (p->steps <= 0 || p->steps > T) ? T : p->steps;
         s->n_steps = s->n_evals = s->ddpm_start;
+    } else if (p->kind == LDM_SAMPLER_LCM) {
+        s->lcm_t = ldm_malloc((size_t)p->steps * sizeof *s->lcm_t);
+        if (!s->lcm_t) return ldm_alloc_failure_status();
+        LDM_TRY(ls_lcm_timesteps(T, p->lcm_original_steps, p->steps, s->lcm_t));
+        s->n_steps = s->n_evals = p->steps;
+    } else if (p->spacing == LDM_SPACING_TRAILING) {
+        LDM_TRY(ls_ksched_make(ac, T, &s->ks));
+        s->lcm_t = ldm_malloc(((size_t)p->steps + 1) * sizeof *s->lcm_t);
+        s->sigmas = ldm_malloc(((size_t)p->steps + 2) * sizeof *s->sigmas);
+        if (!s->lcm_t || !s->sigmas) return ldm_alloc_failure_status();
+        LDM_TRY(ls_trailing_timesteps(T, p->steps, s->lcm_t, &s->n_steps));
+        ls_ksched_sigmas_at(&s->ks, s->lcm_t, s->n_steps, s->sigmas);
+        s->n_evals = s->n_steps;
+        if (p->kind == LDM_SAMPLER_HEUN)
+            for (int i = 0; i < s->n_steps; i++) s->n_evals += s->sigmas[i + 1] > 0.0;
     } else {
         LDM_TRY(ls_ksched_make(ac, T, &s->ks));
         s->n_steps = p->steps;
@@ -150,6 +173,8 @@ static ldm_status plan(ldm_sampler *s)
             s->step_t[k] = (double)s->ddim.timesteps[s->ddim.n - 1 - k];
         else if (p->kind == LDM_SAMPLER_DDPM)
             s->step_t[k] = (double)(s->ddpm_start - 1 - k);
+        else if (s->lcm_t) /* LCM, trailing k-samplers: the integer timesteps themselves */
+            s->step_t[k] = (double)s->lcm_t[k];
         else
             s->step_t[k] = model_t(s, s->sigmas[k]);
     }
@@ -161,13 +186,15 @@ ldm_status ls_sampler_create(const ls_schedule *sched, ldm_parameterization para
 {
     if (!sched || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_create: NULL argument");
     *out = NULL;
-    if (param != LDM_PARAM_EPS && param != LDM_PARAM_V)
+    if (param != LDM_PARAM_EPS && param != LDM_PARAM_V && param != LDM_PARAM_X0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_create: unknown parameterization %d", (int)param);
     ldm_sampler *s = ldm_calloc(1, sizeof *s);
     if (!s) return ldm_alloc_failure_status();
     s->param = param;
     ldm_status st = params_copy(p, &s->p);
     if (st == LDM_OK) st = check_params(&s->p, sched->n);
+    if (st == LDM_OK && param == LDM_PARAM_X0 && s->p.kind != LDM_SAMPLER_LCM)
+        st = ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_sampler_create: x0-parameterised models are sampled by the LCM sampler only");
     if (st == LDM_OK) st = ls_schedule_clone(sched, &s->sched);
     if (st == LDM_OK) st = plan(s);
     if (st != LDM_OK) {
@@ -213,6 +240,7 @@ void ldm_sampler_free(ldm_sampler *s)
     ls_ksched_release(&s->ks);
     ldm_free(s->sigmas);
     ldm_free(s->step_t);
+    ldm_free(s->lcm_t);
     ldm_free(s);
 }
 
@@ -312,6 +340,7 @@ static void make_request(ldm_sampler *s)
     switch (s->p.kind) {
     case LDM_SAMPLER_DDIM:
     case LDM_SAMPLER_DDPM:
+    case LDM_SAMPLER_LCM:
         memcpy(xin, x, s->numel * sizeof *xin);
         s->pending_t = s->step_t[k];
         return;
@@ -456,6 +485,20 @@ static void give_ddpm(ldm_sampler *s, const float *out)
     s->step++;
 }
 
+static void give_lcm(ldm_sampler *s, const float *out)
+{
+    int k = s->step, last = k == s->n_steps - 1;
+    int64_t t = s->lcm_t[k];
+    const float *ac = s->sched->buf[LS_ALPHAS_CUMPROD];
+    float c_skip, c_out;
+    ls_lcm_scalings(t, 10.0, &c_skip, &c_out);
+    float a_next = last ? ac[t] : ac[s->lcm_t[k + 1]];
+    float *x = lt_f32(s->x);
+    ls_lcm_step(x, out, (int)s->param, ac[t], c_skip, c_out, last ? NULL : step_noise(s, k), a_next, s->numel, x,
+                lt_f32(s->pred_x0));
+    s->step++;
+}
+
 static void give_k(ldm_sampler *s, const float *out)
 {
     int k = s->step, v = s->param == LDM_PARAM_V;
@@ -539,6 +582,7 @@ ldm_status ldm_sampler_give(ldm_sampler *s, const ldm_tensor *model_output)
     case LDM_SAMPLER_DDIM: give_ddim(s, out); break;
     case LDM_SAMPLER_PLMS: give_plms(s, out); break;
     case LDM_SAMPLER_DDPM: give_ddpm(s, out); break;
+    case LDM_SAMPLER_LCM: give_lcm(s, out); break;
     default: give_k(s, out); break;
     }
     if (s->step != step_before) s->pred_valid = 1;
@@ -590,8 +634,9 @@ static void level_after(const ldm_sampler *s, int done, float *sa, float *so)
         return;
     }
     case LDM_SAMPLER_DDPM:
+    case LDM_SAMPLER_LCM:
         if (done < n) {
-            int t = s->ddpm_start - 1 - done;
+            int t = s->p.kind == LDM_SAMPLER_LCM ? (int)s->lcm_t[done] : s->ddpm_start - 1 - done;
             *sa = s->sched->buf[LS_SQRT_ALPHAS_CUMPROD][t];
             *so = s->sched->buf[LS_SQRT_ONE_MINUS_ALPHAS_CUMPROD][t];
         } else {

@@ -183,6 +183,9 @@ double ls_ksched_t_to_sigma(const ls_ksched *k, double t);
 /* get_sigmas(steps): t = linspace(n-1, 0, steps), sigma(t), then a final 0 -> steps+1 values.
  * karras: get_sigmas_karras(steps, sigma_min, sigma_max, rho = 7) + final 0. */
 ldm_status ls_ksched_sigmas(const ls_ksched *k, int steps, int karras, double *out);
+/* The sigmas of integer timesteps ts[0..n-1] (the model's own float32 sigma of each: no
+ * interpolation), then a final 0 -> n+1 values. */
+void ls_ksched_sigmas_at(const ls_ksched *k, const int64_t *ts, int n, double *out);
 
 /* Denoised estimate from the raw model output at noise level sigma (CompVisDenoiser /
  * CompVisVDenoiser with sigma_data = 1):
@@ -203,6 +206,32 @@ void ls_k_euler(float *x, const float *denoised, double sigma, double dt, size_t
  * step that produced old_denoised. */
 void ls_k_dpmpp_2m(float *x, const float *denoised, const float *old_denoised, double sigma_prev,
                    double sigma, double sigma_next, size_t n);
+
+/* ---------------------------------------------------------------- LCM (lcm.c) */
+
+/* LCMScheduler.set_timesteps (strength 1): k = T // original_steps, the distillation timesteps
+ * (j+1)*k - 1 for j < original_steps taken in descending order at the indices
+ * floor(i * original_steps / steps), i < steps. 50 / 4 steps: 999, 759, 499, 259. */
+ldm_status ls_lcm_timesteps(int T, int original_steps, int steps, int64_t *out);
+/* Consistency boundary conditions (get_scalings_for_boundary_condition_discrete), s = t *
+ * timestep_scaling, sigma_data 0.5: c_skip = 0.25/(s^2 + 0.25), c_out = s/sqrt(s^2 + 0.25). */
+void ls_lcm_scalings(int64_t t, double timestep_scaling, float *c_skip, float *c_out);
+/* LCMScheduler.step in float32 with a_t = alphas_cumprod[t]: x0 from the output (param: an
+ * ldm_parameterization; eps (x - sqrt(1-a_t) out)/sqrt(a_t), v sqrt(a_t) x - sqrt(1-a_t) out,
+ * x0 out), denoised = c_out x0 + c_skip x; with noise (every step but the last):
+ * x_next = sqrt(a_prev) denoised + sqrt(1 - a_prev) noise, else x_next = denoised. x_next may
+ * alias x; denoised must not. */
+void ls_lcm_step(const float *x, const float *model_out, int param, float a_t, float c_skip, float c_out,
+                 const float *noise, float a_prev, size_t n, float *x_next, float *denoised);
+
+/* ---------------------------------------------------------------- trailing spacing (kdiff.c) */
+
+/* diffusers' timestep_spacing "trailing" (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler):
+ * round(np.arange(T, 0, -T/steps)) - 1, i.e. 999, 749, 499, 249 for 4 of 1000; 999 for 1. numpy's
+ * arange is reproduced exactly (its length ceil(T/(T/steps)) can be steps + 1 for a few counts,
+ * e.g. 61 of 1000, and then so many steps run, as in diffusers). *n_out receives the count;
+ * out must hold steps + 1 entries. */
+ldm_status ls_trailing_timesteps(int T, int steps, int64_t *out, int *n_out);
 
 /* ---------------------------------------------------------------- noise (philox.c) */
 
@@ -243,6 +272,7 @@ ldm_status ls_sampler_begin_from(ldm_sampler *s, const ldm_tensor *z0, const ldm
  *              where the final DDIM step lands);
  *   DDPM:      sqrt_alphas_cumprod[t]*z0 + sqrt_one_minus_alphas_cumprod[t]*noise with t the
  *              timestep of step `done` (q_sample); done == total: z0;
+ *   LCM:       the same with t the LCM timestep of step `done`;
  *   k-samplers: z0 + sigmas[done]*noise (k-diffusion's x lives at variance 1 + sigma^2; sigmas[total] = 0).
  * Used for mask blending: the known region is replaced by this after every step. */
 ldm_status ls_sampler_noised(const ldm_sampler *s, int done, const ldm_tensor *z0, const ldm_tensor *noise,

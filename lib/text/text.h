@@ -20,4 +20,14 @@ void ltx_tokenizer_free(ldm_tokenizer *tok);
 ldm_status ltx_tokenizer_encode(const ldm_tokenizer *tok, const char *const *prompts, int n_prompts,
                                 int context_length, int64_t *ids);
 
+/* The ids of one text without start/end tokens and without truncation (the family's clean-up
+ * included): *ids is allocated with ldm_malloc (at least one element), *n_ids may be 0. */
+ldm_status ltx_tokenizer_ids(const ldm_tokenizer *tok, const char *text, const char *what, int64_t **ids,
+                             size_t *n_ids);
+/* The family's framing: start, end and padding ids (CLIP pads with end, OpenCLIP with 0, BERT
+ * with [PAD]). */
+void ltx_tokenizer_framing(const ldm_tokenizer *tok, int64_t *start, int64_t *end, int64_t *pad);
+/* The id of text the vocabulary lacks (BERT [UNK]); -1 when every text has ids (byte-level BPE). */
+int64_t ltx_tokenizer_unknown_id(const ldm_tokenizer *tok);
+
 #endif

@@ -7,6 +7,7 @@
 #include "wordpiece.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #define MAX_CONTEXT_LENGTH (1 << 20)
 
@@ -81,6 +82,50 @@ ldm_status ltx_tokenizer_encode(const ldm_tokenizer *tok, const char *const *pro
         LDM_TRY(encode_row(tok, prompts[i], i, context_length, ids + (size_t)i * (size_t)context_length));
     }
     return LDM_OK;
+}
+
+/* The encoders stop at max_ids; a result that fills the buffer may have been cut, so the buffer
+ * grows until it does not. */
+ldm_status ltx_tokenizer_ids(const ldm_tokenizer *tok, const char *text, const char *what, int64_t **ids,
+                             size_t *n_ids)
+{
+    *ids = NULL;
+    *n_ids = 0;
+    size_t cap = strlen(text) + 16;
+    for (;;) {
+        size_t bytes;
+        if (ldm_mul_size(cap, sizeof **ids, &bytes)) return ldm_fail(LDM_ERR_LIMIT, "%s: too many tokens", what);
+        int64_t *buf = ldm_malloc(bytes);
+        if (!buf) return ldm_alloc_failure_status();
+        size_t n = 0;
+        ldm_status st = tok->kind == LDM_TOKENIZER_BERT ? ltx_wordpiece_encode(tok->wp, text, what, buf, cap, &n)
+                                                        : ltx_bpe_encode(tok->bpe, text, what, buf, cap, &n);
+        if (st != LDM_OK || n < cap) {
+            if (st != LDM_OK) ldm_free(buf);
+            else *ids = buf, *n_ids = n;
+            return st;
+        }
+        ldm_free(buf);
+        if (ldm_mul_size(cap, 2, &cap)) return ldm_fail(LDM_ERR_LIMIT, "%s: too many tokens", what);
+    }
+}
+
+void ltx_tokenizer_framing(const ldm_tokenizer *tok, int64_t *start, int64_t *end, int64_t *pad)
+{
+    if (tok->kind == LDM_TOKENIZER_BERT) {
+        *start = ltx_wordpiece_cls_id(tok->wp);
+        *end = ltx_wordpiece_sep_id(tok->wp);
+        *pad = ltx_wordpiece_pad_id(tok->wp);
+        return;
+    }
+    *start = ltx_bpe_start_id(tok->bpe);
+    *end = ltx_bpe_end_id(tok->bpe);
+    *pad = tok->kind == LDM_TOKENIZER_CLIP ? *end : 0;
+}
+
+int64_t ltx_tokenizer_unknown_id(const ldm_tokenizer *tok)
+{
+    return tok->kind == LDM_TOKENIZER_BERT ? ltx_wordpiece_unk_id(tok->wp) : -1;
 }
 
 /* ---------------------------------------------------------------- public API */

@@ -33,6 +33,7 @@ enum { SPECIAL_PAD, SPECIAL_UNK, SPECIAL_CLS, SPECIAL_SEP, SPECIAL_MASK };
 int32_t ltx_wordpiece_cls_id(const ltx_wordpiece *wp) { return wp->special_id[SPECIAL_CLS]; }
 int32_t ltx_wordpiece_sep_id(const ltx_wordpiece *wp) { return wp->special_id[SPECIAL_SEP]; }
 int32_t ltx_wordpiece_pad_id(const ltx_wordpiece *wp) { return wp->special_id[SPECIAL_PAD]; }
+int32_t ltx_wordpiece_unk_id(const ltx_wordpiece *wp) { return wp->special_id[SPECIAL_UNK]; }
 
 /* ---------------------------------------------------------------- loading */
 

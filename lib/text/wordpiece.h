@@ -16,6 +16,7 @@ void ltx_wordpiece_free(ltx_wordpiece *wp);
 int32_t ltx_wordpiece_cls_id(const ltx_wordpiece *wp);
 int32_t ltx_wordpiece_sep_id(const ltx_wordpiece *wp);
 int32_t ltx_wordpiece_pad_id(const ltx_wordpiece *wp);
+int32_t ltx_wordpiece_unk_id(const ltx_wordpiece *wp);
 
 /* Ids of one prompt without [CLS]/[SEP], at most max_ids (the rest would be truncated). */
 ldm_status ltx_wordpiece_encode(const ltx_wordpiece *wp, const char *text, const char *what, int64_t *ids,

@@ -92,13 +92,24 @@ static ltp_id layer_norm(unet_ctx *u, const char *name, ltp_id x, int dim)
     return ltp_layer_norm(u->t, x, LN_EPS, gamma, beta);
 }
 
-/* ResBlock(in -> out) with emb; dropout 0 (the identity). */
-static ltp_id resblock(unet_ctx *u, const char *name, ltp_id x, int in, int out)
+enum { UPDOWN_NONE, UPDOWN_UP, UPDOWN_DOWN };
+
+/* Upsample / Downsample without convolution (ResBlock's h_upd and x_upd). */
+static ltp_id resample(ltp_tape *t, ltp_id x, int updown)
+{
+    if (updown == UPDOWN_UP) return ltp_upsample_nearest2(t, x);
+    return updown == UPDOWN_DOWN ? ltp_avg_pool2(t, x) : x;
+}
+
+/* ResBlock(in -> out) with emb: in_layers (GN, SiLU, [h_upd], conv), emb_layers, out_layers (GN
+ * [FiLM], SiLU, Dropout, zero conv), skip_connection on x (x_upd first when up or down). */
+static ltp_id resblock(unet_ctx *u, const char *name, ltp_id x, int in, int out, int updown)
 {
     char sub[LTP_NAME_MAX];
     int E = 4 * u->d->model_channels, ss = u->d->use_scale_shift_norm;
     join(sub, name, ".in_layers.0");
-    ltp_id h = ltp_silu(u->t, group_norm(u, sub, x, in, GN_EPS_RES));
+    ltp_id h = resample(u->t, ltp_silu(u->t, group_norm(u, sub, x, in, GN_EPS_RES)), updown);
+    x = resample(u->t, x, updown);
     join(sub, name, ".in_layers.2");
     h = conv(u, sub, h, in, out, 3, 1, 0);
     join(sub, name, ".emb_layers.1");
@@ -110,6 +121,8 @@ static ltp_id resblock(unet_ctx *u, const char *name, ltp_id x, int in, int out)
         h = group_norm(u, sub, ltp_add_channel_bias(u->t, h, e), out, GN_EPS_RES);
     }
     h = ltp_silu(u->t, h);
+    join(sub, name, ".out_layers.2");
+    h = ltp_dropout(u->t, h, (float)u->d->dropout, ltp_site_hash(sub));
     join(sub, name, ".out_layers.3");
     h = conv(u, sub, h, out, out, 3, 1, 1); /* zero_module */
     ltp_id skip = x;
@@ -213,15 +226,108 @@ static int attention_dims(unet_ctx *u, const char *name, int ch, int *heads, int
     return 1;
 }
 
+/* A Conv1d(in, out, 1) of the reference (weight [out, in, 1]) on x [B,in,H,W] as a 1x1 conv. */
+static ltp_id conv1d_1x1(unet_ctx *u, const char *name, ltp_id x, int in, int out, int zero)
+{
+    int64_t ws[3] = {out, in, 1}, w4[4] = {out, in, 1, 1}, bs[1] = {out};
+    ltp_init init = zero ? LTP_INIT_ZERO : LTP_INIT_UNIFORM;
+    ltp_id w = ltp_reshape(u->t, param(u, 3, ws, init, in, "%s.weight", name), 4, w4);
+    ltp_id b = param(u, 1, bs, init, in, "%s.bias", name);
+    return ltp_conv2d(u->t, x, w, b, 1, 0);
+}
+
+/* The q, k or v (part 0, 1, 2) channels of the fused qkv [B, 3*heads*D, ...]: QKVAttentionLegacy
+ * reshapes to [B*heads, 3*D, T] first (each head owns a q, k, v run of D channels),
+ * QKVAttention (new order) chunks into q, k, v first; either way output channel h*D + d. */
+static ltp_id qkv_part(ltp_tape *t, ltp_id qkv, int heads, int D, int new_order, int part)
+{
+    int C = heads * D;
+    int *idx = ldm_malloc(sizeof(int) * (size_t)C);
+    if (!idx) return ltp_fail(t, LDM_ERR_OUT_OF_MEMORY, "unet: %s", ldm_last_error());
+    for (int h = 0; h < heads; h++)
+        for (int d = 0; d < D; d++) idx[h * D + d] = new_order ? part * C + h * D + d : h * 3 * D + part * D + d;
+    ltp_id y = ltp_gather_channels(t, qkv, idx, C);
+    ldm_free(idx);
+    return y;
+}
+
+/* openaimodel.AttentionBlock: x + proj_out(attention(qkv(GN x))), self-attention over H*W
+ * positions with `heads` heads of D channels. The reference scales q and k by D^-1/4 each, this
+ * the product by D^-1/2 (float rounding apart, the same). */
+static ltp_id attention_block(unet_ctx *u, const char *name, ltp_id x, int ch, int heads)
+{
+    char sub[LTP_NAME_MAX];
+    ltp_tape *t = u->t;
+    int H = (int)ltp_dim(t, x, 2), W = (int)ltp_dim(t, x, 3), D = ch / heads, no = u->d->use_new_attention_order;
+    join(sub, name, ".norm");
+    ltp_id h = group_norm(u, sub, x, ch, GN_EPS_RES);
+    join(sub, name, ".qkv");
+    ltp_id qkv = conv1d_1x1(u, sub, h, ch, 3 * ch, 0);
+    ltp_id q = ltp_nchw_to_nlc(t, qkv_part(t, qkv, heads, D, no, 0));
+    ltp_id k = ltp_nchw_to_nlc(t, qkv_part(t, qkv, heads, D, no, 1));
+    ltp_id v = ltp_nchw_to_nlc(t, qkv_part(t, qkv, heads, D, no, 2));
+    ltp_id a = ltp_nlc_to_nchw(t, ltp_attention(t, q, k, v, heads), H, W);
+    join(sub, name, ".proj_out");
+    return ltp_add(t, x, conv1d_1x1(u, sub, a, ch, ch, 1)); /* zero_module */
+}
+
+/* ---- blocks, run directly or as checkpointed segments (tape.h: ltp_segment) */
+
+enum { BLOCK_RES, BLOCK_XF, BLOCK_ATTN };
+
+typedef struct block_args {
+    ltp_params *ps;
+    const char *prefix;
+    const ld_unet *d;
+    int kind;
+    char name[64]; /* UNet block names are short ("output_blocks.11.1") */
+    int in, out, updown, heads, dim_head;
+} block_args;
+
+static ltp_id block_body(unet_ctx *u, const block_args *a, ltp_id x)
+{
+    switch (a->kind) {
+    case BLOCK_RES: return resblock(u, a->name, x, a->in, a->out, a->updown);
+    case BLOCK_XF: return spatial_transformer(u, a->name, x, a->in, a->heads, a->dim_head);
+    default: return attention_block(u, a->name, x, a->in, a->heads);
+    }
+}
+
+/* The segment function: the block on the sub-tape, inputs (x, emb or context). */
+static ltp_id block_segment(ltp_tape *sub, const void *ctx, const ltp_id *in, int n_in)
+{
+    const block_args *a = ctx;
+    unet_ctx u = {sub, a->ps, a->prefix, a->d, LTP_NONE, LTP_NONE, a->heads};
+    if (a->kind == BLOCK_RES) u.emb = n_in > 1 ? in[1] : LTP_NONE;
+    if (a->kind == BLOCK_XF) u.context = n_in > 1 ? in[1] : LTP_NONE;
+    return block_body(&u, a, in[0]);
+}
+
+/* Runs a block; through a segment when the model uses checkpointing (use_checkpoint: always
+ * recomputed) or the tape has an activation budget (recomputed when over it). */
+static ltp_id block(unet_ctx *u, block_args *a, ltp_id x)
+{
+    if (ltp_status(u->t) != LDM_OK) return LTP_NONE;
+    if (!u->d->use_checkpoint && ltp_activation_budget(u->t) == 0) return block_body(u, a, x);
+    a->ps = u->ps, a->prefix = u->prefix, a->d = u->d;
+    ltp_id in[2] = {x, a->kind == BLOCK_RES ? u->emb : u->context};
+    int n_in = a->kind == BLOCK_ATTN || in[1] == LTP_NONE ? 1 : 2;
+    return ltp_segment(u->t, block_segment, a, sizeof *a, in, n_in, u->d->use_checkpoint);
+}
+
+static ltp_id res_block(unet_ctx *u, const char *name, ltp_id x, int in, int out, int updown)
+{
+    block_args a = {.kind = BLOCK_RES, .in = in, .out = out, .updown = updown};
+    snprintf(a.name, sizeof a.name, "%.63s", name);
+    return block(u, &a, x);
+}
+
 static ltp_id attention_layer(unet_ctx *u, const char *name, ltp_id h, int ch)
 {
-    if (!u->d->use_spatial_transformer)
-        return ltp_fail(u->t, LDM_ERR_UNSUPPORTED,
-                        "unet: %s: training a legacy AttentionBlock is not supported yet (use_spatial_transformer)",
-                        name);
-    int heads, dim_head;
-    if (!attention_dims(u, name, ch, &heads, &dim_head)) return LTP_NONE;
-    return spatial_transformer(u, name, h, ch, heads, dim_head);
+    block_args a = {.kind = u->d->use_spatial_transformer ? BLOCK_XF : BLOCK_ATTN, .in = ch};
+    snprintf(a.name, sizeof a.name, "%.63s", name);
+    if (!attention_dims(u, name, ch, &a.heads, &a.dim_head)) return LTP_NONE;
+    return block(u, &a, h);
 }
 
 static int has_attention(const ld_unet *d, int ds)
@@ -274,7 +380,6 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
 {
     if (!t || ltp_status(t) != LDM_OK) return LTP_NONE;
     if (!ps || !d || !timesteps) return ltp_fail(t, LDM_ERR_INVALID_ARGUMENT, "unet: NULL argument");
-    if (d->resblock_updown) return ltp_fail(t, LDM_ERR_UNSUPPORTED, "unet: training with resblock_updown");
     if (d->use_spatial_transformer && context == LTP_NONE)
         return ltp_fail(t, LDM_ERR_INVALID_ARGUMENT, "unet: SpatialTransformer model without context");
     unet_ctx u = {t, ps, prefix ? prefix : "", d, LTP_NONE, context, d->num_heads};
@@ -291,7 +396,7 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
         int mult_ch = d->channel_mult[level] * d->model_channels;
         for (int r = 0; r < d->num_res_blocks; r++, k++) {
             snprintf(name, sizeof name, "input_blocks.%d.0", k);
-            h = resblock(&u, name, h, ch, mult_ch);
+            h = res_block(&u, name, h, ch, mult_ch, UPDOWN_NONE);
             ch = mult_ch;
             if (has_attention(d, ds)) {
                 snprintf(name, sizeof name, "input_blocks.%d.1", k);
@@ -301,23 +406,32 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
             skips[n_skips] = h, skip_ch[n_skips++] = ch;
         }
         if (level != d->n_levels - 1) {
-            snprintf(name, sizeof name, "input_blocks.%d.0.op", k++);
-            h = conv(&u, name, h, ch, ch, 3, 2, 0);
+            if (d->resblock_updown) {
+                snprintf(name, sizeof name, "input_blocks.%d.0", k++);
+                h = res_block(&u, name, h, ch, ch, UPDOWN_DOWN);
+            } else if (d->no_conv_resample) { /* Downsample(use_conv=False): AvgPool2d(2, 2) */
+                k++;
+                h = ltp_avg_pool2(t, h);
+            } else {
+                snprintf(name, sizeof name, "input_blocks.%d.0.op", k++);
+                h = conv(&u, name, h, ch, ch, 3, 2, 0);
+            }
             if (n_skips == MAX_SKIPS) return ltp_fail(t, LDM_ERR_LIMIT, "unet: too many blocks");
             skips[n_skips] = h, skip_ch[n_skips++] = ch;
             ds *= 2;
         }
     }
-    h = resblock(&u, "middle_block.0", h, ch, ch);
+    h = res_block(&u, "middle_block.0", h, ch, ch, UPDOWN_NONE);
     h = attention_layer(&u, "middle_block.1", h, ch);
-    h = resblock(&u, "middle_block.2", h, ch, ch);
+    h = res_block(&u, "middle_block.2", h, ch, ch, UPDOWN_NONE);
     k = 0;
     for (int level = d->n_levels - 1; level >= 0; level--) {
         for (int i = 0; i <= d->num_res_blocks; i++, k++) {
             int mult_ch = d->model_channels * d->channel_mult[level];
             n_skips--;
             snprintf(name, sizeof name, "output_blocks.%d.0", k);
-            h = resblock(&u, name, ltp_concat_channels(t, h, skips[n_skips]), ch + skip_ch[n_skips], mult_ch);
+            h = res_block(&u, name, ltp_concat_channels(t, h, skips[n_skips]), ch + skip_ch[n_skips], mult_ch,
+                          UPDOWN_NONE);
             ch = mult_ch;
             int sub = 1;
             if (has_attention(d, ds)) {
@@ -326,8 +440,15 @@ ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const l
                 sub = 2;
             }
             if (level && i == d->num_res_blocks) {
-                snprintf(name, sizeof name, "output_blocks.%d.%d.conv", k, sub);
-                h = conv(&u, name, ltp_upsample_nearest2(t, h), ch, ch, 3, 1, 0);
+                if (d->resblock_updown) {
+                    snprintf(name, sizeof name, "output_blocks.%d.%d", k, sub);
+                    h = res_block(&u, name, h, ch, ch, UPDOWN_UP);
+                } else if (d->no_conv_resample) { /* Upsample(use_conv=False): nearest x2 only */
+                    h = ltp_upsample_nearest2(t, h);
+                } else {
+                    snprintf(name, sizeof name, "output_blocks.%d.%d.conv", k, sub);
+                    h = conv(&u, name, ltp_upsample_nearest2(t, h), ch, ch, 3, 1, 0);
+                }
                 ds /= 2;
             }
         }

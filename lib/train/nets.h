@@ -15,11 +15,14 @@
 #include "tape.h"
 
 /* UNetModel.forward(x [B,C,H,W], timesteps [B] (float values of the integer steps), context
- * [B,T,context_dim] or LTP_NONE, y = labels (an ltp_labels index, or -1)) -> [B,out,H,W].
- * Supported for training: ResBlocks (with or without use_scale_shift_norm, no resblock_updown),
- * SpatialTransformer (conv or linear proj), strided-conv Downsample, nearest Upsample; a legacy
- * AttentionBlock (use_spatial_transformer false with attention_resolutions) is
- * LDM_ERR_UNSUPPORTED for now. */
+ * [B,T,context_dim] or LTP_NONE, y = labels (an ltp_labels index, or -1; required when
+ * num_classes is set: label_emb)) -> [B,out,H,W], in training mode. Supported: ResBlocks (with or
+ * without use_scale_shift_norm, resblock_updown, ResBlock dropout with the tape's key, see
+ * ltp_dropout), SpatialTransformer (conv or linear proj), the legacy AttentionBlock
+ * (QKVAttentionLegacy or use_new_attention_order), Downsample (strided conv, or avg-pool 2x2 with
+ * conv_resample false), Upsample (nearest x2 + conv, or without the conv).
+ * With d->use_checkpoint or a tape activation budget, every ResBlock and attention layer runs as
+ * an ltp_segment; `prefix`, `ps` and `d` must then stay valid until ltp_reset. */
 ltp_id ltn_unet_forward(ltp_tape *t, ltp_params *ps, const char *prefix, const ld_unet *d, ltp_id x,
                         const float *timesteps, ltp_id context, int labels);
 

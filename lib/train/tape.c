@@ -6,6 +6,7 @@
 #include "tape.h"
 
 #include "../kernels/kernels.h"
+#include "../sampling/sampling.h"
 #include "grad.h"
 
 #include <math.h>
@@ -35,8 +36,13 @@ typedef enum {
     OP_RESHAPE,
     OP_ATTENTION,
     OP_EMBEDDING,
-    OP_GAUSSIAN
+    OP_GAUSSIAN,
+    OP_GATHER,
+    OP_DROPOUT,
+    OP_SEGMENT
 } op_kind;
+
+struct segment;
 
 typedef struct value {
     int ndim;
@@ -58,6 +64,9 @@ typedef struct op {
     float f;              /* float attribute (eps, scale) */
     lk_conv2d_shape conv; /* OP_CONV */
     float *aux;           /* extra saved data (gaussian noise) */
+    int *idx;             /* OP_GATHER: the channel of x behind each output channel */
+    uint64_t key[3];      /* OP_DROPOUT: seed, draw, site */
+    struct segment *seg;  /* OP_SEGMENT */
 } op;
 
 typedef struct labels {
@@ -76,7 +85,22 @@ struct ltp_tape {
     ldm_status status;
     char error[512];
     size_t bytes, peak;
+    ltp_tape *parent;            /* a segment's sub-tape: its memory counts in every ancestor */
+    uint64_t rng_seed, rng_draw; /* dropout key */
+    size_t budget;               /* activation budget (0: none) */
+    int n_segments, n_dropped;
 };
+
+/* A checkpointed block (ltp_segment): how to run it again, and its sub-tape while kept. */
+typedef struct segment {
+    ltp_segment_fn fn;
+    void *ctx;
+    int n_in;
+    ltp_tape *sub; /* NULL once dropped (recomputed in backward) */
+    ltp_id sub_in[3], sub_out;
+} segment;
+
+static void segment_free(segment *sg);
 
 /* ---------------------------------------------------------------- bookkeeping */
 
@@ -116,10 +140,11 @@ static int valid(const ltp_tape *t, ltp_id v) { return v >= 0 && (size_t)v < t->
 static float *alloc_floats(ltp_tape *t, size_t n)
 {
     float *p = ldm_malloc_aligned((n ? n : 1) * sizeof(float));
-    if (p) {
-        t->bytes += n * sizeof(float);
-        if (t->bytes > t->peak) t->peak = t->bytes;
-    }
+    if (p)
+        for (ltp_tape *a = t; a; a = a->parent) {
+            a->bytes += n * sizeof(float);
+            if (a->bytes > a->peak) a->peak = a->bytes;
+        }
     return p;
 }
 
@@ -127,7 +152,7 @@ static void free_floats(ltp_tape *t, float *p, size_t n)
 {
     if (!p) return;
     ldm_free(p);
-    t->bytes -= n * sizeof(float);
+    for (ltp_tape *a = t; a; a = a->parent) a->bytes -= n * sizeof(float);
 }
 
 ldm_status ltp_tape_create(const lctx *c, ltp_tape **out)
@@ -148,7 +173,12 @@ void ltp_reset(ltp_tape *t)
         if (v->owns_v) free_floats(t, v->v, v->n);
         if (!v->param) free_floats(t, v->g, v->n);
     }
-    for (size_t i = 0; i < t->n_ops; i++) ldm_free(t->ops[i].aux);
+    for (size_t i = 0; i < t->n_ops; i++) {
+        ldm_free(t->ops[i].aux);
+        ldm_free(t->ops[i].idx);
+        segment_free(t->ops[i].seg);
+    }
+    t->n_segments = t->n_dropped = 0;
     for (int i = 0; i < t->n_labs; i++) ldm_free(t->labs[i].v);
     t->n_vals = t->n_ops = 0;
     t->n_labs = 0;
@@ -736,6 +766,173 @@ ltp_id ltp_gaussian_sample(ltp_tape *t, ltp_id moments, const float *noise)
     return y;
 }
 
+/* ---------------------------------------------------------------- channel gather, dropout */
+
+ltp_id ltp_gather_channels(ltp_tape *t, ltp_id x, const int *idx, int n)
+{
+    if (!operands_ok(t, "gather_channels", x, LTP_NONE, LTP_NONE, 1)) return LTP_NONE;
+    const value *X = &t->vals[x];
+    if (X->ndim < 2 || !idx || n <= 0) return shape_fail(t, "gather_channels", x, LTP_NONE);
+    for (int j = 0; j < n; j++)
+        if (idx[j] < 0 || idx[j] >= X->shape[1])
+            return fail(t, LDM_ERR_INVALID_ARGUMENT, "tape: gather_channels: channel %d outside [0, %lld)", idx[j],
+                        (long long)X->shape[1]);
+    int64_t shape[LTP_MAX_DIMS];
+    memcpy(shape, X->shape, sizeof shape);
+    shape[1] = n;
+    op *o;
+    ltp_id y = record(t, OP_GATHER, X->ndim, shape, x, LTP_NONE, LTP_NONE, &o);
+    if (y < 0) return LTP_NONE;
+    o->idx = ldm_malloc((size_t)n * sizeof(int));
+    if (!o->idx) return fail_alloc(t);
+    memcpy(o->idx, idx, (size_t)n * sizeof(int));
+    X = &t->vals[x];
+    size_t B = (size_t)X->shape[0], C = (size_t)X->shape[1], inner = X->n / (B * C);
+    for (size_t b = 0; b < B; b++)
+        for (int j = 0; j < n; j++)
+            memcpy(t->vals[y].v + (b * (size_t)n + (size_t)j) * inner, X->v + (b * C + (size_t)idx[j]) * inner,
+                   inner * sizeof(float));
+    return y;
+}
+
+void ltp_set_rng(ltp_tape *t, uint64_t seed, uint64_t draw)
+{
+    if (!t) return;
+    t->rng_seed = seed;
+    t->rng_draw = draw;
+}
+
+uint64_t ltp_site_hash(const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *p = (const unsigned char *)name; p && *p; p++) h = (h ^ *p) * 0x100000001b3ull;
+    return h;
+}
+
+/* Four uniform 32-bit words for elements 4k .. 4k+3 of a site. */
+static void dropout_block(uint64_t seed, uint64_t draw, uint64_t site, uint64_t k, uint32_t out[4])
+{
+    uint32_t ctr[4] = {(uint32_t)k, (uint32_t)draw, (uint32_t)site, (uint32_t)(site >> 32)};
+    uint32_t key[2] = {(uint32_t)seed ^ (uint32_t)(k >> 32), (uint32_t)(seed >> 32) ^ (uint32_t)(draw >> 32)};
+    ls_philox4x32_10(ctr, key, out);
+}
+
+static int keep_word(uint32_t w, float p) { return (double)w * (1.0 / 4294967296.0) >= (double)p; }
+
+int ltp_dropout_keep(uint64_t seed, uint64_t draw, uint64_t site, uint64_t i, float p)
+{
+    uint32_t o[4];
+    dropout_block(seed, draw, site, i / 4, o);
+    return keep_word(o[i % 4], p);
+}
+
+/* y = x * keep * s over n elements (s = 1 / (1 - p)); used forward and backward. */
+static void dropout_apply(const uint64_t key[3], float p, const float *x, size_t n, float *y)
+{
+    float s = 1.0f / (1.0f - p);
+    for (size_t k = 0; 4 * k < n; k++) {
+        uint32_t o[4];
+        dropout_block(key[0], key[1], key[2], k, o);
+        for (size_t j = 0; j < 4 && 4 * k + j < n; j++) y[4 * k + j] = keep_word(o[j], p) ? x[4 * k + j] * s : 0.0f;
+    }
+}
+
+ltp_id ltp_dropout(ltp_tape *t, ltp_id x, float p, uint64_t site)
+{
+    if (!operands_ok(t, "dropout", x, LTP_NONE, LTP_NONE, 1)) return LTP_NONE;
+    if (!(p >= 0.0f && p < 1.0f)) return fail(t, LDM_ERR_INVALID_ARGUMENT, "tape: dropout probability %g", p);
+    if (p == 0.0f) return x;
+    op *o;
+    ltp_id y = record(t, OP_DROPOUT, t->vals[x].ndim, t->vals[x].shape, x, LTP_NONE, LTP_NONE, &o);
+    if (y < 0) return LTP_NONE;
+    o->f = p;
+    o->key[0] = t->rng_seed, o->key[1] = t->rng_draw, o->key[2] = site;
+    dropout_apply(o->key, p, t->vals[x].v, t->vals[x].n, t->vals[y].v);
+    return y;
+}
+
+/* ---------------------------------------------------------------- segments (checkpointing) */
+
+static void segment_free(segment *sg)
+{
+    if (!sg) return;
+    ltp_tape_free(sg->sub);
+    ldm_free(sg->ctx);
+    ldm_free(sg);
+}
+
+static ltp_tape *root_of(ltp_tape *t)
+{
+    while (t->parent) t = t->parent;
+    return t;
+}
+
+/* Runs the block on a new sub-tape from t's values `inputs`. */
+static ldm_status segment_run(ltp_tape *t, segment *sg, const ltp_id *inputs)
+{
+    ltp_tape *sub;
+    if (ltp_tape_create(&t->c, &sub) != LDM_OK) return fail_alloc(t), t->status;
+    sub->parent = t;
+    sub->rng_seed = t->rng_seed, sub->rng_draw = t->rng_draw, sub->budget = t->budget;
+    sg->sub = sub;
+    for (int i = 0; i < sg->n_in; i++) {
+        const value *v = &t->vals[inputs[i]];
+        sg->sub_in[i] = ltp_input(sub, v->ndim, v->shape, v->v, v->needs_grad);
+    }
+    sg->sub_out = sub->status == LDM_OK ? sg->fn(sub, sg->ctx, sg->sub_in, sg->n_in) : LTP_NONE;
+    if (sub->status == LDM_OK && !valid(sub, sg->sub_out))
+        fail(sub, LDM_ERR_INTERNAL, "tape: a segment returned no value");
+    if (sub->status != LDM_OK) return fail(t, sub->status, "%s", sub->error), t->status;
+    return LDM_OK;
+}
+
+ltp_id ltp_segment(ltp_tape *t, ltp_segment_fn fn, const void *ctx, size_t ctx_size, const ltp_id *inputs,
+                   int n_inputs, int checkpoint)
+{
+    if (!t || t->status != LDM_OK) return LTP_NONE;
+    if (!fn || !inputs || n_inputs < 1 || n_inputs > 3 || (ctx_size && !ctx))
+        return fail(t, LDM_ERR_INVALID_ARGUMENT, "tape: segment: bad arguments");
+    ltp_id in[3] = {LTP_NONE, LTP_NONE, LTP_NONE};
+    for (int i = 0; i < n_inputs; i++) {
+        if (!valid(t, inputs[i])) return fail(t, LDM_ERR_INVALID_ARGUMENT, "tape: segment: input %d is not a value", i);
+        if (t->vals[inputs[i]].param) return fail(t, LDM_ERR_INVALID_ARGUMENT, "tape: segment: input %d is a parameter", i);
+        in[i] = inputs[i];
+    }
+    segment *sg = ldm_calloc(1, sizeof *sg);
+    if (!sg) return fail_alloc(t);
+    sg->fn = fn, sg->n_in = n_inputs;
+    sg->ctx = ldm_malloc(ctx_size ? ctx_size : 1);
+    if (!sg->ctx) return ldm_free(sg), fail_alloc(t);
+    if (ctx_size) memcpy(sg->ctx, ctx, ctx_size);
+    if (segment_run(t, sg, in) != LDM_OK) return segment_free(sg), LTP_NONE;
+    const value *so = &sg->sub->vals[sg->sub_out];
+    op *o;
+    ltp_id y = record(t, OP_SEGMENT, so->ndim, so->shape, in[0], in[1], in[2], &o);
+    if (y < 0) return segment_free(sg), LTP_NONE;
+    o->seg = sg;
+    memcpy(t->vals[y].v, so->v, so->n * sizeof(float));
+    t->vals[y].needs_grad = so->needs_grad;
+    t->n_segments++;
+    ltp_tape *r = root_of(t);
+    if (checkpoint || (r->budget && r->bytes > r->budget)) {
+        ltp_tape_free(sg->sub);
+        sg->sub = NULL;
+        t->n_dropped++;
+    }
+    return y;
+}
+
+void ltp_set_activation_budget(ltp_tape *t, size_t bytes)
+{
+    if (t) t->budget = bytes;
+}
+size_t ltp_activation_budget(const ltp_tape *t) { return t ? t->budget : 0; }
+int ltp_segments(const ltp_tape *t, int *dropped)
+{
+    if (dropped) *dropped = t ? t->n_dropped : 0;
+    return t ? t->n_segments : 0;
+}
+
 /* ---------------------------------------------------------------- backward */
 
 /* Where a gradient for value `id` is to be written: its own buffer when it has none yet (the
@@ -1012,6 +1209,65 @@ static void back_gaussian(ltp_tape *t, const op *o, const float *dy)
     grad_done(t, o->in[0], dm);
 }
 
+static void back_gather(ltp_tape *t, const op *o, const float *dy)
+{
+    const value *X = &t->vals[o->in[0]];
+    float *dx = grad_begin(t, o->in[0]);
+    if (!dx) return;
+    size_t B = (size_t)X->shape[0], C = (size_t)X->shape[1], inner = X->n / (B * C);
+    size_t n = t->vals[o->out].n / (B * inner);
+    memset(dx, 0, X->n * sizeof(float));
+    for (size_t b = 0; b < B; b++)
+        for (size_t j = 0; j < n; j++) {
+            float *d = dx + (b * C + (size_t)o->idx[j]) * inner;
+            const float *g = dy + (b * n + j) * inner;
+            for (size_t i = 0; i < inner; i++) d[i] += g[i];
+        }
+    grad_done(t, o->in[0], dx);
+}
+
+static void back_dropout(ltp_tape *t, const op *o, const float *dy)
+{
+    float *dx = grad_begin(t, o->in[0]);
+    if (!dx) return;
+    dropout_apply(o->key, o->f, dy, t->vals[o->in[0]].n, dx);
+    grad_done(t, o->in[0], dx);
+}
+
+/* The block's backward on its sub-tape (run again first when it was dropped). The inputs'
+ * gradients so far are seeded into the sub-tape, so they accumulate in the order of an
+ * unsegmented tape, and the sums come back in place of them. */
+static void back_segment(ltp_tape *t, const op *o, const float *dy)
+{
+    segment *sg = o->seg;
+    if (!sg->sub && segment_run(t, sg, o->in) != LDM_OK) return;
+    ltp_tape *sub = sg->sub;
+    for (int i = 0; i < sg->n_in; i++) {
+        const value *v = &t->vals[o->in[i]];
+        if (v->needs_grad && v->g_fresh && ltp_seed_grad(sub, sg->sub_in[i], v->g) != LDM_OK) break;
+    }
+    if (sub->status == LDM_OK) ltp_seed_grad(sub, sg->sub_out, dy);
+    if (sub->status == LDM_OK) ltp_backward(sub);
+    if (sub->status != LDM_OK) {
+        fail(t, sub->status, "%s", sub->error);
+        return;
+    }
+    for (int i = 0; i < sg->n_in; i++) {
+        value *v = &t->vals[o->in[i]];
+        const float *g = ltp_grad(sub, sg->sub_in[i]);
+        if (!g || !v->needs_grad) continue;
+        if (!v->g) v->g = alloc_floats(t, v->n);
+        if (!v->g) {
+            fail_alloc(t);
+            return;
+        }
+        memcpy(v->g, g, v->n * sizeof(float));
+        v->g_fresh = 1;
+    }
+    ltp_tape_free(sub);
+    sg->sub = NULL;
+}
+
 static void back_op(ltp_tape *t, const op *o, const float *dy)
 {
     switch (o->kind) {
@@ -1040,6 +1296,9 @@ static void back_op(ltp_tape *t, const op *o, const float *dy)
     case OP_ATTENTION: back_attention(t, o, dy); break;
     case OP_EMBEDDING: back_embedding(t, o, dy); break;
     case OP_GAUSSIAN: back_gaussian(t, o, dy); break;
+    case OP_GATHER: back_gather(t, o, dy); break;
+    case OP_DROPOUT: back_dropout(t, o, dy); break;
+    case OP_SEGMENT: back_segment(t, o, dy); break;
     }
 }
 

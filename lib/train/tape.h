@@ -5,8 +5,8 @@
  * Why a tape and not hand-written backward passes per block: the training networks (UNet, KL
  * autoencoder) are compositions of a dozen kinds of operation; with a tape each kind is
  * differentiated once, and a network definition is only its forward pass. Everything is kept for
- * backward (the networks trained here are small); recomputation (the reference's use_checkpoint)
- * is a later step.
+ * backward by default; a block run through ltp_segment keeps only its inputs and output and is
+ * recomputed during backward (activation checkpointing, the reference's use_checkpoint).
  *
  * Values live in an arena owned by the tape and freed by ltp_reset, so one tape serves every
  * training step. Tensors are dense float32, row-major, up to 4 dimensions; images are NCHW,
@@ -154,6 +154,40 @@ ltp_id ltp_embedding(ltp_tape *t, ltp_id table, int labels);
 /* DiagonalGaussianDistribution(moments).sample() given the noise: moments [B,2C,...] (mean, then
  * logvar clamped to [-30, 20]) -> mean + exp(0.5 logvar) * noise [B,C,...] (noise copied). */
 ltp_id ltp_gaussian_sample(ltp_tape *t, ltp_id moments, const float *noise);
+
+/* x [B,C,...] -> [B,n,...] with channel j = channel idx[j] of x (idx copied; indices may repeat):
+ * QKVAttentionLegacy's per-head q/k/v split of a fused qkv projection. */
+ltp_id ltp_gather_channels(ltp_tape *t, ltp_id x, const int *idx, int n);
+
+/* Dropout (torch.nn.Dropout in training mode): y = x * keep / (1 - p), keep = (u >= p) with u
+ * uniform in [0, 1) from Philox keyed by the tape's (seed, draw) (ltp_set_rng), the `site` (a
+ * number naming the layer, e.g. ltp_site_hash of its name) and the element's index, so the mask
+ * depends on nothing else: not the thread count, not the order of operations, and a recomputed
+ * segment (ltp_segment) draws the same mask. Backward regenerates the mask. p = 0 returns x. */
+ltp_id ltp_dropout(ltp_tape *t, ltp_id x, float p, uint64_t site);
+/* The key of every dropout mask until the next call (inherited by segments). */
+void ltp_set_rng(ltp_tape *t, uint64_t seed, uint64_t draw);
+/* FNV-1a of a name: a dropout site. */
+uint64_t ltp_site_hash(const char *name);
+/* The keep decision ltp_dropout uses for element i of `site` (for tests). */
+int ltp_dropout_keep(uint64_t seed, uint64_t draw, uint64_t site, uint64_t i, float p);
+
+/* ---- activation checkpointing. fn records a block on `sub` (a tape of its own) from the
+ * inputs given there as sub-tape values and returns its output. ltp_segment runs it and puts the
+ * output on t as one operation. The sub-tape, i.e. the block's activations, is dropped right away
+ * when `checkpoint` is set, or when the memory held by t (ltp_bytes, the sub-tape included) then
+ * exceeds the activation budget (ltp_set_activation_budget; 0 = none); a dropped block is run
+ * again from its saved inputs when backward reaches it. Gradients are bit-identical either way
+ * (the recomputation repeats the same kernels, and the gradients of the inputs accumulate in the
+ * same order as without a segment). `ctx` (ctx_size bytes) is copied and handed to fn each time;
+ * pointers in it must stay valid until ltp_reset. Up to 3 inputs. */
+typedef ltp_id (*ltp_segment_fn)(ltp_tape *sub, const void *ctx, const ltp_id *inputs, int n_inputs);
+ltp_id ltp_segment(ltp_tape *t, ltp_segment_fn fn, const void *ctx, size_t ctx_size, const ltp_id *inputs,
+                   int n_inputs, int checkpoint);
+void ltp_set_activation_budget(ltp_tape *t, size_t bytes);
+size_t ltp_activation_budget(const ltp_tape *t);
+/* Segments recorded since the last reset, and how many of them dropped their activations. */
+int ltp_segments(const ltp_tape *t, int *dropped);
 
 /* ---- backward. ltp_seed_grad adds g (the value's element count) to the gradient of v, e.g.
  * d loss / d output from loss.h; several values may be seeded. ltp_backward then runs every

@@ -152,6 +152,8 @@ static ldm_status read_training_keys(const ld_ynode *root, const char *name, ltr
         LDM_TRY(get_bool(root, name, "model.params.scale_by_std", &c->scale_by_std));
         LDM_TRY(get_float(root, name, "model.params.l_simple_weight", &c->l_simple_weight));
         LDM_TRY(get_float(root, name, "model.params.original_elbo_weight", &c->original_elbo_weight));
+        LDM_TRY(get_float(root, name, "model.params.logvar_init", &c->logvar_init));
+        LDM_TRY(get_bool(root, name, "model.params.learn_logvar", &c->learn_logvar));
         const char *lt = get_str(root, "model.params.loss_type");
         if (lt && !strcmp(lt, "l1"))
             c->loss_type = LTR_LOSS_L1;

@@ -26,7 +26,10 @@ typedef struct ltr_config {
     double l_simple_weight;         /* (1.0) */
     double original_elbo_weight;    /* (0.0) */
     double kl_weight;               /* autoencoder lossconfig.params.kl_weight (1.0) */
-    double logvar_init;             /* autoencoder lossconfig.params.logvar_init (0.0) */
+    double logvar_init;             /* autoencoder lossconfig.params.logvar_init, or LatentDiffusion's
+                                       model.params.logvar_init (0.0) */
+    int learn_logvar;               /* LatentDiffusion model.params.learn_logvar (False): logvar [T] is
+                                       the trained parameter "logvar" */
     int has_disc_or_perceptual;     /* lossconfig enables LPIPS or a discriminator (not trained) */
     char first_stage_ckpt[1024];    /* first_stage_config.params.ckpt_path ("" when absent) */
     /* scheduler_config */

@@ -1,8 +1,8 @@
 /* train_save.c - checkpoints of a training run: <out>/last.safetensors in the reference's state
  * dict layout (a LatentDiffusion: model.diffusion_model.*, cond_stage_model.*, the frozen
- * first_stage_model.*, model_ema.* with decay and num_updates, the twelve schedule buffers and
- * scale_factor; an AutoencoderKL: encoder.*, decoder.*, quant_conv.*, post_quant_conv.* and
- * loss.logvar), <out>/config.yaml (the training config, so the folder loads as a model), and
+ * first_stage_model.* (a VQ one with its codebook quantize.*), model_ema.* with decay and
+ * num_updates, the twelve schedule buffers and scale_factor; an AutoencoderKL: encoder.*,
+ * decoder.*, quant_conv.*, post_quant_conv.* and loss.logvar), <out>/config.yaml (the training config, so the folder loads as a model), and
  * <out>/last.state.safetensors (AdamW moments and step counts, the trainer's step) for resume.
  * Every file is replaced atomically (lib/io/atomic_file.c). */
 #include "trainer_internal.h"
@@ -94,7 +94,7 @@ static ldm_status add_first_stage(ldm_trainer *t, out_list *L)
         if (strncmp(w->name, t->fs_prefix, plen) != 0) continue;
         const char *rest = w->name + plen;
         if (!plen && strncmp(rest, "encoder.", 8) && strncmp(rest, "decoder.", 8) && strncmp(rest, "quant_conv.", 11) &&
-            strncmp(rest, "post_quant_conv.", 16))
+            strncmp(rest, "post_quant_conv.", 16) && strncmp(rest, "quantize.", 9))
             continue;
         float *data = NULL;
         LDM_TRY(lw_get_f32(t->fs_store, w->name, -1, NULL, &data));
@@ -226,7 +226,8 @@ ldm_status ltr_export(ldm_trainer *t, const char *path, int half)
 static int is_trained_name(const ldm_trainer *t, const char *name)
 {
     if (t->is_diffusion)
-        return !strncmp(name, "model.diffusion_model.", 22) || !strncmp(name, "cond_stage_model.", 17);
+        return !strncmp(name, "model.diffusion_model.", 22) || !strncmp(name, "cond_stage_model.", 17) ||
+               (t->cfg.learn_logvar && !strcmp(name, "logvar"));
     return !strncmp(name, "encoder.", 8) || !strncmp(name, "decoder.", 8) || !strncmp(name, "quant_conv.", 11) ||
            !strncmp(name, "post_quant_conv.", 16);
 }

@@ -5,6 +5,7 @@
  * per kind of draw and the step, so a resumed run continues exactly as an uninterrupted one. */
 #include "trainer_internal.h"
 
+#include "first_stage.h"
 #include "nets.h"
 
 #include <math.h>
@@ -38,7 +39,8 @@ static ltp_id record_ldm(ldm_trainer *t, ltp_id x, int B)
         int lab = ltp_labels(t->tape, t->labels, B);
         context = ltn_class_embed(t->tape, t->ps, COND_PREFIX, m->cond.n_classes, m->cond.embed_dim, lab);
     }
-    return ltn_unet_forward(t->tape, t->ps, UNET_PREFIX, &m->unet, x, t->tsteps_f, context, -1);
+    int y = m->unet.num_classes > 0 ? ltp_labels(t->tape, t->labels, B) : -1; /* label_emb */
+    return ltn_unet_forward(t->tape, t->ps, UNET_PREFIX, &m->unet, x, t->tsteps_f, context, y);
 }
 
 static ltp_id record_ae(ldm_trainer *t, ltp_id x, ltp_id *moments)
@@ -61,6 +63,11 @@ ldm_status ltr_declare_params(ldm_trainer *t)
         t->labels[0] = 0;
         t->tsteps_f[0] = 0.0f;
         record_ldm(t, x, 1);
+        if (t->cfg.learn_logvar && !ltp_params_find(t->ps, "logvar")) { /* nn.Parameter(full(logvar_init)) */
+            int64_t T = t->sched->n;
+            ldm_status st = ltp_params_set(t->ps, "logvar", 1, &T, t->logvar_fixed);
+            if (st != LDM_OK) return st;
+        }
     } else {
         memset(t->aux, 0, sizeof(float) * (size_t)t->cfg.model.first_stage.embed_dim * S * S);
         ltp_id moments;
@@ -72,27 +79,14 @@ ldm_status ltr_declare_params(ldm_trainer *t)
     return LDM_OK;
 }
 
-/* z = (mean + std * noise) * scale_factor from the first stage's moments (posterior.sample(),
- * get_first_stage_encoding); with scale_by_std the first batch sets scale_factor = 1 / std(z). */
+/* z = scale_factor * (KL: mean + std * noise, VQ: the pre-quantisation h) (get_first_stage_encoding);
+ * with scale_by_std the first batch sets scale_factor = 1 / std(z). */
 static ldm_status encode_latents(ldm_trainer *t, int64_t step, int B)
 {
     int S = t->image_size, E = t->latent_channels, h = t->latent_size;
-    ldm_tensor *x = lt_new_f32_4d(B, 3, S, S), *mom = NULL;
-    if (!x) return ldm_alloc_failure_status();
-    memcpy(x->data, t->images, sizeof(float) * (size_t)B * 3 * S * S);
-    ldm_status st = lae_encode(t->fs, &t->c, x, &mom);
-    ldm_tensor_free(x);
-    if (st != LDM_OK) return st;
-    size_t per = (size_t)E * h * h, n = (size_t)B * per;
+    size_t n = (size_t)B * E * h * h;
     ls_randn_fill(t->p.seed, STREAM_LATENT, (uint64_t)step * n, n, t->noise);
-    const float *M = lt_f32(mom);
-    for (int b = 0; b < B; b++)
-        for (size_t i = 0; i < per; i++) {
-            float mean = M[(size_t)b * 2 * per + i], lv = M[(size_t)b * 2 * per + per + i];
-            lv = lv < -30.0f ? -30.0f : lv > 20.0f ? 20.0f : lv;
-            t->x0[(size_t)b * per + i] = mean + expf(0.5f * lv) * t->noise[(size_t)b * per + i];
-        }
-    ldm_tensor_free(mom);
+    LDM_TRY(ltr_first_stage_latents(t->fs, &t->c, t->images, B, S, t->noise, t->x0));
     if (!t->scale_factor_known) { /* torch's std(): unbiased, over every element of the batch */
         double s = 0.0, ss = 0.0;
         for (size_t i = 0; i < n; i++) s += t->x0[i];
@@ -136,6 +130,7 @@ static ldm_status ldm_micro_step(ldm_trainer *t, int64_t draw, int B, double wei
     ltr_target(pred, &q, t->x0, t->noise, t->timesteps, B, per, t->target);
 
     ltp_reset(t->tape);
+    ltp_set_rng(t->tape, t->p.seed, (uint64_t)draw); /* dropout masks */
     int64_t shape[4] = {B, E, h, h};
     ltp_id x = ltp_input(t->tape, 4, shape, t->xt, 0);
     ltp_id out = record_ldm(t, x, B);
@@ -144,12 +139,15 @@ static ldm_status ldm_micro_step(ldm_trainer *t, int64_t draw, int B, double wei
     ltr_diffusion_loss_defaults(&lp);
     lp.type = t->cfg.loss_type;
     lp.l_simple_weight = t->cfg.l_simple_weight;
-    lp.original_elbo_weight = 0.0;
-    if (t->cfg.original_elbo_weight != 0.0)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "training with original_elbo_weight != 0 is not supported yet");
+    lp.original_elbo_weight = t->cfg.original_elbo_weight;
+    lp.lvlb_weights = t->lvlb;
+    ltp_param *lv = t->cfg.learn_logvar ? ltp_params_find(t->ps, "logvar") : NULL;
+    lp.logvar = lv ? lv->data : t->logvar_fixed;
     ltr_loss_terms terms;
     LDM_TRY(ltr_diffusion_loss_eval(&lp, ltp_data(t->tape, out), t->target, t->timesteps, B, per, T, &terms,
-                                    t->dout, NULL));
+                                    t->dout, lv ? t->dlogvar : NULL));
+    if (lv && lv->grad)
+        for (int i = 0; i < T; i++) lv->grad[i] += (float)weight * t->dlogvar[i];
     for (size_t i = 0; i < n; i++) t->dout[i] *= (float)weight;
     LDM_TRY(ltp_seed_grad(t->tape, out, t->dout));
     LDM_TRY(ltp_backward(t->tape));

@@ -96,9 +96,10 @@ static ldm_status check_model(ldm_trainer *t)
     const ld_model *m = &t->cfg.model;
     const ld_autoencoder *fs = &m->first_stage;
     t->is_diffusion = m->is_diffusion;
-    if (!fs->present || fs->is_vq)
+    if (!fs->present || (fs->is_vq && !t->is_diffusion))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports AutoencoderKL and LatentDiffusion on an "
-                        "AutoencoderKL first stage", t->config_path);
+                        "AutoencoderKL or VQModelInterface first stage (VQ autoencoders themselves do not train)",
+                        t->config_path);
     int factor = 1 << (fs->n_levels - 1);
     if (!t->is_diffusion) {
         t->image_size = fs->resolution;
@@ -113,9 +114,12 @@ static ldm_status check_model(ldm_trainer *t)
     if (m->cond.kind != LD_COND_NONE && !(m->cond.kind == LD_COND_CLASS && m->conditioning_key == LD_CONDKEY_CROSSATTN))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports unconditional models and a ClassEmbedder through "
                         "cross-attention (crossattn) for now", t->config_path);
-    if (m->unet.num_classes > 0)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training a UNet with num_classes (label_emb) is not supported yet",
-                        t->config_path);
+    if (m->unet.num_classes > 0 && m->cond.kind != LD_COND_NONE)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a UNet with num_classes (label_emb, y = the class labels) trains "
+                        "without a cond stage (cond_stage_config: __is_unconditional__)", t->config_path);
+    if (m->unet.num_classes > 0 && strcmp(m->cond_stage_key, "class_label") != 0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: num_classes (label_emb) needs cond_stage_key: class_label, found "
+                        "'%s'", t->config_path, m->cond_stage_key);
     t->latent_size = m->image_size;
     t->latent_channels = fs->embed_dim;
     t->image_size = m->image_size * factor;
@@ -143,8 +147,22 @@ static ldm_status make_schedule(ldm_trainer *t)
     const ld_model *m = &t->cfg.model;
     static const ls_beta_kind kinds[] = {[LD_SCHED_LINEAR] = LS_BETA_LINEAR, [LD_SCHED_COSINE] = LS_BETA_COSINE,
                                          [LD_SCHED_SQRT_LINEAR] = LS_BETA_SQRT_LINEAR, [LD_SCHED_SQRT] = LS_BETA_SQRT};
-    return ls_schedule_make(kinds[m->beta_schedule], m->timesteps, m->linear_start, m->linear_end, m->cosine_s,
-                            &t->sched);
+    LDM_TRY(ls_schedule_make(kinds[m->beta_schedule], m->timesteps, m->linear_start, m->linear_end, m->cosine_s,
+                             &t->sched));
+    /* p_losses' tables: lvlb_weights as register_schedule computes them, logvar = logvar_init */
+    int T = t->sched->n;
+    t->lvlb = ldm_malloc(sizeof(float) * (size_t)T);
+    t->logvar_fixed = ldm_malloc(sizeof(float) * (size_t)T);
+    t->dlogvar = ldm_malloc(sizeof(float) * (size_t)T);
+    if (!t->lvlb || !t->logvar_fixed || !t->dlogvar) return ldm_alloc_failure_status();
+    if (T < 2) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: timesteps %d (at least 2)", t->config_path, T);
+    ltr_prediction pred = m->parameterization == LD_PARAM_V    ? LTR_PRED_V
+                          : m->parameterization == LD_PARAM_X0 ? LTR_PRED_X0
+                                                               : LTR_PRED_EPS;
+    ltr_lvlb_weights(pred, t->sched->buf[LS_BETAS], t->sched->buf[LS_ALPHAS_CUMPROD],
+                     t->sched->buf[LS_POSTERIOR_VARIANCE], T, t->lvlb);
+    for (int i = 0; i < T; i++) t->logvar_fixed[i] = (float)t->cfg.logvar_init;
+    return LDM_OK;
 }
 
 static ldm_status alloc_buffers(ldm_trainer *t)
@@ -180,6 +198,7 @@ static ldm_status open_data(ldm_trainer *t)
     o.size = t->image_size;
     o.flip = 0;
     if (t->is_diffusion && t->cfg.model.cond.kind == LD_COND_CLASS) o.n_classes = t->cfg.model.cond.n_classes;
+    if (t->is_diffusion && t->cfg.model.unet.num_classes > 0) o.n_classes = t->cfg.model.unet.num_classes;
     ldm_status st = ltr_dataset_open(t->data_dir, &o, &t->data);
     if (st != LDM_OK) return st;
     if (ltr_dataset_count(t->data) == 0) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "data %s: no images", t->data_dir);
@@ -264,6 +283,11 @@ static ldm_status setup(ldm_trainer *t)
     t->c.cancel = &t->cancel;
     LDM_TRY(ltp_params_create(t->p.seed, &t->ps));
     LDM_TRY(ltp_tape_create(&t->c, &t->tape));
+    ltp_set_activation_budget(t->tape, (size_t)t->p.max_activation_bytes);
+    if (t->p.max_activation_bytes)
+        log_msg(t, t->is_diffusion ? LDM_LOG_INFO : LDM_LOG_WARN, "max_activation_bytes %llu: %s",
+                (unsigned long long)t->p.max_activation_bytes,
+                t->is_diffusion ? "UNet blocks past it are recomputed in backward" : "ignored (only the UNet checkpoints)");
     if (t->is_diffusion) {
         LDM_TRY(open_first_stage(t));
         LDM_TRY(make_schedule(t));
@@ -405,6 +429,7 @@ void ldm_trainer_free(ldm_trainer *t)
     ldm_free(t->images), ldm_free(t->x0), ldm_free(t->noise), ldm_free(t->xt);
     ldm_free(t->target), ldm_free(t->dout), ldm_free(t->aux);
     ldm_free(t->labels), ldm_free(t->timesteps), ldm_free(t->tsteps_f);
+    ldm_free(t->lvlb), ldm_free(t->logvar_fixed), ldm_free(t->dlogvar);
     ldm_free(t->config_path), ldm_free(t->data_dir), ldm_free(t->out_dir);
     ldm_free(t->first_stage_path), ldm_free(t->init_from);
     ldm_free(t);

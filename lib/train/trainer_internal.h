@@ -61,6 +61,9 @@ struct ldm_trainer {
     int64_t *labels;
     int *timesteps;
     float *tsteps_f;
+    /* LDM loss: register_schedule's lvlb_weights [T], the fixed logvar [T] (learn_logvar False),
+     * d loss / d logvar [T] */
+    float *lvlb, *logvar_fixed, *dlogvar;
 
     ldm_train_progress prog;
     int64_t planned;

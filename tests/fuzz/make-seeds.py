@@ -271,7 +271,12 @@ def main():
         put(out, "fuzz_clip_vocab", b"\x00" + b"\n".join(clip[:n]) + b"\n", "head%d" % n)
         put(out, "fuzz_clip_vocab", b"\x02" + b"\n".join(clip[:n]) + b"\n", "head%d-openclip" % n)
     put(out, "fuzz_clip_vocab", b"\x01" + gzip.compress(b"\n".join(clip[:50])), "gz-short")
-    for h in ("fuzz_json", "fuzz_layout", "fuzz_config", "fuzz_clip_tokenizer", "fuzz_bert_tokenizer"):
+    # prompt syntax: the prompts of the project's own prompt goldens (tests/fixtures/prompt_parse)
+    own = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "prompt_parse", "case.json")
+    if os.path.exists(own):
+        for i, pr in enumerate(json.load(open(own, encoding="utf-8"))["calls"][0]["params"]["prompts"]):
+            put(out, "fuzz_prompt", bytes([(i * 37) & 255]) + pr.encode("utf-8"), "prompt%d" % i)
+    for h in ("fuzz_json", "fuzz_layout", "fuzz_config", "fuzz_clip_tokenizer", "fuzz_bert_tokenizer", "fuzz_prompt"):
         put(out, h, b"\x00", "minimal")
 
 

@@ -518,6 +518,455 @@ def make_train_ae(out):
                  AE_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
 
 
+# ------------------------------------------------------------------ train_unet_attn*
+
+def install_ddpm_stubs():
+    """ddpm.py's imports that p_losses and register_schedule do not use."""
+    pl = sys.modules["pytorch_lightning"]
+    pl.utilities = _module("pytorch_lightning.utilities")
+    _module("pytorch_lightning.utilities.distributed", rank_zero_only=lambda f: f)
+    if "tqdm" not in sys.modules:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            _module("tqdm", tqdm=lambda x, **k: x)
+    try:
+        import torchvision.utils  # noqa: F401
+    except ImportError:
+        _module("torchvision")
+        _module("torchvision.utils", make_grid=None)
+
+
+# AttentionBlock UNets (use_spatial_transformer false) with label_emb (num_classes) and the
+# LatentDiffusion loss with its vlb term. Two variants: QKVAttentionLegacy with num_heads,
+# resblock_updown, eps, learn_logvar; QKVAttention (use_new_attention_order) with
+# num_head_channels, use_scale_shift_norm, x0 parameterization, fixed logvar.
+ATTN_VARIANTS = {
+    "train_unet_attn": dict(
+        unet=dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
+                  num_res_blocks=0, channel_mult=[1, 1], num_heads=2, use_spatial_transformer=False,
+                  resblock_updown=True, num_classes=10, legacy=True, dropout=0.0, use_checkpoint=True),
+        loss=dict(parameterization="eps", l_simple_weight=0.7, original_elbo_weight=0.5, learn_logvar=True,
+                  logvar_init=0.3),
+        after3=True),
+    "train_unet_attn_neworder": dict(
+        unet=dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1],
+                  num_res_blocks=0, channel_mult=[1, 1], num_head_channels=16, use_spatial_transformer=False,
+                  use_new_attention_order=True, use_scale_shift_norm=True, num_classes=10, legacy=False,
+                  dropout=0.0),
+        loss=dict(parameterization="x0", l_simple_weight=1.0, original_elbo_weight=2.0, learn_logvar=False,
+                  logvar_init=-0.4),
+        after3=False),
+}
+
+
+def attn_yaml(v):
+    u, lo = v["unet"], v["loss"]
+    lines = ["model:", "  base_learning_rate: 1.0e-03", "  target: ldm.models.diffusion.ddpm.LatentDiffusion",
+             "  params:", "    linear_start: 0.0015", "    linear_end: 0.0195", "    timesteps: 1000",
+             "    first_stage_key: image", "    cond_stage_key: class_label", "    image_size: 8",
+             "    channels: 4", "    use_ema: false"]
+    for k in ("parameterization", "l_simple_weight", "original_elbo_weight", "learn_logvar", "logvar_init"):
+        val = lo[k]
+        lines.append("    %s: %s" % (k, str(val).lower() if isinstance(val, bool) else val))
+    lines += ["    unet_config:", "      target: ldm.modules.diffusionmodules.openaimodel.UNetModel", "      params:"]
+    for k, val in u.items():
+        if isinstance(val, list):
+            lines.append("        %s:" % k)
+            lines += ["        - %d" % x for x in val]
+        else:
+            lines.append("        %s: %s" % (k, str(val).lower() if isinstance(val, bool) else val))
+    lines += ["    first_stage_config:", "      target: ldm.models.autoencoder.AutoencoderKL", "      params:",
+              "        embed_dim: 4", "        ddconfig:", "          attn_type: none", "          double_z: true",
+              "          z_channels: 4", "          resolution: 16", "          in_channels: 3", "          out_ch: 3",
+              "          ch: 32", "          ch_mult:", "          - 1", "          - 2", "          num_res_blocks: 0",
+              "          attn_resolutions: []", "          dropout: 0.0", "        lossconfig:",
+              "          target: torch.nn.Identity", "    cond_stage_config: __is_unconditional__", ""]
+    return "\n".join(lines)
+
+
+class AttnLDM(torch.nn.Module):
+    """What LatentDiffusion.p_losses reads of self (the reference's own methods bound below): the
+    UNet under model.diffusion_model, register_schedule's buffers, logvar (a Parameter when
+    learn_logvar), l_simple_weight, original_elbo_weight; apply_model passes the class labels as
+    y (DiffusionWrapper 'adm')."""
+
+    def __init__(self, unet, lo):
+        from ldm.models.diffusion.ddpm import DDPM
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = unet
+        self.parameterization, self.loss_type, self.v_posterior = lo["parameterization"], "l2", 0.0
+        self.l_simple_weight, self.original_elbo_weight = lo["l_simple_weight"], lo["original_elbo_weight"]
+        self.learn_logvar = lo["learn_logvar"]
+        self.logvar = torch.full(fill_value=lo["logvar_init"], size=(1000,))
+        if self.learn_logvar:
+            self.logvar = torch.nn.Parameter(self.logvar, requires_grad=True)
+        DDPM.register_schedule(self, linear_start=0.0015, linear_end=0.0195, timesteps=1000)
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, t, y=cond)
+
+    device = torch.device("cpu")
+
+    def q_sample(self, *a, **k):
+        from ldm.models.diffusion.ddpm import DDPM
+        return DDPM.q_sample(self, *a, **k)
+
+    def get_loss(self, *a, **k):
+        from ldm.models.diffusion.ddpm import DDPM
+        return DDPM.get_loss(self, *a, **k)
+
+    def p_losses(self, *a, **k):
+        from ldm.models.diffusion.ddpm import LatentDiffusion
+        return LatentDiffusion.p_losses(self, *a, **k)
+
+
+def run_attn(m, batch, steps):
+    params = list(m.model.parameters()) + ([m.logvar] if m.learn_logvar else [])  # configure_optimizers
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    dt = next(m.parameters()).dtype
+    x0, noise = batch["x0"].to(dt), batch["noise"].to(dt)
+    captured = {}
+    orig_apply = m.apply_model
+
+    def apply_model(x, t, cond):
+        out = orig_apply(x, t, cond)
+        captured["out"] = out
+        return out
+    m.apply_model = apply_model
+    res = {}
+    for step in range(steps):
+        loss, ld = m.p_losses(x0, batch["labels"], batch["t"], noise=noise)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            res["loss"] = loss.detach().reshape(1)
+            res["loss_vlb"] = ld["train/loss_vlb"].detach().reshape(1)
+            res["out"] = captured["out"].detach()
+            for n, p in m.named_parameters():
+                res["grad." + n] = p.grad.detach().clone()
+        opt.step()
+    for n, p in m.named_parameters():
+        res["after3." + n] = p.detach().clone()
+    m.apply_model = orig_apply
+    return [n for n, _ in m.named_parameters()], res
+
+
+def make_train_unet_attn(out, name, v):
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(0)
+    m = AttnLDM(UNetModel(**v["unet"]), v["loss"])
+    randomise(m.model, torch.Generator().manual_seed(2468))
+    m.train()
+    g = torch.Generator().manual_seed(135)
+    B = 2
+    batch = {"x0": torch.randn(B, 4, 8, 8, generator=g), "noise": torch.randn(B, 4, 8, 8, generator=g),
+             "t": torch.tensor([3, 871], dtype=torch.int64), "labels": torch.tensor([4, 9], dtype=torch.int64)}
+    weights = [(n, np32(p)) for n, p in m.named_parameters()]
+    m64 = copy.deepcopy(m).double()
+    m64.model.diffusion_model.dtype = torch.float64
+    steps = 3 if v["after3"] else 1
+    names, r32 = run_attn(m, batch, steps)
+    with float64_unet():
+        _, r64 = run_attn(m64, batch, steps)
+    order = ["loss", "loss_vlb", "out"] + ["grad." + n for n in names]
+    if v["after3"]:
+        order += ["after3." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k in ("loss", "loss_vlb", "out") else k.split(".")[0].replace("after3", "param"))
+             for k in order}
+    outputs.append(("lvlb_weights", np32(m.lvlb_weights)))
+    outputs64["lvlb_weights"] = m.lvlb_weights.double().numpy()
+    kinds["lvlb_weights"] = "loss"
+    inputs = [("x0", np32(batch["x0"])), ("timesteps", batch["t"].numpy()), ("labels", batch["labels"].numpy()),
+              ("noise", np32(batch["noise"]))]
+    lo = v["loss"]
+    calls = [{"op": "train.diffusion_step",
+              "inputs": {"x0": "x0", "timesteps": "timesteps", "y": "labels", "noise": "noise"},
+              "params": dict(lo, loss="LatentDiffusion.p_losses (q_sample, l2, logvar, lvlb_weights)",
+                             optimizer="AdamW", lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=1e-2,
+                             steps=steps, linear_start=0.0015, linear_end=0.0195, timesteps=1000,
+                             trained=["model.diffusion_model."] + (["logvar"] if lo["learn_logvar"] else [])),
+              "outputs": {"loss": "loss", "loss_vlb": "train/loss_vlb", "out": "the UNet output",
+                          "lvlb_weights": "register_schedule's lvlb_weights",
+                          "grad.<name>": "gradient of every parameter at the weights of model.safetensors",
+                          "after3.<name>": "every parameter after 3 steps (train_unet_attn only)"}}]
+    write_golden(out, name,
+                 "UNetModel with legacy AttentionBlocks (use_spatial_transformer false) and label_emb "
+                 "(num_classes 10, y = labels): %s; LatentDiffusion.p_losses with %s; every parameter random"
+                 % (json.dumps(v["unet"]), json.dumps(lo)),
+                 attn_yaml(v), weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
+# ------------------------------------------------------------------ train_ldm_vq
+
+VQ_DDCONFIG = dict(double_z=False, z_channels=3, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 1, 1],
+                   num_res_blocks=0, attn_resolutions=[], dropout=0.0)
+VQ_UNET = dict(image_size=4, in_channels=3, out_channels=3, model_channels=32, attention_resolutions=[1],
+               num_res_blocks=0, channel_mult=[1], num_head_channels=16, use_spatial_transformer=True,
+               transformer_depth=1, context_dim=32, legacy=False)
+VQ_SCALE = 0.8
+
+VQ_YAML = """model:
+  base_learning_rate: 1.0e-03
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    linear_start: 0.0015
+    linear_end: 0.0195
+    timesteps: 1000
+    first_stage_key: image
+    cond_stage_key: class_label
+    image_size: 4
+    channels: 3
+    cond_stage_trainable: true
+    conditioning_key: crossattn
+    scale_factor: 0.8
+    use_ema: false
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params:
+        image_size: 4
+        in_channels: 3
+        out_channels: 3
+        model_channels: 32
+        attention_resolutions:
+        - 1
+        num_res_blocks: 0
+        channel_mult:
+        - 1
+        num_head_channels: 16
+        use_spatial_transformer: true
+        transformer_depth: 1
+        context_dim: 32
+        legacy: false
+    first_stage_config:
+      target: ldm.models.autoencoder.VQModelInterface
+      params:
+        embed_dim: 3
+        n_embed: 16
+        ddconfig:
+          double_z: false
+          z_channels: 3
+          resolution: 16
+          in_channels: 3
+          out_ch: 3
+          ch: 32
+          ch_mult:
+          - 1
+          - 1
+          - 1
+          num_res_blocks: 0
+          attn_resolutions: []
+          dropout: 0.0
+        lossconfig:
+          target: torch.nn.Identity
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.ClassEmbedder
+      params:
+        n_classes: 10
+        embed_dim: 32
+        key: class_label
+"""
+
+
+class CodebookOnly(torch.nn.Module):
+    """taming's VectorQuantizer2 as far as LatentDiffusion's training reads it: its codebook
+    parameter quantize.embedding.weight (saved with the first stage, used at sampling time).
+    encode_first_stage of a VQModelInterface never quantises, so it is never called here."""
+
+    def __init__(self, n_e, e_dim, beta=0.25, remap=None, sane_index_shape=False):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(n_e, e_dim)
+
+    def forward(self, z):
+        raise RuntimeError("the quantizer is not part of the training step")
+
+
+class VQLDM(torch.nn.Module):
+    """The parts of LatentDiffusion that its training step on a VQ first stage reads, with the
+    reference's own methods bound below: first_stage_model (VQModelInterface, frozen),
+    model.diffusion_model, cond_stage_model (ClassEmbedder, trainable), scale_factor, the schedule
+    buffers; apply_model routes the context as DiffusionWrapper 'crossattn' does."""
+
+    def __init__(self, fs, unet, cond):
+        from ldm.models.diffusion.ddpm import DDPM
+        super().__init__()
+        self.first_stage_model = fs
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = unet
+        self.cond_stage_model = cond
+        self.scale_factor = VQ_SCALE
+        self.parameterization, self.loss_type, self.v_posterior = "eps", "l2", 0.0
+        self.l_simple_weight, self.original_elbo_weight, self.learn_logvar = 1.0, 0.0, False
+        self.logvar = torch.zeros(1000)
+        DDPM.register_schedule(self, linear_start=0.0015, linear_end=0.0195, timesteps=1000)
+
+    device = torch.device("cpu")
+
+    def apply_model(self, x, t, cond):
+        return self.model.diffusion_model(x, t, context=torch.cat([cond], 1))
+
+    def encode_first_stage(self, *a):
+        from ldm.models.diffusion.ddpm import LatentDiffusion
+        return LatentDiffusion.encode_first_stage(self, *a)
+
+    def get_first_stage_encoding(self, *a):
+        from ldm.models.diffusion.ddpm import LatentDiffusion
+        return LatentDiffusion.get_first_stage_encoding(self, *a)
+
+    def q_sample(self, *a, **k):
+        from ldm.models.diffusion.ddpm import DDPM
+        return DDPM.q_sample(self, *a, **k)
+
+    def get_loss(self, *a, **k):
+        from ldm.models.diffusion.ddpm import DDPM
+        return DDPM.get_loss(self, *a, **k)
+
+    def p_losses(self, *a, **k):
+        from ldm.models.diffusion.ddpm import LatentDiffusion
+        return LatentDiffusion.p_losses(self, *a, **k)
+
+
+def make_vq_model():
+    import ldm.models.autoencoder as ae
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from ldm.modules.encoders.modules import ClassEmbedder
+    ae.VectorQuantizer = CodebookOnly
+    torch.manual_seed(0)
+    fs = ae.VQModelInterface(embed_dim=3, n_embed=16, ddconfig=dict(VQ_DDCONFIG),
+                             lossconfig={"target": "torch.nn.Identity"})
+    m = VQLDM(fs, UNetModel(**VQ_UNET), ClassEmbedder(embed_dim=32, n_classes=N_CLASSES, key="class_label"))
+    randomise(m, torch.Generator().manual_seed(9753))
+    fs.eval()  # LatentDiffusion.instantiate_first_stage: eval, train = disabled_train, no grad
+    for p in fs.parameters():
+        p.requires_grad = False
+    return m
+
+
+def run_vq(m, batch):
+    """LatentDiffusion.shared_step: get_input's encode_first_stage + get_first_stage_encoding
+    (under no_grad, as get_input), get_learned_conditioning, p_losses (eps, l2, logvar 0)."""
+    dt = next(m.parameters()).dtype
+    with torch.no_grad():
+        h = m.encode_first_stage(batch["x"].to(dt))
+        z = m.get_first_stage_encoding(h).detach()
+    captured = {}
+    orig = m.apply_model
+
+    def apply_model(x, t, cond):
+        captured["out"] = orig(x, t, cond)
+        return captured["out"]
+    m.apply_model = apply_model
+    c = m.cond_stage_model({"class_label": batch["labels"]})
+    loss, _ = m.p_losses(z, c, batch["t"], noise=batch["noise"].to(dt))
+    m.apply_model = orig
+    trained = [(n, p) for n, p in m.named_parameters() if not n.startswith("first_stage_model.")]
+    for _, p in trained:
+        p.grad = None
+    loss.backward()
+    res = {"h": h, "z": z, "loss": loss.detach().reshape(1), "eps": captured["out"].detach()}
+    for n, p in trained:
+        res["grad." + n] = p.grad.detach().clone()
+    return [n for n, _ in trained], res
+
+
+def make_train_ldm_vq(out):
+    m = make_vq_model()
+    m.train()
+    m.first_stage_model.eval()
+    g = torch.Generator().manual_seed(246)
+    B = 2
+    batch = {"x": torch.rand(B, 3, 16, 16, generator=g) * 2 - 1, "noise": torch.randn(B, 3, 4, 4, generator=g),
+             "t": torch.tensor([17, 640], dtype=torch.int64), "labels": torch.tensor([3, 7], dtype=torch.int64)}
+    weights = [(n, np32(p)) for n, p in m.state_dict().items()
+               if n.startswith(("first_stage_model.", "model.", "cond_stage_model."))]
+    m64 = copy.deepcopy(m).double()
+    m64.model.diffusion_model.dtype = torch.float64
+    names, r32 = run_vq(m, batch)
+    with float64_unet():
+        _, r64 = run_vq(m64, batch)
+    order = ["h", "z", "loss", "eps"] + ["grad." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("grad" if k.startswith("grad.") else "loss") for k in order}
+    inputs = [("x", np32(batch["x"])), ("timesteps", batch["t"].numpy()), ("labels", batch["labels"].numpy()),
+              ("noise", np32(batch["noise"]))]
+    calls = [{"op": "train.ldm_vq_step",
+              "inputs": {"x": "x", "timesteps": "timesteps", "labels": "labels", "noise": "noise"},
+              "params": {"scale_factor": VQ_SCALE, "loss": "LatentDiffusion.p_losses (eps, l2, logvar 0)",
+                         "first_stage": "VQModelInterface.encode (pre-quantisation h), frozen",
+                         "trained": ["model.diffusion_model.", "cond_stage_model."]},
+              "outputs": {"h": "encode_first_stage(x)", "z": "get_first_stage_encoding(h) = scale_factor * h",
+                          "loss": "loss", "eps": "the UNet output",
+                          "grad.<name>": "gradient of every trained parameter"}}]
+    write_golden(out, "train_ldm_vq",
+                 "LatentDiffusion on a VQModelInterface first stage (f4: ch 32, ch_mult 1,1,1, embed_dim 3, "
+                 "n_embed 16, 16x16 -> 4x4) with scale_factor 0.8; UNetModel %s with context = ClassEmbedder"
+                 "(labels); encode_first_stage, get_first_stage_encoding, p_losses; every parameter random"
+                 % json.dumps(VQ_UNET), VQ_YAML, weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
+# ------------------------------------------------------------------ train_unet_noconv
+
+NOCONV_UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[],
+                   num_res_blocks=0, channel_mult=[1, 1, 1], num_heads=2, use_spatial_transformer=False,
+                   conv_resample=False, legacy=True)
+
+
+def run_noconv(m, batch):
+    """L = sum(r * UNetModel(x, t)): the output, d L / d x (through every AvgPool2d and nearest
+    Upsample) and every parameter's gradient."""
+    dt = next(m.parameters()).dtype
+    x = batch["x"].to(dt).clone().requires_grad_(True)
+    for p in m.parameters():
+        p.grad = None
+    out = m(x, batch["t"])
+    (out * batch["r"].to(dt)).sum().backward()
+    res = {"out": out.detach(), "grad.x": x.grad.detach()}
+    for n, p in m.named_parameters():
+        res["grad.model.diffusion_model." + n] = p.grad.detach().clone()
+    return ["model.diffusion_model." + n for n, _ in m.named_parameters()], res
+
+
+def make_train_unet_noconv(out):
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    torch.manual_seed(0)
+    m = UNetModel(**NOCONV_UNET)
+    assert not any(".op." in n or ".conv." in n for n, _ in m.named_parameters()), \
+        "conv_resample=False leaves Downsample (op) and Upsample (conv) without weights"
+    randomise(m, torch.Generator().manual_seed(8642))
+    g = torch.Generator().manual_seed(531)
+    B = 2
+    batch = {"x": torch.randn(B, 4, 8, 8, generator=g), "t": torch.tensor([5, 733], dtype=torch.int64),
+             "r": torch.randn(B, 4, 8, 8, generator=g)}
+    weights = [("model.diffusion_model." + n, np32(p)) for n, p in m.named_parameters()]
+    m64 = copy.deepcopy(m).double()
+    m64.dtype = torch.float64
+    names, r32 = run_noconv(m, batch)
+    with float64_unet():
+        _, r64 = run_noconv(m64, batch)
+    order = ["out", "grad.x"] + ["grad." + n for n in names]
+    outputs = [(k, np32(r32[k])) for k in order]
+    outputs64 = {k: r64[k].detach().numpy() for k in order}
+    kinds = {k: ("loss" if k == "out" else "grad") for k in order}
+    inputs = [("x", np32(batch["x"])), ("timesteps", batch["t"].numpy()), ("r", np32(batch["r"]))]
+    calls = [{"op": "train.unet_grad", "inputs": {"x": "x", "timesteps": "timesteps", "r": "r"},
+              "params": {"loss": "sum(r * UNetModel(x, timesteps))"},
+              "outputs": {"out": "UNetModel(x, timesteps)", "grad.x": "d loss / d x",
+                          "grad.<name>": "gradient of every parameter"}}]
+    yaml = attn_yaml({"unet": NOCONV_UNET, "loss": dict(parameterization="eps", l_simple_weight=1.0,
+                                                         original_elbo_weight=0.0, learn_logvar=False,
+                                                         logvar_init=0.0)})
+    yaml = yaml.replace("    cond_stage_key: class_label\n", "").replace("attention_resolutions:\n",
+                                                                             "attention_resolutions: []\n")
+    write_golden(out, "train_unet_noconv",
+                 "UNetModel with conv_resample=False (Downsample = AvgPool2d(2, 2), Upsample = nearest x2, no "
+                 "weights): %s; output and gradients of sum(r * out); every parameter random" % json.dumps(NOCONV_UNET),
+                 yaml, weights, inputs, outputs, kinds, outputs64, calls, {})
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -525,8 +974,19 @@ def main():
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden")
     install_stubs()
     torch.set_num_threads(1)
-    make_train_unet(out)
-    make_train_ae(out)
+    only = sys.argv[3:]  # optional golden names
+    if not only or "train_unet" in only:
+        make_train_unet(out)
+    if not only or "train_ae" in only:
+        make_train_ae(out)
+    install_ddpm_stubs()
+    for name, v in ATTN_VARIANTS.items():
+        if not only or name in only:
+            make_train_unet_attn(out, name, v)
+    if not only or "train_ldm_vq" in only:
+        make_train_ldm_vq(out)
+    if not only or "train_unet_noconv" in only:
+        make_train_unet_noconv(out)
 
 
 if __name__ == "__main__":

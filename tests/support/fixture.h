@@ -60,11 +60,14 @@ typedef struct fx_sample_spec {
     const ldm_tensor *x_T;
     const ldm_tensor *noise; /* [n_steps, B, ...] or NULL */
     ldm_tensor *cond, *uncond; /* learned conditioning (owned by the caller) */
+    ldm_timestep_spacing spacing; /* k-samplers */
+    int guidance_embedding;       /* LCM-distilled UNet: guidance_scale goes into the network, no CFG */
 } fx_sample_spec;
 
 typedef struct fx_sample_result {
     ldm_tensor *ddim_timesteps, *ddim_alphas, *ddim_alphas_prev, *ddim_sigmas;
     ldm_tensor *step_timesteps, *step_x, *step_pred_x0, *samples, *image, *model_output_step0;
+    ldm_tensor *sigmas; /* k-samplers: the noise levels, last 0 (F32) */
 } fx_sample_result;
 /* Runs a whole sampling loop through the public API (host-driven: sampler + model apply with
  * classifier-free guidance), recording every step as the reference's sampler outputs do. */

@@ -103,7 +103,9 @@ static ldm_status run_loop(ldm_model *m, const fx_sample_spec *spec, ldm_sampler
             if (st == LDM_OK) st = raw_first_output(m, spec, xin, tb, &res->model_output_step0);
             ldm_tensor_free(tb);
         }
-        if (st == LDM_OK)
+        if (st == LDM_OK && spec->guidance_embedding)
+            st = ldm_model_apply_embedded_guidance(m, xin, tt, spec->cond, spec->guidance_scale, &out);
+        else if (st == LDM_OK)
             st = ldm_model_apply_guided(m, xin, tt, spec->cond, spec->uncond, spec->guidance_scale, &out);
         int before = ldm_sampler_steps_done(s);
         if (st == LDM_OK) st = ldm_sampler_give(s, out);
@@ -124,6 +126,7 @@ ldm_status fx_sample(ldm_model *m, const fx_sample_spec *spec, fx_sample_result 
     p.kind = spec->kind;
     p.steps = spec->steps;
     p.eta = spec->eta;
+    p.spacing = spec->spacing;
     LDM_TRY(ldm_model_sampler(m, &p, &s));
     ldm_status st = spec->noise ? ldm_sampler_set_noise(s, spec->noise) : LDM_OK;
     if (st == LDM_OK) st = ldm_sampler_begin(s, spec->x_T);
@@ -138,6 +141,10 @@ ldm_status fx_sample(ldm_model *m, const fx_sample_spec *spec, fx_sample_result 
     if (st == LDM_OK) st = run_loop(m, spec, s, res);
     if (st == LDM_OK) {
         record_schedule(s, res);
+        int n_sig = 0;
+        const double *sig = ls_sampler_sigmas(s, &n_sig);
+        if (sig && (res->sigmas = stacked(n_sig, NULL, LDM_F32, 0)))
+            for (int i = 0; i < n_sig; i++) lt_f32(res->sigmas)[i] = (float)sig[i];
         res->samples = lt_clone(ldm_sampler_current(s));
         st = res->samples ? ldm_model_decode_latent(m, res->samples, &res->image) : LDM_ERR_OUT_OF_MEMORY;
     }
@@ -149,7 +156,7 @@ void fx_sample_result_free(fx_sample_result *res)
 {
     ldm_tensor *all[] = {res->ddim_timesteps, res->ddim_alphas, res->ddim_alphas_prev, res->ddim_sigmas,
                          res->step_timesteps, res->step_x, res->step_pred_x0, res->samples, res->image,
-                         res->model_output_step0};
+                         res->model_output_step0, res->sigmas};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ldm_tensor_free(all[i]);
     memset(res, 0, sizeof *res);
 }

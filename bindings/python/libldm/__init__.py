@@ -30,6 +30,7 @@ from .image import read_png, read_png_gray, write_png
 from .layout import layout_tokens
 from .model import Model
 from .noise import randn
+from .prompt import parse_prompt
 from .sampler import Sampler
 from .tensor import Tensor, as_tensor, numpy_enabled, set_numpy
 from .tokenizer import Tokenizer
@@ -68,7 +69,7 @@ __all__ = [
     "Autoencoder", "Cancelled", "Conditioner", "FileError", "FormatError", "InternalError",
     "InvalidArgumentError", "LdmError", "LimitError", "Model", "NotFoundError", "NumericError",
     "OutOfMemoryError", "Sampler", "SecurityError", "Tensor", "Tokenizer", "Trainer", "TrainProgress", "UNet", "UnsupportedError",
-    "as_tensor", "layout_tokens", "library_path", "numpy_enabled", "posterior_split", "randn",
+    "as_tensor", "layout_tokens", "library_path", "numpy_enabled", "parse_prompt", "posterior_split", "randn",
     "read_png", "read_png_gray", "set_numpy", "set_thread_max_alloc", "UNCOND_CLASS_AUTO", "UNCOND_CLASS_NONE",
     "version", "version_number", "write_png",
 ]

@@ -24,8 +24,9 @@ MAX_DIMS = 6
 
 WEIGHTS = {"auto": 0, "ema": 1, "raw": 2}
 SAMPLERS = {"ddim": 0, "plms": 1, "ddpm": 2, "euler": 3, "euler_a": 4, "euler_ancestral": 4,
-            "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7}
-PARAMETERIZATIONS = {"eps": 0, "v": 1}
+            "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7, "lcm": 8}
+PARAMETERIZATIONS = {"eps": 0, "v": 1, "x0": 2}
+SPACINGS = {"default": 0, "trailing": 1}  # ldm_timestep_spacing
 TOKENIZERS = {"clip": 0, "openclip": 1, "bert": 2}
 AUTOENCODER_KINDS = {0: "kl", 1: "vq"}
 CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 4: "bert",
@@ -33,6 +34,15 @@ CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 
 LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
 UNCOND_CLASS_AUTO = -1  # LDM_UNCOND_CLASS_AUTO: the model's own unconditional class, if any
 UNCOND_CLASS_NONE = -2  # LDM_UNCOND_CLASS_NONE: the model has none
+PROMPT_NO_EMPHASIS = 1  # LDM_PROMPT_*: prompt syntax flags (docs/prompts.md)
+PROMPT_NO_COMMA_BACKTRACK = 2
+PROMPT_NO_NORMALIZE = 4
+
+
+def prompt_flags(emphasis=True, comma_backtrack=True, normalize=True):
+    """The LDM_PROMPT_* flags of the keyword arguments the bindings take."""
+    return ((0 if emphasis else PROMPT_NO_EMPHASIS) | (0 if comma_backtrack else PROMPT_NO_COMMA_BACKTRACK)
+            | (0 if normalize else PROMPT_NO_NORMALIZE))
 
 # ---------------------------------------------------------------- callbacks and structs
 
@@ -49,7 +59,8 @@ class ModelParams(Structure):
 
 class SamplerParams(Structure):
     _fields_ = [("struct_size", c_size_t), ("kind", c_int), ("steps", c_int), ("eta", c_float),
-                ("ddim_quad", c_int), ("seed", c_uint64), ("discretization", c_int)]
+                ("ddim_quad", c_int), ("seed", c_uint64), ("spacing", c_int), ("lcm_original_steps", c_int),
+                ("discretization", c_int)]
 
 
 class GenerateParams(Structure):
@@ -60,7 +71,8 @@ class GenerateParams(Structure):
                 ("strength", c_float), ("mask", c_void_p), ("cond_image", c_void_p),
                 ("layout_tokens", c_void_p), ("vae_tile", c_int),
                 ("progress", PROGRESS_CALLBACK), ("progress_user_data", c_void_p), ("x_T", c_void_p),
-                ("uncond_class", c_int),
+                ("uncond_class", c_int), ("timestep_spacing", c_int), ("lcm_original_steps", c_int),
+                ("plain_prompts", c_int),
                 # SDXL (issue #14)
                 ("original_width", c_int), ("original_height", c_int), ("crop_left", c_int), ("crop_top", c_int),
                 ("target_width", c_int), ("target_height", c_int), ("aesthetic_score", c_float),
@@ -72,6 +84,13 @@ class TrainProgress(Structure):
                 ("seconds", c_double), ("images_per_second", c_double), ("phase", c_char_p)]
 
 
+class LoraInfo(Structure):
+    _fields_ = [("struct_size", c_size_t), ("id", c_int), ("path", c_char_p), ("multiplier", c_double),
+                ("n_unet_layers", c_int), ("n_text_layers", c_int), ("n_skipped_keys", c_int)]
+
+
+LORA_ALLOW_UNMATCHED = 1
+
 TRAIN_CALLBACK = CFUNCTYPE(c_int, POINTER(TrainProgress), c_void_p)
 
 
@@ -81,7 +100,8 @@ class TrainParams(Structure):
                 ("max_steps", c_int64), ("max_minutes", c_double), ("batch_size", c_int),
                 ("learning_rate", c_double), ("cond_drop_rate", c_double), ("save_every", c_int),
                 ("seed", c_uint64), ("n_threads", c_int), ("callback", TRAIN_CALLBACK),
-                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p)]
+                ("user_data", c_void_p), ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p),
+                ("max_activation_bytes", c_uint64)]
 
 
 # The library refuses struct_size above this, so it is also the most any *_params_init may write.
@@ -183,6 +203,8 @@ _proto("ldm_randn", _S, c_uint64, c_uint64, _P)
 
 _proto("ldm_model_apply", _S, _P, _P, _P, _P, _OUT)
 _proto("ldm_model_apply_guided", _S, _P, _P, _P, _P, _P, c_float, _OUT)
+_proto("ldm_model_apply_embedded_guidance", _S, _P, _P, _P, _P, c_float, _OUT)
+_proto("ldm_model_guidance_embedding_dim", c_int, _P)
 _proto("ldm_model_decode_latent", _S, _P, _P, _OUT)
 _proto("ldm_model_inpaint_cond", _S, _P, _P, _P, _OUT)
 _proto("ldm_model_p_sample", _S, _P, _P, _P, _P, _P, _OUT)
@@ -207,6 +229,21 @@ _proto("ldm_trainer_export", _S, _P, c_char_p, c_int)
 _proto("ldm_trainer_progress", _S, _P, POINTER(TrainProgress))
 _proto("ldm_trainer_interrupt", None, _P)
 _proto("ldm_trainer_free", None, _P)
+
+_proto("ldm_model_lora_add", _S, _P, c_char_p, c_double, ctypes.c_uint, POINTER(c_int))
+_proto("ldm_model_lora_remove", _S, _P, c_int)
+_proto("ldm_model_lora_set_multiplier", _S, _P, c_int, c_double)
+_proto("ldm_model_lora_clear", _S, _P)
+_proto("ldm_model_lora_count", c_int, _P)
+_proto("ldm_model_lora_get", _S, _P, c_int, POINTER(LoraInfo))
+_proto("ldm_prompt_parse", _S, c_char_p, ctypes.c_uint, _OUT)
+_proto("ldm_prompt_runs_count", c_int, _P)
+_proto("ldm_prompt_runs_text", c_char_p, _P, c_int)
+_proto("ldm_prompt_runs_weight", c_double, _P, c_int)
+_proto("ldm_prompt_runs_is_break", c_int, _P, c_int)
+_proto("ldm_prompt_runs_free", None, _P)
+_proto("ldm_tokenizer_encode_prompt", _S, _P, c_char_p, c_int, ctypes.c_uint, _OUT, _OUT)
+_proto("ldm_conditioner_encode_prompt", _S, _P, _STRS, c_int, ctypes.c_uint, _OUT)
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}

@@ -121,6 +121,18 @@ class Conditioner(_Component):
         arr, n = _api.strings(prompts)
         return self._call("ldm_conditioner_encode_text", arr, n)
 
+    def encode_prompt(self, prompts, emphasis=True, comma_backtrack=True, normalize=True):
+        """A prompt or a list of prompts with webui's syntax and length rules (docs/prompts.md) ->
+        embeddings [n, 77*k, D], k = the most chunks any of them needs (the others get empty
+        chunks; encode a negative prompt together with its prompt to give both the same length).
+        emphasis=False: brackets and BREAK are plain text; comma_backtrack=False: chunks cut at
+        exactly 75 tokens; normalize=False: weights applied without restoring the mean."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        arr, n = _api.strings(prompts)
+        return self._call("ldm_conditioner_encode_prompt", arr, n,
+                          _api.prompt_flags(emphasis, comma_backtrack, normalize))
+
     def encode_labels(self, labels):
         """Class labels [B] -> [B,1,D]."""
         with Args() as a:

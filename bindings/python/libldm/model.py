@@ -36,13 +36,15 @@ def _enum(table, value, what):
         raise ValueError("%s %r: expected one of %s" % (what, value, ", ".join(table))) from None
 
 
-def sampler_params(kind, steps, eta, ddim_quad, seed):
+def sampler_params(kind, steps, eta, ddim_quad, seed, spacing="default", lcm_original_steps=50):
     p, _ = _api.init_params(_api.SamplerParams, _lib.ldm_sampler_params_init)
     p.kind = _enum(_api.SAMPLERS, kind, "sampler")
     p.steps = _api.integer(steps, "steps")
     p.eta = float(eta)
     p.ddim_quad = 1 if ddim_quad else 0
     p.seed = _api.integer(seed, "seed", "uint64")
+    p.spacing = _enum(_api.SPACINGS, spacing, "spacing")
+    p.lcm_original_steps = _api.integer(lcm_original_steps, "lcm_original_steps")
     return p
 
 
@@ -192,6 +194,47 @@ class Model:
             if self._handle is not None:
                 _lib.ldm_model_interrupt(self._handle)
 
+    # ------------------------------------------------------------ LoRA (docs/lora.md)
+
+    def add_lora(self, path, multiplier=1.0, allow_unmatched=False):
+        """Merges a LoRA file (kohya/webui or diffusers/PEFT; .safetensors, .pt, .ckpt) into the
+        weights with `multiplier`; returns its id (for remove_lora / set_lora_multiplier). Keys that
+        do not fit the model raise libldm.FormatError naming them, unless allow_unmatched (then they
+        are skipped and logged). On failure nothing changes."""
+        out = ctypes.c_int()
+        flags = _api.LORA_ALLOW_UNMATCHED if allow_unmatched else 0
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_add(h, _api.path_bytes(path), float(multiplier), flags, ctypes.byref(out)),
+                        "ldm_model_lora_add")
+        return out.value
+
+    def remove_lora(self, lora_id):
+        """Takes a LoRA out again: the weights are exactly as if it had never been merged."""
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_remove(h, _api.integer(lora_id, "lora_id")), "ldm_model_lora_remove")
+
+    def set_lora_multiplier(self, lora_id, multiplier):
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_set_multiplier(h, _api.integer(lora_id, "lora_id"), float(multiplier)),
+                        "ldm_model_lora_set_multiplier")
+
+    def clear_loras(self):
+        with self._running() as h:
+            self._check(_lib.ldm_model_lora_clear(h), "ldm_model_lora_clear")
+
+    def loras(self):
+        """The LoRAs merged, in order: dicts with id, path, multiplier, n_unet_layers,
+        n_text_layers, n_skipped_keys."""
+        result = []
+        with self._running() as h:
+            for i in range(_lib.ldm_model_lora_count(h)):
+                info = _api.LoraInfo(struct_size=ctypes.sizeof(_api.LoraInfo))
+                self._check(_lib.ldm_model_lora_get(h, i, ctypes.byref(info)), "ldm_model_lora_get")
+                result.append({"id": info.id, "path": os.fsdecode(info.path), "multiplier": info.multiplier,
+                               "n_unet_layers": info.n_unet_layers, "n_text_layers": info.n_text_layers,
+                               "n_skipped_keys": info.n_skipped_keys})
+        return result
+
     def autoencoder(self):
         from .components import Autoencoder
         return Autoencoder(self, self._component(_lib.ldm_model_autoencoder, "ldm_model_autoencoder"))
@@ -250,10 +293,26 @@ class Model:
             return self._tensor_call("ldm_model_p_sample", a.tensor(x), a.tensor(t, "int64"), a.tensor(cond),
                                      a.tensor(noise))
 
-    def sampler(self, kind="ddim", steps=50, eta=0.0, ddim_quad=False, seed=0):
-        """A Sampler over this model's training schedule and parameterization."""
+    @property
+    def guidance_embedding_dim(self):
+        """Width of an LCM-distilled UNet's guidance embedding (time_embed.cond_proj), 0 when none."""
+        with self._running() as h:
+            return _lib.ldm_model_guidance_embedding_dim(h)
+
+    def apply_embedded_guidance(self, x, timesteps, cond, guidance_scale):
+        """apply() of an LCM-distilled UNet with its guidance embedding of guidance_scale."""
+        t, tdtype = timesteps_arg(timesteps)
+        with Args() as a:
+            return self._tensor_call("ldm_model_apply_embedded_guidance", a.tensor(x), a.tensor(t, tdtype), a.tensor(cond),
+                                     ctypes.c_float(guidance_scale))
+
+    def sampler(self, kind="ddim", steps=50, eta=0.0, ddim_quad=False, seed=0, spacing="default",
+                lcm_original_steps=50):
+        """A Sampler over this model's training schedule and parameterization. spacing "trailing"
+        (k-samplers): diffusers' trailing timesteps (SD-Turbo / SDXL-Turbo); kind "lcm": the LCM
+        scheduler over lcm_original_steps distillation timesteps (docs/few-step.md)."""
         from .sampler import Sampler
-        p = sampler_params(kind, steps, eta, ddim_quad, seed)
+        p = sampler_params(kind, steps, eta, ddim_quad, seed, spacing, lcm_original_steps)
         out = ctypes.c_void_p()
         with self._running() as h:
             self._check(_lib.ldm_model_sampler(h, ctypes.byref(p), ctypes.byref(out)), "ldm_model_sampler")
@@ -264,8 +323,13 @@ class Model:
     def generate(self, prompt=None, negative_prompt=None, class_label=None, width=None, height=None,
                  batch=None, sampler=None, steps=None, eta=None, guidance_scale=None, seed=None,
                  init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
-                 vae_tile=None, x_T=None, uncond_class=None, progress=None):
+                 vae_tile=None, x_T=None, uncond_class=None, progress=None, timestep_spacing=None,
+                 lcm_original_steps=None, plain_prompts=None):
         """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
+
+        Few-step models (docs/few-step.md): sampler="lcm" (steps default 4; guidance off, or 8.5
+        fed to an LCM-distilled UNet's guidance embedding); SD-Turbo / SDXL-Turbo:
+        sampler="euler_a" (or "euler"), timestep_spacing="trailing", steps 1..4, guidance_scale=1.
 
         Arguments left at None keep the library's defaults (50 DDIM steps, the training size,
         guidance_scale 0 = the model's own default: 7.5 for text models, 3 for class models with
@@ -275,6 +339,9 @@ class Model:
         model's own (the last class, unless its config says it has none), "none" = the model has
         none, or a class number.
         x_T: initial noise [B,C,h,w] (latent shape) instead of randn(seed, 0).
+        prompt / negative_prompt use webui's syntax -- (word:1.3), (word), [word], BREAK -- and may
+        be longer than 75 tokens (docs/prompts.md); plain_prompts=True reads them as plain text cut
+        at 75 tokens.
         progress: fn(step, total) called after each step; returning True stops the run
         (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
@@ -287,7 +354,8 @@ class Model:
                                  width=width, height=height, batch=batch, sampler=sampler, steps=steps, eta=eta,
                                  guidance_scale=guidance_scale, seed=seed, init_image=init_image, strength=strength,
                                  mask=mask, cond_image=cond_image, layout_tokens=layout_tokens, vae_tile=vae_tile,
-                                 x_T=x_T, uncond_class=uncond_class)
+                                 x_T=x_T, uncond_class=uncond_class, timestep_spacing=timestep_spacing,
+                                 lcm_original_steps=lcm_original_steps, plain_prompts=plain_prompts)
             p.progress = guard.c_function
             with self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
                 status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
@@ -304,7 +372,7 @@ class Model:
         a dict of the scalar parameters with every model-dependent default made explicit -- width
         and height, guidance_scale, uncond_class (a class number, or "none"), class_label (the
         unconditional class when none was given) -- plus prompt, negative_prompt, batch,
-        sampler (its name), steps, eta, seed, strength and vae_tile. Takes generate()'s keyword
+        sampler (its name), steps, eta, seed, strength, vae_tile and plain_prompts. Takes generate()'s keyword
         arguments (progress is accepted and ignored) and raises what generate() would raise for an
         invalid combination."""
         kwargs.pop("progress", None)
@@ -318,11 +386,13 @@ class Model:
         for field in ("prompt", "negative_prompt"):
             value = getattr(resolved, field)
             out[field] = value.decode("utf-8") if value is not None else ""
-        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile"):
+        for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile", "lcm_original_steps", "plain_prompts"):
             out[field] = getattr(resolved, field)
         for field in ("eta", "guidance_scale", "strength"):
             out[field] = float(getattr(resolved, field))
         out["sampler"] = _SAMPLER_NAMES.get(resolved.sampler, resolved.sampler)
+        out["timestep_spacing"] = {v: k for k, v in _api.SPACINGS.items()}.get(resolved.timestep_spacing,
+                                                                              resolved.timestep_spacing)
         out["uncond_class"] = "none" if resolved.uncond_class == _api.UNCOND_CLASS_NONE else resolved.uncond_class
         return out
 
@@ -346,7 +416,7 @@ def _uncond_class(value):
 def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, width=None, height=None, batch=None,
                      sampler=None, steps=None, eta=None, guidance_scale=None, seed=None, init_image=None,
                      strength=None, mask=None, cond_image=None, layout_tokens=None, vae_tile=None, x_T=None,
-                     uncond_class=None):
+                     uncond_class=None, timestep_spacing=None, lcm_original_steps=None, plain_prompts=None):
     """An ldm_generate_params from generate()'s arguments (None: the library's default); tensors
     are converted into `a` (an Args), which must outlive the call."""
     p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
@@ -355,7 +425,7 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
         if value is not None:
             setattr(p, field, value.encode("utf-8"))
     integers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
-                "steps": steps, "vae_tile": vae_tile}
+                "steps": steps, "vae_tile": vae_tile, "lcm_original_steps": lcm_original_steps}
     for field, value in integers.items():
         if value is not None:
             setattr(p, field, _api.integer(value, field))
@@ -367,6 +437,10 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
     if sampler is not None:
         p.sampler = _enum(_api.SAMPLERS, sampler, "sampler")
     p.uncond_class = _uncond_class(uncond_class)
+    if timestep_spacing is not None:
+        p.timestep_spacing = _enum(_api.SPACINGS, timestep_spacing, "timestep_spacing")
+    if plain_prompts is not None:
+        p.plain_prompts = 1 if plain_prompts else 0
     p.init_image = a.tensor(init_image)
     p.mask = a.tensor(mask)
     p.cond_image = a.tensor(cond_image)

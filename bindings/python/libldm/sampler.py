@@ -39,15 +39,16 @@ class Sampler(_Owned):
         self._given = True
 
     @classmethod
-    def create(cls, alphas_cumprod, parameterization="eps", kind="ddim", steps=50, eta=0.0, ddim_quad=False, seed=0):
+    def create(cls, alphas_cumprod, parameterization="eps", kind="ddim", steps=50, eta=0.0, ddim_quad=False, seed=0,
+               spacing="default", lcm_original_steps=50):
         """A sampler over a training schedule given as its alphas_cumprod values (any sequence of
-        numbers), for an "eps" or "v" network."""
+        numbers), for an "eps" or "v" network ("x0": the LCM sampler only)."""
         values = array.array("f", [float(v) for v in alphas_cumprod])
         try:
             param = _api.PARAMETERIZATIONS[parameterization]
         except KeyError:
-            raise ValueError("parameterization %r: expected 'eps' or 'v'" % (parameterization,)) from None
-        p = sampler_params(kind, steps, eta, ddim_quad, seed)
+            raise ValueError("parameterization %r: expected 'eps', 'v' or 'x0'" % (parameterization,)) from None
+        p = sampler_params(kind, steps, eta, ddim_quad, seed, spacing, lcm_original_steps)
         buf = (ctypes.c_float * max(1, len(values))).from_buffer(values) if values else None
         out = ctypes.c_void_p()
         check(_lib.ldm_sampler_create(buf, len(values), param, ctypes.byref(p), ctypes.byref(out)),

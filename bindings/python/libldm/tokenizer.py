@@ -36,3 +36,15 @@ class Tokenizer(_Owned):
         check(self._call(_lib.ldm_tokenizer_encode, arr, n, _api.integer(context_length, "context_length"), ctypes.byref(out)),
               "ldm_tokenizer_encode")
         return result(out.value)
+
+    def encode_prompt(self, prompt, context_length=77, emphasis=True, comma_backtrack=True):
+        """One prompt with webui's syntax and length rules (docs/prompts.md) -> (ids, weights): ids
+        [n_chunks, context_length] int64 (each chunk wrapped in start/end tokens and padded),
+        weights [n_chunks, context_length] float32 (1 for start/end/padding)."""
+        ids, weights = ctypes.c_void_p(), ctypes.c_void_p()
+        flags = _api.prompt_flags(emphasis, comma_backtrack)
+        status = self._call(_lib.ldm_tokenizer_encode_prompt, prompt.encode("utf-8"),
+                            _api.integer(context_length, "context_length"), flags, ctypes.byref(ids),
+                            ctypes.byref(weights))
+        check(status, "ldm_tokenizer_encode_prompt")
+        return result(ids.value), result(weights.value)

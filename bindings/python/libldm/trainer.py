@@ -63,9 +63,10 @@ class Trainer:
     ckpt_path); init_from: fine-tune from this checkpoint; resume: continue from
     out_dir/last.safetensors. max_steps (0: the config's), max_minutes (0: no time limit),
     batch_size (0: the config's), learning_rate (0: from the config), cond_drop_rate (< 0: the
-    config's ucg_rate), save_every (0: only at the end), seed, n_threads (0: all CPUs): as
-    ldm_train_params. callback: fn(TrainProgress) after every step, True to stop. log:
-    fn(level, message), as Model.load's.
+    config's ucg_rate), save_every (0: only at the end), seed, n_threads (0: all CPUs),
+    max_activation_bytes (0: no budget; else UNet blocks whose activations would exceed it are
+    recomputed in backward, docs/training.md): as ldm_train_params. callback: fn(TrainProgress)
+    after every step, True to stop. log: fn(level, message), as Model.load's.
 
     A context manager; close() frees it early, else the garbage collector does. One call at a
     time: a call while another runs (another thread's, or from the callback) raises RuntimeError;
@@ -73,7 +74,7 @@ class Trainer:
 
     def __init__(self, config, data_dir=None, out_dir=None, first_stage=None, init_from=None, resume=False,
                  max_steps=0, max_minutes=0.0, batch_size=0, learning_rate=0.0, cond_drop_rate=-1.0,
-                 save_every=0, seed=23, n_threads=0, callback=None, log=None):
+                 save_every=0, seed=23, n_threads=0, callback=None, log=None, max_activation_bytes=0):
         if callback is not None and not callable(callback):
             raise TypeError("callback: expected a callable or None, got %r" % (callback,))
         p = _api.TrainParams()
@@ -91,6 +92,7 @@ class Trainer:
         p.save_every = _api.integer(save_every, "save_every")
         p.seed = _api.integer(seed, "seed", "uint64")
         p.n_threads = _api.integer(n_threads, "n_threads")
+        p.max_activation_bytes = _api.integer(max_activation_bytes, "max_activation_bytes", "uint64")
         # The trainer keeps pointers to both C functions for its lifetime: so does this object.
         self._callback = _Callback(callback)
         self._log = _callbacks.Log(log)

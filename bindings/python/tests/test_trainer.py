@@ -207,6 +207,20 @@ class TrainerTest(unittest.TestCase):
                 t.export(os.path.join(self.root, "no", "such", "dir", "x.safetensors"))
             self.assertEqual(t.progress().step, 0)
 
+    def test_max_activation_bytes(self):
+        logged = []
+        with self.trainer("budget", max_activation_bytes=1 << 20, log=lambda *m: logged.append(m)):
+            pass
+        # it reaches the library, which says the autoencoder has nothing to checkpoint
+        self.assertIn(("warn", "max_activation_bytes 1048576: ignored (only the UNet checkpoints)"), logged)
+        with self.assertRaises(OverflowError):
+            self.trainer("budget", max_activation_bytes=-1)
+        with self.assertRaises(TypeError):
+            self.trainer("budget", max_activation_bytes=1.5)
+        p = _api.TrainParams()
+        _api.lib.ldm_train_params_init_size(ctypes.byref(p), ctypes.sizeof(p))
+        self.assertEqual(p.max_activation_bytes, 0)
+
     def test_train_params_defaults_and_size(self):
         p = _api.TrainParams()
         _api.lib.ldm_train_params_init_size(ctypes.byref(p), ctypes.sizeof(p))
