@@ -885,6 +885,13 @@ typedef struct ldm_sdxl_cond_params {
     double crop_top, crop_left;             /* crop_coords_top_left */
     double target_height, target_width;     /* target_size_as_tuple */
     double aesthetic_score;                 /* refiner; default 6.0 */
+    int prompt_syntax;                      /* 0 (default): prompts are plain text cut at 75 tokens (as
+                                               ldm_conditioner_encode_text); 1: webui's syntax and long
+                                               prompts on every text encoder (as
+                                               ldm_conditioner_encode_prompt: all prompts of the call get
+                                               the same chunk count; the pooled vector is the first
+                                               chunk's; docs/prompts.md) */
+    unsigned prompt_flags;                  /* with prompt_syntax: LDM_PROMPT_* */
 } ldm_sdxl_cond_params;
 
 LDM_API void ldm_sdxl_cond_params_init_size(ldm_sdxl_cond_params *params, size_t struct_size);

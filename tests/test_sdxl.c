@@ -15,6 +15,7 @@
 #include "core/tensor.h"
 #include "models/config.h"
 #include "models/desc.h"
+#include "models/sdxl_cond.h"
 #include "sampling/sampling.h"
 #include "support/fixture.h"
 
@@ -439,6 +440,175 @@ START_TEST(test_generate_refuses_what_sdxl_lacks)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- webui's prompt rules */
+
+static int bytes_equal(const ldm_tensor *a, const ldm_tensor *b)
+{
+    if (a->ndim != b->ndim || lt_numel(a) != lt_numel(b)) return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return 0;
+    return memcmp(a->data, b->data, (size_t)lt_numel(a) * sizeof(float)) == 0;
+}
+
+/* max |a - b| over n floats, relative to max |b| */
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0, s = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        s = fmax(s, fabs((double)b[i]));
+    }
+    return d / s;
+}
+
+static void encode_text_sdxl(ldm_model *m, const char *const *prompts, int n, int syntax, int zero, ldm_tensor **ca,
+                             ldm_tensor **vec)
+{
+    ldm_conditioner *cond;
+    ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
+    ldm_sdxl_cond_params p;
+    ldm_sdxl_cond_params_init(&p);
+    p.original_height = p.target_height = 64, p.original_width = p.target_width = 96;
+    p.prompts = prompts, p.n_prompts = n, p.prompt_syntax = syntax, p.zero_text = zero;
+    ck_assert_msg(ldm_conditioner_encode_sdxl(cond, &p, ca, vec) == LDM_OK, "%s", ldm_last_error());
+}
+
+/* A prompt without syntax within 75 tokens: the webui path is the plain path, byte for byte
+ * (conditioner outputs, and ldm_generate's image with plain_prompts 0 and 1). */
+START_TEST(test_plain_prompt_bit_identical)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+    const char *prompts[2] = {"a photograph of an astronaut riding a horse, high detail", "a red bicycle"};
+    ldm_tensor *ca0, *v0, *ca1, *v1;
+    encode_text_sdxl(m, prompts, 2, 0, 0, &ca0, &v0);
+    encode_text_sdxl(m, prompts, 2, 1, 0, &ca1, &v1);
+    ck_assert(bytes_equal(ca0, ca1));
+    ck_assert(bytes_equal(v0, v1));
+    ldm_tensor *x_T = noise(1, 8, 8), *img[2] = {NULL, NULL};
+    for (int plain = 0; plain < 2; plain++) {
+        ldm_generate_params gp;
+        ldm_generate_params_init(&gp);
+        gp.prompt = prompts[0], gp.negative_prompt = "blurry";
+        gp.width = gp.height = 8, gp.steps = 2, gp.x_T = x_T, gp.plain_prompts = plain;
+        ck_assert_msg(ldm_generate(m, &gp, &img[plain]) == LDM_OK, "%s", ldm_last_error());
+    }
+    ck_assert(bytes_equal(img[0], img[1]));
+    ldm_tensor *tensors[] = {ca0, v0, ca1, v1, x_T, img[0], img[1]};
+    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) ldm_tensor_free(tensors[i]);
+    padded_free(m, &pd);
+}
+END_TEST
+
+/* One tower's chunks of a prompt (ldm_tokenizer_encode_prompt: tested against webui's own
+ * chunking in test_prompts / the prompt_* goldens). */
+static void tower_chunks(ldm_tokenizer_kind kind, const char *prompt, ldm_tensor **ids, ldm_tensor **w)
+{
+    ldm_tokenizer *tok = NULL;
+    ck_assert_int_eq(ldm_tokenizer_load(kind, vocab, &tok), LDM_OK);
+    ck_assert_int_eq(ldm_tokenizer_encode_prompt(tok, prompt, 77, 0, ids, w), LDM_OK);
+    ldm_tokenizer_free(tok);
+}
+
+/* Row c of ids [n, 77] as a [1, 77] tensor. */
+static ldm_tensor *row_of(const ldm_tensor *ids, int c)
+{
+    ldm_tensor *r = NULL;
+    int64_t shape[2] = {1, 77};
+    ck_assert_int_eq(ldm_tensor_create(LDM_I64, 2, shape, &r), LDM_OK);
+    memcpy(lt_i64(r), lt_i64(ids) + (size_t)c * 77, 77 * sizeof(int64_t));
+    return r;
+}
+
+/* webui's EmphasisOriginal on one tower's slice [77, width] at `off` of z [77, D], in double. */
+static void emphasis_ref(double *z, int D, int off, int width, const float *w)
+{
+    double before = 0, after = 0, n = 77.0 * width;
+    for (int r = 0; r < 77; r++)
+        for (int j = 0; j < width; j++) before += z[(size_t)r * D + off + j];
+    for (int r = 0; r < 77; r++)
+        for (int j = 0; j < width; j++) after += (z[(size_t)r * D + off + j] *= w[r]);
+    for (int r = 0; r < 77; r++)
+        for (int j = 0; j < width; j++) z[(size_t)r * D + off + j] *= (before / n) / (after / n);
+}
+
+/* Weighted long prompts: every tower chunks and weighs on its own (each chunk = the conditioner on
+ * that chunk's ids, then the emphasis on the tower's features), the chunks follow each other,
+ * the vector is the first chunk's; a shorter prompt of the same call gets empty chunks. */
+START_TEST(test_weighted_long_prompt_composition)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+    char longp[2048] = "a (red:1.4) cube on a [wooden] table, ((studio light)), ";
+    for (int i = 0; i < 20; i++) strcat(longp, "tiny glass marbles, ");
+    strcat(longp, "BREAK a (blue:0.7) sky");
+    const char *prompts[2] = {longp, "(a cat:1.2)"};
+    ldm_tensor *ca = NULL, *vec = NULL;
+    encode_text_sdxl(m, prompts, 2, 1, 0, &ca, &vec);
+    ldm_tensor *ids[2], *w[2];
+    tower_chunks(LDM_TOKENIZER_CLIP, longp, &ids[0], &w[0]);
+    tower_chunks(LDM_TOKENIZER_OPENCLIP, longp, &ids[1], &w[1]);
+    int k = (int)ids[0]->shape[0];
+    ck_assert_int_ge(k, 3);
+    ck_assert_int_eq(ids[1]->shape[0], k);
+    int D = (int)ca->shape[2], width0 = lsdxl_cond_text_width(m->cond->sdxl, 0);
+    ck_assert_int_eq(ca->shape[0], 2);
+    ck_assert_int_eq(ca->shape[1], 77 * k);
+    ldm_conditioner *cond;
+    ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
+    double worst = 0, scale = 0;
+    double *z = malloc(sizeof(double) * 77 * (size_t)D);
+    for (int c = 0; c < k; c++) {
+        ldm_tensor *tok[2] = {row_of(ids[0], c), row_of(ids[1], c)}, *zc = NULL, *vc = NULL;
+        ldm_sdxl_cond_params p;
+        ldm_sdxl_cond_params_init(&p);
+        p.original_height = p.target_height = 64, p.original_width = p.target_width = 96;
+        p.tokens = (const ldm_tensor *const *)tok, p.n_tokens = 2;
+        ck_assert_int_eq(ldm_conditioner_encode_sdxl(cond, &p, &zc, &vc), LDM_OK);
+        if (c == 0) ck_assert(memcmp(lt_f32(vc), lt_f32(vec), (size_t)vc->shape[1] * sizeof(float)) == 0);
+        for (size_t i = 0; i < 77 * (size_t)D; i++) z[i] = lt_f32(zc)[i];
+        emphasis_ref(z, D, 0, width0, lt_f32(w[0]) + (size_t)c * 77);
+        emphasis_ref(z, D, width0, D - width0, lt_f32(w[1]) + (size_t)c * 77);
+        const float *got = lt_f32(ca) + (size_t)c * 77 * D;
+        for (size_t i = 0; i < 77 * (size_t)D; i++) {
+            worst = fmax(worst, fabs(got[i] - z[i]));
+            scale = fmax(scale, fabs(z[i]));
+        }
+        ldm_tensor_free(tok[0]);
+        ldm_tensor_free(tok[1]);
+        ldm_tensor_free(zc);
+        ldm_tensor_free(vc);
+    }
+    ck_assert_msg(worst <= 1e-6 * scale, "weighted chunks differ from the composition by %g (scale %g)", worst, scale);
+    /* the short prompt: its own weighted chunk, then the empty prompt's chunks */
+    ldm_tensor *short_ca = NULL, *short_v = NULL, *empty_ca = NULL, *empty_v = NULL;
+    encode_text_sdxl(m, &prompts[1], 1, 1, 0, &short_ca, &short_v);
+    encode_text_sdxl(m, (const char *const[]){""}, 1, 0, 0, &empty_ca, &empty_v);
+    size_t block = 77 * (size_t)D;
+    const float *second = lt_f32(ca) + (size_t)k * block;
+    /* (batch 2 against batch 1: the same arithmetic up to the GEMM's blocking) */
+    ck_assert(rel_diff(second, lt_f32(short_ca), block) < 1e-6);
+    for (int c = 1; c < k; c++) ck_assert(rel_diff(second + c * block, lt_f32(empty_ca), block) < 1e-6);
+    ck_assert(rel_diff(lt_f32(vec) + vec->shape[1], lt_f32(short_v), (size_t)vec->shape[1]) < 1e-6);
+    /* zeroed text (the base's empty negative prompt) padded to 2 chunks: zeros, then the empty chunk */
+    ldm_tensor *zca = NULL, *zv = NULL;
+    ldm_sdxl_cond_params zp;
+    ldm_sdxl_cond_params_init(&zp);
+    zp.original_height = zp.target_height = 64, zp.original_width = zp.target_width = 96;
+    zp.prompts = (const char *const[]){""}, zp.n_prompts = 1, zp.prompt_syntax = 1, zp.zero_text = 1;
+    ck_assert_int_eq(lm_cond_encode_sdxl_prompts(m->cond, &zp, 2, &zca, &zv), LDM_OK);
+    ck_assert_int_eq(zca->shape[1], 154);
+    for (size_t i = 0; i < block; i++) ck_assert(lt_f32(zca)[i] == 0.0f);
+    ck_assert(memcmp(lt_f32(zca) + block, lt_f32(empty_ca), block * sizeof(float)) == 0);
+    free(z);
+    ldm_tensor *tensors[] = {ca, vec, ids[0], ids[1], w[0], w[1], short_ca, short_v, empty_ca, empty_v, zca, zv};
+    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) ldm_tensor_free(tensors[i]);
+    padded_free(m, &pd);
+}
+END_TEST
+
 Suite *sdxl_suite(void)
 {
     Suite *s = suite_create("sdxl");
@@ -451,6 +621,8 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_generate_refuses_what_sdxl_lacks);
     tcase_add_test(tc, test_generate_matches_public_calls);
     tcase_add_test(tc, test_refiner_handoff_matches_public_calls);
+    tcase_add_test(tc, test_plain_prompt_bit_identical);
+    tcase_add_test(tc, test_weighted_long_prompt_composition);
     suite_add_tcase(s, tc);
     return s;
 }

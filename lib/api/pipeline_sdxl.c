@@ -48,8 +48,10 @@ ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ld
                         m->path, (int)p->sampler);
     if (p->steps == 0) p->steps = 50; /* steps 0: the sampler's default (the k-samplers': 50) */
     if (p->timestep_spacing != LDM_SPACING_DEFAULT)
-        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: SDXL: trailing timestep spacing is not implemented for sgm's "
-                        "discretization", m->path);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: SDXL: trailing timestep spacing is not implemented for sgm's "
+                        "discretization",
+                        m->path);
     if (p->guidance_scale == 0.0f) p->guidance_scale = 5.0f; /* the demo's cfg-scale default */
     if (!isfinite(p->guidance_scale) || !isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: guidance and aesthetic scores must be numbers");
@@ -83,8 +85,10 @@ static void cond_release(sdxl_cond *c)
     memset(c, 0, sizeof *c);
 }
 
+/* One text for the whole batch; chunks > 0: webui's prompt rules with at least that many chunks
+ * (0: plain text). */
 static ldm_status encode(ldm_model *m, const char *text, int batch, const ldm_sdxl_cond_params *base, int zero,
-                         double aesthetic, ldm_tensor **ca, ldm_tensor **vec)
+                         double aesthetic, int chunks, ldm_tensor **ca, ldm_tensor **vec)
 {
     struct ldm_conditioner *cond;
     LDM_TRY(lm_conditioner(m, &cond));
@@ -95,7 +99,26 @@ static ldm_status encode(ldm_model *m, const char *text, int batch, const ldm_sd
     p.n_prompts = batch;
     p.zero_text = zero;
     p.aesthetic_score = aesthetic;
+    if (chunks > 0) return lm_cond_encode_sdxl_prompts(cond, &p, chunks, ca, vec);
     return lm_cond_encode_sdxl(cond, &p, ca, vec);
+}
+
+/* The chunk count both branches get (the shorter text is padded with empty chunks, webui's
+ * pad_cond_uncond, as for SD 1.x/2.x), 0 for plain prompts. */
+static ldm_status chunk_count(ldm_model *m, const ldm_generate_params *p, const char *neg, int *chunks)
+{
+    *chunks = 0;
+    if (p->plain_prompts) return LDM_OK;
+    struct ldm_conditioner *cond;
+    int a = 1, b = 1;
+    LDM_TRY(lm_conditioner(m, &cond));
+    LDM_TRY(lm_sdxl_prompt_chunk_count(cond, p->prompt ? p->prompt : "", 0, &a));
+    if (p->guidance_scale != 1.0f) {
+        ldm_status st = lm_sdxl_prompt_chunk_count(cond, neg, 0, &b);
+        if (st != LDM_OK) return ldm_fail_context(st, "negative ");
+    }
+    *chunks = LDM_MAX(a, b);
+    return LDM_OK;
 }
 
 /* refiner: apply_refiner's values (output size, crop 0) instead of the caller's size overrides */
@@ -110,10 +133,12 @@ static ldm_status build_cond(ldm_model *m, const ldm_generate_params *p, int ref
     cp.target_height = !refiner && p->target_height ? p->target_height : p->height;
     cp.target_width = !refiner && p->target_width ? p->target_width : p->width;
     const char *neg = p->negative_prompt ? p->negative_prompt : "";
-    int zero_uc = !has_aesthetic(m) && neg[0] == '\0';
-    ldm_status st = encode(m, p->prompt ? p->prompt : "", p->batch, &cp, 0, p->aesthetic_score, &c->ca, &c->vec);
+    int zero_uc = !has_aesthetic(m) && neg[0] == '\0', chunks = 0;
+    ldm_status st = chunk_count(m, p, neg, &chunks);
+    if (st == LDM_OK)
+        st = encode(m, p->prompt ? p->prompt : "", p->batch, &cp, 0, p->aesthetic_score, chunks, &c->ca, &c->vec);
     if (st == LDM_OK && p->guidance_scale != 1.0f)
-        st = encode(m, neg, p->batch, &cp, zero_uc, p->negative_aesthetic_score, &c->uca, &c->uvec);
+        st = encode(m, neg, p->batch, &cp, zero_uc, p->negative_aesthetic_score, chunks, &c->uca, &c->uvec);
     if (st == LDM_OK) st = lp_check_cancel(m, "after text encoding");
     if (st != LDM_OK) cond_release(c);
     return st;

@@ -38,8 +38,7 @@ void lm_sdxl_cond_free(struct ldm_conditioner *h)
     }
 }
 
-/* Token ids of the prompts for text encoder k. */
-static ldm_status tokenize(struct ldm_conditioner *cond, int k, const ldm_sdxl_cond_params *p, ldm_tensor **out)
+ldm_status lm_sdxl_tokenizer(struct ldm_conditioner *cond, int k, ldm_tokenizer **tok)
 {
     if (!cond->sdxl_tok[k]) {
         char path[4096];
@@ -48,7 +47,16 @@ static ldm_status tokenize(struct ldm_conditioner *cond, int k, const ldm_sdxl_c
             lsdxl_cond_text_kind(cond->sdxl, k) == LD_COND_CLIP ? LDM_TOKENIZER_CLIP : LDM_TOKENIZER_OPENCLIP;
         LDM_TRY(ldm_tokenizer_load(kind, path, &cond->sdxl_tok[k]));
     }
-    return ldm_tokenizer_encode(cond->sdxl_tok[k], p->prompts, p->n_prompts, 77, out);
+    *tok = cond->sdxl_tok[k];
+    return LDM_OK;
+}
+
+/* Token ids of the prompts for text encoder k. */
+static ldm_status tokenize(struct ldm_conditioner *cond, int k, const ldm_sdxl_cond_params *p, ldm_tensor **out)
+{
+    ldm_tokenizer *tok;
+    LDM_TRY(lm_sdxl_tokenizer(cond, k, &tok));
+    return ldm_tokenizer_encode(tok, p->prompts, p->n_prompts, 77, out);
 }
 
 static ldm_status check_params(const struct ldm_conditioner *cond, const ldm_sdxl_cond_params *p, int *B)
@@ -72,6 +80,9 @@ static ldm_status check_params(const struct ldm_conditioner *cond, const ldm_sdx
     }
     if (!p->prompts || p->n_prompts <= 0 || p->n_prompts > 65536)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_conditioner_encode_sdxl: no prompts and no tokens");
+    if (p->prompt_syntax != 0 && p->prompt_syntax != 1)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_conditioner_encode_sdxl: prompt_syntax %d is not 0 or 1",
+                        p->prompt_syntax);
     *B = p->n_prompts;
     return LDM_OK;
 }
@@ -87,6 +98,7 @@ ldm_status lm_cond_encode_sdxl(struct ldm_conditioner *cond, const ldm_sdxl_cond
                             "ldm_sdxl_cond_params"));
     int B = 0, n_text = lsdxl_cond_n_text(cond->sdxl);
     LDM_TRY(check_params(cond, &p, &B));
+    if (p.prompt_syntax && !p.tokens) return lm_cond_encode_sdxl_prompts(cond, &p, 1, crossattn, vector);
     ldm_tensor *owned[LD_MAX_EMBEDDERS] = {0};
     const ldm_tensor *tokens[LD_MAX_EMBEDDERS] = {0};
     ldm_status st = LDM_OK;

@@ -181,6 +181,12 @@ ld_cond_kind lsdxl_cond_text_kind(const lsdxl_cond *c, int k)
     return e ? e->d.text.kind : LD_COND_NONE;
 }
 
+int lsdxl_cond_text_width(const lsdxl_cond *c, int k)
+{
+    const lsdxl_emb *e = text_emb(c, k);
+    return e ? e->width : 0;
+}
+
 /* ---------------------------------------------------------------- forward */
 
 typedef struct enc_out {

@@ -42,6 +42,9 @@ void lsdxl_cond_free(lsdxl_cond *c);
 int lsdxl_cond_n_text(const lsdxl_cond *c);
 /* LD_COND_CLIP (HF tokenizer, padded with the end token) or LD_COND_OPENCLIP (padded with 0). */
 ld_cond_kind lsdxl_cond_text_kind(const lsdxl_cond *c, int text_index);
+/* The crossattn features of text embedder k (its slice of the context, after those of the text
+ * embedders before it). */
+int lsdxl_cond_text_width(const lsdxl_cond *c, int text_index);
 /* Widths of the outputs: crossattn features and vector length. */
 int lsdxl_cond_context_dim(const lsdxl_cond *c);
 int lsdxl_cond_vector_dim(const lsdxl_cond *c);
