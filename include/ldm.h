@@ -866,7 +866,9 @@ LDM_API ldm_status ldm_conditioner_encode_prompt(ldm_conditioner *cond, const ch
  * samples with: the table sigmas of the integer timesteps linspace(T-1, 0, steps, endpoint=False)
  * truncated, the model evaluated at the integer index of each sigma, x_T * sqrt(1 + sigma_max^2).
  * Euler, Euler ancestral, Heun and DPM++ 2M only (sgm's EulerEDM / EulerAncestral / HeunEDM /
- * DPMPP2M samplers with their defaults). */
+ * DPMPP2M samplers with their defaults), default spacing only: trailing spacing is diffusers'
+ * schedule and goes with KDIFFUSION (ldm_generate on an SDXL model with
+ * timestep_spacing TRAILING samples that way: SDXL-Turbo, docs/few-step.md). */
 #define LDM_DISCRETIZATION_KDIFFUSION 0
 #define LDM_DISCRETIZATION_SGM 1
 

@@ -418,6 +418,16 @@ static ldm_status load_refiner(const cli_options *o, ldm_model **r)
     return load_model(&ro, r);
 }
 
+/* --turbo on an SDXL model: SDXL-Turbo's 512 x 512 (its model card; the weights cannot tell it from
+ * SDXL base, whose default is 1024) where no size was given. */
+static void sdxl_turbo_size(const cli_options *o, ldm_model *m, ldm_generate_params *p)
+{
+    ldm_conditioner *c = NULL;
+    if (!o->turbo || ldm_model_conditioner(m, &c) != LDM_OK || ldm_conditioner_get_kind(c) != LDM_COND_SDXL) return;
+    if (p->width == 0) p->width = 512;
+    if (p->height == 0) p->height = 512;
+}
+
 static int run_generate(cli_options *o)
 {
     ldm_model *m = NULL, *refiner = NULL;
@@ -435,6 +445,7 @@ static int run_generate(cli_options *o)
             fail(o->refiner);
         else {
             report_config(o, m, stderr, "ldm: ");
+            sdxl_turbo_size(o, m, &p);
             p.refiner = refiner;
             char dec[32]; /* the decimal the user wrote, not the float nearest to it */
             snprintf(dec, sizeof dec, "%.6g", (double)o->refiner_start);

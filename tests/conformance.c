@@ -723,7 +723,8 @@ static ldm_status sgm_run(runner *r, ldm_model *m, ldm_sampler *s, const lj_valu
 }
 
 /* SDXL sampling with sgm's discretization: inputs x_T, c_crossattn, c_vector, uc_crossattn,
- * uc_vector; params sampler (euler | euler_a | heun | dpmpp_2m), steps, guidance_scale and
+ * uc_vector; params sampler (euler | euler_a | heun | dpmpp_2m), steps, guidance_scale, spacing
+ * ("trailing": diffusers' trailing schedule as SDXL-Turbo runs it, k-diffusion noise levels) and
  * optionally refiner {weights, config, refiner_start} with the refiner's conditioning in rc_* /
  * ruc_*: the base runs ldm_sdxl_base_steps, the refiner the rest from where it stopped
  * (ldm_sampler_begin_at) and decodes. Outputs step_x [steps,B,C,H,W], samples, image. */
@@ -739,6 +740,10 @@ static ldm_status op_sampler_sgm(runner *r, const lj_value *call)
               : !strcmp(kind, "dpmpp_2m") ? LDM_SAMPLER_DPMPP_2M : LDM_SAMPLER_EULER;
     sp.steps = (int)lj_number(lj_get(params, "steps"), 50);
     sp.discretization = LDM_DISCRETIZATION_SGM;
+    if (!strcmp(lj_string(lj_get(params, "spacing"), "default"), "trailing")) { /* SDXL-Turbo: diffusers' */
+        sp.spacing = LDM_SPACING_TRAILING;
+        sp.discretization = LDM_DISCRETIZATION_KDIFFUSION;
+    }
     float scale = (float)lj_number(lj_get(params, "guidance_scale"), 5.0);
     const ldm_tensor *x_T = input(r, in, "x_T");
     if (!x_T) return ldm_fail(LDM_ERR_NOT_FOUND, "sampler.sgm: x_T missing");

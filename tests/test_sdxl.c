@@ -609,6 +609,55 @@ START_TEST(test_weighted_long_prompt_composition)
 }
 END_TEST
 
+/* SDXL-Turbo's settings (trailing spacing, Euler ancestral, 1 step, guidance off): ldm_generate
+ * runs diffusers' trailing schedule (k-diffusion noise levels, x_T * sigma_max; the numbers are
+ * the sdxl_turbo_tiny golden's) = the public calls with that sampler; sgm's discretization does
+ * not take trailing spacing. */
+START_TEST(test_turbo_generate_matches_public_calls)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+    const int B = 1, H = 8, W = 8;
+    for (int steps = 1; steps <= 2; steps++) {
+        ldm_tensor *x_T = noise(B, H, W), *img = NULL, *ref = NULL;
+        ldm_generate_params gp, r;
+        ldm_generate_params_init(&gp);
+        gp.prompt = "a cinematic shot of a baby racoon wearing an intricate italian priest robe";
+        gp.width = W, gp.height = H, gp.steps = steps, gp.x_T = x_T, gp.seed = 3;
+        gp.sampler = LDM_SAMPLER_EULER_ANCESTRAL, gp.timestep_spacing = LDM_SPACING_TRAILING;
+        gp.guidance_scale = 1.0f;
+        ck_assert_msg(ldm_generate_params_resolve(m, &gp, &r) == LDM_OK, "%s", ldm_last_error());
+        ck_assert_int_eq(r.timestep_spacing, LDM_SPACING_TRAILING);
+        ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+        cond4 c = manual_cond(m, gp.prompt, B, H, W, 0);
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = LDM_SAMPLER_EULER_ANCESTRAL, sp.steps = steps, sp.seed = 3;
+        sp.spacing = LDM_SPACING_TRAILING, sp.discretization = LDM_DISCRETIZATION_KDIFFUSION;
+        ldm_sampler *s = NULL;
+        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+        ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+        run_steps(m, s, &c, 1.0f, steps);
+        ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
+        double d = max_diff(img, ref);
+        ck_assert_msg(d < 1e-6, "turbo ldm_generate differs from the public calls by %g", d);
+        ldm_sampler_free(s);
+        cond_free(&c);
+        ldm_tensor_free(img);
+        ldm_tensor_free(ref);
+        ldm_tensor_free(x_T);
+    }
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = LDM_SAMPLER_EULER_ANCESTRAL, sp.steps = 1;
+    sp.spacing = LDM_SPACING_TRAILING, sp.discretization = LDM_DISCRETIZATION_SGM;
+    ldm_sampler *s = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_ERR_INVALID_ARGUMENT);
+    padded_free(m, &pd);
+}
+END_TEST
+
 Suite *sdxl_suite(void)
 {
     Suite *s = suite_create("sdxl");
@@ -623,6 +672,7 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_refiner_handoff_matches_public_calls);
     tcase_add_test(tc, test_plain_prompt_bit_identical);
     tcase_add_test(tc, test_weighted_long_prompt_composition);
+    tcase_add_test(tc, test_turbo_generate_matches_public_calls);
     suite_add_tcase(s, tc);
     return s;
 }

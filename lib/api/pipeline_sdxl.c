@@ -8,6 +8,8 @@
  *                 refiner-style model encodes the negative prompt ("" by default) with the
  *                 negative aesthetic score (the demo's legacy branch);
  *   sampling      sgm's samplers over LegacyDDPMDiscretization (LDM_DISCRETIZATION_SGM), VanillaCFG;
+ *                 with trailing spacing (SDXL-Turbo) diffusers' EulerAncestral/Euler "trailing"
+ *                 schedule instead (docs/few-step.md), which the model card runs;
  *   refiner       the demo's finish-denoising hand-off: the base runs ldm_sdxl_base_steps of the
  *                 schedule, the refiner the rest from the base's latent (ldm_sampler_begin_at),
  *                 conditioned on the output size, crop (0, 0) and the aesthetic scores, and decodes;
@@ -47,11 +49,9 @@ ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ld
                         "samplers); sampler %d is not one of them",
                         m->path, (int)p->sampler);
     if (p->steps == 0) p->steps = 50; /* steps 0: the sampler's default (the k-samplers': 50) */
-    if (p->timestep_spacing != LDM_SPACING_DEFAULT)
-        return ldm_fail(LDM_ERR_UNSUPPORTED,
-                        "%s: SDXL: trailing timestep spacing is not implemented for sgm's "
-                        "discretization",
-                        m->path);
+    if (p->timestep_spacing != LDM_SPACING_DEFAULT && p->timestep_spacing != LDM_SPACING_TRAILING)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timestep_spacing %d is not DEFAULT or TRAILING",
+                        (int)p->timestep_spacing);
     if (p->guidance_scale == 0.0f) p->guidance_scale = 5.0f; /* the demo's cfg-scale default */
     if (!isfinite(p->guidance_scale) || !isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: guidance and aesthetic scores must be numbers");
@@ -153,7 +153,12 @@ static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_s
     sp.kind = p->sampler;
     sp.steps = p->steps;
     sp.seed = p->seed;
-    sp.discretization = LDM_DISCRETIZATION_SGM;
+    /* trailing spacing: diffusers' scheduler as SDXL-Turbo runs it (EulerAncestralDiscreteScheduler,
+     * timestep_spacing "trailing"): k-diffusion's noise levels at the trailing integer timesteps and
+     * x_T * sigma_max; sgm has no trailing spacing */
+    sp.spacing = p->timestep_spacing;
+    sp.discretization =
+        p->timestep_spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
     return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
                              out);
 }

@@ -99,6 +99,10 @@ static ldm_status check_params(const ldm_sampler_params *p, int T)
                         "sampler: trailing timestep spacing applies to euler, euler_a, heun and dpmpp_2m only");
     if (p->discretization != LDM_DISCRETIZATION_KDIFFUSION && p->discretization != LDM_DISCRETIZATION_SGM)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: unknown discretization %d", p->discretization);
+    if (p->discretization == LDM_DISCRETIZATION_SGM && p->spacing == LDM_SPACING_TRAILING)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "sampler: trailing timestep spacing is diffusers' schedule: it "
+                        "goes with LDM_DISCRETIZATION_KDIFFUSION (sgm has no trailing spacing)");
     if (p->discretization == LDM_DISCRETIZATION_SGM &&
         !(p->kind == LDM_SAMPLER_EULER || p->kind == LDM_SAMPLER_EULER_ANCESTRAL || p->kind == LDM_SAMPLER_HEUN ||
           p->kind == LDM_SAMPLER_DPMPP_2M))
