@@ -70,7 +70,7 @@ static const struct {
           "                          \"trailing\": 999, 749, 499, 249 for 4 steps; SD-Turbo / SDXL-Turbo)\n"
           "  --turbo                 SD-Turbo / SDXL-Turbo settings (the weights cannot tell): --sampler euler_a\n"
           "                          --spacing trailing --steps 1 --cfg-scale 1 unless given (1 to 4 steps);\n"
-          "                          on an SDXL model also 512 x 512 unless --width / --height are given\n"
+          "                          on an SDXL model also 512 for a width or height not given (512 x 512)\n"
           "  --lcm-original-steps N  lcm: the distillation's schedule, 1 .. 10000 (default 50)\n"},
     {RUN, "  --steps N               sampler steps, 1 .. 10000 (default 50); with T the model's training timesteps\n"
           "                          (1000 for the CompVis and SD models):\n"
