@@ -132,6 +132,19 @@ class SdxlGenerateTest(unittest.TestCase):
     def model(self, name):
         return load(name, vocab=VOCAB, path=os.path.join(self.tmp.name, name + ".safetensors"))
 
+    def test_prompt_syntax(self):
+        with self.model("model") as m:
+            cond = m.conditioner()
+            plain = cond.encode_sdxl("a red bicycle", original_width=64, original_height=64)
+            same = cond.encode_sdxl("a red bicycle", original_width=64, original_height=64, prompt_syntax=True)
+            for a, b in zip(plain, same):
+                self.assertEqual(flat_values(a), flat_values(b))  # no syntax, one chunk: byte for byte
+            ca, vec = cond.encode_sdxl(["a (red:1.5) bicycle", "x " * 80], prompt_syntax=True)
+            self.assertEqual(tuple(ca.shape)[:2], (2, 154))  # the long prompt's two chunks for both
+            self.assertNotEqual(flat_values(ca)[:77 * 128], flat_values(plain[0]))
+            flat, _ = cond.encode_sdxl("a (red:1.5) bicycle", prompt_syntax=True, emphasis=False)
+            self.assertEqual(tuple(flat.shape), (1, 77, 128))
+
     def test_generate_fields_and_refiner(self):
         prompt, steps, start, scale = "a red bicycle", 8, 0.6, 4.0
         size = dict(original_width=96, original_height=80, crop_left=2, crop_top=6, target_width=64,
