@@ -240,7 +240,8 @@ LDM_API ldm_status ldm_autoencoder_decode_unquantized(ldm_autoencoder *ae, const
 /* ---------------------------------------------------------------- UNet */
 
 /* eps (or v) = UNet(x [B,C,H,W], timesteps [B] I64, context [B,T,D] or NULL,
- * class labels y [B] I64 or NULL for num_classes models). */
+ * class labels y [B] I64 or NULL for num_classes models; SDXL (adm_in_channels): the vector
+ * conditioning y [B, adm_in_channels] F32). */
 LDM_API ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x,
                                     const ldm_tensor *timesteps, const ldm_tensor *context,
                                     const ldm_tensor *y, ldm_tensor **out);
@@ -255,7 +256,8 @@ typedef enum ldm_conditioner_kind {
     LDM_COND_BERT = 4,             /* LDM BERTEmbedder (text2img, layout2img) */
     LDM_COND_SPATIAL_RESCALER = 5, /* semantic maps */
     LDM_COND_FIRST_STAGE = 6,      /* the first stage encodes the condition (inpainting) */
-    LDM_COND_IDENTITY = 7          /* the condition is used as is (super-resolution) */
+    LDM_COND_IDENTITY = 7,         /* the condition is used as is (super-resolution) */
+    LDM_COND_SDXL = 8              /* SDXL GeneralConditioner: ldm_conditioner_encode_sdxl */
 } ldm_conditioner_kind;
 
 LDM_API ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond);
@@ -373,6 +375,8 @@ typedef struct ldm_sampler_params {
     uint64_t seed;         /* seed of the default noise (ldm_randn); default 0 */
     ldm_timestep_spacing spacing; /* k-samplers only; default LDM_SPACING_DEFAULT */
     int lcm_original_steps;       /* LCM: original_inference_steps of the distillation, default 50 */
+    int discretization;    /* k-samplers' noise levels: LDM_DISCRETIZATION_KDIFFUSION (0, default) or
+                              LDM_DISCRETIZATION_SGM (SDXL's, see the SDXL section at the end) */
 } ldm_sampler_params;
 
 LDM_API void ldm_sampler_params_init(ldm_sampler_params *p);
@@ -552,6 +556,17 @@ typedef struct ldm_generate_params {
     void *preview_user_data;
     int preview_every;            /* steps between previews; 0: 1 (every step) */
     int preview_kind;             /* ldm_preview_kind, default LDM_PREVIEW_AUTO */
+    /* SDXL (sgm) models, see the SDXL section at the end of this header: */
+    int original_width, original_height; /* size conditioning; 0 (default): the output size */
+    int crop_left, crop_top;              /* crop_coords_top_left, default 0 */
+    int target_width, target_height;      /* 0 (default): the output size */
+    float aesthetic_score;                /* refiner models: default 6.0 */
+    float negative_aesthetic_score;       /* refiner models' unconditional branch: default 2.5 */
+    ldm_model *refiner;                   /* an SDXL refiner that finishes the run; NULL: none. It
+                                             is used by this call: no other thread may use it
+                                             meanwhile (one thread at a time per model) */
+    double refiner_start;                 /* fraction of the schedule the base runs (default 0.8;
+                                             ldm_sdxl_base_steps) */
 } ldm_generate_params;
 
 /* The unconditional class of a class-conditional model (ldm_generate_params.uncond_class).
@@ -953,6 +968,79 @@ typedef int (*ldm_preview_callback)(int step, int total_steps, const ldm_tensor 
  * text encoder; ucg_training (or cond_drop_rate) replaces that share of captions with "".
  * The LoRA rank in effect (0: the run trains the model itself; -1 for NULL). */
 LDM_API int ldm_trainer_lora_rank(const ldm_trainer *trainer);
+
+/* ---------------------------------------------------------------- SDXL (issue #14) */
+
+/* Stable Diffusion XL base 1.0 / refiner 1.0 from the original release layout (Stability-AI
+ * generative-models: conditioner.embedders.N.*, model.diffusion_model.*, first_stage_model.*;
+ * configs/inference/sd_xl_base.yaml, sd_xl_refiner.yaml, or detected from the weights).
+ * docs/models.md describes what is implemented and checked. */
+
+/* ldm_sampler_params.discretization. KDIFFUSION: k-diffusion's sigmas (interpolated fractional
+ * timesteps, x_T * sigma_max). SGM: sgm's LegacyDDPMDiscretization + DiscreteDenoiser, what SDXL
+ * samples with: the table sigmas of the integer timesteps linspace(T-1, 0, steps, endpoint=False)
+ * truncated, the model evaluated at the integer index of each sigma, x_T * sqrt(1 + sigma_max^2).
+ * Euler, Euler ancestral, Heun and DPM++ 2M only (sgm's EulerEDM / EulerAncestral / HeunEDM /
+ * DPMPP2M samplers with their defaults), default spacing only: trailing spacing is diffusers'
+ * schedule and goes with KDIFFUSION (ldm_generate on an SDXL model with
+ * timestep_spacing TRAILING samples that way: SDXL-Turbo, docs/few-step.md). */
+#define LDM_DISCRETIZATION_KDIFFUSION 0
+#define LDM_DISCRETIZATION_SGM 1
+
+/* The inputs of an SDXL conditioner (sgm GeneralConditioner): text for the text encoders, the
+ * numbers of the size/crop/aesthetic embedders. */
+typedef struct ldm_sdxl_cond_params {
+    size_t struct_size;                /* set by ldm_sdxl_cond_params_init() */
+    const char *const *prompts;        /* n_prompts prompts, tokenised for each text encoder */
+    int n_prompts;
+    const ldm_tensor *const *tokens;   /* instead of prompts: I64 [B,T] ids per text encoder */
+    int n_tokens;
+    int zero_text;                     /* the text encoders' outputs are zeros (sgm's
+                                          force_zero_embeddings ["txt"]: SDXL base's unconditional
+                                          branch) */
+    double original_height, original_width; /* original_size_as_tuple */
+    double crop_top, crop_left;             /* crop_coords_top_left */
+    double target_height, target_width;     /* target_size_as_tuple */
+    double aesthetic_score;                 /* refiner; default 6.0 */
+    int prompt_syntax;                      /* 0 (default): prompts are plain text cut at 75 tokens (as
+                                               ldm_conditioner_encode_text); 1: webui's syntax and long
+                                               prompts on every text encoder (as
+                                               ldm_conditioner_encode_prompt: all prompts of the call get
+                                               the same chunk count; the pooled vector is the first
+                                               chunk's; docs/prompts.md) */
+    unsigned prompt_flags;                  /* with prompt_syntax: LDM_PROMPT_* */
+} ldm_sdxl_cond_params;
+
+LDM_API void ldm_sdxl_cond_params_init_size(ldm_sdxl_cond_params *params, size_t struct_size);
+#define ldm_sdxl_cond_params_init(params) ldm_sdxl_cond_params_init_size((params), sizeof *(params))
+
+/* crossattn [B,T,context_dim] (the text encoders' hidden states side by side) and vector
+ * [B,adm_in_channels] (pooled text embedding and the size embeddings), as the UNet takes them
+ * (ldm_unet_forward context and y). LDM_ERR_UNSUPPORTED on a model that is not SDXL. */
+LDM_API ldm_status ldm_conditioner_encode_sdxl(ldm_conditioner *cond, const ldm_sdxl_cond_params *params,
+                                               ldm_tensor **crossattn, ldm_tensor **vector);
+
+/* The UNet output (eps, or v) of an SDXL model for x [B,C,h,w] at timesteps [B] (I64 or F32)
+ * with crossattn / vector from ldm_conditioner_encode_sdxl; with uncond_* given and scale != 1
+ * one batched call on [uncond; cond] guided as u + scale (c - u) (sgm's VanillaCFG combines the
+ * denoised estimates, which is the same affine combination). */
+LDM_API ldm_status ldm_model_apply_sdxl(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                        const ldm_tensor *crossattn, const ldm_tensor *vector,
+                                        const ldm_tensor *uncond_crossattn, const ldm_tensor *uncond_vector,
+                                        float scale, ldm_tensor **out);
+
+/* Starts a run at step `first_step` (0 <= first_step < total steps) from x, a sample already at
+ * that step's noise level (another sampler's ldm_sampler_current after first_step steps of the
+ * same schedule: the SDXL base -> refiner hand-off). Multistep histories start empty. With the
+ * SGM discretization x makes sgm's round trip x / sqrt(1 + sigma^2) * sqrt(1 + sigma^2) (the
+ * refiner demo's do_img2img without added noise). */
+LDM_API ldm_status ldm_sampler_begin_at(ldm_sampler *s, const ldm_tensor *x, int first_step);
+
+/* The base steps of an SDXL base -> refiner run of `steps` steps in which the refiner takes over
+ * at fraction `refiner_start` of the schedule, by sgm's demo rule (Txt2NoisyDiscretizationWrapper
+ * and Img2ImgDiscretizationWrapper with strength 1 - refiner_start over the same steps):
+ * steps - max(min(int((1 - refiner_start) * (steps + 1)) - 1, steps), 0). */
+LDM_API int ldm_sdxl_base_steps(int steps, double refiner_start);
 
 #ifdef __cplusplus
 }

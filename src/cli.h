@@ -27,6 +27,8 @@ typedef struct cli_options {
     const char *loras[16];          /* --lora FILE[:WEIGHT], merged in this order */
     int n_loras;
     int plain_prompt; /* --plain-prompt: no webui syntax, 75 tokens (docs/prompts.md) */
+    const char *refiner, *refiner_config; /* SDXL refiner checkpoint and its config */
+    float refiner_start;                  /* fraction of the steps the base runs (default 0.8) */
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help

@@ -64,11 +64,13 @@ static const struct {
     {I2I | INP, "  --strength F            fraction of the schedule re-run, 0.001 .. 1 (default 0.75 for img2img; 1 for\n"
                 "                          inpaint: the masked part from pure noise; inpainting models ignore it)\n"},
     {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras,\n"
-          "                          lcm (Latent Consistency Models and LCM-LoRA; docs/few-step.md)\n"},
+          "                          lcm (Latent Consistency Models and LCM-LoRA; docs/few-step.md)\n"
+          "                          (SDXL: euler, euler_a, heun, dpmpp_2m over sgm's noise levels; ddim runs euler)\n"},
     {RUN, "  --spacing NAME          euler, euler_a, heun, dpmpp_2m: default (k-diffusion) or trailing (diffusers'\n"
           "                          \"trailing\": 999, 749, 499, 249 for 4 steps; SD-Turbo / SDXL-Turbo)\n"
           "  --turbo                 SD-Turbo / SDXL-Turbo settings (the weights cannot tell): --sampler euler_a\n"
-          "                          --spacing trailing --steps 1 --cfg-scale 1 unless given (1 to 4 steps)\n"
+          "                          --spacing trailing --steps 1 --cfg-scale 1 unless given (1 to 4 steps);\n"
+          "                          on an SDXL model also 512 for a width or height not given (512 x 512)\n"
           "  --lcm-original-steps N  lcm: the distillation's schedule, 1 .. 10000 (default 50)\n"},
     {RUN, "  --steps N               sampler steps, 1 .. 10000 (default 50); with T the model's training timesteps\n"
           "                          (1000 for the CompVis and SD models):\n"
@@ -89,6 +91,10 @@ static const struct {
           "                          guidance embedding, which runs no unconditional branch)\n"},
     {RUN, "  --eta F                 DDIM noise, 0 .. 10 (default 0; plms needs 0)\n"},
     {RUN, "  --seed N                0 .. 18446744073709551615 (default: random, printed); recorded in the PNG\n"},
+    {GEN, "  --refiner FILE          SDXL: a refiner checkpoint that finishes the run (sd_xl_refiner_1.0); its config\n"
+          "                          from --refiner-config, else found beside it like --config\n"
+          "  --refiner-start F       SDXL: fraction of the steps the base runs before the refiner, 0 .. 1\n"
+          "                          (default 0.8; sgm demo rule, ldm_sdxl_base_steps)\n"},
     {RUN, "  --batch N               images, 1 .. 64 (default 1); image k is generated on its own with seed N+k\n"
           "                          (wrapping past the largest seed), so any one is re-made alone with the\n"
           "                          seed recorded in its PNG\n"},

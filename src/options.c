@@ -168,6 +168,7 @@ static void defaults(cli_options *o)
     o->output = "out.png";
     o->layout_classes = 300;
     o->preview_every = 1;
+    o->refiner_start = 0.8f;
 }
 
 static const struct {
@@ -193,12 +194,14 @@ static const struct {
     {"--taesd-encoder", offsetof(cli_options, taesd_encoder)},
     {"--vae", offsetof(cli_options, vae)},
     {"--preview", offsetof(cli_options, preview)},
+    {"--refiner", offsetof(cli_options, refiner)},
+    {"--refiner-config", offsetof(cli_options, refiner_config)},
 };
 
 static const char *const parsed_options[] = {
     "--class",     "--uncond-class", "--steps", "--width",    "--height", "--batch",     "--threads", "--vae-tile",
     "--layout-classes", "--cfg-scale", "--eta", "--strength", "--seed",   "--max-memory", "--lcm-original-steps",
-    "--lora", "--preview-every"};
+    "--lora", "--preview-every", "--refiner-start"};
 
 /* The options whose value is a number (or a keyword); returns 0 handled, 1 not one of them,
  * 2 a bad value. */
@@ -226,6 +229,7 @@ static int parsed_option(cli_options *o, const char *opt, const char *v)
     if (!strcmp(opt, "--eta")) return parse_float(opt, v, 0.0f, 10.0f, &o->eta);
     if (!strcmp(opt, "--max-memory")) return parse_size(opt, v, &o->max_memory);
     if (!strcmp(opt, "--lcm-original-steps")) return parse_int(opt, v, 1, 10000, &o->lcm_original_steps);
+    if (!strcmp(opt, "--refiner-start")) return parse_float(opt, v, 0.0f, 1.0f, &o->refiner_start);
     if (!strcmp(opt, "--strength")) {
         o->strength_given = 1;
         return parse_float(opt, v, 0.001f, 1.0f, &o->strength);

@@ -426,9 +426,28 @@ static int run_images(const cli_options *o, ldm_model *m, ldm_generate_params *p
     return rc;
 }
 
+/* --refiner: the SDXL refiner, loaded like the model (its own config). */
+static ldm_status load_refiner(const cli_options *o, ldm_model **r)
+{
+    cli_options ro = *o;
+    ro.model = o->refiner;
+    ro.config = o->refiner_config;
+    return load_model(&ro, r);
+}
+
+/* --turbo on an SDXL model: SDXL-Turbo's 512 x 512 (its model card; the weights cannot tell it from
+ * SDXL base, whose default is 1024) where no size was given. */
+static void sdxl_turbo_size(const cli_options *o, ldm_model *m, ldm_generate_params *p)
+{
+    ldm_conditioner *c = NULL;
+    if (!o->turbo || ldm_model_conditioner(m, &c) != LDM_OK || ldm_conditioner_get_kind(c) != LDM_COND_SDXL) return;
+    if (p->width == 0) p->width = 512;
+    if (p->height == 0) p->height = 512;
+}
+
 static int run_generate(cli_options *o)
 {
-    ldm_model *m = NULL;
+    ldm_model *m = NULL, *refiner = NULL;
     ldm_tensor *owned[4] = {0};
     ldm_generate_params p;
     cli_progress bar;
@@ -442,12 +461,20 @@ static int run_generate(cli_options *o)
         else if ((o->taesd && ldm_model_set_tiny_autoencoder(m, o->taesd) != LDM_OK) ||
                  (o->taesd_encoder && ldm_model_set_tiny_autoencoder(m, o->taesd_encoder) != LDM_OK))
             fail(o->taesd_encoder ? o->taesd_encoder : o->taesd);
+        else if (o->refiner && load_refiner(o, &refiner) != LDM_OK)
+            fail(o->refiner);
         else {
             report_config(o, m, stderr, "ldm: ");
+            sdxl_turbo_size(o, m, &p);
+            p.refiner = refiner;
+            char dec[32]; /* the decimal the user wrote, not the float nearest to it */
+            snprintf(dec, sizeof dec, "%.6g", (double)o->refiner_start);
+            p.refiner_start = strtod(dec, NULL);
             rc = run_images(o, m, &p);
         }
     }
     for (int i = 0; i < 4; i++) ldm_tensor_free(owned[i]);
+    ldm_model_free(refiner);
     ldm_model_free(m);
     return rc;
 }

@@ -654,6 +654,161 @@ static ldm_status op_lora_remove_last(runner *r, const lj_value *call)
     return ldm_model_lora_remove(r->model, info.id);
 }
 
+/* A second model of the fixture ({weights, config} relative to the fixture directory). */
+static ldm_status load_other(runner *r, const lj_value *spec, ldm_model **out)
+{
+    char w[4096], c[4096];
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    snprintf(w, sizeof w, "%s/%s", r->dir, lj_string(lj_get(spec, "weights"), "refiner.safetensors"));
+    snprintf(c, sizeof c, "%s/%s", r->dir, lj_string(lj_get(spec, "config"), "refiner.yaml"));
+    mp.config_path = c;
+    mp.n_threads = fx_threads();
+    return ldm_model_load(w, &mp, out);
+}
+
+static ldm_status cond_sdxl(runner *r, ldm_model *m, const lj_value *call);
+
+/* SDXL conditioner (sgm GeneralConditioner): inputs tokens0, tokens1, ... (one per text encoder);
+ * params original_size [h,w], crop [top,left], target_size [h,w], aesthetic_score, zero_text and
+ * optionally model {weights, config} (another model of the fixture, e.g. the refiner). */
+static ldm_status op_cond_sdxl(runner *r, const lj_value *call)
+{
+    const lj_value *other = lj_get(lj_get(call, "params"), "model");
+    ldm_model *m = NULL;
+    LDM_TRY(need_model(r));
+    if (!other) return cond_sdxl(r, r->model, call);
+    LDM_TRY(load_other(r, other, &m));
+    ldm_status st = cond_sdxl(r, m, call);
+    ldm_model_free(m);
+    return st;
+}
+
+static ldm_status cond_sdxl(runner *r, ldm_model *m, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs"), *params = lj_get(call, "params");
+    ldm_conditioner *cond;
+    ldm_sdxl_cond_params p;
+    const ldm_tensor *tokens[8];
+    char name[32];
+    ldm_sdxl_cond_params_init(&p);
+    LDM_TRY(ldm_model_conditioner(m, &cond));
+    for (p.n_tokens = 0; p.n_tokens < 8; p.n_tokens++) {
+        snprintf(name, sizeof name, "tokens%d", p.n_tokens);
+        if (!(tokens[p.n_tokens] = input(r, in, name))) break;
+    }
+    p.tokens = tokens;
+    const lj_value *v;
+    if ((v = lj_get(params, "original_size")) && v->count == 2)
+        p.original_height = lj_number(v->items[0], 0), p.original_width = lj_number(v->items[1], 0);
+    if ((v = lj_get(params, "crop")) && v->count == 2)
+        p.crop_top = lj_number(v->items[0], 0), p.crop_left = lj_number(v->items[1], 0);
+    if ((v = lj_get(params, "target_size")) && v->count == 2)
+        p.target_height = lj_number(v->items[0], 0), p.target_width = lj_number(v->items[1], 0);
+    p.aesthetic_score = lj_number(lj_get(params, "aesthetic_score"), p.aesthetic_score);
+    p.zero_text = (int)lj_number(lj_get(params, "zero_text"), 0);
+    ldm_tensor *ca = NULL, *vec = NULL;
+    LDM_TRY(ldm_conditioner_encode_sdxl(cond, &p, &ca, &vec));
+    emit(r, lj_get(call, "outputs"), "crossattn", ca);
+    emit(r, lj_get(call, "outputs"), "vector", vec);
+    return LDM_OK;
+}
+
+/* Runs one model's share of an SDXL sampling run (steps first..last) with its conditioning
+ * tensors named prefix+"crossattn"/"vector" and "u"+prefix+..., appending x after each step. */
+static ldm_status sgm_run(runner *r, ldm_model *m, ldm_sampler *s, const lj_value *in, const char *prefix,
+                          float scale, int last, ldm_tensor *steps_x, int *row)
+{
+    char n[4][48];
+    snprintf(n[0], sizeof n[0], "%scrossattn", prefix);
+    snprintf(n[1], sizeof n[1], "%svector", prefix);
+    snprintf(n[2], sizeof n[2], "u%scrossattn", prefix);
+    snprintf(n[3], sizeof n[3], "u%svector", prefix);
+    const ldm_tensor *ca = input(r, in, n[0]), *vec = input(r, in, n[1]);
+    const ldm_tensor *uca = input(r, in, n[2]), *uvec = input(r, in, n[3]);
+    const ldm_tensor *xin;
+    double t;
+    while (ldm_sampler_steps_done(s) < last && ldm_sampler_next(s, &xin, &t) == 1) {
+        ldm_tensor *tt = NULL, *out = NULL;
+        int64_t B = xin->shape[0];
+        LDM_TRY(ldm_tensor_create(LDM_F32, 1, &B, &tt));
+        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+        ldm_status st = ldm_model_apply_sdxl(m, xin, tt, ca, vec, uca, uvec, scale, &out);
+        ldm_tensor_free(tt);
+        int before = ldm_sampler_steps_done(s);
+        if (st == LDM_OK) st = ldm_sampler_give(s, out);
+        ldm_tensor_free(out);
+        LDM_TRY(st);
+        if (ldm_sampler_steps_done(s) > before) {
+            const ldm_tensor *x = ldm_sampler_current(s);
+            size_t n_x = (size_t)lt_numel(x);
+            memcpy(lt_f32(steps_x) + (size_t)(*row)++ * n_x, lt_f32(x), n_x * sizeof(float));
+        }
+    }
+    return LDM_OK;
+}
+
+/* SDXL sampling with sgm's discretization: inputs x_T, c_crossattn, c_vector, uc_crossattn,
+ * uc_vector; params sampler (euler | euler_a | heun | dpmpp_2m), steps, guidance_scale, spacing
+ * ("trailing": diffusers' trailing schedule as SDXL-Turbo runs it, k-diffusion noise levels) and
+ * optionally refiner {weights, config, refiner_start} with the refiner's conditioning in rc_* /
+ * ruc_*: the base runs ldm_sdxl_base_steps, the refiner the rest from where it stopped
+ * (ldm_sampler_begin_at) and decodes. Outputs step_x [steps,B,C,H,W], samples, image. */
+static ldm_status op_sampler_sgm(runner *r, const lj_value *call)
+{
+    const lj_value *in = lj_get(call, "inputs"), *params = lj_get(call, "params");
+    const lj_value *ref = lj_get(params, "refiner");
+    const char *kind = lj_string(lj_get(params, "sampler"), "euler");
+    LDM_TRY(need_model(r));
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = !strcmp(kind, "euler_a") ? LDM_SAMPLER_EULER_ANCESTRAL : !strcmp(kind, "heun") ? LDM_SAMPLER_HEUN
+              : !strcmp(kind, "dpmpp_2m") ? LDM_SAMPLER_DPMPP_2M : LDM_SAMPLER_EULER;
+    sp.steps = (int)lj_number(lj_get(params, "steps"), 50);
+    sp.discretization = LDM_DISCRETIZATION_SGM;
+    if (!strcmp(lj_string(lj_get(params, "spacing"), "default"), "trailing")) { /* SDXL-Turbo: diffusers' */
+        sp.spacing = LDM_SPACING_TRAILING;
+        sp.discretization = LDM_DISCRETIZATION_KDIFFUSION;
+    }
+    float scale = (float)lj_number(lj_get(params, "guidance_scale"), 5.0);
+    const ldm_tensor *x_T = input(r, in, "x_T");
+    if (!x_T) return ldm_fail(LDM_ERR_NOT_FOUND, "sampler.sgm: x_T missing");
+    ldm_model *rm = NULL;
+    ldm_sampler *s = NULL, *s2 = NULL;
+    ldm_tensor *steps_x = NULL, *image = NULL;
+    int row = 0, base_steps = sp.steps;
+    int64_t shape[5] = {sp.steps, x_T->shape[0], x_T->shape[1], x_T->shape[2], x_T->shape[3]};
+    ldm_status st = ldm_tensor_create(LDM_F32, 5, shape, &steps_x);
+    if (st == LDM_OK && ref) {
+        base_steps = ldm_sdxl_base_steps(sp.steps, lj_number(lj_get(ref, "refiner_start"), 0.8));
+        st = load_other(r, ref, &rm);
+    }
+    if (st == LDM_OK) st = ldm_model_sampler(r->model, &sp, &s);
+    if (st == LDM_OK && input(r, in, "noise")) st = ldm_sampler_set_noise(s, input(r, in, "noise"));
+    if (st == LDM_OK) st = ldm_sampler_begin(s, x_T);
+    if (st == LDM_OK) st = sgm_run(r, r->model, s, in, "c_", scale, base_steps, steps_x, &row);
+    if (st == LDM_OK && rm && base_steps < sp.steps) {
+        st = ldm_model_sampler(rm, &sp, &s2);
+        if (st == LDM_OK) st = ldm_sampler_begin_at(s2, ldm_sampler_current(s), base_steps);
+        if (st == LDM_OK) st = sgm_run(r, rm, s2, in, "rc_", scale, sp.steps, steps_x, &row);
+    }
+    const ldm_tensor *z = s2 ? ldm_sampler_current(s2) : s ? ldm_sampler_current(s) : NULL;
+    if (st == LDM_OK) st = ldm_model_decode_latent(rm ? rm : r->model, z, &image);
+    if (st == LDM_OK) {
+        const lj_value *out = lj_get(call, "outputs");
+        emit(r, out, "step_x", steps_x);
+        emit(r, out, "samples", lt_clone(z));
+        emit(r, out, "image", image);
+        steps_x = image = NULL;
+    }
+    ldm_tensor_free(steps_x);
+    ldm_tensor_free(image);
+    ldm_sampler_free(s);
+    ldm_sampler_free(s2);
+    ldm_model_free(rm);
+    return st;
+}
+
 static const struct {
     const char *name;
     op_fn fn;
@@ -691,6 +846,8 @@ static const struct {
     {"lora.remove_last", op_lora_remove_last},
     {"taesd.encode", op_taesd_encode},
     {"taesd.decode", op_taesd_decode},
+    {"cond.sdxl", op_cond_sdxl},
+    {"sampler.sgm", op_sampler_sgm},
 };
 
 /* ---------------------------------------------------------------- fixture */

@@ -120,7 +120,7 @@ static int unet_forward(lua_State *L)
 static int cond_kind(lua_State *L)
 {
     static const char *const names[] = {"none", "class", "clip_text", "openclip_text", "bert",
-                                        "spatial_rescaler", "first_stage", "identity"};
+                                        "spatial_rescaler", "first_stage", "identity", "sdxl"};
     ldm_conditioner_kind k = ldm_conditioner_get_kind(check_component(L, 1, LB_CONDITIONER));
     lua_pushstring(L, (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "unknown");
     return 1;
@@ -180,6 +180,70 @@ static int cond_encode_prompt(lua_State *L)
     return 1;
 }
 
+/* cond:encode_sdxl{prompts = prompt or {prompts} | tokens = {ids per text encoder}, original_width
+ * =, original_height =, crop_left =, crop_top =, target_width =, target_height =, aesthetic_score
+ * =, zero_text =, prompt_syntax =, emphasis =, comma_backtrack =, normalize =} -> crossattn, vector
+ * (ldm_conditioner_encode_sdxl) */
+static int cond_encode_sdxl(lua_State *L)
+{
+    static const char *const known[] = {
+        "prompts",       "tokens",       "original_width",  "original_height", "crop_left",
+        "crop_top",      "target_width", "target_height",   "aesthetic_score", "zero_text",
+        "prompt_syntax", "emphasis",     "comma_backtrack", "normalize",       NULL};
+    lua_settop(L, 2);
+    int model;
+    ldm_conditioner *c = check_component_call(L, 1, LB_CONDITIONER, &model);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lb_check_options(L, 2, "encode_sdxl", known);
+    ldm_sdxl_cond_params p;
+    ldm_sdxl_cond_params_init(&p);
+    p.original_width = lb_opt_number(L, 2, "original_width", p.original_width);
+    p.original_height = lb_opt_number(L, 2, "original_height", p.original_height);
+    p.crop_left = lb_opt_number(L, 2, "crop_left", p.crop_left);
+    p.crop_top = lb_opt_number(L, 2, "crop_top", p.crop_top);
+    p.target_width = lb_opt_number(L, 2, "target_width", p.target_width);
+    p.target_height = lb_opt_number(L, 2, "target_height", p.target_height);
+    p.aesthetic_score = lb_opt_number(L, 2, "aesthetic_score", p.aesthetic_score);
+    /* booleans: zero_text, prompt_syntax (default false); emphasis, comma_backtrack, normalize
+     * (default true: false sets the LDM_PROMPT_NO_* flag) */
+    static const char *const flags[] = {"zero_text", "prompt_syntax", "emphasis", "comma_backtrack", "normalize"};
+    static const unsigned no_flag[] = {0, 0, LDM_PROMPT_NO_EMPHASIS, LDM_PROMPT_NO_COMMA_BACKTRACK,
+                                       LDM_PROMPT_NO_NORMALIZE};
+    for (int i = 0; i < 5; i++) {
+        lua_getfield(L, 2, flags[i]);
+        if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_error(L, "option '%s': expected a boolean", flags[i]);
+        int on = lua_toboolean(L, -1), given = lua_isboolean(L, -1);
+        lua_pop(L, 1);
+        if (i == 0)
+            p.zero_text = on;
+        else if (i == 1)
+            p.prompt_syntax = on;
+        else if (given && !on)
+            p.prompt_flags |= no_flag[i];
+    }
+    const ldm_tensor *tokens[8];
+    lua_getfield(L, 2, "tokens"); /* stays on the stack: it keeps the converted tensors alive */
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        int list = lua_gettop(L);
+        p.n_tokens = (int)luaL_len(L, list);
+        if (p.n_tokens < 1 || p.n_tokens > 8) luaL_error(L, "option 'tokens': 1 to 8 tensors, one per text encoder");
+        for (int i = 0; i < p.n_tokens; i++) {
+            lua_rawgeti(L, list, i + 1);
+            tokens[i] = lb_to_tensor(L, lua_gettop(L), LDM_I64, 0);
+        }
+        p.tokens = tokens;
+    } else {
+        lua_getfield(L, 2, "prompts");
+        if (lua_isnil(L, -1)) luaL_error(L, "encode_sdxl: give prompts or tokens");
+        p.prompts = lb_strings(L, lua_gettop(L), &p.n_prompts);
+    }
+    ldm_tensor **ca = lb_push_tensor_slot(L);
+    ldm_tensor **vec = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, model, ldm_conditioner_encode_sdxl(c, &p, ca, vec), "ldm_conditioner_encode_sdxl");
+    return 2;
+}
+
 void lb_components_register(lua_State *L)
 {
     static const luaL_Reg ae[] = {{"kind", ae_kind},     {"factor", ae_factor}, {"latent_channels", ae_latent_channels},
@@ -190,6 +254,7 @@ void lb_components_register(lua_State *L)
                                     {"encode_tokens", cond_encode_tokens},
                                     {"encode_text", cond_encode_text},
                                     {"encode_prompt", cond_encode_prompt},
+                                    {"encode_sdxl", cond_encode_sdxl},
                                     {"encode_labels", cond_encode_labels},
                                     {"encode_image", cond_encode_image},
                                     {NULL, NULL}};

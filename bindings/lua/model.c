@@ -230,6 +230,18 @@ void lb_call_end(lua_State *L, lb_call *c)
     }
 }
 
+/* lb_call_end without raising: the stack index of the callback's error value, 0 when none (for a
+ * second model busy in the same call, whose error is raised after the first call has ended). */
+static int call_end_quiet(lb_call *c)
+{
+    lb_model *u = c->u;
+    int error = u->error;
+    u->L = NULL;
+    u->self = 0;
+    u->error = 0;
+    return error;
+}
+
 /* m:set_abort_callback(fn | nil): fn() is polled between network blocks and sampler steps of every
  * call on the model; true stops the call (it raises "... cancelled"), an error raised by fn stops
  * it and is re-raised from it. The function is kept in the model's user value rather than the
@@ -317,12 +329,14 @@ static int opt_uncond_class(lua_State *L, int opts)
 
 static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
 {
-    static const char *const known[] = {"prompt",   "negative_prompt", "class_label", "width",      "height",
-                                        "batch",    "sampler",         "steps",       "eta",        "guidance_scale",
-                                        "seed",     "init_image",      "strength",    "mask",       "cond_image",
-                                        "layout_tokens", "vae_tile",   "progress",    "x_T",        "uncond_class",
-                                        "timestep_spacing", "lcm_original_steps", "plain_prompts",
-                                        "vae",      "preview",         "preview_every", "preview_kind", NULL};
+    static const char *const known[] = {
+        "prompt", "negative_prompt", "class_label", "width", "height", "batch", "sampler", "steps", "eta",
+        "guidance_scale", "seed", "init_image", "strength", "mask", "cond_image", "layout_tokens", "vae_tile",
+        "progress", "x_T", "uncond_class", "timestep_spacing", "lcm_original_steps", "plain_prompts",
+        "vae", "preview", "preview_every", "preview_kind",
+        /* SDXL */
+        "original_width", "original_height", "crop_left", "crop_top", "target_width", "target_height",
+        "aesthetic_score", "negative_aesthetic_score", "refiner", "refiner_start", NULL};
     static const char *const spacings[] = {"default", "trailing", NULL};
     static const char *const vaes[] = {"full", "tiny", NULL};
     static const char *const previews[] = {"auto", "tiny", "linear", "full", NULL};
@@ -352,11 +366,36 @@ static void generate_params(lua_State *L, int opts, ldm_generate_params *p)
     p->vae = lb_opt_choice(L, opts, "vae", "full", vaes);
     p->preview_every = lb_opt_int(L, opts, "preview_every", p->preview_every);
     p->preview_kind = lb_opt_choice(L, opts, "preview_kind", "auto", previews);
+    p->original_width = lb_opt_int(L, opts, "original_width", p->original_width);
+    p->original_height = lb_opt_int(L, opts, "original_height", p->original_height);
+    p->crop_left = lb_opt_int(L, opts, "crop_left", p->crop_left);
+    p->crop_top = lb_opt_int(L, opts, "crop_top", p->crop_top);
+    p->target_width = lb_opt_int(L, opts, "target_width", p->target_width);
+    p->target_height = lb_opt_int(L, opts, "target_height", p->target_height);
+    p->aesthetic_score = (float)lb_opt_number(L, opts, "aesthetic_score", p->aesthetic_score);
+    p->negative_aesthetic_score =
+        (float)lb_opt_number(L, opts, "negative_aesthetic_score", p->negative_aesthetic_score);
+    p->refiner_start = lb_opt_number(L, opts, "refiner_start", p->refiner_start);
     p->init_image = opt_tensor(L, opts, "init_image", LDM_F32);
     p->mask = opt_tensor(L, opts, "mask", LDM_F32);
     p->cond_image = opt_tensor(L, opts, "cond_image", LDM_F32);
     p->layout_tokens = opt_tensor(L, opts, "layout_tokens", LDM_I64);
     p->x_T = opt_tensor(L, opts, "x_T", LDM_F32);
+}
+
+/* opts.refiner (an SDXL refiner model, another than the one at model_idx): pushed on the stack
+ * and its handle put in p; returns its stack index, 0 when none. */
+static int opt_refiner(lua_State *L, int opts, int model_idx, ldm_generate_params *p)
+{
+    lua_getfield(L, opts, "refiner");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    int idx = lua_gettop(L);
+    if (lua_rawequal(L, idx, model_idx)) luaL_error(L, "option 'refiner': another model than the generating one");
+    p->refiner = lb_check_model(L, idx);
+    return idx;
 }
 
 /* m:generate{...} -> image tensor [B,3,H,W] in [-1,1] */
@@ -387,12 +426,15 @@ static int m_generate(lua_State *L)
         p.preview = on_preview;
         p.preview_user_data = &pctx;
     }
+    int refiner = opt_refiner(L, 2, 1, &p);
     ldm_tensor **image = lb_push_tensor_slot(L);
-    lb_call call;
+    lb_call call, rcall;
+    if (refiner) lb_call_begin(L, &rcall, refiner); /* the refiner is busy for the call too */
     lb_call_begin(L, &call, 1);
     ldm_status st = ldm_generate(m, &p, image);
     if (ctx.error_ref == LUA_NOREF && pctx.error_ref != LUA_NOREF) ctx.error_ref = pctx.error_ref;
     else if (pctx.error_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, pctx.error_ref);
+    int refiner_error = refiner ? call_end_quiet(&rcall) : 0;
     if (ctx.error_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, ctx.error_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, ctx.error_ref);
@@ -400,6 +442,10 @@ static int m_generate(lua_State *L)
     /* the abort callback's error value, else the progress callback's, else the status */
     lb_call_end(L, &call);
     if (ctx.error_ref != LUA_NOREF) return lua_error(L);
+    if (refiner_error) { /* the refiner's abort callback raised */
+        lua_pushvalue(L, refiner_error);
+        return lua_error(L);
+    }
     lb_check(L, st, "ldm_generate");
     return 1;
 }
@@ -419,8 +465,9 @@ static int m_resolve_generate_params(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     ldm_generate_params p, r;
     generate_params(L, 2, &p);
+    opt_refiner(L, 2, 1, &p);
     LB_MODEL_CALL(L, 1, ldm_generate_params_resolve(m, &p, &r), "ldm_generate_params_resolve");
-    lua_createtable(L, 0, 14);
+    lua_createtable(L, 0, 24);
     lua_pushstring(L, r.prompt ? r.prompt : "");
     lua_setfield(L, -2, "prompt");
     lua_pushstring(L, r.negative_prompt ? r.negative_prompt : "");
@@ -428,9 +475,19 @@ static int m_resolve_generate_params(lua_State *L)
     const struct {
         const char *name;
         int value;
-    } ints[] = {{"class_label", r.class_label}, {"width", r.width}, {"height", r.height},
-                {"batch", r.batch},             {"steps", r.steps}, {"vae_tile", r.vae_tile},
-                {"lcm_original_steps", r.lcm_original_steps}};
+    } ints[] = {{"class_label", r.class_label},
+                {"width", r.width},
+                {"height", r.height},
+                {"batch", r.batch},
+                {"steps", r.steps},
+                {"vae_tile", r.vae_tile},
+                {"lcm_original_steps", r.lcm_original_steps},
+                {"original_width", r.original_width},
+                {"original_height", r.original_height},
+                {"crop_left", r.crop_left},
+                {"crop_top", r.crop_top},
+                {"target_width", r.target_width},
+                {"target_height", r.target_height}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         lua_pushinteger(L, ints[i].value);
         lua_setfield(L, -2, ints[i].name);
@@ -443,6 +500,12 @@ static int m_resolve_generate_params(lua_State *L)
     lua_setfield(L, -2, "guidance_scale");
     lua_pushnumber(L, r.strength);
     lua_setfield(L, -2, "strength");
+    lua_pushnumber(L, r.aesthetic_score);
+    lua_setfield(L, -2, "aesthetic_score");
+    lua_pushnumber(L, r.negative_aesthetic_score);
+    lua_setfield(L, -2, "negative_aesthetic_score");
+    lua_pushnumber(L, r.refiner_start);
+    lua_setfield(L, -2, "refiner_start");
     if ((unsigned)r.sampler < sizeof samplers / sizeof samplers[0]) lua_pushstring(L, samplers[r.sampler]);
     else lua_pushinteger(L, r.sampler);
     lua_setfield(L, -2, "sampler");
@@ -505,6 +568,24 @@ static int m_apply_embedded_guidance(lua_State *L)
     ldm_tensor **out = lb_push_tensor_slot(L);
     LB_MODEL_CALL(L, 1, ldm_model_apply_embedded_guidance(m, x, t, cond, scale, out),
                   "ldm_model_apply_embedded_guidance");
+    return 1;
+}
+
+/* m:apply_sdxl(x, timesteps, crossattn, vector [, uncond_crossattn, uncond_vector, scale]): an
+ * SDXL model's UNet, guided when the uncond_* are given (ldm_model_apply_sdxl) */
+static int m_apply_sdxl(lua_State *L)
+{
+    lua_settop(L, 8);
+    ldm_model *m = lb_check_model(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    const ldm_tensor *t = lb_to_timesteps(L, 3, ldm_tensor_dim(x, 0));
+    const ldm_tensor *ca = lb_to_tensor(L, 4, LDM_F32, 0);
+    const ldm_tensor *vec = lb_to_tensor(L, 5, LDM_F32, 0);
+    const ldm_tensor *uca = lb_to_tensor(L, 6, LDM_F32, 1);
+    const ldm_tensor *uvec = lb_to_tensor(L, 7, LDM_F32, 1);
+    float scale = (float)luaL_optnumber(L, 8, 1.0);
+    ldm_tensor **out = lb_push_tensor_slot(L);
+    LB_MODEL_CALL(L, 1, ldm_model_apply_sdxl(m, x, t, ca, vec, uca, uvec, scale, out), "ldm_model_apply_sdxl");
     return 1;
 }
 
@@ -646,6 +727,7 @@ void lb_model_register(lua_State *L, int module)
                                        {"generate", m_generate},
                                        {"apply", m_apply},
                                        {"apply_guided", m_apply_guided},
+                                       {"apply_sdxl", m_apply_sdxl},
                                        {"apply_embedded_guidance", m_apply_embedded_guidance},
                                        {"guidance_embedding_dim", m_guidance_embedding_dim},
                                        {"decode_latent", m_decode_latent},

@@ -34,9 +34,11 @@ void lb_push_sampler(lua_State *L, ldm_sampler *s)
 
 void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p)
 {
-    static const char *const known[] = {"kind", "steps", "eta", "quad", "seed", "parameterization", "spacing",
-                                        "lcm_original_steps", NULL};
+    static const char *const known[] = {
+        "kind",           "steps", "eta", "quad", "seed", "parameterization", "spacing", "lcm_original_steps",
+        "discretization", NULL};
     static const char *const spacings[] = {"default", "trailing", NULL};
+    static const char *const discretizations[] = {"kdiffusion", "sgm", NULL}; /* LDM_DISCRETIZATION_* */
     ldm_sampler_params_init(p);
     if (lua_isnoneornil(L, opts)) return;
     luaL_checktype(L, opts, LUA_TTABLE);
@@ -51,6 +53,7 @@ void lb_sampler_params(lua_State *L, int opts, ldm_sampler_params *p)
     p->seed = lb_opt_u64(L, opts, "seed", p->seed);
     p->spacing = (ldm_timestep_spacing)lb_opt_choice(L, opts, "spacing", "default", spacings);
     p->lcm_original_steps = lb_opt_int(L, opts, "lcm_original_steps", p->lcm_original_steps);
+    p->discretization = lb_opt_choice(L, opts, "discretization", "kdiffusion", discretizations);
 }
 
 /* A caller-owned copy of a tensor the sampler keeps (valid only until its next call). */
@@ -104,6 +107,25 @@ static int s_begin(lua_State *L)
     ldm_sampler *s = check_sampler(L, 1);
     lb_check(L, ldm_sampler_begin(s, lb_to_tensor(L, 2, LDM_F32, 0)), "ldm_sampler_begin");
     return 0;
+}
+
+/* s:begin_at(x, first_step): a run from x at step first_step (SDXL base -> refiner hand-off) */
+static int s_begin_at(lua_State *L)
+{
+    lua_settop(L, 3);
+    ldm_sampler *s = check_sampler(L, 1);
+    const ldm_tensor *x = lb_to_tensor(L, 2, LDM_F32, 0);
+    int first = lb_arg_int(L, 3, "first_step", 0, 0);
+    lb_check(L, ldm_sampler_begin_at(s, x, first), "ldm_sampler_begin_at");
+    return 0;
+}
+
+/* ldm.sdxl_base_steps(steps, refiner_start) */
+static int l_sdxl_base_steps(lua_State *L)
+{
+    int steps = lb_arg_int(L, 1, "steps", 0, 0);
+    lua_pushinteger(L, ldm_sdxl_base_steps(steps, luaL_checknumber(L, 2)));
+    return 1;
 }
 
 static int s_set_noise(lua_State *L)
@@ -171,14 +193,19 @@ static int s_steps_done(lua_State *L)
 
 void lb_sampler_register(lua_State *L, int module)
 {
-    static const luaL_Reg methods[] = {{"begin", s_begin},       {"set_noise", s_set_noise},
-                                       {"next", s_next},         {"give", s_give},
-                                       {"current", s_current},   {"pred_x0", s_pred_x0},
+    static const luaL_Reg methods[] = {{"begin", s_begin},
+                                       {"begin_at", s_begin_at},
+                                       {"set_noise", s_set_noise},
+                                       {"next", s_next},
+                                       {"give", s_give},
+                                       {"current", s_current},
+                                       {"pred_x0", s_pred_x0},
                                        {"total_evaluations", s_total_evaluations},
                                        {"total_steps", s_total_steps},
                                        {"steps_done", s_steps_done},
-                                       {"close", s_gc},          {NULL, NULL}};
-    static const luaL_Reg functions[] = {{"sampler", l_sampler}, {NULL, NULL}};
+                                       {"close", s_gc},
+                                       {NULL, NULL}};
+    static const luaL_Reg functions[] = {{"sampler", l_sampler}, {"sdxl_base_steps", l_sdxl_base_steps}, {NULL, NULL}};
     lb_new_class(L, LB_SAMPLER, methods, s_gc);
     lb_set_functions(L, module, functions);
 }

@@ -930,6 +930,143 @@ test("previews: count, shape, cancel, errors", function()
     end)
 end)
 
+-- SDXL (docs/models.md): the repository's sdxl_base_tiny golden (official sgm code)
+local sdxl_dir = repo .. "/tests/fixtures/sdxl_base_tiny"
+local function sdxl_load(weights, config, vocab)
+    return ldm.load(weights, {config = sdxl_dir .. "/" .. config, vocab = vocab})
+end
+
+-- steps of s until `last` are done with m's guided SDXL UNet
+local function sdxl_steps(m, s, c, uc, scale, last)
+    while s:steps_done() < last do
+        local x, t = s:next()
+        if not x then break end
+        s:give(m:apply_sdxl(x, t, c[1], c[2], uc[1], uc[2], scale))
+    end
+end
+
+test("sdxl: conditioner and base -> refiner hand-off against the sgm golden", function()
+    local case = json_decode(assert(read_file(sdxl_dir .. "/case.json")))
+    local io = read_safetensors(sdxl_dir .. "/io.safetensors")
+    local tol = case.tolerances
+    local base = sdxl_load(sdxl_dir .. "/model.safetensors", "config.yaml")
+    local ref = sdxl_load(sdxl_dir .. "/refiner.safetensors", "refiner.yaml")
+    local cond = base:conditioner()
+    eq(cond:kind(), "sdxl", "conditioner kind")
+    local opts = {tokens = {io.tokens_clip, io.tokens_openclip}, original_height = 64, original_width = 48,
+                  crop_top = 3, crop_left = 5, target_height = 64, target_width = 64}
+    local ca, vec = cond:encode_sdxl(opts)
+    compare("c_crossattn", ca, io.c_crossattn, tol.c_crossattn)
+    compare("c_vector", vec, io.c_vector, tol.c_vector)
+    opts.zero_text = true
+    local uca, uvec = cond:encode_sdxl(opts)
+    compare("uc_vector", uvec, io.uc_vector, tol.uc_vector)
+    raises("option 'zero_text'", cond.encode_sdxl, cond, {tokens = opts.tokens, zero_text = 1})
+    raises("unknown option", cond.encode_sdxl, cond, {tokens = opts.tokens, crop = 3})
+    local rsize = {original_height = 64, original_width = 64, target_height = 64, target_width = 64}
+    local rc = {ref:conditioner():encode_sdxl{tokens = {io.tokens_openclip}, aesthetic_score = 6.0,
+        original_height = 64, original_width = 64, target_height = 64, target_width = 64}}
+    local ruc = {ref:conditioner():encode_sdxl{tokens = {io.tokens_empty}, aesthetic_score = 2.5,
+        original_height = rsize.original_height, original_width = 64, target_height = 64, target_width = 64}}
+    compare("rc_vector", rc[2], io.rc_vector, tol.rc_vector)
+    local k = ldm.sdxl_base_steps(8, 0.6)
+    eq(k, 6, "base steps")
+    local s = base:sampler{kind = "euler", steps = 8, discretization = "sgm"}
+    s:begin(io.x_T)
+    sdxl_steps(base, s, {io.c_crossattn, io.c_vector}, {io.uc_crossattn, io.uc_vector}, 5.0, k)
+    local s2 = ref:sampler{kind = "euler", steps = 8, discretization = "sgm"}
+    s2:begin_at(s:current(), k)
+    eq(s2:steps_done(), k, "refiner starts at the hand-off")
+    sdxl_steps(ref, s2, rc, ruc, 5.0, 8)
+    compare("handoff_samples", s2:current(), io.handoff_samples, tol.handoff_samples)
+    compare("handoff_image", ref:decode_latent(s2:current()), io.handoff_image, tol.handoff_image)
+    raises("ldm_sampler_begin_at", s2.begin_at, s2, s:current(), 8)
+    raises("discretization", base.sampler, base, {kind = "euler", discretization = "karras"})
+    base:close()
+    ref:close()
+end)
+
+-- generate{...}'s SDXL options on copies of the fixture with the real vocabulary's token-table size
+-- (49408 = 193 x the fixture's 256 rows, repeated), against the same run from the public calls
+test("sdxl: generate with size conditioning and a refiner equals the composed run", function()
+    local vocab = shared .. "/vocab/bpe_simple_vocab_16e6.txt.gz"
+    if not read_file(vocab) then skip("no CLIP vocabulary (set LDM_SHARED)") end
+    local tmp = os.tmpname()
+    local function padded(name)
+        local blob = assert(read_file(sdxl_dir .. "/" .. name .. ".safetensors"))
+        local n = string.unpack("<I8", blob)
+        local header = json_decode(blob:sub(9, 8 + n))
+        local names, parts, fields, offset = {}, {}, {}, 0
+        for k in pairs(header) do names[#names + 1] = k end
+        table.sort(names)
+        for _, k in ipairs(names) do
+            local info = header[k]
+            local raw = blob:sub(9 + n + info.data_offsets[1], 8 + n + info.data_offsets[2])
+            local shape = {table.unpack(info.shape)}
+            if k:match("token_embedding%.weight$") then
+                raw = string.rep(raw, 49408 // shape[1])
+                shape[1] = 49408
+            end
+            fields[#fields + 1] = ('"%s":{"dtype":"%s","shape":[%s],"data_offsets":[%d,%d]}'):format(
+                k, info.dtype, table.concat(shape, ","), offset, offset + #raw)
+            parts[#parts + 1] = raw
+            offset = offset + #raw
+        end
+        local head = "{" .. table.concat(fields, ",") .. "}"
+        head = head .. string.rep(" ", (8 - #head % 8) % 8)
+        local path = tmp .. "_" .. name .. ".safetensors"
+        local f = assert(io.open(path, "wb"))
+        f:write(string.pack("<I8", #head), head, table.concat(parts))
+        f:close()
+        return path
+    end
+    local bpath, rpath = padded("model"), padded("refiner")
+    local base = sdxl_load(bpath, "config.yaml", vocab)
+    local ref = sdxl_load(rpath, "refiner.yaml", vocab)
+    os.remove(bpath)
+    os.remove(rpath)
+    os.remove(tmp)
+    local prompt, size = "a red bicycle", {original_width = 96, original_height = 80, crop_left = 2, crop_top = 6,
+                                           target_width = 64, target_height = 48}
+    local x_T = ldm.randn(5, 0, {1, 4, 8, 8})
+    local opts = {prompt = prompt, width = 8, height = 8, steps = 8, x_T = x_T, sampler = "dpmpp_2m",
+                  guidance_scale = 4.0, refiner = ref, refiner_start = 0.6, aesthetic_score = 7.0,
+                  negative_aesthetic_score = 2.0}
+    for key, v in pairs(size) do opts[key] = v end
+    local r = base:resolve_generate_params(opts)
+    for key, v in pairs(size) do eq(r[key], v, key) end
+    eq(r.refiner_start, 0.6, "refiner_start")
+    eq(r.aesthetic_score, 7.0, "aesthetic_score")
+    local image = base:generate(opts)
+    local clip, oclip = ldm.tokenizer("clip", vocab), ldm.tokenizer("openclip", vocab)
+    local bc = base:conditioner()
+    local function enc(c, tokens, extra)
+        local o = {tokens = tokens}
+        for key, v in pairs(extra) do o[key] = v end
+        return {c:encode_sdxl(o)}
+    end
+    local zsize = {zero_text = true}
+    for key, v in pairs(size) do zsize[key] = v end
+    local c = enc(bc, {clip:encode(prompt), oclip:encode(prompt)}, size)
+    local uc = enc(bc, {clip:encode(""), oclip:encode("")}, zsize)
+    local rs = {original_width = 8, original_height = 8, target_width = 8, target_height = 8, aesthetic_score = 7.0}
+    local rc = enc(ref:conditioner(), {oclip:encode(prompt)}, rs)
+    rs.aesthetic_score = 2.0
+    local ruc = enc(ref:conditioner(), {oclip:encode("")}, rs)
+    local k = ldm.sdxl_base_steps(8, 0.6)
+    local s = base:sampler{kind = "dpmpp_2m", steps = 8, discretization = "sgm"}
+    s:begin(x_T)
+    sdxl_steps(base, s, c, uc, 4.0, k)
+    local s2 = ref:sampler{kind = "dpmpp_2m", steps = 8, discretization = "sgm"}
+    s2:begin_at(s:current(), k)
+    sdxl_steps(ref, s2, rc, ruc, 4.0, 8)
+    local a, b = image:totable(), ref:decode_latent(s2:current()):totable()
+    for i = 1, #a do check(math.abs(a[i] - b[i]) < 1e-7, "generate differs from the composed run at " .. i) end
+    raises("another model", base.generate, base, {prompt = prompt, width = 8, height = 8, refiner = base})
+    base:close()
+    ref:close()
+end)
+
 demo:close()
 print(("lua: %d passed, %d failed%s"):format(passed, failed, skipped > 0 and (", %d skipped"):format(skipped) or ""))
 os.exit(failed == 0 and passed > 0 and 0 or 1)

@@ -54,6 +54,7 @@ static ldm_status create_cond_net(ldm_model *m, struct ldm_conditioner *h)
 {
     const ld_cond *d = &m->desc.cond;
     const char *prefix = "cond_stage_model.";
+    if (m->desc.sgm.present) return lm_sdxl_cond_create(m, h);
     switch (d->kind) {
     case LD_COND_CLASS: return lclass_create(d, m->store, prefix, &h->cls);
     case LD_COND_CLIP:
@@ -96,6 +97,7 @@ void lm_free_components(ldm_model *m)
         lbert_free(m->cond->bert);
         lrescaler_free(m->cond->rescaler);
         ldm_tokenizer_free(m->cond->tokenizer);
+        lm_sdxl_cond_free(m->cond);
     }
     ldm_free(m->ae);
     ldm_free(m->unet);
@@ -205,6 +207,7 @@ ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x, const ldm_tenso
     LDM_TRY(lt_check_finite(x, "ldm_unet_forward: x"));
     LDM_TRY(lt_check_finite(timesteps, "ldm_unet_forward: timesteps"));
     LDM_TRY(lt_check_finite(context, "ldm_unet_forward: context"));
+    if (y && y->dtype == LDM_F32) LDM_TRY(lt_check_finite(y, "ldm_unet_forward: y"));
     return finite_result(lunet_forward(unet->net, &unet->model->ctx, x, timesteps, context, y, out), out,
                          "ldm_unet_forward: the output");
 }
@@ -214,6 +217,7 @@ ldm_status ldm_unet_forward(ldm_unet *unet, const ldm_tensor *x, const ldm_tenso
 ldm_conditioner_kind ldm_conditioner_get_kind(const ldm_conditioner *cond)
 {
     if (!cond) return LDM_COND_NONE;
+    if (cond->sdxl) return LDM_COND_SDXL;
     switch (cond->kind) {
     case LD_COND_CLASS: return LDM_COND_CLASS;
     case LD_COND_CLIP: return LDM_COND_CLIP_TEXT;

@@ -14,6 +14,7 @@
 
 #include "../kernels/kernels.h"
 #include "../models/clip_text.h"
+#include "../models/sdxl_cond.h"
 #include "../models/unet.h"
 
 #include <math.h>
@@ -366,16 +367,18 @@ static ldm_status rebuild(ldm_model *m, int unet, int text)
 {
     struct lunet *un = NULL;
     struct lclip *cl = NULL;
-    int has_clip = m->cond && m->cond->clip;
+    struct lsdxl_cond *xl = NULL;
+    int has_clip = m->cond && m->cond->clip, has_sdxl = m->cond && m->cond->sdxl;
     if (unet && m->unet)
         LDM_TRY(ldm_fail_context(lunet_create(&m->desc.unet, m->store, "model.diffusion_model.", m->use_ema, &un),
                                  "%s: UNet with LoRA: ", m->path));
-    if (text && has_clip) {
-        ldm_status st = lclip_create(&m->desc.cond, m->store, "cond_stage_model.", &cl);
-        if (st != LDM_OK) {
-            lunet_free(un);
-            return ldm_fail_context(st, "%s: text encoder with LoRA: ", m->path);
-        }
+    ldm_status st = LDM_OK;
+    if (text && has_clip) st = lclip_create(&m->desc.cond, m->store, "cond_stage_model.", &cl);
+    if (text && has_sdxl && st == LDM_OK) st = lsdxl_cond_create(&m->desc.sgm, m->store, &xl); /* SDXL's towers */
+    if (st != LDM_OK) {
+        lunet_free(un);
+        lclip_free(cl);
+        return ldm_fail_context(st, "%s: text encoder with LoRA: ", m->path);
     }
     if (un) {
         lunet_free(m->unet->net);
@@ -384,6 +387,10 @@ static ldm_status rebuild(ldm_model *m, int unet, int text)
     if (cl) {
         lclip_free(m->cond->clip);
         m->cond->clip = cl;
+    }
+    if (xl) {
+        lsdxl_cond_free(m->cond->sdxl);
+        m->cond->sdxl = xl;
     }
     return LDM_OK;
 }

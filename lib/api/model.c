@@ -6,6 +6,7 @@
 #include "../models/diffusers.h"
 #include "../models/unet.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,6 +82,30 @@ static ldm_status pick_weights(ldm_model *m, ldm_weights_choice choice)
     return LDM_OK;
 }
 
+/* sgm's DiscreteDenoiser buffer `denoiser.sigmas` when the checkpoint stores it: the table the
+ * reference quantises with after loading the state dict. */
+static ldm_status load_denoiser_sigmas(ldm_model *m)
+{
+    const lw_tensor *t = lw_find(m->store, "denoiser.sigmas");
+    if (!t) return LDM_OK;
+    int n = m->schedule->n;
+    if (t->ndim != 1 || t->shape[0] != n)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: tensor denoiser.sigmas: expected [%d] (num_idx), found a %d-D tensor",
+                        m->path, n, t->ndim);
+    float *v = NULL;
+    LDM_TRY(lw_get_f32(m->store, "denoiser.sigmas", 1, (int64_t[]){n}, &v));
+    for (int i = 0; i < n; i++)
+        if (!(v[i] > 0.0f) || !isfinite(v[i]) || (i && v[i] < v[i - 1])) {
+            ldm_free(v);
+            return ldm_fail(LDM_ERR_FORMAT, "%s: denoiser.sigmas[%d] = %g: not an ascending positive table", m->path,
+                            i, (double)v[i]);
+        }
+    memcpy(m->schedule->sgm_denoiser_sigmas, v, (size_t)n * sizeof *v);
+    ldm_free(v);
+    lm_log(m, LDM_LOG_DEBUG, "sgm denoiser sigmas from the checkpoint");
+    return LDM_OK;
+}
+
 /* The DDPM schedule: computed from the config (beta_schedule, linear_start/end), then every
  * buffer the checkpoint stores replaces the computed one, since the reference samples with the
  * stored float32 values. */
@@ -96,6 +121,7 @@ static ldm_status load_schedule(ldm_model *m)
                              &m->schedule));
     int replaced = 0;
     LDM_TRY(ls_schedule_apply_store(m->schedule, m->store, "", &replaced));
+    if (d->sgm.present) LDM_TRY(load_denoiser_sigmas(m));
     lm_log(m, LDM_LOG_DEBUG, "noise schedule: %d of %d buffers from the checkpoint", replaced, (int)LS_N_BUFFERS);
     return LDM_OK;
 }

@@ -38,6 +38,8 @@ struct ldm_conditioner {
     struct lclass *cls;
     struct lrescaler *rescaler;
     ldm_tokenizer *tokenizer; /* text kinds, loaded on first encode_text */
+    struct lsdxl_cond *sdxl;  /* sgm GeneralConditioner (SDXL) */
+    ldm_tokenizer *sdxl_tok[LD_MAX_EMBEDDERS]; /* per text encoder, loaded on first use */
 };
 
 struct ldm_model {
@@ -135,6 +137,27 @@ ldm_status lm_cond_encode_prompts(struct ldm_conditioner *cond, const char *cons
                                   unsigned flags, int min_chunks, ldm_tensor **out);
 /* The number of chunks a prompt takes (tokenization only). */
 ldm_status lm_cond_prompt_chunk_count(struct ldm_conditioner *cond, const char *prompt, unsigned flags, int *n_chunks);
+/* SDXL (sdxl_api.c): the conditioner's network, and one encode without lm_begin. */
+ldm_status lm_sdxl_cond_create(ldm_model *m, struct ldm_conditioner *h);
+void lm_sdxl_cond_free(struct ldm_conditioner *h);
+ldm_status lm_cond_encode_sdxl(struct ldm_conditioner *cond, const ldm_sdxl_cond_params *p, ldm_tensor **crossattn,
+                               ldm_tensor **vector);
+/* Text encoder k's tokenizer, loaded on first use (sdxl_api.c). */
+ldm_status lm_sdxl_tokenizer(struct ldm_conditioner *cond, int k, ldm_tokenizer **tok);
+/* p->prompts with webui's syntax and length rules on every text tower (sdxl_prompt.c,
+ * docs/prompts.md): crossattn [B, 77*k, D] with k = the largest chunk count of the prompts over
+ * the towers and at least min_chunks; vector from the first chunk. p is already read and
+ * checked; p->prompt_flags are LDM_PROMPT_*. */
+ldm_status lm_cond_encode_sdxl_prompts(struct ldm_conditioner *cond, const ldm_sdxl_cond_params *p, int min_chunks,
+                                       ldm_tensor **crossattn, ldm_tensor **vector);
+/* The chunk count of prompt over the text towers (tokenization only). */
+ldm_status lm_sdxl_prompt_chunk_count(struct ldm_conditioner *cond, const char *prompt, unsigned flags, int *n_chunks);
+/* The SDXL UNet call, guided when uncond_* are given (sdxl_sample.c). */
+ldm_status lm_sdxl_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *timesteps, const ldm_tensor *ca,
+                         const ldm_tensor *vec, const ldm_tensor *uca, const ldm_tensor *uvec, float scale,
+                         ldm_tensor **out);
+/* CLIP BPE vocabulary search (text_cond.c). */
+ldm_status lm_find_vocab(const ldm_model *m, int bert, char *out, size_t cap);
 
 /* The UNet on already-batched inputs; cond is routed as the model's conditioning_key says
  * (crossattn: context; concat: channels appended to x). Timesteps F32 or I64 [B]. */

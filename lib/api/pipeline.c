@@ -27,6 +27,9 @@ static void generate_params_defaults(ldm_generate_params *p)
     p->guidance_scale = 0.0f; /* the model's default (lp_resolve_cond) */
     p->strength = 0.75f;
     p->uncond_class = LDM_UNCOND_CLASS_AUTO;
+    p->aesthetic_score = 6.0f;          /* sgm scripts/demo: init_embedder_options */
+    p->negative_aesthetic_score = 2.5f;
+    p->refiner_start = 0.8;
 }
 
 void ldm_generate_params_init_size(ldm_generate_params *params, size_t struct_size)
@@ -212,7 +215,7 @@ static ldm_status resolve(ldm_model *m, ldm_generate_params *p)
     ldm_generate_params in = *p;
     if (!m->desc.is_diffusion)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: a standalone autoencoder cannot generate", m->path);
-    LDM_TRY(lp_resolve_cond(m, &in, p));
+    LDM_TRY(m->desc.sgm.present ? lp_sdxl_resolve(m, &in, p) : lp_resolve_cond(m, &in, p));
     LDM_TRY(lp_resolve_tiny(m, p));
     return resolve_size(m, p);
 }
@@ -502,7 +505,7 @@ ldm_status ldm_generate(ldm_model *model, const ldm_generate_params *params, ldm
     LM_BEGIN(model, "ldm_generate");
     ldm_status st = begin(model, params, &p);
     model->vae_in_use = st == LDM_OK ? p.vae : LDM_VAE_FULL; /* lp_encode_latent, lp_decode (tiny.c) */
-    if (st == LDM_OK) st = generate(model, &p, image);
+    if (st == LDM_OK) st = model->desc.sgm.present ? lp_sdxl_generate(model, &p, image) : generate(model, &p, image);
     model->vae_in_use = LDM_VAE_FULL;
     if (st != LDM_OK && st != LDM_CANCELLED) lm_log(model, LDM_LOG_ERROR, "%s", ldm_last_error());
     return st;

@@ -77,6 +77,11 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
  * *z receives the sampler's final x [B,C,h,w] (x_T, noise and conditioning as ldm_generate). */
 ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *p, ldm_tensor **z);
 
+/* SDXL (pipeline_sdxl.c): the defaults and checks of an sgm model's params (guidance 5.0, the
+ * Euler sampler for the DDIM default, the refiner), and the whole generation of a resolved p. */
+ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p);
+ldm_status lp_sdxl_generate(ldm_model *m, ldm_generate_params *p, ldm_tensor **image);
+
 /* decode_first_stage: decoder(z / scale_factor), in overlapping tiles of `tile` latent pixels
  * when tile > 0 and the latent is larger, or when the latent is large and tile == 0 (automatic);
  * tile < 0 always decodes whole. */

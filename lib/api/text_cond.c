@@ -36,7 +36,7 @@ static int try_location(const char *base, const char *const *names, char *out, s
 }
 
 /* Vocabulary search order: ldm_model_params.vocab_path, $LDM_VOCAB, the checkpoint's folder. */
-static ldm_status find_vocab(const ldm_model *m, int bert, char *out, size_t cap)
+ldm_status lm_find_vocab(const ldm_model *m, int bert, char *out, size_t cap)
 {
     static const char *const clip_names[] = {"bpe_simple_vocab_16e6.txt.gz", NULL};
     static const char *const bert_names[] = {"vocab.txt", "bert-base-uncased-vocab.txt", NULL};
@@ -66,7 +66,7 @@ ldm_status lm_cond_tokenizer(struct ldm_conditioner *cond)
     default: return ldm_fail(LDM_ERR_UNSUPPORTED, "this model's conditioner does not take text");
     }
     char path[4096];
-    LDM_TRY(find_vocab(cond->model, kind == LDM_TOKENIZER_BERT, path, sizeof path));
+    LDM_TRY(lm_find_vocab(cond->model, kind == LDM_TOKENIZER_BERT, path, sizeof path));
     return ldm_tokenizer_load(kind, path, &cond->tokenizer);
 }
 

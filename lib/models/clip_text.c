@@ -232,3 +232,17 @@ ldm_status lclip_encode(lclip *n, const lctx *c, const ldm_tensor *tokens, ldm_t
     if (!n) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lclip_encode: NULL encoder");
     return ltt_encode(&n->t, c, tokens, out);
 }
+
+ldm_status lclip_encode_ex(lclip *n, const lctx *c, const ldm_tensor *tokens, int capture_after,
+                           ldm_tensor **captured, int final_ln, ldm_tensor **out)
+{
+    if (!out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lclip_encode_ex: NULL output pointer");
+    *out = NULL;
+    if (!n) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "lclip_encode_ex: NULL encoder");
+    return ltt_encode_ex(&n->t, c, tokens, capture_after, captured, final_ln, out);
+}
+
+int lclip_blocks(const lclip *n)
+{
+    return n->t.n_blocks;
+}

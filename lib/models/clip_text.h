@@ -29,6 +29,12 @@ void lclip_free(lclip *n);
 /* tokens: I64 [B,T] with 1 <= T <= ctx and every id in [0, vocab). out: new F32 [B,T,width]
  * owned by the caller. */
 ldm_status lclip_encode(lclip *n, const lctx *c, const ldm_tensor *tokens, ldm_tensor **out);
+/* ltt_encode_ex on the tower (SDXL: CLIP hidden states without the final LayerNorm, open_clip's
+ * penultimate state beside the normalised last one). */
+ldm_status lclip_encode_ex(lclip *n, const lctx *c, const ldm_tensor *tokens, int capture_after,
+                           ldm_tensor **captured, int final_ln, ldm_tensor **out);
+/* Blocks loaded (layers - layer_skip). */
+int lclip_blocks(const lclip *n);
 
 /* Dimensions actually loaded (after completing zeros in the desc from the weights). */
 int lclip_width(const lclip *n);

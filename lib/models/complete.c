@@ -185,6 +185,20 @@ static int unet_has_attention_at(const chk *k, int idx)
            ld_probe(k->s, UNET "output_blocks.%d.1.proj_in.weight", idx);
 }
 
+/* The SpatialTransformer of output block idx (level l) has the level's depth; with a per-level
+ * list (sgm) every level is checked, so a checkpoint with more blocks than the config cannot have
+ * some of them silently unused. */
+static ldm_status unet_level_depth(const chk *k, ld_unet *u, int l, int idx)
+{
+    char what[96], where[160];
+    int found = ld_probe_count(k->s, MAX_COUNT, UNET "output_blocks.%d.1.transformer_blocks.", idx);
+    int want = ld_unet_level_depth(u, l);
+    snprintf(what, sizeof what, "the transformer depth of level %d", l);
+    snprintf(where, sizeof where, UNET "output_blocks.%d.1.transformer_blocks.<N>", idx);
+    if (u->n_transformer_depths) return agree_count(k, &want, found, what, where);
+    return LDM_OK; /* one depth for all: unet_middle reads it */
+}
+
 static ldm_status unet_levels(const chk *k, ld_unet *u)
 {
     char what[96], name[256];
@@ -202,6 +216,7 @@ static ldm_status unet_levels(const chk *k, ld_unet *u)
         LDM_TRY(expect_dim(k, t, 0, (long long)u->model_channels * u->channel_mult[l], what));
         snprintf(name, sizeof name, "attention at downsample factor %d (" UNET "output_blocks.%d.1)", 1 << l, idx);
         LDM_TRY(presence(k, unet_level_has_attn(u, l), unet_has_attention_at(k, idx), name));
+        if (u->use_spatial_transformer && unet_level_has_attn(u, l)) LDM_TRY(unet_level_depth(k, u, l, idx));
     }
     if (L < 2) return LDM_OK;
     /* The first level boundary of the decoder half: block num_res_blocks ends with the upsampler. */
@@ -227,7 +242,10 @@ static ldm_status unet_middle(const chk *k, ld_unet *u)
         return ldm_fail(LDM_ERR_FORMAT, "%s: tensor %s is %d-D: the config says use_linear_in_transformer %s", k->file,
                         name, t->ndim, u->use_linear_in_transformer ? "true (2-D Linear)" : "false (1x1 conv)");
     int depth = ld_probe_count(k->s, MAX_COUNT, UNET "middle_block.1.transformer_blocks.");
-    LDM_TRY(agree_count(k, &u->transformer_depth, depth, "transformer_depth",
+    int mid = ld_unet_middle_depth(u);
+    LDM_TRY(agree_count(k, u->n_transformer_depths ? &mid : &u->transformer_depth, depth,
+                        u->n_transformer_depths ? "the middle block's transformer depth (transformer_depth[-1])"
+                                                : "transformer_depth",
                         UNET "middle_block.1.transformer_blocks.<N>"));
     return agree_dims(k, UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight", "cross-attention", NULL, NULL,
                       &u->context_dim, "context_dim");
@@ -241,6 +259,10 @@ static ldm_status complete_unet(const chk *k, ld_unet *u)
     const lw_tensor *t = lw_find(k->s, UNET "label_emb.weight");
     LDM_TRY(presence(k, u->num_classes != 0, t != NULL, "UNet class embedding (label_emb.weight, num_classes)"));
     if (t) LDM_TRY(agree(k, &u->num_classes, t, 0, "num_classes"));
+    t = lw_find(k->s, UNET "label_emb.0.0.weight");
+    LDM_TRY(presence(k, u->adm_in_channels != 0, t != NULL,
+                     "UNet vector embedding (label_emb.0.0.weight, num_classes: sequential)"));
+    if (t) LDM_TRY(agree(k, &u->adm_in_channels, t, 1, "adm_in_channels"));
     LDM_TRY(unet_levels(k, u));
     return unet_middle(k, u);
 }

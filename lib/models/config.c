@@ -24,6 +24,12 @@ static const char LDM_DDPM[] = "ldm.models.diffusion.ddpm.";
 static const char LDM_AE[] = "ldm.models.autoencoder.";
 static const char LDM_ENC[] = "ldm.modules.encoders.modules.";
 static const char UNET_TARGET[] = "ldm.modules.diffusionmodules.openaimodel.UNetModel";
+/* Stability-AI generative-models (SDXL) */
+static const char SGM_ENGINE[] = "sgm.models.diffusion.DiffusionEngine";
+static const char SGM_UNET_TARGET[] = "sgm.modules.diffusionmodules.openaimodel.UNetModel";
+static const char SGM_AE[] = "sgm.models.autoencoder.";
+static const char SGM_ENC[] = "sgm.modules.encoders.modules.";
+static const char SGM_DIFF[] = "sgm.modules.diffusionmodules.";
 
 typedef struct cfg {
     const char *name; /* file name for messages */
@@ -315,7 +321,6 @@ static ldm_status reject_unet_extras(const cfg *c, const ld_ynode *p, const char
     LDM_TRY(require_unset(c, p, path, "n_embed"));
     LDM_TRY(require_unset(c, p, path, "disable_self_attentions"));
     LDM_TRY(require_unset(c, p, path, "num_attention_blocks"));
-    LDM_TRY(require_unset(c, p, path, "adm_in_channels"));
     return LDM_OK;
 }
 
@@ -363,6 +368,7 @@ static ldm_status parse_unet_params(const cfg *c, const ld_ynode *p, const char 
     LDM_TRY(parse_unet_heads(c, p, path, u));
     LDM_TRY(parse_unet_conditioning(c, p, path, u));
     LDM_TRY(reject_unet_extras(c, p, path));
+    LDM_TRY(require_unset(c, p, path, "adm_in_channels"));
     LDM_TRY(check_unet_heads(c, path, u));
     u->present = 1;
     return LDM_OK;
@@ -671,6 +677,334 @@ static ldm_status parse_ldm(const cfg *c, const ld_ynode *p, const char *path, l
     return LDM_OK;
 }
 
+/* ---------------------------------------------------------------- sgm DiffusionEngine (SDXL) */
+
+/* transformer_depth: an int (every level, and the middle) or a per-level list whose last item is
+ * the middle block's depth (sgm UNetModel.__init__). */
+static ldm_status parse_sgm_depth(const cfg *c, const ld_ynode *p, const char *path, ld_unet *u)
+{
+    const ld_ynode *n = value_of(p, "transformer_depth");
+    if (!n || n->kind != LD_Y_SEQ)
+        return read_int(c, p, path, "transformer_depth", 0, 1, MAX_DEPTH_LAYERS, &u->transformer_depth);
+    LDM_TRY(read_int_list(c, p, path, "transformer_depth", 1, 1, 0, MAX_DEPTH_LAYERS, u->transformer_depths,
+                          &u->n_transformer_depths));
+    if (u->n_transformer_depths != u->n_levels)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: %s.transformer_depth: %d items for %d levels of channel_mult", c->name,
+                        path, u->n_transformer_depths, u->n_levels);
+    u->transformer_depth = u->transformer_depths[u->n_levels - 1];
+    return LDM_OK;
+}
+
+/* context_dim: an int or a list that SpatialTransformer requires to be homogeneous. */
+static ldm_status parse_sgm_context_dim(const cfg *c, const ld_ynode *p, const char *path, ld_unet *u)
+{
+    const ld_ynode *n = value_of(p, "context_dim");
+    if (!n || n->kind != LD_Y_SEQ) return read_int(c, p, path, "context_dim", 0, 1, MAX_CHANNELS, &u->context_dim);
+    int dims[LD_MAX_LEVELS], count = 0;
+    LDM_TRY(read_int_list(c, p, path, "context_dim", 1, 1, 1, MAX_CHANNELS, dims, &count));
+    for (int i = 1; i < count; i++)
+        if (dims[i] != dims[0])
+            return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.context_dim: different widths per block are not supported",
+                            c->name, path);
+    u->context_dim = dims[0];
+    return LDM_OK;
+}
+
+/* num_classes: an int (nn.Embedding) or "sequential" (adm_in_channels -> Linear, SiLU, Linear). */
+static ldm_status parse_sgm_classes(const cfg *c, const ld_ynode *p, const char *path, ld_unet *u)
+{
+    const ld_ynode *n = value_of(p, "num_classes");
+    long long v;
+    if (n && n->kind == LD_Y_SCALAR && ld_yaml_int(n, &v) != 0) {
+        if (strcmp(n->text, "sequential") != 0)
+            return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.num_classes: '%s' label embedding is not supported (an "
+                            "integer or sequential)", c->name, path, n->text);
+        return read_int(c, p, path, "adm_in_channels", 1, 1, 1 << 20, &u->adm_in_channels);
+    }
+    return read_int(c, p, path, "num_classes", 0, 1, 1 << 24, &u->num_classes);
+}
+
+static ldm_status parse_sgm_unet_params(const cfg *c, const ld_ynode *p, const char *path, ld_unet *u)
+{
+    const char *attn = "softmax";
+    LDM_TRY(read_int(c, p, path, "in_channels", 1, 1, MAX_CHANNELS, &u->in_channels));
+    LDM_TRY(read_int(c, p, path, "out_channels", 1, 1, MAX_CHANNELS, &u->out_channels));
+    LDM_TRY(read_int(c, p, path, "model_channels", 1, 1, MAX_CHANNELS, &u->model_channels));
+    const ld_ynode *nrb = value_of(p, "num_res_blocks");
+    if (nrb && nrb->kind == LD_Y_SEQ)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.num_res_blocks: a per-level list is not supported", c->name,
+                        path);
+    LDM_TRY(read_int(c, p, path, "num_res_blocks", 1, 0, MAX_RES_BLOCKS, &u->num_res_blocks));
+    LDM_TRY(read_int_list(c, p, path, "attention_resolutions", 1, 0, 1, MAX_SPATIAL, u->attention_resolutions,
+                          &u->n_attention_resolutions));
+    LDM_TRY(read_int_list(c, p, path, "channel_mult", 0, 1, 1, 1024, u->channel_mult, &u->n_levels));
+    LDM_TRY(read_bool(c, p, path, "use_scale_shift_norm", &u->use_scale_shift_norm));
+    LDM_TRY(read_bool(c, p, path, "resblock_updown", &u->resblock_updown));
+    LDM_TRY(read_bool(c, p, path, "use_linear_in_transformer", &u->use_linear_in_transformer));
+    LDM_TRY(parse_sgm_depth(c, p, path, u));
+    LDM_TRY(parse_unet_heads(c, p, path, u));
+    LDM_TRY(parse_sgm_context_dim(c, p, path, u));
+    LDM_TRY(parse_sgm_classes(c, p, path, u));
+    /* softmax-xformers is the same attention computed by another kernel */
+    LDM_TRY(read_str(c, p, path, "spatial_transformer_attn_type", 0, &attn));
+    if (strcmp(attn, "softmax") != 0 && strcmp(attn, "softmax-xformers") != 0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.spatial_transformer_attn_type: '%s' is not supported", c->name,
+                        path, attn);
+    LDM_TRY(require_bool(c, p, path, "disable_middle_transformer", 0));
+    LDM_TRY(reject_unet_extras(c, p, path));
+    /* sgm has no use_spatial_transformer switch: attention levels always get a SpatialTransformer
+     * (a self-attending one without context_dim: not supported here), and no `legacy` head rule. */
+    if (!u->context_dim)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s: an sgm UNetModel without context_dim is not supported", c->name,
+                        path);
+    u->use_spatial_transformer = 1;
+    u->legacy = 0;
+    LDM_TRY(check_unet_heads(c, path, u));
+    u->present = 1;
+    return LDM_OK;
+}
+
+/* `node` (a {target, params} map at `here`): its target and params (params may be absent). */
+static ldm_status read_target(const cfg *c, const ld_ynode *parent, const char *path, const char *key, int required,
+                              const char **target, const ld_ynode **params, char *here, size_t here_cap)
+{
+    const ld_ynode *node;
+    *target = NULL;
+    *params = NULL;
+    LDM_TRY(read_map(c, parent, path, key, required, &node));
+    if (!node) return LDM_OK;
+    join_path(here, here_cap, path, key);
+    LDM_TRY(read_str(c, node, here, "target", 1, target));
+    return read_map(c, node, here, "params", 0, params);
+}
+
+/* DiscreteDenoiser(num_idx, scaling_config, discretization_config): the only denoiser of the
+ * released image models; its sigma table is that of LegacyDDPMDiscretization. */
+static ldm_status parse_sgm_denoiser(const cfg *c, const ld_ynode *p, const char *path, ld_model *m)
+{
+    char here[256], sub[256], sub2[300];
+    const char *target, *scal, *disc;
+    const ld_ynode *params, *sp, *dp;
+    LDM_TRY(read_target(c, p, path, "denoiser_config", 1, &target, &params, here, sizeof here));
+    if (!target_is(target, SGM_DIFF, "denoiser.DiscreteDenoiser"))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: '%s' is not supported (only %sdenoiser.DiscreteDenoiser)",
+                        c->name, here, target, SGM_DIFF);
+    if (!params) return missing(c, here, "params");
+    join_path(sub, sizeof sub, here, "params");
+    int num_idx = 0;
+    LDM_TRY(read_int(c, params, sub, "num_idx", 1, 2, 100000, &num_idx));
+    LDM_TRY(require_bool(c, params, sub, "do_append_zero", 0));
+    LDM_TRY(require_bool(c, params, sub, "quantize_c_noise", 1));
+    LDM_TRY(require_bool(c, params, sub, "flip", 1));
+    LDM_TRY(read_target(c, params, sub, "scaling_config", 1, &scal, &sp, sub2, sizeof sub2));
+    if (target_is(scal, SGM_DIFF, "denoiser_scaling.EpsScaling")) m->parameterization = LD_PARAM_EPS;
+    else if (target_is(scal, SGM_DIFF, "denoiser_scaling.VScaling")) m->parameterization = LD_PARAM_V;
+    else
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: '%s' is not supported (EpsScaling, VScaling)", c->name,
+                        sub2, scal);
+    LDM_TRY(read_target(c, params, sub, "discretization_config", 1, &disc, &dp, sub2, sizeof sub2));
+    if (!target_is(disc, SGM_DIFF, "discretizer.LegacyDDPMDiscretization"))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: '%s' is not supported (only LegacyDDPMDiscretization)",
+                        c->name, sub2, disc);
+    m->beta_schedule = LD_SCHED_LINEAR;
+    m->linear_start = 0.00085, m->linear_end = 0.012, m->timesteps = 1000; /* its defaults */
+    if (dp) {
+        char dpath[320];
+        join_path(dpath, sizeof dpath, sub2, "params");
+        LDM_TRY(read_double(c, dp, dpath, "linear_start", 0, 1, &m->linear_start));
+        LDM_TRY(read_double(c, dp, dpath, "linear_end", 0, 1, &m->linear_end));
+        LDM_TRY(read_int(c, dp, dpath, "num_timesteps", 0, 2, 100000, &m->timesteps));
+    }
+    /* a table of num_idx < num_timesteps sigmas picks a spaced subset: not implemented */
+    if (num_idx != m->timesteps)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.num_idx %d differs from the discretization's %d timesteps (not "
+                        "supported)", c->name, sub, num_idx, m->timesteps);
+    return LDM_OK;
+}
+
+static ldm_status parse_sgm_input_key(const cfg *c, const ld_ynode *e, const char *path, ld_embedder *d)
+{
+    static const struct {
+        const char *key;
+        ld_emb_input input;
+    } keys[] = {{"txt", LD_EMB_IN_TXT},
+                {"original_size_as_tuple", LD_EMB_IN_ORIGINAL_SIZE},
+                {"crop_coords_top_left", LD_EMB_IN_CROP},
+                {"target_size_as_tuple", LD_EMB_IN_TARGET_SIZE},
+                {"aesthetic_score", LD_EMB_IN_AESTHETIC}};
+    const char *key = NULL;
+    LDM_TRY(read_str(c, e, path, "input_key", 1, &key));
+    for (size_t i = 0; i < LDM_ARRAY_LEN(keys); i++)
+        if (!strcmp(keys[i].key, key)) {
+            d->input = keys[i].input;
+            int text = d->kind == LD_EMB_CLIP || d->kind == LD_EMB_OPENCLIP2;
+            if (text != (d->input == LD_EMB_IN_TXT))
+                return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.input_key: '%s' does not fit this embedder", c->name,
+                                path, key);
+            return LDM_OK;
+        }
+    return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.input_key: '%s' is not supported (txt, original_size_as_tuple, "
+                    "crop_coords_top_left, target_size_as_tuple, aesthetic_score)", c->name, path, key);
+}
+
+/* FrozenCLIPEmbedder(version, max_length, layer last|hidden (layer_idx), always_return_pooled). */
+static ldm_status parse_sgm_clip(const cfg *c, const ld_ynode *p, const char *path, ld_embedder *d)
+{
+    const char *version = "openai/clip-vit-large-patch14", *layer = "last";
+    ld_cond_defaults(&d->text);
+    d->text.kind = LD_COND_CLIP;
+    LDM_TRY(read_str(c, p, path, "version", 0, &version));
+    LDM_TRY(read_int(c, p, path, "max_length", 0, 1, 4096, &d->text.ctx));
+    LDM_TRY(read_str(c, p, path, "layer", 0, &layer));
+    LDM_TRY(require_bool(c, p, path, "always_return_pooled", 0));
+    set_text_arch(&d->text, hf_clip_versions, LDM_ARRAY_LEN(hf_clip_versions), version);
+    if (!strcmp(layer, "last")) d->layer = LD_EMB_LAYER_LAST;
+    else if (!strcmp(layer, "hidden")) {
+        d->layer = LD_EMB_LAYER_HIDDEN;
+        LDM_TRY(read_int(c, p, path, "layer_idx", 1, -MAX_DEPTH_LAYERS, MAX_DEPTH_LAYERS, &d->layer_idx));
+    } else
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.layer: '%s' is not supported (last, hidden)", c->name, path,
+                        layer);
+    return LDM_OK;
+}
+
+/* FrozenOpenCLIPEmbedder2(arch, layer last|penultimate, always_return_pooled, legacy). */
+static ldm_status parse_sgm_openclip(const cfg *c, const ld_ynode *p, const char *path, ld_embedder *d)
+{
+    const char *arch = "ViT-H-14", *layer = "last";
+    ld_cond_defaults(&d->text);
+    d->text.kind = LD_COND_OPENCLIP;
+    d->legacy = 1;
+    LDM_TRY(read_str(c, p, path, "arch", 0, &arch));
+    LDM_TRY(read_int(c, p, path, "max_length", 0, 1, 4096, &d->text.ctx));
+    LDM_TRY(read_str(c, p, path, "layer", 0, &layer));
+    LDM_TRY(read_bool(c, p, path, "always_return_pooled", &d->pooled));
+    LDM_TRY(read_bool(c, p, path, "legacy", &d->legacy));
+    set_text_arch(&d->text, open_clip_archs, LDM_ARRAY_LEN(open_clip_archs), arch);
+    if (!strcmp(layer, "last")) d->layer = LD_EMB_LAYER_LAST;
+    else if (!strcmp(layer, "penultimate")) d->layer = LD_EMB_LAYER_PENULTIMATE;
+    else
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.layer: '%s' is not supported (last, penultimate)", c->name, path,
+                        layer);
+    if (d->pooled && d->legacy)
+        return ldm_fail(LDM_ERR_FORMAT, "%s: %s: always_return_pooled needs legacy: false (the reference asserts it)",
+                        c->name, path);
+    return LDM_OK;
+}
+
+static ldm_status parse_sgm_embedder(const cfg *c, const ld_ynode *e, const char *path, ld_embedder *d)
+{
+    const char *target = NULL;
+    const ld_ynode *p;
+    char sub[300];
+    if (e->kind != LD_Y_MAP) return type_error(c, path, "item", "a map", e);
+    LDM_TRY(read_str(c, e, path, "target", 1, &target));
+    LDM_TRY(read_map(c, e, path, "params", 0, &p));
+    join_path(sub, sizeof sub, path, "params");
+    int trainable = 0;
+    double ucg = 0;
+    LDM_TRY(read_bool(c, e, path, "is_trainable", &trainable));
+    LDM_TRY(read_double(c, e, path, "ucg_rate", 0, 1, &ucg)); /* training-time dropout only */
+    LDM_TRY(require_unset(c, e, path, "legacy_ucg_value"));
+    LDM_TRY(require_unset(c, e, path, "input_keys"));
+    if (target_is(target, SGM_ENC, "FrozenCLIPEmbedder")) {
+        d->kind = LD_EMB_CLIP;
+        LDM_TRY(parse_sgm_clip(c, p, sub, d));
+    } else if (target_is(target, SGM_ENC, "FrozenOpenCLIPEmbedder2")) {
+        d->kind = LD_EMB_OPENCLIP2;
+        LDM_TRY(parse_sgm_openclip(c, p, sub, d));
+    } else if (target_is(target, SGM_ENC, "ConcatTimestepEmbedderND")) {
+        d->kind = LD_EMB_SIZE;
+        if (!p) return missing(c, path, "params");
+        LDM_TRY(read_int(c, p, sub, "outdim", 1, 1, MAX_CHANNELS, &d->outdim));
+    } else
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: embedder '%s' is not supported (%sFrozenCLIPEmbedder, "
+                        "FrozenOpenCLIPEmbedder2, ConcatTimestepEmbedderND)", c->name, path, target, SGM_ENC);
+    return parse_sgm_input_key(c, e, path, d);
+}
+
+static ldm_status parse_sgm_conditioner(const cfg *c, const ld_ynode *p, const char *path, ld_sgm *g)
+{
+    char here[256], sub[256], item[300];
+    const char *target;
+    const ld_ynode *params;
+    LDM_TRY(read_target(c, p, path, "conditioner_config", 1, &target, &params, here, sizeof here));
+    if (strcmp(target, "sgm.modules.GeneralConditioner") != 0 &&
+        !target_is(target, SGM_ENC, "GeneralConditioner"))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: '%s' is not supported (sgm.modules.GeneralConditioner)",
+                        c->name, here, target);
+    if (!params) return missing(c, here, "params");
+    join_path(sub, sizeof sub, here, "params");
+    const ld_ynode *list = value_of(params, "emb_models");
+    if (!list) return missing(c, sub, "emb_models");
+    if (list->kind != LD_Y_SEQ) return type_error(c, sub, "emb_models", "a sequence", list);
+    if (list->n > LD_MAX_EMBEDDERS)
+        return ldm_fail(LDM_ERR_LIMIT, "%s: %s.emb_models: %zu embedders (at most %d)", c->name, sub, list->n,
+                        LD_MAX_EMBEDDERS);
+    for (size_t i = 0; i < list->n; i++) {
+        snprintf(item, sizeof item, "%s.emb_models[%zu]", sub, i);
+        LDM_TRY(parse_sgm_embedder(c, list->items[i], item, &g->emb[i]));
+    }
+    g->n_embedders = (int)list->n;
+    return LDM_OK;
+}
+
+static ldm_status parse_sgm_network(const cfg *c, const ld_ynode *p, const char *path, ld_unet *u)
+{
+    char here[256], sub[256];
+    const char *target;
+    const ld_ynode *params;
+    const char *wrapper = NULL;
+    LDM_TRY(read_str(c, p, path, "network_wrapper", 0, &wrapper));
+    if (wrapper && strcmp(wrapper, "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper") != 0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.network_wrapper: '%s' is not supported", c->name, path, wrapper);
+    LDM_TRY(read_target(c, p, path, "network_config", 1, &target, &params, here, sizeof here));
+    if (strcmp(target, SGM_UNET_TARGET) != 0)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: '%s' is not supported (only %s)", c->name, here, target,
+                        SGM_UNET_TARGET);
+    if (!params) return missing(c, here, "params");
+    join_path(sub, sizeof sub, here, "params");
+    return parse_sgm_unet_params(c, params, sub, u);
+}
+
+static ldm_status parse_sgm_first_stage(const cfg *c, const ld_ynode *p, const char *path, ld_autoencoder *a)
+{
+    char here[256], sub[256];
+    const char *target;
+    const ld_ynode *params;
+    LDM_TRY(read_target(c, p, path, "first_stage_config", 1, &target, &params, here, sizeof here));
+    if (!target_is(target, SGM_AE, "AutoencoderKL") && !target_is(target, SGM_AE, "AutoencoderKLInferenceWrapper") &&
+        !target_is(target, SGM_AE, "AutoencoderKLModeOnly"))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s.target: '%s' is not supported (%sAutoencoderKL, "
+                        "AutoencoderKLInferenceWrapper)", c->name, here, target, SGM_AE);
+    if (!params) return missing(c, here, "params");
+    join_path(sub, sizeof sub, here, "params");
+    return parse_first_stage_params(c, params, sub, 0, a);
+}
+
+/* DiffusionEngine(network_config, denoiser_config, first_stage_config, conditioner_config,
+ * scale_factor, use_ema (default False), ...): sampler/loss configs are training or demo
+ * settings and are ignored like the LatentDiffusion ones. */
+static ldm_status parse_sgm(const cfg *c, const ld_ynode *p, const char *path, ld_model *m)
+{
+    if (!p) return missing(c, "model", "params");
+    m->is_diffusion = 1;
+    m->sgm.present = 1;
+    m->use_ema = 0;
+    m->channels = 4;
+    m->image_size = 128; /* SDXL's 1024 px at f8; the pipeline uses the caller's size */
+    LDM_TRY(read_bool(c, p, path, "use_ema", &m->use_ema));
+    LDM_TRY(read_double(c, p, path, "scale_factor", 1e-12, 1e12, &m->scale_factor));
+    LDM_TRY(parse_sgm_network(c, p, path, &m->unet));
+    LDM_TRY(parse_sgm_denoiser(c, p, path, m));
+    LDM_TRY(parse_sgm_first_stage(c, p, path, &m->first_stage));
+    LDM_TRY(parse_sgm_conditioner(c, p, path, &m->sgm));
+    m->channels = m->unet.in_channels;
+    m->conditioning_key = LD_CONDKEY_CROSSATTN;
+    snprintf(m->cond_stage_key, sizeof m->cond_stage_key, "txt");
+    return LDM_OK;
+}
+
 /* ---------------------------------------------------------------- root */
 
 static const char *const unsupported_models[] = {
@@ -685,6 +1019,7 @@ static ldm_status parse_model(const cfg *c, const ld_ynode *model, ld_model *m)
     LDM_TRY(read_str(c, model, "model", "target", 1, &target));
     LDM_TRY(read_map(c, model, "model", "params", 0, &params));
     if (target_is(target, LDM_DDPM, "LatentDiffusion")) return parse_ldm(c, params, "model.params", LD_VARIANT_LDM, m);
+    if (!strcmp(target, SGM_ENGINE)) return parse_sgm(c, params, "model.params", m);
     if (target_is(target, LDM_DDPM, "Layout2ImgDiffusion"))
         return parse_ldm(c, params, "model.params", LD_VARIANT_LAYOUT2IMG, m);
     if (target_is(target, LDM_DDPM, "LatentInpaintDiffusion"))

@@ -32,6 +32,21 @@ void ld_unet_defaults(ld_unet *u)
     u->legacy = 1;
 }
 
+int ld_unet_level_depth(const ld_unet *u, int level)
+{
+    if (u->n_transformer_depths > 0 && level >= 0 && level < u->n_transformer_depths)
+        return u->transformer_depths[level];
+    return u->transformer_depth;
+}
+
+/* sgm: transformer_depth_middle = transformer_depth[-1] (an int depth is first made a list). */
+int ld_unet_middle_depth(const ld_unet *u)
+{
+    if (u->transformer_depth_middle > 0) return u->transformer_depth_middle;
+    if (u->n_transformer_depths > 0) return u->transformer_depths[u->n_transformer_depths - 1];
+    return u->transformer_depth;
+}
+
 /* Defaults of every cond-stage class in ldm.modules.encoders.modules. Text tower dims stay 0
  * ("take from the weights") except where a class fixes them. */
 void ld_cond_defaults(ld_cond *c)

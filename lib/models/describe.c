@@ -61,7 +61,7 @@ static int part_of(const char *name)
     static const char *const standalone[] = {"encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize."};
     if (starts(name, "first_stage_model.")) return PART_FIRST;
     if (starts(name, "model.diffusion_model.")) return PART_UNET;
-    if (starts(name, "cond_stage_model.")) return PART_COND;
+    if (starts(name, "cond_stage_model.") || starts(name, "conditioner.")) return PART_COND;
     if (starts(name, "model_ema.")) return PART_EMA;
     for (size_t i = 0; i < LDM_ARRAY_LEN(standalone); i++)
         if (starts(name, standalone[i])) return PART_FIRST;
@@ -98,6 +98,7 @@ static void put_params(writer *w, const stats *st, int part)
 
 static const char *kind_name(const ld_model *m)
 {
+    if (m->sgm.present) return "text-to-image diffusion, SDXL style (sgm DiffusionEngine, GeneralConditioner)";
     switch (m->cond.kind) {
     case LD_COND_CLIP: return "text-to-image LDM, Stable Diffusion 1.x style (CLIP text encoder)";
     case LD_COND_OPENCLIP: return "text-to-image LDM, Stable Diffusion 2.x style (OpenCLIP text encoder)";
@@ -151,7 +152,14 @@ static void describe_unet(writer *w, const ld_unet *u, const stats *st)
     put_list(w, u->channel_mult, u->n_levels);
     put(w, ", num_res_blocks %d, attention at ds ", u->num_res_blocks);
     put_list(w, u->attention_resolutions, u->n_attention_resolutions);
-    if (u->use_spatial_transformer)
+    if (u->use_spatial_transformer && u->n_transformer_depths) {
+        int depths[LD_MAX_LEVELS];
+        for (int l = 0; l < u->n_levels; l++) depths[l] = ld_unet_level_depth(u, l);
+        put(w, " (SpatialTransformer depths ");
+        put_list(w, depths, u->n_levels);
+        put(w, " middle %d, context_dim %d, %s proj)", ld_unet_middle_depth(u), u->context_dim,
+            u->use_linear_in_transformer ? "linear" : "conv");
+    } else if (u->use_spatial_transformer)
         put(w, " (SpatialTransformer depth %d, context_dim %d, %s proj)", u->transformer_depth, u->context_dim,
             u->use_linear_in_transformer ? "linear" : "conv");
     else
@@ -164,13 +172,43 @@ static void describe_unet(writer *w, const ld_unet *u, const stats *st)
     if (u->no_conv_resample) put(w, ", conv_resample false");
     if (u->num_classes) put(w, ", num_classes %d", u->num_classes);
     if (u->time_cond_proj_dim > 0) put(w, ", LCM guidance embedding %d", u->time_cond_proj_dim);
+    if (u->adm_in_channels) put(w, ", vector conditioning y of %d (num_classes: sequential)", u->adm_in_channels);
     put_params(w, st, PART_UNET);
     put(w, "\n");
+}
+
+static const char *const emb_inputs[] = {"txt", "original_size_as_tuple", "crop_coords_top_left",
+                                         "target_size_as_tuple", "aesthetic_score"};
+
+/* sgm GeneralConditioner: one line per embedder. */
+static void describe_sgm_cond(writer *w, const ld_model *m, const stats *st)
+{
+    const ld_sgm *g = &m->sgm;
+    put(w, "cond: GeneralConditioner, %d embedders", g->n_embedders);
+    put_params(w, st, PART_COND);
+    put(w, "\n");
+    for (int i = 0; i < g->n_embedders; i++) {
+        const ld_embedder *e = &g->emb[i];
+        put(w, "  embedder %d (%s): ", i, emb_inputs[e->input]);
+        if (e->kind == LD_EMB_SIZE) put(w, "ConcatTimestepEmbedderND, outdim %d", e->outdim);
+        else
+            put(w, "%s, width %d, %d layers, %d heads, layer %s", e->kind == LD_EMB_CLIP ? "FrozenCLIPEmbedder"
+                                                                                          : "FrozenOpenCLIPEmbedder2",
+                e->text.width, e->text.layers, e->text.heads,
+                e->layer == LD_EMB_LAYER_LAST ? "last" : e->layer == LD_EMB_LAYER_HIDDEN ? "hidden" : "penultimate");
+        if (e->layer == LD_EMB_LAYER_HIDDEN) put(w, " %d", e->layer_idx);
+        if (e->pooled) put(w, ", pooled");
+        put(w, "\n");
+    }
 }
 
 static void describe_cond(writer *w, const ld_model *m, const stats *st)
 {
     const ld_cond *c = &m->cond;
+    if (m->sgm.present) {
+        describe_sgm_cond(w, m, st);
+        return;
+    }
     switch (c->kind) {
     case LD_COND_CLASS:
         put(w, "cond: ClassEmbedder, %d classes -> %d", c->n_classes, c->embed_dim);

@@ -226,6 +226,9 @@ static ldm_status unet_levels(const det *d, ld_unet *u)
         u->channel_mult[l] = ch / u->model_channels;
         element e = out_element(d, idx, 1);
         if (e == EL_ATTN || e == EL_XF) u->attention_resolutions[u->n_attention_resolutions++] = 1 << l;
+        /* per-level depth (sgm lists it; 0 where a level has no transformer) */
+        u->transformer_depths[l] =
+            e == EL_XF ? ld_probe_count(d->s, MAX_COUNT, "%soutput_blocks.%d.1.transformer_blocks.", UNET, idx) : 0;
     }
     return LDM_OK;
 }
@@ -246,6 +249,12 @@ static ldm_status unet_middle(const det *d, ld_unet *u)
     u->use_spatial_transformer = 1;
     u->use_linear_in_transformer = proj_in->ndim == 2;
     u->transformer_depth = ld_probe_count(d->s, MAX_COUNT, "%smiddle_block.1.transformer_blocks.", UNET);
+    /* a per-level list only when some attention level differs from the middle block (SDXL) */
+    for (int l = 0; l < u->n_levels; l++)
+        if (u->transformer_depths[l] && u->transformer_depths[l] != u->transformer_depth) {
+            u->n_transformer_depths = u->n_levels;
+            u->transformer_depth_middle = u->transformer_depth;
+        }
     if (!(t = required(d, "cross-attention", "%smiddle_block.1.transformer_blocks.0.attn2.to_k.weight", UNET)))
         return LDM_ERR_UNSUPPORTED;
     return dim_of(d, t, 2, 1, "cross-attention keys", &u->context_dim);
@@ -261,7 +270,10 @@ static ldm_status detect_unet(const det *d, ld_unet *u)
     LDM_TRY(dim_of(d, in, 4, 1, "UNet input conv", &u->in_channels));
     LDM_TRY(dim_of(d, out, 4, 0, "UNet output conv", &u->out_channels));
     const lw_tensor *label = ld_probe(d->s, "%slabel_emb.weight", UNET);
+    const lw_tensor *adm = ld_probe(d->s, "%slabel_emb.0.0.weight", UNET);
     if (label) LDM_TRY(dim_of(d, label, 2, 0, "UNet class embedding", &u->num_classes));
+    else if (adm && ld_probe(d->s, "%slabel_emb.0.2.weight", UNET))
+        LDM_TRY(dim_of(d, adm, 2, 1, "UNet vector embedding (num_classes: sequential)", &u->adm_in_channels));
     else if (ld_probe_prefix(d->s, "%slabel_emb.", UNET))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: UNet label_emb is not a plain class embedding (adm/continuous "
                         "labels are not supported)", d->file);
@@ -576,6 +588,116 @@ static ldm_status apply_family(det *d, ld_model *m)
     return LDM_OK;
 }
 
+/* ---------------------------------------------------------------- sgm (SDXL) */
+
+static const char EMB[] = "conditioner.embedders.";
+
+/* The text embedders under conditioner.embedders.<i> (HF CLIP or open_clip key names). */
+static ldm_status sgm_text_embedder(det *d, ld_model *m, int i, ld_embedder *e)
+{
+    char root[64];
+    ld_cond_defaults(&e->text);
+    if (ld_probe(d->s, "%s%d.transformer.text_model.embeddings.token_embedding.weight", EMB, i)) {
+        e->kind = LD_EMB_CLIP;
+        e->text.kind = LD_COND_CLIP;
+        snprintf(root, sizeof root, "%s%d.transformer.text_model.", EMB, i);
+    } else {
+        e->kind = LD_EMB_OPENCLIP2;
+        e->text.kind = LD_COND_OPENCLIP;
+        snprintf(root, sizeof root, "%s%d.model.", EMB, i);
+    }
+    int hf = e->kind == LD_EMB_CLIP;
+    const lw_tensor *tok = hf ? ld_probe(d->s, "%sembeddings.token_embedding.weight", root)
+                              : ld_probe(d->s, "%stoken_embedding.weight", root);
+    if (!tok) return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %s%d.*: not a text encoder libldm knows", d->file, EMB, i);
+    LDM_TRY(dim_of(d, tok, 2, 1, "token embedding", &e->text.width));
+    e->text.layers = ld_probe_count(d->s, MAX_COUNT, "%s%s", root, hf ? "encoder.layers." : "transformer.resblocks.");
+    if (e->text.width % 64) undecided(d, "text encoder %d heads (width %d is not a multiple of 64)", i, e->text.width);
+    else e->text.heads = e->text.width / 64;
+    e->input = LD_EMB_IN_TXT;
+    if (hf) { /* SDXL base: FrozenCLIPEmbedder(layer: hidden, layer_idx: 11) = the penultimate of 12 */
+        e->layer = LD_EMB_LAYER_HIDDEN;
+        e->layer_idx = e->text.layers - 1;
+        ld_model_note(m, "CLIP embedder %d: layer hidden, layer_idx %d assumed", i, e->layer_idx);
+    } else { /* FrozenOpenCLIPEmbedder2(layer: penultimate, always_return_pooled, legacy: false) */
+        e->layer = LD_EMB_LAYER_PENULTIMATE;
+        e->legacy = 0;
+        e->pooled = ld_probe(d->s, "%stext_projection", root) != NULL;
+        ld_model_note(m, "OpenCLIP embedder %d: layer penultimate, legacy false%s assumed", i,
+                      e->pooled ? ", pooled output" : "");
+    }
+    return LDM_OK;
+}
+
+/* ConcatTimestepEmbedderND has no weights: the embedders after the text towers are told from what
+ * is left of adm_in_channels, in the layouts of the two released configs (base: original size,
+ * crop, target size; refiner: original size, crop, aesthetic score). */
+static ldm_status sgm_size_embedders(det *d, ld_model *m, int n_text, int pooled_width)
+{
+    ld_sgm *g = &m->sgm;
+    int rest = m->unet.adm_in_channels - pooled_width;
+    static const ld_emb_input base[] = {LD_EMB_IN_ORIGINAL_SIZE, LD_EMB_IN_CROP, LD_EMB_IN_TARGET_SIZE};
+    static const ld_emb_input refiner[] = {LD_EMB_IN_ORIGINAL_SIZE, LD_EMB_IN_CROP, LD_EMB_IN_AESTHETIC};
+    const ld_emb_input *layout = n_text == 2 ? base : refiner;
+    int numbers = n_text == 2 ? 6 : 5; /* two per size tuple, one aesthetic score */
+    if (rest <= 0 || rest % numbers || (rest / numbers) % 2 || g->n_embedders + 3 > LD_MAX_EMBEDDERS) {
+        undecided(d, "the size/crop embedders (adm_in_channels %d with %d pooled)", m->unet.adm_in_channels,
+                  pooled_width);
+        return LDM_OK;
+    }
+    for (int k = 0; k < 3; k++) {
+        ld_embedder *e = &g->emb[g->n_embedders++];
+        e->kind = LD_EMB_SIZE;
+        e->input = layout[k];
+        e->outdim = rest / numbers;
+    }
+    ld_model_note(m, "%s size conditioning (outdim %d) assumed from adm_in_channels %d",
+                  n_text == 2 ? "SDXL base" : "SDXL refiner", rest / numbers, m->unet.adm_in_channels);
+    return LDM_OK;
+}
+
+static ldm_status detect_sgm(det *d, ld_model *m)
+{
+    ld_sgm *g = &m->sgm;
+    m->is_diffusion = 1;
+    g->present = 1;
+    LDM_TRY(detect_first_stage(d, "first_stage_model.", &m->first_stage));
+    LDM_TRY(detect_unet(d, &m->unet));
+    m->unet.legacy = 0;
+    if (!m->unet.use_spatial_transformer || !m->unet.adm_in_channels)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: an sgm checkpoint whose UNet is not SDXL-shaped (cross-attention "
+                        "and label_emb.0 vector embedding)", d->file);
+    int n = ld_probe_count(d->s, LD_MAX_EMBEDDERS, "%s", EMB), width = 0, pooled = 0;
+    for (int i = 0; i < n; i++) {
+        if (!ld_probe_prefix(d->s, "%s%d.", EMB, i)) continue;
+        ld_embedder *e = &g->emb[g->n_embedders++];
+        LDM_TRY(sgm_text_embedder(d, m, i, e));
+        width += e->text.width;
+        if (e->pooled) {
+            const lw_tensor *proj = ld_probe(d->s, "%s%d.model.text_projection", EMB, i);
+            int cols = 0;
+            LDM_TRY(dim_of(d, proj, 2, 1, "text_projection", &cols));
+            pooled += cols;
+        }
+    }
+    if (g->n_embedders < 1 || g->n_embedders > 2 || width != m->unet.context_dim)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: %d text embedders of total width %d do not feed a UNet with "
+                        "context_dim %d", d->file, g->n_embedders, width, m->unet.context_dim);
+    LDM_TRY(sgm_size_embedders(d, m, g->n_embedders, pooled));
+    m->unet.num_head_channels = 64, m->unet.num_heads = -1;
+    ld_model_note(m, "recognised as SDXL (sgm DiffusionEngine); num_head_channels 64, scale_factor 0.13025, "
+                  "DiscreteDenoiser eps over LegacyDDPMDiscretization 0.00085..0.012 assumed");
+    m->scale_factor = 0.13025;
+    m->parameterization = LD_PARAM_EPS;
+    m->linear_start = 0.00085, m->linear_end = 0.012, m->timesteps = 1000;
+    m->use_ema = 0;
+    m->conditioning_key = LD_CONDKEY_CROSSATTN;
+    snprintf(m->cond_stage_key, sizeof m->cond_stage_key, "txt");
+    m->channels = m->first_stage.embed_dim;
+    m->image_size = 128;
+    return LDM_OK;
+}
+
 /* ---------------------------------------------------------------- entry */
 
 static ldm_status detect_ldm(det *d, ld_model *m)
@@ -593,7 +715,9 @@ ldm_status ld_detect(const lw_store *s, ld_model *out)
     if (!s || !out) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ld_detect: NULL store or output");
     ld_model_defaults(out);
     det d = {s, lw_path(s) ? lw_path(s) : "checkpoint", ""};
-    if (lw_find(s, "model.diffusion_model.input_blocks.0.0.weight")) {
+    if (lw_find(s, "model.diffusion_model.input_blocks.0.0.weight") && lw_has_prefix(s, EMB)) {
+        LDM_TRY(detect_sgm(&d, out));
+    } else if (lw_find(s, "model.diffusion_model.input_blocks.0.0.weight")) {
         LDM_TRY(detect_ldm(&d, out));
     } else if (lw_find(s, "encoder.conv_in.weight") && lw_find(s, "decoder.conv_in.weight")) {
         out->is_diffusion = 0;

@@ -302,38 +302,60 @@ static ldm_status mlp_sublayer(const ltt *t, const ltt_block *blk, const lctx *c
     return LDM_OK;
 }
 
-static ldm_status run_blocks(const ltt *t, const lctx *c, int B, int T, float *x, ltt_scratch *sc)
+/* The blocks over the residual stream x; `captured` (may be NULL) receives a copy of x after
+ * `capture_after` blocks; the final LayerNorm runs in place when final_ln. */
+static ldm_status run_blocks(const ltt *t, const lctx *c, int B, int T, float *x, ltt_scratch *sc, int capture_after,
+                             float *captured, int final_ln)
 {
+    size_t n = (size_t)B * T * t->dim;
     for (int i = 0; i < t->n_blocks; i++) {
+        if (captured && i == capture_after) memcpy(captured, x, n * sizeof *x);
         if (lctx_cancelled(c)) return ldm_fail(LDM_CANCELLED, "cancelled");
         LDM_TRY(attention_sublayer(t, &t->blocks[i], c, B, T, x, sc));
         LDM_TRY(mlp_sublayer(t, &t->blocks[i], c, B * T, x, sc));
     }
+    if (captured && capture_after == t->n_blocks) memcpy(captured, x, n * sizeof *x);
     if (lctx_cancelled(c)) return ldm_fail(LDM_CANCELLED, "cancelled");
-    lk_layer_norm(c, x, B * T, t->dim, LTT_LN_EPS, t->lnf_w, t->lnf_b, x);
+    if (final_ln) lk_layer_norm(c, x, B * T, t->dim, LTT_LN_EPS, t->lnf_w, t->lnf_b, x);
     return LDM_OK;
 }
 
-ldm_status ltt_encode(const ltt *t, const lctx *c, const ldm_tensor *tokens, ldm_tensor **out)
+ldm_status ltt_encode_ex(const ltt *t, const lctx *c, const ldm_tensor *tokens, int capture_after,
+                         ldm_tensor **captured, int final_ln, ldm_tensor **out)
 {
     *out = NULL;
+    if (captured) *captured = NULL;
     int B = 0, T = 0;
     LDM_TRY(check_tokens(t, tokens, &B, &T));
+    if (captured && (capture_after < 0 || capture_after > t->n_blocks))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: no hidden state after %d of %d blocks", t->model, capture_after,
+                        t->n_blocks);
     int64_t shape[3] = {B, T, t->dim};
-    ldm_tensor *y = lt_new_f32(3, shape);
-    if (!y) return ldm_fail_context(ldm_alloc_failure_status(), "%s: output: ", t->model);
+    ldm_tensor *y = lt_new_f32(3, shape), *h = captured ? lt_new_f32(3, shape) : NULL;
+    if (!y || (captured && !h)) {
+        ldm_tensor_free(y);
+        ldm_tensor_free(h);
+        return ldm_fail_context(ldm_alloc_failure_status(), "%s: output: ", t->model);
+    }
     ltt_scratch sc = {0};
     ldm_status st = alloc_scratch(t, B * T, &sc);
     if (st == LDM_OK) {
         /* The residual stream lives in the output tensor; the final LayerNorm runs in place. */
         embed(t, lt_i64(tokens), B, T, lt_f32(y));
-        st = run_blocks(t, c, B, T, lt_f32(y), &sc);
+        st = run_blocks(t, c, B, T, lt_f32(y), &sc, capture_after, h ? lt_f32(h) : NULL, final_ln);
     }
     free_scratch(&sc);
     if (st != LDM_OK) {
         ldm_tensor_free(y);
+        ldm_tensor_free(h);
         return st;
     }
     *out = y;
+    if (captured) *captured = h;
     return LDM_OK;
+}
+
+ldm_status ltt_encode(const ltt *t, const lctx *c, const ldm_tensor *tokens, ldm_tensor **out)
+{
+    return ltt_encode_ex(t, c, tokens, 0, NULL, 1, out);
 }

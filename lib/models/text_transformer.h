@@ -102,5 +102,10 @@ void ltt_release(ltt *t);
 /* tokens: I64 [B,T] with 1 <= T <= max_seq and every id in [0, vocab). out: new F32 [B,T,dim]
  * owned by the caller. */
 ldm_status ltt_encode(const ltt *t, const lctx *c, const ldm_tensor *tokens, ldm_tensor **out);
+/* The same with the hidden states SDXL's embedders read: *out is the stream after every block,
+ * with the final LayerNorm only when final_ln; when `captured` is not NULL it receives a new
+ * copy of the stream after `capture_after` blocks (0..n_blocks; no LayerNorm). */
+ldm_status ltt_encode_ex(const ltt *t, const lctx *c, const ldm_tensor *tokens, int capture_after,
+                         ldm_tensor **captured, int final_ln, ldm_tensor **out);
 
 #endif

@@ -43,6 +43,8 @@ struct lunet {
     int max_ch; /* widest activation (channels of a skip concatenation at most) */
     float *te_w0, *te_b0, *te_w2, *te_b2; /* time_embed.0 / time_embed.2 */
     float *label_emb;                     /* [num_classes, emb_ch] or NULL */
+    /* sgm num_classes "sequential" (SDXL): label_emb.0.0 / label_emb.0.2, or NULL */
+    float *adm_w0, *adm_b0, *adm_w2, *adm_b2;
     float *cond_proj;                     /* [model_channels, time_cond_proj_dim] or NULL (LCM) */
     lu_seq *inputs, *outputs, middle;
     int n_inputs, n_outputs;
@@ -102,15 +104,19 @@ static ldm_status attention_dims(lu_build *b, const char *name, int ch, int *dim
     return LDM_OK;
 }
 
-/* Appends the attention layer at a level listed in attention_resolutions. */
-static ldm_status add_attention(lu_build *b, lu_seq *s, const char *name, int ch, int upsample_side)
+/* Appends the attention layer at a level listed in attention_resolutions (depth: that level's
+ * transformer depth, or the middle block's). */
+static ldm_status add_attention(lu_build *b, lu_seq *s, const char *name, int ch, int upsample_side, int depth)
 {
     const ld_unet *d = &b->n->d;
     int dim_head = -1;
     LDM_TRY(attention_dims(b, name, ch, &dim_head));
     if (d->use_spatial_transformer) {
+        if (depth <= 0) /* sgm would build a SpatialTransformer without blocks: no released model has one */
+            return ldm_fail(LDM_ERR_UNSUPPORTED, "unet: %s: transformer depth %d at an attention level is not "
+                            "supported", name, depth);
         lu_layer *l = seq_add(s, LU_XF);
-        return lst_load(&l->xf, &b->L, name, ch, b->num_heads, dim_head, d->transformer_depth, d->context_dim,
+        return lst_load(&l->xf, &b->L, name, ch, b->num_heads, dim_head, depth, d->context_dim,
                         d->use_linear_in_transformer);
     }
     /* AttentionBlock(num_heads=..., num_head_channels=dim_head): heads = ch / dim_head unless -1 */
@@ -156,7 +162,7 @@ static ldm_status build_inputs(lu_build *b, int *ch_io, int *ds_io)
             ch = mult_ch;
             if (has_attention(d, ds)) {
                 LDM_TRY(lub_name(name, sizeof name, "input_blocks.%d.1", k));
-                LDM_TRY(add_attention(b, &n->inputs[k], name, ch, 0));
+                LDM_TRY(add_attention(b, &n->inputs[k], name, ch, 0, ld_unet_level_depth(d, level)));
             }
             n->skip_ch[k] = ch;
         }
@@ -182,7 +188,7 @@ static ldm_status build_inputs(lu_build *b, int *ch_io, int *ds_io)
 static ldm_status build_middle(lu_build *b, int ch)
 {
     LDM_TRY(add_res(b, &b->n->middle, "middle_block.0", ch, ch, 0));
-    LDM_TRY(add_attention(b, &b->n->middle, "middle_block.1", ch, 0));
+    LDM_TRY(add_attention(b, &b->n->middle, "middle_block.1", ch, 0, ld_unet_middle_depth(&b->n->d)));
     return add_res(b, &b->n->middle, "middle_block.2", ch, ch, 0);
 }
 
@@ -201,7 +207,7 @@ static ldm_status build_outputs(lu_build *b, int *ch_io, int ds)
             ch = mult_ch;
             if (has_attention(d, ds)) {
                 LDM_TRY(lub_name(name, sizeof name, "output_blocks.%d.1", k));
-                LDM_TRY(add_attention(b, s, name, ch, 1));
+                LDM_TRY(add_attention(b, s, name, ch, 1, ld_unet_level_depth(d, level)));
             }
             if (level && i == d->num_res_blocks) {
                 if (d->resblock_updown) {
@@ -235,6 +241,13 @@ static ldm_status load_embeddings(lu_build *b)
         int64_t le[2] = {n->d.num_classes, E};
         LDM_TRY(lub_get(&b->L, 2, le, &n->label_emb, "label_emb.weight"));
     }
+    if (n->d.adm_in_channels > 0) {
+        int64_t a0[2] = {E, n->d.adm_in_channels};
+        LDM_TRY(lub_get(&b->L, 2, a0, &n->adm_w0, "label_emb.0.0.weight"));
+        LDM_TRY(lub_get(&b->L, 1, bias, &n->adm_b0, "label_emb.0.0.bias"));
+        LDM_TRY(lub_get(&b->L, 2, w2, &n->adm_w2, "label_emb.0.2.weight"));
+        LDM_TRY(lub_get(&b->L, 1, bias, &n->adm_b2, "label_emb.0.2.bias"));
+    }
     if (n->d.time_cond_proj_dim > 0) {
         int64_t cp[2] = {mc, n->d.time_cond_proj_dim};
         LDM_TRY(lub_get(&b->L, 2, cp, &n->cond_proj, "time_embed.cond_proj.weight"));
@@ -266,6 +279,19 @@ static ldm_status check_desc(const ld_unet *d)
                         d->time_cond_proj_dim);
     if (d->use_spatial_transformer && (d->transformer_depth <= 0 || d->transformer_depth > 64))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: bad transformer_depth %d", d->transformer_depth);
+    if (d->n_transformer_depths < 0 || d->n_transformer_depths > LD_MAX_LEVELS ||
+        (d->n_transformer_depths && d->n_transformer_depths != d->n_levels))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: %d per-level transformer depths for %d levels",
+                        d->n_transformer_depths, d->n_levels);
+    for (int i = 0; i < d->n_transformer_depths; i++)
+        if (d->transformer_depths[i] < 0 || d->transformer_depths[i] > 64)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: bad transformer_depth[%d] = %d", i,
+                            d->transformer_depths[i]);
+    if (d->transformer_depth_middle > 64)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: bad transformer_depth_middle %d", d->transformer_depth_middle);
+    if (d->adm_in_channels < 0 || d->adm_in_channels > (1 << 20) || (d->adm_in_channels && d->num_classes))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: bad adm_in_channels %d (num_classes %d)", d->adm_in_channels,
+                        d->num_classes);
     return LDM_OK;
 }
 
@@ -347,6 +373,10 @@ void lunet_free(lunet *n)
     ldm_free(n->te_w2);
     ldm_free(n->te_b2);
     ldm_free(n->label_emb);
+    ldm_free(n->adm_w0);
+    ldm_free(n->adm_b0);
+    ldm_free(n->adm_w2);
+    ldm_free(n->adm_b2);
     ldm_free(n->cond_proj);
     if (n->inputs)
         for (int i = 0; i < n->n_inputs; i++) seq_free(&n->inputs[i]);
@@ -370,7 +400,7 @@ int lunet_size_multiple(const lunet *n) { return 1 << (n->d.n_levels - 1); }
 
 /* timestep_embedding(t, dim): [cos(t f), sin(t f)] (cos first), f_i = exp(-ln(10000) * i / half),
  * every step in float32 as torch does it (the Python double -ln(10000) is used as a float). */
-static void timestep_embedding(const float *t, int B, int dim, float *out)
+void lunet_timestep_embedding(const float *t, int B, int dim, float *out)
 {
     int half = dim / 2;
     float neg_log = (float)(-log(10000.0));
@@ -385,6 +415,25 @@ static void timestep_embedding(const float *t, int B, int dim, float *out)
         }
         if (dim % 2) row[dim - 1] = 0.0f;
     }
+}
+
+/* emb += label_emb(y) of the sgm "sequential" kind: Linear -> SiLU -> Linear on the vector y. */
+static ldm_status add_adm(lunet *n, const lctx *c, const float *y, int B, float *emb)
+{
+    int E = n->emb_ch;
+    float *hid = ldm_malloc(sizeof(float) * (size_t)B * E), *out = ldm_malloc(sizeof(float) * (size_t)B * E);
+    if (!hid || !out) {
+        ldm_free(hid);
+        ldm_free(out);
+        return ldm_alloc_failure_status();
+    }
+    lk_linear(c, y, B, n->d.adm_in_channels, n->adm_w0, n->adm_b0, E, hid);
+    lk_silu(hid, (size_t)B * E);
+    lk_linear(c, hid, B, E, n->adm_w2, n->adm_b2, E, out);
+    lk_add(emb, out, (size_t)B * E);
+    ldm_free(hid);
+    ldm_free(out);
+    return LDM_OK;
 }
 
 /* get_guidance_scale_embedding of the LCM pipeline, float32 as torch: v = (s - 1) * 1000,
@@ -427,23 +476,27 @@ static ldm_status add_guidance(lunet *n, const lctx *c, const float *scale, int 
 }
 
 /* emb = time_embed(t_emb [+ cond_proj(g)]) [+ label_emb(y)], before the final SiLU. */
-static ldm_status embed_raw(lunet *n, const lctx *c, const float *t, const float *gscale, const int64_t *y, int B,
-                            float *emb)
+static ldm_status embed_raw(lunet *n, const lctx *c, const float *t, const float *gscale, const ldm_tensor *yt,
+                            int B, float *emb)
 {
     int mc = n->d.model_channels, E = n->emb_ch;
     float *temb = ldm_malloc(sizeof(float) * (size_t)B * mc);
     float *hid = ldm_malloc(sizeof(float) * (size_t)B * E);
     ldm_status st = (temb && hid) ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {
-        timestep_embedding(t, B, mc, temb);
+        lunet_timestep_embedding(t, B, mc, temb);
         if (gscale) st = add_guidance(n, c, gscale, B, temb);
     }
     if (st == LDM_OK) {
         lk_linear(c, temb, B, mc, n->te_w0, n->te_b0, E, hid);
         lk_silu(hid, (size_t)B * E);
         lk_linear(c, hid, B, E, n->te_w2, n->te_b2, E, emb);
-        if (y)
+        if (yt && n->d.adm_in_channels > 0) {
+            st = add_adm(n, c, lt_f32(yt), B, emb);
+        } else if (yt) {
+            const int64_t *y = lt_i64(yt);
             for (int b = 0; b < B; b++) lk_add(emb + (size_t)b * E, n->label_emb + (size_t)y[b] * E, (size_t)E);
+        }
     }
     ldm_free(temb);
     ldm_free(hid);
@@ -478,13 +531,13 @@ ldm_status lunet_probe_guidance_embedding(const lw_store *s, const char *prefix,
 }
 
 /* emb_silu = SiLU(time_embed(t_emb) [+ label_emb(y)]): only the ResBlocks read emb, and each
- * starts with SiLU, so it is applied once here. */
-static ldm_status embed(lunet *n, const lctx *c, const float *t, const float *gscale, const int64_t *y, int B,
+ * starts with SiLU, so it is applied once here. y: class labels (I64) or the sgm vector (F32). */
+static ldm_status embed(lunet *n, const lctx *c, const float *t, const float *gscale, const ldm_tensor *yt, int B,
                         float **emb_silu)
 {
     float *emb = ldm_malloc(sizeof(float) * (size_t)B * n->emb_ch);
     if (!emb) return ldm_alloc_failure_status();
-    ldm_status st = embed_raw(n, c, t, gscale, y, B, emb);
+    ldm_status st = embed_raw(n, c, t, gscale, yt, B, emb);
     if (st != LDM_OK) {
         ldm_free(emb);
         return st;
@@ -642,6 +695,16 @@ static ldm_status check_inputs(const lunet *n, const ldm_tensor *x, const ldm_te
                             (long long)B, n->d.context_dim, lt_shape_str(context, a, sizeof a),
                             lt_shape_str(x, b, sizeof b));
     }
+    if (n->d.adm_in_channels > 0) {
+        if (!y)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: the vector conditioning y [B,%d] (adm_in_channels) is "
+                            "required", n->d.adm_in_channels);
+        LDM_TRY(lt_check(y, "unet vector conditioning y", LDM_F32, 2));
+        if (y->shape[0] != B || y->shape[1] != n->d.adm_in_channels)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet vector conditioning y: expected [%lld,%d], found %s",
+                            (long long)B, n->d.adm_in_channels, lt_shape_str(y, a, sizeof a));
+        return LDM_OK;
+    }
     if ((y != NULL) != (n->d.num_classes > 0))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "unet: class labels y must be given iff the model is "
                         "class-conditional (num_classes %d)", n->d.num_classes);
@@ -691,7 +754,7 @@ ldm_status lunet_forward_guided(lunet *n, const lctx *c, const ldm_tensor *x, co
     if (!t) return ldm_alloc_failure_status();
     for (int b = 0; b < B; b++)
         t[b] = timesteps->dtype == LDM_I64 ? (float)lt_i64(timesteps)[b] : lt_f32(timesteps)[b];
-    ldm_status est = embed(n, c, t, guidance_scale, y ? lt_i64(y) : NULL, B, &emb_silu);
+    ldm_status est = embed(n, c, t, guidance_scale, y, B, &emb_silu);
     ldm_free(t);
     LDM_TRY(est);
     lu_run r = {n, c, emb_silu, context ? lt_f32(context) : NULL, context ? (int)context->shape[1] : 0};

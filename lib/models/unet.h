@@ -1,7 +1,8 @@
 /* unet.h - ldm.modules.diffusionmodules.openaimodel.UNetModel (CompVis latent-diffusion and
  * Stability-AI stablediffusion, incl. use_linear_in_transformer) on float32 weights.
  *
- * forward(x [B,C,H,W], timesteps I64 [B], context [B,T,D] or NULL, y I64 [B] or NULL)
+ * forward(x [B,C,H,W], timesteps I64 [B], context [B,T,D] or NULL, y I64 [B] (class labels) or
+ *   F32 [B, adm_in_channels] (the sgm "sequential" vector of SDXL) or NULL)
  *   emb = time_embed(timestep_embedding(t)) (+ label_emb(y)); h runs through input_blocks
  *   (every output kept as a skip), middle_block, output_blocks (each concatenating the latest
  *   skip), then out = conv(SiLU(GN(h))). H and W must be divisible by 2^(levels-1). */
@@ -62,6 +63,11 @@ ldm_status lunet_time_embedding(lunet *n, const lctx *c, const float *t, const f
  * time_embedding.cond_proj.weight), 0 when absent. An error when it is not a 2-D
  * [model_channels, dim] matrix with dim >= 4 (the embedding divides by dim/2 - 1). */
 ldm_status lunet_probe_guidance_embedding(const lw_store *s, const char *prefix, int model_channels, int *dim);
+
+/* timestep_embedding(t, dim) of openaimodel / sgm util: out [B, dim] = [cos(t f), sin(t f)] with
+ * f_i = exp(-ln(10000) i / (dim/2)), in float32 as torch computes it (also sgm's
+ * ConcatTimestepEmbedderND). */
+void lunet_timestep_embedding(const float *t, int B, int dim, float *out);
 
 int lunet_num_classes(const lunet *n);  /* 0 when not class-conditional */
 int lunet_size_multiple(const lunet *n); /* H and W must be multiples of this: 2^(levels-1) */

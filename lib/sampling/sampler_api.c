@@ -97,7 +97,36 @@ static ldm_status check_params(const ldm_sampler_params *p, int T)
     if (p->spacing == LDM_SPACING_TRAILING && (!is_k_kind(p->kind) || p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
                         "sampler: trailing timestep spacing applies to euler, euler_a, heun and dpmpp_2m only");
+    if (p->discretization != LDM_DISCRETIZATION_KDIFFUSION && p->discretization != LDM_DISCRETIZATION_SGM)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: unknown discretization %d", p->discretization);
+    if (p->discretization == LDM_DISCRETIZATION_SGM && p->spacing == LDM_SPACING_TRAILING)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "sampler: trailing timestep spacing is diffusers' schedule: it "
+                        "goes with LDM_DISCRETIZATION_KDIFFUSION (sgm has no trailing spacing)");
+    if (p->discretization == LDM_DISCRETIZATION_SGM &&
+        !(p->kind == LDM_SAMPLER_EULER || p->kind == LDM_SAMPLER_EULER_ANCESTRAL || p->kind == LDM_SAMPLER_HEUN ||
+          p->kind == LDM_SAMPLER_DPMPP_2M))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "sampler: the sgm discretization is for the Euler, Euler "
+                        "ancestral, Heun and DPM++ 2M samplers (kind %d)", (int)p->kind);
     return LDM_OK;
+}
+
+/* The model timestep for noise level sigma: k-diffusion's interpolated t, or sgm's
+ * DiscreteDenoiser index of the nearest table sigma (c_noise). */
+static double model_t(const ldm_sampler *s, double sigma)
+{
+    if (s->p.discretization == LDM_DISCRETIZATION_SGM)
+        return (double)ls_sgm_sigma_index(s->sched->sgm_denoiser_sigmas, s->sched->n, sigma);
+    return ls_ksched_sigma_to_t(&s->ks, sigma);
+}
+
+/* The noise level the network input and output are scaled with: sgm's DiscreteDenoiser
+ * quantises sigma to its table (possibly_quantize_sigma); k-diffusion uses sigma itself. */
+static double scale_sigma(const ldm_sampler *s, double sigma)
+{
+    if (s->p.discretization != LDM_DISCRETIZATION_SGM) return sigma;
+    return (double)s->sched->sgm_denoiser_sigmas[ls_sgm_sigma_index(s->sched->sgm_denoiser_sigmas, s->sched->n,
+                                                                     sigma)];
 }
 
 /* Schedule-dependent arrays: DDIM parameters, k sigmas, per-step timesteps, evaluation count. */
@@ -133,7 +162,10 @@ static ldm_status plan(ldm_sampler *s)
         s->n_steps = p->steps;
         s->sigmas = ldm_malloc(((size_t)s->n_steps + 1) * sizeof *s->sigmas);
         if (!s->sigmas) return ldm_alloc_failure_status();
-        LDM_TRY(ls_ksched_sigmas(&s->ks, s->n_steps, p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS, s->sigmas));
+        if (p->discretization == LDM_DISCRETIZATION_SGM)
+            ls_sgm_sigmas(s->sched->sgm_sigmas, T, s->n_steps, s->sigmas);
+        else
+            LDM_TRY(ls_ksched_sigmas(&s->ks, s->n_steps, p->kind == LDM_SAMPLER_DPMPP_2M_KARRAS, s->sigmas));
         s->n_evals = s->n_steps;
         if (p->kind == LDM_SAMPLER_HEUN)
             for (int i = 0; i < s->n_steps; i++) s->n_evals += s->sigmas[i + 1] > 0.0;
@@ -148,7 +180,7 @@ static ldm_status plan(ldm_sampler *s)
         else if (s->lcm_t) /* LCM, trailing k-samplers: the integer timesteps themselves */
             s->step_t[k] = (double)s->lcm_t[k];
         else
-            s->step_t[k] = ls_ksched_sigma_to_t(&s->ks, s->sigmas[k]);
+            s->step_t[k] = model_t(s, s->sigmas[k]);
     }
     return LDM_OK;
 }
@@ -279,8 +311,9 @@ ldm_status ldm_sampler_begin(ldm_sampler *s, const ldm_tensor *x_T)
     s->step = s->phase = s->pending = s->pred_valid = 0;
     s->n_hist = s->have_old = 0;
     for (int i = 0; i < 3; i++) s->hist[i] = slot(s, W_H0 + i);
-    if (is_k_kind(s->p.kind)) { /* k-diffusion starts from noise * sigma_max */
+    if (is_k_kind(s->p.kind)) { /* k-diffusion starts from noise * sigma_max, sgm from noise * sqrt(1 + sigma_max^2) */
         float smax = (float)s->sigmas[0];
+        if (s->p.discretization == LDM_DISCRETIZATION_SGM) smax = sqrtf(1.0f + smax * smax);
         float *x = lt_f32(s->x);
         for (size_t i = 0; i < numel; i++) x[i] = x[i] * smax;
     }
@@ -328,9 +361,10 @@ static void make_request(ldm_sampler *s)
     default: { /* k-samplers: the model sees x * c_in(sigma) at t(sigma) */
         double sigma = s->phase == 0 ? s->sigmas[k] : s->sigmas[k + 1];
         const float *src = s->phase == 0 ? x : slot(s, W_XTMP);
-        float c_in = (float)ls_k_c_in(sigma);
+        float c_in = s->p.discretization == LDM_DISCRETIZATION_SGM ? ls_sgm_c_in((float)scale_sigma(s, sigma))
+                                                                   : (float)ls_k_c_in(sigma);
         for (size_t i = 0; i < s->numel; i++) xin[i] = src[i] * c_in;
-        s->pending_t = s->phase == 0 ? s->step_t[k] : ls_ksched_sigma_to_t(&s->ks, sigma);
+        s->pending_t = s->phase == 0 ? s->step_t[k] : model_t(s, sigma);
         return;
     }
     }
@@ -477,7 +511,7 @@ static void give_k(ldm_sampler *s, const float *out)
     size_t n = s->numel;
     if (s->phase == 1) { /* Heun: correct with the derivative at (x_2, sigma_next) */
         float *x2 = slot(s, W_XTMP), *d = slot(s, W_E0);
-        ls_k_denoised(x2, out, sigma_next, v, n, den);
+        ls_k_denoised(x2, out, scale_sigma(s, sigma_next), v, n, den);
         float fsn = (float)sigma_next, dt = (float)(sigma_next - sigma);
         for (size_t i = 0; i < n; i++) {
             float d2 = (x2[i] - den[i]) / fsn;
@@ -487,7 +521,7 @@ static void give_k(ldm_sampler *s, const float *out)
         s->step++;
         return;
     }
-    ls_k_denoised(x, out, sigma, v, n, den);
+    ls_k_denoised(x, out, scale_sigma(s, sigma), v, n, den);
     memcpy(px0, den, n * sizeof *px0);
     switch (s->p.kind) {
     case LDM_SAMPLER_EULER:
@@ -672,4 +706,23 @@ ldm_status ls_sampler_begin_from(ldm_sampler *s, const ldm_tensor *z0, const ldm
     }
     ldm_tensor_free(x0);
     return st;
+}
+
+ldm_status ldm_sampler_begin_at(ldm_sampler *s, const ldm_tensor *x, int first_step)
+{
+    if (!s) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_begin_at: NULL sampler");
+    if (first_step < 0 || first_step >= s->n_steps)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_begin_at: first step %d outside 0..%d", first_step,
+                        s->n_steps - 1);
+    LDM_TRY(ldm_sampler_begin(s, x));
+    float *dst = lt_f32(s->x);
+    const float *src = lt_f32(x);
+    if (s->p.discretization == LDM_DISCRETIZATION_SGM) {
+        float sig = (float)s->sigmas[first_step], a = sqrtf(1.0f + sig * sig);
+        for (size_t i = 0; i < s->numel; i++) dst[i] = (src[i] / a) * a;
+    } else {
+        memcpy(dst, src, s->numel * sizeof *dst);
+    }
+    s->step = first_step;
+    return LDM_OK;
 }

@@ -60,6 +60,14 @@ const char *ls_buffer_name(ls_buffer b);
 typedef struct ls_schedule {
     int n;
     float *buf[LS_N_BUFFERS];
+    /* sgm DiscreteDenoiser's sigma table (SDXL): sqrt((1 - ac) / ac) with ac in double as the
+     * discretization computes it, the quotient rounded to float32 before the float32 sqrt. */
+    float *sgm_sigmas;
+    /* DiscreteDenoiser's `sigmas` buffer: equal to sgm_sigmas unless the checkpoint stores
+     * `denoiser.sigmas` (then those values, as loading the state dict gives the reference). The
+     * sampler visits sgm_sigmas; the denoiser quantises each to the nearest entry here, whose
+     * index is the model timestep and whose value scales the network input and output. */
+    float *sgm_denoiser_sigmas;
 } ls_schedule;
 
 /* All derived buffers from betas (double, n entries), computed in double like register_schedule
@@ -142,6 +150,18 @@ void ls_plms_warmup(const float *e, const float *e_next, size_t n, float *out);
 ldm_status ls_ddpm_p_sample(const ls_schedule *s, int B, size_t per, const int64_t *t,
                             const float *x, const float *model_out, int v_param, const float *noise,
                             float *x_prev, float *pred_x0);
+
+/* ---------------------------------------------------------------- sgm discretization (sgm.c) */
+
+/* Stability-AI generative-models (SDXL): LegacyDDPMDiscretization's n noise levels, descending,
+ * then 0 (n + 1 values in out): the table sigmas of the timesteps
+ * np.linspace(T - 1, 0, n, endpoint=False).astype(int) (all T when n == T). */
+void ls_sgm_sigmas(const float *table, int T, int n, double *out);
+/* DiscreteDenoiser.sigma_to_idx: the index of the table sigma nearest to sigma (the first of
+ * equal distances, as torch's argmin). */
+int ls_sgm_sigma_index(const float *table, int T, double sigma);
+/* EpsScaling / VScaling c_in = 1 / (sigma^2 + 1) ** 0.5, in float32 as torch computes it. */
+float ls_sgm_c_in(float sigma);
 
 /* ---------------------------------------------------------------- k-diffusion (kdiff.c) */
 

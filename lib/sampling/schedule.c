@@ -116,7 +116,7 @@ ldm_status ls_make_betas(ls_beta_kind kind, int n, double linear_start, double l
 static ls_schedule *schedule_alloc(int n)
 {
     size_t bytes;
-    if (n < 1 || ldm_mul_size((size_t)n, sizeof(float) * LS_N_BUFFERS, &bytes)) {
+    if (n < 1 || ldm_mul_size((size_t)n, sizeof(float) * (LS_N_BUFFERS + 2), &bytes)) {
         ldm_fail(LDM_ERR_INVALID_ARGUMENT, "schedule: %d timesteps", n);
         return NULL;
     }
@@ -129,6 +129,8 @@ static ls_schedule *schedule_alloc(int n)
     }
     s->n = n;
     for (int b = 0; b < LS_N_BUFFERS; b++) s->buf[b] = block + (size_t)b * (size_t)n;
+    s->sgm_sigmas = block + (size_t)LS_N_BUFFERS * (size_t)n;
+    s->sgm_denoiser_sigmas = s->sgm_sigmas + n;
     return s;
 }
 
@@ -158,6 +160,9 @@ static void derive_buffers(ls_schedule *s, const double *betas, const double *ac
         s->buf[LS_POSTERIOR_LOG_VARIANCE_CLIPPED][t] = (float)log(pv > 1e-20 ? pv : 1e-20);
         s->buf[LS_POSTERIOR_MEAN_COEF1][t] = (float)(beta * sqrt(cp) / (1.0 - c));
         s->buf[LS_POSTERIOR_MEAN_COEF2][t] = (float)((1.0 - cp) * sqrt(a) / (1.0 - c));
+        /* sgm LegacyDDPMDiscretization: torch.tensor((1 - ac) / ac, float32) ** 0.5 */
+        s->sgm_sigmas[t] = sqrtf((float)((1.0 - c) / c));
+        s->sgm_denoiser_sigmas[t] = s->sgm_sigmas[t];
     }
 }
 
@@ -260,6 +265,8 @@ ldm_status ls_schedule_clone(const ls_schedule *s, ls_schedule **out)
     ls_schedule *c = schedule_alloc(s->n);
     if (!c) return ldm_alloc_failure_status();
     for (int b = 0; b < LS_N_BUFFERS; b++) memcpy(c->buf[b], s->buf[b], (size_t)s->n * sizeof(float));
+    memcpy(c->sgm_sigmas, s->sgm_sigmas, (size_t)s->n * sizeof(float));
+    memcpy(c->sgm_denoiser_sigmas, s->sgm_denoiser_sigmas, (size_t)s->n * sizeof(float));
     *out = c;
     return LDM_OK;
 }

@@ -113,6 +113,9 @@ static ldm_status check_model(ldm_trainer *t)
                             t->config_path, t->image_size, factor);
         return LDM_OK;
     }
+    if (m->sgm.present)
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training an sgm DiffusionEngine (SDXL) is not supported",
+                        t->config_path);
     if (m->cond.kind != LD_COND_NONE && !(m->cond.kind == LD_COND_CLASS && m->conditioning_key == LD_CONDKEY_CROSSATTN) &&
         !ltr_text_kind(m->cond.kind))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: training supports unconditional models, a ClassEmbedder and frozen "

@@ -54,6 +54,12 @@ def set_thread_max_alloc(max_bytes):
     return _api.lib.ldm_set_thread_max_alloc(_api.integer(max_bytes, "max_bytes", "size_t"))
 
 
+def sdxl_base_steps(steps, refiner_start):
+    """The base's share of an SDXL base -> refiner run of `steps` steps handed over at fraction
+    refiner_start of the schedule (sgm's demo rule, ldm_sdxl_base_steps)."""
+    return _api.lib.ldm_sdxl_base_steps(_api.integer(steps, "steps"), float(refiner_start))
+
+
 def version():
     """The library's version string (ldm_version()), e.g. "0.1.0"."""
     return _api.lib.ldm_version().decode("ascii")

@@ -27,10 +27,11 @@ SAMPLERS = {"ddim": 0, "plms": 1, "ddpm": 2, "euler": 3, "euler_a": 4, "euler_an
             "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7, "lcm": 8}
 PARAMETERIZATIONS = {"eps": 0, "v": 1, "x0": 2}
 SPACINGS = {"default": 0, "trailing": 1}  # ldm_timestep_spacing
+DISCRETIZATIONS = {"kdiffusion": 0, "sgm": 1}  # LDM_DISCRETIZATION_* (SDXL samples with "sgm")
 TOKENIZERS = {"clip": 0, "openclip": 1, "bert": 2}
 AUTOENCODER_KINDS = {0: "kl", 1: "vq"}
 CONDITIONER_KINDS = {0: "none", 1: "class", 2: "clip_text", 3: "openclip_text", 4: "bert",
-                     5: "spatial_rescaler", 6: "first_stage", 7: "identity"}
+                     5: "spatial_rescaler", 6: "first_stage", 7: "identity", 8: "sdxl"}
 LOG_LEVELS = {0: "error", 1: "warn", 2: "info", 3: "debug"}
 UNCOND_CLASS_AUTO = -1  # LDM_UNCOND_CLASS_AUTO: the model's own unconditional class, if any
 UNCOND_CLASS_NONE = -2  # LDM_UNCOND_CLASS_NONE: the model has none
@@ -63,7 +64,8 @@ class ModelParams(Structure):
 
 class SamplerParams(Structure):
     _fields_ = [("struct_size", c_size_t), ("kind", c_int), ("steps", c_int), ("eta", c_float),
-                ("ddim_quad", c_int), ("seed", c_uint64), ("spacing", c_int), ("lcm_original_steps", c_int)]
+                ("ddim_quad", c_int), ("seed", c_uint64), ("spacing", c_int), ("lcm_original_steps", c_int),
+                ("discretization", c_int)]
 
 
 class GenerateParams(Structure):
@@ -78,7 +80,19 @@ class GenerateParams(Structure):
                 ("plain_prompts", c_int),
                 # tiny autoencoder and previews
                 ("vae", c_int), ("preview", PREVIEW_CALLBACK), ("preview_user_data", c_void_p),
-                ("preview_every", c_int), ("preview_kind", c_int)]
+                ("preview_every", c_int), ("preview_kind", c_int),
+                # SDXL (issue #14)
+                ("original_width", c_int), ("original_height", c_int), ("crop_left", c_int), ("crop_top", c_int),
+                ("target_width", c_int), ("target_height", c_int), ("aesthetic_score", c_float),
+                ("negative_aesthetic_score", c_float), ("refiner", c_void_p), ("refiner_start", c_double)]
+
+
+class SdxlCondParams(Structure):  # ldm_sdxl_cond_params (SDXL, issue #14)
+    _fields_ = [("struct_size", c_size_t), ("prompts", POINTER(c_char_p)), ("n_prompts", c_int),
+                ("tokens", POINTER(c_void_p)), ("n_tokens", c_int), ("zero_text", c_int),
+                ("original_height", c_double), ("original_width", c_double), ("crop_top", c_double),
+                ("crop_left", c_double), ("target_height", c_double), ("target_width", c_double),
+                ("aesthetic_score", c_double), ("prompt_syntax", c_int), ("prompt_flags", ctypes.c_uint)]
 
 
 class TrainProgress(Structure):
@@ -248,6 +262,11 @@ _proto("ldm_prompt_runs_is_break", c_int, _P, c_int)
 _proto("ldm_prompt_runs_free", None, _P)
 _proto("ldm_tokenizer_encode_prompt", _S, _P, c_char_p, c_int, ctypes.c_uint, _OUT, _OUT)
 _proto("ldm_conditioner_encode_prompt", _S, _P, _STRS, c_int, ctypes.c_uint, _OUT)
+_proto("ldm_sdxl_cond_params_init_size", None, c_void_p, c_size_t)
+_proto("ldm_conditioner_encode_sdxl", _S, _P, POINTER(SdxlCondParams), _OUT, _OUT)
+_proto("ldm_model_apply_sdxl", _S, _P, _P, _P, _P, _P, _P, _P, c_float, _OUT)
+_proto("ldm_sampler_begin_at", _S, _P, _P, c_int)
+_proto("ldm_sdxl_base_steps", c_int, c_int, c_double)
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}

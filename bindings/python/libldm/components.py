@@ -106,7 +106,7 @@ class Conditioner(_Component):
     @property
     def kind(self):
         """"none", "class", "clip_text", "openclip_text", "bert", "spatial_rescaler",
-        "first_stage" or "identity"."""
+        "first_stage", "identity" or "sdxl"."""
         return _api.CONDITIONER_KINDS[self._get(_lib.ldm_conditioner_get_kind)]
 
     def encode_tokens(self, tokens):
@@ -132,6 +132,48 @@ class Conditioner(_Component):
         arr, n = _api.strings(prompts)
         return self._call("ldm_conditioner_encode_prompt", arr, n,
                           _api.prompt_flags(emphasis, comma_backtrack, normalize))
+
+    def encode_sdxl(self, prompts=None, tokens=None, original_width=None, original_height=None, crop_left=None,
+                    crop_top=None, target_width=None, target_height=None, aesthetic_score=None, zero_text=False,
+                    prompt_syntax=False, emphasis=True, comma_backtrack=True, normalize=True):
+        """SDXL's conditioner (ldm_conditioner_encode_sdxl) -> (crossattn [B,T,D], vector [B,adm]).
+
+        prompts: a prompt or a list (needs the vocabulary), or tokens: one int64 [B,T] per text
+        encoder. Size / crop numbers left at None are 0; aesthetic_score (refiner) defaults to 6.
+        zero_text: the text encoders' outputs are zeros (the SDXL base's unconditional branch).
+        prompt_syntax: webui's syntax and long prompts on every text encoder, the pooled vector
+        from the first chunk (docs/prompts.md; emphasis / comma_backtrack / normalize as in
+        encode_prompt)."""
+        p = _api.SdxlCondParams()
+        _lib.ldm_sdxl_cond_params_init_size(ctypes.byref(p), ctypes.sizeof(p))
+        numbers = {"original_width": original_width, "original_height": original_height, "crop_left": crop_left,
+                   "crop_top": crop_top, "target_width": target_width, "target_height": target_height,
+                   "aesthetic_score": aesthetic_score}
+        for field, value in numbers.items():
+            if value is not None:
+                if not is_number(value):
+                    raise TypeError("%s: expected a number, got %r" % (field, value))
+                setattr(p, field, float(value))
+        p.zero_text = 1 if zero_text else 0
+        p.prompt_syntax = 1 if prompt_syntax else 0
+        p.prompt_flags = _api.prompt_flags(emphasis, comma_backtrack, normalize)
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        ca, vec = ctypes.c_void_p(), ctypes.c_void_p()
+        with Args() as a:
+            if tokens is not None:
+                handles = [a.tensor(t, "int64") for t in tokens]
+                arr = (ctypes.c_void_p * max(len(handles), 1))(*handles)
+                p.tokens = ctypes.cast(arr, ctypes.POINTER(ctypes.c_void_p))
+                p.n_tokens = len(handles)
+            elif prompts is not None:
+                texts = (ctypes.c_char_p * len(prompts))(*[t.encode("utf-8") for t in prompts])
+                p.prompts = ctypes.cast(texts, ctypes.POINTER(ctypes.c_char_p))
+                p.n_prompts = len(prompts)
+            with self.model._running():
+                self.model._check(_lib.ldm_conditioner_encode_sdxl(self._handle, ctypes.byref(p), ctypes.byref(ca),
+                                                                   ctypes.byref(vec)), "ldm_conditioner_encode_sdxl")
+        return result(ca.value), result(vec.value)
 
     def encode_labels(self, labels):
         """Class labels [B] -> [B,1,D]."""

@@ -36,7 +36,8 @@ def _enum(table, value, what):
         raise ValueError("%s %r: expected one of %s" % (what, value, ", ".join(table))) from None
 
 
-def sampler_params(kind, steps, eta, ddim_quad, seed, spacing="default", lcm_original_steps=50):
+def sampler_params(kind, steps, eta, ddim_quad, seed, spacing="default", lcm_original_steps=50,
+                   discretization="kdiffusion"):
     p, _ = _api.init_params(_api.SamplerParams, _lib.ldm_sampler_params_init)
     p.kind = _enum(_api.SAMPLERS, kind, "sampler")
     p.steps = _api.integer(steps, "steps")
@@ -45,6 +46,7 @@ def sampler_params(kind, steps, eta, ddim_quad, seed, spacing="default", lcm_ori
     p.seed = _api.integer(seed, "seed", "uint64")
     p.spacing = _enum(_api.SPACINGS, spacing, "spacing")
     p.lcm_original_steps = _api.integer(lcm_original_steps, "lcm_original_steps")
+    p.discretization = _enum(_api.DISCRETIZATIONS, discretization, "discretization")
     return p
 
 
@@ -337,13 +339,23 @@ class Model:
             return self._tensor_call("ldm_model_apply_embedded_guidance", a.tensor(x), a.tensor(t, tdtype), a.tensor(cond),
                                      ctypes.c_float(guidance_scale))
 
+    def apply_sdxl(self, x, timesteps, crossattn, vector, uncond_crossattn=None, uncond_vector=None, scale=1.0):
+        """An SDXL model's UNet output (ldm_model_apply_sdxl) with Conditioner.encode_sdxl's
+        crossattn / vector; with the uncond_* given and scale != 1, guided as u + scale (c - u)."""
+        t, tdtype = timesteps_arg(timesteps)
+        with Args() as a:
+            return self._tensor_call("ldm_model_apply_sdxl", a.tensor(x), a.tensor(t, tdtype), a.tensor(crossattn),
+                                     a.tensor(vector), a.tensor(uncond_crossattn), a.tensor(uncond_vector),
+                                     ctypes.c_float(scale))
+
     def sampler(self, kind="ddim", steps=50, eta=0.0, ddim_quad=False, seed=0, spacing="default",
-                lcm_original_steps=50):
+                lcm_original_steps=50, discretization="kdiffusion"):
         """A Sampler over this model's training schedule and parameterization. spacing "trailing"
         (k-samplers): diffusers' trailing timesteps (SD-Turbo / SDXL-Turbo); kind "lcm": the LCM
-        scheduler over lcm_original_steps distillation timesteps (docs/few-step.md)."""
+        scheduler over lcm_original_steps distillation timesteps (docs/few-step.md);
+        discretization "sgm": SDXL's noise levels (euler, euler_a, heun, dpmpp_2m)."""
         from .sampler import Sampler
-        p = sampler_params(kind, steps, eta, ddim_quad, seed, spacing, lcm_original_steps)
+        p = sampler_params(kind, steps, eta, ddim_quad, seed, spacing, lcm_original_steps, discretization)
         out = ctypes.c_void_p()
         with self._running() as h:
             self._check(_lib.ldm_model_sampler(h, ctypes.byref(p), ctypes.byref(out)), "ldm_model_sampler")
@@ -356,7 +368,9 @@ class Model:
                  init_image=None, strength=None, mask=None, cond_image=None, layout_tokens=None,
                  vae_tile=None, x_T=None, uncond_class=None, progress=None, timestep_spacing=None,
                  lcm_original_steps=None, plain_prompts=None, vae=None, preview=None,
-                 preview_every=None, preview_kind=None):
+                 preview_every=None, preview_kind=None, original_width=None,
+                 original_height=None, crop_left=None, crop_top=None, target_width=None, target_height=None,
+                 aesthetic_score=None, negative_aesthetic_score=None, refiner=None, refiner_start=None):
         """The whole pipeline (ldm_generate): returns images [B,3,H,W] in [-1,1].
 
         Few-step models (docs/few-step.md): sampler="lcm" (steps default 4; guidance off, or 8.5
@@ -374,6 +388,11 @@ class Model:
         prompt / negative_prompt use webui's syntax -- (word:1.3), (word), [word], BREAK -- and may
         be longer than 75 tokens (docs/prompts.md); plain_prompts=True reads them as plain text cut
         at 75 tokens.
+        SDXL (docs/models.md): original_width / original_height, crop_left / crop_top and
+        target_width / target_height are the size conditioning (None: the output size and crop 0),
+        aesthetic_score / negative_aesthetic_score a refiner's (6 / 2.5); refiner: an SDXL refiner
+        Model that takes over after refiner_start (default 0.8) of the schedule and decodes (it is
+        busy for the call, as this model is).
         progress: fn(step, total) called after each step; returning True stops the run
         (libldm.Cancelled is raised); an exception it raises stops the run and propagates here. The
         model's abort callback (set_abort_callback) is polled as well.
@@ -396,11 +415,16 @@ class Model:
                                  mask=mask, cond_image=cond_image, layout_tokens=layout_tokens, vae_tile=vae_tile,
                                  x_T=x_T, uncond_class=uncond_class, timestep_spacing=timestep_spacing,
                                  lcm_original_steps=lcm_original_steps, plain_prompts=plain_prompts, vae=vae,
-                                 preview_every=preview_every, preview_kind=preview_kind)
+                                 preview_every=preview_every, preview_kind=preview_kind,
+                                 original_width=original_width, original_height=original_height,
+                                 crop_left=crop_left, crop_top=crop_top, target_width=target_width,
+                                 target_height=target_height, aesthetic_score=aesthetic_score,
+                                 negative_aesthetic_score=negative_aesthetic_score, refiner_start=refiner_start)
             p.progress = guard.c_function
             if preview is not None:
                 p.preview = pguard.c_function
-            with self._running() as h, _callbacks.sigint_interrupts(self.interrupt) as sigint:
+            with self._running() as h, _refiner(refiner, self, p), \
+                    _callbacks.sigint_interrupts(self.interrupt) as sigint:
                 status = _lib.ldm_generate(h, ctypes.byref(p), ctypes.byref(out))
                 image = result(out.value) if status == _api.LDM_OK else None
                 guard.raise_pending()
@@ -421,10 +445,11 @@ class Model:
         invalid combination."""
         kwargs.pop("progress", None)
         kwargs.pop("preview", None)
+        refiner = kwargs.pop("refiner", None)
         resolved = _api.GenerateParams()
         with Args() as a:
             p = _generate_params(a, **kwargs)
-            with self._running() as h:
+            with self._running() as h, _refiner(refiner, self, p):
                 self._check(_lib.ldm_generate_params_resolve(h, ctypes.byref(p), ctypes.byref(resolved)),
                             "ldm_generate_params_resolve")
         out = {}
@@ -433,8 +458,11 @@ class Model:
             out[field] = value.decode("utf-8") if value is not None else ""
         for field in ("class_label", "width", "height", "batch", "steps", "seed", "vae_tile", "lcm_original_steps", "plain_prompts"):
             out[field] = getattr(resolved, field)
-        for field in ("eta", "guidance_scale", "strength"):
+        for field in ("eta", "guidance_scale", "strength", "aesthetic_score", "negative_aesthetic_score",
+                      "refiner_start"):
             out[field] = float(getattr(resolved, field))
+        for field in ("original_width", "original_height", "crop_left", "crop_top", "target_width", "target_height"):
+            out[field] = getattr(resolved, field)
         out["sampler"] = _SAMPLER_NAMES.get(resolved.sampler, resolved.sampler)
         out["timestep_spacing"] = {v: k for k, v in _api.SPACINGS.items()}.get(resolved.timestep_spacing,
                                                                               resolved.timestep_spacing)
@@ -452,6 +480,21 @@ for _name, _kind in _api.SAMPLERS.items():
     _SAMPLER_NAMES.setdefault(_kind, _name)
 
 
+@contextlib.contextmanager
+def _refiner(refiner, model, p):
+    """Puts an SDXL refiner Model's handle into p for the call, holding its one-call guard."""
+    if refiner is None:
+        yield
+        return
+    if not isinstance(refiner, Model):
+        raise TypeError("refiner: expected a libldm.Model, got %r" % (refiner,))
+    if refiner is model:
+        raise ValueError("refiner: the refiner must be another model than the one generating")
+    with refiner._running() as rh:
+        p.refiner = rh
+        yield
+
+
 def _uncond_class(value):
     if value is None or value == "auto":
         return _api.UNCOND_CLASS_AUTO
@@ -466,7 +509,9 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
                      sampler=None, steps=None, eta=None, guidance_scale=None, seed=None, init_image=None,
                      strength=None, mask=None, cond_image=None, layout_tokens=None, vae_tile=None, x_T=None,
                      uncond_class=None, timestep_spacing=None, lcm_original_steps=None, plain_prompts=None,
-                     vae=None, preview_every=None, preview_kind=None):
+                     vae=None, preview_every=None, preview_kind=None,
+                     original_width=None, original_height=None, crop_left=None, crop_top=None, target_width=None,
+                     target_height=None, aesthetic_score=None, negative_aesthetic_score=None, refiner_start=None):
     """An ldm_generate_params from generate()'s arguments (None: the library's default); tensors
     are converted into `a` (an Args), which must outlive the call."""
     p, _ = _api.init_params(_api.GenerateParams, _lib.ldm_generate_params_init)
@@ -475,13 +520,17 @@ def _generate_params(a, prompt=None, negative_prompt=None, class_label=None, wid
         if value is not None:
             setattr(p, field, value.encode("utf-8"))
     integers = {"class_label": class_label, "width": width, "height": height, "batch": batch,
-                "steps": steps, "vae_tile": vae_tile, "lcm_original_steps": lcm_original_steps}
+                "steps": steps, "vae_tile": vae_tile, "lcm_original_steps": lcm_original_steps,
+                "original_width": original_width, "original_height": original_height, "crop_left": crop_left,
+                "crop_top": crop_top, "target_width": target_width, "target_height": target_height}
     for field, value in integers.items():
         if value is not None:
             setattr(p, field, _api.integer(value, field))
     if seed is not None:
         p.seed = _api.integer(seed, "seed", "uint64")
-    for field, value in {"eta": eta, "guidance_scale": guidance_scale, "strength": strength}.items():
+    floats = {"eta": eta, "guidance_scale": guidance_scale, "strength": strength, "aesthetic_score": aesthetic_score,
+              "negative_aesthetic_score": negative_aesthetic_score, "refiner_start": refiner_start}
+    for field, value in floats.items():
         if value is not None:
             setattr(p, field, float(value))
     if sampler is not None:

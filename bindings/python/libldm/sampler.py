@@ -63,6 +63,15 @@ class Sampler(_Owned):
             check(self._call(_lib.ldm_sampler_begin, a.tensor(x_T)), "ldm_sampler_begin")
         self._given = True
 
+    def begin_at(self, x, first_step):
+        """Starts a run at step first_step from x, a sample already at that step's noise level
+        (another sampler's current() after first_step steps of the same schedule: the SDXL base ->
+        refiner hand-off, ldm_sampler_begin_at)."""
+        with Args() as a:
+            check(self._call(_lib.ldm_sampler_begin_at, a.tensor(x), _api.integer(first_step, "first_step")),
+                  "ldm_sampler_begin_at")
+        self._given = True
+
     def set_noise(self, noise):
         """Fixed per-step noise [n_steps, *x_T.shape] instead of the seeded generator (None: back
         to the generator)."""

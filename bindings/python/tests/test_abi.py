@@ -58,7 +58,8 @@ class AbiTest(unittest.TestCase):
         # offsetof/sizeof of every field as a C compiler lays out include/ldm.h, against ctypes
         structs = (("ldm_model_params", _api.ModelParams), ("ldm_sampler_params", _api.SamplerParams),
                    ("ldm_generate_params", _api.GenerateParams), ("ldm_train_params", _api.TrainParams),
-                   ("ldm_train_progress", _api.TrainProgress), ("ldm_lora_info", _api.LoraInfo))
+                   ("ldm_train_progress", _api.TrainProgress), ("ldm_lora_info", _api.LoraInfo),
+                   ("ldm_sdxl_cond_params", _api.SdxlCondParams))
         lines = ['#include <stddef.h>', '#include <stdio.h>', '#include "ldm.h"', "int main(void) {"]
         for cname, struct in structs:
             lines.append('printf("%s %%zu\\n", sizeof(%s));' % (cname, cname))

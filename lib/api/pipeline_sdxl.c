@@ -1,0 +1,270 @@
+/* pipeline_sdxl.c - ldm_generate for SDXL (sgm DiffusionEngine) models: the reference demo's
+ * txt2img (Stability-AI generative-models scripts/demo/sampling.py + sgm/inference/helpers.py):
+ *
+ *   conditioning  GeneralConditioner on the prompt with original = target size = the output size
+ *                 and crop (0, 0) unless the caller overrides them; the unconditional branch of a
+ *                 base model (no aesthetic-score embedder) zeroes the text embeddings
+ *                 (force_uc_zero_embeddings ["txt"]) when the negative prompt is empty, a
+ *                 refiner-style model encodes the negative prompt ("" by default) with the
+ *                 negative aesthetic score (the demo's legacy branch);
+ *   sampling      sgm's samplers over LegacyDDPMDiscretization (LDM_DISCRETIZATION_SGM), VanillaCFG;
+ *                 with trailing spacing (SDXL-Turbo) diffusers' EulerAncestral/Euler "trailing"
+ *                 schedule instead (docs/few-step.md), which the model card runs;
+ *   refiner       the demo's finish-denoising hand-off: the base runs ldm_sdxl_base_steps of the
+ *                 schedule, the refiner the rest from the base's latent (ldm_sampler_begin_at),
+ *                 conditioned on the output size, crop (0, 0) and the aesthetic scores, and decodes;
+ *   decode        decode_first_stage(z / scale_factor).
+ * A non-empty negative prompt on a base model is encoded rather than zeroed (the demo has no
+ * negative prompt for SDXL base; encoding it is what a negative prompt means everywhere else). */
+#include "model_internal.h"
+
+#include "pipeline_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static int has_aesthetic(const ldm_model *m)
+{
+    for (int i = 0; i < m->desc.sgm.n_embedders; i++)
+        if (m->desc.sgm.emb[i].input == LD_EMB_IN_AESTHETIC) return 1;
+    return 0;
+}
+
+ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
+{
+    (void)in;
+    if (p->init_image || p->mask || p->cond_image || p->layout_tokens)
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: SDXL: image-to-image, inpainting and image conditioning are not "
+                        "implemented (text-to-image only)",
+                        m->path);
+    if (p->class_label >= 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: SDXL models take a prompt, not a class label", m->path);
+    /* sgm has no DDIM/PLMS/DDPM: the library's default (DDIM) becomes the demo's EulerEDMSampler */
+    if (p->sampler == LDM_SAMPLER_DDIM) p->sampler = LDM_SAMPLER_EULER;
+    if (p->sampler != LDM_SAMPLER_EULER && p->sampler != LDM_SAMPLER_EULER_ANCESTRAL &&
+        p->sampler != LDM_SAMPLER_HEUN && p->sampler != LDM_SAMPLER_DPMPP_2M)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
+                        "%s: SDXL samples with euler, euler_a, heun or dpmpp_2m (sgm's "
+                        "samplers); sampler %d is not one of them",
+                        m->path, (int)p->sampler);
+    if (p->steps == 0) p->steps = 50; /* steps 0: the sampler's default (the k-samplers': 50) */
+    if (p->timestep_spacing != LDM_SPACING_DEFAULT && p->timestep_spacing != LDM_SPACING_TRAILING)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timestep_spacing %d is not DEFAULT or TRAILING",
+                        (int)p->timestep_spacing);
+    if (p->guidance_scale == 0.0f) p->guidance_scale = 5.0f; /* the demo's cfg-scale default */
+    if (!isfinite(p->guidance_scale) || !isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: guidance and aesthetic scores must be numbers");
+    if (p->original_width < 0 || p->original_height < 0 || p->target_width < 0 || p->target_height < 0 ||
+        p->crop_left < 0 || p->crop_top < 0)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: size and crop conditioning cannot be negative");
+    if (p->refiner) {
+        if (!p->refiner->desc.sgm.present)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "refiner %s is not an SDXL (sgm) model", p->refiner->path);
+        if (!(p->refiner_start >= 0.0 && p->refiner_start <= 1.0))
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "refiner_start %g outside [0,1]", p->refiner_start);
+        if (p->refiner->desc.unet.in_channels != m->desc.unet.out_channels)
+            return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "refiner %s takes %d latent channels, the base makes %d",
+                            p->refiner->path, p->refiner->desc.unet.in_channels, m->desc.unet.out_channels);
+    }
+    return LDM_OK;
+}
+
+/* ---------------------------------------------------------------- conditioning */
+
+typedef struct sdxl_cond {
+    ldm_tensor *ca, *vec, *uca, *uvec;
+} sdxl_cond;
+
+static void cond_release(sdxl_cond *c)
+{
+    ldm_tensor_free(c->ca);
+    ldm_tensor_free(c->vec);
+    ldm_tensor_free(c->uca);
+    ldm_tensor_free(c->uvec);
+    memset(c, 0, sizeof *c);
+}
+
+/* One text for the whole batch; chunks > 0: webui's prompt rules with at least that many chunks
+ * (0: plain text). */
+static ldm_status encode(ldm_model *m, const char *text, int batch, const ldm_sdxl_cond_params *base, int zero,
+                         double aesthetic, int chunks, ldm_tensor **ca, ldm_tensor **vec)
+{
+    struct ldm_conditioner *cond;
+    LDM_TRY(lm_conditioner(m, &cond));
+    const char *prompts[64];
+    for (int b = 0; b < batch; b++) prompts[b] = text;
+    ldm_sdxl_cond_params p = *base;
+    p.prompts = prompts;
+    p.n_prompts = batch;
+    p.zero_text = zero;
+    p.aesthetic_score = aesthetic;
+    if (chunks > 0) return lm_cond_encode_sdxl_prompts(cond, &p, chunks, ca, vec);
+    return lm_cond_encode_sdxl(cond, &p, ca, vec);
+}
+
+/* The chunk count both branches get (the shorter text is padded with empty chunks, webui's
+ * pad_cond_uncond, as for SD 1.x/2.x), 0 for plain prompts. */
+static ldm_status chunk_count(ldm_model *m, const ldm_generate_params *p, const char *neg, int *chunks)
+{
+    *chunks = 0;
+    if (p->plain_prompts) return LDM_OK;
+    struct ldm_conditioner *cond;
+    int a = 1, b = 1;
+    LDM_TRY(lm_conditioner(m, &cond));
+    LDM_TRY(lm_sdxl_prompt_chunk_count(cond, p->prompt ? p->prompt : "", 0, &a));
+    if (p->guidance_scale != 1.0f) {
+        ldm_status st = lm_sdxl_prompt_chunk_count(cond, neg, 0, &b);
+        if (st != LDM_OK) return ldm_fail_context(st, "negative ");
+    }
+    *chunks = LDM_MAX(a, b);
+    return LDM_OK;
+}
+
+/* refiner: apply_refiner's values (output size, crop 0) instead of the caller's size overrides */
+static ldm_status build_cond(ldm_model *m, const ldm_generate_params *p, int refiner, sdxl_cond *c)
+{
+    ldm_sdxl_cond_params cp;
+    ldm_sdxl_cond_params_init(&cp);
+    cp.original_height = !refiner && p->original_height ? p->original_height : p->height;
+    cp.original_width = !refiner && p->original_width ? p->original_width : p->width;
+    cp.crop_top = refiner ? 0 : p->crop_top;
+    cp.crop_left = refiner ? 0 : p->crop_left;
+    cp.target_height = !refiner && p->target_height ? p->target_height : p->height;
+    cp.target_width = !refiner && p->target_width ? p->target_width : p->width;
+    const char *neg = p->negative_prompt ? p->negative_prompt : "";
+    int zero_uc = !has_aesthetic(m) && neg[0] == '\0', chunks = 0;
+    ldm_status st = chunk_count(m, p, neg, &chunks);
+    if (st == LDM_OK)
+        st = encode(m, p->prompt ? p->prompt : "", p->batch, &cp, 0, p->aesthetic_score, chunks, &c->ca, &c->vec);
+    if (st == LDM_OK && p->guidance_scale != 1.0f)
+        st = encode(m, neg, p->batch, &cp, zero_uc, p->negative_aesthetic_score, chunks, &c->uca, &c->uvec);
+    if (st == LDM_OK) st = lp_check_cancel(m, "after text encoding");
+    if (st != LDM_OK) cond_release(c);
+    return st;
+}
+
+/* ---------------------------------------------------------------- sampling */
+
+static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
+{
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = p->sampler;
+    sp.steps = p->steps;
+    sp.seed = p->seed;
+    /* trailing spacing: diffusers' scheduler as SDXL-Turbo runs it (EulerAncestralDiscreteScheduler,
+     * timestep_spacing "trailing"): k-diffusion's noise levels at the trailing integer timesteps and
+     * x_T * sigma_max; sgm has no trailing spacing */
+    sp.spacing = p->timestep_spacing;
+    sp.discretization =
+        p->timestep_spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
+    return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
+                             out);
+}
+
+/* Runs s until `last` steps are done with model m and conditioning c. */
+static ldm_status run(ldm_model *m, ldm_sampler *s, const sdxl_cond *c, const ldm_generate_params *p, int last)
+{
+    const ldm_tensor *xin;
+    double t;
+    while (ldm_sampler_steps_done(s) < last && ldm_sampler_next(s, &xin, &t) == 1) {
+        int64_t B = xin->shape[0];
+        ldm_tensor *tt = NULL, *out = NULL;
+        if (atomic_load(&m->cancel))
+            return ldm_fail(LDM_CANCELLED, "cancelled by ldm_model_interrupt at step %d of %d",
+                            ldm_sampler_steps_done(s), p->steps);
+        LDM_TRY(ldm_tensor_create(LDM_F32, 1, &B, &tt));
+        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+        int before = ldm_sampler_steps_done(s);
+        ldm_status st = lm_sdxl_apply(m, xin, tt, c->ca, c->vec, c->uca, c->uvec, p->guidance_scale, &out);
+        ldm_tensor_free(tt);
+        if (st == LDM_OK) st = ldm_sampler_give(s, out);
+        ldm_tensor_free(out);
+        LDM_TRY(st);
+        ldm_heap_trim();
+        int done = ldm_sampler_steps_done(s);
+        if (done > before && p->progress && p->progress(done, p->steps, p->progress_user_data))
+            return ldm_fail(LDM_CANCELLED, "cancelled by the progress callback at step %d of %d", done, p->steps);
+    }
+    return LDM_OK;
+}
+
+static ldm_status initial_noise(ldm_model *m, const ldm_generate_params *p, ldm_tensor **out)
+{
+    struct ldm_autoencoder *ae;
+    LDM_TRY(lm_autoencoder(m, &ae));
+    int f = ldm_autoencoder_factor(ae);
+    int64_t shape[4] = {p->batch, m->desc.unet.out_channels, p->height / f, p->width / f};
+    if (p->x_T) {
+        LDM_TRY(lt_check(p->x_T, "x_T", LDM_F32, 4));
+        for (int i = 0; i < 4; i++)
+            if (p->x_T->shape[i] != shape[i])
+                return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "x_T must be [%lld,%lld,%lld,%lld] for these settings",
+                                (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)shape[3]);
+        return (*out = lt_clone(p->x_T)) ? LDM_OK : ldm_alloc_failure_status();
+    }
+    LDM_TRY(ldm_tensor_create(LDM_F32, 4, shape, out));
+    return ldm_randn(p->seed, 0, *out);
+}
+
+/* The refiner's share: its own conditioning and sampler, started where the base stopped. */
+static ldm_status refine(ldm_model *r, const ldm_generate_params *p, const ldm_tensor *x, int first, ldm_tensor **z)
+{
+    sdxl_cond c = {0};
+    ldm_sampler *s = NULL;
+    ldm_status st = build_cond(r, p, 1, &c);
+    lm_release_memory(r); /* the refiner's text encoder */
+    if (st == LDM_OK) st = make_sampler(r, p, &s);
+    if (st == LDM_OK) st = ldm_sampler_begin_at(s, x, first);
+    if (st == LDM_OK) st = run(r, s, &c, p, p->steps);
+    if (st == LDM_OK) st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
+    ldm_sampler_free(s);
+    cond_release(&c);
+    return st;
+}
+
+static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor **z, ldm_model **decoder)
+{
+    sdxl_cond c = {0};
+    ldm_sampler *s = NULL;
+    ldm_tensor *x_T = NULL;
+    int base_steps = p->refiner ? ldm_sdxl_base_steps(p->steps, p->refiner_start) : p->steps;
+    ldm_status st = build_cond(m, p, 0, &c);
+    lm_release_memory(m); /* the text encoders' weights */
+    if (st == LDM_OK) st = initial_noise(m, p, &x_T);
+    if (st == LDM_OK) st = make_sampler(m, p, &s);
+    if (st == LDM_OK) st = ldm_sampler_begin(s, x_T);
+    if (st == LDM_OK) st = run(m, s, &c, p, base_steps);
+    cond_release(&c);
+    lm_release_memory(m); /* the base UNet */
+    *decoder = m;
+    if (st == LDM_OK && p->refiner && base_steps < p->steps) {
+        st = refine(p->refiner, p, ldm_sampler_current(s), base_steps, z);
+        *decoder = p->refiner; /* the demo decodes the refined latent with the refiner's first stage */
+    } else if (st == LDM_OK) {
+        st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
+    }
+    ldm_sampler_free(s);
+    ldm_tensor_free(x_T);
+    return st;
+}
+
+ldm_status lp_sdxl_generate(ldm_model *m, ldm_generate_params *p, ldm_tensor **image)
+{
+    ldm_tensor *z = NULL;
+    ldm_model *decoder = m;
+    if (p->batch > 64) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "batch %d", p->batch);
+    ldm_status st = sample(m, p, &z, &decoder);
+    if (st == LDM_OK) st = lp_check_cancel(m, "before decoding");
+    if (p->refiner) lm_release_memory(p->refiner);
+    if (st == LDM_OK) st = lp_decode(decoder, z, p->vae_tile, image);
+    lm_release_memory(decoder);
+    if (st == LDM_OK) st = lt_check_finite(*image, "ldm_generate: the decoded image");
+    if (st != LDM_OK) {
+        ldm_tensor_free(*image);
+        *image = NULL;
+    }
+    ldm_tensor_free(z);
+    return st;
+}
