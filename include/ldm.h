@@ -949,7 +949,7 @@ typedef enum ldm_preview_kind {
     LDM_PREVIEW_TINY = 1,   /* the tiny decoder: [B,3,H,W] at the output size (a fraction of the
                                full decoder's time: docs/performance.md) */
     LDM_PREVIEW_LINEAR = 2, /* a fixed linear map of the 4 SD latent channels to RGB at LATENT
-                               resolution [B,3,h,w] (the factors ComfyUI fitted for SD 1.5; a rough
+                               resolution [B,3,h,w] (the factors ComfyUI fitted for SD 1.5, its SDXL ones for SDXL; a rough
                                colour preview, nearly free); 4-channel latents only */
     LDM_PREVIEW_FULL = 3    /* the model's own first stage (exact, as slow as the final decode) */
 } ldm_preview_kind;

@@ -658,6 +658,55 @@ START_TEST(test_turbo_generate_matches_public_calls)
 }
 END_TEST
 
+/* Previews reach the host through both phases of a base -> refiner run, drawn with the base's
+ * settings (one latent space), and a preview callback that returns non-zero cancels the run. */
+typedef struct preview_log {
+    int calls, last_step, total, stop_at;
+    int64_t shape[4];
+} preview_log;
+
+static int on_preview(int step, int total, const ldm_tensor *image, void *user)
+{
+    preview_log *log = user;
+    log->calls++;
+    log->last_step = step, log->total = total;
+    for (int i = 0; i < 4; i++) log->shape[i] = ldm_tensor_dim(image, i);
+    return log->stop_at && step >= log->stop_at;
+}
+
+START_TEST(test_previews_through_the_refiner)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pb, pr;
+    ldm_model *base = load_padded(fx("model.safetensors"), fx("config.yaml"), &pb);
+    ldm_model *ref = load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pr);
+    ldm_tensor *x_T = noise(1, 8, 8), *img = NULL;
+    ldm_generate_params gp;
+    ldm_generate_params_init(&gp);
+    gp.prompt = "a red bicycle";
+    gp.batch = 1, gp.width = 8, gp.height = 8, gp.steps = 8, gp.x_T = x_T;
+    gp.sampler = LDM_SAMPLER_DPMPP_2M, gp.guidance_scale = 4.0f;
+    gp.refiner = ref, gp.refiner_start = 0.6;
+    preview_log log = {0};
+    gp.preview = on_preview, gp.preview_user_data = &log, gp.preview_every = 2;
+    ck_assert_msg(ldm_generate(base, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(log.calls, 4); /* steps 2, 4, 6 (base) and 8 (refiner) */
+    ck_assert_int_eq(log.last_step, 8);
+    ck_assert_int_eq(log.total, 8);
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(log.shape[i], ldm_tensor_dim(img, i));
+    ldm_tensor_free(img);
+    img = NULL;
+    log = (preview_log){.stop_at = 3};
+    gp.preview_every = 1;
+    ck_assert_int_eq(ldm_generate(base, &gp, &img), LDM_CANCELLED);
+    ck_assert_int_eq(log.calls, 3);
+    ck_assert_ptr_null(img);
+    ldm_tensor_free(x_T);
+    padded_free(base, &pb);
+    padded_free(ref, &pr);
+}
+END_TEST
+
 Suite *sdxl_suite(void)
 {
     Suite *s = suite_create("sdxl");
@@ -673,6 +722,7 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_plain_prompt_bit_identical);
     tcase_add_test(tc, test_weighted_long_prompt_composition);
     tcase_add_test(tc, test_turbo_generate_matches_public_calls);
+    tcase_add_test(tc, test_previews_through_the_refiner);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -163,8 +163,11 @@ static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_s
                              out);
 }
 
-/* Runs s until `last` steps are done with model m and conditioning c. */
-static ldm_status run(ldm_model *m, ldm_sampler *s, const sdxl_cond *c, const ldm_generate_params *p, int last)
+/* Runs s until `last` steps are done with model m and conditioning c. Previews are drawn with
+ * `viewer`, the model p's preview settings were resolved for (the base: base and refiner share
+ * one latent space). */
+static ldm_status run(ldm_model *m, ldm_model *viewer, ldm_sampler *s, const sdxl_cond *c, const ldm_generate_params *p,
+                      int last)
 {
     const ldm_tensor *xin;
     double t;
@@ -186,6 +189,7 @@ static ldm_status run(ldm_model *m, ldm_sampler *s, const sdxl_cond *c, const ld
         int done = ldm_sampler_steps_done(s);
         if (done > before && p->progress && p->progress(done, p->steps, p->progress_user_data))
             return ldm_fail(LDM_CANCELLED, "cancelled by the progress callback at step %d of %d", done, p->steps);
+        if (done > before) LDM_TRY(lp_preview(viewer, s, p, done, p->steps));
     }
     return LDM_OK;
 }
@@ -209,7 +213,8 @@ static ldm_status initial_noise(ldm_model *m, const ldm_generate_params *p, ldm_
 }
 
 /* The refiner's share: its own conditioning and sampler, started where the base stopped. */
-static ldm_status refine(ldm_model *r, const ldm_generate_params *p, const ldm_tensor *x, int first, ldm_tensor **z)
+static ldm_status refine(ldm_model *r, ldm_model *base, const ldm_generate_params *p, const ldm_tensor *x, int first,
+                         ldm_tensor **z)
 {
     sdxl_cond c = {0};
     ldm_sampler *s = NULL;
@@ -217,7 +222,7 @@ static ldm_status refine(ldm_model *r, const ldm_generate_params *p, const ldm_t
     lm_release_memory(r); /* the refiner's text encoder */
     if (st == LDM_OK) st = make_sampler(r, p, &s);
     if (st == LDM_OK) st = ldm_sampler_begin_at(s, x, first);
-    if (st == LDM_OK) st = run(r, s, &c, p, p->steps);
+    if (st == LDM_OK) st = run(r, base, s, &c, p, p->steps);
     if (st == LDM_OK) st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
     ldm_sampler_free(s);
     cond_release(&c);
@@ -235,13 +240,15 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor 
     if (st == LDM_OK) st = initial_noise(m, p, &x_T);
     if (st == LDM_OK) st = make_sampler(m, p, &s);
     if (st == LDM_OK) st = ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK) st = run(m, s, &c, p, base_steps);
+    if (st == LDM_OK) st = run(m, m, s, &c, p, base_steps);
     cond_release(&c);
     lm_release_memory(m); /* the base UNet */
     *decoder = m;
     if (st == LDM_OK && p->refiner && base_steps < p->steps) {
-        st = refine(p->refiner, p, ldm_sampler_current(s), base_steps, z);
-        *decoder = p->refiner; /* the demo decodes the refined latent with the refiner's first stage */
+        st = refine(p->refiner, m, p, ldm_sampler_current(s), base_steps, z);
+        /* the demo decodes the refined latent with the refiner's first stage; a tiny decoder is the
+         * base model's (ldm_model_set_tiny_autoencoder on the model generating) */
+        if (p->vae != LDM_VAE_TINY) *decoder = p->refiner;
     } else if (st == LDM_OK) {
         st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
     }

@@ -22,6 +22,15 @@ static const float sd_latent_rgb[4][3] = {
     {-0.2120f, -0.2616f, -0.7177f},
 };
 
+/* The same fit for the SDXL latent space (comfy/latent_formats.py, class SDXL, without the later
+ * bias term). */
+static const float sdxl_latent_rgb[4][3] = {
+    {0.3920f, 0.4054f, 0.4549f},
+    {-0.2634f, -0.0196f, 0.0653f},
+    {0.0568f, 0.1687f, -0.0755f},
+    {-0.3112f, -0.2359f, -0.2076f},
+};
+
 static int first_stage_factor(const ldm_model *m)
 {
     const ld_autoencoder *fs = &m->desc.first_stage;
@@ -73,8 +82,9 @@ ldm_status lp_resolve_tiny(const ldm_model *m, ldm_generate_params *p)
     }
 }
 
-static ldm_status linear_rgb(const ldm_tensor *z, ldm_tensor **out)
+static ldm_status linear_rgb(const ldm_model *m, const ldm_tensor *z, ldm_tensor **out)
 {
+    const float(*rgb)[3] = m->desc.sgm.present ? sdxl_latent_rgb : sd_latent_rgb;
     int64_t B = z->shape[0], HW = z->shape[2] * z->shape[3];
     if (z->shape[1] != 4) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "linear preview: the latent must have 4 channels");
     if (!(*out = lt_new_f32_4d(B, 3, z->shape[2], z->shape[3]))) return ldm_alloc_failure_status();
@@ -83,8 +93,7 @@ static ldm_status linear_rgb(const ldm_tensor *z, ldm_tensor **out)
             float *o = lt_f32(*out) + (b * 3 + c) * HW;
             const float *zb = lt_f32(z) + b * 4 * HW;
             for (int64_t i = 0; i < HW; i++)
-                o[i] = sd_latent_rgb[0][c] * zb[i] + sd_latent_rgb[1][c] * zb[HW + i] +
-                       sd_latent_rgb[2][c] * zb[2 * HW + i] + sd_latent_rgb[3][c] * zb[3 * HW + i];
+                o[i] = rgb[0][c] * zb[i] + rgb[1][c] * zb[HW + i] + rgb[2][c] * zb[2 * HW + i] + rgb[3][c] * zb[3 * HW + i];
         }
     return LDM_OK;
 }
@@ -95,7 +104,7 @@ static ldm_status make_preview(ldm_model *m, const ldm_generate_params *p, const
     case LDM_PREVIEW_TINY:
         return lm_tiny_decode(m, z, p->vae_tile, image);
     case LDM_PREVIEW_LINEAR:
-        return linear_rgb(z, image);
+        return linear_rgb(m, z, image);
     default: {
         int saved = m->vae_in_use;
         m->vae_in_use = LDM_VAE_FULL;
