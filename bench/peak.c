@@ -1,7 +1,10 @@
 /* peak.c - measures this machine's single-precision FMA peak, the yardstick the performance docs
  * state results against (a share of the machine's own peak, not a bare time).
  *
- *   build/bench/peak [--seconds S]      # prints GFLOP/s with 1 thread and with every online CPU
+ *   build/bench/peak [--seconds S] [--threads N]
+ *
+ * prints GFLOP/s with 1 thread and with N threads (default: every online CPU); a share of the peak
+ * should be taken against the peak at the thread count the measured run used.
  *
  * Each thread runs independent chains of 8-wide FMAs (AVX2+FMA, when the CPU has them) or 4-wide
  * multiply-adds (any other CPU), enough chains to hide the FMA latency, and counts 2 FLOPs per
@@ -124,11 +127,18 @@ static double measure(int n, double seconds)
 int main(int argc, char **argv)
 {
     double seconds = 1.0;
+    int n = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             seconds = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            n = atoi(argv[++i]);
+            if (n < 1 || n > 256) {
+                fprintf(stderr, "peak: --threads must be in 1 .. 256\n");
+                return 2;
+            }
         } else {
-            fprintf(stderr, "usage: peak [--seconds S]\n");
+            fprintf(stderr, "usage: peak [--seconds S] [--threads N]\n");
             return 2;
         }
     }
@@ -136,8 +146,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "peak: --seconds must be in (0, 60]\n");
         return 2;
     }
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int n = cpus < 1 ? 1 : cpus > 256 ? 256 : (int)cpus;
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus < 1 ? 1 : cpus > 256 ? 256 : (int)cpus;
+    }
     printf("FMA peak (%s, single precision, best of 3 runs of %.1f s)\n",
            use_avx2() ? "AVX2+FMA, 8 lanes" : "generic C, 4 lanes", seconds);
     int counts[2] = {1, n};

@@ -149,6 +149,12 @@ typedef struct ldm_model_params {
                                    (ldm_set_thread_max_alloc), if any */
     ldm_log_callback log_callback;
     void *log_user_data;
+    /* issue #15 (docs/performance.md, "Kernel families and compute modes"): */
+    const char *cpu_kernels;    /* NULL, "" or "auto": LDM_CPU, else the best family for the CPU; a
+                                   family name ("avx2+fma", "avx2", "neon", "generic"): that one,
+                                   process-wide while the model lives; an error when the CPU or build
+                                   lacks it or live models use another family */
+    int compute;                /* an ldm_compute value; 0 = LDM_COMPUTE_F32 */
 } ldm_model_params;
 
 LDM_API void ldm_model_params_init(ldm_model_params *params);
@@ -840,6 +846,18 @@ LDM_API ldm_status ldm_tokenizer_encode_prompt(ldm_tokenizer *tok, const char *p
  * ldm_conditioner_encode_text. */
 LDM_API ldm_status ldm_conditioner_encode_prompt(ldm_conditioner *cond, const char *const *prompts, int n_prompts,
                                                  unsigned flags, ldm_tensor **out);
+
+/* ---------------------------------------------------------------- compute modes (issue #15) */
+
+/* ldm_model_params.compute. LDM_COMPUTE_F32: float32 arithmetic throughout (the default, what
+ * every result in the documentation is). LDM_COMPUTE_BF16: products in bfloat16 with float32
+ * accumulation, opt-in per model, on CPUs with avx512_bf16. Its kernels are NOT written yet: a
+ * load asking for it fails with LDM_ERR_UNSUPPORTED (naming avx512_bf16 when the CPU lacks it),
+ * never silently computing in float32. */
+typedef enum ldm_compute {
+    LDM_COMPUTE_F32 = 0,
+    LDM_COMPUTE_BF16 = 1,
+} ldm_compute;
 
 #ifdef __cplusplus
 }

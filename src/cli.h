@@ -25,6 +25,7 @@ typedef struct cli_options {
     const char *loras[16];          /* --lora FILE[:WEIGHT], merged in this order */
     int n_loras;
     int plain_prompt; /* --plain-prompt: no webui syntax, 75 tokens (docs/prompts.md) */
+    const char *cpu_kernels, *compute; /* --cpu FAMILY, --compute f32|bf16 (ldm_model_params) */
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help

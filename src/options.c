@@ -165,6 +165,7 @@ static void defaults(cli_options *o)
     o->sampler_name = NULL; /* ddim, euler_a with --turbo */
     o->spacing_name = NULL; /* default, trailing with --turbo */
     o->weights = "auto";
+    o->compute = "f32";
     o->output = "out.png";
     o->layout_classes = 300;
 }
@@ -188,6 +189,8 @@ static const struct {
     {"--sampler", offsetof(cli_options, sampler_name)},
     {"--spacing", offsetof(cli_options, spacing_name)},
     {"--weights", offsetof(cli_options, weights)},
+    {"--cpu", offsetof(cli_options, cpu_kernels)},
+    {"--compute", offsetof(cli_options, compute)},
 };
 
 static const char *const parsed_options[] = {
@@ -315,6 +318,10 @@ static int check_names(cli_options *o)
     }
     if (strcmp(o->weights, "auto") && strcmp(o->weights, "ema") && strcmp(o->weights, "raw")) {
         fprintf(stderr, "ldm: --weights must be auto, ema or raw, got '%s'\n", o->weights);
+        return 2;
+    }
+    if (strcmp(o->compute, "f32") && strcmp(o->compute, "bf16")) {
+        fprintf(stderr, "ldm: --compute must be f32 or bf16, got '%s'\n", o->compute);
         return 2;
     }
     return 0;

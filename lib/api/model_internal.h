@@ -61,6 +61,7 @@ struct ldm_model {
     struct ldm_unet *unet;
     struct ldm_conditioner *cond;
     struct lm_loras *loras;         /* LoRAs merged into the weights (lora.c), NULL: none yet */
+    int cpu_held;                   /* holds the kernel family (lk_cpu_hold) until freed */
 };
 
 /* Loading steps shared by files and built-in models: a new model with its params read, the rest
