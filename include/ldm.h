@@ -52,11 +52,12 @@ extern "C" {
 LDM_API const char *ldm_version(void);
 LDM_API int ldm_version_number(void);
 /* What the kernels run on this CPU, as three lines of text: the vector features detected (e.g.
- * "avx2 fma f16c" or "neon ..."), the kernel families this CPU could run, and the family chosen
- * ("neon", "avx2+fma", "avx2" or "generic") with why: "auto", or the LDM_CPU environment variable
- * that forced it (a family this build or CPU lacks, or an unknown name, runs "generic" and says
- * so). The family is chosen once per process, at the first kernel call. Valid until the next call
- * on the same thread. */
+ * "avx2 fma f16c", with "avx512f avx512_bf16" where present, or "neon ..."), the kernel families
+ * this CPU could run, and the family chosen ("neon", "avx2+fma", "avx2" or "generic") with why:
+ * "auto", the LDM_CPU environment variable that forced it (a family this build or CPU lacks, or an
+ * unknown name, runs "generic" and says so), or a live model's ldm_model_params.cpu_kernels. The
+ * family is chosen once per process, at the first kernel call (again after the last model that
+ * asked for one is freed). Valid until the next call on the same thread. */
 LDM_API const char *ldm_cpu_info(void);
 
 /* ---------------------------------------------------------------- status and errors */
