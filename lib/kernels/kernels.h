@@ -43,6 +43,12 @@ void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float a
 void lk_gemm_blas(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc);
 int lk_gemm_small_applies(int M, int N, int K);
+/* Tall, thin products with a long K, the weights (A) read in place (gemm_skinny.c): lk_gemm takes
+ * it when lk_gemm_skinny_applies (AVX2+FMA; A and B not transposed, beta 0, N a multiple of 16 up
+ * to 128, K >= 1024: a rule on the shape and arguments, never the thread count). */
+int lk_gemm_skinny_applies(int transA, int transB, int M, int N, int K, float beta);
+void lk_gemm_skinny(const lctx *c, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                    int ldb, float *C, int ldc);
 void lk_gemm_small(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc);
 int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, int N, int K, float alpha,
