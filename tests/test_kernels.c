@@ -319,6 +319,44 @@ static void check_gemm_skinny(int M, int N, int K, int pad, float alpha)
     free(A), free(B), free(C0), free(ref);
 }
 
+/* x W^T with few rows (lk_gemm_skinny_bt: C^T = W x^T by the skinny kernel, then transposed with
+ * alpha and beta): the same checks, with beta = 0 (NaN in C) and beta != 0. */
+static void check_gemm_skinny_bt(int M, int N, int K, int pad, float alpha, float beta)
+{
+    int lda = K + pad, ldb = K + 2 * pad, ldc = N + pad;
+    size_t nc = (size_t)M * ldc;
+    float *A = rand_buf((size_t)M * lda, 1), *B = rand_buf((size_t)N * ldb, 1), *C0 = rand_buf(nc, 1);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < nc; i++) C0[i] = NAN;
+    float *ref = copy_buf(C0, nc);
+    lk_ref_gemm(0, 1, M, N, K, alpha, A, lda, B, ldb, beta, ref, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm_skinny_bt %dx%dx%d pad %d alpha %g beta %g", M, N, K, pad, alpha, beta);
+    for (int direct = 0; direct < 2; direct++) {
+        float *first = NULL;
+        for (int c = 0; c < N_CTX; c++) {
+            float *C = copy_buf(C0, nc);
+            if (direct)
+                lk_gemm_skinny_bt(&ctxs[c], M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            else
+                lk_gemm(&ctxs[c], 0, 1, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            for (int i = 0; i < M; i++) {
+                expect_close(C + (size_t)i * ldc, ref + (size_t)i * ldc, (size_t)N, 2e-6 * sqrt(K + 1.0), what);
+                for (int j = N; j < ldc; j++)
+                    ck_assert_msg(!memcmp(&C[(size_t)i * ldc + j], &C0[(size_t)i * ldc + j], sizeof(float)),
+                                  "%s: wrote outside C", what);
+            }
+            if (first) {
+                expect_same(C, first, nc, what);
+                free(C);
+            } else
+                first = C;
+        }
+        free(first);
+    }
+    free(A), free(B), free(C0), free(ref);
+}
+
 START_TEST(gemm_skinny_matches_reference)
 {
     if (!lk_gemm_skinny_applies(0, 0, 64, 32, 2048, 0.0f)) {
@@ -331,7 +369,13 @@ START_TEST(gemm_skinny_matches_reference)
         check_gemm_skinny(shapes[s][0], shapes[s][1], shapes[s][2], 0, 1.0f);
         check_gemm_skinny(shapes[s][0], shapes[s][1], shapes[s][2], 3, -0.5f);
     }
-    /* the rule: plain operands, beta 0, N a multiple of 16 up to 128, K >= 1024 */
+    static const int bt[][3] = {{16, 6, 1024}, {32, 50, 1100}, {128, 97, 1300}, {48, 200, 2049}, {16, 1, 1024}};
+    for (size_t s = 0; s < LDM_ARRAY_LEN(bt); s++) {
+        check_gemm_skinny_bt(bt[s][0], bt[s][1], bt[s][2], 0, 1.0f, 0.0f);
+        check_gemm_skinny_bt(bt[s][0], bt[s][1], bt[s][2], 3, -0.5f, 0.75f);
+    }
+    /* the rules: plain operands, beta 0, N a multiple of 16 up to 128, K >= 1024; for x W^T the
+     * rows are what N is to the plain product */
     if (lk_gemm_skinny_applies(0, 0, 64, 32, 2048, 0.0f)) {
         ck_assert(!lk_gemm_skinny_applies(1, 0, 64, 32, 2048, 0.0f));
         ck_assert(!lk_gemm_skinny_applies(0, 1, 64, 32, 2048, 0.0f));
@@ -339,6 +383,11 @@ START_TEST(gemm_skinny_matches_reference)
         ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 40, 2048, 0.0f));
         ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 144, 2048, 0.0f));
         ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 32, 1023, 0.0f));
+        ck_assert(lk_gemm_skinny_bt_applies(0, 1, 32, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(1, 1, 32, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(0, 1, 154, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(0, 1, 144, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(0, 1, 32, 1280, 768));
     }
 }
 END_TEST

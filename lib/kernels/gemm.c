@@ -131,6 +131,8 @@ static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K,
         lk_gemm_small(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else if (lk_gemm_skinny_applies(transA, transB, M, N, K, beta))
         lk_gemm_skinny(c, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    else if (lk_gemm_skinny_bt_applies(transA, transB, M, N, K))
+        lk_gemm_skinny_bt(c, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
         lk_gemm_blas(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

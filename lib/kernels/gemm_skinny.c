@@ -15,6 +15,13 @@
  * bitwise independent of the thread count and of the blocking. Only where the AVX2+FMA kernels
  * run (lk_gemm_skinny_applies); elsewhere BLAS keeps these products.
  *
+ * x W^T with at most 128 rows (a transformer's projections at the 8x8 and 4x4 levels: 128 or 32
+ * tokens at batch 2) is the same product transposed, C^T = W x^T (lk_gemm_skinny_bt): W in place,
+ * x copied into panels, the result transposed into C with alpha and beta. 1 thread, GFLOP per
+ * CPU-second, two rounds against lk_linear before: 128 x 1280 x 1280 83-84 / 71-73, 128 x 1280 x
+ * 5120 83-85 / 60-67, 32 x 1280 x 1280 88-92 / 57-59, 32 x 1280 x 5120 78-83 / 56-59, 128 x 10240
+ * x 1280 77-78 / 76-79 (equal).
+ *
  * Measured on the machine of docs/performance.md (one thread, GFLOP per CPU-second, best of 4 on a
  * loaded host), against lk_gemm's tiled OpenBLAS: 1280 x 128 x 11520 76-80 / 67-68, x 23040 73-76
  * / 64-69, 1280 x 32 x 11520 80 / 54-58, 1280 x 64 x 11520 83 / 56-62, 640 x 128 x 5760 88-91 /
@@ -36,6 +43,17 @@
 #define SK_ROWS 48  /* rows of C per pool task (a multiple of SK_MR) */
 #define SK_MAX_N 128
 #define SK_MIN_K 1024
+
+int lk_gemm_skinny_bt_applies(int transA, int transB, int M, int N, int K)
+{
+#ifdef LK_DISPATCH
+    if (!lk_cpu_has_avx2_fma()) return 0;
+    return !transA && transB && M >= SK_NR && M <= SK_MAX_N && M % SK_NR == 0 && N >= SK_MR && K >= SK_MIN_K;
+#else
+    (void)transA, (void)transB, (void)M, (void)N, (void)K;
+    return 0;
+#endif
+}
 
 int lk_gemm_skinny_applies(int transA, int transB, int M, int N, int K, float beta)
 {
@@ -134,15 +152,50 @@ __attribute__((target("avx2,fma"))) static void sk_task(void *arg, int task)
     }
 }
 
-/* Panel p of B, rows [k0, k0 + SK_KB), into Bp (one task per panel and K block). */
+/* Panel p of B, rows [k0, k0 + SK_KB), into Bp (one task per panel and K block). With bt, B is
+ * given transposed (row q of the panel is row 16p + q of the source, K contiguous floats). */
+typedef struct sk_pack_job {
+    const skinny_job *j;
+    int bt;
+} sk_pack_job;
+
 static void sk_pack(void *arg, int task)
 {
-    const skinny_job *j = arg;
+    const sk_pack_job *pj = arg;
+    const skinny_job *j = pj->j;
     int blocks = (j->K + SK_KB - 1) / SK_KB, p = task / blocks, k0 = (task % blocks) * SK_KB;
     int k1 = LDM_MIN(j->K, k0 + SK_KB);
+    float *dst = j->Bp + (size_t)p * j->K * SK_NR;
+    if (pj->bt) {
+        for (int q = 0; q < SK_NR; q++) {
+            const float *src = j->B + (size_t)(p * SK_NR + q) * j->ldb;
+            for (int k = k0; k < k1; k++) dst[(size_t)k * SK_NR + q] = src[k];
+        }
+        return;
+    }
     for (int k = k0; k < k1; k++)
-        memcpy(j->Bp + ((size_t)p * j->K + k) * SK_NR, j->B + (size_t)k * j->ldb + (size_t)p * SK_NR,
-               sizeof(float) * SK_NR);
+        memcpy(dst + (size_t)k * SK_NR, j->B + (size_t)k * j->ldb + (size_t)p * SK_NR, sizeof(float) * SK_NR);
+}
+
+/* C = alpha T^T + beta C for rows [16 task, 16 task + 16) of C (T is N x M, row-major). */
+typedef struct sk_out_job {
+    const float *T;
+    int M, N;
+    float alpha, beta;
+    float *C;
+    long ldc;
+} sk_out_job;
+
+static void sk_out(void *arg, int task)
+{
+    const sk_out_job *o = arg;
+    int m0 = task * SK_NR;
+    for (int n = 0; n < o->N; n++) {
+        const float *t = o->T + (size_t)n * o->M + m0;
+        float *c = o->C + (size_t)m0 * o->ldc + n;
+        for (int q = 0; q < SK_NR; q++, c += o->ldc)
+            *c = o->beta == 0.0f ? o->alpha * t[q] : o->alpha * t[q] + o->beta * *c;
+    }
 }
 #endif
 
@@ -154,7 +207,8 @@ void lk_gemm_skinny(const lctx *c, int M, int N, int K, float alpha, const float
     float *Bp = lk_cpu_has_avx2_fma() && N % SK_NR == 0 ? lk_scratch_get(bytes) : NULL;
     if (Bp) {
         skinny_job j = {M, N, K, alpha, A, lda, B, ldb, Bp, C, ldc};
-        lpool_run(lk_pool_for_bytes(c, 2.0 * bytes), N / SK_NR * ((K + SK_KB - 1) / SK_KB), sk_pack, &j);
+        sk_pack_job pj = {&j, 0};
+        lpool_run(lk_pool_for_bytes(c, 2.0 * bytes), N / SK_NR * ((K + SK_KB - 1) / SK_KB), sk_pack, &pj);
         lpool_run(lk_pool_for_flops(c, 2.0 * M * N * K), (M + SK_ROWS - 1) / SK_ROWS, sk_task, &j);
         lk_scratch_put(Bp, bytes);
         return;
@@ -162,4 +216,29 @@ void lk_gemm_skinny(const lctx *c, int M, int N, int K, float alpha, const float
 #endif
     /* another kernel family, N not a multiple of 16, or no memory for the panels: BLAS */
     lk_gemm_blas(c, 0, 0, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+}
+
+void lk_gemm_skinny_bt(const lctx *c, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc)
+{
+#ifdef LK_DISPATCH
+    /* C^T = B A^T: the skinny product with B [N,K] (the weights) in place as its left operand and
+     * A^T, copied into panels, as its right one; T = C^T, then C = alpha T^T + beta C. */
+    size_t pbytes = sizeof(float) * (size_t)K * M, tbytes = sizeof(float) * (size_t)N * M;
+    float *Bp = lk_cpu_has_avx2_fma() && M % SK_NR == 0 ? lk_scratch_get(pbytes) : NULL;
+    float *T = Bp ? lk_scratch_get(tbytes) : NULL;
+    if (T) {
+        skinny_job j = {N, M, K, 1.0f, B, ldb, A, lda, Bp, T, M};
+        sk_pack_job pj = {&j, 1};
+        lpool_run(lk_pool_for_bytes(c, 2.0 * pbytes), M / SK_NR * ((K + SK_KB - 1) / SK_KB), sk_pack, &pj);
+        lpool_run(lk_pool_for_flops(c, 2.0 * M * N * K), (N + SK_ROWS - 1) / SK_ROWS, sk_task, &j);
+        sk_out_job o = {T, M, N, alpha, beta, C, ldc};
+        lpool_run(lk_pool_for_bytes(c, 3.0 * tbytes), M / SK_NR, sk_out, &o);
+        lk_scratch_put(T, tbytes);
+        lk_scratch_put(Bp, pbytes);
+        return;
+    }
+    if (Bp) lk_scratch_put(Bp, pbytes);
+#endif
+    lk_gemm_blas(c, 0, 1, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

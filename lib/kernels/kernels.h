@@ -49,6 +49,11 @@ int lk_gemm_small_applies(int M, int N, int K);
 int lk_gemm_skinny_applies(int transA, int transB, int M, int N, int K, float beta);
 void lk_gemm_skinny(const lctx *c, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                     int ldb, float *C, int ldc);
+/* The same for x W^T with few rows: C[M,N] = alpha A B^T + beta C, B [N,K] the weights (read in
+ * place), M a multiple of 16 up to 128 (tokens of a transformer at 8x8 and 4x4), K >= 1024. */
+int lk_gemm_skinny_bt_applies(int transA, int transB, int M, int N, int K);
+void lk_gemm_skinny_bt(const lctx *c, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc);
 void lk_gemm_small(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc);
 int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, int N, int K, float alpha,
