@@ -353,7 +353,8 @@ const char *ldm_cpu_info(void)
         snprintf(why, sizeof why, "LDM_CPU=%.64s: no AVX-512 kernels are written yet, generic runs", req);
         break;
     case WHY_MODEL:
-        snprintf(why, sizeof why, "ldm_model_params.cpu_kernels=%s of a live model, until no model is loaded", requested);
+        snprintf(why, sizeof why, "ldm_model_params.cpu_kernels=%s of a live model, held until no model or trainer is live",
+                 requested);
         break;
     default: snprintf(why, sizeof why, "LDM_CPU=%.64s: unknown family, generic runs", req); break;
     }
