@@ -1,7 +1,7 @@
 /* peak.c - measures this machine's single-precision FMA peak, the yardstick the performance docs
  * state results against (a share of the machine's own peak, not a bare time).
  *
- *   build/bench/peak [--seconds S] [--threads N]
+ *   build/bench/peak [--seconds S] [--threads N] [--isa fma|avx|generic]
  *
  * prints GFLOP/s with 1 thread and with N threads (default: every online CPU); a share of the peak
  * should be taken against the peak at the thread count the measured run used. A last line gives
@@ -9,9 +9,11 @@
  * what a core does while it runs, which other jobs competing for the cores do not lower (they
  * lower the wall-clock rates above).
  *
- * Each thread runs independent chains of 8-wide FMAs (AVX2+FMA, when the CPU has them) or 4-wide
- * multiply-adds (any other CPU), enough chains to hide the FMA latency, and counts 2 FLOPs per
- * lane. The result is what the core can issue, not what memory can feed. */
+ * Each thread runs independent chains of 8-wide FMAs (AVX2+FMA, when the CPU has them), 8-wide
+ * multiplies and adds (AVX without FMA: the peak of an AVX2-only CPU, which libldm's "avx2"
+ * kernel family targets) or 4-wide multiply-adds (any other CPU), enough chains to hide the
+ * latency, and counts 2 FLOPs per lane and multiply-add. --isa picks one of those the CPU has
+ * (default: the first). The result is what the core can issue, not what memory can feed. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +55,25 @@ __attribute__((target("avx2,fma"))) static double fma_chains_avx2(long rounds, f
     *sink = out[0];
     return (double)rounds * INNER * CHAINS * 8 * 2;
 }
+
+/* The same with a separate multiply and add (no FMA): two instructions, 2 FLOPs per lane. */
+__attribute__((target("avx"))) static double muladd_chains_avx(long rounds, float *sink)
+{
+    __m256 acc[CHAINS];
+    for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_set1_ps(0.001f * (float)c);
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (long r = 0; r < rounds; r++)
+        for (int i = 0; i < INNER; i++) {
+#pragma GCC unroll 12
+            for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_add_ps(_mm256_mul_ps(acc[c], a), b);
+        }
+    __m256 s = acc[0];
+    for (int c = 1; c < CHAINS; c++) s = _mm256_add_ps(s, acc[c]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    *sink = out[0];
+    return (double)rounds * INNER * CHAINS * 8 * 2;
+}
 #endif
 
 static double madd_chains_generic(long rounds, float *sink)
@@ -74,14 +95,19 @@ static double madd_chains_generic(long rounds, float *sink)
     return (double)rounds * INNER * CHAINS * 4 * 2;
 }
 
-static int use_avx2(void)
+enum { ISA_GENERIC, ISA_AVX, ISA_FMA };
+static const char *const isa_names[] = {"generic", "avx", "fma"};
+static int isa = -1; /* chosen in main */
+
+/* The best the CPU has: AVX2+FMA, AVX, or the generic code. */
+static int best_isa(void)
 {
 #ifdef PEAK_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_FMA;
+    if (__builtin_cpu_supports("avx")) return ISA_AVX;
 #endif
+    return ISA_GENERIC;
 }
 
 typedef struct {
@@ -103,7 +129,9 @@ static void *run_worker(void *arg)
     double t0 = now(), c0 = thread_cpu(), flops = 0;
     do {
 #ifdef PEAK_X86
-        flops += use_avx2() ? fma_chains_avx2(rounds, &w->sink) : madd_chains_generic(rounds, &w->sink);
+        flops += isa == ISA_FMA   ? fma_chains_avx2(rounds, &w->sink)
+                 : isa == ISA_AVX ? muladd_chains_avx(rounds, &w->sink)
+                                  : madd_chains_generic(rounds, &w->sink);
 #else
         flops += madd_chains_generic(rounds, &w->sink);
 #endif
@@ -141,6 +169,7 @@ int main(int argc, char **argv)
 {
     double seconds = 1.0;
     int n = 0;
+    const char *want = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
             seconds = atof(argv[++i]);
@@ -150,10 +179,23 @@ int main(int argc, char **argv)
                 fprintf(stderr, "peak: --threads must be in 1 .. 256\n");
                 return 2;
             }
+        } else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+            want = argv[++i];
         } else {
-            fprintf(stderr, "usage: peak [--seconds S] [--threads N]\n");
+            fprintf(stderr, "usage: peak [--seconds S] [--threads N] [--isa fma|avx|generic]\n");
             return 2;
         }
+    }
+    isa = best_isa();
+    if (want) {
+        int w = -1;
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(want, isa_names[k])) w = k;
+        if (w < 0 || w > isa) {
+            fprintf(stderr, "peak: --isa %s: %s\n", want, w < 0 ? "expected fma, avx or generic" : "this CPU lacks it");
+            return 2;
+        }
+        isa = w;
     }
     if (!(seconds > 0 && seconds <= 60)) {
         fprintf(stderr, "peak: --seconds must be in (0, 60]\n");
@@ -163,8 +205,9 @@ int main(int argc, char **argv)
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         n = cpus < 1 ? 1 : cpus > 256 ? 256 : (int)cpus;
     }
-    printf("FMA peak (%s, single precision, best of 3 runs of %.1f s)\n",
-           use_avx2() ? "AVX2+FMA, 8 lanes" : "generic C, 4 lanes", seconds);
+    static const char *const isa_text[] = {"generic C, 4 lanes", "AVX multiply + add, no FMA, 8 lanes",
+                                           "AVX2+FMA, 8 lanes"};
+    printf("FMA peak (%s, single precision, best of 3 runs of %.1f s)\n", isa_text[isa], seconds);
     int counts[2] = {1, n};
     double per_cpu = 0;
     for (int k = 0; k < (n > 1 ? 2 : 1); k++) {
