@@ -802,6 +802,8 @@ START_TEST(half_weights_in_products)
         check_half_product(kind, 7, 5, 3);
         /* 4M-float widening blocks of weight rows: three of them */
         check_half_product(kind, kind == 0 ? 100 : 6, kind == 0 ? 6 : 100, 100000);
+        /* the same blocks through the skinny products (gemm_skinny.c: 16-column multiples) */
+        check_half_product(kind, kind == 0 ? 100 : 16, kind == 0 ? 32 : 100, 100000);
     }
 }
 END_TEST
