@@ -5,7 +5,10 @@
  * numbers and never fails on them.
  *
  *   bench [--arch sd15|sd21-v|cin256-v2|demo] [--size PIXELS] [--threads N] [--repeat N]
- *         [--only unet|vae|text] [--breakdown 0|1]
+ *         [--only unet|vae|text] [--breakdown 0|1] [--result 0|1]
+ *
+ * --result 1 adds one line per component for scripts (bench/peak_share.sh):
+ *   result COMPONENT PIXELS WALL_S GFLOP CPU_S      (COMPONENT: unet, vae or text; the best run)
  *
  * Every component is first run once on a tiny input so that creating it (widening the weights to
  * float32) is not timed; the timed runs then use the real size. With --repeat N > 1 the first
@@ -94,7 +97,7 @@ static ldm_tensor *randn(int ndim, const int64_t *shape, uint64_t stream)
 
 typedef struct bench_opts {
     const char *arch, *only;
-    int size, threads, repeat, breakdown;
+    int size, threads, repeat, breakdown, result;
 } bench_opts;
 
 /* One timed component: its runs and the kernel counters of the best run. */
@@ -124,10 +127,11 @@ static void time_runs(const bench_opts *o, run_fn fn, void *arg, const char *wha
     }
 }
 
-static void print_timing(const bench_opts *o, const char *label, const timing *t)
+static void print_timing(const bench_opts *o, const char *label, const char *component, const timing *t)
 {
     double flops = 0, kernel_s = 0;
     for (int i = 0; i < LK_OP_COUNT; i++) flops += t->ops[i].flops, kernel_s += t->ops[i].seconds;
+    if (o->result) printf("result %s %d %.6f %.4f %.6f\n", component, o->size, t->best, flops * 1e-9, t->best_cpu);
     printf("  %-40s %8.3f s", label, t->best);
     if (o->repeat > 1) printf(" (first %.3f s)", t->first);
     printf("  %7.1f GFLOP counted, %6.1f GFLOP/s, cpu %.2f s, peak RSS %.0f MiB\n", flops * 1e-9,
@@ -198,7 +202,7 @@ static void time_unet(ldm_model *m, const bench_opts *o, int latent, int channel
     time_runs(o, run_unet, &u, "unet forward", &t);
     char label[96];
     snprintf(label, sizeof label, "unet forward  batch 2, latent %dx%d:", latent, latent);
-    print_timing(o, label, &t);
+    print_timing(o, label, "unet", &t);
     unet_free_inputs(&u);
 }
 
@@ -230,7 +234,7 @@ static void time_vae(ldm_model *m, const bench_opts *o, int latent, int channels
     char label[96];
     snprintf(label, sizeof label, "vae decode    latent %dx%d -> %dx%d:", latent, latent, latent * factor,
              latent * factor);
-    print_timing(o, label, &t);
+    print_timing(o, label, "vae", &t);
     ldm_tensor_free(v.z);
 }
 
@@ -261,7 +265,7 @@ static void time_text(ldm_model *m, const bench_opts *o)
     if (run_text(&tr)) die("text warm-up");
     timing t;
     time_runs(o, run_text, &tr, "text encode", &t);
-    print_timing(o, "text encode   2 prompts x 77 tokens:", &t);
+    print_timing(o, "text encode   2 prompts x 77 tokens:", "text", &t);
     ldm_tensor_free(tr.tokens);
 }
 
@@ -276,12 +280,12 @@ static void print_setup(const bench_opts *o)
     snprintf(blas, sizeof blas, "OpenBLAS core %s (%s)", openblas_get_corename(), openblas_get_config());
 #endif
     const char *ct = getenv("OPENBLAS_CORETYPE");
-    printf("threads %d, BLAS %s, OPENBLAS_CORETYPE=%s\n", o->threads, blas, ct ? ct : "(unset)");
+    printf("threads %d, BLAS %s, OPENBLAS_CORETYPE=%s\n%s\n", o->threads, blas, ct ? ct : "(unset)", ldm_cpu_info());
 }
 
 int main(int argc, char **argv)
 {
-    bench_opts o = {"sd15", NULL, 0, 0, 1, 1};
+    bench_opts o = {"sd15", NULL, 0, 0, 1, 1, 0};
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--arch")) o.arch = argv[i + 1];
         else if (!strcmp(argv[i], "--size")) o.size = atoi(argv[i + 1]);
@@ -289,9 +293,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--repeat")) o.repeat = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--only")) o.only = argv[i + 1];
         else if (!strcmp(argv[i], "--breakdown")) o.breakdown = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--result")) o.result = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "usage: bench [--arch sd15|sd21-v|cin256-v2|demo] [--size PIXELS] [--threads N] "
-                            "[--repeat N] [--only unet|vae|text] [--breakdown 0|1]\n");
+                            "[--repeat N] [--only unet|vae|text] [--breakdown 0|1] [--result 0|1]\n");
             return 2;
         }
     }
@@ -307,6 +312,7 @@ int main(int argc, char **argv)
     int sd = !strncmp(o.arch, "sd", 2), factor = sd ? 8 : 4;
     int size = o.size > 0 ? o.size : (!strcmp(o.arch, "sd21-v") ? 768 : sd ? 512 : 256);
     int latent = size / factor, channels = sd ? 4 : 3;
+    o.size = size;
     int ctx_dim = !strcmp(o.arch, "sd15") ? 768 : !strcmp(o.arch, "sd21-v") ? 1024 : !strcmp(o.arch, "cin256-v2") ? 512 : 0;
     int ctx_len = sd ? 77 : 1;
     if (wants(&o, "text") && sd) time_text(m, &o);

@@ -52,11 +52,12 @@ extern "C" {
 LDM_API const char *ldm_version(void);
 LDM_API int ldm_version_number(void);
 /* What the kernels run on this CPU, as three lines of text: the vector features detected (e.g.
- * "avx2 fma f16c" or "neon ..."), the kernel families this CPU could run, and the family chosen
- * ("neon", "avx2+fma", "avx2" or "generic") with why: "auto", or the LDM_CPU environment variable
- * that forced it (a family this build or CPU lacks, or an unknown name, runs "generic" and says
- * so). The family is chosen once per process, at the first kernel call. Valid until the next call
- * on the same thread. */
+ * "avx2 fma f16c", with "avx512f avx512_bf16" where present, or "neon ..."), the kernel families
+ * this CPU could run, and the family chosen ("neon", "avx2+fma", "avx2" or "generic") with why:
+ * "auto", the LDM_CPU environment variable that forced it (a family this build or CPU lacks, or an
+ * unknown name, runs "generic" and says so), or a live model's ldm_model_params.cpu_kernels. The
+ * family is chosen once per process, at the first kernel call (again after the last model that
+ * asked for one is freed). Valid until the next call on the same thread. */
 LDM_API const char *ldm_cpu_info(void);
 
 /* ---------------------------------------------------------------- status and errors */
@@ -149,6 +150,12 @@ typedef struct ldm_model_params {
                                    (ldm_set_thread_max_alloc), if any */
     ldm_log_callback log_callback;
     void *log_user_data;
+    /* issue #15 (docs/performance.md, "Kernel families and compute modes"): */
+    const char *cpu_kernels;    /* NULL, "" or "auto": LDM_CPU, else the best family for the CPU; a
+                                   family name ("avx2+fma", "avx2", "neon", "generic"): that one,
+                                   process-wide while the model lives; an error when the CPU or build
+                                   lacks it or live models use another family */
+    int compute;                /* an ldm_compute value; 0 = LDM_COMPUTE_F32 */
 } ldm_model_params;
 
 LDM_API void ldm_model_params_init(ldm_model_params *params);
@@ -1041,6 +1048,18 @@ LDM_API ldm_status ldm_sampler_begin_at(ldm_sampler *s, const ldm_tensor *x, int
  * and Img2ImgDiscretizationWrapper with strength 1 - refiner_start over the same steps):
  * steps - max(min(int((1 - refiner_start) * (steps + 1)) - 1, steps), 0). */
 LDM_API int ldm_sdxl_base_steps(int steps, double refiner_start);
+
+/* ---------------------------------------------------------------- compute modes (issue #15) */
+
+/* ldm_model_params.compute. LDM_COMPUTE_F32: float32 arithmetic throughout (the default, what
+ * every result in the documentation is). LDM_COMPUTE_BF16: products in bfloat16 with float32
+ * accumulation, opt-in per model, on CPUs with avx512_bf16. Its kernels are NOT written yet: a
+ * load asking for it fails with LDM_ERR_UNSUPPORTED (naming avx512_bf16 when the CPU lacks it),
+ * never silently computing in float32. */
+typedef enum ldm_compute {
+    LDM_COMPUTE_F32 = 0,
+    LDM_COMPUTE_BF16 = 1,
+} ldm_compute;
 
 #ifdef __cplusplus
 }

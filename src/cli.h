@@ -29,6 +29,7 @@ typedef struct cli_options {
     int plain_prompt; /* --plain-prompt: no webui syntax, 75 tokens (docs/prompts.md) */
     const char *refiner, *refiner_config; /* SDXL refiner checkpoint and its config */
     float refiner_start;                  /* fraction of the steps the base runs (default 0.8) */
+    const char *cpu_kernels, *compute; /* --cpu FAMILY, --compute f32|bf16 (ldm_model_params) */
 } cli_options;
 
 /* Parses argv after the subcommand. Returns 0, or prints the problem and returns 2; --help

@@ -9,12 +9,9 @@
 
 int main(int argc, char **argv)
 {
-    /* `ldm info --cpu`: the CPU features and the kernel family chosen (LDM_CPU), no model */
-    if (argc >= 3 && !strcmp(argv[1], "info") && !strcmp(argv[2], "--cpu")) {
-        if (argc > 3) {
-            fprintf(stderr, "ldm: info --cpu takes no other arguments\n");
-            return 2;
-        }
+    /* `ldm info --cpu`: the CPU features and the kernel family chosen (LDM_CPU), no model;
+     * `ldm info --cpu FAMILY MODEL` loads MODEL with that family (the generic options path) */
+    if (argc == 3 && !strcmp(argv[1], "info") && !strcmp(argv[2], "--cpu")) {
         printf("%s\n", ldm_cpu_info());
         return 0;
     }

@@ -165,6 +165,7 @@ static void defaults(cli_options *o)
     o->sampler_name = NULL; /* ddim, euler_a with --turbo */
     o->spacing_name = NULL; /* default, trailing with --turbo */
     o->weights = "auto";
+    o->compute = "f32";
     o->output = "out.png";
     o->layout_classes = 300;
     o->preview_every = 1;
@@ -196,6 +197,8 @@ static const struct {
     {"--preview", offsetof(cli_options, preview)},
     {"--refiner", offsetof(cli_options, refiner)},
     {"--refiner-config", offsetof(cli_options, refiner_config)},
+    {"--cpu", offsetof(cli_options, cpu_kernels)},
+    {"--compute", offsetof(cli_options, compute)},
 };
 
 static const char *const parsed_options[] = {
@@ -333,6 +336,10 @@ static int check_names(cli_options *o)
     }
     if (o->vae && !strcmp(o->vae, "tiny") && !o->taesd && !o->taesd_encoder) {
         fprintf(stderr, "ldm: --vae tiny needs --taesd FILE\n");
+        return 2;
+    }
+    if (strcmp(o->compute, "f32") && strcmp(o->compute, "bf16")) {
+        fprintf(stderr, "ldm: --compute must be f32 or bf16, got '%s'\n", o->compute);
         return 2;
     }
     return 0;

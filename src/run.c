@@ -141,6 +141,8 @@ static ldm_status load_model_only(const cli_options *o, ldm_model **m)
     mp.vocab_path = o->vocab;
     mp.n_threads = o->threads;
     mp.max_alloc_bytes = o->max_memory;
+    mp.cpu_kernels = o->cpu_kernels;
+    mp.compute = !strcmp(o->compute, "bf16") ? LDM_COMPUTE_BF16 : LDM_COMPUTE_F32;
     mp.weights = !strcmp(o->weights, "ema")   ? LDM_WEIGHTS_EMA
                  : !strcmp(o->weights, "raw") ? LDM_WEIGHTS_RAW
                                               : LDM_WEIGHTS_AUTO;
@@ -489,6 +491,7 @@ static int run_info(const cli_options *o)
     if (load_model(o, &m) != LDM_OK) return fail(o->model);
     report_config(o, m, stdout, "");
     printf("%s\n", ldm_model_describe(m));
+    if (o->cpu_kernels) printf("%s\n", ldm_cpu_info()); /* what --cpu FAMILY gave this model */
     ldm_model_free(m);
     return 0;
 }

@@ -4,7 +4,12 @@
  * matches the naive references on the hot kernels (attention, Winograd, GroupNorm, LayerNorm,
  * activations, softmax, float16 widening), bit for bit across thread counts. A family the CPU
  * lacks prints "SKIPPED: family NAME ...". Prints the default family, so a test log says which
- * kernels the other suites ran. */
+ * kernels the other suites ran.
+ *
+ * Also the model parameters of issue #15: ldm_model_params.cpu_kernels (a family by name, held
+ * process-wide while the model lives; requests the CPU or build cannot honour, or that conflict
+ * with live models, are errors) and ldm_model_params.compute = LDM_COMPUTE_BF16 (refused with
+ * LDM_ERR_UNSUPPORTED naming avx512_bf16, or saying its kernels are not written). */
 #include <check.h>
 
 #include "kernels/kernels.h"
@@ -13,6 +18,7 @@
 #include "support/ck_run.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +255,148 @@ START_TEST(each_family_matches_references)
 }
 END_TEST
 
+
+/* ---- ldm_model_params.cpu_kernels and .compute (issue #15) */
+
+static ldm_status load_with(const char *family, int compute, ldm_model **m)
+{
+    ldm_model_params p;
+    ldm_model_params_init(&p);
+    p.n_threads = 2;
+    p.cpu_kernels = family;
+    p.compute = compute;
+    return ldm_model_load_builtin("demo", 7, &p, m);
+}
+
+/* The best family of this CPU other than generic, NULL when there is none. */
+static const char *best_simd_family(void)
+{
+    for (size_t i = 0; i < N_FAMILIES; i++)
+        if (strcmp(all_families[i], "generic") && lk_cpu_family_supported(all_families[i])) return all_families[i];
+    return NULL;
+}
+
+/* The demo model's decoder on a fixed latent, as a malloc'ed copy. */
+static float *decode(ldm_model *m, size_t *n)
+{
+    int64_t shape[4] = {1, 3, 16, 16};
+    ldm_tensor *z = NULL, *img = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &z), LDM_OK);
+    ck_assert_int_eq(ldm_randn(5, 0, z), LDM_OK);
+    ck_assert_int_eq(ldm_model_decode_latent(m, z, &img), LDM_OK);
+    *n = (size_t)ldm_tensor_numel(img);
+    float *out = malloc(sizeof(float) * *n);
+    memcpy(out, ldm_tensor_data(img), sizeof(float) * *n);
+    ldm_tensor_free(z), ldm_tensor_free(img);
+    return out;
+}
+
+START_TEST(model_requests_family)
+{
+    force(NULL);
+    const char *best = best_simd_family(), *auto_family = lk_cpu_kernels();
+    ldm_model *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+    ck_assert_int_eq(load_with("generic", 0, &a), LDM_OK);
+    ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "kernels: generic (ldm_model_params.cpu_kernels=generic"));
+    size_t n_generic, n_auto;
+    float *img_generic = decode(a, &n_generic);
+    /* another model without a request runs (and holds) the same family */
+    ck_assert_int_eq(load_with("auto", 0, &b), LDM_OK);
+    ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    ck_assert_int_eq(load_with("generic", 0, &d), LDM_OK);
+    if (best) {
+        /* the family is process-wide: a different request while models live is refused, naming it */
+        ck_assert_int_eq(load_with(best, 0, &c), LDM_ERR_UNSUPPORTED);
+        ck_assert_ptr_null(c);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "process-wide"));
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "use \"generic\""));
+        ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    } else {
+        printf("SKIPPED: conflicting request (this CPU runs only the generic family)\n");
+    }
+    ldm_model_free(a), ldm_model_free(d);
+    ck_assert_str_eq(lk_cpu_kernels(), "generic"); /* b still holds it */
+    ldm_model_free(b);
+    /* nothing holds it: the next use chooses from LDM_CPU (unset: the CPU's best) again */
+    ck_assert_str_eq(lk_cpu_kernels(), auto_family);
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "(auto)"));
+    if (best) {
+        /* a model's request wins over LDM_CPU while it lives */
+        setenv("LDM_CPU", "generic", 1);
+        lk_cpu_reselect();
+        ck_assert_int_eq(load_with(best, 0, &c), LDM_OK);
+        ck_assert_str_eq(lk_cpu_kernels(), best);
+        float *img_simd = decode(c, &n_auto);
+        ck_assert_uint_eq(n_auto, n_generic);
+        close_to(img_simd, img_generic, n_generic, 1e-4, best, "demo decoder, requested family vs generic");
+        free(img_simd);
+        ldm_model_free(c);
+        ck_assert_str_eq(lk_cpu_kernels(), "generic"); /* LDM_CPU again */
+    }
+    free(img_generic);
+    force(NULL);
+}
+END_TEST
+
+START_TEST(model_request_errors)
+{
+    force(NULL);
+    ldm_model *m = NULL;
+    ck_assert_int_eq(load_with("sse9", 0, &m), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "unknown kernel family"));
+    ck_assert_int_eq(load_with("avx512", 0, &m), LDM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "no AVX-512 kernels are written yet"));
+    for (size_t i = 0; i < N_FAMILIES; i++) {
+        if (lk_cpu_family_supported(all_families[i])) continue;
+        ck_assert_int_eq(load_with(all_families[i], 0, &m), LDM_ERR_UNSUPPORTED);
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(ldm_last_error(), "not built for this architecture") || strstr(ldm_last_error(), "this CPU lacks"),
+                      "%s: %s", all_families[i], ldm_last_error());
+    }
+    /* failed requests hold nothing: any family can still be asked for */
+    ck_assert_int_eq(load_with("generic", 0, &m), LDM_OK);
+    ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    ldm_model_free(m);
+    ck_assert_int_eq(load_with(NULL, 0, &m), LDM_OK); /* NULL and "" are "auto" */
+    ldm_model_free(m);
+    ck_assert_int_eq(load_with("", 0, &m), LDM_OK);
+    ldm_model_free(m);
+    /* a struct from a header before these fields: whatever lies past its size is not read */
+    ldm_model_params p;
+    memset(&p, 0, sizeof p);
+    ldm_model_params_init_size(&p, offsetof(ldm_model_params, cpu_kernels));
+    p.cpu_kernels = "sse9";
+    p.compute = 99;
+    ck_assert_int_eq(ldm_model_load_builtin("demo", 7, &p, &m), LDM_OK);
+    ldm_model_free(m);
+    force(NULL);
+}
+END_TEST
+
+START_TEST(bf16_compute_is_refused)
+{
+    ldm_model *m = NULL;
+    int has_bf16 = strstr(ldm_cpu_info(), "avx512_bf16") != NULL;
+    ck_assert_int_eq(load_with(NULL, LDM_COMPUTE_BF16, &m), LDM_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(m);
+    if (!has_bf16) {
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "needs a CPU with avx512_bf16"));
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "this CPU has:"));
+    }
+    /* on a CPU with avx512_bf16 it is still refused: the kernels are not written */
+    lk_cpu_pretend_bf16(1);
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "avx512f avx512_bf16"));
+    ck_assert_int_eq(load_with(NULL, LDM_COMPUTE_BF16, &m), LDM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "bf16 kernels are not written yet"));
+    lk_cpu_pretend_bf16(0);
+    ck_assert_int_eq(load_with(NULL, 7, &m), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "ldm_model_params.compute: unknown value 7"));
+    ck_assert_int_eq(load_with(NULL, LDM_COMPUTE_F32, &m), LDM_OK);
+    ldm_model_free(m);
+}
+END_TEST
+
 static Suite *cpu_suite(void)
 {
     Suite *s = suite_create("cpu");
@@ -259,6 +407,12 @@ static Suite *cpu_suite(void)
     tcase_add_test(tc, forced_family);
     tcase_add_test(tc, each_family_matches_references);
     suite_add_tcase(s, tc);
+    TCase *tm = tcase_create("model parameters");
+    tcase_set_timeout(tm, 120);
+    tcase_add_test(tm, model_requests_family);
+    tcase_add_test(tm, model_request_errors);
+    tcase_add_test(tm, bf16_compute_is_refused);
+    suite_add_tcase(s, tm);
     return s;
 }
 

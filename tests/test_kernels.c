@@ -283,6 +283,114 @@ START_TEST(gemm_small_matches_reference)
 }
 END_TEST
 
+/* The skinny path (gemm_skinny.c: weights in place, B in 16-column panels, K in blocks of 256):
+ * through lk_gemm (which takes it by its rule) and called directly, against the double reference,
+ * bit for bit across thread counts; beta = 0 with NaN in C (C is never read), alpha applied once. */
+static void check_gemm_skinny(int M, int N, int K, int pad, float alpha)
+{
+    int lda = K + pad, ldb = N + pad, ldc = N + pad;
+    size_t nc = (size_t)M * ldc;
+    float *A = rand_buf((size_t)M * lda, 1), *B = rand_buf((size_t)K * ldb, 1), *C0 = rand_buf(nc, 1);
+    for (size_t i = 0; i < nc; i++) C0[i] = NAN;
+    float *ref = copy_buf(C0, nc);
+    lk_ref_gemm(0, 0, M, N, K, alpha, A, lda, B, ldb, 0.0f, ref, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm_skinny %dx%dx%d pad %d alpha %g", M, N, K, pad, alpha);
+    for (int direct = 0; direct < 2; direct++) {
+        float *first = NULL;
+        for (int c = 0; c < N_CTX; c++) {
+            float *C = copy_buf(C0, nc);
+            if (direct)
+                lk_gemm_skinny(&ctxs[c], M, N, K, alpha, A, lda, B, ldb, C, ldc);
+            else
+                lk_gemm(&ctxs[c], 0, 0, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+            for (int i = 0; i < M; i++) {
+                expect_close(C + (size_t)i * ldc, ref + (size_t)i * ldc, (size_t)N, 2e-6 * sqrt(K + 1.0), what);
+                for (int j = N; j < ldc; j++) ck_assert_msg(isnan(C[(size_t)i * ldc + j]), "%s: wrote outside C", what);
+            }
+            if (first) {
+                expect_same(C, first, nc, what);
+                free(C);
+            } else
+                first = C;
+        }
+        free(first);
+    }
+    free(A), free(B), free(C0), free(ref);
+}
+
+/* x W^T with few rows (lk_gemm_skinny_bt: C^T = W x^T by the skinny kernel, then transposed with
+ * alpha and beta): the same checks, with beta = 0 (NaN in C) and beta != 0. */
+static void check_gemm_skinny_bt(int M, int N, int K, int pad, float alpha, float beta)
+{
+    int lda = K + pad, ldb = K + 2 * pad, ldc = N + pad;
+    size_t nc = (size_t)M * ldc;
+    float *A = rand_buf((size_t)M * lda, 1), *B = rand_buf((size_t)N * ldb, 1), *C0 = rand_buf(nc, 1);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < nc; i++) C0[i] = NAN;
+    float *ref = copy_buf(C0, nc);
+    lk_ref_gemm(0, 1, M, N, K, alpha, A, lda, B, ldb, beta, ref, ldc);
+    char what[128];
+    snprintf(what, sizeof what, "gemm_skinny_bt %dx%dx%d pad %d alpha %g beta %g", M, N, K, pad, alpha, beta);
+    for (int direct = 0; direct < 2; direct++) {
+        float *first = NULL;
+        for (int c = 0; c < N_CTX; c++) {
+            float *C = copy_buf(C0, nc);
+            if (direct)
+                lk_gemm_skinny_bt(&ctxs[c], M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            else
+                lk_gemm(&ctxs[c], 0, 1, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            for (int i = 0; i < M; i++) {
+                expect_close(C + (size_t)i * ldc, ref + (size_t)i * ldc, (size_t)N, 2e-6 * sqrt(K + 1.0), what);
+                for (int j = N; j < ldc; j++)
+                    ck_assert_msg(!memcmp(&C[(size_t)i * ldc + j], &C0[(size_t)i * ldc + j], sizeof(float)),
+                                  "%s: wrote outside C", what);
+            }
+            if (first) {
+                expect_same(C, first, nc, what);
+                free(C);
+            } else
+                first = C;
+        }
+        free(first);
+    }
+    free(A), free(B), free(C0), free(ref);
+}
+
+START_TEST(gemm_skinny_matches_reference)
+{
+    if (!lk_gemm_skinny_applies(0, 0, 64, 32, 2048, 0.0f)) {
+        printf("SKIPPED: gemm_skinny (no AVX2+FMA kernels here: lk_gemm_skinny is BLAS)\n");
+    }
+    /* rows around the 6-row blocks and 48-row tasks, K around its 256-value blocks */
+    static const int shapes[][3] = {{6, 16, 1024}, {7, 32, 1025}, {53, 48, 1100}, {48, 128, 1280}, {100, 64, 2049},
+                                    {1, 16, 1024}, {97, 128, 1536}};
+    for (size_t s = 0; s < LDM_ARRAY_LEN(shapes); s++) {
+        check_gemm_skinny(shapes[s][0], shapes[s][1], shapes[s][2], 0, 1.0f);
+        check_gemm_skinny(shapes[s][0], shapes[s][1], shapes[s][2], 3, -0.5f);
+    }
+    static const int bt[][3] = {{16, 6, 1024}, {32, 50, 1100}, {128, 97, 1300}, {48, 200, 2049}, {16, 1, 1024}};
+    for (size_t s = 0; s < LDM_ARRAY_LEN(bt); s++) {
+        check_gemm_skinny_bt(bt[s][0], bt[s][1], bt[s][2], 0, 1.0f, 0.0f);
+        check_gemm_skinny_bt(bt[s][0], bt[s][1], bt[s][2], 3, -0.5f, 0.75f);
+    }
+    /* the rules: plain operands, beta 0, N a multiple of 16 up to 128, K >= 1024; for x W^T the
+     * rows are what N is to the plain product */
+    if (lk_gemm_skinny_applies(0, 0, 64, 32, 2048, 0.0f)) {
+        ck_assert(!lk_gemm_skinny_applies(1, 0, 64, 32, 2048, 0.0f));
+        ck_assert(!lk_gemm_skinny_applies(0, 1, 64, 32, 2048, 0.0f));
+        ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 32, 2048, 1.0f));
+        ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 40, 2048, 0.0f));
+        ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 144, 2048, 0.0f));
+        ck_assert(!lk_gemm_skinny_applies(0, 0, 64, 32, 1023, 0.0f));
+        ck_assert(lk_gemm_skinny_bt_applies(0, 1, 32, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(1, 1, 32, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(0, 1, 154, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(0, 1, 144, 1280, 1280));
+        ck_assert(!lk_gemm_skinny_bt_applies(0, 1, 32, 1280, 768));
+    }
+}
+END_TEST
 
 START_TEST(linear_matches_reference)
 {
@@ -694,6 +802,8 @@ START_TEST(half_weights_in_products)
         check_half_product(kind, 7, 5, 3);
         /* 4M-float widening blocks of weight rows: three of them */
         check_half_product(kind, kind == 0 ? 100 : 6, kind == 0 ? 6 : 100, 100000);
+        /* the same blocks through the skinny products (gemm_skinny.c: 16-column multiples) */
+        check_half_product(kind, kind == 0 ? 100 : 16, kind == 0 ? 32 : 100, 100000);
     }
 }
 END_TEST
@@ -1312,6 +1422,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, pool_single_thread_and_free);
     tcase_add_test(tc, gemm_matches_reference);
     tcase_add_test(tc, gemm_small_matches_reference);
+    tcase_add_test(tc, gemm_skinny_matches_reference);
     tcase_add_test(tc, conv2d_small_matches_reference);
     tcase_add_test(tc, conv2d_wino_small_matches_reference);
     tcase_add_test(tc, linear_cached_matches_reference);

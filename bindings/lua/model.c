@@ -36,8 +36,10 @@ static const ldm_tensor *opt_tensor(lua_State *L, int opts, const char *key, ldm
 
 static void model_params(lua_State *L, int opts, ldm_model_params *mp)
 {
-    static const char *const known[] = {"config", "vocab", "threads", "weights", "max_alloc_bytes", NULL};
+    static const char *const known[] = {"config",      "vocab",   "threads", "weights", "max_alloc_bytes",
+                                        "cpu_kernels", "compute", NULL};
     static const char *const weights[] = {"auto", "ema", "raw", NULL};
+    static const char *const compute[] = {"f32", "bf16", NULL}; /* in ldm_compute order */
     ldm_model_params_init(mp);
     if (lua_isnoneornil(L, opts)) return;
     luaL_checktype(L, opts, LUA_TTABLE);
@@ -47,6 +49,8 @@ static void model_params(lua_State *L, int opts, ldm_model_params *mp)
     mp->n_threads = lb_opt_int(L, opts, "threads", 0);
     mp->max_alloc_bytes = lb_opt_size(L, opts, "max_alloc_bytes", 0);
     mp->weights = (ldm_weights_choice)lb_opt_choice(L, opts, "weights", "auto", weights);
+    mp->cpu_kernels = lb_opt_string(L, opts, "cpu_kernels", NULL); /* opts stays on the stack */
+    mp->compute = lb_opt_choice(L, opts, "compute", "f32", compute);
 }
 
 static lb_model *push_model(lua_State *L)
@@ -59,7 +63,7 @@ static lb_model *push_model(lua_State *L)
     return u;
 }
 
-/* ldm.load(path [, {config=, vocab=, threads=, weights=, max_alloc_bytes=}]) */
+/* ldm.load(path [, {config=, vocab=, threads=, weights=, max_alloc_bytes=, cpu_kernels=, compute=}]) */
 static int l_load(lua_State *L)
 {
     lua_settop(L, 2);

@@ -200,6 +200,12 @@ static int l_version(lua_State *L)
     return 2;
 }
 
+static int l_cpu_info(lua_State *L)
+{
+    lua_pushstring(L, ldm_cpu_info());
+    return 1;
+}
+
 __attribute__((visibility("default"))) int luaopen_ldm(lua_State *L);
 
 int luaopen_ldm(lua_State *L)
@@ -208,6 +214,8 @@ int luaopen_ldm(lua_State *L)
     int module = lua_gettop(L);
     lua_pushcfunction(L, l_version);
     lua_setfield(L, module, "version");
+    lua_pushcfunction(L, l_cpu_info);
+    lua_setfield(L, module, "cpu_info");
     lua_pushstring(L, LDM_VERSION_STRING);
     lua_setfield(L, module, "VERSION"); /* the header this module was built against */
     lua_pushcfunction(L, l_set_thread_max_alloc);

@@ -1067,6 +1067,25 @@ test("sdxl: generate with size conditioning and a refiner equals the composed ru
     ref:close()
 end)
 
+test("kernel families and compute modes (issue #15)", function()
+    local info = ldm.cpu_info()
+    local family = info:match("\nkernels: (%S+) %(")
+    check(family, "cpu_info names the family in use: " .. info)
+    -- `demo` holds that family; asking for it by name works, another one would be refused
+    local m = ldm.load_builtin("demo", 0, {cpu_kernels = family, threads = 1})
+    check(ldm.cpu_info():find("cpu_kernels=" .. family, 1, true), "cpu_info says a model asked for it")
+    m:close()
+    raises("unknown kernel family", ldm.load_builtin, "demo", 0, {cpu_kernels = "sse9"})
+    raises("no AVX-512 kernels are written yet", ldm.load_builtin, "demo", 0, {cpu_kernels = "avx512"})
+    raises("option 'cpu_kernels': expected a string", ldm.load_builtin, "demo", 0, {cpu_kernels = 1})
+    local err = raises("LDM_COMPUTE_BF16", ldm.load_builtin, "demo", 0, {compute = "bf16"})
+    if not info:find("avx512_bf16", 1, true) then
+        check(tostring(err):find("needs a CPU with avx512_bf16", 1, true), "bf16 names the missing feature")
+    end
+    raises("option 'compute'", ldm.load_builtin, "demo", 0, {compute = "fp8"})
+    ldm.load_builtin("demo", 0, {compute = "f32"}):close()
+end)
+
 demo:close()
 print(("lua: %d passed, %d failed%s"):format(passed, failed, skipped > 0 and (", %d skipped"):format(skipped) or ""))
 os.exit(failed == 0 and passed > 0 and 0 or 1)

@@ -206,8 +206,17 @@ ldm_status lm_model_new(const char *label, const ldm_model_params *params, ldm_m
     LDM_TRY(read_params(params, p));
     /* The loader's caller holds the cap scope (LM_CAP_SCOPE) that restores the thread's cap. */
     ldm_alloc_set_cap(ldm_alloc_cap_within(ldm_alloc_get_cap(), p->max_alloc_bytes));
+    if (p->compute == LDM_COMPUTE_BF16) return lk_cpu_check_bf16();
+    if (p->compute != LDM_COMPUTE_F32)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_params.compute: unknown value %d", p->compute);
     ldm_model *m = ldm_calloc(1, sizeof *m);
     if (!m) return lw_alloc_status(sizeof *m); /* LDM_ERR_LIMIT when the caller's cap refused it */
+    ldm_status held = lk_cpu_hold(p->cpu_kernels);
+    if (held != LDM_OK) {
+        ldm_free(m);
+        return held;
+    }
+    m->cpu_held = 1;
     m->max_alloc = p->max_alloc_bytes;
     m->log = p->log_callback;
     m->log_user = p->log_user_data;
@@ -266,6 +275,7 @@ void ldm_model_free(ldm_model *model)
     ldm_free(model->vocab_path);
     ldm_free(model->config_path);
     ldm_free(model->path);
+    if (model->cpu_held) lk_cpu_release();
     ldm_free(model);
     /* The kernels' scratch cache is shared by the models of the process; what it keeps was sized
      * for the networks just freed. */

@@ -68,6 +68,7 @@ struct ldm_model {
      * which autoencoder the running call encodes and decodes with (an ldm_vae_choice) */
     struct ltae *tiny_dec, *tiny_enc;
     int vae_in_use;
+    int cpu_held;                   /* holds the kernel family (lk_cpu_hold) until freed */
 };
 
 /* Loading steps shared by files and built-in models: a new model with its params read, the rest

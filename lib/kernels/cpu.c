@@ -12,11 +12,20 @@
  *                         name) the generic kernels. Nothing is printed: lk_cpu_kernels() and
  *                         `ldm info --cpu` (ldm_cpu_info) report what runs and why.
  *
- * Racing first calls compute the same answer. lk_cpu_reselect() reads LDM_CPU again (tests). */
+ * Racing first calls compute the same answer. lk_cpu_reselect() reads LDM_CPU again (tests).
+ *
+ * A model may ask for a family by name (ldm_model_params.cpu_kernels, lk_cpu_hold). The family is
+ * still process-wide (every kernel asks lk_cpu_has_*() at its call, so switching it under a
+ * running call would mix families): every live model and trainer holds the family it was created
+ * with, a request may switch it only while nothing holds it, and then wins over LDM_CPU until the
+ * last holder is gone (the next use chooses from LDM_CPU again). A request the build or the CPU
+ * cannot honour, or one that differs from the family live models hold, is an error, not a
+ * fallback: the caller asked for those kernels by name. */
 #include "simd.h"
 
 #include "kernels.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +44,9 @@ enum {
     F_FMA = 1 << 1,
     F_F16C = 1 << 2, /* F16C with AVX enabled by the OS */
     F_NEON = 1 << 3, /* AdvSIMD with fused multiply-add and half conversion: every aarch64 CPU */
+    /* Detected and reported, used by no family yet (issue #15: no AVX-512 kernels are written). */
+    F_AVX512F = 1 << 4,    /* with the OS saving the opmask and ZMM state */
+    F_AVX512BF16 = 1 << 5, /* avx512_bf16 (VDPBF16PS), on top of F_AVX512F */
 };
 
 typedef struct lk_family {
@@ -58,6 +70,37 @@ static const lk_family families[] = {
 
 /* Names LDM_CPU may give that belong to other architectures' builds (reported as such). */
 static const char *const foreign[] = {"avx2+fma", "avx2", "neon"};
+/* Families that are planned but whose kernels are not written (issue #15). */
+static const char *const unwritten[] = {"avx512", "avx512_bf16"};
+
+static int in_list(const char *name, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(name, list[i])) return 1;
+    return 0;
+}
+
+#ifdef LK_DISPATCH
+/* The OS state-save mask (XCR0); only valid when CPUID says OSXSAVE. */
+static unsigned long long xcr0(void)
+{
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (unsigned long long)hi << 32 | lo;
+}
+
+/* AVX-512 Foundation and avx512_bf16, each only with the OS saving the XMM, YMM, opmask and both
+ * halves of the ZMM registers (XCR0 bits 1, 2, 5, 6, 7). */
+static unsigned detect_avx512(void)
+{
+    unsigned a, b, c, d, f = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || (xcr0() & 0xe6) != 0xe6) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & bit_AVX512F)) return 0;
+    f |= F_AVX512F;
+    if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5))) f |= F_AVX512BF16;
+    return f;
+}
+#endif
 
 static unsigned detect(void)
 {
@@ -70,6 +113,7 @@ static unsigned detect(void)
      * "f16c". OSXSAVE says the OS saves the AVX registers. */
     unsigned a, b, c, d;
     if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX) && (c & bit_OSXSAVE)) f |= F_F16C;
+    f |= detect_avx512();
 #endif
 #ifdef LK_NEON
     f |= F_NEON; /* AdvSIMD is part of the aarch64 base architecture (and of its Linux ABI) */
@@ -77,9 +121,11 @@ static unsigned detect(void)
     return f;
 }
 
+/* Detected features; lk_cpu_pretend_bf16 (tests) adds the avx512_bf16 bits, which no kernel uses. */
+static atomic_int known = -1;
+
 static unsigned features(void)
 {
-    static atomic_int known = -1;
     int v = atomic_load_explicit(&known, memory_order_relaxed);
     if (v < 0) {
         v = (int)detect();
@@ -88,8 +134,14 @@ static unsigned features(void)
     return (unsigned)v;
 }
 
+void lk_cpu_pretend_bf16(int on)
+{
+    unsigned f = detect();
+    atomic_store_explicit(&known, (int)(on ? f | F_AVX512F | F_AVX512BF16 : f), memory_order_relaxed);
+}
+
 /* Why the family was chosen, for ldm_cpu_info. */
-enum { WHY_AUTO, WHY_FORCED, WHY_UNSUPPORTED, WHY_FOREIGN, WHY_UNKNOWN };
+enum { WHY_AUTO, WHY_FORCED, WHY_UNSUPPORTED, WHY_FOREIGN, WHY_UNKNOWN, WHY_UNWRITTEN, WHY_MODEL };
 
 /* The chosen row (low 8 bits) and the reason (next bits); -1 until chosen. */
 static atomic_int chosen = -1;
@@ -109,8 +161,9 @@ static int choose(void)
         if (!strcmp(req, families[i].name))
             return (families[i].needs & have) == families[i].needs ? (int)i | WHY_FORCED << 8
                                                                     : (int)(N_FAMILIES - 1) | WHY_UNSUPPORTED << 8;
-    for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++)
-        if (!strcmp(req, foreign[i])) return (int)(N_FAMILIES - 1) | WHY_FOREIGN << 8;
+    if (in_list(req, foreign, sizeof foreign / sizeof foreign[0])) return (int)(N_FAMILIES - 1) | WHY_FOREIGN << 8;
+    if (in_list(req, unwritten, sizeof unwritten / sizeof unwritten[0]))
+        return (int)(N_FAMILIES - 1) | WHY_UNWRITTEN << 8;
     return (int)(N_FAMILIES - 1) | WHY_UNKNOWN << 8;
 }
 
@@ -129,6 +182,107 @@ static const lk_family *family(void) { return &families[choice() & 0xff]; }
 const char *lk_cpu_kernels(void) { return family()->name; }
 
 void lk_cpu_reselect(void) { atomic_store_explicit(&chosen, choose(), memory_order_relaxed); }
+
+/* ---- holds: live models and trainers, and the family a model asked for */
+
+static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
+static int holders;        /* live models and trainers */
+static char requested[32]; /* the family a live model asked for by name, "" when none */
+
+static int family_row(const char *name)
+{
+    for (size_t i = 0; i < N_FAMILIES; i++)
+        if (!strcmp(name, families[i].name)) return (int)i;
+    return -1;
+}
+
+static void list_families(char *buf, size_t size, int runnable_only)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < N_FAMILIES && n < size; i++)
+        if (!runnable_only || (families[i].needs & features()) == families[i].needs)
+            n += (size_t)snprintf(buf + n, size - n, "%s%s", n ? " " : "", families[i].name);
+}
+
+static void describe_features(char *buf, size_t size);
+
+/* Why `name` cannot run here, as an error; LDM_OK when it can (row in *row). */
+static ldm_status check_request(const char *name, int *row)
+{
+    char built[160], feat[160];
+    list_families(built, sizeof built, 0);
+    *row = family_row(name);
+    if (*row >= 0) {
+        unsigned missing = families[*row].needs & ~features();
+        if (!missing) return LDM_OK;
+        describe_features(feat, sizeof feat);
+        const char *lacks = (missing & F_AVX2) && (missing & F_FMA) ? "avx2 and fma"
+                            : missing & F_AVX2                     ? "avx2"
+                            : missing & F_FMA                      ? "fma"
+                                                                   : "neon";
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_params.cpu_kernels \"%s\": this CPU lacks %s (it has: %s)", name,
+                        lacks, feat);
+    }
+    if (in_list(name, unwritten, sizeof unwritten / sizeof unwritten[0])) {
+        describe_features(feat, sizeof feat);
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "ldm_model_params.cpu_kernels \"%s\": no AVX-512 kernels are written yet (this build has: %s; "
+                        "this CPU has: %s)", name, built, feat);
+    }
+    if (in_list(name, foreign, sizeof foreign / sizeof foreign[0]))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_params.cpu_kernels \"%s\": not built for this architecture "
+                                             "(this build has: %s)", name, built);
+    return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_model_params.cpu_kernels \"%s\": unknown kernel family (this build "
+                                              "has: %s, or \"auto\")", name, built);
+}
+
+ldm_status lk_cpu_hold(const char *request)
+{
+    int auto_req = !request || !*request || !strcmp(request, "auto"), row = -1;
+    if (!auto_req) LDM_TRY(check_request(request, &row));
+    pthread_mutex_lock(&hold_lock);
+    ldm_status st = LDM_OK;
+    if (!auto_req) {
+        int current = choice() & 0xff;
+        if (holders == 0) {
+            atomic_store_explicit(&chosen, row | WHY_MODEL << 8, memory_order_relaxed);
+            snprintf(requested, sizeof requested, "%s", request);
+        } else if (current != row) {
+            st = ldm_fail(LDM_ERR_UNSUPPORTED,
+                          "ldm_model_params.cpu_kernels \"%s\": the kernel family is process-wide and %d live "
+                          "model(s) or trainer(s) use \"%s\"; free them first, or ask for \"%s\" or \"auto\"",
+                          request, holders, families[current].name, families[current].name);
+        } else if (!requested[0]) {
+            snprintf(requested, sizeof requested, "%s", request);
+            atomic_store_explicit(&chosen, row | WHY_MODEL << 8, memory_order_relaxed);
+        }
+    }
+    if (st == LDM_OK) holders++;
+    pthread_mutex_unlock(&hold_lock);
+    return st;
+}
+
+void lk_cpu_release(void)
+{
+    pthread_mutex_lock(&hold_lock);
+    if (holders > 0 && --holders == 0 && requested[0]) {
+        requested[0] = '\0';
+        atomic_store_explicit(&chosen, -1, memory_order_relaxed); /* LDM_CPU decides again on next use */
+    }
+    pthread_mutex_unlock(&hold_lock);
+}
+
+ldm_status lk_cpu_check_bf16(void)
+{
+    char feat[160];
+    describe_features(feat, sizeof feat);
+    if (!(features() & F_AVX512BF16))
+        return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_params.compute = LDM_COMPUTE_BF16 needs a CPU with avx512_bf16 "
+                                             "(AVX-512 BF16); this CPU has: %s", feat);
+    return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_params.compute = LDM_COMPUTE_BF16: this CPU has avx512_bf16, but "
+                                         "libldm's bf16 kernels are not written yet (issue #15); use LDM_COMPUTE_F32");
+}
 
 static int granted(unsigned f) { return (family()->grants & features() & f) == f; }
 
@@ -160,6 +314,8 @@ static void describe_features(char *buf, size_t size)
     if (f & F_FMA) ADD("%sfma", n ? " " : "");
     if (f & F_F16C) ADD("%sf16c", n ? " " : "");
     if (f & F_NEON) ADD("%sneon", n ? " " : "");
+    if (f & F_AVX512F) ADD("%savx512f", n ? " " : "");
+    if (f & F_AVX512BF16) ADD("%savx512_bf16", n ? " " : "");
 #if defined(__aarch64__) && defined(__linux__)
     unsigned long hw = getauxval(AT_HWCAP);
     static const struct {
@@ -179,12 +335,10 @@ static void describe_features(char *buf, size_t size)
 const char *ldm_cpu_info(void)
 {
     static _Thread_local char text[1024]; /* rebuilt on each call: LDM_CPU may be read again */
-    char feat[160], fams[160] = "";
+    char feat[160], fams[160];
     describe_features(feat, sizeof feat);
-    size_t n = 0;
-    for (size_t i = 0; i < N_FAMILIES && n < sizeof fams; i++)
-        if ((families[i].needs & features()) == families[i].needs)
-            n += (size_t)snprintf(fams + n, sizeof fams - n, "%s%s", n ? " " : "", families[i].name);
+    list_families(fams, sizeof fams, 1);
+    pthread_mutex_lock(&hold_lock); /* `requested` */
     int v = choice();
     const char *req = getenv("LDM_CPU");
     char why[200];
@@ -195,8 +349,16 @@ const char *ldm_cpu_info(void)
     case WHY_FOREIGN:
         snprintf(why, sizeof why, "LDM_CPU=%.64s: not built for this architecture, generic runs", req);
         break;
+    case WHY_UNWRITTEN:
+        snprintf(why, sizeof why, "LDM_CPU=%.64s: no AVX-512 kernels are written yet, generic runs", req);
+        break;
+    case WHY_MODEL:
+        snprintf(why, sizeof why, "ldm_model_params.cpu_kernels=%s of a live model, held until no model or trainer is live",
+                 requested);
+        break;
     default: snprintf(why, sizeof why, "LDM_CPU=%.64s: unknown family, generic runs", req); break;
     }
+    pthread_mutex_unlock(&hold_lock);
     snprintf(text, sizeof text,
              "cpu features: %s\nkernel families available: %s\nkernels: %s (%s)", feat, fams,
              families[v & 0xff].name, why);

@@ -8,7 +8,8 @@
  * on the number of threads, and each tile sums over the whole K in one call, so every element of
  * C is computed by exactly the same instruction sequence whatever the thread count: results are
  * bitwise independent of it. Small products go to BLAS in one call (a pool round trip costs more
- * than they do). */
+ * than they do). Thin products go to gemm_small.c, tall thin ones with a long K (the convolutions
+ * of a UNet's 8x8 and 4x4 levels) to gemm_skinny.c, both by rules on the shape (gemm_run). */
 #include "kernels.h"
 
 #include <cblas.h>
@@ -128,6 +129,10 @@ static void gemm_run(const lctx *c, int transA, int transB, int M, int N, int K,
     }
     if (lk_gemm_small_applies(M, N, K))
         lk_gemm_small(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (lk_gemm_skinny_applies(transA, transB, M, N, K, beta))
+        lk_gemm_skinny(c, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+    else if (lk_gemm_skinny_bt_applies(transA, transB, M, N, K))
+        lk_gemm_skinny_bt(c, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
         lk_gemm_blas(c, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -43,6 +43,17 @@ void lk_gemm(const lctx *c, int transA, int transB, int M, int N, int K, float a
 void lk_gemm_blas(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc);
 int lk_gemm_small_applies(int M, int N, int K);
+/* Tall, thin products with a long K, the weights (A) read in place (gemm_skinny.c): lk_gemm takes
+ * it when lk_gemm_skinny_applies (AVX2+FMA; A and B not transposed, beta 0, N a multiple of 16 up
+ * to 128, K >= 1024: a rule on the shape and arguments, never the thread count). */
+int lk_gemm_skinny_applies(int transA, int transB, int M, int N, int K, float beta);
+void lk_gemm_skinny(const lctx *c, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                    int ldb, float *C, int ldc);
+/* The same for x W^T with few rows: C[M,N] = alpha A B^T + beta C, B [N,K] the weights (read in
+ * place), M a multiple of 16 up to 128 (tokens of a transformer at 8x8 and 4x4), K >= 1024. */
+int lk_gemm_skinny_bt_applies(int transA, int transB, int M, int N, int K);
+void lk_gemm_skinny_bt(const lctx *c, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc);
 void lk_gemm_small(const lctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc);
 int lk_gemm_small_impl(const lctx *c, int impl, int transA, int transB, int M, int N, int K, float alpha,
@@ -63,6 +74,20 @@ void lk_gemm_small_batched(const lctx *c, int count, int M, int N, int K, const 
                            const float *B, size_t sb, float *C, size_t sc, int ldc);
 /* Makes BLAS single-threaded (we split work over our own pool); called by lk_gemm itself, idempotent. */
 void lk_blas_init(void);
+
+/* ---- the kernel family held by live models and trainers (cpu.c) */
+/* Called when a model or trainer is created: holds the process-wide kernel family for its
+ * lifetime. `request` NULL, "" or "auto": whatever runs now (LDM_CPU / the best for the CPU); a
+ * family name: that family, switched to when nothing else is held, else an error naming the
+ * family in use (LDM_ERR_UNSUPPORTED; also for a family this build or CPU lacks, and
+ * LDM_ERR_INVALID_ARGUMENT for an unknown name). Each successful call needs one lk_cpu_release. */
+ldm_status lk_cpu_hold(const char *request);
+void lk_cpu_release(void);
+/* The bf16 compute mode (ldm_model_params.compute): LDM_ERR_UNSUPPORTED naming why it cannot run
+ * (no avx512_bf16 on this CPU, else: its kernels are not written yet). */
+ldm_status lk_cpu_check_bf16(void);
+/* Tests: pretend the CPU has (1) or report what it has (0) for avx512f + avx512_bf16. */
+void lk_cpu_pretend_bf16(int on);
 /* y[rows,out] = x[rows,in] W^T + b;  W is [out,in] as in torch.nn.Linear; b may be NULL. */
 void lk_linear(const lctx *c, const float *x, int rows, int in, const float *W, const float *b, int out, float *y);
 

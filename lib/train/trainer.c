@@ -4,6 +4,7 @@
 #include "trainer_internal.h"
 
 #include "train_text.h"
+#include "../kernels/kernels.h"
 
 #include <errno.h>
 #include <math.h>
@@ -290,6 +291,8 @@ static ldm_status setup(ldm_trainer *t)
     int threads = t->p.n_threads ? t->p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     t->pool = lpool_create(threads > 0 ? threads : 1);
     if (!t->pool) return ldm_alloc_failure_status();
+    LDM_TRY(lk_cpu_hold(NULL)); /* the kernel family must not change under a training run */
+    t->cpu_held = 1;
     t->c.pool = t->pool;
     t->c.cancel = &t->cancel;
     LDM_TRY(ltp_params_create(t->p.seed, &t->ps));
@@ -440,6 +443,7 @@ void ldm_trainer_free(ldm_trainer *t)
     lw_close(t->fs_store);
     ls_schedule_free(t->sched);
     lpool_free(t->pool);
+    if (t->cpu_held) lk_cpu_release();
     ldm_free(t->images), ldm_free(t->x0), ldm_free(t->noise), ldm_free(t->xt);
     ldm_free(t->target), ldm_free(t->dout), ldm_free(t->aux);
     ldm_free(t->labels), ldm_free(t->timesteps), ldm_free(t->tsteps_f);

@@ -22,6 +22,7 @@ struct ldm_trainer {
     char *config_path, *data_dir, *out_dir, *first_stage_path, *init_from;
     ldm_train_params p; /* strings point at the copies above */
     int is_diffusion;
+    int cpu_held; /* holds the kernel family (lk_cpu_hold) until freed */
     int image_size;      /* pixels fed to the network (AE) or to the first stage (LDM) */
     int latent_size;     /* LDM: image_size / factor */
     int latent_channels; /* LDM: the first stage's embed_dim */

@@ -70,6 +70,12 @@ def version_number():
     return _api.lib.ldm_version_number()
 
 
+def cpu_info():
+    """ldm_cpu_info(): the CPU's vector features, the kernel families it can run and the one in
+    use, and why (LDM_CPU, a model's cpu_kernels, or auto)."""
+    return _api.lib.ldm_cpu_info().decode("utf-8")
+
+
 __version__ = version()
 
 __all__ = [

@@ -23,6 +23,7 @@ F32, I64 = 0, 1
 MAX_DIMS = 6
 
 WEIGHTS = {"auto": 0, "ema": 1, "raw": 2}
+COMPUTE = {"f32": 0, "bf16": 1}  # ldm_compute
 SAMPLERS = {"ddim": 0, "plms": 1, "ddpm": 2, "euler": 3, "euler_a": 4, "euler_ancestral": 4,
             "heun": 5, "dpmpp_2m": 6, "dpmpp_2m_karras": 7, "lcm": 8}
 PARAMETERIZATIONS = {"eps": 0, "v": 1, "x0": 2}
@@ -59,7 +60,8 @@ PREVIEW_KINDS = {"auto": 0, "tiny": 1, "linear": 2, "full": 3}  # ldm_preview_ki
 class ModelParams(Structure):
     _fields_ = [("struct_size", c_size_t), ("config_path", c_char_p), ("vocab_path", c_char_p),
                 ("n_threads", c_int), ("weights", c_int), ("max_alloc_bytes", c_size_t),
-                ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p)]
+                ("log_callback", LOG_CALLBACK), ("log_user_data", c_void_p),
+                ("cpu_kernels", c_char_p), ("compute", c_int)]
 
 
 class SamplerParams(Structure):
@@ -156,6 +158,7 @@ _S = c_int  # ldm_status
 
 _proto("ldm_version", c_char_p)
 _proto("ldm_version_number", c_int)
+_proto("ldm_cpu_info", c_char_p)
 _proto("ldm_status_string", c_char_p, c_int)
 _proto("ldm_last_error", c_char_p)
 _proto("ldm_clear_error", None)

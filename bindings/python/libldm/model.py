@@ -13,7 +13,7 @@ from .tensor import Args, result, timesteps_arg
 _lib = _api.lib
 
 
-def _model_params(config, vocab, threads, weights, max_alloc_bytes, log):
+def _model_params(config, vocab, threads, weights, max_alloc_bytes, log, cpu_kernels=None, compute="f32"):
     params, _ = _api.init_params(_api.ModelParams, _lib.ldm_model_params_init)
     params.config_path = _api.path_bytes(config) if config is not None else None
     params.vocab_path = _api.path_bytes(vocab) if vocab is not None else None
@@ -24,6 +24,11 @@ def _model_params(config, vocab, threads, weights, max_alloc_bytes, log):
         raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(_api.WEIGHTS))) from None
     params.max_alloc_bytes = _api.integer(max_alloc_bytes, "max_alloc_bytes", "size_t")
     params.log_callback = log.c_function
+    if cpu_kernels is not None:
+        if not isinstance(cpu_kernels, str):
+            raise TypeError("cpu_kernels: expected a family name (str) or None, got %r" % (cpu_kernels,))
+        params.cpu_kernels = cpu_kernels.encode("utf-8")
+    params.compute = _enum(_api.COMPUTE, compute, "compute")
     return params
 
 
@@ -70,25 +75,31 @@ class Model:
         self._finalizer = weakref.finalize(self, _lib.ldm_model_free, handle)
 
     @classmethod
-    def load(cls, path, config=None, vocab=None, threads=0, weights="auto", max_alloc_bytes=0, log=None):
+    def load(cls, path, config=None, vocab=None, threads=0, weights="auto", max_alloc_bytes=0, log=None,
+             cpu_kernels=None, compute="f32"):
         """Loads a .safetensors or PyTorch .ckpt checkpoint (format detected from the bytes).
 
         config: the model's original YAML config (default: detect from the tensor names);
         vocab: tokenizer vocabulary (default: $LDM_VOCAB, then next to the checkpoint);
         threads: 0 = all CPUs; weights: "auto" | "ema" | "raw"; max_alloc_bytes: refuse larger
-        single allocations (0: no cap); log: fn(level, message)."""
+        single allocations (0: no cap); log: fn(level, message); cpu_kernels: a kernel family
+        ("avx2+fma", "avx2", "neon", "generic"; None/"auto": LDM_CPU or the CPU's best), held
+        process-wide while the model lives (LDMError when the CPU lacks it or live models use
+        another); compute: "f32", or "bf16" (refused: needs avx512_bf16, kernels not written)."""
         log = _callbacks.Log(log)
-        params = _model_params(config, vocab, threads, weights, max_alloc_bytes, log)
+        params = _model_params(config, vocab, threads, weights, max_alloc_bytes, log, cpu_kernels, compute)
         out = ctypes.c_void_p()
         check(_lib.ldm_model_load(_api.path_bytes(path), ctypes.byref(params), ctypes.byref(out)), "ldm_model_load")
         return cls(out.value, log)
 
     @classmethod
-    def load_builtin(cls, name="demo", seed=0, threads=0, max_alloc_bytes=0, log=None):
+    def load_builtin(cls, name="demo", seed=0, threads=0, max_alloc_bytes=0, log=None, cpu_kernels=None,
+                     compute="f32"):
         """A model of a named architecture with seeded random (untrained) weights: "demo" (tiny,
-        class-conditional, 64x64), "sd15", "sd21-v", "cin256-v2". No file, no download."""
+        class-conditional, 64x64), "sd15", "sd21-v", "cin256-v2". No file, no download.
+        cpu_kernels, compute: as in load()."""
         log = _callbacks.Log(log)
-        params = _model_params(None, None, threads, "auto", max_alloc_bytes, log)
+        params = _model_params(None, None, threads, "auto", max_alloc_bytes, log, cpu_kernels, compute)
         out = ctypes.c_void_p()
         check(_lib.ldm_model_load_builtin(name.encode("utf-8"), _api.integer(seed, "seed", "uint64"), ctypes.byref(params), ctypes.byref(out)),
               "ldm_model_load_builtin")
