@@ -597,7 +597,7 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         ok "a missing vocabulary is explained, exit 1"
     else bad "a missing vocabulary is explained, exit 1"; fi
     # LoRA (docs/lora.md): tests/fixtures/lora_sd1's kohya file fits this model's UNet and text tower.
-    LORA=tests/fixtures/lora_sd1/lora_kohya.safetensors
+    LORA=$(dirname "$0")/fixtures/lora_sd1/lora_kohya.safetensors # found from any working directory (meson runs tests in the build folder)
     if run lora 0 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
         --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
         --negative-prompt "blurry" --steps 6 --seed 5 --lora "$LORA:0.7" -o "$T/text-lora.png" &&
