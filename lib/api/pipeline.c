@@ -384,18 +384,23 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
     return r == 0 ? LDM_OK : LDM_ERR_INVALID_ARGUMENT;
 }
 
+void lp_sampler_params(const ldm_generate_params *p, ldm_sampler_params *sp)
+{
+    ldm_sampler_params_init(sp);
+    sp->kind = p->sampler;
+    sp->steps = p->steps;
+    sp->seed = p->seed;
+    sp->spacing = p->timestep_spacing;
+}
+
 /* The model's sampler (as ldm_model_sampler, without the public call's interrupt reset). */
 static ldm_status sampler_for(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
 {
     if (m->desc.parameterization == LD_PARAM_X0 && p->sampler != LDM_SAMPLER_LCM)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models are sampled by the LCM sampler only", m->path);
     ldm_sampler_params sp;
-    ldm_sampler_params_init(&sp);
-    sp.kind = p->sampler;
-    sp.steps = p->steps;
+    lp_sampler_params(p, &sp);
     sp.eta = p->eta;
-    sp.seed = p->seed;
-    sp.spacing = p->timestep_spacing;
     if (p->lcm_original_steps > 0) sp.lcm_original_steps = p->lcm_original_steps;
     ldm_parameterization param = m->desc.parameterization == LD_PARAM_V    ? LDM_PARAM_V
                                  : m->desc.parameterization == LD_PARAM_X0 ? LDM_PARAM_X0

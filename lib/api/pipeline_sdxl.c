@@ -149,14 +149,10 @@ static ldm_status build_cond(ldm_model *m, const ldm_generate_params *p, int ref
 static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
 {
     ldm_sampler_params sp;
-    ldm_sampler_params_init(&sp);
-    sp.kind = p->sampler;
-    sp.steps = p->steps;
-    sp.seed = p->seed;
+    lp_sampler_params(p, &sp);
     /* trailing spacing: diffusers' scheduler as SDXL-Turbo runs it (EulerAncestralDiscreteScheduler,
      * timestep_spacing "trailing"): k-diffusion's noise levels at the trailing integer timesteps and
      * x_T * sigma_max; sgm has no trailing spacing */
-    sp.spacing = p->timestep_spacing;
     sp.discretization =
         p->timestep_spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
     return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
