@@ -1,7 +1,8 @@
-"""golden_io.py - what the golden scripts that run diffusers (make_fewstep_goldens.py,
-make_diffusers_goldens.py) write the same way: tensors as safetensors, the case.json of the
-../shared/fixtures layout and its tolerance policy, and the stored noise the schedulers draw.
-Imported by those scripts; runs nothing itself. Needs numpy (torch only for the noise rows).
+"""golden_io.py - what golden scripts write the same way: tensors as safetensors
+(make_train_goldens.py, make_fewstep_goldens.py, make_diffusers_goldens.py), and for the two that
+run diffusers the case.json of the ../shared/fixtures layout, its tolerance policy and the stored
+noise the schedulers draw. Imported by those scripts; runs nothing itself. Needs numpy (torch only
+for the noise rows).
 """
 import json
 import os
