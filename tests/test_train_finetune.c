@@ -44,13 +44,7 @@ static void write_config(const char *path, const char *model_extra, const char *
 
 static void setup(void)
 {
-    have_shared = fixture_dir("ldm_sd1_txt2img", fixture, sizeof fixture);
-    snprintf(vocab, sizeof vocab, "%s/vocab", fx_shared_dir());
-    snprintf(base_ckpt, sizeof base_ckpt, "%s/model.safetensors", fixture);
-    ck_train_root_create(root, "finetune");
-    char path[700];
-    snprintf(path, sizeof path, "%s/data", root);
-    ck_train_make_halves(path, 0);
+    have_shared = ck_train_sd1_setup(root, "finetune", fixture, vocab, base_ckpt);
 }
 
 static void teardown(void)

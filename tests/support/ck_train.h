@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ck_fixture.h"
 #include "io/weights.h"
 #include "ldm.h"
 
@@ -141,6 +142,22 @@ static inline void ck_train_sd1_config(const char *fixture, const char *path, co
     ck_assert_msg(use_checkpoint < 0 || seen, "the fixture's config no longer sets use_checkpoint: true");
     sprintf(o, "data:\n  params: {batch_size: 4}\n%s", top_extra ? top_extra : "");
     ck_train_write_file(path, out);
+}
+
+/* setup() of a fine-tuning test on the shared fixture ldm_sd1_txt2img: its folder, the shared
+ * vocabulary folder and its checkpoint into fixture / vocab (4096 bytes) and base_ckpt (4200), a
+ * new root (ck_train_root_create) with <root>/data of captioned halves (ck_train_make_halves).
+ * 0 when $LDM_SHARED lacks the fixture (fixture_dir says so). */
+static inline int ck_train_sd1_setup(char root[512], const char *tag, char *fixture, char *vocab, char *base_ckpt)
+{
+    int have_shared = fixture_dir("ldm_sd1_txt2img", fixture, 4096);
+    snprintf(vocab, 4096, "%s/vocab", fx_shared_dir());
+    snprintf(base_ckpt, 4200, "%s/model.safetensors", fixture);
+    ck_train_root_create(root, tag);
+    char path[700];
+    snprintf(path, sizeof path, "%s/data", root);
+    ck_train_make_halves(path, 0);
+    return have_shared;
 }
 
 /* Params of a run on <root>/data into <root>/<out>, 2 threads (static buffers: valid until the
