@@ -241,8 +241,7 @@ static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, const
     return LDM_OK;
 }
 
-/* x_T: the caller's (exactly the latent shape) or ldm_randn(seed, 0). */
-static ldm_status initial_noise(const ldm_generate_params *p, const int64_t shape[4], ldm_tensor **out)
+ldm_status lp_initial_noise(const ldm_generate_params *p, const int64_t shape[4], ldm_tensor **out)
 {
     if (p->x_T) {
         LDM_TRY(lt_check(p->x_T, "x_T", LDM_F32, 4));
@@ -422,7 +421,7 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, const lp_co
     ldm_sampler *s = NULL;
     lp_blend blend = {0};
     LDM_TRY(latent_shape(m, p, c, shape));
-    ldm_status st = initial_noise(p, shape, &x_T);
+    ldm_status st = lp_initial_noise(p, shape, &x_T);
     if (st == LDM_OK) st = sampler_for(m, p, &s);
     if (st == LDM_OK) st = lp_check_cancel(m, "before sampling");
     if (st == LDM_OK) st = is_img2img(m, p) ? lp_img2img_begin(m, s, p, x_T, &blend) : ldm_sampler_begin(s, x_T);

@@ -196,16 +196,7 @@ static ldm_status initial_noise(ldm_model *m, const ldm_generate_params *p, ldm_
     LDM_TRY(lm_autoencoder(m, &ae));
     int f = ldm_autoencoder_factor(ae);
     int64_t shape[4] = {p->batch, m->desc.unet.out_channels, p->height / f, p->width / f};
-    if (p->x_T) {
-        LDM_TRY(lt_check(p->x_T, "x_T", LDM_F32, 4));
-        for (int i = 0; i < 4; i++)
-            if (p->x_T->shape[i] != shape[i])
-                return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "x_T must be [%lld,%lld,%lld,%lld] for these settings",
-                                (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)shape[3]);
-        return (*out = lt_clone(p->x_T)) ? LDM_OK : ldm_alloc_failure_status();
-    }
-    LDM_TRY(ldm_tensor_create(LDM_F32, 4, shape, out));
-    return ldm_randn(p->seed, 0, *out);
+    return lp_initial_noise(p, shape, out);
 }
 
 /* The refiner's share: its own conditioning and sampler, started where the base stopped. */
