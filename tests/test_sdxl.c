@@ -198,6 +198,23 @@ static double max_diff(const ldm_tensor *a, const ldm_tensor *b)
     return m;
 }
 
+/* The model's sampler with sp, from x_T through every step (guidance scale), decoded: within tol
+ * of img, ldm_generate's image of the same run. */
+static void expect_public_calls_match(ldm_model *m, const ldm_sampler_params *sp, const ldm_tensor *x_T, const cond4 *c,
+                                      float scale, const ldm_tensor *img, double tol)
+{
+    ldm_sampler *s = NULL;
+    ldm_tensor *ref = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, sp, &s), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+    run_steps(m, s, c, scale, sp->steps);
+    ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
+    double d = max_diff(img, ref);
+    ck_assert_msg(d < tol, "ldm_generate differs from the public calls by %g", d);
+    ldm_sampler_free(s);
+    ldm_tensor_free(ref);
+}
+
 static ldm_tensor *noise(int B, int H, int W)
 {
     ldm_tensor *x = NULL;
@@ -215,7 +232,7 @@ START_TEST(test_generate_matches_public_calls)
     padded pd;
     ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
     const int B = 2, H = 8, W = 8, steps = 4;
-    ldm_tensor *x_T = noise(B, H, W), *img = NULL, *ref = NULL;
+    ldm_tensor *x_T = noise(B, H, W), *img = NULL;
     ldm_generate_params gp;
     ldm_generate_params_init(&gp);
     gp.prompt = "a photograph of an astronaut riding a horse";
@@ -230,17 +247,9 @@ START_TEST(test_generate_matches_public_calls)
     ldm_sampler_params sp;
     ldm_sampler_params_init(&sp);
     sp.kind = LDM_SAMPLER_EULER, sp.steps = steps, sp.discretization = LDM_DISCRETIZATION_SGM;
-    ldm_sampler *s = NULL;
-    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
-    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
-    run_steps(m, s, &c, 5.0f, steps);
-    ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
-    double d = max_diff(img, ref);
-    ck_assert_msg(d < 1e-5, "ldm_generate differs from the public calls by %g", d);
-    ldm_sampler_free(s);
+    expect_public_calls_match(m, &sp, x_T, &c, 5.0f, img, 1e-5);
     cond_free(&c);
     ldm_tensor_free(img);
-    ldm_tensor_free(ref);
     ldm_tensor_free(x_T);
     padded_free(m, &pd);
 }
@@ -620,7 +629,7 @@ START_TEST(test_turbo_generate_matches_public_calls)
     ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
     const int B = 1, H = 8, W = 8;
     for (int steps = 1; steps <= 2; steps++) {
-        ldm_tensor *x_T = noise(B, H, W), *img = NULL, *ref = NULL;
+        ldm_tensor *x_T = noise(B, H, W), *img = NULL;
         ldm_generate_params gp, r;
         ldm_generate_params_init(&gp);
         gp.prompt = "a cinematic shot of a baby racoon wearing an intricate italian priest robe";
@@ -635,17 +644,9 @@ START_TEST(test_turbo_generate_matches_public_calls)
         ldm_sampler_params_init(&sp);
         sp.kind = LDM_SAMPLER_EULER_ANCESTRAL, sp.steps = steps, sp.seed = 3;
         sp.spacing = LDM_SPACING_TRAILING, sp.discretization = LDM_DISCRETIZATION_KDIFFUSION;
-        ldm_sampler *s = NULL;
-        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
-        ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
-        run_steps(m, s, &c, 1.0f, steps);
-        ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
-        double d = max_diff(img, ref);
-        ck_assert_msg(d < 1e-6, "turbo ldm_generate differs from the public calls by %g", d);
-        ldm_sampler_free(s);
+        expect_public_calls_match(m, &sp, x_T, &c, 1.0f, img, 1e-6);
         cond_free(&c);
         ldm_tensor_free(img);
-        ldm_tensor_free(ref);
         ldm_tensor_free(x_T);
     }
     ldm_sampler_params sp;

@@ -24,6 +24,7 @@
 #include "ldm.h"
 #include "support/ck_rand.h"
 #include "support/ck_run.h"
+#include "support/ck_train.h"
 #include "train/tape.h"
 
 /* ---------------------------------------------------------------- dropout and gather ops */
@@ -118,12 +119,6 @@ END_TEST
 
 static char root[512];
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static const char *AE_YAML =
     "model:\n"
     "  base_learning_rate: 2.5e-4\n"
@@ -171,113 +166,48 @@ static const char *LDM_YAML_FMT =
     "lightning:\n"
     "  trainer: {max_steps: 120}\n";
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-/* 12 images of 16x16 in 3 classes: a bar whose orientation is the class. */
-static void make_data(const char *dir)
-{
-    mkdir(dir, 0777);
-    char path[700], csv[4096] = "file,label\n";
-    int64_t shape[4] = {1, 3, 16, 16};
-    for (int i = 0; i < 12; i++) {
-        int cls = i % 3;
-        ldm_tensor *img = NULL;
-        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &img), LDM_OK);
-        float *p = ldm_tensor_data(img);
-        for (int c = 0; c < 3; c++)
-            for (int y = 0; y < 16; y++)
-                for (int x = 0; x < 16; x++) {
-                    int on = cls == 0 ? (y >= 6 && y < 10) : cls == 1 ? (x >= 6 && x < 10) : abs(x - y) < 2;
-                    p[(c * 16 + y) * 16 + x] = on ? -0.8f : 0.6f + 0.1f * (float)((i + c) % 3);
-                }
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, i);
-        ck_assert_int_eq(ldm_image_write_png(path, img, NULL, NULL, 0), LDM_OK);
-        ldm_tensor_free(img);
-        size_t k = strlen(csv);
-        snprintf(csv + k, sizeof csv - k, "img%02d.png,%d\n", i, cls);
-    }
-    snprintf(path, sizeof path, "%s/labels.csv", dir);
-    write_file(path, csv);
-}
-
 static ldm_train_params base_params(const char *out)
 {
-    static char data[700], outp[700];
-    snprintf(data, sizeof data, "%s/data", root);
-    snprintf(outp, sizeof outp, "%s/%s", root, out);
-    ldm_train_params p;
-    ldm_train_params_init(&p);
-    p.data_dir = data;
-    p.out_dir = outp;
-    p.n_threads = 2;
-    p.seed = 9;
-    return p;
+    return ck_train_params(root, out, 9);
 }
 
 /* A briefly trained autoencoder (its quality does not matter here) and the LDM configs. */
 static void setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(root, sizeof root, "%s/ldm-train-extras-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(root));
+    ck_train_root_create(root, "train-extras");
     char path[700], cfg[700], text[8192], ae[700];
     snprintf(path, sizeof path, "%s/data", root);
-    make_data(path);
+    ck_train_make_bars(path, 12);
     snprintf(cfg, sizeof cfg, "%s/ae.yaml", root);
-    write_file(cfg, AE_YAML);
+    ck_train_write_file(cfg, AE_YAML);
     ldm_train_params p = base_params("ae");
     p.max_steps = 2;
-    ldm_trainer *t = NULL;
-    ck_assert_msg(ldm_trainer_create(cfg, &p, &t) == LDM_OK, "%s", ldm_last_error());
-    ck_assert_msg(ldm_trainer_run(t) == LDM_OK, "%s", ldm_last_error());
-    ldm_trainer_free(t);
+    ck_train_run(cfg, &p);
     snprintf(ae, sizeof ae, "%s/ae/last.safetensors", root);
     for (int ck = 0; ck < 2; ck++) {
         snprintf(text, sizeof text, LDM_YAML_FMT, ck ? "true" : "false", ae);
         snprintf(path, sizeof path, "%s/ldm%s.yaml", root, ck ? "_ck" : "");
-        write_file(path, text);
+        ck_train_write_file(path, text);
     }
 }
 
 static void teardown(void)
 {
-    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-typedef struct losses {
-    double first, last;
-    int total;
-} losses;
-
-static int record_loss(const ldm_train_progress *p, void *user)
-{
-    losses *l = user;
-    if (p->step <= 8) l->first += p->loss / 8;
-    if (p->step > l->total - 8) l->last += p->loss / 8;
-    return 0;
+    ck_train_root_remove(root);
 }
 
 static void run(const char *yaml, ldm_train_params *p)
 {
     char cfg[700];
     snprintf(cfg, sizeof cfg, "%s/%s", root, yaml);
-    ldm_trainer *t = NULL;
-    ck_assert_msg(ldm_trainer_create(cfg, p, &t) == LDM_OK, "%s", ldm_last_error());
-    ck_assert_msg(ldm_trainer_run(t) == LDM_OK, "%s", ldm_last_error());
-    ldm_trainer_free(t);
+    ck_train_run(cfg, p);
 }
 
 START_TEST(class_unet_with_attention_blocks_learns)
 {
     ldm_train_params p = base_params("curve");
-    losses l = {0, 0, 120};
-    p.callback = record_loss, p.user_data = &l;
+    ck_train_losses l = {.window = 8, .total = 120};
+    p.callback = ck_train_record_loss, p.user_data = &l;
     run("ldm_ck.yaml", &p);
     ck_assert_msg(l.last < 0.92 * l.first, "loss did not fall: %g -> %g", l.first, l.last);
     /* the checkpoint holds label_emb, the AttentionBlocks and the learned logvar */
@@ -300,25 +230,6 @@ START_TEST(class_unet_with_attention_blocks_learns)
 }
 END_TEST
 
-static void expect_same(const char *a_dir, const char *b_dir, const char *file)
-{
-    char pa[700], pb[700];
-    snprintf(pa, sizeof pa, "%s/%s/%s", root, a_dir, file);
-    snprintf(pb, sizeof pb, "%s/%s/%s", root, b_dir, file);
-    lw_store *a = NULL, *b = NULL;
-    ck_assert_int_eq(lw_open(pa, 0, &a), LDM_OK);
-    ck_assert_int_eq(lw_open(pb, 0, &b), LDM_OK);
-    ck_assert_uint_eq(lw_count(a), lw_count(b));
-    for (size_t i = 0; i < lw_count(a); i++) {
-        const lw_tensor *ta = lw_at(a, i), *tb = lw_find(b, ta->name);
-        ck_assert_msg(tb != NULL, "%s: %s missing in %s", file, ta->name, b_dir);
-        ck_assert_msg(ta->nbytes == tb->nbytes && memcmp(ta->data, tb->data, ta->nbytes) == 0,
-                      "%s: %s differs between %s and %s", file, ta->name, a_dir, b_dir);
-    }
-    lw_close(a);
-    lw_close(b);
-}
-
 START_TEST(dropout_runs_reproduce)
 {
     /* 6 steps straight (2 threads), 6 steps at 1 thread, 6 steps under a memory budget */
@@ -337,10 +248,10 @@ START_TEST(dropout_runs_reproduce)
     run("ldm.yaml", &p);
     p.max_steps = 6, p.resume = 1;
     run("ldm.yaml", &p);
-    expect_same("straight", "one_thread", "last.safetensors");
-    expect_same("straight", "budget", "last.safetensors");
-    expect_same("straight", "resumed", "last.safetensors");
-    expect_same("straight", "resumed", "last.state.safetensors");
+    ck_train_expect_same(root, "straight", "one_thread", "last.safetensors");
+    ck_train_expect_same(root, "straight", "budget", "last.safetensors");
+    ck_train_expect_same(root, "straight", "resumed", "last.safetensors");
+    ck_train_expect_same(root, "straight", "resumed", "last.state.safetensors");
 }
 END_TEST
 
@@ -356,7 +267,7 @@ START_TEST(unsupported_combinations_named)
              "    conditioning_key: crossattn\n    cond_stage_config:\n      target: "
              "ldm.modules.encoders.modules.ClassEmbedder\n      params: {embed_dim: 16, n_classes: 3}\n");
     snprintf(path, sizeof path, "%s/bad.yaml", root);
-    write_file(path, text);
+    ck_train_write_file(path, text);
     ldm_train_params p = base_params("bad");
     p.max_steps = 1;
     ldm_trainer *t = NULL;
@@ -366,7 +277,7 @@ START_TEST(unsupported_combinations_named)
     snprintf(text, sizeof text, LDM_YAML_FMT, "false", ae);
     k = strstr(text, "dropout: 0.1");
     memcpy(k, "dropout: 1.5", 12);
-    write_file(path, text);
+    ck_train_write_file(path, text);
     ck_assert_int_ne(ldm_trainer_create(path, &p, &t), LDM_OK);
     ck_assert_msg(strstr(ldm_last_error(), "dropout"), "%s", ldm_last_error());
 }

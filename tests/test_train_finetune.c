@@ -29,125 +29,37 @@
 #include "ldm.h"
 #include "support/ck_fixture.h"
 #include "support/ck_run.h"
+#include "support/ck_train.h"
 #include "train/lora.h"
 #include "train/trainer_internal.h"
 
 static char root[512], fixture[4096], vocab[4096], base_ckpt[4200];
 static int have_shared;
 
-static const char *CAPTIONS[2] = {"a bright top", "a bright bottom"};
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-/* Image of caption k: bright top half (k 0) or bottom half (k 1), tinted by i. */
-static void fill_image(float *p, int k, int i)
-{
-    for (int c = 0; c < 3; c++)
-        for (int y = 0; y < 8; y++)
-            for (int x = 0; x < 8; x++) {
-                int bright = k == 0 ? y < 4 : y >= 4;
-                p[(c * 8 + y) * 8 + x] = bright ? 0.8f - 0.05f * (float)((i + c) % 3) : -0.7f;
-            }
-}
-
-static void make_data(const char *dir, int drop_one_caption)
-{
-    mkdir(dir, 0777);
-    char path[700], csv[4096] = "file,caption\n";
-    int64_t shape[4] = {1, 3, 8, 8};
-    for (int i = 0; i < 8; i++) {
-        ldm_tensor *img = NULL;
-        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &img), LDM_OK);
-        fill_image(ldm_tensor_data(img), i % 2, i);
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, i);
-        ck_assert_int_eq(ldm_image_write_png(path, img, NULL, NULL, 0), LDM_OK);
-        ldm_tensor_free(img);
-        size_t n = strlen(csv);
-        if (drop_one_caption && i == 3)
-            snprintf(csv + n, sizeof csv - n, "img%02d.png,2\n", i);
-        else
-            snprintf(csv + n, sizeof csv - n, "img%02d.png,\"%s\"\n", i, CAPTIONS[i % 2]);
-    }
-    snprintf(path, sizeof path, "%s/labels.csv", dir);
-    write_file(path, csv);
-}
-
-/* The fixture's config with 8x8 latents (the first stage has factor 1), training keys, and
- * `extra` appended under model.params (ucg_training) or at the top (lora:). */
+/* The fixture's config for training: see ck_train_sd1_config. */
 static void write_config(const char *path, const char *model_extra, const char *top_extra)
 {
-    char src[4200];
-    snprintf(src, sizeof src, "%s/config.yaml", fixture);
-    FILE *f = fopen(src, "r");
-    ck_assert_ptr_nonnull(f);
-    static char text[16384], out[20000];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = 0;
-    char *o = out;
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        if (!strcmp(line, "    image_size: 64")) line = "    image_size: 8";
-        o += sprintf(o, "%s\n", line);
-        if (!strcmp(line, "  params:") && model_extra) o += sprintf(o, "%s", model_extra);
-    }
-    o += sprintf(o, "data:\n  params: {batch_size: 4}\n%s", top_extra ? top_extra : "");
-    write_file(path, out);
+    ck_train_sd1_config(fixture, path, model_extra, top_extra, -1);
 }
 
 static void setup(void)
 {
-    have_shared = fixture_dir("ldm_sd1_txt2img", fixture, sizeof fixture);
-    snprintf(vocab, sizeof vocab, "%s/vocab", fx_shared_dir());
-    snprintf(base_ckpt, sizeof base_ckpt, "%s/model.safetensors", fixture);
-    const char *base = getenv("TMPDIR");
-    snprintf(root, sizeof root, "%s/ldm-finetune-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(root));
-    char path[700];
-    snprintf(path, sizeof path, "%s/data", root);
-    make_data(path, 0);
+    have_shared = ck_train_sd1_setup(root, "finetune", fixture, vocab, base_ckpt);
 }
 
 static void teardown(void)
 {
-    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ck_train_root_remove(root);
 }
 
 static ldm_train_params params_for(const char *out)
 {
-    static char data[700], outp[700];
-    snprintf(data, sizeof data, "%s/data", root);
-    snprintf(outp, sizeof outp, "%s/%s", root, out);
-    ldm_train_params p;
-    ldm_train_params_init(&p);
-    p.data_dir = data, p.out_dir = outp, p.n_threads = 2, p.seed = 3;
+    ldm_train_params p = ck_train_params(root, out, 3);
     p.init_from = base_ckpt, p.vocab_path = vocab;
     return p;
 }
 
-typedef struct losses {
-    double first, last;
-    int total;
-} losses;
-
-static int record_loss(const ldm_train_progress *p, void *user)
-{
-    losses *l = user;
-    if (p->step <= 20) l->first += p->loss / 20;
-    if (p->step > l->total - 20) l->last += p->loss / 20;
-    return 0;
-}
+typedef ck_train_losses losses;
 
 /* Sum over both images and six high timesteps of |v(x_t, other caption) - v|^2 - |v(x_t, own
  * caption) - v|^2, relative to the latter: > 0 when the captions help. */
@@ -165,7 +77,7 @@ static double caption_advantage(const char *ckpt, float scale)
     ck_assert_int_eq(ldm_model_autoencoder(m, &ae), LDM_OK);
     ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
     ldm_tensor *ctx = NULL;
-    ck_assert_msg(ldm_conditioner_encode_text(cond, CAPTIONS, 2, &ctx) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_msg(ldm_conditioner_encode_text(cond, CK_TRAIN_CAPTIONS, 2, &ctx) == LDM_OK, "%s", ldm_last_error());
     int64_t T = ldm_tensor_dim(ctx, 1), D = ldm_tensor_dim(ctx, 2);
     int64_t xs[4] = {1, 3, 8, 8}, zs[4] = {1, 4, 8, 8}, cs[3] = {1, T, D}, ts[1] = {1};
     double own = 0, other = 0;
@@ -179,7 +91,7 @@ static double caption_advantage(const char *ckpt, float scale)
     for (int k = 0; k < 2; k++) {
         ldm_tensor *x = NULL, *mom = NULL, *z = NULL, *noise = NULL, *t = NULL, *c[2] = {NULL, NULL};
         ldm_tensor_create(LDM_F32, 4, xs, &x);
-        fill_image(ldm_tensor_data(x), k, 0);
+        ck_train_fill_halves(ldm_tensor_data(x), k, 0);
         ck_assert_int_eq(ldm_autoencoder_encode(ae, x, &mom), LDM_OK);
         ldm_tensor_create(LDM_F32, 4, zs, &z);
         ldm_tensor_create(LDM_F32, 4, zs, &noise);
@@ -235,12 +147,9 @@ static float stored_scale(const char *ckpt)
 
 static void train(const char *cfg, ldm_train_params *p, int steps, losses *l)
 {
-    l->first = l->last = 0, l->total = steps;
-    p->max_steps = steps, p->callback = record_loss, p->user_data = l;
-    ldm_trainer *t = NULL;
-    ck_assert_msg(ldm_trainer_create(cfg, p, &t) == LDM_OK, "%s", ldm_last_error());
-    ck_assert_msg(ldm_trainer_run(t) == LDM_OK, "%s", ldm_last_error());
-    ldm_trainer_free(t);
+    *l = (losses){.window = 20, .total = steps};
+    p->max_steps = steps, p->callback = ck_train_record_loss, p->user_data = l;
+    ck_train_run(cfg, p);
 }
 
 START_TEST(captions_full_unet)
@@ -280,9 +189,8 @@ START_TEST(lora_fine_tune)
     write_config(cfg, "    scale_by_std: true\n    parameterization: v\n", "lora: {rank: 4, alpha: 4}\n");
     ldm_train_params p = params_for("lora");
     p.learning_rate = 1e-2;
-    losses l;
-    l.first = l.last = 0, l.total = 300;
-    p.max_steps = 300, p.callback = record_loss, p.user_data = &l;
+    losses l = {.window = 20, .total = 300};
+    p.max_steps = 300, p.callback = ck_train_record_loss, p.user_data = &l;
     ldm_trainer *t = NULL;
     ck_assert_msg(ldm_trainer_create(cfg, &p, &t) == LDM_OK, "%s", ldm_last_error());
     size_t trainable = ltp_params_numel(t->ps, 1), all = ltp_params_numel(t->ps, 0);
@@ -409,7 +317,7 @@ START_TEST(refusals)
     memcpy(k, "cond_stage_trainable: true ", 27);
     char *dup = strstr(text, "    cond_stage_trainable: true\n    linear");
     if (dup) memmove(dup, dup + 31, strlen(dup + 31) + 1);
-    write_file(cfg, text);
+    ck_train_write_file(cfg, text);
     p = params_for("r");
     ck_assert_int_eq(ldm_trainer_create(cfg, &p, &t), LDM_ERR_UNSUPPORTED);
     ck_assert_msg(strstr(ldm_last_error(), "cond_stage_trainable: true with a text encoder"), "%s", ldm_last_error());
@@ -417,7 +325,7 @@ START_TEST(refusals)
     /* an image without caption */
     char data[700];
     snprintf(data, sizeof data, "%s/data2", root);
-    make_data(data, 1);
+    ck_train_make_halves(data, 1);
     write_config(cfg, NULL, NULL);
     p = params_for("r");
     p.data_dir = data;
@@ -490,7 +398,7 @@ START_TEST(bert_captions_from_scratch)
         o += sprintf(o, "%s\n", line);
     }
     o += sprintf(o, "data:\n  params: {batch_size: 4}\n");
-    write_file(cfg, out);
+    ck_train_write_file(cfg, out);
     ldm_train_params p = params_for("bert");
     p.init_from = NULL, p.first_stage = path, p.learning_rate = 1e-3;
     losses l;
@@ -508,7 +416,7 @@ START_TEST(bert_captions_from_scratch)
     ldm_conditioner *cond = NULL;
     ldm_tensor *c = NULL;
     ck_assert_int_eq(ldm_model_conditioner(m, &cond), LDM_OK);
-    ck_assert_msg(ldm_conditioner_encode_text(cond, CAPTIONS, 2, &c) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_msg(ldm_conditioner_encode_text(cond, CK_TRAIN_CAPTIONS, 2, &c) == LDM_OK, "%s", ldm_last_error());
     ck_assert_int_eq(ldm_tensor_dim(c, 2), 32);
     ldm_tensor_free(c);
     ldm_model_free(m);

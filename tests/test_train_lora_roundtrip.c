@@ -27,6 +27,7 @@
 #include "support/ck_fixture.h"
 #include "support/ck_rand.h"
 #include "support/ck_run.h"
+#include "support/ck_train.h"
 #include "train/lora.h"
 #include "train/nets.h"
 #include "train/trainer_internal.h"
@@ -36,99 +37,25 @@
 static char root[512], fixture[4096], vocab[4096], base_ckpt[4200];
 static int have_shared;
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-/* 8 images 8x8, bright top (caption "a bright top") or bottom ("a bright bottom"). */
-static void make_data(const char *dir)
-{
-    static const char *captions[2] = {"a bright top", "a bright bottom"};
-    mkdir(dir, 0777);
-    char path[700], csv[4096] = "file,caption\n";
-    int64_t shape[4] = {1, 3, 8, 8};
-    for (int i = 0; i < 8; i++) {
-        ldm_tensor *img = NULL;
-        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &img), LDM_OK);
-        float *p = ldm_tensor_data(img);
-        for (int c = 0; c < 3; c++)
-            for (int y = 0; y < 8; y++)
-                for (int x = 0; x < 8; x++)
-                    p[(c * 8 + y) * 8 + x] = (i % 2 ? y >= 4 : y < 4) ? 0.8f - 0.05f * (float)((i + c) % 3) : -0.7f;
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, i);
-        ck_assert_int_eq(ldm_image_write_png(path, img, NULL, NULL, 0), LDM_OK);
-        ldm_tensor_free(img);
-        size_t n = strlen(csv);
-        snprintf(csv + n, sizeof csv - n, "img%02d.png,\"%s\"\n", i, captions[i % 2]);
-    }
-    snprintf(path, sizeof path, "%s/labels.csv", dir);
-    write_file(path, csv);
-}
-
-/* The fixture's config with 8x8 latents (its first stage has factor 1), batch 4, `lora` appended
- * at the top level, use_checkpoint as given, `model_extra` (or NULL) under model.params. */
+/* The fixture's config for training with `lora` at the top level: see ck_train_sd1_config. */
 static void write_config(const char *path, const char *lora, int use_checkpoint, const char *model_extra)
 {
-    char src[4200];
-    snprintf(src, sizeof src, "%s/config.yaml", fixture);
-    FILE *f = fopen(src, "r");
-    ck_assert_ptr_nonnull(f);
-    static char text[16384], out[20000];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = 0;
-    char *o = out;
-    int seen = 0;
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        if (!strcmp(line, "    image_size: 64")) line = "    image_size: 8";
-        if (!strcmp(line, "        use_checkpoint: true")) {
-            line = use_checkpoint ? "        use_checkpoint: true" : "        use_checkpoint: false";
-            seen = 1;
-        }
-        o += sprintf(o, "%s\n", line);
-        if (!strcmp(line, "  params:") && model_extra) o += sprintf(o, "%s", model_extra);
-    }
-    ck_assert_msg(seen, "the fixture's config no longer sets use_checkpoint: true");
-    sprintf(o, "data:\n  params: {batch_size: 4}\n%s", lora);
-    write_file(path, out);
+    ck_train_sd1_config(fixture, path, model_extra, lora, use_checkpoint);
 }
 
 static void setup(void)
 {
-    have_shared = fixture_dir("ldm_sd1_txt2img", fixture, sizeof fixture);
-    snprintf(vocab, sizeof vocab, "%s/vocab", fx_shared_dir());
-    snprintf(base_ckpt, sizeof base_ckpt, "%s/model.safetensors", fixture);
-    const char *base = getenv("TMPDIR");
-    snprintf(root, sizeof root, "%s/ldm-lora-roundtrip-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(root));
-    char path[700];
-    snprintf(path, sizeof path, "%s/data", root);
-    make_data(path);
+    have_shared = ck_train_sd1_setup(root, "lora-roundtrip", fixture, vocab, base_ckpt);
 }
 
 static void teardown(void)
 {
-    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ck_train_root_remove(root);
 }
 
 static ldm_train_params params_for(const char *out)
 {
-    static char data[700], outp[700];
-    snprintf(data, sizeof data, "%s/data", root);
-    snprintf(outp, sizeof outp, "%s/%s", root, out);
-    ldm_train_params p;
-    ldm_train_params_init(&p);
-    p.data_dir = data, p.out_dir = outp, p.n_threads = 2, p.seed = 5;
+    ldm_train_params p = ck_train_params(root, out, 5);
     p.init_from = base_ckpt, p.vocab_path = vocab;
     return p;
 }

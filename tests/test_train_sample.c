@@ -23,6 +23,7 @@
 #include "io/weights.h"
 #include "ldm.h"
 #include "support/ck_run.h"
+#include "support/ck_train.h"
 
 static char root[512];
 
@@ -33,12 +34,6 @@ static const char *golden_vq(void)
     int dirlen = slash ? (int)(slash - __FILE__) : 0;
     snprintf(path, sizeof path, "%.*s%sgolden/train_ldm_vq/model.safetensors", dirlen, __FILE__, slash ? "/" : "");
     return path;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
 }
 
 /* The first stage of the golden (its weights under first_stage_model.). */
@@ -53,18 +48,21 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     "                   ch_mult: [1, 1, 1], num_res_blocks: 0, attn_resolutions: [], dropout: 0.0}\n"                  \
     "        lossconfig: {target: torch.nn.Identity}\n"
 
-/* cin-ldm-vq-f8 shrunk: ClassEmbedder through cross-attention on a VQ first stage. */
-static const char *VQ_LDM_YAML =
-    "model:\n"
-    "  base_learning_rate: 1.0e-3\n"
-    "  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"
-    "  params:\n"
-    "    linear_start: 0.0015\n"
-    "    linear_end: 0.0195\n"
-    "    timesteps: 100\n"
-    "    image_size: 4\n"
-    "    channels: 3\n"
+/* The LatentDiffusion keys both models below share: 4x4x3 latents, 100 timesteps, class labels. */
+#define LDM_HEAD                                                                                                       \
+    "model:\n"                                                                                                         \
+    "  base_learning_rate: 1.0e-3\n"                                                                                   \
+    "  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"                                                            \
+    "  params:\n"                                                                                                      \
+    "    linear_start: 0.0015\n"                                                                                       \
+    "    linear_end: 0.0195\n"                                                                                         \
+    "    timesteps: 100\n"                                                                                             \
+    "    image_size: 4\n"                                                                                              \
+    "    channels: 3\n"                                                                                                \
     "    cond_stage_key: class_label\n"
+
+/* cin-ldm-vq-f8 shrunk: ClassEmbedder through cross-attention on a VQ first stage. */
+static const char *VQ_LDM_YAML = LDM_HEAD
     "    conditioning_key: crossattn\n"
     "    cond_stage_trainable: true\n"
     "    scale_by_std: true\n"
@@ -82,17 +80,7 @@ static const char *VQ_LDM_YAML =
 /* celebahq-ldm-vq-4's UNet with label_emb (num_classes) instead of a cond stage. FiLM
  * (use_scale_shift_norm): with 32 channels GroupNorm(32) has one channel per group and would
  * remove an added embedding entirely, so the class would have no effect to test. */
-static const char *LABEL_LDM_YAML =
-    "model:\n"
-    "  base_learning_rate: 1.0e-3\n"
-    "  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"
-    "  params:\n"
-    "    linear_start: 0.0015\n"
-    "    linear_end: 0.0195\n"
-    "    timesteps: 100\n"
-    "    image_size: 4\n"
-    "    channels: 3\n"
-    "    cond_stage_key: class_label\n"
+static const char *LABEL_LDM_YAML = LDM_HEAD
     "    learn_logvar: true\n"
     "    use_ema: true\n"
     "    unet_config:\n"
@@ -103,71 +91,31 @@ static const char *LABEL_LDM_YAML =
     "data:\n"
     "  params: {batch_size: 4}\n";
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-/* 9 images of 16x16 in 3 classes: a bar whose orientation is the class. */
-static void make_data(const char *dir)
-{
-    mkdir(dir, 0777);
-    char path[700], csv[4096] = "file,label\n";
-    int64_t shape[4] = {1, 3, 16, 16};
-    for (int i = 0; i < 9; i++) {
-        int cls = i % 3;
-        ldm_tensor *img = NULL;
-        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &img), LDM_OK);
-        float *p = ldm_tensor_data(img);
-        for (int c = 0; c < 3; c++)
-            for (int y = 0; y < 16; y++)
-                for (int x = 0; x < 16; x++) {
-                    int on = cls == 0 ? (y >= 6 && y < 10) : cls == 1 ? (x >= 6 && x < 10) : abs(x - y) < 2;
-                    p[(c * 16 + y) * 16 + x] = on ? -0.8f : 0.6f + 0.1f * (float)((i + c) % 3);
-                }
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, i);
-        ck_assert_int_eq(ldm_image_write_png(path, img, NULL, NULL, 0), LDM_OK);
-        ldm_tensor_free(img);
-        size_t k = strlen(csv);
-        snprintf(csv + k, sizeof csv - k, "img%02d.png,%d\n", i, cls);
-    }
-    snprintf(path, sizeof path, "%s/labels.csv", dir);
-    write_file(path, csv);
-}
-
 static void setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(root, sizeof root, "%s/ldm-train-sample-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(root));
+    ck_train_root_create(root, "train-sample");
     char path[700], text[8192];
     snprintf(path, sizeof path, "%s/data", root);
-    make_data(path);
+    ck_train_make_bars(path, 9);
     snprintf(text, sizeof text, VQ_LDM_YAML, golden_vq());
     snprintf(path, sizeof path, "%s/vq.yaml", root);
-    write_file(path, text);
+    ck_train_write_file(path, text);
     snprintf(text, sizeof text, LABEL_LDM_YAML, golden_vq());
     snprintf(path, sizeof path, "%s/label.yaml", root);
-    write_file(path, text);
+    ck_train_write_file(path, text);
 }
 
 static void teardown(void)
 {
-    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ck_train_root_remove(root);
 }
 
 static void train(const char *yaml, const char *out, int steps, const char *export_path)
 {
-    char cfg[700], data[700], outp[700];
+    char cfg[700];
     snprintf(cfg, sizeof cfg, "%s/%s", root, yaml);
-    snprintf(data, sizeof data, "%s/data", root);
-    snprintf(outp, sizeof outp, "%s/%s", root, out);
-    ldm_train_params p;
-    ldm_train_params_init(&p);
-    p.data_dir = data, p.out_dir = outp, p.n_threads = 2, p.seed = 5, p.max_steps = steps;
+    ldm_train_params p = ck_train_params(root, out, 5);
+    p.max_steps = steps;
     ldm_trainer *t = NULL;
     ck_assert_msg(ldm_trainer_create(cfg, &p, &t) == LDM_OK, "%s", ldm_last_error());
     ck_assert_msg(ldm_trainer_run(t) == LDM_OK, "%s", ldm_last_error());
@@ -258,11 +206,11 @@ START_TEST(vq_first_stage_ldm_trains_and_samples)
     /* a VQ autoencoder itself does not train (no codebook or commitment loss): said by name */
     char cfg[700], data[700], out[700];
     snprintf(cfg, sizeof cfg, "%s/vqae.yaml", root);
-    write_file(cfg,
-               "model:\n  base_learning_rate: 1.0e-4\n  target: ldm.models.autoencoder.VQModel\n  params:\n"
-               "    embed_dim: 3\n    n_embed: 16\n    lossconfig: {target: torch.nn.Identity}\n"
-               "    ddconfig: {double_z: false, z_channels: 3, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,\n"
-               "               ch_mult: [1, 1, 1], num_res_blocks: 0, attn_resolutions: [], dropout: 0.0}\n");
+    ck_train_write_file(
+        cfg, "model:\n  base_learning_rate: 1.0e-4\n  target: ldm.models.autoencoder.VQModel\n  params:\n"
+             "    embed_dim: 3\n    n_embed: 16\n    lossconfig: {target: torch.nn.Identity}\n"
+             "    ddconfig: {double_z: false, z_channels: 3, resolution: 16, in_channels: 3, out_ch: 3, ch: 32,\n"
+             "               ch_mult: [1, 1, 1], num_res_blocks: 0, attn_resolutions: [], dropout: 0.0}\n");
     snprintf(data, sizeof data, "%s/data", root);
     snprintf(out, sizeof out, "%s/vqae", root);
     ldm_train_params p;

@@ -23,14 +23,9 @@
 #include "io/weights.h"
 #include "ldm.h"
 #include "support/ck_run.h"
+#include "support/ck_train.h"
 
 static char root[512];
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
 
 static const char *AE_YAML =
     "model:\n"
@@ -88,82 +83,21 @@ static const char *LDM_YAML_FMT =
     "lightning:\n"
     "  trainer: {max_steps: 30}\n";
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-/* 12 images of 16x16 in 3 classes: a bar whose orientation is the class, on a tinted ground. */
-static void make_data(const char *dir)
-{
-    mkdir(dir, 0777);
-    char path[700], csv[4096] = "file,label\n";
-    int64_t shape[4] = {1, 3, 16, 16};
-    for (int i = 0; i < 12; i++) {
-        int cls = i % 3;
-        ldm_tensor *img = NULL;
-        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &img), LDM_OK);
-        float *p = ldm_tensor_data(img);
-        for (int c = 0; c < 3; c++)
-            for (int y = 0; y < 16; y++)
-                for (int x = 0; x < 16; x++) {
-                    int on = cls == 0 ? (y >= 6 && y < 10) : cls == 1 ? (x >= 6 && x < 10) : abs(x - y) < 2;
-                    p[(c * 16 + y) * 16 + x] = on ? -0.8f : 0.6f + 0.1f * (float)((i + c) % 3);
-                }
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, i);
-        ck_assert_int_eq(ldm_image_write_png(path, img, NULL, NULL, 0), LDM_OK);
-        ldm_tensor_free(img);
-        size_t k = strlen(csv);
-        snprintf(csv + k, sizeof csv - k, "img%02d.png,%d\n", i, cls);
-    }
-    snprintf(path, sizeof path, "%s/labels.csv", dir);
-    write_file(path, csv);
-}
-
 static void setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(root, sizeof root, "%s/ldm-trainer-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(root));
+    ck_train_root_create(root, "trainer");
     char path[700];
     snprintf(path, sizeof path, "%s/data", root);
-    make_data(path);
+    ck_train_make_bars(path, 12);
     snprintf(path, sizeof path, "%s/ae.yaml", root);
-    write_file(path, AE_YAML);
+    ck_train_write_file(path, AE_YAML);
 }
 
-static void teardown(void) { nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { ck_train_root_remove(root); }
 
 static ldm_train_params base_params(const char *out)
 {
-    static char data[700], outp[700];
-    snprintf(data, sizeof data, "%s/data", root);
-    snprintf(outp, sizeof outp, "%s/%s", root, out);
-    ldm_train_params p;
-    ldm_train_params_init(&p);
-    p.data_dir = data;
-    p.out_dir = outp;
-    p.n_threads = 2;
-    p.seed = 5;
-    return p;
-}
-
-/* Mean loss of the first and of the last five steps of a run of `total` steps. */
-typedef struct losses {
-    double first, last;
-    int n, total;
-} losses;
-
-static int record_loss(const ldm_train_progress *p, void *user)
-{
-    losses *l = user;
-    if (p->step <= 5) l->first += p->loss / 5;
-    if (p->step > l->total - 5) l->last += p->loss / 5;
-    l->n++;
-    return 0;
+    return ck_train_params(root, out, 5);
 }
 
 static void train_autoencoder(void)
@@ -171,8 +105,8 @@ static void train_autoencoder(void)
     char cfg[700];
     snprintf(cfg, sizeof cfg, "%s/ae.yaml", root);
     ldm_train_params p = base_params("ae");
-    losses l = {0, 0, 0, 40};
-    p.callback = record_loss, p.user_data = &l;
+    ck_train_losses l = {.window = 5, .total = 40};
+    p.callback = ck_train_record_loss, p.user_data = &l;
     ldm_trainer *t = NULL;
     ck_assert_msg(ldm_trainer_create(cfg, &p, &t) == LDM_OK, "%s", ldm_last_error());
     ck_assert_msg(ldm_trainer_run(t) == LDM_OK, "%s", ldm_last_error());
@@ -191,7 +125,7 @@ static void write_ldm_yaml(void)
     snprintf(ae, sizeof ae, "%s/ae/last.safetensors", root);
     snprintf(text, sizeof text, LDM_YAML_FMT, ae);
     snprintf(path, sizeof path, "%s/ldm.yaml", root);
-    write_file(path, text);
+    ck_train_write_file(path, text);
 }
 
 START_TEST(autoencoder_trains_and_loads)
@@ -231,8 +165,8 @@ START_TEST(diffusion_trains_loads_and_generates)
     char cfg[700], path[700], out[700];
     snprintf(cfg, sizeof cfg, "%s/ldm.yaml", root);
     ldm_train_params p = base_params("ldm");
-    losses l = {0, 0, 0, 30};
-    p.callback = record_loss, p.user_data = &l;
+    ck_train_losses l = {.window = 5, .total = 30};
+    p.callback = ck_train_record_loss, p.user_data = &l;
     ldm_trainer *t = NULL;
     ck_assert_msg(ldm_trainer_create(cfg, &p, &t) == LDM_OK, "%s", ldm_last_error());
     ck_assert_msg(ldm_trainer_run(t) == LDM_OK, "%s", ldm_last_error());
@@ -263,26 +197,6 @@ START_TEST(diffusion_trains_loads_and_generates)
 }
 END_TEST
 
-/* Every tensor of the two runs' checkpoints (and optimiser states) is bitwise the same. */
-static void expect_same_checkpoints(const char *a_dir, const char *b_dir, const char *file)
-{
-    char pa[700], pb[700];
-    snprintf(pa, sizeof pa, "%s/%s/%s", root, a_dir, file);
-    snprintf(pb, sizeof pb, "%s/%s/%s", root, b_dir, file);
-    lw_store *a = NULL, *b = NULL;
-    ck_assert_int_eq(lw_open(pa, 0, &a), LDM_OK);
-    ck_assert_int_eq(lw_open(pb, 0, &b), LDM_OK);
-    ck_assert_uint_eq(lw_count(a), lw_count(b));
-    for (size_t i = 0; i < lw_count(a); i++) {
-        const lw_tensor *ta = lw_at(a, i), *tb = lw_find(b, ta->name);
-        ck_assert_msg(tb != NULL, "%s: %s missing after resume", file, ta->name);
-        ck_assert_uint_eq(ta->nbytes, tb->nbytes);
-        ck_assert_msg(memcmp(ta->data, tb->data, ta->nbytes) == 0, "%s: %s differs after resume", file, ta->name);
-    }
-    lw_close(a);
-    lw_close(b);
-}
-
 START_TEST(resume_continues_exactly)
 {
     char cfg[700];
@@ -308,8 +222,8 @@ START_TEST(resume_continues_exactly)
     ck_assert_int_eq(pr.step, 3);
     ck_assert_int_eq(ldm_trainer_run(t), LDM_OK);
     ldm_trainer_free(t);
-    expect_same_checkpoints("straight", "resumed", "last.safetensors");
-    expect_same_checkpoints("straight", "resumed", "last.state.safetensors");
+    ck_train_expect_same(root, "straight", "resumed", "last.safetensors");
+    ck_train_expect_same(root, "straight", "resumed", "last.state.safetensors");
 }
 END_TEST
 
@@ -360,7 +274,7 @@ START_TEST(errors_name_the_problem)
     const char *nolr = strstr(AE_YAML, "  target:");
     char text[4096];
     snprintf(text, sizeof text, "model:\n%s", nolr);
-    write_file(path, text);
+    ck_train_write_file(path, text);
     p = base_params("err");
     ck_assert_int_eq(ldm_trainer_create(path, &p, &t), LDM_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "base_learning_rate"));

@@ -12,17 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #ifndef LDM_DATADIR
 #define LDM_DATADIR "/usr/local/share/libldm"
 #endif
-
-static int is_file(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* Sets weights/config to the pair in `dir` when both exist. */
 static int try_dir(const char *dir, const char *name, char *weights, char *config, size_t cap)
@@ -30,7 +23,7 @@ static int try_dir(const char *dir, const char *name, char *weights, char *confi
     if (!dir || !*dir) return 0;
     int a = snprintf(weights, cap, "%s/%s.safetensors", dir, name);
     int b = snprintf(config, cap, "%s/%s.yaml", dir, name);
-    return a > 0 && (size_t)a < cap && b > 0 && (size_t)b < cap && is_file(weights) && is_file(config);
+    return a > 0 && (size_t)a < cap && b > 0 && (size_t)b < cap && lw_is_file(weights) && lw_is_file(config);
 }
 
 static int try_beside_binary(const char *name, char *weights, char *config, size_t cap)

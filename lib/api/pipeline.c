@@ -241,8 +241,7 @@ static ldm_status latent_shape(ldm_model *m, const ldm_generate_params *p, const
     return LDM_OK;
 }
 
-/* x_T: the caller's (exactly the latent shape) or ldm_randn(seed, 0). */
-static ldm_status initial_noise(const ldm_generate_params *p, const int64_t shape[4], ldm_tensor **out)
+ldm_status lp_initial_noise(const ldm_generate_params *p, const int64_t shape[4], ldm_tensor **out)
 {
     if (p->x_T) {
         LDM_TRY(lt_check(p->x_T, "x_T", LDM_F32, 4));
@@ -384,18 +383,23 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
     return r == 0 ? LDM_OK : LDM_ERR_INVALID_ARGUMENT;
 }
 
+void lp_sampler_params(const ldm_generate_params *p, ldm_sampler_params *sp)
+{
+    ldm_sampler_params_init(sp);
+    sp->kind = p->sampler;
+    sp->steps = p->steps;
+    sp->seed = p->seed;
+    sp->spacing = p->timestep_spacing;
+}
+
 /* The model's sampler (as ldm_model_sampler, without the public call's interrupt reset). */
 static ldm_status sampler_for(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
 {
     if (m->desc.parameterization == LD_PARAM_X0 && p->sampler != LDM_SAMPLER_LCM)
         return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: x0-parameterised models are sampled by the LCM sampler only", m->path);
     ldm_sampler_params sp;
-    ldm_sampler_params_init(&sp);
-    sp.kind = p->sampler;
-    sp.steps = p->steps;
+    lp_sampler_params(p, &sp);
     sp.eta = p->eta;
-    sp.seed = p->seed;
-    sp.spacing = p->timestep_spacing;
     if (p->lcm_original_steps > 0) sp.lcm_original_steps = p->lcm_original_steps;
     ldm_parameterization param = m->desc.parameterization == LD_PARAM_V    ? LDM_PARAM_V
                                  : m->desc.parameterization == LD_PARAM_X0 ? LDM_PARAM_X0
@@ -417,7 +421,7 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, const lp_co
     ldm_sampler *s = NULL;
     lp_blend blend = {0};
     LDM_TRY(latent_shape(m, p, c, shape));
-    ldm_status st = initial_noise(p, shape, &x_T);
+    ldm_status st = lp_initial_noise(p, shape, &x_T);
     if (st == LDM_OK) st = sampler_for(m, p, &s);
     if (st == LDM_OK) st = lp_check_cancel(m, "before sampling");
     if (st == LDM_OK) st = is_img2img(m, p) ? lp_img2img_begin(m, s, p, x_T, &blend) : ldm_sampler_begin(s, x_T);

@@ -77,6 +77,14 @@ ldm_status lp_run_sampler(ldm_model *m, ldm_sampler *s, const lp_cond *c, const 
  * *z receives the sampler's final x [B,C,h,w] (x_T, noise and conditioning as ldm_generate). */
 ldm_status lp_generate_latent(ldm_model *m, const ldm_generate_params *p, ldm_tensor **z);
 
+/* x_T of a generation (pipeline.c): the caller's p->x_T (which must be exactly `shape`) or
+ * ldm_randn(p->seed, 0) of that shape. */
+ldm_status lp_initial_noise(const ldm_generate_params *p, const int64_t shape[4], ldm_tensor **out);
+
+/* A sampler's params from a generation's: kind, steps, seed and timestep spacing (pipeline.c);
+ * the callers add what their model family takes beyond that. */
+void lp_sampler_params(const ldm_generate_params *p, ldm_sampler_params *sp);
+
 /* SDXL (pipeline_sdxl.c): the defaults and checks of an sgm model's params (guidance 5.0, the
  * Euler sampler for the DDIM default, the refiner), and the whole generation of a resolved p. */
 ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p);

@@ -149,14 +149,10 @@ static ldm_status build_cond(ldm_model *m, const ldm_generate_params *p, int ref
 static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_sampler **out)
 {
     ldm_sampler_params sp;
-    ldm_sampler_params_init(&sp);
-    sp.kind = p->sampler;
-    sp.steps = p->steps;
-    sp.seed = p->seed;
+    lp_sampler_params(p, &sp);
     /* trailing spacing: diffusers' scheduler as SDXL-Turbo runs it (EulerAncestralDiscreteScheduler,
      * timestep_spacing "trailing"): k-diffusion's noise levels at the trailing integer timesteps and
      * x_T * sigma_max; sgm has no trailing spacing */
-    sp.spacing = p->timestep_spacing;
     sp.discretization =
         p->timestep_spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
     return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
@@ -200,16 +196,7 @@ static ldm_status initial_noise(ldm_model *m, const ldm_generate_params *p, ldm_
     LDM_TRY(lm_autoencoder(m, &ae));
     int f = ldm_autoencoder_factor(ae);
     int64_t shape[4] = {p->batch, m->desc.unet.out_channels, p->height / f, p->width / f};
-    if (p->x_T) {
-        LDM_TRY(lt_check(p->x_T, "x_T", LDM_F32, 4));
-        for (int i = 0; i < 4; i++)
-            if (p->x_T->shape[i] != shape[i])
-                return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "x_T must be [%lld,%lld,%lld,%lld] for these settings",
-                                (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)shape[3]);
-        return (*out = lt_clone(p->x_T)) ? LDM_OK : ldm_alloc_failure_status();
-    }
-    LDM_TRY(ldm_tensor_create(LDM_F32, 4, shape, out));
-    return ldm_randn(p->seed, 0, *out);
+    return lp_initial_noise(p, shape, out);
 }
 
 /* The refiner's share: its own conditioning and sampler, started where the base stopped. */

@@ -5,32 +5,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int is_file(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* Tries `base` as a file, or as a directory holding one of `names`. */
 static int try_location(const char *base, const char *const *names, char *out, size_t cap)
 {
     if (!base || !*base) return 0;
-    if (!is_dir(base)) {
-        if (!is_file(base)) return 0;
+    if (!lw_is_dir(base)) {
+        if (!lw_is_file(base)) return 0;
         snprintf(out, cap, "%s", base);
         return 1;
     }
     for (int i = 0; names[i]; i++) {
         snprintf(out, cap, "%s/%s", base, names[i]);
-        if (is_file(out)) return 1;
+        if (lw_is_file(out)) return 1;
     }
     return 0;
 }

@@ -13,6 +13,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+int lw_is_file(const char *path)
+{
+    struct stat st;
+    return path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int lw_is_dir(const char *path)
+{
+    struct stat st;
+    return path && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 const char *lw_file_kind(unsigned mode)
 {
     if (S_ISDIR(mode)) return "a directory";

@@ -50,6 +50,9 @@ ldm_status lw_open_regular(const char *path, const char *what, ldm_status if_mis
 ldm_status lw_fopen_regular(const char *path, const char *what, ldm_status if_missing, FILE **out);
 /* "a directory", "a FIFO", ... for a st_mode, in messages. */
 const char *lw_file_kind(unsigned mode);
+/* 1 if path (may be NULL: 0) names a regular file / a directory (links followed), else 0. */
+int lw_is_file(const char *path);
+int lw_is_dir(const char *path);
 
 /* Maps a whole regular file read-only (release with munmap). Files shorter than `min_size`
  * bytes fail with LDM_ERR_FORMAT naming `what_format`. */

@@ -25,18 +25,6 @@ typedef struct folder {
     size_t copied; /* bytes of private copies (stacked q/k/v) */
 } folder;
 
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int is_file(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static int ends_with_index(const char *path)
 {
     const char *slash = strrchr(path, '/');
@@ -47,9 +35,9 @@ int ld_diffusers_is_folder(const char *path)
 {
     char p[PATH_MAX];
     if (!path) return 0;
-    if (ends_with_index(path)) return is_file(path);
+    if (ends_with_index(path)) return lw_is_file(path);
     int n = snprintf(p, sizeof p, "%s/model_index.json", path);
-    return n > 0 && (size_t)n < sizeof p && is_dir(path) && is_file(p);
+    return n > 0 && (size_t)n < sizeof p && lw_is_dir(path) && lw_is_file(p);
 }
 
 /* The folder of `path` (a folder, or its model_index.json). */
@@ -172,11 +160,11 @@ static ldm_status weights_file(const folder *f, const char *comp, const char *st
     for (size_t i = 0; i < LDM_ARRAY_LEN(forms); i++) {
         snprintf(rel, sizeof rel, forms[i], comp, stem);
         LDM_TRY(join(f, rel, out, cap));
-        if (is_file(out)) return LDM_OK;
+        if (lw_is_file(out)) return LDM_OK;
     }
     snprintf(rel, sizeof rel, "%s/%s.safetensors.index.json", comp, stem);
     LDM_TRY(join(f, rel, out, cap));
-    if (is_file(out))
+    if (lw_is_file(out))
         return ldm_fail(LDM_ERR_UNSUPPORTED,
                         "%s: sharded weights are not supported: merge the shards into %s/%s"
                         ".safetensors",
@@ -376,7 +364,7 @@ static ldm_status describe(const folder *f, ld_model *m, ld_unet_layout *layout)
     lj_free(j), j = NULL;
     LDM_TRY(st);
     LDM_TRY(join(f, "scheduler/scheduler_config.json", file, sizeof file));
-    if (is_file(file)) {
+    if (lw_is_file(file)) {
         st = read_json(f, "scheduler/scheduler_config.json", "scheduler config", &j);
         if (st == LDM_OK) st = ldd_scheduler_config(file, j, m);
         lj_free(j);

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define COND_PREFIX "cond_stage_model."
 
@@ -34,20 +33,14 @@ static int has_cond_weights(const lw_store *s)
     return 0;
 }
 
-static int is_file(const char *p)
-{
-    struct stat st;
-    return p && stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 /* `base` itself when a file, else base/<name> for the first name that exists. */
 static int try_location(const char *base, const char *const *names, char *out, size_t cap)
 {
     if (!base || !*base) return 0;
-    if (is_file(base)) return snprintf(out, cap, "%s", base) > 0;
+    if (lw_is_file(base)) return snprintf(out, cap, "%s", base) > 0;
     for (int i = 0; names[i]; i++) {
         snprintf(out, cap, "%s/%s", base, names[i]);
-        if (is_file(out)) return 1;
+        if (lw_is_file(out)) return 1;
     }
     return 0;
 }

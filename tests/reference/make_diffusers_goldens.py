@@ -44,7 +44,6 @@ How to run (never needed to run the tests):
     /tmp/ldvenv/bin/pip install diffusers==0.30.3 transformers==4.39.3 huggingface_hub==0.25.2
     /tmp/ldvenv/bin/python tests/reference/make_diffusers_goldens.py [OUT_DIR]
 """
-import json
 import os
 import shutil
 import sys
@@ -54,7 +53,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import make_train_goldens as mtg  # noqa: E402  (randomise, safetensors writer)
+import golden_io as gio  # noqa: E402  (safetensors and case.json writers, tolerances, stored noise)
+import make_train_goldens as mtg  # noqa: E402  (randomise)
 
 NAME = "diffusers_lcm_sd1"
 WIDTH = 32
@@ -90,37 +90,6 @@ def build(tmp):
     return back.to(torch.float32)
 
 
-class given_noise:
-    """LCMScheduler's randn_tensor returns the stored rows, one per call."""
-
-    def __init__(self, rows):
-        import diffusers.schedulers.scheduling_lcm as mod
-        self.module, self.rows, self.k = mod, rows, 0
-
-    def __enter__(self):
-        self.orig = self.module.randn_tensor
-
-        def randn(shape, **kw):
-            r = self.rows[self.k]
-            self.k += 1
-            assert tuple(r.shape) == tuple(shape), (r.shape, shape)
-            return r.clone()
-        self.module.randn_tensor = randn
-        return self
-
-    def __exit__(self, *a):
-        self.module.randn_tensor = self.orig
-
-
-def tol(a, kind):
-    if a.dtype == np.int64:
-        return {"atol": 0, "rtol": 0, "exact": True}
-    mx = float(np.max(np.abs(a))) if a.size else 0.0
-    f, r = (1e-4, 1e-4) if kind == "op" else (1e-3, 1e-3)
-    return {"atol": float("%.3g" % (f * max(1.0, mx))), "rtol": r, "max_abs": float("%.6g" % mx),
-            "f32_vs_f64_max_err": 0.0}
-
-
 class Fixture:
     """Inputs, expected outputs and calls of one fixture, written in the shared layout."""
 
@@ -135,18 +104,10 @@ class Fixture:
         import diffusers
         import transformers
 
-        def arr(v):
-            a = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
-            return a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
-
-        ins = [(k, arr(v)) for k, v in self.inputs.items()]
-        outs = [(k, arr(v)) for k, v in self.outputs.items()]
-        mtg.write_safetensors(os.path.join(d, "io.safetensors"), ins + outs)
-
-        def spec(lst):
-            return {n: {"shape": list(a.shape), "dtype": "I64" if a.dtype == np.int64 else "F32"} for n, a in lst}
-
-        tols = {n: tol(a, self.kinds[n]) for n, a in outs}
+        ins = [(k, gio.as_array(v)) for k, v in self.inputs.items()]
+        outs = [(k, gio.as_array(v)) for k, v in self.outputs.items()]
+        gio.write_safetensors(os.path.join(d, "io.safetensors"), ins + outs)
+        tols = {n: gio.tolerance(a, self.kinds[n]) for n, a in outs}
         case = {
             "kind": "ldm_sampling",
             "name": self.name,
@@ -159,21 +120,11 @@ class Fixture:
             "weights_dtype": "F16 for every weight (save_pretrained variant fp16); expected outputs computed in "
                              "float32 from the F16 values",
             "calls": self.calls,
-            "inputs": spec(ins),
-            "outputs": spec(outs),
-            "atol": max(t["atol"] for t in tols.values()),
-            "rtol": max(t["rtol"] for t in tols.values()),
-            "tolerances": tols,
+            "inputs": gio.spec(ins),
+            "outputs": gio.spec(outs),
+            **gio.tolerance_fields(tols),
         }
-        with open(os.path.join(d, "case.json"), "w") as f:
-            json.dump(case, f, indent=1)
-            f.write("\n")
-        size = 0
-        for root, _, files in os.walk(d):
-            size += sum(os.path.getsize(os.path.join(root, x)) for x in files)
-        print("%s: %d outputs, %.2f MB" % (d, len(outs), size / 1e6))
-        for n, a in outs:
-            print("  %-24s %-16s max|ref| %.4g" % (n, a.shape, float(np.max(np.abs(a)))))
+        gio.write_case(d, case, outs)
 
 
 def fresh_dir(out, name):
@@ -239,7 +190,8 @@ def lcm_sd1(out):
         steps["latents"].append(kw["latents"].clone())
         steps["denoised"].append(kw["denoised"].clone())
         return {}
-    with given_noise(noise):
+    import diffusers.schedulers.scheduling_lcm as lcm_module
+    with gio.given_noise(lcm_module, noise):
         res = pipe(prompt_embeds=prompt, latents=x_T.clone(), num_inference_steps=4, guidance_scale=8.5,
                    height=16, width=16, output_type="latent", callback_on_step_end=on_step,
                    callback_on_step_end_tensor_inputs=["latents", "denoised"])

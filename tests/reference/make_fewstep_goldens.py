@@ -51,7 +51,6 @@ How to run (never needed to run the tests):
     /tmp/ldvenv/bin/python tests/reference/make_fewstep_goldens.py /tmp/ld-ref [OUT_DIR]
 """
 import ast
-import json
 import os
 import sys
 
@@ -60,7 +59,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import make_train_goldens as mtg  # noqa: E402  (stubs, safetensors writer, randomise)
+import golden_io as gio  # noqa: E402  (safetensors and case.json writers, tolerances, stored noise)
+import make_train_goldens as mtg  # noqa: E402  (stubs, randomise)
 
 REF_REPO = "CompVis/latent-diffusion"
 REF_COMMIT = "a506df5756472e2ebaf9078affdde2c4f1502cd4"
@@ -242,47 +242,6 @@ class Model:
         return self.ae.decode(z / 0.18215)
 
 
-def write_safetensors(path, tensors):
-    """make_train_goldens.write_safetensors with F16 as well."""
-    import struct
-    header, blobs, off = {}, [], 0
-    for name, a in tensors:
-        a = np.ascontiguousarray(a)
-        dt = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}[a.dtype]
-        b = a.astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-class given_noise:
-    """The scheduler module's randn_tensor returns the stored rows, one per call."""
-
-    def __init__(self, module, rows):
-        self.module, self.rows, self.k = module, rows, 0
-
-    def __enter__(self):
-        self.orig = self.module.randn_tensor
-
-        def randn(shape, **kw):
-            r = self.rows[self.k]
-            self.k += 1
-            assert tuple(r.shape) == tuple(shape), (r.shape, shape)
-            return r.clone()
-        self.module.randn_tensor = randn
-        return self
-
-    def __exit__(self, *a):
-        self.module.randn_tensor = self.orig
-
-
 def guided(m, x, t, c, uc, scale, w):
     if w is not None or uc is None or scale == 1.0:
         return m.eps(x, t, c, w)
@@ -299,7 +258,7 @@ def run_lcm(m, x_T, noise, c, uc, steps, scale, embedded):
     s.set_timesteps(steps)
     lat = x_T * s.init_noise_sigma
     xs, dens = [], []
-    with given_noise(mod, noise):
+    with gio.given_noise(mod, noise):
         for t in s.timesteps:
             out = guided(m, lat, t, c, uc, scale, scale if embedded else None)
             lat, den = s.step(out, t, lat, return_dict=False)
@@ -318,7 +277,7 @@ def run_euler(m, x_T, noise, c, steps, ancestral):
     s.set_timesteps(steps)
     lat = x_T * s.init_noise_sigma
     xs, x0s = [], []
-    with given_noise(mod, noise if noise is not None else []):
+    with gio.given_noise(mod, noise if noise is not None else []):
         for t in s.timesteps:
             out = m.eps(s.scale_model_input(lat, t), t, c)
             r = s.step(out, t, lat)
@@ -326,15 +285,6 @@ def run_euler(m, x_T, noise, c, steps, ancestral):
             xs.append(lat)
             x0s.append(r.pred_original_sample)
     return s.timesteps.numpy().astype(np.int64), s.sigmas.numpy(), torch.stack(xs), torch.stack(x0s), lat
-
-
-def tol(a, kind):
-    mx = float(np.max(np.abs(a))) if a.size else 0.0
-    if a.dtype == np.int64:
-        return {"atol": 0, "rtol": 0, "exact": True}
-    f, r = (1e-4, 1e-4) if kind == "op" else (1e-3, 1e-3)
-    return {"atol": float("%.3g" % (f * max(1.0, mx))), "rtol": r, "max_abs": float("%.6g" % mx),
-            "f32_vs_f64_max_err": 0.0}
 
 
 def main():
@@ -421,22 +371,14 @@ def main():
 
     d = os.path.join(out, "fewstep_sd1")
     os.makedirs(d, exist_ok=True)
-    write_safetensors(os.path.join(d, "model.safetensors"), m.state)
-
-    def arr(v):
-        a = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
-        return a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
-
-    ins = [(k, arr(v)) for k, v in inputs.items()]
-    outs = [(k, arr(v)) for k, v in outputs.items()]
-    mtg.write_safetensors(os.path.join(d, "io.safetensors"), ins + outs)
+    gio.write_safetensors(os.path.join(d, "model.safetensors"), m.state)
+    ins = [(k, gio.as_array(v)) for k, v in inputs.items()]
+    outs = [(k, gio.as_array(v)) for k, v in outputs.items()]
+    gio.write_safetensors(os.path.join(d, "io.safetensors"), ins + outs)
     with open(os.path.join(d, "config.yaml"), "w") as f:
         f.write(CONFIG_YAML)
 
-    def spec(lst):
-        return {n: {"shape": list(a.shape), "dtype": "I64" if a.dtype == np.int64 else "F32"} for n, a in lst}
-
-    tols = {n: tol(a, kinds[n]) for n, a in outs}
+    tols = {n: gio.tolerance(a, kinds[n]) for n, a in outs}
     case = {
         "kind": "ldm_sampling",
         "name": "fewstep_sd1",
@@ -453,19 +395,11 @@ def main():
         "weights_dtype": "F16 for every network weight (model.diffusion_model.*, first_stage_model.*, "
                          "cond_stage_model.*), F32 schedule buffers; expected outputs computed from the F16 values",
         "calls": calls,
-        "inputs": spec(ins),
-        "outputs": spec(outs),
-        "atol": max(t["atol"] for t in tols.values()),
-        "rtol": max(t["rtol"] for t in tols.values()),
-        "tolerances": tols,
+        "inputs": gio.spec(ins),
+        "outputs": gio.spec(outs),
+        **gio.tolerance_fields(tols),
     }
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=1)
-        f.write("\n")
-    size = sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))
-    print("%s: %d outputs, %.2f MB" % (d, len(outs), size / 1e6))
-    for n, a in outs:
-        print("  %-24s %-16s max|ref| %.4g" % (n, a.shape, float(np.max(np.abs(a)))))
+    gio.write_case(d, case, outs)
 
 
 if __name__ == "__main__":

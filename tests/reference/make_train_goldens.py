@@ -56,12 +56,14 @@ quantizer, LPIPS and discriminator) are stubbed below; the numerics are the refe
 import copy
 import json
 import os
-import struct
 import sys
 import types
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_io import write_safetensors  # noqa: E402
 
 REF_REPO = "CompVis/latent-diffusion"
 REF_COMMIT = "a506df5756472e2ebaf9078affdde2c4f1502cd4"
@@ -133,25 +135,6 @@ def install_stubs():
 
 
 # ------------------------------------------------------------------ files
-
-def write_safetensors(path, tensors):
-    """tensors: list of (name, np.ndarray float32/int64), written in the given order."""
-    header, blobs, off = {}, [], 0
-    for name, a in tensors:
-        a = np.ascontiguousarray(a)
-        dt = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}[a.dtype]
-        b = a.astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
 
 def tol_entry(ref32, ref64, kind):
     ref = np.asarray(ref32, dtype=np.float64)
