@@ -343,17 +343,37 @@ LK_BODY void atf(int T, const v8f *z, int sz, v8f *o, int so)
         at2(z, sz, o, so);
 }
 
-/* Lane l of q[0..4) as four consecutive floats at rows[l] (a 4x8 transpose). */
-LK_BODY void store_quads(const v8f *q, float *const rows[LANES])
+/* A 4x4 transpose in each half: u[k][4h + c] = q[c][4h + k]. Its own inverse. */
+LK_BODY void transpose4_halves(const v8f *q, v8f *u)
 {
     v8f t0 = SHUFFLE(q[0], q[1], 0, 8, 1, 9, 4, 12, 5, 13), t1 = SHUFFLE(q[0], q[1], 2, 10, 3, 11, 6, 14, 7, 15);
     v8f t2 = SHUFFLE(q[2], q[3], 0, 8, 1, 9, 4, 12, 5, 13), t3 = SHUFFLE(q[2], q[3], 2, 10, 3, 11, 6, 14, 7, 15);
-    v8f u[4] = {SHUFFLE(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13), SHUFFLE(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15),
-                SHUFFLE(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13), SHUFFLE(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15)};
+    u[0] = SHUFFLE(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
+    u[1] = SHUFFLE(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    u[2] = SHUFFLE(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    u[3] = SHUFFLE(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+}
+
+/* Lane l of q[0..4) as four consecutive floats at rows[l] (a 4x8 transpose). */
+LK_BODY void store_quads(const v8f *q, float *const rows[LANES])
+{
+    v8f u[4];
+    transpose4_halves(q, u);
     for (int k = 0; k < 4; k++) { /* u[k] holds lanes k and k + 4 */
         memcpy(rows[k], &u[k], 4 * sizeof(float));
         memcpy(rows[k + 4], (const float *)&u[k] + 4, 4 * sizeof(float));
     }
+}
+
+/* The inverse: q[c] lane l = rows[l][c]. */
+LK_BODY void load_quads(const float *const rows[LANES], v8f *q)
+{
+    v8f u[4];
+    for (int k = 0; k < 4; k++) {
+        memcpy(&u[k], rows[k], 4 * sizeof(float));
+        memcpy((float *)&u[k] + 4, rows[k + 4], 4 * sizeof(float));
+    }
+    transpose4_halves(u, q);
 }
 
 /* The epilogue on n outputs just stored at d (still in L1): + res, then ReLU, exactly as the
@@ -407,15 +427,28 @@ LK_BODY void output_transform_body(const prod_job *j, int task, const int T)
                 for (int r = 0; r < 4; r++) {
                     float *rows[LANES];
                     for (int l = 0; l < LANES; l++) rows[l] = dst + (size_t)l * plane + (size_t)r * p->OW;
+                    if (j->res) { /* the epilogue in registers: the same operations as epilogue() */
+                        const float *rrows[LANES];
+                        v8f rq[4];
+                        for (int l = 0; l < LANES; l++)
+                            rrows[l] = j->res + off + (size_t)l * plane + (size_t)r * p->OW;
+                        load_quads(rrows, rq);
+                        for (int c = 0; c < 4; c++) out[r * 4 + c] += rq[c];
+                    }
+                    if (p->relu)
+                        for (int c = 0; c < 4; c++) {
+                            v8f v = out[r * 4 + c];
+                            out[r * 4 + c] = SELECT(v > SPLAT(0.0f), v, SPLAT(0.0f));
+                        }
                     store_quads(out + r * 4, rows);
                 }
-            } else {
-                for (int l = 0; l < n; l++)
-                    for (int r = 0; r < nh; r++) {
-                        float *row = dst + (size_t)l * plane + (size_t)r * p->OW;
-                        for (int c = 0; c < nw; c++) row[c] = out[r * Mo + c][l];
-                    }
+                continue;
             }
+            for (int l = 0; l < n; l++) /* a partial tile or channel group */
+                for (int r = 0; r < nh; r++) {
+                    float *row = dst + (size_t)l * plane + (size_t)r * p->OW;
+                    for (int c = 0; c < nw; c++) row[c] = out[r * Mo + c][l];
+                }
             if (j->res || p->relu) epilogue_tile(j, dst, off, n, nh, nw);
         }
     }
