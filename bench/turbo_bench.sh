@@ -92,7 +92,7 @@ ldm_run() { # LOG PICTURES EXTRA...
 
 # one summary of a turbo_torch.py log: warm wall, warm cpu, load, first
 result() { sed -n 's/^RESULT //p' "$1"; }
-field() { echo "$1" | sed -n "s/.*$2=\([0-9.]*\).*/\1/p"; }
+field() { echo "$1" | sed -n -E "s/(^|.* )$2=([0-9.]+).*/\2/p"; } # "median" is not "cpu_median"
 
 rows=""
 for vae in full tiny; do
