@@ -944,6 +944,67 @@ static void check_conv_up2(lk_conv2d_shape s, int winograd_m)
     free(first), free(x), free(w), free(bias), free(up), free(ref);
 }
 
+/* The epilogue (lk_conv_ep: + res, then ReLU) of path m (4 or 2: that Winograd path, 0: lk_conv2d_ep's
+ * own choice): bit for bit the plain convolution followed by the separate add and ReLU, close to
+ * the double reference, the same for every thread count. */
+static void check_conv_ep(lk_conv2d_shape s, int m, int with_res, int relu)
+{
+    int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
+    size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w, nw = (size_t)s.out_ch * s.in_ch * 9;
+    size_t ny = (size_t)s.batch * s.out_ch * oh * ow;
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
+    float *res = with_res ? rand_buf(ny, 4) : NULL, *ref = malloc(sizeof(float) * ny);
+    float *plain = malloc(sizeof(float) * ny), *first = NULL;
+    lk_ref_conv2d(&s, x, w, bias, ref);
+    if (m)
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[0], &s, x, lk_wt_f32(w), bias, plain, m), LDM_OK);
+    else
+        ck_assert_int_eq(lk_conv2d(&ctxs[0], &s, x, w, bias, plain), LDM_OK);
+    for (size_t i = 0; i < ny; i++) { /* the separate passes, as taesd.c ran them */
+        float v = res ? plain[i] + res[i] : plain[i];
+        plain[i] = relu ? (v > 0.0f ? v : 0.0f) : v;
+        double r = res ? ref[i] + (double)res[i] : ref[i];
+        ref[i] = (float)(relu && r < 0 ? 0 : r);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "conv epilogue (m %d, res %d, relu %d) B%d IC%d %dx%d OC%d", m, with_res, relu,
+             s.batch, s.in_ch, s.in_h, s.in_w, s.out_ch);
+    lk_conv_ep ep = {.res = res, .relu = relu};
+    for (int c = 0; c < N_CTX; c++) {
+        float *y = malloc(sizeof(float) * ny);
+        for (size_t i = 0; i < ny; i++) y[i] = NAN;
+        if (m)
+            ck_assert_int_eq(lk_conv3x3_winograd_ep(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m, &ep), LDM_OK);
+        else
+            ck_assert_int_eq(lk_conv2d_ep(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, &ep), LDM_OK);
+        expect_same(y, plain, ny, what);
+        expect_close(y, ref, ny, 2e-6 * sqrt(9.0 * s.in_ch + 1) * 4, what);
+        if (first) {
+            expect_same(y, first, ny, what);
+            free(y);
+        } else
+            first = y;
+    }
+    free(first), free(x), free(w), free(bias), free(res), free(ref), free(plain);
+}
+
+START_TEST(conv2d_epilogue)
+{
+    lk_conv2d_shape f4 = {2, 24, 30, 46, 20, 3, 3, 1, 1, 1, 1, 1};  /* Winograd F(4x4): partial tiles, OC % 8 */
+    lk_conv2d_shape f2 = {1, 16, 18, 22, 16, 3, 3, 1, 1, 1, 1, 1};  /* Winograd F(2x2) */
+    lk_conv2d_shape thin = {1, 4, 12, 10, 24, 3, 3, 1, 1, 1, 1, 1}; /* few channels: not Winograd */
+    lk_conv2d_shape few = {1, 16, 9, 7, 5, 3, 3, 1, 1, 1, 1, 1};    /* <= 8 outputs: the direct path */
+    for (int k = 0; k < 3; k++) {
+        int with_res = k != 1, relu = k != 0;
+        check_conv_ep(f4, 4, with_res, relu);
+        check_conv_ep(f2, 2, with_res, relu);
+        check_conv_ep(f4, 0, with_res, relu);
+        check_conv_ep(thin, 0, with_res, relu);
+        check_conv_ep(few, 0, with_res, relu);
+    }
+}
+END_TEST
+
 START_TEST(conv2d_of_upsample)
 {
     lk_conv2d_shape big = {2, 24, 20, 36, 16, 3, 3, 1, 1, 1, 1, 1};  /* Winograd through lk_conv2d_up2 */
@@ -1432,6 +1493,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, conv2d_winograd_matches_reference);
     tcase_add_test(tc, conv2d_direct_matches_reference);
     tcase_add_test(tc, conv2d_of_upsample);
+    tcase_add_test(tc, conv2d_epilogue);
     tcase_add_test(tc, conv2d_winograd_reports_oom);
     tcase_add_test(tc, scratch_reuses_and_trims);
     tcase_add_test(tc, half_to_float_is_exact);

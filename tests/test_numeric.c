@@ -179,6 +179,47 @@ START_TEST(f16_weight_used_as_stored_is_checked_too)
 }
 END_TEST
 
+/* lw_check_finite tests several elements at once: one Inf or NaN at every position of an
+ * unaligned tensor of each float type (lengths not a multiple of the word) is found at its index,
+ * and the largest finite values and subnormals are not taken for one. */
+START_TEST(check_finite_finds_every_position)
+{
+    static const struct {
+        int dtype, width;
+        uint64_t finite[3], bad[2]; /* max, -max, smallest subnormal; Inf, NaN */
+    } types[] = {
+        {LW_F16, 2, {0x7BFF, 0xFBFF, 0x0001}, {0xFC00, 0x7E01}},
+        {LW_BF16, 2, {0x7F7F, 0xFF7F, 0x0001}, {0x7F80, 0xFFC1}},
+        {LW_F32, 4, {0x7F7FFFFF, 0xFF7FFFFF, 0x00000001}, {0xFF800000, 0x7FC00001}},
+        {LW_F64, 8, {0x7FEFFFFFFFFFFFFFull, 0xFFEFFFFFFFFFFFFFull, 1}, {0x7FF0000000000000ull, 0xFFF8000000000001ull}},
+    };
+    enum { N = 23 };
+    unsigned char buf[N * 8 + 1];
+    for (size_t k = 0; k < LDM_ARRAY_LEN(types); k++)
+        for (int at = -1; at < N; at++)
+            for (int which = 0; which < 2; which++) {
+                int w = types[k].width;
+                for (int i = 0; i < N; i++) {
+                    uint64_t v = i == at ? types[k].bad[which] : types[k].finite[i % 3];
+                    memcpy(buf + 1 + (size_t)i * w, &v, (size_t)w); /* little-endian */
+                }
+                lw_store *s = lw_store_new("bits");
+                size_t bytes = (size_t)N * w;
+                ck_assert_int_eq(lw_store_add(s, "t", types[k].dtype, 1, (int64_t[]){N}, buf + 1, bytes), LDM_OK);
+                ck_assert_int_eq(lw_store_seal(s), LDM_OK);
+                ldm_status st = lw_check_finite(s, lw_find(s, "t"));
+                if (at < 0) {
+                    ck_assert_int_eq(st, LDM_OK);
+                } else {
+                    char want[64];
+                    snprintf(want, sizeof want, "holds %s (element %d of %d)", which ? "NaN" : "Inf", at, N);
+                    expect_numeric(st, want, NULL);
+                }
+                lw_close(s);
+            }
+}
+END_TEST
+
 /* lw_check_finite on every float storage type, read in place (unaligned too). */
 START_TEST(stored_bits_check_every_float_dtype)
 {
@@ -341,6 +382,7 @@ static Suite *numeric_suite(void)
     tcase_add_test(tc, f16_inf_weight_is_refused_naming_the_tensor);
     tcase_add_test(tc, f16_weight_used_as_stored_is_checked_too);
     tcase_add_test(tc, stored_bits_check_every_float_dtype);
+    tcase_add_test(tc, check_finite_finds_every_position);
     tcase_add_test(tc, nan_inputs_are_refused_by_the_call_they_reach);
     tcase_add_test(tc, overflowing_step_fails_naming_the_step);
     tcase_add_test(tc, overflowing_decoder_is_reported);

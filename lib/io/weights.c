@@ -429,6 +429,34 @@ ldm_status lw_get_f32(const lw_store *s, const char *name, int ndim, const int64
 
 /* Exponent field all ones means Inf or NaN in every IEEE format; tested on the raw bits so that
  * F16 weights kept as stored need no conversion to be checked. */
+/* Index of the first of n elements (`width` bytes each, exponent bits e) that is Inf or NaN, else
+ * n. Checking every weight at load must cost far less than a sampler step (element by element it
+ * took seconds for an SD 2.x file), so 8 bytes are tested at once: a lane is non-finite when
+ * (lane & e) ^ e is zero, and ((v - ones) & ~v & tops) is non-zero exactly when some lane of v is
+ * zero (the classic zero-byte test, per lane); the word with a hit is then searched lane by lane. */
+static size_t first_nonfinite(const unsigned char *p, size_t n, size_t width, uint64_t e)
+{
+    size_t per = 8 / width, bits = 8 * width, i = 0;
+    uint64_t lanes_e = 0, ones = 0, tops = 0;
+    for (size_t k = 0; k < per; k++) {
+        lanes_e |= e << (k * bits);
+        ones |= 1ull << (k * bits);
+        tops |= 1ull << (k * bits + bits - 1);
+    }
+    for (; i + per <= n; i += per) {
+        uint64_t w, v;
+        memcpy(&w, p + i * width, 8); /* little-endian host and file; the data may be unaligned */
+        v = (w & lanes_e) ^ lanes_e;
+        if ((v - ones) & ~v & tops) break;
+    }
+    for (; i < n; i++) {
+        uint64_t lane = 0;
+        memcpy(&lane, p + i * width, width);
+        if ((lane & e) == e) return i;
+    }
+    return n;
+}
+
 ldm_status lw_check_finite(const lw_store *s, const lw_tensor *t)
 {
     uint64_t exp_mask, man_mask;
@@ -441,14 +469,12 @@ ldm_status lw_check_finite(const lw_store *s, const lw_tensor *t)
     }
     size_t width = lw_dtype_size(t->dtype), numel = t->nbytes / width;
     const unsigned char *p = t->data;
-    for (size_t i = 0; i < numel; i++) {
-        uint64_t bits = 0;
-        memcpy(&bits, p + i * width, width); /* little-endian host and file */
-        if ((bits & exp_mask) == exp_mask)
-            return ldm_fail(LDM_ERR_NUMERIC, "%s: tensor %s holds %s (element %zu of %zu)", lw_path(s), t->name,
-                            (bits & man_mask) ? "NaN" : "Inf", i, numel);
-    }
-    return LDM_OK;
+    size_t i = first_nonfinite(p, numel, width, exp_mask);
+    if (i == numel) return LDM_OK;
+    uint64_t bits = 0;
+    memcpy(&bits, p + i * width, width); /* little-endian host and file */
+    return ldm_fail(LDM_ERR_NUMERIC, "%s: tensor %s holds %s (element %zu of %zu)", lw_path(s), t->name,
+                    (bits & man_mask) ? "NaN" : "Inf", i, numel);
 }
 
 ldm_status lw_get_f32f(const lw_store *s, int ndim, const int64_t *shape, float **out, const char *fmt, ...)

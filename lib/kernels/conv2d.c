@@ -144,18 +144,59 @@ static int winograd_tile(const lk_conv2d_shape *s)
     return px >= WINOGRAD_F2_MIN_PIXELS ? 2 : 0;
 }
 
-/* wc: the network's weight cache, or NULL (wino_small.c takes small 3x3 shapes with it). */
+#define EP_CHUNK (1 << 16)
+
+typedef struct ep_job {
+    float *y;
+    const lk_conv_ep *ep;
+    size_t n;
+} ep_job;
+
+static void ep_task(void *arg, int task)
+{
+    const ep_job *j = arg;
+    size_t i1 = LDM_MIN(j->n, (size_t)(task + 1) * EP_CHUNK);
+    const float *res = j->ep->res;
+    for (size_t i = (size_t)task * EP_CHUNK; i < i1; i++) {
+        float v = res ? j->y[i] + res[i] : j->y[i];
+        j->y[i] = j->ep->relu && !(v > 0.0f) ? 0.0f : v;
+    }
+}
+
+/* The epilogue as a pass over y, for the paths that do not fuse it (the same operations as the
+ * Winograd output transform's). */
+static void apply_ep(const lctx *c, const lk_conv2d_shape *s, float *y, const lk_conv_ep *ep)
+{
+    if (!ep || (!ep->res && !ep->relu)) return;
+    ep_job j = {y, ep, (size_t)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s)};
+    lpool_run(lk_pool_for_bytes(c, 12.0 * (double)j.n), (int)((j.n + EP_CHUNK - 1) / EP_CHUNK), ep_task, &j);
+}
+
+static ldm_status conv2d_unfused(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                 const float *bias, float *y, lk_wcache *wc);
+
+/* wc: the network's weight cache, or NULL (wino_small.c takes small 3x3 shapes with it); ep: the
+ * epilogue, or NULL. */
 static ldm_status conv2d_run(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
-                             const float *bias, float *y, lk_wcache *wc)
+                             const float *bias, float *y, lk_wcache *wc, const lk_conv_ep *ep)
 {
     int oh_n = lk_conv2d_out_h(s), ow_n = lk_conv2d_out_w(s);
     if (s->batch <= 0 || s->out_ch <= 0 || oh_n <= 0 || ow_n <= 0) return LDM_OK;
+    int m = winograd_tile(s); /* never a direct (<= 8 output channels) or 1x1 shape */
+    if (m) return lk_conv3x3_winograd_ep(c, s, x, w, bias, y, m, ep);
+    LDM_TRY(conv2d_unfused(c, s, x, w, bias, y, wc));
+    apply_ep(c, s, y, ep);
+    return LDM_OK;
+}
+
+/* Every path but the large Winograd one. */
+static ldm_status conv2d_unfused(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                 const float *bias, float *y, lk_wcache *wc)
+{
     if (lk_conv_direct_applies(s)) return lk_conv2d_direct(c, s, x, w, bias, y);
     if (s->k_h == 1 && s->k_w == 1 && s->stride == 1 && !s->pad_top && !s->pad_left && !s->pad_bottom &&
         !s->pad_right)
         return conv_pointwise(c, s, x, w, bias, y);
-    int m = winograd_tile(s);
-    if (m) return lk_conv3x3_winograd(c, s, x, w, bias, y, m);
     if (wc) {
         int done;
         ldm_status st = lk_conv2d_wino_small_try(c, s, x, w, bias, y, wc, 0, &done);
@@ -254,15 +295,27 @@ static lk_op conv_kind(const lk_conv2d_shape *s)
     return (s->k_h == 3 && s->k_w == 3 && s->stride == 1) ? LK_OP_CONV3X3 : LK_OP_CONV_OTHER;
 }
 
-ldm_status lk_conv2d_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
-                            float *y, lk_wcache *wc)
+static ldm_status conv2d_counted(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                 const float *bias, float *y, lk_wcache *wc, const lk_conv_ep *ep)
 {
     lk_stat_mark m = lk_stat_begin();
-    ldm_status st = conv2d_run(c, s, x, w, bias, y, wc);
+    ldm_status st = conv2d_run(c, s, x, w, bias, y, wc, ep);
     double macs = (double)s->batch * s->out_ch * lk_conv2d_out_h(s) * lk_conv2d_out_w(s) * s->in_ch * s->k_h * s->k_w;
     lk_stat_end(m, conv_kind(s), 2.0 * macs);
     lk_wt_done(w, kernel_numel(s));
     return st;
+}
+
+ldm_status lk_conv2d_cached(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                            float *y, lk_wcache *wc)
+{
+    return conv2d_counted(c, s, x, w, bias, y, wc, NULL);
+}
+
+ldm_status lk_conv2d_ep(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                        float *y, const lk_conv_ep *ep)
+{
+    return conv2d_counted(c, s, x, w, bias, y, NULL, ep);
 }
 
 ldm_status lk_conv2d_wt(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
@@ -303,7 +356,7 @@ ldm_status lk_conv2d_up2_cached(const lctx *c, const lk_conv2d_shape *s, const f
             st = ldm_fail_context(ldm_alloc_failure_status(), "conv2d upsampled input: ");
         } else {
             lk_resize_nearest(x, s->batch * s->in_ch, s->in_h / 2, s->in_w / 2, s->in_h, s->in_w, up);
-            st = conv2d_run(c, s, up, w, bias, y, wc);
+            st = conv2d_run(c, s, up, w, bias, y, wc, NULL);
             lk_scratch_put(up, bytes);
         }
     }

@@ -160,6 +160,19 @@ ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const fl
                                const float *bias, float *y, int m);
 ldm_status lk_conv3x3_winograd_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                                    const float *bias, float *y, int m);
+/* What a convolution does to its output before storing it: y = relu?(conv(x) + bias + res), in
+ * that order of float operations, res [B,OC,OH,OW] (may be NULL, must not alias y) and relu 0/1.
+ * The Winograd path applies it in its output transform, while the tile is in registers (no pass
+ * over the map, e.g. TAESD's Block: relu(conv(...) + x)); other paths in one pass afterwards.
+ * Bit for bit what the separate conv, add and ReLU give. ep may be NULL: nothing. */
+typedef struct lk_conv_ep {
+    const float *res;
+    int relu;
+} lk_conv_ep;
+ldm_status lk_conv2d_ep(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
+                        float *y, const lk_conv_ep *ep);
+ldm_status lk_conv3x3_winograd_ep(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                  const float *bias, float *y, int m, const lk_conv_ep *ep);
 /* How lk_conv3x3_winograd cuts shape s (for tests): tiles per product (a block of the batch's
  * tiles) and output channels per group of transformed weights. */
 void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block, int *channels_per_group);

@@ -19,7 +19,8 @@
  * channels-last with the zero padding materialised ([row][column][channel]), so each of the 36
  * patch values of 8 channels is one contiguous load, and V, U and M keep the channel index
  * innermost (padded to a multiple of 8). Output values go back to NCHW four at a time (an 8x4
- * transpose per tile row). The _up2 variant stages the nearest 2x upsample of its input on the
+ * transpose per tile row), then through the caller's epilogue (residual add, ReLU: lk_conv_ep)
+ * while the tile is still in L1. The _up2 variant stages the nearest 2x upsample of its input on the
  * fly, so an Upsample block never stores the upsampled image.
  *
  * Memory stays bounded: U ((m+2)^2 x OC x IC) is made per call and, for many channels, in groups of
@@ -55,6 +56,8 @@ typedef struct wg_plan {
     int stage_w, stage_rows;        /* staged input: columns, rows (for the largest block) */
     int up2;                        /* x is at half resolution: convolve its nearest 2x upsample */
     int T, Mo, XI;                  /* input tile edge, output tile edge, T*T: 6, 4, 36 or 4, 2, 16 */
+    const float *res;               /* the epilogue (lk_conv_ep): residual [B,OC,OH,OW] or NULL */
+    int relu;
     float *U, *V, *M, *S;
     size_t bytes[4]; /* of U, V, M, S */
 } wg_plan;
@@ -299,6 +302,7 @@ typedef struct prod_job {
     int og0, ogn;
     int t0, nt; /* tiles of this image (output transform), or rows of the block (products) */
     int r0;     /* row of tile t0 in the block's M */
+    const float *res; /* this image's residual (output transform), or NULL */
 } prod_job;
 
 /* One of the 36 products M[xi] = V[xi] U[xi]^T over the whole channel group and tile block:
@@ -339,20 +343,62 @@ LK_BODY void atf(int T, const v8f *z, int sz, v8f *o, int so)
         at2(z, sz, o, so);
 }
 
-/* Lane l of q[0..4) as four consecutive floats at rows[l] (a 4x8 transpose). */
-LK_BODY void store_quads(const v8f *q, float *const rows[LANES])
+/* A 4x4 transpose in each half: u[k][4h + c] = q[c][4h + k]. Its own inverse. */
+LK_BODY void transpose4_halves(const v8f *q, v8f *u)
 {
     v8f t0 = SHUFFLE(q[0], q[1], 0, 8, 1, 9, 4, 12, 5, 13), t1 = SHUFFLE(q[0], q[1], 2, 10, 3, 11, 6, 14, 7, 15);
     v8f t2 = SHUFFLE(q[2], q[3], 0, 8, 1, 9, 4, 12, 5, 13), t3 = SHUFFLE(q[2], q[3], 2, 10, 3, 11, 6, 14, 7, 15);
-    v8f u[4] = {SHUFFLE(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13), SHUFFLE(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15),
-                SHUFFLE(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13), SHUFFLE(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15)};
+    u[0] = SHUFFLE(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
+    u[1] = SHUFFLE(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    u[2] = SHUFFLE(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    u[3] = SHUFFLE(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+}
+
+/* Lane l of q[0..4) as four consecutive floats at rows[l] (a 4x8 transpose). */
+LK_BODY void store_quads(const v8f *q, float *const rows[LANES])
+{
+    v8f u[4];
+    transpose4_halves(q, u);
     for (int k = 0; k < 4; k++) { /* u[k] holds lanes k and k + 4 */
         memcpy(rows[k], &u[k], 4 * sizeof(float));
         memcpy(rows[k + 4], (const float *)&u[k] + 4, 4 * sizeof(float));
     }
 }
 
-/* y = A^T M A + bias for the tiles of one task, 8 output channels at a time. */
+/* The inverse: q[c] lane l = rows[l][c]. */
+LK_BODY void load_quads(const float *const rows[LANES], v8f *q)
+{
+    v8f u[4];
+    for (int k = 0; k < 4; k++) {
+        memcpy(&u[k], rows[k], 4 * sizeof(float));
+        memcpy((float *)&u[k] + 4, rows[k + 4], 4 * sizeof(float));
+    }
+    transpose4_halves(u, q);
+}
+
+/* The epilogue on n outputs just stored at d (still in L1): + res, then ReLU, exactly as the
+ * separate passes would do it. */
+LK_BODY void epilogue(float *d, const float *res, int n, int relu)
+{
+    for (int i = 0; i < n; i++) {
+        float v = res ? d[i] + res[i] : d[i];
+        d[i] = relu && !(v > 0.0f) ? 0.0f : v;
+    }
+}
+
+/* Rows of nh x nw outputs of n channels at dst (res at the same offsets) through the epilogue. */
+LK_BODY void epilogue_tile(const prod_job *j, float *dst, size_t off, int n, int nh, int nw)
+{
+    const wg_plan *p = j->p;
+    size_t plane = (size_t)p->OH * p->OW;
+    for (int l = 0; l < n; l++)
+        for (int r = 0; r < nh; r++) {
+            size_t at = (size_t)l * plane + (size_t)r * p->OW;
+            epilogue(dst + at, j->res ? j->res + off + at : NULL, nw, p->relu);
+        }
+}
+
+/* y = A^T M A + bias (then the epilogue) for the tiles of one task, 8 output channels at a time. */
 LK_BODY void output_transform_body(const prod_job *j, int task, const int T)
 {
     const int Mo = T - 2, XI = T * T;
@@ -375,18 +421,35 @@ LK_BODY void output_transform_body(const prod_job *j, int task, const int T)
                 LOAD(b, bl);
             }
             for (int e = 0; e < Mo * Mo; e++) out[e] += b;
-            float *dst = j->y + (size_t)(j->og0 + o0) * plane + (size_t)oh0 * p->OW + ow0;
+            size_t off = (size_t)(j->og0 + o0) * plane + (size_t)oh0 * p->OW + ow0;
+            float *dst = j->y + off;
             if (Mo == 4 && n == LANES && nh == 4 && nw == 4) { /* a whole tile: rows of 4 per channel */
                 for (int r = 0; r < 4; r++) {
                     float *rows[LANES];
                     for (int l = 0; l < LANES; l++) rows[l] = dst + (size_t)l * plane + (size_t)r * p->OW;
+                    if (j->res) { /* the epilogue in registers: the same operations as epilogue() */
+                        const float *rrows[LANES];
+                        v8f rq[4];
+                        for (int l = 0; l < LANES; l++)
+                            rrows[l] = j->res + off + (size_t)l * plane + (size_t)r * p->OW;
+                        load_quads(rrows, rq);
+                        for (int c = 0; c < 4; c++) out[r * 4 + c] += rq[c];
+                    }
+                    if (p->relu)
+                        for (int c = 0; c < 4; c++) {
+                            v8f v = out[r * 4 + c];
+                            out[r * 4 + c] = SELECT(v > SPLAT(0.0f), v, SPLAT(0.0f));
+                        }
                     store_quads(out + r * 4, rows);
                 }
                 continue;
             }
-            for (int l = 0; l < n; l++, dst += plane)
-                for (int r = 0; r < nh; r++)
-                    for (int c = 0; c < nw; c++) dst[(size_t)r * p->OW + c] = out[r * Mo + c][l];
+            for (int l = 0; l < n; l++) /* a partial tile or channel group */
+                for (int r = 0; r < nh; r++) {
+                    float *row = dst + (size_t)l * plane + (size_t)r * p->OW;
+                    for (int c = 0; c < nw; c++) row[c] = out[r * Mo + c][l];
+                }
+            if (j->res || p->relu) epilogue_tile(j, dst, off, n, nh, nw);
         }
     }
 }
@@ -547,12 +610,13 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
             transform_input(p, f, c, x, b, t0, n, (int)(g - g0));
             g += n;
         }
-        prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0};
+        prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0, NULL};
         lpool_run(lk_pool_for_flops(c, 2.0 * p->XI * ogn * s->in_ch * nt), p->XI, product_task, &pj);
         for (long g = g0; g < g0 + nt;) {
             int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
             int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
-            prod_job oj = {p, bias, y + (size_t)b * s->out_ch * p->OH * p->OW, og0, ogn, t0, n, (int)(g - g0)};
+            size_t image = (size_t)b * s->out_ch * p->OH * p->OW;
+            prod_job oj = {p, bias, y + image, og0, ogn, t0, n, (int)(g - g0), p->res ? p->res + image : NULL};
             lpool *pool = lk_pool_for_bytes(c, 8.0 * n * p->XI * ogn); /* M read, y written */
             lpool_run(pool, (n + WG_TILES_PER_TASK - 1) / WG_TILES_PER_TASK, f->output, &oj);
             g += n;
@@ -561,11 +625,13 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
 }
 
 static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
-                           float *y, int m, int up2)
+                           float *y, int m, int up2, const lk_conv_ep *ep)
 {
     if (m != 2 && m != 4) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: no Winograd F(%dx%d,3x3)", m, m);
     if (s->batch <= 0 || s->out_ch <= 0 || lk_conv2d_out_h(s) <= 0 || lk_conv2d_out_w(s) <= 0) return LDM_OK;
     wg_plan p = plan_make(s, m, up2);
+    p.res = ep ? ep->res : NULL;
+    p.relu = ep ? ep->relu : 0;
     LDM_TRY(plan_alloc(&p));
     lk_blas_init();
     wg_fns f = pick_fns();
@@ -583,7 +649,13 @@ static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float 
 ldm_status lk_conv3x3_winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
                                const float *bias, float *y, int m)
 {
-    return winograd(c, s, x, w, bias, y, m, 0);
+    return winograd(c, s, x, w, bias, y, m, 0, NULL);
+}
+
+ldm_status lk_conv3x3_winograd_ep(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
+                                  const float *bias, float *y, int m, const lk_conv_ep *ep)
+{
+    return winograd(c, s, x, w, bias, y, m, 0, ep);
 }
 
 ldm_status lk_conv3x3_winograd_up2(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w,
@@ -591,5 +663,5 @@ ldm_status lk_conv3x3_winograd_up2(const lctx *c, const lk_conv2d_shape *s, cons
 {
     if (s->in_h % 2 || s->in_w % 2)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "conv2d: upsampled input %dx%d is not even", s->in_h, s->in_w);
-    return winograd(c, s, x, w, bias, y, m, 1);
+    return winograd(c, s, x, w, bias, y, m, 1, NULL);
 }

@@ -4,7 +4,9 @@
  * convolution, upsample and Block, so the checkpoint names follow from the index and the layout's
  * prefix/offset. Convolutions run on the shared kernels (Winograd for the 3x3 stride-1 ones; the
  * nearest 2x upsample is folded into the next convolution, so the largest map is never stored);
- * ReLU, the Block's residual add and the clamp are elementwise passes over the pool. */
+ * the ReLUs and the Block's residual add are the convolutions' epilogue (lk_conv2d_ep: fused into
+ * the Winograd output transform, no pass over the 64-channel maps); the clamp and the range
+ * changes are elementwise passes. */
 #include "taesd.h"
 
 #include "../kernels/kernels.h"
@@ -317,7 +319,7 @@ const char *ltae_path(const ltae *t)
 
 #define TAE_CHUNK (1 << 16)
 
-typedef enum { E_RELU, E_ADD_RELU, E_CLAMP, E_TO_PM1, E_FROM_PM1 } eop;
+typedef enum { E_RELU, E_CLAMP, E_TO_PM1, E_FROM_PM1 } eop;
 
 typedef struct ejob {
     float *y;
@@ -335,12 +337,6 @@ static void etask(void *arg, int task)
     switch (j->op) {
     case E_RELU:
         for (size_t i = i0; i < i1; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
-        break;
-    case E_ADD_RELU: /* Block: fuse(conv(x) + skip(x)) */
-        for (size_t i = i0; i < i1; i++) {
-            float v = y[i] + x[i];
-            y[i] = v > 0.0f ? v : 0.0f;
-        }
         break;
     case E_CLAMP: /* Clamp: torch.tanh(x / 3) * 3 */
         for (size_t i = i0; i < i1; i++) y[i] = tanhf(x[i] / 3.0f) * 3.0f;
@@ -367,7 +363,9 @@ static void elementwise(const lctx *c, eop op, float *y, const float *x, size_t 
 
 /* ---------------------------------------------------------------- running */
 
-static ldm_status conv_run(const lctx *c, const laeb_conv *cv, const laeb_map *x, int stride, laeb_map *y)
+/* y = relu?(conv(x) + res); res may be NULL. */
+static ldm_status conv_run(const lctx *c, const laeb_conv *cv, const laeb_map *x, int stride, const float *res,
+                           int relu, laeb_map *y)
 {
     memset(y, 0, sizeof *y);
     lk_conv2d_shape sh = {.batch = x->b,
@@ -383,7 +381,8 @@ static ldm_status conv_run(const lctx *c, const laeb_conv *cv, const laeb_map *x
                           .pad_bottom = 1,
                           .pad_right = 1};
     LDM_TRY(laeb_map_alloc(y, x->b, cv->out, lk_conv2d_out_h(&sh), lk_conv2d_out_w(&sh)));
-    ldm_status st = lk_conv2d_wt(c, &sh, x->d, cv->w.w, cv->bias, y->d);
+    lk_conv_ep ep = {.res = res, .relu = relu};
+    ldm_status st = lk_conv2d_ep(c, &sh, x->d, cv->w.w, cv->bias, y->d, &ep);
     if (st != LDM_OK) laeb_map_free(y);
     return st;
 }
@@ -391,17 +390,13 @@ static ldm_status conv_run(const lctx *c, const laeb_conv *cv, const laeb_map *x
 static ldm_status block_run(const lctx *c, const tlayer *l, const laeb_map *x, laeb_map *y)
 {
     laeb_map a, b;
-    LDM_TRY(conv_run(c, &l->conv[0], x, 1, &a));
-    elementwise(c, E_RELU, a.d, NULL, laeb_map_numel(&a));
-    ldm_status st = conv_run(c, &l->conv[1], &a, 1, &b);
+    LDM_TRY(conv_run(c, &l->conv[0], x, 1, NULL, 1, &a));
+    ldm_status st = conv_run(c, &l->conv[1], &a, 1, NULL, 1, &b);
     laeb_map_free(&a);
     LDM_TRY(st);
-    elementwise(c, E_RELU, b.d, NULL, laeb_map_numel(&b));
-    st = conv_run(c, &l->conv[2], &b, 1, y);
+    st = conv_run(c, &l->conv[2], &b, 1, x->d, 1, y); /* fuse(conv(x) + skip(x)), skip = identity */
     laeb_map_free(&b);
-    LDM_TRY(st);
-    elementwise(c, E_ADD_RELU, y->d, x->d, laeb_map_numel(y));
-    return LDM_OK;
+    return st;
 }
 
 static ldm_status layer_run(const lctx *c, const tlayer *l, const laeb_map *x, laeb_map *y)
@@ -411,14 +406,13 @@ static ldm_status layer_run(const lctx *c, const tlayer *l, const laeb_map *x, l
     case T_BLOCK:
         return block_run(c, l, x, y);
     case T_DOWN:
-        st = conv_run(c, &l->conv[0], x, 2, y);
+        st = conv_run(c, &l->conv[0], x, 2, NULL, 0, y);
         break;
     case T_UP_CONV:
         st = laeb_upsample_run(c, &l->conv[0], x, y);
         break;
     default:
-        st = conv_run(c, &l->conv[0], x, 1, y);
-        break;
+        return conv_run(c, &l->conv[0], x, 1, NULL, l->relu_after, y);
     }
     if (st == LDM_OK && l->relu_after) elementwise(c, E_RELU, y->d, NULL, laeb_map_numel(y));
     return st;
