@@ -1030,7 +1030,9 @@ LDM_API ldm_status ldm_conditioner_encode_sdxl(ldm_conditioner *cond, const ldm_
 /* The UNet output (eps, or v) of an SDXL model for x [B,C,h,w] at timesteps [B] (I64 or F32)
  * with crossattn / vector from ldm_conditioner_encode_sdxl; with uncond_* given and scale != 1
  * one batched call on [uncond; cond] guided as u + scale (c - u) (sgm's VanillaCFG combines the
- * denoised estimates, which is the same affine combination). */
+ * denoised estimates, which is the same affine combination). On a UNet with an LCM guidance
+ * embedding (ldm_model_guidance_embedding_dim() > 0) scale is the network's input instead and
+ * uncond_* are not used (one branch, as diffusers' SDXL pipeline with time_cond_proj_dim). */
 LDM_API ldm_status ldm_model_apply_sdxl(ldm_model *model, const ldm_tensor *x, const ldm_tensor *timesteps,
                                         const ldm_tensor *crossattn, const ldm_tensor *vector,
                                         const ldm_tensor *uncond_crossattn, const ldm_tensor *uncond_vector,
@@ -1060,6 +1062,25 @@ typedef enum ldm_compute {
     LDM_COMPUTE_F32 = 0,
     LDM_COMPUTE_BF16 = 1,
 } ldm_compute;
+
+/* ---------------------------------------------------------------- SDXL image-to-image (issue #14) */
+
+/* Starts a run at step `first_step` (0 <= first_step < total steps) from the clean latent z0
+ * noised with the unit noise `noise` (same shape) to that step's level: the start of
+ * image-to-image. k-samplers: z0 + sigma * noise (with the SGM discretization followed by sgm's
+ * round trip / sqrt(1 + sigma^2) * sqrt(1 + sigma^2), as sgm's do_img2img); DDIM/PLMS/DDPM/LCM:
+ * sqrt(abar) z0 + sqrt(1 - abar) noise at the step's timestep. Multistep histories start empty;
+ * ancestral noise rows keep their step numbers. */
+LDM_API ldm_status ldm_sampler_begin_noised(ldm_sampler *s, const ldm_tensor *z0, const ldm_tensor *noise,
+                                            int first_step);
+
+/* The first step of an SDXL image-to-image run of `steps` steps at `strength` (0..1), by sgm's
+ * Img2ImgDiscretizationWrapper: of the steps + 1 noise levels the last
+ * K = max(int(strength * (steps + 1)), 1) are kept, so the run starts at step steps + 1 - K
+ * (strength 1: step 0 from z0 + sigma_max * noise; K = 1: no step runs, the result is z0). The
+ * product is taken of the decimal strength (0.7 * 10 is 7). Returns steps for a strength outside
+ * [0,1] or steps < 1 (nothing to run). */
+LDM_API int ldm_sdxl_img2img_first_step(int steps, float strength);
 
 #ifdef __cplusplus
 }

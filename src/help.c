@@ -66,7 +66,8 @@ static const struct {
                 "                          inpaint: the masked part from pure noise; inpainting models ignore it)\n"},
     {RUN, "  --sampler NAME          ddim (default), plms, ddpm, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras,\n"
           "                          lcm (Latent Consistency Models and LCM-LoRA; docs/few-step.md)\n"
-          "                          (SDXL: euler, euler_a, heun, dpmpp_2m over sgm's noise levels; ddim runs euler)\n"},
+          "                          (SDXL: euler, euler_a, heun, dpmpp_2m over sgm's noise levels, ddim runs\n"
+          "                          euler; lcm as diffusers' LCMScheduler: LCM-LoRA SDXL)\n"},
     {RUN, "  --spacing NAME          euler, euler_a, heun, dpmpp_2m: default (k-diffusion) or trailing (diffusers'\n"
           "                          \"trailing\": 999, 749, 499, 249 for 4 steps; SD-Turbo / SDXL-Turbo)\n"
           "  --turbo                 SD-Turbo / SDXL-Turbo settings (the weights cannot tell): --sampler euler_a\n"
@@ -85,7 +86,8 @@ static const struct {
           "                          ddpm: NOT respaced: the last N consecutive training timesteps N-1, ..., 1, 0,\n"
           "                            started from pure noise, so only N >= T (e.g. --steps 1000) runs the whole\n"
           "                            chain; fewer steps leave noise in the image\n"},
-    {I2I | INP, "                          img2img and mask blending run the last max(1, int(strength * N)) of them\n"},
+    {I2I | INP, "                          img2img and mask blending run the last max(1, int(strength * N)) of them\n"
+                "                          (SDXL img2img: sgm's rule, the last int(strength * (N + 1)) - 1 of them)\n"},
     {RUN, "  --cfg-scale F           classifier-free guidance scale, 0 .. 100; 1 = off (default 0 = the model's\n"
           "                          default: 7.5 for text models, 3 for class models with an unconditional\n"
           "                          class, off otherwise; lcm: off, or 8.5 fed to an LCM-distilled UNet's\n"

@@ -753,47 +753,67 @@ static ldm_status sgm_run(runner *r, ldm_model *m, ldm_sampler *s, const lj_valu
  * ("trailing": diffusers' trailing schedule as SDXL-Turbo runs it, k-diffusion noise levels) and
  * optionally refiner {weights, config, refiner_start} with the refiner's conditioning in rc_* /
  * ruc_*: the base runs ldm_sdxl_base_steps, the refiner the rest from where it stopped
- * (ldm_sampler_begin_at) and decodes. Outputs step_x [steps,B,C,H,W], samples, image. */
+ * (ldm_sampler_begin_at) and decodes. Outputs step_x [steps,B,C,H,W], samples, image.
+ * Sampler "lcm": diffusers' LCMScheduler (params lcm_original_steps). Image-to-image: input z0
+ * (the scaled latent) and params strength: the run starts at ldm_sdxl_img2img_first_step from
+ * z0 noised with x_T (ldm_sampler_begin_noised); step_x then holds the steps run. params model
+ * {weights, config}: another model of the fixture samples (the refiner as an img2img model). */
+static ldm_status sampler_sgm(runner *r, ldm_model *model, const lj_value *call);
+
 static ldm_status op_sampler_sgm(runner *r, const lj_value *call)
+{
+    const lj_value *other = lj_get(lj_get(call, "params"), "model");
+    ldm_model *m = NULL;
+    LDM_TRY(need_model(r));
+    if (!other) return sampler_sgm(r, r->model, call);
+    LDM_TRY(load_other(r, other, &m));
+    ldm_status st = sampler_sgm(r, m, call);
+    ldm_model_free(m);
+    return st;
+}
+
+static ldm_status sampler_sgm(runner *r, ldm_model *model, const lj_value *call)
 {
     const lj_value *in = lj_get(call, "inputs"), *params = lj_get(call, "params");
     const lj_value *ref = lj_get(params, "refiner");
     const char *kind = lj_string(lj_get(params, "sampler"), "euler");
-    LDM_TRY(need_model(r));
     ldm_sampler_params sp;
     ldm_sampler_params_init(&sp);
     sp.kind = !strcmp(kind, "euler_a") ? LDM_SAMPLER_EULER_ANCESTRAL : !strcmp(kind, "heun") ? LDM_SAMPLER_HEUN
-              : !strcmp(kind, "dpmpp_2m") ? LDM_SAMPLER_DPMPP_2M : LDM_SAMPLER_EULER;
+              : !strcmp(kind, "dpmpp_2m") ? LDM_SAMPLER_DPMPP_2M : !strcmp(kind, "lcm") ? LDM_SAMPLER_LCM
+              : LDM_SAMPLER_EULER;
     sp.steps = (int)lj_number(lj_get(params, "steps"), 50);
-    sp.discretization = LDM_DISCRETIZATION_SGM;
+    sp.discretization = sp.kind == LDM_SAMPLER_LCM ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
+    sp.lcm_original_steps = (int)lj_number(lj_get(params, "lcm_original_steps"), 50);
     if (!strcmp(lj_string(lj_get(params, "spacing"), "default"), "trailing")) { /* SDXL-Turbo: diffusers' */
         sp.spacing = LDM_SPACING_TRAILING;
         sp.discretization = LDM_DISCRETIZATION_KDIFFUSION;
     }
     float scale = (float)lj_number(lj_get(params, "guidance_scale"), 5.0);
-    const ldm_tensor *x_T = input(r, in, "x_T");
+    const ldm_tensor *x_T = input(r, in, "x_T"), *z0 = input(r, in, "z0");
     if (!x_T) return ldm_fail(LDM_ERR_NOT_FOUND, "sampler.sgm: x_T missing");
     ldm_model *rm = NULL;
     ldm_sampler *s = NULL, *s2 = NULL;
     ldm_tensor *steps_x = NULL, *image = NULL;
     int row = 0, base_steps = sp.steps;
-    int64_t shape[5] = {sp.steps, x_T->shape[0], x_T->shape[1], x_T->shape[2], x_T->shape[3]};
+    int first = z0 ? ldm_sdxl_img2img_first_step(sp.steps, (float)lj_number(lj_get(params, "strength"), 1.0)) : 0;
+    int64_t shape[5] = {sp.steps > first ? sp.steps - first : 1, x_T->shape[0], x_T->shape[1], x_T->shape[2], x_T->shape[3]};
     ldm_status st = ldm_tensor_create(LDM_F32, 5, shape, &steps_x);
     if (st == LDM_OK && ref) {
         base_steps = ldm_sdxl_base_steps(sp.steps, lj_number(lj_get(ref, "refiner_start"), 0.8));
         st = load_other(r, ref, &rm);
     }
-    if (st == LDM_OK) st = ldm_model_sampler(r->model, &sp, &s);
+    if (st == LDM_OK) st = ldm_model_sampler(model, &sp, &s);
     if (st == LDM_OK && input(r, in, "noise")) st = ldm_sampler_set_noise(s, input(r, in, "noise"));
-    if (st == LDM_OK) st = ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK) st = sgm_run(r, r->model, s, in, "c_", scale, base_steps, steps_x, &row);
+    if (st == LDM_OK) st = z0 ? ldm_sampler_begin_noised(s, z0, x_T, first) : ldm_sampler_begin(s, x_T);
+    if (st == LDM_OK) st = sgm_run(r, model, s, in, "c_", scale, base_steps, steps_x, &row);
     if (st == LDM_OK && rm && base_steps < sp.steps) {
         st = ldm_model_sampler(rm, &sp, &s2);
         if (st == LDM_OK) st = ldm_sampler_begin_at(s2, ldm_sampler_current(s), base_steps);
         if (st == LDM_OK) st = sgm_run(r, rm, s2, in, "rc_", scale, sp.steps, steps_x, &row);
     }
     const ldm_tensor *z = s2 ? ldm_sampler_current(s2) : s ? ldm_sampler_current(s) : NULL;
-    if (st == LDM_OK) st = ldm_model_decode_latent(rm ? rm : r->model, z, &image);
+    if (st == LDM_OK) st = ldm_model_decode_latent(rm ? rm : model, z, &image);
     if (st == LDM_OK) {
         const lj_value *out = lj_get(call, "outputs");
         emit(r, out, "step_x", steps_x);

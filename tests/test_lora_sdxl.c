@@ -2,8 +2,10 @@
  * fixture model and a synthetic kohya-ss SDXL LoRA: lora_unet_* in the CompVis/sgm spelling
  * kohya's SDXL trainer uses (a linear layer and a 3x3 LoCon convolution), lora_te1_* on the CLIP
  * ViT-L tower (HF names), lora_te2_* on the OpenCLIP bigG tower (HF names: q/k/v into row thirds
- * of the fused in_proj, fc1 into c_fc). Every merged weight must equal
- * base + multiplier * (alpha / rank) * up @ down (float64 here), the networks must use them (the
+ * of the fused in_proj, fc1 into c_fc), and lora_unet_* over diffusers paths as LCM-LoRA SDXL spells
+ * them (attention, feed-forward, 3x3 resnet and upsampler convolutions, time_emb_proj; the mapping
+ * is unet_names.c's, checked against diffusers' conversion in test_unet_names.c, depth 10 included).
+ * Every merged weight must equal base + multiplier * (alpha / rank) * up @ down (float64 here), the networks must use them (the
  * conditioner and UNet outputs change, the SDXL conditioner included) and removal must give back
  * the checkpoint's weights and outputs byte for byte. */
 #include <check.h>
@@ -42,6 +44,20 @@ static const module MODULES[] = {
     {"lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q",
      "model.diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q.weight", 0, 32, 4, 32, 0, 2.0f},
     {"lora_unet_input_blocks_0_0", "model.diffusion_model.input_blocks.0.0.weight", 0, 32, 3, 4 * 9, 1, 0.0f},
+    /* LCM-LoRA SDXL's spelling (latent-consistency/lcm-lora-sdxl): kohya keys over diffusers
+     * paths, which diffusers' own loader accepts beside the sgm ones */
+    {"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k",
+     "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight", 0, 32, 4, 128, 0, 8.0f},
+    {"lora_unet_up_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0",
+     "model.diffusion_model.output_blocks.0.1.transformer_blocks.0.attn1.to_out.0.weight", 0, 32, 4, 32, 0, 4.0f},
+    {"lora_unet_up_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj",
+     "model.diffusion_model.output_blocks.0.1.transformer_blocks.0.ff.net.0.proj.weight", 0, 256, 2, 32, 0, 1.0f},
+    {"lora_unet_up_blocks_0_resnets_0_conv1", "model.diffusion_model.output_blocks.0.0.in_layers.2.weight", 0, 32, 4,
+     64 * 9, 1, 4.0f},
+    {"lora_unet_up_blocks_0_resnets_0_time_emb_proj", "model.diffusion_model.output_blocks.0.0.emb_layers.1.weight", 0,
+     32, 4, 128, 0, 4.0f},
+    {"lora_unet_up_blocks_0_upsamplers_0_conv", "model.diffusion_model.output_blocks.0.2.conv.weight", 0, 32, 4, 32 * 9,
+     1, 4.0f},
     {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
      "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", 0, 64, 2, 64, 0, 1.0f},
     {"lora_te2_text_model_encoder_layers_1_self_attn_k_proj",
@@ -197,7 +213,7 @@ START_TEST(sdxl_lora_merges_and_removes_exactly)
     ck_assert_msg(ldm_model_lora_add(m, path, MULTIPLIER, 0, &id) == LDM_OK, "%s", ldm_last_error());
     ldm_lora_info info = {.struct_size = sizeof info};
     ck_assert_int_eq(ldm_model_lora_get(m, 0, &info), LDM_OK);
-    ck_assert_int_eq(info.n_unet_layers, 2);
+    ck_assert_int_eq(info.n_unet_layers, 8);
     ck_assert_int_eq(info.n_text_layers, 3);
     ck_assert_int_eq(info.n_skipped_keys, 0);
     for (size_t i = 0; i < N_MODULES; i++) {

@@ -16,6 +16,7 @@
 #include "models/config.h"
 #include "models/desc.h"
 #include "models/sdxl_cond.h"
+#include "models/unet.h"
 #include "sampling/sampling.h"
 #include "support/fixture.h"
 
@@ -89,7 +90,9 @@ static void add_tensor(lw_store *s, padded *pd, const lw_tensor *t)
     ck_assert_int_eq(lw_store_add(s, t->name, t->dtype, 2, shape, big, row * FULL_VOCAB), LDM_OK);
 }
 
-static ldm_model *load_padded(const char *weights, const char *config, padded *pd)
+/* extra (may be NULL): one more F32 tensor of that name in the store (copied). */
+static ldm_model *load_padded_with(const char *weights, const char *config, padded *pd, const char *extra_name,
+                                   const ldm_tensor *extra)
 {
     ldm_model_params mp, p;
     ldm_model *m = NULL;
@@ -101,12 +104,24 @@ static ldm_model *load_padded(const char *weights, const char *config, padded *p
     ck_assert_int_eq(lw_open(weights, 0, &pd->src), LDM_OK);
     ck_assert_int_eq(lw_store_create(weights, &s), LDM_OK);
     for (size_t i = 0; i < lw_count(pd->src); i++) add_tensor(s, pd, lw_at(pd->src, i));
+    if (extra) {
+        size_t n = (size_t)lt_numel(extra) * sizeof(float);
+        void *copy = pd->tables[pd->n_tables++] = malloc(n);
+        ck_assert_ptr_nonnull(copy);
+        memcpy(copy, extra->data, n);
+        ck_assert_int_eq(lw_store_add(s, extra_name, LW_F32, extra->ndim, extra->shape, copy, n), LDM_OK);
+    }
     ck_assert_int_eq(lw_store_seal(s), LDM_OK);
     ck_assert_int_eq(lm_model_new(weights, &mp, &m, &p), LDM_OK);
     ck_assert_int_eq(ld_config_load(config, &m->desc), LDM_OK);
     m->store = s;
     ck_assert_msg(lm_load_from(m, &p) == LDM_OK, "%s", ldm_last_error());
     return m;
+}
+
+static ldm_model *load_padded(const char *weights, const char *config, padded *pd)
+{
+    return load_padded_with(weights, config, pd, NULL, NULL);
 }
 
 static void padded_free(ldm_model *m, padded *pd)
@@ -708,6 +723,217 @@ START_TEST(test_previews_through_the_refiner)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- LCM and image-to-image */
+
+/* A tensor of tests/fixtures/sdxl_img_tiny/io.safetensors (the golden of make_sdxl_img_goldens.py). */
+static ldm_tensor *img_io(const char *name)
+{
+    char path[1200];
+    lw_store *io = NULL;
+    snprintf(path, sizeof path, "%s/../sdxl_img_tiny/io.safetensors", fix_dir);
+    ck_assert_msg(lw_open(path, 0, &io) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor *t = fx_io_tensor(io, name);
+    ck_assert_msg(t != NULL, "%s: %s missing", path, name);
+    lw_close(io);
+    return t;
+}
+
+static ldm_tensor *random_image(int B, int H, int W)
+{
+    ldm_tensor *x = NULL;
+    int64_t shape[4] = {B, 3, H, W};
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &x), LDM_OK);
+    ck_assert_int_eq(ldm_randn(11, 0, x), LDM_OK);
+    for (int64_t i = 0; i < lt_numel(x); i++) lt_f32(x)[i] = tanhf(lt_f32(x)[i]);
+    return x;
+}
+
+/* LCM-LoRA SDXL's settings (--sampler lcm, steps and guidance left to their defaults: 4 steps,
+ * guidance 1, no unconditional branch) and guidance 2 (classifier-free, with the base's zeroed
+ * unconditional text): ldm_generate = the public calls with the LCM sampler (the numbers of these
+ * calls are the sdxl_img_tiny golden's). */
+START_TEST(test_lcm_generate_matches_public_calls)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+    const int B = 1, H = 8, W = 8;
+    const float scales[2] = {0.0f, 2.0f};
+    for (int k = 0; k < 2; k++) {
+        ldm_tensor *x_T = noise(B, H, W), *img = NULL;
+        ldm_generate_params gp, r;
+        ldm_generate_params_init(&gp);
+        gp.prompt = "a close-up photo of an old man standing in the rain at night";
+        gp.width = W, gp.height = H, gp.steps = 0, gp.x_T = x_T, gp.seed = 5;
+        gp.sampler = LDM_SAMPLER_LCM, gp.guidance_scale = scales[k];
+        ck_assert_msg(ldm_generate_params_resolve(m, &gp, &r) == LDM_OK, "%s", ldm_last_error());
+        ck_assert_int_eq(r.steps, 4);
+        ck_assert_int_eq(r.lcm_original_steps, 50);
+        ck_assert(r.guidance_scale == (k ? 2.0f : 1.0f));
+        ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+        cond4 c = manual_cond(m, gp.prompt, B, H, W, 0);
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = LDM_SAMPLER_LCM, sp.steps = 4, sp.seed = 5;
+        expect_public_calls_match(m, &sp, x_T, &c, r.guidance_scale, img, 1e-6);
+        cond_free(&c);
+        ldm_tensor_free(img);
+        ldm_tensor_free(x_T);
+    }
+    padded_free(m, &pd);
+}
+END_TEST
+
+/* An LCM-distilled SDXL UNet (time_embed.cond_proj, the CompVis name of diffusers'
+ * time_embedding.cond_proj): its guidance embedding matches diffusers' SDXL pipeline (the
+ * golden's lcm3_embedded_* with the golden's cond_proj, guidance 3, the unconditional tensors
+ * given but unused), and ldm_generate feeds it 8.5 by default with one branch. */
+START_TEST(test_lcm_guidance_embedding_matches_golden)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_tensor *w = img_io("lcm_cond_proj");
+    ldm_model *m = load_padded_with(fx("model.safetensors"), fx("config.yaml"), &pd,
+                                    "model.diffusion_model.time_embed.cond_proj.weight", w);
+    ck_assert_int_eq(ldm_model_guidance_embedding_dim(m), 16);
+    /* the embedding itself (the shrunk UNet's GroupNorms, one channel per group, erase most of its
+     * effect on the trajectory below) */
+    struct ldm_unet *unet;
+    ck_assert_int_eq(lm_unet(m, &unet), LDM_OK);
+    ldm_tensor *want_emb = img_io("lcm3_time_embed");
+    float t4[4] = {999, 759, 499, 259}, g4[4] = {3, 3, 3, 3}, emb[4 * 128];
+    ck_assert_int_eq(lt_numel(want_emb), 4 * 128);
+    ck_assert_int_eq(lunet_time_embedding(unet->net, &m->ctx, t4, g4, 4, emb), LDM_OK);
+    double de = rel_diff(emb, lt_f32(want_emb), 4 * 128);
+    ck_assert_msg(de < 1e-5, "the guidance embedding differs from diffusers' by %g (relative)", de);
+    ldm_tensor_free(want_emb);
+    cond4 c = {img_io("c_crossattn"), img_io("c_vector"), img_io("uc_crossattn"), img_io("uc_vector")};
+    ldm_tensor *x_T = img_io("x_T"), *rows = img_io("noise"), *want = img_io("lcm3_embedded_step_x");
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = LDM_SAMPLER_LCM, sp.steps = 4;
+    ldm_sampler *s = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_set_noise(s, rows), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+    size_t n = (size_t)lt_numel(x_T);
+    for (int k = 0; k < 4; k++) {
+        run_steps(m, s, &c, 3.0f, k + 1);
+        double d = rel_diff(lt_f32(ldm_sampler_current(s)), lt_f32(want) + (size_t)k * n, n);
+        ck_assert_msg(d < 1e-3, "step %d differs from diffusers by %g (relative)", k, d);
+    }
+    ldm_sampler_free(s);
+    /* ldm_generate: guidance 8.5 into the network, no unconditional branch */
+    ldm_generate_params gp, r;
+    ldm_generate_params_init(&gp);
+    gp.prompt = "a lighthouse";
+    gp.batch = 2, gp.width = 8, gp.height = 8, gp.x_T = x_T, gp.seed = 9, gp.sampler = LDM_SAMPLER_LCM, gp.steps = 0;
+    ck_assert_msg(ldm_generate_params_resolve(m, &gp, &r) == LDM_OK, "%s", ldm_last_error());
+    ck_assert(r.guidance_scale == 8.5f);
+    ldm_tensor *img = NULL;
+    ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+    cond4 mc = manual_cond(m, gp.prompt, 2, 8, 8, 0);
+    cond4 one = {mc.ca, mc.vec, NULL, NULL}; /* no unconditional branch */
+    sp.seed = 9;
+    expect_public_calls_match(m, &sp, x_T, &one, 8.5f, img, 1e-6);
+    cond_free(&mc);
+    ldm_tensor_free(img);
+    cond_free(&c);
+    ldm_tensor_free(x_T);
+    ldm_tensor_free(rows);
+    ldm_tensor_free(want);
+    ldm_tensor_free(w);
+    padded_free(m, &pd);
+}
+END_TEST
+
+/* Image-to-image (sgm's do_img2img with Img2ImgDiscretizationWrapper; the numbers of these calls
+ * are the sdxl_img_tiny golden's) on the base and on the refiner as the model: ldm_generate =
+ * the encoded init_image (seeded posterior sample) noised with x_T to the first step's level,
+ * the remaining steps, decoded. A strength that keeps no step gives the decoded z0. */
+START_TEST(test_img2img_generate_matches_public_calls)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.6f), 4);  /* keep int(0.6 * 9) = 5 levels */
+    ck_assert_int_eq(ldm_sdxl_img2img_first_step(9, 0.7f), 3);  /* 0.7 * 10 = 7, not 6.99 */
+    ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 1.0f), 0);
+    ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.05f), 8); /* one level (sigma 0): no step */
+    for (int refiner = 0; refiner < 2; refiner++) {
+        padded pd;
+        ldm_model *m = refiner ? load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pd)
+                               : load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+        const int B = 2, H = 8, W = 8, steps = 8;
+        const float strength = refiner ? 0.3f : 0.6f;
+        ldm_tensor *x_T = noise(B, H, W), *init = random_image(B, H, W), *img = NULL, *z0 = NULL, *ref = NULL;
+        ldm_generate_params gp;
+        ldm_generate_params_init(&gp);
+        gp.prompt = "a watercolor painting of a fox";
+        gp.batch = B, gp.steps = steps, gp.x_T = x_T, gp.seed = 21;
+        gp.init_image = init, gp.strength = strength;
+        ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+        ck_assert_int_eq(lp_encode_latent(m, init, 21, &z0), LDM_OK);
+        cond4 c = manual_cond(m, gp.prompt, B, H, W, refiner);
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = LDM_SAMPLER_EULER, sp.steps = steps, sp.discretization = LDM_DISCRETIZATION_SGM;
+        ldm_sampler *s = NULL;
+        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+        ck_assert_int_eq(ldm_sampler_begin_noised(s, z0, x_T, ldm_sdxl_img2img_first_step(steps, strength)), LDM_OK);
+        ck_assert_int_eq(ldm_sampler_steps_done(s), refiner ? 7 : 4);
+        run_steps(m, s, &c, 5.0f, steps);
+        ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
+        double d = max_diff(img, ref);
+        ck_assert_msg(d < 1e-5, "img2img (refiner %d) differs from the public calls by %g", refiner, d);
+        ldm_tensor_free(img);
+        ldm_tensor_free(ref);
+        img = ref = NULL;
+        gp.strength = 0.05f; /* nothing to run: the decoded init latent */
+        ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+        ck_assert_int_eq(ldm_model_decode_latent(m, z0, &ref), LDM_OK);
+        ck_assert_msg(max_diff(img, ref) < 1e-6, "strength 0.05 of 8 steps must leave z0 unchanged");
+        ldm_sampler_free(s);
+        cond_free(&c);
+        ldm_tensor_free(img);
+        ldm_tensor_free(ref);
+        ldm_tensor_free(z0);
+        ldm_tensor_free(init);
+        ldm_tensor_free(x_T);
+        padded_free(m, &pd);
+    }
+}
+END_TEST
+
+/* What SDXL still refuses, by name: inpainting masks, image-to-image with a refiner hand-off,
+ * trailing spacing with LCM. */
+START_TEST(test_generate_refuses_sdxl_combinations)
+{
+    if (!have_fixture()) return;
+    ldm_model *m = NULL;
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    ck_assert_int_eq(ldm_model_load(fx("model.safetensors"), &mp, &m), LDM_OK);
+    ldm_tensor *init = random_image(1, 8, 8), *mask = NULL;
+    int64_t ms[4] = {1, 1, 8, 8};
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &mask), LDM_OK);
+    ldm_generate_params gp, r;
+    ldm_generate_params_init(&gp);
+    gp.init_image = init, gp.mask = mask;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "inpainting"));
+    gp.mask = NULL, gp.refiner = m;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "refiner"));
+    gp.refiner = NULL;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_OK);
+    gp.init_image = NULL, gp.sampler = LDM_SAMPLER_LCM, gp.timestep_spacing = LDM_SPACING_TRAILING;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "LCM"));
+    ldm_tensor_free(init);
+    ldm_tensor_free(mask);
+    ldm_model_free(m);
+}
+END_TEST
+
 Suite *sdxl_suite(void)
 {
     Suite *s = suite_create("sdxl");
@@ -724,6 +950,10 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_weighted_long_prompt_composition);
     tcase_add_test(tc, test_turbo_generate_matches_public_calls);
     tcase_add_test(tc, test_previews_through_the_refiner);
+    tcase_add_test(tc, test_lcm_generate_matches_public_calls);
+    tcase_add_test(tc, test_lcm_guidance_embedding_matches_golden);
+    tcase_add_test(tc, test_img2img_generate_matches_public_calls);
+    tcase_add_test(tc, test_generate_refuses_sdxl_combinations);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -120,6 +120,26 @@ static int s_begin_at(lua_State *L)
     return 0;
 }
 
+/* s:begin_noised(z0, noise, first_step): a run at step first_step from z0 noised with noise to
+ * that step's level (image-to-image) */
+static int s_begin_noised(lua_State *L)
+{
+    lua_settop(L, 4);
+    ldm_sampler *s = check_sampler(L, 1);
+    const ldm_tensor *z0 = lb_to_tensor(L, 2, LDM_F32, 0), *noise = lb_to_tensor(L, 3, LDM_F32, 0);
+    int first = lb_arg_int(L, 4, "first_step", 0, 0);
+    lb_check(L, ldm_sampler_begin_noised(s, z0, noise, first), "ldm_sampler_begin_noised");
+    return 0;
+}
+
+/* ldm.sdxl_img2img_first_step(steps, strength) */
+static int l_sdxl_img2img_first_step(lua_State *L)
+{
+    int steps = lb_arg_int(L, 1, "steps", 0, 0);
+    lua_pushinteger(L, ldm_sdxl_img2img_first_step(steps, (float)luaL_checknumber(L, 2)));
+    return 1;
+}
+
 /* ldm.sdxl_base_steps(steps, refiner_start) */
 static int l_sdxl_base_steps(lua_State *L)
 {
@@ -195,6 +215,7 @@ void lb_sampler_register(lua_State *L, int module)
 {
     static const luaL_Reg methods[] = {{"begin", s_begin},
                                        {"begin_at", s_begin_at},
+                                       {"begin_noised", s_begin_noised},
                                        {"set_noise", s_set_noise},
                                        {"next", s_next},
                                        {"give", s_give},
@@ -205,7 +226,8 @@ void lb_sampler_register(lua_State *L, int module)
                                        {"steps_done", s_steps_done},
                                        {"close", s_gc},
                                        {NULL, NULL}};
-    static const luaL_Reg functions[] = {{"sampler", l_sampler}, {"sdxl_base_steps", l_sdxl_base_steps}, {NULL, NULL}};
+    static const luaL_Reg functions[] = {{"sampler", l_sampler}, {"sdxl_base_steps", l_sdxl_base_steps},
+                                               {"sdxl_img2img_first_step", l_sdxl_img2img_first_step}, {NULL, NULL}};
     lb_new_class(L, LB_SAMPLER, methods, s_gc);
     lb_set_functions(L, module, functions);
 }

@@ -13,7 +13,14 @@
  *   refiner       the demo's finish-denoising hand-off: the base runs ldm_sdxl_base_steps of the
  *                 schedule, the refiner the rest from the base's latent (ldm_sampler_begin_at),
  *                 conditioned on the output size, crop (0, 0) and the aesthetic scores, and decodes;
- *   decode        decode_first_stage(z / scale_factor).
+ *   decode        decode_first_stage(z / scale_factor);
+ *   img2img       the demo's do_img2img: z0 = the encoded init_image (a posterior sample, seeded), the
+ *                 run starts where Img2ImgDiscretizationWrapper(strength) prunes the schedule, from
+ *                 z0 + sigma * noise (x_T as the noise); a refiner is run this way as the model
+ *                 itself (the refiner demo's img2img on a base picture);
+ *   LCM           diffusers' LCMScheduler as StableDiffusionXLPipeline runs it (LCM-LoRA SDXL):
+ *                 guidance 1 by default (no unconditional branch), classifier-free guidance above
+ *                 1, or the scale fed to a UNet with the LCM guidance embedding (docs/few-step.md).
  * A non-empty negative prompt on a base model is encoded rather than zeroed (the demo has no
  * negative prompt for SDXL base; encoding it is what a negative prompt means everywhere else). */
 #include "model_internal.h"
@@ -33,26 +40,39 @@ static int has_aesthetic(const ldm_model *m)
 ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
 {
     (void)in;
-    if (p->init_image || p->mask || p->cond_image || p->layout_tokens)
+    if (p->mask || p->cond_image || p->layout_tokens)
         return ldm_fail(LDM_ERR_UNSUPPORTED,
-                        "%s: SDXL: image-to-image, inpainting and image conditioning are not "
-                        "implemented (text-to-image only)",
+                        "%s: SDXL: inpainting (mask) and image conditioning (cond_image, layout) are not "
+                        "implemented (text-to-image and image-to-image only)",
+                        m->path);
+    if (p->init_image && p->refiner)
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: SDXL: image-to-image with a refiner hand-off is not implemented (run the refiner "
+                        "as the model, with init_image)",
                         m->path);
     if (p->class_label >= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: SDXL models take a prompt, not a class label", m->path);
     /* sgm has no DDIM/PLMS/DDPM: the library's default (DDIM) becomes the demo's EulerEDMSampler */
     if (p->sampler == LDM_SAMPLER_DDIM) p->sampler = LDM_SAMPLER_EULER;
+    int lcm = p->sampler == LDM_SAMPLER_LCM;
     if (p->sampler != LDM_SAMPLER_EULER && p->sampler != LDM_SAMPLER_EULER_ANCESTRAL &&
-        p->sampler != LDM_SAMPLER_HEUN && p->sampler != LDM_SAMPLER_DPMPP_2M)
+        p->sampler != LDM_SAMPLER_HEUN && p->sampler != LDM_SAMPLER_DPMPP_2M && !lcm)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT,
                         "%s: SDXL samples with euler, euler_a, heun or dpmpp_2m (sgm's "
-                        "samplers); sampler %d is not one of them",
+                        "samplers) or lcm (diffusers' LCMScheduler); sampler %d is not one of them",
                         m->path, (int)p->sampler);
-    if (p->steps == 0) p->steps = 50; /* steps 0: the sampler's default (the k-samplers': 50) */
+    if (p->steps == 0) p->steps = lcm ? 4 : 50; /* steps 0: the sampler's default */
+    if (lcm && p->lcm_original_steps == 0) p->lcm_original_steps = 50;
     if (p->timestep_spacing != LDM_SPACING_DEFAULT && p->timestep_spacing != LDM_SPACING_TRAILING)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "timestep_spacing %d is not DEFAULT or TRAILING",
                         (int)p->timestep_spacing);
-    if (p->guidance_scale == 0.0f) p->guidance_scale = 5.0f; /* the demo's cfg-scale default */
+    if (lcm && p->timestep_spacing == LDM_SPACING_TRAILING)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: the LCM sampler has its own timesteps: trailing spacing "
+                        "applies to euler, euler_a, heun and dpmpp_2m");
+    /* the demo's cfg-scale 5; an LCM-distilled UNet takes 8.5 as the LCM pipelines; LCM otherwise
+     * (LCM-LoRA) runs without guidance as its model card */
+    if (p->guidance_scale == 0.0f)
+        p->guidance_scale = m->desc.unet.time_cond_proj_dim > 0 ? 8.5f : lcm ? 1.0f : 5.0f;
     if (!isfinite(p->guidance_scale) || !isfinite(p->aesthetic_score) || !isfinite(p->negative_aesthetic_score))
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL: guidance and aesthetic scores must be numbers");
     if (p->original_width < 0 || p->original_height < 0 || p->target_width < 0 || p->target_height < 0 ||
@@ -113,7 +133,7 @@ static ldm_status chunk_count(ldm_model *m, const ldm_generate_params *p, const 
     int a = 1, b = 1;
     LDM_TRY(lm_conditioner(m, &cond));
     LDM_TRY(lm_sdxl_prompt_chunk_count(cond, p->prompt ? p->prompt : "", 0, &a));
-    if (p->guidance_scale != 1.0f) {
+    if (lp_cfg_branch(m, p)) {
         ldm_status st = lm_sdxl_prompt_chunk_count(cond, neg, 0, &b);
         if (st != LDM_OK) return ldm_fail_context(st, "negative ");
     }
@@ -137,7 +157,7 @@ static ldm_status build_cond(ldm_model *m, const ldm_generate_params *p, int ref
     ldm_status st = chunk_count(m, p, neg, &chunks);
     if (st == LDM_OK)
         st = encode(m, p->prompt ? p->prompt : "", p->batch, &cp, 0, p->aesthetic_score, chunks, &c->ca, &c->vec);
-    if (st == LDM_OK && p->guidance_scale != 1.0f)
+    if (st == LDM_OK && lp_cfg_branch(m, p))
         st = encode(m, neg, p->batch, &cp, zero_uc, p->negative_aesthetic_score, chunks, &c->uca, &c->uvec);
     if (st == LDM_OK) st = lp_check_cancel(m, "after text encoding");
     if (st != LDM_OK) cond_release(c);
@@ -153,8 +173,10 @@ static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_s
     /* trailing spacing: diffusers' scheduler as SDXL-Turbo runs it (EulerAncestralDiscreteScheduler,
      * timestep_spacing "trailing"): k-diffusion's noise levels at the trailing integer timesteps and
      * x_T * sigma_max; sgm has no trailing spacing */
-    sp.discretization =
-        p->timestep_spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
+    sp.discretization = p->timestep_spacing == LDM_SPACING_TRAILING || p->sampler == LDM_SAMPLER_LCM
+                            ? LDM_DISCRETIZATION_KDIFFUSION
+                            : LDM_DISCRETIZATION_SGM;
+    if (p->lcm_original_steps > 0) sp.lcm_original_steps = p->lcm_original_steps;
     return ls_sampler_create(m->schedule, m->desc.parameterization == LD_PARAM_V ? LDM_PARAM_V : LDM_PARAM_EPS, &sp,
                              out);
 }
@@ -216,18 +238,43 @@ static ldm_status refine(ldm_model *r, ldm_model *base, const ldm_generate_param
     return st;
 }
 
+/* Image-to-image: the run starts at the step strength gives (sgm's rule with sgm's noise levels,
+ * the library's img2img rule with diffusers' LCM or trailing schedules) from the encoded
+ * init_image noised with x_T. *unchanged: z0 itself when strength keeps no step (sgm's sampler then
+ * runs no step and returns its input), else NULL. */
+static ldm_status img2img_begin(ldm_model *m, const ldm_generate_params *p, ldm_sampler *s, const ldm_tensor *x_T,
+                                ldm_tensor **unchanged)
+{
+    ldm_tensor *z0 = NULL;
+    int total = ldm_sampler_total_steps(s);
+    int sgm = p->sampler != LDM_SAMPLER_LCM && p->timestep_spacing != LDM_SPACING_TRAILING;
+    int first = sgm ? ldm_sdxl_img2img_first_step(total, p->strength) : lp_img2img_first_step(p->strength, total);
+    LDM_TRY(lt_check(p->init_image, "init_image", LDM_F32, 4));
+    if (p->init_image->shape[0] != x_T->shape[0])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "init_image batch %lld differs from batch %lld",
+                        (long long)p->init_image->shape[0], (long long)x_T->shape[0]);
+    LDM_TRY(lp_encode_latent(m, p->init_image, p->seed, &z0));
+    if (first >= total) {
+        *unchanged = z0;
+        return LDM_OK;
+    }
+    ldm_status st = ldm_sampler_begin_noised(s, z0, x_T, first);
+    ldm_tensor_free(z0);
+    return st;
+}
+
 static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor **z, ldm_model **decoder)
 {
     sdxl_cond c = {0};
     ldm_sampler *s = NULL;
-    ldm_tensor *x_T = NULL;
+    ldm_tensor *x_T = NULL, *unchanged = NULL;
     int base_steps = p->refiner ? ldm_sdxl_base_steps(p->steps, p->refiner_start) : p->steps;
     ldm_status st = build_cond(m, p, 0, &c);
     lm_release_memory(m); /* the text encoders' weights */
     if (st == LDM_OK) st = initial_noise(m, p, &x_T);
     if (st == LDM_OK) st = make_sampler(m, p, &s);
-    if (st == LDM_OK) st = ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK) st = run(m, m, s, &c, p, base_steps);
+    if (st == LDM_OK) st = p->init_image ? img2img_begin(m, p, s, x_T, &unchanged) : ldm_sampler_begin(s, x_T);
+    if (st == LDM_OK && !unchanged) st = run(m, m, s, &c, p, base_steps);
     cond_release(&c);
     lm_release_memory(m); /* the base UNet */
     *decoder = m;
@@ -236,9 +283,13 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor 
         /* the demo decodes the refined latent with the refiner's first stage; a tiny decoder is the
          * base model's (ldm_model_set_tiny_autoencoder on the model generating) */
         if (p->vae != LDM_VAE_TINY) *decoder = p->refiner;
+    } else if (st == LDM_OK && unchanged) {
+        *z = unchanged;
+        unchanged = NULL;
     } else if (st == LDM_OK) {
         st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
     }
+    ldm_tensor_free(unchanged);
     ldm_sampler_free(s);
     ldm_tensor_free(x_T);
     return st;

@@ -19,6 +19,16 @@ int ldm_sdxl_base_steps(int steps, double refiner_start)
     return steps - prune;
 }
 
+int ldm_sdxl_img2img_first_step(int steps, float strength)
+{
+    if (steps < 1 || !(strength >= 0.0f && strength <= 1.0f)) return steps < 1 ? 0 : steps;
+    /* Img2ImgDiscretizationWrapper: sigmas[-max(int(strength * len(sigmas)), 1):]; the epsilon keeps
+     * decimal strengths whole where the float product falls just short (0.7f * 10 -> 7) */
+    int keep = (int)floor((double)strength * (double)(steps + 1) + 1e-4);
+    keep = keep < 1 ? 1 : keep > steps + 1 ? steps + 1 : keep;
+    return steps + 1 - keep;
+}
+
 /* [a; b] along dim 0 (same trailing shape). */
 static ldm_status stack2(const ldm_tensor *a, const ldm_tensor *b, const char *what, ldm_tensor **out)
 {
@@ -53,6 +63,23 @@ static ldm_status timesteps_f32(const ldm_tensor *t, int64_t B, int copies, ldm_
     return LDM_OK;
 }
 
+/* An LCM-distilled UNet (guidance embedding): the scale is the network's input, one branch (the
+ * diffusers SDXL pipeline with time_cond_proj_dim runs no classifier-free guidance). */
+static ldm_status apply_embedded(ldm_model *m, struct ldm_unet *unet, const ldm_tensor *x, const ldm_tensor *timesteps,
+                                 const ldm_tensor *ca, const ldm_tensor *vec, float scale, ldm_tensor **out)
+{
+    int64_t B = x->shape[0];
+    ldm_tensor *tt = NULL;
+    float *gs = ldm_malloc(sizeof *gs * (size_t)B);
+    if (!gs) return ldm_alloc_failure_status();
+    for (int64_t i = 0; i < B; i++) gs[i] = scale;
+    ldm_status st = timesteps_f32(timesteps, B, 1, &tt);
+    if (st == LDM_OK) st = lunet_forward_guided(unet->net, &m->ctx, x, tt, ca, vec, gs, out);
+    ldm_tensor_free(tt);
+    ldm_free(gs);
+    return st;
+}
+
 ldm_status lm_sdxl_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *timesteps, const ldm_tensor *ca,
                          const ldm_tensor *vec, const ldm_tensor *uca, const ldm_tensor *uvec, float scale,
                          ldm_tensor **out)
@@ -61,6 +88,7 @@ ldm_status lm_sdxl_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *ti
     if (!m->desc.sgm.present) return ldm_fail(LDM_ERR_UNSUPPORTED, "%s: not an SDXL (sgm) model", m->path);
     LDM_TRY(lt_check(x, "sdxl apply: x", LDM_F32, 4));
     LDM_TRY(lm_unet(m, &unet));
+    if (m->desc.unet.time_cond_proj_dim > 0) return apply_embedded(m, unet, x, timesteps, ca, vec, scale, out);
     int guided = uca && uvec && scale != 1.0f;
     int64_t B = x->shape[0];
     ldm_tensor *xx = NULL, *tt = NULL, *cc = NULL, *vv = NULL, *both = NULL;

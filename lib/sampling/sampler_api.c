@@ -699,13 +699,15 @@ ldm_status ls_sampler_begin_from(ldm_sampler *s, const ldm_tensor *z0, const ldm
         return ldm_fail(LDM_ERR_NUMERIC, "sampler begin_from: z0 holds NaN or Inf");
     ldm_tensor *x0 = NULL;
     LDM_TRY(ls_sampler_noised(s, first, z0, x_T, &x0));
-    ldm_status st = ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK) {
-        memcpy(lt_f32(s->x), lt_f32(x0), s->numel * sizeof(float));
-        s->step = first;
-    }
+    ldm_status st = ldm_sampler_begin_at(s, x0, first);
     ldm_tensor_free(x0);
     return st;
+}
+
+ldm_status ldm_sampler_begin_noised(ldm_sampler *s, const ldm_tensor *z0, const ldm_tensor *noise, int first_step)
+{
+    if (!s) return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "ldm_sampler_begin_noised: NULL sampler");
+    return ls_sampler_begin_from(s, z0, noise, first_step);
 }
 
 ldm_status ldm_sampler_begin_at(ldm_sampler *s, const ldm_tensor *x, int first_step)

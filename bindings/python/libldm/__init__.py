@@ -60,6 +60,12 @@ def sdxl_base_steps(steps, refiner_start):
     return _api.lib.ldm_sdxl_base_steps(_api.integer(steps, "steps"), float(refiner_start))
 
 
+def sdxl_img2img_first_step(steps, strength):
+    """The first step of an SDXL image-to-image run of `steps` steps at `strength` (sgm's
+    Img2ImgDiscretizationWrapper rule, ldm_sdxl_img2img_first_step); steps: nothing runs."""
+    return _api.lib.ldm_sdxl_img2img_first_step(_api.integer(steps, "steps"), float(strength))
+
+
 def version():
     """The library's version string (ldm_version()), e.g. "0.1.0"."""
     return _api.lib.ldm_version().decode("ascii")

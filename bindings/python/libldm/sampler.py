@@ -72,6 +72,14 @@ class Sampler(_Owned):
                   "ldm_sampler_begin_at")
         self._given = True
 
+    def begin_noised(self, z0, noise, first_step):
+        """Starts a run at step first_step from the clean latent z0 noised with the unit noise
+        `noise` to that step's level (image-to-image; ldm_sampler_begin_noised)."""
+        with Args() as a:
+            check(self._call(_lib.ldm_sampler_begin_noised, a.tensor(z0), a.tensor(noise),
+                             _api.integer(first_step, "first_step")), "ldm_sampler_begin_noised")
+        self._given = True
+
     def set_noise(self, noise):
         """Fixed per-step noise [n_steps, *x_T.shape] instead of the seeded generator (None: back
         to the generator)."""

@@ -116,6 +116,25 @@ class SdxlGoldenTest(unittest.TestCase):
             with self.assertRaises(ValueError):
                 base.sampler("euler", steps, discretization="karras")
 
+    def test_img2img_start(self):
+        """Sampler.begin_noised at sdxl_img2img_first_step: the sdxl_img_tiny golden's Euler
+        img2img (generative-models' do_img2img, strength 0.6 of 8 steps)."""
+        d = os.path.join(REPO, "tests", "fixtures", "sdxl_img_tiny")
+        io, tol = read_safetensors(os.path.join(d, "io.safetensors")), load_case(d)["tolerances"]
+        first = libldm.sdxl_img2img_first_step(8, 0.6)
+        self.assertEqual(first, 4)
+        self.assertEqual(libldm.sdxl_img2img_first_step(8, 0.05), 8)  # no step runs
+        c = (as_buffer(io["c_crossattn"]), as_buffer(io["c_vector"]))
+        uc = (as_buffer(io["uc_crossattn"]), as_buffer(io["uc_vector"]))
+        with load() as base:
+            s = base.sampler("euler", 8, discretization="sgm")
+            s.begin_noised(as_buffer(io["z0"]), as_buffer(io["x_T"]), first)
+            self.assertEqual(s.steps_done, first)
+            run_steps(base, s, c, uc, 5.0, 8)
+            compare(self, "i2i_euler_samples", s.current, io["i2i_euler_samples"], tol["i2i_euler_samples"])
+            with self.assertRaises(libldm.InvalidArgumentError):
+                s.begin_noised(as_buffer(io["z0"]), as_buffer(io["x_T"]), 8)  # past the last step
+
 
 @unittest.skipUnless(os.path.isfile(VOCAB), "no CLIP vocabulary (LDM_SHARED)")
 class SdxlGenerateTest(unittest.TestCase):
