@@ -725,6 +725,36 @@ START_TEST(conv2d_winograd_matches_reference)
 }
 END_TEST
 
+/* Few input channels: the products run unpacked (lk_gemm_small's kernel on U's own panels, no
+ * BLAS) where the CPU has AVX2+FMA; against the double reference and bit for bit across thread
+ * counts, with partial tiles, input channels that are no multiple of 8, several panels of output
+ * channels, several tile blocks across two images; and the shapes that keep BLAS. */
+START_TEST(conv2d_winograd_unpacked_products)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {1, 64, 21, 23, 64, 3, 3, 1, 1, 1, 1, 1}, /* TAESD's width, partial tiles */
+        {2, 20, 9, 13, 32, 3, 3, 1, 1, 1, 1, 1},  /* K = 20 (padded to 24 in V), two panels */
+        {1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1},   /* one panel */
+        {1, 128, 6, 7, 16, 3, 3, 1, 1, 1, 1, 1},  /* the largest K taken */
+    };
+    int fma = lk_winograd_unpacked(&shapes[0], 4);
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++)
+        for (int m = 2; m <= 4; m += 2) {
+            ck_assert_int_eq(lk_winograd_unpacked(&shapes[i], m), fma);
+            check_winograd(shapes[i], m);
+        }
+    /* 2 x 44 x 44 tiles in blocks of at most 1820: three blocks, one spanning the two images */
+    lk_conv2d_shape blocks = {2, 64, 176, 176, 16, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert_int_ge(winograd_blocks(blocks, 4), 3);
+    ck_assert_int_eq(lk_winograd_unpacked(&blocks, 4), fma);
+    check_winograd(blocks, 4);
+    /* BLAS keeps more input channels and output channels that are no multiple of 16 */
+    lk_conv2d_shape wide = {1, 136, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1}, odd = {1, 32, 8, 8, 24, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert(!lk_winograd_unpacked(&wide, 4) && !lk_winograd_unpacked(&odd, 4));
+    check_winograd(odd, 4);
+}
+END_TEST
+
 /* ---- float16 weights */
 
 START_TEST(half_to_float_is_exact)
@@ -994,7 +1024,10 @@ START_TEST(conv2d_epilogue)
     lk_conv2d_shape f2 = {1, 16, 18, 22, 16, 3, 3, 1, 1, 1, 1, 1};  /* Winograd F(2x2) */
     lk_conv2d_shape thin = {1, 4, 12, 10, 24, 3, 3, 1, 1, 1, 1, 1}; /* few channels: not Winograd */
     lk_conv2d_shape few = {1, 16, 9, 7, 5, 3, 3, 1, 1, 1, 1, 1};    /* <= 8 outputs: the direct path */
+    lk_conv2d_shape unpacked = {1, 32, 14, 19, 32, 3, 3, 1, 1, 1, 1, 1}; /* products without BLAS */
     for (int k = 0; k < 3; k++) {
+        check_conv_ep(unpacked, 4, k != 1, k != 0);
+        check_conv_ep(unpacked, 2, k != 1, k != 0);
         int with_res = k != 1, relu = k != 0;
         check_conv_ep(f4, 4, with_res, relu);
         check_conv_ep(f2, 2, with_res, relu);
@@ -1491,6 +1524,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);
     tcase_add_test(tc, conv2d_winograd_matches_reference);
+    tcase_add_test(tc, conv2d_winograd_unpacked_products);
     tcase_add_test(tc, conv2d_direct_matches_reference);
     tcase_add_test(tc, conv2d_of_upsample);
     tcase_add_test(tc, conv2d_epilogue);

@@ -58,6 +58,7 @@ typedef struct wg_plan {
     int T, Mo, XI;                  /* input tile edge, output tile edge, T*T: 6, 4, 36 or 4, 2, 16 */
     const float *res;               /* the epilogue (lk_conv_ep): residual [B,OC,OH,OW] or NULL */
     int relu;
+    int panels;                     /* products by lk_gemm_small_batched, U[xi] in its 16-column panels */
     float *U, *V, *M, *S;
     size_t bytes[4]; /* of U, V, M, S */
 } wg_plan;
@@ -129,6 +130,18 @@ LK_BODY void weight_transform_body(const wt_job *j, int o, const int T)
             for (int i = 0; i < T; i++) { /* u[i] = G (row i of G g) */
                 v8f row[3] = {t[0][i], t[1][i], t[2][i]};
                 gtf(T, row, u[i]);
+            }
+            if (j->p->panels) { /* U[xi] as IC x ogn panels: ic at row c0 + l0 + l, o at column o */
+                int nl = LDM_MIN(LANES, n - l0);
+                size_t at = (size_t)(o / 16) * 16 * IC + (size_t)(c0 + l0) * 16 + o % 16;
+                for (int i = 0; i < T; i++)
+                    for (int k = 0; k < T; k++) {
+                        float lanes[LANES];
+                        STORE(lanes, u[i][k]);
+                        float *d = j->p->U + (size_t)(i * T + k) * j->ogn * IC + at;
+                        for (int l = 0; l < nl; l++) d[(size_t)l * 16] = lanes[l];
+                    }
+                continue;
             }
             for (int i = 0; i < T; i++)
                 for (int k = 0; k < T; k++) STORE(dst + (size_t)(i * T + k) * plane + c0 + l0, u[i][k]);
@@ -523,6 +536,26 @@ static size_t request_bytes(size_t need, size_t budget_floats)
     return need > budget / 4 && need < budget ? budget : need;
 }
 
+/* Products with few input channels (K) go to lk_gemm_small's register-blocked kernel instead of
+ * BLAS: at K = 64 OpenBLAS's packing of both operands and its zeroing of M for beta = 0 take a
+ * third of the product time (docs/performance.md, TAESD), while the unpacked kernel reads V in
+ * place and U[xi] from the panels the weight transform writes (no copy). It needs whole panels
+ * of 16 output channels in every group and the AVX2+FMA kernel (elsewhere BLAS keeps the
+ * products, as lk_gemm does). A rule on the shape and the CPU alone, never the thread count.
+ * Measured (whole convolution, 1 thread, CPU time, Zen 3): K = 64 10-17 % faster at 64^2-512^2,
+ * K = 96 and 128 6-12 %, K = 256 even, K = 320 and 512 5-10 % slower: BLAS keeps those. */
+#define WG_UNPACKED_MAX_K 128
+static int products_unpacked(const lk_conv2d_shape *s, int og, int XI)
+{
+#ifdef LK_DISPATCH
+    return lk_cpu_has_avx2_fma() && s->in_ch <= WG_UNPACKED_MAX_K && og % 16 == 0 && s->out_ch % 16 == 0 &&
+           XI <= LK_GEMM_BATCH_MAX;
+#else
+    (void)s, (void)og, (void)XI;
+    return 0;
+#endif
+}
+
 /* Tiling and blocking of the plan, from the shape alone. */
 static void plan_shape(wg_plan *p)
 {
@@ -533,6 +566,7 @@ static void plan_shape(wg_plan *p)
     p->tiles = p->tiles_x * ((p->OH + p->Mo - 1) / p->Mo);
     p->og = balanced(OC, LDM_MAX((size_t)WG_MIN_GROUP, WG_U_BUDGET / ((size_t)p->XI * p->ic8)), 8);
     p->og8 = round8(p->og);
+    p->panels = products_unpacked(s, p->og, p->XI);
     size_t per_tile = (size_t)p->XI * (size_t)LDM_MAX(p->ic8, p->og8);
     p->tb = balanced((long)p->tiles * s->batch, LDM_MAX((size_t)16, WG_V_BUDGET / per_tile), 8);
     p->stage_w = p->tiles_x * p->Mo + 2;
@@ -565,6 +599,8 @@ void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block,
     *tiles_per_block = p.tb;
     *channels_per_group = p.og;
 }
+
+int lk_winograd_unpacked(const lk_conv2d_shape *s, int m) { return plan_make(s, m, 0).panels; }
 
 static ldm_status plan_alloc(wg_plan *p)
 {
@@ -610,8 +646,13 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
             transform_input(p, f, c, x, b, t0, n, (int)(g - g0));
             g += n;
         }
-        prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0, NULL};
-        lpool_run(lk_pool_for_flops(c, 2.0 * p->XI * ogn * s->in_ch * nt), p->XI, product_task, &pj);
+        if (p->panels) {
+            lk_gemm_small_batched(c, p->XI, nt, ogn, s->in_ch, p->V, (size_t)p->tb * p->ic8, p->ic8, p->U,
+                                  (size_t)ogn * s->in_ch, p->M, (size_t)p->tb * p->og8, p->og8);
+        } else {
+            prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0, NULL};
+            lpool_run(lk_pool_for_flops(c, 2.0 * p->XI * ogn * s->in_ch * nt), p->XI, product_task, &pj);
+        }
         for (long g = g0; g < g0 + nt;) {
             int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
             int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
