@@ -755,6 +755,52 @@ START_TEST(conv2d_winograd_unpacked_products)
 }
 END_TEST
 
+/* The fused blocks (one thread takes a window of 16 tiles through every phase) against the
+ * large-block path they replace: bit for bit, for every thread count, with the epilogue, on
+ * upsampled inputs, over several blocks per tile row (the last one partial) and two images. */
+static void check_fused(lk_conv2d_shape s, int m, int up2, int with_res)
+{
+    int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
+    size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w / (up2 ? 4 : 1), nw = (size_t)s.out_ch * s.in_ch * 9;
+    size_t ny = (size_t)s.batch * s.out_ch * oh * ow;
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
+    float *res = with_res ? rand_buf(ny, 2) : NULL, *ref = malloc(sizeof(float) * ny), *y = malloc(sizeof(float) * ny);
+    lk_conv_ep ep = {.res = res, .relu = with_res};
+    char what[128];
+    snprintf(what, sizeof what, "fused blocks (m %d, up2 %d, res %d) B%d IC%d %dx%d OC%d", m, up2, with_res, s.batch,
+             s.in_ch, s.in_h, s.in_w, s.out_ch);
+    ck_assert(lk_winograd_unpacked(&s, m));
+    lk_winograd_fused_enable(0);
+    ldm_status st = up2 ? lk_conv3x3_winograd_up2(&ctxs[0], &s, x, lk_wt_f32(w), bias, ref, m)
+                        : lk_conv3x3_winograd_ep(&ctxs[0], &s, x, lk_wt_f32(w), bias, ref, m, &ep);
+    lk_winograd_fused_enable(1);
+    ck_assert_int_eq(st, LDM_OK);
+    for (int c = 0; c < N_CTX; c++) {
+        for (size_t i = 0; i < ny; i++) y[i] = NAN;
+        st = up2 ? lk_conv3x3_winograd_up2(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m)
+                 : lk_conv3x3_winograd_ep(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m, &ep);
+        ck_assert_int_eq(st, LDM_OK);
+        expect_same(y, ref, ny, what);
+    }
+    free(x), free(w), free(bias), free(res), free(ref), free(y);
+}
+
+START_TEST(conv2d_winograd_fused_blocks)
+{
+    lk_conv2d_shape one = {1, 64, 21, 70, 64, 3, 3, 1, 1, 1, 1, 1}; /* 18 (F4) or 35 (F2) tiles a row */
+    if (!lk_winograd_unpacked(&one, 4)) return; /* no AVX2+FMA: BLAS keeps the products, no fused blocks */
+    lk_conv2d_shape two = {2, 16, 9, 150, 32, 3, 3, 1, 1, 0, 1, 2};  /* two images, asymmetric padding */
+    lk_conv2d_shape up = {1, 32, 10, 140, 16, 3, 3, 1, 1, 1, 1, 1};  /* x at 5 x 70 */
+    for (int m = 2; m <= 4; m += 2) {
+        check_fused(one, m, 0, 0);
+        check_fused(one, m, 0, 1);
+        check_fused(two, m, 0, 1);
+        check_fused(up, m, 1, 0);
+        check_winograd(two, m);
+    }
+}
+END_TEST
+
 /* ---- float16 weights */
 
 START_TEST(half_to_float_is_exact)
@@ -915,6 +961,15 @@ START_TEST(conv2d_winograd_reports_oom)
         ldm_alloc_fail_after(0);
         ck_assert_ptr_nonnull(strstr(ldm_last_error(), "winograd"));
     }
+    lk_conv2d_shape fused = {1, 16, 5, 5, 16, 3, 3, 1, 1, 1, 1, 1};
+    float fx[400] = {0}, fw[2304] = {0}, fy[400];
+    for (int n = 1; lk_winograd_unpacked(&fused, 4) && n <= 2; n++) { /* U, then the blocks' scratch */
+        lk_scratch_trim();
+        ldm_alloc_fail_after(n);
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[1], &fused, fx, lk_wt_f32(fw), NULL, fy, 4), LDM_ERR_OUT_OF_MEMORY);
+        ldm_alloc_fail_after(0);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "winograd"));
+    }
 }
 END_TEST
 
@@ -1050,6 +1105,10 @@ START_TEST(conv2d_of_upsample)
         check_conv_up2(small, m);
         check_conv_up2(odd, m);
     }
+    /* unpacked products: fused blocks of 16 tiles, windows starting at odd upsampled columns */
+    lk_conv2d_shape wide = {1, 32, 12, 140, 32, 3, 3, 1, 1, 1, 1, 1};
+    check_conv_up2(wide, 4);
+    check_conv_up2(wide, 2);
     lk_conv2d_shape level8 = {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1}; /* a small UNet's Upsample */
     if (lk_conv_wino_small_applies(&level8)) check_conv_up2(level8, -1);
     lk_conv2d_shape bad = {1, 4, 7, 8, 4, 3, 3, 1, 1, 1, 1, 1};
@@ -1525,6 +1584,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, conv2d_row_blocks);
     tcase_add_test(tc, conv2d_winograd_matches_reference);
     tcase_add_test(tc, conv2d_winograd_unpacked_products);
+    tcase_add_test(tc, conv2d_winograd_fused_blocks);
     tcase_add_test(tc, conv2d_direct_matches_reference);
     tcase_add_test(tc, conv2d_of_upsample);
     tcase_add_test(tc, conv2d_epilogue);

@@ -179,6 +179,9 @@ void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block,
 /* 1 when lk_conv3x3_winograd's products for shape s run unpacked (lk_gemm_small's kernel on the
  * transformed weights' own panels) rather than through BLAS (for tests). */
 int lk_winograd_unpacked(const lk_conv2d_shape *s, int m);
+/* Unpacked products with one group of output channels run in small fused blocks, on by default;
+ * off (0) makes them take the large-block path, the reference those blocks are tested against. */
+void lk_winograd_fused_enable(int on);
 /* Stride-1 convolutions with at most 8 output channels (the last layer of a decoder or UNet),
  * computed directly (conv_direct.c); lk_conv_direct_applies says which shapes it takes. */
 int lk_conv_direct_applies(const lk_conv2d_shape *s);
