@@ -755,7 +755,7 @@ START_TEST(conv2d_winograd_unpacked_products)
 }
 END_TEST
 
-/* The fused blocks (one thread takes a window of 16 tiles through every phase) against the
+/* The fused blocks (one thread takes a window of tiles through every phase) against the
  * large-block path they replace: bit for bit, for every thread count, with the epilogue, on
  * upsampled inputs, over several blocks per tile row (the last one partial) and two images. */
 static void check_fused(lk_conv2d_shape s, int m, int up2, int with_res)
@@ -787,10 +787,10 @@ static void check_fused(lk_conv2d_shape s, int m, int up2, int with_res)
 
 START_TEST(conv2d_winograd_fused_blocks)
 {
-    lk_conv2d_shape one = {1, 64, 21, 70, 64, 3, 3, 1, 1, 1, 1, 1}; /* 18 (F4) or 35 (F2) tiles a row */
+    lk_conv2d_shape one = {1, 64, 21, 150, 64, 3, 3, 1, 1, 1, 1, 1}; /* 38 (F4) or 75 (F2) tiles a row */
     if (!lk_winograd_unpacked(&one, 4)) return; /* no AVX2+FMA: BLAS keeps the products, no fused blocks */
     lk_conv2d_shape two = {2, 16, 9, 150, 32, 3, 3, 1, 1, 0, 1, 2};  /* two images, asymmetric padding */
-    lk_conv2d_shape up = {1, 32, 10, 140, 16, 3, 3, 1, 1, 1, 1, 1};  /* x at 5 x 70 */
+    lk_conv2d_shape up = {1, 32, 10, 164, 16, 3, 3, 1, 1, 1, 1, 1};  /* x at 5 x 82 */
     for (int m = 2; m <= 4; m += 2) {
         check_fused(one, m, 0, 0);
         check_fused(one, m, 0, 1);
@@ -1105,8 +1105,8 @@ START_TEST(conv2d_of_upsample)
         check_conv_up2(small, m);
         check_conv_up2(odd, m);
     }
-    /* unpacked products: fused blocks of 16 tiles, windows starting at odd upsampled columns */
-    lk_conv2d_shape wide = {1, 32, 12, 140, 32, 3, 3, 1, 1, 1, 1, 1};
+    /* unpacked products: several fused blocks a tile row, windows starting at odd upsampled columns */
+    lk_conv2d_shape wide = {1, 32, 12, 164, 32, 3, 3, 1, 1, 1, 1, 1};
     check_conv_up2(wide, 4);
     check_conv_up2(wide, 2);
     lk_conv2d_shape level8 = {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1}; /* a small UNet's Upsample */

@@ -673,13 +673,18 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
 /* With unpacked products and one group of output channels, a block of WG_FUSED_TILES tiles of one
  * tile row goes through all four phases on one thread (stage its window of the input, transform,
  * the XI products, the output transform), its staged input, V and M in that thread's own small
- * scratch, which stays in the core's L2 cache: the large-block path streams V and M (16 MiB
- * each) through memory, and its output transform, reading the 36 values of a tile from 36 places
- * 466 KB apart, waited on cache and TLB misses for a third of its time (perf, TAESD at 512^2).
+ * scratch, which stays in the core's caches: the large-block path streams V and M (16 MiB each)
+ * through memory, and its output transform, reading the 36 values of a tile from 36 places
+ * 466 KB apart, waited on cache and TLB misses for a third of its time (perf, TAESD at 512^2);
+ * the workers also meet only once per call instead of four times per block.
  * Every output element sees the same operations in the same order as in the large-block path
  * (the transforms are elementwise over channels, each product element one FMA chain in channel
  * order), so results are bitwise the same as that path's and any thread count's. */
-#define WG_FUSED_TILES 16
+/* Tiles per fused block: a multiple of lk_gemm_small's 6-row register block. Measured on a TAESD
+ * decode at 512^2 (1 thread, best CPU time): 16 tiles 1.09-1.15 s, 18-30 0.95-1.03 s, 36
+ * 0.95-0.98 s. At 64 channels a worker's scratch is then 0.9 MB (staged window 224 KB, V and M
+ * 332 KB each). */
+#define WG_FUSED_TILES 36
 
 static int fused_on = 1;
 void lk_winograd_fused_enable(int on) { fused_on = on; }
