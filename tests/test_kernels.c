@@ -725,6 +725,82 @@ START_TEST(conv2d_winograd_matches_reference)
 }
 END_TEST
 
+/* Few input channels: the products run unpacked (lk_gemm_small's kernel on U's own panels, no
+ * BLAS) where the CPU has AVX2+FMA; against the double reference and bit for bit across thread
+ * counts, with partial tiles, input channels that are no multiple of 8, several panels of output
+ * channels, several tile blocks across two images; and the shapes that keep BLAS. */
+START_TEST(conv2d_winograd_unpacked_products)
+{
+    static const lk_conv2d_shape shapes[] = {
+        {1, 64, 21, 23, 64, 3, 3, 1, 1, 1, 1, 1}, /* TAESD's width, partial tiles */
+        {2, 20, 9, 13, 32, 3, 3, 1, 1, 1, 1, 1},  /* K = 20 (padded to 24 in V), two panels */
+        {1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1},   /* one panel */
+        {1, 128, 6, 7, 16, 3, 3, 1, 1, 1, 1, 1},  /* the largest K taken */
+    };
+    int fma = lk_winograd_unpacked(&shapes[0], 4);
+    for (size_t i = 0; i < LDM_ARRAY_LEN(shapes); i++)
+        for (int m = 2; m <= 4; m += 2) {
+            ck_assert_int_eq(lk_winograd_unpacked(&shapes[i], m), fma);
+            check_winograd(shapes[i], m);
+        }
+    /* 2 x 44 x 44 tiles in blocks of at most 1820: three blocks, one spanning the two images */
+    lk_conv2d_shape blocks = {2, 64, 176, 176, 16, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert_int_ge(winograd_blocks(blocks, 4), 3);
+    ck_assert_int_eq(lk_winograd_unpacked(&blocks, 4), fma);
+    check_winograd(blocks, 4);
+    /* BLAS keeps more input channels and output channels that are no multiple of 16 */
+    lk_conv2d_shape wide = {1, 136, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1}, odd = {1, 32, 8, 8, 24, 3, 3, 1, 1, 1, 1, 1};
+    ck_assert(!lk_winograd_unpacked(&wide, 4) && !lk_winograd_unpacked(&odd, 4));
+    check_winograd(odd, 4);
+}
+END_TEST
+
+/* The fused blocks (one thread takes a window of tiles through every phase) against the
+ * large-block path they replace: bit for bit, for every thread count, with the epilogue, on
+ * upsampled inputs, over several blocks per tile row (the last one partial) and two images. */
+static void check_fused(lk_conv2d_shape s, int m, int up2, int with_res)
+{
+    int oh = lk_conv2d_out_h(&s), ow = lk_conv2d_out_w(&s);
+    size_t nx = (size_t)s.batch * s.in_ch * s.in_h * s.in_w / (up2 ? 4 : 1), nw = (size_t)s.out_ch * s.in_ch * 9;
+    size_t ny = (size_t)s.batch * s.out_ch * oh * ow;
+    float *x = rand_buf(nx, 1), *w = rand_buf(nw, 1), *bias = rand_buf((size_t)s.out_ch, 1);
+    float *res = with_res ? rand_buf(ny, 2) : NULL, *ref = malloc(sizeof(float) * ny), *y = malloc(sizeof(float) * ny);
+    lk_conv_ep ep = {.res = res, .relu = with_res};
+    char what[128];
+    snprintf(what, sizeof what, "fused blocks (m %d, up2 %d, res %d) B%d IC%d %dx%d OC%d", m, up2, with_res, s.batch,
+             s.in_ch, s.in_h, s.in_w, s.out_ch);
+    ck_assert(lk_winograd_unpacked(&s, m));
+    lk_winograd_fused_enable(0);
+    ldm_status st = up2 ? lk_conv3x3_winograd_up2(&ctxs[0], &s, x, lk_wt_f32(w), bias, ref, m)
+                        : lk_conv3x3_winograd_ep(&ctxs[0], &s, x, lk_wt_f32(w), bias, ref, m, &ep);
+    lk_winograd_fused_enable(1);
+    ck_assert_int_eq(st, LDM_OK);
+    for (int c = 0; c < N_CTX; c++) {
+        for (size_t i = 0; i < ny; i++) y[i] = NAN;
+        st = up2 ? lk_conv3x3_winograd_up2(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m)
+                 : lk_conv3x3_winograd_ep(&ctxs[c], &s, x, lk_wt_f32(w), bias, y, m, &ep);
+        ck_assert_int_eq(st, LDM_OK);
+        expect_same(y, ref, ny, what);
+    }
+    free(x), free(w), free(bias), free(res), free(ref), free(y);
+}
+
+START_TEST(conv2d_winograd_fused_blocks)
+{
+    lk_conv2d_shape one = {1, 64, 21, 150, 64, 3, 3, 1, 1, 1, 1, 1}; /* 38 (F4) or 75 (F2) tiles a row */
+    if (!lk_winograd_unpacked(&one, 4)) return; /* no AVX2+FMA: BLAS keeps the products, no fused blocks */
+    lk_conv2d_shape two = {2, 16, 9, 150, 32, 3, 3, 1, 1, 0, 1, 2};  /* two images, asymmetric padding */
+    lk_conv2d_shape up = {1, 32, 10, 164, 16, 3, 3, 1, 1, 1, 1, 1};  /* x at 5 x 82 */
+    for (int m = 2; m <= 4; m += 2) {
+        check_fused(one, m, 0, 0);
+        check_fused(one, m, 0, 1);
+        check_fused(two, m, 0, 1);
+        check_fused(up, m, 1, 0);
+        check_winograd(two, m);
+    }
+}
+END_TEST
+
 /* ---- float16 weights */
 
 START_TEST(half_to_float_is_exact)
@@ -885,6 +961,15 @@ START_TEST(conv2d_winograd_reports_oom)
         ldm_alloc_fail_after(0);
         ck_assert_ptr_nonnull(strstr(ldm_last_error(), "winograd"));
     }
+    lk_conv2d_shape fused = {1, 16, 5, 5, 16, 3, 3, 1, 1, 1, 1, 1};
+    float fx[400] = {0}, fw[2304] = {0}, fy[400];
+    for (int n = 1; lk_winograd_unpacked(&fused, 4) && n <= 2; n++) { /* U, then the blocks' scratch */
+        lk_scratch_trim();
+        ldm_alloc_fail_after(n);
+        ck_assert_int_eq(lk_conv3x3_winograd(&ctxs[1], &fused, fx, lk_wt_f32(fw), NULL, fy, 4), LDM_ERR_OUT_OF_MEMORY);
+        ldm_alloc_fail_after(0);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "winograd"));
+    }
 }
 END_TEST
 
@@ -994,7 +1079,10 @@ START_TEST(conv2d_epilogue)
     lk_conv2d_shape f2 = {1, 16, 18, 22, 16, 3, 3, 1, 1, 1, 1, 1};  /* Winograd F(2x2) */
     lk_conv2d_shape thin = {1, 4, 12, 10, 24, 3, 3, 1, 1, 1, 1, 1}; /* few channels: not Winograd */
     lk_conv2d_shape few = {1, 16, 9, 7, 5, 3, 3, 1, 1, 1, 1, 1};    /* <= 8 outputs: the direct path */
+    lk_conv2d_shape unpacked = {1, 32, 14, 19, 32, 3, 3, 1, 1, 1, 1, 1}; /* products without BLAS */
     for (int k = 0; k < 3; k++) {
+        check_conv_ep(unpacked, 4, k != 1, k != 0);
+        check_conv_ep(unpacked, 2, k != 1, k != 0);
         int with_res = k != 1, relu = k != 0;
         check_conv_ep(f4, 4, with_res, relu);
         check_conv_ep(f2, 2, with_res, relu);
@@ -1017,6 +1105,10 @@ START_TEST(conv2d_of_upsample)
         check_conv_up2(small, m);
         check_conv_up2(odd, m);
     }
+    /* unpacked products: several fused blocks a tile row, windows starting at odd upsampled columns */
+    lk_conv2d_shape wide = {1, 32, 12, 164, 32, 3, 3, 1, 1, 1, 1, 1};
+    check_conv_up2(wide, 4);
+    check_conv_up2(wide, 2);
     lk_conv2d_shape level8 = {1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1}; /* a small UNet's Upsample */
     if (lk_conv_wino_small_applies(&level8)) check_conv_up2(level8, -1);
     lk_conv2d_shape bad = {1, 4, 7, 8, 4, 3, 3, 1, 1, 1, 1, 1};
@@ -1491,6 +1583,8 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, conv2d_matches_reference);
     tcase_add_test(tc, conv2d_row_blocks);
     tcase_add_test(tc, conv2d_winograd_matches_reference);
+    tcase_add_test(tc, conv2d_winograd_unpacked_products);
+    tcase_add_test(tc, conv2d_winograd_fused_blocks);
     tcase_add_test(tc, conv2d_direct_matches_reference);
     tcase_add_test(tc, conv2d_of_upsample);
     tcase_add_test(tc, conv2d_epilogue);

@@ -132,6 +132,39 @@ START_TEST(autoencoder_maps_reuse_memory_in_a_pass)
 }
 END_TEST
 
+/* Large maps ask for transparent huge pages (ldm_pages_prefer_huge): advice only, so contents
+ * written before or after it stay what they are, and degenerate ranges are ignored. Whether the
+ * kernel grants huge pages depends on the system's setting, so that is not asserted. */
+START_TEST(large_maps_prefer_huge_pages)
+{
+    unsetenv("LDM_LOW_MEMORY");
+    ldm_pages_prefer_huge(NULL, 0);
+    ldm_pages_prefer_huge(NULL, (size_t)8 << 20);
+    float small[16] = {1.0f};
+    ldm_pages_prefer_huge(small, sizeof small); /* no whole 2 MiB page inside: nothing */
+    ck_assert(small[0] == 1.0f);
+    size_t n = (size_t)6 << 20, bytes = n * sizeof(float);
+    float *p = ldm_malloc_aligned(bytes);
+    ck_assert_ptr_nonnull(p);
+    for (size_t i = 0; i < n; i += 1021) p[i] = (float)i;
+    ldm_pages_prefer_huge(p + 3, bytes - 5 * sizeof(float)); /* an unaligned range of written memory */
+    for (size_t i = 0; i < n; i += 1021) ck_assert(p[i] == (float)i);
+    ldm_free(p);
+    laeb_map m;
+    for (int pooled = 0; pooled < 2; pooled++) { /* 16 MiB maps: outside a pass, then reused by the pool */
+        if (pooled) laeb_pool_begin();
+        for (int rep = 0; rep < 2; rep++) {
+            ck_assert_int_eq(laeb_map_alloc(&m, 1, 16, 512, 512), LDM_OK);
+            size_t numel = laeb_map_numel(&m);
+            for (size_t i = 0; i < numel; i++) m.d[i] = (float)(i % 977);
+            for (size_t i = 0; i < numel; i += 4093) ck_assert(m.d[i] == (float)(i % 977));
+            laeb_map_free(&m);
+        }
+        if (pooled) laeb_pool_end();
+    }
+}
+END_TEST
+
 /* ---- pages of a mapped checkpoint */
 
 enum { PR = 64, PC = 2048 }; /* a float16 matrix of 256 KiB: many pages */
@@ -263,6 +296,7 @@ static Suite *netweights_suite(void)
     tcase_add_test(tc, float16_matrices_are_borrowed);
     tcase_add_test(tc, errors_name_the_tensor);
     tcase_add_test(tc, autoencoder_maps_reuse_memory_in_a_pass);
+    tcase_add_test(tc, large_maps_prefer_huge_pages);
     tcase_add_loop_test(tc, low_memory_mode_drops_used_weight_pages, 0, 2);
     tcase_add_test(tc, weights_outside_a_mapping_are_never_dropped);
     suite_add_tcase(s, tc);

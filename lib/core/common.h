@@ -49,6 +49,10 @@ ldm_status ldm_alloc_failure_status(void);
  * unchanged from the file (or the page cache) on the next access; on any other memory it would
  * lose data. ldm_heap_trim returns the allocator's free heap memory to the system. */
 void ldm_pages_drop(const void *p, size_t bytes);
+/* Asks for transparent huge pages on the whole 2 MiB pages inside [p, p + bytes) of fresh heap
+ * memory (madvise MADV_HUGEPAGE; where the system's setting is "madvise"): one page fault per
+ * 2 MiB on first touch instead of 512. For large buffers written soon after (feature maps). */
+void ldm_pages_prefer_huge(void *p, size_t bytes);
 void ldm_heap_trim(void);
 
 /* The *_params_init_size pattern: copies min(dst_size, def_size) bytes of a defaults struct to the

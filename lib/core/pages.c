@@ -31,6 +31,19 @@ void ldm_pages_drop(const void *p, size_t bytes)
     (void)madvise((void *)begin, end - begin, MADV_DONTNEED);
 }
 
+void ldm_pages_prefer_huge(void *p, size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t begin = ((uintptr_t)p + huge - 1) / huge * huge, end = ((uintptr_t)p + bytes) / huge * huge;
+    if (!p || end <= begin) return;
+    /* Failure (no transparent huge pages in this kernel) only costs the page faults. */
+    (void)madvise((void *)begin, end - begin, MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
 void ldm_heap_trim(void)
 {
 #ifdef __GLIBC__

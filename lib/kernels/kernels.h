@@ -176,6 +176,12 @@ ldm_status lk_conv3x3_winograd_ep(const lctx *c, const lk_conv2d_shape *s, const
 /* How lk_conv3x3_winograd cuts shape s (for tests): tiles per product (a block of the batch's
  * tiles) and output channels per group of transformed weights. */
 void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block, int *channels_per_group);
+/* 1 when lk_conv3x3_winograd's products for shape s run unpacked (lk_gemm_small's kernel on the
+ * transformed weights' own panels) rather than through BLAS (for tests). */
+int lk_winograd_unpacked(const lk_conv2d_shape *s, int m);
+/* Unpacked products with one group of output channels run in small fused blocks, on by default;
+ * off (0) makes them take the large-block path, the reference those blocks are tested against. */
+void lk_winograd_fused_enable(int on);
 /* Stride-1 convolutions with at most 8 output channels (the last layer of a decoder or UNet),
  * computed directly (conv_direct.c); lk_conv_direct_applies says which shapes it takes. */
 int lk_conv_direct_applies(const lk_conv2d_shape *s);

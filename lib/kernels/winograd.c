@@ -33,6 +33,7 @@
 #include "simd.h"
 
 #include <cblas.h>
+#include <stdatomic.h>
 
 #define WG_TMAX 6             /* largest input tile edge (F(4x4,3x3)) */
 #define WG_XIMAX (WG_TMAX * WG_TMAX)
@@ -54,10 +55,12 @@ typedef struct wg_plan {
     int ic8;                        /* channel stride of the staged input, V and U */
     int og, og8;                    /* output channels per group; stride of M */
     int stage_w, stage_rows;        /* staged input: columns, rows (for the largest block) */
+    int col0;                       /* padded input column of staged column 0 (a fused block's window) */
     int up2;                        /* x is at half resolution: convolve its nearest 2x upsample */
     int T, Mo, XI;                  /* input tile edge, output tile edge, T*T: 6, 4, 36 or 4, 2, 16 */
     const float *res;               /* the epilogue (lk_conv_ep): residual [B,OC,OH,OW] or NULL */
     int relu;
+    int panels;                     /* products by lk_gemm_small_batched, U[xi] in its 16-column panels */
     float *U, *V, *M, *S;
     size_t bytes[4]; /* of U, V, M, S */
 } wg_plan;
@@ -130,6 +133,18 @@ LK_BODY void weight_transform_body(const wt_job *j, int o, const int T)
                 v8f row[3] = {t[0][i], t[1][i], t[2][i]};
                 gtf(T, row, u[i]);
             }
+            if (j->p->panels) { /* U[xi] as IC x ogn panels: ic at row c0 + l0 + l, o at column o */
+                int nl = LDM_MIN(LANES, n - l0);
+                size_t at = (size_t)(o / 16) * 16 * IC + (size_t)(c0 + l0) * 16 + o % 16;
+                for (int i = 0; i < T; i++)
+                    for (int k = 0; k < T; k++) {
+                        float lanes[LANES];
+                        STORE(lanes, u[i][k]);
+                        float *d = j->p->U + (size_t)(i * T + k) * j->ogn * IC + at;
+                        for (int l = 0; l < nl; l++) d[(size_t)l * 16] = lanes[l];
+                    }
+                continue;
+            }
             for (int i = 0; i < T; i++)
                 for (int k = 0; k < T; k++) STORE(dst + (size_t)(i * T + k) * plane + c0 + l0, u[i][k]);
         }
@@ -175,7 +190,7 @@ LK_BODY void stage_row_up2(const in_job *j, float *dst, int ih, int lo, int hi)
 {
     const wg_plan *p = j->p;
     const lk_conv2d_shape *s = p->s;
-    int hw = s->in_w / 2;
+    int hw = s->in_w / 2, c0 = p->col0 - s->pad_left; /* upsampled column of staged column 0 */
     size_t plane = (size_t)(s->in_h / 2) * hw;
     const float *src = j->x + (size_t)(ih / 2) * hw;
     for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
@@ -183,19 +198,19 @@ LK_BODY void stage_row_up2(const in_job *j, float *dst, int ih, int lo, int hi)
         int n = LDM_MIN(LANES, s->in_ch - ic0), col = lo;
         for (int l = 0; l < n; l++) rows[l] = src + (size_t)(ic0 + l) * plane;
         if (n == LANES)
-            for (; col + LANES <= hi; col += LANES) { /* iw = col - pad_left is even here */
+            for (; col + LANES <= hi; col += LANES) {
                 float dup[LANES][LANES];
                 const float *at[LANES];
-                int sc = (col - s->pad_left) / 2;
+                int iw = c0 + col; /* >= 0 from col = lo on */
                 for (int l = 0; l < LANES; l++) {
-                    for (int k = 0; k < LANES; k++) dup[l][k] = rows[l][sc + k / 2];
+                    for (int k = 0; k < LANES; k++) dup[l][k] = rows[l][(iw + k) / 2];
                     at[l] = dup[l];
                 }
                 transpose8(at, dst + (size_t)col * p->ic8 + ic0, (size_t)p->ic8);
             }
         for (; col < hi; col++) {
             float *d = dst + (size_t)col * p->ic8 + ic0;
-            int sc = (col - s->pad_left) / 2;
+            int sc = (c0 + col) / 2;
             for (int l = 0; l < n; l++) d[l] = rows[l][sc];
             for (int l = n; l < LANES; l++) d[l] = 0.0f;
         }
@@ -214,7 +229,8 @@ LK_BODY void stage_row_body(const in_job *j, int i)
     }
     /* columns outside the image, then the image columns 8 channels at a time: 8 sequential
      * reads, transposed 8 columns at a time into contiguous writes */
-    int lo = LDM_MIN(s->pad_left, p->stage_w), hi = LDM_MIN(p->stage_w, s->pad_left + s->in_w);
+    int lo = LDM_MAX(0, LDM_MIN(s->pad_left - p->col0, p->stage_w));
+    int hi = LDM_MAX(lo, LDM_MIN(p->stage_w, s->pad_left + s->in_w - p->col0));
     memset(dst, 0, sizeof(float) * (size_t)lo * p->ic8);
     if (hi < p->stage_w) memset(dst + (size_t)hi * p->ic8, 0, sizeof(float) * (size_t)(p->stage_w - hi) * p->ic8);
     if (p->up2) {
@@ -222,7 +238,7 @@ LK_BODY void stage_row_body(const in_job *j, int i)
         return;
     }
     size_t plane = (size_t)s->in_h * s->in_w;
-    const float *src = j->x + (size_t)ih * s->in_w - s->pad_left;
+    const float *src = j->x + (size_t)ih * s->in_w - s->pad_left + p->col0;
     for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
         const float *rows[LANES];
         int n = LDM_MIN(LANES, s->in_ch - ic0), col = lo;
@@ -280,7 +296,7 @@ LK_BODY void input_transform_body(const in_job *j, int task, const int T)
     size_t xi_stride = (size_t)p->tb * p->ic8, row = (size_t)p->stage_w * p->ic8;
     for (int t = task * WG_TILES_PER_TASK; t < t1; t++) {
         int tile = j->t0 + t, ty = tile / p->tiles_x - j->ty0, tx = tile % p->tiles_x;
-        const float *patch = p->S + (size_t)(ty * Mo) * row + (size_t)(tx * Mo) * p->ic8;
+        const float *patch = p->S + (size_t)(ty * Mo) * row + (size_t)(tx * Mo - p->col0) * p->ic8;
         float *v = p->V + (size_t)(j->r0 + t) * p->ic8;
         for (int ic0 = 0; ic0 < p->ic8; ic0 += LANES) {
             v8f d[WG_XIMAX], h[WG_XIMAX], o[WG_XIMAX];
@@ -523,6 +539,26 @@ static size_t request_bytes(size_t need, size_t budget_floats)
     return need > budget / 4 && need < budget ? budget : need;
 }
 
+/* Products with few input channels (K) go to lk_gemm_small's register-blocked kernel instead of
+ * BLAS: at K = 64 OpenBLAS's packing of both operands and its zeroing of M for beta = 0 take a
+ * third of the product time (docs/performance.md, TAESD), while the unpacked kernel reads V in
+ * place and U[xi] from the panels the weight transform writes (no copy). It needs whole panels
+ * of 16 output channels in every group and the AVX2+FMA kernel (elsewhere BLAS keeps the
+ * products, as lk_gemm does). A rule on the shape and the CPU alone, never the thread count.
+ * Measured (whole convolution, 1 thread, CPU time, Zen 3): K = 64 10-17 % faster at 64^2-512^2,
+ * K = 96 and 128 6-12 %, K = 256 even, K = 320 and 512 5-10 % slower: BLAS keeps those. */
+#define WG_UNPACKED_MAX_K 128
+static int products_unpacked(const lk_conv2d_shape *s, int og, int XI)
+{
+#ifdef LK_DISPATCH
+    return lk_cpu_has_avx2_fma() && s->in_ch <= WG_UNPACKED_MAX_K && og % 16 == 0 && s->out_ch % 16 == 0 &&
+           XI <= LK_GEMM_BATCH_MAX;
+#else
+    (void)s, (void)og, (void)XI;
+    return 0;
+#endif
+}
+
 /* Tiling and blocking of the plan, from the shape alone. */
 static void plan_shape(wg_plan *p)
 {
@@ -533,6 +569,7 @@ static void plan_shape(wg_plan *p)
     p->tiles = p->tiles_x * ((p->OH + p->Mo - 1) / p->Mo);
     p->og = balanced(OC, LDM_MAX((size_t)WG_MIN_GROUP, WG_U_BUDGET / ((size_t)p->XI * p->ic8)), 8);
     p->og8 = round8(p->og);
+    p->panels = products_unpacked(s, p->og, p->XI);
     size_t per_tile = (size_t)p->XI * (size_t)LDM_MAX(p->ic8, p->og8);
     p->tb = balanced((long)p->tiles * s->batch, LDM_MAX((size_t)16, WG_V_BUDGET / per_tile), 8);
     p->stage_w = p->tiles_x * p->Mo + 2;
@@ -565,6 +602,8 @@ void lk_winograd_blocking(const lk_conv2d_shape *s, int m, int *tiles_per_block,
     *tiles_per_block = p.tb;
     *channels_per_group = p.og;
 }
+
+int lk_winograd_unpacked(const lk_conv2d_shape *s, int m) { return plan_make(s, m, 0).panels; }
 
 static ldm_status plan_alloc(wg_plan *p)
 {
@@ -610,8 +649,13 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
             transform_input(p, f, c, x, b, t0, n, (int)(g - g0));
             g += n;
         }
-        prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0, NULL};
-        lpool_run(lk_pool_for_flops(c, 2.0 * p->XI * ogn * s->in_ch * nt), p->XI, product_task, &pj);
+        if (p->panels) {
+            lk_gemm_small_batched(c, p->XI, nt, ogn, s->in_ch, p->V, (size_t)p->tb * p->ic8, p->ic8, p->U,
+                                  (size_t)ogn * s->in_ch, p->M, (size_t)p->tb * p->og8, p->og8);
+        } else {
+            prod_job pj = {p, bias, NULL, og0, ogn, 0, nt, 0, NULL};
+            lpool_run(lk_pool_for_flops(c, 2.0 * p->XI * ogn * s->in_ch * nt), p->XI, product_task, &pj);
+        }
         for (long g = g0; g < g0 + nt;) {
             int b = (int)(g / p->tiles), t0 = (int)(g % p->tiles);
             int n = (int)LDM_MIN((long)(p->tiles - t0), g0 + nt - g);
@@ -624,6 +668,99 @@ static void run_group(const wg_plan *p, const wg_fns *f, const lctx *c, const fl
     }
 }
 
+/* ---------------------------------------------------------------- fused blocks */
+
+/* With unpacked products and one group of output channels, a block of WG_FUSED_TILES tiles of one
+ * tile row goes through all four phases on one thread (stage its window of the input, transform,
+ * the XI products, the output transform), its staged input, V and M in that thread's own small
+ * scratch, which stays in the core's caches: the large-block path streams V and M (16 MiB each)
+ * through memory, and its output transform, reading the 36 values of a tile from 36 places
+ * 466 KB apart, waited on cache and TLB misses for a third of its time (perf, TAESD at 512^2);
+ * the workers also meet only once per call instead of four times per block.
+ * Every output element sees the same operations in the same order as in the large-block path
+ * (the transforms are elementwise over channels, each product element one FMA chain in channel
+ * order), so results are bitwise the same as that path's and any thread count's. */
+/* Tiles per fused block: a multiple of lk_gemm_small's 6-row register block. Measured on a TAESD
+ * decode at 512^2 (1 thread, best CPU time): 16 tiles 1.09-1.15 s, 18-30 0.95-1.03 s, 36
+ * 0.95-0.98 s. At 64 channels a worker's scratch is then 0.9 MB (staged window 224 KB, V and M
+ * 332 KB each). */
+#define WG_FUSED_TILES 36
+
+static int fused_on = 1;
+void lk_winograd_fused_enable(int on) { fused_on = on; }
+
+static int fused_applies(const wg_plan *p) { return fused_on && p->panels && p->og == p->s->out_ch; }
+
+typedef struct fused_job {
+    const wg_plan *p;
+    const wg_fns *f;
+    const float *x, *bias;
+    float *y;
+    float *scratch;     /* per worker: staged window, V, M */
+    size_t slot;        /* floats per worker */
+    int blocks_x;       /* blocks per tile row */
+    long blocks;        /* of the whole batch */
+    atomic_long next;   /* the next block to take */
+} fused_job;
+
+static size_t fused_s_floats(const wg_plan *p) { return (size_t)p->T * (WG_FUSED_TILES * p->Mo + 2) * p->ic8; }
+static size_t fused_v_floats(const wg_plan *p) { return (size_t)p->XI * WG_FUSED_TILES * p->ic8; }
+static size_t fused_m_floats(const wg_plan *p) { return (size_t)p->XI * WG_FUSED_TILES * p->og8; }
+
+static void fused_block(const fused_job *fj, float *slot, long bi)
+{
+    const wg_plan *p = fj->p;
+    const lk_conv2d_shape *s = p->s;
+    int rows = p->tiles / p->tiles_x, b = (int)(bi / ((long)rows * fj->blocks_x));
+    int in_img = (int)(bi % ((long)rows * fj->blocks_x)), ty = in_img / fj->blocks_x;
+    int tx0 = (in_img % fj->blocks_x) * WG_FUSED_TILES, n = LDM_MIN(WG_FUSED_TILES, p->tiles_x - tx0);
+    wg_plan q = *p; /* the block's window: its own scratch, V and M strides of WG_FUSED_TILES rows */
+    q.S = slot;
+    q.V = q.S + fused_s_floats(p);
+    q.M = q.V + fused_v_floats(p);
+    q.tb = WG_FUSED_TILES;
+    q.stage_w = n * p->Mo + 2;
+    q.col0 = tx0 * p->Mo;
+    int t0 = ty * p->tiles_x + tx0;
+    const float *xb = fj->x + (size_t)b * s->in_ch * s->in_h * s->in_w / (p->up2 ? 4 : 1);
+    in_job ij = {&q, xb, t0, n, ty, 0};
+    for (int i = 0; i < p->T; i++) fj->f->stage(&ij, i);
+    for (int k = 0; k * WG_TILES_PER_TASK < n; k++) fj->f->input(&ij, k);
+    lctx serial = {0};
+    lk_gemm_small_batched(&serial, p->XI, n, s->out_ch, s->in_ch, q.V, (size_t)q.tb * p->ic8, p->ic8, p->U,
+                          (size_t)s->out_ch * s->in_ch, q.M, (size_t)q.tb * p->og8, p->og8);
+    size_t image = (size_t)b * s->out_ch * p->OH * p->OW;
+    prod_job oj = {&q, fj->bias, fj->y + image, 0, s->out_ch, t0, n, 0, p->res ? p->res + image : NULL};
+    for (int k = 0; k * WG_TILES_PER_TASK < n; k++) fj->f->output(&oj, k);
+}
+
+static void fused_task(void *arg, int worker)
+{
+    fused_job *fj = arg;
+    float *slot = fj->scratch + (size_t)worker * fj->slot;
+    for (long bi; (bi = atomic_fetch_add(&fj->next, 1)) < fj->blocks;) fused_block(fj, slot, bi);
+}
+
+static ldm_status run_fused(const wg_plan *p, const wg_fns *f, const lctx *c, const float *x, const float *bias,
+                            float *y)
+{
+    const lk_conv2d_shape *s = p->s;
+    fused_job fj = {.p = p, .f = f, .x = x, .bias = bias, .y = y};
+    fj.blocks_x = (p->tiles_x + WG_FUSED_TILES - 1) / WG_FUSED_TILES;
+    fj.blocks = (long)s->batch * (p->tiles / p->tiles_x) * fj.blocks_x;
+    fj.slot = (fused_s_floats(p) + fused_v_floats(p) + fused_m_floats(p) + 15) & ~(size_t)15;
+    lpool *pool = lk_pool_for_flops(c, 2.0 * p->XI * s->out_ch * s->in_ch * p->tiles * s->batch);
+    int workers = (int)LDM_MIN((long)lctx_threads(c), fj.blocks);
+    if (!pool) workers = 1;
+    size_t bytes = sizeof(float) * fj.slot * workers;
+    fj.scratch = lk_scratch_get(bytes);
+    if (!fj.scratch) return ldm_fail_context(ldm_alloc_failure_status(), "conv2d (winograd) scratch: ");
+    atomic_init(&fj.next, 0);
+    lpool_run(pool, workers, fused_task, &fj);
+    lk_scratch_put(fj.scratch, bytes);
+    return LDM_OK;
+}
+
 static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float *x, lk_wt w, const float *bias,
                            float *y, int m, int up2, const lk_conv_ep *ep)
 {
@@ -632,9 +769,18 @@ static ldm_status winograd(const lctx *c, const lk_conv2d_shape *s, const float 
     wg_plan p = plan_make(s, m, up2);
     p.res = ep ? ep->res : NULL;
     p.relu = ep ? ep->relu : 0;
+    wg_fns f = pick_fns();
+    if (fused_applies(&p)) {
+        p.U = lk_scratch_get(p.bytes[0]);
+        if (!p.U) return ldm_fail_context(ldm_alloc_failure_status(), "conv2d (winograd) scratch: ");
+        wt_job wj = {&p, w, 0, s->out_ch};
+        lpool_run(lk_pool_for_bytes(c, 4.0 * s->out_ch * s->in_ch * (9 + p.XI)), s->out_ch, f.weights, &wj);
+        ldm_status st = run_fused(&p, &f, c, x, bias, y);
+        lk_scratch_put(p.U, p.bytes[0]);
+        return st;
+    }
     LDM_TRY(plan_alloc(&p));
     lk_blas_init();
-    wg_fns f = pick_fns();
     for (int og0 = 0; og0 < s->out_ch; og0 += p.og) {
         int ogn = LDM_MIN(p.og, s->out_ch - og0);
         wt_job wj = {&p, w, og0, ogn};
