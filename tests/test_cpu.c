@@ -174,27 +174,30 @@ static void check_winograd(const char *fam, int m, int IC, int H, int W, int OC)
     free(x), free(w), free(b), free(ref);
 }
 
-static void check_norms(const char *fam)
+/* GroupNorm (B, C, HW, G) and LayerNorm (rows x dim) with and without their affine parameters
+ * (affine 0: neither, else both). */
+static void check_norms_shape(const char *fam, int B, int C, int HW, int G, int rows, int dim, int affine)
 {
-    int B = 2, C = 64, HW = 300, G = 32;
-    size_t n = (size_t)B * C * HW;
-    float *x = rnd(n, 7, 2), *g = rnd((size_t)C, 8, 1), *be = rnd((size_t)C, 9, 1);
+    size_t n = LDM_MAX((size_t)B * C * HW, (size_t)rows * dim);
+    float *x = rnd(n, 7, 2), *g = affine ? rnd((size_t)C, 8, 1) : NULL, *be = affine ? rnd((size_t)C, 9, 1) : NULL;
     float *ref = malloc(sizeof(float) * n), *ref_silu = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) x[i] += 0.5f;
+    size_t ng = (size_t)B * C * HW;
     lk_ref_group_norm(x, B, C, HW, G, 1e-5f, g, be, ref);
-    for (size_t i = 0; i < n; i++) ref_silu[i] = (float)(ref[i] / (1.0 + exp(-(double)ref[i])));
-    ACROSS_CTX(n, ref, 4e-6, fam, "group_norm", lk_group_norm(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
-    ACROSS_CTX(n, ref_silu, 4e-6, fam, "group_norm_silu", lk_group_norm_silu(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
-    int rows = 37, dim = 77;
-    float *lg = rnd((size_t)dim, 11, 1), *lb = rnd((size_t)dim, 12, 1);
+    for (size_t i = 0; i < ng; i++) ref_silu[i] = (float)(ref[i] / (1.0 + exp(-(double)ref[i])));
+    ACROSS_CTX(ng, ref, 4e-6, fam, "group_norm", lk_group_norm(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
+    ACROSS_CTX(ng, ref_silu, 4e-6, fam, "group_norm_silu", lk_group_norm_silu(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
+    float *lg = affine ? rnd((size_t)dim, 11, 1) : NULL, *lb = affine ? rnd((size_t)dim, 12, 1) : NULL;
     lk_ref_layer_norm(x, rows, dim, 1e-5f, lg, lb, ref);
     ACROSS_CTX((size_t)rows * dim, ref, 4e-6, fam, "layer_norm", lk_layer_norm(ctx, x, rows, dim, 1e-5f, lg, lb, y));
     free(x), free(g), free(be), free(lg), free(lb), free(ref), free(ref_silu);
 }
 
-static void check_activations(const char *fam)
+static void check_norms(const char *fam) { check_norms_shape(fam, 2, 64, 300, 32, 37, 77, 1); }
+
+/* GELU, SiLU, QuickGELU over n values and softmax over rows x cols (n >= rows * cols). */
+static void check_activations_shape(const char *fam, size_t n, int rows, int cols)
 {
-    size_t n = 16411; /* not a multiple of 8: tails */
     float *x = rnd(n, 10, 6), *ref = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] * 0.5 * (1.0 + erf(x[i] / sqrt(2.0))));
     ACROSS_CTX(n, ref, 2e-6, fam, "gelu", memcpy(y, x, sizeof(float) * n); lk_gelu_ctx(ctx, y, n));
@@ -202,7 +205,6 @@ static void check_activations(const char *fam)
     ACROSS_CTX(n, ref, 2e-6, fam, "silu", memcpy(y, x, sizeof(float) * n); lk_silu_ctx(ctx, y, n));
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-1.702 * x[i])));
     ACROSS_CTX(n, ref, 2e-6, fam, "quick_gelu", memcpy(y, x, sizeof(float) * n); lk_quick_gelu_ctx(ctx, y, n));
-    int rows = 41, cols = 397;
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * cols;
         double mx = -INFINITY, sum = 0;
@@ -214,6 +216,8 @@ static void check_activations(const char *fam)
                memcpy(y, x, sizeof(float) * rows * cols); lk_softmax_rows_ctx(ctx, y, rows, cols));
     free(x), free(ref);
 }
+
+static void check_activations(const char *fam) { check_activations_shape(fam, 16411, 41, 397); /* tails */ }
 
 /* Every half value, widened at every offset of a block: exact (NaNs stay NaN). */
 static void check_half(const char *fam)
@@ -292,21 +296,39 @@ static void check_16lane(const char *fam)
     RAN16("attention", check_attention(fam, 1, 1, 200, 530, 160, 1));
     RAN16("attention", check_attention(fam, 1, 1, 5, 3, 3, 1));
     RAN16("attention", check_attention(fam, 1, 2, 100, 48, 64, 0));
+    /* norms: groups and rows shorter than a vector, of a vector plus a tail, and longer */
+    RAN16("norms", check_norms(fam));
+    RAN16("norms", check_norms_shape(fam, 1, 6, 7, 3, 5, 13, 0));
+    RAN16("norms", check_norms_shape(fam, 3, 8, 17, 2, 9, 16, 1));
+    RAN16("norms", check_norms_shape(fam, 1, 32, 4100, 8, 3, 768, 0));
+    /* activations and softmax: tails, a pool split, rows shorter than a vector */
+    RAN16("activations", check_activations(fam));
+    RAN16("activations", check_activations_shape(fam, 40000, 33, 16));
+    RAN16("activations", check_activations_shape(fam, 21, 7, 3));
 }
 
 /* Outputs of the 16-lane kernels on fixed inputs, serial (ctx 0), as one malloc'ed buffer. */
 static float *outputs16(size_t *n_out)
 {
-    int B = 1, H = 2, T = 97, S = 290, D = 40;
-    size_t nq = (size_t)B * H * T * D, nk = (size_t)B * H * S * D, n = 2 * nq;
-    float *q = rnd(nq, 21, 1), *k = rnd(nk, 22, 1), *v = rnd(nk, 23, 1), *out = malloc(sizeof(float) * n);
+    int B = 1, H = 2, T = 97, S = 290, D = 40, C = 32, HW = 333, G = 8, dim = 77, rows = 13;
+    size_t nq = (size_t)B * H * T * D, nk = (size_t)B * H * S * D, ng = (size_t)C * HW, nl = (size_t)rows * dim;
+    size_t n = 2 * nq + 2 * ng + nl + 3 * ng;
+    float *q = rnd(nq, 21, 1), *k = rnd(nk, 22, 1), *v = rnd(nk, 23, 1), *x = rnd(ng, 24, 5);
+    float *gamma = rnd((size_t)C, 25, 1), *beta = rnd((size_t)C, 26, 1), *out = malloc(sizeof(float) * n), *o = out;
     lk_view vq = {q, (long)H * T * D, (long)T * D, D, 1}, vk = {k, (long)H * S * D, (long)S * D, D, 1};
     lk_view vv = {v, (long)H * S * D, (long)S * D, D, 1};
-    for (int causal = 0; causal < 2; causal++) {
-        lk_view vo = {out + causal * nq, (long)H * T * D, (long)T * D, D, 1};
+    for (int causal = 0; causal < 2; causal++, o += nq) {
+        lk_view vo = {o, (long)H * T * D, (long)T * D, D, 1};
         ck_assert_int_eq(lk_attention(&ctxs[0], B, H, T, S, D, vq, vk, vv, vo, 0.3f, causal), LDM_OK);
     }
-    free(q), free(k), free(v);
+    lk_group_norm(&ctxs[0], x, 1, C, HW, G, 1e-5f, gamma, beta, o), o += ng;
+    lk_group_norm_silu(&ctxs[0], x, 1, C, HW, G, 1e-5f, gamma, beta, o), o += ng;
+    lk_layer_norm(&ctxs[0], x, rows, dim, 1e-5f, NULL, NULL, o), o += nl;
+    memcpy(o, x, sizeof(float) * ng), lk_gelu(o, ng), o += ng;
+    memcpy(o, x, sizeof(float) * ng), lk_quick_gelu(o, ng), o += ng;
+    memcpy(o, x, sizeof(float) * ng), lk_softmax_rows(o, C, HW), o += ng;
+    ck_assert_uint_eq((size_t)(o - out), n);
+    free(q), free(k), free(v), free(x), free(gamma), free(beta);
     *n_out = n;
     return out;
 }
@@ -325,6 +347,10 @@ START_TEST(avx512_test_instances_match_references)
     lk_cpu_avx512_test_instances(1);
     ck_assert_int_eq(lk_cpu_avx512_mode(), 2);
     check_16lane("avx512 test instances");
+    size_t n; /* the helper the AVX-512 test compares with runs here too */
+    float *y = outputs16(&n);
+    for (size_t i = 0; i < n; i++) ck_assert_msg(isfinite(y[i]), "outputs16: %zu is %g", i, y[i]);
+    free(y);
     force("generic"); /* only under avx2+fma */
     ck_assert_int_eq(lk_cpu_avx512_mode(), 0);
     lk_cpu_avx512_test_instances(0);

@@ -80,6 +80,8 @@ void lk_cpu_avx512_test_ran(void);
 #define LK_INSTANCES16_VOID(name, params, body_call)                                               \
     static LK_AVX512 void name##_avx512 params { body_call; }                                      \
     static LK_AVX512_TEST void name##_avx512_test params { body_call; }
+#else
+#define LK_PICK16(avx512_call, test_call, other_call) (other_call)
 #endif
 
 /* Tests: run the AVX2-compiled test instances of the 16-lane kernels (1) while the kernel family
