@@ -305,14 +305,18 @@ static void check_16lane(const char *fam)
     RAN16("activations", check_activations(fam));
     RAN16("activations", check_activations_shape(fam, 40000, 33, 16));
     RAN16("activations", check_activations_shape(fam, 21, 7, 3));
+    /* float16 widening: every half value at an odd address, a tail of 3 */
+    RAN16("half", check_half(fam));
 }
 
-/* Outputs of the 16-lane kernels on fixed inputs, serial (ctx 0), as one malloc'ed buffer. */
+/* Outputs of the 16-lane kernels on fixed inputs, serial (ctx 0), as one malloc'ed buffer; the
+ * last N_HALVES16 are widened halves (NaN among them), the others finite. */
+#define N_HALVES16 (65536 + 5)
 static float *outputs16(size_t *n_out)
 {
     int B = 1, H = 2, T = 97, S = 290, D = 40, C = 32, HW = 333, G = 8, dim = 77, rows = 13;
     size_t nq = (size_t)B * H * T * D, nk = (size_t)B * H * S * D, ng = (size_t)C * HW, nl = (size_t)rows * dim;
-    size_t n = 2 * nq + 2 * ng + nl + 3 * ng;
+    size_t nh = N_HALVES16, n = 2 * nq + 2 * ng + nl + 3 * ng + nh;
     float *q = rnd(nq, 21, 1), *k = rnd(nk, 22, 1), *v = rnd(nk, 23, 1), *x = rnd(ng, 24, 5);
     float *gamma = rnd((size_t)C, 25, 1), *beta = rnd((size_t)C, 26, 1), *out = malloc(sizeof(float) * n), *o = out;
     lk_view vq = {q, (long)H * T * D, (long)T * D, D, 1}, vk = {k, (long)H * S * D, (long)S * D, D, 1};
@@ -327,6 +331,10 @@ static float *outputs16(size_t *n_out)
     memcpy(o, x, sizeof(float) * ng), lk_gelu(o, ng), o += ng;
     memcpy(o, x, sizeof(float) * ng), lk_quick_gelu(o, ng), o += ng;
     memcpy(o, x, sizeof(float) * ng), lk_softmax_rows(o, C, HW), o += ng;
+    uint16_t *halves = malloc(2 * nh);
+    for (size_t i = 0; i < nh; i++) halves[i] = (uint16_t)(i * 40503u);
+    lk_half_to_float(halves, nh, o), o += nh;
+    free(halves);
     ck_assert_uint_eq((size_t)(o - out), n);
     free(q), free(k), free(v), free(x), free(gamma), free(beta);
     *n_out = n;
@@ -349,7 +357,7 @@ START_TEST(avx512_test_instances_match_references)
     check_16lane("avx512 test instances");
     size_t n; /* the helper the AVX-512 test compares with runs here too */
     float *y = outputs16(&n);
-    for (size_t i = 0; i < n; i++) ck_assert_msg(isfinite(y[i]), "outputs16: %zu is %g", i, y[i]);
+    for (size_t i = 0; i + N_HALVES16 < n; i++) ck_assert_msg(isfinite(y[i]), "outputs16: %zu is %g", i, y[i]);
     free(y);
     force("generic"); /* only under avx2+fma */
     ck_assert_int_eq(lk_cpu_avx512_mode(), 0);
