@@ -1,7 +1,7 @@
 /* peak.c - measures this machine's single-precision FMA peak, the yardstick the performance docs
  * state results against (a share of the machine's own peak, not a bare time).
  *
- *   build/bench/peak [--seconds S] [--threads N] [--isa fma|avx|generic]
+ *   build/bench/peak [--seconds S] [--threads N] [--isa avx512|fma|avx|generic]
  *
  * prints GFLOP/s with 1 thread and with N threads (default: every online CPU); a share of the peak
  * should be taken against the peak at the thread count the measured run used. A last line gives
@@ -9,7 +9,8 @@
  * what a core does while it runs, which other jobs competing for the cores do not lower (they
  * lower the wall-clock rates above).
  *
- * Each thread runs independent chains of 8-wide FMAs (AVX2+FMA, when the CPU has them), 8-wide
+ * Each thread runs independent chains of 16-wide FMAs (AVX-512 F, when the CPU has it: the peak
+ * of libldm's "avx512" kernel family), 8-wide FMAs (AVX2+FMA, when the CPU has them), 8-wide
  * multiplies and adds (AVX without FMA: the peak of an AVX2-only CPU, which libldm's "avx2"
  * kernel family targets) or 4-wide multiply-adds (any other CPU), enough chains to hide the
  * latency, and counts 2 FLOPs per lane and multiply-add. --isa picks one of those the CPU has
@@ -56,6 +57,26 @@ __attribute__((target("avx2,fma"))) static double fma_chains_avx2(long rounds, f
     return (double)rounds * INNER * CHAINS * 8 * 2;
 }
 
+/* 16-wide FMAs on zmm registers (AVX-512 F; 32 registers, so 12 chains still fit). Never run on
+ * the machine this was written on (no AVX-512): it measures the AVX-512 peak where it exists. */
+__attribute__((target("avx512f"))) static double fma_chains_avx512(long rounds, float *sink)
+{
+    __m512 acc[CHAINS];
+    for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_set1_ps(0.001f * (float)c);
+    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (long r = 0; r < rounds; r++)
+        for (int i = 0; i < INNER; i++) {
+#pragma GCC unroll 12
+            for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+        }
+    __m512 s = acc[0];
+    for (int c = 1; c < CHAINS; c++) s = _mm512_add_ps(s, acc[c]);
+    float out[16];
+    _mm512_storeu_ps(out, s);
+    *sink = out[0];
+    return (double)rounds * INNER * CHAINS * 16 * 2;
+}
+
 /* The same with a separate multiply and add (no FMA): two instructions, 2 FLOPs per lane. */
 __attribute__((target("avx"))) static double muladd_chains_avx(long rounds, float *sink)
 {
@@ -95,15 +116,17 @@ static double madd_chains_generic(long rounds, float *sink)
     return (double)rounds * INNER * CHAINS * 4 * 2;
 }
 
-enum { ISA_GENERIC, ISA_AVX, ISA_FMA };
-static const char *const isa_names[] = {"generic", "avx", "fma"};
+enum { ISA_GENERIC, ISA_AVX, ISA_FMA, ISA_AVX512, N_ISA };
+static const char *const isa_names[] = {"generic", "avx", "fma", "avx512"};
 static int isa = -1; /* chosen in main */
 
-/* The best the CPU has: AVX2+FMA, AVX, or the generic code. */
+/* The best the CPU has: AVX-512 F (with the OS saving its registers, which the builtin checks),
+ * AVX2+FMA, AVX, or the generic code. */
 static int best_isa(void)
 {
 #ifdef PEAK_X86
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_FMA;
     if (__builtin_cpu_supports("avx")) return ISA_AVX;
 #endif
@@ -129,7 +152,8 @@ static void *run_worker(void *arg)
     double t0 = now(), c0 = thread_cpu(), flops = 0;
     do {
 #ifdef PEAK_X86
-        flops += isa == ISA_FMA   ? fma_chains_avx2(rounds, &w->sink)
+        flops += isa == ISA_AVX512 ? fma_chains_avx512(rounds, &w->sink)
+                 : isa == ISA_FMA  ? fma_chains_avx2(rounds, &w->sink)
                  : isa == ISA_AVX ? muladd_chains_avx(rounds, &w->sink)
                                   : madd_chains_generic(rounds, &w->sink);
 #else
@@ -182,17 +206,17 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
             want = argv[++i];
         } else {
-            fprintf(stderr, "usage: peak [--seconds S] [--threads N] [--isa fma|avx|generic]\n");
+            fprintf(stderr, "usage: peak [--seconds S] [--threads N] [--isa avx512|fma|avx|generic]\n");
             return 2;
         }
     }
     isa = best_isa();
     if (want) {
         int w = -1;
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < N_ISA; k++)
             if (!strcmp(want, isa_names[k])) w = k;
         if (w < 0 || w > isa) {
-            fprintf(stderr, "peak: --isa %s: %s\n", want, w < 0 ? "expected fma, avx or generic" : "this CPU lacks it");
+            fprintf(stderr, "peak: --isa %s: %s\n", want, w < 0 ? "expected avx512, fma, avx or generic" : "this CPU lacks it");
             return 2;
         }
         isa = w;
@@ -206,7 +230,7 @@ int main(int argc, char **argv)
         n = cpus < 1 ? 1 : cpus > 256 ? 256 : (int)cpus;
     }
     static const char *const isa_text[] = {"generic C, 4 lanes", "AVX multiply + add, no FMA, 8 lanes",
-                                           "AVX2+FMA, 8 lanes"};
+                                           "AVX2+FMA, 8 lanes", "AVX-512 FMA, 16 lanes"};
     printf("FMA peak (%s, single precision, best of 3 runs of %.1f s)\n", isa_text[isa], seconds);
     int counts[2] = {1, n};
     double per_cpu = 0;

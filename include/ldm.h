@@ -52,8 +52,9 @@ extern "C" {
 LDM_API const char *ldm_version(void);
 LDM_API int ldm_version_number(void);
 /* What the kernels run on this CPU, as three lines of text: the vector features detected (e.g.
- * "avx2 fma f16c", with "avx512f avx512_bf16" where present, or "neon ..."), the kernel families
- * this CPU could run, and the family chosen ("neon", "avx2+fma", "avx2" or "generic") with why:
+ * "avx2 fma f16c", with "avx512f avx512_bf16 avx512bw avx512vl avx512dq" where present, or
+ * "neon ..."), the kernel families this CPU could run, and the family chosen ("neon", "avx512",
+ * "avx2+fma", "avx2" or "generic") with why:
  * "auto", the LDM_CPU environment variable that forced it (a family this build or CPU lacks, or an
  * unknown name, runs "generic" and says so), or a live model's ldm_model_params.cpu_kernels. The
  * family is chosen once per process, at the first kernel call (again after the last model that
@@ -152,7 +153,7 @@ typedef struct ldm_model_params {
     void *log_user_data;
     /* issue #15 (docs/performance.md, "Kernel families and compute modes"): */
     const char *cpu_kernels;    /* NULL, "" or "auto": LDM_CPU, else the best family for the CPU; a
-                                   family name ("avx2+fma", "avx2", "neon", "generic"): that one,
+                                   family name ("avx512", "avx2+fma", "avx2", "neon", "generic"): that one,
                                    process-wide while the model lives; an error when the CPU or build
                                    lacks it or live models use another family */
     int compute;                /* an ldm_compute value; 0 = LDM_COMPUTE_F32 */

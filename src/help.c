@@ -24,8 +24,8 @@ static const struct {
     {"info", INFO, "ldm info MODEL [--config FILE]    |    ldm info --cpu",
      "architecture, parameter counts and dtypes of a checkpoint, and which config was used;\n"
      "--cpu: the CPU's vector features and the kernel family used (LDM_CPU=auto|generic|avx2|\n"
-     "avx2+fma|neon forces one; one this CPU lacks runs generic); with a MODEL, --cpu FAMILY\n"
-     "loads it with that family and prints the same"},
+     "avx2+fma|avx512|neon forces one; one this CPU lacks runs generic); with a MODEL,\n"
+     "--cpu FAMILY loads it with that family and prints the same"},
     {"train", TRAIN, "ldm train CONFIG --data DIR --out DIR [--steps N | --minutes M] [options]",
      "trains an AutoencoderKL or a LatentDiffusion model from its YAML config (the reference's\n"
      "format) on a folder of PNGs with labels.csv (docs/training.md)"},
@@ -118,8 +118,9 @@ static const struct {
     {RUN, "  --lora FILE[:WEIGHT]    merge a LoRA (kohya/webui or diffusers/PEFT .safetensors, .pt/.ckpt) with\n"
           "                          WEIGHT (default 1); repeatable, up to 16, applied in order (docs/lora.md)\n"},
     {RUN, "  --threads N             0 .. 1024 (default 0: all online CPUs)\n"},
-    {ALL, "  --cpu FAMILY            kernel family: auto, avx2+fma, avx2, neon, generic (default auto: LDM_CPU,\n"
-          "                          else the best the CPU has); an error when the CPU or build lacks it\n"},
+    {ALL, "  --cpu FAMILY            kernel family: auto, avx512, avx2+fma, avx2, neon, generic (default\n"
+          "                          auto: LDM_CPU, else the best the CPU has); an error when the CPU or build\n"
+          "                          lacks it\n"},
     {ALL, "  --compute f32|bf16      arithmetic (default f32); bf16 needs avx512_bf16 and its kernels are not\n"
           "                          written yet, so it fails with a message saying which (docs/performance.md)\n"},
     {ALL, "  --max-memory SIZE       refuse any single allocation above SIZE: bytes, or with K, M or G (powers of\n"

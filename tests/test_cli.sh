@@ -204,7 +204,7 @@ if run info_cpu 0 "$LDM" info --cpu && has "$T/out" "^cpu features: " && has "$T
 else bad "info --cpu: features and the kernel family, LDM_CPU=generic forces generic: $(cat "$T/out")"; fi
 if run info_cpu_model 0 "$LDM" info builtin:demo --cpu generic && has "$T/out" "^kernels: generic (ldm_model_params.cpu_kernels=generic" &&
     run cpu_unknown 1 "$LDM" generate --cpu sse9 -q -o "$T/x.png" && has "$T/err" "unknown kernel family" &&
-    run cpu_avx512 1 "$LDM" generate --cpu avx512 -q -o "$T/x.png" && has "$T/err" "no AVX-512 kernels are written yet" &&
+    run cpu_bf16 1 "$LDM" generate --cpu avx512_bf16 -q -o "$T/x.png" && has "$T/err" "no avx512_bf16 kernels are written yet" &&
     run compute_bf16 1 "$LDM" generate --compute bf16 -q -o "$T/x.png" && has "$T/err" "LDM_COMPUTE_BF16" &&
     run compute_bad 2 "$LDM" generate --compute fp8 -q -o "$T/x.png" && has "$T/err" "compute must be f32 or bf16"; then
     ok "--cpu FAMILY and --compute: a model's kernel family, refused requests name the reason"

@@ -6,6 +6,11 @@
  * lacks prints "SKIPPED: family NAME ...". Prints the default family, so a test log says which
  * kernels the other suites ran.
  *
+ * The avx512 family's 16-lane kernels (simd16.h) are checked twice: their AVX2-compiled test
+ * instances against the references with awkward shapes on any CPU with AVX2, FMA and F16C, and,
+ * on a CPU with AVX-512 F/BW/VL/DQ, the AVX-512 instances against the references and bit for bit
+ * against the test instances (else "SKIPPED: avx512 ... (this CPU has no AVX-512)").
+ *
  * Also the model parameters of issue #15: ldm_model_params.cpu_kernels (a family by name, held
  * process-wide while the model lives; requests the CPU or build cannot honour, or that conflict
  * with live models, are errors) and ldm_model_params.compute = LDM_COMPUTE_BF16 (refused with
@@ -14,6 +19,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/simd.h"
+#include "kernels/simd16.h"
 #include "support/ck_pools.h"
 #include "support/ck_run.h"
 
@@ -25,7 +31,7 @@
 #include <string.h>
 
 /* Every family name any build knows; extend with new families. */
-static const char *const all_families[] = {"generic", "avx2", "avx2+fma", "neon"};
+static const char *const all_families[] = {"generic", "avx2", "avx2+fma", "neon", "avx512"};
 #define N_FAMILIES (sizeof all_families / sizeof all_families[0])
 
 static void force(const char *v)
@@ -45,13 +51,15 @@ START_TEST(reported_family_matches_features)
     ck_assert_ptr_nonnull(k);
     ck_assert_str_eq(k, lk_cpu_kernels()); /* cached answers stay the same */
 #ifdef LK_DISPATCH
-    if (lk_cpu_family_supported("avx2+fma"))
+    if (lk_cpu_family_supported("avx512"))
+        ck_assert_str_eq(k, "avx512");
+    else if (lk_cpu_family_supported("avx2+fma"))
         ck_assert_str_eq(k, "avx2+fma");
     else if (lk_cpu_family_supported("avx2"))
         ck_assert_str_eq(k, "avx2");
     else
         ck_assert_str_eq(k, "generic");
-    ck_assert_int_eq(lk_cpu_has_avx2_fma(), !strcmp(k, "avx2+fma"));
+    ck_assert_int_eq(lk_cpu_has_avx2_fma(), !strcmp(k, "avx2+fma") || !strcmp(k, "avx512"));
 #elif defined(LK_NEON)
     ck_assert_str_eq(k, "neon"); /* AdvSIMD is part of every aarch64 CPU */
     ck_assert(lk_cpu_has_neon());
@@ -81,6 +89,9 @@ START_TEST(forced_family)
     force("sse9");
     ck_assert_str_eq(lk_cpu_kernels(), "generic");
     ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "LDM_CPU=sse9: unknown family, generic runs"));
+    force("avx512_bf16"); /* planned, not written */
+    ck_assert_str_eq(lk_cpu_kernels(), "generic");
+    ck_assert_ptr_nonnull(strstr(ldm_cpu_info(), "LDM_CPU=avx512_bf16: no avx512_bf16 kernels are written yet"));
     /* a family of another architecture, or one this CPU lacks: generic too */
     for (size_t i = 0; i < N_FAMILIES; i++) {
         force(all_families[i]);
@@ -163,27 +174,30 @@ static void check_winograd(const char *fam, int m, int IC, int H, int W, int OC)
     free(x), free(w), free(b), free(ref);
 }
 
-static void check_norms(const char *fam)
+/* GroupNorm (B, C, HW, G) and LayerNorm (rows x dim) with and without their affine parameters
+ * (affine 0: neither, else both). */
+static void check_norms_shape(const char *fam, int B, int C, int HW, int G, int rows, int dim, int affine)
 {
-    int B = 2, C = 64, HW = 300, G = 32;
-    size_t n = (size_t)B * C * HW;
-    float *x = rnd(n, 7, 2), *g = rnd((size_t)C, 8, 1), *be = rnd((size_t)C, 9, 1);
+    size_t n = LDM_MAX((size_t)B * C * HW, (size_t)rows * dim);
+    float *x = rnd(n, 7, 2), *g = affine ? rnd((size_t)C, 8, 1) : NULL, *be = affine ? rnd((size_t)C, 9, 1) : NULL;
     float *ref = malloc(sizeof(float) * n), *ref_silu = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) x[i] += 0.5f;
+    size_t ng = (size_t)B * C * HW;
     lk_ref_group_norm(x, B, C, HW, G, 1e-5f, g, be, ref);
-    for (size_t i = 0; i < n; i++) ref_silu[i] = (float)(ref[i] / (1.0 + exp(-(double)ref[i])));
-    ACROSS_CTX(n, ref, 4e-6, fam, "group_norm", lk_group_norm(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
-    ACROSS_CTX(n, ref_silu, 4e-6, fam, "group_norm_silu", lk_group_norm_silu(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
-    int rows = 37, dim = 77;
-    float *lg = rnd((size_t)dim, 11, 1), *lb = rnd((size_t)dim, 12, 1);
+    for (size_t i = 0; i < ng; i++) ref_silu[i] = (float)(ref[i] / (1.0 + exp(-(double)ref[i])));
+    ACROSS_CTX(ng, ref, 4e-6, fam, "group_norm", lk_group_norm(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
+    ACROSS_CTX(ng, ref_silu, 4e-6, fam, "group_norm_silu", lk_group_norm_silu(ctx, x, B, C, HW, G, 1e-5f, g, be, y));
+    float *lg = affine ? rnd((size_t)dim, 11, 1) : NULL, *lb = affine ? rnd((size_t)dim, 12, 1) : NULL;
     lk_ref_layer_norm(x, rows, dim, 1e-5f, lg, lb, ref);
     ACROSS_CTX((size_t)rows * dim, ref, 4e-6, fam, "layer_norm", lk_layer_norm(ctx, x, rows, dim, 1e-5f, lg, lb, y));
     free(x), free(g), free(be), free(lg), free(lb), free(ref), free(ref_silu);
 }
 
-static void check_activations(const char *fam)
+static void check_norms(const char *fam) { check_norms_shape(fam, 2, 64, 300, 32, 37, 77, 1); }
+
+/* GELU, SiLU, QuickGELU over n values and softmax over rows x cols (n >= rows * cols). */
+static void check_activations_shape(const char *fam, size_t n, int rows, int cols)
 {
-    size_t n = 16411; /* not a multiple of 8: tails */
     float *x = rnd(n, 10, 6), *ref = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] * 0.5 * (1.0 + erf(x[i] / sqrt(2.0))));
     ACROSS_CTX(n, ref, 2e-6, fam, "gelu", memcpy(y, x, sizeof(float) * n); lk_gelu_ctx(ctx, y, n));
@@ -191,7 +205,6 @@ static void check_activations(const char *fam)
     ACROSS_CTX(n, ref, 2e-6, fam, "silu", memcpy(y, x, sizeof(float) * n); lk_silu_ctx(ctx, y, n));
     for (size_t i = 0; i < n; i++) ref[i] = (float)(x[i] / (1.0 + exp(-1.702 * x[i])));
     ACROSS_CTX(n, ref, 2e-6, fam, "quick_gelu", memcpy(y, x, sizeof(float) * n); lk_quick_gelu_ctx(ctx, y, n));
-    int rows = 41, cols = 397;
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * cols;
         double mx = -INFINITY, sum = 0;
@@ -203,6 +216,8 @@ static void check_activations(const char *fam)
                memcpy(y, x, sizeof(float) * rows * cols); lk_softmax_rows_ctx(ctx, y, rows, cols));
     free(x), free(ref);
 }
+
+static void check_activations(const char *fam) { check_activations_shape(fam, 16411, 41, 397); /* tails */ }
 
 /* Every half value, widened at every offset of a block: exact (NaNs stay NaN). */
 static void check_half(const char *fam)
@@ -255,6 +270,136 @@ START_TEST(each_family_matches_references)
 }
 END_TEST
 
+/* ---- the avx512 family's 16-lane kernels (simd16.h) */
+
+#ifdef LK_AVX512_KERNELS
+/* stmt ran at least one 16-lane test instance (when they are asked for) */
+#define RAN16(what, stmt)                                                                          \
+    do {                                                                                           \
+        long before_ = lk_cpu_avx512_test_calls();                                                 \
+        stmt;                                                                                      \
+        if (lk_cpu_avx512_mode() == 2)                                                             \
+            ck_assert_msg(lk_cpu_avx512_test_calls() > before_, "%s: no 16-lane test instance ran", what); \
+    } while (0)
+
+/* The 16-lane kernels against the references, with the shapes that exercise their edges. */
+static void check_16lane(const char *fam)
+{
+    /* attention: keys past a multiple of 32 (one 16-key panel left) and of 16 (padding), several
+     * key blocks, output widths 8 to 160 (32-, 16- and 8-column micro-kernels), row blocks cut
+     * short, causal masks */
+    RAN16("attention", check_attention(fam, 2, 3, 37, 37, 16, 0));
+    RAN16("attention", check_attention(fam, 1, 2, 60, 77, 40, 0));
+    RAN16("attention", check_attention(fam, 1, 2, 50, 50, 80, 1));
+    RAN16("attention", check_attention(fam, 1, 1, 300, 300, 8, 0));
+    RAN16("attention", check_attention(fam, 1, 2, 97, 290, 24, 0));
+    RAN16("attention", check_attention(fam, 1, 1, 200, 530, 160, 1));
+    RAN16("attention", check_attention(fam, 1, 1, 5, 3, 3, 1));
+    RAN16("attention", check_attention(fam, 1, 2, 100, 48, 64, 0));
+    /* norms: groups and rows shorter than a vector, of a vector plus a tail, and longer */
+    RAN16("norms", check_norms(fam));
+    RAN16("norms", check_norms_shape(fam, 1, 6, 7, 3, 5, 13, 0));
+    RAN16("norms", check_norms_shape(fam, 3, 8, 17, 2, 9, 16, 1));
+    RAN16("norms", check_norms_shape(fam, 1, 32, 4100, 8, 3, 768, 0));
+    /* activations and softmax: tails, a pool split, rows shorter than a vector */
+    RAN16("activations", check_activations(fam));
+    RAN16("activations", check_activations_shape(fam, 40000, 33, 16));
+    RAN16("activations", check_activations_shape(fam, 21, 7, 3));
+    /* float16 widening: every half value at an odd address, a tail of 3 */
+    RAN16("half", check_half(fam));
+}
+
+/* Outputs of the 16-lane kernels on fixed inputs, serial (ctx 0), as one malloc'ed buffer; the
+ * last N_HALVES16 are widened halves (NaN among them), the others finite. */
+#define N_HALVES16 (65536 + 5)
+static float *outputs16(size_t *n_out)
+{
+    int B = 1, H = 2, T = 97, S = 290, D = 40, C = 32, HW = 333, G = 8, dim = 77, rows = 13;
+    size_t nq = (size_t)B * H * T * D, nk = (size_t)B * H * S * D, ng = (size_t)C * HW, nl = (size_t)rows * dim;
+    size_t nh = N_HALVES16, n = 2 * nq + 2 * ng + nl + 3 * ng + nh;
+    float *q = rnd(nq, 21, 1), *k = rnd(nk, 22, 1), *v = rnd(nk, 23, 1), *x = rnd(ng, 24, 5);
+    float *gamma = rnd((size_t)C, 25, 1), *beta = rnd((size_t)C, 26, 1), *out = malloc(sizeof(float) * n), *o = out;
+    lk_view vq = {q, (long)H * T * D, (long)T * D, D, 1}, vk = {k, (long)H * S * D, (long)S * D, D, 1};
+    lk_view vv = {v, (long)H * S * D, (long)S * D, D, 1};
+    for (int causal = 0; causal < 2; causal++, o += nq) {
+        lk_view vo = {o, (long)H * T * D, (long)T * D, D, 1};
+        ck_assert_int_eq(lk_attention(&ctxs[0], B, H, T, S, D, vq, vk, vv, vo, 0.3f, causal), LDM_OK);
+    }
+    lk_group_norm(&ctxs[0], x, 1, C, HW, G, 1e-5f, gamma, beta, o), o += ng;
+    lk_group_norm_silu(&ctxs[0], x, 1, C, HW, G, 1e-5f, gamma, beta, o), o += ng;
+    lk_layer_norm(&ctxs[0], x, rows, dim, 1e-5f, NULL, NULL, o), o += nl;
+    memcpy(o, x, sizeof(float) * ng), lk_gelu(o, ng), o += ng;
+    memcpy(o, x, sizeof(float) * ng), lk_quick_gelu(o, ng), o += ng;
+    memcpy(o, x, sizeof(float) * ng), lk_softmax_rows(o, C, HW), o += ng;
+    uint16_t *halves = malloc(2 * nh);
+    for (size_t i = 0; i < nh; i++) halves[i] = (uint16_t)(i * 40503u);
+    lk_half_to_float(halves, nh, o), o += nh;
+    free(halves);
+    ck_assert_uint_eq((size_t)(o - out), n);
+    free(q), free(k), free(v), free(x), free(gamma), free(beta);
+    *n_out = n;
+    return out;
+}
+#endif
+
+START_TEST(avx512_test_instances_match_references)
+{
+#ifdef LK_AVX512_KERNELS
+    force("avx2+fma");
+    if (!lk_cpu_family_supported("avx2+fma") || !lk_cpu_has_f16c()) {
+        printf("SKIPPED: avx512 test instances (this CPU lacks AVX2, FMA or F16C)\n");
+        force(NULL);
+        return;
+    }
+    ck_assert_int_eq(lk_cpu_avx512_mode(), 0);
+    lk_cpu_avx512_test_instances(1);
+    ck_assert_int_eq(lk_cpu_avx512_mode(), 2);
+    check_16lane("avx512 test instances");
+    size_t n; /* the helper the AVX-512 test compares with runs here too */
+    float *y = outputs16(&n);
+    for (size_t i = 0; i + N_HALVES16 < n; i++) ck_assert_msg(isfinite(y[i]), "outputs16: %zu is %g", i, y[i]);
+    free(y);
+    force("generic"); /* only under avx2+fma */
+    ck_assert_int_eq(lk_cpu_avx512_mode(), 0);
+    lk_cpu_avx512_test_instances(0);
+    force(NULL);
+    printf("cpu: the avx512 kernels' AVX2-compiled test instances match the references\n");
+#else
+    printf("SKIPPED: avx512 test instances (not built for this architecture or compiler)\n");
+#endif
+}
+END_TEST
+
+START_TEST(avx512_family_matches_references)
+{
+#ifdef LK_AVX512_KERNELS
+    if (!lk_cpu_family_supported("avx512")) {
+        printf("SKIPPED: avx512 family kernels, their AVX-512 instances against the references and against their "
+               "AVX2-compiled test instances (this CPU has no AVX-512 F/BW/VL/DQ: %s)\n", ldm_cpu_info());
+        return;
+    }
+    force("avx512");
+    ck_assert_int_eq(lk_cpu_avx512_mode(), 1);
+    check_16lane("avx512");
+    size_t n512, ntest;
+    float *y512 = outputs16(&n512);
+    force("avx2+fma");
+    lk_cpu_avx512_test_instances(1);
+    float *ytest = outputs16(&ntest);
+    lk_cpu_avx512_test_instances(0);
+    ck_assert_uint_eq(n512, ntest);
+    for (size_t i = 0; i < n512; i++)
+        ck_assert_msg(!memcmp(&y512[i], &ytest[i], sizeof(float)),
+                      "avx512 instance and its AVX2-compiled test instance differ at %zu: %.9g vs %.9g", i, y512[i],
+                      ytest[i]);
+    free(y512), free(ytest);
+    force(NULL);
+    printf("cpu: family avx512 matches the references and its test instances bit for bit\n");
+#else
+    printf("SKIPPED: avx512 family (not built for this architecture or compiler)\n");
+#endif
+}
+END_TEST
 
 /* ---- ldm_model_params.cpu_kernels and .compute (issue #15) */
 
@@ -345,8 +490,14 @@ START_TEST(model_request_errors)
     ldm_model *m = NULL;
     ck_assert_int_eq(load_with("sse9", 0, &m), LDM_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "unknown kernel family"));
-    ck_assert_int_eq(load_with("avx512", 0, &m), LDM_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "no AVX-512 kernels are written yet"));
+    ck_assert_int_eq(load_with("avx512_bf16", 0, &m), LDM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "no avx512_bf16 kernels are written yet"));
+#ifdef LK_AVX512_KERNELS
+    if (!lk_cpu_family_supported("avx512")) { /* named by what the CPU lacks */
+        ck_assert_int_eq(load_with("avx512", 0, &m), LDM_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(ldm_last_error(), "this CPU lacks avx512"));
+    }
+#endif
     for (size_t i = 0; i < N_FAMILIES; i++) {
         if (lk_cpu_family_supported(all_families[i])) continue;
         ck_assert_int_eq(load_with(all_families[i], 0, &m), LDM_ERR_UNSUPPORTED);
@@ -406,6 +557,8 @@ static Suite *cpu_suite(void)
     tcase_add_test(tc, reported_family_matches_features);
     tcase_add_test(tc, forced_family);
     tcase_add_test(tc, each_family_matches_references);
+    tcase_add_test(tc, avx512_test_instances_match_references);
+    tcase_add_test(tc, avx512_family_matches_references);
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("model parameters");
     tcase_set_timeout(tm, 120);

@@ -20,10 +20,18 @@
  *
  * Results differ from the BLAS version by float rounding only (FMA, summation order). Every unit
  * is computed the same way whichever thread takes it, so they do not depend on the thread count.
- * Causal masking limits each row to keys s <= t and skips key blocks past the tile's last query. */
+ * Causal masking limits each row to keys s <= t and skips key blocks past the tile's last query.
+ *
+ * The avx512 family (simd16.h) runs 16-lane versions of the three micro-kernels, written with
+ * vector extensions: one vector is one 16-key panel (scores) or 16 output columns (O += P V);
+ * the score kernel takes two panels at once (6 x 32, 12 accumulators of AVX-512's 32 registers),
+ * O += P V 32 columns at once, and the softmax row 16 scores at a time. Packing, the unit loop and
+ * the layout of the scratch are shared. Their AVX2-compiled twins are what the tests run on CPUs
+ * without AVX-512. */
 #include "kernels.h"
 
 #include "simd.h"
+#include "simd16.h"
 
 #if defined(LK_DISPATCH) || defined(LK_NEON)
 #include <math.h>
@@ -52,6 +60,14 @@
 
 static int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
+/* The micro-kernels a unit runs: the 8-lane (AVX2+FMA) or 4-lane (NEON) ones, or on x86-64 the
+ * 16-lane ones of the avx512 family (or their AVX2-compiled test instances). */
+typedef struct fa_ops {
+    void (*score)(const float *q, int D, const float *kt, int rows, int nk16, float *s, float *bm, int track);
+    void (*softmax)(float *s, int nv, int nk16, const float *bm, float *mx, float *sum, float *o, int D8);
+    void (*pv)(const float *s, int nk, const float *v, int D8, float *o, int rows);
+} fa_ops;
+
 typedef struct fa_job {
     int H, Tq, Tk, D, D8, Tk16, causal;
     float scale;
@@ -63,6 +79,7 @@ typedef struct fa_job {
     size_t head_k, head_v; /* floats of kp / vp per (batch, head) */
     float *scratch;
     size_t per_task;
+    const fa_ops *ops;
 } fa_job;
 
 typedef struct fa_scratch {
@@ -452,6 +469,239 @@ static void softmax_row(float *s, int nv, int nk16, const float *bm, float *mx, 
 
 #endif /* LK_DISPATCH / LK_NEON */
 
+static const fa_ops ops_simd = {score_block, softmax_row, pv_block};
+
+#ifdef LK_AVX512_KERNELS
+/* ---------------------------------------------------------------- 16-lane micro-kernels (avx512) */
+
+/* The maximum of 8 lanes, and of 16; the sum of 16: fixed orders. */
+LK_BODY float hmax8_16(const v8f *v)
+{
+    float l[8];
+    memcpy(l, v, sizeof l);
+    float r = l[0];
+    for (int k = 1; k < 8; k++) r = l[k] > r ? l[k] : r;
+    return r;
+}
+
+LK_BODY float hmax16(const v16f *v)
+{
+    v8f lo = LOW8(*v), hi = HIGH8(*v);
+    v8f m = SELECT(hi > lo, hi, lo);
+    return hmax8_16(&m);
+}
+
+LK_BODY float hsum16(const v16f *v)
+{
+    v8f s8 = LOW8(*v) + HIGH8(*v);
+    float l[8];
+    memcpy(l, &s8, sizeof l);
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+}
+
+/* exp2_8's arithmetic on 16 lanes, in place; n = round(x) to nearest even by the 1.5 * 2^23
+ * trick (exact for the clamped x in [-126, 0]), like _MM_FROUND_TO_NEAREST_INT. */
+LK_BODY void exp2_16(v16f *xp)
+{
+    v16f x = *xp;
+    x = SELECT16(x > SPLAT16(-126.0f), x, SPLAT16(-126.0f));
+    v16f n = (x + SPLAT16(12582912.0f)) - SPLAT16(12582912.0f);
+    v16f r = (x - n) * SPLAT16(0.693147180559945309f);
+    v16f p = SPLAT16(1.9875691500e-4f);
+    p = p * r + SPLAT16(1.3981999507e-3f);
+    p = p * r + SPLAT16(8.3334519073e-3f);
+    p = p * r + SPLAT16(4.1665795894e-2f);
+    p = p * r + SPLAT16(1.6666665459e-1f);
+    p = p * r + SPLAT16(5.0000001201e-1f);
+    p = p * (r * r) + r + SPLAT16(1.0f);
+    v16i e = (__builtin_convertvector(n, v16i) + 127) << 23;
+    *xp = p * (v16f)e;
+}
+
+/* s[0..6)[0..16 np) = q[0..6)[0..D) . kt, np = 1 or 2 consecutive packed panels (a constant after
+ * inlining); with `track`, bm[r][0..8) = max(bm[r], the row's new scores) folded to 8 lanes. */
+LK_BODY void score16_body(const float *q, int D, const float *kt, float *s, float *bm, const int np, const int track)
+{
+    v16f c[FA_R][2];
+    UNROLL for (int r = 0; r < FA_R; r++) c[r][0] = c[r][1] = SPLAT16(0.0f);
+    const float *kt1 = kt + (size_t)D * FA_KC; /* the next panel */
+    for (int d = 0; d < D; d++) {
+        v16f k0, k1 = SPLAT16(0.0f);
+        LOAD16(k0, kt + (size_t)d * FA_KC);
+        if (np > 1) LOAD16(k1, kt1 + (size_t)d * FA_KC);
+        UNROLL for (int r = 0; r < FA_R; r++) {
+            v16f a = SPLAT16(q[(size_t)r * D + d]);
+            c[r][0] = a * k0 + c[r][0];
+            if (np > 1) c[r][1] = a * k1 + c[r][1];
+        }
+    }
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        STORE16(s + (size_t)r * FA_KB, c[r][0]);
+        if (np > 1) STORE16(s + (size_t)r * FA_KB + FA_KC, c[r][1]);
+        if (track) {
+            v16f m = np > 1 ? SELECT16(c[r][1] > c[r][0], c[r][1], c[r][0]) : c[r][0];
+            v8f lo = LOW8(m), hi = HIGH8(m), b;
+            LOAD(b, bm + 8 * r);
+            v8f m8 = SELECT(hi > lo, hi, lo);
+            STORE(bm + 8 * r, SELECT(b > m8, b, m8));
+        }
+    }
+}
+
+LK_BODY void score_block16_body(const float *q, int D, const float *kt, int rows, int nk16, float *s, float *bm,
+                                int track)
+{
+    for (int r = 0; r < rows; r += FA_R)
+        for (int c = 0; c < nk16; c += 2 * FA_KC) {
+            const float *qr = q + (size_t)r * D, *kc = kt + (size_t)c * D;
+            float *sr = s + (size_t)r * FA_KB + c, *br = bm + 8 * r;
+            int two = nk16 - c >= 2 * FA_KC;
+            if (two && track)
+                score16_body(qr, D, kc, sr, br, 2, 1);
+            else if (two)
+                score16_body(qr, D, kc, sr, br, 2, 0);
+            else if (track)
+                score16_body(qr, D, kc, sr, br, 1, 1);
+            else
+                score16_body(qr, D, kc, sr, br, 1, 0);
+        }
+}
+
+/* o[0..6)[0..w) += p[0..6)[0..nk) . v[0..nk)[0..w), w = 32, 16 or 8 (a constant after inlining). */
+LK_BODY void pv16_body(const float *p, int nk, const float *v, int D8, float *o, const int w)
+{
+    v16f c[FA_R][2];
+    v8f h[FA_R];
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        const float *orow = o + (size_t)r * D8;
+        c[r][0] = c[r][1] = SPLAT16(0.0f);
+        h[r] = SPLAT(0.0f);
+        if (w >= 16) LOAD16(c[r][0], orow);
+        if (w == 32) LOAD16(c[r][1], orow + 16);
+        if (w == 8) LOAD(h[r], orow);
+    }
+    for (int k = 0; k < nk; k++) {
+        const float *vr = v + (size_t)k * D8;
+        v16f v0 = SPLAT16(0.0f), v1 = SPLAT16(0.0f);
+        v8f v8 = SPLAT(0.0f);
+        if (w >= 16) LOAD16(v0, vr);
+        if (w == 32) LOAD16(v1, vr + 16);
+        if (w == 8) LOAD(v8, vr);
+        UNROLL for (int r = 0; r < FA_R; r++) {
+            float a = p[(size_t)r * FA_KB + k];
+            if (w >= 16) c[r][0] = SPLAT16(a) * v0 + c[r][0];
+            if (w == 32) c[r][1] = SPLAT16(a) * v1 + c[r][1];
+            if (w == 8) h[r] = SPLAT(a) * v8 + h[r];
+        }
+    }
+    UNROLL for (int r = 0; r < FA_R; r++) {
+        float *orow = o + (size_t)r * D8;
+        if (w >= 16) STORE16(orow, c[r][0]);
+        if (w == 32) STORE16(orow + 16, c[r][1]);
+        if (w == 8) STORE(orow, h[r]);
+    }
+}
+
+/* O[0..rows) += P V over the block's nk keys, 32 output columns at a time, then 16, then 8. */
+LK_BODY void pv_block16_body(const float *s, int nk, const float *v, int D8, float *o, int rows)
+{
+    for (int r = 0; r < rows; r += FA_R) {
+        const float *p = s + (size_t)r * FA_KB;
+        float *orow = o + (size_t)r * D8;
+        int x0 = 0;
+        for (; D8 - x0 >= 32; x0 += 32) pv16_body(p, nk, v + x0, D8, orow + x0, 32);
+        if (D8 - x0 >= 16) pv16_body(p, nk, v + x0, D8, orow + x0, 16), x0 += 16;
+        if (D8 - x0 >= 8) pv16_body(p, nk, v + x0, D8, orow + x0, 8);
+    }
+}
+
+/* softmax_row on 16 lanes (bm: the row's 8 lane-wise maxima, as score16_body folds them). */
+LK_BODY void softmax_row16_body(float *s, int nv, int nk16, const float *bm, float *mx, float *sum, float *o, int D8)
+{
+    if (nv <= 0) {
+        memset(s, 0, sizeof(float) * (size_t)nk16);
+        return;
+    }
+    float m;
+    int c = 0;
+    if (bm) {
+        v8f b;
+        LOAD(b, bm);
+        m = hmax8_16(&b);
+    } else {
+        v16f vm = SPLAT16(-INFINITY);
+        for (; c + 16 <= nv; c += 16) {
+            v16f x;
+            LOAD16(x, s + c);
+            vm = SELECT16(x > vm, x, vm);
+        }
+        m = hmax16(&vm);
+        for (; c < nv; c++) m = s[c] > m ? s[c] : m;
+    }
+    int first = *mx == -INFINITY;
+    if (!first && *mx > m) m = *mx;
+    v16f shift = SPLAT16(m), acc = SPLAT16(0.0f);
+    for (c = 0; c + 16 <= nv; c += 16) {
+        v16f e;
+        LOAD16(e, s + c);
+        e -= shift;
+        exp2_16(&e);
+        STORE16(s + c, e);
+        acc += e;
+    }
+    if (c < nv) { /* the tail through the same vector arithmetic, padded lanes dropped */
+        float tmp[16] = {0};
+        memcpy(tmp, s + c, sizeof(float) * (size_t)(nv - c));
+        v16f e;
+        LOAD16(e, tmp);
+        e -= shift;
+        exp2_16(&e);
+        const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+        e = SELECT16(lane < SPLAT16I(nv - c), e, SPLAT16(0.0f));
+        STORE16(tmp, e);
+        memcpy(s + c, tmp, sizeof(float) * (size_t)(nv - c));
+        acc += e;
+    }
+    for (c = nv; c < nk16; c++) s[c] = 0.0f;
+    float add = hsum16(&acc);
+    if (first) {
+        *sum = add;
+    } else {
+        v16f t = SPLAT16(*mx - m);
+        exp2_16(&t);
+        float corr = t[0];
+        *sum = *sum * corr + add;
+        int d = 0;
+        for (; d + 16 <= D8; d += 16) {
+            v16f x;
+            LOAD16(x, o + d);
+            STORE16(o + d, x * SPLAT16(corr));
+        }
+        if (d < D8) { /* D8 is a multiple of 8 */
+            v8f x;
+            LOAD(x, o + d);
+            STORE(o + d, x * SPLAT(corr));
+        }
+    }
+    *mx = m;
+}
+
+LK_INSTANCES16_VOID(score_block16,
+                    (const float *q, int D, const float *kt, int rows, int nk16, float *s, float *bm, int track),
+                    score_block16_body(q, D, kt, rows, nk16, s, bm, track))
+LK_INSTANCES16_VOID(softmax_row16,
+                    (float *s, int nv, int nk16, const float *bm, float *mx, float *sum, float *o, int D8),
+                    softmax_row16_body(s, nv, nk16, bm, mx, sum, o, D8))
+LK_INSTANCES16_VOID(pv_block16, (const float *s, int nk, const float *v, int D8, float *o, int rows),
+                    pv_block16_body(s, nk, v, D8, o, rows))
+
+static const fa_ops ops_avx512 = {score_block16_avx512, softmax_row16_avx512, pv_block16_avx512};
+static const fa_ops ops_avx512_test = {score_block16_avx512_test, softmax_row16_avx512_test, pv_block16_avx512_test};
+#define FA_OPS() LK_PICK16(&ops_avx512, &ops_avx512_test, &ops_simd)
+#else
+#define FA_OPS() (&ops_simd)
+#endif
+
 /* ---------------------------------------------------------------- one unit */
 
 FA_TARGET static void fused_unit(const fa_job *j, long unit, fa_scratch *w)
@@ -475,14 +725,14 @@ FA_TARGET static void fused_unit(const fa_job *j, long unit, fa_scratch *w)
         int track = !j->causal && nk == nk16;
         if (track)
             for (int i = 0; i < rows * 8; i++) w->bm[i] = -INFINITY;
-        score_block(w->q, D, kt, rows, nk16, w->s, w->bm, track);
+        j->ops->score(w->q, D, kt, rows, nk16, w->s, w->bm, track);
         for (int i = 0; i < rows; i++) {
             /* causal: query t0 + i sees keys s <= t0 + i, i.e. the first t0 + i + 1 - s0 here */
             int nv = i >= nq ? 0 : j->causal ? LDM_MAX(0, LDM_MIN(nk, t0 + i + 1 - s0)) : nk;
-            softmax_row(w->s + (size_t)i * FA_KB, nv, nk16, track ? w->bm + 8 * i : NULL, &w->mx[i], &w->sum[i],
-                        w->o + (size_t)i * D8, D8);
+            j->ops->softmax(w->s + (size_t)i * FA_KB, nv, nk16, track ? w->bm + 8 * i : NULL, &w->mx[i], &w->sum[i],
+                            w->o + (size_t)i * D8, D8);
         }
-        pv_block(w->s, nk16, v, D8, w->o, rows);
+        j->ops->pv(w->s, nk16, v, D8, w->o, rows);
     }
     float *ob = j->out.p + (long)b * j->out.sb + (long)h * j->out.sh;
     for (int i = 0; i < nq; i++) {
@@ -513,7 +763,7 @@ ldm_status lk_attention_fused(const lctx *c, int B, int H, int Tq, int Tk, int D
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "attention: empty problem (B %d, H %d, Tq %d, Tk %d, D %d)", B, H, Tq,
                         Tk, D);
     fa_job j = {.H = H, .Tq = Tq, .Tk = Tk, .D = D, .D8 = round_up(D, 8), .Tk16 = round_up(Tk, FA_KC),
-                .causal = causal, .scale = scale, .q = q, .k = k, .v = v, .out = out};
+                .causal = causal, .scale = scale, .q = q, .k = k, .v = v, .out = out, .ops = FA_OPS()};
     j.q_tiles = (Tq + FA_TQ - 1) / FA_TQ;
     j.units = (long)B * H * j.q_tiles;
     atomic_init(&j.next_unit, 0);

@@ -3,8 +3,8 @@
  *
  * A kernel family is a row of `families` below: a name, the CPU features it needs and the
  * features its kernels may use (what lk_cpu_has_*() then answer). The rows are in order of
- * preference; adding a family (say avx512) is one row, one feature bit and the kernels that test
- * for it. The family is chosen once, on first use, from the environment variable LDM_CPU:
+ * preference; adding a family is one row, its feature bits and the kernels that test for it
+ * (avx512: the row, the AVX-512 F/BW/VL/DQ bits, and the 16-lane kernels of simd16.h). The family is chosen once, on first use, from the environment variable LDM_CPU:
  *
  *   unset, "" or "auto"   the first row whose needs the CPU meets (generic always qualifies);
  *   a family's name       that family when this build has it and the CPU meets its needs;
@@ -22,6 +22,7 @@
  * cannot honour, or one that differs from the family live models hold, is an error, not a
  * fallback: the caller asked for those kernels by name. */
 #include "simd.h"
+#include "simd16.h"
 
 #include "kernels.h"
 
@@ -44,9 +45,12 @@ enum {
     F_FMA = 1 << 1,
     F_F16C = 1 << 2, /* F16C with AVX enabled by the OS */
     F_NEON = 1 << 3, /* AdvSIMD with fused multiply-add and half conversion: every aarch64 CPU */
-    /* Detected and reported, used by no family yet (issue #15: no AVX-512 kernels are written). */
     F_AVX512F = 1 << 4,    /* with the OS saving the opmask and ZMM state */
-    F_AVX512BF16 = 1 << 5, /* avx512_bf16 (VDPBF16PS), on top of F_AVX512F */
+    F_AVX512BF16 = 1 << 5, /* avx512_bf16 (VDPBF16PS), on top of F_AVX512F: detected, used by no family */
+    F_AVX512BW = 1 << 6,   /* the BW, VL and DQ extensions, on top of F_AVX512F */
+    F_AVX512VL = 1 << 7,
+    F_AVX512DQ = 1 << 8,
+    F_AVX512 = F_AVX512F | F_AVX512BW | F_AVX512VL | F_AVX512DQ, /* what the avx512 family needs */
 };
 
 typedef struct lk_family {
@@ -57,6 +61,11 @@ typedef struct lk_family {
 
 /* In order of preference; the last row (generic) is the fallback and must stay last. */
 static const lk_family families[] = {
+#ifdef LK_AVX512_KERNELS
+    /* the 16-lane kernels (simd16.h; compiled with f16c too, which every AVX-512 CPU has); the
+     * AVX2+FMA features are granted so that kernels without a 16-lane version run their AVX2 ones */
+    {"avx512", F_AVX512 | F_AVX2 | F_FMA | F_F16C, F_AVX512 | F_AVX2 | F_FMA | F_F16C},
+#endif
 #ifdef LK_DISPATCH
     {"avx2+fma", F_AVX2 | F_FMA, F_AVX2 | F_FMA | F_F16C},
     {"avx2", F_AVX2, F_AVX2 | F_F16C},
@@ -69,9 +78,14 @@ static const lk_family families[] = {
 #define N_FAMILIES (sizeof families / sizeof families[0])
 
 /* Names LDM_CPU may give that belong to other architectures' builds (reported as such). */
-static const char *const foreign[] = {"avx2+fma", "avx2", "neon"};
-/* Families that are planned but whose kernels are not written (issue #15). */
-static const char *const unwritten[] = {"avx512", "avx512_bf16"};
+static const char *const foreign[] = {"avx512", "avx2+fma", "avx2", "neon"};
+/* Families that are planned but whose kernels are not written (issue #15); avx512 also on x86-64
+ * builds by compilers without what its kernels are written with (simd16.h). */
+#if defined(LK_DISPATCH) && !defined(LK_AVX512_KERNELS)
+static const char *const unwritten[] = {"avx512_bf16", "avx512"};
+#else
+static const char *const unwritten[] = {"avx512_bf16"};
+#endif
 
 static int in_list(const char *name, const char *const *list, size_t n)
 {
@@ -89,14 +103,18 @@ static unsigned long long xcr0(void)
     return (unsigned long long)hi << 32 | lo;
 }
 
-/* AVX-512 Foundation and avx512_bf16, each only with the OS saving the XMM, YMM, opmask and both
- * halves of the ZMM registers (XCR0 bits 1, 2, 5, 6, 7). */
+/* AVX-512 Foundation, BW, VL, DQ and avx512_bf16, each only with the OS saving the XMM, YMM,
+ * opmask and both halves of the ZMM registers (XCR0 bits 1, 2, 5, 6, 7). CPUID leaf 7 EBX: F bit
+ * 16, DQ 17, BW 30, VL 31. */
 static unsigned detect_avx512(void)
 {
     unsigned a, b, c, d, f = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || (xcr0() & 0xe6) != 0xe6) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & bit_AVX512F)) return 0;
     f |= F_AVX512F;
+    if (b & (1u << 17)) f |= F_AVX512DQ;
+    if (b & (1u << 30)) f |= F_AVX512BW;
+    if (b & (1u << 31)) f |= F_AVX512VL;
     if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5))) f |= F_AVX512BF16;
     return f;
 }
@@ -206,6 +224,7 @@ static void list_families(char *buf, size_t size, int runnable_only)
 }
 
 static void describe_features(char *buf, size_t size);
+static void describe_bits(unsigned f, char *buf, size_t size);
 
 /* Why `name` cannot run here, as an error; LDM_OK when it can (row in *row). */
 static ldm_status check_request(const char *name, int *row)
@@ -216,19 +235,17 @@ static ldm_status check_request(const char *name, int *row)
     if (*row >= 0) {
         unsigned missing = families[*row].needs & ~features();
         if (!missing) return LDM_OK;
+        char lacks[160];
         describe_features(feat, sizeof feat);
-        const char *lacks = (missing & F_AVX2) && (missing & F_FMA) ? "avx2 and fma"
-                            : missing & F_AVX2                     ? "avx2"
-                            : missing & F_FMA                      ? "fma"
-                                                                   : "neon";
+        describe_bits(missing, lacks, sizeof lacks);
         return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_params.cpu_kernels \"%s\": this CPU lacks %s (it has: %s)", name,
                         lacks, feat);
     }
     if (in_list(name, unwritten, sizeof unwritten / sizeof unwritten[0])) {
         describe_features(feat, sizeof feat);
         return ldm_fail(LDM_ERR_UNSUPPORTED,
-                        "ldm_model_params.cpu_kernels \"%s\": no AVX-512 kernels are written yet (this build has: %s; "
-                        "this CPU has: %s)", name, built, feat);
+                        "ldm_model_params.cpu_kernels \"%s\": no %s kernels are written yet (this build has: %s; "
+                        "this CPU has: %s)", name, name, built, feat);
     }
     if (in_list(name, foreign, sizeof foreign / sizeof foreign[0]))
         return ldm_fail(LDM_ERR_UNSUPPORTED, "ldm_model_params.cpu_kernels \"%s\": not built for this architecture "
@@ -295,6 +312,26 @@ int lk_cpu_has_f16c(void) { return granted(F_F16C); }
 int lk_cpu_has_neon(void) { return granted(F_NEON); }
 #endif
 
+/* ---- the 16-lane kernels' instances (simd16.h) */
+
+static atomic_int avx512_test; /* tests asked for the AVX2-compiled test instances */
+static atomic_long avx512_test_calls;
+
+void lk_cpu_avx512_test_instances(int on) { atomic_store_explicit(&avx512_test, on, memory_order_relaxed); }
+
+long lk_cpu_avx512_test_calls(void) { return atomic_load_explicit(&avx512_test_calls, memory_order_relaxed); }
+
+#ifdef LK_AVX512_KERNELS
+int lk_cpu_avx512_mode(void)
+{
+    if (granted(F_AVX512 | F_AVX2 | F_FMA | F_F16C)) return 1;
+    if (atomic_load_explicit(&avx512_test, memory_order_relaxed) && granted(F_AVX2 | F_FMA | F_F16C)) return 2;
+    return 0;
+}
+
+void lk_cpu_avx512_test_ran(void) { atomic_fetch_add_explicit(&avx512_test_calls, 1, memory_order_relaxed); }
+#endif
+
 int lk_cpu_family_supported(const char *name)
 {
     for (size_t i = 0; i < N_FAMILIES; i++)
@@ -304,18 +341,29 @@ int lk_cpu_family_supported(const char *name)
 
 /* "avx2 fma f16c", "neon (asimd fp16 ...)" or "none": what detect() found, plus on aarch64
  * Linux the hardware capabilities the kernel reports that matter to float kernels. */
-static void describe_features(char *buf, size_t size)
+static const struct {
+    unsigned bit;
+    const char *name;
+} feature_names[] = {/* avx512_bf16 right after avx512f: the order ldm_cpu_info has always printed them in */
+                     {F_AVX2, "avx2"},         {F_FMA, "fma"},           {F_F16C, "f16c"},
+                     {F_NEON, "neon"},         {F_AVX512F, "avx512f"},   {F_AVX512BF16, "avx512_bf16"},
+                     {F_AVX512BW, "avx512bw"}, {F_AVX512VL, "avx512vl"}, {F_AVX512DQ, "avx512dq"}};
+
+/* The names of the feature bits f, space-separated ("" when none). */
+static void describe_bits(unsigned f, char *buf, size_t size)
 {
-    unsigned f = features();
     size_t n = 0;
     buf[0] = '\0';
+    for (size_t i = 0; i < sizeof feature_names / sizeof feature_names[0]; i++)
+        if (f & feature_names[i].bit)
+            n += (size_t)snprintf(buf + n, n < size ? size - n : 0, "%s%s", n ? " " : "", feature_names[i].name);
+}
+
+static void describe_features(char *buf, size_t size)
+{
+    describe_bits(features(), buf, size);
+    size_t n = strlen(buf);
 #define ADD(...) (n += (size_t)snprintf(buf + n, n < size ? size - n : 0, __VA_ARGS__))
-    if (f & F_AVX2) ADD("%savx2", n ? " " : "");
-    if (f & F_FMA) ADD("%sfma", n ? " " : "");
-    if (f & F_F16C) ADD("%sf16c", n ? " " : "");
-    if (f & F_NEON) ADD("%sneon", n ? " " : "");
-    if (f & F_AVX512F) ADD("%savx512f", n ? " " : "");
-    if (f & F_AVX512BF16) ADD("%savx512_bf16", n ? " " : "");
 #if defined(__aarch64__) && defined(__linux__)
     unsigned long hw = getauxval(AT_HWCAP);
     static const struct {
@@ -350,7 +398,7 @@ const char *ldm_cpu_info(void)
         snprintf(why, sizeof why, "LDM_CPU=%.64s: not built for this architecture, generic runs", req);
         break;
     case WHY_UNWRITTEN:
-        snprintf(why, sizeof why, "LDM_CPU=%.64s: no AVX-512 kernels are written yet, generic runs", req);
+        snprintf(why, sizeof why, "LDM_CPU=%.64s: no %.64s kernels are written yet, generic runs", req, req);
         break;
     case WHY_MODEL:
         snprintf(why, sizeof why, "ldm_model_params.cpu_kernels=%s of a live model, held until no model or trainer is live",

@@ -8,9 +8,14 @@
  * first is as cheap and closer to the exact result, and both agree to rounding. Work is split over the
  * pool by whole groups (GroupNorm) or blocks of rows (LayerNorm): each statistic is computed by
  * one task in one order, so results do not depend on the thread count. Small inputs stay on the
- * calling thread. */
+ * calling thread.
+ *
+ * The avx512 family (simd16.h) runs 16-lane versions of the statistics (16 lanes of double
+ * partial sums), of the GroupNorm affine pass and of the LayerNorm row, with the multiply-adds
+ * contracted into FMA. */
 #include "kernels.h"
 #include "simd.h"
+#include "simd16.h"
 
 #include <math.h>
 
@@ -68,14 +73,105 @@ static LK_TWIN void affine_avx2(const float *x, size_t n, float m, float sc, flo
 }
 #endif
 
+#ifdef LK_AVX512_KERNELS
+/* moments_body on 16 lanes: 16 double partial sums (two 8-lane double vectors each), combined
+ * in a fixed order, then the tail. */
+LK_BODY void moments16_body(const float *x, size_t n, double *sum_out, double *sq_out)
+{
+    v8d s0 = {0, 0, 0, 0, 0, 0, 0, 0}, s1 = s0, q0 = s0, q1 = s0;
+    size_t i = 0;
+    for (; i + LANES16 <= n; i += LANES16) {
+        v16f v;
+        LOAD16(v, x + i);
+        v8d da = __builtin_convertvector(LOW8(v), v8d), db = __builtin_convertvector(HIGH8(v), v8d);
+        s0 += da, s1 += db, q0 += da * da, q1 += db * db;
+    }
+    v8d s = s0 + s1, q = q0 + q1;
+    double sum = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    double sq = ((q[0] + q[4]) + (q[1] + q[5])) + ((q[2] + q[6]) + (q[3] + q[7]));
+    for (; i < n; i++) {
+        double v = x[i];
+        sum += v;
+        sq += v * v;
+    }
+    *sum_out = sum;
+    *sq_out = sq;
+}
+
+/* y = (x - m) * scale + shift, 16 lanes at a time, the tail padded (y may equal x). */
+LK_BODY void affine16_body(const float *x, size_t n, float m, float scale, float shift, float *y)
+{
+    size_t i = 0;
+    for (; i + LANES16 <= n; i += LANES16) {
+        v16f v;
+        LOAD16(v, x + i);
+        STORE16(y + i, (v - SPLAT16(m)) * SPLAT16(scale) + SPLAT16(shift));
+    }
+    if (i < n) {
+        float tmp[LANES16] = {0};
+        memcpy(tmp, x + i, sizeof(float) * (n - i));
+        v16f v;
+        LOAD16(v, tmp);
+        v = (v - SPLAT16(m)) * SPLAT16(scale) + SPLAT16(shift);
+        memcpy(y + i, &v, sizeof(float) * (n - i));
+    }
+}
+
+/* One LayerNorm row: y = (x - m) * rs * gamma + beta (gamma 1 and beta 0 when NULL), the tail
+ * padded. */
+LK_BODY void ln_row16_body(const float *x, int dim, float m, float rs, const float *gamma, const float *beta, float *y)
+{
+    int i = 0;
+    for (; i + LANES16 <= dim; i += LANES16) {
+        v16f v, g = SPLAT16(1.0f), b = SPLAT16(0.0f);
+        LOAD16(v, x + i);
+        if (gamma) LOAD16(g, gamma + i);
+        if (beta) LOAD16(b, beta + i);
+        STORE16(y + i, (v - SPLAT16(m)) * SPLAT16(rs) * g + b);
+    }
+    if (i < dim) {
+        size_t n = (size_t)(dim - i);
+        float tx[LANES16] = {0}, tg[LANES16], tb[LANES16] = {0};
+        for (int k = 0; k < LANES16; k++) tg[k] = 1.0f;
+        memcpy(tx, x + i, sizeof(float) * n);
+        if (gamma) memcpy(tg, gamma + i, sizeof(float) * n);
+        if (beta) memcpy(tb, beta + i, sizeof(float) * n);
+        v16f v, g, b;
+        LOAD16(v, tx);
+        LOAD16(g, tg);
+        LOAD16(b, tb);
+        v = (v - SPLAT16(m)) * SPLAT16(rs) * g + b;
+        memcpy(y + i, &v, sizeof(float) * n);
+    }
+}
+
+LK_INSTANCES16_VOID(moments16, (const float *x, size_t n, double *s, double *q), moments16_body(x, n, s, q))
+LK_INSTANCES16_VOID(affine16, (const float *x, size_t n, float m, float sc, float sh, float *y),
+                    affine16_body(x, n, m, sc, sh, y))
+LK_INSTANCES16_VOID(ln_row16, (const float *x, int dim, float m, float rs, const float *g, const float *b, float *y),
+                    ln_row16_body(x, dim, m, rs, g, b, y))
+#endif
+
 static void moments(const float *x, size_t n, double *sum_out, double *sq_out)
 {
-    LK_PICK_TWIN(moments_avx2(x, n, sum_out, sq_out), moments_base(x, n, sum_out, sq_out));
+    LK_PICK16(moments16_avx512(x, n, sum_out, sq_out), moments16_avx512_test(x, n, sum_out, sq_out),
+              LK_PICK_TWIN(moments_avx2(x, n, sum_out, sq_out), moments_base(x, n, sum_out, sq_out)));
 }
 
 static void affine(const float *x, size_t n, float m, float scale, float shift, float *y)
 {
-    LK_PICK_TWIN(affine_avx2(x, n, m, scale, shift, y), affine_base(x, n, m, scale, shift, y));
+    LK_PICK16(affine16_avx512(x, n, m, scale, shift, y), affine16_avx512_test(x, n, m, scale, shift, y),
+              LK_PICK_TWIN(affine_avx2(x, n, m, scale, shift, y), affine_base(x, n, m, scale, shift, y)));
+}
+
+static void ln_row(const float *x, int dim, float m, float rs, const float *gamma, const float *beta, float *y)
+{
+    for (int i = 0; i < dim; i++) {
+        float v = (x[i] - m) * rs;
+        if (gamma) v *= gamma[i];
+        if (beta) v += beta[i];
+        y[i] = v;
+    }
 }
 
 /* mean and 1/sqrt(biased var + eps) of n values. */
@@ -166,12 +262,9 @@ static void ln_task(void *arg, int task)
         double mean, rstd;
         mean_rstd(x, (size_t)j->dim, j->eps, &mean, &rstd);
         float m = (float)mean, rs = (float)rstd;
-        for (int i = 0; i < j->dim; i++) {
-            float v = (x[i] - m) * rs;
-            if (j->gamma) v *= j->gamma[i];
-            if (j->beta) v += j->beta[i];
-            y[i] = v;
-        }
+        LK_PICK16(ln_row16_avx512(x, j->dim, m, rs, j->gamma, j->beta, y),
+                  ln_row16_avx512_test(x, j->dim, m, rs, j->gamma, j->beta, y),
+                  ln_row(x, j->dim, m, rs, j->gamma, j->beta, y));
     }
 }
 

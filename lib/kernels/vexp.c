@@ -15,9 +15,12 @@
  * vectorised CPU erf, except that 1 + erf(z) for z < 0 is formed directly from the exp term
  * instead of by cancellation, so GELU keeps its relative accuracy for negative inputs.
  *
- * The vector types, helpers and the AVX2 dispatch are those of simd.h. */
+ * The vector types, helpers and the AVX2 dispatch are those of simd.h. The avx512 family runs the
+ * same functions on 16 lanes (simd16.h), with multiply-adds contracted into FMA: the sums of
+ * softmax then keep 16 lane-wise partial sums. */
 #include "kernels.h"
 #include "simd.h"
+#include "simd16.h"
 
 #include <math.h>
 
@@ -296,7 +299,141 @@ static float vexp_shift_sum_neon(float *x, size_t n, float shift)
 }
 #endif
 
-/* ---- entry points: baseline build plus the AVX2 twin (x86-64) or the NEON kernels (aarch64) */
+/* ---- the 16-lane versions (avx512 family): the arithmetic above on v16f */
+#ifdef LK_AVX512_KERNELS
+LK_BODY void load_tail16(v16f *v, const float *p, size_t n, float fill)
+{
+    float tmp[LANES16];
+    for (size_t k = 0; k < LANES16; k++) tmp[k] = k < n ? p[k] : fill;
+    memcpy(v, tmp, sizeof *v);
+}
+
+LK_BODY void vexp16(v16f *xp)
+{
+    v16f x = *xp;
+    x = SELECT16(x < SPLAT16(88.3f), x, SPLAT16(88.3f));
+    x = SELECT16(x > SPLAT16(-87.3f), x, SPLAT16(-87.3f));
+    const v16f magic = SPLAT16(12582912.0f);
+    v16f n = (x * SPLAT16(1.44269504088896341f) + magic) - magic;
+    v16f r = x - n * SPLAT16(0.693359375f);
+    r = r - n * SPLAT16(-2.12194440e-4f);
+    v16f p = SPLAT16(1.9875691500e-4f);
+    p = p * r + SPLAT16(1.3981999507e-3f);
+    p = p * r + SPLAT16(8.3334519073e-3f);
+    p = p * r + SPLAT16(4.1665795894e-2f);
+    p = p * r + SPLAT16(1.6666665459e-1f);
+    p = p * r + SPLAT16(5.0000001201e-1f);
+    p = p * (r * r) + r + SPLAT16(1.0f);
+    v16i e = (__builtin_convertvector(n, v16i) + 127) << 23;
+    *xp = p * (v16f)e;
+}
+
+LK_BODY void vsilu16(v16f *x, float k)
+{
+    v16f e = *x * SPLAT16(-k);
+    vexp16(&e);
+    *x = *x / (SPLAT16(1.0f) + e);
+}
+
+LK_BODY void vgelu16(v16f *xp)
+{
+    v16f x = *xp;
+    v16f z = x * SPLAT16(0.70710678118654752f);
+    v16i neg = z < SPLAT16(0.0f);
+    v16f a = SELECT16(neg, -z, z);
+    v16f t = SPLAT16(1.0f) / (SPLAT16(1.0f) + SPLAT16(0.3275911f) * a);
+    v16f poly = SPLAT16(1.061405429f);
+    poly = poly * t + SPLAT16(-1.453152027f);
+    poly = poly * t + SPLAT16(1.421413741f);
+    poly = poly * t + SPLAT16(-0.284496736f);
+    poly = poly * t + SPLAT16(0.254829592f);
+    v16f g = -(a * a);
+    vexp16(&g);
+    v16f tail = poly * t * g; /* erfc(|z|) */
+    v16f one_plus_erf = SELECT16(neg, tail, SPLAT16(2.0f) - tail);
+    *xp = SPLAT16(0.5f) * x * one_plus_erf;
+}
+
+/* fn(&v, args) over n floats in place, 16 at a time; the tail padded with zeros. */
+#define MAP16(x, n, call)                                                                          \
+    do {                                                                                           \
+        size_t i_ = 0;                                                                             \
+        for (; i_ + LANES16 <= (n); i_ += LANES16) {                                               \
+            v16f v;                                                                                \
+            LOAD16(v, (x) + i_);                                                                   \
+            call;                                                                                  \
+            STORE16((x) + i_, v);                                                                  \
+        }                                                                                          \
+        if (i_ < (n)) {                                                                            \
+            v16f v;                                                                                \
+            load_tail16(&v, (x) + i_, (n) - i_, 0.0f);                                             \
+            call;                                                                                  \
+            memcpy((x) + i_, &v, sizeof(float) * ((n) - i_));                                      \
+        }                                                                                          \
+    } while (0)
+
+LK_BODY void vexp16_impl(float *x, size_t n) { MAP16(x, n, vexp16(&v)); }
+LK_BODY void vsilu16_impl(float *x, size_t n, float k) { MAP16(x, n, vsilu16(&v, k)); }
+LK_BODY void vgelu16_impl(float *x, size_t n) { MAP16(x, n, vgelu16(&v)); }
+
+LK_BODY float vmax16_impl(const float *x, size_t n)
+{
+    v16f m = SPLAT16(-INFINITY);
+    size_t i = 0;
+    for (; i + LANES16 <= n; i += LANES16) {
+        v16f v;
+        LOAD16(v, x + i);
+        m = SELECT16(v > m, v, m);
+    }
+    if (i < n) {
+        v16f v;
+        load_tail16(&v, x + i, n - i, -INFINITY);
+        m = SELECT16(v > m, v, m);
+    }
+    float l[LANES16];
+    memcpy(l, &m, sizeof l);
+    float r = l[0];
+    for (int k = 1; k < LANES16; k++) r = l[k] > r ? l[k] : r;
+    return r;
+}
+
+LK_BODY float vexp_shift_sum16_impl(float *x, size_t n, float shift)
+{
+    v16f acc = SPLAT16(0.0f), s = SPLAT16(shift);
+    size_t i = 0;
+    for (; i + LANES16 <= n; i += LANES16) {
+        v16f e;
+        LOAD16(e, x + i);
+        e -= s;
+        vexp16(&e);
+        STORE16(x + i, e);
+        acc += e;
+    }
+    if (i < n) {
+        v16f e;
+        load_tail16(&e, x + i, n - i, 0.0f);
+        e -= s;
+        vexp16(&e);
+        memcpy(x + i, &e, sizeof(float) * (n - i));
+        float tmp[LANES16] = {0}; /* padded lanes must not count */
+        memcpy(tmp, &e, sizeof(float) * (n - i));
+        v16f last;
+        LOAD16(last, tmp);
+        acc += last;
+    }
+    v8f h = LOW8(acc) + HIGH8(acc);
+    return hsum8(&h);
+}
+
+LK_INSTANCES16_VOID(vexp16, (float *x, size_t n), vexp16_impl(x, n))
+LK_INSTANCES16_VOID(vsilu16, (float *x, size_t n, float k), vsilu16_impl(x, n, k))
+LK_INSTANCES16_VOID(vgelu16, (float *x, size_t n), vgelu16_impl(x, n))
+LK_INSTANCES16(float, vmax16, (const float *x, size_t n), vmax16_impl(x, n))
+LK_INSTANCES16(float, vexp_shift_sum16, (float *x, size_t n, float shift), vexp_shift_sum16_impl(x, n, shift))
+#endif
+
+/* ---- entry points: the 16-lane kernels (avx512 family), the baseline build plus the AVX2 twin
+ * (x86-64) or the NEON kernels (aarch64) */
 
 #ifdef LK_DISPATCH
 static LK_AVX2 void vexp_avx2(float *x, size_t n) { vexp_impl(x, n); }
@@ -316,11 +453,24 @@ static LK_AVX2 void vgelu_avx2(float *x, size_t n) { vgelu_impl(x, n); }
 #define PICK LK_PICK
 #endif
 
-void lk_vexp(float *x, size_t n) { PICK(vexp_avx2(x, n), vexp_impl(x, n)); }
-float lk_vmax(const float *x, size_t n) { return PICK(vmax_avx2(x, n), vmax_impl(x, n)); }
+void lk_vexp(float *x, size_t n)
+{
+    LK_PICK16(vexp16_avx512(x, n), vexp16_avx512_test(x, n), PICK(vexp_avx2(x, n), vexp_impl(x, n)));
+}
+float lk_vmax(const float *x, size_t n)
+{
+    return LK_PICK16(vmax16_avx512(x, n), vmax16_avx512_test(x, n), PICK(vmax_avx2(x, n), vmax_impl(x, n)));
+}
 float lk_vexp_shift_sum(float *x, size_t n, float shift)
 {
-    return PICK(vexp_shift_sum_avx2(x, n, shift), vexp_shift_sum_impl(x, n, shift));
+    return LK_PICK16(vexp_shift_sum16_avx512(x, n, shift), vexp_shift_sum16_avx512_test(x, n, shift),
+                     PICK(vexp_shift_sum_avx2(x, n, shift), vexp_shift_sum_impl(x, n, shift)));
 }
-void lk_vsilu(float *x, size_t n, float k) { PICK(vsilu_avx2(x, n, k), vsilu_impl(x, n, k)); }
-void lk_vgelu(float *x, size_t n) { PICK(vgelu_avx2(x, n), vgelu_impl(x, n)); }
+void lk_vsilu(float *x, size_t n, float k)
+{
+    LK_PICK16(vsilu16_avx512(x, n, k), vsilu16_avx512_test(x, n, k), PICK(vsilu_avx2(x, n, k), vsilu_impl(x, n, k)));
+}
+void lk_vgelu(float *x, size_t n)
+{
+    LK_PICK16(vgelu16_avx512(x, n), vgelu16_avx512_test(x, n), PICK(vgelu_avx2(x, n), vgelu_impl(x, n)));
+}

@@ -13,6 +13,7 @@
 #include "kernels.h"
 
 #include "simd.h"
+#include "simd16.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -94,7 +95,46 @@ static void half_to_float_neon(const void *src, size_t n, float *dst)
 }
 #endif
 
+#ifdef LK_AVX512_KERNELS
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+/* half_to_float on 16 halves at a time, in integer and exact float operations (the avx512
+ * family; VCVTPH2PS would need an intrinsic): a normal half's exponent is rebased by 127 - 15 in
+ * place, a subnormal's mantissa m becomes m * 2^-24 (an exact int-to-float conversion and a
+ * power-of-two scale; no float subnormal is involved, so FTZ/DAZ modes cannot change it), inf
+ * and NaN keep their payload under the float's all-ones exponent; the sign is put back last.
+ * The tail goes through half_to_float. */
+LK_BODY void half16_body(const void *src, size_t n, float *dst)
+{
+    const unsigned char *p = src;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16h h;
+        memcpy(&h, p + 2 * i, sizeof h);
+        v16i w = __builtin_convertvector(h, v16i); /* zero-extended */
+        v16i u = w & 0x7fff, sign = (w & 0x8000) << 16;
+        v16i normal = (u << 13) + (112 << 23), infnan = (u << 13) | 0x7f800000;
+        v16f sub = __builtin_convertvector(u, v16f) * SPLAT16(0x1p-24f); /* exact for u < 0x400 */
+        v16i is_sub = u < 0x400, is_special = u >= 0x7c00;
+        v16i bits = (is_sub & (v16i)sub) | (is_special & infnan) | (~(is_sub | is_special) & normal);
+        bits |= sign;
+        memcpy(dst + i, &bits, sizeof bits);
+    }
+    half_to_float_base(p + 2 * i, n - i, dst + i);
+}
+
+LK_INSTANCES16_VOID(half16, (const void *src, size_t n, float *dst), half16_body(src, n, dst))
+#endif
+
+static void half_to_float_simd(const void *src, size_t n, float *dst);
+
 void lk_half_to_float(const void *src, size_t n, float *dst)
+{
+    LK_PICK16(half16_avx512(src, n, dst), half16_avx512_test(src, n, dst), half_to_float_simd(src, n, dst));
+}
+
+/* The 8-lane F16C, NEON or baseline conversion. */
+static void half_to_float_simd(const void *src, size_t n, float *dst)
 {
 #ifdef LK_DISPATCH
     if (lk_cpu_has_f16c()) {
