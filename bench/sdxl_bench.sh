@@ -14,7 +14,8 @@
 #    folder, in the default and the low-memory mode (peak RSS of each);
 # 4. the guided step at SIZE x SIZE (UNet at batch 2): sdxl_compare.py torch-step (float32, 10.3 GB
 #    of weights: it waits until TORCH_GB of memory are available), then libldm-step in the default
-#    and the low-memory mode, each under /usr/bin/time -v in its own process;
+#    and the low-memory mode, each under /usr/bin/time -v in its own process; the step's counted
+#    GFLOP (sdxl_compare.py flops) for GFLOP per CPU-second;
 # 5. `ldm generate` at SIZE x SIZE with GEN_STEPS steps (euler, guidance 5: SDXL's defaults) in
 #    both modes (GENERATE=0 skips it): peak RSS, wall and CPU seconds, and the seconds of the last
 #    step from the CLI's progress line (run under script(1) so that it has a terminal);
@@ -118,6 +119,13 @@ if [ "$NO_TORCH" != 1 ]; then
         --size "$SIZE" --threads "$THREADS" >"$WORK/torch.out" 2>"$WORK/torch.err" || { cat "$WORK/torch.out" "$WORK/torch.err" >&2; die "torch-step failed"; }
     step_row "PyTorch 1.13, official UNetModel, float32" "$WORK/torch.out" "$WORK/torch.time"
 fi
+gflop=""
+if [ "$NO_TORCH" != 1 ]; then # the counted work of the step, for GFLOP per CPU-second
+    wait_memory 8
+    torch_env "$PY" bench/sdxl_compare.py flops --gm "$GM" --out "$OUT" --size "$SIZE" --threads "$THREADS" \
+        >"$WORK/flops.out" 2>"$WORK/flops.err" || { cat "$WORK/flops.out" "$WORK/flops.err" >&2; die "flops failed"; }
+    gflop=$(field "$WORK/flops.out" gflop)
+fi
 for mode in 0 1; do
     wait_memory 7
     LDM_LOW_MEMORY=$mode /usr/bin/time -v -o "$WORK/ldm$mode.time" /usr/bin/python3 bench/sdxl_compare.py libldm-step \
@@ -152,9 +160,12 @@ echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) at the end (1/5/15 min; other jo
 echo
 echo "guided step at ${SIZE}x${SIZE} (UNet at batch 2, latent $((SIZE / 8))x$((SIZE / 8)); process peak RSS):"
 echo
-echo "| engine | wall s/step | CPU s/step | peak RSS GB | max abs diff to PyTorch |"
-echo "|---|---|---|---|---|"
-echo "$rows" | sed '/^$/d' | awk -F'|' '{ printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, ($5 == "" ? "-" : $5) }'
+[ -n "$gflop" ] && echo "counted work: $(sed -n 's/^RESULT //p' "$WORK/flops.out") (GFLOP; sdxl_compare.py flops)"
+echo
+echo "| engine | wall s/step | CPU s/step | GFLOP per CPU-s | peak RSS GB | max abs diff to PyTorch |"
+echo "|---|---|---|---|---|---|"
+echo "$rows" | sed '/^$/d' | awk -F'|' -v g="$gflop" '{ r = (g != "" && $3 > 0) ? sprintf("%.1f", g / $3) : "-";
+    printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, r, $4, ($5 == "" ? "-" : $5) }'
 if [ -n "$gen_rows" ]; then
     echo
     echo "ldm generate ${SIZE}x${SIZE}, $GEN_STEPS steps euler, guidance 5, full VAE decode (the whole process):"

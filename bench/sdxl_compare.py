@@ -25,7 +25,7 @@ the check writes a fixture that the standard conformance runner checks.
         values, and again in float64 for the tolerance policy of ../shared/fixtures/README.md
         (atol = max(1e-4 max(1, max|ref|), 20 |f32 - f64|), rtol 1e-4). The parameters stay
         float16 in memory and each layer is widened just for its own call (a forward pre-hook;
-        exact, since the values are float16 anyway), so the check needs about 6 GB instead of
+        exact, since the values are float16 anyway), so the check needs about 7 GB instead of
         10.3 GB (float32) or 20.6 GB (float64). Writes io.safetensors and case.json (op
         unet.forward) next to the model: `build/tests/conformance DIR/unet_sdxl_base_full` checks it.
 
@@ -34,6 +34,12 @@ the check writes a fixture that the standard conformance runner checks.
         PyTorch 1.13 has no fast float16 CPU kernels; 10.3 GB of weights), one forward at batch 2
         (the classifier-free-guidance batch [uncond; cond]) on a latent of size/8, after a warm-up
         at 8x8. Prints `RESULT wall=S cpu=S maxrss_kb=K` and saves the output (DIR/step-torch-SIZE.npy).
+
+    sdxl_compare.py flops --gm GM --out DIR [--size 1024]
+        The counted GFLOP of that step (2 per multiply-add of every convolution, matrix product and
+        both attention products, as build/bench/bench counts): the official module run with hooks
+        at 8x8 and 16x16 latents, scaled to the size part by part (self-attention with the square
+        of the pixel count). `RESULT gflop=G ...`.
 
     sdxl_compare.py libldm-step --out DIR [--size 1024] [--threads 2] [--lib build/libldm.so.0]
         The same step with libldm (Python binding: ldm_unet_forward at batch 2 on the same input,
@@ -50,7 +56,6 @@ everything in order, one process at a time. Timing only.
 """
 import argparse
 import json
-import math
 import os
 import resource
 import struct
@@ -298,6 +303,58 @@ def torch_step(a):
                                                                  int(torch.isfinite(out).all())), flush=True)
 
 
+def count_flops(a):
+    """Counted GFLOP of the guided step at --size (2 per multiply-add of every convolution, matrix
+    product and both attention products, as build/bench/bench counts them): the official module run
+    with hooks at 8x8 and 16x16 latents, each part scaled to the size: the products' pixel-free
+    part (embeddings, the context's projections) kept, the rest and cross-attention with the pixel
+    count, self-attention with its square (exact for sizes that are multiples of 128)."""
+    import torch
+    torch.set_num_threads(a.threads)
+    _, unet = build_unet(a.gm)
+    load_weights(unet, os.path.join(fixture_dir(a.out), "model.safetensors"), torch.float16)
+    widen_per_layer(unet, [torch.float32])
+    count = {"linear": 0, "self": 0, "cross": 0}
+
+    def hook(m, _inputs, out):
+        if isinstance(m, torch.nn.Conv2d):
+            count["linear"] += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            count["linear"] += 2 * out.numel() * m.in_features
+
+    for m in unet.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted_sdpa(q, k, v, *args, **kw):
+        n = 4 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
+        count["self" if q.shape[-2] == k.shape[-2] else "cross"] += n
+        return sdpa(q, k, v, *args, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = counted_sdpa
+
+    def run(lat):
+        for k in count:
+            count[k] = 0
+        x, t, ctx, y = (torch.from_numpy(v) for v in inputs(2, lat))
+        with torch.no_grad():
+            unet(x, timesteps=t, context=ctx, y=y)
+        return dict(count)
+
+    # products: a part independent of the pixels (time and vector embeddings, the context's k and
+    # v projections) plus a part proportional to them; two sizes separate the two
+    c8, c16 = run(8), run(16)
+    per_pixel = (c16["linear"] - c8["linear"]) / (16 * 16 - 8 * 8)
+    fixed = c8["linear"] - per_pixel * 8 * 8
+    lat = a.size // 8
+    r = (lat / 16) ** 2
+    products = fixed + per_pixel * lat * lat
+    total = products + c16["cross"] * r + c16["self"] * r * r
+    print("RESULT gflop=%.1f convs_and_projections=%.1f self_attention=%.1f cross_attention=%.1f" % (
+        total / 1e9, products / 1e9, c16["self"] * r * r / 1e9, c16["cross"] * r / 1e9))
+
+
 def libldm_step(a):
     os.environ["LDM_LIBRARY"] = os.path.abspath(a.lib)
     sys.path.insert(0, os.path.join(HERE, "..", "bindings", "python"))
@@ -331,7 +388,7 @@ def libldm_step(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("write", "reference", "torch-step", "libldm-step"))
+    ap.add_argument("what", choices=("write", "reference", "torch-step", "libldm-step", "flops"))
     ap.add_argument("--gm", default="/tmp/gm", help="a generative-models checkout")
     ap.add_argument("--out", default="/tmp/ldm-sdxl")
     ap.add_argument("--size", type=int, default=None, help="latent size (reference, default 32) or "
@@ -348,6 +405,9 @@ def main():
     elif a.what == "torch-step":
         a.size = a.size or 1024
         torch_step(a)
+    elif a.what == "flops":
+        a.size = a.size or 1024
+        count_flops(a)
     else:
         a.size = a.size or 1024
         libldm_step(a)
