@@ -67,7 +67,8 @@ typedef struct laeb_resblock {
 
 ldm_status laeb_resblock_load(laeb_resblock *r, const lw_store *s, const char *name, int in, int out);
 void laeb_resblock_free(laeb_resblock *r);
-ldm_status laeb_resblock_run(const lctx *c, const laeb_resblock *r, const laeb_map *x, laeb_map *y);
+/* Consumes x: it is freed on return, success or not (its memory may hold intermediate values). */
+ldm_status laeb_resblock_run(const lctx *c, const laeb_resblock *r, laeb_map *x, laeb_map *y);
 
 /* AttnBlock(C): single-head self-attention over the h*w positions, 1x1 convs q, k, v, proj_out,
  * scale C^-0.5, residual. q/k/v weights are stacked into one [3C,C] 1x1 conv at load time. */

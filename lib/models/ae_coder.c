@@ -178,8 +178,7 @@ static ldm_status step_resblock(const lctx *c, const laeb_resblock *r, laeb_map 
 {
     laeb_map y;
     LDM_TRY(check_cancel(c));
-    LDM_TRY(laeb_resblock_run(c, r, h, &y));
-    laeb_map_free(h);
+    LDM_TRY(laeb_resblock_run(c, r, h, &y)); /* frees h, also on failure */
     *h = y;
     return LDM_OK;
 }
