@@ -26,6 +26,10 @@
 #include <string.h>
 
 #define FULL_VOCAB 49408
+/* The refiner of the hand-off: a fixture of its own next to sdxl_base_tiny (the two 64-channel
+ * networks would not fit one fixture's size budget). */
+#define REFINER_WEIGHTS "../sdxl_refiner_tiny/model.safetensors"
+#define REFINER_CONFIG  "../sdxl_refiner_tiny/config.yaml"
 
 /* The project's fixture: $LDM_FIXTURES, else tests/fixtures from the checkout root (make) or from
  * a build directory inside it (meson). */
@@ -189,7 +193,8 @@ static void cond_free(cond4 *c)
     ldm_tensor_free(c->uvec);
 }
 
-static void run_steps(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale, int last)
+/* dt: added to the timestep the network sees (0 but for the sensitivity test) */
+static void run_steps_dt(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale, int last, double dt)
 {
     const ldm_tensor *xin;
     double t;
@@ -197,12 +202,17 @@ static void run_steps(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale,
         int64_t B = xin->shape[0];
         ldm_tensor *tt = NULL, *out = NULL;
         ck_assert_int_eq(ldm_tensor_create(LDM_F32, 1, &B, &tt), LDM_OK);
-        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)(t + dt);
         ck_assert_int_eq(ldm_model_apply_sdxl(m, xin, tt, c->ca, c->vec, c->uca, c->uvec, scale, &out), LDM_OK);
         ck_assert_int_eq(ldm_sampler_give(s, out), LDM_OK);
         ldm_tensor_free(tt);
         ldm_tensor_free(out);
     }
+}
+
+static void run_steps(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale, int last)
+{
+    run_steps_dt(m, s, c, scale, last, 0.0);
 }
 
 static double max_diff(const ldm_tensor *a, const ldm_tensor *b)
@@ -275,7 +285,7 @@ START_TEST(test_refiner_handoff_matches_public_calls)
     if (!have_fixture() || !have_vocab()) return;
     padded pb, pr;
     ldm_model *base = load_padded(fx("model.safetensors"), fx("config.yaml"), &pb);
-    ldm_model *ref = load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pr);
+    ldm_model *ref = load_padded(fx(REFINER_WEIGHTS), fx(REFINER_CONFIG), &pr);
     const int B = 1, H = 8, W = 8, steps = 8;
     const double start = 0.6;
     ldm_tensor *x_T = noise(B, H, W), *img = NULL, *want = NULL;
@@ -351,6 +361,123 @@ END_TEST
 
 /* sgm LegacyDDPMDiscretization()(50) of the released SDXL schedule (printed by the reference,
  * float32): first, second, 25th, last nonzero. */
+/* The UNet goldens (unet_sdxl_base, unet_sdxl_refiner) can fail a broken timestep or vector path:
+ * with one channel per GroupNorm group (the old 32-channel fixtures) both were normalised away and
+ * moved the output by ~1e-6. Here the output at other timesteps, and with y zeroed, must leave the
+ * golden by far more than its tolerance, while the golden's own inputs stay within it. */
+static double unet_out_moved(ldm_unet *unet, const ldm_tensor *x, const float *t, const ldm_tensor *ctx,
+                             const ldm_tensor *y, const ldm_tensor *want)
+{
+    ldm_tensor *tt = NULL, *out = NULL;
+    int64_t B = x->shape[0];
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 1, &B, &tt), LDM_OK);
+    memcpy(lt_f32(tt), t, (size_t)B * sizeof(float));
+    ck_assert_msg(ldm_unet_forward(unet, x, tt, ctx, y, &out) == LDM_OK, "%s", ldm_last_error());
+    double d = max_diff(out, want);
+    ldm_tensor_free(tt);
+    ldm_tensor_free(out);
+    return d;
+}
+
+static void check_unet_sensitivity(const char *name)
+{
+    char dir[1200], path[1300];
+    snprintf(dir, sizeof dir, "%s/../%s", fix_dir, name);
+    lj_value *cas = NULL;
+    lw_store *io = NULL;
+    ldm_model *m = NULL;
+    ldm_unet *unet;
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    mp.n_threads = fx_threads();
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    mp.config_path = path;
+    char weights[1300];
+    snprintf(weights, sizeof weights, "%s/model.safetensors", dir);
+    ck_assert_msg(ldm_model_load(weights, &mp, &m) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(fx_load_case(dir, &cas), LDM_OK);
+    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    ck_assert_int_eq(lw_open(path, 0, &io), LDM_OK);
+    ck_assert_int_eq(ldm_model_unet(m, &unet), LDM_OK);
+    ldm_tensor *x = fx_io_tensor(io, "x"), *ts = fx_io_tensor(io, "timesteps"), *ctx = fx_io_tensor(io, "context");
+    ldm_tensor *y = fx_io_tensor(io, "y"), *want = fx_io_tensor(io, "out"), *y0 = lt_clone(y);
+    memset(lt_f32(y0), 0, (size_t)lt_numel(y0) * sizeof(float));
+    double atol = fx_tolerance_for(cas, "out").atol;
+    ck_assert_int_eq(ts->shape[0], 2);
+    float t[2] = {(float)lt_i64(ts)[0], (float)lt_i64(ts)[1]}, swapped[2] = {t[1], t[0]}, mid[2] = {500, 500};
+    double same = unet_out_moved(unet, x, t, ctx, y, want);
+    double by_t = unet_out_moved(unet, x, swapped, ctx, y, want);
+    double by_mid = unet_out_moved(unet, x, mid, ctx, y, want);
+    double by_y = unet_out_moved(unet, x, t, ctx, y0, want);
+    ck_assert_msg(same <= atol, "%s: the golden's own inputs differ by %g (atol %g)", name, same, atol);
+    ck_assert_msg(by_t > 100 * atol && by_mid > 100 * atol,
+                  "%s: other timesteps move the output by only %g / %g (atol %g)", name, by_t, by_mid, atol);
+    ck_assert_msg(by_y > 100 * atol, "%s: zeroing y moves the output by only %g (atol %g)", name, by_y, atol);
+    ldm_tensor_free(x), ldm_tensor_free(ts), ldm_tensor_free(ctx), ldm_tensor_free(y), ldm_tensor_free(y0);
+    ldm_tensor_free(want);
+    lw_close(io);
+    lj_free(cas);
+    ldm_model_free(m);
+}
+
+START_TEST(test_unet_goldens_see_timestep_and_vector)
+{
+    if (!have_fixture()) return;
+    check_unet_sensitivity("unet_sdxl_base");
+    check_unet_sensitivity("unet_sdxl_refiner");
+}
+END_TEST
+
+/* The same at the sampler: sdxl_base_tiny's Euler samples move by more than the fixture's
+ * tolerance when the network sees timesteps 50 later, and when the vector conditioning is zeroed. */
+static double euler_samples_moved(ldm_model *m, const cond4 *c, const ldm_tensor *x_T, const ldm_tensor *want,
+                                  double dt)
+{
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = LDM_SAMPLER_EULER, sp.steps = 4, sp.discretization = LDM_DISCRETIZATION_SGM;
+    ldm_sampler *s = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+    run_steps_dt(m, s, c, 5.0f, 4, dt);
+    double d = max_diff(ldm_sampler_current(s), want);
+    ldm_sampler_free(s);
+    return d;
+}
+
+START_TEST(test_pipeline_golden_sees_timestep_and_vector)
+{
+    if (!have_fixture()) return;
+    ldm_model *m = NULL;
+    lw_store *io = NULL;
+    lj_value *cas = NULL;
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    mp.n_threads = fx_threads();
+    ck_assert_int_eq(ldm_model_load(fx("model.safetensors"), &mp, &m), LDM_OK);
+    ck_assert_int_eq(lw_open(fx("io.safetensors"), 0, &io), LDM_OK);
+    ck_assert_int_eq(fx_load_case(fix_dir, &cas), LDM_OK);
+    double atol = fx_tolerance_for(cas, "samples").atol;
+    cond4 c = {fx_io_tensor(io, "c_crossattn"), fx_io_tensor(io, "c_vector"), fx_io_tensor(io, "uc_crossattn"),
+               fx_io_tensor(io, "uc_vector")};
+    ldm_tensor *x_T = fx_io_tensor(io, "x_T"), *want = fx_io_tensor(io, "samples");
+    double same = euler_samples_moved(m, &c, x_T, want, 0.0);
+    double by_t = euler_samples_moved(m, &c, x_T, want, 50.0);
+    memset(lt_f32(c.vec), 0, (size_t)lt_numel(c.vec) * sizeof(float));
+    memset(lt_f32(c.uvec), 0, (size_t)lt_numel(c.uvec) * sizeof(float));
+    double by_y = euler_samples_moved(m, &c, x_T, want, 0.0);
+    ck_assert_msg(same <= atol, "the golden's own run differs by %g (atol %g)", same, atol);
+    ck_assert_msg(by_t > 10 * atol, "timesteps 50 later move the samples by only %g (atol %g)", by_t, atol);
+    ck_assert_msg(by_y > 10 * atol, "a zero vector moves the samples by only %g (atol %g)", by_y, atol);
+    cond_free(&c);
+    ldm_tensor_free(x_T);
+    ldm_tensor_free(want);
+    lj_free(cas);
+    lw_close(io);
+    ldm_model_free(m);
+}
+END_TEST
+
 START_TEST(test_sgm_sigmas_match_reference)
 {
     ls_schedule *sc = NULL;
@@ -695,7 +822,7 @@ START_TEST(test_previews_through_the_refiner)
     if (!have_fixture() || !have_vocab()) return;
     padded pb, pr;
     ldm_model *base = load_padded(fx("model.safetensors"), fx("config.yaml"), &pb);
-    ldm_model *ref = load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pr);
+    ldm_model *ref = load_padded(fx(REFINER_WEIGHTS), fx(REFINER_CONFIG), &pr);
     ldm_tensor *x_T = noise(1, 8, 8), *img = NULL;
     ldm_generate_params gp;
     ldm_generate_params_init(&gp);
@@ -796,15 +923,14 @@ START_TEST(test_lcm_guidance_embedding_matches_golden)
     ldm_model *m = load_padded_with(fx("model.safetensors"), fx("config.yaml"), &pd,
                                     "model.diffusion_model.time_embed.cond_proj.weight", w);
     ck_assert_int_eq(ldm_model_guidance_embedding_dim(m), 16);
-    /* the embedding itself (the shrunk UNet's GroupNorms, one channel per group, erase most of its
-     * effect on the trajectory below) */
+    /* the embedding itself, then the trajectory it steers */
     struct ldm_unet *unet;
     ck_assert_int_eq(lm_unet(m, &unet), LDM_OK);
     ldm_tensor *want_emb = img_io("lcm3_time_embed");
-    float t4[4] = {999, 759, 499, 259}, g4[4] = {3, 3, 3, 3}, emb[4 * 128];
-    ck_assert_int_eq(lt_numel(want_emb), 4 * 128);
+    float t4[4] = {999, 759, 499, 259}, g4[4] = {3, 3, 3, 3}, emb[4 * 256];
+    ck_assert_int_eq(lt_numel(want_emb), 4 * 256);
     ck_assert_int_eq(lunet_time_embedding(unet->net, &m->ctx, t4, g4, 4, emb), LDM_OK);
-    double de = rel_diff(emb, lt_f32(want_emb), 4 * 128);
+    double de = rel_diff(emb, lt_f32(want_emb), 4 * 256);
     ck_assert_msg(de < 1e-5, "the guidance embedding differs from diffusers' by %g (relative)", de);
     ldm_tensor_free(want_emb);
     cond4 c = {img_io("c_crossattn"), img_io("c_vector"), img_io("uc_crossattn"), img_io("uc_vector")};
@@ -860,7 +986,7 @@ START_TEST(test_img2img_generate_matches_public_calls)
     ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.05f), 8); /* one level (sigma 0): no step */
     for (int refiner = 0; refiner < 2; refiner++) {
         padded pd;
-        ldm_model *m = refiner ? load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pd)
+        ldm_model *m = refiner ? load_padded(fx(REFINER_WEIGHTS), fx(REFINER_CONFIG), &pd)
                                : load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
         const int B = 2, H = 8, W = 8, steps = 8;
         const float strength = refiner ? 0.3f : 0.6f;
@@ -940,6 +1066,8 @@ Suite *sdxl_suite(void)
     TCase *tc = tcase_create("sdxl");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_sgm_sigmas_match_reference);
+    tcase_add_test(tc, test_unet_goldens_see_timestep_and_vector);
+    tcase_add_test(tc, test_pipeline_golden_sees_timestep_and_vector);
     tcase_add_test(tc, test_trajectories_tighter_than_policy);
     tcase_add_test(tc, test_config_and_detection);
     tcase_add_test(tc, test_config_rejects_what_is_not_implemented);
