@@ -1029,8 +1029,83 @@ START_TEST(test_img2img_generate_matches_public_calls)
 }
 END_TEST
 
-/* What SDXL still refuses, by name: inpainting masks, image-to-image with a refiner hand-off,
- * trailing spacing with LCM. */
+/* Inpainting on SDXL (the rule the sdxl_inpaint_tiny golden checks against diffusers'
+ * StableDiffusionXLInpaintPipeline): ldm_generate with init_image and mask = the public calls
+ * (the encoded image, the last int(strength * steps) steps, pure noise at strength 1, after each
+ * step ldm_sampler_blend_known with x_T and the binarised mask), with sgm's Euler and with
+ * trailing Euler ancestral; the kept region ends as the encoded image, bit for bit. */
+START_TEST(test_inpaint_generate_matches_public_calls)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+    const int B = 2, H = 8, W = 8;
+    ldm_tensor *x_T = noise(B, H, W), *init = random_image(B, H, W), *mask = NULL, *mask01 = NULL, *z0 = NULL;
+    int64_t ms[4] = {B, 1, H, W};
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &mask), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &mask01), LDM_OK);
+    for (int i = 0; i < B * H * W; i++) { /* a soft-edged hole: 0.7 repaints, 0.3 keeps (binarised at 0.5) */
+        int x = i % W, y = (i / W) % H;
+        float v = (x >= 2 && x < 6 && y >= 1 && y < 5) ? (x == 2 ? 0.7f : 1.0f) : (y == 6 ? 0.3f : 0.0f);
+        lt_f32(mask)[i] = v;
+        lt_f32(mask01)[i] = v >= 0.5f ? 1.0f : 0.0f;
+    }
+    struct {
+        ldm_sampler_kind kind;
+        ldm_timestep_spacing spacing;
+        int steps;
+        float strength;
+    } runs[] = {{LDM_SAMPLER_EULER, LDM_SPACING_DEFAULT, 4, 1.0f},
+                {LDM_SAMPLER_EULER, LDM_SPACING_DEFAULT, 8, 0.6f},
+                {LDM_SAMPLER_EULER_ANCESTRAL, LDM_SPACING_TRAILING, 4, 0.75f}};
+    for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
+        ldm_tensor *img = NULL, *ref = NULL;
+        ldm_generate_params gp;
+        ldm_generate_params_init(&gp);
+        gp.prompt = "a lighthouse at dusk";
+        gp.batch = B, gp.steps = runs[k].steps, gp.x_T = x_T, gp.seed = 33;
+        gp.sampler = runs[k].kind, gp.timestep_spacing = runs[k].spacing;
+        gp.init_image = init, gp.mask = mask, gp.strength = runs[k].strength;
+        ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+        if (!z0) ck_assert_int_eq(lp_encode_latent(m, init, 33, &z0), LDM_OK);
+        cond4 c = manual_cond(m, gp.prompt, B, H, W, 0);
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = runs[k].kind, sp.steps = runs[k].steps, sp.spacing = runs[k].spacing, sp.seed = 33;
+        sp.discretization =
+            runs[k].spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
+        ldm_sampler *s = NULL;
+        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+        int first = runs[k].steps - (int)(runs[k].strength * (float)runs[k].steps);
+        ck_assert_int_eq(first, k == 0 ? 0 : k == 1 ? 4 : 1);
+        ck_assert_int_eq(first ? ldm_sampler_begin_noised(s, z0, x_T, first) : ldm_sampler_begin(s, x_T), LDM_OK);
+        for (int step = first; step < runs[k].steps; step++) {
+            run_steps(m, s, &c, 5.0f, step + 1);
+            ck_assert_int_eq(ldm_sampler_blend_known(s, z0, x_T, mask01), LDM_OK);
+        }
+        const ldm_tensor *zf = ldm_sampler_current(s);
+        for (int64_t i = 0; i < lt_numel(zf); i++)
+            if (lt_f32(mask01)[(i / (4 * H * W)) * H * W + i % (H * W)] == 0.0f)
+                ck_assert_msg(lt_f32(zf)[i] == lt_f32(z0)[i], "run %zu: the kept region is not the image", k);
+        ck_assert_int_eq(ldm_model_decode_latent(m, zf, &ref), LDM_OK);
+        double d = max_diff(img, ref);
+        ck_assert_msg(d < 1e-5, "inpainting run %zu differs from the public calls by %g", k, d);
+        ldm_sampler_free(s);
+        cond_free(&c);
+        ldm_tensor_free(img);
+        ldm_tensor_free(ref);
+    }
+    ldm_tensor_free(z0);
+    ldm_tensor_free(mask);
+    ldm_tensor_free(mask01);
+    ldm_tensor_free(init);
+    ldm_tensor_free(x_T);
+    padded_free(m, &pd);
+}
+END_TEST
+
+/* What SDXL still refuses, by name: image-to-image or inpainting with a refiner hand-off,
+ * image conditioning, trailing spacing with LCM. */
 START_TEST(test_generate_refuses_sdxl_combinations)
 {
     if (!have_fixture()) return;
@@ -1044,6 +1119,8 @@ START_TEST(test_generate_refuses_sdxl_combinations)
     ldm_generate_params gp, r;
     ldm_generate_params_init(&gp);
     gp.init_image = init, gp.mask = mask;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_OK); /* inpainting by mask blending */
+    gp.refiner = m;
     ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "inpainting"));
     gp.mask = NULL, gp.refiner = m;
@@ -1081,6 +1158,7 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_lcm_generate_matches_public_calls);
     tcase_add_test(tc, test_lcm_guidance_embedding_matches_golden);
     tcase_add_test(tc, test_img2img_generate_matches_public_calls);
+    tcase_add_test(tc, test_inpaint_generate_matches_public_calls);
     tcase_add_test(tc, test_generate_refuses_sdxl_combinations);
     suite_add_tcase(s, tc);
     return s;
