@@ -989,6 +989,22 @@ test("sdxl: conditioner and base -> refiner hand-off against the sgm golden", fu
     ref:close()
 end)
 
+test("sdxl: blend_known after each step equals diffusers' SDXL inpainting golden", function()
+    local dir = repo .. "/tests/fixtures/sdxl_inpaint_tiny"
+    local io = read_safetensors(dir .. "/io.safetensors")
+    local tol = json_decode(assert(read_file(dir .. "/case.json"))).tolerances
+    local base = sdxl_load(sdxl_dir .. "/model.safetensors", "config.yaml")
+    local s = base:sampler{kind = "euler", steps = 8, spacing = "trailing"}
+    s:begin_noised(io.z0, io.x_T, 4) -- strength 0.6 of 8 steps: diffusers' get_timesteps
+    for k = 5, 8 do
+        sdxl_steps(base, s, {io.c_crossattn, io.c_vector}, {io.uc_crossattn, io.uc_vector}, 5.0, k)
+        s:blend_known(io.z0, io.x_T, io.mask)
+    end
+    compare("inpaint_euler_s06_samples", s:current(), io.inpaint_euler_s06_samples, tol.inpaint_euler_s06_samples)
+    raises("ldm_sampler_blend_known", s.blend_known, s, io.z0, io.x_T, io.z0)
+    base:close()
+end)
+
 -- generate{...}'s SDXL options on copies of the fixture with the real vocabulary's token-table size
 -- (49408 = 193 x the fixture's 256 rows, repeated), against the same run from the public calls
 test("sdxl: generate with size conditioning and a refiner equals the composed run", function()

@@ -142,6 +142,25 @@ class SdxlGoldenTest(unittest.TestCase):
             with self.assertRaises(libldm.InvalidArgumentError):
                 s.begin_noised(as_buffer(io["z0"]), as_buffer(io["x_T"]), 8)  # past the last step
 
+    def test_inpaint_blend(self):
+        """Sampler.blend_known after each step: the sdxl_inpaint_tiny golden's Euler (trailing,
+        strength 0.6 of 8 steps: diffusers' StableDiffusionXLInpaintPipeline starts at step 4)."""
+        d = os.path.join(REPO, "tests", "fixtures", "sdxl_inpaint_tiny")
+        io, tol = read_safetensors(os.path.join(d, "io.safetensors")), load_case(d)["tolerances"]
+        c = (as_buffer(io["c_crossattn"]), as_buffer(io["c_vector"]))
+        uc = (as_buffer(io["uc_crossattn"]), as_buffer(io["uc_vector"]))
+        z0, x_T, mask = as_buffer(io["z0"]), as_buffer(io["x_T"]), as_buffer(io["mask"])
+        with load() as base:
+            s = base.sampler("euler", 8, spacing="trailing")
+            s.begin_noised(z0, x_T, 4)
+            for k in range(5, 9):
+                run_steps(base, s, c, uc, 5.0, k)
+                s.blend_known(z0, x_T, mask)
+            compare(self, "inpaint_euler_s06_samples", s.current, io["inpaint_euler_s06_samples"],
+                    tol["inpaint_euler_s06_samples"])
+            with self.assertRaises(libldm.InvalidArgumentError):
+                s.blend_known(z0, x_T, as_buffer(io["z0"]))  # a 4-channel mask
+
 
 @unittest.skipUnless(os.path.isfile(VOCAB), "no CLIP vocabulary (LDM_SHARED)")
 class SdxlGenerateTest(unittest.TestCase):
