@@ -94,9 +94,11 @@ static void add_tensor(lw_store *s, padded *pd, const lw_tensor *t)
     ck_assert_int_eq(lw_store_add(s, t->name, t->dtype, 2, shape, big, row * FULL_VOCAB), LDM_OK);
 }
 
-/* extra (may be NULL): one more F32 tensor of that name in the store (copied). */
-static ldm_model *load_padded_with(const char *weights, const char *config, padded *pd, const char *extra_name,
-                                   const ldm_tensor *extra)
+/* extra (may be NULL): one more F32 tensor of that name in the store (copied), replacing the
+ * file's tensor of that name if there is one; in_channels > 0: the UNet's input channels instead
+ * of the config's (an inpainting UNet made from the fixture's). */
+static ldm_model *load_padded_in(const char *weights, const char *config, padded *pd, const char *extra_name,
+                                 const ldm_tensor *extra, int in_channels)
 {
     ldm_model_params mp, p;
     ldm_model *m = NULL;
@@ -107,7 +109,8 @@ static ldm_model *load_padded_with(const char *weights, const char *config, padd
     memset(pd, 0, sizeof *pd);
     ck_assert_int_eq(lw_open(weights, 0, &pd->src), LDM_OK);
     ck_assert_int_eq(lw_store_create(weights, &s), LDM_OK);
-    for (size_t i = 0; i < lw_count(pd->src); i++) add_tensor(s, pd, lw_at(pd->src, i));
+    for (size_t i = 0; i < lw_count(pd->src); i++)
+        if (!extra || strcmp(lw_at(pd->src, i)->name, extra_name) != 0) add_tensor(s, pd, lw_at(pd->src, i));
     if (extra) {
         size_t n = (size_t)lt_numel(extra) * sizeof(float);
         void *copy = pd->tables[pd->n_tables++] = malloc(n);
@@ -118,9 +121,16 @@ static ldm_model *load_padded_with(const char *weights, const char *config, padd
     ck_assert_int_eq(lw_store_seal(s), LDM_OK);
     ck_assert_int_eq(lm_model_new(weights, &mp, &m, &p), LDM_OK);
     ck_assert_int_eq(ld_config_load(config, &m->desc), LDM_OK);
+    if (in_channels > 0) m->desc.unet.in_channels = in_channels;
     m->store = s;
     ck_assert_msg(lm_load_from(m, &p) == LDM_OK, "%s", ldm_last_error());
     return m;
+}
+
+static ldm_model *load_padded_with(const char *weights, const char *config, padded *pd, const char *extra_name,
+                                   const ldm_tensor *extra)
+{
+    return load_padded_in(weights, config, pd, extra_name, extra, 0);
 }
 
 static ldm_model *load_padded(const char *weights, const char *config, padded *pd)
@@ -1104,6 +1114,132 @@ START_TEST(test_inpaint_generate_matches_public_calls)
 }
 END_TEST
 
+/* A tensor of tests/fixtures/sdxl_inpaint_tiny/io.safetensors (make_sdxl_inpaint_goldens.py). */
+static ldm_tensor *inpaint_io(const char *name)
+{
+    char path[1200];
+    lw_store *io = NULL;
+    snprintf(path, sizeof path, "%s/../sdxl_inpaint_tiny/io.safetensors", fix_dir);
+    ck_assert_msg(lw_open(path, 0, &io) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor *t = fx_io_tensor(io, name);
+    ck_assert_msg(t != NULL, "%s: %s missing", path, name);
+    lw_close(io);
+    return t;
+}
+
+/* [x, a, b] along the channels. */
+static ldm_tensor *channel_cat3(const ldm_tensor *x, const ldm_tensor *a, const ldm_tensor *b)
+{
+    const ldm_tensor *parts[3] = {x, a, b};
+    int64_t B = x->shape[0], hw = x->shape[2] * x->shape[3], C = 0;
+    for (int i = 0; i < 3; i++) C += parts[i]->shape[1];
+    int64_t shape[4] = {B, C, x->shape[2], x->shape[3]};
+    ldm_tensor *out = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &out), LDM_OK);
+    for (int64_t bi = 0, o = 0; bi < B; bi++)
+        for (int i = 0; i < 3; i++) {
+            int64_t n = parts[i]->shape[1] * hw;
+            memcpy(lt_f32(out) + o, lt_f32(parts[i]) + bi * n, (size_t)n * sizeof(float));
+            o += n;
+        }
+    return out;
+}
+
+/* The 9-channel SDXL inpainting UNet's run from the public calls: the sampler's x with the mask and
+ * masked-image latent concatenated at every step, no blending. */
+static void run_steps_concat(ldm_model *m, ldm_sampler *s, const cond4 *c, const ldm_tensor *mask,
+                             const ldm_tensor *masked, int last)
+{
+    const ldm_tensor *xin;
+    double t;
+    while (ldm_sampler_steps_done(s) < last && ldm_sampler_next(s, &xin, &t) == 1) {
+        int64_t B = xin->shape[0];
+        ldm_tensor *tt = NULL, *out = NULL, *x9 = channel_cat3(xin, mask, masked);
+        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 1, &B, &tt), LDM_OK);
+        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+        ck_assert_msg(ldm_model_apply_sdxl(m, x9, tt, c->ca, c->vec, c->uca, c->uvec, 5.0f, &out) == LDM_OK, "%s",
+                      ldm_last_error());
+        ck_assert_int_eq(out->shape[1], 4);
+        ck_assert_int_eq(ldm_sampler_give(s, out), LDM_OK);
+        ldm_tensor_free(tt), ldm_tensor_free(out), ldm_tensor_free(x9);
+    }
+}
+
+/* The 9-channel SDXL inpainting UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1's kind, here
+ * the fixture base with the golden's random 9-channel input convolution): the public calls fed
+ * [x, mask, masked-image latent] match diffusers' StableDiffusionXLInpaintPipeline (the golden's
+ * inpaint9_*, Euler trailing, strength 1 and 0.75), and ldm_generate with init_image and mask =
+ * those calls with the encoded masked image (SD's make_batch_sd rule, diffusers' alike). */
+START_TEST(test_inpainting_unet_matches_golden)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_tensor *conv = inpaint_io("inpaint9_conv_in");
+    ldm_model *m = load_padded_in(fx("model.safetensors"), fx("config.yaml"), &pd,
+                                  "model.diffusion_model.input_blocks.0.0.weight", conv, 9);
+    cond4 c = {inpaint_io("c_crossattn"), inpaint_io("c_vector"), inpaint_io("uc_crossattn"), inpaint_io("uc_vector")};
+    ldm_tensor *x_T = inpaint_io("x_T"), *z0 = inpaint_io("z0"), *mask = inpaint_io("mask");
+    ldm_tensor *masked = inpaint_io("masked_z");
+    const char *want_name[2] = {"inpaint9_euler_samples", "inpaint9_euler_s075_samples"};
+    const int steps[2] = {4, 8}, first[2] = {0, 2};
+    for (int k = 0; k < 2; k++) {
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = LDM_SAMPLER_EULER, sp.steps = steps[k], sp.spacing = LDM_SPACING_TRAILING;
+        ldm_sampler *s = NULL;
+        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+        ck_assert_int_eq(first[k] ? ldm_sampler_begin_noised(s, z0, x_T, first[k]) : ldm_sampler_begin(s, x_T), LDM_OK);
+        run_steps_concat(m, s, &c, mask, masked, steps[k]);
+        ldm_tensor *want = inpaint_io(want_name[k]);
+        double mx = 1.0;
+        for (int64_t i = 0; i < lt_numel(want); i++) mx = fmax(mx, fabs((double)lt_f32(want)[i]));
+        double d = max_diff(ldm_sampler_current(s), want);
+        ck_assert_msg(d < 1e-3 * mx, "%s differs from diffusers by %g (max %g)", want_name[k], d, mx);
+        ldm_tensor_free(want);
+        ldm_sampler_free(s);
+    }
+    cond_free(&c);
+    /* ldm_generate = the public calls */
+    const int B = 2, H = 8, W = 8;
+    ldm_tensor *init = random_image(B, H, W), *img = NULL, *ref = NULL, *concat = NULL;
+    ldm_generate_params gp;
+    ldm_generate_params_init(&gp);
+    gp.prompt = "a stone bridge";
+    gp.batch = B, gp.steps = 4, gp.x_T = x_T, gp.seed = 5, gp.init_image = init, gp.mask = mask, gp.strength = 1.0f;
+    gp.timestep_spacing = LDM_SPACING_TRAILING;
+    ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(lp_hybrid_inpaint_concat(m, init, mask, 5, &concat), LDM_OK);
+    int64_t ms[4] = {B, 1, H, W}, zs[4] = {B, 4, H, W};
+    ldm_tensor *m1 = NULL, *zc = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &m1), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, zs, &zc), LDM_OK);
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(lt_f32(m1) + b * H * W, lt_f32(concat) + b * 5 * H * W, sizeof(float) * H * W);
+        memcpy(lt_f32(zc) + b * 4 * H * W, lt_f32(concat) + (b * 5 + 1) * H * W, sizeof(float) * 4 * H * W);
+    }
+    cond4 mc = manual_cond(m, gp.prompt, B, H, W, 0);
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = LDM_SAMPLER_EULER, sp.steps = 4, sp.spacing = LDM_SPACING_TRAILING;
+    ldm_sampler *s = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+    run_steps_concat(m, s, &mc, m1, zc, 4);
+    ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
+    double d = max_diff(img, ref);
+    ck_assert_msg(d < 1e-5, "ldm_generate with the inpainting UNet differs from the public calls by %g", d);
+    ldm_tensor_free(img);
+    gp.mask = NULL;
+    ck_assert_int_eq(ldm_generate(m, &gp, &img), LDM_ERR_INVALID_ARGUMENT); /* it needs the mask */
+    ldm_sampler_free(s);
+    cond_free(&mc);
+    ldm_tensor_free(m1), ldm_tensor_free(zc), ldm_tensor_free(concat), ldm_tensor_free(ref), ldm_tensor_free(img);
+    ldm_tensor_free(init), ldm_tensor_free(x_T), ldm_tensor_free(z0), ldm_tensor_free(mask), ldm_tensor_free(masked);
+    ldm_tensor_free(conv);
+    padded_free(m, &pd);
+}
+END_TEST
+
 /* What SDXL still refuses, by name: image-to-image or inpainting with a refiner hand-off,
  * image conditioning, trailing spacing with LCM. */
 START_TEST(test_generate_refuses_sdxl_combinations)
@@ -1159,6 +1295,7 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_lcm_guidance_embedding_matches_golden);
     tcase_add_test(tc, test_img2img_generate_matches_public_calls);
     tcase_add_test(tc, test_inpaint_generate_matches_public_calls);
+    tcase_add_test(tc, test_inpainting_unet_matches_golden);
     tcase_add_test(tc, test_generate_refuses_sdxl_combinations);
     suite_add_tcase(s, tc);
     return s;

@@ -26,7 +26,8 @@
  *                 1 else from the encoded init_image noised with x_T to the first step's level;
  *                 after every step the region to keep is the encoded image noised with x_T to the
  *                 level reached (ldm_sampler_blend_known); no pixel composite (diffusers has none
- *                 without padding_mask_crop). The 9-channel SDXL inpainting UNet is refused.
+ *                 without padding_mask_crop). The 9-channel SDXL inpainting UNet instead sees
+ *                 [x, mask, encoded masked image] at every step (the same start, no blending).
  * A non-empty negative prompt on a base model is encoded rather than zeroed (the demo has no
  * negative prompt for SDXL base; encoding it is what a negative prompt means everywhere else). */
 #include "model_internal.h"
@@ -51,11 +52,14 @@ ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ld
                         "%s: SDXL: image conditioning (cond_image, layout) is not implemented (text-to-image, "
                         "image-to-image and inpainting only)",
                         m->path);
-    if (p->mask && m->desc.unet.in_channels != m->desc.unet.out_channels)
+    int n_in = m->desc.unet.in_channels, n_out = m->desc.unet.out_channels;
+    if (n_in != n_out && n_in != 2 * n_out + 1)
         return ldm_fail(LDM_ERR_UNSUPPORTED,
-                        "%s: SDXL: an inpainting UNet (%d input channels: latent, mask and masked-image latent) "
-                        "is not implemented; a %d-channel SDXL model inpaints by mask blending",
-                        m->path, m->desc.unet.in_channels, m->desc.unet.out_channels);
+                        "%s: SDXL: a UNet of %d input and %d output channels is neither an "
+                        "ordinary nor an inpainting (%d: latent, mask, masked-image latent) one",
+                        m->path, n_in, n_out, 2 * n_out + 1);
+    if (n_in != n_out && !p->mask)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: the SDXL inpainting UNet needs init_image and mask", m->path);
     if (p->init_image && p->refiner)
         return ldm_fail(LDM_ERR_UNSUPPORTED,
                         "%s: SDXL: image-to-image or inpainting with a refiner hand-off is not implemented (run "
@@ -192,11 +196,27 @@ static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_s
                              out);
 }
 
-/* Inpainting's blending state: the encoded init image, its noise (x_T) and the latent mask. */
+/* Inpainting's state: the encoded init image, its noise (x_T) and the latent mask for the
+ * blending of an ordinary UNet; [mask, encoded masked image] (concat) for an inpainting UNet. */
 typedef struct sdxl_blend {
-    ldm_tensor *z0, *mask;
+    ldm_tensor *z0, *mask, *concat;
     const ldm_tensor *noise;
 } sdxl_blend;
+
+/* [x, concat] along the channels (the inpainting UNet's input). */
+static ldm_status with_concat(const ldm_tensor *x, const ldm_tensor *concat, ldm_tensor **out)
+{
+    int64_t B = x->shape[0], cx = x->shape[1], cc = concat->shape[1], hw = x->shape[2] * x->shape[3];
+    if (concat->shape[0] != B || concat->shape[2] != x->shape[2] || concat->shape[3] != x->shape[3])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL inpainting: the mask and masked-image latent do not fit x");
+    if (!(*out = lt_new_f32_4d(B, cx + cc, x->shape[2], x->shape[3]))) return ldm_alloc_failure_status();
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(lt_f32(*out) + b * (cx + cc) * hw, lt_f32(x) + b * cx * hw, (size_t)(cx * hw) * sizeof(float));
+        memcpy(lt_f32(*out) + (b * (cx + cc) + cx) * hw, lt_f32(concat) + b * cc * hw,
+               (size_t)(cc * hw) * sizeof(float));
+    }
+    return LDM_OK;
+}
 
 /* Runs s until `last` steps are done with model m and conditioning c, blending the known region
  * back after each step when b holds a mask. Previews are drawn with `viewer`, the model p's
@@ -208,15 +228,18 @@ static ldm_status run(ldm_model *m, ldm_model *viewer, ldm_sampler *s, const sdx
     double t;
     while (ldm_sampler_steps_done(s) < last && ldm_sampler_next(s, &xin, &t) == 1) {
         int64_t B = xin->shape[0];
-        ldm_tensor *tt = NULL, *out = NULL;
+        ldm_tensor *tt = NULL, *out = NULL, *x9 = NULL;
         if (atomic_load(&m->cancel))
             return ldm_fail(LDM_CANCELLED, "cancelled by ldm_model_interrupt at step %d of %d",
                             ldm_sampler_steps_done(s), p->steps);
         LDM_TRY(ldm_tensor_create(LDM_F32, 1, &B, &tt));
         for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
         int before = ldm_sampler_steps_done(s);
-        ldm_status st = lm_sdxl_apply(m, xin, tt, c->ca, c->vec, c->uca, c->uvec, p->guidance_scale, &out);
+        ldm_status st = b && b->concat ? with_concat(xin, b->concat, &x9) : LDM_OK;
+        if (st == LDM_OK)
+            st = lm_sdxl_apply(m, x9 ? x9 : xin, tt, c->ca, c->vec, c->uca, c->uvec, p->guidance_scale, &out);
         ldm_tensor_free(tt);
+        ldm_tensor_free(x9);
         if (st == LDM_OK) st = ldm_sampler_give(s, out);
         ldm_tensor_free(out);
         LDM_TRY(st);
@@ -293,7 +316,10 @@ static ldm_status inpaint_begin(ldm_model *m, const ldm_generate_params *p, ldm_
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "init_image batch %lld differs from batch %lld",
                         (long long)p->init_image->shape[0], (long long)x_T->shape[0]);
     LDM_TRY(lp_encode_latent(m, p->init_image, p->seed, &b->z0));
-    LDM_TRY(lp_latent_mask(p->mask, b->z0, &b->mask));
+    if (m->desc.unet.in_channels != m->desc.unet.out_channels)
+        LDM_TRY(lp_hybrid_inpaint_concat(m, p->init_image, p->mask, p->seed, &b->concat));
+    else
+        LDM_TRY(lp_latent_mask(p->mask, b->z0, &b->mask));
     b->noise = x_T;
     return first == 0 ? ldm_sampler_begin(s, x_T) : ldm_sampler_begin_noised(s, b->z0, x_T, first);
 }
@@ -331,6 +357,7 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor 
     ldm_tensor_free(unchanged);
     ldm_tensor_free(blend.z0);
     ldm_tensor_free(blend.mask);
+    ldm_tensor_free(blend.concat);
     ldm_sampler_free(s);
     ldm_tensor_free(x_T);
     return st;

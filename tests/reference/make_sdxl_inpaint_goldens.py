@@ -38,6 +38,11 @@ pipeline's get_timesteps starts at):
   euler trailing 8 steps, guidance 5, strength 0.6  (starts at step 4)
   euler_a trailing 4 steps, guidance 5, strength 0.75, stored noise rows
   lcm 4 steps, guidance 1, strength 1, stored noise rows
+and, for tests/test_sdxl.c (a fixture model cannot carry the replaced tensor without a second copy of
+the weights), the 9-channel inpainting UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1's kind:
+the pipeline feeds it [x, mask, masked_image_latents] and blends nothing): the fixture base with a
+random float16 9-channel input convolution (io inpaint9_conv_in), masked_image_latents given
+(masked_z), Euler trailing 4 steps strength 1 and 8 steps strength 0.75 (inpaint9_*).
 
 Tolerance: sampler trajectories 1e-3 * max(1, max|ref|), rtol 1e-3 (../shared/fixtures/README.md);
 no float64 rerun (f32_vs_f64_max_err 0).
@@ -84,7 +89,7 @@ class SgmAsDiffusersUNet(torch.nn.Module):
     def __init__(self, unet, sgm, pooled_dim, expect_y):
         super().__init__()
         self.unet, self.sgm, self.expect_y = unet, sgm, expect_y
-        self.config = types.SimpleNamespace(in_channels=4, time_cond_proj_dim=None, sample_size=8,
+        self.config = types.SimpleNamespace(in_channels=unet.in_channels, time_cond_proj_dim=None, sample_size=8,
                                             addition_time_embed_dim=SIZE_DIM)
         self.add_embedding = types.SimpleNamespace(
             linear_1=types.SimpleNamespace(in_features=pooled_dim + 6 * SIZE_DIM))
@@ -115,7 +120,7 @@ def pipeline(unet, scheduler):
                                             add_watermarker=False)
 
 
-def run(unet_for, scheduler, steps, strength, scale, x_T, z0, mask, c, uc, rows=None):
+def run(unet_for, scheduler, steps, strength, scale, x_T, z0, mask, c, uc, rows=None, masked_z=None):
     """The pipeline's __call__; the latents after each step (after the blend)."""
     import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint as inp
     import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea
@@ -149,11 +154,26 @@ def run(unet_for, scheduler, steps, strength, scale, x_T, z0, mask, c, uc, rows=
                        pooled_prompt_embeds=c[1][:, :pooled], negative_prompt_embeds=uc[0],
                        negative_pooled_prompt_embeds=uc[1][:, :pooled], original_size=SIZE,
                        crops_coords_top_left=CROP, target_size=TARGET, output_type="latent",
+                       masked_image_latents=masked_z,
                        callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"]).images
     finally:
         inp.randn_tensor, ea.randn_tensor, lcm.randn_tensor = plain
     assert len(seen) == n_run and torch.equal(seen[-1], out)
     return torch.stack(seen), first[0], [int(t) for t in pipe.scheduler.timesteps]
+
+
+def nine_channel_unet(sgm, base_dir, conv_in9):
+    import yaml
+    from safetensors.torch import load_file
+    with open(os.path.join(base_dir, "config.yaml")) as f:
+        params = dict(yaml.safe_load(f)["model"]["params"]["network_config"]["params"], in_channels=9)
+    unet = sgm.openaimodel.UNetModel(**params).eval()
+    state = load_file(os.path.join(base_dir, "model.safetensors"))
+    pre = "model.diffusion_model."
+    sd = {k[len(pre):]: v.float() for k, v in state.items() if k.startswith(pre)}
+    sd["input_blocks.0.0.weight"] = conv_in9
+    unet.load_state_dict(sd)
+    return unet
 
 
 def main():
@@ -181,16 +201,28 @@ def main():
     eul6, f6, t6 = run(unet_for, EulerDiscreteScheduler(**EULER), 8, 0.6, 5.0, x_T, z0, mask, c, uc)
     anc, fa, _ = run(unet_for, EulerAncestralDiscreteScheduler(**EULER_A), 4, 0.75, 5.0, x_T, z0, mask, c, uc, rows)
     lcm, fl, tl = run(unet_for, LCMScheduler(**LCM), 4, 1.0, 1.0, x_T, z0, mask, c, uc, rows)
+    # the 9-channel inpainting UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1's kind): the
+    # base network with a random 9-channel input convolution, fed [x, mask, masked-image latent]
+    conv_in9 = (torch.randn(sdxl.MODEL_CHANNELS, 9, 3, 3, generator=gen) / 9.0).half().float()
+    masked_z = 0.13025 * 4.0 * torch.randn((B, 4, 8, 8), generator=gen) * (1 - mask)
+    net9 = nine_channel_unet(sgm, base_dir, conv_in9)
+    unet9_for = lambda y: SgmAsDiffusersUNet(net9, sgm, c[1].shape[1] - 6 * SIZE_DIM, y)  # noqa: E731
+    in9, f9, _ = run(unet9_for, EulerDiscreteScheduler(**EULER), 4, 1.0, 5.0, x_T, z0, mask, c, uc, masked_z=masked_z)
+    in9b, f9b, _ = run(unet9_for, EulerDiscreteScheduler(**EULER), 8, 0.75, 5.0, x_T, z0, mask, c, uc,
+                       masked_z=masked_z)
+    assert (f9, f9b) == (0, 2)
     print("timesteps", t1, t6, tl, "first steps", f1, f6, fa, fl)
     assert (f1, f6, fa, fl) == (0, 4, 1, 0) and t1 == [999, 749, 499, 249] and tl == [999, 759, 499, 259]
     keep = (1 - mask).bool().expand_as(z0)
     assert torch.equal(eul1[-1][keep], z0[keep])  # the kept region ends as the image latent
 
     inputs = {"x_T": x_T, "noise": rows, "z0": z0, "mask": mask, "c_crossattn": c[0], "c_vector": c[1],
-              "uc_crossattn": uc[0], "uc_vector": uc[1]}
+              "uc_crossattn": uc[0], "uc_vector": uc[1], "inpaint9_conv_in": conv_in9, "masked_z": masked_z}
     outputs = {"inpaint_euler_step_x": eul1, "inpaint_euler_samples": eul1[-1],
                "inpaint_euler_s06_samples": eul6[-1], "inpaint_euler_a_samples": anc[-1],
-               "inpaint_lcm_step_x": lcm, "inpaint_lcm_samples": lcm[-1]}
+               "inpaint_lcm_step_x": lcm, "inpaint_lcm_samples": lcm[-1],
+               "inpaint9_euler_step_x": in9, "inpaint9_euler_samples": in9[-1],
+               "inpaint9_euler_s075_samples": in9b[-1]}
     tol = {k: sdxl.tolerance(v, None, forward=False) for k, v in outputs.items()}
     conds = {"c_crossattn": "c_crossattn", "c_vector": "c_vector"}
     uconds = {"uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector"}
@@ -222,7 +254,10 @@ def main():
                        "sgm UNetModel with the sdxl_base_tiny weights and conditioning; the image given as the "
                        "latent z0, a binary mask at the latent size: Euler trailing 4 steps strength 1 and 8 steps "
                        "strength 0.6, Euler ancestral trailing 4 steps strength 0.75, LCM 4 steps guidance 1; "
-                       "guidance 5 elsewhere",
+                       "guidance 5 elsewhere. inpaint9_* (checked by tests/test_sdxl.c, the network being the base "
+                       "with inpaint9_conv_in as its 9-channel input convolution): the 9-channel inpainting UNet fed "
+                       "[x, mask, masked_z] (masked_image_latents), Euler trailing 4 steps strength 1 and 8 steps "
+                       "strength 0.75",
         "reference": {"repo": sdxl.REF_REPO, "commit": sdxl.REF_COMMIT, "diffusers": "0.30.3",
                       "torch": torch.__version__},
         "weights": ["../%s/model.safetensors" % BASE],
