@@ -229,14 +229,16 @@ def build_sd2(tmp):
     transformers' layout (gelu, the penultimate block already dropped), linear transformer
     projections, per-level attention_head_dim (level 0 has no attention), trailing Euler. As in the
     LCM fixture: 64-channel levels (layers_per_block 0 needs equal widths; two channels per
-    GroupNorm group, so that the additive timestep embedding reaches the output)."""
+    GroupNorm group); resnet_time_scale_shift "scale_shift" here (the LCM fixture has SD's
+    default), so that both ResnetBlock2D forms are checked."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=(CH, CH), layers_per_block=0,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=WIDTH,
-                                attention_head_dim=[1, 2], use_linear_projection=True)
+                                attention_head_dim=[1, 2], use_linear_projection=True,
+                                resnet_time_scale_shift="scale_shift")
     vae = AutoencoderKL(block_out_channels=(CH,), layers_per_block=0, down_block_types=("DownEncoderBlock2D",),
                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, sample_size=8, scaling_factor=SF)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=3,

@@ -4,9 +4,10 @@ in the ../shared/fixtures layout (config.yaml, model.safetensors, io.safetensors
 
 The model is a shrunk SD1-style LatentDiffusion (crossattn UNet from the OFFICIAL CompVis
 openaimodel.UNetModel, one level, SpatialTransformer, context_dim 16, num_res_blocks 0; 64
-channels, two per GroupNorm(32) group, with SD's additive timestep embedding (at 32 channels
-every channel is normalised alone and the embedding would cancel); KL first stage f1 without
-attention; a
+channels, two per GroupNorm(32) group (at 32 every channel is normalised alone, hiding anything
+added per channel before a GroupNorm); use_scale_shift_norm, the ResBlock form of LDM's LSUN /
+CelebA models (SD's additive embedding is in lora_sd1, diffusers_lcm_sd1 and the SDXL fixtures);
+KL first stage f1 without attention; a
 ClassEmbedder as the cond stage so that the state dict is a complete LDM - the calls pass the
 cross-attention context as a tensor) with seeded random weights, plus an LCM guidance embedding
 `model.diffusion_model.time_embed.cond_proj.weight` [64, 32] (time_cond_proj_dim 32). Every
@@ -65,7 +66,7 @@ import make_train_goldens as mtg  # noqa: E402  (stubs, randomise)
 REF_REPO = "CompVis/latent-diffusion"
 REF_COMMIT = "a506df5756472e2ebaf9078affdde2c4f1502cd4"
 COND_DIM = 32
-MC = 64  # two channels per GroupNorm(32) group: the additive timestep embedding reaches the output
+MC = 64  # two channels per GroupNorm(32) group
 CTX = 16
 
 CONFIG_YAML = """model:
@@ -96,6 +97,7 @@ CONFIG_YAML = """model:
         channel_mult:
         - 1
         num_heads: 2
+        use_scale_shift_norm: true
         use_spatial_transformer: true
         transformer_depth: 1
         context_dim: 16
@@ -174,7 +176,7 @@ class Model:
         torch.manual_seed(0)
         unet = UNetModel(image_size=8, in_channels=4, out_channels=4, model_channels=MC, attention_resolutions=[1],
                          num_res_blocks=0, channel_mult=[1], num_heads=2, use_spatial_transformer=True,
-                         transformer_depth=1, context_dim=CTX, legacy=False)
+                         transformer_depth=1, context_dim=CTX, legacy=False, use_scale_shift_norm=True)
         cond = ClassEmbedder(embed_dim=CTX, n_classes=3, key="class_label")
         parts = mtg.LDMParts(unet, cond)
         mtg.randomise(parts, torch.Generator().manual_seed(2024))
