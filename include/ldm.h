@@ -1083,6 +1083,19 @@ LDM_API ldm_status ldm_sampler_begin_noised(ldm_sampler *s, const ldm_tensor *z0
  * [0,1] or steps < 1 (nothing to run). */
 LDM_API int ldm_sdxl_img2img_first_step(int steps, float strength);
 
+/* ---------------------------------------------------------------- SDXL inpainting (issue #14) */
+
+/* Inpainting's mask blending with an ordinary (4-channel) UNet, as diffusers'
+ * StableDiffusionXLInpaintPipeline does after every scheduler step: where `mask` is 0 (keep) the
+ * sample becomes the clean latent z0 noised with `noise` to the level the run has reached
+ * (ldm_sampler_begin_noised's rule at ldm_sampler_steps_done; z0 itself after the last step),
+ * where it is 1 (repaint) the sample stays: x = (1 - mask) * known + mask * x. Call it after each
+ * completed step. mask [B,1,H,W] at the latent's size (diffusers': the binarised mask resized
+ * nearest), z0 and noise of the sample's shape (diffusers re-noises with the run's initial noise,
+ * x_T). */
+LDM_API ldm_status ldm_sampler_blend_known(ldm_sampler *s, const ldm_tensor *z0, const ldm_tensor *noise,
+                                           const ldm_tensor *mask);
+
 #ifdef __cplusplus
 }
 #endif

@@ -715,9 +715,10 @@ static ldm_status cond_sdxl(runner *r, ldm_model *m, const lj_value *call)
 }
 
 /* Runs one model's share of an SDXL sampling run (steps first..last) with its conditioning
- * tensors named prefix+"crossattn"/"vector" and "u"+prefix+..., appending x after each step. */
+ * tensors named prefix+"crossattn"/"vector" and "u"+prefix+..., appending x after each step;
+ * with a mask, inpainting's blending of z0 (noised with x_T) after each step. */
 static ldm_status sgm_run(runner *r, ldm_model *m, ldm_sampler *s, const lj_value *in, const char *prefix,
-                          float scale, int last, ldm_tensor *steps_x, int *row)
+                          float scale, int last, const ldm_tensor *mask, ldm_tensor *steps_x, int *row)
 {
     char n[4][48];
     snprintf(n[0], sizeof n[0], "%scrossattn", prefix);
@@ -739,6 +740,8 @@ static ldm_status sgm_run(runner *r, ldm_model *m, ldm_sampler *s, const lj_valu
         if (st == LDM_OK) st = ldm_sampler_give(s, out);
         ldm_tensor_free(out);
         LDM_TRY(st);
+        if (ldm_sampler_steps_done(s) > before && mask)
+            LDM_TRY(ldm_sampler_blend_known(s, input(r, in, "z0"), input(r, in, "x_T"), mask));
         if (ldm_sampler_steps_done(s) > before) {
             const ldm_tensor *x = ldm_sampler_current(s);
             size_t n_x = (size_t)lt_numel(x);
@@ -757,7 +760,10 @@ static ldm_status sgm_run(runner *r, ldm_model *m, ldm_sampler *s, const lj_valu
  * Sampler "lcm": diffusers' LCMScheduler (params lcm_original_steps). Image-to-image: input z0
  * (the scaled latent) and params strength: the run starts at ldm_sdxl_img2img_first_step from
  * z0 noised with x_T (ldm_sampler_begin_noised); step_x then holds the steps run. params model
- * {weights, config}: another model of the fixture samples (the refiner as an img2img model). */
+ * {weights, config}: another model of the fixture samples (the refiner as an img2img model).
+ * Inpainting: inputs z0 and mask ([B,1,h,w], 1 = repaint) and params first_step (diffusers'
+ * get_timesteps): pure noise at step 0, else z0 noised with x_T; after each step the known region
+ * is blended back (ldm_sampler_blend_known with x_T). */
 static ldm_status sampler_sgm(runner *r, ldm_model *model, const lj_value *call);
 
 static ldm_status op_sampler_sgm(runner *r, const lj_value *call)
@@ -790,13 +796,14 @@ static ldm_status sampler_sgm(runner *r, ldm_model *model, const lj_value *call)
         sp.discretization = LDM_DISCRETIZATION_KDIFFUSION;
     }
     float scale = (float)lj_number(lj_get(params, "guidance_scale"), 5.0);
-    const ldm_tensor *x_T = input(r, in, "x_T"), *z0 = input(r, in, "z0");
+    const ldm_tensor *x_T = input(r, in, "x_T"), *z0 = input(r, in, "z0"), *mask = input(r, in, "mask");
     if (!x_T) return ldm_fail(LDM_ERR_NOT_FOUND, "sampler.sgm: x_T missing");
     ldm_model *rm = NULL;
     ldm_sampler *s = NULL, *s2 = NULL;
     ldm_tensor *steps_x = NULL, *image = NULL;
     int row = 0, base_steps = sp.steps;
     int first = z0 ? ldm_sdxl_img2img_first_step(sp.steps, (float)lj_number(lj_get(params, "strength"), 1.0)) : 0;
+    if (mask) first = (int)lj_number(lj_get(params, "first_step"), 0);
     int64_t shape[5] = {sp.steps > first ? sp.steps - first : 1, x_T->shape[0], x_T->shape[1], x_T->shape[2], x_T->shape[3]};
     ldm_status st = ldm_tensor_create(LDM_F32, 5, shape, &steps_x);
     if (st == LDM_OK && ref) {
@@ -805,12 +812,13 @@ static ldm_status sampler_sgm(runner *r, ldm_model *model, const lj_value *call)
     }
     if (st == LDM_OK) st = ldm_model_sampler(model, &sp, &s);
     if (st == LDM_OK && input(r, in, "noise")) st = ldm_sampler_set_noise(s, input(r, in, "noise"));
-    if (st == LDM_OK) st = z0 ? ldm_sampler_begin_noised(s, z0, x_T, first) : ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK) st = sgm_run(r, model, s, in, "c_", scale, base_steps, steps_x, &row);
+    int from_noise = !z0 || (mask && first == 0); /* inpainting at strength 1: pure noise */
+    if (st == LDM_OK) st = from_noise ? ldm_sampler_begin(s, x_T) : ldm_sampler_begin_noised(s, z0, x_T, first);
+    if (st == LDM_OK) st = sgm_run(r, model, s, in, "c_", scale, base_steps, mask, steps_x, &row);
     if (st == LDM_OK && rm && base_steps < sp.steps) {
         st = ldm_model_sampler(rm, &sp, &s2);
         if (st == LDM_OK) st = ldm_sampler_begin_at(s2, ldm_sampler_current(s), base_steps);
-        if (st == LDM_OK) st = sgm_run(r, rm, s2, in, "rc_", scale, sp.steps, steps_x, &row);
+        if (st == LDM_OK) st = sgm_run(r, rm, s2, in, "rc_", scale, sp.steps, NULL, steps_x, &row);
     }
     const ldm_tensor *z = s2 ? ldm_sampler_current(s2) : s ? ldm_sampler_current(s) : NULL;
     if (st == LDM_OK) st = ldm_model_decode_latent(rm ? rm : model, z, &image);

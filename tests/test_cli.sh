@@ -596,12 +596,15 @@ if fixture ldm_sd1_txt2img && [ -f "$SHARED/vocab/bpe_simple_vocab_16e6.txt.gz" 
         --config "$FX/ldm_sd1_txt2img/config.yaml" --prompt "a red fox" --steps 2 -o "$T/x.png" && has "$T/err" "vocab"; then
         ok "a missing vocabulary is explained, exit 1"
     else bad "a missing vocabulary is explained, exit 1"; fi
-    # LoRA (docs/lora.md): tests/fixtures/lora_sd1's kohya file fits this model's UNet and text tower.
-    LORA=$(dirname "$0")/fixtures/lora_sd1/lora_kohya.safetensors # found from any working directory (meson runs tests in the build folder)
-    if run lora 0 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \
-        --config "$FX/ldm_sd1_txt2img/config.yaml" --vocab "$SHARED/vocab" --prompt "a red fox" \
-        --negative-prompt "blurry" --steps 6 --seed 5 --lora "$LORA:0.7" -o "$T/text-lora.png" &&
-        [ -s "$T/text-lora.png" ] && ! cmp -s "$T/text.png" "$T/text-lora.png"; then
+    # LoRA (docs/lora.md): tests/fixtures/lora_sd2_openclip's file fits cond_openclip_sd2's text tower
+    # (lora_sd1's UNet factors are for its own 64-channel UNet, and its token table is cut short).
+    LORA=$(dirname "$0")/fixtures/lora_sd2_openclip/lora_te.safetensors # found from any working directory (meson runs tests in the build folder)
+    sd2c="--model $FX/cond_openclip_sd2/model.safetensors --config $FX/cond_openclip_sd2/config.yaml --vocab $SHARED/vocab"
+    # shellcheck disable=SC2086
+    if run lora 0 "$LDM" generate $sd2c --prompt "a red fox" --negative-prompt "blurry" --steps 6 --seed 5 \
+        -o "$T/text-sd2.png" && run lora 0 "$LDM" generate $sd2c --prompt "a red fox" --negative-prompt "blurry" \
+        --steps 6 --seed 5 --lora "$LORA:0.7" -o "$T/text-lora.png" &&
+        [ -s "$T/text-lora.png" ] && ! cmp -s "$T/text-sd2.png" "$T/text-lora.png"; then
         ok "--lora FILE:0.7 changes the image"
     else bad "--lora FILE:0.7 changes the image"; fi
     if run lorabad 1 "$LDM" generate --model "$FX/ldm_sd1_txt2img/model.safetensors" \

@@ -418,13 +418,13 @@ START_TEST(folder_loads_in_place)
     const lw_tensor *q = lw_find(s, "first_stage_model.decoder.mid.attn_1.q.weight");
     ck_assert_ptr_nonnull(q);
     ck_assert_int_eq(q->ndim, 4);
-    ck_assert(q->shape[0] == 32 && q->shape[1] == 32 && q->shape[2] == 1 && q->shape[3] == 1);
+    ck_assert(q->shape[0] == 64 && q->shape[1] == 64 && q->shape[2] == 1 && q->shape[3] == 1);
     ck_assert_int_eq(q->dtype, LW_F16);
     ck_assert(lw_store_in_mapping(s, q->data, q->nbytes));
     const lw_tensor *up = lw_find(s, "first_stage_model.decoder.up.1.upsample.conv.weight");
     ck_assert_ptr_nonnull(up); /* diffusers' up_blocks.0: the decoder levels are numbered the other way */
     const lw_tensor *cp = lw_find(s, "model.diffusion_model.time_embed.cond_proj.weight");
-    ck_assert(cp && cp->shape[0] == 32 && cp->shape[1] == 256 && lw_store_in_mapping(s, cp->data, cp->nbytes));
+    ck_assert(cp && cp->shape[0] == 64 && cp->shape[1] == 256 && lw_store_in_mapping(s, cp->data, cp->nbytes));
     ck_assert_ptr_nonnull(lw_find(s, "cond_stage_model.transformer.text_model.final_layer_norm.weight"));
     ck_assert_int_eq(desc.cond.kind, LD_COND_CLIP);
     ck_assert_int_eq(desc.parameterization, LD_PARAM_EPS);
@@ -482,7 +482,7 @@ END_TEST
 
 START_TEST(mismatched_shapes)
 {
-    edit("unet/config.json", "\"block_out_channels\": [\n    32,\n    32\n  ]", "\"block_out_channels\": [64, 64]");
+    edit("unet/config.json", "\"block_out_channels\": [\n    64,\n    64\n  ]", "\"block_out_channels\": [96, 96]");
     load_fails(LDM_ERR_FORMAT, "model.diffusion_model.", "shape");
 }
 END_TEST

@@ -26,6 +26,10 @@
 #include <string.h>
 
 #define FULL_VOCAB 49408
+/* The refiner of the hand-off: a fixture of its own next to sdxl_base_tiny (the two 64-channel
+ * networks would not fit one fixture's size budget). */
+#define REFINER_WEIGHTS "../sdxl_refiner_tiny/model.safetensors"
+#define REFINER_CONFIG  "../sdxl_refiner_tiny/config.yaml"
 
 /* The project's fixture: $LDM_FIXTURES, else tests/fixtures from the checkout root (make) or from
  * a build directory inside it (meson). */
@@ -90,9 +94,11 @@ static void add_tensor(lw_store *s, padded *pd, const lw_tensor *t)
     ck_assert_int_eq(lw_store_add(s, t->name, t->dtype, 2, shape, big, row * FULL_VOCAB), LDM_OK);
 }
 
-/* extra (may be NULL): one more F32 tensor of that name in the store (copied). */
-static ldm_model *load_padded_with(const char *weights, const char *config, padded *pd, const char *extra_name,
-                                   const ldm_tensor *extra)
+/* extra (may be NULL): one more F32 tensor of that name in the store (copied), replacing the
+ * file's tensor of that name if there is one; in_channels > 0: the UNet's input channels instead
+ * of the config's (an inpainting UNet made from the fixture's). */
+static ldm_model *load_padded_in(const char *weights, const char *config, padded *pd, const char *extra_name,
+                                 const ldm_tensor *extra, int in_channels)
 {
     ldm_model_params mp, p;
     ldm_model *m = NULL;
@@ -103,7 +109,8 @@ static ldm_model *load_padded_with(const char *weights, const char *config, padd
     memset(pd, 0, sizeof *pd);
     ck_assert_int_eq(lw_open(weights, 0, &pd->src), LDM_OK);
     ck_assert_int_eq(lw_store_create(weights, &s), LDM_OK);
-    for (size_t i = 0; i < lw_count(pd->src); i++) add_tensor(s, pd, lw_at(pd->src, i));
+    for (size_t i = 0; i < lw_count(pd->src); i++)
+        if (!extra || strcmp(lw_at(pd->src, i)->name, extra_name) != 0) add_tensor(s, pd, lw_at(pd->src, i));
     if (extra) {
         size_t n = (size_t)lt_numel(extra) * sizeof(float);
         void *copy = pd->tables[pd->n_tables++] = malloc(n);
@@ -114,9 +121,16 @@ static ldm_model *load_padded_with(const char *weights, const char *config, padd
     ck_assert_int_eq(lw_store_seal(s), LDM_OK);
     ck_assert_int_eq(lm_model_new(weights, &mp, &m, &p), LDM_OK);
     ck_assert_int_eq(ld_config_load(config, &m->desc), LDM_OK);
+    if (in_channels > 0) m->desc.unet.in_channels = in_channels;
     m->store = s;
     ck_assert_msg(lm_load_from(m, &p) == LDM_OK, "%s", ldm_last_error());
     return m;
+}
+
+static ldm_model *load_padded_with(const char *weights, const char *config, padded *pd, const char *extra_name,
+                                   const ldm_tensor *extra)
+{
+    return load_padded_in(weights, config, pd, extra_name, extra, 0);
 }
 
 static ldm_model *load_padded(const char *weights, const char *config, padded *pd)
@@ -189,7 +203,8 @@ static void cond_free(cond4 *c)
     ldm_tensor_free(c->uvec);
 }
 
-static void run_steps(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale, int last)
+/* dt: added to the timestep the network sees (0 but for the sensitivity test) */
+static void run_steps_dt(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale, int last, double dt)
 {
     const ldm_tensor *xin;
     double t;
@@ -197,12 +212,17 @@ static void run_steps(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale,
         int64_t B = xin->shape[0];
         ldm_tensor *tt = NULL, *out = NULL;
         ck_assert_int_eq(ldm_tensor_create(LDM_F32, 1, &B, &tt), LDM_OK);
-        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)(t + dt);
         ck_assert_int_eq(ldm_model_apply_sdxl(m, xin, tt, c->ca, c->vec, c->uca, c->uvec, scale, &out), LDM_OK);
         ck_assert_int_eq(ldm_sampler_give(s, out), LDM_OK);
         ldm_tensor_free(tt);
         ldm_tensor_free(out);
     }
+}
+
+static void run_steps(ldm_model *m, ldm_sampler *s, const cond4 *c, float scale, int last)
+{
+    run_steps_dt(m, s, c, scale, last, 0.0);
 }
 
 static double max_diff(const ldm_tensor *a, const ldm_tensor *b)
@@ -275,7 +295,7 @@ START_TEST(test_refiner_handoff_matches_public_calls)
     if (!have_fixture() || !have_vocab()) return;
     padded pb, pr;
     ldm_model *base = load_padded(fx("model.safetensors"), fx("config.yaml"), &pb);
-    ldm_model *ref = load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pr);
+    ldm_model *ref = load_padded(fx(REFINER_WEIGHTS), fx(REFINER_CONFIG), &pr);
     const int B = 1, H = 8, W = 8, steps = 8;
     const double start = 0.6;
     ldm_tensor *x_T = noise(B, H, W), *img = NULL, *want = NULL;
@@ -351,6 +371,123 @@ END_TEST
 
 /* sgm LegacyDDPMDiscretization()(50) of the released SDXL schedule (printed by the reference,
  * float32): first, second, 25th, last nonzero. */
+/* The UNet goldens (unet_sdxl_base, unet_sdxl_refiner) can fail a broken timestep or vector path:
+ * with one channel per GroupNorm group (the old 32-channel fixtures) both were normalised away and
+ * moved the output by ~1e-6. Here the output at other timesteps, and with y zeroed, must leave the
+ * golden by far more than its tolerance, while the golden's own inputs stay within it. */
+static double unet_out_moved(ldm_unet *unet, const ldm_tensor *x, const float *t, const ldm_tensor *ctx,
+                             const ldm_tensor *y, const ldm_tensor *want)
+{
+    ldm_tensor *tt = NULL, *out = NULL;
+    int64_t B = x->shape[0];
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 1, &B, &tt), LDM_OK);
+    memcpy(lt_f32(tt), t, (size_t)B * sizeof(float));
+    ck_assert_msg(ldm_unet_forward(unet, x, tt, ctx, y, &out) == LDM_OK, "%s", ldm_last_error());
+    double d = max_diff(out, want);
+    ldm_tensor_free(tt);
+    ldm_tensor_free(out);
+    return d;
+}
+
+static void check_unet_sensitivity(const char *name)
+{
+    char dir[1200], path[1300];
+    snprintf(dir, sizeof dir, "%s/../%s", fix_dir, name);
+    lj_value *cas = NULL;
+    lw_store *io = NULL;
+    ldm_model *m = NULL;
+    ldm_unet *unet;
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    mp.n_threads = fx_threads();
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    mp.config_path = path;
+    char weights[1300];
+    snprintf(weights, sizeof weights, "%s/model.safetensors", dir);
+    ck_assert_msg(ldm_model_load(weights, &mp, &m) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(fx_load_case(dir, &cas), LDM_OK);
+    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    ck_assert_int_eq(lw_open(path, 0, &io), LDM_OK);
+    ck_assert_int_eq(ldm_model_unet(m, &unet), LDM_OK);
+    ldm_tensor *x = fx_io_tensor(io, "x"), *ts = fx_io_tensor(io, "timesteps"), *ctx = fx_io_tensor(io, "context");
+    ldm_tensor *y = fx_io_tensor(io, "y"), *want = fx_io_tensor(io, "out"), *y0 = lt_clone(y);
+    memset(lt_f32(y0), 0, (size_t)lt_numel(y0) * sizeof(float));
+    double atol = fx_tolerance_for(cas, "out").atol;
+    ck_assert_int_eq(ts->shape[0], 2);
+    float t[2] = {(float)lt_i64(ts)[0], (float)lt_i64(ts)[1]}, swapped[2] = {t[1], t[0]}, mid[2] = {500, 500};
+    double same = unet_out_moved(unet, x, t, ctx, y, want);
+    double by_t = unet_out_moved(unet, x, swapped, ctx, y, want);
+    double by_mid = unet_out_moved(unet, x, mid, ctx, y, want);
+    double by_y = unet_out_moved(unet, x, t, ctx, y0, want);
+    ck_assert_msg(same <= atol, "%s: the golden's own inputs differ by %g (atol %g)", name, same, atol);
+    ck_assert_msg(by_t > 100 * atol && by_mid > 100 * atol,
+                  "%s: other timesteps move the output by only %g / %g (atol %g)", name, by_t, by_mid, atol);
+    ck_assert_msg(by_y > 100 * atol, "%s: zeroing y moves the output by only %g (atol %g)", name, by_y, atol);
+    ldm_tensor_free(x), ldm_tensor_free(ts), ldm_tensor_free(ctx), ldm_tensor_free(y), ldm_tensor_free(y0);
+    ldm_tensor_free(want);
+    lw_close(io);
+    lj_free(cas);
+    ldm_model_free(m);
+}
+
+START_TEST(test_unet_goldens_see_timestep_and_vector)
+{
+    if (!have_fixture()) return;
+    check_unet_sensitivity("unet_sdxl_base");
+    check_unet_sensitivity("unet_sdxl_refiner");
+}
+END_TEST
+
+/* The same at the sampler: sdxl_base_tiny's Euler samples move by more than the fixture's
+ * tolerance when the network sees timesteps 50 later, and when the vector conditioning is zeroed. */
+static double euler_samples_moved(ldm_model *m, const cond4 *c, const ldm_tensor *x_T, const ldm_tensor *want,
+                                  double dt)
+{
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = LDM_SAMPLER_EULER, sp.steps = 4, sp.discretization = LDM_DISCRETIZATION_SGM;
+    ldm_sampler *s = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+    run_steps_dt(m, s, c, 5.0f, 4, dt);
+    double d = max_diff(ldm_sampler_current(s), want);
+    ldm_sampler_free(s);
+    return d;
+}
+
+START_TEST(test_pipeline_golden_sees_timestep_and_vector)
+{
+    if (!have_fixture()) return;
+    ldm_model *m = NULL;
+    lw_store *io = NULL;
+    lj_value *cas = NULL;
+    ldm_model_params mp;
+    ldm_model_params_init(&mp);
+    mp.n_threads = fx_threads();
+    ck_assert_int_eq(ldm_model_load(fx("model.safetensors"), &mp, &m), LDM_OK);
+    ck_assert_int_eq(lw_open(fx("io.safetensors"), 0, &io), LDM_OK);
+    ck_assert_int_eq(fx_load_case(fix_dir, &cas), LDM_OK);
+    double atol = fx_tolerance_for(cas, "samples").atol;
+    cond4 c = {fx_io_tensor(io, "c_crossattn"), fx_io_tensor(io, "c_vector"), fx_io_tensor(io, "uc_crossattn"),
+               fx_io_tensor(io, "uc_vector")};
+    ldm_tensor *x_T = fx_io_tensor(io, "x_T"), *want = fx_io_tensor(io, "samples");
+    double same = euler_samples_moved(m, &c, x_T, want, 0.0);
+    double by_t = euler_samples_moved(m, &c, x_T, want, 50.0);
+    memset(lt_f32(c.vec), 0, (size_t)lt_numel(c.vec) * sizeof(float));
+    memset(lt_f32(c.uvec), 0, (size_t)lt_numel(c.uvec) * sizeof(float));
+    double by_y = euler_samples_moved(m, &c, x_T, want, 0.0);
+    ck_assert_msg(same <= atol, "the golden's own run differs by %g (atol %g)", same, atol);
+    ck_assert_msg(by_t > 10 * atol, "timesteps 50 later move the samples by only %g (atol %g)", by_t, atol);
+    ck_assert_msg(by_y > 10 * atol, "a zero vector moves the samples by only %g (atol %g)", by_y, atol);
+    cond_free(&c);
+    ldm_tensor_free(x_T);
+    ldm_tensor_free(want);
+    lj_free(cas);
+    lw_close(io);
+    ldm_model_free(m);
+}
+END_TEST
+
 START_TEST(test_sgm_sigmas_match_reference)
 {
     ls_schedule *sc = NULL;
@@ -695,7 +832,7 @@ START_TEST(test_previews_through_the_refiner)
     if (!have_fixture() || !have_vocab()) return;
     padded pb, pr;
     ldm_model *base = load_padded(fx("model.safetensors"), fx("config.yaml"), &pb);
-    ldm_model *ref = load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pr);
+    ldm_model *ref = load_padded(fx(REFINER_WEIGHTS), fx(REFINER_CONFIG), &pr);
     ldm_tensor *x_T = noise(1, 8, 8), *img = NULL;
     ldm_generate_params gp;
     ldm_generate_params_init(&gp);
@@ -796,15 +933,14 @@ START_TEST(test_lcm_guidance_embedding_matches_golden)
     ldm_model *m = load_padded_with(fx("model.safetensors"), fx("config.yaml"), &pd,
                                     "model.diffusion_model.time_embed.cond_proj.weight", w);
     ck_assert_int_eq(ldm_model_guidance_embedding_dim(m), 16);
-    /* the embedding itself (the shrunk UNet's GroupNorms, one channel per group, erase most of its
-     * effect on the trajectory below) */
+    /* the embedding itself, then the trajectory it steers */
     struct ldm_unet *unet;
     ck_assert_int_eq(lm_unet(m, &unet), LDM_OK);
     ldm_tensor *want_emb = img_io("lcm3_time_embed");
-    float t4[4] = {999, 759, 499, 259}, g4[4] = {3, 3, 3, 3}, emb[4 * 128];
-    ck_assert_int_eq(lt_numel(want_emb), 4 * 128);
+    float t4[4] = {999, 759, 499, 259}, g4[4] = {3, 3, 3, 3}, emb[4 * 256];
+    ck_assert_int_eq(lt_numel(want_emb), 4 * 256);
     ck_assert_int_eq(lunet_time_embedding(unet->net, &m->ctx, t4, g4, 4, emb), LDM_OK);
-    double de = rel_diff(emb, lt_f32(want_emb), 4 * 128);
+    double de = rel_diff(emb, lt_f32(want_emb), 4 * 256);
     ck_assert_msg(de < 1e-5, "the guidance embedding differs from diffusers' by %g (relative)", de);
     ldm_tensor_free(want_emb);
     cond4 c = {img_io("c_crossattn"), img_io("c_vector"), img_io("uc_crossattn"), img_io("uc_vector")};
@@ -860,7 +996,7 @@ START_TEST(test_img2img_generate_matches_public_calls)
     ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.05f), 8); /* one level (sigma 0): no step */
     for (int refiner = 0; refiner < 2; refiner++) {
         padded pd;
-        ldm_model *m = refiner ? load_padded(fx("refiner.safetensors"), fx("refiner.yaml"), &pd)
+        ldm_model *m = refiner ? load_padded(fx(REFINER_WEIGHTS), fx(REFINER_CONFIG), &pd)
                                : load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
         const int B = 2, H = 8, W = 8, steps = 8;
         const float strength = refiner ? 0.3f : 0.6f;
@@ -903,8 +1039,209 @@ START_TEST(test_img2img_generate_matches_public_calls)
 }
 END_TEST
 
-/* What SDXL still refuses, by name: inpainting masks, image-to-image with a refiner hand-off,
- * trailing spacing with LCM. */
+/* Inpainting on SDXL (the rule the sdxl_inpaint_tiny golden checks against diffusers'
+ * StableDiffusionXLInpaintPipeline): ldm_generate with init_image and mask = the public calls
+ * (the encoded image, the last int(strength * steps) steps, pure noise at strength 1, after each
+ * step ldm_sampler_blend_known with x_T and the binarised mask), with sgm's Euler and with
+ * trailing Euler ancestral; the kept region ends as the encoded image, bit for bit. */
+START_TEST(test_inpaint_generate_matches_public_calls)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_model *m = load_padded(fx("model.safetensors"), fx("config.yaml"), &pd);
+    const int B = 2, H = 8, W = 8;
+    ldm_tensor *x_T = noise(B, H, W), *init = random_image(B, H, W), *mask = NULL, *mask01 = NULL, *z0 = NULL;
+    int64_t ms[4] = {B, 1, H, W};
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &mask), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &mask01), LDM_OK);
+    for (int i = 0; i < B * H * W; i++) { /* a soft-edged hole: 0.7 repaints, 0.3 keeps (binarised at 0.5) */
+        int x = i % W, y = (i / W) % H;
+        float v = (x >= 2 && x < 6 && y >= 1 && y < 5) ? (x == 2 ? 0.7f : 1.0f) : (y == 6 ? 0.3f : 0.0f);
+        lt_f32(mask)[i] = v;
+        lt_f32(mask01)[i] = v >= 0.5f ? 1.0f : 0.0f;
+    }
+    struct {
+        ldm_sampler_kind kind;
+        ldm_timestep_spacing spacing;
+        int steps;
+        float strength;
+    } runs[] = {{LDM_SAMPLER_EULER, LDM_SPACING_DEFAULT, 4, 1.0f},
+                {LDM_SAMPLER_EULER, LDM_SPACING_DEFAULT, 8, 0.6f},
+                {LDM_SAMPLER_EULER_ANCESTRAL, LDM_SPACING_TRAILING, 4, 0.75f}};
+    for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
+        ldm_tensor *img = NULL, *ref = NULL;
+        ldm_generate_params gp;
+        ldm_generate_params_init(&gp);
+        gp.prompt = "a lighthouse at dusk";
+        gp.batch = B, gp.steps = runs[k].steps, gp.x_T = x_T, gp.seed = 33;
+        gp.sampler = runs[k].kind, gp.timestep_spacing = runs[k].spacing;
+        gp.init_image = init, gp.mask = mask, gp.strength = runs[k].strength;
+        ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+        if (!z0) ck_assert_int_eq(lp_encode_latent(m, init, 33, &z0), LDM_OK);
+        cond4 c = manual_cond(m, gp.prompt, B, H, W, 0);
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = runs[k].kind, sp.steps = runs[k].steps, sp.spacing = runs[k].spacing, sp.seed = 33;
+        sp.discretization =
+            runs[k].spacing == LDM_SPACING_TRAILING ? LDM_DISCRETIZATION_KDIFFUSION : LDM_DISCRETIZATION_SGM;
+        ldm_sampler *s = NULL;
+        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+        int first = runs[k].steps - (int)(runs[k].strength * (float)runs[k].steps);
+        ck_assert_int_eq(first, k == 0 ? 0 : k == 1 ? 4 : 1);
+        ck_assert_int_eq(first ? ldm_sampler_begin_noised(s, z0, x_T, first) : ldm_sampler_begin(s, x_T), LDM_OK);
+        for (int step = first; step < runs[k].steps; step++) {
+            run_steps(m, s, &c, 5.0f, step + 1);
+            ck_assert_int_eq(ldm_sampler_blend_known(s, z0, x_T, mask01), LDM_OK);
+        }
+        const ldm_tensor *zf = ldm_sampler_current(s);
+        for (int64_t i = 0; i < lt_numel(zf); i++)
+            if (lt_f32(mask01)[(i / (4 * H * W)) * H * W + i % (H * W)] == 0.0f)
+                ck_assert_msg(lt_f32(zf)[i] == lt_f32(z0)[i], "run %zu: the kept region is not the image", k);
+        ck_assert_int_eq(ldm_model_decode_latent(m, zf, &ref), LDM_OK);
+        double d = max_diff(img, ref);
+        ck_assert_msg(d < 1e-5, "inpainting run %zu differs from the public calls by %g", k, d);
+        ldm_sampler_free(s);
+        cond_free(&c);
+        ldm_tensor_free(img);
+        ldm_tensor_free(ref);
+    }
+    ldm_tensor_free(z0);
+    ldm_tensor_free(mask);
+    ldm_tensor_free(mask01);
+    ldm_tensor_free(init);
+    ldm_tensor_free(x_T);
+    padded_free(m, &pd);
+}
+END_TEST
+
+/* A tensor of tests/fixtures/sdxl_inpaint_tiny/io.safetensors (make_sdxl_inpaint_goldens.py). */
+static ldm_tensor *inpaint_io(const char *name)
+{
+    char path[1200];
+    lw_store *io = NULL;
+    snprintf(path, sizeof path, "%s/../sdxl_inpaint_tiny/io.safetensors", fix_dir);
+    ck_assert_msg(lw_open(path, 0, &io) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor *t = fx_io_tensor(io, name);
+    ck_assert_msg(t != NULL, "%s: %s missing", path, name);
+    lw_close(io);
+    return t;
+}
+
+/* [x, a, b] along the channels. */
+static ldm_tensor *channel_cat3(const ldm_tensor *x, const ldm_tensor *a, const ldm_tensor *b)
+{
+    const ldm_tensor *parts[3] = {x, a, b};
+    int64_t B = x->shape[0], hw = x->shape[2] * x->shape[3], C = 0;
+    for (int i = 0; i < 3; i++) C += parts[i]->shape[1];
+    int64_t shape[4] = {B, C, x->shape[2], x->shape[3]};
+    ldm_tensor *out = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, shape, &out), LDM_OK);
+    for (int64_t bi = 0, o = 0; bi < B; bi++)
+        for (int i = 0; i < 3; i++) {
+            int64_t n = parts[i]->shape[1] * hw;
+            memcpy(lt_f32(out) + o, lt_f32(parts[i]) + bi * n, (size_t)n * sizeof(float));
+            o += n;
+        }
+    return out;
+}
+
+/* The 9-channel SDXL inpainting UNet's run from the public calls: the sampler's x with the mask and
+ * masked-image latent concatenated at every step, no blending. */
+static void run_steps_concat(ldm_model *m, ldm_sampler *s, const cond4 *c, const ldm_tensor *mask,
+                             const ldm_tensor *masked, int last)
+{
+    const ldm_tensor *xin;
+    double t;
+    while (ldm_sampler_steps_done(s) < last && ldm_sampler_next(s, &xin, &t) == 1) {
+        int64_t B = xin->shape[0];
+        ldm_tensor *tt = NULL, *out = NULL, *x9 = channel_cat3(xin, mask, masked);
+        ck_assert_int_eq(ldm_tensor_create(LDM_F32, 1, &B, &tt), LDM_OK);
+        for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
+        ck_assert_msg(ldm_model_apply_sdxl(m, x9, tt, c->ca, c->vec, c->uca, c->uvec, 5.0f, &out) == LDM_OK, "%s",
+                      ldm_last_error());
+        ck_assert_int_eq(out->shape[1], 4);
+        ck_assert_int_eq(ldm_sampler_give(s, out), LDM_OK);
+        ldm_tensor_free(tt), ldm_tensor_free(out), ldm_tensor_free(x9);
+    }
+}
+
+/* The 9-channel SDXL inpainting UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1's kind, here
+ * the fixture base with the golden's random 9-channel input convolution): the public calls fed
+ * [x, mask, masked-image latent] match diffusers' StableDiffusionXLInpaintPipeline (the golden's
+ * inpaint9_*, Euler trailing, strength 1 and 0.75), and ldm_generate with init_image and mask =
+ * those calls with the encoded masked image (SD's make_batch_sd rule, diffusers' alike). */
+START_TEST(test_inpainting_unet_matches_golden)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    padded pd;
+    ldm_tensor *conv = inpaint_io("inpaint9_conv_in");
+    ldm_model *m = load_padded_in(fx("model.safetensors"), fx("config.yaml"), &pd,
+                                  "model.diffusion_model.input_blocks.0.0.weight", conv, 9);
+    cond4 c = {inpaint_io("c_crossattn"), inpaint_io("c_vector"), inpaint_io("uc_crossattn"), inpaint_io("uc_vector")};
+    ldm_tensor *x_T = inpaint_io("x_T"), *z0 = inpaint_io("z0"), *mask = inpaint_io("mask");
+    ldm_tensor *masked = inpaint_io("masked_z");
+    const char *want_name[2] = {"inpaint9_euler_samples", "inpaint9_euler_s075_samples"};
+    const int steps[2] = {4, 8}, first[2] = {0, 2};
+    for (int k = 0; k < 2; k++) {
+        ldm_sampler_params sp;
+        ldm_sampler_params_init(&sp);
+        sp.kind = LDM_SAMPLER_EULER, sp.steps = steps[k], sp.spacing = LDM_SPACING_TRAILING;
+        ldm_sampler *s = NULL;
+        ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+        ck_assert_int_eq(first[k] ? ldm_sampler_begin_noised(s, z0, x_T, first[k]) : ldm_sampler_begin(s, x_T), LDM_OK);
+        run_steps_concat(m, s, &c, mask, masked, steps[k]);
+        ldm_tensor *want = inpaint_io(want_name[k]);
+        double mx = 1.0;
+        for (int64_t i = 0; i < lt_numel(want); i++) mx = fmax(mx, fabs((double)lt_f32(want)[i]));
+        double d = max_diff(ldm_sampler_current(s), want);
+        ck_assert_msg(d < 1e-3 * mx, "%s differs from diffusers by %g (max %g)", want_name[k], d, mx);
+        ldm_tensor_free(want);
+        ldm_sampler_free(s);
+    }
+    cond_free(&c);
+    /* ldm_generate = the public calls */
+    const int B = 2, H = 8, W = 8;
+    ldm_tensor *init = random_image(B, H, W), *img = NULL, *ref = NULL, *concat = NULL;
+    ldm_generate_params gp;
+    ldm_generate_params_init(&gp);
+    gp.prompt = "a stone bridge";
+    gp.batch = B, gp.steps = 4, gp.x_T = x_T, gp.seed = 5, gp.init_image = init, gp.mask = mask, gp.strength = 1.0f;
+    gp.timestep_spacing = LDM_SPACING_TRAILING;
+    ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(lp_hybrid_inpaint_concat(m, init, mask, 5, &concat), LDM_OK);
+    int64_t ms[4] = {B, 1, H, W}, zs[4] = {B, 4, H, W};
+    ldm_tensor *m1 = NULL, *zc = NULL;
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, ms, &m1), LDM_OK);
+    ck_assert_int_eq(ldm_tensor_create(LDM_F32, 4, zs, &zc), LDM_OK);
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(lt_f32(m1) + b * H * W, lt_f32(concat) + b * 5 * H * W, sizeof(float) * H * W);
+        memcpy(lt_f32(zc) + b * 4 * H * W, lt_f32(concat) + (b * 5 + 1) * H * W, sizeof(float) * 4 * H * W);
+    }
+    cond4 mc = manual_cond(m, gp.prompt, B, H, W, 0);
+    ldm_sampler_params sp;
+    ldm_sampler_params_init(&sp);
+    sp.kind = LDM_SAMPLER_EULER, sp.steps = 4, sp.spacing = LDM_SPACING_TRAILING;
+    ldm_sampler *s = NULL;
+    ck_assert_int_eq(ldm_model_sampler(m, &sp, &s), LDM_OK);
+    ck_assert_int_eq(ldm_sampler_begin(s, x_T), LDM_OK);
+    run_steps_concat(m, s, &mc, m1, zc, 4);
+    ck_assert_int_eq(ldm_model_decode_latent(m, ldm_sampler_current(s), &ref), LDM_OK);
+    double d = max_diff(img, ref);
+    ck_assert_msg(d < 1e-5, "ldm_generate with the inpainting UNet differs from the public calls by %g", d);
+    ldm_tensor_free(img);
+    gp.mask = NULL;
+    ck_assert_int_eq(ldm_generate(m, &gp, &img), LDM_ERR_INVALID_ARGUMENT); /* it needs the mask */
+    ldm_sampler_free(s);
+    cond_free(&mc);
+    ldm_tensor_free(m1), ldm_tensor_free(zc), ldm_tensor_free(concat), ldm_tensor_free(ref), ldm_tensor_free(img);
+    ldm_tensor_free(init), ldm_tensor_free(x_T), ldm_tensor_free(z0), ldm_tensor_free(mask), ldm_tensor_free(masked);
+    ldm_tensor_free(conv);
+    padded_free(m, &pd);
+}
+END_TEST
+
+/* What SDXL still refuses, by name: image-to-image or inpainting with a refiner hand-off,
+ * image conditioning, trailing spacing with LCM. */
 START_TEST(test_generate_refuses_sdxl_combinations)
 {
     if (!have_fixture()) return;
@@ -918,6 +1255,8 @@ START_TEST(test_generate_refuses_sdxl_combinations)
     ldm_generate_params gp, r;
     ldm_generate_params_init(&gp);
     gp.init_image = init, gp.mask = mask;
+    ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_OK); /* inpainting by mask blending */
+    gp.refiner = m;
     ck_assert_int_eq(ldm_generate_params_resolve(m, &gp, &r), LDM_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(ldm_last_error(), "inpainting"));
     gp.mask = NULL, gp.refiner = m;
@@ -940,6 +1279,8 @@ Suite *sdxl_suite(void)
     TCase *tc = tcase_create("sdxl");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_sgm_sigmas_match_reference);
+    tcase_add_test(tc, test_unet_goldens_see_timestep_and_vector);
+    tcase_add_test(tc, test_pipeline_golden_sees_timestep_and_vector);
     tcase_add_test(tc, test_trajectories_tighter_than_policy);
     tcase_add_test(tc, test_config_and_detection);
     tcase_add_test(tc, test_config_rejects_what_is_not_implemented);
@@ -953,6 +1294,8 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_lcm_generate_matches_public_calls);
     tcase_add_test(tc, test_lcm_guidance_embedding_matches_golden);
     tcase_add_test(tc, test_img2img_generate_matches_public_calls);
+    tcase_add_test(tc, test_inpaint_generate_matches_public_calls);
+    tcase_add_test(tc, test_inpainting_unet_matches_golden);
     tcase_add_test(tc, test_generate_refuses_sdxl_combinations);
     suite_add_tcase(s, tc);
     return s;

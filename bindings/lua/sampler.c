@@ -132,6 +132,18 @@ static int s_begin_noised(lua_State *L)
     return 0;
 }
 
+/* s:blend_known(z0, noise, mask): inpainting's blending after a step (mask 0: z0 noised to the
+ * level reached; 1: the sample stays) */
+static int s_blend_known(lua_State *L)
+{
+    lua_settop(L, 4);
+    ldm_sampler *s = check_sampler(L, 1);
+    const ldm_tensor *z0 = lb_to_tensor(L, 2, LDM_F32, 0), *noise = lb_to_tensor(L, 3, LDM_F32, 0);
+    const ldm_tensor *mask = lb_to_tensor(L, 4, LDM_F32, 0);
+    lb_check(L, ldm_sampler_blend_known(s, z0, noise, mask), "ldm_sampler_blend_known");
+    return 0;
+}
+
 /* ldm.sdxl_img2img_first_step(steps, strength) */
 static int l_sdxl_img2img_first_step(lua_State *L)
 {
@@ -216,6 +228,7 @@ void lb_sampler_register(lua_State *L, int module)
     static const luaL_Reg methods[] = {{"begin", s_begin},
                                        {"begin_at", s_begin_at},
                                        {"begin_noised", s_begin_noised},
+                                       {"blend_known", s_blend_known},
                                        {"set_noise", s_set_noise},
                                        {"next", s_next},
                                        {"give", s_give},

@@ -932,6 +932,7 @@ end)
 
 -- SDXL (docs/models.md): the repository's sdxl_base_tiny golden (official sgm code)
 local sdxl_dir = repo .. "/tests/fixtures/sdxl_base_tiny"
+local sdxl_refiner = "../sdxl_refiner_tiny/" -- the refiner of the hand-off, relative to sdxl_dir
 local function sdxl_load(weights, config, vocab)
     return ldm.load(weights, {config = sdxl_dir .. "/" .. config, vocab = vocab})
 end
@@ -950,7 +951,9 @@ test("sdxl: conditioner and base -> refiner hand-off against the sgm golden", fu
     local io = read_safetensors(sdxl_dir .. "/io.safetensors")
     local tol = case.tolerances
     local base = sdxl_load(sdxl_dir .. "/model.safetensors", "config.yaml")
-    local ref = sdxl_load(sdxl_dir .. "/refiner.safetensors", "refiner.yaml")
+    local ref = sdxl_load(sdxl_dir .. "/" .. sdxl_refiner .. "model.safetensors", sdxl_refiner .. "config.yaml")
+    local rio = read_safetensors(sdxl_dir .. "/" .. sdxl_refiner .. "io.safetensors")
+    local rtol = json_decode(assert(read_file(sdxl_dir .. "/" .. sdxl_refiner .. "case.json"))).tolerances
     local cond = base:conditioner()
     eq(cond:kind(), "sdxl", "conditioner kind")
     local opts = {tokens = {io.tokens_clip, io.tokens_openclip}, original_height = 64, original_width = 48,
@@ -966,9 +969,9 @@ test("sdxl: conditioner and base -> refiner hand-off against the sgm golden", fu
     local rsize = {original_height = 64, original_width = 64, target_height = 64, target_width = 64}
     local rc = {ref:conditioner():encode_sdxl{tokens = {io.tokens_openclip}, aesthetic_score = 6.0,
         original_height = 64, original_width = 64, target_height = 64, target_width = 64}}
-    local ruc = {ref:conditioner():encode_sdxl{tokens = {io.tokens_empty}, aesthetic_score = 2.5,
+    local ruc = {ref:conditioner():encode_sdxl{tokens = {rio.tokens_empty}, aesthetic_score = 2.5,
         original_height = rsize.original_height, original_width = 64, target_height = 64, target_width = 64}}
-    compare("rc_vector", rc[2], io.rc_vector, tol.rc_vector)
+    compare("rc_vector", rc[2], rio.rc_vector, rtol.rc_vector)
     local k = ldm.sdxl_base_steps(8, 0.6)
     eq(k, 6, "base steps")
     local s = base:sampler{kind = "euler", steps = 8, discretization = "sgm"}
@@ -986,14 +989,30 @@ test("sdxl: conditioner and base -> refiner hand-off against the sgm golden", fu
     ref:close()
 end)
 
+test("sdxl: blend_known after each step equals diffusers' SDXL inpainting golden", function()
+    local dir = repo .. "/tests/fixtures/sdxl_inpaint_tiny"
+    local io = read_safetensors(dir .. "/io.safetensors")
+    local tol = json_decode(assert(read_file(dir .. "/case.json"))).tolerances
+    local base = sdxl_load(sdxl_dir .. "/model.safetensors", "config.yaml")
+    local s = base:sampler{kind = "euler", steps = 8, spacing = "trailing"}
+    s:begin_noised(io.z0, io.x_T, 4) -- strength 0.6 of 8 steps: diffusers' get_timesteps
+    for k = 5, 8 do
+        sdxl_steps(base, s, {io.c_crossattn, io.c_vector}, {io.uc_crossattn, io.uc_vector}, 5.0, k)
+        s:blend_known(io.z0, io.x_T, io.mask)
+    end
+    compare("inpaint_euler_s06_samples", s:current(), io.inpaint_euler_s06_samples, tol.inpaint_euler_s06_samples)
+    raises("ldm_sampler_blend_known", s.blend_known, s, io.z0, io.x_T, io.z0)
+    base:close()
+end)
+
 -- generate{...}'s SDXL options on copies of the fixture with the real vocabulary's token-table size
 -- (49408 = 193 x the fixture's 256 rows, repeated), against the same run from the public calls
 test("sdxl: generate with size conditioning and a refiner equals the composed run", function()
     local vocab = shared .. "/vocab/bpe_simple_vocab_16e6.txt.gz"
     if not read_file(vocab) then skip("no CLIP vocabulary (set LDM_SHARED)") end
     local tmp = os.tmpname()
-    local function padded(name)
-        local blob = assert(read_file(sdxl_dir .. "/" .. name .. ".safetensors"))
+    local function padded(name, file)
+        local blob = assert(read_file(sdxl_dir .. "/" .. file))
         local n = string.unpack("<I8", blob)
         local header = json_decode(blob:sub(9, 8 + n))
         local names, parts, fields, offset = {}, {}, {}, 0
@@ -1020,9 +1039,9 @@ test("sdxl: generate with size conditioning and a refiner equals the composed ru
         f:close()
         return path
     end
-    local bpath, rpath = padded("model"), padded("refiner")
+    local bpath, rpath = padded("model", "model.safetensors"), padded("refiner", sdxl_refiner .. "model.safetensors")
     local base = sdxl_load(bpath, "config.yaml", vocab)
-    local ref = sdxl_load(rpath, "refiner.yaml", vocab)
+    local ref = sdxl_load(rpath, sdxl_refiner .. "config.yaml", vocab)
     os.remove(bpath)
     os.remove(rpath)
     os.remove(tmp)

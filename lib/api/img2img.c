@@ -46,8 +46,7 @@ ldm_status lp_encode_latent(ldm_model *m, const ldm_tensor *x, uint64_t seed, ld
     return LDM_OK;
 }
 
-/* Mask [B,1,H,W] -> latent resolution by nearest resize, binarised at 0.5. */
-static ldm_status latent_mask(const ldm_tensor *mask, const ldm_tensor *z0, ldm_tensor **out)
+ldm_status lp_latent_mask(const ldm_tensor *mask, const ldm_tensor *z0, ldm_tensor **out)
 {
     LDM_TRY(lt_check(mask, "mask", LDM_F32, 4));
     if (mask->shape[1] != 1 || mask->shape[0] != z0->shape[0])
@@ -85,7 +84,7 @@ ldm_status lp_img2img_begin(ldm_model *m, ldm_sampler *s, const ldm_generate_par
         blend->first_step = first;
         blend->z0 = z0;
         z0 = NULL;
-        st = latent_mask(p->mask, blend->z0, &blend->mask);
+        st = lp_latent_mask(p->mask, blend->z0, &blend->mask);
         if (st == LDM_OK) st = (blend->noise = lt_new_f32(x_T->ndim, x_T->shape)) ? LDM_OK : ldm_alloc_failure_status();
         if (st == LDM_OK) st = ldm_randn(p->seed, LP_STREAM_RENOISE, blend->noise);
     }
@@ -181,7 +180,7 @@ ldm_status lp_hybrid_inpaint_concat(ldm_model *m, const ldm_tensor *image, const
             if (lt_f32(mask)[b * HW + i] >= 0.5f)
                 for (int64_t c = 0; c < C; c++) lt_f32(masked)[(b * C + c) * HW + i] = 0.0f;
     ldm_status st = lp_encode_latent(m, masked, seed, &z);
-    if (st == LDM_OK) st = latent_mask(mask, z, &m_small);
+    if (st == LDM_OK) st = lp_latent_mask(mask, z, &m_small);
     if (st == LDM_OK)
         st = (*out = lt_new_f32_4d(B, 1 + z->shape[1], z->shape[2], z->shape[3])) ? LDM_OK : ldm_alloc_failure_status();
     if (st == LDM_OK) {

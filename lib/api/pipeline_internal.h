@@ -48,6 +48,8 @@ int lp_img2img_first_step(float strength, int total_steps);
  * for lp_blend_apply. */
 ldm_status lp_img2img_begin(ldm_model *m, ldm_sampler *s, const ldm_generate_params *p, const ldm_tensor *x_T,
                             lp_blend *blend);
+/* Mask [B,1,H,W] -> z0's latent resolution by nearest resize (torch's rule), binarised at 0.5. */
+ldm_status lp_latent_mask(const ldm_tensor *mask, const ldm_tensor *z0, ldm_tensor **out);
 /* After step `done`: known region <- z0 noised to the sampler's current level. */
 ldm_status lp_blend_apply(ldm_model *m, ldm_sampler *s, const lp_blend *b, int done);
 /* Pixel-space composite (1-m)*init + m*clamp(generated) with the mask binarised at 0.5: the known

@@ -20,7 +20,14 @@
  *                 itself (the refiner demo's img2img on a base picture);
  *   LCM           diffusers' LCMScheduler as StableDiffusionXLPipeline runs it (LCM-LoRA SDXL):
  *                 guidance 1 by default (no unconditional branch), classifier-free guidance above
- *                 1, or the scale fed to a UNet with the LCM guidance embedding (docs/few-step.md).
+ *                 1, or the scale fed to a UNet with the LCM guidance embedding (docs/few-step.md);
+ *   inpainting    (mask) diffusers' StableDiffusionXLInpaintPipeline with a 4-channel UNet: the
+ *                 last int(strength * steps) steps run (get_timesteps), from pure noise at strength
+ *                 1 else from the encoded init_image noised with x_T to the first step's level;
+ *                 after every step the region to keep is the encoded image noised with x_T to the
+ *                 level reached (ldm_sampler_blend_known); no pixel composite (diffusers has none
+ *                 without padding_mask_crop). The 9-channel SDXL inpainting UNet instead sees
+ *                 [x, mask, encoded masked image] at every step (the same start, no blending).
  * A non-empty negative prompt on a base model is encoded rather than zeroed (the demo has no
  * negative prompt for SDXL base; encoding it is what a negative prompt means everywhere else). */
 #include "model_internal.h"
@@ -40,15 +47,23 @@ static int has_aesthetic(const ldm_model *m)
 ldm_status lp_sdxl_resolve(const ldm_model *m, const ldm_generate_params *in, ldm_generate_params *p)
 {
     (void)in;
-    if (p->mask || p->cond_image || p->layout_tokens)
+    if (p->cond_image || p->layout_tokens)
         return ldm_fail(LDM_ERR_UNSUPPORTED,
-                        "%s: SDXL: inpainting (mask) and image conditioning (cond_image, layout) are not "
-                        "implemented (text-to-image and image-to-image only)",
+                        "%s: SDXL: image conditioning (cond_image, layout) is not implemented (text-to-image, "
+                        "image-to-image and inpainting only)",
                         m->path);
+    int n_in = m->desc.unet.in_channels, n_out = m->desc.unet.out_channels;
+    if (n_in != n_out && n_in != 2 * n_out + 1)
+        return ldm_fail(LDM_ERR_UNSUPPORTED,
+                        "%s: SDXL: a UNet of %d input and %d output channels is neither an "
+                        "ordinary nor an inpainting (%d: latent, mask, masked-image latent) one",
+                        m->path, n_in, n_out, 2 * n_out + 1);
+    if (n_in != n_out && !p->mask)
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: the SDXL inpainting UNet needs init_image and mask", m->path);
     if (p->init_image && p->refiner)
         return ldm_fail(LDM_ERR_UNSUPPORTED,
-                        "%s: SDXL: image-to-image with a refiner hand-off is not implemented (run the refiner "
-                        "as the model, with init_image)",
+                        "%s: SDXL: image-to-image or inpainting with a refiner hand-off is not implemented (run "
+                        "the refiner as the model, with init_image)",
                         m->path);
     if (p->class_label >= 0)
         return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "%s: SDXL models take a prompt, not a class label", m->path);
@@ -181,30 +196,56 @@ static ldm_status make_sampler(ldm_model *m, const ldm_generate_params *p, ldm_s
                              out);
 }
 
-/* Runs s until `last` steps are done with model m and conditioning c. Previews are drawn with
- * `viewer`, the model p's preview settings were resolved for (the base: base and refiner share
- * one latent space). */
+/* Inpainting's state: the encoded init image, its noise (x_T) and the latent mask for the
+ * blending of an ordinary UNet; [mask, encoded masked image] (concat) for an inpainting UNet. */
+typedef struct sdxl_blend {
+    ldm_tensor *z0, *mask, *concat;
+    const ldm_tensor *noise;
+} sdxl_blend;
+
+/* [x, concat] along the channels (the inpainting UNet's input). */
+static ldm_status with_concat(const ldm_tensor *x, const ldm_tensor *concat, ldm_tensor **out)
+{
+    int64_t B = x->shape[0], cx = x->shape[1], cc = concat->shape[1], hw = x->shape[2] * x->shape[3];
+    if (concat->shape[0] != B || concat->shape[2] != x->shape[2] || concat->shape[3] != x->shape[3])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "SDXL inpainting: the mask and masked-image latent do not fit x");
+    if (!(*out = lt_new_f32_4d(B, cx + cc, x->shape[2], x->shape[3]))) return ldm_alloc_failure_status();
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(lt_f32(*out) + b * (cx + cc) * hw, lt_f32(x) + b * cx * hw, (size_t)(cx * hw) * sizeof(float));
+        memcpy(lt_f32(*out) + (b * (cx + cc) + cx) * hw, lt_f32(concat) + b * cc * hw,
+               (size_t)(cc * hw) * sizeof(float));
+    }
+    return LDM_OK;
+}
+
+/* Runs s until `last` steps are done with model m and conditioning c, blending the known region
+ * back after each step when b holds a mask. Previews are drawn with `viewer`, the model p's
+ * preview settings were resolved for (the base: base and refiner share one latent space). */
 static ldm_status run(ldm_model *m, ldm_model *viewer, ldm_sampler *s, const sdxl_cond *c, const ldm_generate_params *p,
-                      int last)
+                      int last, const sdxl_blend *b)
 {
     const ldm_tensor *xin;
     double t;
     while (ldm_sampler_steps_done(s) < last && ldm_sampler_next(s, &xin, &t) == 1) {
         int64_t B = xin->shape[0];
-        ldm_tensor *tt = NULL, *out = NULL;
+        ldm_tensor *tt = NULL, *out = NULL, *x9 = NULL;
         if (atomic_load(&m->cancel))
             return ldm_fail(LDM_CANCELLED, "cancelled by ldm_model_interrupt at step %d of %d",
                             ldm_sampler_steps_done(s), p->steps);
         LDM_TRY(ldm_tensor_create(LDM_F32, 1, &B, &tt));
         for (int64_t i = 0; i < B; i++) lt_f32(tt)[i] = (float)t;
         int before = ldm_sampler_steps_done(s);
-        ldm_status st = lm_sdxl_apply(m, xin, tt, c->ca, c->vec, c->uca, c->uvec, p->guidance_scale, &out);
+        ldm_status st = b && b->concat ? with_concat(xin, b->concat, &x9) : LDM_OK;
+        if (st == LDM_OK)
+            st = lm_sdxl_apply(m, x9 ? x9 : xin, tt, c->ca, c->vec, c->uca, c->uvec, p->guidance_scale, &out);
         ldm_tensor_free(tt);
+        ldm_tensor_free(x9);
         if (st == LDM_OK) st = ldm_sampler_give(s, out);
         ldm_tensor_free(out);
         LDM_TRY(st);
         ldm_heap_trim();
         int done = ldm_sampler_steps_done(s);
+        if (done > before && b && b->mask) LDM_TRY(ldm_sampler_blend_known(s, b->z0, b->noise, b->mask));
         if (done > before && p->progress && p->progress(done, p->steps, p->progress_user_data))
             return ldm_fail(LDM_CANCELLED, "cancelled by the progress callback at step %d of %d", done, p->steps);
         if (done > before) LDM_TRY(lp_preview(viewer, s, p, done, p->steps));
@@ -231,7 +272,7 @@ static ldm_status refine(ldm_model *r, ldm_model *base, const ldm_generate_param
     lm_release_memory(r); /* the refiner's text encoder */
     if (st == LDM_OK) st = make_sampler(r, p, &s);
     if (st == LDM_OK) st = ldm_sampler_begin_at(s, x, first);
-    if (st == LDM_OK) st = run(r, base, s, &c, p, p->steps);
+    if (st == LDM_OK) st = run(r, base, s, &c, p, p->steps, NULL);
     if (st == LDM_OK) st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
     ldm_sampler_free(s);
     cond_release(&c);
@@ -263,9 +304,30 @@ static ldm_status img2img_begin(ldm_model *m, const ldm_generate_params *p, ldm_
     return st;
 }
 
+/* Inpainting's start (diffusers' get_timesteps and prepare_latents): the last
+ * int(strength * steps) steps run; strength 1 starts from pure noise, a lower one from the encoded
+ * init_image noised with x_T to the first remaining step's level. Fills b for the blending. */
+static ldm_status inpaint_begin(ldm_model *m, const ldm_generate_params *p, ldm_sampler *s, const ldm_tensor *x_T,
+                                sdxl_blend *b)
+{
+    int first = lp_img2img_first_step(p->strength, ldm_sampler_total_steps(s));
+    LDM_TRY(lt_check(p->init_image, "init_image", LDM_F32, 4));
+    if (p->init_image->shape[0] != x_T->shape[0])
+        return ldm_fail(LDM_ERR_INVALID_ARGUMENT, "init_image batch %lld differs from batch %lld",
+                        (long long)p->init_image->shape[0], (long long)x_T->shape[0]);
+    LDM_TRY(lp_encode_latent(m, p->init_image, p->seed, &b->z0));
+    if (m->desc.unet.in_channels != m->desc.unet.out_channels)
+        LDM_TRY(lp_hybrid_inpaint_concat(m, p->init_image, p->mask, p->seed, &b->concat));
+    else
+        LDM_TRY(lp_latent_mask(p->mask, b->z0, &b->mask));
+    b->noise = x_T;
+    return first == 0 ? ldm_sampler_begin(s, x_T) : ldm_sampler_begin_noised(s, b->z0, x_T, first);
+}
+
 static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor **z, ldm_model **decoder)
 {
     sdxl_cond c = {0};
+    sdxl_blend blend = {0};
     ldm_sampler *s = NULL;
     ldm_tensor *x_T = NULL, *unchanged = NULL;
     int base_steps = p->refiner ? ldm_sdxl_base_steps(p->steps, p->refiner_start) : p->steps;
@@ -273,8 +335,11 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor 
     lm_release_memory(m); /* the text encoders' weights */
     if (st == LDM_OK) st = initial_noise(m, p, &x_T);
     if (st == LDM_OK) st = make_sampler(m, p, &s);
-    if (st == LDM_OK) st = p->init_image ? img2img_begin(m, p, s, x_T, &unchanged) : ldm_sampler_begin(s, x_T);
-    if (st == LDM_OK && !unchanged) st = run(m, m, s, &c, p, base_steps);
+    if (st == LDM_OK)
+        st = p->mask         ? inpaint_begin(m, p, s, x_T, &blend)
+             : p->init_image ? img2img_begin(m, p, s, x_T, &unchanged)
+                             : ldm_sampler_begin(s, x_T);
+    if (st == LDM_OK && !unchanged) st = run(m, m, s, &c, p, base_steps, &blend);
     cond_release(&c);
     lm_release_memory(m); /* the base UNet */
     *decoder = m;
@@ -290,6 +355,9 @@ static ldm_status sample(ldm_model *m, const ldm_generate_params *p, ldm_tensor 
         st = (*z = lt_clone(ldm_sampler_current(s))) ? LDM_OK : ldm_alloc_failure_status();
     }
     ldm_tensor_free(unchanged);
+    ldm_tensor_free(blend.z0);
+    ldm_tensor_free(blend.mask);
+    ldm_tensor_free(blend.concat);
     ldm_sampler_free(s);
     ldm_tensor_free(x_T);
     return st;

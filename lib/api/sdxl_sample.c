@@ -99,8 +99,10 @@ ldm_status lm_sdxl_apply(ldm_model *m, const ldm_tensor *x, const ldm_tensor *ti
     if (st == LDM_OK)
         st = lunet_forward(unet->net, &m->ctx, guided ? xx : x, tt, guided ? cc : ca, guided ? vv : vec, &both);
     if (st == LDM_OK && guided) {
-        st = (*out = lt_new_f32(x->ndim, x->shape)) ? LDM_OK : ldm_alloc_failure_status();
-        int64_t n = lt_numel(x);
+        /* the output's channels, not x's: an inpainting UNet takes mask and masked latent too */
+        int64_t shape[4] = {B, both->shape[1], both->shape[2], both->shape[3]};
+        st = (*out = lt_new_f32(4, shape)) ? LDM_OK : ldm_alloc_failure_status();
+        int64_t n = lt_numel(both) / 2;
         const float *eu = lt_f32(both), *ec = eu + n;
         for (int64_t i = 0; st == LDM_OK && i < n; i++) lt_f32(*out)[i] = eu[i] + scale * (ec[i] - eu[i]);
     } else if (st == LDM_OK) {

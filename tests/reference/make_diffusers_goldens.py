@@ -8,13 +8,14 @@ config.json files).
 
 The pipeline is a shrunk SD1-style LatentConsistencyModelPipeline with seeded random weights:
   - UNet2DConditionModel with time_cond_proj_dim 256 (the LCM guidance embedding, as in
-    SimianLuo/LCM_Dreamshaper_v7), two levels of 32 channels (CrossAttnDownBlock2D, DownBlock2D;
+    SimianLuo/LCM_Dreamshaper_v7), two levels of 64 channels (CrossAttnDownBlock2D, DownBlock2D;
     layers_per_block 0 to keep the fixture small: the levels still hold a downsampler, the up
     blocks one ResBlock each, a transformer at level 0 and in the middle), cross_attention_dim 32,
-    attention_head_dim 2, resnet_time_scale_shift "scale_shift" (at 32 channels GroupNorm(32)
-    normalises every channel alone and would cancel an additive timestep embedding, and with it
-    the guidance embedding under test; SD's 320 channels have 10 per group);
-  - AutoencoderKL with two levels of 32 channels (layers_per_block 0: decoder levels of one
+    attention_head_dim 2, two levels of 64 channels so that GroupNorm(32) has two per group (at 32
+    it normalises every channel alone and cancels the additive timestep embedding, and with it
+    the guidance embedding under test; SD's 320 channels have 10 per group), SD's default
+    (additive) resnet_time_scale_shift;
+  - AutoencoderKL with two levels of 64 channels (layers_per_block 0: decoder levels of one
     ResBlock, reversed numbering, up/downsamplers, mid attention), scaling_factor 0.18215;
   - transformers CLIPTextModel (width 32, 2 layers, 2 heads, vocab 1000, quick_gelu);
   - LCMScheduler with SD's scaled_linear 0.00085..0.012.
@@ -58,6 +59,10 @@ import make_train_goldens as mtg  # noqa: E402  (randomise)
 
 NAME = "diffusers_lcm_sd1"
 WIDTH = 32
+# UNet and VAE widths: GroupNorm(32) with two channels per group. At 32 channels every channel is
+# normalised alone, which cancels anything added per channel before a GroupNorm (the additive
+# timestep embedding, conv biases); 64 keeps SD's default resnet_time_scale_shift ("default").
+CH = 64
 COND_DIM = 256
 SF = 0.18215
 
@@ -66,12 +71,11 @@ def build(tmp):
     from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=0,
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(CH, CH), layers_per_block=0,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=WIDTH,
-                                attention_head_dim=2, time_cond_proj_dim=COND_DIM,
-                                resnet_time_scale_shift="scale_shift")
-    vae = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=0,
+                                attention_head_dim=2, time_cond_proj_dim=COND_DIM)
+    vae = AutoencoderKL(block_out_channels=(CH, CH), layers_per_block=0,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         latent_channels=4, sample_size=16, scaling_factor=SF)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
@@ -224,17 +228,18 @@ def build_sd2(tmp):
     """A shrunk SD 2.x-style StableDiffusionPipeline: v-prediction, the open_clip text tower in
     transformers' layout (gelu, the penultimate block already dropped), linear transformer
     projections, per-level attention_head_dim (level 0 has no attention), trailing Euler. As in the
-    LCM fixture: 32-channel levels (layers_per_block 0 needs equal widths) with scale_shift so that
-    the timestep reaches the output."""
+    LCM fixture: 64-channel levels (layers_per_block 0 needs equal widths; two channels per
+    GroupNorm group); resnet_time_scale_shift "scale_shift" here (the LCM fixture has SD's
+    default), so that both ResnetBlock2D forms are checked."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=0,
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(CH, CH), layers_per_block=0,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=WIDTH,
                                 attention_head_dim=[1, 2], use_linear_projection=True,
                                 resnet_time_scale_shift="scale_shift")
-    vae = AutoencoderKL(block_out_channels=(32,), layers_per_block=0, down_block_types=("DownEncoderBlock2D",),
+    vae = AutoencoderKL(block_out_channels=(CH,), layers_per_block=0, down_block_types=("DownEncoderBlock2D",),
                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, sample_size=8, scaling_factor=SF)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=3,
                                         num_attention_heads=2, vocab_size=1000, max_position_embeddings=77,

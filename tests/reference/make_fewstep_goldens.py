@@ -3,13 +3,14 @@
 in the ../shared/fixtures layout (config.yaml, model.safetensors, io.safetensors, case.json).
 
 The model is a shrunk SD1-style LatentDiffusion (crossattn UNet from the OFFICIAL CompVis
-openaimodel.UNetModel, one level, SpatialTransformer, context_dim 16, num_res_blocks 0; with
-use_scale_shift_norm, because at 32 channels GroupNorm(32) normalises every channel alone and
-would cancel an additive timestep embedding (SD's 320 channels have 10 per group); KL first
-stage f1 without attention; a
+openaimodel.UNetModel, one level, SpatialTransformer, context_dim 16, num_res_blocks 0; 64
+channels, two per GroupNorm(32) group (at 32 every channel is normalised alone, hiding anything
+added per channel before a GroupNorm); use_scale_shift_norm, the ResBlock form of LDM's LSUN /
+CelebA models (SD's additive embedding is in lora_sd1, diffusers_lcm_sd1 and the SDXL fixtures);
+KL first stage f1 without attention; a
 ClassEmbedder as the cond stage so that the state dict is a complete LDM - the calls pass the
 cross-attention context as a tensor) with seeded random weights, plus an LCM guidance embedding
-`model.diffusion_model.time_embed.cond_proj.weight` [32, 32] (time_cond_proj_dim 32). Every
+`model.diffusion_model.time_embed.cond_proj.weight` [64, 32] (time_cond_proj_dim 32). Every
 trajectory is made by the OFFICIAL diffusers schedulers and diffusers' own embedding code:
 
   - the UNet's time embedding is diffusers' TimestepEmbedding(cond_proj_dim=32) with linear_1 /
@@ -65,7 +66,7 @@ import make_train_goldens as mtg  # noqa: E402  (stubs, randomise)
 REF_REPO = "CompVis/latent-diffusion"
 REF_COMMIT = "a506df5756472e2ebaf9078affdde2c4f1502cd4"
 COND_DIM = 32
-MC = 32
+MC = 64  # two channels per GroupNorm(32) group
 CTX = 16
 
 CONFIG_YAML = """model:
@@ -89,7 +90,7 @@ CONFIG_YAML = """model:
         image_size: 8
         in_channels: 4
         out_channels: 4
-        model_channels: 32
+        model_channels: 64
         attention_resolutions:
         - 1
         num_res_blocks: 0

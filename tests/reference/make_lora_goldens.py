@@ -3,10 +3,11 @@
 kohya-ss sd-scripts' own merge code and the OFFICIAL networks, so that the conformance runner can
 check libldm's LoRA merging (lib/api/lora.c, lora_names.c) without PyTorch.
 
-  tests/fixtures/lora_sd1   the SD1 model of ../shared/fixtures/ldm_sd1_txt2img (its weights; to
-      keep the fixture small the text tower's token table is cut to its first 1000 rows, the
-      first stage left out and the UNet stored F16, CLIP text weights F16 as there) and two LoRA
-      files:
+  tests/fixtures/lora_sd1   the SD1 model of ../shared/fixtures/ldm_sd1_txt2img (its text tower; to
+      keep the fixture small the token table is cut to its first 1000 rows and the first stage
+      left out; CLIP text weights F16 as there) with its UNet structure at 64 channels (random
+      weights stored F16: the shared UNet's 32 channels are one per GroupNorm group, which
+      normalises the time embedding away) and two LoRA files:
         lora_kohya.safetensors  kohya/webui keys (lora_unet_<diffusers path>, lora_te_<HF path>,
             .lora_down/.lora_up stored F16, .alpha != rank): every Linear / 1x1 conv of each
             Transformer2DModel (rank 4, alpha 2), two ResnetBlock2D 3x3 convs as LoCon (a 3x3
@@ -322,6 +323,18 @@ def shrink_config(text, vocab):
 
 # ------------------------------------------------------------------ SD1
 
+UNET_CHANNELS = 64
+
+
+def random_unet(uparams, gen):
+    """latent-diffusion's UNetModel of these params, every parameter random (make_train_goldens'
+    randomise, zero_module layers too), stored float16."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from make_train_goldens import randomise
+    m = UNetModel(**dict(uparams, use_checkpoint=False))
+    randomise(m, gen)
+    return {k: v.half().contiguous() for k, v in m.state_dict().items()}
+
 def make_sd1(model_util, merge_lora, shared, out):
     src = os.path.join(shared, "ldm_sd1_txt2img")
     sd = load_file(os.path.join(src, "model.safetensors"))
@@ -340,10 +353,18 @@ def make_sd1(model_util, merge_lora, shared, out):
     config_text = fs.sub(fs.search(open(os.path.join(tiny, "config.yaml")).read()).group(0).replace("\\", "\\\\"),
                          config_text)
     config_text = shrink_config(config_text, VOCAB)
+    # The shared UNet has 32 channels, one per GroupNorm32 group: the time embedding, added per
+    # channel before a GroupNorm in every ResBlock, is normalised away there (the output would not
+    # see the timestep, nor a LoRA on time_emb_proj). A 64-channel UNet of the same structure with
+    # random float16 weights replaces it (two channels per group).
+    config_text = re.sub(r"(\n +model_channels: )32\n", r"\g<1>%d\n" % UNET_CHANNELS, config_text)
     cfg = yaml.safe_load(config_text)
     uparams = cfg["model"]["params"]["unet_config"]["params"]
+    assert uparams["model_channels"] == UNET_CHANNELS
     heads = cfg["libldm_test"]["text_encoder"]["heads"]
     gen = torch.Generator().manual_seed(14)
+    sd = {k: v for k, v in sd.items() if not k.startswith("model.diffusion_model.")}
+    sd.update({"model.diffusion_model." + k: v for k, v in random_unet(uparams, gen).items()})
 
     # kohya's view of the UNet: diffusers layout (its SD1 training UNet)
     ucfg = {"layers_per_block": uparams["num_res_blocks"], "num_head_channels": None}
@@ -397,6 +418,11 @@ def make_sd1(model_util, merge_lora, shared, out):
             dst = outs if dtype == torch.float32 else outs64
             dst["out_" + tag] = o.float() if dtype == torch.float32 else o
             dst["c_" + tag] = c.float() if dtype == torch.float32 else c
+    base_unet = {k[len("model.diffusion_model."):]: v for k, v in sd64.items() if k.startswith("model.diffusion_model.")}
+    swapped = unet_ref.run(base_unet, x, t.flip(0), ctx, torch.float32)
+    moved = float((swapped - outs["out_base"]).abs().max() / outs["out_base"].abs().max())
+    print("lora_sd1: relative UNet output change with the timesteps swapped: %.3g" % moved)
+    assert moved > 1e-2  # the golden sees the timestep path
     for o in (outs, outs64):
         o["out_cleared"] = o["out_base"]
         o["c_cleared"] = o["c_base"]
@@ -409,7 +435,8 @@ def make_sd1(model_util, merge_lora, shared, out):
     calls = (fwd("base") + [{"op": "lora.add", "params": {"file": "lora_kohya.safetensors", "multiplier": 0.7}}] +
              fwd("kohya") + [{"op": "lora.add", "params": {"file": "lora_peft.safetensors", "multiplier": -0.5}}] +
              fwd("both") + [{"op": "lora.clear"}] + fwd("cleared"))
-    desc = ("SD1 (ldm_sd1_txt2img weights, token table cut to %d rows, CLIP F16) with LoRAs merged by kohya-ss "
+    desc = ("SD1 (ldm_sd1_txt2img's text tower, token table cut to %d rows, CLIP F16; its UNet structure with 64 "
+            "channels, two per GroupNorm group, random F16 weights) with LoRAs merged by kohya-ss "
             "merge_to_sd_model: a kohya file (F16 factors, alpha != rank, LoCon 3x3 on two ResnetBlock2D convs, text "
             "q/k/v/out/fc1/fc2) at 0.7, then a diffusers/PEFT file (attention projections, rank 6, no alpha: scale 1) at -0.5 stacked; "
             "UNet forward and CLIP text before, between, and after ldm_model_lora_clear" % VOCAB)

@@ -5,15 +5,22 @@ Stability-AI generative-models code (the `sgm` package), in the ../shared/fixtur
 
 Fixtures (random weights, every zero_module layer re-randomised so no path hides; channel counts
 shrunk, structure kept; weights stored float16, the reference computed in float32 from the
-float16-rounded values, like the shared cond_* fixtures):
+float16-rounded values, like the shared cond_* fixtures). Every UNet and every first stage that a
+call runs has 64 channels: sgm's GroupNorm32 has 32 groups, and with one channel per group the
+time embedding and the vector y (added per channel before a GroupNorm in each ResBlock) would be
+normalised away, so the goldens would not test them. The UNet fixtures store how much the output
+moves with other timesteps and with y zeroed ("sensitivity" in case.json):
 
   unet_sdxl_base     sgm UNetModel shaped like sd_xl_base.yaml: 3 levels, attention_resolutions
-                     [4, 2], transformer_depth [0, 1, 2] (middle = last = 2),
+                     [4, 2], transformer_depth [0, 1, 2] (middle = last = 2), num_res_blocks 0,
                      num_classes: sequential + adm_in_channels (label_emb.0.0 / .0.2),
                      use_linear_in_transformer, num_head_channels, context_dim;
                      op unet.forward(x, timesteps, context, y) with y the F32 vector.
   unet_sdxl_refiner  the same for sd_xl_refiner.yaml: 4 levels, transformer_depth 2 (an int),
                      context_dim given as a list, no attention at the deepest level.
+  sdxl_base_tiny     the base end to end (text towers, size embedders, samplers, first stage) and
+                     the base -> refiner hand-off with
+  sdxl_refiner_tiny  the refiner end to end (its conditioner's goldens; the model of the hand-off).
 
 Reference: https://github.com/Stability-AI/generative-models commit
 0ad7de9a5cb53fd63d6d30a4f385485e72e08597 (nothing of it is committed here).
@@ -50,6 +57,13 @@ REF_REPO = "Stability-AI/generative-models"
 REF_COMMIT = "0ad7de9a5cb53fd63d6d30a4f385485e72e08597"
 
 F64 = {"on": False}
+
+# sgm's normalization() is GroupNorm32: 32 groups whatever the width. Every UNet and exercised
+# first stage here has 64 channels, two per group: with one channel per group, anything added per
+# channel before a GroupNorm (the time embedding and the vector y in every ResBlock) would be
+# normalised away, and the goldens would not see the timestep or y path at all.
+MODEL_CHANNELS = 64
+AE_CH = 64
 
 
 # ---------------------------------------------------------------- importing sgm
@@ -175,7 +189,7 @@ def yaml_list(v):
 
 # ---------------------------------------------------------------- UNet fixtures
 
-def unet_config_yaml(p):
+def unet_config_yaml(p, ae_ch=32):
     lines = ["model:", "  target: sgm.models.diffusion.DiffusionEngine", "  params:", "    scale_factor: 0.13025",
              "    disable_first_stage_autocast: True", "    denoiser_config:",
              "      target: sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser", "      params:",
@@ -187,7 +201,11 @@ def unet_config_yaml(p):
              "      params:"]
     for k, v in p.items():
         lines.append("        %s: %s" % (k, yaml_list(v) if isinstance(v, (list, tuple)) else v))
-    return "\n".join(lines) + "\n" + FIRST_STAGE_YAML + CONDITIONER_YAML_UNUSED
+    return "\n".join(lines) + "\n" + first_stage_yaml(ae_ch) + CONDITIONER_YAML_UNUSED
+
+
+def first_stage_yaml(ch):
+    return FIRST_STAGE_YAML.replace("          ch: 32\n", "          ch: %d\n" % ch)
 
 
 FIRST_STAGE_YAML = """    first_stage_config:
@@ -252,6 +270,14 @@ def make_unet_fixture(sgm, out, name, description, params, B=2, H=8, W=8, ctx_le
     y = torch.randn(B, params["adm_in_channels"], generator=gen)
     with torch.no_grad():
         ref = unet(x, timesteps=t, context=context, y=y)
+        # What the golden would miss if a path were broken: the output at other timesteps and with
+        # y zeroed, relative to max|ref| (stored in case.json; tests/test_sdxl.c checks libldm sees it).
+        sens = {"timesteps_swapped": unet(x, timesteps=t.flip(0), context=context, y=y),
+                "timesteps_500": unet(x, timesteps=torch.full_like(t, 500), context=context, y=y),
+                "y_zero": unet(x, timesteps=t, context=context, y=torch.zeros_like(y))}
+        sens = {k: float("%.3g" % float((v - ref).abs().max() / ref.abs().max())) for k, v in sens.items()}
+        print(name, "relative output change:", sens)
+        assert min(sens.values()) > 1e-2, sens
         F64["on"] = True
         u64 = unet.double()
         ref64 = u64(x.double(), timesteps=t, context=context.double(), y=y.double())
@@ -263,7 +289,7 @@ def make_unet_fixture(sgm, out, name, description, params, B=2, H=8, W=8, ctx_le
               "outputs": {"out": "out"}}]
     write_fixture(out, name, description, unet_config_yaml(params), state,
                   {"x": x, "timesteps": t, "context": context, "y": y}, {"out": ref}, calls,
-                  {"out": tolerance(ref, ref64)})
+                  {"out": tolerance(ref, ref64)}, extra={"sensitivity": sens})
 
 
 # ---------------------------------------------------------------- full tiny models
@@ -418,9 +444,9 @@ def denoiser_and_unet(gen, unet_params):
     return unet, den, OpenAIWrapper(unet, compile_model=False)
 
 
-def first_stage_decoder(gen):
+def first_stage_decoder(gen, ch=AE_CH):
     from sgm.modules.diffusionmodules.model import Decoder, Encoder
-    dd = dict(attn_type="none", double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=32,
+    dd = dict(attn_type="none", double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=ch,
               ch_mult=[1], num_res_blocks=0, attn_resolutions=[], dropout=0.0)
     enc_, dec = Encoder(**dd), Decoder(**dd)
     qc, pqc = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(4, 4, 1)
@@ -435,11 +461,11 @@ def first_stage_decoder(gen):
     return sd, decode
 
 
-def sgm_yaml(unet_params, emb_yaml, scale_factor=0.13025):
-    lines = unet_config_yaml(unet_params).split("\n")
+def sgm_yaml(unet_params, emb_yaml, scale_factor=0.13025, ae_ch=AE_CH):
+    lines = unet_config_yaml(unet_params, ae_ch).split("\n")
     head = "\n".join(lines[:lines.index("    first_stage_config:")])
     return (head.replace("    scale_factor: 0.13025", "    scale_factor: %g" % scale_factor) + "\n" +
-            FIRST_STAGE_YAML +
+            first_stage_yaml(ae_ch) +
             "    conditioner_config:\n      target: sgm.modules.GeneralConditioner\n      params:\n        emb_models:\n" +
             emb_yaml)
 
@@ -513,7 +539,7 @@ def make_base_pipeline(out, gen, enc):
         # SDXL base demo: force_uc_zero_embeddings=["txt"] (scripts/demo/sampling.py run_txt2img)
         c, uc = cond.get_unconditional_conditioning(batch, batch_uc=dict(batch), force_uc_zero_embeddings=["txt"])
     unet_params = dict(adm_in_channels=c["vector"].shape[1], num_classes="sequential", use_checkpoint=False,
-                       in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2],
+                       in_channels=4, out_channels=4, model_channels=MODEL_CHANNELS, attention_resolutions=[2],
                        num_res_blocks=0, channel_mult=[1, 1], num_head_channels=16, use_linear_in_transformer=True,
                        transformer_depth=[0, 1], context_dim=c["crossattn"].shape[2],
                        spatial_transformer_attn_type="softmax-xformers")
@@ -580,15 +606,14 @@ def make_base_pipeline(out, gen, enc):
                   "pooled, ConcatTimestepEmbedderND x3, outdim 8), the base demo's unconditional branch "
                   "(force_uc_zero_embeddings txt), EulerEDMSampler / DPMPP2MSampler / EulerAncestralSampler / HeunEDMSampler over "
                   "LegacyDDPMDiscretization with VanillaCFG 5.0 (4 steps), DiscreteDenoiser + EpsScaling, "
-                  "decode_first_stage with scale_factor 0.13025; then base -> refiner (refiner.safetensors: "
-                  "FrozenOpenCLIPEmbedder2 + original size, crop, aesthetic score 6.0 / negative 2.5 with the "
-                  "encoded empty prompt as the refiner demo does) with the demo's finish-denoising split "
+                  "decode_first_stage with scale_factor 0.13025; then base -> refiner (the sdxl_refiner_tiny fixture's model and its "
+                  "conditioning rc_* / urc_*, stored here as inputs) with the demo's finish-denoising split "
                   "(Txt2NoisyDiscretizationWrapper / Img2ImgDiscretizationWrapper, strength 0.4 of 8 steps). Shrunk: "
-                  "towers width 64 (2 layers, vocab 256), UNets 2 levels, first stage f1",
+                  "towers width 64 (2 layers, vocab 256), UNets 2 levels of 64 channels (2 per GroupNorm group, so "
+                  "the timestep and vector embeddings reach the output), first stage f1 with 64 channels",
                   sgm_yaml(unet_params, BASE_EMB_YAML), state, inputs, outputs, calls, tols,
                   extra={"f32_vs_f64": "not rerun in float64 (the text towers mix dtypes); trajectory "
-                                       "tolerances 1e-3 relative as the policy's sampler rule"},
-                  more_files=refiner["files"])
+                                       "tolerances 1e-3 relative as the policy's sampler rule"})
 
 
 def make_refiner(gen, enc, B, H, W, tok_oc, x_T, base_denoise, c, uc, scale):
@@ -608,7 +633,7 @@ def make_refiner(gen, enc, B, H, W, tok_oc, x_T, base_denoise, c, uc, scale):
         feed_tokens(enc, [oc], [tok_empty])
         ruc = cond(batch_uc)
     unet_params = dict(adm_in_channels=rc["vector"].shape[1], num_classes="sequential", use_checkpoint=False,
-                       in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2], num_res_blocks=0,
+                       in_channels=4, out_channels=4, model_channels=MODEL_CHANNELS, attention_resolutions=[2], num_res_blocks=0,
                        channel_mult=[1, 1], num_head_channels=16, use_linear_in_transformer=True, transformer_depth=1,
                        context_dim=[rc["crossattn"].shape[2]], spatial_transformer_attn_type="softmax-xformers")
     unet, den, net = denoiser_and_unet(gen, unet_params)
@@ -629,28 +654,36 @@ def make_refiner(gen, enc, B, H, W, tok_oc, x_T, base_denoise, c, uc, scale):
     state.update(fs_state)
     for k, v in oc.state_dict().items():
         state["conditioner.embedders.0.%s" % k] = v
-    other = {"weights": "refiner.safetensors", "config": "refiner.yaml"}
-    calls = [cond_call("rc_crossattn", "rc_vector", 1, ["tokens_openclip"], size, (0, 0), None, aesthetic=6.0,
-                       model=other),
-             cond_call("urc_crossattn", "urc_vector", 1, ["tokens_empty"], size, (0, 0), None, aesthetic=2.5,
-                       model=other),
-             {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
+    # The refiner is a fixture of its own (sdxl_refiner_tiny: its conditioner's goldens), used by
+    # this one's hand-off: both 64-channel networks in one folder would pass the size budget.
+    cond_calls = [cond_call("rc_crossattn", "rc_vector", 1, ["tokens_openclip"], size, (0, 0), None, aesthetic=6.0),
+                  cond_call("urc_crossattn", "urc_vector", 1, ["tokens_empty"], size, (0, 0), None, aesthetic=2.5)]
+    cond_out = {"rc_crossattn": rc["crossattn"], "rc_vector": rc["vector"], "urc_crossattn": ruc["crossattn"],
+                "urc_vector": ruc["vector"]}
+    write_fixture(OUT, REFINER, "SDXL refiner shaped (sgm GeneralConditioner: FrozenOpenCLIPEmbedder2 penultimate + "
+                  "pooled, original size, crop, aesthetic score 6.0 / 2.5 on the encoded empty prompt as the refiner "
+                  "demo does; UNet 2 levels, 64 channels, transformer_depth 1 as an int, context_dim a list; first "
+                  "stage f1), used by sdxl_base_tiny's base -> refiner hand-off and sdxl_img_tiny's refiner img2img",
+                  sgm_yaml(unet_params, REFINER_EMB_YAML), state,
+                  {"tokens_openclip": tok_oc, "tokens_empty": tok_empty}, cond_out, cond_calls,
+                  {k: tolerance(v, None) for k, v in cond_out.items()},
+                  extra={"f32_vs_f64": "not rerun in float64 (the text tower mixes dtypes)"})
+    calls = [{"op": "sampler.sgm", "inputs": {"x_T": "x_T", "c_crossattn": "c_crossattn", "c_vector": "c_vector",
                                               "uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector",
                                               "rc_crossattn": "rc_crossattn", "rc_vector": "rc_vector",
                                               "urc_crossattn": "urc_crossattn", "urc_vector": "urc_vector"},
               "params": {"sampler": "euler", "steps": steps, "guidance_scale": scale,
-                         "refiner": {"weights": "refiner.safetensors", "config": "refiner.yaml",
-                                     "refiner_start": 1.0 - strength}},
+                         "refiner": {"weights": "../%s/model.safetensors" % REFINER,
+                                     "config": "../%s/config.yaml" % REFINER, "refiner_start": 1.0 - strength}},
               "outputs": {"step_x": "handoff_step_x", "samples": "handoff_samples", "image": "handoff_image"}}]
-    return {"calls": calls, "inputs": {"tokens_empty": tok_empty},
-            "outputs": {"rc_crossattn": rc["crossattn"], "rc_vector": rc["vector"], "urc_crossattn": ruc["crossattn"],
-                        "urc_vector": ruc["vector"], "handoff_step_x": torch.stack(rec + rec_r),
-                        "handoff_samples": samples, "handoff_image": image},
-            "files": {"refiner.yaml": sgm_yaml(unet_params, REFINER_EMB_YAML), "refiner.safetensors": state}}
+    return {"calls": calls, "inputs": cond_out,
+            "outputs": {"handoff_step_x": torch.stack(rec + rec_r), "handoff_samples": samples, "handoff_image": image}}
 
 
 SGM_ROOT = None
 SGM = None
+OUT = None
+REFINER = "sdxl_refiner_tiny"
 
 
 def main():
@@ -661,26 +694,28 @@ def main():
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                                              "fixtures")
     torch.manual_seed(0)
-    global SGM
+    global SGM, OUT
+    OUT = out
     sgm = SGM = import_sgm(SGM_ROOT)
     base = dict(adm_in_channels=80, num_classes="sequential", use_checkpoint=False, in_channels=4, out_channels=4,
-                model_channels=32, attention_resolutions=[4, 2], num_res_blocks=1, channel_mult=[1, 1, 1],
+                model_channels=MODEL_CHANNELS, attention_resolutions=[4, 2], num_res_blocks=0, channel_mult=[1, 1, 1],
                 num_head_channels=16, use_linear_in_transformer=True, transformer_depth=[0, 1, 2], context_dim=48,
                 spatial_transformer_attn_type="softmax-xformers")
     make_unet_fixture(sgm, out, "unet_sdxl_base",
                       "sgm UNetModel shaped like sd_xl_base.yaml (3 levels, attention at ds 4 and 2, transformer_depth "
                       "[0,1,2], middle depth = last, num_classes sequential with adm_in_channels 80, linear "
-                      "proj, num_head_channels 16), channels shrunk to 32", base, seed=1)
+                      "proj, num_head_channels 16), channels shrunk to 64 (2 per GroupNorm group), num_res_blocks 0 "
+                      "(no input-side attention: 3.3 MiB more at 64 channels); the first stage (32 channels) is "
+                      "not run", base, seed=1)
     refiner = dict(adm_in_channels=72, num_classes="sequential", use_checkpoint=False, in_channels=4, out_channels=4,
-                   model_channels=32, attention_resolutions=[4, 2], num_res_blocks=0, channel_mult=[1, 1, 1, 1],
+                   model_channels=MODEL_CHANNELS, attention_resolutions=[4, 2], num_res_blocks=0, channel_mult=[1, 1, 1, 1],
                    num_head_channels=16, use_linear_in_transformer=True, transformer_depth=2, context_dim=[40, 40],
                    spatial_transformer_attn_type="softmax-xformers")
     make_unet_fixture(sgm, out, "unet_sdxl_refiner",
                       "sgm UNetModel shaped like sd_xl_refiner.yaml (4 levels, attention at ds 4 and 2 only, "
                       "transformer_depth 2 as an int, context_dim as a list, num_classes sequential with "
-                      "adm_in_channels 72), channels shrunk to 32, num_res_blocks 0 (input-side attention is "
-                      "covered by unet_sdxl_base); 16x16 latents so the deepest level is 2x2 (a 1x1 "
-                      "GroupNorm of one channel per group is ill-conditioned)", refiner, H=16, W=16, seed=2)
+                      "adm_in_channels 72), channels shrunk to 64 (2 per GroupNorm group), num_res_blocks 0; 16x16 "
+                      "latents so the deepest level is 2x2; the first stage (32 channels) is not run", refiner, H=16, W=16, seed=2)
     enc = import_encoders()
     make_base_pipeline(out, torch.Generator().manual_seed(3), enc)
 

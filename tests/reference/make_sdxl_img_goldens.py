@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """make_sdxl_img_goldens.py - SDXL beyond text-to-image (issue #14): tests/fixtures/sdxl_img_tiny in
 the ../shared/fixtures format, on the networks of tests/fixtures/sdxl_base_tiny (its weights are used
-in place, `weights: ["../sdxl_base_tiny/model.safetensors"]`, the refiner through the op's `model`
-parameter; config.yaml is a copy) and its conditioning tensors (c_*, uc_*, rc_*, urc_*, made there by
-sgm's GeneralConditioner).
+in place, `weights: ["../sdxl_base_tiny/model.safetensors"]`, the refiner of
+tests/fixtures/sdxl_refiner_tiny through the op's `model` parameter; config.yaml is a copy) and their
+conditioning tensors (c_*, uc_*, rc_*, urc_*, made there by sgm's GeneralConditioner).
 
 1. LCM on SDXL, as diffusers 0.30.3 runs LCM-LoRA SDXL (its model card: StableDiffusionXLPipeline
    with LCMScheduler.from_config(pipe.scheduler.config), 4 steps, guidance_scale 1): the pipeline's
@@ -20,10 +20,10 @@ sgm's GeneralConditioner).
    embedding before linear_1; the golden wraps the sgm UNet's time_embed the same way with a
    random float16 cond_proj [model_channels, 16] (io: lcm_cond_proj) and feeds it the pipeline's
    get_guidance_scale_embedding(guidance_scale - 1); guidance 3, no unconditional branch. The
-   shrunk UNet has as many channels as GroupNorm groups, so the per-channel time embedding added
-   in each ResBlock is normalised away and the trajectory barely depends on it (relative effect
-   ~1e-6): the embedding itself is stored too (lcm3_time_embed: time_embed(t_emb +
-   cond_proj(g)) at the four LCM timesteps, [4, 4 * model_channels]).
+   UNet has two channels per GroupNorm group, so the time embedding reaches the output (the
+   script prints and checks how much lcm3 moves when the guidance embedding is left out); the
+   embedding itself is stored too (lcm3_time_embed: time_embed(t_emb + cond_proj(g)) at the four
+   LCM timesteps, [4, 4 * model_channels]).
 
 2. Image-to-image on SDXL base and refiner as Stability-AI generative-models' do_img2img
    (sgm/inference/helpers.py) runs it with the streamlit demo's Img2ImgDiscretizationWrapper
@@ -176,9 +176,10 @@ def main():
     x_T = torch.randn((B, 4, 8, 8), generator=gen)
     noise8 = torch.randn((8, B, 4, 8, 8), generator=gen)
     z0 = 0.13025 * 4.0 * torch.randn((B, 4, 8, 8), generator=gen)  # a latent of typical scale
-    cond_proj = torch.nn.Linear(COND_PROJ_DIM, 32, bias=False)
+    mc = sdxl.MODEL_CHANNELS
+    cond_proj = torch.nn.Linear(COND_PROJ_DIM, mc, bias=False)
     with torch.no_grad():
-        cond_proj.weight.copy_((torch.randn(32, COND_PROJ_DIM, generator=gen) / 4.0).half().float())
+        cond_proj.weight.copy_((torch.randn(mc, COND_PROJ_DIM, generator=gen) / 4.0).half().float())
 
     # ---- 1. LCM
     unet = turbo.load_unet(sgm, base_dir)
@@ -187,8 +188,12 @@ def main():
     plain_embed = unet.time_embed
     unet.time_embed = EmbeddedGuidance(plain_embed, cond_proj)
     lcm3, _ = lcm_run(unet, 4, x_T, c, uc, 3.0, noise8, embedded=unet.time_embed)
+    # lcm1 is the same run without the guidance embedding (guidance 1, no CFG branch)
+    moved = float((lcm3 - lcm1).abs().max() / lcm1.abs().max())
+    print("LCM guidance embedding: relative change of the trajectory", moved)
+    assert moved > 1e-2
     with torch.no_grad():
-        t_emb = sgm.openaimodel.timestep_embedding(torch.tensor(t1), 32, repeat_only=False)
+        t_emb = sgm.openaimodel.timestep_embedding(torch.tensor(t1), mc, repeat_only=False)
         unet.time_embed.condition = unet.time_embed.condition[:1].expand(4, -1)
         time_embed3 = unet.time_embed(t_emb)
         plain3 = plain_embed(t_emb)
@@ -219,13 +224,14 @@ def main():
     anc.noise_sampler = lambda x: noise8[next(drawn)]
     i_anc, _, _ = img2img(anc, den, net, z0, x_T, cd(c), cd(uc))
     import yaml
-    with open(os.path.join(base_dir, "refiner.yaml")) as f:
+    refiner_dir = os.path.join(out, sdxl.REFINER)
+    with open(os.path.join(refiner_dir, "config.yaml")) as f:
         rparams = dict(yaml.safe_load(f)["model"]["params"]["network_config"]["params"])
     r_unet = sgm.openaimodel.UNetModel(**rparams).eval()
-    rstate = load_file(os.path.join(base_dir, "refiner.safetensors"))
+    rstate = load_file(os.path.join(refiner_dir, "model.safetensors"))
     pre = "model.diffusion_model."
     r_unet.load_state_dict({k[len(pre):]: v.float() for k, v in rstate.items() if k.startswith(pre)})
-    r_den, r_net = denoiser(os.path.join(base_dir, "refiner.safetensors")), OpenAIWrapper(r_unet, compile_model=False)
+    r_den, r_net = denoiser(os.path.join(refiner_dir, "model.safetensors")), OpenAIWrapper(r_unet, compile_model=False)
     ref = sdxl.sgm_sampling(root, 8, 5.0, img2img_strength=0.3)
     i_ref, _, n_ref = img2img(ref, r_den, r_net, z0, x_T, cd(rc), cd(ruc))
     print("img2img steps run", n_eul, n_dpm, n_anc, n_ref)
@@ -243,7 +249,7 @@ def main():
     uconds = {"uc_crossattn": "uc_crossattn", "uc_vector": "uc_vector"}
     rconds = {"c_crossattn": "rc_crossattn", "c_vector": "rc_vector", "uc_crossattn": "urc_crossattn",
               "uc_vector": "urc_vector"}
-    refiner = {"weights": "../%s/refiner.safetensors" % BASE, "config": "../%s/refiner.yaml" % BASE}
+    refiner = {"weights": "../%s/model.safetensors" % sdxl.REFINER, "config": "../%s/config.yaml" % sdxl.REFINER}
     calls = [
         {"op": "sampler.sgm", "inputs": {"x_T": "x_T", "noise": "noise", **conds},
          "params": {"sampler": "lcm", "steps": 4, "guidance_scale": 1.0, "lcm_original_steps": 50},

@@ -272,6 +272,7 @@ _proto("ldm_sampler_begin_at", _S, _P, _P, c_int)
 _proto("ldm_sdxl_base_steps", c_int, c_int, c_double)
 _proto("ldm_sampler_begin_noised", _S, _P, _P, _P, c_int)
 _proto("ldm_sdxl_img2img_first_step", c_int, c_int, c_float)
+_proto("ldm_sampler_blend_known", _S, _P, _P, _P, _P)
 
 
 _BITS = {"int": 8 * ctypes.sizeof(c_int), "int64": 64, "uint64": 64, "size_t": 8 * ctypes.sizeof(c_size_t)}

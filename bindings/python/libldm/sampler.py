@@ -80,6 +80,13 @@ class Sampler(_Owned):
                              _api.integer(first_step, "first_step")), "ldm_sampler_begin_noised")
         self._given = True
 
+    def blend_known(self, z0, noise, mask):
+        """Inpainting's blending after a step (ldm_sampler_blend_known): where mask [B,1,H,W] is 0
+        the sample becomes z0 noised with `noise` to the level reached, where it is 1 it stays."""
+        with Args() as a:
+            check(self._call(_lib.ldm_sampler_blend_known, a.tensor(z0), a.tensor(noise), a.tensor(mask)),
+                  "ldm_sampler_blend_known")
+
     def set_noise(self, noise):
         """Fixed per-step noise [n_steps, *x_T.shape] instead of the seeded generator (None: back
         to the generator)."""

@@ -13,13 +13,18 @@ import libldm
 from support import REPO, SHARED, as_buffer, compare, flat_values, load_case, read_safetensors
 
 D = os.path.join(REPO, "tests", "fixtures", "sdxl_base_tiny")
+R = os.path.join(REPO, "tests", "fixtures", "sdxl_refiner_tiny")  # the refiner of D's hand-off
 VOCAB = os.path.join(SHARED, "vocab", "bpe_simple_vocab_16e6.txt.gz")
 FULL_VOCAB = 49408
 
 
+def fixture_dir(name):
+    return D if name == "model" else R
+
+
 def load(name="model", vocab=None, path=None):
-    weights = path or os.path.join(D, name + ".safetensors")
-    config = os.path.join(D, ("config" if name == "model" else name) + ".yaml")
+    weights = path or os.path.join(fixture_dir(name), "model.safetensors")
+    config = os.path.join(fixture_dir(name), "config.yaml")
     return libldm.Model.load(weights, config=config, vocab=vocab, threads=2)
 
 
@@ -91,13 +96,15 @@ class SdxlGoldenTest(unittest.TestCase):
         self.assertEqual(k, 6)
         c = (as_buffer(io["c_crossattn"]), as_buffer(io["c_vector"]))
         uc = (as_buffer(io["uc_crossattn"]), as_buffer(io["uc_vector"]))
+        rio = read_safetensors(os.path.join(R, "io.safetensors"))
+        rtol = load_case(R)["tolerances"]
         with load() as base, load("refiner") as ref:
             rcond = ref.conditioner()
             rc = rcond.encode_sdxl(tokens=[as_buffer(io["tokens_openclip"])], original_height=64, original_width=64,
                                    target_height=64, target_width=64, aesthetic_score=6.0)
-            ruc = rcond.encode_sdxl(tokens=[as_buffer(io["tokens_empty"])], original_height=64, original_width=64,
+            ruc = rcond.encode_sdxl(tokens=[as_buffer(rio["tokens_empty"])], original_height=64, original_width=64,
                                     target_height=64, target_width=64, aesthetic_score=2.5)
-            compare(self, "rc_vector", rc[1], io["rc_vector"], self.tol["rc_vector"])
+            compare(self, "rc_vector", rc[1], rio["rc_vector"], rtol["rc_vector"])
             s = base.sampler("euler", steps, discretization="sgm")
             s.begin(as_buffer(io["x_T"]))
             run_steps(base, s, c, uc, 5.0, k)
@@ -135,6 +142,25 @@ class SdxlGoldenTest(unittest.TestCase):
             with self.assertRaises(libldm.InvalidArgumentError):
                 s.begin_noised(as_buffer(io["z0"]), as_buffer(io["x_T"]), 8)  # past the last step
 
+    def test_inpaint_blend(self):
+        """Sampler.blend_known after each step: the sdxl_inpaint_tiny golden's Euler (trailing,
+        strength 0.6 of 8 steps: diffusers' StableDiffusionXLInpaintPipeline starts at step 4)."""
+        d = os.path.join(REPO, "tests", "fixtures", "sdxl_inpaint_tiny")
+        io, tol = read_safetensors(os.path.join(d, "io.safetensors")), load_case(d)["tolerances"]
+        c = (as_buffer(io["c_crossattn"]), as_buffer(io["c_vector"]))
+        uc = (as_buffer(io["uc_crossattn"]), as_buffer(io["uc_vector"]))
+        z0, x_T, mask = as_buffer(io["z0"]), as_buffer(io["x_T"]), as_buffer(io["mask"])
+        with load() as base:
+            s = base.sampler("euler", 8, spacing="trailing")
+            s.begin_noised(z0, x_T, 4)
+            for k in range(5, 9):
+                run_steps(base, s, c, uc, 5.0, k)
+                s.blend_known(z0, x_T, mask)
+            compare(self, "inpaint_euler_s06_samples", s.current, io["inpaint_euler_s06_samples"],
+                    tol["inpaint_euler_s06_samples"])
+            with self.assertRaises(libldm.InvalidArgumentError):
+                s.blend_known(z0, x_T, as_buffer(io["z0"]))  # a 4-channel mask
+
 
 @unittest.skipUnless(os.path.isfile(VOCAB), "no CLIP vocabulary (LDM_SHARED)")
 class SdxlGenerateTest(unittest.TestCase):
@@ -142,7 +168,8 @@ class SdxlGenerateTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         for name in ("model", "refiner"):
-            padded_copy(os.path.join(D, name + ".safetensors"), os.path.join(cls.tmp.name, name + ".safetensors"))
+            padded_copy(os.path.join(fixture_dir(name), "model.safetensors"),
+                        os.path.join(cls.tmp.name, name + ".safetensors"))
 
     @classmethod
     def tearDownClass(cls):
