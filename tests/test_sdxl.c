@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FULL_VOCAB 49408
 /* The refiner of the hand-off: a fixture of its own next to sdxl_base_tiny (the two 64-channel
@@ -990,8 +991,8 @@ END_TEST
 START_TEST(test_img2img_generate_matches_public_calls)
 {
     if (!have_fixture() || !have_vocab()) return;
-    ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.6f), 4);  /* keep int(0.6 * 9) = 5 levels */
-    ck_assert_int_eq(ldm_sdxl_img2img_first_step(9, 0.7f), 3);  /* 0.7 * 10 = 7, not 6.99 */
+    ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.6f), 4); /* keep int(0.6 * 9) = 5 levels */
+    ck_assert_int_eq(ldm_sdxl_img2img_first_step(9, 0.7f), 3); /* 0.7 * 10 = 7, not 6.99 */
     ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 1.0f), 0);
     ck_assert_int_eq(ldm_sdxl_img2img_first_step(8, 0.05f), 8); /* one level (sigma 0): no step */
     for (int refiner = 0; refiner < 2; refiner++) {
@@ -1273,6 +1274,154 @@ START_TEST(test_generate_refuses_sdxl_combinations)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- TAESD in the SDXL pipelines */
+
+/* sdxl_base_tiny with an 8x first stage instead of its 1x one: the shared ae_kl_f8 autoencoder
+ * (config and weights, as first_stage_model.*), so that a TAESD, which only speaks the 8x latent
+ * space, can stand in for it. *ae stays open while the model lives (the store points into it). */
+static ldm_model *load_with_f8_first_stage(padded *pd, lw_store **ae)
+{
+    char path[1200], config[256], key[512];
+    snprintf(path, sizeof path, "%s/fixtures/ae_kl_f8/model.safetensors", fx_shared_dir());
+    if (!fx_file_exists(path)) {
+        fprintf(stderr, "SKIPPED: %s is missing (LDM_SHARED)\n", path);
+        return NULL;
+    }
+    /* the YAML: sdxl_base_tiny's with ae_kl_f8's ddconfig */
+    static char yaml[1 << 16], out[1 << 16];
+    FILE *in = fopen(fx("config.yaml"), "rb");
+    ck_assert_ptr_nonnull(in);
+    size_t n = fread(yaml, 1, sizeof yaml - 1, in);
+    fclose(in);
+    yaml[n] = 0;
+    const char *from = "attn_type: none";
+    const char *old_dd = "ch: 64\n          ch_mult: [1]\n          num_res_blocks: 0\n          attn_resolutions: []";
+    const char *new_dd =
+        "ch: 32\n          ch_mult: [1, 1, 1, 1]\n          num_res_blocks: 1\n          attn_resolutions: [16]";
+    char *a = strstr(yaml, from), *b = strstr(yaml, old_dd);
+    ck_assert_msg(a && b && a < b, "sdxl_base_tiny's first stage is not the one this test rewrites");
+    snprintf(out, sizeof out, "%.*sattn_type: vanilla%.*s%s%s", (int)(a - yaml), yaml,
+             (int)(b - a - (long)strlen(from)), a + strlen(from), new_dd, b + strlen(old_dd));
+    snprintf(config, sizeof config, "/tmp/ldm-test-sdxl-f8-%d.yaml", (int)getpid());
+    FILE *f = fopen(config, "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs(out, f);
+    fclose(f);
+    /* the weights: the fixture's without its first stage, plus ae_kl_f8's under first_stage_model. */
+    ldm_model_params mp, p;
+    ldm_model *m = NULL;
+    lw_store *s = NULL;
+    ldm_model_params_init(&mp);
+    mp.n_threads = fx_threads();
+    mp.vocab_path = vocab;
+    memset(pd, 0, sizeof *pd);
+    ck_assert_int_eq(lw_open(fx("model.safetensors"), 0, &pd->src), LDM_OK);
+    ck_assert_int_eq(lw_open(path, 0, ae), LDM_OK);
+    ck_assert_int_eq(lw_store_create(fx("model.safetensors"), &s), LDM_OK);
+    for (size_t i = 0; i < lw_count(pd->src); i++)
+        if (strncmp(lw_at(pd->src, i)->name, "first_stage_model.", 18) != 0) add_tensor(s, pd, lw_at(pd->src, i));
+    for (size_t i = 0; i < lw_count(*ae); i++) {
+        const lw_tensor *t = lw_at(*ae, i);
+        snprintf(key, sizeof key, "first_stage_model.%s", t->name);
+        ck_assert_int_eq(lw_store_add(s, key, t->dtype, t->ndim, t->shape, t->data, t->nbytes), LDM_OK);
+    }
+    ck_assert_int_eq(lw_store_seal(s), LDM_OK);
+    ck_assert_int_eq(lm_model_new(fx("model.safetensors"), &mp, &m, &p), LDM_OK);
+    ck_assert_int_eq(ld_config_load(config, &m->desc), LDM_OK);
+    remove(config);
+    m->store = s;
+    ck_assert_msg(lm_load_from(m, &p) == LDM_OK, "%s", ldm_last_error());
+    return m;
+}
+
+static int same_bits(const ldm_tensor *a, const ldm_tensor *b)
+{
+    return lt_numel(a) == lt_numel(b) && memcmp(a->data, b->data, (size_t)lt_numel(a) * sizeof(float)) == 0;
+}
+
+/* A preview callback keeping a copy of the last image it was shown. */
+static int keep_last_preview(int step, int total, const ldm_tensor *image, void *user)
+{
+    (void)step, (void)total;
+    ldm_tensor **keep = user;
+    ldm_tensor_free(*keep);
+    *keep = lt_clone(image);
+    return *keep == NULL;
+}
+
+/* The tiny autoencoder stands in for SDXL's first stage in every SDXL pipeline: text-to-image (the
+ * sampled latent decoded by TAESD as it is), image-to-image and inpainting (the init image encoded
+ * by the tiny encoder), and TAESD previews. */
+START_TEST(test_tiny_autoencoder_in_sdxl_pipelines)
+{
+    if (!have_fixture() || !have_vocab()) return;
+    char taesd[1200], encoder[1200];
+    snprintf(taesd, sizeof taesd, "%s/../taesd_diffusers/diffusion_pytorch_model.safetensors", fix_dir);
+    snprintf(encoder, sizeof encoder, "%s/../taesd_diffusers/taesd_encoder.pth", fix_dir);
+    padded pd;
+    lw_store *ae = NULL;
+    ldm_model *m = load_with_f8_first_stage(&pd, &ae);
+    if (!m) return;
+    ck_assert_msg(ldm_model_set_tiny_autoencoder(m, taesd) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_msg(ldm_model_set_tiny_autoencoder(m, encoder) == LDM_OK, "%s", ldm_last_error());
+    ldm_tensor *x_T = noise(1, 8, 8), *img = NULL, *ref = NULL, *full = NULL;
+    ldm_tensor *out = NULL, *out_full = NULL, *mask = NULL;
+    ldm_generate_params gp;
+    ldm_generate_params_init(&gp);
+    gp.prompt = "a red bicycle";
+    gp.batch = 1, gp.width = 64, gp.height = 64, gp.steps = 4, gp.x_T = x_T;
+    gp.sampler = LDM_SAMPLER_EULER, gp.guidance_scale = 3.0f;
+    gp.vae = LDM_VAE_TINY;
+    /* text-to-image: the picture is the tiny decoder's image of the last step's latent (its TAESD
+     * preview), not the full decoder's picture of the same run */
+    gp.preview = keep_last_preview, gp.preview_user_data = &ref, gp.preview_every = gp.steps;
+    gp.preview_kind = LDM_PREVIEW_TINY;
+    ck_assert_msg(ldm_generate(m, &gp, &img) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(img->shape[2], 64);
+    ck_assert_ptr_nonnull(ref);
+    ck_assert(same_bits(img, ref));
+    gp.vae = LDM_VAE_FULL, gp.preview = NULL;
+    ck_assert_msg(ldm_generate(m, &gp, &full) == LDM_OK, "%s", ldm_last_error());
+    ck_assert(!same_bits(img, full));
+    gp.vae = LDM_VAE_TINY;
+    /* image-to-image on the tiny encoder: a strength that keeps no step gives the tiny decoder's
+     * picture of the tiny encoder's latent; a real strength starts elsewhere than the full VAE */
+    ldm_tensor *z_tiny = NULL, *round_trip = NULL;
+    ck_assert(ldm_model_encode_image(m, img, LDM_VAE_TINY, 1, &z_tiny) == LDM_OK);
+    ck_assert(ldm_model_decode_latent_with(m, z_tiny, LDM_VAE_TINY, &round_trip) == LDM_OK);
+    gp.init_image = img, gp.strength = 0.1f;
+    ck_assert_msg(ldm_generate(m, &gp, &out) == LDM_OK, "%s", ldm_last_error());
+    ck_assert(same_bits(out, round_trip));
+    ldm_tensor_free(out);
+    ldm_tensor_free(z_tiny);
+    ldm_tensor_free(round_trip);
+    gp.strength = 0.6f;
+    ck_assert_msg(ldm_generate(m, &gp, &out) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(out->shape[3], 64);
+    gp.vae = LDM_VAE_FULL;
+    ck_assert_msg(ldm_generate(m, &gp, &out_full) == LDM_OK, "%s", ldm_last_error());
+    ck_assert(!same_bits(out, out_full));
+    ldm_tensor_free(out);
+    out = NULL;
+    /* inpainting on the tiny autoencoder, with TAESD previews */
+    int64_t ms[4] = {1, 1, 64, 64};
+    ck_assert(ldm_tensor_create(LDM_F32, 4, ms, &mask) == LDM_OK);
+    for (int i = 0; i < 64 * 64; i++) lt_f32(mask)[i] = i < 64 * 32 ? 1.0f : 0.0f;
+    gp.vae = LDM_VAE_TINY, gp.mask = mask, gp.strength = 1.0f;
+    preview_log log = {0};
+    gp.preview = on_preview, gp.preview_user_data = &log, gp.preview_every = 2;
+    gp.preview_kind = LDM_PREVIEW_TINY;
+    ck_assert_msg(ldm_generate(m, &gp, &out) == LDM_OK, "%s", ldm_last_error());
+    ck_assert_int_eq(log.calls, 2);
+    ck_assert_int_eq(log.shape[2], 64);
+    for (int64_t i = 0; i < lt_numel(out); i++) ck_assert(isfinite(lt_f32(out)[i]));
+    ldm_tensor *list[] = {x_T, img, ref, full, out, out_full, mask};
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) ldm_tensor_free(list[i]);
+    padded_free(m, &pd);
+    lw_close(ae);
+}
+END_TEST
+
 Suite *sdxl_suite(void)
 {
     Suite *s = suite_create("sdxl");
@@ -1297,6 +1446,7 @@ Suite *sdxl_suite(void)
     tcase_add_test(tc, test_inpaint_generate_matches_public_calls);
     tcase_add_test(tc, test_inpainting_unet_matches_golden);
     tcase_add_test(tc, test_generate_refuses_sdxl_combinations);
+    tcase_add_test(tc, test_tiny_autoencoder_in_sdxl_pipelines);
     suite_add_tcase(s, tc);
     return s;
 }
