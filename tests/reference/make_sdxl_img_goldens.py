@@ -50,9 +50,7 @@ How to run (never needed to run the tests):
     git --git-dir=<generative-models clone> archive 0ad7de9a sgm scripts | tar -x -C /tmp/gm
     /tmp/ldvenv/bin/python tests/reference/make_sdxl_img_goldens.py /tmp/gm [OUT_DIR]
 """
-import json
 import os
-import shutil
 import sys
 
 import torch
@@ -157,7 +155,7 @@ def img2img(sampler, den, net, z, noise, c, uc, record=True):
 
 
 def main():
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     root = os.path.abspath(sys.argv[1])
@@ -270,35 +268,15 @@ def main():
          "params": {"sampler": "euler", "steps": 8, "guidance_scale": 5.0, "strength": 0.3, "model": refiner},
          "outputs": {"samples": "i2i_refiner_samples"}},
     ]
-    d = os.path.join(out, NAME)
-    os.makedirs(d, exist_ok=True)
-    shutil.copyfile(os.path.join(base_dir, "config.yaml"), os.path.join(d, "config.yaml"))
-    save_file({k: v.contiguous().clone() for k, v in {**inputs, **outputs}.items()}, os.path.join(d, "io.safetensors"))
-    case = {
-        "kind": "sdxl",
-        "name": NAME,
-        "description": "SDXL beyond text-to-image on the sdxl_base_tiny networks and conditioning: LCM as diffusers "
+    description = ("SDXL beyond text-to-image on the sdxl_base_tiny networks and conditioning: LCM as diffusers "
                        "0.30.3 runs LCM-LoRA SDXL (StableDiffusionXLPipeline loop, LCMScheduler from SDXL base's "
                        "scheduler config, stored noise rows) with guidance 1 and with classifier-free guidance 2, "
                        "and (lcm3_*, checked by tests/test_sdxl.c with lcm_cond_proj added to the UNet) an "
                        "LCM-distilled UNet's guidance embedding, guidance 3; image-to-image as generative-models' "
                        "do_img2img with the demo's Img2ImgDiscretizationWrapper: Euler 8 steps strength 0.6, "
                        "DPM++ 2M 6 steps strength 0.5, Euler ancestral 8 steps strength 0.75 (stored noise rows), "
-                       "and the refiner as an img2img model, Euler 8 steps strength 0.3",
-        "reference": {"repo": sdxl.REF_REPO, "commit": sdxl.REF_COMMIT, "diffusers": "0.30.3",
-                      "torch": torch.__version__},
-        "weights": ["../%s/model.safetensors" % BASE],
-        "weights_dtype": "F16 (every tensor); expected outputs computed in float32 from these F16 values",
-        "calls": calls,
-        "inputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in inputs.items()},
-        "outputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in outputs.items()},
-        "atol": max(t["atol"] for t in tol.values()),
-        "rtol": max(t["rtol"] for t in tol.values()),
-        "tolerances": tol,
-    }
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=1)
-    print("%s: %d bytes" % (d, sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))))
+                       "and the refiner as an img2img model, Euler 8 steps strength 0.3")
+    turbo.write_sampling_fixture(out, NAME, base_dir, description, calls, inputs, outputs, tol)
 
 
 if __name__ == "__main__":

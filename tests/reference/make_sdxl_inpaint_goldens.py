@@ -54,11 +54,12 @@ Reference code (nothing of it is committed here):
 
 How to run (never needed to run the tests):
     git --git-dir=<generative-models clone> archive 0ad7de9a sgm scripts | tar -x -C /tmp/gm
-    /tmp/ldvenv/bin/python tests/reference/make_sdxl_inpaint_goldens.py /tmp/gm [OUT_DIR]
+    /tmp/ldvenv/bin/pip install --no-deps --target /tmp/peft-py peft==0.12.0 accelerate==0.33.0
+    PYTHONPATH=/tmp/peft-py /tmp/ldvenv/bin/python tests/reference/make_sdxl_inpaint_goldens.py /tmp/gm [OUT_DIR]
+(without accelerate, diffusers 0.30.3's pipeline has no _execution_device when its modules are
+replaced as here).
 """
-import json
 import os
-import shutil
 import sys
 import types
 
@@ -178,7 +179,7 @@ def nine_channel_unet(sgm, base_dir, conv_in9):
 
 def main():
     from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LCMScheduler
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     sgm = sdxl.import_sgm(os.path.abspath(sys.argv[1]))
@@ -241,14 +242,7 @@ def main():
          "params": {"sampler": "lcm", "steps": 4, "guidance_scale": 1.0, "lcm_original_steps": 50, "first_step": fl},
          "outputs": {"step_x": "inpaint_lcm_step_x", "samples": "inpaint_lcm_samples"}},
     ]
-    d = os.path.join(out, NAME)
-    os.makedirs(d, exist_ok=True)
-    shutil.copyfile(os.path.join(base_dir, "config.yaml"), os.path.join(d, "config.yaml"))
-    save_file({k: v.contiguous().clone() for k, v in {**inputs, **outputs}.items()}, os.path.join(d, "io.safetensors"))
-    case = {
-        "kind": "sdxl",
-        "name": NAME,
-        "description": "SDXL inpainting with a 4-channel UNet as diffusers 0.30.3's StableDiffusionXLInpaintPipeline "
+    description = ("SDXL inpainting with a 4-channel UNet as diffusers 0.30.3's StableDiffusionXLInpaintPipeline "
                        "runs it (its __call__: get_timesteps, pure noise at strength 1 else add_noise of the image "
                        "latent, mask blending with the same noise after every step, no composite) over the official "
                        "sgm UNetModel with the sdxl_base_tiny weights and conditioning; the image given as the "
@@ -257,21 +251,8 @@ def main():
                        "guidance 5 elsewhere. inpaint9_* (checked by tests/test_sdxl.c, the network being the base "
                        "with inpaint9_conv_in as its 9-channel input convolution): the 9-channel inpainting UNet fed "
                        "[x, mask, masked_z] (masked_image_latents), Euler trailing 4 steps strength 1 and 8 steps "
-                       "strength 0.75",
-        "reference": {"repo": sdxl.REF_REPO, "commit": sdxl.REF_COMMIT, "diffusers": "0.30.3",
-                      "torch": torch.__version__},
-        "weights": ["../%s/model.safetensors" % BASE],
-        "weights_dtype": "F16 (every tensor); expected outputs computed in float32 from these F16 values",
-        "calls": calls,
-        "inputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in inputs.items()},
-        "outputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in outputs.items()},
-        "atol": max(t["atol"] for t in tol.values()),
-        "rtol": max(t["rtol"] for t in tol.values()),
-        "tolerances": tol,
-    }
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=1)
-    print("%s: %d bytes" % (d, sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))))
+                       "strength 0.75")
+    turbo.write_sampling_fixture(out, NAME, base_dir, description, calls, inputs, outputs, tol)
 
 
 if __name__ == "__main__":

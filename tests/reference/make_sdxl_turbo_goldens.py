@@ -101,9 +101,37 @@ def run(unet, scheduler_cls, steps, x_T, c, uc, scale, noise=None):
     return torch.stack(out), [float(t) for t in sched.timesteps]
 
 
+def write_sampling_fixture(out, name, base_dir, description, calls, inputs, outputs, tol):
+    """<out>/<name>: a sampling fixture on the sdxl_base_tiny networks (its config.yaml copied, its
+    weights referenced): io.safetensors with the inputs and expected outputs, case.json."""
+    from safetensors.torch import save_file
+    d = os.path.join(out, name)
+    os.makedirs(d, exist_ok=True)
+    shutil.copyfile(os.path.join(base_dir, "config.yaml"), os.path.join(d, "config.yaml"))
+    save_file({k: v.contiguous().clone() for k, v in {**inputs, **outputs}.items()}, os.path.join(d, "io.safetensors"))
+    case = {
+        "kind": "sdxl",
+        "name": name,
+        "description": description,
+        "reference": {"repo": sdxl.REF_REPO, "commit": sdxl.REF_COMMIT, "diffusers": "0.30.3",
+                      "torch": torch.__version__},
+        "weights": ["../%s/model.safetensors" % BASE],
+        "weights_dtype": "F16 (every tensor); expected outputs computed in float32 from these F16 values",
+        "calls": calls,
+        "inputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in inputs.items()},
+        "outputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in outputs.items()},
+        "atol": max(t["atol"] for t in tol.values()),
+        "rtol": max(t["rtol"] for t in tol.values()),
+        "tolerances": tol,
+    }
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(case, f, indent=1)
+    print("%s: %d bytes" % (d, sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))))
+
+
 def main():
     from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     sgm = sdxl.import_sgm(os.path.abspath(sys.argv[1]))
@@ -139,32 +167,12 @@ def main():
          "params": {"sampler": "euler", "steps": 2, "guidance_scale": 2.0, "spacing": "trailing"},
          "outputs": {"samples": "euler2_cfg_samples"}},
     ]
-    d = os.path.join(out, NAME)
-    os.makedirs(d, exist_ok=True)
-    shutil.copyfile(os.path.join(base_dir, "config.yaml"), os.path.join(d, "config.yaml"))
-    save_file({k: v.contiguous().clone() for k, v in {**inputs, **outputs}.items()}, os.path.join(d, "io.safetensors"))
-    case = {
-        "kind": "sdxl",
-        "name": NAME,
-        "description": "SDXL-Turbo sampling as its model card runs it with diffusers 0.30.3 (StableDiffusionXLPipeline "
+    description = ("SDXL-Turbo sampling as its model card runs it with diffusers 0.30.3 (StableDiffusionXLPipeline "
                        "loop, EulerAncestralDiscreteScheduler / EulerDiscreteScheduler with sdxl-turbo's scheduler "
                        "config: scaled_linear 0.00085..0.012, epsilon, timestep_spacing trailing) over the official "
                        "sgm UNetModel with the sdxl_base_tiny weights and conditioning: euler_a 1 step (the card's "
-                       "setting), euler_a 4 steps with stored ancestral noise, euler 2 steps with guidance 2",
-        "reference": {"repo": sdxl.REF_REPO, "commit": sdxl.REF_COMMIT, "diffusers": "0.30.3",
-                      "torch": torch.__version__},
-        "weights": ["../%s/model.safetensors" % BASE],
-        "weights_dtype": "F16 (every tensor); expected outputs computed in float32 from these F16 values",
-        "calls": calls,
-        "inputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in inputs.items()},
-        "outputs": {k: {"shape": list(v.shape), "dtype": "F32"} for k, v in outputs.items()},
-        "atol": max(t["atol"] for t in tol.values()),
-        "rtol": max(t["rtol"] for t in tol.values()),
-        "tolerances": tol,
-    }
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=1)
-    print("%s: %d bytes" % (d, sum(os.path.getsize(os.path.join(d, x)) for x in os.listdir(d))))
+                       "setting), euler_a 4 steps with stored ancestral noise, euler 2 steps with guidance 2")
+    write_sampling_fixture(out, NAME, base_dir, description, calls, inputs, outputs, tol)
 
 
 if __name__ == "__main__":
